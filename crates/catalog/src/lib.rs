@@ -1,0 +1,1 @@
+//! gvm-catalog (placeholder, being written).

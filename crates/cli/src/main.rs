@@ -1,0 +1,2 @@
+//! gvm-vgpu CLI (placeholder).
+fn main() {}

@@ -1,0 +1,1 @@
+//! gvm-gcgroup (placeholder, being written).

@@ -1,0 +1,1 @@
+//! gvm-gpu-model (placeholder).

@@ -1,0 +1,1 @@
+//! gvm-mdev (placeholder, being written).

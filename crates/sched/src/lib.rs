@@ -1,0 +1,1 @@
+//! gvm-sched (placeholder, being written).

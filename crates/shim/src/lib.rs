@@ -1,0 +1,1 @@
+//! libgvm_cuda.so (placeholder).

@@ -1,0 +1,1 @@
+//! gvm-vgpu-sim (placeholder).

@@ -1,0 +1,2 @@
+//! gvm-vgpu-agent (placeholder).
+fn main() {}
