@@ -1,0 +1,1 @@
+//! gvm-client (being written).

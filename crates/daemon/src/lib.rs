@@ -1,0 +1,1 @@
+//! gvm-vgpud core (being written).

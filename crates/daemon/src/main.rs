@@ -1,0 +1,2 @@
+//! gvm-vgpud (being written).
+fn main() {}

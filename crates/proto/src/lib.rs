@@ -1,0 +1,1 @@
+//! gvm-proto (being written).
