@@ -1,0 +1,480 @@
+//! Requests: an `id`, a `method` name and its `params`.
+//!
+//! On the wire a request is `{"id":N,"method":"name","params":{...}}`; `params` may
+//! be omitted for methods without parameters. [`Request::parse_line`] decodes a
+//! line and, when it cannot, still recovers the `id` so the error answer can be
+//! matched to the request. [`Call::validate`] checks every range that needs no host
+//! state (priority 0..=16, share in (0, 1], non-empty names, ...).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ApiError, MAX_LINE_BYTES, MAX_PRIORITY};
+
+/// Which vGPU a request is about: a UUID, or a libvirt domain name holding exactly
+/// the vGPUs to act on (every vGPU of the domain for `set`/`freeze`/`thaw`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// A vGPU UUID or a domain name.
+    pub target: String,
+}
+
+/// `list` parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListParams {
+    /// Only vGPUs with a persistent definition (`list --defined`).
+    pub defined: bool,
+}
+
+/// `define`: store a persistent vGPU definition (like `mdevctl define`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefineParams {
+    /// UUID to define; the daemon picks a random one when absent.
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    /// Parent device name as in `/sys/class/mdev_bus` (e.g. `0000:01:00.0`).
+    pub parent: String,
+    /// Catalog type name (`sim-4c`) or kernel mdev type id (`gvmsim-1`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Create the device when the daemon starts and when the parent registers.
+    #[serde(default)]
+    pub autostart: bool,
+    /// Knob overrides stored with the definition.
+    #[serde(default)]
+    pub overrides: crate::Overrides,
+}
+
+/// `create`: create a live vGPU now; with `define` also store a definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateParams {
+    /// UUID to create; random when absent.
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    /// Parent device name.
+    pub parent: String,
+    /// Catalog type name or kernel mdev type id.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Also persist a definition (autostart off unless `autostart`).
+    #[serde(default)]
+    pub define: bool,
+    /// Autostart flag of the stored definition (only with `define`).
+    #[serde(default)]
+    pub autostart: bool,
+}
+
+/// Where a `set` takes effect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetMode {
+    /// Running owners now and the stored definition, if there is one (default).
+    #[default]
+    Both,
+    /// Running owners only, until the vGPU is removed (`--live`).
+    Live,
+    /// The stored definition only (`--persistent`); applies at the next start.
+    Persistent,
+}
+
+/// `set`: retune a vGPU's knobs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetParams {
+    /// UUID or domain name.
+    pub target: String,
+    /// New memory limit in bytes ([`crate::UNLIMITED`] for none).
+    pub memory_limit: Option<u64>,
+    /// New compute priority 0..=16 (lower = more GPU time).
+    pub priority: Option<u8>,
+    /// New fixed share of the GPU, in (0, 1].
+    pub share: Option<f64>,
+    /// Drop the overrides of this scope first, so unset knobs fall back to the type.
+    pub clear: bool,
+    /// Where the change takes effect.
+    pub mode: SetMode,
+}
+
+/// `import_mdevctl`: adopt mdevctl's persistent definitions from `/etc/mdevctl.d`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImportParams {
+    /// Report what would be imported without writing anything.
+    pub dry_run: bool,
+}
+
+/// `policy_set`: choose the scheduling policy by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyParams {
+    /// `best-effort`, `equal-share` or `fixed-share`.
+    pub policy: String,
+}
+
+/// `stats`: per-vGPU totals, for one target or all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatsParams {
+    /// UUID or domain; all vGPUs when absent.
+    pub target: Option<String>,
+}
+
+/// A method with its parameters. The result type of each is documented on the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Call {
+    /// Liveness and version → [`crate::Pong`].
+    Ping,
+    /// Every vGPU (live or defined) → `Vec<`[`crate::VgpuInfo`]`>`.
+    List(ListParams),
+    /// One vGPU with knob sources and owners → [`crate::VgpuDetail`].
+    Show(Target),
+    /// Persist a definition → [`crate::Definition`].
+    Define(DefineParams),
+    /// Remove a definition (the live device stays) → [`crate::Definition`] removed.
+    Undefine(Target),
+    /// Create the defined device now → [`crate::VgpuInfo`].
+    Start(Target),
+    /// Remove the live device (the definition stays) → [`crate::VgpuInfo`].
+    Stop(Target),
+    /// Create a vGPU now, optionally defining it → [`crate::VgpuInfo`].
+    Create(CreateParams),
+    /// Retune knobs → `Vec<`[`crate::VgpuDetail`]`>` (every vGPU the target named).
+    Set(SetParams),
+    /// Freeze every owner's GPU work → `Vec<`[`crate::VgpuInfo`]`>`.
+    Freeze(Target),
+    /// Resume every owner's GPU work → `Vec<`[`crate::VgpuInfo`]`>`.
+    Thaw(Target),
+    /// Adopt `/etc/mdevctl.d` definitions → [`crate::ImportReport`].
+    ImportMdevctl(ImportParams),
+    /// The current scheduling policy name → `String`.
+    PolicyGet,
+    /// Choose the scheduling policy → `String` (the new policy).
+    PolicySet(PolicyParams),
+    /// Per-vGPU totals → `Vec<`[`crate::VgpuInfo`]`>` with fresh totals.
+    Stats(StatsParams),
+    /// Rescan the host now and report what was corrected → [`crate::ReconcileReport`].
+    Reconcile,
+}
+
+/// Policy names [`Call::PolicySet`] accepts.
+pub const POLICIES: [&str; 3] = ["best-effort", "equal-share", "fixed-share"];
+
+impl Call {
+    /// The wire name of the method.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Call::Ping => "ping",
+            Call::List(_) => "list",
+            Call::Show(_) => "show",
+            Call::Define(_) => "define",
+            Call::Undefine(_) => "undefine",
+            Call::Start(_) => "start",
+            Call::Stop(_) => "stop",
+            Call::Create(_) => "create",
+            Call::Set(_) => "set",
+            Call::Freeze(_) => "freeze",
+            Call::Thaw(_) => "thaw",
+            Call::ImportMdevctl(_) => "import_mdevctl",
+            Call::PolicyGet => "policy_get",
+            Call::PolicySet(_) => "policy_set",
+            Call::Stats(_) => "stats",
+            Call::Reconcile => "reconcile",
+        }
+    }
+
+    /// Whether the method changes host or stored state (such calls are serialized).
+    pub fn is_mutating(&self) -> bool {
+        !matches!(
+            self,
+            Call::Ping | Call::List(_) | Call::Show(_) | Call::PolicyGet | Call::Stats(_)
+        )
+    }
+
+    /// Whether members of the daemon's `--group` may make this call (reads and
+    /// retunes); creating, removing and defining devices need root.
+    pub fn allowed_for_group(&self) -> bool {
+        !matches!(
+            self,
+            Call::Define(_)
+                | Call::Undefine(_)
+                | Call::Start(_)
+                | Call::Stop(_)
+                | Call::Create(_)
+                | Call::ImportMdevctl(_)
+                | Call::PolicySet(_)
+        )
+    }
+
+    /// Check every value that can be checked without the host.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match self {
+            Call::Show(t) | Call::Undefine(t) | Call::Start(t) | Call::Stop(t) => {
+                check_target(&t.target)
+            }
+            Call::Freeze(t) | Call::Thaw(t) => check_target(&t.target),
+            Call::Define(d) => {
+                check_name("parent", &d.parent)?;
+                check_name("type", &d.type_name)?;
+                d.overrides.validate()
+            }
+            Call::Create(c) => {
+                check_name("parent", &c.parent)?;
+                check_name("type", &c.type_name)?;
+                if c.autostart && !c.define {
+                    return Err(ApiError::invalid(
+                        "autostart needs define: a transient vGPU has no definition to autostart",
+                    ));
+                }
+                Ok(())
+            }
+            Call::Set(s) => {
+                check_target(&s.target)?;
+                let o = crate::Overrides {
+                    memory_limit: s.memory_limit,
+                    priority: s.priority,
+                    share: s.share,
+                };
+                o.validate()?;
+                if o.is_empty() && !s.clear {
+                    return Err(ApiError::invalid(
+                        "set needs at least one of memory_limit, priority, share (or clear)",
+                    ));
+                }
+                Ok(())
+            }
+            Call::PolicySet(p) => {
+                if POLICIES.contains(&p.policy.as_str()) {
+                    Ok(())
+                } else {
+                    Err(ApiError::invalid(format!(
+                        "unknown policy '{}': use one of {}",
+                        p.policy,
+                        POLICIES.join(", ")
+                    )))
+                }
+            }
+            Call::Stats(s) => match &s.target {
+                Some(t) => check_target(t),
+                None => Ok(()),
+            },
+            Call::Ping
+            | Call::List(_)
+            | Call::ImportMdevctl(_)
+            | Call::PolicyGet
+            | Call::Reconcile => Ok(()),
+        }
+    }
+}
+
+fn check_target(t: &str) -> Result<(), ApiError> {
+    check_name("target", t)
+}
+
+fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
+    if v.is_empty() {
+        return Err(ApiError::invalid(format!("{what} must not be empty")));
+    }
+    if v.len() > 256 || v.contains('/') || v.chars().any(char::is_control) || v == "." || v == ".."
+    {
+        return Err(ApiError::invalid(format!(
+            "{what} '{}' is not a valid name (no '/', no control characters, at most 256 bytes)",
+            v.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+impl crate::Overrides {
+    /// Range checks: memory limit > 0, priority 0..=16, share in (0, 1].
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.memory_limit == Some(0) {
+            return Err(ApiError::invalid(
+                "memory_limit 0 would evict everything: give a size in bytes, or unlimited",
+            ));
+        }
+        if let Some(p) = self.priority {
+            if p > MAX_PRIORITY {
+                return Err(ApiError::invalid(format!(
+                    "priority {p} is out of range: use 0 (most GPU time) to {MAX_PRIORITY}"
+                )));
+            }
+        }
+        if let Some(s) = self.share {
+            if !(s > 0.0 && s <= 1.0) {
+                return Err(ApiError::invalid(format!(
+                    "share {s} is out of range: use a fraction of the GPU in (0, 1]"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    /// Caller-chosen id echoed in the response.
+    pub id: u64,
+    /// Method and params.
+    #[serde(flatten)]
+    pub call: Call,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<u64>,
+    method: String,
+    #[serde(default)]
+    params: Option<serde_json::Value>,
+}
+
+impl Request {
+    /// A request.
+    pub fn new(id: u64, call: Call) -> Request {
+        Request { id, call }
+    }
+
+    /// Encode as one line (no trailing newline).
+    pub fn to_line(&self) -> Result<String, ApiError> {
+        serde_json::to_string(self)
+            .map_err(|e| ApiError::internal(format!("cannot encode request: {e}")))
+    }
+
+    /// Decode and validate one line. On failure returns the request's id when it
+    /// could be read (else 0) with an [`crate::ErrorCode::InvalidArgument`] error.
+    pub fn parse_line(line: &str) -> Result<Request, (u64, ApiError)> {
+        if line.len() > MAX_LINE_BYTES {
+            return Err((
+                0,
+                ApiError::invalid(format!("request longer than {MAX_LINE_BYTES} bytes")),
+            ));
+        }
+        let env: Envelope = serde_json::from_str(line).map_err(|e| {
+            (
+                0,
+                ApiError::invalid(format!(
+                    "malformed request ({e}): send one JSON object per line: \
+                     {{\"id\":1,\"method\":\"ping\"}}"
+                )),
+            )
+        })?;
+        let id = env.id.unwrap_or(0);
+        let params = match env.params {
+            None | Some(serde_json::Value::Null) => serde_json::json!({}),
+            Some(p) => p,
+        };
+        let unit = matches!(env.method.as_str(), "ping" | "policy_get" | "reconcile");
+        let tagged = if unit {
+            serde_json::json!({ "method": env.method })
+        } else {
+            serde_json::json!({ "method": env.method, "params": params })
+        };
+        let call: Call = serde_json::from_value(tagged).map_err(|e| {
+            (
+                id,
+                ApiError::invalid(format!("bad request for method '{}': {e}", env.method)),
+            )
+        })?;
+        call.validate().map_err(|e| (id, e))?;
+        Ok(Request { id, call })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    fn parse(line: &str) -> Result<Request, (u64, ApiError)> {
+        Request::parse_line(line)
+    }
+
+    #[test]
+    fn requests_round_trip_through_a_line() {
+        let calls = [
+            Call::Ping,
+            Call::List(ListParams { defined: true }),
+            Call::Set(SetParams {
+                target: "vm1".into(),
+                priority: Some(2),
+                memory_limit: Some(6 << 30),
+                mode: SetMode::Live,
+                ..SetParams::default()
+            }),
+            Call::Freeze(Target {
+                target: "vm1".into(),
+            }),
+            Call::Reconcile,
+        ];
+        for (i, call) in calls.into_iter().enumerate() {
+            let req = Request::new(i as u64 + 1, call);
+            let line = req.to_line().unwrap_or_default();
+            let back = parse(&line).map_err(|(_, e)| e);
+            assert_eq!(back, Ok(req), "{line}");
+        }
+    }
+
+    #[test]
+    fn params_may_be_omitted_for_defaults() {
+        let r = parse(r#"{"id":4,"method":"list"}"#).map_err(|(_, e)| e);
+        assert_eq!(r.map(|r| r.call), Ok(Call::List(ListParams::default())));
+        let r = parse(r#"{"id":5,"method":"ping","params":null}"#).map_err(|(_, e)| e);
+        assert_eq!(r.map(|r| r.call), Ok(Call::Ping));
+    }
+
+    #[test]
+    fn malformed_lines_are_invalid_argument_with_the_id_when_known() {
+        let (id, e) = parse("not json")
+            .err()
+            .unwrap_or((99, ApiError::internal("")));
+        assert_eq!((id, e.code), (0, ErrorCode::InvalidArgument));
+        let (id, e) = parse(r#"{"id":9,"method":"explode"}"#)
+            .err()
+            .unwrap_or((99, ApiError::internal("")));
+        assert_eq!((id, e.code), (9, ErrorCode::InvalidArgument));
+        assert!(e.message.contains("explode"), "{}", e.message);
+        let (id, e) = parse(r#"{"id":10,"method":"show","params":{"target":5}}"#)
+            .err()
+            .unwrap_or((99, ApiError::internal("")));
+        assert_eq!((id, e.code), (10, ErrorCode::InvalidArgument));
+        let long = format!(
+            r#"{{"id":1,"method":"ping","x":"{}"}}"#,
+            "a".repeat(MAX_LINE_BYTES)
+        );
+        assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let bad = [
+            r#"{"id":1,"method":"set","params":{"target":"x","priority":17}}"#,
+            r#"{"id":1,"method":"set","params":{"target":"x","priority":-1}}"#,
+            r#"{"id":1,"method":"set","params":{"target":"x","share":0}}"#,
+            r#"{"id":1,"method":"set","params":{"target":"x","share":1.5}}"#,
+            r#"{"id":1,"method":"set","params":{"target":"x","memory_limit":0}}"#,
+            r#"{"id":1,"method":"set","params":{"target":"x"}}"#,
+            r#"{"id":1,"method":"set","params":{"target":"","priority":1}}"#,
+            r#"{"id":1,"method":"show","params":{"target":"../etc"}}"#,
+            r#"{"id":1,"method":"policy_set","params":{"policy":"fastest"}}"#,
+            r#"{"id":1,"method":"create","params":{"parent":"p","type":"t","autostart":true}}"#,
+            r#"{"id":1,"method":"define","params":{"parent":"p","type":"t","uuid":"nope"}}"#,
+        ];
+        for line in bad {
+            let e = parse(line).err().map(|(_, e)| e.code);
+            assert_eq!(e, Some(ErrorCode::InvalidArgument), "{line}");
+        }
+        let ok = r#"{"id":1,"method":"set","params":{"target":"x","priority":16,"share":1.0}}"#;
+        assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn group_members_may_retune_but_not_create() {
+        let set = Call::Set(SetParams::default());
+        assert!(set.allowed_for_group() && set.is_mutating());
+        let create = Call::Stop(Target { target: "x".into() });
+        assert!(!create.allowed_for_group());
+        assert!(!Call::Ping.is_mutating());
+    }
+}

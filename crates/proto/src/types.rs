@@ -1,0 +1,285 @@
+//! Result types: what the daemon knows about each vGPU.
+//!
+//! A vGPU has a *kernel type* (the mdev type id on its parent, e.g. `gvmsim-1`) and,
+//! when the catalog knows that type, a *catalog type* (e.g. `sim-4c`) that gives its
+//! default knobs. Knobs are the GVM gcgroup settings the daemon writes for every
+//! owner process: memory limit, compute priority, freeze; plus the fixed share used
+//! by the fixed-share scheduling policy. Each effective knob comes from a
+//! [`Source`]: the type, a persistent override (stored with the definition) or a
+//! live override (until the device goes away).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `ping` result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Daemon package version.
+    pub version: String,
+    /// [`crate::PROTOCOL_VERSION`] of the daemon.
+    pub protocol: u32,
+    /// Host root the daemon manages.
+    pub root: String,
+    /// vGPUs known (live or defined).
+    pub vgpus: usize,
+}
+
+/// Knob overrides; `None` means "inherit from the type".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Overrides {
+    /// Memory limit in bytes ([`crate::UNLIMITED`] for none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// Compute priority 0..=16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Fixed share in (0, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+}
+
+impl Overrides {
+    /// No override set.
+    pub fn is_empty(&self) -> bool {
+        self.memory_limit.is_none() && self.priority.is_none() && self.share.is_none()
+    }
+
+    /// `other`'s values where set, else ours.
+    pub fn merged_with(&self, other: &Overrides) -> Overrides {
+        Overrides {
+            memory_limit: other.memory_limit.or(self.memory_limit),
+            priority: other.priority.or(self.priority),
+            share: other.share.or(self.share),
+        }
+    }
+}
+
+/// A persistent vGPU definition, one file per UUID under `/etc/gvm-vgpu/vgpus/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// The vGPU's UUID.
+    pub uuid: Uuid,
+    /// Parent device name.
+    pub parent: String,
+    /// Kernel mdev type id the device is created with.
+    pub mdev_type: String,
+    /// Catalog type name, when the catalog knew the type at define time.
+    #[serde(default)]
+    pub type_name: Option<String>,
+    /// Create at daemon start and when the parent registers.
+    #[serde(default)]
+    pub autostart: bool,
+    /// Persistent knob overrides.
+    #[serde(default)]
+    pub overrides: Overrides,
+}
+
+/// Whether a vGPU exists on the host, is only defined, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VgpuState {
+    /// The mdev device exists.
+    Running,
+    /// Only a definition exists (not created, or its parent is absent).
+    Stopped,
+}
+
+/// Effective knob values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Knobs {
+    /// Memory limit in bytes ([`crate::UNLIMITED`] for none).
+    pub memory_limit: u64,
+    /// Compute priority 0..=16.
+    pub priority: u8,
+    /// Fixed share, when the type or an override gives one.
+    pub share: Option<f64>,
+    /// Whether the vGPU's owners are frozen.
+    pub frozen: bool,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            memory_limit: crate::UNLIMITED,
+            priority: 8,
+            share: None,
+            frozen: false,
+        }
+    }
+}
+
+/// Where an effective knob value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The kernel default (no type knows this vGPU, or the type sets nothing).
+    Default,
+    /// The catalog type.
+    Type,
+    /// An override stored in the definition.
+    Persistent,
+    /// A live override (`set --live`), kept until the device goes away.
+    Live,
+}
+
+/// Source of each knob in [`Knobs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sources {
+    /// Source of the memory limit.
+    pub memory_limit: Source,
+    /// Source of the priority.
+    pub priority: Source,
+    /// Source of the share.
+    pub share: Source,
+}
+
+/// Per-vGPU totals over every owner's gcgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Sum of `memory.current` (bytes).
+    pub memory_current: u64,
+    /// Sum of `memory.swap.current` (bytes evicted to host).
+    pub swap_current: u64,
+    /// Sum of `nr_submitted_kernels`.
+    pub kernels_submitted: u64,
+    /// Sum of `nr_ended_kernels`.
+    pub kernels_ended: u64,
+    /// Sum of `nr_pending_kernels`.
+    pub kernels_pending: u64,
+    /// Number of gcgroups (owner × GPU) counted.
+    pub gcgroups: u32,
+    /// Number of them currently frozen.
+    pub frozen_gcgroups: u32,
+}
+
+/// One line of `list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VgpuInfo {
+    /// The vGPU's UUID.
+    pub uuid: Uuid,
+    /// Parent device name.
+    pub parent: String,
+    /// Kernel mdev type id.
+    pub mdev_type: String,
+    /// Catalog type name, when managed.
+    pub type_name: Option<String>,
+    /// Running or only defined.
+    pub state: VgpuState,
+    /// Whether the catalog knows its type (unmanaged vGPUs are listed, never touched).
+    pub managed: bool,
+    /// Whether a persistent definition exists.
+    pub defined: bool,
+    /// Autostart flag of the definition.
+    pub autostart: bool,
+    /// libvirt domain holding the device, when known.
+    pub domain: Option<String>,
+    /// Owner process ids.
+    pub owners: Vec<u32>,
+    /// Effective knobs (what the daemon writes).
+    pub knobs: Knobs,
+    /// Totals over owners' gcgroups, from the last scan.
+    pub totals: Totals,
+}
+
+/// How an owner process was tied to its vGPU (the rules in DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerRule {
+    /// `GVM_VGPU_UUID=<uuid>` in the process environment.
+    Environment,
+    /// The process lives in a cgroup named after the UUID.
+    Cgroup,
+    /// The QEMU process of the libvirt domain holding the mdev.
+    Libvirt,
+}
+
+/// One owner gcgroup (process × GPU) as last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcgroupInfo {
+    /// GVM GPU index.
+    pub gpu: u32,
+    /// `memory.limit`.
+    pub memory_limit: u64,
+    /// `memory.current`.
+    pub memory_current: u64,
+    /// `memory.swap.current`.
+    pub swap_current: u64,
+    /// `compute.priority`.
+    pub priority: u8,
+    /// `compute.freeze`.
+    pub frozen: bool,
+    /// `nr_submitted_kernels`.
+    pub kernels_submitted: u64,
+    /// `nr_pending_kernels`.
+    pub kernels_pending: u64,
+}
+
+/// An owner process and its gcgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Rule that made it an owner.
+    pub rule: OwnerRule,
+    /// Its GPU registrations.
+    pub gcgroups: Vec<GcgroupInfo>,
+}
+
+/// `show` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VgpuDetail {
+    /// The list line.
+    pub info: VgpuInfo,
+    /// Where each knob came from.
+    pub sources: Sources,
+    /// The stored definition, if any.
+    pub definition: Option<Definition>,
+    /// Live overrides in force.
+    pub live_overrides: Overrides,
+    /// Owners and their gcgroups, freshly read.
+    pub owners: Vec<OwnerInfo>,
+}
+
+/// A knob found different from its intended value and corrected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// vGPU.
+    pub uuid: Uuid,
+    /// Owner process.
+    pub pid: u32,
+    /// GPU index.
+    pub gpu: u32,
+    /// Knob file name (`memory.limit`, `compute.priority`, `compute.freeze`).
+    pub knob: String,
+    /// Value found.
+    pub found: String,
+    /// Value written.
+    pub wanted: String,
+}
+
+/// `reconcile` result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    /// vGPUs adopted in this pass.
+    pub adopted: Vec<Uuid>,
+    /// vGPUs whose kernel type the catalog does not know (left untouched).
+    pub unmanaged: Vec<Uuid>,
+    /// Devices created for autostart definitions.
+    pub autostarted: Vec<Uuid>,
+    /// Knob writes done.
+    pub writes: u32,
+    /// Values corrected because they differed from intent.
+    pub drift: Vec<Drift>,
+    /// Failures (each names the object and errno).
+    pub errors: Vec<String>,
+}
+
+/// `import_mdevctl` result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Definitions imported (or that would be, on a dry run).
+    pub imported: Vec<Definition>,
+    /// Definitions skipped, with the reason.
+    pub skipped: Vec<String>,
+}
