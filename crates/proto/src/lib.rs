@@ -118,7 +118,7 @@ pub fn format_bytes(bytes: u64) -> String {
         ("K", 1 << 10),
     ];
     for (unit, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
