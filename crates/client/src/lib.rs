@@ -1,1 +1,402 @@
-//! gvm-client (being written).
+//! A small synchronous client of the gvm-vgpud API.
+//!
+//! `gvm-vgpud` serves newline-delimited JSON on a Unix socket (see `gvm-proto`);
+//! this crate connects, sends one request per call and decodes the typed answer.
+//! It never prints: every failure is an [`Error`], and [`Error::NotRunning`] is the
+//! one the CLI should turn into "the daemon is not running: start it with
+//! `systemctl start gvm-vgpud` (or `gvm-vgpud --root DIR`)".
+//!
+//! ```no_run
+//! use gvm_client::Client;
+//! use gvm_host_root::HostRoot;
+//!
+//! let mut c = Client::connect_host(&HostRoot::default())?;
+//! for v in c.list(false)? {
+//!     println!("{} {} {:?}", v.uuid, v.mdev_type, v.owners);
+//! }
+//! c.set_priority("vm1", 2)?;
+//! c.freeze("vm1")?;
+//! # Ok::<(), gvm_client::Error>(())
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gvm_host_root::HostRoot;
+use gvm_proto::{
+    ApiError, Call, CreateParams, DefineParams, Definition, ErrorCode, ImportParams, ImportReport,
+    ListParams, PolicyParams, Pong, ReconcileReport, Request, Response, SetParams, StatsParams,
+    Target, VgpuDetail, VgpuInfo, MAX_LINE_BYTES,
+};
+use serde::de::DeserializeOwned;
+
+pub use gvm_proto;
+pub use gvm_proto::{Overrides, SetMode};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing listens on the socket (absent, or connection refused).
+    #[error(
+        "gvm-vgpud is not running (no daemon listening on {path}): start it with \
+         `systemctl start gvm-vgpud`, or `gvm-vgpud --root DIR` for a simulated host"
+    )]
+    NotRunning {
+        /// Socket path tried.
+        path: PathBuf,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket exists but this user may not connect to it.
+    #[error(
+        "permission denied on {path}: run as root, or as a member of the group the \
+         daemon was started with (--group)"
+    )]
+    Permission {
+        /// Socket path.
+        path: PathBuf,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sending or receiving failed mid-call (the daemon died or timed out).
+    #[error("lost the connection to gvm-vgpud at {path} during '{method}'")]
+    Io {
+        /// Socket path.
+        path: PathBuf,
+        /// Method being called.
+        method: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered with something that is not a response to this request.
+    #[error("gvm-vgpud at {path} sent an unreadable answer to '{method}': {detail}")]
+    Protocol {
+        /// Socket path.
+        path: PathBuf,
+        /// Method being called.
+        method: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The daemon refused or failed the request.
+    #[error("{method}: {source}")]
+    Api {
+        /// Method called.
+        method: &'static str,
+        /// The daemon's error (code + message).
+        #[source]
+        source: ApiError,
+    },
+}
+
+impl Error {
+    /// The daemon's error code, when the daemon answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Api { source, .. } => Some(source.code),
+            _ => None,
+        }
+    }
+}
+
+/// Result of a client call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A connection to gvm-vgpud. Calls are sequential; open several clients for
+/// concurrency (the daemon serializes mutating calls itself).
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+/// Default per-call timeout (a `set` on many owners completes well within it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Client {
+    /// The socket path of the daemon serving `host` (`/run/gvm-vgpu/api.sock` under its root).
+    pub fn default_socket(host: &HostRoot) -> PathBuf {
+        host.path(gvm_proto::DEFAULT_SOCKET)
+    }
+
+    /// Connect to the daemon serving `host`.
+    pub fn connect_host(host: &HostRoot) -> Result<Client> {
+        Client::connect(Client::default_socket(host))
+    }
+
+    /// Connect to the socket at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        let path = path.as_ref().to_path_buf();
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(Error::Permission { path, source: e })
+            }
+            Err(e) => return Err(Error::NotRunning { path, source: e }),
+        };
+        let io = |source| Error::Io {
+            path: path.clone(),
+            method: "connect",
+            source,
+        };
+        stream.set_read_timeout(Some(DEFAULT_TIMEOUT)).map_err(io)?;
+        stream
+            .set_write_timeout(Some(DEFAULT_TIMEOUT))
+            .map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        Ok(Client {
+            path,
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    /// Change the per-call timeout (`None` waits forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            method: "set_timeout",
+            source,
+        };
+        self.writer.set_read_timeout(timeout).map_err(io)?;
+        self.writer.set_write_timeout(timeout).map_err(io)
+    }
+
+    /// Send any [`Call`] and decode its result as `T` (the typed helpers below use this).
+    pub fn call<T: DeserializeOwned>(&mut self, call: Call) -> Result<T> {
+        let method = call.method();
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = Request::new(id, call);
+        let line = req
+            .to_line()
+            .map_err(|source| Error::Api { method, source })?;
+        self.send_raw(method, &line)?;
+        let resp = self.read_response(method)?;
+        if resp.id != id {
+            return Err(Error::Protocol {
+                path: self.path.clone(),
+                method,
+                detail: format!("answer for request {} while waiting for {id}", resp.id),
+            });
+        }
+        resp.into_result()
+            .map_err(|source| Error::Api { method, source })
+    }
+
+    /// Send one raw line (no newline) and return the raw response (tests, debugging).
+    pub fn raw(&mut self, line: &str) -> Result<Response> {
+        self.send_raw("raw", line)?;
+        self.read_response("raw")
+    }
+
+    fn send_raw(&mut self, method: &'static str, line: &str) -> Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        self.writer.write_all(&buf).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            method,
+            source,
+        })
+    }
+
+    fn read_response(&mut self, method: &'static str) -> Result<Response> {
+        let mut line = String::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 * 64)
+            .read_line(&mut line)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                method,
+                source,
+            })?;
+        if n == 0 {
+            return Err(Error::Io {
+                path: self.path.clone(),
+                method,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection",
+                ),
+            });
+        }
+        serde_json::from_str(line.trim_end()).map_err(|e| Error::Protocol {
+            path: self.path.clone(),
+            method,
+            detail: e.to_string(),
+        })
+    }
+
+    /// `ping`: version and liveness.
+    pub fn ping(&mut self) -> Result<Pong> {
+        self.call(Call::Ping)
+    }
+
+    /// `list` (`defined`: only vGPUs with a persistent definition).
+    pub fn list(&mut self, defined: bool) -> Result<Vec<VgpuInfo>> {
+        self.call(Call::List(ListParams { defined }))
+    }
+
+    /// `show <uuid|domain>`: effective knobs, their sources, owners.
+    pub fn show(&mut self, target: &str) -> Result<VgpuDetail> {
+        self.call(Call::Show(target_of(target)))
+    }
+
+    /// `define`: persist a definition.
+    pub fn define(&mut self, params: DefineParams) -> Result<Definition> {
+        self.call(Call::Define(params))
+    }
+
+    /// `undefine <uuid>`: drop the definition (a live device stays).
+    pub fn undefine(&mut self, uuid: &str) -> Result<Definition> {
+        self.call(Call::Undefine(target_of(uuid)))
+    }
+
+    /// `start <uuid>`: create the defined device.
+    pub fn start(&mut self, uuid: &str) -> Result<VgpuInfo> {
+        self.call(Call::Start(target_of(uuid)))
+    }
+
+    /// `stop <uuid>`: remove the live device (a definition stays).
+    pub fn stop(&mut self, uuid: &str) -> Result<VgpuInfo> {
+        self.call(Call::Stop(target_of(uuid)))
+    }
+
+    /// `create`: create a vGPU now (and define it when `params.define`).
+    pub fn create(&mut self, params: CreateParams) -> Result<VgpuInfo> {
+        self.call(Call::Create(params))
+    }
+
+    /// `set`: retune one vGPU or every vGPU of a domain.
+    pub fn set(&mut self, params: SetParams) -> Result<Vec<VgpuDetail>> {
+        self.call(Call::Set(params))
+    }
+
+    /// `set <target> --priority N` (live and persistent).
+    pub fn set_priority(&mut self, target: &str, priority: u8) -> Result<Vec<VgpuDetail>> {
+        self.set(SetParams {
+            target: target.to_string(),
+            priority: Some(priority),
+            ..SetParams::default()
+        })
+    }
+
+    /// `freeze <uuid|domain>`.
+    pub fn freeze(&mut self, target: &str) -> Result<Vec<VgpuInfo>> {
+        self.call(Call::Freeze(target_of(target)))
+    }
+
+    /// `thaw <uuid|domain>`.
+    pub fn thaw(&mut self, target: &str) -> Result<Vec<VgpuInfo>> {
+        self.call(Call::Thaw(target_of(target)))
+    }
+
+    /// `import-mdevctl`.
+    pub fn import_mdevctl(&mut self, dry_run: bool) -> Result<ImportReport> {
+        self.call(Call::ImportMdevctl(ImportParams { dry_run }))
+    }
+
+    /// `policy` (get).
+    pub fn policy(&mut self) -> Result<String> {
+        self.call(Call::PolicyGet)
+    }
+
+    /// `policy set NAME`.
+    pub fn set_policy(&mut self, policy: &str) -> Result<String> {
+        self.call(Call::PolicySet(PolicyParams {
+            policy: policy.to_string(),
+        }))
+    }
+
+    /// `stats [target]` / `top`: fresh per-vGPU totals.
+    pub fn stats(&mut self, target: Option<&str>) -> Result<Vec<VgpuInfo>> {
+        self.call(Call::Stats(StatsParams {
+            target: target.map(str::to_string),
+        }))
+    }
+
+    /// `reconcile`: rescan now; what was adopted and corrected.
+    pub fn reconcile(&mut self) -> Result<ReconcileReport> {
+        self.call(Call::Reconcile)
+    }
+}
+
+fn target_of(t: &str) -> Target {
+    Target {
+        target: t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn a_missing_socket_says_the_daemon_is_not_running() {
+        let dir = std::env::temp_dir().join(format!("gvm-client-test-{}", std::process::id()));
+        let err = Client::connect(dir.join("api.sock")).err();
+        assert!(matches!(err, Some(Error::NotRunning { .. })), "{err:?}");
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("not running"), "{msg}");
+    }
+
+    #[test]
+    fn calls_decode_results_and_errors_from_a_fake_daemon() {
+        let dir = std::env::temp_dir().join(format!("gvm-client-fake-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let Ok(listener) = UnixListener::bind(&sock) else {
+            println!("SKIP: cannot bind a Unix socket in {}", dir.display());
+            return;
+        };
+        let server = std::thread::spawn(move || -> Option<()> {
+            let (s, _) = listener.accept().ok()?;
+            let mut r = BufReader::new(s.try_clone().ok()?);
+            let mut w = s;
+            for _ in 0..2 {
+                let mut line = String::new();
+                r.read_line(&mut line).ok()?;
+                let req = Request::parse_line(line.trim_end()).ok()?;
+                let resp = match req.call {
+                    Call::Ping => Response::ok(
+                        req.id,
+                        &Pong {
+                            version: "t".into(),
+                            protocol: 1,
+                            root: "/".into(),
+                            vgpus: 3,
+                        },
+                    ),
+                    _ => Response::err(req.id, ApiError::not_found("no vGPU 'x'")),
+                };
+                let mut out = serde_json::to_string(&resp).ok()?;
+                out.push('\n');
+                w.write_all(out.as_bytes()).ok()?;
+            }
+            Some(())
+        });
+        let mut c = match Client::connect(&sock) {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        };
+        assert_eq!(c.ping().ok().map(|p| p.vgpus), Some(3));
+        let err = c.show("x").err();
+        assert_eq!(
+            err.as_ref().and_then(Error::code),
+            Some(ErrorCode::NotFound)
+        );
+        assert!(server.join().ok().flatten().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
