@@ -1,0 +1,310 @@
+//! The `fuser` adapter: inode numbers ↔ paths, and file operations forwarded to [`crate::tree`].
+//!
+//! The filesystem keeps no tree of its own. Each path ever looked up gets a
+//! stable inode number; every operation turns the inode back into its path and
+//! asks [`crate::tree`] what is there *now*. Attribute and entry TTLs are zero
+//! and files are opened with `FOPEN_DIRECT_IO`, so the kernel neither caches
+//! stale entries nor coalesces writes: each `write(2)` arrives as one store, as
+//! with sysfs. A read snapshots the attribute at open time, like kernfs's
+//! seq_file buffer.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
+};
+
+use crate::error::FsError;
+use crate::host::SimHost;
+use crate::tree::{self, Kind};
+
+/// Size reported for attribute files (sysfs reports a page).
+const ATTR_SIZE: u64 = 4096;
+
+#[derive(Default)]
+struct Inodes {
+    by_path: HashMap<String, u64>,
+    paths: Vec<String>,
+}
+
+impl Inodes {
+    /// Inode 1 is the root (`""`).
+    fn ino(&mut self, path: &str) -> u64 {
+        if let Some(i) = self.by_path.get(path) {
+            return *i;
+        }
+        self.paths.push(path.to_string());
+        let i = self.paths.len() as u64;
+        self.by_path.insert(path.to_string(), i);
+        i
+    }
+
+    fn path(&self, ino: u64) -> Option<String> {
+        if ino == 1 {
+            return Some(String::new());
+        }
+        self.paths.get(usize::try_from(ino).ok()?.checked_sub(1)?).cloned()
+    }
+}
+
+/// The FUSE filesystem of the simulated host.
+pub struct SimFs {
+    host: Arc<Mutex<SimHost>>,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Vec<u8>>>,
+    next_fh: AtomicU64,
+    born: SystemTime,
+}
+
+fn segs(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl SimFs {
+    /// A filesystem serving `host`.
+    pub fn new(host: Arc<Mutex<SimHost>>) -> Self {
+        let mut inodes = Inodes::default();
+        inodes.ino("");
+        SimFs {
+            host,
+            inodes: Mutex::new(inodes),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            born: SystemTime::now(),
+        }
+    }
+
+    fn host(&self) -> MutexGuard<'_, SimHost> {
+        // A panic while holding the lock leaves the model usable: recover the guard.
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Option<String> {
+        self.inodes.lock().unwrap_or_else(|p| p.into_inner()).path(ino.0)
+    }
+
+    fn ino_of(&self, path: &str) -> u64 {
+        self.inodes.lock().unwrap_or_else(|p| p.into_inner()).ino(path)
+    }
+
+    fn attr(&self, ino: u64, kind: &Kind) -> FileAttr {
+        let (kind, perm, size, nlink) = match kind {
+            Kind::Dir => (FileType::Directory, 0o755, 0, 2),
+            Kind::File { mode } => (FileType::RegularFile, *mode, ATTR_SIZE, 1),
+            Kind::Link(t) => (FileType::Symlink, 0o777, t.len() as u64, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: 0,
+            atime: self.born,
+            mtime: self.born,
+            ctime: self.born,
+            crtime: self.born,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn stat_path(&self, path: &str) -> Result<Kind, FsError> {
+        tree::stat(&self.host(), &segs(path))
+    }
+}
+
+impl Filesystem for SimFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (Some(pp), Some(name)) = (self.path_of(parent), name.to_str()) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let path = join(&pp, name);
+        match self.stat_path(&path) {
+            Ok(kind) => {
+                let ino = self.ino_of(&path);
+                reply.entry(&Duration::ZERO, &self.attr(ino, &kind), Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.stat_path(&path) {
+            Ok(kind) => reply.attr(&Duration::ZERO, &self.attr(ino.0, &kind)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // `echo > attr` truncates first; sysfs ignores that, and so do we.
+        self.getattr(req, ino, fh, reply);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.stat_path(&path) {
+            Ok(Kind::Link(t)) => reply.data(t.as_bytes()),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (read, write) = match flags.acc_mode() {
+            OpenAccMode::O_RDONLY => (true, false),
+            OpenAccMode::O_WRONLY => (false, true),
+            OpenAccMode::O_RDWR => (true, true),
+        };
+        let s = segs(&path);
+        let host = self.host();
+        if let Err(e) = tree::check_open(&host, &s, read, write) {
+            return reply.error(errno(&e));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if read {
+            match tree::read(&host, &s) {
+                Ok(data) => {
+                    self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, data);
+                }
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(data) = handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let end = start.saturating_add(size as usize).min(data.len());
+        reply.data(&data[start..end]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match tree::write(&mut self.host(), &segs(&path), data) {
+            Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let entries = match tree::list(&self.host(), &segs(&path)) {
+            Ok(v) => v,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut all = vec![(ino.0, FileType::Directory, ".".to_string()), (ino.0, FileType::Directory, "..".to_string())];
+        for en in entries {
+            let child = self.ino_of(&join(&path, &en.name));
+            let kind = match en.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File { .. } => FileType::RegularFile,
+                Kind::Link(_) => FileType::Symlink,
+            };
+            all.push((child, kind, en.name));
+        }
+        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+}

@@ -1,0 +1,471 @@
+//! The state of the simulated host and the kernel's rules for changing it.
+//!
+//! [`SimHost`] holds the mdev devices (which parent and type, which IOMMU group),
+//! the owner processes of each vGPU and their GVM gcgroup state. Its methods are
+//! the *stores* of the kernel attributes (`create`, `remove`, `memory.limit`, …)
+//! with the kernel's parsing and errno rules, plus the simulator's own control
+//! commands. It never touches the filesystem; processes are started and killed
+//! through the [`OwnerProcs`] trait, so unit tests run with fake processes and a
+//! fake clock. The path layout is in [`crate::tree`].
+
+use std::collections::BTreeMap;
+use std::io;
+
+use crate::catalog::{self, Model, ParentSpec, GIB};
+use crate::error::FsError;
+use crate::workload::{self, GpuClient, MAX_PRIORITY};
+
+/// Starts, kills and reaps the real processes that own vGPUs.
+pub trait OwnerProcs: Send {
+    /// Start a process with `GVM_VGPU_UUID=<uuid>` in its environment; returns its pid.
+    fn spawn(&mut self, uuid: &str) -> io::Result<u32>;
+    /// Kill the process (it is reaped later by [`OwnerProcs::reap`]).
+    fn kill(&mut self, pid: u32) -> io::Result<()>;
+    /// Pids of owners that have exited since the last call (reaped).
+    fn reap(&mut self) -> Vec<u32>;
+    /// Kill and reap every owner (shutdown).
+    fn kill_all(&mut self);
+}
+
+/// One live mediated device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Index of its parent in [`SimHost::parents`].
+    pub parent: usize,
+    /// Its type id.
+    pub type_id: String,
+    /// Its IOMMU group number.
+    pub iommu_group: u32,
+}
+
+/// One owner process of a vGPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The vGPU it owns.
+    pub uuid: String,
+    /// When (simulated µs) it registers its GPU with GVM and appears in the tree.
+    pub register_at_us: u64,
+    /// Its GPU state.
+    pub client: GpuClient,
+}
+
+/// Options of one `spawn` control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpawnOpts {
+    gpu: Option<u32>,
+    memory: u64,
+    busy: bool,
+    register_delay_ms: u64,
+}
+
+/// The whole simulated host.
+pub struct SimHost {
+    model: Model,
+    parents: Vec<ParentSpec>,
+    devices: BTreeMap<String, Device>,
+    owners: BTreeMap<u32, Owner>,
+    next_group: u32,
+    owners_per_vgpu: u32,
+    now_us: u64,
+    procs: Box<dyn OwnerProcs>,
+}
+
+impl SimHost {
+    /// A host of `model` with `gpus` GPUs (ignored for `mtty`), spawning
+    /// `owners_per_vgpu` owners for every created vGPU.
+    pub fn new(model: Model, gpus: u32, owners_per_vgpu: u32, procs: Box<dyn OwnerProcs>) -> Self {
+        SimHost {
+            model,
+            parents: catalog::parents(model, gpus),
+            devices: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            next_group: 0,
+            owners_per_vgpu,
+            now_us: 0,
+            procs,
+        }
+    }
+
+    /// The model served.
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    /// The parent devices.
+    pub fn parents(&self) -> &[ParentSpec] {
+        &self.parents
+    }
+
+    /// Index of the parent with this name.
+    pub fn parent_index(&self, name: &str) -> Option<usize> {
+        self.parents.iter().position(|p| p.name == name)
+    }
+
+    /// Live devices by UUID.
+    pub fn devices(&self) -> &BTreeMap<String, Device> {
+        &self.devices
+    }
+
+    /// Owners by pid, registered or not.
+    pub fn owners(&self) -> &BTreeMap<u32, Owner> {
+        &self.owners
+    }
+
+    /// Free units of a parent's shared pool.
+    pub fn pool_free(&self, parent: usize) -> u64 {
+        let Some(p) = self.parents.get(parent) else {
+            return 0;
+        };
+        let used: u64 = self
+            .devices
+            .values()
+            .filter(|d| d.parent == parent)
+            .filter_map(|d| p.type_spec(&d.type_id).map(|t| t.size))
+            .sum();
+        p.pool.saturating_sub(used)
+    }
+
+    /// `available_instances` of a type.
+    pub fn available(&self, parent: usize, type_id: &str) -> u64 {
+        let Some(t) = self.parents.get(parent).and_then(|p| p.type_spec(type_id)) else {
+            return 0;
+        };
+        let live = self
+            .devices
+            .values()
+            .filter(|d| d.parent == parent && d.type_id == type_id)
+            .count() as u64;
+        t.available(live, self.pool_free(parent))
+    }
+
+    /// UUIDs of the live devices of one type.
+    pub fn devices_of_type(&self, parent: usize, type_id: &str) -> Vec<&str> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.parent == parent && d.type_id == type_id)
+            .map(|(u, _)| u.as_str())
+            .collect()
+    }
+
+    /// The store of `<parent>/mdev_supported_types/<type>/create`.
+    pub fn create(&mut self, path: &str, parent: usize, type_id: &str, data: &[u8]) -> Result<String, FsError> {
+        if data.len() != 36 && data.len() != 37 {
+            return Err(FsError::invalid(
+                path,
+                format!("{} bytes written; write one 36-character UUID, optionally followed by a newline", data.len()),
+            ));
+        }
+        let uuid = parse_uuid(&data[..36])
+            .ok_or_else(|| FsError::invalid(path, "not a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"))?;
+        if self.devices.contains_key(&uuid) {
+            return Err(FsError::Exists { uuid });
+        }
+        let p = self.parents.get(parent).ok_or_else(|| FsError::not_found(path))?;
+        if p.type_spec(type_id).is_none() {
+            return Err(FsError::not_found(path));
+        }
+        if self.available(parent, type_id) == 0 {
+            return Err(FsError::Exhausted {
+                parent: p.name.clone(),
+                type_id: type_id.to_string(),
+                errno: self.model.exhausted_errno(),
+            });
+        }
+        let iommu_group = self.next_group;
+        self.next_group += 1;
+        self.devices.insert(
+            uuid.clone(),
+            Device {
+                parent,
+                type_id: type_id.to_string(),
+                iommu_group,
+            },
+        );
+        for _ in 0..self.owners_per_vgpu {
+            self.spawn_owner(&uuid, &SpawnOpts::default_for(None))?;
+        }
+        Ok(uuid)
+    }
+
+    /// The store of `<device>/remove`: a non-zero number removes the device
+    /// (and kills its owners), `0` does nothing, anything else is `EINVAL`.
+    pub fn remove(&mut self, path: &str, uuid: &str, data: &[u8]) -> Result<(), FsError> {
+        let value = parse_kstrtoul(data).ok_or_else(|| FsError::invalid(path, "write 1 to remove the device"))?;
+        if value == 0 {
+            return Ok(());
+        }
+        if self.devices.remove(uuid).is_none() {
+            return Err(FsError::not_found(path));
+        }
+        let pids: Vec<u32> = self.owners.iter().filter(|(_, o)| o.uuid == uuid).map(|(p, _)| *p).collect();
+        for pid in pids {
+            self.kill_owner(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Pids registered with GVM now (the `list` file), in order.
+    pub fn registered_pids(&self) -> Vec<u32> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| o.register_at_us <= self.now_us)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The GVM client of a registered `pid` on UVM GPU `gpu`.
+    pub fn client(&self, pid: u32, gpu: u32) -> Option<&GpuClient> {
+        self.owners
+            .get(&pid)
+            .filter(|o| o.register_at_us <= self.now_us && o.client.gpu == gpu)
+            .map(|o| &o.client)
+    }
+
+    /// A store to `<pid>/<gpu>/<knob>` in the GVM tree.
+    pub fn gvm_store(&mut self, path: &str, pid: u32, gpu: u32, knob: &str, data: &[u8]) -> Result<(), FsError> {
+        if self.client(pid, gpu).is_none() {
+            return Err(FsError::not_found(path));
+        }
+        if data.len() > 31 {
+            return Err(FsError::invalid(path, "more than 31 bytes written"));
+        }
+        let value = parse_decimal(data).ok_or_else(|| FsError::invalid(path, "write a decimal number"))?;
+        let client = match self.owners.get_mut(&pid) {
+            Some(o) => &mut o.client,
+            None => return Err(FsError::not_found(path)),
+        };
+        match knob {
+            "memory.limit" => client.memory_limit = value,
+            "compute.priority" => {
+                client.priority = u8::try_from(value)
+                    .ok()
+                    .filter(|p| *p <= MAX_PRIORITY)
+                    .ok_or_else(|| FsError::invalid(path, "priority must be 0..16"))?;
+            }
+            "compute.freeze" => {
+                client.frozen = match value {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FsError::invalid(path, "write 0 (thaw) or 1 (freeze)")),
+                }
+            }
+            _ => {
+                return Err(FsError::Access {
+                    path: path.to_string(),
+                    what: "read-only",
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The `gvm-sim/owners` file.
+    pub fn owners_text(&self) -> String {
+        let mut s = String::new();
+        for (pid, o) in &self.owners {
+            let c = &o.client;
+            s.push_str(&format!(
+                "{pid} {} {} {} {} {} {}\n",
+                o.uuid,
+                c.gpu,
+                u8::from(c.busy),
+                c.memory_wanted,
+                c.gpu_time_us,
+                u8::from(c.frozen)
+            ));
+        }
+        s
+    }
+
+    /// One command written to `gvm-sim/control`.
+    pub fn control(&mut self, path: &str, data: &[u8]) -> Result<(), FsError> {
+        let text = std::str::from_utf8(data).map_err(|_| FsError::invalid(path, "commands are UTF-8 text"))?;
+        let mut words = text.split_whitespace();
+        let usage = "commands: `spawn <uuid> [gpu=N] [memory=BYTES] [busy=0|1] [register_delay_ms=N]`, `kill <pid>`, `set <pid> memory=BYTES|busy=0|1`";
+        match (words.next(), words.next()) {
+            (Some("spawn"), Some(uuid)) => {
+                let uuid = uuid.to_ascii_lowercase();
+                if !self.devices.contains_key(&uuid) {
+                    return Err(FsError::NotFound {
+                        path: format!("vGPU {uuid}"),
+                    });
+                }
+                let mut opts = SpawnOpts::default_for(None);
+                for w in words {
+                    let (k, v) = w.split_once('=').ok_or_else(|| FsError::invalid(path, usage))?;
+                    let n: u64 = v.parse().map_err(|_| FsError::invalid(path, format!("{k}: not a number")))?;
+                    match k {
+                        "gpu" => opts.gpu = Some(u32::try_from(n).map_err(|_| FsError::invalid(path, "gpu too large"))?),
+                        "memory" => opts.memory = n,
+                        "busy" => opts.busy = parse_bool(path, n)?,
+                        "register_delay_ms" => opts.register_delay_ms = n,
+                        _ => return Err(FsError::invalid(path, usage)),
+                    }
+                }
+                self.spawn_owner(&uuid, &opts).map(|_| ())
+            }
+            (Some("kill"), Some(pid)) => {
+                let pid = self.known_pid(path, pid)?;
+                self.kill_owner(pid)
+            }
+            (Some("set"), Some(pid)) => {
+                let pid = self.known_pid(path, pid)?;
+                for w in words {
+                    let (k, v) = w.split_once('=').ok_or_else(|| FsError::invalid(path, usage))?;
+                    let n: u64 = v.parse().map_err(|_| FsError::invalid(path, format!("{k}: not a number")))?;
+                    let busy = if k == "busy" { Some(parse_bool(path, n)?) } else { None };
+                    let Some(o) = self.owners.get_mut(&pid) else {
+                        return Err(FsError::not_found(path));
+                    };
+                    match (k, busy) {
+                        ("memory", _) => o.client.memory_wanted = n,
+                        (_, Some(b)) => o.client.set_busy(b),
+                        _ => return Err(FsError::invalid(path, usage)),
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(FsError::invalid(path, usage)),
+        }
+    }
+
+    /// Move the clock to `now_us`: reap exited owners and run the GPUs for the elapsed time.
+    pub fn advance(&mut self, now_us: u64) {
+        for pid in self.procs.reap() {
+            self.owners.remove(&pid);
+        }
+        let dt = now_us.saturating_sub(self.now_us);
+        self.now_us = self.now_us.max(now_us);
+        let now = self.now_us;
+        let mut clients: Vec<&mut GpuClient> = self
+            .owners
+            .values_mut()
+            .filter(|o| o.register_at_us <= now)
+            .map(|o| &mut o.client)
+            .collect();
+        workload::advance(&mut clients, dt);
+    }
+
+    /// Kill every owner (at shutdown).
+    pub fn shutdown(&mut self) {
+        self.procs.kill_all();
+        self.owners.clear();
+    }
+
+    fn known_pid(&self, path: &str, word: &str) -> Result<u32, FsError> {
+        let pid: u32 = word.parse().map_err(|_| FsError::invalid(path, "pid must be a number"))?;
+        if self.owners.contains_key(&pid) {
+            Ok(pid)
+        } else {
+            Err(FsError::NotFound {
+                path: format!("owner pid {pid}"),
+            })
+        }
+    }
+
+    fn spawn_owner(&mut self, uuid: &str, opts: &SpawnOpts) -> Result<u32, FsError> {
+        let parent_gpu = self
+            .devices
+            .get(uuid)
+            .and_then(|d| self.parents.get(d.parent))
+            .and_then(|p| p.uvm_index)
+            .unwrap_or(0);
+        let pid = self.procs.spawn(uuid).map_err(|e| FsError::Process {
+            uuid: uuid.to_string(),
+            message: format!("could not start it: {e}"),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })?;
+        self.owners.insert(
+            pid,
+            Owner {
+                uuid: uuid.to_string(),
+                register_at_us: self.now_us + opts.register_delay_ms * 1000,
+                client: GpuClient::new(opts.gpu.unwrap_or(parent_gpu), opts.busy, opts.memory),
+            },
+        );
+        Ok(pid)
+    }
+
+    fn kill_owner(&mut self, pid: u32) -> Result<(), FsError> {
+        let Some(o) = self.owners.remove(&pid) else {
+            return Ok(());
+        };
+        self.procs.kill(pid).map_err(|e| FsError::Process {
+            uuid: o.uuid,
+            message: format!("could not kill pid {pid}: {e}"),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })
+    }
+}
+
+impl SpawnOpts {
+    fn default_for(gpu: Option<u32>) -> Self {
+        SpawnOpts {
+            gpu,
+            memory: GIB,
+            busy: true,
+            register_delay_ms: 0,
+        }
+    }
+}
+
+fn parse_bool(path: &str, n: u64) -> Result<bool, FsError> {
+    match n {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(FsError::invalid(path, "busy must be 0 or 1")),
+    }
+}
+
+/// Parse a UUID like the kernel's `uuid_parse`: exactly 8-4-4-4-12 hex digits,
+/// either case. Returns it in lower case.
+pub fn parse_uuid(bytes: &[u8]) -> Option<String> {
+    if bytes.len() != 36 {
+        return None;
+    }
+    for (i, b) in bytes.iter().enumerate() {
+        let ok = match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        };
+        if !ok {
+            return None;
+        }
+    }
+    std::str::from_utf8(bytes).ok().map(str::to_ascii_lowercase)
+}
+
+fn strip_newline(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\n").unwrap_or(data)
+}
+
+/// Parse like the kernel's `kstrtoul(buf, 0, …)`: optional `+`, `0x` hex,
+/// leading-`0` octal or decimal, one trailing newline allowed.
+pub fn parse_kstrtoul(data: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(strip_newline(data)).ok()?;
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// Parse a decimal `u64` (GVM's knobs), one trailing newline allowed.
+pub fn parse_decimal(data: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(strip_newline(data)).ok()?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+#[path = "host_tests.rs"]
+mod tests;
