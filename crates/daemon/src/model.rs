@@ -1,0 +1,194 @@
+//! The daemon's picture of the host and of what the operator wants, as plain data.
+//!
+//! *Observed* state is what the last scan found: mdev parents and devices, owner
+//! processes tied to each vGPU, and each owner gcgroup's knob values (process ×
+//! GPU). *Desired* state is what the operator asked for: persistent definitions
+//! (with overrides), live overrides and freeze flags. The catalog turns a kernel
+//! mdev type into a [`TypeSpec`] with default knobs. [`effective`] combines them:
+//! live override > persistent override > type > kernel default.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gvm_proto::{Definition, Knobs, Overrides, OwnerRule, Source, Sources};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Default knobs of a catalog vGPU type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeSpec {
+    /// Catalog type name (`sim-4c`).
+    pub name: String,
+    /// Memory limit in bytes.
+    pub memory_limit: u64,
+    /// Compute priority 0..=16.
+    pub priority: u8,
+    /// Fixed share, if the type sets one.
+    pub share: Option<f64>,
+}
+
+/// A live mediated device as scanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedDevice {
+    /// UUID.
+    pub uuid: Uuid,
+    /// Parent device name.
+    pub parent: String,
+    /// Kernel mdev type id.
+    pub mdev_type: String,
+    /// The type's `name` attribute, if the parent provides one.
+    pub kernel_name: Option<String>,
+}
+
+/// Knob values of one gcgroup as the daemon last read or wrote them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcState {
+    /// `memory.limit`.
+    pub memory_limit: u64,
+    /// `compute.priority` as written by this daemon; `None` until written (the
+    /// kernel only applies a priority once it is written, so a read 8 means nothing).
+    pub priority: Option<u8>,
+    /// `compute.freeze`.
+    pub frozen: bool,
+}
+
+/// Host state as the last scan found it.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Registered mdev parents.
+    pub parents: BTreeSet<String>,
+    /// Live devices by UUID.
+    pub devices: BTreeMap<Uuid, ObservedDevice>,
+    /// Owner processes by vGPU.
+    pub owners: BTreeMap<Uuid, BTreeMap<u32, OwnerRule>>,
+    /// GPU registrations by owner pid.
+    pub gpus: BTreeMap<u32, BTreeSet<u32>>,
+    /// Known knob values by (pid, gpu).
+    pub gcgroups: BTreeMap<(u32, u32), GcState>,
+}
+
+/// What the operator asked for beyond the definition: until the device goes away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LiveState {
+    /// Live overrides (`set --live`).
+    pub overrides: Overrides,
+    /// Freeze flag.
+    pub frozen: bool,
+}
+
+impl LiveState {
+    /// Nothing to remember.
+    pub fn is_empty(&self) -> bool {
+        self.overrides.is_empty() && !self.frozen
+    }
+}
+
+/// The operator's intent.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    /// Persistent definitions by UUID.
+    pub definitions: BTreeMap<Uuid, Definition>,
+    /// Live state by UUID.
+    pub live: BTreeMap<Uuid, LiveState>,
+}
+
+/// Effective knobs of a vGPU and where each came from.
+pub fn effective(
+    ty: Option<&TypeSpec>,
+    definition: Option<&Definition>,
+    live: Option<&LiveState>,
+) -> (Knobs, Sources) {
+    let mut knobs = Knobs::default();
+    let mut src = Sources {
+        memory_limit: Source::Default,
+        priority: Source::Default,
+        share: Source::Default,
+    };
+    if let Some(t) = ty {
+        knobs.memory_limit = t.memory_limit;
+        knobs.priority = t.priority;
+        knobs.share = t.share;
+        src.memory_limit = Source::Type;
+        src.priority = Source::Type;
+        if t.share.is_some() {
+            src.share = Source::Type;
+        }
+    }
+    let layers = [
+        (definition.map(|d| d.overrides), Source::Persistent),
+        (live.map(|l| l.overrides), Source::Live),
+    ];
+    for (o, source) in layers {
+        let Some(o) = o else { continue };
+        if let Some(v) = o.memory_limit {
+            knobs.memory_limit = v;
+            src.memory_limit = source;
+        }
+        if let Some(v) = o.priority {
+            knobs.priority = v;
+            src.priority = source;
+        }
+        if let Some(v) = o.share {
+            knobs.share = Some(v);
+            src.share = source;
+        }
+    }
+    knobs.frozen = live.is_some_and(|l| l.frozen);
+    (knobs, src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty() -> TypeSpec {
+        TypeSpec {
+            name: "sim-4c".into(),
+            memory_limit: 4 << 30,
+            priority: 4,
+            share: None,
+        }
+    }
+
+    fn def(o: Overrides) -> Definition {
+        Definition {
+            uuid: Uuid::nil(),
+            parent: "p".into(),
+            mdev_type: "t".into(),
+            type_name: None,
+            autostart: false,
+            overrides: o,
+        }
+    }
+
+    #[test]
+    fn live_beats_persistent_beats_type_beats_default() {
+        let (k, s) = effective(None, None, None);
+        assert_eq!((k.priority, s.priority), (8, Source::Default));
+        assert_eq!(k.memory_limit, gvm_proto::UNLIMITED);
+
+        let (k, s) = effective(Some(&ty()), None, None);
+        assert_eq!((k.priority, s.priority), (4, Source::Type));
+
+        let d = def(Overrides {
+            priority: Some(2),
+            ..Overrides::default()
+        });
+        let (k, s) = effective(Some(&ty()), Some(&d), None);
+        assert_eq!((k.priority, s.priority), (2, Source::Persistent));
+        assert_eq!((k.memory_limit, s.memory_limit), (4 << 30, Source::Type));
+
+        let live = LiveState {
+            overrides: Overrides {
+                priority: Some(1),
+                share: Some(0.5),
+                ..Overrides::default()
+            },
+            frozen: true,
+        };
+        let (k, s) = effective(Some(&ty()), Some(&d), Some(&live));
+        assert_eq!((k.priority, s.priority), (1, Source::Live));
+        assert_eq!((k.share, s.share), (Some(0.5), Source::Live));
+        assert!(k.frozen);
+    }
+}

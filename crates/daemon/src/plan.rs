@@ -1,0 +1,472 @@
+//! Reconciliation as a pure planner.
+//!
+//! Given the observed host ([`Observed`]), the operator's intent ([`Desired`]) and
+//! the catalog type of each live device, [`plan`] lists the actions that bring the
+//! host to the intent: devices to create for autostart definitions whose parent is
+//! present, and knob writes for every owner gcgroup whose known value differs from
+//! the vGPU's effective knob. It does no I/O, so every rule is unit-tested; the
+//! executor in `daemon.rs` performs the actions and updates the observed cache.
+//!
+//! Devices whose kernel type has no catalog entry are *unmanaged*: listed, never
+//! written. Live state of devices that are gone is reported so it can be dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uuid::Uuid;
+
+use crate::model::{effective, Desired, GcState, Observed, TypeSpec};
+
+/// One knob write on one gcgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnobWrite {
+    /// `memory.limit` in bytes.
+    MemoryLimit(u64),
+    /// `compute.priority`.
+    Priority(u8),
+    /// `compute.freeze`.
+    Frozen(bool),
+}
+
+impl KnobWrite {
+    /// The GVM file name of the knob.
+    pub fn file(&self) -> &'static str {
+        match self {
+            KnobWrite::MemoryLimit(_) => "memory.limit",
+            KnobWrite::Priority(_) => "compute.priority",
+            KnobWrite::Frozen(_) => "compute.freeze",
+        }
+    }
+
+    /// The value as written.
+    pub fn value(&self) -> String {
+        match self {
+            KnobWrite::MemoryLimit(v) => v.to_string(),
+            KnobWrite::Priority(v) => v.to_string(),
+            KnobWrite::Frozen(v) => u8::from(*v).to_string(),
+        }
+    }
+
+    /// `state` with this write applied.
+    pub fn apply(&self, state: &mut GcState) {
+        match *self {
+            KnobWrite::MemoryLimit(v) => state.memory_limit = v,
+            KnobWrite::Priority(v) => state.priority = Some(v),
+            KnobWrite::Frozen(v) => state.frozen = v,
+        }
+    }
+}
+
+/// Something the executor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the device of an autostart definition.
+    Create {
+        /// UUID.
+        uuid: Uuid,
+        /// Parent.
+        parent: String,
+        /// Kernel type id.
+        mdev_type: String,
+    },
+    /// Write one knob of one owner gcgroup.
+    Write {
+        /// vGPU the owner belongs to.
+        uuid: Uuid,
+        /// Owner pid.
+        pid: u32,
+        /// GPU index.
+        gpu: u32,
+        /// Knob and value.
+        knob: KnobWrite,
+        /// Value found before, when it was known (drift report).
+        found: Option<String>,
+    },
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Actions in execution order.
+    pub actions: Vec<Action>,
+    /// Live devices with no catalog type.
+    pub unmanaged: Vec<Uuid>,
+    /// Live state kept for devices that no longer exist.
+    pub stale_live: Vec<Uuid>,
+}
+
+/// What to plan for.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// Parents on which autostart definitions should be created now (all parents
+    /// at daemon start, newly registered ones later).
+    pub autostart_parents: &'a BTreeSet<String>,
+    /// Restrict knob writes to these vGPUs (a retune); `None` plans for all.
+    pub only: Option<&'a BTreeSet<Uuid>>,
+}
+
+/// Plan the actions that bring `observed` to `desired`. `types` maps each managed
+/// live device to its catalog type.
+pub fn plan(
+    observed: &Observed,
+    desired: &Desired,
+    types: &BTreeMap<Uuid, TypeSpec>,
+    scope: Scope<'_>,
+) -> Plan {
+    let mut out = Plan::default();
+
+    for def in desired.definitions.values() {
+        if def.autostart
+            && !observed.devices.contains_key(&def.uuid)
+            && observed.parents.contains(&def.parent)
+            && scope.autostart_parents.contains(&def.parent)
+        {
+            out.actions.push(Action::Create {
+                uuid: def.uuid,
+                parent: def.parent.clone(),
+                mdev_type: def.mdev_type.clone(),
+            });
+        }
+    }
+
+    for uuid in desired.live.keys() {
+        if !observed.devices.contains_key(uuid) {
+            out.stale_live.push(*uuid);
+        }
+    }
+
+    for uuid in observed.devices.keys() {
+        if scope.only.is_some_and(|only| !only.contains(uuid)) {
+            continue;
+        }
+        let Some(ty) = types.get(uuid) else {
+            out.unmanaged.push(*uuid);
+            continue;
+        };
+        let (knobs, _) = effective(
+            Some(ty),
+            desired.definitions.get(uuid),
+            desired.live.get(uuid),
+        );
+        let Some(owners) = observed.owners.get(uuid) else {
+            continue;
+        };
+        let mut freezes = Vec::new();
+        for &pid in owners.keys() {
+            let Some(gpus) = observed.gpus.get(&pid) else {
+                continue;
+            };
+            for &gpu in gpus {
+                let state = observed.gcgroups.get(&(pid, gpu));
+                let write = |knob: KnobWrite, found: Option<String>, to: &mut Vec<Action>| {
+                    to.push(Action::Write {
+                        uuid: *uuid,
+                        pid,
+                        gpu,
+                        knob,
+                        found,
+                    })
+                };
+                match state {
+                    None => {
+                        // Never read: write everything (cheap, and the safe default).
+                        write(
+                            KnobWrite::MemoryLimit(knobs.memory_limit),
+                            None,
+                            &mut out.actions,
+                        );
+                        write(KnobWrite::Priority(knobs.priority), None, &mut out.actions);
+                        write(KnobWrite::Frozen(knobs.frozen), None, &mut freezes);
+                    }
+                    Some(s) => {
+                        if s.memory_limit != knobs.memory_limit {
+                            let found = Some(s.memory_limit.to_string());
+                            write(
+                                KnobWrite::MemoryLimit(knobs.memory_limit),
+                                found,
+                                &mut out.actions,
+                            );
+                        }
+                        if s.priority != Some(knobs.priority) {
+                            let found = s.priority.map(|p| p.to_string());
+                            write(KnobWrite::Priority(knobs.priority), found, &mut out.actions);
+                        }
+                        if s.frozen != knobs.frozen {
+                            let found = Some(u8::from(s.frozen).to_string());
+                            write(KnobWrite::Frozen(knobs.frozen), found, &mut freezes);
+                        }
+                    }
+                }
+            }
+        }
+        // Freeze after the other knobs of this vGPU so a frozen owner's limits are
+        // already in place when it is thawed later.
+        out.actions.append(&mut freezes);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LiveState, ObservedDevice};
+    use gvm_proto::{Definition, Overrides, OwnerRule};
+
+    fn u(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn ty(prio: u8) -> TypeSpec {
+        TypeSpec {
+            name: "sim-4c".into(),
+            memory_limit: 4 << 30,
+            priority: prio,
+            share: None,
+        }
+    }
+
+    fn host_with(uuid: Uuid, owners: &[(u32, &[u32])]) -> Observed {
+        let mut o = Observed::default();
+        o.parents.insert("p0".into());
+        o.devices.insert(
+            uuid,
+            ObservedDevice {
+                uuid,
+                parent: "p0".into(),
+                mdev_type: "gvmsim-1".into(),
+                kernel_name: None,
+            },
+        );
+        let mut m = BTreeMap::new();
+        for (pid, gpus) in owners {
+            m.insert(*pid, OwnerRule::Environment);
+            o.gpus.insert(*pid, gpus.iter().copied().collect());
+        }
+        o.owners.insert(uuid, m);
+        o
+    }
+
+    fn all() -> BTreeSet<String> {
+        ["p0".to_string()].into_iter().collect()
+    }
+
+    fn writes(p: &Plan) -> Vec<(u32, u32, KnobWrite)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Write { pid, gpu, knob, .. } => Some((*pid, *gpu, *knob)),
+                Action::Create { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_gcgroups_get_every_knob_of_their_type() {
+        let obs = host_with(u(1), &[(100, &[0, 8]), (101, &[])]);
+        let types = [(u(1), ty(4))].into_iter().collect();
+        let none = BTreeSet::new();
+        let p = plan(
+            &obs,
+            &Desired::default(),
+            &types,
+            Scope {
+                autostart_parents: &none,
+                only: None,
+            },
+        );
+        let w = writes(&p);
+        assert_eq!(w.len(), 6, "{w:?}");
+        assert!(w.contains(&(100, 8, KnobWrite::MemoryLimit(4 << 30))));
+        assert!(w.contains(&(100, 0, KnobWrite::Priority(4))));
+        assert!(w.contains(&(100, 0, KnobWrite::Frozen(false))));
+        assert!(!w.iter().any(|(pid, _, _)| *pid == 101));
+    }
+
+    #[test]
+    fn known_values_equal_to_intent_need_no_write_and_drift_is_reported() {
+        let mut obs = host_with(u(1), &[(100, &[0])]);
+        let good = GcState {
+            memory_limit: 4 << 30,
+            priority: Some(4),
+            frozen: false,
+        };
+        obs.gcgroups.insert((100, 0), good);
+        let types = [(u(1), ty(4))].into_iter().collect();
+        let none = BTreeSet::new();
+        let scope = Scope {
+            autostart_parents: &none,
+            only: None,
+        };
+        assert!(plan(&obs, &Desired::default(), &types, scope)
+            .actions
+            .is_empty());
+
+        obs.gcgroups.insert(
+            (100, 0),
+            GcState {
+                memory_limit: 1,
+                ..good
+            },
+        );
+        let p = plan(&obs, &Desired::default(), &types, scope);
+        assert_eq!(
+            p.actions,
+            vec![Action::Write {
+                uuid: u(1),
+                pid: 100,
+                gpu: 0,
+                knob: KnobWrite::MemoryLimit(4 << 30),
+                found: Some("1".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn live_overrides_and_freeze_reach_every_owner_freeze_last() {
+        let mut obs = host_with(u(1), &[(100, &[0]), (200, &[8])]);
+        for k in [(100, 0), (200, 8)] {
+            obs.gcgroups.insert(
+                k,
+                GcState {
+                    memory_limit: 4 << 30,
+                    priority: Some(4),
+                    frozen: false,
+                },
+            );
+        }
+        let mut desired = Desired::default();
+        desired.live.insert(
+            u(1),
+            LiveState {
+                overrides: Overrides {
+                    priority: Some(1),
+                    ..Overrides::default()
+                },
+                frozen: true,
+            },
+        );
+        let types = [(u(1), ty(4))].into_iter().collect();
+        let none = BTreeSet::new();
+        let p = plan(
+            &obs,
+            &desired,
+            &types,
+            Scope {
+                autostart_parents: &none,
+                only: None,
+            },
+        );
+        let w = writes(&p);
+        assert_eq!(
+            w,
+            vec![
+                (100, 0, KnobWrite::Priority(1)),
+                (200, 8, KnobWrite::Priority(1)),
+                (100, 0, KnobWrite::Frozen(true)),
+                (200, 8, KnobWrite::Frozen(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn unmanaged_devices_are_reported_and_never_written() {
+        let obs = host_with(u(7), &[(100, &[0])]);
+        let none = BTreeSet::new();
+        let p = plan(
+            &obs,
+            &Desired::default(),
+            &BTreeMap::new(),
+            Scope {
+                autostart_parents: &none,
+                only: None,
+            },
+        );
+        assert_eq!(p.unmanaged, vec![u(7)]);
+        assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn autostart_only_for_present_parents_in_scope_and_absent_devices() {
+        let obs = host_with(u(1), &[]);
+        let mut desired = Desired::default();
+        for (n, parent, auto) in [
+            (1, "p0", true),
+            (2, "p0", true),
+            (3, "p9", true),
+            (4, "p0", false),
+        ] {
+            desired.definitions.insert(
+                u(n),
+                Definition {
+                    uuid: u(n),
+                    parent: parent.into(),
+                    mdev_type: "gvmsim-1".into(),
+                    type_name: None,
+                    autostart: auto,
+                    overrides: Overrides::default(),
+                },
+            );
+        }
+        let types = [(u(1), ty(4))].into_iter().collect();
+        let p = plan(
+            &obs,
+            &desired,
+            &types,
+            Scope {
+                autostart_parents: &all(),
+                only: None,
+            },
+        );
+        let creates: Vec<Uuid> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Create { uuid, .. } => Some(*uuid),
+                Action::Write { .. } => None,
+            })
+            .collect();
+        assert_eq!(creates, vec![u(2)]);
+        let none = BTreeSet::new();
+        let p = plan(
+            &obs,
+            &desired,
+            &types,
+            Scope {
+                autostart_parents: &none,
+                only: None,
+            },
+        );
+        assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn a_retune_scope_plans_only_its_vgpus_and_stale_live_state_is_found() {
+        let mut obs = host_with(u(1), &[(100, &[0])]);
+        let extra = host_with(u(2), &[(200, &[0])]);
+        obs.devices.extend(extra.devices);
+        obs.owners.extend(extra.owners);
+        obs.gpus.extend(extra.gpus);
+        let types = [(u(1), ty(4)), (u(2), ty(4))].into_iter().collect();
+        let mut desired = Desired::default();
+        desired.live.insert(
+            u(9),
+            LiveState {
+                frozen: true,
+                ..LiveState::default()
+            },
+        );
+        let none = BTreeSet::new();
+        let only: BTreeSet<Uuid> = [u(2)].into_iter().collect();
+        let p = plan(
+            &obs,
+            &desired,
+            &types,
+            Scope {
+                autostart_parents: &none,
+                only: Some(&only),
+            },
+        );
+        assert!(writes(&p).iter().all(|(pid, _, _)| *pid == 200));
+        assert_eq!(writes(&p).len(), 3);
+        assert_eq!(p.stale_live, vec![u(9)]);
+    }
+}
