@@ -76,7 +76,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err_at(&self, offset: usize, field: impl Into<String>, message: impl Into<String>) -> Error {
-        let pos = pos_at(self.text, offset);
+        self.err_pos(pos_at(self.text, offset), field, message)
+    }
+
+    fn err_pos(&self, pos: Pos, field: impl Into<String>, message: impl Into<String>) -> Error {
         Error::Invalid {
             file: self.file.to_path_buf(),
             line: pos.line,
@@ -272,8 +275,8 @@ pub(crate) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile> {
         let (ty, pos) = parse_type(&ctx, table, &prefix, &model, framebuffer)?;
         for (j, other) in types.iter().enumerate() {
             if other.name == ty.name {
-                return Err(ctx.err_at(
-                    offset_of(text, pos.name),
+                return Err(ctx.err_pos(
+                    pos.name,
                     format!("{prefix}.name"),
                     format!(
                         "type name '{}' is already used by type[{j}] at line {}; type names must be unique",
@@ -282,8 +285,8 @@ pub(crate) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile> {
                 ));
             }
             if other.binding == ty.binding {
-                return Err(ctx.err_at(
-                    offset_of(text, pos.binding),
+                return Err(ctx.err_pos(
+                    pos.binding,
                     binding_field(&prefix, &ty.binding),
                     format!(
                         "{} is already bound by type '{}' at line {}; each kernel type may be bound once",
@@ -318,21 +321,6 @@ pub(crate) fn binding_field(prefix: &str, binding: &Binding) -> String {
         Binding::TypeId(_) => format!("{prefix}.mdev_type"),
         Binding::TypeName(_) => format!("{prefix}.mdev_name"),
     }
-}
-
-/// Byte offset of a line/column (inverse of [`pos_at`], for re-reporting a kept position).
-fn offset_of(text: &str, pos: Pos) -> usize {
-    let line_start: usize = text
-        .split_inclusive('\n')
-        .take(pos.line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let rest = text.get(line_start..).unwrap_or("");
-    line_start
-        + rest
-            .char_indices()
-            .nth(pos.column.saturating_sub(1))
-            .map_or(rest.len(), |(i, _)| i)
 }
 
 fn parse_type(
