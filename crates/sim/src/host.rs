@@ -468,4 +468,4 @@ pub fn parse_decimal(data: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 #[path = "host_tests.rs"]
-mod tests;
+pub(crate) mod tests;
