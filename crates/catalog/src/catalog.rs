@@ -43,6 +43,27 @@ impl Catalog {
         Self::from_layers(files)
     }
 
+    /// The built-in catalog (layer 0) overridden by every `*.toml` in `dirs`, in order: what the
+    /// CLI and the daemon load, so a host needs no installed catalog and an operator's file in
+    /// `/etc/gvm-vgpu/mdev-types` replaces the shipped model of the same name.
+    pub fn load_with_builtin(dirs: &[PathBuf]) -> Result<Catalog> {
+        let mut files = Vec::new();
+        for (name, text) in crate::BUILTIN_FILES {
+            let path = Path::new("<builtin>/mdev-types").join(name);
+            files.push((0, parse_file(&path, text)?));
+        }
+        for (layer, dir) in dirs.iter().enumerate() {
+            for path in toml_files(dir)? {
+                let text = std::fs::read_to_string(&path).map_err(|source| Error::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                files.push((layer + 1, parse_file(&path, &text)?));
+            }
+        }
+        Self::from_layers(files)
+    }
+
     /// Parse and validate one file's text; `file` is only used in messages and as the source.
     pub fn parse_str(file: &Path, text: &str) -> Result<GpuModel> {
         parse_file(file, text).map(|p| p.model)

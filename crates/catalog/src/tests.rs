@@ -556,3 +556,24 @@ fn the_simulated_host_types_match_the_simulator() {
         ("H100-20C", ByteSize::gib(20), 4)
     );
 }
+
+#[test]
+fn builtin_is_the_base_layer_and_a_dir_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // No directories: exactly the built-in catalog.
+    let base = Catalog::load_with_builtin(&[]).unwrap();
+    assert!(base.type_by_name("sim-4c").is_ok());
+    // An operator file for the same model replaces the shipped one.
+    std::fs::write(
+        dir.path().join("sim.toml"),
+        "[gpu]\nmodel = \"GVM-SIM-80GB\"\n\n[[type]]\nname = \"sim-custom\"\nmdev_type = \"gvmsim-1\"\nmemory_limit = \"2GiB\"\npriority = 3\nmax_instances = 16\nhost_swap = false\n",
+    )
+    .unwrap();
+    let layered = Catalog::load_with_builtin(&[dir.path().to_path_buf()]).unwrap();
+    assert!(layered.type_by_name("sim-4c").is_err());
+    let custom = layered.type_by_name("sim-custom").unwrap();
+    assert_eq!(custom.priority, 3);
+    assert_eq!(layered.resolve("gvmsim-1", None).unwrap().name, "sim-custom");
+    // Other shipped models are still there.
+    assert!(layered.type_by_name("mtty-1port").is_ok());
+}
