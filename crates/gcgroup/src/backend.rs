@@ -1,0 +1,84 @@
+//! The backend seam: one trait over every implementation of the gcgroup knobs.
+//!
+//! The daemon applies memory limits, priorities and freezes through
+//! [`GcgroupBackend`] without knowing who enforces them: GVM's debugfs tree
+//! ([`crate::GvmTree`], name `gvm`), the CUDA interposer's registry (`shim`, in
+//! the shim crate) or an in-memory table for tests ([`crate::MemoryBackend`],
+//! name `memory`). All share the knob names and semantics of GVM's ABI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::tree::GvmTree;
+use crate::value::{KernelStat, MemoryLimit, Priority};
+
+/// Every knob of one gcgroup, read at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcgroupSnapshot {
+    /// The process id.
+    pub pid: u32,
+    /// UVM's GPU index.
+    pub gpu: u32,
+    /// `memory.limit`.
+    pub memory_limit: MemoryLimit,
+    /// `memory.current`: bytes resident on the GPU.
+    pub memory_current: u64,
+    /// `memory.swap.current`: bytes evicted to host memory.
+    pub swap_current: u64,
+    /// `compute.priority`.
+    pub priority: Priority,
+    /// `compute.freeze`.
+    pub frozen: bool,
+    /// `gcgroup.stat`.
+    pub stat: KernelStat,
+}
+
+/// Something that enforces per-process, per-GPU limits with GVM's knobs.
+///
+/// A process that disappears mid-call yields [`crate::Error::ProcessGone`].
+pub trait GcgroupBackend: Send + Sync {
+    /// The processes that currently have a gcgroup, sorted.
+    fn processes(&self) -> Result<Vec<u32>>;
+    /// The GPU indexes `pid` has registered, sorted.
+    fn gpus(&self, pid: u32) -> Result<Vec<u32>>;
+    /// Every knob of `pid` on `gpu`.
+    fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot>;
+    /// Set `memory.limit`.
+    fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()>;
+    /// Set `compute.priority`.
+    fn set_priority(&self, pid: u32, gpu: u32, priority: Priority) -> Result<()>;
+    /// Set `compute.freeze`.
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()>;
+    /// A short stable name: `gvm`, `shim`, `memory`, ...
+    fn name(&self) -> &'static str;
+}
+
+impl GcgroupBackend for GvmTree {
+    fn processes(&self) -> Result<Vec<u32>> {
+        GvmTree::processes(self)
+    }
+
+    fn gpus(&self, pid: u32) -> Result<Vec<u32>> {
+        GvmTree::gpus(self, pid)
+    }
+
+    fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
+        self.gcgroup(pid, gpu).snapshot()
+    }
+
+    fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()> {
+        self.gcgroup(pid, gpu).set_memory_limit(limit)
+    }
+
+    fn set_priority(&self, pid: u32, gpu: u32, priority: Priority) -> Result<()> {
+        self.gcgroup(pid, gpu).set_priority(priority)
+    }
+
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()> {
+        self.gcgroup(pid, gpu).set_frozen(frozen)
+    }
+
+    fn name(&self) -> &'static str {
+        "gvm"
+    }
+}
