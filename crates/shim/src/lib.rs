@@ -1,1 +1,52 @@
-//! libgvm_cuda.so (placeholder).
+//! `libgvm_cuda.so`: the userspace gcgroup backend, a CUDA driver-API interposer.
+//!
+//! GVM enforces per-process GPU limits ("gcgroups": `memory.limit`, `compute.priority`,
+//! `compute.freeze`, kernel counts) inside a modified NVIDIA UVM driver. On stock drivers the
+//! same knobs can be enforced from inside each process: this library is loaded with
+//! `LD_PRELOAD` into the processes that own a vGPU and sits between the program (or the CUDA
+//! runtime, cuBLAS, NCCL…) and `libcuda.so.1`.
+//!
+//! * **Reaching the driver.** Programs find driver functions by linking them, by `dlsym`, or
+//!   through `cuGetProcAddress`/`cuGetProcAddress_v2` (CUDA 12/13 runtimes fetch
+//!   `cuGetProcAddress` through itself first). The library answers all three with its
+//!   wrappers, chosen by name, requested version and stream flavour ([`resolve`]); whatever it
+//!   does not wrap goes straight to the driver.
+//! * **Memory.** Every device allocation path and every free is accounted per GPU
+//!   ([`accounting`]); over the limit an allocation fails with `CUDA_ERROR_OUT_OF_MEMORY`, or,
+//!   when host swap is allowed, is placed in managed memory that prefers the host and counted
+//!   as swap. `cuMemGetInfo` and `cuDeviceTotalMem` report the limit.
+//! * **Compute.** Every launch passes a gate ([`gate`]): two atomic loads when nothing is
+//!   throttled; a futex sleep while frozen or held by the policy engine.
+//! * **Control.** Knobs and counters live in a shared-memory block ([`control`]) written by
+//!   gvm-vgpud; without a daemon the library creates it from environment variables
+//!   ([`config`]) and says so once on stderr.
+//!
+//! The library never fails the program it is loaded into: set-up errors are logged and the
+//! library degrades to a private block or to plain forwarding. A process that never touches
+//! CUDA sees only an extra `dlsym` hop.
+//!
+//! The Rust API (the `rlib`) is what gvm-vgpud and tests use to create and drive control
+//! blocks:
+//!
+//! ```
+//! use gvm_cuda::{config::Knobs, control::ControlMap};
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("gvm-vgpu-1234");
+//! let knobs = Knobs { memory_limit: 6 << 30, ..Knobs::default() };
+//! let ctl = ControlMap::create(&path, &knobs, 0)?; // the daemon's side
+//! ctl.set_frozen(true);                             // holds the process's new launches
+//! assert_eq!(ctl.block().knobs().memory_limit, 6 << 30);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod accounting;
+pub mod config;
+pub mod control;
+pub mod error;
+mod ffi;
+pub mod gate;
+mod hooks;
+pub mod resolve;
+mod shim;
+
+pub use error::{Error, Result};

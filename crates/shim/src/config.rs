@@ -1,0 +1,187 @@
+//! Knobs from the environment, used when no daemon hands the shim a control block.
+//!
+//! `GVM_MEMORY_LIMIT` (bytes, or with a unit: `20GiB`, `512M`, `unlimited`), `GVM_PRIORITY`
+//! (0..=16, lower is more important, as GVM's `compute.priority`), `GVM_HOST_SWAP` (`1` lets
+//! allocations over the limit spill to host-preferred managed memory) and `GVM_VGPU_UUID`
+//! (the vGPU this process belongs to). Parsing is pure: the caller passes a lookup function.
+
+use crate::error::Error;
+
+/// The memory limit meaning "no limit" (GVM's `memory.limit` default).
+pub const UNLIMITED: u64 = u64::MAX;
+/// GVM's default `compute.priority`.
+pub const DEFAULT_PRIORITY: u32 = 8;
+/// The highest (least important) priority value.
+pub const MAX_PRIORITY: u32 = 16;
+
+/// The knobs a gcgroup has, as the shim enforces them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Knobs {
+    /// Device memory limit in bytes per GPU ([`UNLIMITED`] for none).
+    pub memory_limit: u64,
+    /// Compute priority, 0..=16.
+    pub priority: u32,
+    /// Whether allocations over the limit may spill to host memory.
+    pub host_swap: bool,
+    /// The vGPU UUID the process belongs to, if known.
+    pub vgpu_uuid: Option<String>,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            memory_limit: UNLIMITED,
+            priority: DEFAULT_PRIORITY,
+            host_swap: false,
+            vgpu_uuid: None,
+        }
+    }
+}
+
+impl Knobs {
+    /// Read the knobs through `get` (normally `std::env::var`). Bad values are skipped (the
+    /// default stays) and returned as errors for the caller to log.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> (Knobs, Vec<Error>) {
+        let mut knobs = Knobs::default();
+        let mut errors = Vec::new();
+        if let Some(v) = get("GVM_MEMORY_LIMIT") {
+            match parse_bytes(&v) {
+                Some(b) => knobs.memory_limit = b,
+                None => errors.push(bad(
+                    "GVM_MEMORY_LIMIT",
+                    v,
+                    "use bytes or a size such as 20GiB, 512MiB, 6G, or 'unlimited'",
+                )),
+            }
+        }
+        if let Some(v) = get("GVM_PRIORITY") {
+            match v.trim().parse::<u32>() {
+                Ok(p) if p <= MAX_PRIORITY => knobs.priority = p,
+                _ => errors.push(bad(
+                    "GVM_PRIORITY",
+                    v,
+                    "use an integer from 0 (highest) to 16",
+                )),
+            }
+        }
+        if let Some(v) = get("GVM_HOST_SWAP") {
+            match parse_bool(&v) {
+                Some(b) => knobs.host_swap = b,
+                None => errors.push(bad("GVM_HOST_SWAP", v, "use 1 or 0")),
+            }
+        }
+        if let Some(v) = get("GVM_VGPU_UUID") {
+            if is_uuid(v.trim()) {
+                knobs.vgpu_uuid = Some(v.trim().to_ascii_lowercase());
+            } else {
+                errors.push(bad("GVM_VGPU_UUID", v, "use a 36-character UUID"));
+            }
+        }
+        (knobs, errors)
+    }
+}
+
+fn bad(var: &'static str, value: String, reason: &'static str) -> Error {
+    Error::BadEnv { var, value, reason }
+}
+
+/// Parse a byte size: plain bytes, or a number with a unit. `K/M/G/T` and `KiB/MiB/GiB/TiB`
+/// are powers of 1024 (as the CLI's `--memory-limit 6G`), `KB/MB/GB/TB` powers of 1000;
+/// `unlimited`, `max` and GVM's 18446744073709551615 mean no limit.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("unlimited") || s.eq_ignore_ascii_case("max") {
+        return Some(UNLIMITED);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parse `1/0/true/false/yes/no/on/off`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `s` looks like a UUID (8-4-4-4-12 hex digits).
+pub fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip(lens)
+            .all(|(g, l)| g.len() == l && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("1073741824"), Some(1 << 30));
+        assert_eq!(parse_bytes("20GiB"), Some(20 << 30));
+        assert_eq!(parse_bytes("6G"), Some(6 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_bytes("unlimited"), Some(UNLIMITED));
+        assert_eq!(parse_bytes("18446744073709551615"), Some(UNLIMITED));
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes("12XB"), None);
+        assert_eq!(parse_bytes("99999999999T"), None, "overflow is rejected");
+    }
+
+    #[test]
+    fn env_knobs_are_read_and_bad_values_reported() {
+        let (k, errs) = Knobs::from_lookup(lookup(&[
+            ("GVM_MEMORY_LIMIT", "4GiB"),
+            ("GVM_PRIORITY", "2"),
+            ("GVM_HOST_SWAP", "1"),
+            ("GVM_VGPU_UUID", "5B4F1D7C-0000-4000-8000-000000000001"),
+        ]));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(k.memory_limit, 4 << 30);
+        assert_eq!(k.priority, 2);
+        assert!(k.host_swap);
+        assert_eq!(
+            k.vgpu_uuid.as_deref(),
+            Some("5b4f1d7c-0000-4000-8000-000000000001")
+        );
+
+        let (k, errs) = Knobs::from_lookup(lookup(&[
+            ("GVM_MEMORY_LIMIT", "lots"),
+            ("GVM_PRIORITY", "17"),
+            ("GVM_VGPU_UUID", "nope"),
+        ]));
+        assert_eq!(k, Knobs::default());
+        assert_eq!(errs.len(), 3);
+        assert!(errs[0].to_string().contains("GVM_MEMORY_LIMIT"));
+    }
+}
