@@ -443,7 +443,7 @@ impl Gpu {
     fn fire_workload_events(&mut self) {
         let now = self.now;
         for c in 0..self.ctxs.len() {
-            if self.ctxs[c].next_event.is_none_or(|t| t > now) {
+            if !matches!(self.ctxs[c].next_event, Some(t) if t <= now) {
                 continue;
             }
             let vi = self.ctxs[c].vgpu;

@@ -461,3 +461,7 @@ fn sanitize_share(share: f64) -> f64 {
         0.0
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
