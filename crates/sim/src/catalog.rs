@@ -156,7 +156,12 @@ pub fn parents(model: Model, gpus: u32) -> Vec<ParentSpec> {
             .map(|i| {
                 let name = format!("0000:{:02x}:00.0", 0x3b + i);
                 ParentSpec {
-                    dir: vec!["sys".into(), "devices".into(), "pci0000:00".into(), name.clone()],
+                    dir: vec![
+                        "sys".into(),
+                        "devices".into(),
+                        "pci0000:00".into(),
+                        name.clone(),
+                    ],
                     name,
                     uvm_index: Some(8 * i),
                     pool: GPU_FRAMEBUFFER,
@@ -194,12 +199,18 @@ mod tests {
     #[test]
     fn gvm_sim_available_is_bounded_by_count_and_framebuffer() {
         let p = &parents(Model::GvmSim, 1)[0];
-        let t1 = p.type_spec("gvmsim-1").cloned().unwrap_or_else(|| panic!("gvmsim-1"));
+        let t1 = p
+            .type_spec("gvmsim-1")
+            .cloned()
+            .unwrap_or_else(|| panic!("gvmsim-1"));
         assert_eq!(t1.available(0, GPU_FRAMEBUFFER), 16);
         assert_eq!(t1.available(16, GPU_FRAMEBUFFER), 0);
         // 40 GiB taken by another type: 10 x 4 GiB still fit.
         assert_eq!(t1.available(0, 40 * GIB), 10);
-        let t5 = p.type_spec("gvmsim-5").cloned().unwrap_or_else(|| panic!("gvmsim-5"));
+        let t5 = p
+            .type_spec("gvmsim-5")
+            .cloned()
+            .unwrap_or_else(|| panic!("gvmsim-5"));
         assert_eq!(t5.available(0, 76 * GIB), 0);
         assert!(t1.description().contains("framebuffer=4096M"));
         assert!(t1.description().contains("max_instance=16"));
@@ -209,7 +220,10 @@ mod tests {
     fn mtty_types_share_24_ports() {
         let p = &parents(Model::Mtty, 7);
         assert_eq!(p.len(), 1);
-        let t2 = p[0].type_spec("mtty-2").cloned().unwrap_or_else(|| panic!("mtty-2"));
+        let t2 = p[0]
+            .type_spec("mtty-2")
+            .cloned()
+            .unwrap_or_else(|| panic!("mtty-2"));
         assert_eq!(t2.available(0, 24), 12);
         assert_eq!(t2.available(3, 1), 0);
         assert_eq!(Model::Mtty.exhausted_errno(), libc::ENOSPC);

@@ -29,7 +29,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   gvm-vgpu-sim --root /tmp/sim --foreground &
 ///   echo $(uuidgen) > /tmp/sim/sys/class/mdev_bus/0000:3b:00.0/mdev_supported_types/gvmsim-1/create
 #[derive(Debug, Parser)]
-#[command(name = "gvm-vgpu-sim", version, verbatim_doc_comment, subcommand_negates_reqs = true)]
+#[command(
+    name = "gvm-vgpu-sim",
+    version,
+    verbatim_doc_comment,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     /// Directory to mount the simulated host on (must exist).
     #[arg(long, value_name = "DIR", env = "GVM_VGPU_ROOT", required = true)]

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FsError {
     /// The node does not exist (or no longer does: the device was removed, the process exited).
-    #[error("{path}: no such file or directory (it may have been removed; list its directory again)")]
+    #[error(
+        "{path}: no such file or directory (it may have been removed; list its directory again)"
+    )]
     NotFound {
         /// Path relative to the simulated root.
         path: String,

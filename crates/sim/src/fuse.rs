@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::FsError;
@@ -49,7 +49,9 @@ impl Inodes {
         if ino == 1 {
             return Some(String::new());
         }
-        self.paths.get(usize::try_from(ino).ok()?.checked_sub(1)?).cloned()
+        self.paths
+            .get(usize::try_from(ino).ok()?.checked_sub(1)?)
+            .cloned()
     }
 }
 
@@ -98,11 +100,17 @@ impl SimFs {
     }
 
     fn path_of(&self, ino: INodeNo) -> Option<String> {
-        self.inodes.lock().unwrap_or_else(|p| p.into_inner()).path(ino.0)
+        self.inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .path(ino.0)
     }
 
     fn ino_of(&self, path: &str) -> u64 {
-        self.inodes.lock().unwrap_or_else(|p| p.into_inner()).ino(path)
+        self.inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ino(path)
     }
 
     fn attr(&self, ino: u64, kind: &Kind) -> FileAttr {
@@ -211,7 +219,10 @@ impl Filesystem for SimFs {
         if read {
             match tree::read(&host, &s) {
                 Ok(data) => {
-                    self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, data);
+                    self.handles
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(fh, data);
                 }
                 Err(e) => return reply.error(errno(&e)),
             }
@@ -234,7 +245,9 @@ impl Filesystem for SimFs {
         let Some(data) = handles.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let end = start.saturating_add(size as usize).min(data.len());
         reply.data(&data[start..end]);
     }
@@ -260,7 +273,14 @@ impl Filesystem for SimFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -274,11 +294,21 @@ impl Filesystem for SimFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -286,7 +316,10 @@ impl Filesystem for SimFs {
             Ok(v) => v,
             Err(e) => return reply.error(errno(&e)),
         };
-        let mut all = vec![(ino.0, FileType::Directory, ".".to_string()), (ino.0, FileType::Directory, "..".to_string())];
+        let mut all = vec![
+            (ino.0, FileType::Directory, ".".to_string()),
+            (ino.0, FileType::Directory, "..".to_string()),
+        ];
         for en in entries {
             let child = self.ino_of(&join(&path, &en.name));
             let kind = match en.kind {
@@ -296,7 +329,11 @@ impl Filesystem for SimFs {
             };
             all.push((child, kind, en.name));
         }
-        for (i, (child, kind, name)) in all.into_iter().enumerate().skip(usize::try_from(offset).unwrap_or(usize::MAX)) {
+        for (i, (child, kind, name)) in all
+            .into_iter()
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+        {
             if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
                 break;
             }

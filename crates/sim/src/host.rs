@@ -148,19 +148,32 @@ impl SimHost {
     }
 
     /// The store of `<parent>/mdev_supported_types/<type>/create`.
-    pub fn create(&mut self, path: &str, parent: usize, type_id: &str, data: &[u8]) -> Result<String, FsError> {
+    pub fn create(
+        &mut self,
+        path: &str,
+        parent: usize,
+        type_id: &str,
+        data: &[u8],
+    ) -> Result<String, FsError> {
         if data.len() != 36 && data.len() != 37 {
             return Err(FsError::invalid(
                 path,
                 format!("{} bytes written; write one 36-character UUID, optionally followed by a newline", data.len()),
             ));
         }
-        let uuid = parse_uuid(&data[..36])
-            .ok_or_else(|| FsError::invalid(path, "not a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"))?;
+        let uuid = parse_uuid(&data[..36]).ok_or_else(|| {
+            FsError::invalid(
+                path,
+                "not a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+            )
+        })?;
         if self.devices.contains_key(&uuid) {
             return Err(FsError::Exists { uuid });
         }
-        let p = self.parents.get(parent).ok_or_else(|| FsError::not_found(path))?;
+        let p = self
+            .parents
+            .get(parent)
+            .ok_or_else(|| FsError::not_found(path))?;
         if p.type_spec(type_id).is_none() {
             return Err(FsError::not_found(path));
         }
@@ -190,14 +203,20 @@ impl SimHost {
     /// The store of `<device>/remove`: a non-zero number removes the device
     /// (and kills its owners), `0` does nothing, anything else is `EINVAL`.
     pub fn remove(&mut self, path: &str, uuid: &str, data: &[u8]) -> Result<(), FsError> {
-        let value = parse_kstrtoul(data).ok_or_else(|| FsError::invalid(path, "write 1 to remove the device"))?;
+        let value = parse_kstrtoul(data)
+            .ok_or_else(|| FsError::invalid(path, "write 1 to remove the device"))?;
         if value == 0 {
             return Ok(());
         }
         if self.devices.remove(uuid).is_none() {
             return Err(FsError::not_found(path));
         }
-        let pids: Vec<u32> = self.owners.iter().filter(|(_, o)| o.uuid == uuid).map(|(p, _)| *p).collect();
+        let pids: Vec<u32> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| o.uuid == uuid)
+            .map(|(p, _)| *p)
+            .collect();
         for pid in pids {
             self.kill_owner(pid)?;
         }
@@ -222,14 +241,22 @@ impl SimHost {
     }
 
     /// A store to `<pid>/<gpu>/<knob>` in the GVM tree.
-    pub fn gvm_store(&mut self, path: &str, pid: u32, gpu: u32, knob: &str, data: &[u8]) -> Result<(), FsError> {
+    pub fn gvm_store(
+        &mut self,
+        path: &str,
+        pid: u32,
+        gpu: u32,
+        knob: &str,
+        data: &[u8],
+    ) -> Result<(), FsError> {
         if self.client(pid, gpu).is_none() {
             return Err(FsError::not_found(path));
         }
         if data.len() > 31 {
             return Err(FsError::invalid(path, "more than 31 bytes written"));
         }
-        let value = parse_decimal(data).ok_or_else(|| FsError::invalid(path, "write a decimal number"))?;
+        let value =
+            parse_decimal(data).ok_or_else(|| FsError::invalid(path, "write a decimal number"))?;
         let client = match self.owners.get_mut(&pid) {
             Some(o) => &mut o.client,
             None => return Err(FsError::not_found(path)),
@@ -279,7 +306,8 @@ impl SimHost {
 
     /// One command written to `gvm-sim/control`.
     pub fn control(&mut self, path: &str, data: &[u8]) -> Result<(), FsError> {
-        let text = std::str::from_utf8(data).map_err(|_| FsError::invalid(path, "commands are UTF-8 text"))?;
+        let text = std::str::from_utf8(data)
+            .map_err(|_| FsError::invalid(path, "commands are UTF-8 text"))?;
         let mut words = text.split_whitespace();
         let usage = "commands: `spawn <uuid> [gpu=N] [memory=BYTES] [busy=0|1] [register_delay_ms=N]`, `kill <pid>`, `set <pid> memory=BYTES|busy=0|1`";
         match (words.next(), words.next()) {
@@ -292,10 +320,19 @@ impl SimHost {
                 }
                 let mut opts = SpawnOpts::default_for(None);
                 for w in words {
-                    let (k, v) = w.split_once('=').ok_or_else(|| FsError::invalid(path, usage))?;
-                    let n: u64 = v.parse().map_err(|_| FsError::invalid(path, format!("{k}: not a number")))?;
+                    let (k, v) = w
+                        .split_once('=')
+                        .ok_or_else(|| FsError::invalid(path, usage))?;
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| FsError::invalid(path, format!("{k}: not a number")))?;
                     match k {
-                        "gpu" => opts.gpu = Some(u32::try_from(n).map_err(|_| FsError::invalid(path, "gpu too large"))?),
+                        "gpu" => {
+                            opts.gpu = Some(
+                                u32::try_from(n)
+                                    .map_err(|_| FsError::invalid(path, "gpu too large"))?,
+                            )
+                        }
                         "memory" => opts.memory = n,
                         "busy" => opts.busy = parse_bool(path, n)?,
                         "register_delay_ms" => opts.register_delay_ms = n,
@@ -311,9 +348,17 @@ impl SimHost {
             (Some("set"), Some(pid)) => {
                 let pid = self.known_pid(path, pid)?;
                 for w in words {
-                    let (k, v) = w.split_once('=').ok_or_else(|| FsError::invalid(path, usage))?;
-                    let n: u64 = v.parse().map_err(|_| FsError::invalid(path, format!("{k}: not a number")))?;
-                    let busy = if k == "busy" { Some(parse_bool(path, n)?) } else { None };
+                    let (k, v) = w
+                        .split_once('=')
+                        .ok_or_else(|| FsError::invalid(path, usage))?;
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| FsError::invalid(path, format!("{k}: not a number")))?;
+                    let busy = if k == "busy" {
+                        Some(parse_bool(path, n)?)
+                    } else {
+                        None
+                    };
                     let Some(o) = self.owners.get_mut(&pid) else {
                         return Err(FsError::not_found(path));
                     };
@@ -353,7 +398,9 @@ impl SimHost {
     }
 
     fn known_pid(&self, path: &str, word: &str) -> Result<u32, FsError> {
-        let pid: u32 = word.parse().map_err(|_| FsError::invalid(path, "pid must be a number"))?;
+        let pid: u32 = word
+            .parse()
+            .map_err(|_| FsError::invalid(path, "pid must be a number"))?;
         if self.owners.contains_key(&pid) {
             Ok(pid)
         } else {

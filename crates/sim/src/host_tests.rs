@@ -34,13 +34,20 @@ impl OwnerProcs for FakeProcs {
         std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).exited)
     }
     fn kill_all(&mut self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).alive.clear();
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .alive
+            .clear();
     }
 }
 
 pub(crate) fn host(model: Model, owners: u32) -> (SimHost, FakeProcs) {
     let procs = FakeProcs::default();
-    (SimHost::new(model, 2, owners, Box::new(procs.clone())), procs)
+    (
+        SimHost::new(model, 2, owners, Box::new(procs.clone())),
+        procs,
+    )
 }
 
 const U1: &str = "0b2e3c4d-1111-4a2b-8c3d-000000000001";
@@ -56,12 +63,23 @@ fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
 #[test]
 fn create_accepts_36_or_37_bytes_and_any_37th_byte() {
     let (mut h, _) = host(Model::GvmSim, 0);
-    assert_eq!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).ok().as_deref(), Some(U1));
-    assert!(h.create("c", 0, "gvmsim-1", format!("{U2}x").as_bytes()).is_ok());
+    assert_eq!(
+        h.create("c", 0, "gvmsim-1", U1.as_bytes()).ok().as_deref(),
+        Some(U1)
+    );
+    assert!(h
+        .create("c", 0, "gvmsim-1", format!("{U2}x").as_bytes())
+        .is_ok());
     assert_eq!(h.devices().len(), 2);
     let long = format!("{}\n\n", "0b2e3c4d-1111-4a2b-8c3d-000000000003");
-    assert_eq!(errno(h.create("c", 0, "gvmsim-1", long.as_bytes())), libc::EINVAL);
-    assert_eq!(errno(h.create("c", 0, "gvmsim-1", &U1.as_bytes()[..35])), libc::EINVAL);
+    assert_eq!(
+        errno(h.create("c", 0, "gvmsim-1", long.as_bytes())),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(h.create("c", 0, "gvmsim-1", &U1.as_bytes()[..35])),
+        libc::EINVAL
+    );
     assert_eq!(errno(h.create("c", 0, "gvmsim-1", b"")), libc::EINVAL);
 }
 
@@ -74,7 +92,11 @@ fn create_rejects_malformed_uuids() {
         "{b2e3c4d-1111-4a2b-8c3d-00000000000}",
         "0b2e3c4d-1111-4a2b-8c3d-00000000000\n",
     ] {
-        assert_eq!(errno(h.create("c", 0, "gvmsim-1", bad.as_bytes())), libc::EINVAL, "{bad:?}");
+        assert_eq!(
+            errno(h.create("c", 0, "gvmsim-1", bad.as_bytes())),
+            libc::EINVAL,
+            "{bad:?}"
+        );
     }
     assert!(h.devices().is_empty());
 }
@@ -83,9 +105,20 @@ fn create_rejects_malformed_uuids() {
 fn upper_case_is_named_lower_case_and_duplicates_anywhere_are_eexist() {
     let (mut h, _) = host(Model::GvmSim, 0);
     let upper = U1.to_ascii_uppercase();
-    assert_eq!(h.create("c", 0, "gvmsim-2", format!("{upper}\n").as_bytes()).ok().as_deref(), Some(U1));
-    assert_eq!(errno(h.create("c", 0, "gvmsim-2", U1.as_bytes())), libc::EEXIST);
-    assert_eq!(errno(h.create("c", 1, "gvmsim-5", upper.as_bytes())), libc::EEXIST);
+    assert_eq!(
+        h.create("c", 0, "gvmsim-2", format!("{upper}\n").as_bytes())
+            .ok()
+            .as_deref(),
+        Some(U1)
+    );
+    assert_eq!(
+        errno(h.create("c", 0, "gvmsim-2", U1.as_bytes())),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(h.create("c", 1, "gvmsim-5", upper.as_bytes())),
+        libc::EEXIST
+    );
     assert_eq!(h.devices().len(), 1);
 }
 
@@ -98,7 +131,10 @@ fn types_of_one_gpu_share_the_framebuffer_and_exhaustion_is_eusers() {
     assert_eq!(h.available(0, "gvmsim-5"), 0);
     assert_eq!(h.available(0, "gvmsim-1"), 10);
     assert_eq!(h.available(1, "gvmsim-5"), 1, "the other GPU is untouched");
-    assert_eq!(errno(h.create("c", 0, "gvmsim-5", U2.as_bytes())), libc::EUSERS);
+    assert_eq!(
+        errno(h.create("c", 0, "gvmsim-5", U2.as_bytes())),
+        libc::EUSERS
+    );
     assert!(h.remove("r", U1, b"1\n").is_ok());
     assert_eq!(h.available(0, "gvmsim-5"), 1);
 }
@@ -106,13 +142,19 @@ fn types_of_one_gpu_share_the_framebuffer_and_exhaustion_is_eusers() {
 #[test]
 fn mtty_pool_of_24_ports_exhausts_with_enospc() {
     let (mut h, _) = host(Model::Mtty, 0);
-    assert_eq!((h.available(0, "mtty-1"), h.available(0, "mtty-2")), (24, 12));
+    assert_eq!(
+        (h.available(0, "mtty-1"), h.available(0, "mtty-2")),
+        (24, 12)
+    );
     for i in 0..12u32 {
         let u = format!("00000000-0000-0000-0000-{i:012}");
         assert!(h.create("c", 0, "mtty-2", u.as_bytes()).is_ok());
     }
     assert_eq!((h.available(0, "mtty-1"), h.available(0, "mtty-2")), (0, 0));
-    assert_eq!(errno(h.create("c", 0, "mtty-1", U1.as_bytes())), libc::ENOSPC);
+    assert_eq!(
+        errno(h.create("c", 0, "mtty-1", U1.as_bytes())),
+        libc::ENOSPC
+    );
 }
 
 #[test]
@@ -148,34 +190,70 @@ fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove() {
     let (mut h, procs) = host(Model::GvmSim, 2);
     assert!(h.create("c", 1, "gvmsim-1", U1.as_bytes()).is_ok());
     assert_eq!(h.owners().len(), 2);
-    assert!(h.owners().values().all(|o| o.uuid == U1 && o.client.gpu == 8));
+    assert!(h
+        .owners()
+        .values()
+        .all(|o| o.uuid == U1 && o.client.gpu == 8));
     assert_eq!(h.registered_pids().len(), 2);
     assert!(h.remove("r", U1, b"1").is_ok());
     assert!(h.owners().is_empty());
-    assert!(procs.state.lock().unwrap_or_else(|p| p.into_inner()).alive.is_empty());
+    assert!(procs
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .alive
+        .is_empty());
 }
 
 #[test]
 fn control_spawn_set_kill_and_external_exit() {
     let (mut h, procs) = host(Model::GvmSim, 0);
-    assert_eq!(errno(h.control("ctl", format!("spawn {U1}").as_bytes())), libc::ENOENT);
+    assert_eq!(
+        errno(h.control("ctl", format!("spawn {U1}").as_bytes())),
+        libc::ENOENT
+    );
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
-    assert!(h.control("ctl", format!("spawn {U1} gpu=8 memory=2048 busy=0 register_delay_ms=50\n").as_bytes()).is_ok());
+    assert!(h
+        .control(
+            "ctl",
+            format!("spawn {U1} gpu=8 memory=2048 busy=0 register_delay_ms=50\n").as_bytes()
+        )
+        .is_ok());
     let pid = *h.owners().keys().next().unwrap_or(&0);
     assert_eq!(h.owners_text(), format!("{pid} {U1} 8 0 2048 0 0\n"));
-    assert!(h.registered_pids().is_empty(), "not registered before the delay");
+    assert!(
+        h.registered_pids().is_empty(),
+        "not registered before the delay"
+    );
     h.advance(49_000);
     assert!(h.client(pid, 8).is_none());
     h.advance(50_000);
     assert_eq!(h.registered_pids(), vec![pid]);
-    assert!(h.control("ctl", format!("set {pid} memory=4096 busy=1").as_bytes()).is_ok());
-    assert_eq!(h.client(pid, 8).map(|c| (c.memory_wanted, c.busy)), Some((4096, true)));
-    for bad in ["bogus", "spawn", "set 1 memory=1", "kill x", &format!("set {pid} busy=2"), &format!("spawn {U1} foo=1")] {
+    assert!(h
+        .control("ctl", format!("set {pid} memory=4096 busy=1").as_bytes())
+        .is_ok());
+    assert_eq!(
+        h.client(pid, 8).map(|c| (c.memory_wanted, c.busy)),
+        Some((4096, true))
+    );
+    for bad in [
+        "bogus",
+        "spawn",
+        "set 1 memory=1",
+        "kill x",
+        &format!("set {pid} busy=2"),
+        &format!("spawn {U1} foo=1"),
+    ] {
         assert!(h.control("ctl", bad.as_bytes()).is_err(), "{bad}");
     }
     assert_eq!(errno(h.control("ctl", b"kill 99999")), libc::ENOENT);
     // Killed from outside: the next tick reaps it.
-    procs.state.lock().unwrap_or_else(|p| p.into_inner()).exited.push(pid);
+    procs
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .exited
+        .push(pid);
     h.advance(60_000);
     assert!(h.owners().is_empty());
     assert!(h.control("ctl", format!("spawn {U1}").as_bytes()).is_ok());
@@ -194,7 +272,11 @@ fn gvm_knobs_validate_like_the_driver() {
         ("memory.limit", b"18446744073709551615", None),
         ("memory.limit", b"-1", Some(libc::EINVAL)),
         ("memory.limit", b"18446744073709551616", Some(libc::EINVAL)),
-        ("memory.limit", b"00000000000000000000000000000001", Some(libc::EINVAL)),
+        (
+            "memory.limit",
+            b"00000000000000000000000000000001",
+            Some(libc::EINVAL),
+        ),
         ("compute.priority", b"16", None),
         ("compute.priority", b"17", Some(libc::EINVAL)),
         ("compute.priority", b"0x2", Some(libc::EINVAL)),
@@ -204,12 +286,24 @@ fn gvm_knobs_validate_like_the_driver() {
         ("gcgroup.stat", b"1", Some(libc::EACCES)),
     ];
     for (knob, data, want) in cases {
-        let got = h.gvm_store("k", pid, 0, knob, data).err().map(|e| e.errno());
+        let got = h
+            .gvm_store("k", pid, 0, knob, data)
+            .err()
+            .map(|e| e.errno());
         assert_eq!(got, want, "{knob} <- {:?}", String::from_utf8_lossy(data));
     }
-    assert_eq!(h.client(pid, 0).map(|c| (c.priority, c.frozen)), Some((16, true)));
-    assert_eq!(errno(h.gvm_store("k", pid, 8, "compute.freeze", b"1")), libc::ENOENT);
-    assert_eq!(errno(h.gvm_store("k", 4242, 0, "compute.freeze", b"1")), libc::ENOENT);
+    assert_eq!(
+        h.client(pid, 0).map(|c| (c.priority, c.frozen)),
+        Some((16, true))
+    );
+    assert_eq!(
+        errno(h.gvm_store("k", pid, 8, "compute.freeze", b"1")),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(h.gvm_store("k", 4242, 0, "compute.freeze", b"1")),
+        libc::ENOENT
+    );
 }
 
 #[test]
@@ -218,10 +312,16 @@ fn frozen_owner_stops_progress_on_the_clock() {
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
     let pids = h.registered_pids();
     h.advance(100_000);
-    let t0: Vec<u64> = pids.iter().filter_map(|p| h.client(*p, 0).map(|c| c.gpu_time_us)).collect();
+    let t0: Vec<u64> = pids
+        .iter()
+        .filter_map(|p| h.client(*p, 0).map(|c| c.gpu_time_us))
+        .collect();
     assert_eq!(t0, vec![50_000, 50_000]);
     assert!(h.gvm_store("k", pids[0], 0, "compute.freeze", b"1").is_ok());
     h.advance(200_000);
-    let t1: Vec<u64> = pids.iter().filter_map(|p| h.client(*p, 0).map(|c| c.gpu_time_us)).collect();
+    let t1: Vec<u64> = pids
+        .iter()
+        .filter_map(|p| h.client(*p, 0).map(|c| c.gpu_time_us))
+        .collect();
     assert_eq!(t1, vec![50_000, 150_000]);
 }

@@ -67,11 +67,18 @@ fn run(cli: Cli) -> Result<()> {
     eprintln!(
         "gvm-vgpu-sim: serving {} with {} GPUs at {}",
         opts.model,
-        if opts.model == Model::Mtty { 1 } else { opts.gpus },
+        if opts.model == Model::Mtty {
+            1
+        } else {
+            opts.gpus
+        },
         server.dir().display()
     );
     let sig = signals.wait().context("waiting for SIGTERM/SIGINT")?;
-    eprintln!("gvm-vgpu-sim: {sig:?} received, unmounting {}", server.dir().display());
+    eprintln!(
+        "gvm-vgpu-sim: {sig:?} received, unmounting {}",
+        server.dir().display()
+    );
     server.stop()?;
     Ok(())
 }
@@ -93,7 +100,10 @@ fn detach(opts: &ServeOptions) -> Result<()> {
     let marker = opts.root.join("gvm-sim/owners");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().context("watching the detached simulator")? {
+        if let Some(status) = child
+            .try_wait()
+            .context("watching the detached simulator")?
+        {
             bail!("the detached simulator exited with {status} before serving");
         }
         if marker.exists() {
@@ -102,5 +112,9 @@ fn detach(opts: &ServeOptions) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("the detached simulator (pid {}) did not mount {} within 10 s", child.id(), opts.root.display())
+    bail!(
+        "the detached simulator (pid {}) did not mount {} within 10 s",
+        child.id(),
+        opts.root.display()
+    )
 }

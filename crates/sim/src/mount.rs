@@ -44,7 +44,10 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+        let oct = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
         match (b[i], oct) {
             (b'\\', Some(c)) => {
                 out.push(c);
@@ -63,7 +66,10 @@ fn unescape(field: &str) -> String {
 pub fn mountinfo_has_fuse(mountinfo: &str, dir: &Path) -> bool {
     mountinfo.lines().any(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
-        let fstype = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1));
+        let fstype = fields
+            .iter()
+            .position(|f| *f == "-")
+            .and_then(|i| fields.get(i + 1));
         matches!((fields.get(4), fstype), (Some(mp), Some(t))
             if t.starts_with("fuse") && Path::new(&unescape(mp)) == dir)
     })
@@ -73,7 +79,9 @@ fn absolute(dir: &Path) -> PathBuf {
     if dir.is_absolute() {
         dir.to_path_buf()
     } else {
-        std::env::current_dir().map(|c| c.join(dir)).unwrap_or_else(|_| dir.to_path_buf())
+        std::env::current_dir()
+            .map(|c| c.join(dir))
+            .unwrap_or_else(|_| dir.to_path_buf())
     }
 }
 
@@ -105,9 +113,11 @@ pub fn preflight(opts: &ServeOptions) -> Result<(), SimError> {
         if !opts.force_unmount_stale {
             return Err(SimError::StaleMount { dir });
         }
-        nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| SimError::StaleUnmount {
-            dir: dir.clone(),
-            errno: e as i32,
+        nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            SimError::StaleUnmount {
+                dir: dir.clone(),
+                errno: e as i32,
+            }
         })?;
     }
     if !dir.is_dir() {
@@ -130,17 +140,25 @@ impl Server {
     pub fn start(opts: &ServeOptions, procs: Box<dyn OwnerProcs>) -> Result<Server, SimError> {
         preflight(opts)?;
         let dir = absolute(&opts.root);
-        let host = Arc::new(Mutex::new(SimHost::new(opts.model, opts.gpus, opts.owners_per_vgpu, procs)));
+        let host = Arc::new(Mutex::new(SimHost::new(
+            opts.model,
+            opts.gpus,
+            opts.owners_per_vgpu,
+            procs,
+        )));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("gvm-vgpu-sim".into()),
             MountOption::Subtype("gvm-vgpu-sim".into()),
         ];
         config.acl = SessionACL::All;
-        let session = fuser::spawn_mount(SimFs::new(host.clone()), &dir, &config).map_err(|source| SimError::Mount {
-            dir: dir.clone(),
-            source,
-        })?;
+        let session =
+            fuser::spawn_mount(SimFs::new(host.clone()), &dir, &config).map_err(|source| {
+                SimError::Mount {
+                    dir: dir.clone(),
+                    source,
+                }
+            })?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (host, stop) = (host.clone(), stop.clone());
@@ -174,7 +192,10 @@ impl Server {
             // A panicked ticker only means the clock stopped; unmount anyway.
             let _ = t.join();
         }
-        self.host.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+        self.host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shutdown();
         let dir = self.dir.clone();
         self.session
             .umount_and_join()

@@ -94,7 +94,13 @@ mod tests {
 
     #[test]
     fn spawned_owner_carries_the_uuid_and_is_reaped_after_kill() {
-        let mut p = ChildProcs::new("sh", vec!["-c".into(), "test \"$GVM_VGPU_UUID\" = abc && sleep 30".into()]);
+        let mut p = ChildProcs::new(
+            "sh",
+            vec![
+                "-c".into(),
+                "test \"$GVM_VGPU_UUID\" = abc && sleep 30".into(),
+            ],
+        );
         let pid = match p.spawn("abc") {
             Ok(pid) => pid,
             Err(e) => {
@@ -113,6 +119,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(reaped, vec![pid]);
-        assert_eq!(p.kill(pid).map_err(|e| e.raw_os_error()), Err(Some(libc::ESRCH)));
+        assert_eq!(
+            p.kill(pid).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ESRCH))
+        );
     }
 }

@@ -106,16 +106,29 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
         ["sys", "bus", "mdev", "drivers"] => vec![],
         ["sys", "bus", "mdev", "devices"] => devs
             .keys()
-            .filter_map(|u| Some(e(u, Kind::Link(format!("{}{}", up(3), device_dir_in_sys(host, u)?)))))
+            .filter_map(|u| {
+                Some(e(
+                    u,
+                    Kind::Link(format!("{}{}", up(3), device_dir_in_sys(host, u)?)),
+                ))
+            })
             .collect(),
         ["sys", "class"] => vec![dir("mdev_bus")],
         ["sys", "class", "mdev_bus"] => host
             .parents()
             .iter()
-            .map(|p| e(&p.name, Kind::Link(format!("{}{}", up(2), p.dir[1..].join("/")))))
+            .map(|p| {
+                e(
+                    &p.name,
+                    Kind::Link(format!("{}{}", up(2), p.dir[1..].join("/"))),
+                )
+            })
             .collect(),
         ["sys", "kernel"] => vec![dir("debug"), dir("iommu_groups")],
-        ["sys", "kernel", "iommu_groups"] => devs.values().map(|d| dir(d.iommu_group.to_string())).collect(),
+        ["sys", "kernel", "iommu_groups"] => devs
+            .values()
+            .map(|d| dir(d.iommu_group.to_string()))
+            .collect(),
         ["sys", "kernel", "iommu_groups", n] => {
             group_device(host, n).ok_or_else(nf)?;
             vec![dir("devices")]
@@ -135,7 +148,11 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
             }
             [pid] => {
                 let pid = pid.parse().map_err(|_| nf())?;
-                let gpu = host.owners().get(&pid).map(|o| o.client.gpu).ok_or_else(nf)?;
+                let gpu = host
+                    .owners()
+                    .get(&pid)
+                    .map(|o| o.client.gpu)
+                    .ok_or_else(nf)?;
                 host.client(pid, gpu).ok_or_else(nf)?;
                 vec![dir(gpu.to_string())]
             }
@@ -165,10 +182,17 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
 
 fn group_device(host: &SimHost, n: &str) -> Option<String> {
     let n: u32 = n.parse().ok()?;
-    host.devices().iter().find(|(_, d)| d.iommu_group == n).map(|(u, _)| u.clone())
+    host.devices()
+        .iter()
+        .find(|(_, d)| d.iommu_group == n)
+        .map(|(u, _)| u.clone())
 }
 
-fn client_of<'h>(host: &'h SimHost, pid: &str, gpu: &str) -> Option<&'h crate::workload::GpuClient> {
+fn client_of<'h>(
+    host: &'h SimHost,
+    pid: &str,
+    gpu: &str,
+) -> Option<&'h crate::workload::GpuClient> {
     host.client(pid.parse().ok()?, gpu.parse().ok()?)
 }
 
@@ -180,7 +204,12 @@ fn list_in_parent(host: &SimHost, pi: usize, rest: &[&str]) -> Option<Vec<Entry>
             if p.uvm_index.is_some() {
                 v.push(e("gvm_uvm_index", RO));
             }
-            v.extend(host.devices().iter().filter(|(_, d)| d.parent == pi).map(|(u, _)| dir(u)));
+            v.extend(
+                host.devices()
+                    .iter()
+                    .filter(|(_, d)| d.parent == pi)
+                    .map(|(u, _)| dir(u)),
+            );
             v
         }
         ["mdev_supported_types"] => p.types.iter().map(|t| dir(t.id)).collect(),
@@ -206,10 +235,17 @@ fn list_in_parent(host: &SimHost, pi: usize, rest: &[&str]) -> Option<Vec<Entry>
             let d = host.devices().get(*uuid).filter(|d| d.parent == pi)?;
             vec![
                 e("remove", WO),
-                e("mdev_type", Kind::Link(format!("../mdev_supported_types/{}", d.type_id))),
+                e(
+                    "mdev_type",
+                    Kind::Link(format!("../mdev_supported_types/{}", d.type_id)),
+                ),
                 e(
                     "iommu_group",
-                    Kind::Link(format!("{}kernel/iommu_groups/{}", up(p.dir.len()), d.iommu_group)),
+                    Kind::Link(format!(
+                        "{}kernel/iommu_groups/{}",
+                        up(p.dir.len()),
+                        d.iommu_group
+                    )),
                 ),
             ]
         }
@@ -237,10 +273,16 @@ pub fn check_open(host: &SimHost, segs: &[&str], read: bool, write: bool) -> Res
     if let Kind::File { mode } = kind {
         let path = segs.join("/");
         if read && mode & 0o444 == 0 {
-            return Err(FsError::Access { path, what: "write-only" });
+            return Err(FsError::Access {
+                path,
+                what: "write-only",
+            });
         }
         if write && mode & 0o222 == 0 {
-            return Err(FsError::Access { path, what: "read-only" });
+            return Err(FsError::Access {
+                path,
+                what: "read-only",
+            });
         }
     }
     Ok(kind)

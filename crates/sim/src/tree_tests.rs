@@ -44,7 +44,9 @@ fn put(h: &mut SimHost, path: &str, data: &str) -> Result<(), i32> {
 
 fn names(h: &SimHost, path: &str) -> Vec<String> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    list(h, &segs).map(|v| v.into_iter().map(|e| e.name).collect()).unwrap_or_default()
+    list(h, &segs)
+        .map(|v| v.into_iter().map(|e| e.name).collect())
+        .unwrap_or_default()
 }
 
 const T1: &str = "sys/devices/pci0000:00/0000:3b:00.0/mdev_supported_types/gvmsim-1";
@@ -56,20 +58,42 @@ fn empty_host_serves_the_fixed_directories() {
     assert!(names(&h, "sys/bus/mdev/devices").is_empty());
     assert_eq!(stat(&h, &["sys", "bus", "mdev", "devices"]), Ok(Kind::Dir));
     assert_eq!(names(&h, "sys/kernel/debug/nvidia-uvm/processes"), ["list"]);
-    assert_eq!(text(&h, "sys/kernel/debug/nvidia-uvm/processes/list"), "PID\n");
-    assert_eq!(names(&h, "sys/devices/pci0000:00"), ["0000:3b:00.0", "0000:3c:00.0"]);
-    assert_eq!(text(&h, "sys/devices/pci0000:00/0000:3c:00.0/gvm_uvm_index"), "8\n");
+    assert_eq!(
+        text(&h, "sys/kernel/debug/nvidia-uvm/processes/list"),
+        "PID\n"
+    );
+    assert_eq!(
+        names(&h, "sys/devices/pci0000:00"),
+        ["0000:3b:00.0", "0000:3c:00.0"]
+    );
+    assert_eq!(
+        text(&h, "sys/devices/pci0000:00/0000:3c:00.0/gvm_uvm_index"),
+        "8\n"
+    );
     assert_eq!(
         link(&h, "sys/class/mdev_bus/0000:3c:00.0").join("/"),
         "sys/devices/pci0000:00/0000:3c:00.0"
     );
-    assert_eq!(stat(&h, &["sys", "nope"]).map_err(|e| e.errno()), Err(libc::ENOENT));
+    assert_eq!(
+        stat(&h, &["sys", "nope"]).map_err(|e| e.errno()),
+        Err(libc::ENOENT)
+    );
 }
 
 #[test]
 fn type_attributes_and_modes() {
     let (h, _) = host(Model::GvmSim, 0);
-    assert_eq!(names(&h, T1), ["name", "description", "device_api", "available_instances", "create", "devices"]);
+    assert_eq!(
+        names(&h, T1),
+        [
+            "name",
+            "description",
+            "device_api",
+            "available_instances",
+            "create",
+            "devices"
+        ]
+    );
     assert_eq!(text(&h, &format!("{T1}/name")), "SIM-80GB-4C\n");
     assert_eq!(text(&h, &format!("{T1}/device_api")), "vfio-pci\n");
     assert_eq!(text(&h, &format!("{T1}/available_instances")), "16\n");
@@ -81,22 +105,40 @@ fn type_attributes_and_modes() {
 #[test]
 fn created_device_appears_everywhere_with_resolving_links() {
     let (mut h, _) = host(Model::GvmSim, 0);
-    assert_eq!(put(&mut h, &format!("{T1}/create"), &format!("{U1}\n")), Ok(()));
+    assert_eq!(
+        put(&mut h, &format!("{T1}/create"), &format!("{U1}\n")),
+        Ok(())
+    );
     let devdir = format!("sys/devices/pci0000:00/0000:3b:00.0/{U1}");
-    assert_eq!(link(&h, &format!("sys/bus/mdev/devices/{U1}")).join("/"), devdir);
+    assert_eq!(
+        link(&h, &format!("sys/bus/mdev/devices/{U1}")).join("/"),
+        devdir
+    );
     assert_eq!(link(&h, &format!("{T1}/devices/{U1}")).join("/"), devdir);
     assert_eq!(link(&h, &format!("{devdir}/mdev_type")).join("/"), T1);
     let group = link(&h, &format!("{devdir}/iommu_group"));
     assert_eq!(group.join("/"), "sys/kernel/iommu_groups/0");
     let segs: Vec<&str> = group.iter().map(String::as_str).collect();
     assert_eq!(stat(&h, &segs), Ok(Kind::Dir));
-    assert_eq!(link(&h, &format!("sys/kernel/iommu_groups/0/devices/{U1}")).join("/"), devdir);
+    assert_eq!(
+        link(&h, &format!("sys/kernel/iommu_groups/0/devices/{U1}")).join("/"),
+        devdir
+    );
     assert_eq!(text(&h, &format!("{T1}/available_instances")), "15\n");
     // Writes to read-only attributes are EACCES, to missing ones ENOENT.
-    assert_eq!(put(&mut h, &format!("{T1}/available_instances"), "1"), Err(libc::EACCES));
-    assert_eq!(put(&mut h, &format!("{devdir}/remove"), "nah"), Err(libc::EINVAL));
+    assert_eq!(
+        put(&mut h, &format!("{T1}/available_instances"), "1"),
+        Err(libc::EACCES)
+    );
+    assert_eq!(
+        put(&mut h, &format!("{devdir}/remove"), "nah"),
+        Err(libc::EINVAL)
+    );
     assert_eq!(put(&mut h, &format!("{devdir}/remove"), "1\n"), Ok(()));
-    assert_eq!(put(&mut h, &format!("{devdir}/remove"), "1\n"), Err(libc::ENOENT));
+    assert_eq!(
+        put(&mut h, &format!("{devdir}/remove"), "1\n"),
+        Err(libc::ENOENT)
+    );
     assert!(names(&h, "sys/bus/mdev/devices").is_empty());
     assert!(names(&h, "sys/kernel/iommu_groups").is_empty());
 }
@@ -105,38 +147,106 @@ fn created_device_appears_everywhere_with_resolving_links() {
 fn mtty_layout_links_reach_sys() {
     let (mut h, _) = host(Model::Mtty, 0);
     let t = "sys/devices/virtual/mtty/mtty/mdev_supported_types/mtty-2";
-    assert_eq!(names(&h, t), ["name", "device_api", "available_instances", "create", "devices"]);
+    assert_eq!(
+        names(&h, t),
+        [
+            "name",
+            "device_api",
+            "available_instances",
+            "create",
+            "devices"
+        ]
+    );
     assert_eq!(text(&h, &format!("{t}/name")), "Dual port serial\n");
-    assert_eq!(link(&h, "sys/class/mdev_bus/mtty").join("/"), "sys/devices/virtual/mtty/mtty");
+    assert_eq!(
+        link(&h, "sys/class/mdev_bus/mtty").join("/"),
+        "sys/devices/virtual/mtty/mtty"
+    );
     assert_eq!(put(&mut h, &format!("{t}/create"), U1), Ok(()));
     let devdir = format!("sys/devices/virtual/mtty/mtty/{U1}");
-    assert_eq!(link(&h, &format!("{devdir}/iommu_group")).join("/"), "sys/kernel/iommu_groups/0");
-    assert_eq!(link(&h, &format!("sys/bus/mdev/devices/{U1}")).join("/"), devdir);
-    assert_eq!(text(&h, "sys/devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/available_instances"), "22\n");
+    assert_eq!(
+        link(&h, &format!("{devdir}/iommu_group")).join("/"),
+        "sys/kernel/iommu_groups/0"
+    );
+    assert_eq!(
+        link(&h, &format!("sys/bus/mdev/devices/{U1}")).join("/"),
+        devdir
+    );
+    assert_eq!(
+        text(
+            &h,
+            "sys/devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/available_instances"
+        ),
+        "22\n"
+    );
 }
 
 #[test]
 fn gvm_tree_follows_owners() {
     let (mut h, _) = host(Model::GvmSim, 0);
-    assert_eq!(put(&mut h, "sys/devices/pci0000:00/0000:3c:00.0/mdev_supported_types/gvmsim-5/create", U1), Ok(()));
-    assert_eq!(put(&mut h, "gvm-sim/control", &format!("spawn {U1} memory=3000")), Ok(()));
+    assert_eq!(
+        put(
+            &mut h,
+            "sys/devices/pci0000:00/0000:3c:00.0/mdev_supported_types/gvmsim-5/create",
+            U1
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        put(
+            &mut h,
+            "gvm-sim/control",
+            &format!("spawn {U1} memory=3000")
+        ),
+        Ok(())
+    );
     let pid = h.registered_pids()[0];
     let base = format!("sys/kernel/debug/nvidia-uvm/processes/{pid}");
-    assert_eq!(text(&h, "sys/kernel/debug/nvidia-uvm/processes/list"), format!("PID\n{pid}\n"));
+    assert_eq!(
+        text(&h, "sys/kernel/debug/nvidia-uvm/processes/list"),
+        format!("PID\n{pid}\n")
+    );
     assert_eq!(names(&h, &base), ["8"]);
     assert_eq!(
         names(&h, &format!("{base}/8")),
-        ["memory.limit", "memory.current", "memory.swap.current", "compute.priority", "compute.freeze", "gcgroup.stat"]
+        [
+            "memory.limit",
+            "memory.current",
+            "memory.swap.current",
+            "compute.priority",
+            "compute.freeze",
+            "gcgroup.stat"
+        ]
     );
-    assert_eq!(text(&h, &format!("{base}/8/memory.limit")), "18446744073709551615\n");
+    assert_eq!(
+        text(&h, &format!("{base}/8/memory.limit")),
+        "18446744073709551615\n"
+    );
     assert_eq!(text(&h, &format!("{base}/8/compute.priority")), "8\n");
-    assert_eq!(put(&mut h, &format!("{base}/8/memory.limit"), "1000\n"), Ok(()));
+    assert_eq!(
+        put(&mut h, &format!("{base}/8/memory.limit"), "1000\n"),
+        Ok(())
+    );
     assert_eq!(text(&h, &format!("{base}/8/memory.current")), "1000\n");
     assert_eq!(text(&h, &format!("{base}/8/memory.swap.current")), "2000\n");
-    assert!(text(&h, &format!("{base}/8/gcgroup.stat")).starts_with("nr_submitted_kernels: 4\nnr_ended_kernels: 0\n"));
-    assert_eq!(put(&mut h, &format!("{base}/0/compute.freeze"), "1"), Err(libc::ENOENT));
+    assert!(text(&h, &format!("{base}/8/gcgroup.stat"))
+        .starts_with("nr_submitted_kernels: 4\nnr_ended_kernels: 0\n"));
+    assert_eq!(
+        put(&mut h, &format!("{base}/0/compute.freeze"), "1"),
+        Err(libc::ENOENT)
+    );
     assert_eq!(put(&mut h, "gvm-sim/owners", "x"), Err(libc::EACCES));
-    assert_eq!(put(&mut h, &format!("sys/devices/pci0000:00/0000:3c:00.0/{U1}/remove"), "1"), Ok(()));
-    assert_eq!(put(&mut h, &format!("{base}/8/compute.freeze"), "1"), Err(libc::ENOENT));
+    assert_eq!(
+        put(
+            &mut h,
+            &format!("sys/devices/pci0000:00/0000:3c:00.0/{U1}/remove"),
+            "1"
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        put(&mut h, &format!("{base}/8/compute.freeze"), "1"),
+        Err(libc::ENOENT)
+    );
     assert_eq!(names(&h, "sys/kernel/debug/nvidia-uvm/processes"), ["list"]);
 }
