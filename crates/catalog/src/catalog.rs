@@ -266,7 +266,7 @@ pub(crate) fn suggest<'a>(
             return Some(c);
         }
         let d = edit_distance(&lower, &c.to_lowercase());
-        if d <= limit && best.map_or(true, |(bd, _)| d < bd) {
+        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }

@@ -1,0 +1,13 @@
+//! The `gvm-vgpu` command-line tool as a library.
+//!
+//! `main.rs` only parses arguments and maps the result to an exit code; everything else lives
+//! here so tests can run any command against a temporary host root and read what it printed
+//! from a buffer. Commands write to the `&mut dyn Write` they are given and never to stdout.
+
+pub mod cli;
+mod commands;
+mod context;
+mod table;
+
+pub use commands::run;
+pub use context::Context;

@@ -1,0 +1,359 @@
+//! `gvm-vgpu` end to end against the simulated host: what an operator types, what a script
+//! parses, and what Debian's own `mdevctl` sees of the same tree.
+//!
+//! Every test needs root and /dev/fuse (the simulated host is a FUSE mount) and prints
+//! `SKIP: <reason>` without them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use gvm_testkit::{require_command, require_root_and_fuse, skip, SimHost, SimModel};
+use serde_json::Value;
+
+const CLI_BIN: &str = env!("CARGO_BIN_EXE_gvm-vgpu");
+
+fn cli(root: &Path, args: &[&str]) -> Output {
+    Command::new(CLI_BIN)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("GVM_VGPU_CATALOG")
+        .output()
+        .expect("run gvm-vgpu")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = cli(root, args);
+    assert!(
+        o.status.success(),
+        "gvm-vgpu {args:?} failed: {}",
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn json(root: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(root, &all)).expect("valid JSON")
+}
+
+fn uuids_listed(root: &Path) -> Vec<String> {
+    let list = json(root, &["list"]);
+    let mut uuids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["uuid"].as_str().unwrap().to_string())
+        .collect();
+    uuids.sort();
+    uuids
+}
+
+fn sh(script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn shell_echo_into_create_and_remove_is_seen_by_list_json() {
+    if skip("shell_echo_into_create_and_remove", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    assert!(uuids_listed(root).is_empty());
+
+    let types = root.join("sys/class/mdev_bus/0000:3b:00.0/mdev_supported_types");
+    let uuid = "6f1d3a1e-0c1b-4a53-9e0e-7a3f6b2c9d10";
+    let out = sh(&format!(
+        "echo {uuid} > '{}/gvmsim-3/create'",
+        types.display()
+    ));
+    assert!(
+        out.status.success(),
+        "echo > create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let list = json(root, &["list"]);
+    let entry = &list.as_array().unwrap()[0];
+    assert_eq!(entry["uuid"], uuid);
+    assert_eq!(entry["parent"], "0000:3b:00.0");
+    assert_eq!(entry["type_id"], "gvmsim-3");
+    assert_eq!(entry["managed"], true);
+    assert_eq!(entry["catalog"]["name"], "sim-20c");
+    assert_eq!(entry["catalog"]["memory_limit_bytes"], 20u64 << 30);
+
+    let out = sh(&format!(
+        "echo 1 > '{}/sys/bus/mdev/devices/{uuid}/remove'",
+        root.display()
+    ));
+    assert!(
+        out.status.success(),
+        "echo 1 > remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(uuids_listed(root).is_empty());
+}
+
+#[test]
+fn create_show_xml_qemu_args_remove_round_trip() {
+    if skip(
+        "create_show_xml_qemu_args_remove_round_trip",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    let uuid = "0a6a4e1c-5f51-4c48-8f0b-9d1d7b0e2c33";
+
+    let created = json(root, &["create", "--type", "sim-10c", "--uuid", uuid]);
+    assert_eq!(created["uuid"], uuid);
+    assert_eq!(created["type_id"], "gvmsim-2");
+    // The catalog's type joined with the live kernel count.
+    let types = json(
+        root,
+        &["types", "--parent", created["parent"].as_str().unwrap()],
+    );
+    let row = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type_id"] == "gvmsim-2")
+        .unwrap();
+    assert_eq!(row["devices"], 1);
+    assert_eq!(row["available_instances"], 7);
+
+    // An owner process appears in the GVM tree and `show` reports its knobs.
+    sim.control(&format!("spawn {uuid} memory=1073741824"))
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let shown = loop {
+        let shown = json(root, &["show", uuid]);
+        if !shown["owners"].as_array().unwrap().is_empty() || std::time::Instant::now() > deadline {
+            break shown;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let owner = &shown["owners"][0];
+    assert_eq!(owner["gpu"], 0, "first GPU has GVM index 0");
+    assert_eq!(owner["memory_current"], 1u64 << 30);
+
+    let xml = ok(root, &["xml", uuid]);
+    assert!(xml.contains(&format!("<address uuid='{uuid}'/>")), "{xml}");
+    let args = json(root, &["qemu-args", uuid]);
+    assert_eq!(
+        args["args"][1],
+        format!(
+            "vfio-pci,sysfsdev={}/sys/bus/mdev/devices/{uuid}",
+            root.display()
+        )
+    );
+
+    ok(root, &["remove", uuid]);
+    assert!(uuids_listed(root).is_empty());
+}
+
+#[test]
+fn bad_input_fails_clearly_and_changes_nothing() {
+    if skip(
+        "bad_input_fails_clearly_and_changes_nothing",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let uuid = "3e5b1b8e-7a7e-4f55-8f5f-1c2b3d4e5f60";
+    ok(root, &["create", "--type", "sim-40c", "--uuid", uuid]);
+    let before = json(root, &["types"]);
+
+    // Usage errors exit 2.
+    let o = cli(
+        root,
+        &["create", "--type", "sim-4c", "--uuid", "not-a-uuid"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = cli(root, &["remove"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // Operation failures exit 1 and name the thing and the fix.
+    let o = cli(root, &["create", "--type", "sim-40c", "--uuid", uuid]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(uuid),
+        "duplicate names the UUID: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    let o = cli(root, &["create", "--type", "sim-4C"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sim-4c"),
+        "suggests the right name: {}",
+        stderr(&o)
+    );
+
+    let o = cli(root, &["create", "--type", "sim-80c"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no free instance"), "{}", stderr(&o));
+
+    let o = cli(
+        root,
+        &["create", "--type", "sim-4c", "--parent", "0000:99:00.0"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("0000:99:00.0"), "{}", stderr(&o));
+
+    let o = cli(root, &["remove", "00000000-0000-4000-8000-000000000000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("00000000-0000-4000-8000-000000000000"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = cli(root, &["show", "00000000-0000-4000-8000-000000000000"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // A broken catalog file is reported with file, line and column; nothing changes.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad.path().join("broken.toml"),
+        "[gpu]\nmodel = \"X\"\n\n[[type]]\nname = \"x\"\nmdev_type = \"gvmsim-1\"\nmemory_limit = \"1GiB\"\npriority = 17\nmax_instances = 1\nhost_swap = false\n",
+    )
+    .unwrap();
+    let o = cli(
+        root,
+        &[
+            "--catalog",
+            bad.path().to_str().unwrap(),
+            "create",
+            "--type",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("broken.toml:8:"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("priority"), "{}", stderr(&o));
+
+    assert_eq!(
+        json(root, &["types"]),
+        before,
+        "failed commands changed the host"
+    );
+    assert_eq!(uuids_listed(root), vec![uuid.to_string()]);
+}
+
+/// Run mdevctl in a private mount namespace with the simulated /sys bind-mounted over /sys.
+fn mdevctl(root: &Path, args: &str) -> Output {
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind '{}/sys' /sys && mdevctl {args}",
+            root.display()
+        ))
+        .output()
+        .expect("run unshare")
+}
+
+#[test]
+fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
+    let reason = require_root_and_fuse()
+        .or_else(|| require_command("mdevctl"))
+        .or_else(|| require_command("unshare"));
+    if skip("debian_mdevctl_sees_the_same_types_and_devices", reason) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    let made_by_cli = "9b0c1f7e-3a2d-4c5b-8e6f-0a1b2c3d4e5f";
+    ok(
+        root,
+        &[
+            "create",
+            "--type",
+            "sim-20c",
+            "--uuid",
+            made_by_cli,
+            "--parent",
+            "0000:3c:00.0",
+        ],
+    );
+
+    // Types: every (parent, type id, available instances) gvm-vgpu reports, mdevctl reports.
+    let o = mdevctl(root, "types --dumpjson");
+    assert!(o.status.success(), "mdevctl types: {}", stderr(&o));
+    let theirs: Value = serde_json::from_slice(&o.stdout).expect("mdevctl JSON");
+    let ours = json(root, &["types"]);
+    let mut compared = 0;
+    for row in ours.as_array().unwrap() {
+        let parent = row["parent"].as_str().unwrap();
+        let type_id = row["type_id"].as_str().unwrap();
+        let found = theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.get(parent))
+            .flat_map(|types| types.as_array().unwrap().iter())
+            .find_map(|t| t.get(type_id))
+            .unwrap_or_else(|| panic!("mdevctl lacks {parent}/{type_id}: {theirs}"));
+        assert_eq!(
+            found["available_instances"], row["available_instances"],
+            "{parent}/{type_id}"
+        );
+        assert_eq!(found["device_api"], "vfio-pci");
+        assert_eq!(found["name"], row["kernel_name"]);
+        compared += 1;
+    }
+    assert_eq!(compared, 10, "2 parents x 5 types");
+
+    // Devices: mdevctl lists the vGPU the CLI made, with its parent and type.
+    let o = mdevctl(root, "list");
+    assert!(o.status.success(), "mdevctl list: {}", stderr(&o));
+    let listed = stdout(&o);
+    assert!(
+        listed.contains(&format!("{made_by_cli} 0000:3c:00.0 gvmsim-3")),
+        "mdevctl list: {listed}"
+    );
+
+    // mdevctl start makes a device gvm-vgpu sees; mdevctl stop removes it.
+    let by_mdevctl = "c3d2e1f0-a9b8-4c7d-8e6f-5a4b3c2d1e0f";
+    let o = mdevctl(
+        root,
+        &format!("start -u {by_mdevctl} -p 0000:3b:00.0 -t gvmsim-1"),
+    );
+    assert!(
+        o.status.success(),
+        "mdevctl start: {} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let list = json(root, &["list"]);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["uuid"] == by_mdevctl)
+        .unwrap_or_else(|| panic!("gvm-vgpu does not list the mdevctl-made device: {list}"));
+    assert_eq!(entry["catalog"]["name"], "sim-4c");
+    let o = mdevctl(root, &format!("stop -u {by_mdevctl}"));
+    assert!(o.status.success(), "mdevctl stop: {}", stderr(&o));
+    assert_eq!(uuids_listed(root), vec![made_by_cli.to_string()]);
+}

@@ -1,0 +1,208 @@
+//! `gvm-mdev-conformance`: run the mdev conformance scenario through gvm-mdev and print JSON lines.
+//!
+//! The same binary runs inside the test guest against the real kernel (`--root /`,
+//! hooks `rmmod mtty` / `insmod /modules/mtty.ko`) and on the host against the
+//! simulated host's mount (`--root DIR`). Each line on standard output is one
+//! [`StepRecord`]; the test compares the two runs line by line. The unload/load
+//! steps run `sh -c <cmd>` and are recorded as skipped when no command is given.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use gvm_host_root::HostRoot;
+use gvm_mdev::{MdevHost, Uuid};
+use gvm_vgpu_e2e::guest::conformance::{
+    execute, mtty_scenario, DeviceState, Hook, MdevOps, OpError, State, TypeState,
+};
+
+/// Run the scripted mdev scenario (create, duplicates, malformed and 36/37/38-byte
+/// UUIDs, pool exhaustion, remove 0/1/garbage, parent unload/reload) through the
+/// gvm-mdev client and print one JSON line per step.
+#[derive(Debug, Parser)]
+#[command(name = "gvm-mdev-conformance", version)]
+struct Args {
+    /// Host root (/ on a real kernel, the simulated host's mount otherwise).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// The mdev parent to exercise.
+    #[arg(long, default_value = "mtty")]
+    parent: String,
+    /// The first type (default: the parent's first type id in sorted order).
+    #[arg(long)]
+    type_a: Option<String>,
+    /// The second type, sharing the first one's pool (default: the second type id).
+    #[arg(long)]
+    type_b: Option<String>,
+    /// Shell command that unregisters the parent (e.g. `rmmod mtty`); the step is skipped without it.
+    #[arg(long, value_name = "CMD")]
+    unload_cmd: Option<String>,
+    /// Shell command that registers it again (e.g. `insmod /modules/mtty.ko`).
+    #[arg(long, value_name = "CMD")]
+    load_cmd: Option<String>,
+}
+
+/// [`MdevOps`] through the project's client.
+struct Client {
+    host: MdevHost,
+    unload_cmd: Option<String>,
+    load_cmd: Option<String>,
+}
+
+fn op_error(e: &gvm_mdev::Error) -> OpError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    OpError {
+        errno: e.errno(),
+        message,
+    }
+}
+
+impl MdevOps for Client {
+    fn state(&mut self) -> Result<State, OpError> {
+        let parents = self.host.parents().map_err(|e| op_error(&e))?;
+        let devices = self.host.devices().map_err(|e| op_error(&e))?;
+        Ok(State {
+            parents: parents.iter().map(|p| p.name.clone()).collect(),
+            types: parents
+                .iter()
+                .flat_map(|p| p.types.iter())
+                .map(|t| TypeState {
+                    parent: t.parent.clone(),
+                    type_id: t.id.clone(),
+                    available_instances: t.available_instances,
+                })
+                .collect(),
+            devices: devices
+                .iter()
+                .map(|d| DeviceState {
+                    uuid: d.uuid.to_string(),
+                    parent: d.parent.clone(),
+                    type_id: d.type_id.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    fn create(
+        &mut self,
+        parent: &str,
+        type_id: &str,
+        uuid: Option<&str>,
+    ) -> Result<String, OpError> {
+        let uuid = match uuid {
+            Some(text) => Some(Uuid::parse_str(text).map_err(|e| OpError {
+                errno: None,
+                message: format!("{text:?} is not a UUID: {e}"),
+            })?),
+            None => None,
+        };
+        self.host
+            .create(parent, type_id, uuid)
+            .map(|d| d.uuid.to_string())
+            .map_err(|e| op_error(&e))
+    }
+
+    fn create_raw(&mut self, parent: &str, type_id: &str, bytes: &[u8]) -> Result<(), OpError> {
+        self.host
+            .write_create_raw(parent, type_id, bytes)
+            .map_err(|e| op_error(&e))
+    }
+
+    fn remove(&mut self, uuid: &str) -> Result<(), OpError> {
+        let uuid = Uuid::parse_str(uuid).map_err(|e| OpError {
+            errno: None,
+            message: format!("{uuid:?} is not a UUID: {e}"),
+        })?;
+        self.host.remove(&uuid).map_err(|e| op_error(&e))
+    }
+
+    fn remove_raw(&mut self, dir: &str, bytes: &[u8]) -> Result<(), OpError> {
+        self.host
+            .write_remove_raw(dir, bytes)
+            .map_err(|e| op_error(&e))
+    }
+
+    fn hook(&mut self, hook: Hook) -> Option<Result<(), OpError>> {
+        let cmd = match hook {
+            Hook::Unload => self.unload_cmd.as_deref()?,
+            Hook::Load => self.load_cmd.as_deref()?,
+        };
+        Some(run_shell(cmd))
+    }
+}
+
+fn run_shell(cmd: &str) -> Result<(), OpError> {
+    match Command::new("sh").arg("-c").arg(cmd).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(OpError {
+            errno: None,
+            message: format!(
+                "`{cmd}` failed with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }),
+        Err(e) => Err(OpError {
+            errno: e.raw_os_error(),
+            message: format!("could not run `sh -c {cmd:?}`: {e}"),
+        }),
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let host = MdevHost::new(HostRoot::new(&args.root));
+    let parent = host.parent(&args.parent).with_context(|| {
+        format!(
+            "finding mdev parent '{}' under {} (is the parent driver loaded?)",
+            args.parent,
+            args.root.display()
+        )
+    })?;
+    let ids = parent.type_ids();
+    let type_a = args.type_a.clone().or_else(|| ids.first().cloned());
+    let type_b = args.type_b.clone().or_else(|| ids.get(1).cloned());
+    let (Some(type_a), Some(type_b)) = (type_a, type_b) else {
+        bail!(
+            "parent '{}' offers {} type(s) ({}); the scenario needs two sharing one pool: pass --type-a/--type-b",
+            args.parent,
+            ids.len(),
+            ids.join(", ")
+        );
+    };
+    let mut client = Client {
+        host,
+        unload_cmd: args.unload_cmd,
+        load_cmd: args.load_cmd,
+    };
+    let steps = mtty_scenario(&type_a, &type_b);
+    let stdout = std::io::stdout();
+    let mut failed_write = None;
+    execute(&mut client, &args.parent, &steps, &mut |rec| {
+        let mut out = stdout.lock();
+        let line = serde_json::to_string(rec).map_err(std::io::Error::from);
+        if let Err(e) = line.and_then(|l| writeln!(out, "{l}").and_then(|()| out.flush())) {
+            failed_write.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failed_write {
+        return Err(e).context("writing step records to standard output");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gvm-mdev-conformance: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
