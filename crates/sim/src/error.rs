@@ -92,8 +92,8 @@ impl FsError {
 /// Mounting or serving the simulated host failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// DIR is a FUSE mount left behind by a run that crashed.
-    #[error("{dir} is a stale FUSE mount left by a previous run; unmount it with `umount -l {dir}` (or `fusermount3 -u {dir}`), or pass --force-unmount-stale", dir = .dir.display())]
+    /// DIR is already a FUSE mount: left behind by a run that crashed, or still served.
+    #[error("{dir} is already a FUSE mount (stale from a crashed run, or another simulator serving it); unmount it with `umount -l {dir}` (or `fusermount3 -u {dir}`), or pass --force-unmount-stale", dir = .dir.display())]
     StaleMount {
         /// The mount point.
         dir: PathBuf,
