@@ -353,3 +353,14 @@ fn the_tree_is_a_backend_named_gvm() -> TestResult {
     assert_eq!(snap, gvm.gcgroup(4, 8).snapshot()?);
     Ok(())
 }
+
+#[test]
+fn backends_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+    assert_send_sync::<GvmTree>();
+    assert_send_sync::<crate::MemoryBackend>();
+    assert_send_sync::<dyn GcgroupBackend>();
+    let boxed: std::sync::Arc<dyn GcgroupBackend> =
+        std::sync::Arc::new(crate::MemoryBackend::new());
+    assert_eq!(boxed.name(), "memory");
+}

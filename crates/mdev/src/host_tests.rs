@@ -321,3 +321,10 @@ fn remove_writes_one_and_raw_remove_maps_missing_devices() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn the_client_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<MdevHost>();
+    assert_send_sync::<crate::Device>();
+}
