@@ -19,6 +19,11 @@
 //! - [`server`]: the Unix-socket and metrics transports (tokio);
 //! - [`metrics`]: Prometheus text rendering.
 
+pub mod daemon;
+mod handlers;
+pub mod mdevctl;
 pub mod model;
+pub mod owners;
 pub mod plan;
+pub mod ports;
 pub mod store;

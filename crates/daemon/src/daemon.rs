@@ -1,0 +1,564 @@
+//! The transport-free core: state, rescans and the executor.
+//!
+//! [`Daemon`] holds the operator's intent (loaded from the [`Store`]) and the last
+//! observed host state. [`Daemon::tick`] is called every rescan period (and on
+//! uevents): it lists parents, devices and GVM processes cheaply (directory
+//! listings, one `list` file), reads details only for what is new, resolves owners,
+//! and, when anything changed, runs the pure [`plan`] and executes its actions.
+//! Request handling ([`Daemon::handle`]) lives in `handlers.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use gvm_host_root::HostRoot;
+use gvm_proto::{Drift, ReconcileReport, Totals};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::model::{Desired, GcState, Observed, ObservedDevice, TypeSpec};
+use crate::owners::Resolver;
+use crate::plan::{plan, Action, KnobWrite, Scope};
+use crate::ports::{GcgroupPort, MdevPort, PortError, TypePort};
+use crate::store::{Store, StoreError};
+
+/// Timing knobs of the rescan loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often every owner's GPU registrations are listed again (new GPUs of
+    /// known owners, cgroup moves of unowned processes, libvirt changes).
+    pub slow_rescan: Duration,
+    /// How often every owner gcgroup is read back to detect drift and refresh totals.
+    pub verify: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            slow_rescan: Duration::from_secs(1),
+            verify: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The daemon core.
+pub struct Daemon {
+    pub(crate) host: HostRoot,
+    pub(crate) mdev: Box<dyn MdevPort>,
+    pub(crate) gc: Box<dyn GcgroupPort>,
+    pub(crate) types: Box<dyn TypePort>,
+    pub(crate) store: Store,
+    pub(crate) desired: Desired,
+    pub(crate) policy: String,
+    pub(crate) observed: Observed,
+    pub(crate) resolver: Resolver,
+    pub(crate) type_of: BTreeMap<Uuid, TypeSpec>,
+    pub(crate) totals: BTreeMap<Uuid, Totals>,
+    kernel_names: HashMap<(String, String), Option<String>>,
+    device_names: Vec<String>,
+    pids: BTreeSet<u32>,
+    unowned: BTreeSet<u32>,
+    first_pass: bool,
+    last_slow: Option<Instant>,
+    last_verify: Option<Instant>,
+    timing: Timing,
+    /// Problems found when loading the store, reported by the first reconcile.
+    pub startup_problems: Vec<String>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("root", &self.host.root())
+            .field("devices", &self.observed.devices.len())
+            .field("definitions", &self.desired.definitions.len())
+            .finish()
+    }
+}
+
+impl Daemon {
+    /// Open the store under `host` and build a daemon over the given ports.
+    pub fn new(
+        host: HostRoot,
+        mdev: Box<dyn MdevPort>,
+        gc: Box<dyn GcgroupPort>,
+        types: Box<dyn TypePort>,
+        timing: Timing,
+    ) -> Result<Daemon, StoreError> {
+        let (store, loaded) = Store::open(&host)?;
+        for p in &loaded.cleaned {
+            info!(path = %p.display(), "removed a temp file left by an interrupted write");
+        }
+        for p in &loaded.problems {
+            warn!("{p}");
+        }
+        info!(
+            definitions = loaded.definitions.len(),
+            live = loaded.live.len(),
+            gcgroups = gc.name(),
+            "state loaded"
+        );
+        Ok(Daemon {
+            resolver: Resolver::new(host.clone()),
+            host,
+            mdev,
+            gc,
+            types,
+            store,
+            desired: Desired {
+                definitions: loaded.definitions,
+                live: loaded.live,
+            },
+            policy: loaded.policy.unwrap_or_else(|| "best-effort".to_string()),
+            observed: Observed::default(),
+            type_of: BTreeMap::new(),
+            totals: BTreeMap::new(),
+            kernel_names: HashMap::new(),
+            device_names: Vec::new(),
+            pids: BTreeSet::new(),
+            unowned: BTreeSet::new(),
+            first_pass: true,
+            last_slow: None,
+            last_verify: None,
+            timing,
+            startup_problems: loaded.problems,
+        })
+    }
+
+    /// The host root this daemon manages.
+    pub fn host(&self) -> &HostRoot {
+        &self.host
+    }
+
+    /// Rescan and reconcile. `force` does the slow rescan and verification now.
+    pub fn tick(&mut self, now: Instant, force: bool) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        if self.first_pass {
+            report.errors.append(&mut self.startup_problems);
+        }
+        let slow = force
+            || self
+                .last_slow
+                .is_none_or(|t| now.duration_since(t) >= self.timing.slow_rescan);
+        let verify = force
+            || self
+                .last_verify
+                .is_none_or(|t| now.duration_since(t) >= self.timing.verify);
+        if slow {
+            self.last_slow = Some(now);
+        }
+        if verify {
+            self.last_verify = Some(now);
+        }
+
+        let new_parents = self.scan_parents(&mut report);
+        let mut dirty = self.scan_devices(&mut report, force);
+        dirty |= self.scan_processes(&mut report, slow);
+        if verify {
+            self.verify_gcgroups(&mut report);
+            dirty = true;
+        }
+        if dirty || !new_parents.is_empty() || self.first_pass {
+            self.reconcile(&new_parents, None, &mut report);
+        }
+        self.first_pass = false;
+        report
+    }
+
+    fn scan_parents(&mut self, report: &mut ReconcileReport) -> BTreeSet<String> {
+        let names = match self.mdev.parent_names() {
+            Ok(n) => n,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return BTreeSet::new();
+            }
+        };
+        let now: BTreeSet<String> = names.into_iter().collect();
+        let added: BTreeSet<String> = now.difference(&self.observed.parents).cloned().collect();
+        for gone in self.observed.parents.difference(&now) {
+            info!(parent = %gone, "mdev parent unregistered");
+            self.kernel_names.retain(|(p, _), _| p != gone);
+        }
+        for p in &added {
+            if !self.first_pass {
+                info!(parent = %p, "mdev parent registered");
+            }
+            self.load_parent_types(p);
+        }
+        self.observed.parents = now;
+        added
+    }
+
+    fn load_parent_types(&mut self, parent: &str) {
+        match self.mdev.parent_types(parent) {
+            Ok(types) => {
+                for t in types {
+                    self.kernel_names.insert((parent.to_string(), t.id), t.name);
+                }
+            }
+            Err(e) => debug!("{e}"),
+        }
+    }
+
+    /// The `name` attribute of a kernel type (cached per parent).
+    pub(crate) fn kernel_name(&mut self, parent: &str, mdev_type: &str) -> Option<String> {
+        let key = (parent.to_string(), mdev_type.to_string());
+        if !self.kernel_names.contains_key(&key) {
+            self.load_parent_types(parent);
+        }
+        self.kernel_names.get(&key).cloned().flatten()
+    }
+
+    fn scan_devices(&mut self, report: &mut ReconcileReport, force: bool) -> bool {
+        let mut names = match self.mdev.device_names() {
+            Ok(n) => n,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return false;
+            }
+        };
+        names.sort();
+        if names == self.device_names && !force {
+            return false;
+        }
+        let devices = match self.mdev.devices() {
+            Ok(d) => d,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return false;
+            }
+        };
+        self.device_names = names;
+        let mut seen = BTreeSet::new();
+        for d in devices {
+            seen.insert(d.uuid);
+            if self.observed.devices.contains_key(&d.uuid) {
+                continue;
+            }
+            let kernel_name = self.kernel_name(&d.parent, &d.mdev_type);
+            self.adopt(
+                ObservedDevice {
+                    uuid: d.uuid,
+                    parent: d.parent,
+                    mdev_type: d.mdev_type,
+                    kernel_name,
+                },
+                report,
+            );
+        }
+        let gone: Vec<Uuid> = self
+            .observed
+            .devices
+            .keys()
+            .filter(|u| !seen.contains(u))
+            .copied()
+            .collect();
+        for uuid in gone {
+            info!(%uuid, "vGPU removed from the host");
+            self.forget_device(&uuid);
+        }
+        true
+    }
+
+    /// Start managing a live device.
+    pub(crate) fn adopt(&mut self, dev: ObservedDevice, report: &mut ReconcileReport) {
+        let uuid = dev.uuid;
+        match self
+            .types
+            .resolve(&dev.mdev_type, dev.kernel_name.as_deref())
+        {
+            Some(t) => {
+                info!(%uuid, parent = %dev.parent, mdev_type = %dev.mdev_type, vgpu_type = %t.name, "adopted vGPU");
+                self.type_of.insert(uuid, t);
+                report.adopted.push(uuid);
+            }
+            None => {
+                info!(%uuid, parent = %dev.parent, mdev_type = %dev.mdev_type,
+                    "vGPU type is not in the catalog: listed as unmanaged, not touched");
+                self.type_of.remove(&uuid);
+                report.unmanaged.push(uuid);
+            }
+        }
+        self.observed.devices.insert(uuid, dev);
+    }
+
+    pub(crate) fn forget_device(&mut self, uuid: &Uuid) {
+        self.observed.devices.remove(uuid);
+        self.type_of.remove(uuid);
+        self.totals.remove(uuid);
+        if self.desired.live.remove(uuid).is_some() {
+            if let Err(e) = self.store.save_live(uuid, &Default::default()) {
+                warn!("{e}");
+            }
+        }
+    }
+
+    fn scan_processes(&mut self, report: &mut ReconcileReport, slow: bool) -> bool {
+        if slow && self.resolver.refresh_libvirt() {
+            info!(
+                domains = self.resolver.domains().len(),
+                "libvirt domains changed"
+            );
+        }
+        let pids: BTreeSet<u32> = match self.gc.processes() {
+            Ok(p) => p.into_iter().collect(),
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return false;
+            }
+        };
+        let mut dirty = false;
+        let gone: Vec<u32> = self.pids.difference(&pids).copied().collect();
+        for pid in gone {
+            self.drop_pid(pid);
+            dirty = true;
+        }
+        let new: Vec<u32> = pids.difference(&self.pids).copied().collect();
+        self.pids = pids;
+        for pid in new {
+            dirty |= self.classify(pid, true);
+        }
+        if slow {
+            for pid in self.unowned.clone() {
+                dirty |= self.classify(pid, true);
+            }
+            let owned: Vec<u32> = self.observed.gpus.keys().copied().collect();
+            for pid in owned {
+                dirty |= self.refresh_gpus(pid);
+            }
+        } else {
+            // Owners that had no GPU yet register soon after starting: look often.
+            let waiting: Vec<u32> = self
+                .observed
+                .gpus
+                .iter()
+                .filter(|(_, g)| g.is_empty())
+                .map(|(p, _)| *p)
+                .collect();
+            for pid in waiting {
+                dirty |= self.refresh_gpus(pid);
+            }
+        }
+        dirty
+    }
+
+    /// Resolve the owner of `pid`; true when it became an owner.
+    fn classify(&mut self, pid: u32, retry: bool) -> bool {
+        let Some((uuid, rule)) = self.resolver.owner_of(pid, retry) else {
+            self.unowned.insert(pid);
+            return false;
+        };
+        self.unowned.remove(&pid);
+        let fresh = self
+            .observed
+            .owners
+            .entry(uuid)
+            .or_default()
+            .insert(pid, rule)
+            .is_none();
+        if fresh {
+            info!(%uuid, pid, rule = ?rule, "owner process found");
+            self.observed.gpus.entry(pid).or_default();
+            self.refresh_gpus(pid);
+        }
+        fresh
+    }
+
+    fn refresh_gpus(&mut self, pid: u32) -> bool {
+        let gpus: BTreeSet<u32> = match self.gc.gpus(pid) {
+            Ok(g) => g.into_iter().collect(),
+            Err(e) => {
+                debug!("{e}");
+                return false;
+            }
+        };
+        let known = self.observed.gpus.entry(pid).or_default();
+        if *known == gpus {
+            return false;
+        }
+        for g in gpus.difference(known) {
+            debug!(pid, gpu = g, "GPU registration appeared");
+        }
+        let removed: Vec<u32> = known.difference(&gpus).copied().collect();
+        *known = gpus.clone();
+        for g in removed {
+            self.observed.gcgroups.remove(&(pid, g));
+        }
+        for g in gpus {
+            if let std::collections::btree_map::Entry::Vacant(v) =
+                self.observed.gcgroups.entry((pid, g))
+            {
+                if let Ok(r) = self.gc.read(pid, g) {
+                    v.insert(GcState {
+                        memory_limit: r.memory_limit,
+                        priority: None,
+                        frozen: r.frozen,
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    fn drop_pid(&mut self, pid: u32) {
+        self.unowned.remove(&pid);
+        if let Some(gpus) = self.observed.gpus.remove(&pid) {
+            for g in gpus {
+                self.observed.gcgroups.remove(&(pid, g));
+            }
+        }
+        self.observed.owners.retain(|uuid, owners| {
+            if owners.remove(&pid).is_some() {
+                debug!(%uuid, pid, "owner process exited");
+            }
+            !owners.is_empty()
+        });
+        let pids = &self.pids;
+        self.resolver.retain_pids(&|p| pids.contains(&p));
+    }
+
+    /// Read back every owner gcgroup: detect drift, refresh totals.
+    fn verify_gcgroups(&mut self, report: &mut ReconcileReport) {
+        let mut totals: BTreeMap<Uuid, Totals> = BTreeMap::new();
+        for (uuid, owners) in &self.observed.owners {
+            if !self.observed.devices.contains_key(uuid) {
+                continue;
+            }
+            let t = totals.entry(*uuid).or_default();
+            for pid in owners.keys() {
+                for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
+                    let r = match self.gc.read(*pid, *gpu) {
+                        Ok(r) => r,
+                        Err(e) if e.gone => continue,
+                        Err(e) => {
+                            report.errors.push(e.to_string());
+                            continue;
+                        }
+                    };
+                    add_totals(t, &r);
+                    if let Some(s) = self.observed.gcgroups.get_mut(&(*pid, *gpu)) {
+                        s.memory_limit = r.memory_limit;
+                        s.frozen = r.frozen;
+                        if s.priority.is_some() {
+                            s.priority = Some(r.priority);
+                        }
+                    }
+                }
+            }
+        }
+        self.totals = totals;
+    }
+
+    /// Plan and execute: autostart on `autostart_parents`, knob writes for `only`
+    /// (all vGPUs when `None`).
+    pub(crate) fn reconcile(
+        &mut self,
+        autostart_parents: &BTreeSet<String>,
+        only: Option<&BTreeSet<Uuid>>,
+        report: &mut ReconcileReport,
+    ) {
+        let p = plan(
+            &self.observed,
+            &self.desired,
+            &self.type_of,
+            Scope {
+                autostart_parents,
+                only,
+            },
+        );
+        for uuid in &p.stale_live {
+            debug!(%uuid, "dropping live state of a vGPU that is gone");
+            self.forget_device(uuid);
+        }
+        for a in p.actions {
+            match a {
+                Action::Create {
+                    uuid,
+                    parent,
+                    mdev_type,
+                } => match self.mdev.create(&parent, &mdev_type, uuid) {
+                    Ok(()) => {
+                        info!(%uuid, %parent, %mdev_type, "autostarted defined vGPU");
+                        report.autostarted.push(uuid);
+                        let kernel_name = self.kernel_name(&parent, &mdev_type);
+                        self.adopt(
+                            ObservedDevice {
+                                uuid,
+                                parent,
+                                mdev_type,
+                                kernel_name,
+                            },
+                            report,
+                        );
+                    }
+                    Err(e) => {
+                        warn!("autostart: {e}");
+                        report.errors.push(e.to_string());
+                    }
+                },
+                Action::Write {
+                    uuid,
+                    pid,
+                    gpu,
+                    knob,
+                    found,
+                } => self.execute_write(uuid, pid, gpu, knob, found, report),
+            }
+        }
+    }
+
+    fn execute_write(
+        &mut self,
+        uuid: Uuid,
+        pid: u32,
+        gpu: u32,
+        knob: KnobWrite,
+        found: Option<String>,
+        report: &mut ReconcileReport,
+    ) {
+        match self.gc.write(pid, gpu, knob) {
+            Ok(()) => {
+                report.writes += 1;
+                let state = self.observed.gcgroups.entry((pid, gpu)).or_insert(GcState {
+                    memory_limit: gvm_proto::UNLIMITED,
+                    priority: None,
+                    frozen: false,
+                });
+                knob.apply(state);
+                if let Some(found) = found {
+                    info!(%uuid, pid, gpu, knob = knob.file(), %found, wanted = %knob.value(), "corrected knob");
+                    report.drift.push(Drift {
+                        uuid,
+                        pid,
+                        gpu,
+                        knob: knob.file().to_string(),
+                        found,
+                        wanted: knob.value(),
+                    });
+                } else {
+                    debug!(%uuid, pid, gpu, knob = knob.file(), value = %knob.value(), "applied knob");
+                }
+            }
+            Err(PortError { gone: true, .. }) => {
+                self.observed.gcgroups.remove(&(pid, gpu));
+                if let Some(g) = self.observed.gpus.get_mut(&pid) {
+                    g.remove(&gpu);
+                }
+            }
+            Err(e) => {
+                warn!(%uuid, "{e}");
+                report.errors.push(format!("vGPU {uuid}: {e}"));
+            }
+        }
+    }
+}
+
+/// Add one gcgroup's values to a vGPU's totals.
+pub(crate) fn add_totals(t: &mut Totals, r: &crate::ports::GcRead) {
+    t.memory_current += r.memory_current;
+    t.swap_current += r.swap_current;
+    t.kernels_submitted += r.submitted;
+    t.kernels_ended += r.ended;
+    t.kernels_pending += r.pending;
+    t.gcgroups += 1;
+    t.frozen_gcgroups += u32::from(r.frozen);
+}

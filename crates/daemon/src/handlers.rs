@@ -1,0 +1,625 @@
+//! Request handling: one method per API call, on the transport-free core.
+//!
+//! Every handler validates everything first and changes nothing on failure;
+//! persistent changes are written to the store *before* the host is touched, so a
+//! crash in between is repaired by the next start's reconciliation. One function,
+//! [`Daemon::handle`], maps the result to a [`Response`].
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use gvm_proto::{
+    ApiError, Call, CreateParams, DefineParams, Definition, ErrorCode, ImportReport, Knobs,
+    Overrides, OwnerInfo, Pong, ReconcileReport, Request, Response, SetMode, SetParams, Totals,
+    VgpuDetail, VgpuInfo, VgpuState, PROTOCOL_VERSION,
+};
+use serde::Serialize;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::daemon::{add_totals, Daemon};
+use crate::model::{effective, ObservedDevice};
+use crate::ports::PortError;
+use crate::store::StoreError;
+
+type Reply = Result<serde_json::Value, ApiError>;
+
+fn json<T: Serialize>(v: &T) -> Reply {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(format!("cannot encode result: {e}")))
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    ApiError::internal(format!(
+        "{e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    ))
+}
+
+fn port_err(e: PortError) -> ApiError {
+    if e.gone {
+        return ApiError::not_found(e.to_string());
+    }
+    let code = match e.errno {
+        Some(libc::EEXIST) | Some(libc::EBUSY) => ErrorCode::Conflict,
+        Some(_) => ErrorCode::Kernel,
+        None => ErrorCode::Internal,
+    };
+    let errno = e.errno.map(|n| format!(" (errno {n})")).unwrap_or_default();
+    ApiError::new(code, format!("{e}{errno}"))
+}
+
+impl Daemon {
+    /// Answer one request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let id = req.id;
+        if let Err(e) = req.call.validate() {
+            return Response::err(id, e);
+        }
+        match self.dispatch(req.call) {
+            Ok(v) => Response {
+                id,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response::err(id, e),
+        }
+    }
+
+    fn dispatch(&mut self, call: Call) -> Reply {
+        match call {
+            Call::Ping => json(&Pong {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: PROTOCOL_VERSION,
+                root: self.host.root().display().to_string(),
+                vgpus: self.all_uuids().len(),
+            }),
+            Call::List(p) => {
+                let list: Vec<VgpuInfo> = self
+                    .all_uuids()
+                    .into_iter()
+                    .filter(|u| !p.defined || self.desired.definitions.contains_key(u))
+                    .map(|u| self.info(&u))
+                    .collect();
+                json(&list)
+            }
+            Call::Show(t) => {
+                let uuids = self.resolve_target(&t.target)?;
+                let details: Vec<VgpuDetail> = uuids.iter().map(|u| self.detail(u)).collect();
+                match details.len() {
+                    1 => json(&details[0]),
+                    _ => Err(ApiError::invalid(format!(
+                        "domain '{}' holds {} vGPUs: show one by UUID",
+                        t.target,
+                        details.len()
+                    ))),
+                }
+            }
+            Call::Define(p) => self.define(p).and_then(|d| json(&d)),
+            Call::Undefine(t) => {
+                let uuid = self.defined_uuid(&t.target)?;
+                self.store.remove_definition(&uuid).map_err(store_err)?;
+                let def = self.desired.definitions.remove(&uuid);
+                info!(%uuid, "definition removed");
+                json(&def)
+            }
+            Call::Start(t) => self.start(&t.target).and_then(|i| json(&i)),
+            Call::Stop(t) => self.stop(&t.target).and_then(|i| json(&i)),
+            Call::Create(p) => self.create(p).and_then(|i| json(&i)),
+            Call::Set(p) => self.set(p).and_then(|d| json(&d)),
+            Call::Freeze(t) => self.freeze(&t.target, true).and_then(|d| json(&d)),
+            Call::Thaw(t) => self.freeze(&t.target, false).and_then(|d| json(&d)),
+            Call::ImportMdevctl(p) => self.import_mdevctl(p.dry_run).and_then(|r| json(&r)),
+            Call::PolicyGet => json(&self.policy),
+            Call::PolicySet(p) => {
+                self.store.save_policy(&p.policy).map_err(store_err)?;
+                info!(policy = %p.policy, "scheduling policy set");
+                self.policy = p.policy;
+                json(&self.policy)
+            }
+            Call::Stats(p) => {
+                let uuids = match &p.target {
+                    Some(t) => self.resolve_target(t)?,
+                    None => self.observed.devices.keys().copied().collect(),
+                };
+                let mut out = Vec::new();
+                for u in uuids {
+                    let (_, totals) = self.read_owners(&u);
+                    self.totals.insert(u, totals);
+                    out.push(self.info(&u));
+                }
+                json(&out)
+            }
+            Call::Reconcile => {
+                let r: ReconcileReport = self.tick(std::time::Instant::now(), true);
+                json(&r)
+            }
+        }
+    }
+
+    /// Live devices and definitions, sorted by UUID.
+    fn all_uuids(&self) -> Vec<Uuid> {
+        let set: BTreeSet<Uuid> = self
+            .observed
+            .devices
+            .keys()
+            .chain(self.desired.definitions.keys())
+            .copied()
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// UUIDs a target names: a known UUID, or a running domain's vGPUs.
+    pub(crate) fn resolve_target(&mut self, target: &str) -> Result<Vec<Uuid>, ApiError> {
+        if let Ok(u) = Uuid::try_parse(target) {
+            if self.observed.devices.contains_key(&u) || self.desired.definitions.contains_key(&u) {
+                return Ok(vec![u]);
+            }
+            return Err(ApiError::not_found(format!(
+                "no vGPU {u} on this host and no definition of it: see `gvm-vgpu list`"
+            )));
+        }
+        self.resolver.refresh_libvirt();
+        let uuids: Vec<Uuid> = self
+            .resolver
+            .domains()
+            .iter()
+            .filter(|d| d.name == target)
+            .flat_map(|d| d.uuids.iter().copied())
+            .filter(|u| self.observed.devices.contains_key(u))
+            .collect();
+        if uuids.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no vGPU or running domain with vGPUs named '{target}': give a UUID from \
+                 `gvm-vgpu list` or the name of a running libvirt domain"
+            )));
+        }
+        Ok(uuids)
+    }
+
+    fn defined_uuid(&self, target: &str) -> Result<Uuid, ApiError> {
+        let u = Uuid::try_parse(target).map_err(|_| {
+            ApiError::invalid(format!(
+                "'{target}' is not a UUID: definitions are named by UUID"
+            ))
+        })?;
+        if !self.desired.definitions.contains_key(&u) {
+            return Err(ApiError::not_found(format!(
+                "vGPU {u} has no definition: see `gvm-vgpu list --defined`"
+            )));
+        }
+        Ok(u)
+    }
+
+    fn knobs_of(&self, uuid: &Uuid) -> (Knobs, gvm_proto::Sources) {
+        effective(
+            self.type_of.get(uuid),
+            self.desired.definitions.get(uuid),
+            self.desired.live.get(uuid),
+        )
+    }
+
+    pub(crate) fn info(&self, uuid: &Uuid) -> VgpuInfo {
+        let dev = self.observed.devices.get(uuid);
+        let def = self.desired.definitions.get(uuid);
+        let (knobs, _) = self.knobs_of(uuid);
+        VgpuInfo {
+            uuid: *uuid,
+            parent: dev
+                .map(|d| d.parent.clone())
+                .or_else(|| def.map(|d| d.parent.clone()))
+                .unwrap_or_default(),
+            mdev_type: dev
+                .map(|d| d.mdev_type.clone())
+                .or_else(|| def.map(|d| d.mdev_type.clone()))
+                .unwrap_or_default(),
+            type_name: self
+                .type_of
+                .get(uuid)
+                .map(|t| t.name.clone())
+                .or_else(|| def.and_then(|d| d.type_name.clone())),
+            state: if dev.is_some() {
+                VgpuState::Running
+            } else {
+                VgpuState::Stopped
+            },
+            managed: self.type_of.contains_key(uuid),
+            defined: def.is_some(),
+            autostart: def.is_some_and(|d| d.autostart),
+            domain: self.resolver.domain_of(uuid).map(str::to_string),
+            owners: self
+                .observed
+                .owners
+                .get(uuid)
+                .map(|o| o.keys().copied().collect())
+                .unwrap_or_default(),
+            knobs,
+            totals: self.totals.get(uuid).copied().unwrap_or_default(),
+        }
+    }
+
+    fn read_owners(&self, uuid: &Uuid) -> (Vec<OwnerInfo>, Totals) {
+        let mut owners = Vec::new();
+        let mut totals = Totals::default();
+        for (pid, rule) in self.observed.owners.get(uuid).into_iter().flatten() {
+            let mut gcgroups = Vec::new();
+            for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
+                if let Ok(r) = self.gc.read(*pid, *gpu) {
+                    add_totals(&mut totals, &r);
+                    gcgroups.push(gvm_proto::GcgroupInfo {
+                        gpu: *gpu,
+                        memory_limit: r.memory_limit,
+                        memory_current: r.memory_current,
+                        swap_current: r.swap_current,
+                        priority: r.priority,
+                        frozen: r.frozen,
+                        kernels_submitted: r.submitted,
+                        kernels_pending: r.pending,
+                    });
+                }
+            }
+            owners.push(OwnerInfo {
+                pid: *pid,
+                rule: *rule,
+                gcgroups,
+            });
+        }
+        (owners, totals)
+    }
+
+    fn detail(&mut self, uuid: &Uuid) -> VgpuDetail {
+        let (owners, totals) = self.read_owners(uuid);
+        if self.observed.devices.contains_key(uuid) {
+            self.totals.insert(*uuid, totals);
+        }
+        let (_, sources) = self.knobs_of(uuid);
+        VgpuDetail {
+            info: self.info(uuid),
+            sources,
+            definition: self.desired.definitions.get(uuid).cloned(),
+            live_overrides: self
+                .desired
+                .live
+                .get(uuid)
+                .map(|l| l.overrides)
+                .unwrap_or_default(),
+            owners,
+        }
+    }
+
+    /// Kernel type id and catalog name for `type_name` on `parent` (which must be registered).
+    fn resolve_type(
+        &mut self,
+        parent: &str,
+        type_name: &str,
+    ) -> Result<(String, Option<String>), ApiError> {
+        let types = self.mdev.parent_types(parent).map_err(|e| {
+            if e.gone {
+                ApiError::not_found(format!(
+                    "mdev parent '{parent}' is not registered: see `gvm-vgpu parents`"
+                ))
+            } else {
+                port_err(e)
+            }
+        })?;
+        if let Some(t) = types.iter().find(|t| t.id == type_name) {
+            let name = self.types.resolve(&t.id, t.name.as_deref()).map(|s| s.name);
+            return Ok((t.id.clone(), name));
+        }
+        for t in &types {
+            if self.types.binds(type_name, &t.id, t.name.as_deref()) == Some(true) {
+                return Ok((t.id.clone(), Some(type_name.to_string())));
+            }
+        }
+        let ids: Vec<&str> = types.iter().map(|t| t.id.as_str()).collect();
+        Err(ApiError::not_found(format!(
+            "parent '{parent}' offers no type '{type_name}' (kernel types: {}); \
+             give a kernel type id or a catalog type bound to one of them",
+            ids.join(", ")
+        )))
+    }
+
+    fn define(&mut self, p: DefineParams) -> Result<Definition, ApiError> {
+        let uuid = p.uuid.unwrap_or_else(Uuid::new_v4);
+        if self.desired.definitions.contains_key(&uuid) {
+            return Err(ApiError::conflict(format!(
+                "vGPU {uuid} is already defined: undefine it first or use `set --persistent`"
+            )));
+        }
+        let (mdev_type, type_name) = if self.observed.parents.contains(&p.parent) {
+            self.resolve_type(&p.parent, &p.type_name)?
+        } else {
+            // Like mdevctl, a definition may name a parent that is not present yet;
+            // then the type must be the kernel type id.
+            let name = self.types.resolve(&p.type_name, None).map(|s| s.name);
+            (p.type_name.clone(), name)
+        };
+        if let Some(d) = self.observed.devices.get(&uuid) {
+            if d.parent != p.parent || d.mdev_type != mdev_type {
+                return Err(ApiError::conflict(format!(
+                    "vGPU {uuid} is running as {}/{}, not {}/{mdev_type}",
+                    d.parent, d.mdev_type, p.parent
+                )));
+            }
+        }
+        let def = Definition {
+            uuid,
+            parent: p.parent,
+            mdev_type,
+            type_name,
+            autostart: p.autostart,
+            overrides: p.overrides,
+        };
+        self.store.save_definition(&def).map_err(store_err)?;
+        info!(%uuid, parent = %def.parent, mdev_type = %def.mdev_type, "vGPU defined");
+        self.desired.definitions.insert(uuid, def.clone());
+        self.retune(&[uuid]);
+        Ok(def)
+    }
+
+    fn start(&mut self, target: &str) -> Result<VgpuInfo, ApiError> {
+        let uuid = self.defined_uuid(target)?;
+        if self.observed.devices.contains_key(&uuid) {
+            return Err(ApiError::conflict(format!(
+                "vGPU {uuid} is already running"
+            )));
+        }
+        let def = self.desired.definitions.get(&uuid).cloned();
+        let Some(def) = def else {
+            return Err(ApiError::not_found(format!(
+                "vGPU {uuid} has no definition"
+            )));
+        };
+        self.create_device(uuid, &def.parent, &def.mdev_type)?;
+        Ok(self.info(&uuid))
+    }
+
+    fn create_device(&mut self, uuid: Uuid, parent: &str, mdev_type: &str) -> Result<(), ApiError> {
+        self.mdev
+            .create(parent, mdev_type, uuid)
+            .map_err(port_err)?;
+        let kernel_name = self.kernel_name(parent, mdev_type);
+        let mut report = ReconcileReport::default();
+        self.adopt(
+            ObservedDevice {
+                uuid,
+                parent: parent.to_string(),
+                mdev_type: mdev_type.to_string(),
+                kernel_name,
+            },
+            &mut report,
+        );
+        self.retune(&[uuid]);
+        Ok(())
+    }
+
+    fn stop(&mut self, target: &str) -> Result<VgpuInfo, ApiError> {
+        let uuid = Uuid::try_parse(target)
+            .map_err(|_| ApiError::invalid(format!("'{target}' is not a UUID")))?;
+        if !self.observed.devices.contains_key(&uuid) {
+            return Err(ApiError::not_found(format!("vGPU {uuid} is not running")));
+        }
+        self.mdev.remove(uuid).map_err(port_err)?;
+        info!(%uuid, "vGPU stopped");
+        self.forget_device(&uuid);
+        Ok(self.info(&uuid))
+    }
+
+    fn create(&mut self, p: CreateParams) -> Result<VgpuInfo, ApiError> {
+        let uuid = p.uuid.unwrap_or_else(Uuid::new_v4);
+        if self.observed.devices.contains_key(&uuid) {
+            return Err(ApiError::conflict(format!("vGPU {uuid} already exists")));
+        }
+        if !self.observed.parents.contains(&p.parent) {
+            return Err(ApiError::not_found(format!(
+                "mdev parent '{}' is not registered: see `gvm-vgpu parents`",
+                p.parent
+            )));
+        }
+        let (mdev_type, type_name) = self.resolve_type(&p.parent, &p.type_name)?;
+        if p.define {
+            if self.desired.definitions.contains_key(&uuid) {
+                return Err(ApiError::conflict(format!(
+                    "vGPU {uuid} is already defined"
+                )));
+            }
+            let def = Definition {
+                uuid,
+                parent: p.parent.clone(),
+                mdev_type: mdev_type.clone(),
+                type_name,
+                autostart: p.autostart,
+                overrides: Overrides::default(),
+            };
+            self.store.save_definition(&def).map_err(store_err)?;
+            self.desired.definitions.insert(uuid, def);
+        }
+        self.create_device(uuid, &p.parent, &mdev_type)?;
+        info!(%uuid, parent = %p.parent, %mdev_type, "vGPU created");
+        Ok(self.info(&uuid))
+    }
+
+    fn set(&mut self, p: SetParams) -> Result<Vec<VgpuDetail>, ApiError> {
+        let uuids = self.resolve_target(&p.target)?;
+        let new = Overrides {
+            memory_limit: p.memory_limit,
+            priority: p.priority,
+            share: p.share,
+        };
+        // Check every target before changing anything.
+        for u in &uuids {
+            let defined = self.desired.definitions.contains_key(u);
+            let running = self.observed.devices.contains_key(u);
+            match p.mode {
+                SetMode::Persistent if !defined => {
+                    return Err(ApiError::invalid(format!(
+                        "vGPU {u} has no definition to change: use --live, or define it first"
+                    )))
+                }
+                SetMode::Live if !running => {
+                    return Err(ApiError::conflict(format!(
+                        "vGPU {u} is not running: use --persistent to change its definition"
+                    )))
+                }
+                _ => {}
+            }
+            if running && !self.type_of.contains_key(u) && p.mode != SetMode::Persistent {
+                return Err(ApiError::conflict(format!(
+                    "vGPU {u} is unmanaged (its kernel type has no catalog entry): add the \
+                     type to the catalog before tuning it"
+                )));
+            }
+        }
+        for u in &uuids {
+            let persist = p.mode != SetMode::Live && self.desired.definitions.contains_key(u);
+            if persist {
+                if let Some(def) = self.desired.definitions.get(u) {
+                    let mut def = def.clone();
+                    let base = if p.clear {
+                        Overrides::default()
+                    } else {
+                        def.overrides
+                    };
+                    def.overrides = base.merged_with(&new);
+                    self.store.save_definition(&def).map_err(store_err)?;
+                    self.desired.definitions.insert(*u, def);
+                }
+            }
+            let running = self.observed.devices.contains_key(u);
+            if running && p.mode != SetMode::Persistent {
+                let mut live = self.desired.live.get(u).copied().unwrap_or_default();
+                if p.clear {
+                    live.overrides = Overrides::default();
+                }
+                if persist {
+                    // The definition now carries the value: drop a live override that would hide it.
+                    if new.memory_limit.is_some() {
+                        live.overrides.memory_limit = None;
+                    }
+                    if new.priority.is_some() {
+                        live.overrides.priority = None;
+                    }
+                    if new.share.is_some() {
+                        live.overrides.share = None;
+                    }
+                } else {
+                    live.overrides = live.overrides.merged_with(&new);
+                }
+                self.store.save_live(u, &live).map_err(store_err)?;
+                self.desired.live.insert(*u, live);
+            }
+            info!(uuid = %u, ?new, mode = ?p.mode, "retuned");
+        }
+        let errors = self.retune(&uuids);
+        if let Some(e) = errors.first() {
+            return Err(ApiError::new(
+                ErrorCode::Kernel,
+                format!("stored, but not applied everywhere: {e}"),
+            ));
+        }
+        Ok(uuids.iter().map(|u| self.detail(u)).collect())
+    }
+
+    fn freeze(&mut self, target: &str, frozen: bool) -> Result<Vec<VgpuInfo>, ApiError> {
+        let uuids = self.resolve_target(target)?;
+        for u in &uuids {
+            if !self.observed.devices.contains_key(u) {
+                return Err(ApiError::conflict(format!("vGPU {u} is not running")));
+            }
+            if !self.type_of.contains_key(u) {
+                return Err(ApiError::conflict(format!(
+                    "vGPU {u} is unmanaged (its kernel type has no catalog entry)"
+                )));
+            }
+        }
+        for u in &uuids {
+            let mut live = self.desired.live.get(u).copied().unwrap_or_default();
+            live.frozen = frozen;
+            self.store.save_live(u, &live).map_err(store_err)?;
+            self.desired.live.insert(*u, live);
+            info!(uuid = %u, frozen, "freeze state set");
+        }
+        let errors = self.retune(&uuids);
+        if let Some(e) = errors.first() {
+            return Err(ApiError::new(ErrorCode::Kernel, e.clone()));
+        }
+        Ok(uuids.iter().map(|u| self.info(u)).collect())
+    }
+
+    /// Apply the current intent to the owners of `uuids` now; returns the errors.
+    pub(crate) fn retune(&mut self, uuids: &[Uuid]) -> Vec<String> {
+        let only: BTreeSet<Uuid> = uuids.iter().copied().collect();
+        let mut report = ReconcileReport::default();
+        self.reconcile(&BTreeSet::new(), Some(&only), &mut report);
+        report.errors
+    }
+
+    fn import_mdevctl(&mut self, dry_run: bool) -> Result<ImportReport, ApiError> {
+        let dir = self.host.mdevctl_config_dir();
+        let mut report = ImportReport::default();
+        let parents = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "cannot read {}: {e}",
+                    dir.display()
+                )))
+            }
+        };
+        let mut found = Vec::new();
+        for p in parents.flatten() {
+            let parent = p.file_name().to_string_lossy().into_owned();
+            if parent == "scripts.d" || !p.path().is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(p.path()).into_iter().flatten().flatten() {
+                found.push((parent.clone(), f.path()));
+            }
+        }
+        found.sort();
+        for (parent, path) in found {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Ok(uuid) = Uuid::try_parse(&name) else {
+                report
+                    .skipped
+                    .push(format!("{}: not named by a UUID", path.display()));
+                continue;
+            };
+            let parsed = fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| crate::mdevctl::parse(&t));
+            let cfg = match parsed {
+                Ok(c) => c,
+                Err(e) => {
+                    report.skipped.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if self.desired.definitions.contains_key(&uuid) {
+                report.skipped.push(format!("{uuid}: already defined"));
+                continue;
+            }
+            let type_name = self.types.resolve(&cfg.mdev_type, None).map(|t| t.name);
+            let def = Definition {
+                uuid,
+                parent,
+                mdev_type: cfg.mdev_type,
+                type_name,
+                autostart: cfg.autostart,
+                overrides: Overrides::default(),
+            };
+            if !dry_run {
+                self.store.save_definition(&def).map_err(store_err)?;
+                self.desired.definitions.insert(uuid, def.clone());
+                info!(%uuid, "imported mdevctl definition");
+            }
+            report.imported.push(def);
+        }
+        Ok(report)
+    }
+}

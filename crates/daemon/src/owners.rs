@@ -1,0 +1,316 @@
+//! Owner resolution: which host processes do a vGPU's GPU work.
+//!
+//! GVM sees host processes only, so a vGPU is tied to its *owners*. The rules
+//! (DESIGN.md), first match wins:
+//! 1. [`OwnerRule::Environment`]: `GVM_VGPU_UUID=<uuid>` in `/proc/<pid>/environ`;
+//! 2. [`OwnerRule::Cgroup`]: a component of the process's cgroup path (in
+//!    `/proc/<pid>/cgroup`) is the UUID (optionally with a `.scope`/`.slice` suffix);
+//! 3. [`OwnerRule::Libvirt`]: the pid in `/run/libvirt/qemu/<domain>.pid` whose live
+//!    XML `<domain>.xml` names the UUID in an mdev `<hostdev>` address or in a
+//!    `<gvm:vgpu uuid=.../>` metadata element.
+//!
+//! The parsers are pure; [`Resolver`] does the reads and caches per pid (a
+//! process's environment does not change; its cgroup is re-read while unowned).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+use std::time::SystemTime;
+
+use gvm_host_root::HostRoot;
+use gvm_proto::OwnerRule;
+use uuid::Uuid;
+
+/// Environment variable that ties a process to a vGPU.
+pub const UUID_ENV: &str = "GVM_VGPU_UUID";
+
+/// The vGPU named by `GVM_VGPU_UUID` in a NUL-separated environ block.
+pub fn uuid_from_environ(environ: &[u8]) -> Option<Uuid> {
+    environ.split(|b| *b == 0).find_map(|kv| {
+        let rest = kv.strip_prefix(UUID_ENV.as_bytes())?.strip_prefix(b"=")?;
+        Uuid::try_parse_ascii(rest.trim_ascii()).ok()
+    })
+}
+
+/// The vGPU named by a component of the process's cgroup path(s).
+pub fn uuid_from_cgroup(text: &str) -> Option<Uuid> {
+    text.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        path.split('/').find_map(|comp| {
+            let c = comp
+                .strip_suffix(".scope")
+                .or_else(|| comp.strip_suffix(".slice"))
+                .unwrap_or(comp);
+            if c.len() == 36 {
+                Uuid::try_parse(c).ok()
+            } else {
+                None
+            }
+        })
+    })
+}
+
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = tag;
+    while let Some(i) = rest.find(name) {
+        let before_ok = i == 0 || rest[..i].ends_with(char::is_whitespace);
+        let after = rest[i + name.len()..].trim_start();
+        if before_ok {
+            if let Some(v) = after.strip_prefix('=') {
+                let v = v.trim_start();
+                let q = v.chars().next()?;
+                if q == '\'' || q == '"' {
+                    let body = &v[1..];
+                    return body.find(q).map(|end| &body[..end]);
+                }
+            }
+        }
+        rest = &rest[i + name.len()..];
+    }
+    None
+}
+
+/// The mdev UUIDs a libvirt domain XML names: `<hostdev type='mdev'>` source
+/// addresses and `<gvm:vgpu uuid='...'/>` metadata elements. Deliberately minimal.
+pub fn uuids_from_domain_xml(xml: &str) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let mut in_mdev_hostdev = false;
+    for chunk in xml.split('<').skip(1) {
+        let Some(end) = chunk.find('>') else { continue };
+        let tag = &chunk[..end];
+        let name = tag.split_whitespace().next().unwrap_or("");
+        if name == "hostdev" {
+            in_mdev_hostdev = attr(tag, "type") == Some("mdev");
+        } else if name == "/hostdev" {
+            in_mdev_hostdev = false;
+        } else if (name == "address" && in_mdev_hostdev) || name.ends_with(":vgpu") {
+            if let Some(u) = attr(tag, "uuid").and_then(|v| Uuid::try_parse(v).ok()) {
+                if !out.contains(&u) {
+                    out.push(u);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A running libvirt domain as found in its run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// Domain name.
+    pub name: String,
+    /// QEMU pid.
+    pub pid: Option<u32>,
+    /// vGPUs its XML names.
+    pub uuids: Vec<Uuid>,
+}
+
+/// Reads owners through the host root and caches what cannot change.
+#[derive(Debug)]
+pub struct Resolver {
+    host: HostRoot,
+    by_pid: HashMap<u32, Option<(Uuid, OwnerRule)>>,
+    domains: Vec<Domain>,
+    libvirt_stamp: Option<(SystemTime, usize)>,
+}
+
+impl Resolver {
+    /// A resolver for `host`.
+    pub fn new(host: HostRoot) -> Resolver {
+        Resolver {
+            host,
+            by_pid: HashMap::new(),
+            domains: Vec::new(),
+            libvirt_stamp: None,
+        }
+    }
+
+    /// Running domains as last read.
+    pub fn domains(&self) -> &[Domain] {
+        &self.domains
+    }
+
+    /// The domain holding `uuid`, if any.
+    pub fn domain_of(&self, uuid: &Uuid) -> Option<&str> {
+        self.domains
+            .iter()
+            .find(|d| d.uuids.contains(uuid))
+            .map(|d| d.name.as_str())
+    }
+
+    /// Re-read libvirt's run directory if it changed; true when it did.
+    pub fn refresh_libvirt(&mut self) -> bool {
+        let dir = self.host.libvirt_run_dir();
+        let stamp = fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| (t, fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0)));
+        if stamp == self.libvirt_stamp && stamp.is_some() {
+            return false;
+        }
+        self.libvirt_stamp = stamp;
+        let domains = read_domains(&dir);
+        let changed = domains != self.domains;
+        self.domains = domains;
+        if changed {
+            // Ownership by libvirt may have changed for any pid: resolve again.
+            self.by_pid
+                .retain(|_, v| matches!(v, Some((_, r)) if *r != OwnerRule::Libvirt));
+        }
+        changed
+    }
+
+    /// The vGPU `pid` owns, using the cache; `None` for unowned processes. Unowned
+    /// processes are re-resolved only when `retry_unowned` is set.
+    pub fn owner_of(&mut self, pid: u32, retry_unowned: bool) -> Option<(Uuid, OwnerRule)> {
+        if let Some(hit) = self.by_pid.get(&pid) {
+            if hit.is_some() || !retry_unowned {
+                return *hit;
+            }
+        }
+        let found = self.resolve(pid);
+        self.by_pid.insert(pid, found);
+        found
+    }
+
+    /// Forget pids that are no longer in the GVM tree.
+    pub fn retain_pids(&mut self, alive: &dyn Fn(u32) -> bool) {
+        self.by_pid.retain(|pid, _| alive(*pid));
+    }
+
+    fn resolve(&self, pid: u32) -> Option<(Uuid, OwnerRule)> {
+        let proc_dir = self.host.proc_dir().join(pid.to_string());
+        if let Ok(env) = fs::read(proc_dir.join("environ")) {
+            if let Some(u) = uuid_from_environ(&env) {
+                return Some((u, OwnerRule::Environment));
+            }
+        }
+        if let Ok(cg) = fs::read_to_string(proc_dir.join("cgroup")) {
+            if let Some(u) = uuid_from_cgroup(&cg) {
+                return Some((u, OwnerRule::Cgroup));
+            }
+        }
+        self.domains
+            .iter()
+            .find(|d| d.pid == Some(pid))
+            .and_then(|d| d.uuids.first())
+            .map(|u| (*u, OwnerRule::Libvirt))
+    }
+}
+
+fn read_domains(dir: &Path) -> Vec<Domain> {
+    let mut by_name: BTreeMap<String, Domain> = BTreeMap::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    for entry in rd.flatten() {
+        let fname = entry.file_name().to_string_lossy().into_owned();
+        let (name, is_pid) = if let Some(n) = fname.strip_suffix(".pid") {
+            (n, true)
+        } else if let Some(n) = fname.strip_suffix(".xml") {
+            (n, false)
+        } else {
+            continue;
+        };
+        let d = by_name.entry(name.to_string()).or_insert_with(|| Domain {
+            name: name.to_string(),
+            pid: None,
+            uuids: Vec::new(),
+        });
+        if is_pid {
+            d.pid = fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+        } else if let Ok(xml) = fs::read_to_string(entry.path()) {
+            d.uuids = uuids_from_domain_xml(&xml);
+        }
+    }
+    by_name.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const U: &str = "2b2f7d5a-2d4e-4f6c-8a1b-0c9d8e7f6a5b";
+
+    #[test]
+    fn environment_rule() {
+        let env = format!("PATH=/bin\0GVM_VGPU_UUID={U}\0HOME=/\0");
+        assert_eq!(
+            uuid_from_environ(env.as_bytes())
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some(U)
+        );
+        assert_eq!(uuid_from_environ(b"GVM_VGPU_UUIDX=1\0A=B"), None);
+        assert_eq!(uuid_from_environ(b"GVM_VGPU_UUID=not-a-uuid\0"), None);
+    }
+
+    #[test]
+    fn cgroup_rule() {
+        let cg = format!("0::/machine.slice/{U}.scope\n");
+        assert!(uuid_from_cgroup(&cg).is_some());
+        let cg = format!("0::/vgpus/{U}/worker\n");
+        assert!(uuid_from_cgroup(&cg).is_some());
+        assert_eq!(uuid_from_cgroup("0::/user.slice/session-1.scope\n"), None);
+    }
+
+    #[test]
+    fn libvirt_xml_rule() {
+        let other = "11111111-2222-3333-4444-555555555555";
+        let xml = format!(
+            "<domain type='kvm'><name>vm1</name><uuid>{other}</uuid>\
+             <metadata><gvm:vgpu xmlns:gvm='x' uuid=\"{other}\"/></metadata>\
+             <devices><hostdev mode='subsystem' type='pci'><source><address domain='0'/></source></hostdev>\
+             <hostdev mode='subsystem' type='mdev' model='vfio-pci'>\
+             <source><address uuid='{U}'/></source></hostdev></devices></domain>"
+        );
+        let got: Vec<String> = uuids_from_domain_xml(&xml)
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(got, vec![other.to_string(), U.to_string()]);
+    }
+
+    #[test]
+    fn resolver_reads_proc_and_libvirt_through_the_root() {
+        let Ok(d) = tempfile::tempdir() else { return };
+        let proc_dir = d.path().join("proc");
+        let host = HostRoot::new(d.path()).with_proc_dir(&proc_dir);
+        for (pid, env, cg) in [
+            (10, format!("GVM_VGPU_UUID={U}\0"), String::new()),
+            (11, String::new(), format!("0::/x/{U}\n")),
+            (12, String::new(), "0::/\n".to_string()),
+        ] {
+            let p = proc_dir.join(pid.to_string());
+            assert!(fs::create_dir_all(&p).is_ok());
+            assert!(fs::write(p.join("environ"), env).is_ok());
+            assert!(fs::write(p.join("cgroup"), cg).is_ok());
+        }
+        let mut r = Resolver::new(host.clone());
+        assert_eq!(
+            r.owner_of(10, false).map(|o| o.1),
+            Some(OwnerRule::Environment)
+        );
+        assert_eq!(r.owner_of(11, false).map(|o| o.1), Some(OwnerRule::Cgroup));
+        assert_eq!(r.owner_of(12, false), None);
+
+        let lv = host.libvirt_run_dir();
+        assert!(fs::create_dir_all(&lv).is_ok());
+        assert!(fs::write(lv.join("vm1.pid"), "12\n").is_ok());
+        let xml = format!("<hostdev type='mdev'><source><address uuid='{U}'/></source></hostdev>");
+        assert!(fs::write(lv.join("vm1.xml"), xml).is_ok());
+        assert_eq!(r.owner_of(12, false), None, "cached as unowned");
+        assert!(r.refresh_libvirt(), "a new domain is a change");
+        assert!(!r.refresh_libvirt(), "nothing changed since");
+        // A libvirt change drops cached "unowned" answers.
+        assert_eq!(r.owner_of(12, false).map(|o| o.1), Some(OwnerRule::Libvirt));
+        let u = Uuid::try_parse(U).ok();
+        assert_eq!(
+            u.and_then(|u| r.domain_of(&u).map(str::to_string))
+                .as_deref(),
+            Some("vm1")
+        );
+    }
+}
