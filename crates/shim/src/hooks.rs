@@ -69,6 +69,7 @@ type LaunchCooperativeFn = unsafe extern "C" fn(
 ) -> CuResult;
 type GraphLaunchFn = unsafe extern "C" fn(CuHandle, CuHandle) -> CuResult;
 type CtxSynchronizeFn = unsafe extern "C" fn() -> CuResult;
+type CtxSynchronizeV2Fn = unsafe extern "C" fn(CuHandle) -> CuResult;
 type StreamSynchronizeFn = unsafe extern "C" fn(CuHandle) -> CuResult;
 type CtxGetDeviceFn = unsafe extern "C" fn(*mut CuDevice) -> CuResult;
 type MemAdviseFn = unsafe extern "C" fn(CuDevicePtr, usize, c_int, CuDevice) -> CuResult;
@@ -123,6 +124,7 @@ fn wrapper_addr(v: Variant) -> usize {
         Variant::GraphLaunch => cuGraphLaunch as *const () as usize,
         Variant::GraphLaunchPtsz => cuGraphLaunch_ptsz as *const () as usize,
         Variant::CtxSynchronize => cuCtxSynchronize as *const () as usize,
+        Variant::CtxSynchronizeV2 => cuCtxSynchronize_v2 as *const () as usize,
         Variant::StreamSynchronize => cuStreamSynchronize as *const () as usize,
         Variant::StreamSynchronizePtsz => cuStreamSynchronize_ptsz as *const () as usize,
         Variant::CtxGetDevice | Variant::MemAdvise => 0,
@@ -803,6 +805,22 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CuResult {
     let snap = s.sync_snapshot();
     // SAFETY: no arguments; the driver's own entry point.
     let rc = unsafe { real() };
+    s.ctx_synchronized(snap, rc);
+    rc
+}
+
+/// `cuCtxSynchronize_v2` (CUDA 13): counted like `cuCtxSynchronize` (process-wide, so with
+/// several contexts `ended` may run ahead for the ones not synchronised).
+///
+/// # Safety
+/// The driver API contract of this function.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxSynchronize_v2(ctx: CuHandle) -> CuResult {
+    let real = real!(Variant::CtxSynchronizeV2, CtxSynchronizeV2Fn);
+    let s = shim::get();
+    let snap = s.sync_snapshot();
+    // SAFETY: the caller's argument, unchanged, to the driver.
+    let rc = unsafe { real(ctx) };
     s.ctx_synchronized(snap, rc);
     rc
 }

@@ -72,6 +72,7 @@ variants! {
     GraphLaunch = c"cuGraphLaunch", true;
     GraphLaunchPtsz = c"cuGraphLaunch_ptsz", true;
     CtxSynchronize = c"cuCtxSynchronize", true;
+    CtxSynchronizeV2 = c"cuCtxSynchronize_v2", true;
     StreamSynchronize = c"cuStreamSynchronize", true;
     StreamSynchronizePtsz = c"cuStreamSynchronize_ptsz", true;
     CtxGetDevice = c"cuCtxGetDevice", false;
@@ -177,8 +178,9 @@ const RULES: &[Rule] = &[
         V::GraphLaunch,
         Some(V::GraphLaunchPtsz),
     ),
-    // CUDA 13 may hand out a cuCtxSynchronize of another ABI: only wrap the one we know.
+    // CUDA 13 added cuCtxSynchronize_v2(CUcontext) and hands it out for the base name.
     rule("cuCtxSynchronize", 2000, 13000, V::CtxSynchronize, None),
+    rule("cuCtxSynchronize", 13000, ANY, V::CtxSynchronizeV2, None),
     rule(
         "cuStreamSynchronize",
         2000,
@@ -324,7 +326,10 @@ mod tests {
             for_proc_address(b"cuCtxSynchronize", 12080, 0),
             Some(V::CtxSynchronize)
         );
-        assert_eq!(for_proc_address(b"cuCtxSynchronize", 13000, 0), None);
+        assert_eq!(
+            for_proc_address(b"cuCtxSynchronize", 13000, 0),
+            Some(V::CtxSynchronizeV2)
+        );
         assert_eq!(for_proc_address(b"cuMemcpyHtoD", 13000, 0), None);
         assert_eq!(
             for_proc_address(b"cuMemAlloc_v2", 13000, 0),

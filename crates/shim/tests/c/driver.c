@@ -1,0 +1,92 @@
+/* A tiny CUDA "program" that reaches the driver the way the CUDA runtime does: dlopen with
+ * RTLD_LOCAL, dlsym("cuGetProcAddress"), then cuGetProcAddress("cuGetProcAddress") and
+ * everything else through that. Usage: driver FAKE_LIBCUDA MODE; prints key=value lines. */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+typedef CUresult (*gpa_t)(const char *, void **, int, unsigned long long);
+typedef CUresult (*gpa2_t)(const char *, void **, int, unsigned long long, int *);
+typedef CUresult (*alloc_t)(CUdeviceptr *, size_t);
+typedef CUresult (*free_t)(CUdeviceptr);
+typedef CUresult (*info_t)(size_t *, size_t *);
+typedef CUresult (*total_t)(size_t *, int);
+typedef CUresult (*launch_t)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             unsigned, void *, void **, void **);
+typedef CUresult (*launch_ex_t)(const void *, void *, void **, void **);
+typedef CUresult (*sync_t)(void *); /* cuCtxSynchronize_v2, as handed out for CUDA 13 */
+typedef struct { unsigned g[3], b[3], sh; void *stream; void *attrs; unsigned n; } launch_config;
+
+#define MIB (1ull << 20)
+static gpa2_t gpa2;
+
+static void *get(const char *name, unsigned long long flags) {
+    void *p = NULL;
+    int st = 0;
+    if (gpa2(name, &p, 13000, flags, &st) != 0) {
+        printf("missing=%s\n", name);
+        return NULL;
+    }
+    return p;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    const char *mode = argv[2];
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { printf("dlopen_error=%s\n", dlerror()); return 2; }
+    int (*count)(const char *) = (int (*)(const char *))dlsym(h, "fake_count");
+    gpa_t gpa = (gpa_t)dlsym(h, "cuGetProcAddress");
+    if (!count || !gpa) { printf("dlsym_error=1\n"); return 2; }
+    if (gpa("cuGetProcAddress", (void **)&gpa2, 13000, 0) != 0 || !gpa2) { printf("gpa_error=1\n"); return 2; }
+    /* The non-CUDA lookups must be untouched. */
+    printf("strlen_ok=%d\n", dlsym(RTLD_DEFAULT, "strlen") == (void *)strlen);
+
+    alloc_t alloc = (alloc_t)get("cuMemAlloc", 0);
+    alloc_t alloc_dlsym = (alloc_t)dlsym(h, "cuMemAlloc_v2");
+    free_t mfree = (free_t)get("cuMemFree", 0);
+    info_t info = (info_t)get("cuMemGetInfo", 0);
+    total_t total = (total_t)get("cuDeviceTotalMem", 0);
+    launch_t launch = (launch_t)get("cuLaunchKernel", 0);
+    launch_t launch_ptsz = (launch_t)get("cuLaunchKernel", 2);
+    launch_ex_t launch_ex = (launch_ex_t)get("cuLaunchKernelEx", 0);
+    sync_t sync = (sync_t)get("cuCtxSynchronize", 0);
+    if (!alloc || !alloc_dlsym || !mfree || !info || !total || !launch || !launch_ptsz || !launch_ex || !sync) return 2;
+    printf("same_alloc=%d\n", (void *)alloc == (void *)alloc_dlsym);
+    printf("ptsz_distinct=%d\n", (void *)launch != (void *)launch_ptsz);
+
+    if (!strcmp(mode, "limit")) {
+        CUdeviceptr p1 = 0, p2 = 0, p3 = 0;
+        int r1 = alloc(&p1, 512 * MIB);
+        int r2 = alloc_dlsym(&p2, 768 * MIB);
+        size_t f = 0, t = 0, tm = 0;
+        info(&f, &t);
+        total(&tm, 0);
+        mfree(p1);
+        int r3 = alloc(&p3, 768 * MIB);
+        printf("r1=%d\nr2=%d\nr3=%d\nfree=%zu\ntotal=%zu\ndevtotal=%zu\ndriver_allocs=%d\ndriver_frees=%d\n",
+               r1, r2, r3, f, t, tm, count("alloc"), count("free"));
+    } else if (!strcmp(mode, "swap")) {
+        CUdeviceptr p = 0;
+        int r = alloc(&p, 2048 * MIB);
+        printf("r=%d\nmanaged=%d\nadvise=%d\ndriver_allocs=%d\n", r, count("managed"), count("advise"), count("alloc"));
+    } else if (!strcmp(mode, "launch")) {
+        launch_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        for (int i = 0; i < 5; i++) launch(0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0);
+        for (int i = 0; i < 3; i++) launch_ptsz(0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0);
+        for (int i = 0; i < 2; i++) launch_ex(&cfg, 0, 0, 0);
+        sync(0);
+        printf("launch=%d\nlaunch_ptsz=%d\nlaunch_ex=%d\nsync=%d\ngpa2=%d\n", count("launch"),
+               count("launch_ptsz"), count("launch_ex"), count("sync"), count("gpa2"));
+    } else if (!strcmp(mode, "freeze")) {
+        printf("before\n");
+        fflush(stdout);
+        launch(0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0);
+        printf("after=%d\n", count("launch"));
+    }
+    fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,93 @@
+/* A stand-in for libcuda.so.1 in CI (no GPU): every entry point only records that it was
+ * called. Built by tests/preload.rs with -Wl,-Bsymbolic so that, like the real driver, its
+ * own references are not redirected to the preloaded shim's exports. */
+#include <stddef.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+#define GIB (1ull << 30)
+
+static CUdeviceptr next_ptr = 0x100000;
+static int n_alloc, n_free, n_managed, n_advise, n_launch, n_launch_ptsz, n_launch_ex, n_sync,
+    n_gpa, n_gpa2;
+
+static CUdeviceptr take(size_t s) {
+    CUdeviceptr p = next_ptr;
+    next_ptr += (s + 0xfff) & ~0xfffull;
+    return p;
+}
+
+CUresult cuInit(unsigned flags) { (void)flags; return 0; }
+CUresult cuCtxGetDevice(int *d) { *d = 0; return 0; }
+CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t s) { n_alloc++; *p = take(s); return 0; }
+CUresult cuMemAllocManaged(CUdeviceptr *p, size_t s, unsigned f) { (void)f; n_managed++; *p = take(s); return 0; }
+CUresult cuMemFree_v2(CUdeviceptr p) { (void)p; n_free++; return 0; }
+CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = 70 * GIB; *t = 80 * GIB; return 0; }
+CUresult cuDeviceTotalMem_v2(size_t *b, int d) { (void)d; *b = 80 * GIB; return 0; }
+CUresult cuMemAdvise(CUdeviceptr p, size_t s, int a, int d) { (void)p; (void)s; (void)a; (void)d; n_advise++; return 0; }
+CUresult cuLaunchKernel(void *f, unsigned a, unsigned b, unsigned c, unsigned d, unsigned e,
+                        unsigned g, unsigned sh, void *st, void **pa, void **x) {
+    (void)f; (void)a; (void)b; (void)c; (void)d; (void)e; (void)g; (void)sh; (void)st; (void)pa; (void)x;
+    n_launch++;
+    return 0;
+}
+CUresult cuLaunchKernel_ptsz(void *f, unsigned a, unsigned b, unsigned c, unsigned d, unsigned e,
+                             unsigned g, unsigned sh, void *st, void **pa, void **x) {
+    (void)f; (void)a; (void)b; (void)c; (void)d; (void)e; (void)g; (void)sh; (void)st; (void)pa; (void)x;
+    n_launch_ptsz++;
+    return 0;
+}
+CUresult cuLaunchKernelEx(const void *cfg, void *f, void **pa, void **x) {
+    (void)cfg; (void)f; (void)pa; (void)x;
+    n_launch_ex++;
+    return 0;
+}
+CUresult cuCtxSynchronize(void) { n_sync++; return 0; }
+CUresult cuCtxSynchronize_v2(void *ctx) { (void)ctx; n_sync++; return 0; }
+
+CUresult cuGetProcAddress(const char *s, void **pfn, int v, unsigned long long flags);
+CUresult cuGetProcAddress_v2(const char *s, void **pfn, int v, unsigned long long flags, int *st);
+
+static void *lookup(const char *s, int v, unsigned long long flags) {
+    if (!strcmp(s, "cuGetProcAddress")) return v >= 12050 ? (void *)cuGetProcAddress_v2 : (void *)cuGetProcAddress;
+    if (!strcmp(s, "cuMemAlloc")) return v >= 3020 ? (void *)cuMemAlloc_v2 : NULL;
+    if (!strcmp(s, "cuMemFree")) return v >= 3020 ? (void *)cuMemFree_v2 : NULL;
+    if (!strcmp(s, "cuMemGetInfo")) return v >= 3020 ? (void *)cuMemGetInfo_v2 : NULL;
+    if (!strcmp(s, "cuDeviceTotalMem")) return v >= 3020 ? (void *)cuDeviceTotalMem_v2 : NULL;
+    if (!strcmp(s, "cuMemAllocManaged")) return (void *)cuMemAllocManaged;
+    if (!strcmp(s, "cuMemAdvise")) return (void *)cuMemAdvise;
+    if (!strcmp(s, "cuCtxGetDevice")) return (void *)cuCtxGetDevice;
+    if (!strcmp(s, "cuCtxSynchronize")) return v >= 13000 ? (void *)cuCtxSynchronize_v2 : (void *)cuCtxSynchronize;
+    if (!strcmp(s, "cuInit")) return (void *)cuInit;
+    if (!strcmp(s, "cuLaunchKernel")) return (flags & 2) ? (void *)cuLaunchKernel_ptsz : (void *)cuLaunchKernel;
+    if (!strcmp(s, "cuLaunchKernelEx")) return (void *)cuLaunchKernelEx;
+    return NULL;
+}
+
+CUresult cuGetProcAddress(const char *s, void **pfn, int v, unsigned long long flags) {
+    n_gpa++;
+    *pfn = lookup(s, v, flags);
+    return *pfn ? 0 : 500;
+}
+CUresult cuGetProcAddress_v2(const char *s, void **pfn, int v, unsigned long long flags, int *st) {
+    n_gpa2++;
+    *pfn = lookup(s, v, flags);
+    if (st) *st = *pfn ? 0 : 1;
+    return *pfn ? 0 : 500;
+}
+
+/* How often the driver really saw each call (not a CUDA symbol: the shim passes it through). */
+int fake_count(const char *k) {
+    if (!strcmp(k, "alloc")) return n_alloc;
+    if (!strcmp(k, "free")) return n_free;
+    if (!strcmp(k, "managed")) return n_managed;
+    if (!strcmp(k, "advise")) return n_advise;
+    if (!strcmp(k, "launch")) return n_launch;
+    if (!strcmp(k, "launch_ptsz")) return n_launch_ptsz;
+    if (!strcmp(k, "launch_ex")) return n_launch_ex;
+    if (!strcmp(k, "sync")) return n_sync;
+    if (!strcmp(k, "gpa")) return n_gpa;
+    if (!strcmp(k, "gpa2")) return n_gpa2;
+    return -1;
+}

@@ -1,0 +1,289 @@
+//! End-to-end: the built `libgvm_cuda.so` preloaded into a small C program that reaches a fake
+//! `libcuda.so.1` the way the CUDA runtime does (dlopen + dlsym + cuGetProcAddress). Needs
+//! `cc`; skips with a printed reason without it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use gvm_cuda::config::Knobs;
+use gvm_cuda::control::ControlMap;
+
+const MIB: u64 = 1 << 20;
+
+struct Rig {
+    dir: tempfile::TempDir,
+    shim: PathBuf,
+    fake: PathBuf,
+    driver: PathBuf,
+}
+
+/// The cdylib, freshly built: `cargo test` builds only the rlib for its tests, so build the
+/// shared object once per test process with the same cargo, profile and target directory.
+fn shim_path() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/preload-HASH -> target/<profile>/libgvm_cuda.so
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target dir layout");
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args(["build", "--lib", "-p", "gvm-cuda-shim"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if let Some(target) = profile_dir.parent() {
+                cargo.env("CARGO_TARGET_DIR", target);
+            }
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            let st = cargo.status().expect("run cargo build");
+            assert!(st.success(), "building libgvm_cuda.so failed");
+            profile_dir.join("libgvm_cuda.so")
+        })
+        .clone()
+}
+
+fn rig() -> Option<Rig> {
+    if Command::new("cc").arg("--version").output().is_err() {
+        println!("SKIP: no C compiler (cc) to build the fake libcuda");
+        return None;
+    }
+    let shim = shim_path();
+    assert!(shim.exists(), "{} was not built", shim.display());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    let fake = dir.path().join("libcuda.so.1");
+    let driver = dir.path().join("driver");
+    let ok = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-Wl,-Bsymbolic",
+            "-Wl,-soname,libcuda.so.1",
+            "-o",
+        ])
+        .arg(&fake)
+        .arg(src.join("fake_cuda.c"))
+        .status()
+        .expect("run cc");
+    assert!(ok.success(), "building the fake libcuda failed");
+    let ok = Command::new("cc")
+        .arg("-o")
+        .arg(&driver)
+        .arg(src.join("driver.c"))
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(ok.success(), "building the driver failed");
+    Some(Rig {
+        dir,
+        shim,
+        fake,
+        driver,
+    })
+}
+
+impl Rig {
+    fn control(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self, mode: &str, control: &Path) -> Command {
+        let mut c = Command::new(&self.driver);
+        c.arg(&self.fake)
+            .arg(mode)
+            .env("LD_PRELOAD", &self.shim)
+            .env("GVM_SHIM_CONTROL", control)
+            .env("GVM_MEMORY_LIMIT", "1GiB")
+            .env_remove("GVM_HOST_SWAP");
+        c
+    }
+
+    fn run(&self, mode: &str, control: &Path, swap: bool) -> HashMap<String, String> {
+        let mut c = self.command(mode, control);
+        if swap {
+            c.env("GVM_HOST_SWAP", "1");
+        }
+        let out = c.output().expect("run the driver");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "driver {mode} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kv: HashMap<String, String> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            kv.get("strlen_ok").map(String::as_str),
+            Some("1"),
+            "plain dlsym intact"
+        );
+        assert_eq!(
+            kv.get("same_alloc").map(String::as_str),
+            Some("1"),
+            "dlsym and cuGetProcAddress give the one wrapper"
+        );
+        assert_eq!(kv.get("ptsz_distinct").map(String::as_str), Some("1"));
+        kv
+    }
+}
+
+fn num(kv: &HashMap<String, String>, k: &str) -> u64 {
+    kv.get(k)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {k} in {kv:?}"))
+}
+
+#[test]
+fn the_memory_limit_is_enforced_and_reported() {
+    let Some(rig) = rig() else { return };
+    let ctl = rig.control("limit");
+    let kv = rig.run("limit", &ctl, false);
+    assert_eq!(num(&kv, "r1"), 0, "512 MiB fits in 1 GiB");
+    assert_eq!(
+        num(&kv, "r2"),
+        2,
+        "768 MiB more is CUDA_ERROR_OUT_OF_MEMORY"
+    );
+    assert_eq!(num(&kv, "r3"), 0, "fits again after the free");
+    assert_eq!(
+        num(&kv, "total"),
+        1024 * MIB,
+        "cuMemGetInfo total is the limit"
+    );
+    assert_eq!(
+        num(&kv, "free"),
+        512 * MIB,
+        "cuMemGetInfo free is what is left of it"
+    );
+    assert_eq!(num(&kv, "devtotal"), 1024 * MIB);
+    assert_eq!(
+        num(&kv, "driver_allocs"),
+        2,
+        "the refused allocation never reached the driver"
+    );
+    let block = ControlMap::open(&ctl).expect("the shim created its block");
+    let b = block.block();
+    assert!(b.is_standalone());
+    assert_eq!(b.memory_limit.load(Ordering::Relaxed), 1 << 30);
+    assert_eq!(b.memory_current.load(Ordering::Relaxed), 768 * MIB);
+}
+
+#[test]
+fn over_limit_memory_spills_to_host_when_swap_is_allowed() {
+    let Some(rig) = rig() else { return };
+    let ctl = rig.control("swap");
+    let kv = rig.run("swap", &ctl, true);
+    assert_eq!(num(&kv, "r"), 0);
+    assert_eq!(num(&kv, "managed"), 1, "placed in managed memory");
+    assert_eq!(num(&kv, "advise"), 1, "advised to prefer the host");
+    assert_eq!(num(&kv, "driver_allocs"), 0);
+    let block = ControlMap::open(&ctl).expect("block");
+    assert_eq!(
+        block.block().swap_current.load(Ordering::Relaxed),
+        2048 * MIB
+    );
+    assert_eq!(block.block().memory_current.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn launches_are_counted_per_flavour_and_ended_at_synchronise() {
+    let Some(rig) = rig() else { return };
+    let ctl = rig.control("launch");
+    let kv = rig.run("launch", &ctl, false);
+    assert_eq!(num(&kv, "launch"), 5, "flags 0 reached cuLaunchKernel");
+    assert_eq!(
+        num(&kv, "launch_ptsz"),
+        3,
+        "flags 2 reached cuLaunchKernel_ptsz"
+    );
+    assert_eq!(num(&kv, "launch_ex"), 2);
+    assert_eq!(num(&kv, "sync"), 1);
+    let block = ControlMap::open(&ctl).expect("block");
+    assert_eq!(block.block().submitted.load(Ordering::Relaxed), 10);
+    assert_eq!(block.block().ended.load(Ordering::Relaxed), 10);
+}
+
+#[test]
+fn a_frozen_block_holds_launches_until_thawed() {
+    let Some(rig) = rig() else { return };
+    let ctl_path = rig.control("freeze");
+    // The daemon's side: a block that exists before the process starts, already frozen.
+    let ctl = ControlMap::create(&ctl_path, &Knobs::default(), 0).expect("create block");
+    ctl.set_frozen(true);
+    let mut child = rig
+        .command("freeze", &ctl_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn driver");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |prefix: &str, secs: u64| loop {
+        match rx.recv_timeout(Duration::from_secs(secs)) {
+            Ok(l) if l.starts_with(prefix) => return Some(l),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    };
+    assert!(wait_for("before", 10).is_some(), "driver started");
+    assert_eq!(
+        wait_for("after", 1),
+        None,
+        "the launch is held while frozen"
+    );
+    let b = ctl.block();
+    assert_eq!(
+        b.waiting.load(Ordering::Acquire),
+        1,
+        "one thread held at the gate"
+    );
+    assert_eq!(b.submitted.load(Ordering::Acquire), 0);
+    ctl.set_frozen(false);
+    let after = wait_for("after", 10).expect("the launch goes once thawed");
+    assert_eq!(after, "after=1");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(b.submitted.load(Ordering::Acquire), 1);
+    assert_eq!(b.waiting.load(Ordering::Acquire), 0);
+    assert!(!b.is_standalone(), "the shim obeyed the daemon's block");
+}
+
+#[test]
+fn a_non_cuda_process_runs_unchanged() {
+    let shim = shim_path();
+    assert!(shim.exists(), "{} was not built", shim.display());
+    let st = Command::new("/bin/true")
+        .env("LD_PRELOAD", &shim)
+        .status()
+        .expect("run /bin/true");
+    assert!(st.success());
+    let out = Command::new("sh")
+        .args(["-c", "echo hello"])
+        .env("LD_PRELOAD", &shim)
+        .output()
+        .expect("run sh");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert!(
+        out.stderr.is_empty(),
+        "no shim chatter without CUDA: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
