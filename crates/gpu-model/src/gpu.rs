@@ -264,6 +264,11 @@ impl Gpu {
         self.vgpus.get(index).map_or(Nanos::ZERO, |v| v.busy)
     }
 
+    /// Kernels vGPU `index` has finished.
+    pub fn kernels_ended(&self, index: usize) -> u64 {
+        self.vgpus.get(index).map_or(0, |v| v.ended)
+    }
+
     /// Windows fully elapsed so far.
     pub fn complete_windows(&self) -> usize {
         usize::try_from(self.now.0 / self.cfg.window.0).unwrap_or(usize::MAX)
@@ -486,3 +491,7 @@ impl Gpu {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gpu_tests.rs"]
+mod tests;
