@@ -20,6 +20,9 @@ const VGPUS: usize = 16;
 const TICK: Nanos = Nanos::from_millis(1);
 const DURATION: Nanos = Nanos::from_secs(5);
 
+/// The counters one engine saw, tick by tick.
+type Trace = Vec<(Nanos, Vec<VgpuInput>)>;
+
 fn specs(gpu: usize) -> Vec<VgpuSpec> {
     (0..VGPUS)
         .map(|i| {
@@ -54,10 +57,7 @@ fn specs(gpu: usize) -> Vec<VgpuSpec> {
 }
 
 /// Simulates one GPU under `policy`, returning (priority, freeze) writes/s and the trace.
-fn record(
-    gpu: usize,
-    policy: Policy,
-) -> Result<((f64, f64), Vec<(Nanos, Vec<VgpuInput>)>), Box<dyn Error>> {
+fn record(gpu: usize, policy: Policy) -> Result<((f64, f64), Trace), Box<dyn Error>> {
     let mut model = Gpu::new(ModelConfig::default(), specs(gpu))?;
     let mut engine = Engine::new(EngineConfig::with_policy(policy))?;
     let mut trace = Vec::new();
