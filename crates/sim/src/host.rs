@@ -68,6 +68,8 @@ pub struct SimHost {
     owners_per_vgpu: u32,
     now_us: u64,
     procs: Box<dyn OwnerProcs>,
+    /// Parents whose driver is "unloaded": absent from the tree until registered again.
+    unregistered: std::collections::BTreeSet<usize>,
 }
 
 impl SimHost {
@@ -83,7 +85,49 @@ impl SimHost {
             owners_per_vgpu,
             now_us: 0,
             procs,
+            unregistered: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Whether parent `i` is registered with the mdev core (its driver is "loaded").
+    pub fn is_registered(&self, i: usize) -> bool {
+        !self.unregistered.contains(&i)
+    }
+
+    /// Unregister a parent, as unloading its driver does (`rmmod mtty`): its live devices are
+    /// removed (their owners killed) and the parent leaves `mdev_bus`. ENOENT if unknown or
+    /// already unregistered.
+    pub fn unregister_parent(&mut self, path: &str, name: &str) -> Result<(), FsError> {
+        let i = self
+            .parent_index(name)
+            .filter(|i| self.is_registered(*i))
+            .ok_or_else(|| FsError::NotFound {
+                path: format!("registered parent {name}"),
+            })?;
+        let uuids: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.parent == i)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uuid in uuids {
+            self.remove(path, &uuid, b"1")?;
+        }
+        self.unregistered.insert(i);
+        Ok(())
+    }
+
+    /// Register a parent again (`insmod mtty`). ENOENT if unknown, EEXIST if registered.
+    pub fn register_parent(&mut self, name: &str) -> Result<(), FsError> {
+        let i = self.parent_index(name).ok_or_else(|| FsError::NotFound {
+            path: format!("parent {name}"),
+        })?;
+        if !self.unregistered.remove(&i) {
+            return Err(FsError::Exists {
+                uuid: format!("registered parent {name}"),
+            });
+        }
+        Ok(())
     }
 
     /// The model served.
@@ -309,8 +353,14 @@ impl SimHost {
         let text = std::str::from_utf8(data)
             .map_err(|_| FsError::invalid(path, "commands are UTF-8 text"))?;
         let mut words = text.split_whitespace();
-        let usage = "commands: `spawn <uuid> [gpu=N] [memory=BYTES] [busy=0|1] [register_delay_ms=N]`, `kill <pid>`, `set <pid> memory=BYTES|busy=0|1`";
+        let usage = "commands: `spawn <uuid> [gpu=N] [memory=BYTES] [busy=0|1] [register_delay_ms=N]`, `kill <pid>`, `set <pid> memory=BYTES|busy=0|1`, `unregister <parent>`, `register <parent>`";
         match (words.next(), words.next()) {
+            (Some("unregister"), Some(parent)) if words.next().is_none() => {
+                self.unregister_parent(path, parent)
+            }
+            (Some("register"), Some(parent)) if words.next().is_none() => {
+                self.register_parent(parent)
+            }
             (Some("spawn"), Some(uuid)) => {
                 let uuid = uuid.to_ascii_lowercase();
                 if !self.devices.contains_key(&uuid) {

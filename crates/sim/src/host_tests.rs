@@ -325,3 +325,42 @@ fn frozen_owner_stops_progress_on_the_clock() {
         .collect();
     assert_eq!(t1, vec![50_000, 150_000]);
 }
+
+#[test]
+fn unregistering_a_parent_removes_its_devices_and_hides_it_until_registered() {
+    let (mut h, procs) = host(Model::Mtty, 1);
+    h.create("c", 0, "mtty-1", U1.as_bytes()).unwrap();
+    h.create("c", 0, "mtty-2", U2.as_bytes()).unwrap();
+    assert_eq!(procs.state.lock().unwrap().alive.len(), 2);
+
+    h.control("control", b"unregister mtty").unwrap();
+    assert!(h.devices().is_empty(), "live devices go with the parent");
+    assert!(
+        procs.state.lock().unwrap().alive.is_empty(),
+        "their owners are killed"
+    );
+    let bus = crate::tree::list(&h, &["sys", "class", "mdev_bus"]).unwrap();
+    assert!(bus.is_empty(), "the parent left mdev_bus");
+    assert_eq!(
+        errno(crate::tree::stat(
+            &h,
+            &["sys", "devices", "virtual", "mtty", "mtty"]
+        )),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(h.control("control", b"unregister mtty")),
+        libc::ENOENT
+    );
+
+    h.control("control", b"register mtty").unwrap();
+    assert_eq!(errno(h.control("control", b"register mtty")), libc::EEXIST);
+    assert_eq!(
+        errno(h.control("control", b"register nosuch")),
+        libc::ENOENT
+    );
+    let bus = crate::tree::list(&h, &["sys", "class", "mdev_bus"]).unwrap();
+    assert_eq!(bus.len(), 1);
+    // The pool is whole again.
+    assert_eq!(h.available(0, "mtty-1"), 24);
+}

@@ -78,6 +78,9 @@ fn up(n: usize) -> String {
 /// Split `segs` into (parent index, rest) when it lies inside a parent's device dir.
 fn in_parent<'a, 'b>(host: &SimHost, segs: &'a [&'b str]) -> Option<(usize, &'a [&'b str])> {
     host.parents().iter().enumerate().find_map(|(i, p)| {
+        if !host.is_registered(i) {
+            return None;
+        }
         let n = p.dir.len();
         (segs.len() >= n && p.dir.iter().zip(segs).all(|(a, b)| a == b)).then(|| (i, &segs[n..]))
     })
@@ -117,7 +120,9 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
         ["sys", "class", "mdev_bus"] => host
             .parents()
             .iter()
-            .map(|p| {
+            .enumerate()
+            .filter(|(i, _)| host.is_registered(*i))
+            .map(|(_, p)| {
                 e(
                     &p.name,
                     Kind::Link(format!("{}{}", up(2), p.dir[1..].join("/"))),
@@ -167,8 +172,13 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
             let mut names: Vec<String> = host
                 .parents()
                 .iter()
-                .filter(|p| p.dir.len() > segs.len() && p.dir.iter().zip(segs).all(|(a, b)| a == b))
-                .map(|p| p.dir[segs.len()].clone())
+                .enumerate()
+                .filter(|(i, p)| {
+                    host.is_registered(*i)
+                        && p.dir.len() > segs.len()
+                        && p.dir.iter().zip(segs).all(|(a, b)| a == b)
+                })
+                .map(|(_, p)| p.dir[segs.len()].clone())
                 .collect();
             if names.is_empty() {
                 return Err(nf());
