@@ -138,6 +138,18 @@ impl Daemon {
         }
     }
 
+    /// Prometheus text for every running vGPU, with totals read fresh.
+    pub fn metrics(&mut self) -> String {
+        let uuids: Vec<Uuid> = self.observed.devices.keys().copied().collect();
+        let mut infos = Vec::with_capacity(uuids.len());
+        for u in uuids {
+            let (_, totals) = self.read_owners(&u);
+            self.totals.insert(u, totals);
+            infos.push(self.info(&u));
+        }
+        crate::metrics::render(&infos)
+    }
+
     /// Live devices and definitions, sorted by UUID.
     fn all_uuids(&self) -> Vec<Uuid> {
         let set: BTreeSet<Uuid> = self

@@ -22,8 +22,11 @@
 pub mod daemon;
 mod handlers;
 pub mod mdevctl;
+pub mod metrics;
 pub mod model;
 pub mod owners;
 pub mod plan;
 pub mod ports;
+pub mod server;
 pub mod store;
+pub mod uevent;

@@ -1,2 +1,109 @@
-//! gvm-vgpud (being written).
-fn main() {}
+//! `gvm-vgpud`: the gvm-vgpu host daemon.
+//!
+//! Adopts every vGPU on the host, keeps its owners' GVM gcgroups tuned, serves
+//! the API socket the `gvm-vgpu` CLI uses, and optionally Prometheus metrics.
+//! See `docs/daemon.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use gvm_host_root::{HostRoot, ROOT_ENV};
+use gvm_vgpud::daemon::{Daemon, Timing};
+use gvm_vgpud::ports::{gvm_tree, CatalogTypes, SysfsMdev};
+use gvm_vgpud::server::{serve, ServeOptions};
+
+/// The gvm-vgpu host daemon: adopts every vGPU and keeps its gcgroups tuned.
+#[derive(Debug, Parser)]
+#[command(name = "gvm-vgpud", version)]
+struct Args {
+    /// Host root (the simulated host's directory; `/` on a real host).
+    #[arg(long, env = ROOT_ENV, default_value = "/")]
+    root: PathBuf,
+    /// API socket (default: /run/gvm-vgpu/api.sock under the root).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Group (name or gid) whose members may read and retune through the socket.
+    #[arg(long)]
+    group: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Extra catalog directory (repeatable); the built-in catalog and the host's
+    /// /usr/share/gvm-vgpu/mdev-types and /etc/gvm-vgpu/mdev-types are always read.
+    #[arg(long = "catalog")]
+    catalogs: Vec<PathBuf>,
+    /// Fast rescan period in milliseconds (devices, new owners).
+    #[arg(long, default_value_t = 200)]
+    rescan_ms: u64,
+    /// Period in milliseconds for re-listing every owner's GPU registrations.
+    #[arg(long, default_value_t = 1000)]
+    slow_rescan_ms: u64,
+    /// Period in seconds for reading every knob back (drift, totals).
+    #[arg(long, default_value_t = 30)]
+    verify_s: u64,
+    /// Do not listen to kernel uevents even on a real host.
+    #[arg(long)]
+    no_uevents: bool,
+}
+
+fn group_id(spec: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = spec.parse() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(spec)).then(|| f.nth(1).and_then(|g| g.parse().ok()))?
+        })
+        .with_context(|| format!("no group named '{spec}' in /etc/group: give a name or gid"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let host = HostRoot::new(&args.root);
+    let group = args.group.as_deref().map(group_id).transpose()?;
+    let mut dirs = args.catalogs.clone();
+    dirs.extend(gvm_catalog::Catalog::default_dirs(&host));
+    let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+    let catalog = gvm_catalog::Catalog::load_with_builtin(&dirs)
+        .context("cannot load the vGPU type catalog: fix the file named above")?;
+    let daemon = Daemon::new(
+        host.clone(),
+        Box::new(SysfsMdev::new(host.clone())),
+        Box::new(gvm_tree(&host)),
+        Box::new(CatalogTypes::new(catalog)),
+        Timing {
+            slow_rescan: Duration::from_millis(args.slow_rescan_ms.max(10)),
+            verify: Duration::from_secs(args.verify_s.max(1)),
+        },
+    )
+    .context("cannot open the daemon's state under /etc/gvm-vgpu and /run/gvm-vgpu")?;
+    let opts = ServeOptions {
+        socket: args
+            .socket
+            .unwrap_or_else(|| host.path(gvm_proto::DEFAULT_SOCKET)),
+        group,
+        metrics: args.metrics,
+        rescan: Duration::from_millis(args.rescan_ms.max(10)),
+        uevents: !args.no_uevents,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(daemon, opts))
+}

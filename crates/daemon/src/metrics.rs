@@ -1,0 +1,163 @@
+//! Prometheus text exposition of per-vGPU knobs and totals.
+//!
+//! One sample per running vGPU and metric, labelled `uuid`, `parent`, `type` (the
+//! catalog type, or the kernel type when unmanaged) and `domain` (empty when no
+//! libvirt domain holds it). An unlimited memory limit is exported as `+Inf`.
+
+use std::fmt::Write;
+
+use gvm_proto::{VgpuInfo, VgpuState, UNLIMITED};
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+type Getter = fn(&VgpuInfo) -> String;
+
+const METRICS: [(&str, &str, &str, Getter); 9] = [
+    (
+        "gvm_vgpu_memory_limit_bytes",
+        "gauge",
+        "Effective GPU memory limit of the vGPU's owners.",
+        |v| {
+            if v.knobs.memory_limit == UNLIMITED {
+                "+Inf".to_string()
+            } else {
+                v.knobs.memory_limit.to_string()
+            }
+        },
+    ),
+    (
+        "gvm_vgpu_memory_current_bytes",
+        "gauge",
+        "GPU memory resident, summed over owners.",
+        |v| v.totals.memory_current.to_string(),
+    ),
+    (
+        "gvm_vgpu_swap_bytes",
+        "gauge",
+        "Memory evicted to host, summed over owners.",
+        |v| v.totals.swap_current.to_string(),
+    ),
+    (
+        "gvm_vgpu_priority",
+        "gauge",
+        "Effective GVM compute priority (0 = most GPU time).",
+        |v| v.knobs.priority.to_string(),
+    ),
+    (
+        "gvm_vgpu_frozen",
+        "gauge",
+        "1 when the vGPU's GPU work is frozen.",
+        |v| u8::from(v.knobs.frozen).to_string(),
+    ),
+    (
+        "gvm_vgpu_kernels_submitted_total",
+        "counter",
+        "Kernels submitted by current owners.",
+        |v| v.totals.kernels_submitted.to_string(),
+    ),
+    (
+        "gvm_vgpu_kernels_pending",
+        "gauge",
+        "Kernels submitted and not yet ended.",
+        |v| v.totals.kernels_pending.to_string(),
+    ),
+    (
+        "gvm_vgpu_owners",
+        "gauge",
+        "Owner processes of the vGPU.",
+        |v| v.owners.len().to_string(),
+    ),
+    (
+        "gvm_vgpu_managed",
+        "gauge",
+        "1 when the catalog knows the vGPU's type.",
+        |v| u8::from(v.managed).to_string(),
+    ),
+];
+
+/// Render running vGPUs as Prometheus text.
+pub fn render(vgpus: &[VgpuInfo]) -> String {
+    let mut out = String::new();
+    for (name, kind, help, get) in METRICS {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for v in vgpus.iter().filter(|v| v.state == VgpuState::Running) {
+            let ty = v.type_name.as_deref().unwrap_or(&v.mdev_type);
+            let _ = writeln!(
+                out,
+                "{name}{{uuid=\"{}\",parent=\"{}\",type=\"{}\",domain=\"{}\"}} {}",
+                v.uuid,
+                escape(&v.parent),
+                escape(ty),
+                escape(v.domain.as_deref().unwrap_or("")),
+                get(v)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gvm_proto::{Knobs, Totals};
+    use uuid::Uuid;
+
+    fn vgpu(state: VgpuState, limit: u64) -> VgpuInfo {
+        VgpuInfo {
+            uuid: Uuid::from_u128(1),
+            parent: "0000:00:08.0".into(),
+            mdev_type: "gvmsim-1".into(),
+            type_name: Some("sim-4c".into()),
+            state,
+            managed: true,
+            defined: false,
+            autostart: false,
+            domain: Some("vm\"1".into()),
+            owners: vec![10, 11],
+            knobs: Knobs {
+                memory_limit: limit,
+                priority: 3,
+                share: None,
+                frozen: true,
+            },
+            totals: Totals {
+                kernels_submitted: 42,
+                ..Totals::default()
+            },
+        }
+    }
+
+    #[test]
+    fn running_vgpus_are_exported_with_labels() {
+        let text = render(&[
+            vgpu(VgpuState::Running, 4 << 30),
+            vgpu(VgpuState::Stopped, 1),
+        ]);
+        let u = Uuid::from_u128(1);
+        let labels =
+            format!("{{uuid=\"{u}\",parent=\"0000:00:08.0\",type=\"sim-4c\",domain=\"vm\\\"1\"}}");
+        assert!(
+            text.contains(&format!(
+                "gvm_vgpu_memory_limit_bytes{labels} {}",
+                4u64 << 30
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("gvm_vgpu_kernels_submitted_total{labels} 42")));
+        assert!(text.contains(&format!("gvm_vgpu_frozen{labels} 1")));
+        assert!(text.contains(&format!("gvm_vgpu_owners{labels} 2")));
+        assert!(text.contains("# TYPE gvm_vgpu_kernels_submitted_total counter"));
+        assert_eq!(
+            text.matches("gvm_vgpu_priority{").count(),
+            1,
+            "stopped vGPUs are not exported"
+        );
+        let text = render(&[vgpu(VgpuState::Running, UNLIMITED)]);
+        assert!(text.contains("} +Inf"));
+    }
+}
