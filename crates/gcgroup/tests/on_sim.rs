@@ -2,6 +2,8 @@
 //! through real syscalls, the simulated GPU work responding, and the kernel's errors.
 //! Needs root and /dev/fuse (else SKIP).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::time::{Duration, Instant};
 
 use gvm_gcgroup::{Error, GvmTree, MemoryLimit, Priority};

@@ -1,6 +1,8 @@
 //! The mdev client against the simulated host's FUSE sysfs: the kernel's answers, through
 //! real syscalls, mapped to the client's errors. Needs root and /dev/fuse (else SKIP).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use gvm_mdev::{Error, MdevHost, Uuid};
 use gvm_testkit::{require_root_and_fuse, skip, SimHost, SimModel};
 
