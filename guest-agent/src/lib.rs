@@ -1,0 +1,20 @@
+//! gvm-vgpu-agent: the in-guest half of gvm-vgpu's per-process GPU statistics.
+//!
+//! A VM with a vGPU runs its CUDA work in guest processes the host cannot see:
+//! GVM and the host's NVIDIA tools see only QEMU. The agent runs inside the guest,
+//! reads which guest processes use the GPU and how much ([`collect`]), and sends
+//! it to the host as versioned JSON lines ([`gvm_agent_proto`]) over a
+//! virtio-serial port or vsock ([`transport`]). The host attributes what arrives
+//! to the VM by the channel it came in on and trusts nothing else in it.
+//!
+//! The binary's `main` only parses [`cli::Cli`] and calls into [`agent::Agent`].
+
+pub mod agent;
+pub mod cli;
+pub mod collect;
+pub mod compose;
+mod error;
+pub mod sys;
+pub mod transport;
+
+pub use error::{AgentError, Result};
