@@ -108,13 +108,109 @@ pub enum Command {
     },
 
     /// List live vGPUs with their catalog type and owner processes.
-    List,
+    ///
+    /// With --defined, list the persistent definitions kept by gvm-vgpud (needs the daemon).
+    List {
+        /// List persistent definitions (running or not) instead of live devices.
+        #[arg(long)]
+        defined: bool,
+    },
 
-    /// Show one vGPU: kernel device, catalog type, and the GVM gcgroup knobs of its owners.
+    /// Show one vGPU: kernel device, catalog type, effective knobs and their owners' gcgroups.
+    ///
+    /// With gvm-vgpud running, also says where each effective value comes from (type,
+    /// persistent or live override) and which rule found each owner process; without it,
+    /// shows what the kernel and GVM report directly.
     Show {
+        /// UUID of the vGPU (or a libvirt domain name, when the daemon runs).
+        target: String,
+    },
+
+    /// Store a persistent vGPU definition (created now by `start`, at boot with --autostart).
+    Define {
+        /// Catalog type name (or kernel type id).
+        #[arg(long = "type", short = 't', value_name = "TYPE")]
+        type_name: String,
+        /// Parent device to create it on.
+        #[arg(long, short = 'p', value_name = "PARENT")]
+        parent: String,
+        /// UUID (random when absent).
+        #[arg(long, short = 'u', value_name = "UUID")]
+        uuid: Option<Uuid>,
+        /// Create the vGPU whenever the daemon starts or the parent registers.
+        #[arg(long)]
+        autostart: bool,
+        #[expect(
+            missing_docs,
+            reason = "a doc comment here would change clap's help text"
+        )]
+        #[command(flatten)]
+        knobs: KnobArgs,
+    },
+
+    /// Delete a persistent definition (a running vGPU keeps running).
+    Undefine {
+        /// UUID of the definition.
+        uuid: Uuid,
+    },
+
+    /// Create the vGPU of a stored definition now.
+    Start {
+        /// UUID of the definition.
+        uuid: Uuid,
+    },
+
+    /// Remove a defined vGPU's device, keeping its definition.
+    Stop {
         /// UUID of the vGPU.
         uuid: Uuid,
     },
+
+    /// Retune a vGPU's memory limit, priority or share; reaches every owner within a second.
+    ///
+    /// By default the change applies to the running owners and, when the vGPU is defined, to
+    /// its definition; --live changes only the running vGPU, --persistent only the definition.
+    Set {
+        /// UUID or libvirt domain name.
+        target: String,
+        #[expect(
+            missing_docs,
+            reason = "a doc comment here would change clap's help text"
+        )]
+        #[command(flatten)]
+        knobs: KnobArgs,
+        /// Drop this scope's earlier overrides first, so unset knobs fall back to the type.
+        #[arg(long)]
+        clear: bool,
+        /// Only the running vGPU (until it is removed).
+        #[arg(long, conflicts_with = "persistent")]
+        live: bool,
+        /// Only the stored definition (applies at the next start).
+        #[arg(long)]
+        persistent: bool,
+    },
+
+    /// Stop all GPU work of a vGPU's owners, live (GVM compute.freeze = 1).
+    Freeze {
+        /// UUID or libvirt domain name.
+        target: String,
+    },
+
+    /// Resume GPU work frozen by `freeze`.
+    Thaw {
+        /// UUID or libvirt domain name.
+        target: String,
+    },
+
+    /// Adopt mdevctl's persistent definitions (/etc/mdevctl.d) as gvm-vgpu definitions.
+    ImportMdevctl {
+        /// Show what would be imported; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Ask gvm-vgpud to reconcile the host with its state now and report drift.
+    Reconcile,
 
     /// Print the libvirt <hostdev> element that passes a vGPU to a domain.
     Xml {
@@ -152,6 +248,45 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         out_dir: PathBuf,
     },
+}
+
+/// Knob values given on the command line (`define`, `set`).
+#[derive(Debug, Args, Default)]
+pub struct KnobArgs {
+    /// GPU memory limit: bytes with an optional unit (6G, 20GiB, 512MiB) or `unlimited`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
+    pub memory_limit: Option<u64>,
+    /// Compute priority 0..=16 (lower = longer timeslice = more GPU time).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub priority: Option<u8>,
+    /// Fixed share of the GPU's time, in (0, 1] (used by the fixed-share policy).
+    #[arg(long, value_name = "F", value_parser = parse_share)]
+    pub share: Option<f64>,
+}
+
+/// `unlimited` or a size with units, as bytes (`u64::MAX` for unlimited, as GVM writes it).
+pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(u64::MAX);
+    }
+    let size: gvm_catalog::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    if size.0 == 0 {
+        return Err(
+            "a memory limit of 0 bytes would stop the VM's GPU work; use freeze for that".into(),
+        );
+    }
+    Ok(size.0)
+}
+
+/// A share in (0, 1].
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number; give a share such as 0.25"))?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!("share {v} is outside (0, 1]"));
+    }
+    Ok(v)
 }
 
 /// A libvirt on/off attribute value.

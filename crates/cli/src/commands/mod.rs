@@ -3,6 +3,7 @@
 mod devices;
 mod docs;
 mod inventory;
+mod managed;
 mod owners;
 mod passthrough;
 
@@ -31,8 +32,37 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             uuid,
         } => devices::create(&ctx, type_name, parent.as_deref(), *uuid, out),
         Command::Remove { uuid } => devices::remove(&ctx, uuid, out),
-        Command::List => devices::list(&ctx, out),
-        Command::Show { uuid } => devices::show(&ctx, uuid, out),
+        Command::List { defined: false } => devices::list(&ctx, out),
+        Command::List { defined: true } => managed::list_defined(&ctx, out),
+        Command::Show { target } => show(&ctx, target, out),
+        Command::Define {
+            type_name,
+            parent,
+            uuid,
+            autostart,
+            knobs,
+        } => managed::define(&ctx, type_name, parent, *uuid, *autostart, knobs, out),
+        Command::Undefine { uuid } => managed::undefine(&ctx, uuid, out),
+        Command::Start { uuid } => managed::start_stop(&ctx, uuid, true, out),
+        Command::Stop { uuid } => managed::start_stop(&ctx, uuid, false, out),
+        Command::Set {
+            target,
+            knobs,
+            clear,
+            live,
+            persistent,
+        } => {
+            let mode = match (*live, *persistent) {
+                (true, _) => gvm_proto::SetMode::Live,
+                (_, true) => gvm_proto::SetMode::Persistent,
+                _ => gvm_proto::SetMode::Both,
+            };
+            managed::set(&ctx, target, knobs, *clear, mode, out)
+        }
+        Command::Freeze { target } => managed::freeze_thaw(&ctx, target, true, out),
+        Command::Thaw { target } => managed::freeze_thaw(&ctx, target, false, out),
+        Command::ImportMdevctl { dry_run } => managed::import_mdevctl(&ctx, *dry_run, out),
+        Command::Reconcile => managed::reconcile(&ctx, out),
         Command::Xml {
             uuid,
             display,
@@ -49,6 +79,24 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             passthrough::qemu_args(&ctx, uuid, agent_socket.as_deref(), out)
         }
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
+    }
+}
+
+/// `show`: the daemon's view (effective values and their sources) when it runs, else what
+/// the kernel and GVM report directly, said so on stderr.
+fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
+    match managed::client(ctx).map(|mut c| c.show(target)) {
+        Ok(Ok(detail)) => managed::show(ctx, &detail, out),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => {
+            let uuid = uuid::Uuid::parse_str(target).map_err(|_| {
+                anyhow::anyhow!(
+                    "`{target}` is not a UUID; domain names need gvm-vgpud, which is not running"
+                )
+            })?;
+            eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
+            devices::show(ctx, &uuid, out)
+        }
     }
 }
 

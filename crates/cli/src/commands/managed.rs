@@ -1,0 +1,371 @@
+//! Commands that need live state from gvm-vgpud: definitions, retune, freeze/thaw,
+//! mdevctl import, reconcile, and the daemon's view of `show` and `list --defined`.
+//!
+//! Every call goes through `gvm-client`; when the daemon is not running the client's
+//! error says so and how to start it, and the command exits 1.
+
+use std::io::Write;
+
+use anyhow::{Context as _, Result};
+use gvm_catalog::ByteSize;
+use gvm_client::Client;
+use gvm_proto::{
+    DefineParams, Overrides, SetMode, SetParams, Source, VgpuDetail, VgpuInfo, VgpuState,
+};
+use uuid::Uuid;
+
+use super::write_json;
+use crate::cli::KnobArgs;
+use crate::context::Context;
+use crate::table::Table;
+
+/// Connect to the daemon serving this root.
+pub fn client(ctx: &Context) -> Result<Client> {
+    Ok(Client::connect_host(&ctx.host)?)
+}
+
+fn limit_text(bytes: u64) -> String {
+    if bytes == u64::MAX {
+        "unlimited".into()
+    } else {
+        ByteSize(bytes).to_string()
+    }
+}
+
+fn source_text(s: Source) -> &'static str {
+    match s {
+        Source::Default => "GVM default",
+        Source::Type => "type",
+        Source::Persistent => "persistent override",
+        Source::Live => "live override",
+    }
+}
+
+fn overrides(knobs: &KnobArgs) -> Overrides {
+    Overrides {
+        memory_limit: knobs.memory_limit,
+        priority: knobs.priority,
+        share: knobs.share,
+    }
+}
+
+/// `gvm-vgpu define`.
+pub fn define(
+    ctx: &Context,
+    type_name: &str,
+    parent: &str,
+    uuid: Option<Uuid>,
+    autostart: bool,
+    knobs: &KnobArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let def = client(ctx)?
+        .define(DefineParams {
+            uuid,
+            parent: parent.to_string(),
+            type_name: type_name.to_string(),
+            autostart,
+            overrides: overrides(knobs),
+        })
+        .with_context(|| format!("cannot define a vGPU of type {type_name} on {parent}"))?;
+    if ctx.json {
+        return write_json(out, &def);
+    }
+    writeln!(
+        out,
+        "Defined vGPU {} ({} on {}{}); `gvm-vgpu start {}` creates it.",
+        def.uuid,
+        def.type_name.as_deref().unwrap_or(&def.mdev_type),
+        def.parent,
+        if def.autostart { ", autostart" } else { "" },
+        def.uuid
+    )?;
+    Ok(())
+}
+
+/// `gvm-vgpu undefine`.
+pub fn undefine(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
+    let def = client(ctx)?.undefine(&uuid.to_string())?;
+    if ctx.json {
+        return write_json(out, &def);
+    }
+    writeln!(out, "Undefined vGPU {}.", def.uuid)?;
+    Ok(())
+}
+
+/// `gvm-vgpu start` / `stop`.
+pub fn start_stop(ctx: &Context, uuid: &Uuid, start: bool, out: &mut dyn Write) -> Result<()> {
+    let mut c = client(ctx)?;
+    let info = if start {
+        c.start(&uuid.to_string())?
+    } else {
+        c.stop(&uuid.to_string())?
+    };
+    if ctx.json {
+        return write_json(out, &info);
+    }
+    let verb = if start { "Started" } else { "Stopped" };
+    writeln!(out, "{verb} vGPU {} on {}.", info.uuid, info.parent)?;
+    Ok(())
+}
+
+/// `gvm-vgpu list --defined`.
+pub fn list_defined(ctx: &Context, out: &mut dyn Write) -> Result<()> {
+    let all: Vec<VgpuInfo> = client(ctx)?
+        .list(true)?
+        .into_iter()
+        .filter(|v| v.defined)
+        .collect();
+    if ctx.json {
+        return write_json(out, &all);
+    }
+    if all.is_empty() {
+        writeln!(out, "No vGPU definitions.")?;
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "UUID",
+        "PARENT",
+        "TYPE",
+        "STATE",
+        "AUTOSTART",
+        "MEMORY",
+        "PRIO",
+    ]);
+    for v in &all {
+        table.row(vec![
+            v.uuid.to_string(),
+            v.parent.clone(),
+            v.type_name.clone().unwrap_or_else(|| v.mdev_type.clone()),
+            match v.state {
+                VgpuState::Running => "running",
+                VgpuState::Stopped => "stopped",
+            }
+            .into(),
+            if v.autostart { "yes" } else { "no" }.into(),
+            limit_text(v.knobs.memory_limit),
+            v.knobs.priority.to_string(),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+/// `gvm-vgpu set`.
+pub fn set(
+    ctx: &Context,
+    target: &str,
+    knobs: &KnobArgs,
+    clear: bool,
+    mode: SetMode,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if knobs.memory_limit.is_none() && knobs.priority.is_none() && knobs.share.is_none() && !clear {
+        anyhow::bail!(
+            "nothing to set: give --memory-limit, --priority, --share or --clear (see `gvm-vgpu set --help`)"
+        );
+    }
+    let details = client(ctx)?
+        .set(SetParams {
+            target: target.to_string(),
+            memory_limit: knobs.memory_limit,
+            priority: knobs.priority,
+            share: knobs.share,
+            clear,
+            mode,
+        })
+        .with_context(|| format!("cannot retune {target}"))?;
+    if ctx.json {
+        return write_json(out, &details);
+    }
+    for d in &details {
+        writeln!(
+            out,
+            "vGPU {}: memory {} ({}), priority {} ({}), {} owner process(es) updated.",
+            d.info.uuid,
+            limit_text(d.info.knobs.memory_limit),
+            source_text(d.sources.memory_limit),
+            d.info.knobs.priority,
+            source_text(d.sources.priority),
+            d.owners.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// `gvm-vgpu freeze` / `thaw`.
+pub fn freeze_thaw(ctx: &Context, target: &str, freeze: bool, out: &mut dyn Write) -> Result<()> {
+    let mut c = client(ctx)?;
+    let infos = if freeze {
+        c.freeze(target)?
+    } else {
+        c.thaw(target)?
+    };
+    if ctx.json {
+        return write_json(out, &infos);
+    }
+    for v in &infos {
+        writeln!(
+            out,
+            "{} vGPU {} ({} of {} gcgroups frozen).",
+            if freeze { "Froze" } else { "Thawed" },
+            v.uuid,
+            v.totals.frozen_gcgroups,
+            v.totals.gcgroups
+        )?;
+    }
+    Ok(())
+}
+
+/// `gvm-vgpu import-mdevctl`.
+pub fn import_mdevctl(ctx: &Context, dry_run: bool, out: &mut dyn Write) -> Result<()> {
+    let report = client(ctx)?.import_mdevctl(dry_run)?;
+    if ctx.json {
+        return write_json(out, &report);
+    }
+    let verb = if dry_run { "Would import" } else { "Imported" };
+    for d in &report.imported {
+        writeln!(out, "{verb} {} ({} on {}).", d.uuid, d.mdev_type, d.parent)?;
+    }
+    for s in &report.skipped {
+        writeln!(out, "Skipped: {s}")?;
+    }
+    if report.imported.is_empty() && report.skipped.is_empty() {
+        writeln!(
+            out,
+            "No mdevctl definitions under {}.",
+            ctx.host.mdevctl_config_dir().display()
+        )?;
+    }
+    Ok(())
+}
+
+/// `gvm-vgpu reconcile`.
+pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
+    let report = client(ctx)?.reconcile()?;
+    if ctx.json {
+        return write_json(out, &report);
+    }
+    writeln!(
+        out,
+        "Adopted {}, autostarted {}, unmanaged {}, {} knob writes.",
+        report.adopted.len(),
+        report.autostarted.len(),
+        report.unmanaged.len(),
+        report.writes
+    )?;
+    for d in &report.drift {
+        writeln!(
+            out,
+            "Drift: vGPU {} pid {} GPU {} {}: found {}, set back to {}.",
+            d.uuid, d.pid, d.gpu, d.knob, d.found, d.wanted
+        )?;
+    }
+    for e in &report.errors {
+        writeln!(out, "Error: {e}")?;
+    }
+    Ok(())
+}
+
+/// `gvm-vgpu show` through the daemon.
+pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<()> {
+    if ctx.json {
+        return write_json(out, detail);
+    }
+    let v = &detail.info;
+    writeln!(out, "vGPU {}", v.uuid)?;
+    writeln!(out, "  parent:       {}", v.parent)?;
+    writeln!(out, "  kernel type:  {}", v.mdev_type)?;
+    match &v.type_name {
+        Some(t) => writeln!(out, "  catalog type: {t}")?,
+        None => writeln!(
+            out,
+            "  catalog type: none: unmanaged, its owners are not touched"
+        )?,
+    }
+    writeln!(
+        out,
+        "  state:        {}{}{}",
+        match v.state {
+            VgpuState::Running => "running",
+            VgpuState::Stopped => "stopped (defined)",
+        },
+        if v.defined { ", defined" } else { "" },
+        if v.autostart { ", autostart" } else { "" }
+    )?;
+    if let Some(domain) = &v.domain {
+        writeln!(out, "  domain:       {domain}")?;
+    }
+    writeln!(
+        out,
+        "  memory limit: {} (from {})",
+        limit_text(v.knobs.memory_limit),
+        source_text(detail.sources.memory_limit)
+    )?;
+    writeln!(
+        out,
+        "  priority:     {} (from {})",
+        v.knobs.priority,
+        source_text(detail.sources.priority)
+    )?;
+    if let Some(share) = v.knobs.share {
+        writeln!(
+            out,
+            "  share:        {share:.3} (from {})",
+            source_text(detail.sources.share)
+        )?;
+    }
+    writeln!(
+        out,
+        "  frozen:       {}",
+        if v.knobs.frozen { "yes" } else { "no" }
+    )?;
+    let t = &v.totals;
+    writeln!(
+        out,
+        "  totals:       memory {}, swapped {}, kernels {} submitted / {} ended / {} pending",
+        ByteSize(t.memory_current),
+        ByteSize(t.swap_current),
+        t.kernels_submitted,
+        t.kernels_ended,
+        t.kernels_pending
+    )?;
+    if detail.owners.is_empty() {
+        writeln!(
+            out,
+            "  owners:       none yet (limits are applied when one registers with GVM)"
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "  owners (GVM gcgroups):")?;
+    let mut table = Table::new(&[
+        "    PID",
+        "FOUND BY",
+        "GPU",
+        "MEM.LIMIT",
+        "MEM.CURRENT",
+        "SWAP",
+        "PRIO",
+        "FROZEN",
+        "SUBMITTED",
+        "PENDING",
+    ]);
+    for o in &detail.owners {
+        for g in &o.gcgroups {
+            table.row(vec![
+                format!("    {}", o.pid),
+                format!("{:?}", o.rule).to_lowercase(),
+                g.gpu.to_string(),
+                limit_text(g.memory_limit),
+                ByteSize(g.memory_current).to_string(),
+                ByteSize(g.swap_current).to_string(),
+                g.priority.to_string(),
+                if g.frozen { "yes" } else { "no" }.into(),
+                g.kernels_submitted.to_string(),
+                g.kernels_pending.to_string(),
+            ]);
+        }
+    }
+    table.write(out)?;
+    Ok(())
+}
