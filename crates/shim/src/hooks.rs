@@ -248,7 +248,7 @@ unsafe fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, version: c_in
     unsafe { *pfn = answer as *mut c_void };
 }
 
-/// `cuGetProcAddress` (CUDA 11.3–12.4 ABI).
+/// `cuGetProcAddress` (CUDA 11.3–11.8 ABI, four arguments).
 ///
 /// # Safety
 /// The driver API contract of this function.
@@ -269,7 +269,7 @@ pub unsafe extern "C" fn cuGetProcAddress(
     rc
 }
 
-/// `cuGetProcAddress_v2` (CUDA 12.5+ ABI, with the symbol status).
+/// `cuGetProcAddress_v2` (CUDA 12.0+ ABI, with the symbol status).
 ///
 /// # Safety
 /// The driver API contract of this function.

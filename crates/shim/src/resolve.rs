@@ -119,8 +119,10 @@ const ANY: i32 = i32::MAX;
 
 /// Versions are `cudaVersion` numbers (1000 × major + 10 × minor) from which each ABI exists.
 const RULES: &[Rule] = &[
-    rule("cuGetProcAddress", 11030, 12050, V::GetProcAddress, None),
-    rule("cuGetProcAddress", 12050, ANY, V::GetProcAddressV2, None),
+    // CUDA 12.0 added the symbol-status argument (PFN_cuGetProcAddress_v12000). Seen on an
+    // H200 with driver 580: asked at 12000, the driver hands out the 5-argument function.
+    rule("cuGetProcAddress", 11030, 12000, V::GetProcAddress, None),
+    rule("cuGetProcAddress", 12000, ANY, V::GetProcAddressV2, None),
     rule("cuMemAlloc", 3020, ANY, V::MemAlloc, None),
     rule("cuMemAllocPitch", 3020, ANY, V::MemAllocPitch, None),
     rule("cuMemAllocManaged", 6000, ANY, V::MemAllocManaged, None),
@@ -315,8 +317,13 @@ mod tests {
             "no ptsz flavour"
         );
         assert_eq!(
-            for_proc_address(b"cuGetProcAddress", 12000, 0),
+            for_proc_address(b"cuGetProcAddress", 11030, 0),
             Some(V::GetProcAddress)
+        );
+        assert_eq!(
+            for_proc_address(b"cuGetProcAddress", 12000, 0),
+            Some(V::GetProcAddressV2),
+            "12.0 added the status argument"
         );
         assert_eq!(
             for_proc_address(b"cuGetProcAddress", 13000, 0),

@@ -135,6 +135,16 @@ impl Rig {
             "dlsym and cuGetProcAddress give the one wrapper"
         );
         assert_eq!(kv.get("ptsz_distinct").map(String::as_str), Some("1"));
+        assert_eq!(
+            kv.get("gpa_12000_is_v2_wrapper").map(String::as_str),
+            Some("1"),
+            "cuGetProcAddress asked at 12000 is the v2 wrapper"
+        );
+        assert_eq!(
+            kv.get("gpa_11030_is_v1").map(String::as_str),
+            Some("1"),
+            "asked at 11030 it is the v1 wrapper"
+        );
         kv
     }
 }

@@ -41,6 +41,14 @@ int main(int argc, char **argv) {
     gpa_t gpa = (gpa_t)dlsym(h, "cuGetProcAddress");
     if (!count || !gpa) { printf("dlsym_error=1\n"); return 2; }
     if (gpa("cuGetProcAddress", (void **)&gpa2, 13000, 0) != 0 || !gpa2) { printf("gpa_error=1\n"); return 2; }
+    /* What CUDA 13 PyTorch does (seen on an H200): ask for cuGetProcAddress itself at 11030
+     * and 12000; the 12000 answer has the 5-argument ABI and must be the same wrapper. */
+    void *g11 = NULL, *g12 = NULL;
+    int st = 0;
+    gpa2("cuGetProcAddress", &g11, 11030, 0, &st);
+    gpa2("cuGetProcAddress", &g12, 12000, 0, &st);
+    printf("gpa_12000_is_v2_wrapper=%d\n", g12 == (void *)gpa2);
+    printf("gpa_11030_is_v1=%d\n", g11 == (void *)gpa);
     /* The non-CUDA lookups must be untouched. */
     printf("strlen_ok=%d\n", dlsym(RTLD_DEFAULT, "strlen") == (void *)strlen);
 

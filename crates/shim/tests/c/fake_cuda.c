@@ -50,7 +50,7 @@ CUresult cuGetProcAddress(const char *s, void **pfn, int v, unsigned long long f
 CUresult cuGetProcAddress_v2(const char *s, void **pfn, int v, unsigned long long flags, int *st);
 
 static void *lookup(const char *s, int v, unsigned long long flags) {
-    if (!strcmp(s, "cuGetProcAddress")) return v >= 12050 ? (void *)cuGetProcAddress_v2 : (void *)cuGetProcAddress;
+    if (!strcmp(s, "cuGetProcAddress")) return v >= 12000 ? (void *)cuGetProcAddress_v2 : (void *)cuGetProcAddress;
     if (!strcmp(s, "cuMemAlloc")) return v >= 3020 ? (void *)cuMemAlloc_v2 : NULL;
     if (!strcmp(s, "cuMemFree")) return v >= 3020 ? (void *)cuMemFree_v2 : NULL;
     if (!strcmp(s, "cuMemGetInfo")) return v >= 3020 ? (void *)cuMemGetInfo_v2 : NULL;
