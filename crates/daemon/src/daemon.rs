@@ -76,15 +76,17 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
-    /// Open the store under `host` and build a daemon over the given ports.
+    /// Open the store under `state` (normally the same root as `host`) and build a
+    /// daemon over the given ports.
     pub fn new(
         host: HostRoot,
+        state: &HostRoot,
         mdev: Box<dyn MdevPort>,
         gc: Box<dyn GcgroupPort>,
         types: Box<dyn TypePort>,
         timing: Timing,
     ) -> Result<Daemon, StoreError> {
-        let (store, loaded) = Store::open(&host)?;
+        let (store, loaded) = Store::open(state)?;
         for p in &loaded.cleaned {
             info!(path = %p.display(), "removed a temp file left by an interrupted write");
         }

@@ -22,9 +22,13 @@ struct Args {
     /// Host root (the simulated host's directory; `/` on a real host).
     #[arg(long, env = ROOT_ENV, default_value = "/")]
     root: PathBuf,
-    /// API socket (default: /run/gvm-vgpu/api.sock under the root).
+    /// API socket (default: /run/gvm-vgpu/api.sock under the state root).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Where /etc/gvm-vgpu and /run/gvm-vgpu live (default: the root). Needed when
+    /// the root is a simulated host that serves only /sys.
+    #[arg(long, env = "GVM_VGPUD_STATE_ROOT")]
+    state_root: Option<PathBuf>,
     /// Group (name or gid) whose members may read and retune through the socket.
     #[arg(long)]
     group: Option<String>,
@@ -70,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let host = HostRoot::new(&args.root);
@@ -79,8 +84,10 @@ fn main() -> anyhow::Result<()> {
     let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
     let catalog = gvm_catalog::Catalog::load_with_builtin(&dirs)
         .context("cannot load the vGPU type catalog: fix the file named above")?;
+    let state = HostRoot::new(args.state_root.as_deref().unwrap_or(&args.root));
     let daemon = Daemon::new(
         host.clone(),
+        &state,
         Box::new(SysfsMdev::new(host.clone())),
         Box::new(gvm_tree(&host)),
         Box::new(CatalogTypes::new(catalog)),
@@ -93,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let opts = ServeOptions {
         socket: args
             .socket
-            .unwrap_or_else(|| host.path(gvm_proto::DEFAULT_SOCKET)),
+            .unwrap_or_else(|| state.path(gvm_proto::DEFAULT_SOCKET)),
         group,
         metrics: args.metrics,
         rescan: Duration::from_millis(args.rescan_ms.max(10)),

@@ -256,16 +256,21 @@ async fn answer(line: &[u8], caller: Caller, shared: &Shared) -> Response {
         Ok(t) => t.trim_end(),
         Err(_) => return Response::err(0, ApiError::invalid("request is not UTF-8 text")),
     };
+    let parsed = Request::parse_line(text);
     if caller == Caller::Refused {
+        let id = match &parsed {
+            Ok(r) => r.id,
+            Err((id, _)) => *id,
+        };
         return Response::err(
-            0,
+            id,
             ApiError::new(
                 ErrorCode::PermissionDenied,
                 "only root or members of the daemon's --group may use gvm-vgpud",
             ),
         );
     }
-    let req = match Request::parse_line(text) {
+    let req = match parsed {
         Ok(r) => r,
         Err((id, e)) => return Response::err(id, e),
     };

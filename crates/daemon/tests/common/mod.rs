@@ -1,0 +1,273 @@
+//! Test harness: a simulated host (`gvm-vgpu-sim`, FUSE) and a `gvm-vgpud` on it.
+//!
+//! The sim serves only `sys/` and `gvm-sim/` under its mount, so the daemon's root
+//! is a real directory whose `sys` links into the mount; `etc/` and `run/` are real
+//! directories beside it (as on a host, where /etc is not sysfs).
+
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gvm_client::Client;
+use uuid::Uuid;
+
+/// Why sim-backed tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (FUSE mount of the simulated host)".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("needs /dev/fuse".into());
+    }
+    if sim_binary().is_none() {
+        return Some("gvm-vgpu-sim could not be built".into());
+    }
+    None
+}
+
+fn workspace_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
+}
+
+pub fn sim_binary() -> Option<PathBuf> {
+    let p = workspace_target().join("gvm-vgpu-sim");
+    if !p.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "gvm-vgpu-sim"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return None;
+        }
+    }
+    p.exists().then_some(p)
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+pub struct Sim {
+    pub dir: tempfile::TempDir,
+    pub mount: PathBuf,
+    pub root: PathBuf,
+    child: Child,
+}
+
+impl Sim {
+    pub fn start(gpus: u32) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("sim");
+        let root = dir.path().join("host");
+        fs::create_dir_all(&mount).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(mount.join("sys"), root.join("sys")).unwrap();
+        let child = Command::new(sim_binary().unwrap())
+            .args(["--root"])
+            .arg(&mount)
+            .args(["--gpus", &gpus.to_string(), "--foreground"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let bus = mount.join("sys/class/mdev_bus");
+        assert!(
+            wait_until(Duration::from_secs(10), || fs::read_dir(&bus)
+                .map(|r| r.count() == gpus as usize)
+                .unwrap_or(false)),
+            "the simulated host did not come up"
+        );
+        Sim {
+            dir,
+            mount,
+            root,
+            child,
+        }
+    }
+
+    pub fn parents(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.mount.join("sys/class/mdev_bus"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `echo UUID > .../create`, as an operator would.
+    pub fn echo_create(&self, parent: &str, mdev_type: &str) -> Uuid {
+        let u = Uuid::new_v4();
+        let p = self
+            .mount
+            .join("sys/class/mdev_bus")
+            .join(parent)
+            .join("mdev_supported_types")
+            .join(mdev_type)
+            .join("create");
+        fs::write(p, format!("{u}\n")).unwrap();
+        u
+    }
+
+    pub fn control(&self, cmd: &str) {
+        fs::write(self.mount.join("gvm-sim/control"), format!("{cmd}\n")).unwrap();
+    }
+
+    /// Spawn an owner for `uuid`; returns its pid once listed.
+    pub fn spawn_owner(&self, uuid: &Uuid, gpu: u32, extra: &str) -> u32 {
+        let before: Vec<u32> = self.owners().iter().map(|o| o.pid).collect();
+        self.control(&format!("spawn {uuid} gpu={gpu} {extra}"));
+        let mut pid = 0;
+        assert!(wait_until(Duration::from_secs(5), || {
+            if let Some(o) = self
+                .owners()
+                .into_iter()
+                .find(|o| o.uuid == *uuid && !before.contains(&o.pid))
+            {
+                pid = o.pid;
+                true
+            } else {
+                false
+            }
+        }));
+        pid
+    }
+
+    pub fn owners(&self) -> Vec<Owner> {
+        let text = fs::read_to_string(self.mount.join("gvm-sim/owners")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some(Owner {
+                    pid: f.first()?.parse().ok()?,
+                    uuid: Uuid::try_parse(f.get(1)?).ok()?,
+                    gpu: f.get(2)?.parse().ok()?,
+                    gpu_time_us: f.get(5)?.parse().ok()?,
+                    frozen: *f.get(6)? == "1",
+                })
+            })
+            .collect()
+    }
+
+    pub fn knob(&self, pid: u32, gpu: u32, name: &str) -> Option<String> {
+        fs::read_to_string(
+            self.mount
+                .join("sys/kernel/debug/nvidia-uvm/processes")
+                .join(pid.to_string())
+                .join(gpu.to_string())
+                .join(name),
+        )
+        .ok()
+        .map(|s| s.trim().to_string())
+    }
+
+    pub fn daemon(&self, extra: &[&str]) -> Daemon {
+        Daemon::start(&self.root, extra)
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub pid: u32,
+    pub uuid: Uuid,
+    pub gpu: u32,
+    pub gpu_time_us: u64,
+    pub frozen: bool,
+}
+
+pub struct Daemon {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(root: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            root: root.to_path_buf(),
+            socket: root.join("run/gvm-vgpu/api.sock"),
+            log: root.join("daemon.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    pub fn restart(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gvm-vgpud"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(["--rescan-ms", "100", "--slow-rescan-ms", "300"])
+            .args(&self.extra)
+            .env("RUST_LOG", "gvm_vgpud=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        assert!(
+            wait_until(Duration::from_secs(10), || Client::connect(&sock)
+                .and_then(|mut c| c.ping())
+                .is_ok()),
+            "daemon did not answer; log: {}",
+            fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
