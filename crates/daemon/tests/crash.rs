@@ -36,6 +36,8 @@ struct Ledger {
     running: Vec<Uuid>,
     priority: BTreeMap<Uuid, u8>,
     in_flight: Option<(Uuid, Option<u8>)>,
+    /// Definitions per parent (each parent has 16 sim-4c instances: stay below).
+    per_parent: BTreeMap<String, u32>,
 }
 
 fn worker(
@@ -49,8 +51,17 @@ fn worker(
         return;
     };
     loop {
-        let op = rng.below(3);
+        let mut op = rng.below(3);
         let parent = sim_parents[rng.below(sim_parents.len() as u64) as usize].clone();
+        if op < 2 {
+            let mut l = ledger.lock().unwrap();
+            let n = l.per_parent.entry(parent.clone()).or_default();
+            if *n >= 12 {
+                op = 2;
+            } else {
+                *n += 1;
+            }
+        }
         let uuid = Uuid::new_v4();
         match op {
             0 => {
