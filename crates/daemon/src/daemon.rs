@@ -222,11 +222,42 @@ impl Daemon {
         if names == self.device_names && !force {
             return false;
         }
-        let devices = match self.mdev.devices() {
-            Ok(d) => d,
-            Err(e) => {
-                report.errors.push(e.to_string());
-                return false;
+        // Read only what is new when little changed; everything otherwise.
+        let known: BTreeSet<String> = self.device_names.iter().cloned().collect();
+        let new_names: Vec<&String> = names.iter().filter(|n| !known.contains(*n)).collect();
+        let devices = if !force && new_names.len() <= 64 {
+            let mut devs: Vec<crate::ports::DeviceInfo> = Vec::new();
+            for n in new_names {
+                let Ok(u) = Uuid::try_parse(n) else { continue };
+                match self.mdev.device(u) {
+                    Ok(d) => devs.push(d),
+                    Err(e) if e.gone => {}
+                    Err(e) => {
+                        report.errors.push(e.to_string());
+                        return false;
+                    }
+                }
+            }
+            let listed: BTreeSet<&String> = names.iter().collect();
+            devs.extend(
+                self.observed
+                    .devices
+                    .values()
+                    .filter(|d| listed.contains(&d.uuid.to_string()))
+                    .map(|d| crate::ports::DeviceInfo {
+                        uuid: d.uuid,
+                        parent: d.parent.clone(),
+                        mdev_type: d.mdev_type.clone(),
+                    }),
+            );
+            devs
+        } else {
+            match self.mdev.devices() {
+                Ok(d) => d,
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    return false;
+                }
             }
         };
         self.device_names = names;

@@ -82,6 +82,8 @@ pub trait MdevPort: Send {
     fn device_names(&self) -> PortResult<Vec<String>>;
     /// Every live device with parent and type.
     fn devices(&self) -> PortResult<Vec<DeviceInfo>>;
+    /// One live device.
+    fn device(&self, uuid: Uuid) -> PortResult<DeviceInfo>;
     /// Create a device.
     fn create(&self, parent: &str, mdev_type: &str, uuid: Uuid) -> PortResult<()>;
     /// Remove a device.
@@ -207,6 +209,18 @@ impl MdevPort for SysfsMdev {
                 mdev_type: d.type_id,
             })
             .collect())
+    }
+
+    fn device(&self, uuid: Uuid) -> PortResult<DeviceInfo> {
+        let d = self
+            .host
+            .device(&uuid)
+            .map_err(|e| mdev_err("read device", uuid.to_string(), e))?;
+        Ok(DeviceInfo {
+            uuid: d.uuid,
+            parent: d.parent,
+            mdev_type: d.type_id,
+        })
     }
 
     fn create(&self, parent: &str, mdev_type: &str, uuid: Uuid) -> PortResult<()> {

@@ -1,0 +1,213 @@
+//! Benchmark on the simulated host (needs root and /dev/fuse):
+//! define + start + adopt N vGPUs over P parents with K owners each, time to all
+//! tuned, steady-state daemon CPU and RSS, and retune latency p50/p99.
+//!
+//! `cargo build --release -p gvm-vgpu-sim -p gvm-vgpud && cargo run --release -p gvm-vgpud --example bench_adopt -- 1000 16 4`
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gvm_client::gvm_proto::{DefineParams, SetMode, SetParams};
+use gvm_client::Client;
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/release")
+        .join(name)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn owners(mount: &Path) -> Vec<(u32, String, u32)> {
+    std::fs::read_to_string(mount.join("gvm-sim/owners"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.to_string(),
+                f.get(2)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn knob(mount: &Path, pid: u32, gpu: u32, name: &str) -> String {
+    std::fs::read_to_string(mount.join(format!(
+        "sys/kernel/debug/nvidia-uvm/processes/{pid}/{gpu}/{name}"
+    )))
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
+fn main() {
+    let args: Vec<u32> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (n, gpus, per) = (
+        *args.first().unwrap_or(&1000),
+        *args.get(1).unwrap_or(&16),
+        *args.get(2).unwrap_or(&4),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mount, root) = (dir.path().join("sim"), dir.path().join("host"));
+    std::fs::create_dir_all(&mount).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink(mount.join("sys"), root.join("sys")).unwrap();
+    let mut sim = Command::new(bin("gvm-vgpu-sim"))
+        .arg("--root")
+        .arg(&mount)
+        .args([
+            "--gpus",
+            &gpus.to_string(),
+            "--owners-per-vgpu",
+            &per.to_string(),
+            "--foreground",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("build gvm-vgpu-sim in release first");
+    while std::fs::read_dir(mount.join("sys/class/mdev_bus"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+        < gpus as usize
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut daemon = Command::new(bin("gvm-vgpud"))
+        .arg("--root")
+        .arg(&root)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("build gvm-vgpud in release first");
+    let sock = root.join("run/gvm-vgpu/api.sock");
+    let mut c = loop {
+        if let Ok(mut c) = Client::connect(&sock) {
+            if c.ping().is_ok() {
+                break c;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let parents: Vec<String> = {
+        let mut v: Vec<String> = std::fs::read_dir(mount.join("sys/class/mdev_bus"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // 1. define + start + adopt.
+    let t0 = Instant::now();
+    let mut uuids = Vec::new();
+    for i in 0..n {
+        let d = c
+            .define(DefineParams {
+                uuid: None,
+                parent: parents[i as usize % parents.len()].clone(),
+                type_name: "sim-4c".into(),
+                autostart: false,
+                overrides: Default::default(),
+            })
+            .unwrap();
+        c.start(&d.uuid.to_string()).unwrap();
+        uuids.push(d.uuid);
+    }
+    let started = t0.elapsed();
+    let want = (n * per) as usize;
+    loop {
+        let o = owners(&mount);
+        let tuned = o.len() >= want
+            && o.iter()
+                .all(|(pid, _, gpu)| knob(&mount, *pid, *gpu, "compute.priority") == "10");
+        if tuned {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            println!("gave up waiting: {} owners", o.len());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all_tuned = t0.elapsed();
+    println!(
+        "define+start {n} vGPUs on {gpus} parents: {:.2?} ({:.0} vGPUs/s); all {} owners tuned after {:.2?}",
+        started,
+        n as f64 / started.as_secs_f64(),
+        want,
+        all_tuned
+    );
+
+    // 2. steady state.
+    let pid = daemon.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let (c0, w0) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(20));
+    let ticks = cpu_ticks(pid) - c0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    println!(
+        "steady state with {n} vGPUs and {} owners: {:.2}% of one core, RSS {} MiB",
+        owners(&mount).len(),
+        100.0 * ticks as f64 / hz / w0.elapsed().as_secs_f64(),
+        rss_kib(pid) / 1024
+    );
+
+    // 3. retune latency: command → every owner's knob written (the call returns after the writes).
+    let by_uuid = owners(&mount);
+    let mut lat = Vec::new();
+    for i in 0..200usize {
+        let u = uuids[(i * 7919) % uuids.len()];
+        let prio = (i % 16) as u8;
+        let t = Instant::now();
+        c.set(SetParams {
+            target: u.to_string(),
+            priority: Some(prio),
+            mode: SetMode::Live,
+            ..SetParams::default()
+        })
+        .unwrap();
+        lat.push(t.elapsed());
+        for (p, _, g) in by_uuid.iter().filter(|(_, uu, _)| *uu == u.to_string()) {
+            assert_eq!(knob(&mount, *p, *g, "compute.priority"), prio.to_string());
+        }
+    }
+    lat.sort();
+    println!(
+        "retune latency over 200 sets ({per} owners each): p50 {:.2?} p99 {:.2?}",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+    // SAFETY: kill(2) on our own children.
+    unsafe {
+        libc::kill(daemon.id() as i32, libc::SIGTERM);
+        libc::kill(sim.id() as i32, libc::SIGTERM);
+    }
+    let _ = daemon.wait();
+    let _ = sim.wait();
+}
