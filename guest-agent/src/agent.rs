@@ -184,13 +184,7 @@ impl Agent {
 
     /// One round: open, hello when due, one report.
     pub fn step(&mut self) -> StepOutcome {
-        let sample = self.collector.sample();
         self.seq += 1;
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut report = compose::report(self.seq, ts_ms, sample);
         if !self.open() {
             self.counters.dropped += 1;
             return StepOutcome::Dropped;
@@ -215,6 +209,13 @@ impl Agent {
             self.need_hello = false;
             self.since_hello = 0;
         }
+        // Sample after the hello, so the report matches the GPUs it announced.
+        let sample = self.collector.sample();
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut report = compose::report(self.seq, ts_ms, sample);
         let line = match compose::report_line(&mut report) {
             Ok(l) => l,
             Err(e) => {

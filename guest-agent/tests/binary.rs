@@ -2,7 +2,10 @@
 //! virtio-serial port, and stdout. What it writes goes through the host's
 //! `IngestSession`, so these tests prove the agent and the host agree.
 
-#![expect(clippy::unwrap_used, reason = "test fixtures: a failed unwrap is a failed test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test fixtures: a failed unwrap is a failed test"
+)]
 
 use gvm_agent_proto::{Event, IngestSession};
 use std::fs;

@@ -8,8 +8,8 @@
 //!   GPUs from `/proc/driver/nvidia/gpus`. No memory or utilization figures.
 //!
 //! `auto` picks NVML when it loads and `/proc` otherwise. A statically linked
-//! agent never tries NVML in `auto` mode: loading a shared library into a static
-//! glibc program is unreliable (see `docs/agent.md`).
+//! agent never loads NVML: a shared library in a static glibc program is
+//! unreliable, and on a real GPU guest the attempt crashed (see `docs/agent.md`).
 
 #[cfg(feature = "nvml")]
 pub mod nvml;
@@ -64,10 +64,13 @@ pub fn open(choice: Choice, root: &HostRoot) -> Result<(Box<dyn Collector>, Opti
     let proc = || Box::new(procfs::ProcCollector::new(root.clone())) as Box<dyn Collector>;
     match choice {
         Choice::Proc => Ok((proc(), None)),
+        Choice::Nvml if STATIC_BUILD => Err(crate::error::AgentError::Nvml {
+            reason: "this agent is statically linked and cannot load libnvidia-ml.so.1 safely (a forced attempt crashed on a real GPU guest); install the dynamically linked build".into(),
+        }),
         Choice::Nvml => Ok((open_nvml(root)?, None)),
         Choice::Auto if STATIC_BUILD => Ok((
             proc(),
-            Some("statically linked build: NVML is not loaded in auto mode (use --collector nvml to force it)".into()),
+            Some("statically linked build: NVML cannot be loaded; use the dynamically linked agent for NVML figures".into()),
         )),
         Choice::Auto => match open_nvml(root) {
             Ok(c) => Ok((c, None)),

@@ -83,16 +83,14 @@ pub fn parse_driver_version(text: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct ProcCollector {
     root: HostRoot,
-    known: Vec<u32>,
+    /// The GPU indices of the last [`Collector::gpus`] call (what the hello said).
+    known: Option<Vec<u32>>,
 }
 
 impl ProcCollector {
     /// A collector reading `root`'s `/proc` and `/dev`.
     pub fn new(root: HostRoot) -> Self {
-        ProcCollector {
-            root,
-            known: Vec::new(),
-        }
+        ProcCollector { root, known: None }
     }
 
     fn nvidia_proc(&self) -> std::path::PathBuf {
@@ -153,7 +151,7 @@ impl Collector for ProcCollector {
         gpus.sort_by_key(|g| g.index);
         gpus.dedup_by_key(|g| g.index);
         gpus.truncate(gvm_agent_proto::MAX_GPUS);
-        self.known = gpus.iter().map(|g| g.index).collect();
+        self.known = Some(gpus.iter().map(|g| g.index).collect());
         gpus
     }
 
@@ -167,6 +165,10 @@ impl Collector for ProcCollector {
             })
             .unwrap_or_default();
         pids.sort_unstable();
+        if self.known.is_none() {
+            self.gpus();
+        }
+        let known = self.known.clone().unwrap_or_default();
         let mut processes = Vec::new();
         for pid in pids {
             let held = self.holdings(&proc_dir.join(pid.to_string()));
@@ -179,7 +181,7 @@ impl Collector for ProcCollector {
             let gpus: Vec<u32> = held
                 .iter()
                 .filter_map(|n| match n {
-                    NvidiaNode::Gpu(m) if self.known.contains(m) => Some(*m),
+                    NvidiaNode::Gpu(m) if known.contains(m) => Some(*m),
                     _ => None,
                 })
                 .collect();
@@ -266,6 +268,9 @@ mod tests {
         f.process(77, "nvidia-smi", b"nvidia-smi\0", &["/dev/nvidiactl"]);
         f.process(88, "odd", b"odd\0", &["/dev/nvidia7"]);
         fs::create_dir_all(f.proc().join("self")).unwrap();
+        // A first sample before any hello still maps /dev/nvidia0 to GPU 0.
+        let first = ProcCollector::new(f.root.clone()).sample();
+        assert_eq!(first.processes.last().map(|p| p.gpu), Some(Some(0)));
         let mut c = ProcCollector::new(f.root.clone());
         let gpus = c.gpus();
         assert_eq!(gpus.len(), 1);
