@@ -75,6 +75,10 @@ impl BootOptions {
         let mut args: Vec<String> = [
             "-accel",
             "tcg",
+            // RDRAND lets the guest's random pool initialise at once: getrandom(2)
+            // (a v4 UUID) would otherwise block for a long time under TCG.
+            "-cpu",
+            "max",
             "-m",
             &self.memory_mib.to_string(),
             "-nographic",
@@ -250,7 +254,7 @@ mod tests {
         let args = opts.qemu_args();
         let joined = args.join(" ");
         assert!(
-            joined.starts_with("-accel tcg -m 256 -nographic -no-reboot"),
+            joined.starts_with("-accel tcg -cpu max -m 256 -nographic -no-reboot"),
             "{joined}"
         );
         assert!(

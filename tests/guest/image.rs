@@ -7,6 +7,10 @@
 //! `GVMEXIT <status>` and powers the machine off (`poweroff -f`; with QEMU's
 //! `-no-reboot` and `panic=-1` the guest always ends).
 //!
+//! The first thing `/init` prints is an empty line: the firmware leaves terminal
+//! escapes without a newline on the console, which would otherwise glue themselves
+//! to the front of the first marker line.
+//!
 //! Guest layout: modules in `/modules/<name>.ko` (the script can `rmmod`/`insmod`
 //! them again), binaries in `/bin/<name>`, extra files where the caller says.
 
@@ -106,6 +110,7 @@ impl GuestImage {
     pub fn init_text(&self) -> String {
         let mut s = String::from(
             "#!/bin/busybox sh\n\
+             echo\n\
              /bin/busybox --install -s /bin\n\
              export PATH=/bin\n\
              mkdir -p /proc /sys /dev /tmp\n\
@@ -313,6 +318,7 @@ mod tests {
         assert!(pos("insmod /modules/mtty.ko") < pos("sh /test.sh"));
         assert!(pos("sh /test.sh") < pos(EXIT_MARKER));
         assert!(init.trim_end().ends_with("poweroff -f"));
+        assert_eq!(init.lines().nth(1), Some("echo"), "a newline first: {init}");
     }
 
     #[test]

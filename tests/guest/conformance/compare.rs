@@ -67,9 +67,12 @@ fn show<T: fmt::Debug>(v: &T) -> String {
 /// Compared: the operation and input (a sanity check that both ran the same
 /// script), success, errno, the step's result, the state afterwards (parents, types
 /// with `available_instances`, devices) and the errno of reading it. Error messages
-/// are not compared. A step skipped by either side is listed, not compared.
+/// are not compared. A step skipped by either side is listed, not compared, and so
+/// is every step after it (their state depends on what the skipped step would have
+/// done): the scenario keeps its optional steps (the parent unload/reload) last.
 pub fn compare(reference: &[StepRecord], candidate: &[StepRecord]) -> Comparison {
     let mut out = Comparison::default();
+    let mut after_skip: Option<String> = None;
     let n = reference.len().max(candidate.len());
     for i in 0..n {
         let (r, c) = match (reference.get(i), candidate.get(i)) {
@@ -96,6 +99,15 @@ pub fn compare(reference: &[StepRecord], candidate: &[StepRecord]) -> Comparison
         };
         if let Some(why) = r.skipped.as_ref().or(c.skipped.as_ref()) {
             out.skipped.push((r.name.clone(), why.clone()));
+            after_skip.get_or_insert_with(|| r.name.clone());
+            continue;
+        }
+        if let Some(first) = &after_skip {
+            // The state now depends on what the skipped step would have done.
+            out.skipped.push((
+                r.name.clone(),
+                format!("runs after the skipped step {first}"),
+            ));
             continue;
         }
         let mut diffs = Vec::new();
@@ -238,15 +250,24 @@ mod tests {
     }
 
     #[test]
-    fn skipped_steps_are_listed_not_compared_and_missing_steps_differ() {
+    fn skipped_steps_and_those_after_are_listed_not_compared_and_missing_steps_differ() {
         let a = vec![
-            rec(0, "unload", true, None, &[]),
-            rec(1, "more", true, None, &[]),
+            rec(0, "create", true, None, &["u"]),
+            rec(1, "unload", true, None, &[]),
+            rec(2, "after", true, None, &[]),
         ];
-        let mut b = vec![rec(0, "unload", false, Some(1), &["x"])];
-        b[0].skipped = Some("no unload hook".into());
+        let mut b = vec![
+            rec(0, "create", true, None, &["u"]),
+            rec(1, "unload", false, Some(1), &["x"]),
+            rec(2, "after", false, Some(2), &["x"]),
+        ];
+        b[1].skipped = Some("no unload hook".into());
         let c = compare(&a, &b);
-        assert_eq!(c.skipped.len(), 1);
+        assert!(c.is_match(), "{c}");
+        assert_eq!(c.matched, ["create"]);
+        let skipped: Vec<_> = c.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(skipped, ["unload", "after"]);
+        let c = compare(&a, &a[..2]);
         assert_eq!(c.differences.len(), 1);
         assert_eq!(c.differences[0].field, "missing");
     }

@@ -252,14 +252,23 @@ mod tests {
         let without = run(false);
         let c = compare(&with, &without);
         let skipped: Vec<_> = c.skipped.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(skipped, ["unload-with-live-devices", "reload"]);
-        // Without the unload the later steps see live devices: the comparison says so.
-        assert!(
-            c.differences
-                .iter()
-                .any(|d| d.name == "create-while-unloaded"),
-            "{c}"
+        assert_eq!(
+            skipped,
+            [
+                "unload-with-live-devices",
+                "create-while-unloaded",
+                "reload",
+                "create-after-reload",
+                "cleanup"
+            ]
         );
+        assert!(c.is_match(), "{c}");
+        // A target that answers one step differently is caught.
+        let mut other = run(true);
+        other[3].errno = Some(libc::EINVAL);
+        let c = compare(&with, &other);
+        assert_eq!(c.differences.len(), 1, "{c}");
+        assert_eq!(c.differences[0].name, "duplicate-other-type");
     }
 
     #[test]
