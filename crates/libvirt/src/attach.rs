@@ -1,0 +1,384 @@
+//! `attach` and `detach`: give a domain a vGPU through libvirt, and take it back.
+//!
+//! Attaching is three steps: have a vGPU (create one of a catalog type, or reuse a UUID), add
+//! its mdev `<hostdev>` to the domain, and record it in gvm's metadata element (see
+//! [`crate::domain_xml`]) with what is needed to create it again (parent, kernel type, catalog
+//! type) and whether attach created it for this domain only (`persistent="no"`). The metadata is
+//! what lets the hook recreate the vGPU before the domain starts, the hook remove a transient
+//! one after it stops, and the daemon find the domain of a vGPU.
+//!
+//! Detaching removes the hostdev and the metadata entry, and removes the vGPU itself when the
+//! metadata says attach created it transiently.
+//!
+//! Placement (which parent and kernel type to create a catalog type on) is pure: [`place`].
+
+use gvm_catalog::{Catalog, VgpuType};
+use gvm_mdev::{MdevHost, Parent};
+use uuid::Uuid;
+
+use crate::connection::{Apply, Connection};
+use crate::domain_xml::{self, MetaVgpu};
+use crate::error::{Error, Result};
+
+/// Which vGPU to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Create a new vGPU of this catalog type (or, when no catalog type has the name, of this
+    /// kernel mdev type id).
+    Type(String),
+    /// Reuse the existing vGPU with this UUID.
+    Uuid(Uuid),
+}
+
+/// What to attach, where, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// Domain name.
+    pub domain: String,
+    /// The vGPU.
+    pub target: Target,
+    /// Change the persistent definition (`--persistent`, libvirt's `--config`).
+    pub persistent: bool,
+    /// Change the running domain (`--live`).
+    pub live: bool,
+    /// Restrict placement of a new vGPU to this parent.
+    pub parent: Option<String>,
+    /// `display='on|off'` on the hostdev.
+    pub display: Option<bool>,
+    /// Add the `<hostdev>` (normal). `false` only records the binding in the metadata, for a
+    /// domain whose QEMU cannot open the mdev (no VFIO) but whose vGPU should follow it.
+    pub hostdev: bool,
+}
+
+impl AttachRequest {
+    /// A request with the usual defaults: hostdev on, no display, no parent restriction.
+    pub fn new(domain: impl Into<String>, target: Target, persistent: bool, live: bool) -> Self {
+        AttachRequest {
+            domain: domain.into(),
+            target,
+            persistent,
+            live,
+            parent: None,
+            display: None,
+            hostdev: true,
+        }
+    }
+}
+
+/// What [`attach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The vGPU.
+    pub uuid: Uuid,
+    /// Whether attach created it.
+    pub created: bool,
+    /// Which definitions were changed.
+    pub apply: Apply,
+    /// The metadata entry written.
+    pub metadata: MetaVgpu,
+    /// The hostdev XML attached (`None` when only the binding was recorded).
+    pub hostdev_xml: Option<String>,
+}
+
+/// What [`detach`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    /// The vGPU.
+    pub uuid: Uuid,
+    /// Which definitions were changed.
+    pub apply: Apply,
+    /// Whether a hostdev was detached (else only the metadata binding was removed).
+    pub hostdev: bool,
+    /// Whether the vGPU itself was removed (it was transient).
+    pub removed_vgpu: bool,
+}
+
+/// The definitions to change: as asked, or libvirt's "current" (live when the domain is
+/// active, its definition otherwise) when neither flag is given.
+pub fn resolve_apply(persistent: bool, live: bool, active: bool) -> Apply {
+    if persistent || live {
+        Apply {
+            config: persistent,
+            live,
+        }
+    } else if active {
+        Apply::LIVE
+    } else {
+        Apply::CONFIG
+    }
+}
+
+/// Where to create a vGPU: `(parent, kernel type id, catalog type name)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Parent name.
+    pub parent: String,
+    /// Kernel mdev type id.
+    pub mdev_type: String,
+    /// Catalog type name, when the kernel type is in the catalog.
+    pub type_name: Option<String>,
+}
+
+/// Choose a parent and kernel type for a new vGPU of `type_name` among `parents`: catalog
+/// types by name first, else kernel type ids. The candidate with the most free instances
+/// wins (the first parent on a tie).
+pub fn place(catalog: Option<&Catalog>, type_name: &str, parents: &[Parent]) -> Result<Placement> {
+    let wanted: Option<&VgpuType> = catalog.and_then(|c| c.type_by_name(type_name).ok());
+    let mut candidates = Vec::new();
+    for p in parents {
+        for t in &p.types {
+            let bound = catalog.and_then(|c| c.resolve(&t.id, t.name.as_deref()));
+            let matches = match wanted {
+                Some(w) => bound.is_some_and(|b| b.name == w.name),
+                None => t.id == type_name,
+            };
+            if matches {
+                candidates.push((p, t, bound));
+            }
+        }
+    }
+    if candidates.is_empty() {
+        let detail = match wanted {
+            Some(w) => format!(
+                "no parent offers a kernel type bound to catalog type {} ({}); `gvm-vgpu types` lists what the host offers",
+                w.name, w.binding
+            ),
+            None => "it is neither a catalog type nor a kernel mdev type id of any parent; `gvm-vgpu types` lists both".to_string(),
+        };
+        return Err(Error::NoPlacement {
+            type_name: type_name.to_string(),
+            detail,
+        });
+    }
+    let best = candidates
+        .iter()
+        .filter(|(_, t, bound)| {
+            t.available_instances > 0
+                && bound.is_none_or(|b| (t.devices.len() as u64) < u64::from(b.max_instances))
+        })
+        .rev()
+        .max_by_key(|(_, t, _)| t.available_instances);
+    let Some((p, t, bound)) = best else {
+        let detail = candidates
+            .iter()
+            .map(|(p, t, _)| {
+                format!(
+                    "{} has {} of {} and {} free",
+                    p.name,
+                    t.devices.len(),
+                    t.id,
+                    t.available_instances
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::NoPlacement {
+            type_name: type_name.to_string(),
+            detail: format!("no free instance ({detail}); remove a vGPU or pick another type"),
+        });
+    };
+    Ok(Placement {
+        parent: p.name.clone(),
+        mdev_type: t.id.clone(),
+        type_name: bound.map(|b| b.name.clone()),
+    })
+}
+
+/// The catalog type name of an existing device, when the catalog knows its kernel type.
+fn catalog_name(
+    catalog: Option<&Catalog>,
+    parents: &[Parent],
+    parent: &str,
+    type_id: &str,
+) -> Option<String> {
+    let t = parents
+        .iter()
+        .find(|p| p.name == parent)
+        .and_then(|p| p.find_type(type_id))?;
+    catalog
+        .and_then(|c| c.resolve(&t.id, t.name.as_deref()))
+        .map(|b| b.name.clone())
+}
+
+/// Attach a vGPU to a domain (see the module docs). On failure, a vGPU created here is
+/// removed again and a hostdev attached here is detached again.
+pub fn attach(
+    conn: &Connection,
+    mdev: &MdevHost,
+    catalog: Option<&Catalog>,
+    req: &AttachRequest,
+) -> Result<Attached> {
+    let active = conn.state(&req.domain)?.is_active();
+    let apply = resolve_apply(req.persistent, req.live, active);
+    let parents = mdev
+        .parents()
+        .map_err(|source| Error::MdevList { source })?;
+    let (device, created) = match &req.target {
+        Target::Uuid(uuid) => {
+            let d = mdev.device(uuid).map_err(|source| Error::Mdev {
+                op: "find",
+                uuid: *uuid,
+                source,
+            })?;
+            (d, false)
+        }
+        Target::Type(name) => {
+            let scoped: Vec<Parent> = parents
+                .iter()
+                .filter(|p| req.parent.as_ref().is_none_or(|want| &p.name == want))
+                .cloned()
+                .collect();
+            let at = place(catalog, name, &scoped)?;
+            let uuid = Uuid::new_v4();
+            let d = mdev
+                .create(&at.parent, &at.mdev_type, Some(uuid))
+                .map_err(|source| Error::Mdev {
+                    op: "create",
+                    uuid,
+                    source,
+                })?;
+            (d, true)
+        }
+    };
+    let entry = MetaVgpu {
+        uuid: device.uuid,
+        type_name: catalog_name(catalog, &parents, &device.parent, &device.type_id),
+        parent: Some(device.parent.clone()),
+        mdev_type: Some(device.type_id.clone()),
+        // A vGPU made for a live-only attach lives as long as this run of the domain.
+        persistent: !created || apply.config,
+    };
+    let result = write_attachment(conn, &req.domain, &entry, req, apply);
+    if result.is_err() && created {
+        // Roll back; the original error is the one to report.
+        let _ = mdev.remove(&device.uuid);
+    }
+    let hostdev_xml = result?;
+    Ok(Attached {
+        uuid: device.uuid,
+        created,
+        apply,
+        metadata: entry,
+        hostdev_xml,
+    })
+}
+
+fn write_attachment(
+    conn: &Connection,
+    domain: &str,
+    entry: &MetaVgpu,
+    req: &AttachRequest,
+    apply: Apply,
+) -> Result<Option<String>> {
+    let xml = req
+        .hostdev
+        .then(|| domain_xml::hostdev_xml(&entry.uuid, req.display));
+    if let Some(xml) = &xml {
+        conn.attach_device(domain, xml, apply)?;
+    }
+    let written = update_metadata(conn, domain, apply, |entries| {
+        domain_xml::with_entry(entries, entry.clone())
+    });
+    if let (Err(_), Some(xml)) = (&written, &xml) {
+        let _ = conn.detach_device(domain, xml, apply);
+    }
+    written.map(|()| xml)
+}
+
+/// Rewrite the metadata of each definition in `apply` with `change` applied to its entries.
+fn update_metadata(
+    conn: &Connection,
+    domain: &str,
+    apply: Apply,
+    change: impl Fn(&[MetaVgpu]) -> Vec<MetaVgpu>,
+) -> Result<()> {
+    for (on, inactive, which) in [
+        (apply.config, true, Apply::CONFIG),
+        (apply.live, false, Apply::LIVE),
+    ] {
+        if on {
+            let current = conn.info(domain, inactive)?;
+            conn.set_vgpu_metadata(domain, &change(&current.metadata), which)?;
+        }
+    }
+    Ok(())
+}
+
+/// Detach vGPU `uuid` from `domain`: remove its hostdev (when it has one) and its metadata
+/// entry from the chosen definitions, then remove the vGPU when attach created it transiently
+/// and no definition of the domain still names it.
+pub fn detach(
+    conn: &Connection,
+    mdev: &MdevHost,
+    domain: &str,
+    uuid: &Uuid,
+    persistent: bool,
+    live: bool,
+) -> Result<Detached> {
+    let active = conn.state(domain)?.is_active();
+    let apply = resolve_apply(persistent, live, active);
+    let mut found = false;
+    let mut hostdev = false;
+    let mut transient = false;
+    for (on, inactive, which) in [
+        (apply.config, true, Apply::CONFIG),
+        (apply.live, false, Apply::LIVE),
+    ] {
+        if !on {
+            continue;
+        }
+        let info = conn.info(domain, inactive)?;
+        if let Some(h) = info.hostdevs.iter().find(|h| h.uuid == *uuid) {
+            conn.detach_device(domain, &domain_xml::hostdev_xml(uuid, h.display), which)?;
+            found = true;
+            hostdev = true;
+        }
+        if let Some(m) = info.meta(uuid) {
+            transient |= !m.persistent;
+            conn.set_vgpu_metadata(
+                domain,
+                &domain_xml::without_entry(&info.metadata, uuid),
+                which,
+            )?;
+            found = true;
+        }
+    }
+    if !found {
+        return Err(Error::NotAttached {
+            domain: domain.to_string(),
+            uuid: *uuid,
+        });
+    }
+    let mut removed_vgpu = false;
+    if transient && !still_named(conn, domain, uuid, active)? {
+        match mdev.remove(uuid) {
+            Ok(()) => removed_vgpu = true,
+            Err(gvm_mdev::Error::DeviceNotFound { .. }) => {}
+            Err(source) => {
+                return Err(Error::Mdev {
+                    op: "remove",
+                    uuid: *uuid,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(Detached {
+        uuid: *uuid,
+        apply,
+        hostdev,
+        removed_vgpu,
+    })
+}
+
+fn still_named(conn: &Connection, domain: &str, uuid: &Uuid, active: bool) -> Result<bool> {
+    let mut named = conn.info(domain, true)?.vgpus().contains(uuid);
+    if active {
+        named |= conn.info(domain, false)?.vgpus().contains(uuid);
+    }
+    Ok(named)
+}
+
+#[cfg(test)]
+#[path = "attach_tests.rs"]
+mod tests;

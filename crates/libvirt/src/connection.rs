@@ -1,0 +1,389 @@
+//! A thin, typed layer over one libvirt connection (the `virt` crate).
+//!
+//! libvirt manages domains (VMs) through a daemon reached by URI: `qemu:///system` for the
+//! system instance (root), `qemu:///session` for a user's own. [`resolve_uri`] picks the URI the
+//! way `virsh` does (`--connect`, then `LIBVIRT_DEFAULT_URI`, then [`DEFAULT_URI`]).
+//!
+//! Device changes take *impact* flags: [`Apply::config`] edits the persistent definition (what
+//! the domain has at its next start), [`Apply::live`] the running instance; neither means "the
+//! current state" (live when running, config otherwise). `virDomainAttachDevice` without flags
+//! is avoided on purpose: the `virt` crate drops its error.
+//!
+//! Everything here blocks on the libvirt daemon; no method runs libvirt's event loop (see
+//! [`crate::watch`] for that).
+
+use std::fmt;
+
+use uuid::Uuid;
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+use crate::domain_xml::{self, DomainInfo, MetaVgpu, NAMESPACE, NAMESPACE_KEY};
+use crate::error::{Error, LibvirtError, Result};
+
+/// The URI used when neither `--connect` nor `LIBVIRT_DEFAULT_URI` names one.
+pub const DEFAULT_URI: &str = "qemu:///system";
+/// The environment variable libvirt's own tools read for the default URI.
+pub const URI_ENV: &str = "LIBVIRT_DEFAULT_URI";
+
+/// The URI to use: `explicit` (`--connect`), else `env` (`LIBVIRT_DEFAULT_URI`), else
+/// [`DEFAULT_URI`]. Empty values count as unset.
+pub fn resolve_uri(explicit: Option<&str>, env: Option<&str>) -> String {
+    explicit
+        .filter(|s| !s.is_empty())
+        .or(env.filter(|s| !s.is_empty()))
+        .unwrap_or(DEFAULT_URI)
+        .to_string()
+}
+
+/// [`resolve_uri`] with the process environment.
+pub fn uri_from_env(explicit: Option<&str>) -> String {
+    let env = std::env::var(URI_ENV).ok();
+    resolve_uri(explicit, env.as_deref())
+}
+
+/// Which definition of a domain a change applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Apply {
+    /// The persistent definition (`--config`).
+    pub config: bool,
+    /// The running instance (`--live`).
+    pub live: bool,
+}
+
+impl Apply {
+    /// Only the persistent definition.
+    pub const CONFIG: Apply = Apply {
+        config: true,
+        live: false,
+    };
+    /// Only the running instance.
+    pub const LIVE: Apply = Apply {
+        config: false,
+        live: true,
+    };
+    /// Both.
+    pub const BOTH: Apply = Apply {
+        config: true,
+        live: true,
+    };
+
+    /// libvirt's `virDomainModificationImpact` flags (0 = current).
+    pub fn flags(self) -> u32 {
+        let mut f = 0;
+        if self.config {
+            f |= virt_sys::VIR_DOMAIN_AFFECT_CONFIG;
+        }
+        if self.live {
+            f |= virt_sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        f
+    }
+}
+
+/// A domain's state as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    /// Running (or blocked on a resource).
+    Running,
+    /// Paused (`virsh suspend`).
+    Paused,
+    /// Shutting down.
+    ShuttingDown,
+    /// Not running.
+    ShutOff,
+    /// Crashed.
+    Crashed,
+    /// Suspended by guest power management.
+    PmSuspended,
+    /// Anything else (`VIR_DOMAIN_NOSTATE` or a newer value).
+    Other(i32),
+}
+
+impl DomainState {
+    /// From libvirt's `virDomainState`.
+    pub fn from_raw(state: u32) -> DomainState {
+        match state {
+            virt_sys::VIR_DOMAIN_RUNNING | virt_sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
+            virt_sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
+            virt_sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
+            virt_sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff,
+            virt_sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
+            virt_sys::VIR_DOMAIN_PMSUSPENDED => DomainState::PmSuspended,
+            other => DomainState::Other(i32::try_from(other).unwrap_or(-1)),
+        }
+    }
+
+    /// Whether a QEMU process exists for the domain.
+    pub fn is_active(self) -> bool {
+        !matches!(self, DomainState::ShutOff | DomainState::Crashed)
+    }
+}
+
+impl fmt::Display for DomainState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainState::Running => write!(f, "running"),
+            DomainState::Paused => write!(f, "paused"),
+            DomainState::ShuttingDown => write!(f, "shutting down"),
+            DomainState::ShutOff => write!(f, "shut off"),
+            DomainState::Crashed => write!(f, "crashed"),
+            DomainState::PmSuspended => write!(f, "pm-suspended"),
+            DomainState::Other(n) => write!(f, "state {n}"),
+        }
+    }
+}
+
+/// One domain and the vGPUs bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainBinding {
+    /// The domain's name.
+    pub domain: String,
+    /// Its state when read.
+    pub state: DomainState,
+    /// What its XML says (live XML while active, else the persistent definition).
+    pub info: DomainInfo,
+}
+
+impl DomainBinding {
+    /// The vGPUs the domain holds (hostdevs) or is bound to (metadata).
+    pub fn vgpus(&self) -> Vec<Uuid> {
+        self.info.vgpus()
+    }
+}
+
+/// An open libvirt connection; closed on drop.
+pub struct Connection {
+    conn: Connect,
+    uri: String,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("uri", &self.uri)
+            .finish()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A failure to close only leaks the handle; nothing to report from a destructor.
+        let _ = self.conn.close();
+    }
+}
+
+impl Connection {
+    /// Open a read-write connection to `uri`.
+    pub fn open(uri: &str) -> Result<Connection> {
+        let conn = Connect::open(Some(uri)).map_err(|e| Error::Connect {
+            uri: uri.to_string(),
+            source: e.into(),
+        })?;
+        Ok(Connection {
+            conn,
+            uri: uri.to_string(),
+        })
+    }
+
+    /// The URI this connection was opened with.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The underlying `virt` connection (for what this layer does not wrap).
+    pub fn raw(&self) -> &Connect {
+        &self.conn
+    }
+
+    /// Look a domain up by name.
+    pub fn domain(&self, name: &str) -> Result<Domain> {
+        Domain::lookup_by_name(&self.conn, name).map_err(|e| {
+            let e = LibvirtError::from(e);
+            if e.code == LibvirtError::NO_DOMAIN {
+                Error::DomainNotFound {
+                    uri: self.uri.clone(),
+                    domain: name.to_string(),
+                }
+            } else {
+                Error::Domain {
+                    op: "look the domain up".into(),
+                    domain: name.to_string(),
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// The domain's state.
+    pub fn state(&self, name: &str) -> Result<DomainState> {
+        let dom = self.domain(name)?;
+        state_of(&dom, name)
+    }
+
+    /// The domain's XML: the persistent definition when `inactive`, else the current one.
+    pub fn xml(&self, name: &str, inactive: bool) -> Result<String> {
+        let dom = self.domain(name)?;
+        xml_of(&dom, name, inactive)
+    }
+
+    /// The domain's XML, parsed.
+    pub fn info(&self, name: &str, inactive: bool) -> Result<DomainInfo> {
+        domain_xml::parse(&self.xml(name, inactive)?)
+    }
+
+    /// `virDomainAttachDeviceFlags` with `xml` (a `<hostdev>`, a `<channel>`, …).
+    pub fn attach_device(&self, name: &str, xml: &str, apply: Apply) -> Result<()> {
+        let dom = self.domain(name)?;
+        dom.attach_device_flags(xml, apply.flags())
+            .map(drop)
+            .map_err(|e| Error::Domain {
+                op: format!("attach a device ({})", first_line(xml)),
+                domain: name.to_string(),
+                source: e.into(),
+            })
+    }
+
+    /// `virDomainDetachDeviceFlags` with `xml`.
+    pub fn detach_device(&self, name: &str, xml: &str, apply: Apply) -> Result<()> {
+        let dom = self.domain(name)?;
+        dom.detach_device_flags(xml, apply.flags())
+            .map(drop)
+            .map_err(|e| Error::Domain {
+                op: format!("detach a device ({})", first_line(xml)),
+                domain: name.to_string(),
+                source: e.into(),
+            })
+    }
+
+    /// Replace gvm's metadata element with `entries` (removing the element when empty).
+    pub fn set_vgpu_metadata(&self, name: &str, entries: &[MetaVgpu], apply: Apply) -> Result<()> {
+        let dom = self.domain(name)?;
+        let body = (!entries.is_empty()).then(|| domain_xml::metadata_xml(entries));
+        let key = body.as_ref().map(|_| NAMESPACE_KEY);
+        dom.set_metadata(
+            virt_sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            body.as_deref(),
+            key,
+            Some(NAMESPACE),
+            apply.flags(),
+        )
+        .map(drop)
+        .map_err(|e| Error::Domain {
+            op: "write the gvm-vgpu metadata".into(),
+            domain: name.to_string(),
+            source: e.into(),
+        })
+    }
+
+    /// Every domain (running or only defined) with the vGPUs bound to it, sorted by name.
+    /// Active domains are read from their live XML, others from their definition.
+    pub fn bindings(&self) -> Result<Vec<DomainBinding>> {
+        let domains = self.conn.list_all_domains(0).map_err(|e| Error::Libvirt {
+            op: "list domains".into(),
+            uri: self.uri.clone(),
+            source: e.into(),
+        })?;
+        let mut out = Vec::with_capacity(domains.len());
+        for dom in domains {
+            match binding_of(&dom) {
+                Ok(b) => out.push(b),
+                // Undefined between listing and reading.
+                Err(e) if e.libvirt_code() == Some(LibvirtError::NO_DOMAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        Ok(out)
+    }
+
+    /// The domain(s) holding or bound to `uuid`.
+    pub fn domains_of(&self, uuid: &Uuid) -> Result<Vec<String>> {
+        Ok(self
+            .bindings()?
+            .into_iter()
+            .filter(|b| b.vgpus().contains(uuid))
+            .map(|b| b.domain)
+            .collect())
+    }
+}
+
+/// Read one domain's binding.
+pub(crate) fn binding_of(dom: &Domain) -> Result<DomainBinding> {
+    let name = dom.get_name().map_err(|e| Error::Domain {
+        op: "read its name".into(),
+        domain: "?".into(),
+        source: e.into(),
+    })?;
+    let state = state_of(dom, &name)?;
+    let xml = xml_of(dom, &name, !state.is_active())?;
+    Ok(DomainBinding {
+        info: domain_xml::parse(&xml)?,
+        domain: name,
+        state,
+    })
+}
+
+fn state_of(dom: &Domain, name: &str) -> Result<DomainState> {
+    dom.get_state()
+        .map(|(s, _)| DomainState::from_raw(s))
+        .map_err(|e| Error::Domain {
+            op: "read its state".into(),
+            domain: name.to_string(),
+            source: e.into(),
+        })
+}
+
+fn xml_of(dom: &Domain, name: &str, inactive: bool) -> Result<String> {
+    let flags = if inactive {
+        virt_sys::VIR_DOMAIN_XML_INACTIVE
+    } else {
+        0
+    };
+    dom.get_xml_desc(flags).map_err(|e| Error::Domain {
+        op: "read its XML".into(),
+        domain: name.to_string(),
+        source: e.into(),
+    })
+}
+
+fn first_line(xml: &str) -> &str {
+    xml.lines().next().unwrap_or_default().trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_precedence_is_flag_then_env_then_default() {
+        assert_eq!(
+            resolve_uri(Some("test:///default"), Some("qemu:///session")),
+            "test:///default"
+        );
+        assert_eq!(
+            resolve_uri(None, Some("qemu:///session")),
+            "qemu:///session"
+        );
+        assert_eq!(resolve_uri(Some(""), Some("")), DEFAULT_URI);
+        assert_eq!(resolve_uri(None, None), "qemu:///system");
+    }
+
+    #[test]
+    fn impact_flags_match_libvirt() {
+        assert_eq!(Apply::default().flags(), 0);
+        assert_eq!(Apply::CONFIG.flags(), 2);
+        assert_eq!(Apply::LIVE.flags(), 1);
+        assert_eq!(Apply::BOTH.flags(), 3);
+    }
+
+    #[test]
+    fn states_map_from_libvirt_numbers() {
+        assert_eq!(DomainState::from_raw(1), DomainState::Running);
+        assert_eq!(DomainState::from_raw(3), DomainState::Paused);
+        assert_eq!(DomainState::from_raw(5), DomainState::ShutOff);
+        assert_eq!(DomainState::from_raw(99), DomainState::Other(99));
+        assert!(DomainState::Paused.is_active());
+        assert!(!DomainState::ShutOff.is_active());
+    }
+}

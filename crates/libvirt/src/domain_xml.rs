@@ -1,0 +1,320 @@
+//! Reading and writing the parts of a libvirt domain XML that concern vGPUs (pure, no I/O).
+//!
+//! A libvirt domain hands an mdev vGPU to its guest with a `<hostdev>` element:
+//!
+//! ```xml
+//! <hostdev mode='subsystem' type='mdev' model='vfio-pci' display='off'>
+//!   <source><address uuid='4b20d080-1b54-4048-85b3-a6a62d165c01'/></source>
+//! </hostdev>
+//! ```
+//!
+//! libvirt only *opens* the device: it never creates it. gvm-vgpu therefore records how to make
+//! each vGPU again in the domain's `<metadata>`, under its own XML namespace [`NAMESPACE`]
+//! (prefix [`NAMESPACE_KEY`]):
+//!
+//! ```xml
+//! <metadata>
+//!   <gvm:vgpus xmlns:gvm="https://gvm-vgpu.dev/xmlns/libvirt/1">
+//!     <gvm:vgpu uuid="4b20d080-…" type="sim-4c" parent="gvmsim0" mdev-type="gvmsim-1" persistent="yes"/>
+//!   </gvm:vgpus>
+//! </metadata>
+//! ```
+//!
+//! `persistent="no"` marks a vGPU that `attach` created for this domain only: the hook removes it
+//! when the domain stops. The metadata element also *binds* a vGPU to a domain without a
+//! `<hostdev>` (a running domain on a host without VFIO cannot hold the mdev itself): the daemon
+//! and [`crate::watch`] treat both as the domain's vGPUs.
+//!
+//! The guest agent's channel is a `<channel type='unix'>` whose virtio target is named
+//! [`AGENT_PORT_NAME`]; [`DomainInfo::agent_sockets`] lists their host socket paths.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// XML namespace of gvm-vgpu's domain metadata (a name, not a URL that is fetched).
+pub const NAMESPACE: &str = "https://gvm-vgpu.dev/xmlns/libvirt/1";
+/// The prefix libvirt writes for [`NAMESPACE`] (the `key` of `virDomainSetMetadata`).
+pub const NAMESPACE_KEY: &str = "gvm";
+/// Name of the guest agent's virtio-serial port.
+pub const AGENT_PORT_NAME: &str = "org.gvm.vgpu.agent.0";
+
+/// One vGPU as the domain's gvm metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaVgpu {
+    /// The vGPU's UUID.
+    pub uuid: Uuid,
+    /// Catalog type name (`sim-4c`), used to create it when no parent/mdev-type is recorded.
+    pub type_name: Option<String>,
+    /// Parent device it was created on.
+    pub parent: Option<String>,
+    /// Kernel mdev type id it was created with.
+    pub mdev_type: Option<String>,
+    /// `false` when attach created it for this domain only (removed when the domain stops).
+    pub persistent: bool,
+}
+
+/// An mdev `<hostdev>` of the domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdevHostdev {
+    /// The mdev UUID in `<source><address uuid=…/>`.
+    pub uuid: Uuid,
+    /// `model` (normally `vfio-pci`).
+    pub model: Option<String>,
+    /// `display='on|off'`, when given.
+    pub display: Option<bool>,
+}
+
+/// What gvm-vgpu needs to know about one domain, read from its XML.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DomainInfo {
+    /// `<name>`.
+    pub name: String,
+    /// `<uuid>`, when present and valid.
+    pub uuid: Option<Uuid>,
+    /// The mdev hostdevs, in document order.
+    pub hostdevs: Vec<MdevHostdev>,
+    /// The gvm metadata entries, in document order.
+    pub metadata: Vec<MetaVgpu>,
+    /// Host socket paths of agent channels (`<channel type='unix'>` to [`AGENT_PORT_NAME`]).
+    pub agent_sockets: Vec<PathBuf>,
+}
+
+impl DomainInfo {
+    /// Every vGPU the domain holds or is bound to: hostdev UUIDs, then metadata-only ones.
+    pub fn vgpus(&self) -> Vec<Uuid> {
+        let mut out: Vec<Uuid> = Vec::new();
+        let all = self
+            .hostdevs
+            .iter()
+            .map(|h| h.uuid)
+            .chain(self.metadata.iter().map(|m| m.uuid));
+        for u in all {
+            if !out.contains(&u) {
+                out.push(u);
+            }
+        }
+        out
+    }
+
+    /// The metadata entry for `uuid`, if any.
+    pub fn meta(&self, uuid: &Uuid) -> Option<&MetaVgpu> {
+        self.metadata.iter().find(|m| m.uuid == *uuid)
+    }
+
+    /// Whether the domain has an mdev hostdev for `uuid`.
+    pub fn has_hostdev(&self, uuid: &Uuid) -> bool {
+        self.hostdevs.iter().any(|h| h.uuid == *uuid)
+    }
+}
+
+/// Parse a domain XML (`virsh dumpxml`, the hook's stdin, or libvirt's `<domstatus>` status
+/// file, whose `<domain>` is found inside).
+pub fn parse(xml: &str) -> Result<DomainInfo> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| Error::Xml {
+        what: "domain XML".into(),
+        detail: e.to_string(),
+    })?;
+    let root = doc.root_element();
+    let domain = if root.has_tag_name("domain") {
+        root
+    } else {
+        root.children()
+            .find(|n| n.has_tag_name("domain"))
+            .ok_or_else(|| Error::Xml {
+                what: "domain XML".into(),
+                detail: format!(
+                    "root element is <{}>, expected <domain>",
+                    root.tag_name().name()
+                ),
+            })?
+    };
+    let mut info = DomainInfo::default();
+    for child in domain.children().filter(roxmltree::Node::is_element) {
+        match child.tag_name().name() {
+            "name" if child.tag_name().namespace().is_none() => {
+                info.name = child.text().unwrap_or_default().trim().to_string();
+            }
+            "uuid" if child.tag_name().namespace().is_none() => {
+                info.uuid = child.text().and_then(|t| Uuid::try_parse(t.trim()).ok());
+            }
+            "metadata" => parse_metadata(child, &mut info.metadata)?,
+            "devices" => parse_devices(child, &mut info)?,
+            _ => {}
+        }
+    }
+    if info.name.is_empty() {
+        return Err(Error::Xml {
+            what: "domain XML".into(),
+            detail: "the <domain> has no <name>".into(),
+        });
+    }
+    Ok(info)
+}
+
+fn parse_metadata(meta: roxmltree::Node<'_, '_>, out: &mut Vec<MetaVgpu>) -> Result<()> {
+    let ours = meta
+        .children()
+        .filter(|n| n.is_element() && n.tag_name().namespace() == Some(NAMESPACE));
+    for vgpus in ours {
+        for v in vgpus
+            .children()
+            .filter(|n| n.is_element() && n.tag_name().name() == "vgpu")
+        {
+            let raw = v.attribute("uuid").unwrap_or_default();
+            let uuid = Uuid::try_parse(raw).map_err(|_| Error::Xml {
+                what: "gvm:vgpu metadata".into(),
+                detail: format!("uuid {raw:?} is not a UUID"),
+            })?;
+            let persistent = match v.attribute("persistent") {
+                None | Some("yes") => true,
+                Some("no") => false,
+                Some(other) => {
+                    return Err(Error::Xml {
+                        what: "gvm:vgpu metadata".into(),
+                        detail: format!("persistent={other:?} for {uuid}; use \"yes\" or \"no\""),
+                    })
+                }
+            };
+            out.push(MetaVgpu {
+                uuid,
+                type_name: v.attribute("type").map(str::to_string),
+                parent: v.attribute("parent").map(str::to_string),
+                mdev_type: v.attribute("mdev-type").map(str::to_string),
+                persistent,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_devices(devices: roxmltree::Node<'_, '_>, info: &mut DomainInfo) -> Result<()> {
+    for dev in devices.children().filter(roxmltree::Node::is_element) {
+        match dev.tag_name().name() {
+            "hostdev" if dev.attribute("type") == Some("mdev") => {
+                let raw = dev
+                    .children()
+                    .find(|n| n.has_tag_name("source"))
+                    .and_then(|s| s.children().find(|n| n.has_tag_name("address")))
+                    .and_then(|a| a.attribute("uuid"))
+                    .unwrap_or_default();
+                let uuid = Uuid::try_parse(raw).map_err(|_| Error::Xml {
+                    what: "mdev hostdev".into(),
+                    detail: format!("source address uuid {raw:?} is not a UUID"),
+                })?;
+                info.hostdevs.push(MdevHostdev {
+                    uuid,
+                    model: dev.attribute("model").map(str::to_string),
+                    display: dev.attribute("display").map(|d| d == "on"),
+                });
+            }
+            "channel" if dev.attribute("type") == Some("unix") => {
+                let is_agent = dev.children().any(|n| {
+                    n.has_tag_name("target")
+                        && n.attribute("type") == Some("virtio")
+                        && n.attribute("name") == Some(AGENT_PORT_NAME)
+                });
+                let path = dev
+                    .children()
+                    .find(|n| n.has_tag_name("source"))
+                    .and_then(|s| s.attribute("path"));
+                if let (true, Some(path)) = (is_agent, path) {
+                    info.agent_sockets.push(PathBuf::from(path));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Escape text for an XML attribute value (either quote style).
+pub fn escape_attr(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => s.push_str("&amp;"),
+            '<' => s.push_str("&lt;"),
+            '>' => s.push_str("&gt;"),
+            '\'' => s.push_str("&apos;"),
+            '"' => s.push_str("&quot;"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// The `<hostdev>` element for an mdev vGPU (what `attach-device` and `detach-device` take).
+pub fn hostdev_xml(uuid: &Uuid, display: Option<bool>) -> String {
+    let display = match display {
+        Some(true) => " display='on'",
+        Some(false) => " display='off'",
+        None => "",
+    };
+    format!(
+        "<hostdev mode='subsystem' type='mdev' model='vfio-pci'{display}>\n  <source>\n    <address uuid='{uuid}'/>\n  </source>\n</hostdev>\n"
+    )
+}
+
+/// The agent `<channel>` element whose host end is a Unix socket libvirt binds at `socket`.
+pub fn agent_channel_xml(socket: &Path) -> Result<String> {
+    let path = socket.to_str().ok_or_else(|| Error::Xml {
+        what: "agent channel".into(),
+        detail: format!("socket path {} is not valid UTF-8", socket.display()),
+    })?;
+    Ok(format!(
+        "<channel type='unix'>\n  <source mode='bind' path='{}'/>\n  <target type='virtio' name='{AGENT_PORT_NAME}'/>\n</channel>\n",
+        escape_attr(path)
+    ))
+}
+
+/// The body of gvm's metadata element, as `virDomainSetMetadata` takes it: libvirt puts it in
+/// [`NAMESPACE`] with prefix [`NAMESPACE_KEY`]. An empty list gives an empty `<vgpus/>`.
+pub fn metadata_xml(vgpus: &[MetaVgpu]) -> String {
+    let mut s = String::from("<vgpus>");
+    for v in vgpus {
+        s.push_str(&format!("<vgpu uuid='{}'", v.uuid));
+        if let Some(t) = &v.type_name {
+            s.push_str(&format!(" type='{}'", escape_attr(t)));
+        }
+        if let Some(p) = &v.parent {
+            s.push_str(&format!(" parent='{}'", escape_attr(p)));
+        }
+        if let Some(m) = &v.mdev_type {
+            s.push_str(&format!(" mdev-type='{}'", escape_attr(m)));
+        }
+        s.push_str(if v.persistent {
+            " persistent='yes'/>"
+        } else {
+            " persistent='no'/>"
+        });
+    }
+    s.push_str("</vgpus>");
+    s
+}
+
+/// `entries` with `entry` added, replacing any entry of the same UUID.
+pub fn with_entry(entries: &[MetaVgpu], entry: MetaVgpu) -> Vec<MetaVgpu> {
+    let mut out: Vec<MetaVgpu> = entries
+        .iter()
+        .filter(|m| m.uuid != entry.uuid)
+        .cloned()
+        .collect();
+    out.push(entry);
+    out
+}
+
+/// `entries` without the entry for `uuid`.
+pub fn without_entry(entries: &[MetaVgpu], uuid: &Uuid) -> Vec<MetaVgpu> {
+    entries
+        .iter()
+        .filter(|m| m.uuid != *uuid)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "domain_xml_tests.rs"]
+mod tests;

@@ -1,0 +1,168 @@
+//! Unit tests of the domain XML reader and fragment builders, on XML libvirt itself produced.
+
+use super::*;
+
+/// `virsh dumpxml` of a domain defined with an mdev hostdev, gvm metadata and two channels
+/// (captured from libvirt 9.0).
+const DUMPXML: &str = include_str!("../testdata/dumpxml-mdev-metadata-channel.xml");
+const HOSTDEV_UUID: &str = "4b20d080-1b54-4048-85b3-a6a62d165c01";
+const META_UUID: &str = "6c1bb5f6-7a8b-4f0a-9a55-2b2a4cf0a7e1";
+
+fn u(s: &str) -> Uuid {
+    Uuid::try_parse(s).unwrap()
+}
+
+#[test]
+fn reads_name_uuid_hostdev_metadata_and_agent_channel_from_dumpxml() {
+    let info = parse(DUMPXML).unwrap();
+    assert_eq!(info.name, "gvmtest-real");
+    assert_eq!(info.uuid, Some(u("0197a026-66af-41fe-88d2-dc5ca73e74ec")));
+    assert_eq!(
+        info.hostdevs,
+        vec![MdevHostdev {
+            uuid: u(HOSTDEV_UUID),
+            model: Some("vfio-pci".into()),
+            display: Some(false),
+        }]
+    );
+    assert_eq!(
+        info.metadata,
+        vec![MetaVgpu {
+            uuid: u(META_UUID),
+            type_name: Some("sim-4c".into()),
+            parent: Some("gvmsim0".into()),
+            mdev_type: Some("gvmsim-1".into()),
+            persistent: false,
+        }]
+    );
+    // Only the channel to the gvm port counts, not the qemu guest agent's.
+    assert_eq!(
+        info.agent_sockets,
+        vec![PathBuf::from("/run/gvm-vgpu/agent/gvmtest-real.sock")]
+    );
+    assert_eq!(info.vgpus(), vec![u(HOSTDEV_UUID), u(META_UUID)]);
+    assert!(info.has_hostdev(&u(HOSTDEV_UUID)));
+    assert!(!info.has_hostdev(&u(META_UUID)));
+    assert!(info.meta(&u(META_UUID)).is_some());
+}
+
+#[test]
+fn reads_the_domain_inside_a_domstatus_file() {
+    let status = format!(
+        "<domstatus state='running' reason='booted' pid='4242'>\n  <monitor path='/x' type='unix'/>\n{DUMPXML}</domstatus>\n"
+    );
+    let info = parse(&status).unwrap();
+    assert_eq!(info.name, "gvmtest-real");
+    assert_eq!(info.vgpus().len(), 2);
+}
+
+#[test]
+fn a_vgpu_in_both_hostdev_and_metadata_is_listed_once() {
+    let xml = format!(
+        "<domain type='qemu'><name>d</name><metadata><gvm:vgpus xmlns:gvm='{NAMESPACE}'><gvm:vgpu uuid='{HOSTDEV_UUID}'/></gvm:vgpus></metadata><devices>{}</devices></domain>",
+        hostdev_xml(&u(HOSTDEV_UUID), None)
+    );
+    let info = parse(&xml).unwrap();
+    assert_eq!(info.vgpus(), vec![u(HOSTDEV_UUID)]);
+    // persistent defaults to yes when the attribute is absent.
+    assert!(info.metadata[0].persistent);
+}
+
+#[test]
+fn foreign_namespaces_and_pci_hostdevs_are_ignored() {
+    let xml = format!(
+        "<domain><name>d</name><metadata><x:vgpus xmlns:x='urn:other'><x:vgpu uuid='{META_UUID}'/></x:vgpus></metadata>\
+         <devices><hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source></hostdev></devices></domain>"
+    );
+    let info = parse(&xml).unwrap();
+    assert!(info.metadata.is_empty());
+    assert!(info.hostdevs.is_empty());
+}
+
+#[test]
+fn bad_input_is_an_error_naming_what_is_wrong() {
+    let e = parse("<domain><name>d</name><devices><hostdev type='mdev'><source><address uuid='nope'/></source></hostdev></devices></domain>")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"nope\""), "{e}");
+    let e = parse("<domain><devices/></domain>")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no <name>"), "{e}");
+    let e = parse("<network><name>n</name></network>")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("<network>"), "{e}");
+    assert!(parse("<domain><name>d</name>").is_err());
+    let e = parse(&format!(
+        "<domain><name>d</name><metadata><gvm:vgpus xmlns:gvm='{NAMESPACE}'><gvm:vgpu uuid='{META_UUID}' persistent='maybe'/></gvm:vgpus></metadata></domain>"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("maybe"), "{e}");
+}
+
+#[test]
+fn generated_metadata_reads_back_once_wrapped_by_libvirt() {
+    let entries = vec![
+        MetaVgpu {
+            uuid: u(META_UUID),
+            type_name: Some("a'b".into()),
+            parent: Some("gvmsim0".into()),
+            mdev_type: Some("gvmsim-1".into()),
+            persistent: false,
+        },
+        MetaVgpu {
+            uuid: u(HOSTDEV_UUID),
+            type_name: None,
+            parent: None,
+            mdev_type: None,
+            persistent: true,
+        },
+    ];
+    // libvirt re-namespaces the element: emulate it.
+    let body = metadata_xml(&entries).replacen(
+        "<vgpus>",
+        &format!("<gvm:vgpus xmlns:gvm='{NAMESPACE}'>"),
+        1,
+    );
+    let body = body
+        .replace("<vgpu ", "<gvm:vgpu ")
+        .replace("</vgpus>", "</gvm:vgpus>");
+    let xml = format!("<domain><name>d</name><metadata>{body}</metadata></domain>");
+    assert_eq!(parse(&xml).unwrap().metadata, entries);
+}
+
+#[test]
+fn hostdev_and_channel_fragments_round_trip_through_the_parser() {
+    let sock = Path::new("/run/a'b&c.sock");
+    let xml = format!(
+        "<domain><name>d</name><devices>{}{}</devices></domain>",
+        hostdev_xml(&u(HOSTDEV_UUID), Some(true)),
+        agent_channel_xml(sock).unwrap()
+    );
+    let info = parse(&xml).unwrap();
+    assert_eq!(info.hostdevs[0].display, Some(true));
+    assert_eq!(info.agent_sockets, vec![sock.to_path_buf()]);
+    assert!(hostdev_xml(&u(HOSTDEV_UUID), None)
+        .starts_with("<hostdev mode='subsystem' type='mdev' model='vfio-pci'>"));
+}
+
+#[test]
+fn entries_are_replaced_and_removed_by_uuid() {
+    let a = MetaVgpu {
+        uuid: u(META_UUID),
+        type_name: Some("old".into()),
+        parent: None,
+        mdev_type: None,
+        persistent: true,
+    };
+    let b = MetaVgpu {
+        type_name: Some("new".into()),
+        ..a.clone()
+    };
+    let list = with_entry(&[a], b.clone());
+    assert_eq!(list, vec![b]);
+    assert!(without_entry(&list, &u(META_UUID)).is_empty());
+    assert_eq!(without_entry(&list, &u(HOSTDEV_UUID)).len(), 1);
+}

@@ -1,0 +1,189 @@
+//! The one error type of gvm-libvirt.
+//!
+//! Every variant names what it was about (the libvirt URI, the domain, the vGPU UUID, the file)
+//! and keeps the cause: libvirt's own error code and message, the mdev errno through
+//! [`gvm_mdev::Error`], or the `std::io::Error`. Messages say what to do next; causes are only in
+//! `#[source]`, so a binary prints the chain once.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+/// Result of every fallible operation in this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A libvirt failure as libvirt reported it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("libvirt error {code}: {message}")]
+pub struct LibvirtError {
+    /// libvirt's `virErrorNumber` (e.g. 42 = `VIR_ERR_NO_DOMAIN`).
+    pub code: i32,
+    /// libvirt's message.
+    pub message: String,
+}
+
+impl LibvirtError {
+    /// `VIR_ERR_NO_DOMAIN`.
+    pub const NO_DOMAIN: i32 = 42;
+    /// `VIR_ERR_NO_DOMAIN_METADATA`.
+    pub const NO_DOMAIN_METADATA: i32 = 80;
+}
+
+impl From<virt::error::Error> for LibvirtError {
+    fn from(e: virt::error::Error) -> Self {
+        LibvirtError {
+            code: e.code().to_raw() as i32,
+            message: e.message().to_string(),
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening the libvirt connection failed.
+    #[error("cannot connect to libvirt at {uri}: is libvirtd running (`virsh -c {uri} version`), and may this user use it?")]
+    Connect {
+        /// The URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: LibvirtError,
+    },
+
+    /// No domain of this name.
+    #[error("libvirt at {uri} has no domain named '{domain}'; list domains with `virsh -c {uri} list --all`")]
+    DomainNotFound {
+        /// The URI.
+        uri: String,
+        /// The name asked for.
+        domain: String,
+    },
+
+    /// A libvirt call on a domain failed.
+    #[error("libvirt could not {op} on domain '{domain}'")]
+    Domain {
+        /// What was being done (`attach the hostdev of vGPU …`).
+        op: String,
+        /// The domain.
+        domain: String,
+        /// libvirt's error.
+        #[source]
+        source: LibvirtError,
+    },
+
+    /// A libvirt call on the connection failed.
+    #[error("libvirt at {uri} could not {op}")]
+    Libvirt {
+        /// What was being done.
+        op: String,
+        /// The URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: LibvirtError,
+    },
+
+    /// XML that could not be used.
+    #[error("invalid {what}: {detail}")]
+    Xml {
+        /// Which XML (`domain XML`, `mdev hostdev`, …).
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// Neither attach nor detach: the domain does not have this vGPU.
+    #[error("domain '{domain}' has no vGPU {uuid} (neither an mdev hostdev nor gvm metadata); `virsh dumpxml {domain}` shows what it has")]
+    NotAttached {
+        /// The domain.
+        domain: String,
+        /// The vGPU.
+        uuid: Uuid,
+    },
+
+    /// A mediated-device operation failed (the errno is inside).
+    #[error("cannot {op} vGPU {uuid}")]
+    Mdev {
+        /// What was being done (`create`, `remove`, `look up`).
+        op: &'static str,
+        /// The vGPU.
+        uuid: Uuid,
+        /// The mdev client's error, with the errno.
+        #[source]
+        source: gvm_mdev::Error,
+    },
+
+    /// Listing mdev parents failed.
+    #[error("cannot list the host's mdev parents")]
+    MdevList {
+        /// The mdev client's error.
+        #[source]
+        source: gvm_mdev::Error,
+    },
+
+    /// The vGPU type catalog could not be loaded or has no such type.
+    #[error("cannot use vGPU type '{type_name}' from the catalog; `gvm-vgpu types` lists the known types")]
+    Catalog {
+        /// The type asked for.
+        type_name: String,
+        /// The catalog's error.
+        #[source]
+        source: gvm_catalog::Error,
+    },
+
+    /// No parent can host a new vGPU of the type.
+    #[error("cannot place a vGPU of type '{type_name}': {detail}")]
+    NoPlacement {
+        /// Catalog type name or kernel type id.
+        type_name: String,
+        /// Why no candidate fits (each candidate's free count, or that none offers the type).
+        detail: String,
+    },
+
+    /// The vGPU is missing and nothing says how to create it (hook `prepare`).
+    #[error("vGPU {uuid} of domain '{domain}' does not exist and has no definition: create it (`gvm-vgpu create --uuid {uuid} --type T`), define it in {definition}, or attach it with `gvm-vgpu attach {domain} --type T` which records its type")]
+    NoDefinition {
+        /// The domain.
+        domain: String,
+        /// The vGPU.
+        uuid: Uuid,
+        /// The definition file that was looked for.
+        definition: PathBuf,
+    },
+
+    /// A definition file exists but cannot be used.
+    #[error("cannot use the vGPU definition {path}: fix or remove the file")]
+    Definition {
+        /// The file.
+        path: PathBuf,
+        /// Why (read error or JSON error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Starting the watch thread failed.
+    #[error("cannot start the libvirt event thread")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Error {
+    /// libvirt's error code, when libvirt reported the failure.
+    pub fn libvirt_code(&self) -> Option<i32> {
+        match self {
+            Error::Connect { source, .. }
+            | Error::Domain { source, .. }
+            | Error::Libvirt { source, .. } => Some(source.code),
+            _ => None,
+        }
+    }
+
+    /// The errno of the mdev operation, when the kernel (or simulated host) reported one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Mdev { source, .. } | Error::MdevList { source } => source.errno(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! libvirt and plain-QEMU integration of gvm-vgpu.
+//!
+//! A vGPU is a VFIO *mediated device* (mdev): the kernel creates it from a parent GPU and QEMU
+//! opens it like a PCI device (`-device vfio-pci,sysfsdev=/sys/bus/mdev/devices/<uuid>`).
+//! libvirt describes that with an mdev `<hostdev>` in the domain XML, but never creates the
+//! device itself. This crate closes the gaps:
+//!
+//! - [`domain_xml`] (pure): read a domain XML (name, UUID, mdev hostdevs, gvm's `<metadata>`
+//!   element in namespace [`NAMESPACE`], agent channels) and build the XML fragments;
+//! - [`connection`]: a thin typed layer over one libvirt connection (the `virt` crate): look
+//!   domains up, attach/detach devices with explicit impact flags, write the metadata, list
+//!   which domain holds which vGPU ([`Connection::bindings`]);
+//! - [`attach`]: `gvm-vgpu attach/detach`: create or reuse a vGPU, attach its hostdev, record
+//!   it in the metadata, and undo all of it;
+//! - [`watch`]: follow domain lifecycle events (suspended, resumed, stopped, …) on a thread,
+//!   reconnecting when libvirtd restarts — what the daemon uses to freeze a paused domain's vGPUs;
+//! - [`hook`] and the `gvm-vgpu-hook` binary: libvirt's qemu hook, which creates a domain's
+//!   missing vGPUs before it starts and removes transient ones after it stops, without calling
+//!   libvirt.
+//!
+//! Every host path goes through [`gvm_host_root::HostRoot`]; libvirt itself is reached only by
+//! URI ([`connection::resolve_uri`]).
+#![deny(missing_docs)]
+
+pub mod attach;
+pub mod connection;
+pub mod domain_xml;
+mod error;
+mod ffi;
+pub mod hook;
+pub mod watch;
+
+pub use attach::{attach, detach, AttachRequest, Attached, Detached, Target};
+pub use connection::{Apply, Connection, DomainBinding, DomainState};
+pub use domain_xml::{DomainInfo, MetaVgpu, AGENT_PORT_NAME, NAMESPACE, NAMESPACE_KEY};
+pub use error::{Error, LibvirtError, Result};
+pub use watch::{watch, watch_with, DomainEvent, EventKind, WatchEvent, WatchHandle, WatchOptions};
+
+/// An error and its causes on one line (`a: b: c`), for logs and messages.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
