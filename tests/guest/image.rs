@@ -293,19 +293,25 @@ fn pack(root: &Path, list: &[PathBuf], out: &Path, busybox: &Path) -> Result<(),
 mod tests {
     use super::*;
 
-    fn kernel() -> PreparedKernel {
-        let tmp = std::env::temp_dir().join(format!("gvm-e2e-image-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&tmp);
-        let _ = std::fs::write(tmp.join("abi"), "6.1.0-0-amd64\n");
-        match PreparedKernel::from_dir(&tmp) {
-            Ok(k) => k,
+    /// A prepared-kernel directory with only its `abi` file (kept alive by the TempDir).
+    fn kernel() -> (tempfile::TempDir, PreparedKernel) {
+        let tmp = match tempfile::tempdir() {
+            Ok(t) => t,
+            Err(e) => panic!("fixture: {e}"),
+        };
+        if let Err(e) = std::fs::write(tmp.path().join("abi"), "6.1.0-0-amd64\n") {
+            panic!("fixture: {e}");
+        }
+        match PreparedKernel::from_dir(tmp.path()) {
+            Ok(k) => (tmp, k),
             Err(e) => panic!("fixture: {e}"),
         }
     }
 
     #[test]
     fn init_loads_modules_in_order_then_runs_the_script_and_powers_off() {
-        let img = GuestImage::new(&kernel())
+        let (_dir, k) = kernel();
+        let img = GuestImage::new(&k)
             .module("vfio")
             .module("mdev")
             .module("mtty")
@@ -349,9 +355,10 @@ mod tests {
 
     #[test]
     fn a_missing_module_is_named() {
-        let err = GuestImage::new(&kernel())
+        let (dir, k) = kernel();
+        let err = GuestImage::new(&k)
             .module("no_such_module")
-            .build(&std::env::temp_dir().join(format!("gvm-e2e-img-build-{}", std::process::id())))
+            .build(&dir.path().join("work"))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
