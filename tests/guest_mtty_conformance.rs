@@ -293,10 +293,16 @@ fn run_against_sim(runner: &Path) -> anyhow::Result<Option<Vec<StepRecord>>> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The simulator's control file stands in for rmmod/insmod of the parent driver.
+    let control = mnt.path().join("gvm-sim/control");
     let out = Command::new(runner)
         .arg("--root")
         .arg(mnt.path())
         .args(["--parent", "mtty"])
+        .arg("--unload-cmd")
+        .arg(format!("echo unregister mtty > '{}'", control.display()))
+        .arg("--load-cmd")
+        .arg(format!("echo register mtty > '{}'", control.display()))
         .output()?;
     sim.stop();
     anyhow::ensure!(
