@@ -25,7 +25,30 @@ pub struct Knobs {
     pub host_swap: bool,
     /// The vGPU UUID the process belongs to, if known.
     pub vgpu_uuid: Option<String>,
+    /// Take part in priority arbitration with the other shim processes on the GPU
+    /// (the best-effort policy; `GVM_ARBITRATE`, default on).
+    pub arbitrate: bool,
+    /// Launches a process may have in flight while it must yield (`GVM_QUEUE_DEPTH`,
+    /// default [`DEFAULT_QUEUE_DEPTH`]; 0 never bounds).
+    pub queue_depth: u32,
+    /// Bound in-flight launches always, not only while a more important process is
+    /// registered (`GVM_QUEUE_ALWAYS`; makes freezes take effect within about one kernel).
+    pub queue_always: bool,
+    /// How long after its last launch a process still counts as busy once its GPU work is
+    /// done (`GVM_ARB_LINGER_US`), so the gaps of a launch-bound loop do not let others in.
+    pub linger_us: u32,
+    /// The longest a launch is held by the arbiter (`GVM_ARB_MAX_HOLD_MS`).
+    pub max_hold_ms: u32,
 }
+
+/// Default in-flight bound while yielding.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 2;
+/// The largest in-flight bound (events kept per stream).
+pub const MAX_QUEUE_DEPTH: u32 = 16;
+/// Default linger after the last launch.
+pub const DEFAULT_LINGER_US: u32 = 2_000;
+/// Default maximum hold of one launch.
+pub const DEFAULT_MAX_HOLD_MS: u32 = 1_000;
 
 impl Default for Knobs {
     fn default() -> Self {
@@ -34,6 +57,11 @@ impl Default for Knobs {
             priority: DEFAULT_PRIORITY,
             host_swap: false,
             vgpu_uuid: None,
+            arbitrate: true,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            queue_always: false,
+            linger_us: DEFAULT_LINGER_US,
+            max_hold_ms: DEFAULT_MAX_HOLD_MS,
         }
     }
 }
@@ -75,6 +103,45 @@ impl Knobs {
                 knobs.vgpu_uuid = Some(v.trim().to_ascii_lowercase());
             } else {
                 errors.push(bad("GVM_VGPU_UUID", v, "use a 36-character UUID"));
+            }
+        }
+        for (var, cell) in [
+            ("GVM_ARBITRATE", &mut knobs.arbitrate),
+            ("GVM_QUEUE_ALWAYS", &mut knobs.queue_always),
+        ] {
+            if let Some(v) = get(var) {
+                match parse_bool(&v) {
+                    Some(b) => *cell = b,
+                    None => errors.push(bad(var, v, "use 1 or 0")),
+                }
+            }
+        }
+        let numbers: [(&'static str, &mut u32, u32, &'static str); 3] = [
+            (
+                "GVM_QUEUE_DEPTH",
+                &mut knobs.queue_depth,
+                MAX_QUEUE_DEPTH,
+                "use a count of launches from 0 (unbounded) to 16",
+            ),
+            (
+                "GVM_ARB_LINGER_US",
+                &mut knobs.linger_us,
+                1_000_000,
+                "use microseconds from 0 to 1000000",
+            ),
+            (
+                "GVM_ARB_MAX_HOLD_MS",
+                &mut knobs.max_hold_ms,
+                600_000,
+                "use milliseconds from 0 to 600000",
+            ),
+        ];
+        for (var, cell, max, reason) in numbers {
+            if let Some(v) = get(var) {
+                match v.trim().parse::<u32>() {
+                    Ok(n) if n <= max => *cell = n,
+                    _ => errors.push(bad(var, v, reason)),
+                }
             }
         }
         (knobs, errors)
@@ -183,5 +250,25 @@ mod tests {
         assert_eq!(k, Knobs::default());
         assert_eq!(errs.len(), 3);
         assert!(errs[0].to_string().contains("GVM_MEMORY_LIMIT"));
+
+        let (k, errs) = Knobs::from_lookup(lookup(&[
+            ("GVM_ARBITRATE", "0"),
+            ("GVM_QUEUE_DEPTH", "1"),
+            ("GVM_QUEUE_ALWAYS", "yes"),
+            ("GVM_ARB_LINGER_US", "500"),
+            ("GVM_ARB_MAX_HOLD_MS", "20"),
+        ]));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(!k.arbitrate && k.queue_always);
+        assert_eq!((k.queue_depth, k.linger_us, k.max_hold_ms), (1, 500, 20));
+        let (k, errs) = Knobs::from_lookup(lookup(&[
+            ("GVM_QUEUE_DEPTH", "17"),
+            ("GVM_ARBITRATE", "maybe"),
+        ]));
+        assert_eq!(k, Knobs::default());
+        assert_eq!(errs.len(), 2);
+        assert!(errs
+            .iter()
+            .any(|e| e.to_string().contains("GVM_QUEUE_DEPTH")));
     }
 }

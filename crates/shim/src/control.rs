@@ -27,7 +27,7 @@ use crate::ffi::{self, SharedMapping};
 /// `"GVMSHIM1"` little-endian: marks an initialised block.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GVMSHIM1");
 /// The layout version of [`ControlBlock`].
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// The size the block file is given (one page).
 pub const FILE_LEN: usize = 4096;
 /// The environment variable naming the control block path.
@@ -69,8 +69,58 @@ pub struct ControlBlock {
     pub flags: AtomicU32,
     /// The vGPU UUID, NUL padded.
     pub vgpu_uuid: [AtomicU8; 40],
+    /// Non-zero: take part in priority arbitration on the GPU (the best-effort policy). The
+    /// daemon clears it for policies it drives itself through `hold`.
+    pub arbitrate: AtomicU32,
+    /// In-flight launch bound while yielding (0: unbounded).
+    pub queue_depth: AtomicU32,
+    /// Non-zero: apply `queue_depth` always (fast freezes), not only while yielding.
+    pub queue_always: AtomicU32,
+    /// Written by the shim: [`ARB_REGISTERED`], [`ARB_BUSY`], [`ARB_HAS_HIGHER`], [`ARB_HAS_LOWER`].
+    pub arb_state: AtomicU32,
+    /// Busy linger after the last launch, microseconds.
+    pub linger_us: AtomicU32,
+    /// Longest arbiter hold of one launch, milliseconds.
+    pub max_hold_ms: AtomicU32,
+    /// Successful launches per entry point, indexed by [`LaunchPath`].
+    pub launches: [AtomicU64; 6],
+    /// Launches the arbiter held because a more important process was busy.
+    pub arb_waits: AtomicU64,
+    /// Nanoseconds launches spent held by the arbiter.
+    pub arb_wait_ns: AtomicU64,
+    /// Arbiter holds that ended at the maximum hold instead of the other process going idle.
+    pub arb_timeouts: AtomicU64,
+    /// Launches that waited for the in-flight bound.
+    pub queue_waits: AtomicU64,
     /// Room for later fields.
-    pub reserved: [AtomicU64; 17],
+    pub reserved: [AtomicU64; 4],
+}
+
+/// `arb_state` bit: registered in the GPU's arbitration block.
+pub const ARB_REGISTERED: u32 = 1;
+/// `arb_state` bit: published busy (has GPU work a less important process yields to).
+pub const ARB_BUSY: u32 = 2;
+/// `arb_state` bit: a more important process is registered.
+pub const ARB_HAS_HIGHER: u32 = 4;
+/// `arb_state` bit: a less important process is registered.
+pub const ARB_HAS_LOWER: u32 = 8;
+
+/// The launch entry points counted apart in `launches`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum LaunchPath {
+    /// `cuLaunchKernel`.
+    Kernel = 0,
+    /// `cuLaunchKernel_ptsz`.
+    KernelPtsz = 1,
+    /// `cuLaunchKernelEx` (either flavour).
+    KernelEx = 2,
+    /// `cuLaunchKernelEx_ptsz` (either flavour).
+    KernelExPtsz = 3,
+    /// `cuLaunchCooperativeKernel` (either flavour).
+    Cooperative = 4,
+    /// `cuGraphLaunch` (either flavour).
+    Graph = 5,
 }
 
 /// Byte offsets of the fields, for non-Rust writers (tests, daemon in other languages).
@@ -81,6 +131,14 @@ pub mod offsets {
     pub const HOLD: usize = 64;
     /// `submitted`.
     pub const SUBMITTED: usize = 40;
+    /// `arbitrate`.
+    pub const ARBITRATE: usize = 120;
+    /// `queue_depth`.
+    pub const QUEUE_DEPTH: usize = 124;
+    /// `launches[0]`.
+    pub const LAUNCHES: usize = 144;
+    /// `arb_waits`.
+    pub const ARB_WAITS: usize = 192;
 }
 
 impl ControlBlock {
@@ -102,6 +160,17 @@ impl ControlBlock {
             waiting: AtomicU32::new(0),
             flags: AtomicU32::new(0),
             vgpu_uuid: std::array::from_fn(|_| AtomicU8::new(0)),
+            arbitrate: AtomicU32::new(0),
+            queue_depth: AtomicU32::new(0),
+            queue_always: AtomicU32::new(0),
+            arb_state: AtomicU32::new(0),
+            linger_us: AtomicU32::new(0),
+            max_hold_ms: AtomicU32::new(0),
+            launches: std::array::from_fn(|_| AtomicU64::new(0)),
+            arb_waits: AtomicU64::new(0),
+            arb_wait_ns: AtomicU64::new(0),
+            arb_timeouts: AtomicU64::new(0),
+            queue_waits: AtomicU64::new(0),
             reserved: std::array::from_fn(|_| AtomicU64::new(0)),
         };
         b.initialise(knobs, 0);
@@ -126,8 +195,23 @@ impl ControlBlock {
         ] {
             c.store(0, Ordering::Relaxed);
         }
-        for w in [&self.frozen, &self.hold, &self.waiting] {
+        for w in [&self.frozen, &self.hold, &self.waiting, &self.arb_state] {
             w.store(0, Ordering::Relaxed);
+        }
+        self.arbitrate
+            .store(u32::from(knobs.arbitrate), Ordering::Relaxed);
+        self.queue_depth.store(knobs.queue_depth, Ordering::Relaxed);
+        self.queue_always
+            .store(u32::from(knobs.queue_always), Ordering::Relaxed);
+        self.linger_us.store(knobs.linger_us, Ordering::Relaxed);
+        self.max_hold_ms.store(knobs.max_hold_ms, Ordering::Relaxed);
+        for c in self.launches.iter().chain([
+            &self.arb_waits,
+            &self.arb_wait_ns,
+            &self.arb_timeouts,
+            &self.queue_waits,
+        ]) {
+            c.store(0, Ordering::Relaxed);
         }
         self.flags.store(flags, Ordering::Relaxed);
         let uuid = knobs.vgpu_uuid.as_deref().unwrap_or("").as_bytes();
@@ -150,6 +234,11 @@ impl ControlBlock {
             priority: self.priority.load(Ordering::Relaxed),
             host_swap: self.host_swap.load(Ordering::Relaxed) != 0,
             vgpu_uuid: String::from_utf8(uuid).ok().filter(|s| !s.is_empty()),
+            arbitrate: self.arbitrate.load(Ordering::Relaxed) != 0,
+            queue_depth: self.queue_depth.load(Ordering::Relaxed),
+            queue_always: self.queue_always.load(Ordering::Relaxed) != 0,
+            linger_us: self.linger_us.load(Ordering::Relaxed),
+            max_hold_ms: self.max_hold_ms.load(Ordering::Relaxed),
         }
     }
 
@@ -313,6 +402,10 @@ mod tests {
         assert_eq!(offset_of!(ControlBlock, frozen), offsets::FROZEN);
         assert_eq!(offset_of!(ControlBlock, hold), offsets::HOLD);
         assert_eq!(offset_of!(ControlBlock, vgpu_uuid), 80);
+        assert_eq!(offset_of!(ControlBlock, arbitrate), offsets::ARBITRATE);
+        assert_eq!(offset_of!(ControlBlock, queue_depth), offsets::QUEUE_DEPTH);
+        assert_eq!(offset_of!(ControlBlock, launches), offsets::LAUNCHES);
+        assert_eq!(offset_of!(ControlBlock, arb_waits), offsets::ARB_WAITS);
         assert_eq!(std::mem::size_of::<ControlBlock>(), 256);
         assert!(std::mem::size_of::<ControlBlock>() <= FILE_LEN);
     }
@@ -339,6 +432,11 @@ mod tests {
             priority: 3,
             host_swap: true,
             vgpu_uuid: Some("5b4f1d7c-0000-4000-8000-000000000001".into()),
+            arbitrate: false,
+            queue_depth: 3,
+            queue_always: true,
+            linger_us: 700,
+            max_hold_ms: 9,
         };
         let a = ControlMap::create(&path, &knobs, FLAG_STANDALONE).expect("create");
         let b = ControlMap::open(&path).expect("open");

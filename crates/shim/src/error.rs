@@ -40,6 +40,29 @@ pub enum Error {
         /// The layout version this shim speaks.
         expected_version: u32,
     },
+    /// The GPU's arbitration block could not be opened, created or mapped.
+    #[error("cannot open the GPU arbitration block {path} (errno {errno}); make /dev/shm writable, point GVM_SHIM_ARBITER at a writable file, or set GVM_ARBITRATE=0")]
+    OpenArbiter {
+        /// The arbitration block path.
+        path: PathBuf,
+        /// The OS error number.
+        errno: i32,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds something other than an arbitration block of this layout.
+    #[error("{path} is not a gvm-vgpu arbitration block of layout {expected_version} (magic {magic:#x}, layout {version}); remove it once no CUDA process uses the GPU")]
+    BadArbiter {
+        /// The arbitration block path.
+        path: PathBuf,
+        /// The magic number found.
+        magic: u64,
+        /// The layout version found.
+        version: u32,
+        /// The layout version this shim speaks.
+        expected_version: u32,
+    },
     /// An environment knob has a value the shim does not understand.
     #[error("ignoring {var}={value:?}: {reason}")]
     BadEnv {
@@ -59,8 +82,10 @@ impl Error {
     /// The OS error number, where there is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::OpenControl { errno, .. } | Error::MapControl { errno, .. } => Some(*errno),
-            Error::BadControlBlock { .. } | Error::BadEnv { .. } => None,
+            Error::OpenControl { errno, .. }
+            | Error::MapControl { errno, .. }
+            | Error::OpenArbiter { errno, .. } => Some(*errno),
+            Error::BadControlBlock { .. } | Error::BadArbiter { .. } | Error::BadEnv { .. } => None,
         }
     }
 }

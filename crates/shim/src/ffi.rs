@@ -265,3 +265,39 @@ pub unsafe fn launch_config_stream(config: *const c_void) -> u64 {
     // SAFETY: per the contract, a CUlaunchConfig, whose first fields have this layout.
     unsafe { (*head).stream as u64 }
 }
+
+/// View an arbitration-block mapping as the block.
+pub fn arbiter_block_of(map: &SharedMapping) -> &crate::arbiter::ArbiterBlock {
+    const _: () = assert!(
+        std::mem::size_of::<crate::arbiter::ArbiterBlock>() <= crate::arbiter::ARB_FILE_LEN
+    );
+    // SAFETY: the mapping is ARB_FILE_LEN bytes (checked above to hold the block), page
+    // aligned (enough for the block's 64-byte alignment), and lives as long as `map`; the
+    // block has only atomic fields, valid for any bit pattern and for concurrent access from
+    // other processes.
+    unsafe { &*map.as_ptr().cast::<crate::arbiter::ArbiterBlock>() }
+}
+
+/// Whether process `pid` exists (signal 0; EPERM still means it exists).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission; nothing is delivered.
+    let rc = unsafe { libc::kill(p, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (shared by all processes of the host).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec of ours.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}

@@ -15,6 +15,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::Ordering;
 
 use crate::accounting::{swap_fits, visible_mem_info, Key, Kind};
+use crate::control::LaunchPath;
 use crate::ffi::{
     self, CuDevice, CuDevicePtr, CuHandle, CuMemHandle, CuResult, CUDA_ERROR_NOT_INITIALIZED,
     CUDA_ERROR_OUT_OF_MEMORY, CUDA_SUCCESS, CU_DEVICE_CPU, CU_MEM_ADVISE_SET_PREFERRED_LOCATION,
@@ -74,7 +75,8 @@ type StreamSynchronizeFn = unsafe extern "C" fn(CuHandle) -> CuResult;
 type CtxGetDeviceFn = unsafe extern "C" fn(*mut CuDevice) -> CuResult;
 type MemAdviseFn = unsafe extern "C" fn(CuDevicePtr, usize, c_int, CuDevice) -> CuResult;
 
-fn real_addr(v: Variant) -> usize {
+/// The driver's entry point for `v` (0 when it cannot be found).
+pub(crate) fn real_addr(v: Variant) -> usize {
     REALS.get_or_lookup(v, |s| {
         ffi::lookup_driver_symbol(s, CUDA_HANDLE.load(Ordering::Acquire))
     })
@@ -127,7 +129,17 @@ fn wrapper_addr(v: Variant) -> usize {
         Variant::CtxSynchronizeV2 => cuCtxSynchronize_v2 as *const () as usize,
         Variant::StreamSynchronize => cuStreamSynchronize as *const () as usize,
         Variant::StreamSynchronizePtsz => cuStreamSynchronize_ptsz as *const () as usize,
-        Variant::CtxGetDevice | Variant::MemAdvise => 0,
+        Variant::CtxGetDevice
+        | Variant::MemAdvise
+        | Variant::CtxGetCurrent
+        | Variant::CtxSetCurrent
+        | Variant::EventCreate
+        | Variant::EventRecord
+        | Variant::EventRecordPtsz
+        | Variant::EventQuery
+        | Variant::StreamIsCapturing
+        | Variant::StreamIsCapturingPtsz
+        | Variant::ThreadExchangeCaptureMode => 0,
     }
 }
 
@@ -679,7 +691,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CuDevice) -
 // compute
 
 macro_rules! launch_kernel {
-    ($name:ident, $v:expr) => {
+    ($name:ident, $v:expr, $ptsz:expr, $path:expr) => {
         /// `cuLaunchKernel` (this stream flavour): gated and counted.
         ///
         /// # Safety
@@ -700,19 +712,29 @@ macro_rules! launch_kernel {
         ) -> CuResult {
             let real = real!($v, LaunchKernelFn);
             let s = shim::get();
-            s.gate();
+            let t = s.before_launch(stream as usize, $ptsz);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) };
-            s.launched(stream as u64, rc);
+            s.after_launch(t, $path, stream as u64, rc);
             rc
         }
     };
 }
-launch_kernel!(cuLaunchKernel, Variant::LaunchKernel);
-launch_kernel!(cuLaunchKernel_ptsz, Variant::LaunchKernelPtsz);
+launch_kernel!(
+    cuLaunchKernel,
+    Variant::LaunchKernel,
+    false,
+    LaunchPath::Kernel
+);
+launch_kernel!(
+    cuLaunchKernel_ptsz,
+    Variant::LaunchKernelPtsz,
+    true,
+    LaunchPath::KernelPtsz
+);
 
 macro_rules! launch_kernel_ex {
-    ($name:ident, $v:expr) => {
+    ($name:ident, $v:expr, $ptsz:expr, $path:expr) => {
         /// `cuLaunchKernelEx` (this stream flavour): gated and counted.
         ///
         /// # Safety
@@ -726,20 +748,31 @@ macro_rules! launch_kernel_ex {
         ) -> CuResult {
             let real = real!($v, LaunchKernelExFn);
             let s = shim::get();
-            s.gate();
+            // SAFETY: `config` is the caller's CUlaunchConfig (or null), per the API contract.
+            let stream = unsafe { ffi::launch_config_stream(config) };
+            let t = s.before_launch(stream as usize, $ptsz);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(config, f, params, extra) };
-            // SAFETY: the driver accepted `config`, a CUlaunchConfig (or null).
-            s.launched(unsafe { ffi::launch_config_stream(config) }, rc);
+            s.after_launch(t, $path, stream, rc);
             rc
         }
     };
 }
-launch_kernel_ex!(cuLaunchKernelEx, Variant::LaunchKernelEx);
-launch_kernel_ex!(cuLaunchKernelEx_ptsz, Variant::LaunchKernelExPtsz);
+launch_kernel_ex!(
+    cuLaunchKernelEx,
+    Variant::LaunchKernelEx,
+    false,
+    LaunchPath::KernelEx
+);
+launch_kernel_ex!(
+    cuLaunchKernelEx_ptsz,
+    Variant::LaunchKernelExPtsz,
+    true,
+    LaunchPath::KernelExPtsz
+);
 
 macro_rules! launch_cooperative {
-    ($name:ident, $v:expr) => {
+    ($name:ident, $v:expr, $ptsz:expr) => {
         /// `cuLaunchCooperativeKernel` (this stream flavour): gated and counted.
         ///
         /// # Safety
@@ -759,22 +792,27 @@ macro_rules! launch_cooperative {
         ) -> CuResult {
             let real = real!($v, LaunchCooperativeFn);
             let s = shim::get();
-            s.gate();
+            let t = s.before_launch(stream as usize, $ptsz);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params) };
-            s.launched(stream as u64, rc);
+            s.after_launch(t, LaunchPath::Cooperative, stream as u64, rc);
             rc
         }
     };
 }
-launch_cooperative!(cuLaunchCooperativeKernel, Variant::LaunchCooperativeKernel);
+launch_cooperative!(
+    cuLaunchCooperativeKernel,
+    Variant::LaunchCooperativeKernel,
+    false
+);
 launch_cooperative!(
     cuLaunchCooperativeKernel_ptsz,
-    Variant::LaunchCooperativeKernelPtsz
+    Variant::LaunchCooperativeKernelPtsz,
+    true
 );
 
 macro_rules! graph_launch {
-    ($name:ident, $v:expr) => {
+    ($name:ident, $v:expr, $ptsz:expr) => {
         /// `cuGraphLaunch` (this stream flavour): gated and counted as one launch.
         ///
         /// # Safety
@@ -783,16 +821,16 @@ macro_rules! graph_launch {
         pub unsafe extern "C" fn $name(exec: CuHandle, stream: CuHandle) -> CuResult {
             let real = real!($v, GraphLaunchFn);
             let s = shim::get();
-            s.gate();
+            let t = s.before_launch(stream as usize, $ptsz);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(exec, stream) };
-            s.launched(stream as u64, rc);
+            s.after_launch(t, LaunchPath::Graph, stream as u64, rc);
             rc
         }
     };
 }
-graph_launch!(cuGraphLaunch, Variant::GraphLaunch);
-graph_launch!(cuGraphLaunch_ptsz, Variant::GraphLaunchPtsz);
+graph_launch!(cuGraphLaunch, Variant::GraphLaunch, false);
+graph_launch!(cuGraphLaunch_ptsz, Variant::GraphLaunchPtsz, true);
 
 /// `cuCtxSynchronize`: everything submitted before it is complete afterwards.
 ///

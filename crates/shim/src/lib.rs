@@ -40,12 +40,16 @@
 //! ```
 
 pub mod accounting;
+pub mod arbiter;
 pub mod config;
 pub mod control;
+mod driver;
 pub mod error;
 mod ffi;
 pub mod gate;
 mod hooks;
+pub mod priority;
+pub mod queue;
 pub mod resolve;
 mod shim;
 

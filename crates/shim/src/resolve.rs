@@ -77,6 +77,15 @@ variants! {
     StreamSynchronizePtsz = c"cuStreamSynchronize_ptsz", true;
     CtxGetDevice = c"cuCtxGetDevice", false;
     MemAdvise = c"cuMemAdvise", false;
+    CtxGetCurrent = c"cuCtxGetCurrent", false;
+    CtxSetCurrent = c"cuCtxSetCurrent", false;
+    EventCreate = c"cuEventCreate", false;
+    EventRecord = c"cuEventRecord", false;
+    EventRecordPtsz = c"cuEventRecord_ptsz", false;
+    EventQuery = c"cuEventQuery", false;
+    StreamIsCapturing = c"cuStreamIsCapturing", false;
+    StreamIsCapturingPtsz = c"cuStreamIsCapturing_ptsz", false;
+    ThreadExchangeCaptureMode = c"cuThreadExchangeStreamCaptureMode", false;
 }
 
 impl Variant {

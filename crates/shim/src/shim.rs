@@ -10,14 +10,22 @@ use std::fmt::Display;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use gvm_host_root::{HostRoot, ROOT_ENV};
 
 use crate::accounting::{Key, Kind, Ledger, OverLimit};
+use crate::arbiter::{WaitOutcome, ARBITER_ENV};
 use crate::config::{Knobs, UNLIMITED};
-use crate::control::{control_path, ControlBlock, ControlMap, CONTROL_ENV, FLAG_STANDALONE};
+use crate::control::{
+    control_path, ControlBlock, ControlMap, LaunchPath, ARB_BUSY, ARB_HAS_HIGHER, ARB_HAS_LOWER,
+    ARB_REGISTERED, CONTROL_ENV, FLAG_STANDALONE,
+};
+use crate::driver::{self, DriverEvents};
 use crate::ffi::{self, CuResult, CUDA_SUCCESS};
 use crate::gate::{self, FutexParker, StreamTracker};
+use crate::priority::{self, ArbiterMap, Participant, RealEnv};
+use crate::queue::{StreamKey, Tracker};
 use crate::resolve::RealTable;
 
 /// Real driver pointers, one per wrapped ABI.
@@ -35,6 +43,17 @@ pub struct Shim {
     streams: StreamTracker,
     remove_on_exit: bool,
     warned_over_limit: AtomicBool,
+    tracker: Tracker,
+    arbiter: OnceLock<Option<Participant>>,
+}
+
+/// What [`Shim::before_launch`] decided for one launch, for [`Shim::after_launch`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ticket {
+    /// Record an event after the launch on this queue.
+    key: Option<StreamKey>,
+    /// The launch was published busy: report its end.
+    busy: bool,
 }
 
 /// The state, set up on first use.
@@ -113,6 +132,37 @@ fn init() -> Shim {
     }
 }
 
+extern "C" fn leave_arbiter_at_exit() {
+    if let Some(Some(p)) = SHIM
+        .get()
+        .map(|s| s.arbiter.get())
+        .and_then(|a| a.map(Option::as_ref))
+    {
+        p.leave();
+    }
+}
+
+/// The helper thread of a process that publishes busy: clears busy once its GPU work is done
+/// (see `priority.rs` for the rule and its latency).
+fn helper_main() {
+    driver::relax_capture_mode();
+    let s = get();
+    let Some(p) = s.participant() else { return };
+    let ev = DriverEvents { set_ctx: true };
+    loop {
+        if !p.is_busy() {
+            let w = p.helper_wake.load(Ordering::Acquire);
+            if !p.is_busy() {
+                ffi::futex_wait(&p.helper_wake, w, Duration::from_millis(100));
+            }
+            continue;
+        }
+        std::thread::sleep(priority::POLL);
+        let linger = Duration::from_micros(u64::from(s.block().linger_us.load(Ordering::Relaxed)));
+        p.try_go_idle(linger, || s.tracker.all_done(&ev));
+    }
+}
+
 extern "C" fn remove_block_at_exit() {
     if let Some(s) = SHIM.get() {
         if s.remove_on_exit {
@@ -131,6 +181,171 @@ impl Shim {
             streams: StreamTracker::new(),
             remove_on_exit,
             warned_over_limit: AtomicBool::new(false),
+            tracker: Tracker::new(),
+            arbiter: OnceLock::new(),
+        }
+    }
+
+    /// Before a launch on `stream` (`ptsz`: through a `_ptsz` entry point): pass the gate
+    /// (frozen/hold), then, when the process takes part in arbitration or bounds its queue,
+    /// yield to more important busy processes, wait for the queue bound, publish busy.
+    /// When neither applies (or the process is alone on its GPU) it is a few atomic loads.
+    #[inline]
+    pub fn before_launch(&self, stream: usize, ptsz: bool) -> Ticket {
+        self.gate();
+        let b = self.block();
+        let arbitrate = b.arbitrate.load(Ordering::Relaxed) != 0;
+        let always = b.queue_always.load(Ordering::Relaxed) != 0;
+        if !arbitrate && !always {
+            return Ticket::default();
+        }
+        self.before_launch_arbitrated(stream, ptsz, arbitrate, always)
+    }
+
+    fn before_launch_arbitrated(
+        &self,
+        stream: usize,
+        ptsz: bool,
+        arbitrate: bool,
+        always: bool,
+    ) -> Ticket {
+        let b = self.block();
+        let p = if arbitrate { self.participant() } else { None };
+        let prio = b.priority.load(Ordering::Relaxed);
+        let role = p.map(|p| p.role(prio)).unwrap_or_default();
+        let depth = b.queue_depth.load(Ordering::Relaxed) as usize;
+        let bound = if always || role.has_higher { depth } else { 0 };
+        if bound == 0 && role.is_alone() {
+            self.publish_arb_state(p.is_some(), role, false);
+            return Ticket::default();
+        }
+        let max_hold = Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed)));
+        let key = driver::stream_key(stream, ptsz);
+        if let (Some(k), true) = (key, bound > 0) {
+            self.wait_queue(k, bound, max_hold);
+        }
+        let mut busy = false;
+        if let Some(p) = p {
+            if role.has_higher {
+                match p.block().wait_turn(p.slot(), prio, max_hold, &RealEnv) {
+                    WaitOutcome::Free => {}
+                    WaitOutcome::Waited(d) => self.count_hold(d, false),
+                    WaitOutcome::TimedOut(d) => self.count_hold(d, true),
+                }
+            }
+            if role.has_lower && key.is_some() {
+                p.launch_begins();
+                p.ensure_helper(helper_main);
+                busy = true;
+            }
+        }
+        self.publish_arb_state(p.is_some(), role, busy);
+        Ticket { key, busy }
+    }
+
+    /// After the launch of `t` (entry point `path`, on `stream`) returned `rc`.
+    #[inline]
+    pub fn after_launch(&self, t: Ticket, path: LaunchPath, stream: u64, rc: CuResult) {
+        if rc == CUDA_SUCCESS {
+            let b = self.block();
+            self.streams.launched(b, stream);
+            b.launches[path as usize].fetch_add(1, Ordering::Relaxed);
+            if let Some(k) = t.key {
+                self.tracker.launched(k, &DriverEvents::default());
+            }
+        }
+        if t.busy {
+            if let Some(p) = self.participant() {
+                p.launch_done();
+            }
+        }
+    }
+
+    /// Wait until fewer than `bound` tracked launches on `key` are unfinished (at most
+    /// `max_hold`): spin briefly with yields, then sleep in short steps.
+    fn wait_queue(&self, key: StreamKey, bound: usize, max_hold: Duration) {
+        let ev = DriverEvents::default();
+        let outstanding = || driver::relaxed(|| self.tracker.outstanding(key, &ev));
+        if outstanding() < bound {
+            return;
+        }
+        self.block().queue_waits.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while outstanding() >= bound && start.elapsed() < max_hold {
+            spins += 1;
+            if spins < 200 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+
+    fn count_hold(&self, d: Duration, timed_out: bool) {
+        let b = self.block();
+        b.arb_waits.fetch_add(1, Ordering::Relaxed);
+        b.arb_wait_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if timed_out {
+            b.arb_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug(|| format!("arbiter hold gave up after {d:?}"));
+        }
+    }
+
+    fn publish_arb_state(&self, registered: bool, role: crate::arbiter::Role, busy: bool) {
+        let bits = u32::from(registered) * ARB_REGISTERED
+            + u32::from(busy) * ARB_BUSY
+            + u32::from(role.has_higher) * ARB_HAS_HIGHER
+            + u32::from(role.has_lower) * ARB_HAS_LOWER;
+        let cell = &self.block().arb_state;
+        if cell.load(Ordering::Relaxed) != bits {
+            cell.store(bits, Ordering::Relaxed);
+        }
+    }
+
+    /// This process's registration in its GPU's arbitration block (joined on first use).
+    fn participant(&self) -> Option<&Participant> {
+        self.arbiter
+            .get_or_init(|| std::panic::catch_unwind(|| self.join_arbiter()).unwrap_or(None))
+            .as_ref()
+    }
+
+    fn join_arbiter(&self) -> Option<Participant> {
+        let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
+        let env_path = std::env::var_os(ARBITER_ENV);
+        let path = priority::arbiter_path(env_path.as_deref(), &host, driver::current_device());
+        let map = match ArbiterMap::open_or_create(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                log(format_args!("{e}; launches are not arbitrated"));
+                return None;
+            }
+        };
+        let prio = self.block().priority.load(Ordering::Relaxed);
+        match Participant::join(map, std::process::id(), prio) {
+            Some(p) => {
+                debug(|| {
+                    format!(
+                        "arbitration: slot {} at priority {prio} in {}",
+                        p.slot(),
+                        p.path().display()
+                    )
+                });
+                if !ffi::at_exit(leave_arbiter_at_exit) {
+                    debug(|| "could not register the arbiter clean-up".into());
+                }
+                Some(p)
+            }
+            None => {
+                log(format_args!(
+                    "the arbitration block {} has no free slot; launches are not arbitrated",
+                    path.display()
+                ));
+                None
+            }
         }
     }
 
@@ -154,14 +369,6 @@ impl Shim {
     #[inline]
     pub fn gate(&self) {
         gate::pass(self.block(), &FutexParker);
-    }
-
-    /// A launch on `stream` returned `rc`.
-    #[inline]
-    pub fn launched(&self, stream: u64, rc: CuResult) {
-        if rc == CUDA_SUCCESS {
-            self.streams.launched(self.block(), stream);
-        }
     }
 
     /// The submitted count a synchronise starting now will prove complete.

@@ -1,0 +1,183 @@
+//! Driver calls the shim makes on its own behalf: the current context and device, events for
+//! the queue tracker, and stream-capture checks.
+//!
+//! Two rules keep these calls from disturbing the program:
+//! * No event is recorded on a stream that is being captured into a CUDA graph (the record
+//!   would become part of the graph, and querying it later is an error). The null, legacy
+//!   and per-thread stream handles cannot be captured and are not asked.
+//! * Event queries run with the calling thread's capture mode switched to *relaxed*
+//!   ([`relaxed`]), so that a query made while another thread captures in the default
+//!   *global* mode is allowed and does not invalidate that capture.
+
+use std::ffi::{c_int, c_uint};
+
+use crate::ffi::{CuHandle, CuResult, CUDA_SUCCESS};
+use crate::hooks::real_addr;
+use crate::queue::{Events, Query, StreamKey};
+use crate::resolve::Variant;
+
+type CtxGetCurrentFn = unsafe extern "C" fn(*mut CuHandle) -> CuResult;
+type CtxSetCurrentFn = unsafe extern "C" fn(CuHandle) -> CuResult;
+type CtxGetDeviceFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
+type EventCreateFn = unsafe extern "C" fn(*mut CuHandle, c_uint) -> CuResult;
+type EventRecordFn = unsafe extern "C" fn(CuHandle, CuHandle) -> CuResult;
+type EventQueryFn = unsafe extern "C" fn(CuHandle) -> CuResult;
+type StreamIsCapturingFn = unsafe extern "C" fn(CuHandle, *mut c_int) -> CuResult;
+type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
+
+/// `CU_EVENT_DISABLE_TIMING`: the cheapest event.
+const CU_EVENT_DISABLE_TIMING: c_uint = 2;
+/// `CUDA_ERROR_NOT_READY`: an event query's "still pending".
+const CUDA_ERROR_NOT_READY: CuResult = 600;
+/// `CU_STREAM_CAPTURE_MODE_RELAXED`.
+const CU_STREAM_CAPTURE_MODE_RELAXED: c_int = 2;
+/// `CU_STREAM_CAPTURE_STATUS_NONE`.
+const CU_STREAM_CAPTURE_STATUS_NONE: c_int = 0;
+/// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: special handles, never captured.
+const MAX_SPECIAL_STREAM: usize = 2;
+
+/// The driver function for `v` as `T`, or `None` when the driver lacks it.
+macro_rules! driver_fn {
+    ($v:expr, $t:ty) => {{
+        let addr = real_addr($v);
+        if addr == 0 {
+            None
+        } else {
+            // SAFETY: `addr` is the driver's exported entry point named by the variant,
+            // whose C signature is `$t` in the public driver API.
+            Some(unsafe { std::mem::transmute::<usize, $t>(addr) })
+        }
+    }};
+}
+
+/// The calling thread's current context (0 when none or unknown).
+pub fn current_ctx() -> usize {
+    let Some(f) = driver_fn!(Variant::CtxGetCurrent, CtxGetCurrentFn) else {
+        return 0;
+    };
+    let mut ctx: CuHandle = std::ptr::null_mut();
+    // SAFETY: writes one handle into our local.
+    if unsafe { f(&mut ctx) } == CUDA_SUCCESS {
+        ctx as usize
+    } else {
+        0
+    }
+}
+
+/// The current context's device ordinal (0 when it cannot be asked).
+pub fn current_device() -> i32 {
+    let Some(f) = driver_fn!(Variant::CtxGetDevice, CtxGetDeviceFn) else {
+        return 0;
+    };
+    let mut dev: c_int = 0;
+    // SAFETY: writes one int into our local.
+    if unsafe { f(&mut dev) } == CUDA_SUCCESS {
+        dev
+    } else {
+        0
+    }
+}
+
+/// Make `ctx` current on the calling thread (used by the shim's own helper thread only).
+pub fn set_current_ctx(ctx: usize) -> bool {
+    let Some(f) = driver_fn!(Variant::CtxSetCurrent, CtxSetCurrentFn) else {
+        return false;
+    };
+    // SAFETY: a context handle the program itself had current (or null, which unsets).
+    unsafe { f(ctx as CuHandle) == CUDA_SUCCESS }
+}
+
+/// Switch the calling thread's stream-capture mode to relaxed for good (the shim's helper
+/// thread, which only queries events).
+pub fn relax_capture_mode() {
+    let _ = exchange_mode(CU_STREAM_CAPTURE_MODE_RELAXED);
+}
+
+fn exchange_mode(mode: c_int) -> Option<c_int> {
+    let f = driver_fn!(Variant::ThreadExchangeCaptureMode, ExchangeModeFn)?;
+    let mut m = mode;
+    // SAFETY: reads and writes one int of ours.
+    (unsafe { f(&mut m) } == CUDA_SUCCESS).then_some(m)
+}
+
+/// Run `f` with the calling thread's capture mode relaxed, restoring it afterwards.
+pub fn relaxed<R>(f: impl FnOnce() -> R) -> R {
+    let old = exchange_mode(CU_STREAM_CAPTURE_MODE_RELAXED);
+    let r = f();
+    if let Some(mut old) = old {
+        if let Some(x) = driver_fn!(Variant::ThreadExchangeCaptureMode, ExchangeModeFn) {
+            // SAFETY: reads and writes one int of ours.
+            unsafe { x(&mut old) };
+        }
+    }
+    r
+}
+
+/// The queue a launch on `stream` (through a `_ptsz` entry point when `ptsz`) went to, or
+/// `None` when it must not be tracked (no context, or the stream is being captured).
+pub fn stream_key(stream: usize, ptsz: bool) -> Option<StreamKey> {
+    let ctx = current_ctx();
+    if ctx == 0 {
+        return None;
+    }
+    if stream > MAX_SPECIAL_STREAM {
+        let v = if ptsz {
+            Variant::StreamIsCapturingPtsz
+        } else {
+            Variant::StreamIsCapturing
+        };
+        let f = driver_fn!(v, StreamIsCapturingFn)?;
+        let mut status: c_int = CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: the program's stream handle, just accepted by a launch; writes one int.
+        let rc = unsafe { f(stream as CuHandle, &mut status) };
+        if rc != CUDA_SUCCESS || status != CU_STREAM_CAPTURE_STATUS_NONE {
+            return None;
+        }
+    }
+    Some(StreamKey { ctx, stream, ptsz })
+}
+
+/// The real driver's events.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DriverEvents {
+    /// Make the key's context current before a query (the helper thread has none).
+    pub set_ctx: bool,
+}
+
+impl Events for DriverEvents {
+    fn create(&self, _key: StreamKey) -> Option<usize> {
+        let f = driver_fn!(Variant::EventCreate, EventCreateFn)?;
+        let mut e: CuHandle = std::ptr::null_mut();
+        // SAFETY: writes one handle into our local; the launching thread's context is current.
+        let rc = unsafe { f(&mut e, CU_EVENT_DISABLE_TIMING) };
+        (rc == CUDA_SUCCESS && !e.is_null()).then_some(e as usize)
+    }
+
+    fn record(&self, event: usize, key: StreamKey) -> bool {
+        let v = if key.ptsz {
+            Variant::EventRecordPtsz
+        } else {
+            Variant::EventRecord
+        };
+        let Some(f) = driver_fn!(v, EventRecordFn) else {
+            return false;
+        };
+        // SAFETY: an event we created in this stream's context, and the stream the program
+        // launched on a moment ago.
+        unsafe { f(event as CuHandle, key.stream as CuHandle) == CUDA_SUCCESS }
+    }
+
+    fn query(&self, event: usize, key: StreamKey) -> Query {
+        let Some(f) = driver_fn!(Variant::EventQuery, EventQueryFn) else {
+            return Query::Done;
+        };
+        if self.set_ctx {
+            set_current_ctx(key.ctx);
+        }
+        // SAFETY: an event the shim created and never destroys.
+        match unsafe { f(event as CuHandle) } {
+            CUDA_ERROR_NOT_READY => Query::Pending,
+            _ => Query::Done,
+        }
+    }
+}

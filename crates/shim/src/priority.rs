@@ -1,0 +1,356 @@
+//! This process's side of priority arbitration: joining the GPU's arbitration block, knowing
+//! its role, publishing `busy`, and the helper thread that notices when its GPU work is done.
+//!
+//! **Busy, precisely.** A process with a less important peer marks itself busy *before* each
+//! launch reaches the driver (so the peer's next launch already sees it), records an event
+//! after it (`queue.rs`), and stays busy until a helper thread sees, polling every
+//! [`POLL`], that (a) no launch call is in progress, (b) the newest event of every stream it
+//! launched on has completed, and (c) its last launch is at least the linger time old (2 ms
+//! by default: the CPU gaps of a launch-bound loop, such as token-by-token decoding, do not
+//! count as idle). So busy ends between about `POLL` and `POLL + linger` after the GPU
+//! finished its last kernel. The helper refreshes the slot's heartbeat while busy; if the
+//! process is stopped or hangs, the heartbeat goes stale and peers clear the flag.
+//!
+//! Clearing races with a new launch; the launch path bumps a sequence number and an
+//! in-progress count *before* setting busy, and the helper re-checks both *after* clearing
+//! and sets busy again if anything moved, so busy is never left clear while a launch is on
+//! its way to the driver.
+
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Once;
+use std::time::Duration;
+
+use gvm_host_root::HostRoot;
+
+use crate::arbiter::{self, ArbiterBlock, Role, ARB_FILE_LEN, ARB_MAGIC, ARB_VERSION};
+use crate::error::{Error, Result};
+use crate::ffi::{self, SharedMapping};
+
+/// How often the helper thread polls while its process is busy.
+pub const POLL: Duration = Duration::from_micros(100);
+
+/// The production environment of the arbiter: the monotonic clock, futexes, `kill(pid, 0)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealEnv;
+
+impl arbiter::Env for RealEnv {
+    fn now_ns(&self) -> u64 {
+        ffi::monotonic_ns()
+    }
+    fn park(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        ffi::futex_wait(word, expected, timeout);
+    }
+    fn wake(&self, word: &AtomicU32) {
+        ffi::futex_wake(word);
+    }
+    fn alive(&self, pid: u32) -> bool {
+        ffi::pid_alive(pid)
+    }
+}
+
+/// Where GPU `device`'s arbitration block lives: `$GVM_SHIM_ARBITER` if set, else
+/// `/dev/shm/gvm-vgpu-gpu<device>` under the host root.
+pub fn arbiter_path(env_value: Option<&OsStr>, host: &HostRoot, device: i32) -> PathBuf {
+    match env_value {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => host.path(format!("/dev/shm/gvm-vgpu-gpu{device}")),
+    }
+}
+
+/// A mapped arbitration block.
+#[derive(Debug)]
+pub struct ArbiterMap {
+    map: SharedMapping,
+    path: PathBuf,
+}
+
+impl ArbiterMap {
+    /// Open the block at `path`, creating and initialising it if it does not exist yet.
+    pub fn open_or_create(path: &Path) -> Result<ArbiterMap> {
+        let err = |source: std::io::Error| Error::OpenArbiter {
+            path: path.to_path_buf(),
+            errno: source.raw_os_error().unwrap_or(0),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .open(path)
+            .map_err(err)?;
+        if file.metadata().map_err(err)?.len() < ARB_FILE_LEN as u64 {
+            // Growing only adds zeros: a block another process is initialising is unharmed.
+            file.set_len(ARB_FILE_LEN as u64).map_err(err)?;
+        }
+        let map = SharedMapping::map(&file, ARB_FILE_LEN).map_err(err)?;
+        let m = ArbiterMap {
+            map,
+            path: path.to_path_buf(),
+        };
+        let b = m.block();
+        let magic = b.header.magic.load(Ordering::Acquire);
+        if magic == 0 {
+            b.initialise();
+        } else if !b.is_valid() {
+            return Err(Error::BadArbiter {
+                path: path.to_path_buf(),
+                magic,
+                version: b.header.version.load(Ordering::Relaxed),
+                expected_version: ARB_VERSION,
+            });
+        }
+        debug_assert_eq!(b.header.magic.load(Ordering::Relaxed), ARB_MAGIC);
+        Ok(m)
+    }
+
+    /// The block.
+    pub fn block(&self) -> &ArbiterBlock {
+        ffi::arbiter_block_of(&self.map)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+const HAS_HIGHER: u8 = 1;
+const HAS_LOWER: u8 = 2;
+const ROLE_UNKNOWN: u8 = 0x80;
+
+/// This process's registration in its GPU's block.
+#[derive(Debug)]
+pub struct Participant {
+    map: ArbiterMap,
+    slot: usize,
+    priority: AtomicU32,
+    generation: AtomicU32,
+    role: AtomicU8,
+    /// Launch calls begun while publishing busy.
+    pub launch_seq: AtomicU64,
+    /// Launch calls in progress while publishing busy.
+    pub in_progress: AtomicU32,
+    /// When the last launch call began (monotonic ns).
+    pub last_launch_ns: AtomicU64,
+    helper: Once,
+    /// Futex word the helper sleeps on while idle.
+    pub helper_wake: AtomicU32,
+}
+
+impl Participant {
+    /// Register `pid` at `priority`; `None` when the block has no free slot.
+    pub fn join(map: ArbiterMap, pid: u32, priority: u32) -> Option<Participant> {
+        let slot = map.block().register(pid, priority, &RealEnv)?;
+        Some(Participant {
+            map,
+            slot,
+            priority: AtomicU32::new(priority),
+            generation: AtomicU32::new(0),
+            role: AtomicU8::new(ROLE_UNKNOWN),
+            launch_seq: AtomicU64::new(0),
+            in_progress: AtomicU32::new(0),
+            last_launch_ns: AtomicU64::new(0),
+            helper: Once::new(),
+            helper_wake: AtomicU32::new(0),
+        })
+    }
+
+    /// The shared block.
+    #[inline]
+    pub fn block(&self) -> &ArbiterBlock {
+        self.map.block()
+    }
+
+    /// The slot index.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The block's path.
+    pub fn path(&self) -> &Path {
+        self.map.path()
+    }
+
+    /// The priority registered now.
+    #[inline]
+    pub fn priority(&self) -> u32 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    /// This process's role, given its control block's priority now. Atomic loads only unless
+    /// the priority or the block's generation changed since the last call.
+    #[inline]
+    pub fn role(&self, priority: u32) -> Role {
+        let b = self.block();
+        let gen = b.generation();
+        let cached = self.role.load(Ordering::Acquire);
+        if cached & ROLE_UNKNOWN == 0
+            && gen == self.generation.load(Ordering::Relaxed)
+            && priority == self.priority.load(Ordering::Relaxed)
+        {
+            return Role {
+                has_higher: cached & HAS_HIGHER != 0,
+                has_lower: cached & HAS_LOWER != 0,
+            };
+        }
+        self.refresh(priority)
+    }
+
+    #[cold]
+    fn refresh(&self, priority: u32) -> Role {
+        let b = self.block();
+        if priority != self.priority.swap(priority, Ordering::AcqRel) {
+            b.set_priority(self.slot, priority, &RealEnv);
+        }
+        let gen = b.generation();
+        let role = b.role(self.slot);
+        let bits = u8::from(role.has_higher) * HAS_HIGHER + u8::from(role.has_lower) * HAS_LOWER;
+        self.generation.store(gen, Ordering::Relaxed);
+        self.role.store(bits, Ordering::Release);
+        role
+    }
+
+    /// Publish busy for a launch about to go to the driver; pair with [`Self::launch_done`].
+    #[inline]
+    pub fn launch_begins(&self) {
+        self.launch_seq.fetch_add(1, Ordering::SeqCst);
+        self.in_progress.fetch_add(1, Ordering::SeqCst);
+        self.last_launch_ns
+            .store(ffi::monotonic_ns(), Ordering::Release);
+        let was = self.block().set_busy(self.slot, true, &RealEnv);
+        if !was {
+            self.helper_wake.fetch_add(1, Ordering::Release);
+            ffi::futex_wake(&self.helper_wake);
+        }
+    }
+
+    /// The launch call begun with [`Self::launch_begins`] returned (and its event, if any,
+    /// was recorded).
+    #[inline]
+    pub fn launch_done(&self) {
+        self.in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether this process publishes busy now.
+    pub fn is_busy(&self) -> bool {
+        self.block().slots[self.slot].busy.load(Ordering::Acquire) != 0
+    }
+
+    /// Start the helper thread once (`body` runs on it for the process's life).
+    pub fn ensure_helper(&self, body: fn()) {
+        self.helper.call_once(|| {
+            if let Err(e) = std::thread::Builder::new()
+                .name("gvm-arbiter".into())
+                .spawn(body)
+            {
+                crate::shim::log(format_args!(
+                    "cannot start the arbiter helper thread ({e}); busy will clear only when peers find it stale"
+                ));
+            }
+        });
+    }
+
+    /// One helper step while busy: clear busy if the work is done (`all_done()` says so),
+    /// nothing is being launched and the last launch is `linger` old. Returns whether busy
+    /// was cleared.
+    pub fn try_go_idle(&self, linger: Duration, all_done: impl FnOnce() -> bool) -> bool {
+        let b = self.block();
+        let now = ffi::monotonic_ns();
+        b.heartbeat(self.slot, now);
+        let seq = self.launch_seq.load(Ordering::SeqCst);
+        if self.in_progress.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let last = self.last_launch_ns.load(Ordering::Acquire);
+        if u128::from(now.saturating_sub(last)) < linger.as_nanos() {
+            return false;
+        }
+        if !all_done() {
+            return false;
+        }
+        b.set_busy(self.slot, false, &RealEnv);
+        if self.in_progress.load(Ordering::SeqCst) != 0
+            || self.launch_seq.load(Ordering::SeqCst) != seq
+        {
+            b.set_busy(self.slot, true, &RealEnv);
+            return false;
+        }
+        true
+    }
+
+    /// Leave the block (process exit).
+    pub fn leave(&self) {
+        self.block().unregister(self.slot, &RealEnv);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_path_is_per_gpu_under_the_host_root() {
+        let h = HostRoot::new("/tmp/r");
+        assert_eq!(
+            arbiter_path(None, &h, 3),
+            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3")
+        );
+        assert_eq!(
+            arbiter_path(Some(OsStr::new("/x/arb")), &h, 3),
+            PathBuf::from("/x/arb")
+        );
+    }
+
+    #[test]
+    fn two_participants_share_a_file_and_busy_goes_idle_only_when_done() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arb");
+        let me = std::process::id();
+        let hi = Participant::join(ArbiterMap::open_or_create(&path).expect("map"), me, 0)
+            .expect("slot");
+        let lo = Participant::join(ArbiterMap::open_or_create(&path).expect("map"), me, 8)
+            .expect("slot");
+        assert!(hi.role(0).has_lower && !hi.role(0).has_higher);
+        assert!(lo.role(8).has_higher);
+        hi.launch_begins();
+        assert!(
+            lo.block().higher_busy(8),
+            "the other mapping sees busy at once"
+        );
+        assert!(
+            !hi.try_go_idle(Duration::ZERO, || true),
+            "a launch is in progress"
+        );
+        hi.launch_done();
+        assert!(
+            !hi.try_go_idle(Duration::from_secs(60), || true),
+            "within the linger"
+        );
+        assert!(
+            !hi.try_go_idle(Duration::ZERO, || false),
+            "GPU work pending"
+        );
+        assert!(hi.try_go_idle(Duration::ZERO, || true));
+        assert!(!lo.block().higher_busy(8));
+        // A priority change is seen through the generation.
+        assert!(!lo.role(0).has_higher, "now equal");
+        hi.leave();
+        assert!(lo.role(0).is_alone());
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arb");
+        std::fs::write(&path, vec![9u8; ARB_FILE_LEN]).expect("write");
+        let err = ArbiterMap::open_or_create(&path).expect_err("garbage");
+        assert!(matches!(err, Error::BadArbiter { .. }));
+        assert!(err.to_string().contains("arb"));
+    }
+}
