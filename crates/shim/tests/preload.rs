@@ -102,9 +102,48 @@ impl Rig {
             .arg(mode)
             .env("LD_PRELOAD", &self.shim)
             .env("GVM_SHIM_CONTROL", control)
+            .env("GVM_SHIM_ARBITER", self.dir.path().join("arbiter"))
             .env("GVM_MEMORY_LIMIT", "1GiB")
-            .env_remove("GVM_HOST_SWAP");
+            .env_remove("GVM_HOST_SWAP")
+            .env_remove("GVM_PRIORITY");
         c
+    }
+
+    /// Start `driver FAKE arb N STAY_MS GAP_MS` at `priority` with fake kernels of
+    /// `kernel_ms` (launches and timing in `shape`: launches, stay, gap).
+    fn spawn_arb(
+        &self,
+        name: &str,
+        priority: u32,
+        kernel_ms: i64,
+        shape: (u32, u32, u32),
+        extra: &[(&str, &str)],
+    ) -> (std::process::Child, mpsc::Receiver<String>) {
+        let (launches, stay_ms, gap_ms) = shape;
+        let mut c = self.command("arb", &self.control(name));
+        c.args([
+            launches.to_string(),
+            stay_ms.to_string(),
+            gap_ms.to_string(),
+        ])
+        .env("GVM_PRIORITY", priority.to_string())
+        .env("FAKE_KERNEL_MS", kernel_ms.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().expect("spawn driver");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
     }
 
     fn run(&self, mode: &str, control: &Path, swap: bool) -> HashMap<String, String> {
@@ -296,4 +335,122 @@ fn a_non_cuda_process_runs_unchanged() {
         "no shim chatter without CUDA: {:?}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_busy_more_important_process_holds_a_less_important_launch() {
+    let Some(rig) = rig() else { return };
+    // The less important process joins with a first launch and launches again 300 ms later;
+    // meanwhile the important one joins and launches a 1 s "kernel".
+    let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 0, (2, 0, 300), &[]);
+    assert!(value_of(&lo_rx, "launched", 10).is_some(), "low started");
+    let (mut hi, hi_rx) = rig.spawn_arb("hi", 0, 1000, (1, 2000, 0), &[]);
+    assert!(value_of(&hi_rx, "launched", 10).is_some(), "high started");
+    let longest = value_of(&lo_rx, "longest_ms", 10).expect("low finished");
+    assert!(
+        (300..2500).contains(&longest),
+        "the second low launch waited for the high kernel (~1 s less the 300 ms gap): {longest} ms"
+    );
+    assert!(lo.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("lo")).expect("block");
+    assert_eq!(b.block().arb_waits.load(Ordering::Relaxed), 1);
+    assert_eq!(b.block().arb_timeouts.load(Ordering::Relaxed), 0);
+    let h = ControlMap::open(&rig.control("hi")).expect("block");
+    assert!(
+        h.block().arb_state.load(Ordering::Relaxed) & gvm_cuda::control::ARB_HAS_LOWER != 0
+            || hi.try_wait().ok().flatten().is_some(),
+        "the high process saw the low one"
+    );
+    let _ = hi.kill();
+    let _ = hi.wait();
+}
+
+#[test]
+fn an_equal_or_less_important_busy_process_holds_nobody() {
+    let Some(rig) = rig() else { return };
+    let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 600, (1, 2000, 0), &[]);
+    assert!(value_of(&lo_rx, "launched", 10).is_some());
+    let (mut peer, peer_rx) = rig.spawn_arb("peer", 8, 0, (3, 0, 0), &[]);
+    let longest = value_of(&peer_rx, "longest_ms", 10).expect("peer finished");
+    assert!(longest < 200, "an equal peer is not held: {longest} ms");
+    assert!(peer.wait().expect("wait").success());
+    let _ = lo.kill();
+    let _ = lo.wait();
+}
+
+#[test]
+fn a_dead_busy_process_is_reaped_instead_of_holding_forever() {
+    let Some(rig) = rig() else { return };
+    // The important process's kernel never ends; it is killed while busy, between the low
+    // process's two launches.
+    let (mut lo, lo_rx) =
+        rig.spawn_arb("lo", 8, 0, (2, 0, 600), &[("GVM_ARB_MAX_HOLD_MS", "20000")]);
+    assert!(value_of(&lo_rx, "launched", 10).is_some());
+    let (mut hi, hi_rx) = rig.spawn_arb("hi", 0, -1, (1, 10_000, 0), &[]);
+    assert!(value_of(&hi_rx, "launched", 10).is_some());
+    hi.kill().expect("kill");
+    hi.wait().expect("reap child");
+    let longest = value_of(&lo_rx, "longest_ms", 30).expect("low finished");
+    assert!(
+        longest < 2000,
+        "released by reaping, not by the 20 s maximum: {longest} ms"
+    );
+    assert!(lo.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("lo")).expect("block");
+    assert_eq!(
+        b.block().arb_waits.load(Ordering::Relaxed),
+        1,
+        "it was held"
+    );
+    assert_eq!(b.block().arb_timeouts.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_live_process_stuck_busy_holds_at_most_the_maximum() {
+    let Some(rig) = rig() else { return };
+    let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 0, (3, 0, 200), &[("GVM_ARB_MAX_HOLD_MS", "300")]);
+    assert!(value_of(&lo_rx, "launched", 10).is_some());
+    let (mut hi, hi_rx) = rig.spawn_arb("hi", 0, -1, (1, 5_000, 0), &[]);
+    assert!(value_of(&hi_rx, "launched", 10).is_some());
+    let total = value_of(&lo_rx, "total_ms", 10).expect("low finished");
+    assert!(
+        (950..4000).contains(&total),
+        "two gaps of 200 ms and two holds of about the 300 ms maximum: {total} ms"
+    );
+    assert!(lo.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("lo")).expect("block");
+    assert_eq!(b.block().arb_timeouts.load(Ordering::Relaxed), 2);
+    let _ = hi.kill();
+    let _ = hi.wait();
+}
+
+#[test]
+fn the_queue_bound_keeps_one_launch_in_flight() {
+    let Some(rig) = rig() else { return };
+    let extra = [("GVM_QUEUE_ALWAYS", "1"), ("GVM_QUEUE_DEPTH", "1")];
+    let (mut p, rx) = rig.spawn_arb("q", 8, 60, (4, 0, 0), &extra);
+    let total = value_of(&rx, "total_ms", 10).expect("finished");
+    assert!(
+        total >= 170,
+        "each launch waited for the previous 60 ms kernel: {total} ms"
+    );
+    assert!(p.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("q")).expect("block");
+    assert_eq!(b.block().queue_waits.load(Ordering::Relaxed), 3);
+    assert_eq!(b.block().launches[0].load(Ordering::Relaxed), 4);
+}
+
+/// Read `key=value` lines from `rx` until `key` appears (at most `secs`).
+fn value_of(rx: &mpsc::Receiver<String>, key: &str, secs: u64) -> Option<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).ok()?;
+        if line == key {
+            return Some(0);
+        }
+        if let Some(v) = line.strip_prefix(&format!("{key}=")) {
+            return v.parse().ok();
+        }
+    }
 }

@@ -3,7 +3,16 @@
  * everything else through that. Usage: driver FAKE_LIBCUDA MODE; prints key=value lines. */
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -89,6 +98,22 @@ int main(int argc, char **argv) {
         sync(0);
         printf("launch=%d\nlaunch_ptsz=%d\nlaunch_ex=%d\nsync=%d\ngpa2=%d\n", count("launch"),
                count("launch_ptsz"), count("launch_ex"), count("sync"), count("gpa2"));
+    } else if (!strcmp(mode, "arb")) {
+        /* arb N STAY_MS [GAP_MS]: N launches GAP_MS apart, report the longest launch call, then stay
+         * alive STAY_MS (so a busy process keeps its slot). */
+        int n = argc > 3 ? atoi(argv[3]) : 1, stay = argc > 4 ? atoi(argv[4]) : 0;
+        int gap = argc > 5 ? atoi(argv[5]) : 0;
+        double longest = 0, t0 = now_ms();
+        for (int i = 0; i < n; i++) {
+            double t = now_ms();
+            launch(0, 1, 1, 1, 1, 1, 1, 0, (void *)0x77, 0, 0);
+            if (now_ms() - t > longest) longest = now_ms() - t;
+            if (i == 0) { printf("launched\n"); fflush(stdout); }
+            if (gap > 0 && i + 1 < n) usleep(gap * 1000);
+        }
+        printf("longest_ms=%d\ntotal_ms=%d\nrecords=%d\n", (int)longest, (int)(now_ms() - t0), count("records"));
+        fflush(stdout);
+        if (stay > 0) usleep(stay * 1000);
     } else if (!strcmp(mode, "freeze")) {
         printf("before\n");
         fflush(stdout);

@@ -2,12 +2,15 @@
  * called. Built by tests/preload.rs with -Wl,-Bsymbolic so that, like the real driver, its
  * own references are not redirected to the preloaded shim's exports. */
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 #define GIB (1ull << 30)
 
+static void run_kernel(void);
 static CUdeviceptr next_ptr = 0x100000;
 static int n_alloc, n_free, n_managed, n_advise, n_launch, n_launch_ptsz, n_launch_ex, n_sync,
     n_gpa, n_gpa2;
@@ -30,6 +33,7 @@ CUresult cuLaunchKernel(void *f, unsigned a, unsigned b, unsigned c, unsigned d,
                         unsigned g, unsigned sh, void *st, void **pa, void **x) {
     (void)f; (void)a; (void)b; (void)c; (void)d; (void)e; (void)g; (void)sh; (void)st; (void)pa; (void)x;
     n_launch++;
+    run_kernel();
     return 0;
 }
 CUresult cuLaunchKernel_ptsz(void *f, unsigned a, unsigned b, unsigned c, unsigned d, unsigned e,
@@ -45,6 +49,38 @@ CUresult cuLaunchKernelEx(const void *cfg, void *f, void **pa, void **x) {
 }
 CUresult cuCtxSynchronize(void) { n_sync++; return 0; }
 CUresult cuCtxSynchronize_v2(void *ctx) { (void)ctx; n_sync++; return 0; }
+
+/* Events: "kernels" take FAKE_KERNEL_MS each (negative: never end), back to back per
+ * process; an event completes when the last kernel launched before it would have ended. */
+static long long gpu_free_at_ns, n_records;
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+static long long kernel_ns(void) {
+    const char *e = getenv("FAKE_KERNEL_MS");
+    return e ? atoll(e) * 1000000ll : 0;
+}
+static void run_kernel(void) {
+    long long k = kernel_ns(), now = now_ns();
+    if (k < 0) { gpu_free_at_ns = -1; return; }
+    if (gpu_free_at_ns < 0) return;
+    gpu_free_at_ns = (gpu_free_at_ns > now ? gpu_free_at_ns : now) + k;
+}
+typedef struct { long long done_at; } fake_event;
+CUresult cuCtxGetCurrent(void **c) { *c = (void *)0x5ca1ab1e; return 0; }
+CUresult cuCtxSetCurrent(void *c) { (void)c; return 0; }
+CUresult cuEventCreate(void **e, unsigned f) { (void)f; *e = calloc(1, sizeof(fake_event)); return *e ? 0 : 2; }
+CUresult cuEventRecord(void *e, void *s) { (void)s; n_records++; ((fake_event *)e)->done_at = gpu_free_at_ns; return 0; }
+CUresult cuEventRecord_ptsz(void *e, void *s) { return cuEventRecord(e, s); }
+CUresult cuEventQuery(void *e) {
+    long long d = ((fake_event *)e)->done_at;
+    return (d >= 0 && now_ns() >= d) ? 0 : 600;
+}
+CUresult cuStreamIsCapturing(void *s, int *st) { (void)s; *st = 0; return 0; }
+CUresult cuStreamIsCapturing_ptsz(void *s, int *st) { return cuStreamIsCapturing(s, st); }
+CUresult cuThreadExchangeStreamCaptureMode(int *m) { *m = 0; return 0; }
 
 CUresult cuGetProcAddress(const char *s, void **pfn, int v, unsigned long long flags);
 CUresult cuGetProcAddress_v2(const char *s, void **pfn, int v, unsigned long long flags, int *st);
@@ -89,5 +125,6 @@ int fake_count(const char *k) {
     if (!strcmp(k, "sync")) return n_sync;
     if (!strcmp(k, "gpa")) return n_gpa;
     if (!strcmp(k, "gpa2")) return n_gpa2;
+    if (!strcmp(k, "records")) return (int)n_records;
     return -1;
 }
