@@ -1,0 +1,393 @@
+"""Colocation benchmark: a latency-sensitive, high-priority inference loop beside a
+low-priority training job on one GPU, in several configurations, in ONE invocation.
+
+    python3 colocate.py --shim libgvm_cuda.so --out OUTDIR [--requests 300] [--rate R]
+        [--new-tokens 32] [--configs exclusive_high,exclusive_batch,nocontrol,mps,gvm_priority,gvm_freeze]
+
+Server ("high"): a Llama-architecture model built by transformers with random weights
+(hidden 2048, 16 layers, 32 heads, intermediate 5632, vocab 32000, bf16; ~1.1B parameters),
+requests with fixed-seed Poisson arrivals and prompts of 512-1024 tokens, each generating
+`--new-tokens` tokens with a KV cache (manual loop over past_key_values, greedy). TTFT is
+measured from the request's arrival (queueing included) to its first token on the host;
+inter-token latency (ITL) between consecutive tokens. Batch ("low"): a training loop
+(4 residual MLP blocks 4096->16384->4096, bf16, AdamW, 4096 tokens per step) reporting
+steps/s over the server's measuring window.
+
+Configurations: exclusive_high, exclusive_batch, nocontrol (both, default time-slicing), mps
+(both under nvidia-cuda-mps-control), gvm_priority (both under the shim; server priority 0,
+batch priority 8: the batch is held while the server has GPU work, its queue bounded),
+gvm_freeze (both under the shim without arbitration; the server freezes the batch through its
+control block for the whole of each request, as SIGSTOP would). Writes OUTDIR/colocate.json
+and OUTDIR/colocate.png, prints a table with ratios to exclusive.
+"""
+import argparse
+import json
+import mmap
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FROZEN = 60
+
+
+def now():
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+# ---------------------------------------------------------------------------------- workers
+def serve(a):
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                      num_key_value_heads=32, intermediate_size=5632, vocab_size=32000,
+                      max_position_embeddings=4096)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg)
+    model.eval()
+    freeze = None
+    if a.freeze_ctl:
+        import ctypes
+        fd = os.open(a.freeze_ctl, os.O_RDWR)
+        freeze = mmap.mmap(fd, 4096)
+        libc = ctypes.CDLL(None, use_errno=True)
+        word = ctypes.addressof(ctypes.c_char.from_buffer(freeze, FROZEN))
+
+    def set_frozen(v):
+        struct.pack_into("<I", freeze, FROZEN, v)
+        if not v:  # wake held launches at once (FUTEX_WAKE on the shared word)
+            libc.syscall(202, ctypes.c_void_p(word), 1, 0x7FFFFFFF)
+
+    def request(prompt_len, arrival):
+        ids = torch.randint(0, cfg.vocab_size, (1, prompt_len), device="cuda")
+        if freeze is not None:
+            set_frozen(1)
+        start = now()
+        with torch.inference_mode():
+            out = model(input_ids=ids, use_cache=True)
+            tok = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            t_first = now()
+            pkv = out.past_key_values
+            itl, last = [], t_first
+            for _ in range(a.new_tokens - 1):
+                out = model(input_ids=tok, past_key_values=pkv, use_cache=True)
+                pkv = out.past_key_values
+                tok = out.logits[:, -1:].argmax(-1)
+                torch.cuda.synchronize()
+                t = now()
+                itl.append(t - last)
+                last = t
+        if freeze is not None:
+            set_frozen(0)
+        return {"ttft": t_first - arrival, "ttft_service": t_first - start,
+                "service": last - start, "itl": itl}
+
+    rng = np.random.RandomState(a.seed)
+    lens = rng.randint(512, 1025, size=a.requests)
+    for i in range(3):
+        request(int(lens[i]), now())
+    t = []
+    for i in range(3):
+        r = request(int(lens[i]), now())
+        t.append(r["service"])
+    service = sum(t) / len(t)
+    rate = a.rate if a.rate > 0 else a.duty / service
+    gaps = rng.exponential(1.0 / rate, size=a.requests)
+    print(json.dumps({"ready": True, "service_s": service, "rate": rate}), flush=True)
+    if a.go_file:
+        while not os.path.exists(a.go_file):
+            time.sleep(0.01)
+    t0 = now()
+    arrivals = t0 + np.cumsum(gaps)
+    res = []
+    for i in range(a.requests):
+        while now() < arrivals[i]:
+            time.sleep(min(0.0005, max(0.0, arrivals[i] - now())))
+        res.append(request(int(lens[i]), float(arrivals[i])))
+    t1 = now()
+    with open(a.result, "w") as f:
+        json.dump({"t0": t0, "t1": t1, "rate": rate, "service_s": service, "requests": res}, f)
+
+
+def batch(a):
+    import torch
+
+    torch.manual_seed(1)
+    d, h = 4096, 16384
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, h), torch.nn.GELU(),
+                                torch.nn.Linear(h, d)) for _ in range(4))
+        x = torch.randn(4096, d)
+        y = torch.randn(4096, d)
+    opt = torch.optim.AdamW(blocks.parameters(), lr=1e-4)
+
+    def step():
+        z = x
+        for b in blocks:
+            z = z + b(z)
+        loss = torch.nn.functional.mse_loss(z, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(5):
+        step().item()
+    print(json.dumps({"ready": True}), flush=True)
+    stamps = []
+    end = now() + a.seconds
+    while now() < end and not (a.stop_file and os.path.exists(a.stop_file)):
+        step().item()
+        stamps.append(now())
+    with open(a.result, "w") as f:
+        json.dump({"stamps": stamps}, f)
+
+
+# ----------------------------------------------------------------------------- orchestrator
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def read_block(path):
+    try:
+        with open(path, "rb") as f:
+            d = f.read(256)
+    except OSError:
+        return None
+    names = ["kernel", "kernel_ptsz", "kernel_ex", "kernel_ex_ptsz", "cooperative", "graph"]
+    return {"submitted": struct.unpack_from("<Q", d, 40)[0],
+            "launches": dict(zip(names, struct.unpack_from("<6Q", d, 144))),
+            "arb_waits": struct.unpack_from("<Q", d, 192)[0],
+            "arb_wait_s": struct.unpack_from("<Q", d, 200)[0] / 1e9,
+            "arb_timeouts": struct.unpack_from("<Q", d, 208)[0],
+            "queue_waits": struct.unpack_from("<Q", d, 216)[0],
+            "arb_state": struct.unpack_from("<I", d, 132)[0]}
+
+
+def spawn(role, args, env, tag, out):
+    cmd = [sys.executable, os.path.abspath(__file__), role] + args
+    log = open(os.path.join(out, f"{tag}-{role}.log"), "w")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    return p
+
+
+def wait_ready(p, what, timeout=240):
+    t = now()
+    while now() - t < timeout:
+        line = p.stdout.readline()
+        if not line:
+            raise SystemExit(f"{what} exited before it was ready (rc {p.poll()})")
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("ready"):
+            return j
+    raise SystemExit(f"{what} not ready in {timeout} s")
+
+
+def run_config(name, a, base_env, rate):
+    out = a.out
+    tag = name
+    env_hi, env_lo = dict(base_env), dict(base_env)
+    ctl_hi, ctl_lo = f"/tmp/colo-{tag}-hi.ctl", f"/tmp/colo-{tag}-lo.ctl"
+    for p in (ctl_hi, ctl_lo):
+        if os.path.exists(p):
+            os.unlink(p)
+    mps = None
+    if name.startswith("gvm"):
+        arb = f"/tmp/colo-{tag}.arb"
+        if os.path.exists(arb):
+            os.unlink(arb)
+        for e, ctl, prio in ((env_hi, ctl_hi, "0"), (env_lo, ctl_lo, "8")):
+            e.update(LD_PRELOAD=a.shim, GVM_SHIM_CONTROL=ctl, GVM_SHIM_ARBITER=arb, GVM_PRIORITY=prio)
+        if name == "gvm_freeze":
+            for e in (env_hi, env_lo):
+                e["GVM_ARBITRATE"] = "0"
+            env_lo.update(GVM_QUEUE_ALWAYS="1", GVM_QUEUE_DEPTH=str(a.depth))
+        else:
+            env_lo["GVM_QUEUE_DEPTH"] = str(a.depth)
+    if name == "mps":
+        pipe, logd = "/tmp/mps-pipe", "/tmp/mps-log"
+        os.makedirs(pipe, exist_ok=True)
+        os.makedirs(logd, exist_ok=True)
+        for e in (env_hi, env_lo, base_env):
+            pass
+        menv = dict(base_env, CUDA_MPS_PIPE_DIRECTORY=pipe, CUDA_MPS_LOG_DIRECTORY=logd)
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], env=menv, check=True)
+        mps = menv
+        for e in (env_hi, env_lo):
+            e.update(CUDA_MPS_PIPE_DIRECTORY=pipe, CUDA_MPS_LOG_DIRECTORY=logd)
+    go = f"/tmp/colo-{tag}.go"
+    stop = f"/tmp/colo-{tag}.stop"
+    for f in (go, stop):
+        if os.path.exists(f):
+            os.unlink(f)
+    res = {"config": name}
+    lo = hi = None
+    try:
+        if name != "exclusive_high":
+            secs = a.batch_seconds if name == "exclusive_batch" else 3600
+            lo = spawn("batch", ["--seconds", str(secs), "--stop-file", stop,
+                                 "--result", f"/tmp/colo-{tag}-lo.json"], env_lo, tag, out)
+            wait_ready(lo, f"{name} batch")
+        if name == "exclusive_batch":
+            t0 = now()
+            lo.wait(timeout=a.batch_seconds + 120)
+            t1 = now()
+        else:
+            hargs = ["--requests", str(a.requests), "--new-tokens", str(a.new_tokens),
+                     "--seed", str(a.seed), "--rate", str(rate), "--duty", str(a.duty),
+                     "--go-file", go, "--result", f"/tmp/colo-{tag}-hi.json"]
+            if name == "gvm_freeze":
+                hargs += ["--freeze-ctl", ctl_lo]
+            hi = spawn("serve", hargs, env_hi, tag, out)
+            info = wait_ready(hi, f"{name} server", timeout=600)
+            res["calibration"] = info
+            open(go, "w").close()
+            hi.wait(timeout=3600)
+            if hi.returncode != 0:
+                raise SystemExit(f"{name}: server failed (rc {hi.returncode}), see its log")
+            if lo:
+                open(stop, "w").close()
+                lo.wait(timeout=120)
+            h = json.load(open(f"/tmp/colo-{tag}-hi.json"))
+            t0, t1 = h["t0"], h["t1"]
+            reqs = h["requests"]
+            ttft = [r["ttft"] * 1e3 for r in reqs]
+            itl = [x * 1e3 for r in reqs for x in r["itl"]]
+            busy = sum(r["service"] for r in reqs)
+            res.update(requests=len(reqs), rate=h["rate"], window_s=t1 - t0,
+                       ttft_p50=pct(ttft, 50), ttft_p99=pct(ttft, 99),
+                       ttft_service_p50=pct([r["ttft_service"] * 1e3 for r in reqs], 50),
+                       itl_p50=pct(itl, 50), itl_p99=pct(itl, 99),
+                       high_duty=busy / (t1 - t0))
+            res["ttft_ms"] = ttft
+        if lo:
+            stamps = json.load(open(f"/tmp/colo-{tag}-lo.json"))["stamps"]
+            inwin = [s for s in stamps if t0 <= s <= t1]
+            res["batch_steps_per_s"] = len(inwin) / (t1 - t0) if t1 > t0 else float("nan")
+        if name.startswith("gvm"):
+            res["block_high"] = read_block(ctl_hi)
+            res["block_low"] = read_block(ctl_lo)
+    finally:
+        for p in (hi, lo):
+            if p and p.poll() is None:
+                p.kill()
+        if mps:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=mps)
+            time.sleep(1)
+    return res
+
+
+def main_orchestrate(a):
+    os.makedirs(a.out, exist_ok=True)
+    base_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    base_env.pop("LD_PRELOAD", None)
+    results = {}
+    rate = a.rate
+    for name in a.configs.split(","):
+        t = now()
+        r = run_config(name, a, base_env, rate)
+        if rate <= 0 and "rate" in r:
+            rate = r["rate"]  # the first server config fixes the arrival rate for the rest
+        r["wall_s"] = now() - t
+        results[name] = r
+        short = {k: v for k, v in r.items() if k != "ttft_ms"}
+        print(json.dumps(short), flush=True)
+    ex_h, ex_b = results.get("exclusive_high", {}), results.get("exclusive_batch", {})
+    rows = []
+    for name, r in results.items():
+        row = {"config": name}
+        for k in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99"):
+            if k in r and k in ex_h:
+                row[k + "_x"] = r[k] / ex_h[k]
+        if "batch_steps_per_s" in r and "batch_steps_per_s" in ex_b:
+            row["batch_kept"] = r["batch_steps_per_s"] / ex_b["batch_steps_per_s"]
+        rows.append(row)
+    print(f"{'config':16} {'TTFT p50':>9} {'p99':>9} {'ITL p50':>8} {'p99':>8} {'batch/s':>8} "
+          f"{'TTFTx50':>8} {'TTFTx99':>8} {'ITLx50':>7} {'ITLx99':>7} {'batch%':>7}")
+    for row in rows:
+        r = results[row["config"]]
+        f = lambda k, s="{:9.1f}": s.format(r[k]) if k in r else " " * len(s.format(0.0))
+        g = lambda k, s="{:8.2f}": s.format(row[k]) if k in row else " " * len(s.format(0.0))
+        print(f"{row['config']:16} {f('ttft_p50')} {f('ttft_p99')} {f('itl_p50', '{:8.2f}')} "
+              f"{f('itl_p99', '{:8.2f}')} {f('batch_steps_per_s', '{:8.2f}')} {g('ttft_p50_x')} "
+              f"{g('ttft_p99_x')} {g('itl_p50_x', '{:7.2f}')} {g('itl_p99_x', '{:7.2f}')} "
+              + (f"{100 * row['batch_kept']:7.1f}" if "batch_kept" in row else ""))
+    json.dump({"args": vars(a), "results": results, "ratios": rows},
+              open(os.path.join(a.out, "colocate.json"), "w"), indent=1)
+    try:
+        plot(results, rows, os.path.join(a.out, "colocate.png"))
+    except Exception as e:  # noqa: BLE001 - the numbers matter more than the picture
+        print(f"plot failed: {e}")
+
+
+def plot(results, rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [n for n in results if "ttft_ms" in results[n]]
+    ax1.boxplot([results[n]["ttft_ms"] for n in names], labels=names, whis=(1, 99), showfliers=False)
+    for i, n in enumerate(names, 1):
+        ax1.plot([i], [results[n]["ttft_p99"]], "rv")
+    ax1.set_ylabel("TTFT ms (box: p25-p75, whiskers p1-p99, red: p99)")
+    ax1.set_title("High-priority inference TTFT")
+    ax1.tick_params(axis="x", rotation=30)
+    kept = [(r["config"], 100 * r["batch_kept"]) for r in rows if "batch_kept" in r]
+    ax2.bar([k for k, _ in kept], [v for _, v in kept], color="tab:green")
+    ax2.axhline(85, color="r", ls="--", label="target 85%")
+    ax2.set_ylabel("% of exclusive batch steps/s")
+    ax2.set_title("Low-priority training throughput kept")
+    ax2.tick_params(axis="x", rotation=30)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", nargs="?", default="run", choices=["run", "serve", "batch"])
+    ap.add_argument("--shim")
+    ap.add_argument("--out", default="/tmp/colocate")
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--rate", type=float, default=0.0, help="requests/s (0: duty / service time)")
+    ap.add_argument("--duty", type=float, default=0.3, help="target fraction of time busy")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--batch-seconds", type=float, default=20)
+    ap.add_argument("--configs", default="exclusive_high,exclusive_batch,nocontrol,mps,gvm_priority,gvm_freeze")
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--stop-file")
+    ap.add_argument("--go-file")
+    ap.add_argument("--freeze-ctl")
+    ap.add_argument("--result")
+    a = ap.parse_args()
+    if a.role == "serve":
+        serve(a)
+    elif a.role == "batch":
+        batch(a)
+    else:
+        a.shim = os.path.abspath(a.shim)
+        main_orchestrate(a)
+
+
+if __name__ == "__main__":
+    main()
