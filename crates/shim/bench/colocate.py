@@ -181,8 +181,9 @@ def read_block(path):
 
 def spawn(role, args, env, tag, out):
     cmd = [sys.executable, os.path.abspath(__file__), role] + args
-    log = open(os.path.join(out, f"{tag}-{role}.log"), "w")
+    log = open(f"/tmp/colo-{tag}-{role}.log", "w")
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    p.args_log = log.name
     return p
 
 
@@ -191,7 +192,9 @@ def wait_ready(p, what, timeout=240):
     while now() - t < timeout:
         line = p.stdout.readline()
         if not line:
-            raise SystemExit(f"{what} exited before it was ready (rc {p.poll()})")
+            p.wait()
+            tail = open(p.args_log).read()[-2000:] if hasattr(p, "args_log") else ""
+            raise SystemExit(f"{what} exited before it was ready (rc {p.poll()}): {tail}")
         try:
             j = json.loads(line)
         except ValueError:
