@@ -176,6 +176,7 @@ impl Drop for Connection {
 impl Connection {
     /// Open a read-write connection to `uri`.
     pub fn open(uri: &str) -> Result<Connection> {
+        crate::ffi::quiet_default_errors();
         let conn = Connect::open(Some(uri)).map_err(|e| Error::Connect {
             uri: uri.to_string(),
             source: e.into(),

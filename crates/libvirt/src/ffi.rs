@@ -78,6 +78,19 @@ pub(crate) fn ensure_event_loop() -> Result<(), LibvirtError> {
         .clone()
 }
 
+/// Stop libvirt from printing every error to standard error (its default): this crate returns
+/// them, with context, as [`crate::Error`]. Process-wide, done once; the errors themselves are
+/// still recorded per thread for `virGetLastError`.
+pub(crate) fn quiet_default_errors() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler that ignores its arguments; no user data is passed.
+        unsafe { virt_sys::virSetErrorFunc(std::ptr::null_mut(), Some(ignore_error)) };
+    });
+}
+
+unsafe extern "C" fn ignore_error(_user: *mut c_void, _error: virt_sys::virErrorPtr) {}
+
 /// Callback registrations on one connection; give them back with [`deregister`].
 #[derive(Debug)]
 pub(crate) struct Registration {
