@@ -76,6 +76,32 @@ fn virt_xml_validate_accepts_our_hostdev_and_rejects_a_bad_uuid() {
 }
 
 #[test]
+fn the_example_domain_validates_and_names_its_vgpu() {
+    if skip(
+        "the_example_domain_validates_and_names_its_vgpu",
+        require_command("virt-xml-validate"),
+    ) {
+        return;
+    }
+    let path = gvm_testkit::workspace_root().join("libvirt/examples/domain-vgpu.xml");
+    let out = Command::new("virt-xml-validate")
+        .arg(&path)
+        .arg("domain")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = domain_xml::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let uuid = Uuid::try_parse("4b20d080-1b54-4048-85b3-a6a62d165c01").unwrap();
+    assert_eq!(info.vgpus(), vec![uuid]);
+    assert!(info.meta(&uuid).is_some_and(|m| m.persistent));
+    assert_eq!(info.agent_sockets.len(), 1);
+}
+
+#[test]
 fn virsh_define_and_attach_device_config_take_our_hostdev() {
     if skip(
         "virsh_define_and_attach_device_config_take_our_hostdev",
@@ -305,10 +331,13 @@ fn the_hook_creates_missing_vgpus_from_real_dumpxml_and_removes_transient_ones()
     );
     let xml = dom.dumpxml(false);
     let hook = |op: &str, subop: &str, xml: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gvm-vgpu-hook"))
-            .arg("--root")
-            .arg(sim.root())
-            .args(["qemu", &name, op, subop, "-"])
+        // Through the installed script, as libvirt runs it: no `qemu` argument, root by env.
+        let script = gvm_testkit::workspace_root().join("libvirt/hooks/qemu.d/gvm-vgpu");
+        let mut child = Command::new("sh")
+            .arg(script)
+            .env("GVM_VGPU_HOOK", env!("CARGO_BIN_EXE_gvm-vgpu-hook"))
+            .env("GVM_VGPU_ROOT", sim.root())
+            .args([name.as_str(), op, subop, "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
