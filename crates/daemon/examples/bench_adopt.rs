@@ -2,7 +2,9 @@
 //! define + start + adopt N vGPUs over P parents with K owners each, time to all
 //! tuned, steady-state daemon CPU and RSS, and retune latency p50/p99.
 //!
-//! `cargo build --release -p gvm-vgpu-sim -p gvm-vgpud && cargo run --release -p gvm-vgpud --example bench_adopt -- 1000 16 4`
+//! `cargo build --release -p gvm-vgpu-sim -p gvm-vgpud && cargo run --release -p gvm-vgpud --example bench_adopt -- 1000 64 4`
+//!
+//! The simulated GPU offers 16 `sim-4c` instances, so 1,000 vGPUs need 63 parents or more.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 

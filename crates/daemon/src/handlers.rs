@@ -42,7 +42,7 @@ fn port_err(e: PortError) -> ApiError {
         return ApiError::not_found(e.to_string());
     }
     let code = match e.errno {
-        Some(libc::EEXIST) | Some(libc::EBUSY) => ErrorCode::Conflict,
+        Some(libc::EEXIST | libc::EBUSY | libc::ENOSPC | libc::EUSERS) => ErrorCode::Conflict,
         Some(_) => ErrorCode::Kernel,
         None => ErrorCode::Internal,
     };

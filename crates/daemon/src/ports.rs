@@ -153,10 +153,16 @@ fn mdev_err(op: &str, object: String, e: gvm_mdev::Error) -> PortError {
         e,
         gvm_mdev::Error::DeviceNotFound { .. } | gvm_mdev::Error::ParentNotFound { .. }
     );
+    // The library's pre-check reports an exhausted pool without an errno: give it
+    // the kernel's, so callers see a conflict rather than an internal error.
+    let errno = e.errno().or(match e {
+        gvm_mdev::Error::NoFreeInstance { .. } => Some(libc::ENOSPC),
+        _ => None,
+    });
     PortError {
         op: op.to_string(),
         object,
-        errno: e.errno(),
+        errno,
         message: e.to_string(),
         gone,
     }
