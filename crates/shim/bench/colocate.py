@@ -313,6 +313,8 @@ def main_orchestrate(a):
         results[name] = r
         short = {k: v for k, v in r.items() if k != "ttft_ms"}
         print(json.dumps(short), flush=True)
+        json.dump({"args": vars(a), "results": results},
+                  open(os.path.join(a.out, "colocate.json"), "w"), indent=1)
     ex_h, ex_b = results.get("exclusive_high", {}), results.get("exclusive_batch", {})
     rows = []
     for name, r in results.items():

@@ -222,7 +222,11 @@ impl Shim {
         let max_hold = Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed)));
         let key = driver::stream_key(stream, ptsz);
         if let (Some(k), true) = (key, bound > 0) {
-            self.wait_queue(k, bound, max_hold);
+            if self.wait_queue(k, bound, max_hold) {
+                // A freeze or hold that came while waiting applies to this launch too:
+                // otherwise it would add one more kernel to what a freeze has to drain.
+                self.gate();
+            }
         }
         let mut busy = false;
         if let Some(p) = p {
@@ -262,12 +266,13 @@ impl Shim {
     }
 
     /// Wait until fewer than `bound` tracked launches on `key` are unfinished (at most
-    /// `max_hold`): spin briefly with yields, then sleep in short steps.
-    fn wait_queue(&self, key: StreamKey, bound: usize, max_hold: Duration) {
+    /// `max_hold`): spin briefly with yields, then sleep in short steps. Returns whether it
+    /// had to wait.
+    fn wait_queue(&self, key: StreamKey, bound: usize, max_hold: Duration) -> bool {
         let ev = DriverEvents::default();
         let outstanding = || driver::relaxed(|| self.tracker.outstanding(key, &ev));
         if outstanding() < bound {
-            return;
+            return false;
         }
         self.block().queue_waits.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
@@ -280,6 +285,7 @@ impl Shim {
                 std::thread::sleep(Duration::from_micros(20));
             }
         }
+        true
     }
 
     fn count_hold(&self, d: Duration, timed_out: bool) {
