@@ -46,6 +46,7 @@ mod catalog;
 mod error;
 mod model;
 mod parse;
+pub mod placement;
 
 pub use bytesize::{ByteSize, ParseByteSizeError, VALID_UNITS};
 pub use catalog::{Catalog, CATALOG_ENV};

@@ -573,7 +573,10 @@ fn builtin_is_the_base_layer_and_a_dir_overrides_it() {
     assert!(layered.type_by_name("sim-4c").is_err());
     let custom = layered.type_by_name("sim-custom").unwrap();
     assert_eq!(custom.priority, 3);
-    assert_eq!(layered.resolve("gvmsim-1", None).unwrap().name, "sim-custom");
+    assert_eq!(
+        layered.resolve("gvmsim-1", None).unwrap().name,
+        "sim-custom"
+    );
     // Other shipped models are still there.
     assert!(layered.type_by_name("mtty-1port").is_ok());
 }

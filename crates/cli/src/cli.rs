@@ -236,6 +236,69 @@ pub enum Command {
         agent_socket: Option<PathBuf>,
     },
 
+    /// Give a libvirt domain a vGPU: create (--type) or reuse (--uuid) it, attach its
+    /// <hostdev>, and record it in the domain's gvm metadata.
+    ///
+    /// The metadata element (namespace https://gvm-vgpu.dev/xmlns/libvirt/1) is what lets the
+    /// libvirt hook recreate the vGPU before the domain starts and lets gvm-vgpud map the
+    /// domain to its vGPU, so `set`, `freeze` and `thaw` accept the domain name. With neither
+    /// --persistent nor --live, libvirt's "current" rule applies: the running domain if it
+    /// runs, its definition otherwise.
+    Attach {
+        /// Domain name.
+        domain: String,
+        /// Create a new vGPU of this catalog type.
+        #[arg(
+            long = "type",
+            short = 't',
+            value_name = "TYPE",
+            required_unless_present = "uuid",
+            conflicts_with = "uuid"
+        )]
+        type_name: Option<String>,
+        /// Reuse the existing vGPU with this UUID.
+        #[arg(long, short = 'u', value_name = "UUID")]
+        uuid: Option<Uuid>,
+        /// Create the new vGPU on this parent.
+        #[arg(long, short = 'p', value_name = "PARENT", requires = "type_name")]
+        parent: Option<String>,
+        /// Change the domain's persistent definition (libvirt --config).
+        #[arg(long)]
+        persistent: bool,
+        /// Change the running domain (libvirt --live).
+        #[arg(long)]
+        live: bool,
+        /// Value of the hostdev's display attribute.
+        #[arg(long, value_enum)]
+        display: Option<OnOff>,
+        /// Only record the binding in the metadata, without a <hostdev> (for domains whose
+        /// QEMU cannot open an mdev, e.g. hosts without VFIO).
+        #[arg(long)]
+        metadata_only: bool,
+        /// libvirt connection URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
+        #[arg(long, short = 'c', value_name = "URI")]
+        connect: Option<String>,
+    },
+
+    /// Take a vGPU from a libvirt domain: detach its <hostdev>, drop its metadata entry, and
+    /// remove the vGPU when `attach` created it for this domain only.
+    Detach {
+        /// Domain name.
+        domain: String,
+        /// UUID of the vGPU.
+        #[arg(long, short = 'u', value_name = "UUID")]
+        uuid: Uuid,
+        /// Change the domain's persistent definition (libvirt --config).
+        #[arg(long)]
+        persistent: bool,
+        /// Change the running domain (libvirt --live).
+        #[arg(long)]
+        live: bool,
+        /// libvirt connection URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
+        #[arg(long, short = 'c', value_name = "URI")]
+        connect: Option<String>,
+    },
+
     /// Print a shell completion script.
     Completions {
         /// Shell to generate for.

@@ -10,9 +10,11 @@
 //! Detaching removes the hostdev and the metadata entry, and removes the vGPU itself when the
 //! metadata says attach created it transiently.
 //!
-//! Placement (which parent and kernel type to create a catalog type on) is pure: [`place`].
+//! Placement (which parent and kernel type to create a catalog type on) is
+//! [`gvm_catalog::placement::place`], shared with the CLI and the hook.
 
-use gvm_catalog::{Catalog, VgpuType};
+use gvm_catalog::placement::place;
+use gvm_catalog::Catalog;
 use gvm_mdev::{MdevHost, Parent};
 use uuid::Uuid;
 
@@ -106,82 +108,6 @@ pub fn resolve_apply(persistent: bool, live: bool, active: bool) -> Apply {
     } else {
         Apply::CONFIG
     }
-}
-
-/// Where to create a vGPU: `(parent, kernel type id, catalog type name)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    /// Parent name.
-    pub parent: String,
-    /// Kernel mdev type id.
-    pub mdev_type: String,
-    /// Catalog type name, when the kernel type is in the catalog.
-    pub type_name: Option<String>,
-}
-
-/// Choose a parent and kernel type for a new vGPU of `type_name` among `parents`: catalog
-/// types by name first, else kernel type ids. The candidate with the most free instances
-/// wins (the first parent on a tie).
-pub fn place(catalog: Option<&Catalog>, type_name: &str, parents: &[Parent]) -> Result<Placement> {
-    let wanted: Option<&VgpuType> = catalog.and_then(|c| c.type_by_name(type_name).ok());
-    let mut candidates = Vec::new();
-    for p in parents {
-        for t in &p.types {
-            let bound = catalog.and_then(|c| c.resolve(&t.id, t.name.as_deref()));
-            let matches = match wanted {
-                Some(w) => bound.is_some_and(|b| b.name == w.name),
-                None => t.id == type_name,
-            };
-            if matches {
-                candidates.push((p, t, bound));
-            }
-        }
-    }
-    if candidates.is_empty() {
-        let detail = match wanted {
-            Some(w) => format!(
-                "no parent offers a kernel type bound to catalog type {} ({}); `gvm-vgpu types` lists what the host offers",
-                w.name, w.binding
-            ),
-            None => "it is neither a catalog type nor a kernel mdev type id of any parent; `gvm-vgpu types` lists both".to_string(),
-        };
-        return Err(Error::NoPlacement {
-            type_name: type_name.to_string(),
-            detail,
-        });
-    }
-    let best = candidates
-        .iter()
-        .filter(|(_, t, bound)| {
-            t.available_instances > 0
-                && bound.is_none_or(|b| (t.devices.len() as u64) < u64::from(b.max_instances))
-        })
-        .rev()
-        .max_by_key(|(_, t, _)| t.available_instances);
-    let Some((p, t, bound)) = best else {
-        let detail = candidates
-            .iter()
-            .map(|(p, t, _)| {
-                format!(
-                    "{} has {} of {} and {} free",
-                    p.name,
-                    t.devices.len(),
-                    t.id,
-                    t.available_instances
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(Error::NoPlacement {
-            type_name: type_name.to_string(),
-            detail: format!("no free instance ({detail}); remove a vGPU or pick another type"),
-        });
-    };
-    Ok(Placement {
-        parent: p.name.clone(),
-        mdev_type: t.id.clone(),
-        type_name: bound.map(|b| b.name.clone()),
-    })
 }
 
 /// The catalog type name of an existing device, when the catalog knows its kernel type.

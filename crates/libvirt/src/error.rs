@@ -134,13 +134,8 @@ pub enum Error {
     },
 
     /// No parent can host a new vGPU of the type.
-    #[error("cannot place a vGPU of type '{type_name}': {detail}")]
-    NoPlacement {
-        /// Catalog type name or kernel type id.
-        type_name: String,
-        /// Why no candidate fits (each candidate's free count, or that none offers the type).
-        detail: String,
-    },
+    #[error(transparent)]
+    NoPlacement(#[from] gvm_catalog::placement::PlacementError),
 
     /// The vGPU is missing and nothing says how to create it (hook `prepare`).
     #[error("vGPU {uuid} of domain '{domain}' does not exist and has no definition: create it (`gvm-vgpu create --uuid {uuid} --type T`), define it in {definition}, or attach it with `gvm-vgpu attach {domain} --type T` which records its type")]

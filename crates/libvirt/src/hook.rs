@@ -23,9 +23,9 @@ use gvm_mdev::MdevHost;
 use gvm_proto::Definition;
 use uuid::Uuid;
 
-use crate::attach::place;
 use crate::domain_xml::{DomainInfo, MetaVgpu};
 use crate::error::{Error, Result};
+use gvm_catalog::placement::place;
 
 /// The hook steps gvm-vgpu acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,9 +3,10 @@
 use std::io::Write;
 
 use anyhow::{bail, Context as _, Result};
+use gvm_catalog::placement::place;
 use gvm_catalog::{Catalog, VgpuType};
 use gvm_gcgroup::{GcgroupSnapshot, MemoryLimit};
-use gvm_mdev::{Device, Parent};
+use gvm_mdev::Device;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -14,35 +15,6 @@ use super::owners::owners_by_vgpu;
 use super::write_json;
 use crate::context::Context;
 use crate::table::Table;
-
-/// A kernel type on a parent that a catalog type is bound to.
-struct Candidate<'p> {
-    parent: &'p Parent,
-    type_id: String,
-    available: u32,
-    live: usize,
-}
-
-fn candidates<'p>(
-    catalog: &Catalog,
-    wanted: &VgpuType,
-    parents: &'p [Parent],
-) -> Vec<Candidate<'p>> {
-    let mut found = Vec::new();
-    for parent in parents {
-        for t in &parent.types {
-            if catalog_type_of(catalog, t).is_some_and(|b| b.name == wanted.name) {
-                found.push(Candidate {
-                    parent,
-                    type_id: t.id.clone(),
-                    available: t.available_instances,
-                    live: t.devices.len(),
-                });
-            }
-        }
-    }
-    found
-}
 
 /// `gvm-vgpu create --type T [--parent P] [--uuid U]`.
 pub fn create(
@@ -58,50 +30,15 @@ pub fn create(
         Some(name) => vec![ctx.mdev.parent(name)?],
         None => ctx.mdev.parents()?,
     };
-    let found = candidates(&catalog, wanted, &parents);
-    if found.is_empty() {
-        match parent {
-            Some(p) => bail!(
-                "parent {p} offers no kernel type bound to catalog type {} ({}); \
-                 `gvm-vgpu types --parent {p}` lists what it offers",
-                wanted.name,
-                wanted.binding
-            ),
-            None => bail!(
-                "no parent on this host offers a kernel type bound to catalog type {} ({}); \
-                 check the binding in {} against `gvm-vgpu types`",
-                wanted.name,
-                wanted.binding,
-                catalog_source(&catalog, wanted)
-            ),
-        }
-    }
-    // The parent with the most free instances; on a tie the first (parents are sorted).
-    let usable = found
-        .iter()
-        .filter(|c| c.available > 0 && (c.live as u64) < u64::from(wanted.max_instances))
-        .rev()
-        .max_by_key(|c| c.available);
-    let Some(choice) = usable else {
-        let detail: Vec<String> = found
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} has {} of type {} and {} free",
-                    c.parent.name, c.live, c.type_id, c.available
-                )
-            })
-            .collect();
-        bail!(
-            "no free instance of catalog type {} (at most {} per GPU): {}; remove a vGPU or pick another type",
-            wanted.name,
-            wanted.max_instances,
-            detail.join("; ")
-        );
-    };
+    let at = place(Some(&catalog), &wanted.name, &parents).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (the type is defined in {})",
+            catalog_source(&catalog, wanted)
+        )
+    })?;
     let device = ctx
         .mdev
-        .create(&choice.parent.name, &choice.type_id, uuid)
+        .create(&at.parent, &at.mdev_type, uuid)
         .with_context(|| format!("cannot create a vGPU of type {}", wanted.name))?;
     if ctx.json {
         return write_json(out, &view(&device, Some(wanted), Vec::new()));

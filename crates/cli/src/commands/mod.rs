@@ -3,6 +3,7 @@
 mod devices;
 mod docs;
 mod inventory;
+mod libvirt;
 mod managed;
 mod owners;
 mod passthrough;
@@ -78,6 +79,46 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::QemuArgs { uuid, agent_socket } => {
             passthrough::qemu_args(&ctx, uuid, agent_socket.as_deref(), out)
         }
+        Command::Attach {
+            domain,
+            type_name,
+            uuid,
+            parent,
+            persistent,
+            live,
+            display,
+            metadata_only,
+            connect,
+        } => libvirt::attach(
+            &ctx,
+            &libvirt::AttachArgs {
+                domain,
+                type_name: type_name.as_deref(),
+                uuid: *uuid,
+                parent: parent.as_deref(),
+                persistent: *persistent,
+                live: *live,
+                display: *display,
+                metadata_only: *metadata_only,
+                connect: connect.as_deref(),
+            },
+            out,
+        ),
+        Command::Detach {
+            domain,
+            uuid,
+            persistent,
+            live,
+            connect,
+        } => libvirt::detach(
+            &ctx,
+            domain,
+            uuid,
+            *persistent,
+            *live,
+            connect.as_deref(),
+            out,
+        ),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

@@ -9,6 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use gvm_libvirt::domain_xml;
+use gvm_libvirt::AGENT_PORT_NAME;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -16,50 +18,12 @@ use super::write_json;
 use crate::cli::OnOff;
 use crate::context::Context;
 
-/// Name of the guest agent's virtio-serial port.
-pub const AGENT_PORT_NAME: &str = "org.gvm.vgpu.agent.0";
-
 /// Default host socket for a vGPU's agent channel.
 fn default_agent_socket(ctx: &Context, uuid: &Uuid) -> PathBuf {
     ctx.host
         .run_dir()
         .join("agent")
         .join(format!("{uuid}.sock"))
-}
-
-/// Escape text for an XML attribute value in single quotes.
-fn xml_attr(text: &str) -> String {
-    let mut s = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => s.push_str("&amp;"),
-            '<' => s.push_str("&lt;"),
-            '>' => s.push_str("&gt;"),
-            '\'' => s.push_str("&apos;"),
-            '"' => s.push_str("&quot;"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// The libvirt `<hostdev>` element for an mdev vGPU.
-pub fn hostdev_xml(uuid: &Uuid, display: Option<OnOff>) -> String {
-    let display = display.map_or(String::new(), |d| format!(" display='{}'", d.as_str()));
-    format!(
-        "<hostdev mode='subsystem' type='mdev' model='vfio-pci'{display}>\n  <source>\n    <address uuid='{uuid}'/>\n  </source>\n</hostdev>\n"
-    )
-}
-
-/// The libvirt `<channel>` element for the guest agent.
-pub fn agent_channel_xml(socket: &Path) -> Result<String> {
-    let Some(path) = socket.to_str() else {
-        bail!("agent socket path {} is not valid UTF-8", socket.display());
-    };
-    Ok(format!(
-        "<channel type='unix'>\n  <source mode='bind' path='{}'/>\n  <target type='virtio' name='{AGENT_PORT_NAME}'/>\n</channel>\n",
-        xml_attr(path)
-    ))
 }
 
 /// `gvm-vgpu xml <uuid>`.
@@ -71,10 +35,10 @@ pub fn xml(
     out: &mut dyn Write,
 ) -> Result<()> {
     ctx.mdev.device(uuid)?;
-    let mut text = hostdev_xml(uuid, display);
+    let mut text = domain_xml::hostdev_xml(uuid, display.map(|d| d == OnOff::On));
     if let Some(socket) = agent {
         let socket = socket.map_or_else(|| default_agent_socket(ctx, uuid), Path::to_path_buf);
-        text.push_str(&agent_channel_xml(&socket)?);
+        text.push_str(&domain_xml::agent_channel_xml(&socket)?);
     }
     if ctx.json {
         return write_json(out, &serde_json::json!({ "uuid": uuid, "xml": text }));
@@ -154,25 +118,6 @@ pub fn qemu_args(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const U: &str = "4b20d080-1b54-4048-85b3-a6a62d165c01";
-
-    #[test]
-    fn hostdev_names_the_uuid_and_display() {
-        let uuid = Uuid::parse_str(U).unwrap();
-        let x = hostdev_xml(&uuid, Some(OnOff::Off));
-        assert!(
-            x.starts_with("<hostdev mode='subsystem' type='mdev' model='vfio-pci' display='off'>")
-        );
-        assert!(x.contains(&format!("<address uuid='{U}'/>")));
-    }
-
-    #[test]
-    fn channel_escapes_the_socket_path() {
-        let x = agent_channel_xml(Path::new("/run/a'b&c.sock")).unwrap();
-        assert!(x.contains("path='/run/a&apos;b&amp;c.sock'"));
-        assert!(x.contains("name='org.gvm.vgpu.agent.0'"));
-    }
 
     #[test]
     fn qemu_args_reject_commas_and_wire_the_agent() {
