@@ -349,7 +349,8 @@ def plot(results, rows, path):
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [n for n in results if "ttft_ms" in results[n]]
-    ax1.boxplot([results[n]["ttft_ms"] for n in names], labels=names, whis=(1, 99), showfliers=False)
+    ax1.boxplot([results[n]["ttft_ms"] for n in names], whis=(1, 99), showfliers=False)
+    ax1.set_xticks(range(1, len(names) + 1), names)
     for i, n in enumerate(names, 1):
         ax1.plot([i], [results[n]["ttft_p99"]], "rv")
     ax1.set_ylabel("TTFT ms (box: p25-p75, whiskers p1-p99, red: p99)")
@@ -366,7 +367,20 @@ def plot(results, rows, path):
     fig.savefig(path, dpi=110)
 
 
+def replot(path_json, path_png):
+    """Redraw the plot from a colocate.json (e.g. on a machine other than the GPU one)."""
+    d = json.load(open(path_json))
+    res = d["results"]
+    ex_b = res.get("exclusive_batch", {}).get("batch_steps_per_s")
+    rows = [{"config": n, "batch_kept": r["batch_steps_per_s"] / ex_b}
+            for n, r in res.items() if "batch_steps_per_s" in r and ex_b]
+    plot(res, rows, path_png)
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "replot":
+        replot(sys.argv[2], sys.argv[3])
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("role", nargs="?", default="run", choices=["run", "serve", "batch"])
     ap.add_argument("--shim")
