@@ -27,8 +27,9 @@ cleanup() {
     set +e
     if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
     if [ -n "$sim_pid" ]; then kill "$sim_pid" 2>/dev/null; wait "$sim_pid" 2>/dev/null; fi
-    if grep -q " $root " /proc/self/mountinfo 2>/dev/null; then umount -l "$root"; fi
-    rmdir "$root" 2>/dev/null
+    if grep -q " $root/sys " /proc/self/mountinfo 2>/dev/null; then umount -l "$root/sys"; fi
+    rm -rf "$root/etc" "$root/run"
+    rmdir "$root/sys" "$root" 2>/dev/null
 }
 trap cleanup EXIT
 
@@ -39,7 +40,7 @@ echo "== starting the simulated host at $root (2 GPUs)"
 "$bin/gvm-vgpu-sim" --root "$root" --gpus 2 --foreground &
 sim_pid=$!
 for _ in $(seq 100); do
-    [ -d "$root/sys/class/mdev_bus" ] && break
+    [ -e "$root/sys/kernel/debug/gvm-sim/owners" ] && break
     sleep 0.1
 done
 [ -d "$root/sys/class/mdev_bus" ] || { echo "demo: the simulated host did not come up" >&2; exit 1; }
@@ -64,8 +65,8 @@ echo "$manual" > "$parent_types/gvmsim-2/create"
 run list
 
 echo; echo "== starting owner processes (stand-ins for QEMU) for two vGPUs"
-echo "spawn 11111111-2222-4333-8444-555555555555 memory=6442450944" > "$root/gvm-sim/control"
-echo "spawn $manual memory=2147483648" > "$root/gvm-sim/control"
+echo "spawn 11111111-2222-4333-8444-555555555555 memory=6442450944" > "$root/sys/kernel/debug/gvm-sim/control"
+echo "spawn $manual memory=2147483648" > "$root/sys/kernel/debug/gvm-sim/control"
 sleep 1.5
 run show 11111111-2222-4333-8444-555555555555
 run show "$manual"

@@ -294,7 +294,7 @@ fn run_against_sim(runner: &Path) -> anyhow::Result<Option<Vec<StepRecord>>> {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The simulator's control file stands in for rmmod/insmod of the parent driver.
-    let control = mnt.path().join("gvm-sim/control");
+    let control = mnt.path().join("sys/kernel/debug/gvm-sim/control");
     let out = Command::new(runner)
         .arg("--root")
         .arg(mnt.path())

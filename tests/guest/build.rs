@@ -24,13 +24,17 @@ pub fn static_rustflags() -> &'static str {
 }
 
 /// Build `bin` of `package` statically in release mode; return the binary's path.
+///
+/// Default features are off: they are the optional native libraries (libvirt for the CLI,
+/// NVML for the agent) that a static binary cannot link or load.
 pub fn build_static(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, HarnessError> {
     let target_dir = repo.join("target").join("static");
     let output = cargo_command()
         .current_dir(repo)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("RUSTFLAGS", static_rustflags())
-        .args(["build", "--quiet", "--release", "-p", package, "--bin", bin])
+        .args(["build", "--quiet", "--release", "--no-default-features"])
+        .args(["-p", package, "--bin", bin])
         .args(["--target", GUEST_TARGET, "--target-dir"])
         .arg(&target_dir)
         .output()

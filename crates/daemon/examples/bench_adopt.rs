@@ -39,7 +39,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn owners(mount: &Path) -> Vec<(u32, String, u32)> {
-    std::fs::read_to_string(mount.join("gvm-sim/owners"))
+    std::fs::read_to_string(mount.join("sys/kernel/debug/gvm-sim/owners"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
@@ -73,10 +73,10 @@ fn main() {
         *args.get(2).unwrap_or(&4),
     );
     let dir = tempfile::tempdir().unwrap();
-    let (mount, root) = (dir.path().join("sim"), dir.path().join("host"));
-    std::fs::create_dir_all(&mount).unwrap();
+    // The sim mounts on ROOT/sys; ROOT/etc and ROOT/run stay real for the daemon.
+    let root = dir.path().join("host");
+    let mount = root.clone();
     std::fs::create_dir_all(&root).unwrap();
-    std::os::unix::fs::symlink(mount.join("sys"), root.join("sys")).unwrap();
     let mut sim = Command::new(bin("gvm-vgpu-sim"))
         .arg("--root")
         .arg(&mount)

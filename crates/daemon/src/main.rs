@@ -25,8 +25,8 @@ struct Args {
     /// API socket (default: /run/gvm-vgpu/api.sock under the state root).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Where /etc/gvm-vgpu and /run/gvm-vgpu live (default: the root). Needed when
-    /// the root is a simulated host that serves only /sys.
+    /// Where /etc/gvm-vgpu and /run/gvm-vgpu live (default: the root), for a root whose
+    /// /etc is read-only.
     #[arg(long, env = "GVM_VGPUD_STATE_ROOT")]
     state_root: Option<PathBuf>,
     /// Group (name or gid) whose members may read and retune through the socket.

@@ -29,6 +29,7 @@ impl LibvirtError {
     pub const NO_DOMAIN_METADATA: i32 = 80;
 }
 
+#[cfg(feature = "connect")]
 impl From<virt::error::Error> for LibvirtError {
     fn from(e: virt::error::Error) -> Self {
         LibvirtError {

@@ -22,18 +22,25 @@
 //! URI ([`connection::resolve_uri`]).
 #![deny(missing_docs)]
 
+#[cfg(feature = "connect")]
 pub mod attach;
+#[cfg(feature = "connect")]
 pub mod connection;
 pub mod domain_xml;
 mod error;
+#[cfg(feature = "connect")]
 mod ffi;
 pub mod hook;
+#[cfg(feature = "connect")]
 pub mod watch;
 
+#[cfg(feature = "connect")]
 pub use attach::{attach, detach, AttachRequest, Attached, Detached, Target};
+#[cfg(feature = "connect")]
 pub use connection::{Apply, Connection, DomainBinding, DomainState};
 pub use domain_xml::{DomainInfo, MetaVgpu, AGENT_PORT_NAME, NAMESPACE, NAMESPACE_KEY};
 pub use error::{Error, LibvirtError, Result};
+#[cfg(feature = "connect")]
 pub use watch::{watch, watch_with, DomainEvent, EventKind, WatchEvent, WatchHandle, WatchOptions};
 
 /// An error and its causes on one line (`a: b: c`), for logs and messages.

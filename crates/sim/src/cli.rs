@@ -12,14 +12,18 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// and GVM's gcgroup tree under DIR/sys/kernel/debug/nvidia-uvm/processes, with
 /// the kernel's errno values. Point gvm-vgpu at it with --root DIR (or
 /// GVM_VGPU_ROOT=DIR); run mdevctl against it in a private mount namespace with
-/// DIR/sys bind-mounted over /sys.
+/// DIR/sys bind-mounted over /sys. Only DIR/sys is the FUSE mount: DIR/etc and
+/// DIR/run stay ordinary directories, so gvm-vgpud --root DIR keeps its
+/// definitions and socket under the same root.
 ///
-/// Owner processes (children carrying GVM_VGPU_UUID=<uuid>) are driven through
-/// DIR/gvm-sim/control, one command per write:
+/// Owner processes (children carrying GVM_VGPU_UUID=<uuid>) and parent drivers
+/// are driven through DIR/sys/kernel/debug/gvm-sim/control, one command per write:
 ///   spawn <uuid> [gpu=<uvm index>] [memory=<bytes>] [busy=0|1] [register_delay_ms=<n>]
 ///   kill <pid>
 ///   set <pid> memory=<bytes>|busy=0|1
-/// and listed in DIR/gvm-sim/owners as
+///   unregister <parent>     (like rmmod: its devices go, it leaves mdev_bus)
+///   register <parent>       (like insmod)
+/// and listed in DIR/sys/kernel/debug/gvm-sim/owners as
 ///   pid uuid gpu busy memory_wanted gpu_time_us frozen
 ///
 /// It runs until SIGTERM or SIGINT, then kills its owners and unmounts. Needs root

@@ -64,8 +64,11 @@ pub struct SimFs {
     born: SystemTime,
 }
 
+/// The tree path of a path inside the mount: the mount point is the host's `/sys`.
 fn segs(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
+    std::iter::once("sys")
+        .chain(path.split('/').filter(|s| !s.is_empty()))
+        .collect()
 }
 
 fn join(parent: &str, name: &str) -> String {

@@ -330,7 +330,7 @@ impl SimHost {
         Ok(())
     }
 
-    /// The `gvm-sim/owners` file.
+    /// The `sys/kernel/debug/gvm-sim/owners` file.
     pub fn owners_text(&self) -> String {
         let mut s = String::new();
         for (pid, o) in &self.owners {
@@ -348,7 +348,7 @@ impl SimHost {
         s
     }
 
-    /// One command written to `gvm-sim/control`.
+    /// One command written to `sys/kernel/debug/gvm-sim/control`.
     pub fn control(&mut self, path: &str, data: &[u8]) -> Result<(), FsError> {
         let text = std::str::from_utf8(data)
             .map_err(|_| FsError::invalid(path, "commands are UTF-8 text"))?;

@@ -97,7 +97,7 @@ fn detach(opts: &ServeOptions) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("starting the detached simulator")?;
-    let marker = opts.root.join("gvm-sim/owners");
+    let marker = opts.root.join("sys/kernel/debug/gvm-sim/owners");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(status) = child

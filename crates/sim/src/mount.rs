@@ -26,7 +26,8 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// What to serve, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// The mount point DIR.
+    /// The host root DIR; the FUSE filesystem is mounted on `DIR/sys`, so `DIR/etc` and
+    /// `DIR/run` stay ordinary directories for the daemon's state and socket.
     pub root: PathBuf,
     /// The model served.
     pub model: Model,
@@ -97,7 +98,13 @@ pub fn is_fuse_mount(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Check that we can mount at DIR: root, /dev/fuse, no stale mount (or unmount it if asked).
+/// Where the filesystem is mounted: `DIR/sys`.
+pub fn mount_point(root: &Path) -> PathBuf {
+    absolute(root).join("sys")
+}
+
+/// Check that we can mount at DIR/sys: root, /dev/fuse, no stale mount (or unmount it if
+/// asked). DIR must exist; DIR/sys is created when missing.
 pub fn preflight(opts: &ServeOptions) -> Result<(), SimError> {
     let uid = nix::unistd::geteuid().as_raw();
     if uid != 0 {
@@ -108,7 +115,11 @@ pub fn preflight(opts: &ServeOptions) -> Result<(), SimError> {
             errno: e.raw_os_error().unwrap_or(libc::ENODEV),
         });
     }
-    let dir = absolute(&opts.root);
+    let root = absolute(&opts.root);
+    if !root.is_dir() {
+        return Err(SimError::NotADirectory { dir: root });
+    }
+    let dir = mount_point(&root);
     if is_fuse_mount(&dir) {
         if !opts.force_unmount_stale {
             return Err(SimError::StaleMount { dir });
@@ -121,7 +132,7 @@ pub fn preflight(opts: &ServeOptions) -> Result<(), SimError> {
         })?;
     }
     if !dir.is_dir() {
-        return Err(SimError::NotADirectory { dir });
+        std::fs::create_dir_all(&dir).map_err(|_| SimError::NotADirectory { dir: dir.clone() })?;
     }
     Ok(())
 }
@@ -139,7 +150,7 @@ impl Server {
     /// Mount the host at `opts.root` and start serving (after [`preflight`]).
     pub fn start(opts: &ServeOptions, procs: Box<dyn OwnerProcs>) -> Result<Server, SimError> {
         preflight(opts)?;
-        let dir = absolute(&opts.root);
+        let dir = mount_point(&opts.root);
         let host = Arc::new(Mutex::new(SimHost::new(
             opts.model,
             opts.gpus,

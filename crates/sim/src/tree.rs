@@ -14,7 +14,7 @@
 //! sys/class/mdev_bus/<addr>@          sys/bus/mdev/devices/<uuid>@
 //! sys/kernel/iommu_groups/<n>/devices/<uuid>@
 //! sys/kernel/debug/nvidia-uvm/processes/{list, <pid>/<gpu>/{memory.limit, …}}
-//! gvm-sim/{control, owners}          (the simulator's own controls)
+//! sys/kernel/debug/gvm-sim/{control, owners}   (the simulator's own controls, beside GVM's debugfs)
 //! ```
 //!
 //! Symlinks are relative, like the kernel's, so they resolve inside a bind mount
@@ -50,6 +50,9 @@ const RO: Kind = Kind::File { mode: 0o444 };
 const WO: Kind = Kind::File { mode: 0o200 };
 const RW: Kind = Kind::File { mode: 0o644 };
 const GVM: [&str; 4] = ["sys", "kernel", "debug", "nvidia-uvm"];
+
+/// The simulator's own control directory, beside GVM's debugfs tree.
+pub const SIM_CONTROL_DIR: [&str; 4] = ["sys", "kernel", "debug", "gvm-sim"];
 const GVM_KNOBS: [(&str, Kind); 6] = [
     ("memory.limit", RW),
     ("memory.current", RO),
@@ -101,8 +104,10 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
     }
     let devs = host.devices();
     let entries = match segs {
-        [] => vec![dir("sys"), dir("gvm-sim")],
-        ["gvm-sim"] => vec![e("control", WO), e("owners", RO)],
+        [] => vec![dir("sys")],
+        [.., "debug", "gvm-sim"] if segs == SIM_CONTROL_DIR => {
+            vec![e("control", WO), e("owners", RO)]
+        }
         ["sys"] => vec![dir("bus"), dir("class"), dir("devices"), dir("kernel")],
         ["sys", "bus"] => vec![dir("mdev")],
         ["sys", "bus", "mdev"] => vec![dir("devices"), dir("drivers")],
@@ -143,7 +148,7 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
             let target = device_dir_in_sys(host, &uuid).ok_or_else(nf)?;
             vec![e(uuid, Kind::Link(format!("{}{target}", up(4))))]
         }
-        ["sys", "kernel", "debug"] => vec![dir("nvidia-uvm")],
+        ["sys", "kernel", "debug"] => vec![dir("gvm-sim"), dir("nvidia-uvm")],
         ["sys", "kernel", "debug", "nvidia-uvm"] => vec![dir("processes")],
         [a, b, c, d, "processes", rest @ ..] if [*a, *b, *c, *d] == GVM => match rest {
             [] => {
@@ -321,7 +326,7 @@ pub fn read(host: &SimHost, segs: &[&str]) -> Result<Vec<u8>, FsError> {
         }
     } else {
         match segs {
-            ["gvm-sim", "owners"] => host.owners_text(),
+            ["sys", "kernel", "debug", "gvm-sim", "owners"] => host.owners_text(),
             [a, b, c, d, "processes", "list"] if [*a, *b, *c, *d] == GVM => {
                 let mut s = String::from("PID\n");
                 for pid in host.registered_pids() {
@@ -359,7 +364,7 @@ pub fn write(host: &mut SimHost, segs: &[&str], data: &[u8]) -> Result<(), FsErr
         };
     }
     match segs {
-        ["gvm-sim", "control"] => host.control(&path, data),
+        ["sys", "kernel", "debug", "gvm-sim", "control"] => host.control(&path, data),
         [a, b, c, d, "processes", pid, gpu, knob] if [*a, *b, *c, *d] == GVM => {
             let pid = pid.parse().map_err(|_| FsError::not_found(&path))?;
             let gpu = gpu.parse().map_err(|_| FsError::not_found(&path))?;

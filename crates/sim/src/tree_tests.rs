@@ -54,7 +54,7 @@ const T1: &str = "sys/devices/pci0000:00/0000:3b:00.0/mdev_supported_types/gvmsi
 #[test]
 fn empty_host_serves_the_fixed_directories() {
     let (h, _) = host(Model::GvmSim, 0);
-    assert_eq!(names(&h, ""), ["sys", "gvm-sim"]);
+    assert_eq!(names(&h, ""), ["sys"]);
     assert!(names(&h, "sys/bus/mdev/devices").is_empty());
     assert_eq!(stat(&h, &["sys", "bus", "mdev", "devices"]), Ok(Kind::Dir));
     assert_eq!(names(&h, "sys/kernel/debug/nvidia-uvm/processes"), ["list"]);
@@ -195,7 +195,7 @@ fn gvm_tree_follows_owners() {
     assert_eq!(
         put(
             &mut h,
-            "gvm-sim/control",
+            "sys/kernel/debug/gvm-sim/control",
             &format!("spawn {U1} memory=3000")
         ),
         Ok(())
@@ -235,7 +235,10 @@ fn gvm_tree_follows_owners() {
         put(&mut h, &format!("{base}/0/compute.freeze"), "1"),
         Err(libc::ENOENT)
     );
-    assert_eq!(put(&mut h, "gvm-sim/owners", "x"), Err(libc::EACCES));
+    assert_eq!(
+        put(&mut h, "sys/kernel/debug/gvm-sim/owners", "x"),
+        Err(libc::EACCES)
+    );
     assert_eq!(
         put(
             &mut h,

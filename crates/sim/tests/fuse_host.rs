@@ -54,7 +54,7 @@ impl Sim {
             _tmp: tmp,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sim.p("gvm-sim/owners").exists() {
+        while !sim.p("sys/kernel/debug/gvm-sim/owners").exists() {
             assert!(
                 Instant::now() < deadline,
                 "simulator did not mount within 10 s"
@@ -123,8 +123,9 @@ impl Sim {
 impl Drop for Sim {
     fn drop(&mut self) {
         self.stop();
-        if mounted(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let mount_point = self.dir.join("sys");
+        if mounted(&mount_point) {
+            let _ = Command::new("umount").arg("-l").arg(&mount_point).status();
         }
     }
 }
@@ -257,10 +258,13 @@ fn gvm_sim_host_end_to_end() {
 
     // An owner registers, carries its UUID in its environment, and runs.
     assert_eq!(
-        sim.write("gvm-sim/control", &format!("spawn {u1} memory=4096")),
+        sim.write(
+            "sys/kernel/debug/gvm-sim/control",
+            &format!("spawn {u1} memory=4096")
+        ),
         Ok(())
     );
-    let line = sim.read("gvm-sim/owners");
+    let line = sim.read("sys/kernel/debug/gvm-sim/owners");
     let pid = line
         .split_whitespace()
         .next()
@@ -302,7 +306,7 @@ fn gvm_sim_host_end_to_end() {
     let pid_n: i32 = pid.parse().unwrap_or(0);
     assert!(kill(Pid::from_raw(pid_n), Signal::SIGTERM).is_ok());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sim.read("gvm-sim/owners").contains(&pid) {
+    while sim.read("sys/kernel/debug/gvm-sim/owners").contains(&pid) {
         assert!(Instant::now() < deadline, "killed owner not reaped");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -314,7 +318,7 @@ fn gvm_sim_host_end_to_end() {
 
     // SIGTERM unmounts cleanly.
     assert_eq!(sim.stop(), Some(0));
-    assert!(!mounted(&sim.dir), "mount left behind");
+    assert!(!mounted(&sim.dir.join("sys")), "mount left behind");
 }
 
 #[test]
@@ -340,7 +344,7 @@ fn mtty_host_and_mdevctl() {
         Err(Some(libc::ENOSPC))
     );
     assert_eq!(
-        sim.read("gvm-sim/owners").lines().count(),
+        sim.read("sys/kernel/debug/gvm-sim/owners").lines().count(),
         12,
         "one owner per vGPU"
     );
@@ -350,7 +354,7 @@ fn mtty_host_and_mdevctl() {
     ));
     assert_eq!(sim.read(&format!("{t}/mtty-1/available_instances")), "2\n");
     assert_eq!(
-        sim.read("gvm-sim/owners").lines().count(),
+        sim.read("sys/kernel/debug/gvm-sim/owners").lines().count(),
         11,
         "removing a vGPU kills its owners"
     );
@@ -371,7 +375,7 @@ fn mtty_host_and_mdevctl() {
         println!("SKIP: mdevctl or unshare not installed; mdevctl part not run");
     }
     assert_eq!(sim.stop(), Some(0));
-    assert!(!mounted(&sim.dir));
+    assert!(!mounted(&sim.dir.join("sys")));
 }
 
 #[test]

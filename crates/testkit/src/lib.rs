@@ -165,7 +165,7 @@ impl SimHost {
             dir,
             child: Some(child),
         };
-        let ready = host.dir.path().join("sys/class/mdev_bus");
+        let ready = host.dir.path().join("sys/kernel/debug/gvm-sim/owners");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ready.exists() {
             if let Some(child) = host.child.as_mut() {
@@ -196,14 +196,14 @@ impl SimHost {
     /// Send one command to the simulator's control file (`spawn <uuid> ...`, `kill <pid>`).
     pub fn control(&self, command: &str) -> std::io::Result<()> {
         std::fs::write(
-            self.dir.path().join("gvm-sim/control"),
+            self.dir.path().join("sys/kernel/debug/gvm-sim/control"),
             format!("{command}\n"),
         )
     }
 
     /// The simulator's owner table (`pid uuid gpu busy memory_wanted gpu_time_us frozen` lines).
     pub fn owners(&self) -> Vec<Vec<String>> {
-        std::fs::read_to_string(self.dir.path().join("gvm-sim/owners"))
+        std::fs::read_to_string(self.dir.path().join("sys/kernel/debug/gvm-sim/owners"))
             .unwrap_or_default()
             .lines()
             .map(|l| l.split_whitespace().map(str::to_string).collect())
@@ -236,9 +236,9 @@ impl SimHost {
         }
     }
 
-    /// Whether the directory is still a mount point in this mount namespace.
+    /// Whether `DIR/sys` is still a mount point in this mount namespace.
     pub fn is_mounted(&self) -> bool {
-        is_mount_point(self.dir.path())
+        is_mount_point(&self.dir.path().join("sys"))
     }
 }
 
@@ -246,6 +246,15 @@ impl SimHost {
 fn TempDir_new() -> tempdir::TempDir {
     tempdir::TempDir::new("gvm-sim-test")
         .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+}
+
+/// Remove what tests and the daemon wrote beside the mount (`etc/`, `run/`) and the empty
+/// mount point, so the temporary root can go.
+fn remove_state_dirs(root: &Path) {
+    for sub in ["etc", "run"] {
+        let _ = std::fs::remove_dir_all(root.join(sub));
+    }
+    let _ = std::fs::remove_dir(root.join("sys"));
 }
 
 /// Whether `dir` appears as a mount point in /proc/self/mountinfo.
@@ -265,8 +274,9 @@ impl Drop for SimHost {
         if self.is_mounted() {
             let _ = Command::new("umount")
                 .arg("-l")
-                .arg(self.dir.path())
+                .arg(self.dir.path().join("sys"))
                 .status();
         }
+        remove_state_dirs(self.dir.path());
     }
 }

@@ -3,6 +3,7 @@
 mod devices;
 mod docs;
 mod inventory;
+#[cfg(feature = "libvirt")]
 mod libvirt;
 mod managed;
 mod owners;
@@ -79,6 +80,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::QemuArgs { uuid, agent_socket } => {
             passthrough::qemu_args(&ctx, uuid, agent_socket.as_deref(), out)
         }
+        #[cfg(not(feature = "libvirt"))]
+        Command::Attach { .. } | Command::Detach { .. } => anyhow::bail!(
+            "this gvm-vgpu was built without libvirt support (cargo feature `libvirt`); \
+             use a build with it, or `gvm-vgpu xml` and `virsh attach-device`"
+        ),
+        #[cfg(feature = "libvirt")]
         Command::Attach {
             domain,
             type_name,
@@ -104,6 +111,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             },
             out,
         ),
+        #[cfg(feature = "libvirt")]
         Command::Detach {
             domain,
             uuid,

@@ -1,8 +1,8 @@
 //! Test harness: a simulated host (`gvm-vgpu-sim`, FUSE) and a `gvm-vgpud` on it.
 //!
-//! The sim serves only `sys/` and `gvm-sim/` under its mount, so the daemon's root
-//! is a real directory whose `sys` links into the mount; `etc/` and `run/` are real
-//! directories beside it (as on a host, where /etc is not sysfs).
+//! The sim mounts its FUSE tree on `ROOT/sys` only, so `ROOT/etc` and `ROOT/run` are
+//! ordinary directories and the daemon keeps its state and socket under the same root,
+//! as on a host where /etc is not sysfs.
 
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
@@ -70,11 +70,9 @@ pub struct Sim {
 impl Sim {
     pub fn start(gpus: u32) -> Sim {
         let dir = tempfile::tempdir().unwrap();
-        let mount = dir.path().join("sim");
         let root = dir.path().join("host");
-        fs::create_dir_all(&mount).unwrap();
+        let mount = root.clone();
         fs::create_dir_all(&root).unwrap();
-        std::os::unix::fs::symlink(mount.join("sys"), root.join("sys")).unwrap();
         let child = Command::new(sim_binary().unwrap())
             .args(["--root"])
             .arg(&mount)
@@ -123,7 +121,11 @@ impl Sim {
     }
 
     pub fn control(&self, cmd: &str) {
-        fs::write(self.mount.join("gvm-sim/control"), format!("{cmd}\n")).unwrap();
+        fs::write(
+            self.mount.join("sys/kernel/debug/gvm-sim/control"),
+            format!("{cmd}\n"),
+        )
+        .unwrap();
     }
 
     /// Spawn an owner for `uuid`; returns its pid once listed.
@@ -147,7 +149,8 @@ impl Sim {
     }
 
     pub fn owners(&self) -> Vec<Owner> {
-        let text = fs::read_to_string(self.mount.join("gvm-sim/owners")).unwrap_or_default();
+        let text = fs::read_to_string(self.mount.join("sys/kernel/debug/gvm-sim/owners"))
+            .unwrap_or_default();
         text.lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();

@@ -59,14 +59,22 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
     })
 }
 
+/// Read the rest of standard input, so that libvirt's write of the domain XML never meets a
+/// closed pipe, whatever this hook decides to do with it.
+fn drain_stdin() {
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+}
+
 fn run() -> Result<()> {
     let args = parse_args(std::env::args().skip(1))?;
     if args.object != "qemu" {
         // Only the qemu driver's hook concerns vGPUs.
+        drain_stdin();
         return Ok(());
     }
     let op = hook::hook_op(&args.op, &args.subop);
     if op == HookOp::Ignore {
+        drain_stdin();
         return Ok(());
     }
     let root = args
