@@ -24,6 +24,7 @@
 
 mod call;
 mod error;
+mod guest;
 mod types;
 
 pub use call::{
@@ -31,6 +32,9 @@ pub use call::{
     SetParams, StatsParams, Target,
 };
 pub use error::{ApiError, ErrorCode};
+pub use guest::{
+    GuestAgentInfo, GuestCounters, GuestHello, GuestReport, GuestStats, ProcessSample,
+};
 pub use types::{
     Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides, OwnerInfo, OwnerRule, Pong,
     ReconcileReport, Source, Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
