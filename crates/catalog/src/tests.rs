@@ -533,6 +533,7 @@ fn the_simulated_host_types_match_the_simulator() {
         ("gvmsim-3", "SIM-80GB-20C", "sim-20c", 20, 4),
         ("gvmsim-4", "SIM-80GB-40C", "sim-40c", 40, 2),
         ("gvmsim-5", "SIM-80GB-80C", "sim-80c", 80, 1),
+        ("gvmsim-6", "SIM-80GB-1C", "sim-1c", 1, 64),
     ];
     for (id, kernel_name, name, gib, max) in expect {
         let t = c.resolve(id, Some(kernel_name)).unwrap();
@@ -546,6 +547,7 @@ fn the_simulated_host_types_match_the_simulator() {
     }
     assert_eq!(c.type_by_name("sim-4c").unwrap().priority, 10);
     assert_eq!(c.type_by_name("sim-80c").unwrap().priority, 4);
+    assert_eq!(c.type_by_name("sim-1c").unwrap().priority, 12);
     let one = c.resolve("mtty-1", Some("Single port serial")).unwrap();
     let two = c.resolve("mtty-2", None).unwrap();
     assert_eq!((one.name.as_str(), one.max_instances), ("mtty-1port", 24));

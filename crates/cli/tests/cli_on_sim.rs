@@ -322,7 +322,7 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
         assert_eq!(found["name"], row["kernel_name"]);
         compared += 1;
     }
-    assert_eq!(compared, 10, "2 parents x 5 types");
+    assert_eq!(compared, 12, "2 parents x 6 types");
 
     // Devices: mdevctl lists the vGPU the CLI made, with its parent and type.
     let o = mdevctl(root, "list");

@@ -4,7 +4,7 @@
 //! much of the device one mediated device takes. Two models are simulated:
 //!
 //! * `gvm-sim`: N PCI GPUs with 80 GiB of framebuffer each, offering five
-//!   NVIDIA-like types (`gvmsim-1`..`gvmsim-5`) that all draw on that one
+//!   NVIDIA-like types (`gvmsim-1`..`gvmsim-6`) that all draw on that one
 //!   framebuffer, so creating a device of one type lowers every type's
 //!   `available_instances`. Exhaustion fails with `EUSERS`, like the mdev core.
 //! * `mtty`: the kernel's `samples/vfio-mdev/mtty.c` (6.1): one virtual parent
@@ -75,12 +75,14 @@ pub struct TypeSpec {
     pub has_description: bool,
 }
 
-const GVM_SIM_TYPES: [TypeSpec; 5] = [
+const GVM_SIM_TYPES: [TypeSpec; 6] = [
     gvm_type("gvmsim-1", "SIM-80GB-4C", 4, 16),
     gvm_type("gvmsim-2", "SIM-80GB-10C", 10, 8),
     gvm_type("gvmsim-3", "SIM-80GB-20C", 20, 4),
     gvm_type("gvmsim-4", "SIM-80GB-40C", 40, 2),
     gvm_type("gvmsim-5", "SIM-80GB-80C", 80, 1),
+    // Small slices for scale tests: 64 per GPU, so 16 GPUs hold 1,000 vGPUs.
+    gvm_type("gvmsim-6", "SIM-80GB-1C", 1, 64),
 ];
 
 const fn gvm_type(id: &'static str, name: &'static str, gib: u64, max: u64) -> TypeSpec {
@@ -214,6 +216,19 @@ mod tests {
         assert_eq!(t5.available(0, 76 * GIB), 0);
         assert!(t1.description().contains("framebuffer=4096M"));
         assert!(t1.description().contains("max_instance=16"));
+        let t6 = p
+            .type_spec("gvmsim-6")
+            .cloned()
+            .unwrap_or_else(|| panic!("gvmsim-6"));
+        assert_eq!(t6.name, "SIM-80GB-1C");
+        assert_eq!(t6.available(0, GPU_FRAMEBUFFER), 64);
+        // The framebuffer pool still applies: 20 GiB free leaves room for 20.
+        assert_eq!(t6.available(10, 20 * GIB), 20);
+        let ids: Vec<&str> = p.types.iter().map(|t| t.id).collect();
+        assert_eq!(
+            ids,
+            ["gvmsim-1", "gvmsim-2", "gvmsim-3", "gvmsim-4", "gvmsim-5", "gvmsim-6"]
+        );
     }
 
     #[test]

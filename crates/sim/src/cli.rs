@@ -80,7 +80,7 @@ pub enum Command {
 /// `--model` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelArg {
-    /// N NVIDIA-like GPUs with 80 GiB each, types gvmsim-1..5, GVM gcgroup tree.
+    /// N NVIDIA-like GPUs with 80 GiB each, types gvmsim-1..6, GVM gcgroup tree.
     GvmSim,
     /// The kernel's mtty sample (6.1): one parent `mtty`, types mtty-1/mtty-2 sharing 24 ports.
     Mtty,

@@ -270,7 +270,70 @@ fn list_in_parent(host: &SimHost, pi: usize, rest: &[&str]) -> Option<Vec<Entry>
 }
 
 /// What `segs` names, or `NotFound`.
+///
+/// The hot paths (a gcgroup directory or knob, a device link, a device directory) are
+/// answered directly in O(log n); everything else lists the parent directory and looks
+/// the name up, which is the definition the direct answers must agree with.
 pub fn stat(host: &SimHost, segs: &[&str]) -> Result<Kind, FsError> {
+    if let Some(found) = stat_direct(host, segs) {
+        return found.ok_or_else(|| FsError::not_found(&segs.join("/")));
+    }
+    stat_by_listing(host, segs)
+}
+
+/// `word` as a number, only in the canonical decimal form a listing would show.
+fn number(word: &str) -> Option<u32> {
+    word.parse::<u32>().ok().filter(|n| n.to_string() == word)
+}
+
+/// The direct answer for the paths that scale with the number of devices and owners:
+/// `Some(Some(kind))` found, `Some(None)` absent, `None` when not such a path.
+fn stat_direct(host: &SimHost, segs: &[&str]) -> Option<Option<Kind>> {
+    if let [a, b, c, d, "processes", rest @ ..] = segs {
+        if [*a, *b, *c, *d] != GVM {
+            return None;
+        }
+        let registered = |pid: &str, gpu: Option<&str>| -> bool {
+            let Some(pid) = number(pid) else { return false };
+            let Some(owner) = host.owners().get(&pid) else {
+                return false;
+            };
+            let gpu = match gpu {
+                Some(g) => match number(g) {
+                    Some(g) => g,
+                    None => return false,
+                },
+                None => owner.client.gpu,
+            };
+            host.client(pid, gpu).is_some()
+        };
+        return match rest {
+            [pid] if *pid != "list" => Some(registered(pid, None).then_some(Kind::Dir)),
+            [pid, gpu] => Some(registered(pid, Some(gpu)).then_some(Kind::Dir)),
+            [pid, gpu, knob] => Some(
+                registered(pid, Some(gpu))
+                    .then(|| GVM_KNOBS.iter().find(|(n, _)| n == knob))
+                    .flatten()
+                    .map(|(_, k)| k.clone()),
+            ),
+            _ => None,
+        };
+    }
+    if let ["sys", "bus", "mdev", "devices", uuid] = segs {
+        return Some(device_dir_in_sys(host, uuid).map(|t| Kind::Link(format!("{}{t}", up(3)))));
+    }
+    if let Some((pi, [uuid])) = in_parent(host, segs) {
+        // Only a device directory is answered here; the parent's other entries are few.
+        return host
+            .devices()
+            .get(*uuid)
+            .filter(|d| d.parent == pi)
+            .map(|_| Some(Kind::Dir));
+    }
+    None
+}
+
+fn stat_by_listing(host: &SimHost, segs: &[&str]) -> Result<Kind, FsError> {
     let Some((name, parent)) = segs.split_last() else {
         return Ok(Kind::Dir);
     };

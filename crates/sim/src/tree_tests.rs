@@ -253,3 +253,79 @@ fn gvm_tree_follows_owners() {
     );
     assert_eq!(names(&h, "sys/kernel/debug/nvidia-uvm/processes"), ["list"]);
 }
+
+#[test]
+fn direct_stat_answers_agree_with_the_listings() {
+    let (mut h, _) = host(Model::GvmSim, 1);
+    let c = format!("{T1}/create");
+    assert_eq!(put(&mut h, &c, U1), Ok(()));
+    assert_eq!(
+        put(
+            &mut h,
+            "sys/kernel/debug/gvm-sim/control",
+            &format!("spawn {U1} gpu=8 register_delay_ms=50")
+        ),
+        Ok(())
+    );
+    let pids: Vec<u32> = h.owners().keys().copied().collect();
+    assert_eq!(pids.len(), 2);
+    let (on, late) = (pids[0], pids[1]);
+    assert_eq!(
+        h.registered_pids(),
+        vec![on],
+        "the delayed owner is not listed yet"
+    );
+    let p = "sys/kernel/debug/nvidia-uvm/processes";
+    let parent = "sys/devices/pci0000:00/0000:3b:00.0";
+    let mut paths = vec![
+        format!("{p}/list"),
+        format!("{p}/{on}"),
+        format!("{p}/0{on}"),
+        format!("{p}/{on}/0"),
+        format!("{p}/{on}/00"),
+        format!("{p}/{on}/8"),
+        format!("{p}/{on}/0/compute.priority"),
+        format!("{p}/{on}/0/gcgroup.stat"),
+        format!("{p}/{on}/0/nope"),
+        format!("{p}/{on}/0/compute.priority/x"),
+        format!("{p}/{late}"),
+        format!("{p}/{late}/8"),
+        format!("{p}/{late}/8/memory.limit"),
+        format!("{p}/424242/0"),
+        format!("sys/bus/mdev/devices/{U1}"),
+        "sys/bus/mdev/devices/0b2e3c4d-1111-4a2b-8c3d-00000000000f".to_string(),
+        format!("{parent}/{U1}"),
+        format!("{parent}/{U1}/remove"),
+        format!("{parent}/mdev_supported_types"),
+        format!("{parent}/gvm_uvm_index"),
+        format!("sys/devices/pci0000:00/0000:3c:00.0/{U1}"),
+    ];
+    let check = |h: &SimHost, paths: &[String]| {
+        for path in paths {
+            let segs: Vec<&str> = path.split('/').collect();
+            assert_eq!(
+                stat(h, &segs).map_err(|e| e.errno()),
+                stat_by_listing(h, &segs).map_err(|e| e.errno()),
+                "{path}"
+            );
+        }
+    };
+    check(&h, &paths);
+    assert!(matches!(
+        stat(&h, &["sys", "bus", "mdev", "devices", U1]),
+        Ok(Kind::Link(_))
+    ));
+    // Once registered, the late owner's tree appears in both answers alike.
+    h.advance(60_000);
+    paths.push(format!("{p}/{late}/8/compute.freeze"));
+    check(&h, &paths);
+    assert_eq!(
+        stat(
+            &h,
+            &p.split('/')
+                .chain([late.to_string().as_str(), "8"])
+                .collect::<Vec<_>>()
+        ),
+        Ok(Kind::Dir)
+    );
+}
