@@ -1,0 +1,693 @@
+//! The host side of the guest agent: one connection per VM channel, validated,
+//! bounded, attributed by the socket alone.
+//!
+//! A VM's `gvm-vgpu-agent` writes JSON lines to a virtio-serial port. QEMU is the
+//! *server* of the host end: `-chardev socket,…,server=on,wait=off` (and libvirt's
+//! `<channel type='unix'><source mode='bind'/>`) make QEMU listen on a Unix socket,
+//! so the daemon connects to each channel as a client and reconnects, with a
+//! backoff, when QEMU restarts. Channels are discovered every
+//! [`DISCOVERY_PERIOD`]:
+//!
+//! - `<state>/run/gvm-vgpu/agent/<uuid>.sock` (what `gvm-vgpu xml --with-agent` and
+//!   `gvm-vgpu qemu-args --agent-socket` default to) belongs to vGPU `<uuid>`, and
+//!   to whichever domain holds it;
+//! - every `<channel type='unix'>` to `org.gvm.vgpu.agent.0` in a running libvirt
+//!   domain's live XML (`<root>/run/libvirt/qemu/<name>.xml`) belongs to that domain.
+//!
+//! Attribution is by the socket the bytes arrived on, never by what the guest says.
+//! Each channel gets one tokio task that feeds what it reads into a
+//! [`gvm_agent_proto::IngestSession`] (line framing in a buffer of at most
+//! 64 KiB + 1, a token bucket on lines, validation of every field, a partial-line
+//! timeout armed from [`IngestSession::next_deadline`]). Violations are counted and
+//! logged at most once per [`LOG_INTERVAL`] per channel (with the number
+//! suppressed); when the session decides to disconnect, the task closes the socket
+//! and waits the session's `reconnect_after` before connecting again. Nothing a
+//! guest sends reaches another channel: each task has its own session, and the
+//! shared [`GuestTable`] holds at most [`MAX_CHANNELS`] entries, each a bounded
+//! [`GuestStats`] (the proto caps a report at 1,024 processes in 64 KiB).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gvm_agent_proto::{log_safe, Event, GuestStats, IngestSession, Limits};
+use gvm_host_root::HostRoot;
+use gvm_proto::{ApiError, GuestAgentInfo};
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::daemon::Daemon;
+
+/// Most channels the daemon follows at once; more are ignored (and said so).
+pub const MAX_CHANNELS: usize = 1024;
+/// How often the agent directory and libvirt's run directory are listed.
+pub const DISCOVERY_PERIOD: Duration = Duration::from_millis(500);
+/// At most one violation log line per channel per this interval.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// First and longest pause between connection attempts to a silent socket.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Whom a channel's stats belong to (decided by the socket, never the guest).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Attribution {
+    /// A socket `<uuid>.sock` in the agent directory.
+    Vgpu(Uuid),
+    /// A channel in a libvirt domain's XML.
+    Domain(String),
+}
+
+/// What the daemon keeps about one channel.
+#[derive(Debug, Clone)]
+pub struct ChannelState {
+    /// Whom it belongs to.
+    pub attribution: Attribution,
+    /// Connected now.
+    pub connected: bool,
+    /// Connections made.
+    pub connections: u64,
+    /// Times the guest was cut off for misbehaving.
+    pub disconnects: u64,
+    /// Violations over all connections.
+    pub violations: u64,
+    /// Latest violation or disconnect reason (log-safe).
+    pub last_problem: Option<String>,
+    /// Latest validated hello + report.
+    pub stats: Option<GuestStats>,
+    /// When the latest report was accepted.
+    pub last_report_at: Option<Instant>,
+}
+
+impl ChannelState {
+    fn new(attribution: Attribution) -> Self {
+        ChannelState {
+            attribution,
+            connected: false,
+            connections: 0,
+            disconnects: 0,
+            violations: 0,
+            last_problem: None,
+            stats: None,
+            last_report_at: None,
+        }
+    }
+
+    /// The API view, with `domain` filled in by the caller when it knows more.
+    pub fn info(&self, socket: &Path, now: Instant) -> GuestAgentInfo {
+        let (uuid, domain) = match &self.attribution {
+            Attribution::Vgpu(u) => (Some(*u), None),
+            Attribution::Domain(d) => (None, Some(d.clone())),
+        };
+        GuestAgentInfo {
+            socket: socket.to_path_buf(),
+            uuid,
+            domain,
+            connected: self.connected,
+            connections: self.connections,
+            disconnects: self.disconnects,
+            violations: self.violations,
+            last_problem: self.last_problem.clone(),
+            report_age_ms: self
+                .last_report_at
+                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// The channels and their latest stats, shared by the channel tasks (writers)
+/// and the API and metrics handlers (readers). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct GuestTable {
+    inner: Arc<Mutex<BTreeMap<PathBuf, ChannelState>>>,
+}
+
+impl GuestTable {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<PathBuf, ChannelState>) -> T) -> T {
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            // A panicking channel task must not take the others down.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    fn update(&self, socket: &Path, f: impl FnOnce(&mut ChannelState)) {
+        self.with(|m| {
+            if let Some(c) = m.get_mut(socket) {
+                f(c);
+            }
+        });
+    }
+
+    /// Every channel's API view, sorted by socket path.
+    pub fn snapshot(&self) -> Vec<GuestAgentInfo> {
+        let now = Instant::now();
+        self.with(|m| m.iter().map(|(s, c)| c.info(s, now)).collect())
+    }
+
+    /// Number of channels followed.
+    pub fn len(&self) -> usize {
+        self.with(|m| m.len())
+    }
+
+    /// Whether no channel is followed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where channels are looked for, and the limits every session gets.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `<state>/run/gvm-vgpu/agent`.
+    pub agent_dir: PathBuf,
+    /// The host root libvirt's run directory and channel paths are read under.
+    pub host: HostRoot,
+    /// Limits of each ingest session.
+    pub limits: Limits,
+}
+
+impl AgentConfig {
+    /// The default layout: the agent directory under the state root, libvirt under
+    /// the host root, [`Limits::default`].
+    pub fn new(host: &HostRoot, state: &HostRoot) -> Self {
+        AgentConfig {
+            agent_dir: state.run_dir().join("agent"),
+            host: host.clone(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a limits specification was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    /// An item is not `key=value` with a known key and a number.
+    #[error(
+        "agent limit '{item}' is not understood: use comma-separated key=value with keys \
+         max_line, lines_per_second, burst, partial_line_timeout_ms, violation_window_ms, \
+         max_violations, max_consecutive_violations, rate_violation_interval_ms, reconnect_after_ms"
+    )]
+    Item {
+        /// The offending item.
+        item: String,
+    },
+}
+
+/// Parse `key=value,…` over [`Limits::default`] (for `--agent-limits`; tests and
+/// operators tighten or loosen the defaults with it).
+pub fn parse_limits(spec: &str) -> Result<Limits, LimitsError> {
+    let mut l = Limits::default();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = || LimitsError::Item {
+            item: item.to_string(),
+        };
+        let (key, value) = item.split_once('=').ok_or_else(bad)?;
+        let n: u64 = value.trim().parse().map_err(|_| bad())?;
+        let ms = Duration::from_millis(n);
+        let small = |n: u64| u32::try_from(n).map_err(|_| bad());
+        match key.trim() {
+            "max_line" => l.max_line = usize::try_from(n).map_err(|_| bad())?.max(1),
+            "lines_per_second" => l.lines_per_second = small(n)?,
+            "burst" => l.burst = small(n)?,
+            "partial_line_timeout_ms" => l.partial_line_timeout = ms,
+            "violation_window_ms" => l.violation_window = ms,
+            "max_violations" => l.max_violations = n as usize,
+            "max_consecutive_violations" => l.max_consecutive_violations = n as usize,
+            "rate_violation_interval_ms" => l.rate_violation_interval = ms,
+            "reconnect_after_ms" => l.reconnect_after = ms,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(l)
+}
+
+/// The channels that should be followed: `<uuid>.sock` files of the agent
+/// directory (other names ignored), then libvirt domains' channel sockets, at
+/// most [`MAX_CHANNELS`] in all. The first attribution of a path wins.
+pub fn desired_channels(
+    agent_dir_sockets: &[PathBuf],
+    domains: &[(String, Vec<PathBuf>)],
+) -> BTreeMap<PathBuf, Attribution> {
+    let mut out = BTreeMap::new();
+    let vgpus = agent_dir_sockets.iter().filter_map(|p| {
+        let stem = p.file_name()?.to_str()?.strip_suffix(".sock")?;
+        Some((p.clone(), Attribution::Vgpu(Uuid::try_parse(stem).ok()?)))
+    });
+    let doms = domains.iter().flat_map(|(name, sockets)| {
+        sockets
+            .iter()
+            .map(move |s| (s.clone(), Attribution::Domain(name.clone())))
+    });
+    for (path, who) in vgpus.chain(doms) {
+        if out.len() >= MAX_CHANNELS {
+            break;
+        }
+        out.entry(path).or_insert(who);
+    }
+    out
+}
+
+/// Rate-limits log lines: [`LogLimiter::allow`] says whether a line may be
+/// written now and how many were suppressed since the last one.
+#[derive(Debug, Clone)]
+pub struct LogLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// At most one line per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        LogLimiter {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be written at `now`, else `None` (and the
+    /// line is counted as suppressed).
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < self.interval)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+fn list_agent_dir(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .take(MAX_CHANNELS * 2)
+        .map(|e| e.path())
+        .collect()
+}
+
+fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
+    let Ok(rd) = std::fs::read_dir(host.libvirt_run_dir()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let fname = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = fname.strip_suffix(".xml") else {
+            continue;
+        };
+        let Ok(xml) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        match gvm_libvirt::domain_xml::parse(&xml) {
+            Ok(info) if !info.agent_sockets.is_empty() => {
+                let sockets = info.agent_sockets.iter().map(|s| host.path(s)).collect();
+                out.push((name.to_string(), sockets));
+            }
+            Ok(_) => {}
+            Err(e) => debug!(domain = name, "cannot read the live domain XML: {e}"),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Follow every channel until the runtime stops: discover, start a task per new
+/// channel, stop the tasks of channels that went away.
+pub async fn run(table: GuestTable, config: AgentConfig) {
+    info!(dir = %config.agent_dir.display(), "following guest-agent channels");
+    let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
+    let mut warned_full = false;
+    loop {
+        let (dir, host) = (config.agent_dir.clone(), config.host.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let sockets = list_agent_dir(&dir);
+            let doms = libvirt_channels(&host);
+            let full = sockets.len() + doms.iter().map(|d| d.1.len()).sum::<usize>();
+            (desired_channels(&sockets, &doms), full)
+        })
+        .await;
+        if let Ok((want, seen)) = found {
+            if seen > MAX_CHANNELS && !warned_full {
+                warn!(
+                    seen,
+                    max = MAX_CHANNELS,
+                    "more guest-agent channels than the daemon follows; the rest are ignored"
+                );
+            }
+            warned_full = seen > MAX_CHANNELS;
+            reconcile_tasks(&table, &config, &mut tasks, want);
+        }
+        tokio::time::sleep(DISCOVERY_PERIOD).await;
+    }
+}
+
+fn reconcile_tasks(
+    table: &GuestTable,
+    config: &AgentConfig,
+    tasks: &mut BTreeMap<PathBuf, JoinHandle<()>>,
+    want: BTreeMap<PathBuf, Attribution>,
+) {
+    let gone: Vec<PathBuf> = tasks
+        .keys()
+        .filter(|p| !want.contains_key(*p))
+        .cloned()
+        .collect();
+    for p in gone {
+        if let Some(t) = tasks.remove(&p) {
+            t.abort();
+        }
+        table.with(|m| m.remove(&p));
+        info!(socket = %p.display(), "guest-agent channel gone");
+    }
+    for (path, who) in want {
+        if tasks.get(&path).is_some_and(|t| !t.is_finished()) {
+            continue;
+        }
+        table.with(|m| {
+            m.entry(path.clone())
+                .or_insert_with(|| ChannelState::new(who.clone()));
+        });
+        debug!(socket = %path.display(), ?who, "following a guest-agent channel");
+        let (t, l) = (table.clone(), config.limits.clone());
+        tasks.insert(path.clone(), tokio::spawn(channel_task(path, who, t, l)));
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    /// QEMU closed the socket (VM stopped or restarting).
+    Eof,
+    /// Reading failed.
+    Error(std::io::Error),
+    /// The session cut the guest off; wait this long.
+    Cut(Duration),
+}
+
+async fn channel_task(socket: PathBuf, who: Attribution, table: GuestTable, limits: Limits) {
+    let mut backoff = BACKOFF_MIN;
+    let mut log = LogLimiter::new(LOG_INTERVAL);
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let stream = match UnixStream::connect(&socket).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(socket = %socket.display(), "cannot connect to the guest-agent channel yet: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        table.update(&socket, |c| {
+            c.connected = true;
+            c.connections += 1;
+        });
+        info!(socket = %socket.display(), ?who, "guest-agent channel connected");
+        let session = IngestSession::new(limits.clone());
+        let ended = read_session(stream, session, &socket, &who, &table, &mut log, &mut buf).await;
+        table.update(&socket, |c| c.connected = false);
+        match ended {
+            Ended::Cut(after) => tokio::time::sleep(after).await,
+            Ended::Eof => {
+                info!(socket = %socket.display(), ?who, "guest-agent channel closed by QEMU; reconnecting");
+                tokio::time::sleep(backoff).await;
+            }
+            Ended::Error(e) => {
+                warn!(socket = %socket.display(), ?who, "reading the guest-agent channel failed: {e}; reconnecting");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+async fn read_session(
+    mut stream: UnixStream,
+    mut session: IngestSession,
+    socket: &Path,
+    who: &Attribution,
+    table: &GuestTable,
+    log: &mut LogLimiter,
+    buf: &mut [u8],
+) -> Ended {
+    let mut hellos = 0u64;
+    loop {
+        let deadline = session.next_deadline();
+        let events = tokio::select! {
+            r = stream.read(buf) => match r {
+                Ok(0) => return Ended::Eof,
+                Ok(n) => session.feed(Instant::now(), &buf[..n]),
+                Err(e) => return Ended::Error(e),
+            },
+            _ = sleep_until(deadline) => session.tick(Instant::now()),
+        };
+        let mut reported = false;
+        let mut violations = 0u64;
+        let mut problem = None;
+        let mut cut = None;
+        for event in events {
+            match event {
+                Event::Hello(h) => {
+                    hellos += 1;
+                    if hellos == 1 {
+                        info!(socket = %socket.display(), ?who, agent = %log_safe(&h.agent, 40),
+                              os = %log_safe(&h.os, 80), collector = ?h.collector, gpus = h.gpus.len(),
+                              "guest agent said hello");
+                    }
+                }
+                Event::Report(_) => reported = true,
+                Event::Violation { line, violation } => {
+                    violations += 1;
+                    let text = format!("line {line}: {violation}");
+                    if let Some(suppressed) = log.allow(Instant::now()) {
+                        warn!(socket = %socket.display(), ?who, suppressed, "guest agent broke the protocol: {text}");
+                    }
+                    problem = Some(text);
+                }
+                Event::Disconnect {
+                    reason,
+                    reconnect_after,
+                } => {
+                    warn!(socket = %socket.display(), ?who, wait_s = reconnect_after.as_secs(),
+                          "guest agent disconnected: {reason}");
+                    problem = Some(reason.to_string());
+                    cut = Some(reconnect_after);
+                }
+            }
+        }
+        if reported || problem.is_some() {
+            let stats = reported.then(|| session.stats()).flatten();
+            let now = Instant::now();
+            table.update(socket, |c| {
+                if let Some(s) = stats {
+                    c.stats = Some(s);
+                    c.last_report_at = Some(now);
+                }
+                c.violations += violations;
+                if let Some(p) = problem {
+                    c.last_problem = Some(p);
+                }
+                if cut.is_some() {
+                    c.disconnects += 1;
+                }
+            });
+        }
+        if let Some(after) = cut {
+            return Ended::Cut(after);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pick the channels a `guest_stats` target names: all of them without a
+/// target; a UUID's channel; a domain name's channels (by XML or by the vGPUs
+/// it holds, whose `domain` the caller has filled in).
+pub fn select(
+    infos: Vec<GuestAgentInfo>,
+    target: Option<&str>,
+) -> Result<Vec<GuestAgentInfo>, ApiError> {
+    let Some(target) = target else {
+        return Ok(infos);
+    };
+    let uuid = Uuid::try_parse(target).ok();
+    let picked: Vec<GuestAgentInfo> = infos
+        .into_iter()
+        .filter(|i| match uuid {
+            Some(u) => i.uuid == Some(u),
+            None => i.domain.as_deref() == Some(target),
+        })
+        .collect();
+    if picked.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no guest-agent channel for '{target}': wire the VM's agent port with \
+             `gvm-vgpu xml --with-agent` or `gvm-vgpu qemu-args --agent-socket`, and check \
+             that the VM runs"
+        )));
+    }
+    Ok(picked)
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text for the guest agents' channels and processes.
+pub fn render_metrics(infos: &[GuestAgentInfo]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let labels = |i: &GuestAgentInfo| {
+        format!(
+            "domain=\"{}\",uuid=\"{}\"",
+            escape(i.domain.as_deref().unwrap_or("")),
+            i.uuid.map(|u| u.to_string()).unwrap_or_default()
+        )
+    };
+    type Get = fn(&GuestAgentInfo) -> Option<u64>;
+    let channel: [(&str, &str, &str, Get); 6] = [
+        (
+            "gvm_vgpu_guest_agent_connected",
+            "gauge",
+            "1 while the daemon is connected to the VM's agent channel.",
+            |i| Some(u64::from(i.connected)),
+        ),
+        (
+            "gvm_vgpu_guest_processes",
+            "gauge",
+            "GPU processes in the guest's latest report.",
+            |i| {
+                i.stats
+                    .as_ref()
+                    .and_then(|s| s.last_report.as_ref())
+                    .map(|r| r.processes.len() as u64)
+            },
+        ),
+        (
+            "gvm_vgpu_guest_reports_total",
+            "counter",
+            "Reports accepted from the guest agent (current connection).",
+            |i| i.stats.as_ref().map(|s| s.counters.reports),
+        ),
+        (
+            "gvm_vgpu_guest_violations_total",
+            "counter",
+            "Protocol violations by the guest agent.",
+            |i| Some(i.violations),
+        ),
+        (
+            "gvm_vgpu_guest_disconnects_total",
+            "counter",
+            "Times the guest agent was cut off for misbehaving.",
+            |i| Some(i.disconnects),
+        ),
+        (
+            "gvm_vgpu_guest_report_age_seconds",
+            "gauge",
+            "Seconds since the latest accepted report.",
+            |i| i.report_age_ms.map(|ms| ms / 1000),
+        ),
+    ];
+    for (name, kind, help, get) in channel {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for i in infos {
+            if let Some(v) = get(i) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels(i));
+            }
+        }
+    }
+    type ProcGet = fn(&gvm_proto::ProcessSample) -> Option<u64>;
+    let process: [(&str, &str, ProcGet); 3] = [
+        (
+            "gvm_vgpu_guest_process_memory_bytes",
+            "GPU memory of a guest process (NVML collector).",
+            |p| p.memory_bytes,
+        ),
+        (
+            "gvm_vgpu_guest_process_sm_percent",
+            "SM utilization of a guest process over the last interval.",
+            |p| p.sm_pct.map(u64::from),
+        ),
+        (
+            "gvm_vgpu_guest_process_info",
+            "1 for each guest process using a GPU (any collector).",
+            |_| Some(1),
+        ),
+    ];
+    for (name, help, get) in process {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for i in infos {
+            let Some(r) = i.stats.as_ref().and_then(|s| s.last_report.as_ref()) else {
+                continue;
+            };
+            for p in &r.processes {
+                if let Some(v) = get(p) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{{},pid=\"{}\",name=\"{}\"}} {v}",
+                        labels(i),
+                        p.pid,
+                        escape(&p.name)
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Daemon {
+    /// The table the channel tasks write and the API reads (start
+    /// [`run`] with it).
+    pub fn guest_table(&self) -> GuestTable {
+        self.guests.clone()
+    }
+
+    /// Every channel's view with `domain` filled in from libvirt for vGPU sockets.
+    fn guest_infos(&mut self) -> Vec<GuestAgentInfo> {
+        self.resolver.refresh_libvirt();
+        let mut infos = self.guests.snapshot();
+        for i in &mut infos {
+            if let (None, Some(u)) = (&i.domain, i.uuid) {
+                i.domain = self.resolver.domain_of(&u).map(str::to_string);
+            }
+        }
+        infos
+    }
+
+    /// `guest_stats`: the channels a target names (all without one).
+    pub(crate) fn guest_stats(
+        &mut self,
+        target: Option<&str>,
+    ) -> Result<Vec<GuestAgentInfo>, ApiError> {
+        select(self.guest_infos(), target)
+    }
+
+    /// The guest agents' Prometheus text.
+    pub(crate) fn guest_metrics(&mut self) -> String {
+        render_metrics(&self.guest_infos())
+    }
+}
+
+#[cfg(test)]
+#[path = "agent_ingest_tests.rs"]
+mod tests;
