@@ -7,6 +7,11 @@
 //! stale entries nor coalesces writes: each `write(2)` arrives as one store, as
 //! with sysfs. A read snapshots the attribute at open time, like kernfs's
 //! seq_file buffer.
+//!
+//! The one exception: the directories that exist for the whole life of the mount
+//! ([`tree::is_fixed_dir`], e.g. `kernel/debug/nvidia-uvm/processes`) are answered
+//! with a long TTL. Their contents are still listed fresh; only the path walk down to
+//! them is cached, which saves four round trips on every gcgroup knob access.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -26,6 +31,18 @@ use crate::tree::{self, Kind};
 
 /// Size reported for attribute files (sysfs reports a page).
 const ATTR_SIZE: u64 = 4096;
+
+/// Entry and attribute TTL of the fixed directories ([`tree::is_fixed_dir`]).
+const FIXED_TTL: Duration = Duration::from_secs(3600);
+
+/// How long the kernel may cache the entry and attributes of `path`.
+fn ttl(path: &str) -> Duration {
+    if tree::is_fixed_dir(&segs(path)) {
+        FIXED_TTL
+    } else {
+        Duration::ZERO
+    }
+}
 
 #[derive(Default)]
 struct Inodes {
@@ -155,7 +172,7 @@ impl Filesystem for SimFs {
         match self.stat_path(&path) {
             Ok(kind) => {
                 let ino = self.ino_of(&path);
-                reply.entry(&Duration::ZERO, &self.attr(ino, &kind), Generation(0));
+                reply.entry(&ttl(&path), &self.attr(ino, &kind), Generation(0));
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -166,7 +183,7 @@ impl Filesystem for SimFs {
             return reply.error(Errno::ENOENT);
         };
         match self.stat_path(&path) {
-            Ok(kind) => reply.attr(&Duration::ZERO, &self.attr(ino.0, &kind)),
+            Ok(kind) => reply.attr(&ttl(&path), &self.attr(ino.0, &kind)),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -269,6 +269,29 @@ fn list_in_parent(host: &SimHost, pi: usize, rest: &[&str]) -> Option<Vec<Entry>
     Some(v)
 }
 
+/// Whether `segs` is one of the directories that exist for the whole life of the mount
+/// and never change kind (`sys/kernel/debug/nvidia-uvm/processes`, `sys/bus/mdev/devices`,
+/// …). Their entries may be cached by the kernel; everything else may appear or vanish.
+pub fn is_fixed_dir(segs: &[&str]) -> bool {
+    const FIXED: [&[&str]; 14] = [
+        &["sys"],
+        &["sys", "bus"],
+        &["sys", "bus", "mdev"],
+        &["sys", "bus", "mdev", "devices"],
+        &["sys", "bus", "mdev", "drivers"],
+        &["sys", "class"],
+        &["sys", "class", "mdev_bus"],
+        &["sys", "devices"],
+        &["sys", "kernel"],
+        &["sys", "kernel", "iommu_groups"],
+        &["sys", "kernel", "debug"],
+        &SIM_CONTROL_DIR,
+        &GVM,
+        &["sys", "kernel", "debug", "nvidia-uvm", "processes"],
+    ];
+    FIXED.contains(&segs)
+}
+
 /// What `segs` names, or `NotFound`.
 ///
 /// The hot paths (a gcgroup directory or knob, a device link, a device directory) are

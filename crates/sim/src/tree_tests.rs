@@ -329,3 +329,34 @@ fn direct_stat_answers_agree_with_the_listings() {
         Ok(Kind::Dir)
     );
 }
+
+#[test]
+fn fixed_directories_are_always_directories_and_nothing_else_is_fixed() {
+    let (mut h, _) = host(Model::GvmSim, 1);
+    let fixed = [
+        "sys",
+        "sys/bus/mdev/devices",
+        "sys/class/mdev_bus",
+        "sys/kernel/debug/nvidia-uvm/processes",
+        "sys/kernel/debug/gvm-sim",
+    ];
+    for path in fixed {
+        let segs: Vec<&str> = path.split('/').collect();
+        assert!(is_fixed_dir(&segs), "{path}");
+        assert_eq!(stat(&h, &segs), Ok(Kind::Dir), "{path}");
+    }
+    assert_eq!(put(&mut h, &format!("{T1}/create"), U1), Ok(()));
+    let pid = h.registered_pids()[0];
+    for path in [
+        format!("sys/kernel/debug/nvidia-uvm/processes/{pid}"),
+        format!("sys/bus/mdev/devices/{U1}"),
+        "sys/class/mdev_bus/0000:3b:00.0".to_string(),
+        "sys/kernel/debug/nvidia-uvm/processes/list".to_string(),
+    ] {
+        let segs: Vec<&str> = path.split('/').collect();
+        assert!(
+            !is_fixed_dir(&segs),
+            "{path} can vanish: it must not be cached"
+        );
+    }
+}
