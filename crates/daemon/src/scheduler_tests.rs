@@ -1,0 +1,147 @@
+//! Unit tests of the scheduler's pure parts: the policy file, the GPU-time
+//! estimator, `--gpu` resolution and how scheduler knobs combine with the operator's.
+
+use super::*;
+
+fn ms(v: u64) -> Nanos {
+    Nanos::from_millis(v)
+}
+
+#[test]
+fn a_legacy_policy_file_reads_and_per_gpu_entries_round_trip(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let p = Path::new("/etc/gvm-vgpu/policy.json");
+    let legacy = PolicyFile::parse(p, br#"{"policy":"equal-share"}"#)?;
+    assert_eq!(legacy.default.policy, Policy::EqualShare);
+    assert_eq!(legacy.default.window_ms, 1000);
+    assert_eq!(legacy.for_gpu(8).policy, Policy::EqualShare);
+
+    let f = legacy.with_change(Policy::FixedShare, Some(1024), Some(500), Some(&[8]))?;
+    assert_eq!(f.for_gpu(0).policy, Policy::EqualShare);
+    let g8 = f.for_gpu(8);
+    assert_eq!(
+        (g8.policy, g8.timeslice_us, g8.window_ms),
+        (Policy::FixedShare, Some(1024), 500)
+    );
+    let text = serde_json::to_string(&f)?;
+    assert_eq!(PolicyFile::parse(p, text.as_bytes())?, f);
+
+    // No GPU: the default changes and per-GPU entries go; absent values are kept.
+    let all = f.with_change(Policy::BestEffort, None, None, None)?;
+    assert!(all.gpus.is_empty());
+    assert_eq!(all.default.window_ms, 1000);
+    assert_eq!(all.for_gpu(8).policy, Policy::BestEffort);
+    Ok(())
+}
+
+#[test]
+fn bad_files_and_bad_values_are_refused_naming_what() {
+    let p = Path::new("/x/policy.json");
+    let e = PolicyFile::parse(p, b"{\"policy\":\"fair\"}").err();
+    assert!(matches!(e, Some(SchedulerError::Parse { .. })), "{e:?}");
+    let e = PolicyFile::parse(
+        p,
+        br#"{"policy":"equal-share","gpus":{"8":{"policy":"fixed-share","window_ms":0}}}"#,
+    )
+    .err();
+    let Some(e) = e else {
+        panic!("a zero window was accepted");
+    };
+    assert!(error_chain(&e).contains("GPU 8"), "{}", error_chain(&e));
+    let f = PolicyFile::default();
+    assert!(f
+        .with_change(Policy::EqualShare, Some(1), None, None)
+        .is_err());
+    assert!(f
+        .with_change(Policy::EqualShare, Some(2000), Some(1), None)
+        .is_err());
+}
+
+#[test]
+fn a_saturated_tick_is_split_by_kernels_and_calibrates_the_kernel_length() {
+    let (used, k) = split_gpu_time(ms(20), &[10, 5, 5], true, None);
+    assert_eq!(used, vec![ms(10), ms(5), ms(5)]);
+    assert_eq!(k, Some(ms(1)));
+    // No kernels: nobody used anything, nothing learned.
+    let (used, k) = split_gpu_time(ms(20), &[0, 0], true, Some(ms(1)));
+    assert_eq!((used, k), (vec![Nanos::ZERO; 2], None));
+}
+
+#[test]
+fn an_idle_gpu_tick_prices_kernels_at_the_calibrated_length_capped_by_wall_time() {
+    // One light vGPU finished 3 kernels of ~1 ms in a 20 ms tick: 3 ms, not 20.
+    let (used, k) = split_gpu_time(ms(20), &[3], false, Some(ms(1)));
+    assert_eq!((used, k), (vec![ms(3)], None));
+    // Never more than the tick in total.
+    let (used, _) = split_gpu_time(ms(10), &[15, 5], false, Some(ms(1)));
+    assert_eq!(used.iter().fold(Nanos::ZERO, |a, b| a + *b), ms(10));
+    assert_eq!(used[0], Nanos(7_500_000));
+    // Nothing calibrated yet: the proportional split.
+    let (used, _) = split_gpu_time(ms(10), &[1, 1], false, None);
+    assert_eq!(used, vec![ms(5), ms(5)]);
+}
+
+#[test]
+fn calibration_is_a_running_mean() {
+    assert_eq!(calibrate(None, ms(2)), ms(2));
+    assert_eq!(calibrate(Some(ms(1)), ms(9)), ms(2));
+}
+
+#[test]
+fn gpu_arguments_are_indexes_or_parents_with_known_gpus() {
+    let parents: BTreeSet<String> = ["p0".to_string(), "p1".to_string()].into_iter().collect();
+    let mut pg = BTreeMap::new();
+    pg.insert(
+        "p0".to_string(),
+        [8u32].into_iter().collect::<BTreeSet<u32>>(),
+    );
+    assert_eq!(resolve_gpu("16", &parents, &pg).ok(), Some(vec![16]));
+    assert_eq!(resolve_gpu("p0", &parents, &pg).ok(), Some(vec![8]));
+    let e = resolve_gpu("p1", &parents, &pg).err().map(|e| e.code);
+    assert_eq!(e, Some(gvm_proto::ErrorCode::Conflict));
+    let e = resolve_gpu("nope", &parents, &pg).err().map(|e| e.code);
+    assert_eq!(e, Some(gvm_proto::ErrorCode::NotFound));
+}
+
+#[test]
+fn scheduler_knobs_replace_the_priority_and_never_undo_a_user_freeze() {
+    let base = gvm_proto::Knobs {
+        priority: 10,
+        frozen: true,
+        ..gvm_proto::Knobs::default()
+    };
+    let thawing = SchedKnobs {
+        priority: Some(8),
+        frozen: false,
+    };
+    let k = SchedKnobs::apply(Some(&thawing), base);
+    assert_eq!((k.priority, k.frozen), (8, true));
+    let freezing = SchedKnobs {
+        priority: None,
+        frozen: true,
+    };
+    let k = SchedKnobs::apply(
+        Some(&freezing),
+        gvm_proto::Knobs {
+            frozen: false,
+            ..base
+        },
+    );
+    assert_eq!((k.priority, k.frozen), (10, true));
+    assert_eq!(SchedKnobs::apply(None, base), base);
+}
+
+#[test]
+fn stored_config_converts_both_ways() {
+    let c = EngineConfig {
+        policy: Policy::FixedShare,
+        timeslice: Some(Nanos::from_micros(512)),
+        window: ms(250),
+    };
+    assert_eq!(StoredConfig::of(&c).engine(), c);
+    let w = StoredConfig::of(&c).wire();
+    assert_eq!(
+        (w.policy.as_str(), w.timeslice_us, w.window_ms),
+        ("fixed-share", Some(512), 250)
+    );
+}

@@ -1,0 +1,148 @@
+//! Wire types of the live GPU time-slice scheduler (`policy_get`, `policy_set`).
+//!
+//! gvm-vgpud runs one scheduling engine per physical GPU (named by GVM's UVM GPU
+//! index: `0`, `8`, ...). Each GPU has a policy (`best-effort`, `equal-share`,
+//! `fixed-share`), a time slice and an averaging window; [`SchedStatus`] reports,
+//! per GPU, that configuration, the engine's knob-write counters and, per vGPU, the
+//! share the policy aims at next to the share achieved over the last window.
+//! Shares are fractions of the GPU's time in `[0, 1]`.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A GPU's scheduling configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    /// `best-effort`, `equal-share` or `fixed-share`.
+    pub policy: String,
+    /// Configured time slice in µs; `None` = 2 ms with at most 8 vGPUs, 1 ms above.
+    #[serde(default)]
+    pub timeslice_us: Option<u64>,
+    /// Averaging window in ms.
+    pub window_ms: u64,
+}
+
+/// Scheduler counters of one GPU since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SchedCounters {
+    /// Engine ticks run.
+    pub ticks: u64,
+    /// `compute.priority` writes the scheduler made (one per owner gcgroup).
+    pub priority_writes: u64,
+    /// `compute.freeze` writes the scheduler made (one per owner gcgroup).
+    pub freeze_writes: u64,
+    /// Seconds the counters cover.
+    pub seconds: f64,
+}
+
+impl SchedCounters {
+    /// Knob writes per second over the counters' span (0 before any time passed).
+    pub fn writes_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            (self.priority_writes + self.freeze_writes) as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Where one vGPU stands against its GPU's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedVgpu {
+    /// The vGPU.
+    pub uuid: Uuid,
+    /// Catalog type name, when managed.
+    #[serde(default)]
+    pub type_name: Option<String>,
+    /// Share the policy aims at (0 while the vGPU has no work).
+    pub target: f64,
+    /// Estimated share of GPU time over the last complete window; `None` until one completed.
+    #[serde(default)]
+    pub achieved: Option<f64>,
+    /// Frozen by the operator (`gvm-vgpu freeze`) or a paused domain.
+    pub frozen_by_user: bool,
+    /// Frozen by the scheduler (over its share).
+    pub frozen_by_scheduler: bool,
+    /// Pending kernels over its owners' gcgroups on this GPU at the last tick.
+    pub pending_kernels: u64,
+    /// GPU memory resident over those gcgroups, in bytes.
+    pub memory_current: u64,
+    /// `compute.priority` the scheduler holds, when it overrides the type's.
+    #[serde(default)]
+    pub priority: Option<u8>,
+}
+
+/// One physical GPU's scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSched {
+    /// GVM's UVM index of the GPU.
+    pub gpu: u32,
+    /// mdev parents whose vGPUs run on it.
+    pub parents: Vec<String>,
+    /// Its configuration.
+    pub config: PolicyConfig,
+    /// Slice in force now, in µs (after the 2 ms / 1 ms default and priority rounding).
+    pub slice_us: u64,
+    /// Knob writes and ticks.
+    pub counters: SchedCounters,
+    /// Its vGPUs, by UUID.
+    pub vgpus: Vec<SchedVgpu>,
+}
+
+/// The answer to `policy_get` and `policy_set`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedStatus {
+    /// Configuration of GPUs without their own (and of GPUs not seen yet).
+    pub default: PolicyConfig,
+    /// Every GPU that has vGPUs with owners, or its own configuration.
+    pub gpus: Vec<GpuSched>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_give_a_rate_and_status_round_trips() -> Result<(), serde_json::Error> {
+        let c = SchedCounters {
+            ticks: 100,
+            priority_writes: 4,
+            freeze_writes: 16,
+            seconds: 2.0,
+        };
+        assert_eq!(c.writes_per_second(), 10.0);
+        assert_eq!(SchedCounters::default().writes_per_second(), 0.0);
+        let s = SchedStatus {
+            default: PolicyConfig {
+                policy: "best-effort".into(),
+                timeslice_us: None,
+                window_ms: 1000,
+            },
+            gpus: vec![GpuSched {
+                gpu: 8,
+                parents: vec!["0000:02:00.0".into()],
+                config: PolicyConfig {
+                    policy: "equal-share".into(),
+                    timeslice_us: Some(1024),
+                    window_ms: 500,
+                },
+                slice_us: 1024,
+                counters: c,
+                vgpus: vec![SchedVgpu {
+                    uuid: Uuid::nil(),
+                    type_name: Some("sim-4c".into()),
+                    target: 0.5,
+                    achieved: Some(0.49),
+                    frozen_by_user: false,
+                    frozen_by_scheduler: true,
+                    pending_kernels: 4,
+                    memory_current: 1 << 30,
+                    priority: Some(9),
+                }],
+            }],
+        };
+        let back: SchedStatus = serde_json::from_str(&serde_json::to_string(&s)?)?;
+        assert_eq!(back, s);
+        Ok(())
+    }
+}
