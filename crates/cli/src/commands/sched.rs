@@ -1,0 +1,345 @@
+//! `gvm-vgpu policy show|set` and `gvm-vgpu top`: the live GPU time-slice scheduler.
+//!
+//! gvm-vgpud runs one scheduling engine per physical GPU (named by GVM's GPU index,
+//! `0`, `8`, ...), with a policy (`best-effort`, `equal-share`, `fixed-share`), a
+//! time slice and an averaging window. `policy set` switches a GPU (or all) live and
+//! the daemon persists the choice; `policy show` and `top` print, per vGPU, the share
+//! of GPU time the policy aims at next to the share achieved over the last window
+//! (estimated by the daemon from GVM's kernel counters).
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use gvm_catalog::ByteSize;
+use gvm_proto::{GpuSched, PolicyParams, SchedStatus};
+
+use super::{managed, write_json};
+use crate::context::Context;
+use crate::table::Table;
+
+/// Parses a duration: a number with `us`/`µs`, `ms` or `s` (no unit = ms).
+/// Returns microseconds.
+pub fn parse_duration_us(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = match num.parse() {
+        Ok(v) => v,
+        Err(_) => bail!("'{text}' is not a duration: write e.g. 2ms, 500us or 1s"),
+    };
+    let scale = match unit.trim() {
+        "us" | "µs" => 1.0,
+        "" | "ms" => 1_000.0,
+        "s" => 1_000_000.0,
+        other => bail!("unknown unit '{other}' in '{text}': use us, ms or s"),
+    };
+    let us = value * scale;
+    if !(us.is_finite() && us >= 1.0 && us <= u64::MAX as f64) {
+        bail!("'{text}' is out of range: give at least 1us");
+    }
+    Ok(us.round() as u64)
+}
+
+/// `policy show`.
+pub fn show(ctx: &Context, out: &mut dyn Write) -> Result<()> {
+    let status = managed::client(ctx)?.policy()?;
+    if ctx.json {
+        return write_json(out, &status);
+    }
+    write_status(&status, out)
+}
+
+/// `policy set POLICY [--gpu G] [--timeslice D] [--window D]`.
+pub fn set(
+    ctx: &Context,
+    policy: &str,
+    gpu: Option<&str>,
+    timeslice: Option<&str>,
+    window: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let params = PolicyParams {
+        policy: policy.to_string(),
+        gpu: gpu.map(str::to_string),
+        timeslice_us: timeslice.map(parse_duration_us).transpose()?,
+        window_ms: window
+            .map(|w| parse_duration_us(w).map(|us| us.div_ceil(1_000)))
+            .transpose()?,
+    };
+    let status = managed::client(ctx)?.set_policy_with(params)?;
+    if ctx.json {
+        return write_json(out, &status);
+    }
+    match gpu {
+        Some(g) => writeln!(out, "Policy of GPU {g} set to {policy} (live, persisted).")?,
+        None => writeln!(
+            out,
+            "Policy of every GPU set to {policy} (live, persisted)."
+        )?,
+    }
+    write_status(&status, out)
+}
+
+/// `top [--once]`: redraws every second until interrupted, or prints once.
+pub fn top(ctx: &Context, once: bool, out: &mut dyn Write) -> Result<()> {
+    let mut client = managed::client(ctx)?;
+    loop {
+        let status = client.policy()?;
+        if ctx.json {
+            write_json(out, &top_rows(&status))?;
+        } else {
+            if !once {
+                // Clear the screen and home the cursor, then redraw.
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            write_top(&status, out)?;
+        }
+        out.flush()?;
+        if once {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+fn slice_text(cfg_us: Option<u64>, in_force_us: u64) -> String {
+    match cfg_us {
+        Some(us) => format!("{us}us"),
+        None => format!("auto ({in_force_us}us)"),
+    }
+}
+
+fn frozen_text(user: bool, sched: bool) -> &'static str {
+    match (user, sched) {
+        (true, true) => "user+sched",
+        (true, false) => "user",
+        (false, true) => "sched",
+        (false, false) => "-",
+    }
+}
+
+/// The `policy show` text.
+pub fn write_status(status: &SchedStatus, out: &mut dyn Write) -> Result<()> {
+    let d = &status.default;
+    writeln!(
+        out,
+        "Default: {}, slice {}, window {}ms",
+        d.policy,
+        d.timeslice_us.map_or_else(
+            || "auto (2ms up to 8 vGPUs, 1ms above)".to_string(),
+            |t| format!("{t}us")
+        ),
+        d.window_ms
+    )?;
+    if status.gpus.is_empty() {
+        writeln!(out, "No GPU has vGPUs with owner processes yet.")?;
+    }
+    for g in &status.gpus {
+        writeln!(out)?;
+        write_gpu(g, out)?;
+    }
+    Ok(())
+}
+
+fn write_gpu(g: &GpuSched, out: &mut dyn Write) -> Result<()> {
+    let parents = if g.parents.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", g.parents.join(", "))
+    };
+    writeln!(
+        out,
+        "GPU {}{parents}: {}, slice {}, window {}ms, {} knob writes ({:.1}/s)",
+        g.gpu,
+        g.config.policy,
+        slice_text(g.config.timeslice_us, g.slice_us),
+        g.config.window_ms,
+        g.counters.priority_writes + g.counters.freeze_writes,
+        g.counters.writes_per_second()
+    )?;
+    if g.vgpus.is_empty() {
+        return Ok(());
+    }
+    let mut t = Table::new(&["  VGPU", "TYPE", "TARGET", "ACHIEVED", "FROZEN"]);
+    for v in &g.vgpus {
+        t.row(vec![
+            format!("  {}", v.uuid),
+            v.type_name.clone().unwrap_or_else(|| "-".into()),
+            pct(v.target),
+            v.achieved.map_or_else(|| "-".into(), pct),
+            frozen_text(v.frozen_by_user, v.frozen_by_scheduler).into(),
+        ]);
+    }
+    t.write(out)?;
+    Ok(())
+}
+
+/// One `top` line, also its JSON form.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TopRow {
+    /// GVM GPU index.
+    pub gpu: u32,
+    /// Policy of that GPU.
+    pub policy: String,
+    /// vGPU UUID.
+    pub uuid: uuid::Uuid,
+    /// Target share.
+    pub target: f64,
+    /// Achieved share over the last window.
+    pub achieved: Option<f64>,
+    /// Frozen by the operator.
+    pub frozen_by_user: bool,
+    /// Frozen by the scheduler.
+    pub frozen_by_scheduler: bool,
+    /// Pending kernels.
+    pub pending_kernels: u64,
+    /// Resident GPU memory in bytes.
+    pub memory_current: u64,
+}
+
+/// Flattens the status into one row per vGPU and GPU.
+pub fn top_rows(status: &SchedStatus) -> Vec<TopRow> {
+    status
+        .gpus
+        .iter()
+        .flat_map(|g| {
+            g.vgpus.iter().map(|v| TopRow {
+                gpu: g.gpu,
+                policy: g.config.policy.clone(),
+                uuid: v.uuid,
+                target: v.target,
+                achieved: v.achieved,
+                frozen_by_user: v.frozen_by_user,
+                frozen_by_scheduler: v.frozen_by_scheduler,
+                pending_kernels: v.pending_kernels,
+                memory_current: v.memory_current,
+            })
+        })
+        .collect()
+}
+
+/// The `top` table.
+pub fn write_top(status: &SchedStatus, out: &mut dyn Write) -> Result<()> {
+    let mut t = Table::new(&[
+        "GPU", "POLICY", "VGPU", "TARGET", "ACHIEVED", "FROZEN", "PENDING", "MEMORY",
+    ]);
+    for r in top_rows(status) {
+        t.row(vec![
+            r.gpu.to_string(),
+            r.policy,
+            r.uuid.to_string(),
+            pct(r.target),
+            r.achieved.map_or_else(|| "-".into(), pct),
+            frozen_text(r.frozen_by_user, r.frozen_by_scheduler).into(),
+            r.pending_kernels.to_string(),
+            ByteSize(r.memory_current).to_string(),
+        ]);
+    }
+    if t.is_empty() {
+        writeln!(out, "No vGPU with GPU owner processes.")?;
+        return Ok(());
+    }
+    t.write(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gvm_proto::{PolicyConfig, SchedCounters, SchedVgpu};
+
+    fn status() -> SchedStatus {
+        let cfg = |p: &str| PolicyConfig {
+            policy: p.into(),
+            timeslice_us: None,
+            window_ms: 1000,
+        };
+        SchedStatus {
+            default: cfg("best-effort"),
+            gpus: vec![GpuSched {
+                gpu: 8,
+                parents: vec!["0000:02:00.0".into()],
+                config: cfg("equal-share"),
+                slice_us: 2048,
+                counters: SchedCounters {
+                    ticks: 100,
+                    priority_writes: 2,
+                    freeze_writes: 8,
+                    seconds: 1.0,
+                },
+                vgpus: vec![SchedVgpu {
+                    uuid: uuid::Uuid::from_u128(1),
+                    type_name: Some("sim-4c".into()),
+                    target: 0.5,
+                    achieved: Some(0.4875),
+                    frozen_by_user: false,
+                    frozen_by_scheduler: true,
+                    pending_kernels: 4,
+                    memory_current: 1 << 30,
+                    priority: Some(8),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn durations_take_units_and_refuse_garbage() {
+        assert_eq!(parse_duration_us("2ms").ok(), Some(2_000));
+        assert_eq!(parse_duration_us("500us").ok(), Some(500));
+        assert_eq!(parse_duration_us("1.5s").ok(), Some(1_500_000));
+        assert_eq!(parse_duration_us("3").ok(), Some(3_000));
+        for bad in ["", "ms", "2h", "0us", "-1ms", "1e3ms"] {
+            assert!(parse_duration_us(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn show_prints_each_gpu_with_target_and_achieved() -> Result<()> {
+        let mut out = Vec::new();
+        write_status(&status(), &mut out)?;
+        let text = String::from_utf8(out)?;
+        assert!(
+            text.starts_with("Default: best-effort, slice auto"),
+            "{text}"
+        );
+        assert!(
+            text.contains("GPU 8 [0000:02:00.0]: equal-share, slice auto (2048us), window 1000ms, 10 knob writes (10.0/s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("50.0%") && text.contains("48.8%") && text.contains("sched"),
+            "{text}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn top_has_one_row_per_vgpu_with_pending_and_memory() -> Result<()> {
+        let rows = top_rows(&status());
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].gpu, rows[0].pending_kernels), (8, 4));
+        let mut out = Vec::new();
+        write_top(&status(), &mut out)?;
+        let text = String::from_utf8(out)?;
+        let line = text.lines().nth(1).unwrap_or_default();
+        assert!(line.starts_with("8    equal-share"), "{text}");
+        assert!(line.ends_with("sched   4        1GiB"), "{text}");
+        let mut out = Vec::new();
+        write_top(
+            &SchedStatus {
+                gpus: Vec::new(),
+                ..status()
+            },
+            &mut out,
+        )?;
+        assert!(String::from_utf8(out)?.contains("No vGPU"));
+        Ok(())
+    }
+}
