@@ -1,0 +1,495 @@
+//! The `shim` gcgroup backend: processes running under `libgvm_cuda.so` seen as gcgroups.
+//!
+//! On stock NVIDIA drivers there is no GVM debugfs tree. The CUDA interposer
+//! (`crates/shim`, `libgvm_cuda.so`) enforces the same knobs from inside each process and
+//! keeps them in a *control block*: one shared-memory page per process, by default
+//! `/dev/shm/gvm-vgpu-<pid>` under the host root (`gvm_cuda::control`). A process that finds
+//! no block prepared for it creates one itself from its environment (`GVM_MEMORY_LIMIT`,
+//! `GVM_PRIORITY`, `GVM_VGPU_UUID`, ...) and runs standalone until someone writes to it.
+//!
+//! [`ShimBackend`] makes those blocks look like GVM gcgroups, so the daemon core does not
+//! know which backend it drives:
+//! * **Discovery** is a file scan: every `gvm-vgpu-<pid>` file in the root's `/dev/shm`
+//!   whose magic and layout version are right and whose pid is alive is a process with one
+//!   gcgroup. The per-GPU arbitration blocks (`gvm-vgpu-gpu<N>`) are skipped as processes
+//!   but read for the GPU: a process's gcgroup is on the CUDA device whose arbitration
+//!   block holds its pid, or on GPU `0` until it joined one. Blocks of dead processes
+//!   (killed before the shim could remove its file) are deleted.
+//! * **Reads** map the block's counters to a [`GcgroupSnapshot`] ([`snapshot`]); the
+//!   pending kernel count is `submitted - ended` (the shim advances `ended` at
+//!   synchronisation points, so it lags).
+//! * **Writes**: `memory.limit` → `memory_limit` (new allocations over it fail or spill;
+//!   memory already held is not evicted, unlike GVM), `compute.priority` → `priority` and
+//!   `arbitrate` on (the shim's best-effort gating between processes of one GPU follows the
+//!   block's priority live), `compute.freeze` → `frozen` through
+//!   [`ControlMap::set_frozen`], which wakes threads held at the launch gate.
+//!
+//! Registration over the daemon's socket (the wording) is not needed for any of
+//! this: the file scan finds a process within one rescan of its first CUDA call, works for
+//! processes started before the daemon, and needs no code in the interposer. The shim's
+//! owner comes from the daemon's usual rules (`GVM_VGPU_UUID` in `/proc/<pid>/environ`).
+//!
+//! [`Composite`] puts two backends behind one: `--backend auto` is the GVM tree first, then
+//! the shim, so on a host with both every GVM-registered process goes through GVM and every
+//! other shim process through its block. [`BackendKind`] is the daemon's `--backend` flag.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::mem::offset_of;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use gvm_cuda::arbiter::{ArbiterBlock, ArbiterHeader, Slot, ARB_MAGIC, ARB_VERSION, SLOTS};
+use gvm_cuda::control::{ControlBlock, ControlMap};
+use gvm_gcgroup::{
+    Error, GcgroupBackend, GcgroupSnapshot, GvmTree, KernelStat, MemoryLimit, Priority, Result,
+};
+use gvm_host_root::HostRoot;
+use tracing::{debug, info, warn};
+
+use crate::ports::{BackendGcgroups, GcgroupPort};
+
+/// Where the shim keeps its blocks, under the host root.
+pub const SHM_DIR: &str = "/dev/shm";
+/// File name prefix of a process's control block (`gvm-vgpu-<pid>`).
+pub const BLOCK_PREFIX: &str = "gvm-vgpu-";
+/// File name prefix of a GPU's arbitration block (`gvm-vgpu-gpu<N>`).
+pub const ARBITER_PREFIX: &str = "gvm-vgpu-gpu";
+/// The name [`ShimBackend`] reports.
+pub const SHIM_NAME: &str = "shim";
+
+/// Why the shim backend could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimBackendError {
+    /// The directory of control blocks could not be listed.
+    #[error("cannot list the CUDA shim's control blocks in {dir} (errno {errno:?}): make /dev/shm under the host root readable by gvm-vgpud")]
+    ListBlocks {
+        /// The directory.
+        dir: PathBuf,
+        /// The errno.
+        errno: Option<i32>,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A process's control block exists but cannot be opened or is not a valid block.
+    #[error("the control block {path} of process {pid} cannot be used (errno {errno:?}): remove it if no process {pid} runs under libgvm_cuda.so, or update gvm-vgpud to the shim's layout")]
+    OpenBlock {
+        /// The process.
+        pid: u32,
+        /// The block file.
+        path: PathBuf,
+        /// The errno, when the OS gave one.
+        errno: Option<i32>,
+        /// What the shim library said.
+        #[source]
+        source: gvm_cuda::Error,
+    },
+}
+
+impl ShimBackendError {
+    fn into_gcgroup(self) -> Error {
+        Error::Backend {
+            backend: SHIM_NAME,
+            source: Box::new(self),
+        }
+    }
+}
+
+/// The pid a control block file name stands for: `gvm-vgpu-<pid>` (decimal, non-zero).
+/// Arbitration blocks (`gvm-vgpu-gpu<N>`) and anything else are `None`.
+pub fn block_pid(file_name: &str) -> Option<u32> {
+    let digits = file_name.strip_prefix(BLOCK_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|p| *p != 0)
+}
+
+/// The GPU an arbitration block file name stands for: `gvm-vgpu-gpu<N>`.
+pub fn arbiter_gpu(file_name: &str) -> Option<u32> {
+    let digits = file_name.strip_prefix(ARBITER_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The pids registered in an arbitration block, from the file's bytes (empty when the bytes
+/// are not an initialised block of the layout this daemon was built with).
+pub fn arbiter_pids(bytes: &[u8]) -> Vec<u32> {
+    let magic_at = offset_of!(ArbiterBlock, header) + offset_of!(ArbiterHeader, magic);
+    let version_at = offset_of!(ArbiterBlock, header) + offset_of!(ArbiterHeader, version);
+    let magic = bytes
+        .get(magic_at..magic_at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes);
+    if magic != Some(ARB_MAGIC) || u32_at(bytes, version_at) != Some(ARB_VERSION) {
+        return Vec::new();
+    }
+    (0..SLOTS)
+        .filter_map(|i| {
+            let at = offset_of!(ArbiterBlock, slots)
+                + i * std::mem::size_of::<Slot>()
+                + offset_of!(Slot, pid);
+            u32_at(bytes, at)
+        })
+        .filter(|p| *p != 0)
+        .collect()
+}
+
+/// A block's knobs and counters as the gcgroup of `pid` on `gpu`. A priority the block
+/// holds out of GVM's range reads as the lowest one.
+pub fn snapshot(block: &ControlBlock, pid: u32, gpu: u32) -> GcgroupSnapshot {
+    let submitted = block.submitted.load(Ordering::Relaxed);
+    let ended = block.ended.load(Ordering::Relaxed);
+    let priority = u8::try_from(block.priority.load(Ordering::Relaxed))
+        .ok()
+        .and_then(|p| Priority::try_from(p).ok())
+        .unwrap_or(Priority::MAX);
+    GcgroupSnapshot {
+        pid,
+        gpu,
+        memory_limit: MemoryLimit::from_bytes(block.memory_limit.load(Ordering::Relaxed)),
+        memory_current: block.memory_current.load(Ordering::Relaxed),
+        swap_current: block.swap_current.load(Ordering::Relaxed),
+        priority,
+        frozen: block.frozen.load(Ordering::Acquire) != 0,
+        stat: KernelStat {
+            submitted,
+            ended,
+            pending: submitted.saturating_sub(ended),
+        },
+    }
+}
+
+/// A block the backend has mapped, and the file it came from.
+#[derive(Debug)]
+struct Tracked {
+    map: ControlMap,
+    /// (device, inode): a file replaced under the same name is mapped again.
+    file_id: (u64, u64),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    blocks: BTreeMap<u32, Tracked>,
+    /// Bad block files and how many scans in a row found them bad (warned at the second).
+    bad: BTreeMap<PathBuf, u32>,
+}
+
+/// The CUDA shim's control blocks as a [`GcgroupBackend`].
+#[derive(Debug)]
+pub struct ShimBackend {
+    host: HostRoot,
+    shm: PathBuf,
+    state: Mutex<State>,
+}
+
+impl ShimBackend {
+    /// The blocks of `host` (in its `/dev/shm`).
+    pub fn new(host: HostRoot) -> ShimBackend {
+        let shm = host.path(SHM_DIR);
+        ShimBackend {
+            host,
+            shm,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The directory scanned for blocks.
+    pub fn shm_dir(&self) -> &Path {
+        &self.shm
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn alive(&self, pid: u32) -> bool {
+        self.host.proc_dir().join(pid.to_string()).exists()
+    }
+
+    fn block_path(&self, pid: u32) -> PathBuf {
+        self.shm.join(format!("{BLOCK_PREFIX}{pid}"))
+    }
+
+    /// Map (or keep) the block of `pid` at `path`, whose file identity is `id`.
+    fn track(
+        &self,
+        state: &mut State,
+        pid: u32,
+        path: &Path,
+        id: (u64, u64),
+    ) -> std::result::Result<(), ShimBackendError> {
+        if state.blocks.get(&pid).is_some_and(|t| t.file_id == id) {
+            return Ok(());
+        }
+        state.blocks.remove(&pid);
+        let map = ControlMap::open(path).map_err(|e| ShimBackendError::OpenBlock {
+            pid,
+            path: path.to_path_buf(),
+            errno: e.errno(),
+            source: e,
+        })?;
+        let standalone = map.block().is_standalone();
+        info!(pid, path = %path.display(), standalone, "CUDA shim process found");
+        state.bad.remove(path);
+        state.blocks.insert(pid, Tracked { map, file_id: id });
+        Ok(())
+    }
+
+    /// Run `f` on the block of `pid`, mapping it first if no scan has yet.
+    fn with_block<T>(&self, pid: u32, f: impl FnOnce(&ControlMap) -> T) -> Result<T> {
+        let mut state = self.lock();
+        if !self.alive(pid) {
+            state.blocks.remove(&pid);
+            return Err(Error::ProcessGone { pid });
+        }
+        if !state.blocks.contains_key(&pid) {
+            let path = self.block_path(pid);
+            let Ok(meta) = fs::metadata(&path) else {
+                return Err(Error::ProcessGone { pid });
+            };
+            self.track(&mut state, pid, &path, (meta.dev(), meta.ino()))
+                .map_err(ShimBackendError::into_gcgroup)?;
+        }
+        match state.blocks.get(&pid) {
+            Some(t) => Ok(f(&t.map)),
+            None => Err(Error::ProcessGone { pid }),
+        }
+    }
+
+    /// The CUDA device whose arbitration block lists `pid` (0 when none does).
+    fn gpu_of(&self, pid: u32) -> u32 {
+        let Ok(rd) = fs::read_dir(&self.shm) else {
+            return 0;
+        };
+        let mut found: Vec<u32> = rd
+            .flatten()
+            .filter_map(|e| arbiter_gpu(&e.file_name().to_string_lossy()).map(|g| (g, e.path())))
+            .filter(|(_, path)| {
+                fs::read(path)
+                    .map(|b| arbiter_pids(&b).contains(&pid))
+                    .unwrap_or(false)
+            })
+            .map(|(g, _)| g)
+            .collect();
+        found.sort_unstable();
+        found.first().copied().unwrap_or(0)
+    }
+}
+
+/// An error and its sources on one line (`a: b: c`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+impl GcgroupBackend for ShimBackend {
+    fn processes(&self) -> Result<Vec<u32>> {
+        let rd = match fs::read_dir(&self.shm) {
+            Ok(rd) => rd,
+            // No /dev/shm under this root: no shim process can have a block.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.lock().blocks.clear();
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                return Err(ShimBackendError::ListBlocks {
+                    dir: self.shm.clone(),
+                    errno: e.raw_os_error(),
+                    source: e,
+                }
+                .into_gcgroup())
+            }
+        };
+        let mut state = self.lock();
+        let mut live = BTreeSet::new();
+        for entry in rd.flatten() {
+            let Some(pid) = block_pid(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let path = entry.path();
+            if !self.alive(pid) {
+                // The shim removes its block at exit; one left behind was killed.
+                if fs::remove_file(&path).is_ok() {
+                    debug!(pid, path = %path.display(), "removed the control block of a dead process");
+                }
+                state.bad.remove(&path);
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            match self.track(&mut state, pid, &path, (meta.dev(), meta.ino())) {
+                Ok(()) => {
+                    live.insert(pid);
+                }
+                // A block being created has no magic yet: say so only if it stays bad.
+                Err(e) => {
+                    let strikes = state.bad.entry(path).or_insert(0);
+                    *strikes += 1;
+                    if *strikes == 2 {
+                        warn!("{}", chain(&e));
+                    }
+                }
+            }
+        }
+        state.blocks.retain(|pid, _| live.contains(pid));
+        state.bad.retain(|path, _| path.exists());
+        Ok(live.into_iter().collect())
+    }
+
+    fn gpus(&self, pid: u32) -> Result<Vec<u32>> {
+        self.with_block(pid, |_| ())?;
+        Ok(vec![self.gpu_of(pid)])
+    }
+
+    fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
+        self.with_block(pid, |m| snapshot(m.block(), pid, gpu))
+    }
+
+    fn set_memory_limit(&self, pid: u32, _gpu: u32, limit: MemoryLimit) -> Result<()> {
+        self.with_block(pid, |m| {
+            m.block()
+                .memory_limit
+                .store(limit.as_bytes(), Ordering::Release);
+        })
+    }
+
+    fn set_priority(&self, pid: u32, _gpu: u32, priority: Priority) -> Result<()> {
+        self.with_block(pid, |m| {
+            let b = m.block();
+            b.priority
+                .store(u32::from(priority.get()), Ordering::Release);
+            // Priority acts between shim processes through the GPU's arbiter.
+            b.arbitrate.store(1, Ordering::Release);
+        })
+    }
+
+    fn set_frozen(&self, pid: u32, _gpu: u32, frozen: bool) -> Result<()> {
+        self.with_block(pid, |m| m.set_frozen(frozen))
+    }
+
+    fn name(&self) -> &'static str {
+        SHIM_NAME
+    }
+}
+
+/// Two backends as one: each pid goes to `primary` when `primary` has it, else to
+/// `secondary`. `primary` saying its tree is missing ([`Error::NotPresent`]) counts as
+/// having no processes.
+#[derive(Debug)]
+pub struct Composite<P, S> {
+    primary: P,
+    secondary: S,
+    name: &'static str,
+}
+
+impl<P: GcgroupBackend, S: GcgroupBackend> Composite<P, S> {
+    /// `primary` first, then `secondary`, reported as `name`.
+    pub fn new(primary: P, secondary: S, name: &'static str) -> Self {
+        Composite {
+            primary,
+            secondary,
+            name,
+        }
+    }
+
+    /// Run `f` on `primary`, or on `secondary` when `primary` does not know the pid.
+    fn route<T>(&self, f: impl Fn(&dyn GcgroupBackend) -> Result<T>) -> Result<T> {
+        match f(&self.primary) {
+            Err(Error::ProcessGone { .. } | Error::NotPresent { .. }) => f(&self.secondary),
+            other => other,
+        }
+    }
+}
+
+impl<P: GcgroupBackend, S: GcgroupBackend> GcgroupBackend for Composite<P, S> {
+    fn processes(&self) -> Result<Vec<u32>> {
+        let mut pids = match self.primary.processes() {
+            Ok(p) => p,
+            Err(Error::NotPresent { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        pids.extend(self.secondary.processes()?);
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    fn gpus(&self, pid: u32) -> Result<Vec<u32>> {
+        self.route(|b| b.gpus(pid))
+    }
+
+    fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
+        self.route(|b| b.read(pid, gpu))
+    }
+
+    fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()> {
+        self.route(|b| b.set_memory_limit(pid, gpu, limit))
+    }
+
+    fn set_priority(&self, pid: u32, gpu: u32, priority: Priority) -> Result<()> {
+        self.route(|b| b.set_priority(pid, gpu, priority))
+    }
+
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()> {
+        self.route(|b| b.set_frozen(pid, gpu, frozen))
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Which gcgroup backend the daemon drives (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendKind {
+    /// GVM's debugfs tree only (the GVM driver).
+    Gvm,
+    /// The CUDA shim's control blocks only (stock drivers, `LD_PRELOAD=libgvm_cuda.so`).
+    Shim,
+    /// GVM for the processes GVM has registered, the shim for the others; on a host
+    /// without the GVM tree that is the shim alone.
+    #[default]
+    Auto,
+}
+
+/// The daemon's gcgroup port for `kind` on `host`.
+pub fn gcgroup_port(kind: BackendKind, host: &HostRoot) -> Box<dyn GcgroupPort> {
+    match kind {
+        BackendKind::Gvm => Box::new(crate::ports::gvm_tree(host)),
+        BackendKind::Shim => Box::new(BackendGcgroups::new(ShimBackend::new(host.clone()))),
+        BackendKind::Auto => {
+            let gvm = host.gvm_processes_dir().is_dir();
+            info!(
+                gvm_tree = gvm,
+                shim_dir = %host.path(SHM_DIR).display(),
+                "gcgroup backend auto: GVM-registered processes through GVM, the others through the CUDA shim"
+            );
+            Box::new(BackendGcgroups::new(Composite::new(
+                GvmTree::new(host.clone()),
+                ShimBackend::new(host.clone()),
+                "gvm+shim",
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "shim_backend_tests.rs"]
+mod tests;

@@ -1,0 +1,279 @@
+//! Unit tests of the shim backend: file-name rules, the block → snapshot mapping, the scan
+//! over a temporary host root (fake `/proc` entries stand for live processes), writes seen
+//! through a second mapping as the shim would see them, and the composite's routing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+
+use gvm_cuda::config::Knobs;
+use gvm_cuda::control::{ControlMap, FLAG_STANDALONE};
+use gvm_cuda::priority::{ArbiterMap, RealEnv};
+use gvm_gcgroup::MemoryBackend;
+
+use super::*;
+
+const UUID: &str = "5b4f1d7c-0000-4000-8000-000000000001";
+
+#[test]
+fn block_names_are_pids_and_arbiter_names_are_gpus() {
+    assert_eq!(block_pid("gvm-vgpu-4242"), Some(4242));
+    assert_eq!(block_pid("gvm-vgpu-gpu0"), None);
+    assert_eq!(block_pid("gvm-vgpu-"), None);
+    assert_eq!(block_pid("gvm-vgpu-0"), None);
+    assert_eq!(block_pid("gvm-vgpu-12.tmp"), None);
+    assert_eq!(block_pid("gvm-vgpu-+12"), None);
+    assert_eq!(block_pid("other-12"), None);
+    assert_eq!(arbiter_gpu("gvm-vgpu-gpu3"), Some(3));
+    assert_eq!(arbiter_gpu("gvm-vgpu-gpu"), None);
+    assert_eq!(arbiter_gpu("gvm-vgpu-3"), None);
+}
+
+#[test]
+fn a_block_reads_as_a_gcgroup() {
+    let knobs = Knobs {
+        memory_limit: 6 << 30,
+        priority: 3,
+        ..Knobs::default()
+    };
+    let b = gvm_cuda::control::ControlBlock::new(&knobs);
+    b.memory_current.store(1 << 30, Ordering::Relaxed);
+    b.swap_current.store(5, Ordering::Relaxed);
+    b.submitted.store(10, Ordering::Relaxed);
+    b.ended.store(7, Ordering::Relaxed);
+    b.frozen.store(1, Ordering::Relaxed);
+    let s = snapshot(&b, 42, 1);
+    assert_eq!((s.pid, s.gpu), (42, 1));
+    assert_eq!(s.memory_limit, MemoryLimit::Bytes(6 << 30));
+    assert_eq!(s.memory_current, 1 << 30);
+    assert_eq!(s.swap_current, 5);
+    assert_eq!(s.priority.get(), 3);
+    assert!(s.frozen);
+    assert_eq!(
+        s.stat,
+        KernelStat {
+            submitted: 10,
+            ended: 7,
+            pending: 3
+        }
+    );
+    b.memory_limit.store(u64::MAX, Ordering::Relaxed);
+    b.priority.store(99, Ordering::Relaxed);
+    b.ended.store(11, Ordering::Relaxed);
+    let s = snapshot(&b, 42, 1);
+    assert_eq!(s.memory_limit, MemoryLimit::Unlimited);
+    assert_eq!(
+        s.priority,
+        Priority::MAX,
+        "out of range reads as the lowest"
+    );
+    assert_eq!(
+        s.stat.pending, 0,
+        "ended ahead of submitted is not negative"
+    );
+}
+
+/// A temporary host root with `/dev/shm` and a fake `/proc`.
+struct Host {
+    dir: tempfile::TempDir,
+    host: HostRoot,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("root/dev/shm")).unwrap();
+        fs::create_dir_all(dir.path().join("proc")).unwrap();
+        let host = HostRoot::new(dir.path().join("root")).with_proc_dir(dir.path().join("proc"));
+        Host { dir, host }
+    }
+
+    fn shm(&self, name: &str) -> PathBuf {
+        self.host.path(SHM_DIR).join(name)
+    }
+
+    /// A live process `pid` with a block made by its shim (standalone, from `knobs`).
+    fn shim_process(&self, pid: u32, knobs: &Knobs) -> ControlMap {
+        self.set_alive(pid, true);
+        ControlMap::create(
+            &self.shm(&format!("gvm-vgpu-{pid}")),
+            knobs,
+            FLAG_STANDALONE,
+        )
+        .unwrap()
+    }
+
+    fn set_alive(&self, pid: u32, alive: bool) {
+        let p = self.dir.path().join("proc").join(pid.to_string());
+        if alive {
+            fs::create_dir_all(p).unwrap();
+        } else {
+            fs::remove_dir_all(p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_scan_lists_live_valid_blocks_and_removes_those_of_dead_processes() {
+    let h = Host::new();
+    let _a = h.shim_process(42, &Knobs::default());
+    let _b = h.shim_process(43, &Knobs::default());
+    // Killed before its shim could remove the block.
+    drop(h.shim_process(55, &Knobs::default()));
+    h.set_alive(55, false);
+    // Not a block of this layout.
+    h.set_alive(77, true);
+    fs::write(h.shm("gvm-vgpu-77"), vec![7u8; 4096]).unwrap();
+    // An arbitration block and an unrelated file are not processes.
+    ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu0")).unwrap();
+    fs::write(h.shm("something-else"), b"x").unwrap();
+
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.processes().unwrap(), vec![42, 43]);
+    assert!(
+        !h.shm("gvm-vgpu-55").exists(),
+        "dead process's block removed"
+    );
+    assert!(h.shm("gvm-vgpu-77").exists(), "a bad block is left alone");
+    assert!(h.shm("gvm-vgpu-gpu0").exists());
+
+    h.set_alive(43, false);
+    assert_eq!(shim.processes().unwrap(), vec![42]);
+    assert!(shim.read(43, 0).unwrap_err().is_process_gone());
+    assert!(shim.gpus(99).unwrap_err().is_process_gone());
+    let e = shim.read(77, 0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Backend {
+                backend: "shim",
+                ..
+            }
+        ),
+        "a bad block is an error naming the backend: {e:?}"
+    );
+    let msg = chain(&e);
+    assert!(
+        msg.contains("gvm-vgpu-77") && msg.contains("process 77"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn no_shm_directory_means_no_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = ShimBackend::new(HostRoot::new(dir.path()));
+    assert_eq!(shim.processes().unwrap(), Vec::<u32>::new());
+}
+
+#[test]
+fn the_gpu_is_the_arbitration_block_holding_the_pid() {
+    let h = Host::new();
+    let _a = h.shim_process(42, &Knobs::default());
+    let _b = h.shim_process(43, &Knobs::default());
+    let arb = ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu2")).unwrap();
+    assert!(arb.block().register(42, 8, &RealEnv).is_some());
+    let bytes = fs::read(h.shm("gvm-vgpu-gpu2")).unwrap();
+    assert_eq!(arbiter_pids(&bytes), vec![42]);
+    assert_eq!(arbiter_pids(&[0u8; 64]), Vec::<u32>::new());
+
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.gpus(42).unwrap(), vec![2]);
+    assert_eq!(shim.gpus(43).unwrap(), vec![0], "not yet arbitrated: GPU 0");
+}
+
+#[test]
+fn writes_reach_the_block_the_shim_maps() {
+    let h = Host::new();
+    let knobs = Knobs {
+        vgpu_uuid: Some(UUID.into()),
+        arbitrate: false,
+        ..Knobs::default()
+    };
+    let shim_side = h.shim_process(42, &knobs);
+    let b = shim_side.block();
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.processes().unwrap(), vec![42]);
+
+    shim.set_memory_limit(42, 0, MemoryLimit::Bytes(4 << 30))
+        .unwrap();
+    shim.set_priority(42, 0, Priority::try_from(2).unwrap())
+        .unwrap();
+    shim.set_frozen(42, 0, true).unwrap();
+    assert_eq!(b.memory_limit.load(Ordering::Acquire), 4 << 30);
+    assert_eq!(b.priority.load(Ordering::Acquire), 2);
+    assert_eq!(b.arbitrate.load(Ordering::Acquire), 1, "priority gating on");
+    assert_eq!(b.frozen.load(Ordering::Acquire), 1);
+    let s = shim.read(42, 0).unwrap();
+    assert_eq!(s.memory_limit, MemoryLimit::Bytes(4 << 30));
+    assert!(s.frozen);
+    shim.set_frozen(42, 0, false).unwrap();
+    shim.set_memory_limit(42, 0, MemoryLimit::Unlimited)
+        .unwrap();
+    assert_eq!(b.frozen.load(Ordering::Acquire), 0);
+    assert_eq!(b.memory_limit.load(Ordering::Acquire), u64::MAX);
+    assert_eq!(b.knobs().vgpu_uuid.as_deref(), Some(UUID), "identity kept");
+}
+
+#[test]
+fn a_block_replaced_under_the_same_name_is_mapped_again() {
+    let h = Host::new();
+    let old = h.shim_process(42, &Knobs::default());
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.processes().unwrap(), vec![42]);
+    // The process exec'd (same pid) after its file was removed: a new file, a new block.
+    fs::remove_file(h.shm("gvm-vgpu-42")).unwrap();
+    let new = h.shim_process(42, &Knobs::default());
+    assert_eq!(shim.processes().unwrap(), vec![42]);
+    shim.set_frozen(42, 0, true).unwrap();
+    assert_eq!(new.block().frozen.load(Ordering::Acquire), 1);
+    assert_eq!(old.block().frozen.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn the_composite_routes_each_pid_to_the_backend_that_has_it() {
+    let gvm = MemoryBackend::new();
+    gvm.register(10, 8);
+    let shim = MemoryBackend::new();
+    shim.register(20, 0);
+    shim.register(10, 0); // seen by both: the primary wins
+    let c = Composite::new(gvm, shim, "both");
+    assert_eq!(c.name(), "both");
+    assert_eq!(c.processes().unwrap(), vec![10, 20]);
+    assert_eq!(c.gpus(10).unwrap(), vec![8]);
+    assert_eq!(c.gpus(20).unwrap(), vec![0]);
+    c.set_priority(20, 0, Priority::try_from(1).unwrap())
+        .unwrap();
+    c.set_frozen(10, 8, true).unwrap();
+    assert_eq!(c.read(20, 0).unwrap().priority.get(), 1);
+    assert!(c.read(10, 8).unwrap().frozen);
+    assert!(
+        !c.secondary.read(10, 0).unwrap().frozen,
+        "secondary untouched"
+    );
+    assert!(c.read(30, 0).unwrap_err().is_process_gone());
+}
+
+#[test]
+fn auto_without_a_gvm_tree_is_the_shim_alone() {
+    let h = Host::new();
+    let _a = h.shim_process(42, &Knobs::default());
+    let c = Composite::new(
+        GvmTree::new(h.host.clone()),
+        ShimBackend::new(h.host.clone()),
+        "gvm+shim",
+    );
+    assert_eq!(c.processes().unwrap(), vec![42]);
+    assert_eq!(c.gpus(42).unwrap(), vec![0]);
+    c.set_memory_limit(42, 0, MemoryLimit::Bytes(1 << 30))
+        .unwrap();
+    assert_eq!(
+        c.read(42, 0).unwrap().memory_limit,
+        MemoryLimit::Bytes(1 << 30)
+    );
+    let port = gcgroup_port(BackendKind::Auto, &h.host);
+    assert_eq!(port.name(), "gvm+shim");
+    assert_eq!(port.processes().unwrap(), vec![42]);
+    assert_eq!(gcgroup_port(BackendKind::Shim, &h.host).name(), "shim");
+    assert_eq!(gcgroup_port(BackendKind::Gvm, &h.host).name(), "gvm");
+}
