@@ -245,6 +245,9 @@ fn best_effort_splits_by_timeslice_and_a_live_switch_converges_within_two_window
     assert!(sim.owners().iter().all(|o| !o.frozen));
     for o in sim.owners() {
         let want = if o.uuid == a { "8" } else { "9" };
-        assert_eq!(sim.knob(o.pid, o.gpu, "compute.priority").as_deref(), Some(want));
+        assert_eq!(
+            sim.knob(o.pid, o.gpu, "compute.priority").as_deref(),
+            Some(want)
+        );
     }
 }
