@@ -1,0 +1,363 @@
+//! gvm-vgpud `--backend shim|auto` end to end: a process running under `LD_PRELOAD=
+//! libgvm_cuda.so` (over a fake `libcuda.so.1`, no GPU) with `GVM_VGPU_UUID` of a vGPU on the
+//! simulated host is adopted as that vGPU's owner; the type's memory limit reaches its
+//! control block (an allocation past it fails inside the process); `freeze` holds its
+//! launches and `thaw` releases them; `set` retunes it; `show` and `stats` list it.
+//! Skips (printing why) without root and /dev/fuse (the simulated host) or without `cc`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use common::{skip_reason, wait_until, Sim};
+use gvm_client::gvm_proto::{OwnerRule, SetMode, SetParams};
+use gvm_cuda::control::ControlMap;
+use uuid::Uuid;
+
+const MIB: u64 = 1 << 20;
+
+/// A CUDA "program" driven line by line on stdin: it reaches the (fake) driver the way the
+/// CUDA runtime does (dlopen, cuGetProcAddress), makes one call so the shim sets up, prints
+/// `ready`, then answers `alloc MIB` with `alloc=RC`, `launch` with `launched=N`, `quit`.
+const DRIVER_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+typedef CUresult (*gpa_t)(const char *, void **, int, unsigned long long);
+typedef CUresult (*gpa2_t)(const char *, void **, int, unsigned long long, int *);
+typedef CUresult (*alloc_t)(CUdeviceptr *, size_t);
+typedef CUresult (*info_t)(size_t *, size_t *);
+typedef CUresult (*launch_t)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             unsigned, void *, void **, void **);
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { printf("dlopen_error=%s\n", dlerror()); return 2; }
+    gpa_t gpa = (gpa_t)dlsym(h, "cuGetProcAddress");
+    gpa2_t gpa2 = NULL;
+    int st = 0;
+    if (!gpa || gpa("cuGetProcAddress", (void **)&gpa2, 13000, 0) != 0 || !gpa2) return 2;
+    alloc_t alloc = NULL; info_t info = NULL; launch_t launch = NULL;
+    gpa2("cuMemAlloc", (void **)&alloc, 13000, 0, &st);
+    gpa2("cuMemGetInfo", (void **)&info, 13000, 0, &st);
+    gpa2("cuLaunchKernel", (void **)&launch, 13000, 0, &st);
+    if (!alloc || !info || !launch) return 2;
+    size_t f = 0, t = 0;
+    info(&f, &t);
+    printf("ready\n");
+    fflush(stdout);
+    char line[128];
+    int launches = 0;
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strncmp(line, "alloc ", 6)) {
+            CUdeviceptr p = 0;
+            int r = alloc(&p, strtoull(line + 6, NULL, 10) << 20);
+            printf("alloc=%d\n", r);
+        } else if (!strncmp(line, "launch", 6)) {
+            launch(0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0);
+            printf("launched=%d\n", ++launches);
+        } else if (!strncmp(line, "quit", 4)) {
+            break;
+        }
+        fflush(stdout);
+    }
+    return 0;
+}
+"#;
+
+/// `libgvm_cuda.so`, built once per test process with the same cargo and target directory
+/// (a dependent's build makes the rlib only).
+fn shim_so() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+            let ok = Command::new(env!("CARGO"))
+                .args(["build", "-q", "--lib", "-p", "gvm-cuda-shim"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            let so = target.join("debug/libgvm_cuda.so");
+            (ok && so.exists()).then_some(so)
+        })
+        .clone()
+}
+
+/// The fake driver and the program, compiled into `dir`.
+fn build_c(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    if Command::new("cc").arg("--version").output().is_err() {
+        return Err("no C compiler (cc) to build the fake libcuda".into());
+    }
+    let fake = dir.join("libcuda.so.1");
+    let fake_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c/fake_cuda.c");
+    let st = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-Wl,-Bsymbolic",
+            "-Wl,-soname,libcuda.so.1",
+            "-o",
+        ])
+        .arg(&fake)
+        .arg(&fake_src)
+        .status()
+        .map_err(|e| e.to_string())?;
+    assert!(st.success(), "building the fake libcuda failed");
+    let src = dir.join("driver.c");
+    std::fs::write(&src, DRIVER_C).unwrap();
+    let prog = dir.join("driver");
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(&prog)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .map_err(|e| e.to_string())?;
+    assert!(st.success(), "building the driver program failed");
+    Ok((fake, prog))
+}
+
+/// A running CUDA program under the shim.
+struct ShimProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ShimProcess {
+    fn start(so: &Path, fake: &Path, prog: &Path, root: &Path, uuid: &Uuid) -> ShimProcess {
+        let mut child = Command::new(prog)
+            .arg(fake)
+            .env("LD_PRELOAD", so)
+            .env("GVM_VGPU_UUID", uuid.to_string())
+            .env("GVM_VGPU_ROOT", root)
+            .env("GVM_MEMORY_LIMIT", "unlimited")
+            .env_remove("GVM_SHIM_CONTROL")
+            .env_remove("GVM_SHIM_ARBITER")
+            .env_remove("GVM_PRIORITY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let p = ShimProcess {
+            child,
+            stdin,
+            lines,
+        };
+        assert_eq!(p.next(10).as_deref(), Some("ready"), "the program started");
+        p
+    }
+
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn next(&self, secs: u64) -> Option<String> {
+        self.lines.recv_timeout(Duration::from_secs(secs)).ok()
+    }
+
+    fn alloc(&mut self, mib: u64) -> Option<String> {
+        self.send(&format!("alloc {mib}"));
+        self.next(10)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ShimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything the tests need, or the reason to skip.
+fn rig() -> Option<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return None;
+    }
+    let Some(so) = shim_so() else {
+        println!("SKIP: libgvm_cuda.so could not be built");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    match build_c(dir.path()) {
+        Ok((fake, prog)) => Some((dir, so, fake, prog)),
+        Err(why) => {
+            println!("SKIP: {why}");
+            None
+        }
+    }
+}
+
+fn block_of(root: &Path, pid: u32) -> ControlMap {
+    ControlMap::open(&root.join(format!("dev/shm/gvm-vgpu-{pid}"))).unwrap()
+}
+
+#[test]
+fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
+    let Some((_dir, so, fake, prog)) = rig() else {
+        return;
+    };
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let d = sim.daemon(&["--backend", "shim"]);
+    let mut c = d.client();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    assert!(wait_until(Duration::from_secs(2), || c
+        .list(false)
+        .unwrap()
+        .iter()
+        .any(|v| v.uuid == uuid && v.managed)));
+    let knobs = c.show(&uuid.to_string()).unwrap().info.knobs;
+    assert!(knobs.memory_limit < 64 << 30, "the type has a memory limit");
+
+    let mut p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
+    let pid = p.pid();
+    let ctl = block_of(&sim.root, pid);
+    let b = ctl.block();
+    assert!(b.is_standalone(), "the shim made its own block");
+    assert_eq!(b.memory_limit.load(Ordering::Relaxed), u64::MAX);
+
+    // Adopted as the vGPU's owner, and the type's limit written into its block.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            b.memory_limit.load(Ordering::Acquire) == knobs.memory_limit
+        }),
+        "the type's memory limit did not reach the control block; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    assert_eq!(
+        u8::try_from(b.priority.load(Ordering::Acquire)).ok(),
+        Some(knobs.priority)
+    );
+    let detail = c.show(&uuid.to_string()).unwrap();
+    let owner = detail.owners.iter().find(|o| o.pid == pid).unwrap();
+    assert_eq!(owner.rule, OwnerRule::Environment);
+    assert_eq!(owner.gcgroups.len(), 1);
+    assert_eq!(owner.gcgroups[0].memory_limit, knobs.memory_limit);
+
+    // The limit holds inside the process: past it CUDA_ERROR_OUT_OF_MEMORY (2).
+    let limit_mib = knobs.memory_limit / MIB;
+    assert_eq!(p.alloc(limit_mib + 1).as_deref(), Some("alloc=2"));
+    assert_eq!(p.alloc(64).as_deref(), Some("alloc=0"));
+
+    // Freeze holds the next launch; thaw lets it go.
+    c.freeze(&uuid.to_string()).unwrap();
+    assert_eq!(b.frozen.load(Ordering::Acquire), 1);
+    p.send("launch");
+    assert_eq!(p.next(1), None, "the launch is held while frozen");
+    assert_eq!(b.waiting.load(Ordering::Acquire), 1, "held at the gate");
+    let shown = c.show(&uuid.to_string()).unwrap();
+    assert!(shown.info.knobs.frozen);
+    assert!(shown.owners[0].gcgroups[0].frozen);
+    c.thaw(&uuid.to_string()).unwrap();
+    assert_eq!(p.next(5).as_deref(), Some("launched=1"));
+    assert_eq!(b.frozen.load(Ordering::Acquire), 0);
+
+    // set retunes the block; show and stats report what the shim counted.
+    c.set(SetParams {
+        target: uuid.to_string(),
+        memory_limit: Some(128 * MIB),
+        priority: Some(2),
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+    assert_eq!(b.memory_limit.load(Ordering::Acquire), 128 * MIB);
+    assert_eq!(b.priority.load(Ordering::Acquire), 2);
+    assert_eq!(b.arbitrate.load(Ordering::Acquire), 1);
+    assert_eq!(
+        p.alloc(65).as_deref(),
+        Some("alloc=2"),
+        "64 MiB held + 65 > 128"
+    );
+    let stats = c.stats(Some(&uuid.to_string())).unwrap();
+    let t = stats[0].totals;
+    assert_eq!(t.memory_current, 64 * MIB);
+    assert_eq!(t.kernels_submitted, 1);
+    assert_eq!(t.gcgroups, 1);
+    let listed = c.list(false).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|v| v.uuid == uuid)
+            .map(|v| v.owners.clone()),
+        Some(vec![pid])
+    );
+
+    // Exit: the shim removes its block, the daemon drops the owner.
+    p.send("quit");
+    assert!(p.child.wait().unwrap().success());
+    assert!(wait_until(Duration::from_secs(3), || c
+        .show(&uuid.to_string())
+        .unwrap()
+        .owners
+        .is_empty()));
+}
+
+#[test]
+fn auto_drives_gvm_owners_and_shim_owners_of_one_vgpu() {
+    let Some((_dir, so, fake, prog)) = rig() else {
+        return;
+    };
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let d = sim.daemon(&["--backend", "auto"]);
+    let mut c = d.client();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    assert!(wait_until(Duration::from_secs(2), || c
+        .list(false)
+        .unwrap()
+        .iter()
+        .any(|v| v.uuid == uuid && v.managed)));
+    let limit = c.show(&uuid.to_string()).unwrap().info.knobs.memory_limit;
+    let gvm_pid = sim.spawn_owner(&uuid, 0, "busy=1");
+    let p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
+    let ctl = block_of(&sim.root, p.pid());
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            sim.knob(gvm_pid, 0, "memory.limit") == Some(limit.to_string())
+                && ctl.block().memory_limit.load(Ordering::Acquire) == limit
+        }),
+        "both owners limited; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    c.freeze(&uuid.to_string()).unwrap();
+    assert_eq!(sim.knob(gvm_pid, 0, "compute.freeze").as_deref(), Some("1"));
+    assert_eq!(ctl.block().frozen.load(Ordering::Acquire), 1);
+    let mut owners = c.list(false).unwrap()[0].owners.clone();
+    owners.sort_unstable();
+    let mut want = vec![gvm_pid, p.pid()];
+    want.sort_unstable();
+    assert_eq!(owners, want);
+    c.thaw(&uuid.to_string()).unwrap();
+    assert_eq!(ctl.block().frozen.load(Ordering::Acquire), 0);
+}
