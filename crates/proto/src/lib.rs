@@ -25,6 +25,7 @@
 mod call;
 mod error;
 mod guest;
+mod sched;
 mod types;
 
 pub use call::{
@@ -35,6 +36,7 @@ pub use error::{ApiError, ErrorCode};
 pub use guest::{
     GuestAgentInfo, GuestCounters, GuestHello, GuestReport, GuestStats, ProcessSample,
 };
+pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu};
 pub use types::{
     Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides, OwnerInfo, OwnerRule, Pong,
     ReconcileReport, Source, Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
