@@ -14,7 +14,9 @@
 //!   gcgroup. The per-GPU arbitration blocks (`gvm-vgpu-gpu<N>`) are skipped as processes
 //!   but read for the GPU: a process's gcgroup is on the CUDA device whose arbitration
 //!   block holds its pid, or on GPU `0` until it joined one. Blocks of dead processes
-//!   (killed before the shim could remove its file) are deleted.
+//!   (killed before the shim could remove its file) are deleted. Only regular files owned
+//!   by root or by the process's own user count: a link, or a block another user planted
+//!   for someone else's pid, is ignored.
 //! * **Reads** map the block's counters to a [`GcgroupSnapshot`] ([`snapshot`]); the
 //!   pending kernel count is `submitted - ended` (the shim advances `ended` at
 //!   synchronisation points, so it lags).
@@ -218,6 +220,17 @@ impl ShimBackend {
         self.host.proc_dir().join(pid.to_string()).exists()
     }
 
+    /// Whether `meta` is a regular file (not a link) owned by root or by the user running
+    /// `pid`: a block someone else planted for a process is not that process's.
+    fn trusted(&self, pid: u32, meta: &fs::Metadata) -> bool {
+        if !meta.file_type().is_file() {
+            return false;
+        }
+        meta.uid() == 0
+            || fs::metadata(self.host.proc_dir().join(pid.to_string()))
+                .is_ok_and(|p| p.uid() == meta.uid())
+    }
+
     fn block_path(&self, pid: u32) -> PathBuf {
         self.shm.join(format!("{BLOCK_PREFIX}{pid}"))
     }
@@ -256,9 +269,12 @@ impl ShimBackend {
         }
         if !state.blocks.contains_key(&pid) {
             let path = self.block_path(pid);
-            let Ok(meta) = fs::metadata(&path) else {
+            let Ok(meta) = fs::symlink_metadata(&path) else {
                 return Err(Error::ProcessGone { pid });
             };
+            if !self.trusted(pid, &meta) {
+                return Err(Error::ProcessGone { pid });
+            }
             self.track(&mut state, pid, &path, (meta.dev(), meta.ino()))
                 .map_err(ShimBackendError::into_gcgroup)?;
         }
@@ -325,7 +341,7 @@ impl GcgroupBackend for ShimBackend {
                 continue;
             };
             let path = entry.path();
-            if !self.alive(pid) {
+            if !self.alive(pid) && entry.file_type().is_ok_and(|t| t.is_file()) {
                 // The shim removes its block at exit; one left behind was killed.
                 if fs::remove_file(&path).is_ok() {
                     debug!(pid, path = %path.display(), "removed the control block of a dead process");
@@ -334,6 +350,9 @@ impl GcgroupBackend for ShimBackend {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
+            if !self.trusted(pid, &meta) {
+                continue;
+            }
             match self.track(&mut state, pid, &path, (meta.dev(), meta.ino())) {
                 Ok(()) => {
                     live.insert(pid);

@@ -277,3 +277,26 @@ fn auto_without_a_gvm_tree_is_the_shim_alone() {
     assert_eq!(gcgroup_port(BackendKind::Shim, &h.host).name(), "shim");
     assert_eq!(gcgroup_port(BackendKind::Gvm, &h.host).name(), "gvm");
 }
+
+#[test]
+fn links_and_blocks_planted_by_another_user_are_not_processes() {
+    let h = Host::new();
+    let real = h.shim_process(42, &Knobs::default());
+    h.set_alive(43, true);
+    std::os::unix::fs::symlink(real.path().unwrap(), h.shm("gvm-vgpu-43")).unwrap();
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.processes().unwrap(), vec![42], "a link is not a block");
+    assert!(shim.read(43, 0).unwrap_err().is_process_gone());
+    // A block owned by a user other than root and the process's own user.
+    let _planted = h.shim_process(44, &Knobs::default());
+    match std::os::unix::fs::chown(h.shm("gvm-vgpu-44"), Some(54321), None) {
+        Ok(()) => {
+            assert_eq!(shim.processes().unwrap(), vec![42]);
+            assert!(shim.set_frozen(44, 0, true).unwrap_err().is_process_gone());
+            // The process's own user may own its block.
+            std::os::unix::fs::chown(h.dir.path().join("proc/44"), Some(54321), None).unwrap();
+            assert_eq!(shim.processes().unwrap(), vec![42, 44]);
+        }
+        Err(e) => println!("SKIP: the ownership half needs root to chown ({e})"),
+    }
+}
