@@ -6,21 +6,24 @@
 //! none, so group 1 is the one that always works). A message is
 //! `ACTION@DEVPATH\0ACTION=..\0DEVPATH=..\0SUBSYSTEM=..\0KEY=VALUE\0...`.
 //!
-//! What the kernel sends for mdev (seen on Debian's 6.1 kernel with the `mtty`
-//! sample parent; the messages are in this module's tests):
+//! What the kernel sends for mdev (captured by the daemon in the real-kernel guest,
+//! Debian's 6.1 kernel with the `mtty` sample parent; the messages are in this
+//! module's tests):
 //! - writing a UUID to `create`: `add@/devices/virtual/mtty/mtty/<uuid>` with
-//!   `SUBSYSTEM=mdev` and `MDEV_TYPE=mtty-2`, then `bind@` of the same device with
+//!   `SUBSYSTEM=mdev` (no type in the message), then `bind@` of the same device with
 //!   `DRIVER=mtty` when the vendor driver probes it. Both come *before* the kernel
-//!   creates the device's `mdev_type` link, so a rescan run at once may find the
-//!   device half made;
-//! - a parent (un)registering: `change@<parent devpath>` with
-//!   `MDEV_STATE=registered|unregistered`, sent after the parent's type directories
-//!   exist (respectively after they are gone);
-//! - removing a device: `unbind@` and `remove@` with `SUBSYSTEM=mdev`.
+//!   creates the device's `mdev_type` link: in the guest, the rescans woken by them
+//!   both found the device half made, and the follow-up rescan adopted it;
+//! - a parent (un)registering: `change@<parent devpath>` with the parent's own
+//!   subsystem (`SUBSYSTEM=mtty`) and `MDEV_STATE=registered|unregistered`, sent
+//!   after the parent's type directories exist (respectively after they are gone);
+//! - removing a device (or unloading its parent): `unbind@` and `remove@` with
+//!   `SUBSYSTEM=mdev`.
 //!
 //! Any such event triggers an immediate rescan, and a second one [`SETTLE`] after
 //! the last event of a burst, so that a device the first pass found half made is
-//! read again without waiting for the periodic rescan. The periodic rescan remains
+//! read again without waiting for the periodic rescan (without it, an echoed
+//! device waited for the next periodic rescan). The periodic rescan remains
 //! the safety net (and is all the simulated host needs). If the socket's buffer
 //! overflows (`ENOBUFS`: events were dropped) the listener rescans and carries on.
 
@@ -303,6 +306,63 @@ mod tests {
         assert!(is_mdev_event(reg));
         let other = b"add@/devices/virtual/net/lo\0ACTION=add\0SUBSYSTEM=net\0";
         assert!(!is_mdev_event(other));
+    }
+
+    /// A message as the kernel sends it, from its `printable` form (the fields
+    /// contain no spaces).
+    fn raw(printed: &str) -> Vec<u8> {
+        let mut m: Vec<u8> = printed.replace(' ', "\0").into_bytes();
+        m.push(0);
+        m
+    }
+
+    /// Received by gvm-vgpud in the guest (Debian 6.1.0-56, mtty): echo into
+    /// `mtty-2/create`, `rmmod mtty`, `insmod mtty.ko` with an autostart definition.
+    const CAPTURED: [&str; 8] = [
+        "add@/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 ACTION=add DEVPATH=/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 SUBSYSTEM=mdev SEQNUM=641",
+        "bind@/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 ACTION=bind DEVPATH=/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 SUBSYSTEM=mdev DRIVER=mtty SEQNUM=644",
+        "unbind@/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 ACTION=unbind DEVPATH=/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 SUBSYSTEM=mdev SEQNUM=647",
+        "remove@/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 ACTION=remove DEVPATH=/devices/virtual/mtty/mtty/0d5c0a7e-2222-4000-8000-0000000ec401 SUBSYSTEM=mdev SEQNUM=648",
+        "change@/devices/virtual/mtty/mtty ACTION=change DEVPATH=/devices/virtual/mtty/mtty SUBSYSTEM=mtty MDEV_STATE=unregistered SEQNUM=649",
+        "change@/devices/virtual/mtty/mtty ACTION=change DEVPATH=/devices/virtual/mtty/mtty SUBSYSTEM=mtty MDEV_STATE=registered SEQNUM=657",
+        "add@/devices/virtual/mtty/mtty/0d5c0a7e-3333-4000-8000-00000000a570 ACTION=add DEVPATH=/devices/virtual/mtty/mtty/0d5c0a7e-3333-4000-8000-00000000a570 SUBSYSTEM=mdev SEQNUM=658",
+        "bind@/devices/virtual/mtty/mtty/0d5c0a7e-3333-4000-8000-00000000a570 ACTION=bind DEVPATH=/devices/virtual/mtty/mtty/0d5c0a7e-3333-4000-8000-00000000a570 SUBSYSTEM=mdev DRIVER=mtty SEQNUM=662",
+    ];
+
+    #[test]
+    fn captured_kernel_messages_all_concern_mdev_and_parse_exactly() {
+        for printed in CAPTURED {
+            let msg = raw(printed);
+            assert_eq!(printable(&msg), printed, "round trip");
+            let ev = parse(&msg);
+            assert!(ev.is_some_and(|e| e.concerns_mdev()), "{printed}: {ev:?}");
+        }
+        let reg = raw(CAPTURED[5]);
+        assert_eq!(
+            parse(&reg),
+            Some(Uevent {
+                action: "change",
+                devpath: "/devices/virtual/mtty/mtty",
+                subsystem: Some("mtty"),
+                mdev_state: Some("registered"),
+                driver: None,
+            })
+        );
+        let bind = raw(CAPTURED[1]);
+        assert_eq!(parse(&bind).and_then(|e| e.driver), Some("mtty"));
+        assert_eq!(parse(&bind).map(|e| e.action), Some("bind"));
+    }
+
+    #[test]
+    fn the_parents_own_events_without_mdev_state_are_ignored() {
+        // Written in the kernel's format (not captured: the daemon logs only mdev
+        // events): what `insmod mtty` also sends for the parent's class device and
+        // the module. They carry no mdev information: no rescan for them.
+        let class_add = raw("add@/devices/virtual/mtty/mtty ACTION=add DEVPATH=/devices/virtual/mtty/mtty SUBSYSTEM=mtty MAJOR=240 MINOR=0 DEVNAME=mtty SEQNUM=651");
+        assert!(!is_mdev_event(&class_add));
+        let module =
+            raw("add@/module/mtty ACTION=add DEVPATH=/module/mtty SUBSYSTEM=module SEQNUM=650");
+        assert!(!is_mdev_event(&module));
     }
 
     #[test]
