@@ -145,3 +145,91 @@ fn stored_config_converts_both_ways() {
         ("fixed-share", Some(512), 250)
     );
 }
+
+#[test]
+fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
+    use crate::model::{GcState, LiveState, Observed, ObservedDevice, TypeSpec};
+    use crate::plan::{plan, Action, Scope};
+    let u = Uuid::from_u128(1);
+    let mut obs = Observed::default();
+    obs.devices.insert(
+        u,
+        ObservedDevice {
+            uuid: u,
+            parent: "p0".into(),
+            mdev_type: "gvmsim-1".into(),
+            kernel_name: None,
+        },
+    );
+    obs.owners.insert(
+        u,
+        [(100, gvm_proto::OwnerRule::Environment)]
+            .into_iter()
+            .collect(),
+    );
+    obs.gpus.insert(100, [0u32].into_iter().collect());
+    // What the scheduler wrote: priority 8 (type says 10), frozen.
+    let written = GcState {
+        memory_limit: 4 << 30,
+        priority: Some(8),
+        frozen: true,
+    };
+    obs.gcgroups.insert((100, 0), written);
+    let types = [(
+        u,
+        TypeSpec {
+            name: "sim-4c".into(),
+            memory_limit: 4 << 30,
+            priority: 10,
+            share: None,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let mut desired = crate::model::Desired::default();
+    desired.sched.insert(
+        (u, 0),
+        SchedKnobs {
+            priority: Some(8),
+            frozen: true,
+        },
+    );
+    let none = BTreeSet::new();
+    let scope = Scope {
+        autostart_parents: &none,
+        only: None,
+    };
+    assert_eq!(plan(&obs, &desired, &types, scope).actions, Vec::new());
+
+    // The scheduler thaws, but the operator froze it: still no write.
+    desired.sched.insert(
+        (u, 0),
+        SchedKnobs {
+            priority: Some(8),
+            frozen: false,
+        },
+    );
+    desired.live.insert(
+        u,
+        LiveState {
+            frozen: true,
+            ..LiveState::default()
+        },
+    );
+    assert_eq!(plan(&obs, &desired, &types, scope).actions, Vec::new());
+
+    // Without scheduler knobs (best-effort), the type's priority comes back.
+    desired.sched.clear();
+    let p = plan(&obs, &desired, &types, scope);
+    assert!(
+        p.actions.iter().any(|a| matches!(
+            a,
+            Action::Write {
+                knob: KnobWrite::Priority(10),
+                ..
+            }
+        )),
+        "{:?}",
+        p.actions
+    );
+}
