@@ -454,7 +454,9 @@ async fn read_session(
             },
             _ = sleep_until(deadline) => session.tick(Instant::now()),
         };
-        let mut reported = false;
+        // The newest hello and report of this batch, moved (not cloned) into the table.
+        let mut hello = None;
+        let mut report = None;
         let mut violations = 0u64;
         let mut problem = None;
         let mut cut = None;
@@ -467,8 +469,9 @@ async fn read_session(
                               os = %log_safe(&h.os, 80), collector = ?h.collector, gpus = h.gpus.len(),
                               "guest agent said hello");
                     }
+                    hello = Some(h);
                 }
-                Event::Report(_) => reported = true,
+                Event::Report(r) => report = Some(r),
                 Event::Violation { line, violation } => {
                     violations += 1;
                     let text = format!("line {line}: {violation}");
@@ -488,13 +491,24 @@ async fn read_session(
                 }
             }
         }
-        if reported || problem.is_some() {
-            let stats = reported.then(|| session.stats()).flatten();
-            let now = Instant::now();
+        if hello.is_some() || report.is_some() || problem.is_some() {
+            let (now, counters) = (Instant::now(), session.counters());
             table.update(socket, |c| {
-                if let Some(s) = stats {
-                    c.stats = Some(s);
-                    c.last_report_at = Some(now);
+                if let Some(h) = hello {
+                    // A new hello keeps the latest report as the latest known view.
+                    let last_report = c.stats.take().and_then(|s| s.last_report);
+                    c.stats = Some(GuestStats {
+                        hello: *h,
+                        last_report,
+                        counters,
+                    });
+                }
+                if let Some(s) = c.stats.as_mut() {
+                    s.counters = counters;
+                    if let Some(r) = report {
+                        s.last_report = Some(*r);
+                        c.last_report_at = Some(now);
+                    }
                 }
                 c.violations += violations;
                 if let Some(p) = problem {
