@@ -47,9 +47,12 @@ done
 
 if [ -x "$bin/gvm-vgpud" ]; then
     echo "== starting gvm-vgpud (adopts every vGPU and applies its type's limits)"
-    "$bin/gvm-vgpud" --root "$root" &
+    "$bin/gvm-vgpud" --root "$root" 2> "$root/gvm-vgpud.log" &
     daemon_pid=$!
-    sleep 0.5
+    for _ in $(seq 50); do
+        [ -S "$root/run/gvm-vgpu/api.sock" ] && break
+        sleep 0.1
+    done
 fi
 
 run() { echo; echo "\$ gvm-vgpu $*"; "$bin/gvm-vgpu" "$@"; }
@@ -70,9 +73,27 @@ echo "spawn $manual memory=2147483648" > "$root/sys/kernel/debug/gvm-sim/control
 sleep 1.5
 run show 11111111-2222-4333-8444-555555555555
 run show "$manual"
+if [ -n "$daemon_pid" ]; then
+    echo; echo "== retuning live through gvm-vgpud"
+    run set 11111111-2222-4333-8444-555555555555 --memory-limit 6GiB --priority 2 --live
+    run freeze "$manual"
+    sleep 0.5
+    run show "$manual"
+    run thaw "$manual"
+    run define --type sim-40c --parent 0000:3b:00.0 --uuid 22222222-3333-4444-8555-666666666666 --autostart
+    run start 22222222-3333-4444-8555-666666666666
+    run list --defined
+    run stop 22222222-3333-4444-8555-666666666666
+    run undefine 22222222-3333-4444-8555-666666666666
+fi
 run xml 11111111-2222-4333-8444-555555555555 --with-agent
 run qemu-args "$manual"
 run --json list > /dev/null && echo "(list --json works too)"
+
+if [ -n "$daemon_pid" ]; then
+    echo; echo "== what gvm-vgpud did (its log)"
+    sed 's/^[0-9TZ:.-]* *//' "$root/gvm-vgpud.log"
+fi
 
 echo; echo "== cleaning up"
 for uuid in $(ls "$root/sys/bus/mdev/devices"); do

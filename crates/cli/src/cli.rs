@@ -212,6 +212,16 @@ pub enum Command {
     /// Ask gvm-vgpud to reconcile the host with its state now and report drift.
     Reconcile,
 
+    /// Show what a VM's guest agent reports: its channel, the agent, and the guest's GPU
+    /// processes (pid, name, GPU, memory, utilization), as validated by gvm-vgpud.
+    ///
+    /// Needs the daemon and a VM whose agent port is wired (`xml --with-agent` or
+    /// `qemu-args --agent-socket`). Without a target, every channel is shown.
+    Stats {
+        /// vGPU UUID or libvirt domain name.
+        target: Option<String>,
+    },
+
     /// Print the libvirt <hostdev> element that passes a vGPU to a domain.
     Xml {
         /// UUID of the vGPU.
@@ -299,6 +309,23 @@ pub enum Command {
         connect: Option<String>,
     },
 
+    /// Show or switch the GPU time-slice scheduling policy of gvm-vgpud (live, persisted).
+    Policy {
+        #[expect(
+            missing_docs,
+            reason = "a doc comment here would change clap's help text"
+        )]
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+
+    /// Each vGPU's achieved share of GPU time next to its policy's target, every second.
+    Top {
+        /// Print once and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
+
     /// Print a shell completion script.
     Completions {
         /// Shell to generate for.
@@ -310,6 +337,28 @@ pub enum Command {
         /// Output directory (created if missing).
         #[arg(value_name = "DIR")]
         out_dir: PathBuf,
+    },
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Per GPU: policy, slice, window, knob writes, and each vGPU's target and achieved share.
+    Show,
+    /// Switch a GPU (default: every GPU) to a policy without restarting any VM.
+    Set {
+        /// best-effort, equal-share or fixed-share.
+        #[arg(value_parser = ["best-effort", "equal-share", "fixed-share"])]
+        policy: String,
+        /// GVM GPU index (0, 8, ...) or mdev parent; every GPU when absent.
+        #[arg(long, value_name = "GPU")]
+        gpu: Option<String>,
+        /// Time slice (e.g. 2ms, 500us); kept when absent (default: 2ms, 1ms above 8 vGPUs).
+        #[arg(long, value_name = "DURATION")]
+        timeslice: Option<String>,
+        /// Averaging window (e.g. 1s, 250ms); kept when absent (default: 1s).
+        #[arg(long, value_name = "DURATION")]
+        window: Option<String>,
     },
 }
 

@@ -305,21 +305,37 @@ impl Client {
         self.call(Call::ImportMdevctl(ImportParams { dry_run }))
     }
 
-    /// `policy` (get).
-    pub fn policy(&mut self) -> Result<String> {
+    /// `policy show` / `top`: every GPU's scheduler, with target and achieved shares.
+    pub fn policy(&mut self) -> Result<gvm_proto::SchedStatus> {
         self.call(Call::PolicyGet)
     }
 
-    /// `policy set NAME`.
-    pub fn set_policy(&mut self, policy: &str) -> Result<String> {
-        self.call(Call::PolicySet(PolicyParams {
+    /// `policy set NAME` on every GPU, with the default slice and window.
+    pub fn set_policy(&mut self, policy: &str) -> Result<gvm_proto::SchedStatus> {
+        self.set_policy_with(PolicyParams {
             policy: policy.to_string(),
-        }))
+            gpu: None,
+            timeslice_us: None,
+            window_ms: None,
+        })
+    }
+
+    /// `policy set NAME [--gpu G] [--timeslice D] [--window D]`: switch live, persisted.
+    pub fn set_policy_with(&mut self, params: PolicyParams) -> Result<gvm_proto::SchedStatus> {
+        self.call(Call::PolicySet(params))
     }
 
     /// `stats [target]` / `top`: fresh per-vGPU totals.
     pub fn stats(&mut self, target: Option<&str>) -> Result<Vec<VgpuInfo>> {
         self.call(Call::Stats(StatsParams {
+            target: target.map(str::to_string),
+        }))
+    }
+
+    /// `guest_stats [target]` (`gvm-vgpu stats`): the guest agents' channels and the
+    /// processes their guests report, for one vGPU UUID or domain, or all.
+    pub fn guest_stats(&mut self, target: Option<&str>) -> Result<Vec<gvm_proto::GuestAgentInfo>> {
+        self.call(Call::GuestStats(StatsParams {
             target: target.map(str::to_string),
         }))
     }

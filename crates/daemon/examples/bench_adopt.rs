@@ -2,9 +2,10 @@
 //! define + start + adopt N vGPUs over P parents with K owners each, time to all
 //! tuned, steady-state daemon CPU and RSS, and retune latency p50/p99.
 //!
-//! `cargo build --release -p gvm-vgpu-sim -p gvm-vgpud && cargo run --release -p gvm-vgpud --example bench_adopt -- 1000 64 4`
+//! `cargo build --release -p gvm-vgpu-sim -p gvm-vgpud && cargo run --release -p gvm-vgpud --example bench_adopt -- 1000 16 4`
 //!
-//! The simulated GPU offers 16 `sim-4c` instances, so 1,000 vGPUs need 63 parents or more.
+//! vGPUs are of catalog type `sim-1c` (kernel `gvmsim-6`, 64 per simulated GPU, priority
+//! 12), so 16 parents hold 1,000.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -14,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use gvm_client::gvm_proto::{DefineParams, SetMode, SetParams};
 use gvm_client::Client;
+
+/// Catalog type of the benchmark's vGPUs, and the priority the catalog gives it.
+const TYPE: &str = "sim-1c";
+const TYPE_PRIORITY: &str = "12";
 
 fn bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -132,7 +137,7 @@ fn main() {
             .define(DefineParams {
                 uuid: None,
                 parent: parents[i as usize % parents.len()].clone(),
-                type_name: "sim-4c".into(),
+                type_name: TYPE.into(),
                 autostart: false,
                 overrides: Default::default(),
             })
@@ -146,7 +151,7 @@ fn main() {
         let o = owners(&mount);
         let tuned = o.len() >= want
             && o.iter()
-                .all(|(pid, _, gpu)| knob(&mount, *pid, *gpu, "compute.priority") == "10");
+                .all(|(pid, _, gpu)| knob(&mount, *pid, *gpu, "compute.priority") == TYPE_PRIORITY);
         if tuned {
             break;
         }

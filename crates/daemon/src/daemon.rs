@@ -53,6 +53,8 @@ pub struct Daemon {
     pub(crate) resolver: Resolver,
     pub(crate) type_of: BTreeMap<Uuid, TypeSpec>,
     pub(crate) totals: BTreeMap<Uuid, Totals>,
+    /// Guest-agent channels and their latest stats (see `agent_ingest`).
+    pub(crate) guests: crate::agent_ingest::GuestTable,
     kernel_names: HashMap<(String, String), Option<String>>,
     device_names: Vec<String>,
     pids: BTreeSet<u32>,
@@ -61,6 +63,18 @@ pub struct Daemon {
     last_slow: Option<Instant>,
     last_verify: Option<Instant>,
     timing: Timing,
+    /// Owners whose GPU registrations are re-listed, a slice per tick (`sweep.rs`).
+    gpu_sweep: crate::sweep::Sweep<u32>,
+    /// Owners whose knobs are read back, a slice per tick.
+    verify_sweep: crate::sweep::Sweep<u32>,
+    /// The last full read of each owner gcgroup (for totals between fresh reads).
+    reads: BTreeMap<(u32, u32), crate::ports::GcRead>,
+    /// Knobs found changed behind the daemon's back, until they are written again.
+    drifted: BTreeSet<(u32, u32, &'static str)>,
+    /// libvirt's picture (domain → vGPUs, paused domains), fed by the lifecycle watch.
+    pub(crate) libvirt: crate::domains::Domains,
+    /// The live time-slice scheduler (`scheduler.rs`): per-GPU engines and policy.
+    pub(crate) scheduler: crate::scheduler::Scheduler,
     /// Problems found when loading the store, reported by the first reconcile.
     pub startup_problems: Vec<String>,
 }
@@ -109,11 +123,13 @@ impl Daemon {
             desired: Desired {
                 definitions: loaded.definitions,
                 live: loaded.live,
+                sched: BTreeMap::new(),
             },
             policy: loaded.policy.unwrap_or_else(|| "best-effort".to_string()),
             observed: Observed::default(),
             type_of: BTreeMap::new(),
             totals: BTreeMap::new(),
+            guests: crate::agent_ingest::GuestTable::default(),
             kernel_names: HashMap::new(),
             device_names: Vec::new(),
             pids: BTreeSet::new(),
@@ -122,6 +138,12 @@ impl Daemon {
             last_slow: None,
             last_verify: None,
             timing,
+            gpu_sweep: crate::sweep::Sweep::new(timing.slow_rescan),
+            verify_sweep: crate::sweep::Sweep::new(timing.verify),
+            reads: BTreeMap::new(),
+            drifted: BTreeSet::new(),
+            libvirt: crate::domains::Domains::default(),
+            scheduler: crate::scheduler::Scheduler::open(state),
             startup_problems: loaded.problems,
         })
     }
@@ -155,9 +177,14 @@ impl Daemon {
         let new_parents = self.scan_parents(&mut report);
         let mut dirty = self.scan_devices(&mut report, force);
         dirty |= self.scan_processes(&mut report, slow);
-        if verify {
+        if verify && (force || self.first_pass) {
             self.verify_gcgroups(&mut report);
+            self.verify_sweep.visited_all(now);
             dirty = true;
+        } else {
+            let owned: BTreeSet<u32> = self.observed.gpus.keys().copied().collect();
+            let slice = self.verify_sweep.take(now, &owned);
+            dirty |= self.verify_pids(&slice, &mut report);
         }
         if dirty || !new_parents.is_empty() || self.first_pass {
             self.reconcile(&new_parents, None, &mut report);
@@ -326,6 +353,7 @@ impl Daemon {
     }
 
     fn scan_processes(&mut self, report: &mut ReconcileReport, slow: bool) -> bool {
+        let now = Instant::now();
         if slow && self.resolver.refresh_libvirt() {
             info!(
                 domains = self.resolver.domains().len(),
@@ -354,11 +382,14 @@ impl Daemon {
             for pid in self.unowned.clone() {
                 dirty |= self.classify(pid, true);
             }
-            let owned: Vec<u32> = self.observed.gpus.keys().copied().collect();
-            for pid in owned {
-                dirty |= self.refresh_gpus(pid);
-            }
-        } else {
+        }
+        // Every owner's GPU directory is listed again once per slow period, a slice
+        // per tick, so thousands of owners never stall a tick (and the API behind it).
+        let owned: BTreeSet<u32> = self.observed.gpus.keys().copied().collect();
+        for pid in self.gpu_sweep.take(now, &owned) {
+            dirty |= self.refresh_gpus(pid);
+        }
+        {
             // Owners that had no GPU yet register soon after starting: look often.
             let waiting: Vec<u32> = self
                 .observed
@@ -415,20 +446,10 @@ impl Daemon {
         *known = gpus.clone();
         for g in removed {
             self.observed.gcgroups.remove(&(pid, g));
+            self.reads.remove(&(pid, g));
         }
-        for g in gpus {
-            if let std::collections::btree_map::Entry::Vacant(v) =
-                self.observed.gcgroups.entry((pid, g))
-            {
-                if let Ok(r) = self.gc.read(pid, g) {
-                    v.insert(GcState {
-                        memory_limit: r.memory_limit,
-                        priority: None,
-                        frozen: r.frozen,
-                    });
-                }
-            }
-        }
+        // A new gcgroup is not read first: with no known state the plan writes every
+        // knob, which costs less than reading six files and still writing most of them.
         true
     }
 
@@ -437,8 +458,10 @@ impl Daemon {
         if let Some(gpus) = self.observed.gpus.remove(&pid) {
             for g in gpus {
                 self.observed.gcgroups.remove(&(pid, g));
+                self.reads.remove(&(pid, g));
             }
         }
+        self.drifted.retain(|(p, _, _)| *p != pid);
         self.observed.owners.retain(|uuid, owners| {
             if owners.remove(&pid).is_some() {
                 debug!(%uuid, pid, "owner process exited");
@@ -451,34 +474,113 @@ impl Daemon {
 
     /// Read back every owner gcgroup: detect drift, refresh totals.
     fn verify_gcgroups(&mut self, report: &mut ReconcileReport) {
-        let mut totals: BTreeMap<Uuid, Totals> = BTreeMap::new();
+        let owned: Vec<u32> = self.observed.gpus.keys().copied().collect();
+        self.verify_pids(&owned, report);
+        self.reads
+            .retain(|(pid, _), _| self.observed.gpus.contains_key(pid));
+        let uuids: Vec<Uuid> = self.observed.devices.keys().copied().collect();
+        self.totals.clear();
+        self.refresh_totals(&uuids);
+    }
+
+    /// Read back the gcgroups of `pids`: a knob that differs from what the daemon
+    /// last wrote changed behind its back (drift: reported, then corrected by the
+    /// plan); the reads refresh the totals of the pids' vGPUs. True on drift.
+    fn verify_pids(&mut self, pids: &[u32], report: &mut ReconcileReport) -> bool {
+        if pids.is_empty() {
+            return false;
+        }
+        let wanted: BTreeSet<u32> = pids.iter().copied().collect();
+        let mut uuids: BTreeSet<Uuid> = BTreeSet::new();
+        let mut owner_of: BTreeMap<u32, Uuid> = BTreeMap::new();
         for (uuid, owners) in &self.observed.owners {
-            if !self.observed.devices.contains_key(uuid) {
-                continue;
+            for pid in owners.keys().filter(|p| wanted.contains(p)) {
+                owner_of.insert(*pid, *uuid);
+                uuids.insert(*uuid);
             }
-            let t = totals.entry(*uuid).or_default();
-            for pid in owners.keys() {
-                for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
-                    let r = match self.gc.read(*pid, *gpu) {
-                        Ok(r) => r,
-                        Err(e) if e.gone => continue,
-                        Err(e) => {
-                            report.errors.push(e.to_string());
-                            continue;
-                        }
-                    };
-                    add_totals(t, &r);
-                    if let Some(s) = self.observed.gcgroups.get_mut(&(*pid, *gpu)) {
-                        s.memory_limit = r.memory_limit;
-                        s.frozen = r.frozen;
-                        if s.priority.is_some() {
-                            s.priority = Some(r.priority);
-                        }
+        }
+        let mut drift = false;
+        for pid in pids {
+            let gpus: Vec<u32> = self
+                .observed
+                .gpus
+                .get(pid)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            for gpu in gpus {
+                let r = match self.gc.read(*pid, gpu) {
+                    Ok(r) => r,
+                    Err(e) if e.gone => continue,
+                    Err(e) => {
+                        report.errors.push(e.to_string());
+                        continue;
                     }
+                };
+                self.reads.insert((*pid, gpu), r);
+                let Some(s) = self.observed.gcgroups.get_mut(&(*pid, gpu)) else {
+                    continue;
+                };
+                let uuid = owner_of.get(pid).copied().unwrap_or_default();
+                for (knob, found, was) in crate::plan::drift(s, &r) {
+                    warn!(%uuid, pid, gpu, knob, %found, written = %was,
+                        "knob changed behind the daemon's back: correcting it");
+                    report.drift.push(Drift {
+                        uuid,
+                        pid: *pid,
+                        gpu,
+                        knob: knob.to_string(),
+                        found,
+                        wanted: was,
+                    });
+                    self.drifted.insert((*pid, gpu, knob));
+                    drift = true;
+                }
+                s.memory_limit = r.memory_limit;
+                s.frozen = r.frozen;
+                if s.priority.is_some() {
+                    s.priority = Some(r.priority);
                 }
             }
         }
-        self.totals = totals;
+        let uuids: Vec<Uuid> = uuids.into_iter().collect();
+        self.refresh_totals(&uuids);
+        drift
+    }
+
+    /// Recompute the totals of `uuids` from the last reads, with the gcgroup and
+    /// frozen counts from the knob cache (which reflects the writes just made).
+    pub(crate) fn refresh_totals(&mut self, uuids: &[Uuid]) {
+        for uuid in uuids {
+            if !self.observed.devices.contains_key(uuid) {
+                continue;
+            }
+            let mut t = Totals::default();
+            for pid in self
+                .observed
+                .owners
+                .get(uuid)
+                .into_iter()
+                .flatten()
+                .map(|o| o.0)
+            {
+                for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
+                    let key = (*pid, *gpu);
+                    if let Some(r) = self.reads.get(&key) {
+                        add_totals(&mut t, r);
+                    } else {
+                        t.gcgroups += 1;
+                    }
+                    if let Some(s) = self.observed.gcgroups.get(&key) {
+                        t.frozen_gcgroups -=
+                            u32::from(self.reads.get(&key).is_some_and(|r| r.frozen));
+                        t.frozen_gcgroups += u32::from(s.frozen);
+                    }
+                }
+            }
+            self.totals.insert(*uuid, t);
+        }
     }
 
     /// Plan and execute: autostart on `autostart_parents`, knob writes for `only`
@@ -537,6 +639,12 @@ impl Daemon {
                 } => self.execute_write(uuid, pid, gpu, knob, found, report),
             }
         }
+        // Answers given right after (freeze, thaw, set) count frozen gcgroups as written.
+        let touched: Vec<Uuid> = match only {
+            Some(o) => o.iter().copied().collect(),
+            None => self.observed.devices.keys().copied().collect(),
+        };
+        self.refresh_totals(&touched);
     }
 
     fn execute_write(
@@ -557,18 +665,17 @@ impl Daemon {
                     frozen: false,
                 });
                 knob.apply(state);
-                if let Some(found) = found {
-                    info!(%uuid, pid, gpu, knob = knob.file(), %found, wanted = %knob.value(), "corrected knob");
-                    report.drift.push(Drift {
-                        uuid,
-                        pid,
-                        gpu,
-                        knob: knob.file().to_string(),
-                        found,
-                        wanted: knob.value(),
-                    });
+                let (file, value) = (knob.file(), knob.value());
+                if self.drifted.remove(&(pid, gpu, file)) {
+                    info!(%uuid, pid, gpu, knob = file, found = ?found, wanted = %value, "corrected knob after drift");
+                } else if let Some(found) = found {
+                    debug!(%uuid, pid, gpu, knob = file, was = %found, value = %value, "retuned knob");
+                } else if let KnobWrite::Frozen(frozen) = knob {
+                    // Freeze is the last knob of a gcgroup's first application.
+                    info!(%uuid, pid, gpu, memory_limit = state.memory_limit,
+                        priority = ?state.priority, frozen, "applied the vGPU's knobs to a new owner gcgroup");
                 } else {
-                    debug!(%uuid, pid, gpu, knob = knob.file(), value = %knob.value(), "applied knob");
+                    debug!(%uuid, pid, gpu, knob = file, %value, "applied knob");
                 }
             }
             Err(PortError { gone: true, .. }) => {

@@ -30,9 +30,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use gvm_libvirt::{DomainState, EventKind, WatchEvent, WatchHandle};
+use gvm_libvirt::{DomainState, EventKind, WatchEvent};
+
+/// The running libvirt event watch (nothing in builds without the `libvirt` feature).
+#[cfg(feature = "libvirt")]
+type WatchHandle = gvm_libvirt::WatchHandle;
+#[cfg(not(feature = "libvirt"))]
+type WatchHandle = ();
 use gvm_proto::OwnerRule;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -44,7 +50,8 @@ use crate::daemon::Daemon;
 pub const STATUS_FILE: &str = "/run/gvm-vgpu/libvirt.json";
 
 /// How often pause freezes are re-checked besides events.
-const SYNC_PERIOD: Duration = Duration::from_secs(1);
+#[cfg(feature = "libvirt")]
+const SYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An active (running or paused) domain as the watch last reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -250,7 +257,7 @@ pub const LIBVIRT_SOCKETS: [&str; 2] = ["/run/libvirt/libvirt-sock", "/run/libvi
 
 /// Which libvirt URI the daemon follows: `--libvirt URI` when given; none with
 /// `--no-libvirt`; otherwise, on a real host (root `/`) whose libvirt socket exists,
-/// [`gvm_libvirt::connection::DEFAULT_URI`]; on a test root only when asked.
+/// [`gvm_libvirt::uri::DEFAULT_URI`]; on a test root only when asked.
 pub fn choose_uri(
     flag: Option<&str>,
     disabled: bool,
@@ -263,7 +270,7 @@ pub fn choose_uri(
     if let Some(uri) = flag.filter(|u| !u.is_empty()) {
         return Some(uri.to_string());
     }
-    (real_host && socket_exists).then(|| gvm_libvirt::connection::DEFAULT_URI.to_string())
+    (real_host && socket_exists).then(|| gvm_libvirt::uri::DEFAULT_URI.to_string())
 }
 
 /// [`choose_uri`] for `host`, looking for libvirt's socket through the root.
@@ -466,6 +473,10 @@ impl Daemon {
 /// The running libvirt watch and the pause re-check thread; dropping it stops both.
 #[derive(Debug)]
 pub struct LibvirtWatch {
+    #[cfg_attr(
+        not(feature = "libvirt"),
+        expect(dead_code, reason = "no watch without libvirt")
+    )]
     watch: Option<WatchHandle>,
     stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
@@ -474,6 +485,7 @@ pub struct LibvirtWatch {
 impl Drop for LibvirtWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        #[cfg(feature = "libvirt")]
         if let Some(w) = self.watch.take() {
             w.stop();
         }
@@ -501,6 +513,23 @@ pub fn spawn_watch(shared: &Arc<Mutex<Daemon>>) -> Option<LibvirtWatch> {
         }
         return None;
     };
+    #[cfg(not(feature = "libvirt"))]
+    {
+        warn!(
+            %uri,
+            "this gvm-vgpud was built without libvirt support (cargo feature `libvirt`): \
+             domain events are not followed"
+        );
+        None
+    }
+    #[cfg(feature = "libvirt")]
+    start_watch(shared, &uri)
+}
+
+/// Start the libvirt event watch and the pause re-check thread.
+#[cfg(feature = "libvirt")]
+fn start_watch(shared: &Arc<Mutex<Daemon>>, uri: &str) -> Option<LibvirtWatch> {
+    let uri = uri.to_string();
     let d = shared.clone();
     let watch = gvm_libvirt::watch(&uri, move |ev| {
         for e in locked(&d, |d| d.libvirt_event(&ev)) {

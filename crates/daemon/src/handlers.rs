@@ -111,13 +111,8 @@ impl Daemon {
             Call::Freeze(t) => self.freeze(&t.target, true).and_then(|d| json(&d)),
             Call::Thaw(t) => self.freeze(&t.target, false).and_then(|d| json(&d)),
             Call::ImportMdevctl(p) => self.import_mdevctl(p.dry_run).and_then(|r| json(&r)),
-            Call::PolicyGet => json(&self.policy),
-            Call::PolicySet(p) => {
-                self.store.save_policy(&p.policy).map_err(store_err)?;
-                info!(policy = %p.policy, "scheduling policy set");
-                self.policy = p.policy;
-                json(&self.policy)
-            }
+            Call::PolicyGet => json(&self.policy_status()),
+            Call::PolicySet(p) => self.policy_set(p).and_then(|s| json(&s)),
             Call::Stats(p) => {
                 let uuids = match &p.target {
                     Some(t) => self.resolve_target(t)?,
@@ -131,6 +126,7 @@ impl Daemon {
                 }
                 json(&out)
             }
+            Call::GuestStats(p) => self.guest_stats(p.target.as_deref()).and_then(|g| json(&g)),
             Call::Reconcile => {
                 let r: ReconcileReport = self.tick(std::time::Instant::now(), true);
                 json(&r)
@@ -147,7 +143,9 @@ impl Daemon {
             self.totals.insert(u, totals);
             infos.push(self.info(&u));
         }
-        crate::metrics::render(&infos)
+        let mut text = crate::metrics::render(&infos);
+        text.push_str(&self.guest_metrics());
+        text
     }
 
     /// Live devices and definitions, sorted by UUID.
@@ -171,6 +169,9 @@ impl Daemon {
             return Err(ApiError::not_found(format!(
                 "no vGPU {u} on this host and no definition of it: see `gvm-vgpu list`"
             )));
+        }
+        if let Some(uuids) = self.domain_vgpus(target) {
+            return Ok(uuids);
         }
         self.resolver.refresh_libvirt();
         let uuids: Vec<Uuid> = self
@@ -239,7 +240,7 @@ impl Daemon {
             managed: self.type_of.contains_key(uuid),
             defined: def.is_some(),
             autostart: def.is_some_and(|d| d.autostart),
-            domain: self.resolver.domain_of(uuid).map(str::to_string),
+            domain: self.domain_name_of(uuid),
             owners: self
                 .observed
                 .owners

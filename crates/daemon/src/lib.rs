@@ -17,9 +17,13 @@
 //! - [`daemon`]: the transport-free core: [`daemon::Daemon::handle`] answers a
 //!   [`gvm_proto::Call`], [`daemon::Daemon::tick`] rescans and reconciles;
 //! - [`server`]: the Unix-socket and metrics transports (tokio);
+//! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
+//! - [`shim_backend`]: the CUDA shim's control blocks as gcgroups (`--backend shim|auto`);
 //! - [`metrics`]: Prometheus text rendering.
 
+pub mod agent_ingest;
 pub mod daemon;
+pub mod domains;
 mod handlers;
 pub mod mdevctl;
 pub mod metrics;
@@ -27,6 +31,9 @@ pub mod model;
 pub mod owners;
 pub mod plan;
 pub mod ports;
+pub mod scheduler;
 pub mod server;
+pub mod shim_backend;
 pub mod store;
+pub mod sweep;
 pub mod uevent;

@@ -12,8 +12,9 @@ use anyhow::Context;
 use clap::Parser;
 use gvm_host_root::{HostRoot, ROOT_ENV};
 use gvm_vgpud::daemon::{Daemon, Timing};
-use gvm_vgpud::ports::{gvm_tree, CatalogTypes, SysfsMdev};
+use gvm_vgpud::ports::{CatalogTypes, SysfsMdev};
 use gvm_vgpud::server::{serve, ServeOptions};
+use gvm_vgpud::shim_backend::{gcgroup_port, BackendKind};
 
 /// The gvm-vgpu host daemon: adopts every vGPU and keeps its gcgroups tuned.
 #[derive(Debug, Parser)]
@@ -48,9 +49,25 @@ struct Args {
     /// Period in seconds for reading every knob back (drift, totals).
     #[arg(long, default_value_t = 30)]
     verify_s: u64,
+    /// Gcgroup backend: `gvm` (GVM's debugfs tree), `shim` (control blocks of processes under
+    /// libgvm_cuda.so, in /dev/shm) or `auto` (GVM for the processes it registered, the shim
+    /// for the rest: the shim alone on a host without GVM).
+    #[arg(long, value_enum, env = "GVM_VGPUD_BACKEND", default_value_t = BackendKind::Auto)]
+    backend: BackendKind,
     /// Do not listen to kernel uevents even on a real host.
     #[arg(long)]
     no_uevents: bool,
+    /// Follow this libvirt URI's domain lifecycle (paused domains' vGPUs are frozen, domain
+    /// names resolve). Default on a real host whose libvirtd socket exists: qemu:///system.
+    #[arg(long, value_name = "URI", conflicts_with = "no_libvirt")]
+    libvirt: Option<String>,
+    /// Do not follow libvirt even on a real host.
+    #[arg(long)]
+    no_libvirt: bool,
+    /// Guest-agent ingest limits over the defaults, as comma-separated key=value
+    /// (e.g. `partial_line_timeout_ms=2000,reconnect_after_ms=10000`; see docs/agent.md).
+    #[arg(long, env = "GVM_VGPUD_AGENT_LIMITS", default_value = "")]
+    agent_limits: String,
 }
 
 fn group_id(spec: &str) -> anyhow::Result<u32> {
@@ -85,11 +102,11 @@ fn main() -> anyhow::Result<()> {
     let catalog = gvm_catalog::Catalog::load_with_builtin(&dirs)
         .context("cannot load the vGPU type catalog: fix the file named above")?;
     let state = HostRoot::new(args.state_root.as_deref().unwrap_or(&args.root));
-    let daemon = Daemon::new(
+    let mut daemon = Daemon::new(
         host.clone(),
         &state,
         Box::new(SysfsMdev::new(host.clone())),
-        Box::new(gvm_tree(&host)),
+        gcgroup_port(args.backend, &host),
         Box::new(CatalogTypes::new(catalog)),
         Timing {
             slow_rescan: Duration::from_millis(args.slow_rescan_ms.max(10)),
@@ -97,6 +114,11 @@ fn main() -> anyhow::Result<()> {
         },
     )
     .context("cannot open the daemon's state under /etc/gvm-vgpu and /run/gvm-vgpu")?;
+    if let Some(uri) =
+        gvm_vgpud::domains::uri_for_host(&host, args.libvirt.as_deref(), args.no_libvirt)
+    {
+        daemon.use_libvirt(&uri, Some(state.path(gvm_vgpud::domains::STATUS_FILE)));
+    }
     let opts = ServeOptions {
         socket: args
             .socket
@@ -112,5 +134,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let mut agents = gvm_vgpud::agent_ingest::AgentConfig::new(&host, &state);
+    agents.limits = gvm_vgpud::agent_ingest::parse_limits(&args.agent_limits)?;
+    rt.spawn(gvm_vgpud::agent_ingest::run(daemon.guest_table(), agents));
     rt.block_on(serve(daemon, opts))
 }

@@ -74,12 +74,15 @@ pub struct LiveState {
     pub overrides: Overrides,
     /// Freeze flag.
     pub frozen: bool,
+    /// Frozen because libvirt paused the vGPU's domain: set and cleared only by the
+    /// libvirt lifecycle watch (`domains.rs`), so a resume never thaws `frozen`.
+    pub paused: bool,
 }
 
 impl LiveState {
     /// Nothing to remember.
     pub fn is_empty(&self) -> bool {
-        self.overrides.is_empty() && !self.frozen
+        self.overrides.is_empty() && !self.frozen && !self.paused
     }
 }
 
@@ -90,6 +93,34 @@ pub struct Desired {
     pub definitions: BTreeMap<Uuid, Definition>,
     /// Live state by UUID.
     pub live: BTreeMap<Uuid, LiveState>,
+    /// The live scheduler's knobs by (vGPU, GVM GPU index), while a policy other than
+    /// best-effort runs there: they override the priority and add a freeze.
+    pub sched: BTreeMap<(Uuid, u32), SchedKnobs>,
+}
+
+/// What the time-slice scheduler (`scheduler.rs`) holds for a vGPU on one GPU.
+///
+/// The scheduler's freeze is OR-ed with the operator's, so a user freeze always wins
+/// and the planner never "corrects" a scheduler freeze or priority as drift.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedKnobs {
+    /// `compute.priority` realising the policy's slice (replaces the type's).
+    pub priority: Option<u8>,
+    /// Frozen for being over its share.
+    pub frozen: bool,
+}
+
+impl SchedKnobs {
+    /// `knobs` as they must be on a gcgroup of this vGPU on this GPU.
+    pub fn apply(sched: Option<&SchedKnobs>, mut knobs: Knobs) -> Knobs {
+        if let Some(s) = sched {
+            if let Some(p) = s.priority {
+                knobs.priority = p;
+            }
+            knobs.frozen |= s.frozen;
+        }
+        knobs
+    }
 }
 
 /// Effective knobs of a vGPU and where each came from.
@@ -133,7 +164,7 @@ pub fn effective(
             src.share = source;
         }
     }
-    knobs.frozen = live.is_some_and(|l| l.frozen);
+    knobs.frozen = live.is_some_and(|l| l.frozen || l.paused);
     (knobs, src)
 }
 
@@ -185,6 +216,7 @@ mod tests {
                 ..Overrides::default()
             },
             frozen: true,
+            paused: false,
         };
         let (k, s) = effective(Some(&ty()), Some(&d), Some(&live));
         assert_eq!((k.priority, s.priority), (1, Source::Live));

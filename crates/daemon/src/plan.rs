@@ -157,6 +157,8 @@ pub fn plan(
             };
             for &gpu in gpus {
                 let state = observed.gcgroups.get(&(pid, gpu));
+                let knobs =
+                    crate::model::SchedKnobs::apply(desired.sched.get(&(*uuid, gpu)), knobs);
                 let write = |knob: KnobWrite, found: Option<String>, to: &mut Vec<Action>| {
                     to.push(Action::Write {
                         uuid: *uuid,
@@ -203,6 +205,78 @@ pub fn plan(
         out.actions.append(&mut freezes);
     }
     out
+}
+
+/// Knobs whose read-back value differs from what the daemon last wrote (`cached`):
+/// `(file, found, written)`. A priority the daemon never wrote is not compared (the
+/// kernel's default means nothing until written).
+pub fn drift(cached: &GcState, read: &crate::ports::GcRead) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    if cached.memory_limit != read.memory_limit {
+        out.push((
+            "memory.limit",
+            read.memory_limit.to_string(),
+            cached.memory_limit.to_string(),
+        ));
+    }
+    if let Some(p) = cached.priority.filter(|p| *p != read.priority) {
+        out.push(("compute.priority", read.priority.to_string(), p.to_string()));
+    }
+    if cached.frozen != read.frozen {
+        out.push((
+            "compute.freeze",
+            u8::from(read.frozen).to_string(),
+            u8::from(cached.frozen).to_string(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::*;
+
+    #[test]
+    fn only_values_that_differ_from_the_last_write_are_drift() {
+        let cached = GcState {
+            memory_limit: 4 << 30,
+            priority: Some(10),
+            frozen: false,
+        };
+        let same = crate::ports::GcRead {
+            memory_limit: 4 << 30,
+            priority: 10,
+            ..Default::default()
+        };
+        assert!(drift(&cached, &same).is_empty());
+        let changed = crate::ports::GcRead {
+            memory_limit: 1,
+            priority: 3,
+            frozen: true,
+            ..same
+        };
+        let d = drift(&cached, &changed);
+        assert_eq!(
+            d,
+            vec![
+                ("memory.limit", "1".to_string(), (4u64 << 30).to_string()),
+                ("compute.priority", "3".to_string(), "10".to_string()),
+                ("compute.freeze", "1".to_string(), "0".to_string()),
+            ]
+        );
+        let unwritten = GcState {
+            priority: None,
+            ..cached
+        };
+        let default_read = crate::ports::GcRead {
+            priority: 8,
+            ..same
+        };
+        assert!(
+            drift(&unwritten, &default_read).is_empty(),
+            "an unwritten priority is not drift"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +416,7 @@ mod tests {
                     ..Overrides::default()
                 },
                 frozen: true,
+                paused: false,
             },
         );
         let types = [(u(1), ty(4))].into_iter().collect();

@@ -131,6 +131,10 @@ pub trait TypePort: Send {
     fn resolve(&self, mdev_type: &str, kernel_name: Option<&str>) -> Option<TypeSpec>;
     /// Whether catalog type `name` binds to this kernel type; `None` if no such name.
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool>;
+    /// The fixed-share policy's share of the type (its `share`, else 1 / max instances).
+    fn default_share(&self, _mdev_type: &str, _kernel_name: Option<&str>) -> Option<f64> {
+        None
+    }
 }
 
 /// [`MdevPort`] over `gvm_mdev::MdevHost`.
@@ -230,9 +234,12 @@ impl MdevPort for SysfsMdev {
     }
 
     fn create(&self, parent: &str, mdev_type: &str, uuid: Uuid) -> PortResult<()> {
+        // The parent and type are known: write the UUID straight to `create` instead of
+        // re-reading the parent and resolving the new device against every parent. The
+        // kernel's store is synchronous and its errno (EEXIST, ENOSPC/EUSERS, ENODEV)
+        // says everything the pre-check would have.
         self.host
-            .create(parent, mdev_type, Some(uuid))
-            .map(|_| ())
+            .write_create_raw(parent, mdev_type, format!("{uuid}\n").as_bytes())
             .map_err(|e| mdev_err("create", format!("{uuid} on {parent}/{mdev_type}"), e))
     }
 
@@ -358,6 +365,12 @@ impl TypePort for CatalogTypes {
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool> {
         let t = self.catalog.type_by_name(name).ok()?;
         Some(t.binding.matches(mdev_type, kernel_name))
+    }
+
+    fn default_share(&self, mdev_type: &str, kernel_name: Option<&str>) -> Option<f64> {
+        self.catalog
+            .resolve(mdev_type, kernel_name)
+            .map(|t| t.effective_share())
     }
 }
 

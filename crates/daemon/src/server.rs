@@ -123,6 +123,9 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
         tokio::spawn(metrics_loop(l, shared.clone()));
     }
     tokio::spawn(rescan_loop(shared.clone(), wake, opts.rescan));
+    // Domain lifecycle events (paused domains frozen); stops when `serve` returns.
+    let _libvirt = crate::domains::spawn_watch(&shared);
+    tokio::spawn(crate::scheduler::run(shared.clone()));
 
     let own_uid = current_uid();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -3,7 +3,7 @@
 //! On stock NVIDIA drivers there is no GVM debugfs tree. The CUDA interposer
 //! (`crates/shim`, `libgvm_cuda.so`) enforces the same knobs from inside each process and
 //! keeps them in a *control block*: one shared-memory page per process, by default
-//! `/dev/shm/gvm-vgpu-<pid>` under the host root (`gvm_cuda::control`). A process that finds
+//! `/dev/shm/gvm-vgpu-<pid>` under the host root (`gvm_shim_abi::control`). A process that finds
 //! no block prepared for it creates one itself from its environment (`GVM_MEMORY_LIMIT`,
 //! `GVM_PRIORITY`, `GVM_VGPU_UUID`, ...) and runs standalone until someone writes to it.
 //!
@@ -44,12 +44,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use gvm_cuda::arbiter::{ArbiterBlock, ArbiterHeader, Slot, ARB_MAGIC, ARB_VERSION, SLOTS};
-use gvm_cuda::control::{ControlBlock, ControlMap};
 use gvm_gcgroup::{
     Error, GcgroupBackend, GcgroupSnapshot, GvmTree, KernelStat, MemoryLimit, Priority, Result,
 };
 use gvm_host_root::HostRoot;
+use gvm_shim_abi::arbiter::{ArbiterBlock, ArbiterHeader, Slot, ARB_MAGIC, ARB_VERSION, SLOTS};
+use gvm_shim_abi::control::{ControlBlock, ControlMap};
 use tracing::{debug, info, warn};
 
 use crate::ports::{BackendGcgroups, GcgroupPort};
@@ -88,7 +88,7 @@ pub enum ShimBackendError {
         errno: Option<i32>,
         /// What the shim library said.
         #[source]
-        source: gvm_cuda::Error,
+        source: gvm_shim_abi::Error,
     },
 }
 

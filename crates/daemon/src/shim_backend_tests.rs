@@ -6,10 +6,10 @@
 
 use std::sync::atomic::Ordering;
 
-use gvm_cuda::config::Knobs;
-use gvm_cuda::control::{ControlMap, FLAG_STANDALONE};
-use gvm_cuda::priority::{ArbiterMap, RealEnv};
 use gvm_gcgroup::MemoryBackend;
+use gvm_shim_abi::config::Knobs;
+use gvm_shim_abi::control::{ControlMap, FLAG_STANDALONE};
+use gvm_shim_abi::priority::{ArbiterMap, RealEnv};
 
 use super::*;
 
@@ -36,7 +36,7 @@ fn a_block_reads_as_a_gcgroup() {
         priority: 3,
         ..Knobs::default()
     };
-    let b = gvm_cuda::control::ControlBlock::new(&knobs);
+    let b = gvm_shim_abi::control::ControlBlock::new(&knobs);
     b.memory_current.store(1 << 30, Ordering::Relaxed);
     b.swap_current.store(5, Ordering::Relaxed);
     b.submitted.store(10, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{skip_reason, wait_until, Sim};
 use gvm_client::gvm_proto::{OwnerRule, SetMode, SetParams};
-use gvm_cuda::control::ControlMap;
+use gvm_shim_abi::control::ControlMap;
 use uuid::Uuid;
 
 const MIB: u64 = 1 << 20;

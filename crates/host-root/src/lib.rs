@@ -147,9 +147,15 @@ mod tests {
     fn a_temp_root_prefixes_every_path() {
         let h = HostRoot::new("/tmp/x");
         assert!(!h.is_real_host());
-        assert_eq!(h.path("/etc/gvm-vgpu"), PathBuf::from("/tmp/x/etc/gvm-vgpu"));
+        assert_eq!(
+            h.path("/etc/gvm-vgpu"),
+            PathBuf::from("/tmp/x/etc/gvm-vgpu")
+        );
         assert_eq!(h.path("relative"), PathBuf::from("/tmp/x/relative"));
-        assert_eq!(h.local_catalog_dir(), PathBuf::from("/tmp/x/etc/gvm-vgpu/mdev-types"));
+        assert_eq!(
+            h.local_catalog_dir(),
+            PathBuf::from("/tmp/x/etc/gvm-vgpu/mdev-types")
+        );
     }
 
     #[test]

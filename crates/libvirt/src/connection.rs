@@ -20,27 +20,9 @@ use virt::domain::Domain;
 
 use crate::domain_xml::{self, DomainInfo, MetaVgpu, NAMESPACE, NAMESPACE_KEY};
 use crate::error::{Error, LibvirtError, Result};
+use crate::events::{DomainBinding, DomainState};
 
-/// The URI used when neither `--connect` nor `LIBVIRT_DEFAULT_URI` names one.
-pub const DEFAULT_URI: &str = "qemu:///system";
-/// The environment variable libvirt's own tools read for the default URI.
-pub const URI_ENV: &str = "LIBVIRT_DEFAULT_URI";
-
-/// The URI to use: `explicit` (`--connect`), else `env` (`LIBVIRT_DEFAULT_URI`), else
-/// [`DEFAULT_URI`]. Empty values count as unset.
-pub fn resolve_uri(explicit: Option<&str>, env: Option<&str>) -> String {
-    explicit
-        .filter(|s| !s.is_empty())
-        .or(env.filter(|s| !s.is_empty()))
-        .unwrap_or(DEFAULT_URI)
-        .to_string()
-}
-
-/// [`resolve_uri`] with the process environment.
-pub fn uri_from_env(explicit: Option<&str>) -> String {
-    let env = std::env::var(URI_ENV).ok();
-    resolve_uri(explicit, env.as_deref())
-}
+pub use crate::uri::{resolve_uri, uri_from_env, DEFAULT_URI, URI_ENV};
 
 /// Which definition of a domain a change applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,77 +60,6 @@ impl Apply {
             f |= virt_sys::VIR_DOMAIN_AFFECT_LIVE;
         }
         f
-    }
-}
-
-/// A domain's state as libvirt reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainState {
-    /// Running (or blocked on a resource).
-    Running,
-    /// Paused (`virsh suspend`).
-    Paused,
-    /// Shutting down.
-    ShuttingDown,
-    /// Not running.
-    ShutOff,
-    /// Crashed.
-    Crashed,
-    /// Suspended by guest power management.
-    PmSuspended,
-    /// Anything else (`VIR_DOMAIN_NOSTATE` or a newer value).
-    Other(i32),
-}
-
-impl DomainState {
-    /// From libvirt's `virDomainState`.
-    pub fn from_raw(state: u32) -> DomainState {
-        match state {
-            virt_sys::VIR_DOMAIN_RUNNING | virt_sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
-            virt_sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
-            virt_sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
-            virt_sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff,
-            virt_sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
-            virt_sys::VIR_DOMAIN_PMSUSPENDED => DomainState::PmSuspended,
-            other => DomainState::Other(i32::try_from(other).unwrap_or(-1)),
-        }
-    }
-
-    /// Whether a QEMU process exists for the domain.
-    pub fn is_active(self) -> bool {
-        !matches!(self, DomainState::ShutOff | DomainState::Crashed)
-    }
-}
-
-impl fmt::Display for DomainState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DomainState::Running => write!(f, "running"),
-            DomainState::Paused => write!(f, "paused"),
-            DomainState::ShuttingDown => write!(f, "shutting down"),
-            DomainState::ShutOff => write!(f, "shut off"),
-            DomainState::Crashed => write!(f, "crashed"),
-            DomainState::PmSuspended => write!(f, "pm-suspended"),
-            DomainState::Other(n) => write!(f, "state {n}"),
-        }
-    }
-}
-
-/// One domain and the vGPUs bound to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainBinding {
-    /// The domain's name.
-    pub domain: String,
-    /// Its state when read.
-    pub state: DomainState,
-    /// What its XML says (live XML while active, else the persistent definition).
-    pub info: DomainInfo,
-}
-
-impl DomainBinding {
-    /// The vGPUs the domain holds (hostdevs) or is bound to (metadata).
-    pub fn vgpus(&self) -> Vec<Uuid> {
-        self.info.vgpus()
     }
 }
 

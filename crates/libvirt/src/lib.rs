@@ -28,20 +28,23 @@ pub mod attach;
 pub mod connection;
 pub mod domain_xml;
 mod error;
+pub mod events;
 #[cfg(feature = "connect")]
 mod ffi;
 pub mod hook;
+pub mod uri;
 #[cfg(feature = "connect")]
 pub mod watch;
 
 #[cfg(feature = "connect")]
 pub use attach::{attach, detach, AttachRequest, Attached, Detached, Target};
 #[cfg(feature = "connect")]
-pub use connection::{Apply, Connection, DomainBinding, DomainState};
+pub use connection::{Apply, Connection};
 pub use domain_xml::{DomainInfo, MetaVgpu, AGENT_PORT_NAME, NAMESPACE, NAMESPACE_KEY};
 pub use error::{Error, LibvirtError, Result};
+pub use events::{DomainBinding, DomainEvent, DomainState, EventKind, WatchEvent};
 #[cfg(feature = "connect")]
-pub use watch::{watch, watch_with, DomainEvent, EventKind, WatchEvent, WatchHandle, WatchOptions};
+pub use watch::{watch, watch_with, WatchHandle, WatchOptions};
 
 /// An error and its causes on one line (`a: b: c`), for logs and messages.
 pub fn report(e: &dyn std::error::Error) -> String {

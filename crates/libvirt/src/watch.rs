@@ -25,89 +25,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::connection::{binding_of, Connection, DomainBinding};
+use crate::connection::{binding_of, Connection};
 use crate::error::{Error, Result};
+use crate::events::{DomainEvent, EventKind, WatchEvent};
 use crate::ffi::{self, Raw};
-
-/// A lifecycle event type (`virDomainEventType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A definition was added or changed.
-    Defined,
-    /// The definition was removed.
-    Undefined,
-    /// The domain started (booted, restored, migrated in).
-    Started,
-    /// The domain was paused (`virsh suspend`, I/O error, migration, save).
-    Suspended,
-    /// The domain was resumed.
-    Resumed,
-    /// The domain stopped (shutdown, destroyed, crashed, saved, failed); see the detail.
-    Stopped,
-    /// The guest is shutting down.
-    Shutdown,
-    /// The guest suspended itself (ACPI S3/S4).
-    PmSuspended,
-    /// The guest crashed (panic device); QEMU may still run.
-    Crashed,
-    /// A newer event type.
-    Other(i32),
-}
-
-impl EventKind {
-    /// From libvirt's `virDomainEventType`.
-    pub fn from_raw(event: i32) -> EventKind {
-        match event {
-            0 => EventKind::Defined,
-            1 => EventKind::Undefined,
-            2 => EventKind::Started,
-            3 => EventKind::Suspended,
-            4 => EventKind::Resumed,
-            5 => EventKind::Stopped,
-            6 => EventKind::Shutdown,
-            7 => EventKind::PmSuspended,
-            8 => EventKind::Crashed,
-            n => EventKind::Other(n),
-        }
-    }
-
-    /// Whether the domain's QEMU process is gone afterwards (its vGPU owners are gone).
-    pub fn ends_domain(self) -> bool {
-        matches!(self, EventKind::Stopped | EventKind::Undefined)
-    }
-}
-
-/// One domain lifecycle event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainEvent {
-    /// Domain name.
-    pub domain: String,
-    /// Domain UUID.
-    pub uuid: Option<Uuid>,
-    /// What happened.
-    pub kind: EventKind,
-    /// libvirt's detail code for the kind (e.g. Stopped: 0 shutdown, 1 destroyed, 2 crashed).
-    pub detail: i32,
-    /// The vGPUs the domain holds or is bound to (hostdevs and gvm metadata).
-    pub vgpus: Vec<Uuid>,
-}
-
-/// What the consumer of [`watch`] is told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    /// (Re)connected: the current state of every domain, to resync from.
-    Connected {
-        /// Every domain with its state and vGPUs.
-        domains: Vec<DomainBinding>,
-    },
-    /// A domain lifecycle event.
-    Domain(DomainEvent),
-    /// The connection was lost; the watch is retrying.
-    Disconnected {
-        /// Why (libvirt's close reason, or the connect error).
-        reason: String,
-    },
-}
 
 /// Tuning of [`watch_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

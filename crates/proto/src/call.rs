@@ -104,11 +104,21 @@ pub struct ImportParams {
     pub dry_run: bool,
 }
 
-/// `policy_set`: choose the scheduling policy by name.
+/// `policy_set`: choose the scheduling policy by name, for one GPU or all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyParams {
     /// `best-effort`, `equal-share` or `fixed-share`.
     pub policy: String,
+    /// GVM GPU index (`0`, `8`, ...) or an mdev parent name; every GPU (and the
+    /// default for GPUs seen later) when absent.
+    #[serde(default)]
+    pub gpu: Option<String>,
+    /// Time slice in µs; the 2 ms / 1 ms default when absent.
+    #[serde(default)]
+    pub timeslice_us: Option<u64>,
+    /// Averaging window in ms; 1000 when absent.
+    #[serde(default)]
+    pub window_ms: Option<u64>,
 }
 
 /// `stats`: per-vGPU totals, for one target or all.
@@ -147,12 +157,15 @@ pub enum Call {
     Thaw(Target),
     /// Adopt `/etc/mdevctl.d` definitions → [`crate::ImportReport`].
     ImportMdevctl(ImportParams),
-    /// The current scheduling policy name → `String`.
+    /// The scheduler of every GPU → [`crate::SchedStatus`].
     PolicyGet,
-    /// Choose the scheduling policy → `String` (the new policy).
+    /// Choose a GPU's (or every GPU's) policy live → [`crate::SchedStatus`].
     PolicySet(PolicyParams),
     /// Per-vGPU totals → `Vec<`[`crate::VgpuInfo`]`>` with fresh totals.
     Stats(StatsParams),
+    /// Guest-agent channels with their guests' GPU processes →
+    /// `Vec<`[`crate::GuestAgentInfo`]`>` (for one vGPU or domain, or all).
+    GuestStats(StatsParams),
     /// Rescan the host now and report what was corrected → [`crate::ReconcileReport`].
     Reconcile,
 }
@@ -179,6 +192,7 @@ impl Call {
             Call::PolicyGet => "policy_get",
             Call::PolicySet(_) => "policy_set",
             Call::Stats(_) => "stats",
+            Call::GuestStats(_) => "guest_stats",
             Call::Reconcile => "reconcile",
         }
     }
@@ -187,7 +201,12 @@ impl Call {
     pub fn is_mutating(&self) -> bool {
         !matches!(
             self,
-            Call::Ping | Call::List(_) | Call::Show(_) | Call::PolicyGet | Call::Stats(_)
+            Call::Ping
+                | Call::List(_)
+                | Call::Show(_)
+                | Call::PolicyGet
+                | Call::Stats(_)
+                | Call::GuestStats(_)
         )
     }
 
@@ -244,6 +263,14 @@ impl Call {
                 Ok(())
             }
             Call::PolicySet(p) => {
+                if let Some(g) = &p.gpu {
+                    check_name("gpu", g)?;
+                }
+                if p.timeslice_us == Some(0) || p.window_ms == Some(0) {
+                    return Err(ApiError::invalid(
+                        "timeslice and window must be positive durations (e.g. 2ms, 1s)",
+                    ));
+                }
                 if POLICIES.contains(&p.policy.as_str()) {
                     Ok(())
                 } else {
@@ -254,7 +281,7 @@ impl Call {
                     )))
                 }
             }
-            Call::Stats(s) => match &s.target {
+            Call::Stats(s) | Call::GuestStats(s) => match &s.target {
                 Some(t) => check_target(t),
                 None => Ok(()),
             },

@@ -187,7 +187,7 @@ mod tests {
             "held while the word is set"
         );
         word(&b).store(0, Ordering::Release);
-        crate::ffi::futex_wake(word(&b));
+        gvm_shim_abi::sys::futex_wake(word(&b));
         assert!(t.join().unwrap_or(false), "reports that it waited");
         assert!(passed.load(Ordering::Acquire));
         assert_eq!(b.waiting.load(Ordering::Acquire), 0);

@@ -40,17 +40,14 @@
 //! ```
 
 pub mod accounting;
-pub mod arbiter;
-pub mod config;
-pub mod control;
 mod driver;
-pub mod error;
 mod ffi;
 pub mod gate;
 mod hooks;
-pub mod priority;
 pub mod queue;
 pub mod resolve;
 mod shim;
 
-pub use error::{Error, Result};
+/// The control/arbitration blocks and knobs, shared with gvm-vgpud (crate `gvm-shim-abi`).
+pub use gvm_shim_abi::{arbiter, config, control, error, priority};
+pub use gvm_shim_abi::{Error, Result};

@@ -239,7 +239,11 @@ impl Shim {
             }
             if role.has_lower && key.is_some() {
                 p.launch_begins();
-                p.ensure_helper(helper_main);
+                p.ensure_helper(helper_main, |e| {
+                    log(format_args!(
+                        "cannot start the arbiter helper thread ({e}); busy will clear only when peers find it stale"
+                    ))
+                });
                 busy = true;
             }
         }

@@ -8,6 +8,8 @@ mod libvirt;
 mod managed;
 mod owners;
 mod passthrough;
+mod sched;
+mod stats;
 
 use std::io::Write;
 
@@ -65,6 +67,24 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Thaw { target } => managed::freeze_thaw(&ctx, target, false, out),
         Command::ImportMdevctl { dry_run } => managed::import_mdevctl(&ctx, *dry_run, out),
         Command::Reconcile => managed::reconcile(&ctx, out),
+        Command::Policy { action } => match action {
+            crate::cli::PolicyAction::Show => sched::show(&ctx, out),
+            crate::cli::PolicyAction::Set {
+                policy,
+                gpu,
+                timeslice,
+                window,
+            } => sched::set(
+                &ctx,
+                policy,
+                gpu.as_deref(),
+                timeslice.as_deref(),
+                window.as_deref(),
+                out,
+            ),
+        },
+        Command::Top { once } => sched::top(&ctx, *once, out),
+        Command::Stats { target } => stats::stats(&ctx, target.as_deref(), out),
         Command::Xml {
             uuid,
             display,

@@ -28,7 +28,7 @@ use gvm_host_root::HostRoot;
 
 use crate::arbiter::{self, ArbiterBlock, Role, ARB_FILE_LEN, ARB_MAGIC, ARB_VERSION};
 use crate::error::{Error, Result};
-use crate::ffi::{self, SharedMapping};
+use crate::sys::{self as ffi, SharedMapping};
 
 /// How often the helper thread polls while its process is busy.
 pub const POLL: Duration = Duration::from_micros(100);
@@ -242,16 +242,15 @@ impl Participant {
         self.block().slots[self.slot].busy.load(Ordering::Acquire) != 0
     }
 
-    /// Start the helper thread once (`body` runs on it for the process's life).
-    pub fn ensure_helper(&self, body: fn()) {
+    /// Start the helper thread once (`body` runs on it for the process's life); `on_error`
+    /// hears why it could not be started (busy then clears only when peers find it stale).
+    pub fn ensure_helper(&self, body: fn(), on_error: impl FnOnce(std::io::Error)) {
         self.helper.call_once(|| {
             if let Err(e) = std::thread::Builder::new()
                 .name("gvm-arbiter".into())
                 .spawn(body)
             {
-                crate::shim::log(format_args!(
-                    "cannot start the arbiter helper thread ({e}); busy will clear only when peers find it stale"
-                ));
+                on_error(e);
             }
         });
     }

@@ -22,7 +22,7 @@ use gvm_host_root::HostRoot;
 
 use crate::config::Knobs;
 use crate::error::{Error, Result};
-use crate::ffi::{self, SharedMapping};
+use crate::sys::{self as ffi, SharedMapping};
 
 /// `"GVMSHIM1"` little-endian: marks an initialised block.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GVMSHIM1");

@@ -1,0 +1,25 @@
+//! The ABI between the CUDA interposer (`libgvm_cuda.so`, crate `gvm-cuda-shim`) and the host
+//! daemon (`gvm-vgpud`): what both sides map and agree on, and nothing that interposes.
+//!
+//! A process running under the interposer keeps its gcgroup knobs and counters in a
+//! *control block*, a small `#[repr(C)]` struct of atomics in a shared file
+//! (`/dev/shm/gvm-vgpu-<pid>` under the host root): memory limit and usage, priority,
+//! freeze and hold flags, kernel counts. The daemon maps the same file to read and retune it,
+//! exactly as it writes GVM's debugfs knobs ([`control`]). Processes of one GPU also share an
+//! *arbitration block* (`/dev/shm/gvm-vgpu-gpu<N>`) through which a lower-priority process
+//! holds its launches while a higher-priority one has GPU work ([`arbiter`], [`priority`]).
+//! [`config`] parses the knobs from the environment for processes running without a daemon.
+//!
+//! This crate is separate from the interposer so that the daemon links the block layout
+//! without linking the interposer's exported `dlsym` and `cu*` symbols.
+
+#![deny(missing_docs)]
+
+pub mod arbiter;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod priority;
+pub mod sys;
+
+pub use error::{Error, Result};

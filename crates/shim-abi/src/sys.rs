@@ -1,0 +1,135 @@
+//! The operating-system primitives the control and arbitration blocks are built on: a shared
+//! file mapping, futex wait/wake across processes, the monotonic clock and a liveness probe.
+//! All `unsafe` of this crate is here, each block with its `// SAFETY:` reason.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Sleep while `*word == expected`, at most `timeout` (a futex shared between processes, so a
+/// daemon writing the control block can wake it). Spurious returns are fine: callers re-check.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(i32::try_from(timeout.subsec_nanos()).unwrap_or(0)),
+    };
+    // SAFETY: FUTEX_WAIT reads the 4-byte aligned word (an AtomicU32 we borrow) and the
+    // timespec on our stack; neither outlives the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wake every thread (in any process) sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the word's address as a key.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX);
+    }
+}
+
+/// A `MAP_SHARED` read-write mapping of the start of a file.
+#[derive(Debug)]
+pub struct SharedMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all access goes through atomics in control.rs.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above, shared references only ever perform atomic operations.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Map the first `len` bytes of `file` (which must be at least that long).
+    pub fn map(file: &File, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh mapping chosen by the kernel over an open descriptor; no existing
+        // memory is touched. The result is checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        NonNull::new(p.cast::<u8>())
+            .map(|ptr| SharedMapping { ptr, len })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))
+    }
+
+    /// The start of the mapping (page aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range mmap returned; nothing borrows it past this point
+        // because borrows are tied to the owner's lifetime.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// View a control-block mapping as the block.
+pub fn control_block_of(map: &SharedMapping) -> &crate::control::ControlBlock {
+    const _: () =
+        assert!(std::mem::size_of::<crate::control::ControlBlock>() <= crate::control::FILE_LEN);
+    // SAFETY: the mapping is FILE_LEN bytes (checked above to hold a ControlBlock), page
+    // aligned, and lives as long as `map`; the block has only atomic fields, for which any bit
+    // pattern is valid and concurrent access from other processes is sound.
+    unsafe { &*map.as_ptr().cast::<crate::control::ControlBlock>() }
+}
+
+/// View an arbitration-block mapping as the block.
+pub fn arbiter_block_of(map: &SharedMapping) -> &crate::arbiter::ArbiterBlock {
+    const _: () = assert!(
+        std::mem::size_of::<crate::arbiter::ArbiterBlock>() <= crate::arbiter::ARB_FILE_LEN
+    );
+    // SAFETY: the mapping is ARB_FILE_LEN bytes (checked above to hold the block), page
+    // aligned (enough for the block's 64-byte alignment), and lives as long as `map`; the
+    // block has only atomic fields, valid for any bit pattern and for concurrent access from
+    // other processes.
+    unsafe { &*map.as_ptr().cast::<crate::arbiter::ArbiterBlock>() }
+}
+
+/// Whether process `pid` exists (signal 0; EPERM still means it exists).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks for existence and permission; nothing is delivered.
+    let rc = unsafe { libc::kill(p, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (shared by all processes of the host).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec of ours.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
