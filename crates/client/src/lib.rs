@@ -83,14 +83,14 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
-    /// The daemon refused or failed the request.
-    #[error("{method}: {source}")]
+    /// The daemon refused or failed the request: shown as the daemon's message alone (it
+    /// names the object and the fix); the method and code stay available to callers.
+    #[error("{}", error.message)]
     Api {
         /// Method called.
         method: &'static str,
         /// The daemon's error (code + message).
-        #[source]
-        source: ApiError,
+        error: ApiError,
     },
 }
 
@@ -98,7 +98,7 @@ impl Error {
     /// The daemon's error code, when the daemon answered with one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Api { source, .. } => Some(source.code),
+            Error::Api { error, .. } => Some(error.code),
             _ => None,
         }
     }
@@ -178,7 +178,7 @@ impl Client {
         let req = Request::new(id, call);
         let line = req
             .to_line()
-            .map_err(|source| Error::Api { method, source })?;
+            .map_err(|error| Error::Api { method, error })?;
         self.send_raw(method, &line)?;
         let resp = self.read_response(method)?;
         if resp.id != id {
@@ -189,7 +189,7 @@ impl Client {
             });
         }
         resp.into_result()
-            .map_err(|source| Error::Api { method, source })
+            .map_err(|error| Error::Api { method, error })
     }
 
     /// Send one raw line (no newline) and return the raw response (tests, debugging).

@@ -257,7 +257,7 @@ fn the_socket_refuses_unprivileged_users() {
         // Child side: runs as uid 65534.
         match gvm_client::Client::connect(&path).and_then(|mut c| c.ping()) {
             Err(ClientError::Permission { .. }) => std::process::exit(10),
-            Err(ClientError::Api { source, .. }) if source.code == ErrorCode::PermissionDenied => {
+            Err(ClientError::Api { error, .. }) if error.code == ErrorCode::PermissionDenied => {
                 std::process::exit(11)
             }
             Ok(_) => std::process::exit(12),
