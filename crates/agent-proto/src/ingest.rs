@@ -23,6 +23,7 @@ use crate::message::{Hello, Message, Report, MAX_LINE_BYTES};
 use crate::stats::{Counters, GuestStats};
 use crate::validate::{check_hello, check_report, parse_line};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The knobs of an ingest session. [`Limits::default`] suits the agent's 1 s
@@ -72,9 +73,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A valid hello was accepted (the session's GPU list is now this one's).
-    Hello(Box<Hello>),
-    /// A valid report was accepted.
-    Report(Box<Report>),
+    /// Shared with the session, which keeps it: no copy is made.
+    Hello(Arc<Hello>),
+    /// A valid report was accepted. Shared with the session, which keeps it as
+    /// the latest: no copy is made (a 50-process report is ~100 strings).
+    Report(Arc<Report>),
     /// The guest broke the protocol; log it (the line, if any, was dropped).
     Violation {
         /// 1-based number of the line the violation is about (the line being
@@ -138,9 +141,9 @@ impl TokenBucket {
 enum Phase {
     AwaitingHello,
     Ready {
-        hello: Box<Hello>,
+        hello: Arc<Hello>,
         last_seq: Option<u64>,
-        last_report: Option<(Box<Report>, Instant)>,
+        last_report: Option<(Arc<Report>, Instant)>,
     },
     Closed,
 }
@@ -399,8 +402,8 @@ impl IngestSession {
                 Ok(()) => {
                     self.counters.hellos += 1;
                     self.streak = 0;
-                    let hello = Box::new(hello);
-                    events.push(Event::Hello(hello.clone()));
+                    let hello = Arc::new(hello);
+                    events.push(Event::Hello(Arc::clone(&hello)));
                     // A new hello starts a new sequence (the agent may have
                     // restarted); the last report stays the latest known view.
                     let last_report = match std::mem::replace(&mut self.phase, Phase::Closed) {
@@ -428,8 +431,8 @@ impl IngestSession {
                     Err(v) => self.violation(now, v, events),
                     Ok(()) => {
                         *last_seq = Some(report.seq);
-                        let report = Box::new(report);
-                        *last_report = Some((report.clone(), now));
+                        let report = Arc::new(report);
+                        *last_report = Some((Arc::clone(&report), now));
                         self.counters.reports += 1;
                         self.streak = 0;
                         events.push(Event::Report(report));

@@ -32,6 +32,7 @@
 //! assert_eq!(session.stats().map(|s| s.counters.reports), Some(1));
 //! ```
 
+mod decode;
 mod error;
 mod ingest;
 mod message;

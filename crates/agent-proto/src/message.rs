@@ -40,7 +40,11 @@ pub const MAX_GPU_INDEX: u32 = 1023;
 pub const MAX_COUNTER: u64 = 1 << 53;
 
 /// Any message of the protocol, tagged by `"type"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded by serde's internally tagged form; decoded by a hand-written one-pass
+/// visitor (see `decode.rs`) that reads the tag as it comes instead of buffering
+/// the whole object first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// Who the agent is and what GPUs the guest sees.

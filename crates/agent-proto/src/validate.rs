@@ -3,26 +3,20 @@
 //! Pure functions, used by [`crate::IngestSession`] and usable on their own
 //! (a test tool can check an agent's output with [`parse_line`]).
 
+use crate::decode::Envelope;
 use crate::error::{log_safe, Violation};
 use crate::message::{
     Hello, Message, Report, MAX_CMDLINE_BYTES, MAX_COUNTER, MAX_GPUS, MAX_GPU_INDEX,
     MAX_MEMORY_BYTES, MAX_PID, MAX_PROCESSES, MAX_STRING_BYTES, PROTOCOL_VERSION,
 };
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-
-/// The fields every version has; read first so that a newer version is reported
-/// as such and not as a pile of unknown fields.
-#[derive(Deserialize)]
-struct Envelope {
-    v: u64,
-    #[serde(rename = "type")]
-    _kind: IgnoredAny,
-}
 
 /// Decode one line (without its newline) into a message, checking UTF-8, JSON and
 /// the version. Fields are not range-checked here: see [`check_hello`] and
 /// [`check_report`].
+///
+/// A valid line is decoded in one pass straight into its [`Hello`] or [`Report`]
+/// (no intermediate tree). Only a line that fails is looked at again, leniently,
+/// to tell a newer protocol version from a malformed message.
 pub fn parse_line(line: &[u8]) -> Result<Message, Violation> {
     let text = std::str::from_utf8(line).map_err(|e| Violation::InvalidUtf8 {
         valid_up_to: e.valid_up_to(),
@@ -30,14 +24,19 @@ pub fn parse_line(line: &[u8]) -> Result<Message, Violation> {
     let malformed = |e: serde_json::Error| Violation::Malformed {
         detail: log_safe(&e.to_string(), 160),
     };
-    let envelope: Envelope = serde_json::from_str(text).map_err(malformed)?;
-    if envelope.v != u64::from(PROTOCOL_VERSION) {
-        return Err(Violation::UnsupportedVersion {
-            found: envelope.v,
-            supported: PROTOCOL_VERSION,
-        });
+    match serde_json::from_str::<Message>(text) {
+        Ok(message) => Ok(message),
+        Err(first) => {
+            let envelope: Envelope = serde_json::from_str(text).map_err(malformed)?;
+            if envelope.v != u64::from(PROTOCOL_VERSION) {
+                return Err(Violation::UnsupportedVersion {
+                    found: envelope.v,
+                    supported: PROTOCOL_VERSION,
+                });
+            }
+            Err(malformed(first))
+        }
     }
-    serde_json::from_str(text).map_err(malformed)
 }
 
 fn check_str(field: impl FnOnce() -> String, s: &str, max: usize) -> Result<(), Violation> {

@@ -24,14 +24,23 @@
 //! and waits the session's `reconnect_after` before connecting again. Nothing a
 //! guest sends reaches another channel: each task has its own session, and the
 //! shared [`GuestTable`] holds at most [`MAX_CHANNELS`] entries, each a bounded
-//! [`GuestStats`] (the proto caps a report at 1,024 processes in 64 KiB).
+//! hello and report (the proto caps a report at 1,024 processes in 64 KiB).
+//!
+//! Ingest cost matters (a host may run a hundred agents at 10 Hz): each channel's
+//! entry has its own lock, held by the task (no lookup in, or contention on, the
+//! table's map per report), and the accepted hello and report are shared
+//! (`Arc`) between the session, its event and the entry, never copied. The
+//! [`GuestStats`] the API returns is built only when someone asks, outside every
+//! lock but the entry's brief one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gvm_agent_proto::{log_safe, Event, GuestStats, IngestSession, Limits};
+use gvm_agent_proto::{
+    log_safe, Counters, Event, GuestStats, Hello, IngestSession, Limits, Report,
+};
 use gvm_host_root::HostRoot;
 use gvm_proto::{ApiError, GuestAgentInfo};
 use tokio::io::AsyncReadExt;
@@ -78,8 +87,12 @@ pub struct ChannelState {
     pub violations: u64,
     /// Latest violation or disconnect reason (log-safe).
     pub last_problem: Option<String>,
-    /// Latest validated hello + report.
-    pub stats: Option<GuestStats>,
+    /// Latest validated hello (shared with the session that accepted it).
+    pub hello: Option<Arc<Hello>>,
+    /// Latest validated report, kept across a new hello (shared, not copied).
+    pub last_report: Option<Arc<Report>>,
+    /// The session's counters as of the latest update.
+    pub counters: Counters,
     /// When the latest report was accepted.
     pub last_report_at: Option<Instant>,
 }
@@ -93,7 +106,9 @@ impl ChannelState {
             disconnects: 0,
             violations: 0,
             last_problem: None,
-            stats: None,
+            hello: None,
+            last_report: None,
+            counters: Counters::default(),
             last_report_at: None,
         }
     }
@@ -116,8 +131,31 @@ impl ChannelState {
             report_age_ms: self
                 .last_report_at
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
-            stats: self.stats.clone(),
+            stats: self.stats(),
         }
+    }
+
+    /// The latest hello, report and counters as the API shows them (a copy; only
+    /// once a hello was accepted).
+    pub fn stats(&self) -> Option<GuestStats> {
+        let hello = self.hello.as_deref()?;
+        Some(GuestStats {
+            hello: hello.clone(),
+            last_report: self.last_report.as_deref().cloned(),
+            counters: self.counters,
+        })
+    }
+}
+
+/// One channel's entry: its own lock, so that its task updates it without
+/// touching the table's map or the other channels.
+pub type ChannelEntry = Arc<Mutex<ChannelState>>;
+
+fn lock_entry(entry: &Mutex<ChannelState>) -> std::sync::MutexGuard<'_, ChannelState> {
+    match entry.lock() {
+        Ok(g) => g,
+        // A panicking channel task must not take the readers down.
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -125,11 +163,11 @@ impl ChannelState {
 /// and the API and metrics handlers (readers). Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct GuestTable {
-    inner: Arc<Mutex<BTreeMap<PathBuf, ChannelState>>>,
+    inner: Arc<Mutex<BTreeMap<PathBuf, ChannelEntry>>>,
 }
 
 impl GuestTable {
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<PathBuf, ChannelState>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<PathBuf, ChannelEntry>) -> T) -> T {
         let mut guard = match self.inner.lock() {
             Ok(g) => g,
             // A panicking channel task must not take the others down.
@@ -138,18 +176,20 @@ impl GuestTable {
         f(&mut guard)
     }
 
-    fn update(&self, socket: &Path, f: impl FnOnce(&mut ChannelState)) {
-        self.with(|m| {
-            if let Some(c) = m.get_mut(socket) {
-                f(c);
-            }
-        });
-    }
-
-    /// Every channel's API view, sorted by socket path.
+    /// Every channel's API view, sorted by socket path. The map's lock is held
+    /// only to copy the entry handles, each entry's only to copy its state (a few
+    /// `Arc`s); the hello and report are copied into the view after that.
     pub fn snapshot(&self) -> Vec<GuestAgentInfo> {
         let now = Instant::now();
-        self.with(|m| m.iter().map(|(s, c)| c.info(s, now)).collect())
+        let entries: Vec<(PathBuf, ChannelEntry)> =
+            self.with(|m| m.iter().map(|(s, e)| (s.clone(), Arc::clone(e))).collect());
+        entries
+            .into_iter()
+            .map(|(socket, e)| {
+                let state = lock_entry(&e).clone();
+                state.info(&socket, now)
+            })
+            .collect()
     }
 
     /// Number of channels followed.
@@ -377,13 +417,18 @@ fn reconcile_tasks(
         if tasks.get(&path).is_some_and(|t| !t.is_finished()) {
             continue;
         }
-        table.with(|m| {
-            m.entry(path.clone())
-                .or_insert_with(|| ChannelState::new(who.clone()));
+        let entry = table.with(|m| {
+            Arc::clone(
+                m.entry(path.clone())
+                    .or_insert_with(|| Arc::new(Mutex::new(ChannelState::new(who.clone())))),
+            )
         });
         debug!(socket = %path.display(), ?who, "following a guest-agent channel");
-        let (t, l) = (table.clone(), config.limits.clone());
-        tasks.insert(path.clone(), tokio::spawn(channel_task(path, who, t, l)));
+        let l = config.limits.clone();
+        tasks.insert(
+            path.clone(),
+            tokio::spawn(channel_task(path, who, entry, l)),
+        );
     }
 }
 
@@ -397,7 +442,7 @@ enum Ended {
     Cut(Duration),
 }
 
-async fn channel_task(socket: PathBuf, who: Attribution, table: GuestTable, limits: Limits) {
+async fn channel_task(socket: PathBuf, who: Attribution, entry: ChannelEntry, limits: Limits) {
     let mut backoff = BACKOFF_MIN;
     let mut log = LogLimiter::new(LOG_INTERVAL);
     let mut buf = vec![0u8; READ_CHUNK];
@@ -412,14 +457,15 @@ async fn channel_task(socket: PathBuf, who: Attribution, table: GuestTable, limi
             }
         };
         backoff = BACKOFF_MIN;
-        table.update(&socket, |c| {
+        {
+            let mut c = lock_entry(&entry);
             c.connected = true;
             c.connections += 1;
-        });
+        }
         info!(socket = %socket.display(), ?who, "guest-agent channel connected");
         let session = IngestSession::new(limits.clone());
-        let ended = read_session(stream, session, &socket, &who, &table, &mut log, &mut buf).await;
-        table.update(&socket, |c| c.connected = false);
+        let ended = read_session(stream, session, &socket, &who, &entry, &mut log, &mut buf).await;
+        lock_entry(&entry).connected = false;
         match ended {
             Ended::Cut(after) => tokio::time::sleep(after).await,
             Ended::Eof => {
@@ -439,7 +485,7 @@ async fn read_session(
     mut session: IngestSession,
     socket: &Path,
     who: &Attribution,
-    table: &GuestTable,
+    entry: &Mutex<ChannelState>,
     log: &mut LogLimiter,
     buf: &mut [u8],
 ) -> Ended {
@@ -454,7 +500,7 @@ async fn read_session(
             },
             _ = sleep_until(deadline) => session.tick(Instant::now()),
         };
-        // The newest hello and report of this batch, moved (not cloned) into the table.
+        // The newest hello and report of this batch, shared (not copied) with the entry.
         let mut hello = None;
         let mut report = None;
         let mut violations = 0u64;
@@ -493,31 +539,25 @@ async fn read_session(
         }
         if hello.is_some() || report.is_some() || problem.is_some() {
             let (now, counters) = (Instant::now(), session.counters());
-            table.update(socket, |c| {
-                if let Some(h) = hello {
-                    // A new hello keeps the latest report as the latest known view.
-                    let last_report = c.stats.take().and_then(|s| s.last_report);
-                    c.stats = Some(GuestStats {
-                        hello: *h,
-                        last_report,
-                        counters,
-                    });
+            let mut c = lock_entry(entry);
+            // A new hello keeps the latest report as the latest known view.
+            if let Some(h) = hello {
+                c.hello = Some(h);
+            }
+            if c.hello.is_some() {
+                c.counters = counters;
+                if let Some(r) = report {
+                    c.last_report = Some(r);
+                    c.last_report_at = Some(now);
                 }
-                if let Some(s) = c.stats.as_mut() {
-                    s.counters = counters;
-                    if let Some(r) = report {
-                        s.last_report = Some(*r);
-                        c.last_report_at = Some(now);
-                    }
-                }
-                c.violations += violations;
-                if let Some(p) = problem {
-                    c.last_problem = Some(p);
-                }
-                if cut.is_some() {
-                    c.disconnects += 1;
-                }
-            });
+            }
+            c.violations += violations;
+            if let Some(p) = problem {
+                c.last_problem = Some(p);
+            }
+            if cut.is_some() {
+                c.disconnects += 1;
+            }
         }
         if let Some(after) = cut {
             return Ended::Cut(after);
