@@ -67,6 +67,30 @@ fn knob(mount: &Path, pid: u32, gpu: u32, name: &str) -> String {
     .to_string()
 }
 
+/// Owners are real processes, children of the simulator: make sure the process and
+/// file limits (inherited by the simulator) leave room for them.
+fn raise_limits(owners: u32) {
+    for (res, name) in [
+        (libc::RLIMIT_NPROC, "RLIMIT_NPROC"),
+        (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
+    ] {
+        let want = u64::from(owners) * 2 + 4096;
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+        unsafe {
+            if libc::getrlimit(res, &mut l) == 0 && l.rlim_cur < want {
+                let old = l.rlim_cur;
+                l.rlim_cur = want.min(l.rlim_max);
+                let ok = libc::setrlimit(res, &l) == 0;
+                println!("raised {name} from {old} to {} ({ok})", l.rlim_cur);
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<u32> = std::env::args()
         .skip(1)
@@ -77,6 +101,7 @@ fn main() {
         *args.get(1).unwrap_or(&16),
         *args.get(2).unwrap_or(&4),
     );
+    raise_limits(n * per);
     let dir = tempfile::tempdir().unwrap();
     // The sim mounts on ROOT/sys; ROOT/etc and ROOT/run stay real for the daemon.
     let root = dir.path().join("host");
@@ -116,6 +141,10 @@ fn main() {
             if c.ping().is_ok() {
                 break c;
             }
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            let _ = sim.kill();
+            panic!("gvm-vgpud exited with {status} before answering");
         }
         std::thread::sleep(Duration::from_millis(50));
     };

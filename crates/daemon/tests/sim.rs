@@ -129,7 +129,10 @@ fn retune_and_freeze_reach_every_owner_and_a_frozen_owner_makes_no_progress() {
         Some("5")
     );
 
-    c.freeze(&uuid.to_string()).unwrap();
+    // The answer counts the gcgroups as they are after the writes, not before.
+    let frozen = c.freeze(&uuid.to_string()).unwrap();
+    let t = frozen[0].totals;
+    assert_eq!((t.frozen_gcgroups, t.gcgroups), (3, 3), "{t:?}");
     for &pid in &pids {
         assert_eq!(sim.knob(pid, 0, "compute.freeze").as_deref(), Some("1"));
     }
@@ -139,7 +142,9 @@ fn retune_and_freeze_reach_every_owner_and_a_frozen_owner_makes_no_progress() {
     let after: Vec<u64> = sim.owners().iter().map(|o| o.gpu_time_us).collect();
     assert_eq!(before, after, "a frozen owner made progress");
 
-    c.thaw(&uuid.to_string()).unwrap();
+    let thawed = c.thaw(&uuid.to_string()).unwrap();
+    let t = thawed[0].totals;
+    assert_eq!((t.frozen_gcgroups, t.gcgroups), (0, 3), "{t:?}");
     assert!(wait_until(Duration::from_secs(2), || {
         let now: Vec<u64> = sim.owners().iter().map(|o| o.gpu_time_us).collect();
         now.iter().zip(&after).all(|(n, a)| n > a)
