@@ -282,7 +282,7 @@ impl IngestSession {
         self.check_partial_timeout(now, &mut events);
         let mut rest = bytes;
         while !rest.is_empty() && !self.is_closed() {
-            match rest.iter().position(|&b| b == b'\n') {
+            match find_newline(rest) {
                 Some(i) => {
                     let (chunk, tail) = (&rest[..i], &rest[i + 1..]);
                     rest = tail;
@@ -489,6 +489,34 @@ impl IngestSession {
         self.recent.clear();
         self.partial_since = None;
     }
+}
+
+/// The index of the first `\n` in `bytes`, eight bytes at a time (a plain
+/// `position` looks at one byte per step; lines here are kilobytes long).
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // A zero byte of `x` is a newline of the chunk; this test has no false
+        // negatives, and a hit is confirmed byte by byte below.
+        let x = u64::from_ne_bytes(word) ^ NEWLINES;
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+                return Some(offset + i);
+            }
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| offset + i)
 }
 
 impl Default for IngestSession {

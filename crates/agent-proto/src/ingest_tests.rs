@@ -436,3 +436,25 @@ fn a_clock_going_backwards_is_harmless() {
     assert_eq!(reports(&s.feed(back, &report_line(1))), 1);
     assert!(s.tick(back).is_empty());
 }
+
+#[test]
+fn the_newline_search_agrees_with_a_plain_scan_at_every_offset() {
+    for len in 0..40usize {
+        for at in 0..=len {
+            let mut bytes = vec![b'x'; len];
+            // Bytes that differ from '\n' in one bit, or have the high bit, must
+            // not be taken for it.
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = [b'x', 0x0b, 0x8a, 0x00, 0xff][i % 5];
+            }
+            if at < len {
+                bytes[at] = b'\n';
+                if at + 3 < len {
+                    bytes[at + 3] = b'\n';
+                }
+            }
+            let expected = bytes.iter().position(|&b| b == b'\n');
+            assert_eq!(find_newline(&bytes), expected, "len {len}, at {at}");
+        }
+    }
+}

@@ -47,10 +47,20 @@ fn check_str(field: impl FnOnce() -> String, s: &str, max: usize) -> Result<(), 
             max,
         });
     }
-    if s.chars().any(char::is_control) {
+    if has_control(s) {
         return Err(Violation::ControlCharacter { field: field() });
     }
     Ok(())
+}
+
+/// Whether `s` holds a control character (`char::is_control`: C0, DEL, C1). Plain
+/// printable ASCII, nearly every string an agent sends, is settled byte by byte
+/// without decoding characters.
+fn has_control(s: &str) -> bool {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return false;
+    }
+    s.chars().any(char::is_control)
 }
 
 fn check_range(
@@ -314,6 +324,22 @@ mod tests {
             check_report(&report(), &h, Some(5)),
             Err(Violation::SeqNotIncreasing { seq: 5, last: 5 })
         );
+    }
+
+    #[test]
+    fn control_characters_are_found_in_ascii_and_beyond() {
+        for (s, expected) in [
+            ("python3 train.py --rank 1", false),
+            ("", false),
+            ("tab\there", true),
+            ("del\x7f", true),
+            ("c1\u{85}", true),
+            ("é and ü", false),
+            ("é\u{9f}", true),
+        ] {
+            assert_eq!(has_control(s), expected, "{s:?}");
+            assert_eq!(has_control(s), s.chars().any(char::is_control), "{s:?}");
+        }
     }
 
     #[test]

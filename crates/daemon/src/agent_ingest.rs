@@ -365,9 +365,60 @@ fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
     out
 }
 
-/// Follow every channel until the runtime stops: discover, start a task per new
-/// channel, stop the tasks of channels that went away.
+/// Follow every channel until the caller's runtime stops (this future is
+/// dropped): discover, start a task per new channel, stop the tasks of channels
+/// that went away.
+///
+/// The channels are served by a single-threaded runtime on a thread of their own
+/// (`gvm-agent-ingest`): a hundred agents at 10 Hz wake the daemon a thousand
+/// times a second, and on one thread each wake-up is one epoll return and one
+/// task poll, not a hand-off between the daemon's worker threads; the API and
+/// the scheduler keep their workers to themselves. If that thread cannot be
+/// started, the channels are followed on the caller's runtime instead.
 pub async fn run(table: GuestTable, config: AgentConfig) {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (t, c) = (table.clone(), config.clone());
+    let spawned = std::thread::Builder::new()
+        .name("gvm-agent-ingest".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            rt.block_on(async {
+                tokio::select! {
+                    _ = follow(t, c) => {}
+                    // The caller's future was dropped: its runtime is stopping.
+                    _ = stop_rx => {}
+                }
+            });
+        });
+    let problem = match spawned {
+        Err(e) => e.to_string(),
+        Ok(_) => match ready_rx.await {
+            Ok(Ok(())) => {
+                // Keep `stop_tx` alive for as long as this future lives.
+                std::future::pending::<()>().await;
+                drop(stop_tx);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => "the thread ended before starting".to_string(),
+        },
+    };
+    warn!("cannot start the guest-agent ingest thread ({problem}); following channels on the main runtime");
+    follow(table, config).await
+}
+
+async fn follow(table: GuestTable, config: AgentConfig) {
     info!(dir = %config.agent_dir.display(), "following guest-agent channels");
     let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
     let mut warned_full = false;
