@@ -26,6 +26,10 @@
 //!   the operator (or a paused domain) is never thawed by the scheduler: it is
 //!   shown to the engine as having no work. Under best-effort nothing is stored
 //!   and the planner's type priorities stand.
+//! - **CUDA shim processes.** Under equal-share and fixed-share the GPU is marked
+//!   daemon-driven for the shim backend ([`crate::shim_backend::set_daemon_driven`]):
+//!   the shims' own priority arbitration is turned off and their launch queues bounded,
+//!   so these freezes are the only gate and take effect within a kernel or two.
 //! - **Persistence.** The per-GPU choice lives in `/etc/gvm-vgpu/policy.json`
 //!   (written atomically) and is restored at start.
 //!
@@ -577,6 +581,9 @@ impl Daemon {
         }
         let actions = st.engine.tick(now_ns, &inputs);
         let best_effort = st.engine.config().policy == Policy::BestEffort;
+        // CUDA shim processes: the shims' own priority arbitration under best-effort, the
+        // freezes below otherwise (a no-op for GVM's tree).
+        crate::shim_backend::set_daemon_driven(&self.host, gpu, !best_effort);
         let mut touched: BTreeSet<Uuid> = BTreeSet::new();
         for a in &actions {
             let uuid = Uuid::from_u128(a.id.0);

@@ -18,13 +18,21 @@
 //!   by root or by the process's own user count: a link, or a block another user planted
 //!   for someone else's pid, is ignored.
 //! * **Reads** map the block's counters to a [`GcgroupSnapshot`] ([`snapshot`]); the
-//!   pending kernel count is `submitted - ended` (the shim advances `ended` at
-//!   synchronisation points, so it lags).
+//!   pending kernel count is `submitted - ended + waiting` (the shim advances `ended` at
+//!   synchronisation points, so it lags; `waiting` counts threads held at the launch gate, so
+//!   a frozen process that had synchronised still shows it has work, as GVM's pending
+//!   kernels of a frozen channel do).
 //! * **Writes**: `memory.limit` → `memory_limit` (new allocations over it fail or spill;
-//!   memory already held is not evicted, unlike GVM), `compute.priority` → `priority` and
-//!   `arbitrate` on (the shim's best-effort gating between processes of one GPU follows the
-//!   block's priority live), `compute.freeze` → `frozen` through
-//!   [`ControlMap::set_frozen`], which wakes threads held at the launch gate.
+//!   memory already held is not evicted, unlike GVM), `compute.priority` → `priority`,
+//!   `compute.freeze` → `frozen` through [`ControlMap::set_frozen`], which wakes threads held
+//!   at the launch gate.
+//! * **Who gates** ([`set_daemon_driven`]): under best-effort the shim's own priority
+//!   arbitration between the processes of a GPU does the work (`arbitrate` on, following the
+//!   block's priority live). Under equal-share and fixed-share the scheduler's freezes are
+//!   the mechanism: the scheduler marks the GPU daemon-driven, and every read or write of a
+//!   block on it turns `arbitrate` off (two gating mechanisms would fight) and
+//!   `queue_always` on (a freeze then waits for at most `queue_depth` queued launches, not
+//!   the driver's ~1,024); back under best-effort both are restored.
 //!
 //! Registration over the daemon's socket (the wording) is not needed for any of
 //! this: the file scan finds a process within one rescan of its first CUDA call, works for
@@ -49,7 +57,7 @@ use gvm_gcgroup::{
 };
 use gvm_host_root::HostRoot;
 use gvm_shim_abi::arbiter::{ArbiterBlock, ArbiterHeader, Slot, ARB_MAGIC, ARB_VERSION, SLOTS};
-use gvm_shim_abi::control::{ControlBlock, ControlMap};
+use gvm_shim_abi::control::{ControlBlock, ControlMap, FLAG_DAEMON_QUEUE};
 use tracing::{debug, info, warn};
 
 use crate::ports::{BackendGcgroups, GcgroupPort};
@@ -148,11 +156,78 @@ pub fn arbiter_pids(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// GPUs (by host root and GPU index) whose shim processes the scheduler drives itself
+/// (equal-share, fixed-share). Process-wide because the scheduler reaches the backend only
+/// through the generic gcgroup port; keyed by root so daemons over different roots in one
+/// process (tests) do not see each other's choice.
+static DAEMON_DRIVEN: Mutex<BTreeSet<(PathBuf, u32)>> = Mutex::new(BTreeSet::new());
+
+fn driven_set() -> MutexGuard<'static, BTreeSet<(PathBuf, u32)>> {
+    DAEMON_DRIVEN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Says whether the scheduler drives the shim processes of `gpu` on `host` itself
+/// (equal-share, fixed-share: `true`) or leaves gating to the shim's priority arbitration
+/// (best-effort: `false`, the default). Blocks follow at their next read or write.
+pub fn set_daemon_driven(host: &HostRoot, gpu: u32, driven: bool) {
+    let key = (host.root().to_path_buf(), gpu);
+    let mut set = driven_set();
+    let changed = if driven {
+        set.insert(key)
+    } else {
+        set.remove(&key)
+    };
+    if changed {
+        info!(
+            gpu,
+            driven,
+            "CUDA shim gating: {}",
+            if driven {
+                "the scheduler's freezes (arbitration off, bounded queues)"
+            } else {
+                "the shims' priority arbitration"
+            }
+        );
+    }
+}
+
+/// Whether [`set_daemon_driven`] marked `gpu` of `host` as driven by the scheduler.
+pub fn is_daemon_driven(host: &HostRoot, gpu: u32) -> bool {
+    driven_set().contains(&(host.root().to_path_buf(), gpu))
+}
+
+/// Puts a block in the gating mode of its GPU: daemon-driven = arbitration off and the
+/// in-flight bound always applied (marked [`FLAG_DAEMON_QUEUE`] when this turned it on);
+/// otherwise arbitration on and a bound this function had turned on back off (one the
+/// process asked for itself stays). Returns whether anything changed.
+pub fn apply_gating(block: &ControlBlock, driven: bool) -> bool {
+    let arbitrate = u32::from(!driven);
+    let mut changed = false;
+    if block.arbitrate.load(Ordering::Relaxed) != arbitrate {
+        block.arbitrate.store(arbitrate, Ordering::Release);
+        changed = true;
+    }
+    let ours = block.flags.load(Ordering::Relaxed) & FLAG_DAEMON_QUEUE != 0;
+    let always = block.queue_always.load(Ordering::Relaxed) != 0;
+    if driven && !always {
+        block.flags.fetch_or(FLAG_DAEMON_QUEUE, Ordering::AcqRel);
+        block.queue_always.store(1, Ordering::Release);
+        changed = true;
+    } else if !driven && ours {
+        block.queue_always.store(0, Ordering::Release);
+        block.flags.fetch_and(!FLAG_DAEMON_QUEUE, Ordering::AcqRel);
+        changed = true;
+    }
+    changed
+}
+
 /// A block's knobs and counters as the gcgroup of `pid` on `gpu`. A priority the block
-/// holds out of GVM's range reads as the lowest one.
+/// holds out of GVM's range reads as the lowest one. Threads held at the launch gate count
+/// as pending kernels (each is a launch about to be submitted).
 pub fn snapshot(block: &ControlBlock, pid: u32, gpu: u32) -> GcgroupSnapshot {
     let submitted = block.submitted.load(Ordering::Relaxed);
     let ended = block.ended.load(Ordering::Relaxed);
+    let waiting = u64::from(block.waiting.load(Ordering::Relaxed));
     let priority = u8::try_from(block.priority.load(Ordering::Relaxed))
         .ok()
         .and_then(|p| Priority::try_from(p).ok())
@@ -168,7 +243,7 @@ pub fn snapshot(block: &ControlBlock, pid: u32, gpu: u32) -> GcgroupSnapshot {
         stat: KernelStat {
             submitted,
             ended,
-            pending: submitted.saturating_sub(ended),
+            pending: submitted.saturating_sub(ended).saturating_add(waiting),
         },
     }
 }
@@ -378,7 +453,13 @@ impl GcgroupBackend for ShimBackend {
     }
 
     fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
-        self.with_block(pid, |m| snapshot(m.block(), pid, gpu))
+        let driven = is_daemon_driven(&self.host, gpu);
+        self.with_block(pid, |m| {
+            if apply_gating(m.block(), driven) {
+                debug!(pid, gpu, driven, "CUDA shim gating mode applied");
+            }
+            snapshot(m.block(), pid, gpu)
+        })
     }
 
     fn set_memory_limit(&self, pid: u32, _gpu: u32, limit: MemoryLimit) -> Result<()> {
@@ -389,18 +470,25 @@ impl GcgroupBackend for ShimBackend {
         })
     }
 
-    fn set_priority(&self, pid: u32, _gpu: u32, priority: Priority) -> Result<()> {
+    fn set_priority(&self, pid: u32, gpu: u32, priority: Priority) -> Result<()> {
+        let driven = is_daemon_driven(&self.host, gpu);
         self.with_block(pid, |m| {
             let b = m.block();
             b.priority
                 .store(u32::from(priority.get()), Ordering::Release);
-            // Priority acts between shim processes through the GPU's arbiter.
-            b.arbitrate.store(1, Ordering::Release);
+            // Under best-effort, priority acts between shim processes through the GPU's
+            // arbiter; under a scheduler-driven policy the freezes do.
+            apply_gating(b, driven);
         })
     }
 
-    fn set_frozen(&self, pid: u32, _gpu: u32, frozen: bool) -> Result<()> {
-        self.with_block(pid, |m| m.set_frozen(frozen))
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()> {
+        let driven = is_daemon_driven(&self.host, gpu);
+        self.with_block(pid, |m| {
+            // The bound must be on before a scheduler freeze for it to act quickly.
+            apply_gating(m.block(), driven);
+            m.set_frozen(frozen);
+        })
     }
 
     fn name(&self) -> &'static str {

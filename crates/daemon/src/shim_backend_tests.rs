@@ -300,3 +300,78 @@ fn links_and_blocks_planted_by_another_user_are_not_processes() {
         Err(e) => println!("SKIP: the ownership half needs root to chown ({e})"),
     }
 }
+
+#[test]
+fn threads_held_at_the_gate_count_as_pending() {
+    let b = gvm_shim_abi::control::ControlBlock::new(&Knobs::default());
+    b.submitted.store(5, Ordering::Relaxed);
+    b.ended.store(5, Ordering::Relaxed);
+    assert_eq!(snapshot(&b, 1, 0).stat.pending, 0, "synchronised, not held");
+    b.frozen.store(1, Ordering::Relaxed);
+    b.waiting.store(2, Ordering::Relaxed);
+    let s = snapshot(&b, 1, 0);
+    assert_eq!(s.stat.pending, 2, "a frozen process still has work");
+    assert_eq!((s.stat.submitted, s.stat.ended), (5, 5));
+}
+
+#[test]
+fn a_daemon_driven_gpu_turns_arbitration_off_and_bounds_the_queue() {
+    let h = Host::new();
+    let plain = h.shim_process(42, &Knobs::default());
+    let own_bound = h.shim_process(
+        43,
+        &Knobs {
+            queue_always: true,
+            ..Knobs::default()
+        },
+    );
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.processes().unwrap(), vec![42, 43]);
+    let (p, o) = (plain.block(), own_bound.block());
+    assert_eq!(o.queue_always.load(Ordering::Acquire), 1);
+
+    // Best-effort (the default): arbitration on, queues as the processes chose.
+    shim.read(42, 0).unwrap();
+    shim.read(43, 0).unwrap();
+    assert_eq!(p.arbitrate.load(Ordering::Acquire), 1);
+    assert_eq!(p.queue_always.load(Ordering::Acquire), 0);
+
+    // Another root's choice is not this one's.
+    let other = HostRoot::new(h.dir.path().join("elsewhere"));
+    set_daemon_driven(&other, 0, true);
+    shim.read(42, 0).unwrap();
+    assert_eq!(p.arbitrate.load(Ordering::Acquire), 1);
+
+    set_daemon_driven(&h.host, 0, true);
+    assert!(is_daemon_driven(&h.host, 0) && !is_daemon_driven(&h.host, 1));
+    shim.read(42, 0).unwrap();
+    shim.set_frozen(43, 0, true).unwrap();
+    for b in [p, o] {
+        assert_eq!(b.arbitrate.load(Ordering::Acquire), 0, "the freezes gate");
+        assert_eq!(b.queue_always.load(Ordering::Acquire), 1, "bounded queue");
+    }
+    assert_eq!(o.frozen.load(Ordering::Acquire), 1);
+    // A priority write under the driven policy keeps arbitration off.
+    shim.set_priority(42, 0, Priority::try_from(3).unwrap())
+        .unwrap();
+    assert_eq!(p.arbitrate.load(Ordering::Acquire), 0);
+    assert_eq!(p.priority.load(Ordering::Acquire), 3);
+
+    set_daemon_driven(&h.host, 0, false);
+    shim.set_priority(42, 0, Priority::try_from(4).unwrap())
+        .unwrap();
+    shim.read(43, 0).unwrap();
+    assert_eq!(p.arbitrate.load(Ordering::Acquire), 1);
+    assert_eq!(
+        p.queue_always.load(Ordering::Acquire),
+        0,
+        "our bound undone"
+    );
+    assert_eq!(o.arbitrate.load(Ordering::Acquire), 1);
+    assert_eq!(
+        o.queue_always.load(Ordering::Acquire),
+        1,
+        "the process's own bound stays"
+    );
+    set_daemon_driven(&other, 0, false);
+}

@@ -34,6 +34,10 @@ pub const FILE_LEN: usize = 4096;
 pub const CONTROL_ENV: &str = "GVM_SHIM_CONTROL";
 /// `flags` bit: the shim created the block itself from the environment (no daemon).
 pub const FLAG_STANDALONE: u32 = 1;
+/// `flags` bit: gvm-vgpud turned `queue_always` on for a policy it drives (equal-share,
+/// fixed-share) and turns it back off under best-effort; a `queue_always` the process set
+/// itself (`GVM_QUEUE_ALWAYS=1`) has no such bit and is left alone.
+pub const FLAG_DAEMON_QUEUE: u32 = 2;
 
 /// The shared block. Field offsets are part of the ABI with gvm-vgpud (see the layout test).
 #[repr(C)]
