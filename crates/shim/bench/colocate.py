@@ -204,9 +204,25 @@ def wait_ready(p, what, timeout=240):
     raise SystemExit(f"{what} not ready in {timeout} s")
 
 
-def run_config(name, a, base_env, rate):
+def parse_config(spec):
+    """`gvm_priority:depth=4:linger=500` -> ("gvm_priority", {"depth": 4, "linger": 500}):
+    a configuration with tuned shim parameters for the batch (depth = GVM_QUEUE_DEPTH,
+    linger = GVM_ARB_LINGER_US of the server, maxhold = GVM_ARB_MAX_HOLD_MS)."""
+    base, *kvs = spec.split(":")
+    params = {}
+    for kv in kvs:
+        k, v = kv.split("=")
+        if k not in ("depth", "linger", "maxhold"):
+            raise SystemExit(f"unknown parameter {k!r} in {spec!r}")
+        params[k] = int(v)
+    return base, params
+
+
+def run_config(spec, a, base_env, rate):
     out = a.out
-    tag = name
+    name, params = parse_config(spec)
+    tag = spec.replace(":", "-").replace("=", "")
+    depth = params.get("depth", a.depth)
     env_hi, env_lo = dict(base_env), dict(base_env)
     ctl_hi, ctl_lo = f"/tmp/colo-{tag}-hi.ctl", f"/tmp/colo-{tag}-lo.ctl"
     for p in (ctl_hi, ctl_lo):
@@ -222,9 +238,13 @@ def run_config(name, a, base_env, rate):
         if name == "gvm_freeze":
             for e in (env_hi, env_lo):
                 e["GVM_ARBITRATE"] = "0"
-            env_lo.update(GVM_QUEUE_ALWAYS="1", GVM_QUEUE_DEPTH=str(a.depth))
+            env_lo.update(GVM_QUEUE_ALWAYS="1", GVM_QUEUE_DEPTH=str(depth))
         else:
-            env_lo["GVM_QUEUE_DEPTH"] = str(a.depth)
+            env_lo["GVM_QUEUE_DEPTH"] = str(depth)
+            if "linger" in params:
+                env_hi["GVM_ARB_LINGER_US"] = str(params["linger"])
+            if "maxhold" in params:
+                env_lo["GVM_ARB_MAX_HOLD_MS"] = str(params["maxhold"])
     if name == "mps":
         pipe, logd = "/tmp/mps-pipe", "/tmp/mps-log"
         os.makedirs(pipe, exist_ok=True)
@@ -241,7 +261,7 @@ def run_config(name, a, base_env, rate):
     for f in (go, stop):
         if os.path.exists(f):
             os.unlink(f)
-    res = {"config": name}
+    res = {"config": spec, "params": params}
     lo = hi = None
     try:
         if name != "exclusive_high":
@@ -310,7 +330,7 @@ def main_orchestrate(a):
         if rate <= 0 and "rate" in r:
             rate = r["rate"]  # the first server config fixes the arrival rate for the rest
         r["wall_s"] = now() - t
-        results[name] = r
+        results[name] = r  # keyed by the full spec (parameters included)
         short = {k: v for k, v in r.items() if k != "ttft_ms"}
         print(json.dumps(short), flush=True)
         json.dump({"args": vars(a), "results": results},

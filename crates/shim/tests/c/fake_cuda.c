@@ -47,8 +47,14 @@ CUresult cuLaunchKernelEx(const void *cfg, void *f, void **pa, void **x) {
     n_launch_ex++;
     return 0;
 }
-CUresult cuCtxSynchronize(void) { n_sync++; return 0; }
-CUresult cuCtxSynchronize_v2(void *ctx) { (void)ctx; n_sync++; return 0; }
+static void wait_idle(void);
+CUresult cuCtxSynchronize(void) { n_sync++; wait_idle(); return 0; }
+CUresult cuCtxSynchronize_v2(void *ctx) { (void)ctx; n_sync++; wait_idle(); return 0; }
+/* Enough of the module API for driver-API benchmarks (bench/shares_worker.c) to run here. */
+CUresult cuDeviceGet(int *d, int o) { *d = o; return 0; }
+CUresult cuDevicePrimaryCtxRetain(void **c, int d) { (void)d; *c = (void *)0x5ca1ab1e; return 0; }
+CUresult cuModuleLoadData(void **m, const void *img) { (void)img; *m = (void *)0x30d; return 0; }
+CUresult cuModuleGetFunction(void **f, void *m, const char *n) { (void)m; (void)n; *f = (void *)0xf00; return 0; }
 
 /* Events: "kernels" take FAKE_KERNEL_MS each (negative: never end), back to back per
  * process; an event completes when the last kernel launched before it would have ended. */
@@ -67,6 +73,15 @@ static void run_kernel(void) {
     if (k < 0) { gpu_free_at_ns = -1; return; }
     if (gpu_free_at_ns < 0) return;
     gpu_free_at_ns = (gpu_free_at_ns > now ? gpu_free_at_ns : now) + k;
+}
+/* With FAKE_SYNC_WAITS=1 a synchronise sleeps until the last fake kernel would have ended. */
+static void wait_idle(void) {
+    const char *e = getenv("FAKE_SYNC_WAITS");
+    if (!e || strcmp(e, "1")) return;
+    long long left = gpu_free_at_ns - now_ns();
+    if (gpu_free_at_ns <= 0 || left <= 0) return;
+    struct timespec ts = {left / 1000000000ll, left % 1000000000ll};
+    nanosleep(&ts, NULL);
 }
 typedef struct { long long done_at; } fake_event;
 CUresult cuCtxGetCurrent(void **c) { *c = (void *)0x5ca1ab1e; return 0; }
