@@ -121,6 +121,10 @@ pub trait GcgroupPort: Send {
     fn gpus(&self, pid: u32) -> PortResult<Vec<u32>>;
     /// Read one gcgroup.
     fn read(&self, pid: u32, gpu: u32) -> PortResult<GcRead>;
+    /// Read only a gcgroup's kernel counters `(ended, pending)` (the scheduler's poll).
+    fn read_counters(&self, pid: u32, gpu: u32) -> PortResult<(u64, u64)> {
+        self.read(pid, gpu).map(|r| (r.ended, r.pending))
+    }
     /// Write one knob.
     fn write(&self, pid: u32, gpu: u32, knob: KnobWrite) -> PortResult<()>;
 }
@@ -316,6 +320,14 @@ impl<B: gvm_gcgroup::GcgroupBackend> GcgroupPort for BackendGcgroups<B> {
             ended: s.stat.ended,
             pending: s.stat.pending,
         })
+    }
+
+    fn read_counters(&self, pid: u32, gpu: u32) -> PortResult<(u64, u64)> {
+        let s = self
+            .backend
+            .stat(pid, gpu)
+            .map_err(|e| gc_err("read", pid, Some(gpu), e))?;
+        Ok((s.ended, s.pending))
     }
 
     fn write(&self, pid: u32, gpu: u32, knob: KnobWrite) -> PortResult<()> {

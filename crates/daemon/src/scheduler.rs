@@ -326,7 +326,13 @@ pub struct Scheduler {
     gpus: BTreeMap<u32, GpuState>,
     origin: Instant,
     ticks: u64,
+    /// When `policy show`/`top` last asked for achieved shares. Best-effort GPUs need no
+    /// counters to schedule, so they are sampled only while someone is looking.
+    watched: std::cell::Cell<Option<Instant>>,
 }
+
+/// How long after a `policy show`/`top` best-effort GPUs keep being sampled.
+pub const WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -366,6 +372,7 @@ impl Scheduler {
             gpus: BTreeMap::new(),
             origin: Instant::now(),
             ticks: 0,
+            watched: std::cell::Cell::new(None),
         }
     }
 
@@ -469,6 +476,13 @@ impl Daemon {
 
     fn sample_gcgroups(&self, slow: bool) -> BTreeMap<u32, BTreeMap<Uuid, Sample>> {
         let mut out: BTreeMap<u32, BTreeMap<Uuid, Sample>> = BTreeMap::new();
+        // Best-effort GPUs are sampled (every BEST_EFFORT_EVERY ticks) only for reports.
+        let watched = self
+            .scheduler
+            .watched
+            .get()
+            .is_some_and(|t| t.elapsed() < WATCH_FOR);
+        let slow = slow && watched;
         for (uuid, gpu) in self.owner_pairs() {
             let best_effort = self.scheduler.file.for_gpu(gpu).policy == Policy::BestEffort;
             let engine_best_effort = self
@@ -496,18 +510,25 @@ impl Daemon {
                 {
                     continue;
                 }
-                match self.gc.read(*pid, gpu) {
-                    Ok(r) => {
-                        s.ended += r.ended;
-                        s.pending += r.pending;
-                        s.memory += r.memory_current;
+                // Only gcgroup.stat is read (one file); the freeze state is what this daemon
+                // wrote last, and memory comes from the totals of the verify passes.
+                match self.gc.read_counters(*pid, gpu) {
+                    Ok((ended, pending)) => {
+                        s.ended += ended;
+                        s.pending += pending;
                         s.gcgroups += 1;
-                        s.running += u32::from(!r.frozen);
+                        let frozen = self
+                            .observed
+                            .gcgroups
+                            .get(&(*pid, gpu))
+                            .is_some_and(|g| g.frozen);
+                        s.running += u32::from(!frozen);
                     }
                     Err(e) if e.gone => {}
                     Err(e) => debug!(%uuid, pid, gpu, "scheduler read: {e}"),
                 }
             }
+            s.memory = self.totals.get(&uuid).map_or(0, |t| t.memory_current);
         }
         out
     }
@@ -678,6 +699,7 @@ impl Daemon {
 
     /// Every GPU's scheduler (`policy show`, `top`).
     pub(crate) fn policy_status(&self) -> SchedStatus {
+        self.scheduler.watched.set(Some(Instant::now()));
         let mut gpus: BTreeSet<u32> = self.scheduler.gpus.keys().copied().collect();
         gpus.extend(self.scheduler.file.gpus.keys());
         let out = gpus.into_iter().map(|g| self.gpu_status(g)).collect();

@@ -546,6 +546,10 @@ impl<P: GcgroupBackend, S: GcgroupBackend> GcgroupBackend for Composite<P, S> {
         self.route(|b| b.read(pid, gpu))
     }
 
+    fn stat(&self, pid: u32, gpu: u32) -> Result<gvm_gcgroup::KernelStat> {
+        self.route(|b| b.stat(pid, gpu))
+    }
+
     fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()> {
         self.route(|b| b.set_memory_limit(pid, gpu, limit))
     }

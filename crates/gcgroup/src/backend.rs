@@ -43,6 +43,11 @@ pub trait GcgroupBackend: Send + Sync {
     fn gpus(&self, pid: u32) -> Result<Vec<u32>>;
     /// Every knob of `pid` on `gpu`.
     fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot>;
+    /// Only the kernel counters (`gcgroup.stat`) of `pid` on `gpu`: what a scheduler polls
+    /// many times a second, so backends whose full read costs several files override it.
+    fn stat(&self, pid: u32, gpu: u32) -> Result<KernelStat> {
+        Ok(self.read(pid, gpu)?.stat)
+    }
     /// Set `memory.limit`.
     fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()>;
     /// Set `compute.priority`.
@@ -64,6 +69,10 @@ impl GcgroupBackend for GvmTree {
 
     fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
         self.gcgroup(pid, gpu).snapshot()
+    }
+
+    fn stat(&self, pid: u32, gpu: u32) -> Result<KernelStat> {
+        self.gcgroup(pid, gpu).stat()
     }
 
     fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()> {
