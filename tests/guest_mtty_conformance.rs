@@ -269,8 +269,8 @@ fn run_against_sim(runner: &Path) -> anyhow::Result<Option<Vec<StepRecord>>> {
         println!("SKIP: the simulated-host half needs root and /dev/fuse (kernel half ran)");
         return Ok(None);
     }
-    let repo = repo_root();
-    let sim_bin = build_static(&repo, "gvm-vgpu-sim", "gvm-vgpu-sim")?;
+    // The simulated host runs here on the host: the ordinary debug build will do.
+    let sim_bin = gvm_testkit::workspace_bin("gvm-vgpu-sim", "gvm-vgpu-sim");
     let mnt = tempfile::tempdir()?;
     let child = Command::new(&sim_bin)
         .arg("--root")

@@ -23,7 +23,8 @@ pub fn static_rustflags() -> &'static str {
     "-C target-feature=+crt-static -C strip=debuginfo"
 }
 
-/// Build `bin` of `package` statically in release mode; return the binary's path.
+/// Build `bin` of `package` statically with the workspace's `guest` profile (optimised, no
+/// debug info, quick to build); return the binary's path.
 ///
 /// Default features are off: they are the optional native libraries (libvirt for the CLI,
 /// NVML for the agent) that a static binary cannot link or load.
@@ -33,7 +34,13 @@ pub fn build_static(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, Ha
         .current_dir(repo)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("RUSTFLAGS", static_rustflags())
-        .args(["build", "--quiet", "--release", "--no-default-features"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "guest",
+            "--no-default-features",
+        ])
         .args(["-p", package, "--bin", bin])
         .args(["--target", GUEST_TARGET, "--target-dir"])
         .arg(&target_dir)
@@ -45,7 +52,7 @@ pub fn build_static(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, Ha
         })?;
     if !output.status.success() {
         return Err(HarnessError::CommandFailed {
-            program: format!("cargo build --release -p {package} --bin {bin} (static)"),
+            program: format!("cargo build --profile guest -p {package} --bin {bin} (static)"),
             status: output.status.to_string(),
             output_tail: tail(&output.stderr, 30),
         });
@@ -60,9 +67,9 @@ pub fn build_static(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, Ha
     Ok(path)
 }
 
-/// Where cargo leaves a static release binary under `target_dir`.
+/// Where cargo leaves a static `guest`-profile binary under `target_dir`.
 pub fn static_binary_path(target_dir: &Path, bin: &str) -> PathBuf {
-    target_dir.join(GUEST_TARGET).join("release").join(bin)
+    target_dir.join(GUEST_TARGET).join("guest").join(bin)
 }
 
 #[cfg(test)]
@@ -73,7 +80,7 @@ mod tests {
     fn static_binaries_live_under_the_target_triple() {
         assert_eq!(
             static_binary_path(Path::new("/r/target/static"), "gvm-vgpu"),
-            PathBuf::from("/r/target/static/x86_64-unknown-linux-gnu/release/gvm-vgpu")
+            PathBuf::from("/r/target/static/x86_64-unknown-linux-gnu/guest/gvm-vgpu")
         );
         assert!(static_rustflags().contains("+crt-static"));
     }
