@@ -43,11 +43,13 @@ struct Args {
     /// Fast rescan period in milliseconds (devices, new owners).
     #[arg(long, default_value_t = 200)]
     rescan_ms: u64,
-    /// Period in milliseconds for re-listing every owner's GPU registrations.
-    #[arg(long, default_value_t = 1000)]
+    /// Period in milliseconds for re-listing every known owner's GPU registrations (a known
+    /// owner registering one more GPU; new owners are found by the fast rescan). The pass is
+    /// spread over the fast ticks; its cost grows with the number of owners.
+    #[arg(long, default_value_t = 10_000)]
     slow_rescan_ms: u64,
-    /// Period in seconds for reading every knob back (drift, totals).
-    #[arg(long, default_value_t = 30)]
+    /// Period in seconds for reading every knob back (drift, totals), spread over the ticks.
+    #[arg(long, default_value_t = 60)]
     verify_s: u64,
     /// Gcgroup backend: `gvm` (GVM's debugfs tree), `shim` (control blocks of processes under
     /// libgvm_cuda.so, in /dev/shm) or `auto` (GVM for the processes it registered, the shim

@@ -381,6 +381,19 @@ impl Scheduler {
         &self.file
     }
 
+    /// Whether no GPU runs a policy other than best-effort (stored or in a live engine) and
+    /// no report asked for achieved shares recently: a tick then has nothing to do.
+    fn idle(&self) -> bool {
+        let best_effort = |c: &StoredConfig| c.policy == Policy::BestEffort;
+        best_effort(&self.file.default)
+            && self.file.gpus.values().all(best_effort)
+            && self
+                .gpus
+                .values()
+                .all(|g| g.engine.config().policy == Policy::BestEffort)
+            && !self.watched.get().is_some_and(|t| t.elapsed() < WATCH_FOR)
+    }
+
     fn state(&mut self, gpu: u32, now: Instant) -> Option<&mut GpuState> {
         if !self.gpus.contains_key(&gpu) {
             let engine = match Engine::new(self.file.for_gpu(gpu).engine()) {
@@ -449,9 +462,14 @@ impl Daemon {
     pub fn sched_tick(&mut self, now: Instant) {
         let slow = self.scheduler.ticks.is_multiple_of(BEST_EFFORT_EVERY);
         self.scheduler.ticks += 1;
-        let samples = self.sample_gcgroups(slow);
-        // Forget scheduler knobs of (vGPU, GPU) pairs that no longer exist.
+        // All best-effort, nobody watching and no scheduler knobs left: nothing to do, and
+        // walking thousands of owners 100 times a second would cost more than everything else.
+        if self.scheduler.idle() && self.desired.sched.is_empty() {
+            return;
+        }
         let live: BTreeSet<(Uuid, u32)> = self.owner_pairs();
+        let samples = self.sample_gcgroups(slow, &live);
+        // Forget scheduler knobs of (vGPU, GPU) pairs that no longer exist.
         self.desired.sched.retain(|k, _| live.contains(k));
         for (gpu, vgpus) in samples {
             self.tick_gpu(gpu, vgpus, now);
@@ -474,7 +492,11 @@ impl Daemon {
         out
     }
 
-    fn sample_gcgroups(&self, slow: bool) -> BTreeMap<u32, BTreeMap<Uuid, Sample>> {
+    fn sample_gcgroups(
+        &self,
+        slow: bool,
+        pairs: &BTreeSet<(Uuid, u32)>,
+    ) -> BTreeMap<u32, BTreeMap<Uuid, Sample>> {
         let mut out: BTreeMap<u32, BTreeMap<Uuid, Sample>> = BTreeMap::new();
         // Best-effort GPUs are sampled (every BEST_EFFORT_EVERY ticks) only for reports.
         let watched = self
@@ -483,7 +505,7 @@ impl Daemon {
             .get()
             .is_some_and(|t| t.elapsed() < WATCH_FOR);
         let slow = slow && watched;
-        for (uuid, gpu) in self.owner_pairs() {
+        for &(uuid, gpu) in pairs {
             let best_effort = self.scheduler.file.for_gpu(gpu).policy == Policy::BestEffort;
             let engine_best_effort = self
                 .scheduler
