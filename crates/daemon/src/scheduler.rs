@@ -391,7 +391,7 @@ impl Scheduler {
                 .gpus
                 .values()
                 .all(|g| g.engine.config().policy == Policy::BestEffort)
-            && !self.watched.get().is_some_and(|t| t.elapsed() < WATCH_FOR)
+            && self.watched.get().is_none_or(|t| t.elapsed() >= WATCH_FOR)
     }
 
     fn state(&mut self, gpu: u32, now: Instant) -> Option<&mut GpuState> {
