@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use gvm_testkit::{require_command, require_root_and_fuse, skip, SimHost, SimModel};
 use gvm_vgpu_e2e::guest::{
-    boot, build_static, cargo_command, prepare, repo_root, BootOptions, GuestImage, PrepareOutcome,
+    boot, build_static, cargo_command, kernel_or_skip, repo_root, BootOptions, GuestImage,
 };
 
 const TEST: &str = "guest_agent";
@@ -127,13 +127,10 @@ fn the_daemon_shows_a_real_guests_processes() {
     if skip(TEST, require_command("qemu-system-x86_64")) || skip(TEST, require_root_and_fuse()) {
         return;
     }
-    let kernel = match prepare(&repo, None) {
-        Ok(PrepareOutcome::Ready(k)) => k,
-        Ok(other) => {
-            skip(
-                TEST,
-                Some(format!("the guest kernel is unavailable: {other:?}")),
-            );
+    let kernel = match kernel_or_skip(&repo) {
+        Ok(Ok(k)) => k,
+        Ok(Err(why)) => {
+            skip(TEST, Some(why));
             return;
         }
         Err(e) => panic!("preparing the guest kernel failed: {e}"),

@@ -25,12 +25,11 @@
 //! or QEMU is not installed.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use gvm_vgpu_e2e::guest::{
-    boot, build_static, prepare, repo_root, BootOptions, GuestImage, GuestRun, PrepareOutcome,
+    boot, build_static, kernel_or_skip, repo_root, BootOptions, GuestImage, GuestRun,
 };
 
 /// The vGPU created by `echo` (adoption).
@@ -142,22 +141,9 @@ fn setup() -> &'static Result<Setup, String> {
 
 fn run_guest() -> anyhow::Result<Setup> {
     let repo = repo_root();
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Ok(Setup::Skip(
-            "qemu-system-x86_64 is not installed (Debian: qemu-system-x86)".into(),
-        ));
-    }
-    let kernel = match prepare(&repo, None)? {
-        PrepareOutcome::Ready(k) => k,
-        PrepareOutcome::Unavailable(why) => {
-            return Ok(Setup::Skip(format!(
-                "kernel packages cannot be fetched: {why}"
-            )))
-        }
+    let kernel = match kernel_or_skip(&repo)? {
+        Ok(k) => k,
+        Err(why) => return Ok(Setup::Skip(why)),
     };
     let t = Instant::now();
     let daemon = build_static(&repo, "gvm-vgpud", "gvm-vgpud")?;

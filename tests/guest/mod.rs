@@ -42,7 +42,9 @@ pub use boot::{boot, parse_results, BootOptions, GuestExit, GuestRun, RESULT_MAR
 pub use build::{build_static, cargo_command};
 pub use error::HarnessError;
 pub use image::{GuestFile, GuestImage};
-pub use prepare::{default_cache_dir, prepare, PrepareOutcome, PreparedKernel, UNAVAILABLE_EXIT};
+pub use prepare::{
+    default_cache_dir, kernel_or_skip, prepare, PrepareOutcome, PreparedKernel, UNAVAILABLE_EXIT,
+};
 
 use std::path::PathBuf;
 

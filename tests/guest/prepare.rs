@@ -113,6 +113,26 @@ fn last_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 
+/// The guest kernel to boot, or why guest tests cannot run here: QEMU missing, or the kernel
+/// packages cannot be fetched (the only skips the guest suite allows itself).
+pub fn kernel_or_skip(repo: &Path) -> Result<Result<PreparedKernel, String>, HarnessError> {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Ok(Err(
+            "qemu-system-x86_64 is not installed (Debian: qemu-system-x86)".into(),
+        ));
+    }
+    Ok(match prepare(repo, None)? {
+        PrepareOutcome::Ready(k) => Ok(k),
+        PrepareOutcome::Unavailable(why) => {
+            Err(format!("kernel packages cannot be fetched: {why}"))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
