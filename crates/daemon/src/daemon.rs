@@ -71,6 +71,10 @@ pub struct Daemon {
     reads: BTreeMap<(u32, u32), crate::ports::GcRead>,
     /// Knobs found changed behind the daemon's back, until they are written again.
     drifted: BTreeSet<(u32, u32, &'static str)>,
+    /// Gcgroups of split owners on a GPU none of their vGPUs sits on, logged once.
+    stray_logged: BTreeSet<(u32, u32)>,
+    /// Parents whose GVM GPU index could not be read, logged once.
+    gpu_index_failed: BTreeSet<String>,
     /// libvirt's picture (domain → vGPUs, paused domains), fed by the lifecycle watch.
     pub(crate) libvirt: crate::domains::Domains,
     /// The live time-slice scheduler (`scheduler.rs`): per-GPU engines and policy.
@@ -142,6 +146,8 @@ impl Daemon {
             verify_sweep: crate::sweep::Sweep::new(timing.verify),
             reads: BTreeMap::new(),
             drifted: BTreeSet::new(),
+            stray_logged: BTreeSet::new(),
+            gpu_index_failed: BTreeSet::new(),
             libvirt: crate::domains::Domains::default(),
             scheduler: crate::scheduler::Scheduler::open(state),
             startup_problems: loaded.problems,
@@ -206,6 +212,8 @@ impl Daemon {
         for gone in self.observed.parents.difference(&now) {
             info!(parent = %gone, "mdev parent unregistered");
             self.kernel_names.retain(|(p, _), _| p != gone);
+            self.observed.parent_gpu.remove(gone);
+            self.gpu_index_failed.remove(gone);
         }
         for p in &added {
             if !self.first_pass {
@@ -405,26 +413,82 @@ impl Daemon {
         dirty
     }
 
-    /// Resolve the owner of `pid`; true when it became an owner.
+    /// Resolve the owner of `pid`; true when it became an owner (of one more vGPU).
     fn classify(&mut self, pid: u32, retry: bool) -> bool {
-        let Some((uuid, rule)) = self.resolver.owner_of(pid, retry) else {
+        let Some(own) = self.resolver.owner_of(pid, retry) else {
             self.unowned.insert(pid);
             return false;
         };
         self.unowned.remove(&pid);
-        let fresh = self
-            .observed
-            .owners
-            .entry(uuid)
-            .or_default()
-            .insert(pid, rule)
-            .is_none();
+        let mut fresh = false;
+        for uuid in &own.uuids {
+            let added = self
+                .observed
+                .owners
+                .entry(*uuid)
+                .or_default()
+                .insert(pid, own.rule)
+                .is_none();
+            if added {
+                info!(%uuid, pid, rule = ?own.rule, vgpus = own.uuids.len(), "owner process found");
+            }
+            fresh |= added;
+        }
+        if own.uuids.len() > 1 {
+            self.observed.split_owners.insert(pid, own.uuids);
+        }
         if fresh {
-            info!(%uuid, pid, rule = ?rule, "owner process found");
             self.observed.gpus.entry(pid).or_default();
             self.refresh_gpus(pid);
         }
         fresh
+    }
+
+    /// Learn the GVM GPU index of the parents of split owners' vGPUs (cached per
+    /// parent) and log, once each, gcgroups of split owners that no vGPU of theirs
+    /// sits on: those are left alone.
+    fn learn_split_owner_gpus(&mut self) {
+        let mut parents: BTreeSet<String> = BTreeSet::new();
+        for uuids in self.observed.split_owners.values() {
+            for u in uuids {
+                if let Some(d) = self.observed.devices.get(u) {
+                    if !self.observed.parent_gpu.contains_key(&d.parent) {
+                        parents.insert(d.parent.clone());
+                    }
+                }
+            }
+        }
+        for parent in parents {
+            match self.mdev.parent_gpu_index(&parent) {
+                Ok(Some(gpu)) => {
+                    debug!(%parent, gpu, "GVM GPU index of parent");
+                    self.gpu_index_failed.remove(&parent);
+                    self.observed.parent_gpu.insert(parent, gpu);
+                }
+                Ok(None) => {
+                    if self.gpu_index_failed.insert(parent.clone()) {
+                        warn!(%parent, "cannot tell the GVM GPU index of this parent (no \
+                            gvm_uvm_index file and not a PCI address): the gcgroups of processes \
+                            owning several vGPUs are not tuned for its vGPUs");
+                    }
+                }
+                Err(e) => {
+                    if self.gpu_index_failed.insert(parent.clone()) {
+                        warn!("{e}");
+                    }
+                }
+            }
+        }
+        let split: Vec<u32> = self.observed.split_owners.keys().copied().collect();
+        for pid in split {
+            for gpu in self.observed.stray_gpus(pid) {
+                if self.stray_logged.insert((pid, gpu)) {
+                    warn!(pid, gpu, vgpus = ?self.observed.split_owners.get(&pid),
+                        "owner of several vGPUs has a gcgroup on a GPU none of them sits on: \
+                         leaving it alone");
+                }
+            }
+        }
     }
 
     fn refresh_gpus(&mut self, pid: u32) -> bool {
@@ -462,6 +526,8 @@ impl Daemon {
             }
         }
         self.drifted.retain(|(p, _, _)| *p != pid);
+        self.stray_logged.retain(|(p, _)| *p != pid);
+        self.observed.split_owners.remove(&pid);
         self.observed.owners.retain(|uuid, owners| {
             if owners.remove(&pid).is_some() {
                 debug!(%uuid, pid, "owner process exited");
@@ -492,10 +558,12 @@ impl Daemon {
         }
         let wanted: BTreeSet<u32> = pids.iter().copied().collect();
         let mut uuids: BTreeSet<Uuid> = BTreeSet::new();
-        let mut owner_of: BTreeMap<u32, Uuid> = BTreeMap::new();
+        let mut owner_of: BTreeMap<(u32, u32), Uuid> = BTreeMap::new();
         for (uuid, owners) in &self.observed.owners {
             for pid in owners.keys().filter(|p| wanted.contains(p)) {
-                owner_of.insert(*pid, *uuid);
+                for gpu in self.observed.owner_gpus(uuid, *pid) {
+                    owner_of.insert((*pid, gpu), *uuid);
+                }
                 uuids.insert(*uuid);
             }
         }
@@ -522,7 +590,7 @@ impl Daemon {
                 let Some(s) = self.observed.gcgroups.get_mut(&(*pid, gpu)) else {
                     continue;
                 };
-                let uuid = owner_of.get(pid).copied().unwrap_or_default();
+                let uuid = owner_of.get(&(*pid, gpu)).copied().unwrap_or_default();
                 for (knob, found, was) in crate::plan::drift(s, &r) {
                     warn!(%uuid, pid, gpu, knob, %found, written = %was,
                         "knob changed behind the daemon's back: correcting it");
@@ -565,8 +633,8 @@ impl Daemon {
                 .flatten()
                 .map(|o| o.0)
             {
-                for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
-                    let key = (*pid, *gpu);
+                for gpu in self.observed.owner_gpus(uuid, *pid) {
+                    let key = (*pid, gpu);
                     if let Some(r) = self.reads.get(&key) {
                         add_totals(&mut t, r);
                     } else {
@@ -591,6 +659,9 @@ impl Daemon {
         only: Option<&BTreeSet<Uuid>>,
         report: &mut ReconcileReport,
     ) {
+        if !self.observed.split_owners.is_empty() {
+            self.learn_split_owner_gpus();
+        }
         let p = plan(
             &self.observed,
             &self.desired,

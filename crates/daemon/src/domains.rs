@@ -430,6 +430,7 @@ impl Daemon {
                 self.observed.owners.remove(uuid);
             }
             for pid in gone {
+                self.observed.split_owners.remove(&pid);
                 for gpu in self.observed.gpus.remove(&pid).into_iter().flatten() {
                     self.observed.gcgroups.remove(&(pid, gpu));
                 }

@@ -257,11 +257,11 @@ impl Daemon {
         let mut totals = Totals::default();
         for (pid, rule) in self.observed.owners.get(uuid).into_iter().flatten() {
             let mut gcgroups = Vec::new();
-            for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
-                if let Ok(r) = self.gc.read(*pid, *gpu) {
+            for gpu in self.observed.owner_gpus(uuid, *pid) {
+                if let Ok(r) = self.gc.read(*pid, gpu) {
                     add_totals(&mut totals, &r);
                     gcgroups.push(gvm_proto::GcgroupInfo {
-                        gpu: *gpu,
+                        gpu,
                         memory_limit: r.memory_limit,
                         memory_current: r.memory_current,
                         swap_current: r.swap_current,

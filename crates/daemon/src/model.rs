@@ -64,6 +64,52 @@ pub struct Observed {
     pub gpus: BTreeMap<u32, BTreeSet<u32>>,
     /// Known knob values by (pid, gpu).
     pub gcgroups: BTreeMap<(u32, u32), GcState>,
+    /// Owner pids that own several vGPUs (a libvirt domain's QEMU with several
+    /// mdevs), with those vGPUs: each of their gcgroups belongs only to the vGPU
+    /// whose parent has the gcgroup's GVM GPU index.
+    pub split_owners: BTreeMap<u32, Vec<Uuid>>,
+    /// GVM GPU index of mdev parents, as far as known (see `MdevPort::parent_gpu_index`).
+    pub parent_gpu: BTreeMap<String, u32>,
+}
+
+impl Observed {
+    /// The GVM GPU index of the parent `uuid` sits on, when known.
+    pub fn device_gpu(&self, uuid: &Uuid) -> Option<u32> {
+        let d = self.devices.get(uuid)?;
+        self.parent_gpu.get(&d.parent).copied()
+    }
+
+    /// Whether gcgroup (`pid`, `gpu`) belongs to vGPU `uuid`, given that `pid` is one of
+    /// its owners: an owner of one vGPU gives it all its gcgroups; an owner of several
+    /// gives each only those on the GPU of its parent.
+    pub fn owns(&self, uuid: &Uuid, pid: u32, gpu: u32) -> bool {
+        !self.split_owners.contains_key(&pid) || self.device_gpu(uuid) == Some(gpu)
+    }
+
+    /// The GPU indexes of `pid`'s gcgroups that belong to vGPU `uuid` (`pid` being
+    /// one of its owners).
+    pub fn owner_gpus<'a>(&'a self, uuid: &'a Uuid, pid: u32) -> impl Iterator<Item = u32> + 'a {
+        self.gpus
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(move |gpu| self.owns(uuid, pid, *gpu))
+    }
+
+    /// GPUs on which split owner `pid` has a gcgroup that none of its vGPUs sits on.
+    pub fn stray_gpus(&self, pid: u32) -> Vec<u32> {
+        let Some(uuids) = self.split_owners.get(&pid) else {
+            return Vec::new();
+        };
+        self.gpus
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|gpu| !uuids.iter().any(|u| self.device_gpu(u) == Some(*gpu)))
+            .collect()
+    }
 }
 
 /// What the operator asked for beyond the definition: until the device goes away.

@@ -9,6 +9,10 @@
 //!    XML `<domain>.xml` names the UUID in an mdev `<hostdev>` address or in a
 //!    `<gvm:vgpu uuid=.../>` metadata element.
 //!
+//! The environment and cgroup rules name one vGPU. The libvirt rule names every vGPU
+//! of the domain: a QEMU with several mdevs owns them all, and the daemon gives each
+//! of them only the gcgroups on its parent's GVM GPU ([`crate::model::Observed::owns`]).
+//!
 //! The parsers are pure; [`Resolver`] does the reads and caches per pid (a
 //! process's environment does not change; its cgroup is re-read while unowned).
 
@@ -105,11 +109,21 @@ pub struct Domain {
     pub uuids: Vec<Uuid>,
 }
 
+/// The vGPUs one process owns and the rule that tied it to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// The vGPUs, never empty: one for the environment and cgroup rules, every vGPU
+    /// of the domain for the libvirt rule.
+    pub uuids: Vec<Uuid>,
+    /// The rule that matched.
+    pub rule: OwnerRule,
+}
+
 /// Reads owners through the host root and caches what cannot change.
 #[derive(Debug)]
 pub struct Resolver {
     host: HostRoot,
-    by_pid: HashMap<u32, Option<(Uuid, OwnerRule)>>,
+    by_pid: HashMap<u32, Option<Ownership>>,
     domains: Vec<Domain>,
     libvirt_stamp: Option<(SystemTime, usize)>,
 }
@@ -155,21 +169,21 @@ impl Resolver {
         if changed {
             // Ownership by libvirt may have changed for any pid: resolve again.
             self.by_pid
-                .retain(|_, v| matches!(v, Some((_, r)) if *r != OwnerRule::Libvirt));
+                .retain(|_, v| matches!(v, Some(o) if o.rule != OwnerRule::Libvirt));
         }
         changed
     }
 
-    /// The vGPU `pid` owns, using the cache; `None` for unowned processes. Unowned
+    /// The vGPUs `pid` owns, using the cache; `None` for unowned processes. Unowned
     /// processes are re-resolved only when `retry_unowned` is set.
-    pub fn owner_of(&mut self, pid: u32, retry_unowned: bool) -> Option<(Uuid, OwnerRule)> {
+    pub fn owner_of(&mut self, pid: u32, retry_unowned: bool) -> Option<Ownership> {
         if let Some(hit) = self.by_pid.get(&pid) {
             if hit.is_some() || !retry_unowned {
-                return *hit;
+                return hit.clone();
             }
         }
         let found = self.resolve(pid);
-        self.by_pid.insert(pid, found);
+        self.by_pid.insert(pid, found.clone());
         found
     }
 
@@ -178,23 +192,29 @@ impl Resolver {
         self.by_pid.retain(|pid, _| alive(*pid));
     }
 
-    fn resolve(&self, pid: u32) -> Option<(Uuid, OwnerRule)> {
+    fn resolve(&self, pid: u32) -> Option<Ownership> {
+        let one = |u: Uuid, rule: OwnerRule| Ownership {
+            uuids: vec![u],
+            rule,
+        };
         let proc_dir = self.host.proc_dir().join(pid.to_string());
         if let Ok(env) = fs::read(proc_dir.join("environ")) {
             if let Some(u) = uuid_from_environ(&env) {
-                return Some((u, OwnerRule::Environment));
+                return Some(one(u, OwnerRule::Environment));
             }
         }
         if let Ok(cg) = fs::read_to_string(proc_dir.join("cgroup")) {
             if let Some(u) = uuid_from_cgroup(&cg) {
-                return Some((u, OwnerRule::Cgroup));
+                return Some(one(u, OwnerRule::Cgroup));
             }
         }
         self.domains
             .iter()
-            .find(|d| d.pid == Some(pid))
-            .and_then(|d| d.uuids.first())
-            .map(|u| (*u, OwnerRule::Libvirt))
+            .find(|d| d.pid == Some(pid) && !d.uuids.is_empty())
+            .map(|d| Ownership {
+                uuids: d.uuids.clone(),
+                rule: OwnerRule::Libvirt,
+            })
     }
 }
 
@@ -290,22 +310,37 @@ mod tests {
         }
         let mut r = Resolver::new(host.clone());
         assert_eq!(
-            r.owner_of(10, false).map(|o| o.1),
+            r.owner_of(10, false).map(|o| o.rule),
             Some(OwnerRule::Environment)
         );
-        assert_eq!(r.owner_of(11, false).map(|o| o.1), Some(OwnerRule::Cgroup));
+        assert_eq!(
+            r.owner_of(11, false).map(|o| o.rule),
+            Some(OwnerRule::Cgroup)
+        );
         assert_eq!(r.owner_of(12, false), None);
 
         let lv = host.libvirt_run_dir();
         assert!(fs::create_dir_all(&lv).is_ok());
         assert!(fs::write(lv.join("vm1.pid"), "12\n").is_ok());
-        let xml = format!("<hostdev type='mdev'><source><address uuid='{U}'/></source></hostdev>");
+        let b = "0e0f5c9a-1111-4222-8333-944455556666";
+        let xml = format!(
+            "<hostdev type='mdev'><source><address uuid='{U}'/></source></hostdev>\
+             <hostdev type='mdev'><source><address uuid='{b}'/></source></hostdev>"
+        );
         assert!(fs::write(lv.join("vm1.xml"), xml).is_ok());
         assert_eq!(r.owner_of(12, false), None, "cached as unowned");
         assert!(r.refresh_libvirt(), "a new domain is a change");
         assert!(!r.refresh_libvirt(), "nothing changed since");
         // A libvirt change drops cached "unowned" answers.
-        assert_eq!(r.owner_of(12, false).map(|o| o.1), Some(OwnerRule::Libvirt));
+        let o = r.owner_of(12, false);
+        assert_eq!(o.as_ref().map(|o| o.rule), Some(OwnerRule::Libvirt));
+        // A QEMU with two mdevs owns both, in the XML's order.
+        let got: Vec<String> = o
+            .map(|o| o.uuids.iter().map(|u| u.to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, vec![U.to_string(), b.to_string()]);
+        // The single-vGPU rules still name exactly one.
+        assert_eq!(r.owner_of(10, false).map(|o| o.uuids.len()), Some(1));
         let u = Uuid::try_parse(U).ok();
         assert_eq!(
             u.and_then(|u| r.domain_of(&u).map(str::to_string))
@@ -314,3 +349,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "split_owner_tests.rs"]
+mod split_owner_tests;

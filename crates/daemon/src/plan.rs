@@ -152,10 +152,7 @@ pub fn plan(
         };
         let mut freezes = Vec::new();
         for &pid in owners.keys() {
-            let Some(gpus) = observed.gpus.get(&pid) else {
-                continue;
-            };
-            for &gpu in gpus {
+            for gpu in observed.owner_gpus(uuid, pid) {
                 let state = observed.gcgroups.get(&(pid, gpu));
                 let knobs =
                     crate::model::SchedKnobs::apply(desired.sched.get(&(*uuid, gpu)), knobs);
@@ -511,6 +508,77 @@ mod tests {
             },
         );
         assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn an_owner_of_two_vgpus_gives_each_only_the_gcgroup_on_its_parents_gpu() {
+        // QEMU pid 300 owns A (parent with GPU index 0) and B (index 8) and has
+        // gcgroups on GPUs 0, 8 and 16; nothing of it sits on 16.
+        let (a, b) = (u(0xa), u(0xb));
+        let mut obs = Observed::default();
+        for (uuid, parent, gpu) in [(a, "0000:1a:00.0", 0), (b, "0000:3c:00.0", 8)] {
+            obs.parents.insert(parent.into());
+            obs.parent_gpu.insert(parent.into(), gpu);
+            obs.devices.insert(
+                uuid,
+                ObservedDevice {
+                    uuid,
+                    parent: parent.into(),
+                    mdev_type: "gvmsim-1".into(),
+                    kernel_name: None,
+                },
+            );
+            obs.owners
+                .insert(uuid, [(300, OwnerRule::Libvirt)].into_iter().collect());
+        }
+        obs.gpus.insert(300, [0, 8, 16].into_iter().collect());
+        obs.split_owners.insert(300, vec![a, b]);
+        let ty_b = TypeSpec {
+            memory_limit: 2 << 30,
+            ..ty(9)
+        };
+        let types = [(a, ty(4)), (b, ty_b)].into_iter().collect();
+        let none = BTreeSet::new();
+        let scope = Scope {
+            autostart_parents: &none,
+            only: None,
+        };
+        let p = plan(&obs, &Desired::default(), &types, scope);
+        let by: Vec<(Uuid, u32, KnobWrite)> = p
+            .actions
+            .iter()
+            .filter_map(|x| match x {
+                Action::Write {
+                    uuid, gpu, knob, ..
+                } => Some((*uuid, *gpu, *knob)),
+                Action::Create { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            by,
+            vec![
+                (a, 0, KnobWrite::MemoryLimit(4 << 30)),
+                (a, 0, KnobWrite::Priority(4)),
+                (a, 0, KnobWrite::Frozen(false)),
+                (b, 8, KnobWrite::MemoryLimit(2 << 30)),
+                (b, 8, KnobWrite::Priority(9)),
+                (b, 8, KnobWrite::Frozen(false)),
+            ]
+        );
+        assert_eq!(obs.stray_gpus(300), vec![16]);
+
+        // An unknown GPU index gives that vGPU nothing rather than a guess.
+        obs.parent_gpu.remove("0000:3c:00.0");
+        let p = plan(&obs, &Desired::default(), &types, scope);
+        assert!(writes(&p).iter().all(|(_, gpu, _)| *gpu == 0));
+        assert_eq!(writes(&p).len(), 3);
+
+        // The same pid owning one vGPU only (not split) keeps every gcgroup for it.
+        obs.split_owners.clear();
+        obs.owners.remove(&b);
+        let p = plan(&obs, &Desired::default(), &types, scope);
+        let gpus: BTreeSet<u32> = writes(&p).iter().map(|w| w.1).collect();
+        assert_eq!(gpus, [0, 8, 16].into_iter().collect());
     }
 
     #[test]

@@ -88,6 +88,46 @@ pub trait MdevPort: Send {
     fn create(&self, parent: &str, mdev_type: &str, uuid: Uuid) -> PortResult<()>;
     /// Remove a device.
     fn remove(&self, uuid: Uuid) -> PortResult<()>;
+    /// The GVM GPU index of a parent (the `gpu` of its gcgroups), `None` when it cannot
+    /// be told. The default numbers PCI parents in probe order (see
+    /// [`fallback_gpu_index`]); [`SysfsMdev`] prefers the parent's `gvm_uvm_index` file.
+    fn parent_gpu_index(&self, parent: &str) -> PortResult<Option<u32>> {
+        Ok(fallback_gpu_index(parent, &self.parent_names()?))
+    }
+}
+
+/// Whether `name` is a PCI address (`dddd:bb:dd.f`, hex digits).
+fn is_pci_address(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 12
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b':',
+            10 => *c == b'.',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// GVM's numbering of physical GPUs when the parent does not say: GVM numbers them
+/// 0, 8, 16, ... in probe order, i.e. 8 × the parent's position among the sorted PCI
+/// parents in `parents`. `None` when `parent` is not one of them.
+pub fn fallback_gpu_index(parent: &str, parents: &[String]) -> Option<u32> {
+    if !is_pci_address(parent) {
+        return None;
+    }
+    let mut pci: Vec<String> = parents
+        .iter()
+        .filter(|p| is_pci_address(p))
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    pci.sort();
+    pci.dedup();
+    let pos = pci.iter().position(|p| *p == parent.to_ascii_lowercase())?;
+    u32::try_from(pos).ok()?.checked_mul(8)
+}
+
+/// The GPU index in a `gvm_uvm_index` file's text.
+pub fn parse_gpu_index(text: &str) -> Option<u32> {
+    text.trim().parse().ok()
 }
 
 /// Everything one gcgroup directory reports.
@@ -252,6 +292,34 @@ impl MdevPort for SysfsMdev {
             .remove(&uuid)
             .map_err(|e| mdev_err("remove", uuid.to_string(), e))
     }
+
+    fn parent_gpu_index(&self, parent: &str) -> PortResult<Option<u32>> {
+        let file = self
+            .host
+            .host()
+            .mdev_bus_dir()
+            .join(parent)
+            .join("gvm_uvm_index");
+        match fs::read_to_string(&file) {
+            Ok(text) => match parse_gpu_index(&text) {
+                Some(i) => Ok(Some(i)),
+                None => Err(PortError {
+                    op: "read GVM GPU index".to_string(),
+                    object: file.display().to_string(),
+                    errno: Some(libc::EINVAL),
+                    message: format!(
+                        "{:?} is not a GPU index: check the GVM driver that provides the file",
+                        text.trim()
+                    ),
+                    gone: false,
+                }),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Ok(fallback_gpu_index(parent, &self.parent_names()?))
+            }
+            Err(e) => Err(PortError::io("read GVM GPU index", &file, &e)),
+        }
+    }
 }
 
 /// [`GcgroupPort`] over any `gvm_gcgroup::GcgroupBackend`: the GVM debugfs tree
@@ -389,6 +457,43 @@ impl TypePort for CatalogTypes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_index_falls_back_to_probe_order_of_pci_parents() {
+        let parents: Vec<String> = ["0000:3c:00.0", "mtty", "0000:1a:00.0", "0000:AF:00.0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(fallback_gpu_index("0000:1a:00.0", &parents), Some(0));
+        assert_eq!(fallback_gpu_index("0000:3c:00.0", &parents), Some(8));
+        assert_eq!(fallback_gpu_index("0000:af:00.0", &parents), Some(16));
+        assert_eq!(fallback_gpu_index("mtty", &parents), None);
+        assert_eq!(fallback_gpu_index("0000:99:00.0", &parents), None);
+        assert_eq!(parse_gpu_index("8\n"), Some(8));
+        assert_eq!(parse_gpu_index("x"), None);
+    }
+
+    #[test]
+    fn sysfs_gpu_index_prefers_the_parent_file() {
+        let Ok(d) = tempfile::tempdir() else {
+            println!("SKIP: no temp dir");
+            return;
+        };
+        let host = HostRoot::new(d.path());
+        let bus = host.mdev_bus_dir();
+        for (p, idx) in [("0000:1a:00.0", None), ("0000:3c:00.0", Some("16\n"))] {
+            assert!(fs::create_dir_all(bus.join(p)).is_ok());
+            if let Some(i) = idx {
+                assert!(fs::write(bus.join(p).join("gvm_uvm_index"), i).is_ok());
+            }
+        }
+        let port = SysfsMdev::new(host);
+        assert_eq!(port.parent_gpu_index("0000:3c:00.0").ok(), Some(Some(16)));
+        assert_eq!(port.parent_gpu_index("0000:1a:00.0").ok(), Some(Some(0)));
+        assert!(fs::write(bus.join("0000:1a:00.0").join("gvm_uvm_index"), "zz").is_ok());
+        let e = port.parent_gpu_index("0000:1a:00.0").err();
+        assert_eq!(e.and_then(|e| e.errno), Some(libc::EINVAL));
+    }
 
     #[test]
     fn the_gcgroup_backend_adapter_reads_writes_and_reports_gone() {

@@ -484,8 +484,8 @@ impl Daemon {
                 continue;
             }
             for pid in owners.keys() {
-                for gpu in self.observed.gpus.get(pid).into_iter().flatten() {
-                    out.insert((*uuid, *gpu));
+                for gpu in self.observed.owner_gpus(uuid, *pid) {
+                    out.insert((*uuid, gpu));
                 }
             }
         }
@@ -529,6 +529,7 @@ impl Daemon {
                     .gpus
                     .get(pid)
                     .is_some_and(|g| g.contains(&gpu))
+                    || !self.observed.owns(&uuid, *pid, gpu)
                 {
                     continue;
                 }
@@ -689,6 +690,9 @@ impl Daemon {
             .unwrap_or_default();
         let (mut pw, mut fw) = (0, 0);
         for pid in pids {
+            if !self.observed.owns(&uuid, pid, gpu) {
+                continue; // another vGPU's gcgroup of a process owning several
+            }
             let Some(state) = self.observed.gcgroups.get(&(pid, gpu)).copied() else {
                 continue; // never tuned yet: the planner writes every knob
             };

@@ -240,7 +240,10 @@ fn suspend_and_resume_through_libvirt_freeze_and_thaw_the_bound_vgpu() {
     real.refresh_libvirt();
     assert_eq!(
         real.owner_of(qemu_pid, true),
-        Some((uuid, OwnerRule::Libvirt)),
+        Some(gvm_vgpud::owners::Ownership {
+            uuids: vec![uuid],
+            rule: OwnerRule::Libvirt
+        }),
         "QEMU {qemu_pid} of {name} should own {uuid}"
     );
 

@@ -1,0 +1,255 @@
+//! The daemon core with one QEMU owning two vGPUs on different GPUs, over in-memory
+//! ports (no sysfs, no GVM): each of the QEMU's gcgroups gets the knobs of the vGPU
+//! whose parent has that GVM GPU index, and a gcgroup on another GPU is left alone.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use gvm_host_root::HostRoot;
+use uuid::Uuid;
+
+use crate::daemon::{Daemon, Timing};
+use crate::model::TypeSpec;
+use crate::plan::KnobWrite;
+use crate::ports::{
+    DeviceInfo, GcRead, GcgroupPort, MdevPort, PortError, PortResult, TypeInfo, TypePort,
+};
+
+/// Parents in the order a real host would probe them: GPU indices 0 and 8 by the
+/// fallback rule (no `gvm_uvm_index` file in a fake).
+const PARENTS: [&str; 2] = ["0000:1a:00.0", "0000:3c:00.0"];
+const QEMU: u32 = 300;
+
+/// (pid, gpu) → knobs as last written: (memory.limit, priority, frozen).
+type Knobs = BTreeMap<(u32, u32), (u64, Option<u8>, bool)>;
+
+#[derive(Debug, Default)]
+struct Host {
+    /// vGPU → (parent, kernel type).
+    devices: BTreeMap<Uuid, (String, String)>,
+    knobs: Knobs,
+}
+
+type Shared = Arc<Mutex<Host>>;
+
+fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Host> {
+    h.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn gone(what: String) -> PortError {
+    PortError {
+        op: "read".into(),
+        object: what,
+        errno: Some(libc::ENOENT),
+        message: "gone".into(),
+        gone: true,
+    }
+}
+
+struct Mdev(Shared);
+
+impl Mdev {
+    fn info(&self, uuid: Uuid) -> PortResult<DeviceInfo> {
+        let h = lock(&self.0);
+        let (parent, mdev_type) = h.devices.get(&uuid).ok_or_else(|| gone(uuid.to_string()))?;
+        Ok(DeviceInfo {
+            uuid,
+            parent: parent.clone(),
+            mdev_type: mdev_type.clone(),
+        })
+    }
+}
+
+impl MdevPort for Mdev {
+    fn parent_names(&self) -> PortResult<Vec<String>> {
+        // Deliberately unsorted: the fallback sorts.
+        Ok(PARENTS.iter().rev().map(|p| p.to_string()).collect())
+    }
+    fn parent_types(&self, _: &str) -> PortResult<Vec<TypeInfo>> {
+        Ok(["t-a", "t-b"]
+            .iter()
+            .map(|t| TypeInfo {
+                id: t.to_string(),
+                name: None,
+            })
+            .collect())
+    }
+    fn device_names(&self) -> PortResult<Vec<String>> {
+        Ok(lock(&self.0)
+            .devices
+            .keys()
+            .map(|u| u.to_string())
+            .collect())
+    }
+    fn devices(&self) -> PortResult<Vec<DeviceInfo>> {
+        let uuids: Vec<Uuid> = lock(&self.0).devices.keys().copied().collect();
+        uuids.into_iter().map(|u| self.info(u)).collect()
+    }
+    fn device(&self, uuid: Uuid) -> PortResult<DeviceInfo> {
+        self.info(uuid)
+    }
+    fn create(&self, _: &str, _: &str, _: Uuid) -> PortResult<()> {
+        Ok(())
+    }
+    fn remove(&self, _: Uuid) -> PortResult<()> {
+        Ok(())
+    }
+}
+
+struct Gc(Shared);
+
+impl GcgroupPort for Gc {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn processes(&self) -> PortResult<Vec<u32>> {
+        let mut p: Vec<u32> = lock(&self.0).knobs.keys().map(|k| k.0).collect();
+        p.dedup();
+        Ok(p)
+    }
+    fn gpus(&self, pid: u32) -> PortResult<Vec<u32>> {
+        let h = lock(&self.0);
+        Ok(h.knobs.keys().filter(|k| k.0 == pid).map(|k| k.1).collect())
+    }
+    fn read(&self, pid: u32, gpu: u32) -> PortResult<GcRead> {
+        let h = lock(&self.0);
+        let (memory_limit, priority, frozen) = h
+            .knobs
+            .get(&(pid, gpu))
+            .copied()
+            .ok_or_else(|| gone(format!("{pid}/{gpu}")))?;
+        Ok(GcRead {
+            memory_limit,
+            priority: priority.unwrap_or(8),
+            frozen,
+            ..GcRead::default()
+        })
+    }
+    fn write(&self, pid: u32, gpu: u32, knob: KnobWrite) -> PortResult<()> {
+        let mut h = lock(&self.0);
+        let slot = h
+            .knobs
+            .get_mut(&(pid, gpu))
+            .ok_or_else(|| gone(format!("{pid}/{gpu}")))?;
+        match knob {
+            KnobWrite::MemoryLimit(v) => slot.0 = v,
+            KnobWrite::Priority(v) => slot.1 = Some(v),
+            KnobWrite::Frozen(v) => slot.2 = v,
+        }
+        Ok(())
+    }
+}
+
+/// Type `t-a`: 4 GiB, priority 4; `t-b`: 2 GiB, priority 9.
+struct Types;
+
+impl TypePort for Types {
+    fn resolve(&self, mdev_type: &str, _: Option<&str>) -> Option<TypeSpec> {
+        let (memory_limit, priority) = match mdev_type {
+            "t-a" => (4 << 30, 4),
+            "t-b" => (2 << 30, 9),
+            _ => return None,
+        };
+        Some(TypeSpec {
+            name: mdev_type.into(),
+            memory_limit,
+            priority,
+            share: None,
+        })
+    }
+    fn binds(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {
+        None
+    }
+}
+
+const UNTOUCHED: (u64, Option<u8>, bool) = (u64::MAX, None, false);
+
+#[test]
+fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
+    let (a, b) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let host = HostRoot::new(dir.path()).with_proc_dir(dir.path().join("proc"));
+    // libvirt's run directory names QEMU 300 with both mdevs.
+    let lv = host.libvirt_run_dir();
+    assert!(std::fs::create_dir_all(&lv).is_ok());
+    assert!(std::fs::write(lv.join("vm.pid"), format!("{QEMU}\n")).is_ok());
+    let xml = format!(
+        "<domain><devices>\
+         <hostdev mode='subsystem' type='mdev'><source><address uuid='{a}'/></source></hostdev>\
+         <hostdev mode='subsystem' type='mdev'><source><address uuid='{b}'/></source></hostdev>\
+         </devices></domain>"
+    );
+    assert!(std::fs::write(lv.join("vm.xml"), xml).is_ok());
+
+    let shared = Arc::new(Mutex::new(Host::default()));
+    {
+        let mut h = lock(&shared);
+        h.devices.insert(a, (PARENTS[0].into(), "t-a".into()));
+        h.devices.insert(b, (PARENTS[1].into(), "t-b".into()));
+        for gpu in [0, 8, 16] {
+            h.knobs.insert((QEMU, gpu), UNTOUCHED);
+        }
+    }
+    let daemon = Daemon::new(
+        host.clone(),
+        &host,
+        Box::new(Mdev(shared.clone())),
+        Box::new(Gc(shared.clone())),
+        Box::new(Types),
+        Timing::default(),
+    );
+    let Ok(mut daemon) = daemon else {
+        panic!("daemon over fake ports: {:?}", daemon.err());
+    };
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let knobs = lock(&shared).knobs.clone();
+    assert_eq!(
+        knobs.get(&(QEMU, 0)),
+        Some(&(4 << 30, Some(4), false)),
+        "A's"
+    );
+    assert_eq!(
+        knobs.get(&(QEMU, 8)),
+        Some(&(2 << 30, Some(9), false)),
+        "B's"
+    );
+    assert_eq!(
+        knobs.get(&(QEMU, 16)),
+        Some(&UNTOUCHED),
+        "no vGPU on GPU 16"
+    );
+    assert_eq!(report.writes, 6);
+
+    // Both vGPUs list the QEMU as owner, each with its own gcgroup only.
+    for (uuid, gpu) in [(a, 0), (b, 8)] {
+        let info = daemon.info(&uuid);
+        assert_eq!(info.owners, vec![QEMU]);
+        assert_eq!(
+            info.totals.gcgroups, 1,
+            "{uuid} counts gcgroup {QEMU}/{gpu} only"
+        );
+    }
+
+    // A retune of B reaches only B's gcgroup.
+    let resp = daemon.handle(gvm_proto::Request {
+        id: 1,
+        call: gvm_proto::Call::Set(gvm_proto::SetParams {
+            target: b.to_string(),
+            memory_limit: None,
+            priority: Some(2),
+            share: None,
+            clear: false,
+            mode: gvm_proto::SetMode::Live,
+        }),
+    });
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+    let knobs = lock(&shared).knobs.clone();
+    assert_eq!(knobs.get(&(QEMU, 8)).map(|k| k.1), Some(Some(2)));
+    assert_eq!(knobs.get(&(QEMU, 0)).map(|k| k.1), Some(Some(4)));
+    assert_eq!(knobs.get(&(QEMU, 16)), Some(&UNTOUCHED));
+}
