@@ -2,8 +2,11 @@
 //!
 //! GVM gives a higher-priority gcgroup the GPU by preempting lower ones in the driver. Without
 //! the driver the shim does the next best thing at the only place it can act — the launch:
-//! every shim process using a GPU registers in one shared-memory **arbitration block** per GPU
-//! (`/dev/shm/gvm-vgpu-gpu<N>` under the host root, or `$GVM_SHIM_ARBITER`), in a [`Slot`]
+//! every shim process using a GPU registers in one shared-memory **arbitration block** per
+//! physical GPU (`/dev/shm/gvm-vgpu-gpu-<pci bus id>` under the host root, e.g.
+//! `gvm-vgpu-gpu-0000:3b:00.0`, so processes with different `CUDA_VISIBLE_DEVICES` meet in the
+//! same block; `gvm-vgpu-gpu<ordinal>` only when the driver cannot tell the bus id; or
+//! `$GVM_SHIM_ARBITER`), in a [`Slot`]
 //! carrying its pid, its priority (0..=16, lower is more important) and a `busy` flag that
 //! says "launches of mine may still be running on the GPU". The header keeps, per priority,
 //! how many slots are busy, so that the question a launch asks — "is anyone strictly more
@@ -31,6 +34,42 @@ pub const ARB_VERSION: u32 = 1;
 pub const SLOTS: usize = 64;
 /// Size the block file is given.
 pub const ARB_FILE_LEN: usize = 8192;
+/// File name prefix of a GPU's arbitration block keyed by PCI bus id (`gvm-vgpu-gpu-<pci>`).
+pub const ARBITER_PCI_PREFIX: &str = "gvm-vgpu-gpu-";
+/// File name prefix of the legacy block keyed by CUDA ordinal (`gvm-vgpu-gpu<N>`), used only
+/// when the driver cannot give a GPU's PCI bus id.
+pub const ARBITER_ORDINAL_PREFIX: &str = "gvm-vgpu-gpu";
+
+/// The file name of the arbitration block of the GPU at `pci` (a normalised bus id).
+pub fn arbiter_file_name(pci: &str) -> String {
+    format!("{ARBITER_PCI_PREFIX}{pci}")
+}
+
+/// Which GPU an arbitration block's file name stands for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ArbiterKey {
+    /// `gvm-vgpu-gpu-<pci>`: a physical GPU (the bus id normalised).
+    Pci(String),
+    /// `gvm-vgpu-gpu<N>`: a CUDA ordinal (legacy; ambiguous across processes).
+    Ordinal(u32),
+}
+
+impl ArbiterKey {
+    /// Parse an arbitration block file name; `None` for anything else.
+    pub fn from_file_name(name: &str) -> Option<ArbiterKey> {
+        if let Some(pci) = name.strip_prefix(ARBITER_PCI_PREFIX) {
+            return crate::register::normalise_pci_bus_id(pci)
+                .filter(|n| n == pci)
+                .map(ArbiterKey::Pci);
+        }
+        let digits = name.strip_prefix(ARBITER_ORDINAL_PREFIX)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(ArbiterKey::Ordinal)
+    }
+}
+
 /// Environment variable naming the arbitration block path (overrides the per-GPU default).
 pub const ARBITER_ENV: &str = "GVM_SHIM_ARBITER";
 /// Longest single sleep of a held launch before it re-checks.
@@ -435,6 +474,29 @@ mod tests {
         fn wake(&self, _w: &AtomicU32) {}
         fn alive(&self, pid: u32) -> bool {
             !self.dead.lock().map(|d| d.contains(&pid)).unwrap_or(false)
+        }
+    }
+
+    #[test]
+    fn file_names_key_gpus_by_pci_bus_id() {
+        let name = arbiter_file_name("0000:3b:00.0");
+        assert_eq!(name, "gvm-vgpu-gpu-0000:3b:00.0");
+        assert_eq!(
+            ArbiterKey::from_file_name(&name),
+            Some(ArbiterKey::Pci("0000:3b:00.0".into()))
+        );
+        assert_eq!(
+            ArbiterKey::from_file_name("gvm-vgpu-gpu7"),
+            Some(ArbiterKey::Ordinal(7))
+        );
+        for other in [
+            "gvm-vgpu-gpu-0000:3B:00.0",
+            "gvm-vgpu-gpu-",
+            "gvm-vgpu-gpu",
+            "gvm-vgpu-gpux",
+            "gvm-vgpu-123",
+        ] {
+            assert_eq!(ArbiterKey::from_file_name(other), None, "{other}");
         }
     }
 

@@ -9,6 +9,8 @@
 //! *arbitration block* (`/dev/shm/gvm-vgpu-gpu<N>`) through which a lower-priority process
 //! holds its launches while a higher-priority one has GPU work ([`arbiter`], [`priority`]).
 //! [`config`] parses the knobs from the environment for processes running without a daemon.
+//! [`register`] is the socket protocol by which a shim process announces itself to the daemon
+//! (its GPUs by PCI bus id, its control block, its pid as it sees it).
 //!
 //! This crate is separate from the interposer so that the daemon links the block layout
 //! without linking the interposer's exported `dlsym` and `cu*` symbols.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod priority;
+pub mod register;
 pub mod sys;
 
 pub use error::{Error, Result};

@@ -52,12 +52,25 @@ impl arbiter::Env for RealEnv {
     }
 }
 
-/// Where GPU `device`'s arbitration block lives: `$GVM_SHIM_ARBITER` if set, else
-/// `/dev/shm/gvm-vgpu-gpu<device>` under the host root.
-pub fn arbiter_path(env_value: Option<&OsStr>, host: &HostRoot, device: i32) -> PathBuf {
+/// Where a GPU's arbitration block lives: `$GVM_SHIM_ARBITER` if set, else, under the host
+/// root, `/dev/shm/gvm-vgpu-gpu-<pci bus id>` when the GPU's PCI bus id is known (the same
+/// physical GPU whatever `CUDA_VISIBLE_DEVICES` each process has), or the legacy
+/// `/dev/shm/gvm-vgpu-gpu<ordinal>` when the driver could not say.
+pub fn arbiter_path(
+    env_value: Option<&OsStr>,
+    host: &HostRoot,
+    pci_bus_id: Option<&str>,
+    ordinal: i32,
+) -> PathBuf {
     match env_value {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => host.path(format!("/dev/shm/gvm-vgpu-gpu{device}")),
+        _ => match pci_bus_id.and_then(crate::register::normalise_pci_bus_id) {
+            Some(pci) => host.path(format!("/dev/shm/{}", arbiter::arbiter_file_name(&pci))),
+            None => host.path(format!(
+                "/dev/shm/{}{ordinal}",
+                arbiter::ARBITER_ORDINAL_PREFIX
+            )),
+        },
     }
 }
 
@@ -297,11 +310,21 @@ mod tests {
     fn default_path_is_per_gpu_under_the_host_root() {
         let h = HostRoot::new("/tmp/r");
         assert_eq!(
-            arbiter_path(None, &h, 3),
+            arbiter_path(None, &h, Some("0000:3B:00.0"), 1),
+            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu-0000:3b:00.0"),
+            "keyed by the PCI bus id, not the ordinal"
+        );
+        assert_eq!(
+            arbiter_path(None, &h, None, 3),
+            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3"),
+            "the ordinal only when the bus id is unknown"
+        );
+        assert_eq!(
+            arbiter_path(None, &h, Some("garbage"), 3),
             PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3")
         );
         assert_eq!(
-            arbiter_path(Some(OsStr::new("/x/arb")), &h, 3),
+            arbiter_path(Some(OsStr::new("/x/arb")), &h, Some("0000:3b:00.0"), 3),
             PathBuf::from("/x/arb")
         );
     }

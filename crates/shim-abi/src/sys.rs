@@ -133,3 +133,61 @@ pub fn monotonic_ns() -> u64 {
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
+
+/// A connected, close-on-exec Unix stream socket to `path`, without blocking longer than
+/// about `timeout` (a daemon whose backlog is full is retried until then, never waited on
+/// indefinitely). The socket is left non-blocking.
+pub fn unix_connect(path: &std::path::Path, timeout: Duration) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket() has no memory preconditions; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes on our stack.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
+                len,
+            )
+        };
+        if rc == 0 {
+            return Ok(fd);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // The listener's backlog is full: try again shortly, until the deadline.
+            Some(libc::EAGAIN) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Some(libc::EAGAIN) => return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+            _ => return Err(e),
+        }
+    }
+}

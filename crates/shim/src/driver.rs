@@ -9,7 +9,7 @@
 //!   ([`relaxed`]), so that a query made while another thread captures in the default
 //!   *global* mode is allowed and does not invalidate that capture.
 
-use std::ffi::{c_int, c_uint};
+use std::ffi::{c_char, c_int, c_uint, CStr};
 
 use crate::ffi::{CuHandle, CuResult, CUDA_SUCCESS};
 use crate::hooks::real_addr;
@@ -24,6 +24,12 @@ type EventRecordFn = unsafe extern "C" fn(CuHandle, CuHandle) -> CuResult;
 type EventQueryFn = unsafe extern "C" fn(CuHandle) -> CuResult;
 type StreamIsCapturingFn = unsafe extern "C" fn(CuHandle, *mut c_int) -> CuResult;
 type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
+type DeviceGetCountFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
+type DeviceGetFn = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
+type DeviceGetPciBusIdFn = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> CuResult;
+
+/// The most GPUs the shim reports to the daemon.
+const MAX_REPORTED_GPUS: c_int = 64;
 
 /// `CU_EVENT_DISABLE_TIMING`: the cheapest event.
 const CU_EVENT_DISABLE_TIMING: c_uint = 2;
@@ -76,6 +82,49 @@ pub fn current_device() -> i32 {
     } else {
         0
     }
+}
+
+/// The PCI bus id of device `dev` as the driver writes it (`0000:3B:00.0`), or `None` when
+/// the driver cannot say (not initialised, no such device, an old driver).
+pub fn pci_bus_id(dev: c_int) -> Option<String> {
+    let f = driver_fn!(Variant::DeviceGetPciBusId, DeviceGetPciBusIdFn)?;
+    let mut buf = [0 as c_char; 32];
+    let len = c_int::try_from(buf.len() - 1).ok()?;
+    // SAFETY: the driver writes at most `len` bytes and a NUL into our 32-byte buffer, whose
+    // last byte stays 0 in any case.
+    if unsafe { f(buf.as_mut_ptr(), len, dev) } != CUDA_SUCCESS {
+        return None;
+    }
+    // SAFETY: `buf` is NUL-terminated (its last byte was never handed to the driver).
+    let text = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    text.to_str().ok().map(str::to_owned)
+}
+
+/// Every device the process sees: (CUDA ordinal, PCI bus id). Empty when the driver is not
+/// initialised or lacks the calls; devices whose bus id cannot be read are left out.
+pub fn visible_gpus() -> Vec<(u32, String)> {
+    let Some(count_fn) = driver_fn!(Variant::DeviceGetCount, DeviceGetCountFn) else {
+        return Vec::new();
+    };
+    let get = driver_fn!(Variant::DeviceGet, DeviceGetFn);
+    let mut n: c_int = 0;
+    // SAFETY: writes one int into our local.
+    if unsafe { count_fn(&mut n) } != CUDA_SUCCESS {
+        return Vec::new();
+    }
+    (0..n.clamp(0, MAX_REPORTED_GPUS))
+        .filter_map(|ordinal| {
+            let mut dev: c_int = ordinal;
+            if let Some(g) = get {
+                // SAFETY: writes one device handle into our local.
+                if unsafe { g(&mut dev, ordinal) } != CUDA_SUCCESS {
+                    return None;
+                }
+            }
+            let pci = pci_bus_id(dev)?;
+            Some((u32::try_from(ordinal).ok()?, pci))
+        })
+        .collect()
 }
 
 /// Make `ctx` current on the calling thread (used by the shim's own helper thread only).

@@ -139,7 +139,10 @@ fn wrapper_addr(v: Variant) -> usize {
         | Variant::EventQuery
         | Variant::StreamIsCapturing
         | Variant::StreamIsCapturingPtsz
-        | Variant::ThreadExchangeCaptureMode => 0,
+        | Variant::ThreadExchangeCaptureMode
+        | Variant::DeviceGetCount
+        | Variant::DeviceGet
+        | Variant::DeviceGetPciBusId => 0,
     }
 }
 

@@ -86,6 +86,9 @@ variants! {
     StreamIsCapturing = c"cuStreamIsCapturing", false;
     StreamIsCapturingPtsz = c"cuStreamIsCapturing_ptsz", false;
     ThreadExchangeCaptureMode = c"cuThreadExchangeStreamCaptureMode", false;
+    DeviceGetCount = c"cuDeviceGetCount", false;
+    DeviceGet = c"cuDeviceGet", false;
+    DeviceGetPciBusId = c"cuDeviceGetPCIBusId", false;
 }
 
 impl Variant {

@@ -2,13 +2,20 @@
 //!
 //! Set-up reads the control block the daemon prepared (`GVM_SHIM_CONTROL` or
 //! `/dev/shm/gvm-vgpu-<pid>` under `GVM_VGPU_ROOT`); without one it creates that block itself
-//! from the environment knobs and says so in one line on stderr. If even that fails it keeps
-//! a private block: limits from the environment still apply, nobody else can see them.
+//! from the environment knobs. If even that fails it keeps a private block: limits from the
+//! environment still apply, nobody else can see them.
+//!
+//! Right after set-up, the first thread through [`get`] registers the process with gvm-vgpud
+//! over its shim socket (`gvm_shim_abi::register`: pid, control block path, the GPUs by PCI bus
+//! id, `GVM_VGPU_UUID`), at most [`REGISTER_TIMEOUT`] once, holding no lock (other threads
+//! carry on meanwhile), and keeps the connection open (close-on-exec) so the daemon sees the
+//! exit at once. Without a daemon it prints one line on stderr and runs standalone.
 //! Nothing here ever fails the CUDA program: errors are logged and the shim carries on.
 
 use std::fmt::Display;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -26,6 +33,7 @@ use crate::ffi::{self, CuResult, CUDA_SUCCESS};
 use crate::gate::{self, FutexParker, StreamTracker};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
 use crate::queue::{StreamKey, Tracker};
+use crate::register::{self as reg, GpuId, Request, PROTOCOL_VERSION, SOCKET_ENV};
 use crate::resolve::RealTable;
 
 /// Real driver pointers, one per wrapped ABI.
@@ -34,6 +42,13 @@ pub static REALS: RealTable = RealTable::new();
 pub static CUDA_HANDLE: AtomicUsize = AtomicUsize::new(0);
 
 static SHIM: OnceLock<Shim> = OnceLock::new();
+
+/// The whole registration (connect, send, reply) takes at most this long, once.
+pub const REGISTER_TIMEOUT: Duration = reg::DEFAULT_TIMEOUT;
+/// Registration: 0 not tried, 1 taken by a thread (in progress or done).
+static REGISTER_STATE: AtomicU8 = AtomicU8::new(0);
+/// The open connection to gvm-vgpud (-1 when none); closed by the kernel at exit.
+static REGISTER_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// The shim's state.
 #[derive(Debug)]
@@ -45,6 +60,8 @@ pub struct Shim {
     warned_over_limit: AtomicBool,
     tracker: Tracker,
     arbiter: OnceLock<Option<Participant>>,
+    /// What to say when no daemon takes the registration (a standalone block's knobs).
+    standalone_note: Option<String>,
 }
 
 /// What [`Shim::before_launch`] decided for one launch, for [`Shim::after_launch`].
@@ -59,12 +76,23 @@ pub struct Ticket {
 /// The state, set up on first use.
 #[inline]
 pub fn get() -> &'static Shim {
-    SHIM.get_or_init(|| {
+    if let Some(s) = SHIM.get() {
+        return s;
+    }
+    let s = SHIM.get_or_init(|| {
         std::panic::catch_unwind(init).unwrap_or_else(|_| {
             log("set-up failed unexpectedly; running without limits");
             Shim::with(ControlMap::local(&Knobs::default()), false)
         })
-    })
+    });
+    // Outside the OnceLock: no lock is held across the connect.
+    let first = REGISTER_STATE
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok();
+    if first && std::panic::catch_unwind(|| s.register()).is_err() {
+        log("registration with gvm-vgpud failed unexpectedly; running standalone");
+    }
+    s
 }
 
 /// Write one line to stderr (never fails the caller).
@@ -113,15 +141,18 @@ fn init() -> Shim {
     };
     match ControlMap::create(&path, &knobs, FLAG_STANDALONE) {
         Ok(m) => {
-            log(format_args!(
-                "no gvm-vgpud control block; running standalone from the environment (memory limit {limit}, priority {}, host swap {}), knobs in {}",
-                knobs.priority, knobs.host_swap, path.display()
-            ));
             let remove = env_path.is_none();
             if remove && !ffi::at_exit(remove_block_at_exit) {
                 debug(|| "could not register the exit clean-up".into());
             }
-            Shim::with(m, remove)
+            let mut s = Shim::with(m, remove);
+            s.standalone_note = Some(format!(
+                "memory limit {limit}, priority {}, host swap {}, knobs in {}",
+                knobs.priority,
+                knobs.host_swap,
+                path.display()
+            ));
+            s
         }
         Err(e) => {
             log(format_args!(
@@ -130,6 +161,19 @@ fn init() -> Shim {
             Shim::with(ControlMap::local(&knobs), false)
         }
     }
+}
+
+/// The one-line warning of a process no daemon took.
+fn standalone(socket: &std::path::Path, why: &str, note: Option<&str>) {
+    let how = match note {
+        Some(n) => format!("running standalone with limits from the environment ({n})"),
+        None => "running on the prepared control block without registration".to_string(),
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "gvm-vgpu: no daemon at {} ({why}): {how}",
+        socket.display()
+    );
 }
 
 extern "C" fn leave_arbiter_at_exit() {
@@ -183,6 +227,57 @@ impl Shim {
             warned_over_limit: AtomicBool::new(false),
             tracker: Tracker::new(),
             arbiter: OnceLock::new(),
+            standalone_note: None,
+        }
+    }
+
+    /// Register with gvm-vgpud (see the module doc). Called once, by one thread, after
+    /// set-up; failures print one line and leave the process standalone.
+    fn register(&self) {
+        let Some(control) = self.control.path() else {
+            return; // A private block: nothing the daemon could drive.
+        };
+        let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
+        let note = self.standalone_note.as_deref();
+        let Some(socket) = reg::socket_path(std::env::var_os(SOCKET_ENV).as_deref(), &host) else {
+            if let Some(n) = note {
+                log(format_args!(
+                    "registration off ({SOCKET_ENV}=off); running standalone from the environment ({n})"
+                ));
+            }
+            return;
+        };
+        let Some(control) = control.to_str() else {
+            standalone(&socket, "the control block path is not UTF-8", note);
+            return;
+        };
+        let gpus = driver::visible_gpus()
+            .into_iter()
+            .map(|(ordinal, pci_bus_id)| GpuId {
+                ordinal,
+                pci_bus_id,
+            })
+            .collect();
+        let request = Request {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            control: control.to_owned(),
+            gpus,
+            vgpu_uuid: self.block().knobs().vgpu_uuid,
+        };
+        match reg::connect_and_register(&socket, &request, REGISTER_TIMEOUT) {
+            Ok(r) => {
+                REGISTER_FD.store(r.connection.into_raw_fd(), Ordering::Release);
+                debug(|| {
+                    format!(
+                        "registered with gvm-vgpud at {} (gpu {:?}, {} GPUs reported)",
+                        socket.display(),
+                        r.reply.gpu,
+                        request.gpus.len()
+                    )
+                });
+            }
+            Err(e) => standalone(&socket, &e.to_string(), note),
         }
     }
 
@@ -326,7 +421,9 @@ impl Shim {
     fn join_arbiter(&self) -> Option<Participant> {
         let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
         let env_path = std::env::var_os(ARBITER_ENV);
-        let path = priority::arbiter_path(env_path.as_deref(), &host, driver::current_device());
+        let dev = driver::current_device();
+        let pci = driver::pci_bus_id(dev);
+        let path = priority::arbiter_path(env_path.as_deref(), &host, pci.as_deref(), dev);
         let map = match ArbiterMap::open_or_create(&path) {
             Ok(m) => m,
             Err(e) => {

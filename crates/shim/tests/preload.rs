@@ -103,6 +103,7 @@ impl Rig {
             .env("LD_PRELOAD", &self.shim)
             .env("GVM_SHIM_CONTROL", control)
             .env("GVM_SHIM_ARBITER", self.dir.path().join("arbiter"))
+            .env("GVM_SHIM_SOCKET", "off")
             .env("GVM_MEMORY_LIMIT", "1GiB")
             .env_remove("GVM_HOST_SWAP")
             .env_remove("GVM_PRIORITY");
@@ -453,4 +454,151 @@ fn value_of(rx: &mpsc::Receiver<String>, key: &str, secs: u64) -> Option<u64> {
             return v.parse().ok();
         }
     }
+}
+
+/// A one-shot fake gvm-vgpud on `path`: accepts one connection, hands back the request line,
+/// answers `reply`, then reports when the connection ends (the process exited).
+fn fake_daemon(path: &Path, reply: &'static str) -> (mpsc::Receiver<String>, mpsc::Receiver<()>) {
+    let l = std::os::unix::net::UnixListener::bind(path).expect("bind the fake daemon");
+    let (line_tx, line_rx) = mpsc::channel();
+    let (eof_tx, eof_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut line = String::new();
+        if r.read_line(&mut line).is_err() {
+            return;
+        }
+        let _ = line_tx.send(line);
+        let _ = std::io::Write::write_all(&mut &s, reply.as_bytes());
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+        let _ = eof_tx.send(());
+    });
+    (line_rx, eof_rx)
+}
+
+#[test]
+fn the_shim_registers_its_block_and_gpus_and_holds_the_connection_until_exit() {
+    let Some(rig) = rig() else { return };
+    let sock = rig.dir.path().join("shim.sock");
+    let (lines, eof) = fake_daemon(&sock, "{\"ok\":true,\"host_pid\":1,\"gpu\":8}\n");
+    let ctl = rig.control("registered");
+    let mut c = rig.command("arb", &ctl);
+    c.args(["1", "300"])
+        .env("GVM_SHIM_SOCKET", &sock)
+        .env("FAKE_PCI_BUS_IDS", "0000:AF:00.0,0000:3B:00.0")
+        .env("GVM_VGPU_UUID", "6f6b0f4e-6a43-4a4e-9d5c-1b8f3c2a9e10")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn driver");
+    let pid = child.id();
+    let line = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the shim registered");
+    assert!(line.ends_with('\n') && line.len() < 4096);
+    assert!(line.contains(&format!("\"pid\":{pid},")), "{line}");
+    assert!(line.contains("\"version\":1,"), "{line}");
+    assert!(
+        line.contains(&format!("\"control\":\"{}\"", ctl.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains("\"gpus\":[{\"ordinal\":0,\"pci_bus_id\":\"0000:AF:00.0\"},{\"ordinal\":1,\"pci_bus_id\":\"0000:3B:00.0\"}]"),
+        "{line}"
+    );
+    assert!(line.contains("\"vgpu_uuid\":\"6f6b0f4e-6a43-4a4e-9d5c-1b8f3c2a9e10\""));
+    assert!(
+        eof.recv_timeout(Duration::from_millis(150)).is_err(),
+        "the connection stays open while the process lives"
+    );
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    eof.recv_timeout(Duration::from_secs(5))
+        .expect("the connection ends with the process");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("no daemon"),
+        "registered, so no warning: {err}"
+    );
+}
+
+#[test]
+fn without_a_daemon_one_line_says_so_and_the_program_runs() {
+    let Some(rig) = rig() else { return };
+    let sock = rig.dir.path().join("nobody.sock");
+    let ctl = rig.control("alone");
+    let out = rig
+        .command("launch", &ctl)
+        .env("GVM_SHIM_SOCKET", &sock)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("no daemon")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with(&format!("gvm-vgpu: no daemon at {} (", sock.display()))
+            && warnings[0].contains("running standalone with limits from the environment"),
+        "{}",
+        warnings[0]
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("launch=5"));
+}
+
+#[test]
+fn a_refusing_daemon_leaves_the_process_standalone() {
+    let Some(rig) = rig() else { return };
+    let sock = rig.dir.path().join("refuse.sock");
+    let (_lines, _eof) = fake_daemon(
+        &sock,
+        "{\"ok\":false,\"field\":\"control\",\"error\":\"not yours\"}\n",
+    );
+    let ctl = rig.control("refused");
+    let out = rig
+        .command("launch", &ctl)
+        .env("GVM_SHIM_SOCKET", &sock)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the registration: not yours"), "{err}");
+    let block = ControlMap::open(&ctl).expect("the shim's own block");
+    assert!(
+        block.block().is_standalone(),
+        "standalone after the refusal"
+    );
+}
+
+#[test]
+fn arbitration_blocks_are_keyed_by_pci_bus_id_not_ordinal() {
+    let Some(rig) = rig() else { return };
+    let root = rig.dir.path().join("root");
+    std::fs::create_dir_all(root.join("dev/shm")).expect("shm dir");
+    // Both processes launch on their CUDA device 0, which is a different physical GPU for
+    // each, and the same physical GPU is device 1 of the first.
+    for (name, visible) in [
+        ("a", "0000:AF:00.0,0000:3B:00.0"),
+        ("b", "0000:3B:00.0,0000:AF:00.0"),
+    ] {
+        let out = rig
+            .command("arb", &rig.control(name))
+            .env_remove("GVM_SHIM_ARBITER")
+            .env("GVM_VGPU_ROOT", &root)
+            .env("FAKE_PCI_BUS_IDS", visible)
+            .args(["1", "0"])
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(root.join("dev/shm"))
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["gvm-vgpu-gpu-0000:3b:00.0", "gvm-vgpu-gpu-0000:af:00.0"]
+    );
 }

@@ -52,6 +52,32 @@ CUresult cuCtxSynchronize(void) { n_sync++; wait_idle(); return 0; }
 CUresult cuCtxSynchronize_v2(void *ctx) { (void)ctx; n_sync++; wait_idle(); return 0; }
 /* Enough of the module API for driver-API benchmarks (bench/shares_worker.c) to run here. */
 CUresult cuDeviceGet(int *d, int o) { *d = o; return 0; }
+/* The devices the process sees: FAKE_PCI_BUS_IDS="0000:3B:00.0,0000:AF:00.0" (CUDA's upper-case
+ * form, one per ordinal); one device at 0000:3B:00.0 by default. */
+static const char *fake_pci(int d) {
+    static char ids[8][16];
+    static int n = -1;
+    if (n < 0) {
+        const char *env = getenv("FAKE_PCI_BUS_IDS");
+        n = 0;
+        if (!env) env = "0000:3B:00.0";
+        while (*env && n < 8) {
+            size_t len = strcspn(env, ",");
+            if (len < sizeof ids[0]) { memcpy(ids[n], env, len); ids[n][len] = 0; n++; }
+            env += len;
+            if (*env == ',') env++;
+        }
+    }
+    return d >= 0 && d < n ? ids[d] : NULL;
+}
+CUresult cuDeviceGetCount(int *c) { int n = 0; while (fake_pci(n)) n++; *c = n; return 0; }
+CUresult cuDeviceGetPCIBusId(char *buf, int len, int d) {
+    const char *id = fake_pci(d);
+    if (!id) return 101; /* CUDA_ERROR_INVALID_DEVICE */
+    if (len < 13) return 1;
+    strcpy(buf, id);
+    return 0;
+}
 CUresult cuDevicePrimaryCtxRetain(void **c, int d) { (void)d; *c = (void *)0x5ca1ab1e; return 0; }
 CUresult cuModuleLoadData(void **m, const void *img) { (void)img; *m = (void *)0x30d; return 0; }
 CUresult cuModuleGetFunction(void **f, void *m, const char *n) { (void)m; (void)n; *f = (void *)0xf00; return 0; }
