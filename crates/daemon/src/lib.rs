@@ -19,6 +19,7 @@
 //! - [`server`]: the Unix-socket and metrics transports (tokio);
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
 //! - [`shim_backend`]: the CUDA shim's control blocks as gcgroups (`--backend shim|auto`);
+//! - [`shim_register`]: the shim socket on which CUDA processes register;
 //! - [`metrics`]: Prometheus text rendering.
 
 pub mod agent_ingest;
@@ -34,6 +35,7 @@ pub mod ports;
 pub mod scheduler;
 pub mod server;
 pub mod shim_backend;
+pub mod shim_register;
 pub mod store;
 pub mod sweep;
 pub mod uevent;

@@ -56,6 +56,10 @@ struct Args {
     /// for the rest: the shim alone on a host without GVM).
     #[arg(long, value_enum, env = "GVM_VGPUD_BACKEND", default_value_t = BackendKind::Auto)]
     backend: BackendKind,
+    /// Socket on which CUDA processes under libgvm_cuda.so register (default:
+    /// /run/gvm-vgpu/shim.sock under the host root; `none`: find them by the /dev/shm scan only).
+    #[arg(long, value_name = "PATH|none")]
+    shim_socket: Option<String>,
     /// Do not listen to kernel uevents even on a real host.
     #[arg(long)]
     no_uevents: bool,
@@ -139,5 +143,8 @@ fn main() -> anyhow::Result<()> {
     let mut agents = gvm_vgpud::agent_ingest::AgentConfig::new(&host, &state);
     agents.limits = gvm_vgpud::agent_ingest::parse_limits(&args.agent_limits)?;
     rt.spawn(gvm_vgpud::agent_ingest::run(daemon.guest_table(), agents));
+    if args.backend != BackendKind::Gvm {
+        gvm_vgpud::shim_register::spawn_listener(&rt, &host, args.shim_socket.as_deref());
+    }
     rt.block_on(serve(daemon, opts))
 }

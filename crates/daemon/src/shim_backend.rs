@@ -9,14 +9,22 @@
 //!
 //! [`ShimBackend`] makes those blocks look like GVM gcgroups, so the daemon core does not
 //! know which backend it drives:
-//! * **Discovery** is a file scan: every `gvm-vgpu-<pid>` file in the root's `/dev/shm`
-//!   whose magic and layout version are right and whose pid is alive is a process with one
-//!   gcgroup. The per-GPU arbitration blocks (`gvm-vgpu-gpu<N>`) are skipped as processes
-//!   but read for the GPU: a process's gcgroup is on the CUDA device whose arbitration
-//!   block holds its pid, or on GPU `0` until it joined one. Blocks of dead processes
-//!   (killed before the shim could remove its file) are deleted. Only regular files owned
-//!   by root or by the process's own user count: a link, or a block another user planted
-//!   for someone else's pid, is ignored.
+//! * **Discovery** is registration first, a file scan as the fallback. A shim registers
+//!   over the daemon's shim socket at set-up ([`crate::shim_register`]): its block (also at a
+//!   non-default `GVM_SHIM_CONTROL` path) is a gcgroup from the next scan on, under the
+//!   daemon's pid for the process (the socket's peer), and goes the moment the connection
+//!   closes. For processes started before the daemon, or across a daemon restart, every
+//!   `gvm-vgpu-<pid>` file in the root's `/dev/shm` whose magic and layout version are right
+//!   and whose pid is alive is a process with one gcgroup too (a registered block is not
+//!   counted twice). Blocks of dead processes (killed before the shim could remove its
+//!   file) are deleted. Only regular files owned by root or by the process's own user
+//!   count: a link, or a block another user planted for someone else's pid, is ignored.
+//! * **GPU**: physical GPUs are known by PCI bus id. A process's gcgroup is on the GPU whose
+//!   arbitration block (`gvm-vgpu-gpu-<pci bus id>`) holds its pid, else on the first GPU it
+//!   registered; the bus id maps to GVM's GPU index through the mdev parent with that PCI
+//!   address ([`gvm_gpu_of_pci`]: its `gvm_uvm_index`, or GVM's probe-order numbering).
+//!   Without such a parent the CUDA ordinal is used, as before (logged once per bus id);
+//!   legacy `gvm-vgpu-gpu<N>` blocks give their ordinal; with nothing known, GPU `0`.
 //! * **Reads** map the block's counters to a [`GcgroupSnapshot`] ([`snapshot`]); the
 //!   pending kernel count is `submitted - ended + waiting` (the shim advances `ended` at
 //!   synchronisation points, so it lags; `waiting` counts threads held at the launch gate, so
@@ -34,10 +42,8 @@
 //!   `queue_always` on (a freeze then waits for at most `queue_depth` queued launches, not
 //!   the driver's ~1,024); back under best-effort both are restored.
 //!
-//! Registration over the daemon's socket (the wording) is not needed for any of
-//! this: the file scan finds a process within one rescan of its first CUDA call, works for
-//! processes started before the daemon, and needs no code in the interposer. The shim's
-//! owner comes from the daemon's usual rules (`GVM_VGPU_UUID` in `/proc/<pid>/environ`).
+//! The shim's owner comes from the daemon's usual rules (`GVM_VGPU_UUID` in
+//! `/proc/<pid>/environ`); the UUID a shim registers with is informational.
 //!
 //! [`Composite`] puts two backends behind one: `--backend auto` is the GVM tree first, then
 //! the shim, so on a host with both every GVM-registered process goes through GVM and every
@@ -50,24 +56,25 @@ use std::mem::offset_of;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use gvm_gcgroup::{
     Error, GcgroupBackend, GcgroupSnapshot, GvmTree, KernelStat, MemoryLimit, Priority, Result,
 };
 use gvm_host_root::HostRoot;
-use gvm_shim_abi::arbiter::{ArbiterBlock, ArbiterHeader, Slot, ARB_MAGIC, ARB_VERSION, SLOTS};
+use gvm_shim_abi::arbiter::{
+    ArbiterBlock, ArbiterHeader, ArbiterKey, Slot, ARB_MAGIC, ARB_VERSION, SLOTS,
+};
 use gvm_shim_abi::control::{ControlBlock, ControlMap, FLAG_DAEMON_QUEUE};
 use tracing::{debug, info, warn};
 
-use crate::ports::{BackendGcgroups, GcgroupPort};
+use crate::ports::{fallback_gpu_index, parse_gpu_index, BackendGcgroups, GcgroupPort};
+use crate::shim_register::{registry_for, ShimRegistry};
 
 /// Where the shim keeps its blocks, under the host root.
 pub const SHM_DIR: &str = "/dev/shm";
 /// File name prefix of a process's control block (`gvm-vgpu-<pid>`).
 pub const BLOCK_PREFIX: &str = "gvm-vgpu-";
-/// File name prefix of a GPU's arbitration block (`gvm-vgpu-gpu<N>`).
-pub const ARBITER_PREFIX: &str = "gvm-vgpu-gpu";
 /// The name [`ShimBackend`] reports.
 pub const SHIM_NAME: &str = "shim";
 
@@ -119,13 +126,23 @@ pub fn block_pid(file_name: &str) -> Option<u32> {
     digits.parse().ok().filter(|p| *p != 0)
 }
 
-/// The GPU an arbitration block file name stands for: `gvm-vgpu-gpu<N>`.
-pub fn arbiter_gpu(file_name: &str) -> Option<u32> {
-    let digits = file_name.strip_prefix(ARBITER_PREFIX)?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+/// The GVM GPU index of the physical GPU at PCI address `pci` (normalised) on `host`: the
+/// mdev parent of that name's `gvm_uvm_index`, else GVM's probe-order numbering of the PCI
+/// parents ([`fallback_gpu_index`]). `None` when no mdev parent has that address.
+pub fn gvm_gpu_of_pci(host: &HostRoot, pci: &str) -> Option<u32> {
+    let bus = host.mdev_bus_dir();
+    let parents: Vec<String> = fs::read_dir(&bus)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_ascii_lowercase())
+        .collect();
+    if !parents.iter().any(|p| p == pci) {
         return None;
     }
-    digits.parse().ok()
+    fs::read_to_string(bus.join(pci).join("gvm_uvm_index"))
+        .ok()
+        .and_then(|t| parse_gpu_index(&t))
+        .or_else(|| fallback_gpu_index(pci, &parents))
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
@@ -261,6 +278,8 @@ struct State {
     blocks: BTreeMap<u32, Tracked>,
     /// Bad block files and how many scans in a row found them bad (warned at the second).
     bad: BTreeMap<PathBuf, u32>,
+    /// PCI bus ids already logged as having no mdev parent.
+    unmapped: BTreeSet<String>,
 }
 
 /// The CUDA shim's control blocks as a [`GcgroupBackend`].
@@ -269,16 +288,19 @@ pub struct ShimBackend {
     host: HostRoot,
     shm: PathBuf,
     state: Mutex<State>,
+    registry: Arc<ShimRegistry>,
 }
 
 impl ShimBackend {
     /// The blocks of `host` (in its `/dev/shm`).
     pub fn new(host: HostRoot) -> ShimBackend {
         let shm = host.path(SHM_DIR);
+        let registry = registry_for(&host);
         ShimBackend {
             host,
             shm,
             state: Mutex::new(State::default()),
+            registry,
         }
     }
 
@@ -343,6 +365,14 @@ impl ShimBackend {
             return Err(Error::ProcessGone { pid });
         }
         if !state.blocks.contains_key(&pid) {
+            if let Some(reg) = self.registry.get(pid) {
+                self.track(&mut state, pid, &reg.control, reg.file_id)
+                    .map_err(ShimBackendError::into_gcgroup)?;
+                return match state.blocks.get(&pid) {
+                    Some(t) => Ok(f(&t.map)),
+                    None => Err(Error::ProcessGone { pid }),
+                };
+            }
             let path = self.block_path(pid);
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 return Err(Error::ProcessGone { pid });
@@ -359,23 +389,67 @@ impl ShimBackend {
         }
     }
 
-    /// The CUDA device whose arbitration block lists `pid` (0 when none does).
-    fn gpu_of(&self, pid: u32) -> u32 {
+    /// The arbitration blocks that list `pid` (as the process sees itself), sorted.
+    fn arbiters_of(&self, pid: u32) -> Vec<ArbiterKey> {
         let Ok(rd) = fs::read_dir(&self.shm) else {
-            return 0;
+            return Vec::new();
         };
-        let mut found: Vec<u32> = rd
+        let mut found: Vec<ArbiterKey> = rd
             .flatten()
-            .filter_map(|e| arbiter_gpu(&e.file_name().to_string_lossy()).map(|g| (g, e.path())))
+            .filter_map(|e| {
+                ArbiterKey::from_file_name(&e.file_name().to_string_lossy()).map(|k| (k, e.path()))
+            })
             .filter(|(_, path)| {
                 fs::read(path)
                     .map(|b| arbiter_pids(&b).contains(&pid))
                     .unwrap_or(false)
             })
-            .map(|(g, _)| g)
+            .map(|(k, _)| k)
             .collect();
-        found.sort_unstable();
-        found.first().copied().unwrap_or(0)
+        found.sort();
+        found
+    }
+
+    /// The GVM GPU of the physical GPU at `pci`, or `ordinal` (logged once per bus id) when
+    /// no mdev parent has that address.
+    fn map_pci(&self, pid: u32, pci: &str, ordinal: u32) -> u32 {
+        if let Some(i) = gvm_gpu_of_pci(&self.host, pci) {
+            return i;
+        }
+        if self.lock().unmapped.insert(pci.to_string()) {
+            info!(
+                pid,
+                pci,
+                gpu = ordinal,
+                "no mdev parent has this GPU's PCI address: its CUDA shim gcgroups use the CUDA ordinal as the GPU index, as before registration"
+            );
+        }
+        ordinal
+    }
+
+    /// The GPU of `pid`'s gcgroup: the PCI-keyed arbitration block holding it, else the first
+    /// GPU it registered, else a legacy ordinal-keyed block, else 0.
+    fn gpu_of(&self, pid: u32) -> u32 {
+        let reg = self.registry.get(pid);
+        let seen_as = reg.as_ref().map_or(pid, |r| r.ns_pid);
+        let keys = self.arbiters_of(seen_as);
+        let ordinal_of = |pci: &str| {
+            reg.as_ref()
+                .and_then(|r| r.gpus.iter().find(|g| g.pci_bus_id == pci))
+                .map_or(0, |g| g.ordinal)
+        };
+        if let Some(ArbiterKey::Pci(pci)) = keys.iter().find(|k| matches!(k, ArbiterKey::Pci(_))) {
+            return self.map_pci(pid, pci, ordinal_of(pci));
+        }
+        if let Some(g) = reg.as_ref().and_then(|r| r.gpus.first()) {
+            return self.map_pci(pid, &g.pci_bus_id, g.ordinal);
+        }
+        keys.iter()
+            .find_map(|k| match k {
+                ArbiterKey::Ordinal(n) => Some(*n),
+                ArbiterKey::Pci(_) => None,
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -411,11 +485,36 @@ impl GcgroupBackend for ShimBackend {
         };
         let mut state = self.lock();
         let mut live = BTreeSet::new();
+        // Registered processes first, at their registered block.
+        let mut registered_files = BTreeSet::new();
+        for (pid, reg) in self.registry.all() {
+            if !self.alive(pid) {
+                self.registry.forget(pid);
+                continue;
+            }
+            registered_files.insert(reg.file_id);
+            match self.track(&mut state, pid, &reg.control, reg.file_id) {
+                Ok(()) => {
+                    live.insert(pid);
+                }
+                Err(e) => {
+                    warn!("{}", chain(&e));
+                    self.registry.forget(pid);
+                }
+            }
+        }
         for entry in rd.flatten() {
             let Some(pid) = block_pid(&entry.file_name().to_string_lossy()) else {
                 continue;
             };
             let path = entry.path();
+            // A registered block is known under the daemon's pid for its process already
+            // (its name holds the pid the process sees, which differs in a container).
+            if let Ok(meta) = fs::symlink_metadata(&path) {
+                if registered_files.contains(&(meta.dev(), meta.ino())) {
+                    continue;
+                }
+            }
             if !self.alive(pid) && entry.file_type().is_ok_and(|t| t.is_file()) {
                 // The shim removes its block at exit; one left behind was killed.
                 if fs::remove_file(&path).is_ok() {

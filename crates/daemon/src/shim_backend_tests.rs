@@ -24,9 +24,7 @@ fn block_names_are_pids_and_arbiter_names_are_gpus() {
     assert_eq!(block_pid("gvm-vgpu-12.tmp"), None);
     assert_eq!(block_pid("gvm-vgpu-+12"), None);
     assert_eq!(block_pid("other-12"), None);
-    assert_eq!(arbiter_gpu("gvm-vgpu-gpu3"), Some(3));
-    assert_eq!(arbiter_gpu("gvm-vgpu-gpu"), None);
-    assert_eq!(arbiter_gpu("gvm-vgpu-3"), None);
+    assert_eq!(block_pid("gvm-vgpu-gpu-0000:3b:00.0"), None);
 }
 
 #[test]
@@ -374,4 +372,100 @@ fn a_daemon_driven_gpu_turns_arbitration_off_and_bounds_the_queue() {
         "the process's own bound stays"
     );
     set_daemon_driven(&other, 0, false);
+}
+
+/// Make `pci` mdev parents under `h`'s sysfs.
+fn parents(h: &Host, pci: &[&str]) {
+    for p in pci {
+        fs::create_dir_all(h.host.mdev_bus_dir().join(p)).unwrap();
+    }
+}
+
+#[test]
+fn a_pci_keyed_arbitration_block_maps_through_the_mdev_parent() {
+    let h = Host::new();
+    parents(&h, &["0000:1a:00.0", "0000:3b:00.0"]);
+    let _a = h.shim_process(42, &Knobs::default());
+    let _b = h.shim_process(43, &Knobs::default());
+    let arb = ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu-0000:3b:00.0")).unwrap();
+    assert!(arb.block().register(42, 8, &RealEnv).is_some());
+    let other = ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu-0000:99:00.0")).unwrap();
+    assert!(other.block().register(43, 8, &RealEnv).is_some());
+
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(
+        shim.processes().unwrap(),
+        vec![42, 43],
+        "arbiters are not processes"
+    );
+    assert_eq!(
+        shim.gpus(42).unwrap(),
+        vec![8],
+        "second PCI parent in probe order"
+    );
+    assert_eq!(
+        shim.gpus(43).unwrap(),
+        vec![0],
+        "no parent with that address: the old behaviour"
+    );
+    fs::write(
+        h.host.mdev_bus_dir().join("0000:3b:00.0/gvm_uvm_index"),
+        "16\n",
+    )
+    .unwrap();
+    assert_eq!(
+        shim.gpus(42).unwrap(),
+        vec![16],
+        "the parent's own index wins"
+    );
+    assert_eq!(gvm_gpu_of_pci(&h.host, "0000:1a:00.0"), Some(0));
+    assert_eq!(gvm_gpu_of_pci(&h.host, "0000:99:00.0"), None);
+}
+
+#[test]
+fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
+    use crate::shim_register::{registry_for, RegisteredGpu, Registration};
+    use std::os::unix::fs::MetadataExt;
+    let h = Host::new();
+    parents(&h, &["0000:3b:00.0", "0000:af:00.0"]);
+    // A process the daemon knows as 500 that sees itself as 7 (a container), with its block
+    // at a non-default path; its default-named block would be mistaken for pid 7.
+    h.set_alive(500, true);
+    let path = h.dir.path().join("elsewhere-block");
+    let ctl = ControlMap::create(&path, &Knobs::default(), FLAG_STANDALONE).unwrap();
+    ctl.block().pid.store(7, Ordering::Relaxed);
+    let meta = fs::metadata(&path).unwrap();
+    let reg = registry_for(&h.host);
+    let conn = reg.connection_id();
+    reg.insert(
+        500,
+        Registration {
+            connection: conn,
+            ns_pid: 7,
+            control: path.clone(),
+            file_id: (meta.dev(), meta.ino()),
+            gpus: vec![RegisteredGpu {
+                ordinal: 0,
+                pci_bus_id: "0000:af:00.0".into(),
+            }],
+            vgpu_uuid: None,
+        },
+    );
+    let shim = ShimBackend::new(h.host.clone());
+    assert_eq!(shim.processes().unwrap(), vec![500]);
+    assert_eq!(shim.gpus(500).unwrap(), vec![8], "its first GPU's parent");
+    // Once it joins a GPU's arbitration block (under the pid it sees), that GPU counts.
+    let arb = ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu-0000:3b:00.0")).unwrap();
+    assert!(arb.block().register(7, 8, &RealEnv).is_some());
+    assert_eq!(shim.gpus(500).unwrap(), vec![0]);
+    shim.set_memory_limit(500, 0, MemoryLimit::Bytes(1 << 30))
+        .unwrap();
+    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), 1 << 30);
+    assert!(
+        !reg.remove(500, conn + 1),
+        "another connection's end changes nothing"
+    );
+    assert!(reg.remove(500, conn));
+    assert_eq!(shim.processes().unwrap(), Vec::<u32>::new(), "gone at once");
+    assert!(path.exists(), "its block is the process's business");
 }
