@@ -138,13 +138,32 @@ struct ShimProcess {
 
 impl ShimProcess {
     fn start(so: &Path, fake: &Path, prog: &Path, root: &Path, uuid: &Uuid) -> ShimProcess {
-        let mut child = Command::new(prog)
+        Self::start_at(so, fake, prog, root, uuid, None)
+    }
+
+    /// As [`Self::start`], with the control block at `control` (`GVM_SHIM_CONTROL`) when given.
+    fn start_at(
+        so: &Path,
+        fake: &Path,
+        prog: &Path,
+        root: &Path,
+        uuid: &Uuid,
+        control: Option<&Path>,
+    ) -> ShimProcess {
+        let mut cmd = Command::new(prog);
+        if let Some(c) = control {
+            cmd.env("GVM_SHIM_CONTROL", c);
+        } else {
+            cmd.env_remove("GVM_SHIM_CONTROL");
+        }
+        let mut child = cmd
             .arg(fake)
             .env("LD_PRELOAD", so)
             .env("GVM_VGPU_UUID", uuid.to_string())
             .env("GVM_VGPU_ROOT", root)
             .env("GVM_MEMORY_LIMIT", "unlimited")
-            .env_remove("GVM_SHIM_CONTROL")
+            .env("FAKE_PCI_BUS_IDS", "0000:3B:00.0")
+            .env_remove("GVM_SHIM_SOCKET")
             .env_remove("GVM_SHIM_ARBITER")
             .env_remove("GVM_PRIORITY")
             .stdin(Stdio::piped())
@@ -360,4 +379,63 @@ fn auto_drives_gvm_owners_and_shim_owners_of_one_vgpu() {
     assert_eq!(owners, want);
     c.thaw(&uuid.to_string()).unwrap();
     assert_eq!(ctl.block().frozen.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn a_registered_shim_process_at_a_custom_block_path_is_listed_retuned_and_dropped() {
+    let Some((dir, so, fake, prog)) = rig() else {
+        return;
+    };
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let d = sim.daemon(&["--backend", "shim"]);
+    let mut c = d.client();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    assert!(wait_until(Duration::from_secs(2), || c
+        .list(false)
+        .unwrap()
+        .iter()
+        .any(|v| v.uuid == uuid && v.managed)));
+    assert!(
+        sim.root.join("run/gvm-vgpu/shim.sock").exists(),
+        "the daemon serves the shim socket under the host root"
+    );
+    // A block the /dev/shm scan cannot find: only registration tells the daemon about it.
+    let custom = dir.path().join("custom-block");
+    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, Some(&custom));
+    let pid = p.pid();
+    let ctl = ControlMap::open(&custom).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || c
+            .list(false)
+            .unwrap()
+            .iter()
+            .any(|v| v.uuid == uuid && v.owners.contains(&pid))),
+        "the registered process is the vGPU's owner; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(log.contains("CUDA shim process registered"), "{log}");
+    c.set(SetParams {
+        target: uuid.to_string(),
+        memory_limit: Some(96 * MIB),
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), 96 * MIB);
+    assert_eq!(
+        p.alloc(97).as_deref(),
+        Some("alloc=2"),
+        "the limit holds inside"
+    );
+    // Exit: the connection closes and the owner goes (the block file stays: it was given).
+    p.send("quit");
+    assert!(p.child.wait().unwrap().success());
+    assert!(wait_until(Duration::from_secs(3), || c
+        .show(&uuid.to_string())
+        .unwrap()
+        .owners
+        .is_empty()));
+    assert!(custom.exists());
 }
