@@ -8,10 +8,19 @@
 //! with sysfs. A read snapshots the attribute at open time, like kernfs's
 //! seq_file buffer.
 //!
-//! The one exception: the directories that exist for the whole life of the mount
-//! ([`tree::is_fixed_dir`], e.g. `kernel/debug/nvidia-uvm/processes`) are answered
-//! with a long TTL. Their contents are still listed fresh; only the path walk down to
-//! them is cached, which saves four round trips on every gcgroup knob access.
+//! Two exceptions make path walks cheap without letting the kernel answer for us:
+//! * the directories that exist for the whole life of the mount
+//!   ([`tree::is_fixed_dir`], e.g. `kernel/debug/nvidia-uvm/processes`) are answered
+//!   with a long entry and attribute TTL. Their contents are still listed fresh; only
+//!   the path walk down to them is cached, which saves four round trips on every
+//!   gcgroup knob access;
+//! * every other *entry* (name → inode) may be cached for [`DYNAMIC_ENTRY_TTL`], with
+//!   its *attributes* still uncached. This is safe because an inode number always
+//!   means the same path here: a cached entry whose object has gone only skips the
+//!   `LOOKUP`; the `GETATTR` of a `stat`, the `OPEN` and the `OPENDIR` that follow
+//!   still come here and fail with `ENOENT`, as on sysfs, and listings are never
+//!   cached. It saves the three lookups (`<pid>`, `<gpu>`, the file) of every
+//!   repeated knob access.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -34,6 +43,10 @@ const ATTR_SIZE: u64 = 4096;
 
 /// Entry and attribute TTL of the fixed directories ([`tree::is_fixed_dir`]).
 const FIXED_TTL: Duration = Duration::from_secs(3600);
+
+/// How long the kernel may cache the name → inode entry of a path that can disappear
+/// (its attributes are never cached; see the module documentation).
+const DYNAMIC_ENTRY_TTL: Duration = Duration::from_secs(10);
 
 /// How long the kernel may cache the entry and attributes of `path`.
 fn ttl(path: &str) -> Duration {
@@ -172,7 +185,9 @@ impl Filesystem for SimFs {
         match self.stat_path(&path) {
             Ok(kind) => {
                 let ino = self.ino_of(&path);
-                reply.entry(&ttl(&path), &self.attr(ino, &kind), Generation(0));
+                let attr_ttl = ttl(&path);
+                let entry_ttl = attr_ttl.max(DYNAMIC_ENTRY_TTL);
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &self.attr(ino, &kind), Generation(0));
             }
             Err(e) => reply.error(errno(&e)),
         }
