@@ -127,19 +127,44 @@ pub enum Command {
     },
 
     /// Store a persistent vGPU definition (created now by `start`, at boot with --autostart).
+    ///
+    /// With --from FILE, stores many definitions at once: FILE (or `-` for standard input)
+    /// is a JSON array of objects with the fields `parent`, `type`, and optionally `uuid`,
+    /// `autostart` and `overrides` (`memory_limit` in bytes, `priority`, `share`), e.g.
+    /// `[{"parent": "0000:3b:00.0", "type": "H100-20C", "autostart": true}]`. The daemon
+    /// stores up to 256 definitions per call with one sync of its directory; every item of
+    /// a call is checked before any is stored. Items without a UUID get a random one.
+    /// --start then creates each vGPU; one that cannot be created is reported and keeps its
+    /// definition (exit status 1).
     Define {
         /// Catalog type name (or kernel type id).
-        #[arg(long = "type", short = 't', value_name = "TYPE")]
-        type_name: String,
+        #[arg(
+            long = "type",
+            short = 't',
+            value_name = "TYPE",
+            required_unless_present = "from"
+        )]
+        type_name: Option<String>,
         /// Parent device to create it on.
-        #[arg(long, short = 'p', value_name = "PARENT")]
-        parent: String,
+        #[arg(
+            long,
+            short = 'p',
+            value_name = "PARENT",
+            required_unless_present = "from"
+        )]
+        parent: Option<String>,
         /// UUID (random when absent).
-        #[arg(long, short = 'u', value_name = "UUID")]
+        #[arg(long, short = 'u', value_name = "UUID", conflicts_with = "from")]
         uuid: Option<Uuid>,
         /// Create the vGPU whenever the daemon starts or the parent registers.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         autostart: bool,
+        /// Define every vGPU listed in this JSON file (`-`: standard input).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["type_name", "parent"])]
+        from: Option<std::path::PathBuf>,
+        /// With --from: create each vGPU once all are defined.
+        #[arg(long, requires = "from", conflicts_with_all = ["type_name", "parent"])]
+        start: bool,
         #[expect(
             missing_docs,
             reason = "a doc comment here would change clap's help text"

@@ -357,3 +357,50 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
     assert!(o.status.success(), "mdevctl stop: {}", stderr(&o));
     assert_eq!(uuids_listed(root), vec![made_by_cli.to_string()]);
 }
+
+#[test]
+fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon() {
+    // No daemon and no simulated host needed: every refusal happens before a call.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let file = |name: &str, text: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, text).expect("write test file");
+        p.to_string_lossy().into_owned()
+    };
+    let missing = root.join("missing.json").to_string_lossy().into_owned();
+    let not_json = file("broken.json", "[{\"parent\": ");
+    let not_array = file("object.json", "{\"parent\": \"p\", \"type\": \"t\"}");
+    let no_type = file("no-type.json", "[{\"parent\": \"p\"}]");
+    let empty = file("empty.json", "[]");
+    let good = file("good.json", "[{\"parent\": \"p\", \"type\": \"sim-4c\"}]");
+
+    for (args, want) in [
+        (vec!["define", "--from", &missing], "missing.json"),
+        (vec!["define", "--from", &not_json], "broken.json"),
+        (vec!["define", "--from", &not_array], "object.json"),
+        (vec!["define", "--from", &no_type], "no-type.json"),
+        (vec!["define", "--from", &empty], "lists no definitions"),
+        (
+            vec!["define", "--from", &good, "--priority", "3"],
+            "per item there",
+        ),
+    ] {
+        let o = cli(root, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    // Usage errors: --start without --from, --from with --type, neither given.
+    for args in [
+        vec!["define", "--type", "sim-4c", "--parent", "p", "--start"],
+        vec!["define", "--from", &good, "--type", "sim-4c"],
+        vec!["define"],
+    ] {
+        let o = cli(root, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    // A well-formed file without a daemon: the daemon's absence is what is reported.
+    let o = cli(root, &["define", "--from", &good]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("gvm-vgpud"), "{}", stderr(&o));
+}

@@ -256,6 +256,33 @@ impl Client {
         self.call(Call::Define(params))
     }
 
+    /// `define --from FILE`: persist many definitions, [`gvm_proto::MAX_BATCH`] per
+    /// call (each call is all-or-nothing; items without a UUID get one here, so a
+    /// call repeated after a lost answer is refused instead of defining twice), and
+    /// with `start` create them. The reports of the calls are merged; an error stops
+    /// at the failing call, after the earlier calls' definitions were stored.
+    pub fn define_batch(
+        &mut self,
+        mut items: Vec<DefineParams>,
+        start: bool,
+    ) -> Result<gvm_proto::BatchReport> {
+        for item in &mut items {
+            item.uuid.get_or_insert_with(uuid::Uuid::new_v4);
+        }
+        let mut report = gvm_proto::BatchReport::default();
+        for chunk in items.chunks(gvm_proto::MAX_BATCH) {
+            let r: gvm_proto::BatchReport =
+                self.call(Call::DefineBatch(gvm_proto::DefineBatchParams {
+                    items: chunk.to_vec(),
+                    start,
+                }))?;
+            report.defined.extend(r.defined);
+            report.started.extend(r.started);
+            report.failed.extend(r.failed);
+        }
+        Ok(report)
+    }
+
     /// `undefine <uuid>`: drop the definition (a live device stays).
     pub fn undefine(&mut self, uuid: &str) -> Result<Definition> {
         self.call(Call::Undefine(target_of(uuid)))

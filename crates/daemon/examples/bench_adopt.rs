@@ -79,6 +79,7 @@ fn raise_limits(owners: u32) {
 }
 
 fn main() {
+    let per_call = std::env::args().any(|a| a == "--per-call");
     let args: Vec<u32> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -148,18 +149,30 @@ fn main() {
     // 1. define + start + adopt.
     let t0 = Instant::now();
     let mut uuids = Vec::new();
-    for i in 0..n {
-        let d = c
-            .define(DefineParams {
-                uuid: None,
-                parent: parents[i as usize % parents.len()].clone(),
-                type_name: TYPE.into(),
-                autostart: false,
-                overrides: Default::default(),
-            })
-            .unwrap();
-        c.start(&d.uuid.to_string()).unwrap();
-        uuids.push(d.uuid);
+    let (mut in_define, mut in_start) = (Duration::ZERO, Duration::ZERO);
+    let item = |i: u32| DefineParams {
+        uuid: None,
+        parent: parents[i as usize % parents.len()].clone(),
+        type_name: TYPE.into(),
+        autostart: false,
+        overrides: Default::default(),
+    };
+    if per_call {
+        // One `define` and one `start` call per vGPU, as a shell loop over the CLI would.
+        for i in 0..n {
+            let td = Instant::now();
+            let d = c.define(item(i)).unwrap();
+            let ts = Instant::now();
+            c.start(&d.uuid.to_string()).unwrap();
+            in_start += ts.elapsed();
+            in_define += ts - td;
+            uuids.push(d.uuid);
+        }
+    } else {
+        // `define --from FILE --start`: batches of up to 256 with one group commit each.
+        let report = c.define_batch((0..n).map(item).collect(), true).unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        uuids.extend(report.started);
     }
     let started = t0.elapsed();
     let want = (n * per) as usize;
@@ -178,8 +191,15 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let all_tuned = t0.elapsed();
+    if per_call {
+        println!(
+            "per-call API: time in define calls {:.2?}, in start calls {:.2?}",
+            in_define, in_start
+        );
+    }
     println!(
-        "define+start {n} vGPUs on {gpus} parents: {:.2?} ({:.0} vGPUs/s); all {} owners tuned after {:.2?}",
+        "define+start {n} vGPUs on {gpus} parents ({}): {:.2?} ({:.0} vGPUs/s); all {} owners tuned after {:.2?}",
+        if per_call { "a define and a start call each" } else { "define_batch with start" },
         started,
         n as f64 / started.as_secs_f64(),
         want,

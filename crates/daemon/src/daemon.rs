@@ -55,7 +55,10 @@ pub struct Daemon {
     pub(crate) totals: BTreeMap<Uuid, Totals>,
     /// Guest-agent channels and their latest stats (see `agent_ingest`).
     pub(crate) guests: crate::agent_ingest::GuestTable,
-    kernel_names: HashMap<(String, String), Option<String>>,
+    /// Kernel types of each registered parent. The kernel makes a parent's type
+    /// directories when the parent registers and keeps them until it unregisters, so
+    /// they are read once per registration, not per request.
+    parent_types: HashMap<String, Vec<crate::ports::TypeInfo>>,
     device_names: Vec<String>,
     pids: BTreeSet<u32>,
     unowned: BTreeSet<u32>,
@@ -134,7 +137,7 @@ impl Daemon {
             type_of: BTreeMap::new(),
             totals: BTreeMap::new(),
             guests: crate::agent_ingest::GuestTable::default(),
-            kernel_names: HashMap::new(),
+            parent_types: HashMap::new(),
             device_names: Vec::new(),
             pids: BTreeSet::new(),
             unowned: BTreeSet::new(),
@@ -211,7 +214,7 @@ impl Daemon {
         let added: BTreeSet<String> = now.difference(&self.observed.parents).cloned().collect();
         for gone in self.observed.parents.difference(&now) {
             info!(parent = %gone, "mdev parent unregistered");
-            self.kernel_names.retain(|(p, _), _| p != gone);
+            self.parent_types.remove(gone);
             self.observed.parent_gpu.remove(gone);
             self.gpu_index_failed.remove(gone);
         }
@@ -219,30 +222,43 @@ impl Daemon {
             if !self.first_pass {
                 info!(parent = %p, "mdev parent registered");
             }
-            self.load_parent_types(p);
+            if let Err(e) = self.types_of_parent(p) {
+                debug!("{e}");
+            }
         }
         self.observed.parents = now;
         added
     }
 
-    fn load_parent_types(&mut self, parent: &str) {
-        match self.mdev.parent_types(parent) {
-            Ok(types) => {
-                for t in types {
-                    self.kernel_names.insert((parent.to_string(), t.id), t.name);
-                }
-            }
-            Err(e) => debug!("{e}"),
+    /// The kernel types of a parent: read from sysfs the first time after the parent
+    /// registered, from the cache afterwards.
+    pub(crate) fn types_of_parent(
+        &mut self,
+        parent: &str,
+    ) -> Result<&[crate::ports::TypeInfo], PortError> {
+        if !self.parent_types.contains_key(parent) {
+            let types = self.mdev.parent_types(parent)?;
+            self.parent_types.insert(parent.to_string(), types);
         }
+        Ok(self
+            .parent_types
+            .get(parent)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]))
     }
 
     /// The `name` attribute of a kernel type (cached per parent).
     pub(crate) fn kernel_name(&mut self, parent: &str, mdev_type: &str) -> Option<String> {
-        let key = (parent.to_string(), mdev_type.to_string());
-        if !self.kernel_names.contains_key(&key) {
-            self.load_parent_types(parent);
+        match self.types_of_parent(parent) {
+            Ok(types) => types
+                .iter()
+                .find(|t| t.id == mdev_type)
+                .and_then(|t| t.name.clone()),
+            Err(e) => {
+                debug!("{e}");
+                None
+            }
         }
-        self.kernel_names.get(&key).cloned().flatten()
     }
 
     fn scan_devices(&mut self, report: &mut ReconcileReport, force: bool) -> bool {

@@ -9,12 +9,13 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use gvm_proto::{
-    ApiError, Call, CreateParams, DefineParams, Definition, ErrorCode, ImportReport, Knobs,
-    Overrides, OwnerInfo, Pong, ReconcileReport, Request, Response, SetMode, SetParams, Totals,
-    VgpuDetail, VgpuInfo, VgpuState, PROTOCOL_VERSION,
+    ApiError, BatchFailure, BatchReport, Call, CreateParams, DefineBatchParams, DefineParams,
+    Definition, ErrorCode, ImportReport, Knobs, Overrides, OwnerInfo, Pong, ReconcileReport,
+    Request, Response, SetMode, SetParams, Totals, VgpuDetail, VgpuInfo, VgpuState,
+    PROTOCOL_VERSION,
 };
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::daemon::{add_totals, Daemon};
@@ -97,6 +98,7 @@ impl Daemon {
                 }
             }
             Call::Define(p) => self.define(p).and_then(|d| json(&d)),
+            Call::DefineBatch(b) => self.define_batch(b).and_then(|r| json(&r)),
             Call::Undefine(t) => {
                 let uuid = self.defined_uuid(&t.target)?;
                 self.store.remove_definition(&uuid).map_err(store_err)?;
@@ -307,15 +309,18 @@ impl Daemon {
         parent: &str,
         type_name: &str,
     ) -> Result<(String, Option<String>), ApiError> {
-        let types = self.mdev.parent_types(parent).map_err(|e| {
-            if e.gone {
-                ApiError::not_found(format!(
-                    "mdev parent '{parent}' is not registered: see `gvm-vgpu parents`"
-                ))
-            } else {
-                port_err(e)
-            }
-        })?;
+        let types = self
+            .types_of_parent(parent)
+            .map(<[_]>::to_vec)
+            .map_err(|e| {
+                if e.gone {
+                    ApiError::not_found(format!(
+                        "mdev parent '{parent}' is not registered: see `gvm-vgpu parents`"
+                    ))
+                } else {
+                    port_err(e)
+                }
+            })?;
         if let Some(t) = types.iter().find(|t| t.id == type_name) {
             let name = self.types.resolve(&t.id, t.name.as_deref()).map(|s| s.name);
             return Ok((t.id.clone(), name));
@@ -334,6 +339,71 @@ impl Daemon {
     }
 
     fn define(&mut self, p: DefineParams) -> Result<Definition, ApiError> {
+        let def = self.prepare_definition(p)?;
+        self.store.save_definition(&def).map_err(store_err)?;
+        info!(uuid = %def.uuid, parent = %def.parent, mdev_type = %def.mdev_type, "vGPU defined");
+        self.desired.definitions.insert(def.uuid, def.clone());
+        self.retune(&[def.uuid]);
+        Ok(def)
+    }
+
+    /// `define_batch`: check every item, store them all with one group commit, then
+    /// (with `start`) create each vGPU, reporting creations that failed one by one.
+    fn define_batch(&mut self, b: DefineBatchParams) -> Result<BatchReport, ApiError> {
+        let mut defs: Vec<Definition> = Vec::with_capacity(b.items.len());
+        for (i, p) in b.items.into_iter().enumerate() {
+            let def = self
+                .prepare_definition(p)
+                .map_err(|e| e.context(&format!("item {i}")))?;
+            if defs.iter().any(|d| d.uuid == def.uuid) {
+                return Err(ApiError::invalid(format!(
+                    "item {i}: vGPU {} appears twice in the batch",
+                    def.uuid
+                )));
+            }
+            defs.push(def);
+        }
+        self.store.save_definitions(&defs).map_err(store_err)?;
+        info!(
+            count = defs.len(),
+            start = b.start,
+            "vGPUs defined in one batch"
+        );
+        let uuids: Vec<Uuid> = defs.iter().map(|d| d.uuid).collect();
+        for def in &defs {
+            self.desired.definitions.insert(def.uuid, def.clone());
+        }
+        self.retune(&uuids);
+        let mut report = BatchReport {
+            defined: defs,
+            ..BatchReport::default()
+        };
+        if b.start {
+            for i in 0..report.defined.len() {
+                let def = &report.defined[i];
+                let (uuid, parent, mdev_type) =
+                    (def.uuid, def.parent.clone(), def.mdev_type.clone());
+                if self.observed.devices.contains_key(&uuid) {
+                    continue;
+                }
+                match self.create_device(uuid, &parent, &mdev_type) {
+                    Ok(()) => report.started.push(uuid),
+                    Err(e) => {
+                        warn!(%uuid, "batch start failed: {}", e.message);
+                        report.failed.push(BatchFailure {
+                            uuid,
+                            error: e.message,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Check a definition request against the host and the store and resolve its
+    /// type, without writing anything.
+    fn prepare_definition(&mut self, p: DefineParams) -> Result<Definition, ApiError> {
         let uuid = p.uuid.unwrap_or_else(Uuid::new_v4);
         if self.desired.definitions.contains_key(&uuid) {
             return Err(ApiError::conflict(format!(
@@ -364,10 +434,6 @@ impl Daemon {
             autostart: p.autostart,
             overrides: p.overrides,
         };
-        self.store.save_definition(&def).map_err(store_err)?;
-        info!(%uuid, parent = %def.parent, mdev_type = %def.mdev_type, "vGPU defined");
-        self.desired.definitions.insert(uuid, def.clone());
-        self.retune(&[uuid]);
         Ok(def)
     }
 

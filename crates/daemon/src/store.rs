@@ -157,6 +157,26 @@ impl Store {
         write_json(&self.defs_dir.join(format!("{}.json", def.uuid)), def)
     }
 
+    /// Persist many definitions with one group commit: every temp file is written
+    /// and synced, then all are renamed and the directory is synced once. A crash
+    /// part-way leaves each definition either whole or absent (never half-written);
+    /// the loader deletes temp files left behind.
+    pub fn save_definitions(&self, defs: &[Definition]) -> Result<(), StoreError> {
+        let mut staged = Vec::with_capacity(defs.len());
+        for def in defs {
+            let path = self.defs_dir.join(format!("{}.json", def.uuid));
+            let tmp = write_synced_tmp(&path, &json_bytes(&path, def)?)?;
+            staged.push((tmp, path));
+        }
+        for (tmp, path) in &staged {
+            fs::rename(tmp, path).map_err(|source| StoreError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        sync_dir(&self.defs_dir)
+    }
+
     /// Delete a definition; absent is fine.
     pub fn remove_definition(&self, uuid: &Uuid) -> Result<(), StoreError> {
         remove(&self.defs_dir.join(format!("{uuid}.json")), &self.defs_dir)
@@ -185,16 +205,31 @@ impl Store {
 
 /// Write `value` as JSON to `path` atomically (temp file, fsync, rename, fsync dir).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    write_atomic(path, &json_bytes(path, value)?)
+}
+
+fn json_bytes<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode {
         path: path.to_path_buf(),
         source,
     })?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// Replace `path` with `bytes` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = write_synced_tmp(path, bytes)?;
+    fs::rename(&tmp, path).map_err(|source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    sync_dir(dir)
+}
+
+/// Write `bytes` to the temp file beside `path` (`.<name>.tmp`) and sync it.
+fn write_synced_tmp(path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -213,9 +248,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(werr(&tmp))?;
     f.write_all(bytes).map_err(werr(&tmp))?;
     f.sync_all().map_err(werr(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(werr(path))?;
-    sync_dir(dir)
+    Ok(tmp)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

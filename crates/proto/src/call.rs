@@ -46,6 +46,23 @@ pub struct DefineParams {
     pub overrides: crate::Overrides,
 }
 
+/// Most definitions one `define_batch` call may carry (its line stays far under
+/// [`MAX_LINE_BYTES`]); clients split longer lists into several calls.
+pub const MAX_BATCH: usize = 256;
+
+/// `define_batch`: store many definitions with one group commit and optionally
+/// start them. Every item is checked before anything is written: one bad item fails
+/// the whole call and nothing is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefineBatchParams {
+    /// The definitions, at most [`MAX_BATCH`]. Give UUIDs so that a retried call
+    /// after a lost answer is refused as a duplicate instead of defining twice.
+    pub items: Vec<DefineParams>,
+    /// Create each vGPU once every definition is stored.
+    #[serde(default)]
+    pub start: bool,
+}
+
 /// `create`: create a live vGPU now; with `define` also store a definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateParams {
@@ -141,6 +158,9 @@ pub enum Call {
     Show(Target),
     /// Persist a definition → [`crate::Definition`].
     Define(DefineParams),
+    /// Persist many definitions at once, optionally starting them →
+    /// [`crate::BatchReport`].
+    DefineBatch(DefineBatchParams),
     /// Remove a definition (the live device stays) → [`crate::Definition`] removed.
     Undefine(Target),
     /// Create the defined device now → [`crate::VgpuInfo`].
@@ -181,6 +201,7 @@ impl Call {
             Call::List(_) => "list",
             Call::Show(_) => "show",
             Call::Define(_) => "define",
+            Call::DefineBatch(_) => "define_batch",
             Call::Undefine(_) => "undefine",
             Call::Start(_) => "start",
             Call::Stop(_) => "stop",
@@ -216,6 +237,7 @@ impl Call {
         !matches!(
             self,
             Call::Define(_)
+                | Call::DefineBatch(_)
                 | Call::Undefine(_)
                 | Call::Start(_)
                 | Call::Stop(_)
@@ -232,10 +254,29 @@ impl Call {
                 check_target(&t.target)
             }
             Call::Freeze(t) | Call::Thaw(t) => check_target(&t.target),
-            Call::Define(d) => {
-                check_name("parent", &d.parent)?;
-                check_name("type", &d.type_name)?;
-                d.overrides.validate()
+            Call::Define(d) => check_define(d),
+            Call::DefineBatch(b) => {
+                if b.items.is_empty() {
+                    return Err(ApiError::invalid("define_batch needs at least one item"));
+                }
+                if b.items.len() > MAX_BATCH {
+                    return Err(ApiError::invalid(format!(
+                        "define_batch carries {} items, at most {MAX_BATCH}: split the list",
+                        b.items.len()
+                    )));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for (i, d) in b.items.iter().enumerate() {
+                    check_define(d).map_err(|e| e.context(&format!("item {i}")))?;
+                    if let Some(u) = d.uuid {
+                        if !seen.insert(u) {
+                            return Err(ApiError::invalid(format!(
+                                "item {i}: vGPU {u} appears twice in the batch"
+                            )));
+                        }
+                    }
+                }
+                Ok(())
             }
             Call::Create(c) => {
                 check_name("parent", &c.parent)?;
@@ -292,6 +333,12 @@ impl Call {
             | Call::Reconcile => Ok(()),
         }
     }
+}
+
+fn check_define(d: &DefineParams) -> Result<(), ApiError> {
+    check_name("parent", &d.parent)?;
+    check_name("type", &d.type_name)?;
+    d.overrides.validate()
 }
 
 fn check_target(t: &str) -> Result<(), ApiError> {

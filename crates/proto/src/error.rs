@@ -54,6 +54,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The same error with `what: ` in front of its message (e.g. which batch item).
+    pub fn context(self, what: &str) -> ApiError {
+        ApiError {
+            code: self.code,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+
     /// An error of class `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {

@@ -29,8 +29,8 @@ mod sched;
 mod types;
 
 pub use call::{
-    Call, CreateParams, DefineParams, ImportParams, ListParams, PolicyParams, Request, SetMode,
-    SetParams, StatsParams, Target,
+    Call, CreateParams, DefineBatchParams, DefineParams, ImportParams, ListParams, PolicyParams,
+    Request, SetMode, SetParams, StatsParams, Target, MAX_BATCH,
 };
 pub use error::{ApiError, ErrorCode};
 pub use guest::{
@@ -38,8 +38,9 @@ pub use guest::{
 };
 pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu};
 pub use types::{
-    Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides, OwnerInfo, OwnerRule, Pong,
-    ReconcileReport, Source, Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
+    BatchFailure, BatchReport, Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides,
+    OwnerInfo, OwnerRule, Pong, ReconcileReport, Source, Sources, Totals, VgpuDetail, VgpuInfo,
+    VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

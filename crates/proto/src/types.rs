@@ -75,6 +75,29 @@ pub struct Definition {
     pub overrides: Overrides,
 }
 
+/// The answer to `define_batch`: every definition was stored (the call fails as a
+/// whole otherwise); with `start`, each vGPU either started or failed on its own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// The stored definitions, in request order.
+    pub defined: Vec<Definition>,
+    /// vGPUs created.
+    #[serde(default)]
+    pub started: Vec<Uuid>,
+    /// vGPUs whose creation failed (their definitions stay), with why.
+    #[serde(default)]
+    pub failed: Vec<BatchFailure>,
+}
+
+/// One vGPU of a batch that could not be started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchFailure {
+    /// The vGPU.
+    pub uuid: Uuid,
+    /// What went wrong and what to do about it.
+    pub error: String,
+}
+
 /// Whether a vGPU exists on the host, is only defined, or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -83,6 +83,74 @@ pub fn define(
     Ok(())
 }
 
+/// `gvm-vgpu define --from FILE [--start]`.
+pub fn define_from(
+    ctx: &Context,
+    file: &std::path::Path,
+    start: bool,
+    knobs: &KnobArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if !overrides(knobs).is_empty() {
+        anyhow::bail!(
+            "--from takes the overrides from FILE: give `overrides` per item there, \
+             not --memory-limit/--priority/--share"
+        );
+    }
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading the definitions from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the definitions file {}", file.display()))?
+    };
+    let items: Vec<DefineParams> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a JSON array of definitions ({{\"parent\": ..., \"type\": ..., \
+             \"uuid\"?, \"autostart\"?, \"overrides\"?}})",
+            file.display()
+        )
+    })?;
+    if items.is_empty() {
+        anyhow::bail!("{} lists no definitions", file.display());
+    }
+    let report = client(ctx)?
+        .define_batch(items, start)
+        .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
+    if ctx.json {
+        write_json(out, &report)?;
+    } else {
+        for def in &report.defined {
+            writeln!(
+                out,
+                "Defined vGPU {} ({} on {}{}){}.",
+                def.uuid,
+                def.type_name.as_deref().unwrap_or(&def.mdev_type),
+                def.parent,
+                if def.autostart { ", autostart" } else { "" },
+                if report.started.contains(&def.uuid) {
+                    ", started"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        for f in &report.failed {
+            writeln!(out, "Could not start vGPU {}: {}", f.uuid, f.error)?;
+        }
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} vGPUs were defined but not started",
+            report.failed.len(),
+            report.defined.len()
+        );
+    }
+    Ok(())
+}
+
 /// `gvm-vgpu undefine`.
 pub fn undefine(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     let def = client(ctx)?.undefine(&uuid.to_string())?;

@@ -44,8 +44,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             parent,
             uuid,
             autostart,
+            from,
+            start,
             knobs,
-        } => managed::define(&ctx, type_name, parent, *uuid, *autostart, knobs, out),
+        } => match (from, type_name, parent) {
+            (Some(file), _, _) => managed::define_from(&ctx, file, *start, knobs, out),
+            (None, Some(t), Some(p)) => managed::define(&ctx, t, p, *uuid, *autostart, knobs, out),
+            _ => Err(anyhow::anyhow!(
+                "define needs --type and --parent, or --from FILE"
+            )),
+        },
         Command::Undefine { uuid } => managed::undefine(&ctx, uuid, out),
         Command::Start { uuid } => managed::start_stop(&ctx, uuid, true, out),
         Command::Stop { uuid } => managed::start_stop(&ctx, uuid, false, out),
