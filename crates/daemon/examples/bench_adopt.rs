@@ -116,9 +116,16 @@ fn main() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Extra daemon flags for experiments, e.g. GVM_BENCH_DAEMON_ARGS="--verify-s 120".
+    let extra: Vec<String> = std::env::var("GVM_BENCH_DAEMON_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let mut daemon = Command::new(bin("gvm-vgpud"))
         .arg("--root")
         .arg(&root)
+        .args(&extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -411,7 +411,7 @@ impl Daemon {
         // per tick, so thousands of owners never stall a tick (and the API behind it).
         let owned: BTreeSet<u32> = self.observed.gpus.keys().copied().collect();
         for pid in self.gpu_sweep.take(now, &owned) {
-            dirty |= self.refresh_gpus(pid);
+            dirty |= self.refresh_gpus_if_count_moved(pid);
         }
         {
             // Owners that had no GPU yet register soon after starting: look often.
@@ -533,6 +533,17 @@ impl Daemon {
         true
     }
 
+    /// [`Daemon::refresh_gpus`] when the backend's cheap count of `pid`'s GPUs differs
+    /// from what is known, or cannot be had (one `stat` instead of a listing on GVM).
+    fn refresh_gpus_if_count_moved(&mut self, pid: u32) -> bool {
+        if let Ok(Some(n)) = self.gc.gpu_count(pid) {
+            if self.observed.gpus.get(&pid).is_some_and(|g| g.len() == n) {
+                return false;
+            }
+        }
+        self.refresh_gpus(pid)
+    }
+
     fn drop_pid(&mut self, pid: u32) {
         self.unowned.remove(&pid);
         if let Some(gpus) = self.observed.gpus.remove(&pid) {
@@ -571,6 +582,12 @@ impl Daemon {
     fn verify_pids(&mut self, pids: &[u32], report: &mut ReconcileReport) -> bool {
         if pids.is_empty() {
             return false;
+        }
+        // The slow rescan only lists an owner's GPUs when their count moved; here, once
+        // per verification period, every owner's GPUs are listed whatever the count.
+        let mut moved = false;
+        for pid in pids {
+            moved |= self.refresh_gpus(*pid);
         }
         let wanted: BTreeSet<u32> = pids.iter().copied().collect();
         let mut uuids: BTreeSet<Uuid> = BTreeSet::new();
@@ -630,7 +647,7 @@ impl Daemon {
         }
         let uuids: Vec<Uuid> = uuids.into_iter().collect();
         self.refresh_totals(&uuids);
-        drift
+        drift || moved
     }
 
     /// Recompute the totals of `uuids` from the last reads, with the gcgroup and

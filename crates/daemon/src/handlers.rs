@@ -55,6 +55,11 @@ impl Daemon {
     /// Answer one request.
     pub fn handle(&mut self, req: Request) -> Response {
         let id = req.id;
+        // Any request may change a policy, a share or who watches: let the scheduler's
+        // next tick look (it goes idle again by itself when there is nothing to do).
+        self.scheduler
+            .busy
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Err(e) = req.call.validate() {
             return Response::err(id, e);
         }

@@ -40,8 +40,9 @@ struct Args {
     /// /usr/share/gvm-vgpu/mdev-types and /etc/gvm-vgpu/mdev-types are always read.
     #[arg(long = "catalog")]
     catalogs: Vec<PathBuf>,
-    /// Fast rescan period in milliseconds (devices, new owners).
-    #[arg(long, default_value_t = 200)]
+    /// Fast rescan period in milliseconds (devices, new owners): a vGPU made by hand or a new
+    /// owner is adopted within one period (uevents, where the kernel sends them, are faster).
+    #[arg(long, default_value_t = 400)]
     rescan_ms: u64,
     /// Period in milliseconds for re-listing every known owner's GPU registrations (a known
     /// owner registering one more GPU; new owners are found by the fast rescan). The pass is

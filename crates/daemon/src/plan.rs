@@ -167,14 +167,21 @@ pub fn plan(
                 };
                 match state {
                     None => {
-                        // Never read: write everything (cheap, and the safe default).
+                        // Never read (a registration that appeared after the first
+                        // pass, which reads everything): write the limit and the
+                        // priority (GVM applies a priority only once written). A new
+                        // gcgroup starts thawed, so a freeze is written only when one
+                        // is wanted; anyone freezing it behind our back is drift, found
+                        // by the next verification.
                         write(
                             KnobWrite::MemoryLimit(knobs.memory_limit),
                             None,
                             &mut out.actions,
                         );
                         write(KnobWrite::Priority(knobs.priority), None, &mut out.actions);
-                        write(KnobWrite::Frozen(knobs.frozen), None, &mut freezes);
+                        if knobs.frozen {
+                            write(KnobWrite::Frozen(true), None, &mut freezes);
+                        }
                     }
                     Some(s) => {
                         if s.memory_limit != knobs.memory_limit {
@@ -331,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn new_gcgroups_get_every_knob_of_their_type() {
+    fn new_gcgroups_get_their_types_limit_and_priority_and_stay_thawed_unwritten() {
         let obs = host_with(u(1), &[(100, &[0, 8]), (101, &[])]);
         let types = [(u(1), ty(4))].into_iter().collect();
         let none = BTreeSet::new();
@@ -345,10 +352,11 @@ mod tests {
             },
         );
         let w = writes(&p);
-        assert_eq!(w.len(), 6, "{w:?}");
+        assert_eq!(w.len(), 4, "{w:?}");
         assert!(w.contains(&(100, 8, KnobWrite::MemoryLimit(4 << 30))));
         assert!(w.contains(&(100, 0, KnobWrite::Priority(4))));
-        assert!(w.contains(&(100, 0, KnobWrite::Frozen(false))));
+        // A new gcgroup starts thawed: no write of compute.freeze = 0.
+        assert!(!w.iter().any(|(_, _, k)| matches!(k, KnobWrite::Frozen(_))));
         assert!(!w.iter().any(|(pid, _, _)| *pid == 101));
     }
 
@@ -559,10 +567,8 @@ mod tests {
             vec![
                 (a, 0, KnobWrite::MemoryLimit(4 << 30)),
                 (a, 0, KnobWrite::Priority(4)),
-                (a, 0, KnobWrite::Frozen(false)),
                 (b, 8, KnobWrite::MemoryLimit(2 << 30)),
                 (b, 8, KnobWrite::Priority(9)),
-                (b, 8, KnobWrite::Frozen(false)),
             ]
         );
         assert_eq!(obs.stray_gpus(300), vec![16]);
@@ -571,7 +577,7 @@ mod tests {
         obs.parent_gpu.remove("0000:3c:00.0");
         let p = plan(&obs, &Desired::default(), &types, scope);
         assert!(writes(&p).iter().all(|(_, gpu, _)| *gpu == 0));
-        assert_eq!(writes(&p).len(), 3);
+        assert_eq!(writes(&p).len(), 2);
 
         // The same pid owning one vGPU only (not split) keeps every gcgroup for it.
         obs.split_owners.clear();
@@ -609,7 +615,7 @@ mod tests {
             },
         );
         assert!(writes(&p).iter().all(|(pid, _, _)| *pid == 200));
-        assert_eq!(writes(&p).len(), 3);
+        assert_eq!(writes(&p).len(), 2);
         assert_eq!(p.stale_live, vec![u(9)]);
     }
 }

@@ -159,6 +159,11 @@ pub trait GcgroupPort: Send {
     fn processes(&self) -> PortResult<Vec<u32>>;
     /// GPU indexes a process has registered (empty when it is gone).
     fn gpus(&self, pid: u32) -> PortResult<Vec<u32>>;
+    /// How many GPUs a process has registered, when a backend can tell it without a
+    /// listing (`None`: list to know; `Some(0)` when it is gone).
+    fn gpu_count(&self, _pid: u32) -> PortResult<Option<usize>> {
+        Ok(None)
+    }
     /// Read one gcgroup.
     fn read(&self, pid: u32, gpu: u32) -> PortResult<GcRead>;
     /// Read only a gcgroup's kernel counters `(ended, pending)` (the scheduler's poll).
@@ -363,6 +368,14 @@ impl<B: gvm_gcgroup::GcgroupBackend> GcgroupPort for BackendGcgroups<B> {
         self.backend
             .processes()
             .map_err(|e| gc_err("list processes", 0, None, e))
+    }
+
+    fn gpu_count(&self, pid: u32) -> PortResult<Option<usize>> {
+        match self.backend.gpu_count(pid) {
+            Ok(n) => Ok(n),
+            Err(e) if e.is_process_gone() => Ok(Some(0)),
+            Err(e) => Err(gc_err("count gpus", pid, None, e)),
+        }
     }
 
     fn gpus(&self, pid: u32) -> PortResult<Vec<u32>> {

@@ -329,6 +329,10 @@ pub struct Scheduler {
     /// When `policy show`/`top` last asked for achieved shares. Best-effort GPUs need no
     /// counters to schedule, so they are sampled only while someone is looking.
     watched: std::cell::Cell<Option<Instant>>,
+    /// Whether the next tick has work: cleared by a tick that found everything
+    /// best-effort and unwatched, set again by every API request. The tick loop reads
+    /// it without the daemon lock, so an idle daemon wakes no thread 100 times a second.
+    pub(crate) busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long after a `policy show`/`top` best-effort GPUs keep being sampled.
@@ -373,6 +377,7 @@ impl Scheduler {
             origin: Instant::now(),
             ticks: 0,
             watched: std::cell::Cell::new(None),
+            busy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -465,6 +470,9 @@ impl Daemon {
         // All best-effort, nobody watching and no scheduler knobs left: nothing to do, and
         // walking thousands of owners 100 times a second would cost more than everything else.
         if self.scheduler.idle() && self.desired.sched.is_empty() {
+            self.scheduler
+                .busy
+                .store(false, std::sync::atomic::Ordering::Release);
             return;
         }
         let live: BTreeSet<(Uuid, u32)> = self.owner_pairs();
@@ -836,10 +844,17 @@ impl Daemon {
 
 /// Ticks every GPU's engine every [`TICK`] until the runtime stops.
 pub async fn run(shared: Arc<Mutex<Daemon>>) {
+    let busy = match shared.lock() {
+        Ok(g) => g.scheduler.busy.clone(),
+        Err(poisoned) => poisoned.into_inner().scheduler.busy.clone(),
+    };
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
+        if !busy.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
         let d = shared.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut guard = match d.lock() {

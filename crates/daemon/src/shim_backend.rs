@@ -641,6 +641,10 @@ impl<P: GcgroupBackend, S: GcgroupBackend> GcgroupBackend for Composite<P, S> {
         self.route(|b| b.gpus(pid))
     }
 
+    fn gpu_count(&self, pid: u32) -> Result<Option<usize>> {
+        self.route(|b| b.gpu_count(pid))
+    }
+
     fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
         self.route(|b| b.read(pid, gpu))
     }

@@ -223,7 +223,10 @@ fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
         Some(&UNTOUCHED),
         "no vGPU on GPU 16"
     );
-    assert_eq!(report.writes, 6);
+    assert_eq!(
+        report.writes, 4,
+        "limit and priority of each gcgroup (new ones start thawed)"
+    );
 
     // Both vGPUs list the QEMU as owner, each with its own gcgroup only.
     for (uuid, gpu) in [(a, 0), (b, 8)] {

@@ -41,6 +41,13 @@ pub trait GcgroupBackend: Send + Sync {
     fn processes(&self) -> Result<Vec<u32>>;
     /// The GPU indexes `pid` has registered, sorted.
     fn gpus(&self, pid: u32) -> Result<Vec<u32>>;
+    /// How many GPUs `pid` has registered, when that can be told more cheaply than by
+    /// listing them ([`GcgroupBackend::gpus`]); `None` when it cannot. A watcher lists
+    /// again only when the count moved (and, now and then, regardless: a GPU dropped
+    /// and another registered between two looks keep the count).
+    fn gpu_count(&self, _pid: u32) -> Result<Option<usize>> {
+        Ok(None)
+    }
     /// Every knob of `pid` on `gpu`.
     fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot>;
     /// Only the kernel counters (`gcgroup.stat`) of `pid` on `gpu`: what a scheduler polls
@@ -65,6 +72,10 @@ impl GcgroupBackend for GvmTree {
 
     fn gpus(&self, pid: u32) -> Result<Vec<u32>> {
         GvmTree::gpus(self, pid)
+    }
+
+    fn gpu_count(&self, pid: u32) -> Result<Option<usize>> {
+        GvmTree::gpu_count(self, pid)
     }
 
     fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {

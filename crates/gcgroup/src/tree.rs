@@ -38,6 +38,29 @@ pub struct GvmTree {
     processes_dir: PathBuf,
 }
 
+/// Read a kernel attribute file. debugfs and sysfs attributes hand over their whole
+/// value in the first `read` of a page-sized buffer, so a short first read is the
+/// whole content: open, one read, close — no size query and no extra read to see
+/// the end (both are round trips on the simulated host). A full buffer is read on
+/// to the end.
+pub(crate) fn read_attribute(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let n = loop {
+        match f.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    if n < buf.len() {
+        buf.truncate(n);
+    } else {
+        f.read_to_end(&mut buf)?;
+    }
+    Ok(buf)
+}
+
 impl GvmTree {
     /// The tree under `host` (`/sys/kernel/debug/nvidia-uvm/processes`).
     pub fn new(host: HostRoot) -> Self {
@@ -92,6 +115,20 @@ impl GvmTree {
         }
         gpus.sort_unstable();
         Ok(gpus)
+    }
+
+    /// The number of GPUs `pid` has registered, from the link count of
+    /// `processes/<pid>/`: debugfs (like sysfs) counts a directory's subdirectories in
+    /// its link count (2 + one per `<gpu>` directory), so one `stat` tells whether the
+    /// set may have changed without listing it. `None` when the count is not kept
+    /// (link count below 2, as some file systems report for directories).
+    pub fn gpu_count(&self, pid: u32) -> Result<Option<usize>> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.processes_dir.join(pid.to_string());
+        let meta = fs::metadata(&dir).map_err(|e| self.refine(map_io_error(e, pid, dir, None)))?;
+        Ok(usize::try_from(meta.nlink())
+            .ok()
+            .and_then(|n| n.checked_sub(2)))
     }
 
     /// The gcgroup of `pid` on `gpu` (not checked to exist: its operations say so).
@@ -215,7 +252,7 @@ impl Gcgroup {
 
     fn read(&self, knob: &str) -> Result<(PathBuf, String)> {
         let file = self.dir.join(knob);
-        match fs::read(&file) {
+        match read_attribute(&file) {
             Ok(bytes) => {
                 let content = String::from_utf8_lossy(&bytes).into_owned();
                 Ok((file, content))

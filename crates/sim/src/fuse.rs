@@ -146,6 +146,23 @@ impl SimFs {
             .ino(path)
     }
 
+    /// Attributes of `path`; a directory's link count is 2 + its subdirectories, as
+    /// debugfs and sysfs keep it (the manager counts a process's GPU registrations
+    /// with one `stat` of `processes/<pid>`).
+    fn attr_of(&self, path: &str, ino: u64, kind: &Kind) -> FileAttr {
+        let mut a = self.attr(ino, kind);
+        if matches!(kind, Kind::Dir) {
+            if let Ok(entries) = tree::list(&self.host(), &segs(path)) {
+                let subdirs = entries
+                    .iter()
+                    .filter(|e| matches!(e.kind, Kind::Dir))
+                    .count();
+                a.nlink = 2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2);
+            }
+        }
+        a
+    }
+
     fn attr(&self, ino: u64, kind: &Kind) -> FileAttr {
         let (kind, perm, size, nlink) = match kind {
             Kind::Dir => (FileType::Directory, 0o755, 0, 2),
@@ -177,6 +194,14 @@ impl SimFs {
 }
 
 impl Filesystem for SimFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // `open(O_TRUNC)` (a shell's `echo 1 >`, Rust's `File::create`) then reaches us
+        // as a flag of OPEN, which an attribute file ignores as sysfs does, instead of a
+        // separate SETATTR round trip before every store.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (Some(pp), Some(name)) = (self.path_of(parent), name.to_str()) else {
             return reply.error(Errno::ENOENT);
@@ -187,7 +212,12 @@ impl Filesystem for SimFs {
                 let ino = self.ino_of(&path);
                 let attr_ttl = ttl(&path);
                 let entry_ttl = attr_ttl.max(DYNAMIC_ENTRY_TTL);
-                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &self.attr(ino, &kind), Generation(0));
+                reply.entry_with_ttls(
+                    &attr_ttl,
+                    &entry_ttl,
+                    &self.attr_of(&path, ino, &kind),
+                    Generation(0),
+                );
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -198,7 +228,7 @@ impl Filesystem for SimFs {
             return reply.error(Errno::ENOENT);
         };
         match self.stat_path(&path) {
-            Ok(kind) => reply.attr(&ttl(&path), &self.attr(ino.0, &kind)),
+            Ok(kind) => reply.attr(&ttl(&path), &self.attr_of(&path, ino.0, &kind)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -308,16 +338,8 @@ impl Filesystem for SimFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
+    // No `flush`: kernfs attribute files have none, and fuser's default (ENOSYS) tells
+    // the kernel so once, after which no close(2) costs a FLUSH round trip.
 
     fn release(
         &self,

@@ -25,6 +25,14 @@ pub trait OwnerProcs: Send {
     fn reap(&mut self) -> Vec<u32>;
     /// Kill and reap every owner (shutdown).
     fn kill_all(&mut self);
+    /// A way to start owners while the host is *not* locked, so that file requests are
+    /// served while processes start ([`SimHost::take_pending`]). `None`: owners are
+    /// started under the lock with [`OwnerProcs::spawn`].
+    fn launcher(&self) -> Option<crate::procs::Launcher> {
+        None
+    }
+    /// Take charge of a child a [`OwnerProcs::launcher`] started (kill, reap).
+    fn adopt(&mut self, _child: std::process::Child) {}
 }
 
 /// One live mediated device.
@@ -66,6 +74,8 @@ pub struct SimHost {
     owners: BTreeMap<u32, Owner>,
     next_group: u32,
     owners_per_vgpu: u32,
+    /// vGPUs (one entry per owner) whose owners are still to be started.
+    pending_owners: std::collections::VecDeque<String>,
     now_us: u64,
     procs: Box<dyn OwnerProcs>,
     /// Parents whose driver is "unloaded": absent from the tree until registered again.
@@ -83,6 +93,7 @@ impl SimHost {
             owners: BTreeMap::new(),
             next_group: 0,
             owners_per_vgpu,
+            pending_owners: std::collections::VecDeque::new(),
             now_us: 0,
             procs,
             unregistered: std::collections::BTreeSet::new(),
@@ -238,8 +249,12 @@ impl SimHost {
                 iommu_group,
             },
         );
+        // Owners start after the device exists, as QEMU does after libvirt created the
+        // mdev: the store returns now and the clock thread starts them
+        // ([`SimHost::spawn_pending`]), so a burst of creates is not serialised behind
+        // process start-up.
         for _ in 0..self.owners_per_vgpu {
-            self.spawn_owner(&uuid, &SpawnOpts::default_for(None))?;
+            self.pending_owners.push_back(uuid.clone());
         }
         Ok(uuid)
     }
@@ -424,6 +439,57 @@ impl SimHost {
         }
     }
 
+    /// Start up to `max` of the owners that creates queued (`--owners-per-vgpu`); owners
+    /// of a vGPU removed meanwhile are dropped. Returns how many are still queued. A
+    /// failure to start one is reported on stderr (the vGPU then has fewer owners).
+    pub fn spawn_pending(&mut self, max: usize) -> usize {
+        for uuid in self.take_pending(max) {
+            if let Err(e) = self.spawn_owner(&uuid, &SpawnOpts::default_for(None)) {
+                eprintln!("gvm-vgpu-sim: owner of vGPU {uuid}: {e}");
+            }
+        }
+        self.pending_owners.len()
+    }
+
+    /// Up to `max` queued owners (their vGPUs), skipping vGPUs removed meanwhile, to be
+    /// started outside the lock and handed back to [`SimHost::register_started`].
+    pub fn take_pending(&mut self, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(uuid) = self.pending_owners.pop_front() else {
+                break;
+            };
+            if self.devices.contains_key(&uuid) {
+                out.push(uuid);
+            }
+        }
+        out
+    }
+
+    /// An owner of `uuid` started by a launcher: record it, or kill it when the vGPU
+    /// was removed while it started.
+    pub fn register_started(&mut self, uuid: &str, started: io::Result<std::process::Child>) {
+        let child = match started {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("gvm-vgpu-sim: owner of vGPU {uuid}: could not start it: {e}");
+                return;
+            }
+        };
+        let pid = child.id();
+        self.procs.adopt(child);
+        if self.devices.contains_key(uuid) {
+            self.record_owner(uuid, pid, &SpawnOpts::default_for(None));
+        } else if let Err(e) = self.procs.kill(pid) {
+            eprintln!("gvm-vgpu-sim: owner {pid} of removed vGPU {uuid}: {e}");
+        }
+    }
+
+    /// The owner launcher of the process table, if it has one.
+    pub fn launcher(&self) -> Option<crate::procs::Launcher> {
+        self.procs.launcher()
+    }
+
     /// Move the clock to `now_us`: reap exited owners and run the GPUs for the elapsed time.
     pub fn advance(&mut self, now_us: u64) {
         for pid in self.procs.reap() {
@@ -461,17 +527,22 @@ impl SimHost {
     }
 
     fn spawn_owner(&mut self, uuid: &str, opts: &SpawnOpts) -> Result<u32, FsError> {
+        let pid = self.procs.spawn(uuid).map_err(|e| FsError::Process {
+            uuid: uuid.to_string(),
+            message: format!("could not start it: {e}"),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        })?;
+        self.record_owner(uuid, pid, opts);
+        Ok(pid)
+    }
+
+    fn record_owner(&mut self, uuid: &str, pid: u32, opts: &SpawnOpts) {
         let parent_gpu = self
             .devices
             .get(uuid)
             .and_then(|d| self.parents.get(d.parent))
             .and_then(|p| p.uvm_index)
             .unwrap_or(0);
-        let pid = self.procs.spawn(uuid).map_err(|e| FsError::Process {
-            uuid: uuid.to_string(),
-            message: format!("could not start it: {e}"),
-            errno: e.raw_os_error().unwrap_or(libc::EIO),
-        })?;
         self.owners.insert(
             pid,
             Owner {
@@ -480,7 +551,6 @@ impl SimHost {
                 client: GpuClient::new(opts.gpu.unwrap_or(parent_gpu), opts.busy, opts.memory),
             },
         );
-        Ok(pid)
     }
 
     fn kill_owner(&mut self, pid: u32) -> Result<(), FsError> {

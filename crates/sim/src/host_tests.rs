@@ -127,6 +127,7 @@ fn types_of_one_gpu_share_the_framebuffer_and_exhaustion_is_eusers() {
     let (mut h, _) = host(Model::GvmSim, 0);
     assert_eq!(h.available(0, "gvmsim-4"), 2);
     assert!(h.create("c", 0, "gvmsim-4", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     assert_eq!(h.available(0, "gvmsim-4"), 1);
     assert_eq!(h.available(0, "gvmsim-5"), 0);
     assert_eq!(h.available(0, "gvmsim-1"), 10);
@@ -149,6 +150,7 @@ fn mtty_pool_of_24_ports_exhausts_with_enospc() {
     for i in 0..12u32 {
         let u = format!("00000000-0000-0000-0000-{i:012}");
         assert!(h.create("c", 0, "mtty-2", u.as_bytes()).is_ok());
+        h.spawn_pending(usize::MAX);
     }
     assert_eq!((h.available(0, "mtty-1"), h.available(0, "mtty-2")), (0, 0));
     assert_eq!(
@@ -161,6 +163,7 @@ fn mtty_pool_of_24_ports_exhausts_with_enospc() {
 fn remove_follows_kstrtoul() {
     let (mut h, _) = host(Model::GvmSim, 0);
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     assert!(h.remove("r", U1, b"0\n").is_ok());
     assert!(h.devices().contains_key(U1), "0 does nothing");
     assert_eq!(errno(h.remove("r", U1, b"yes")), libc::EINVAL);
@@ -178,9 +181,12 @@ fn remove_follows_kstrtoul() {
 fn iommu_groups_are_fresh_per_device() {
     let (mut h, _) = host(Model::GvmSim, 0);
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     assert!(h.remove("r", U1, b"1").is_ok());
     assert!(h.create("c", 0, "gvmsim-1", U2.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     assert!(h.create("c", 1, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     let groups: Vec<u32> = h.devices().values().map(|d| d.iommu_group).collect();
     assert_eq!(groups, vec![2, 1]);
 }
@@ -189,6 +195,12 @@ fn iommu_groups_are_fresh_per_device() {
 fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove() {
     let (mut h, procs) = host(Model::GvmSim, 2);
     assert!(h.create("c", 1, "gvmsim-1", U1.as_bytes()).is_ok());
+    assert!(
+        h.owners().is_empty(),
+        "owners start after the create returns"
+    );
+    assert_eq!(h.spawn_pending(1), 1);
+    assert_eq!(h.spawn_pending(8), 0);
     assert_eq!(h.owners().len(), 2);
     assert!(h
         .owners()
@@ -206,6 +218,22 @@ fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove() {
 }
 
 #[test]
+fn queued_owners_of_a_vgpu_removed_before_they_start_are_dropped() {
+    let (mut h, procs) = host(Model::GvmSim, 3);
+    assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
+    assert!(h.remove("r", U1, b"1").is_ok());
+    assert_eq!(h.spawn_pending(usize::MAX), 0);
+    assert!(h.owners().is_empty());
+    assert!(procs
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .alive
+        .is_empty());
+}
+
+#[test]
 fn control_spawn_set_kill_and_external_exit() {
     let (mut h, procs) = host(Model::GvmSim, 0);
     assert_eq!(
@@ -213,6 +241,7 @@ fn control_spawn_set_kill_and_external_exit() {
         libc::ENOENT
     );
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     assert!(h
         .control(
             "ctl",
@@ -266,6 +295,7 @@ fn control_spawn_set_kill_and_external_exit() {
 fn gvm_knobs_validate_like_the_driver() {
     let (mut h, _) = host(Model::GvmSim, 1);
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     let pid = h.registered_pids()[0];
     let cases: [(&str, &[u8], Option<i32>); 12] = [
         ("memory.limit", b"1073741824\n", None),
@@ -310,6 +340,7 @@ fn gvm_knobs_validate_like_the_driver() {
 fn frozen_owner_stops_progress_on_the_clock() {
     let (mut h, _) = host(Model::GvmSim, 2);
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
     let pids = h.registered_pids();
     h.advance(100_000);
     let t0: Vec<u64> = pids
@@ -330,7 +361,9 @@ fn frozen_owner_stops_progress_on_the_clock() {
 fn unregistering_a_parent_removes_its_devices_and_hides_it_until_registered() {
     let (mut h, procs) = host(Model::Mtty, 1);
     h.create("c", 0, "mtty-1", U1.as_bytes()).unwrap();
+    h.spawn_pending(usize::MAX);
     h.create("c", 0, "mtty-2", U2.as_bytes()).unwrap();
+    h.spawn_pending(usize::MAX);
     assert_eq!(procs.state.lock().unwrap().alive.len(), 2);
 
     h.control("control", b"unregister mtty").unwrap();

@@ -4,7 +4,8 @@
 //! (`stat` fails with `ENOTCONN`, or `/proc/self/mountinfo` lists a fuse mount
 //! at DIR): that is reported with the fix, or lazily unmounted on request. The
 //! mount runs on a background thread; a second thread advances the simulated
-//! GPUs every [`TICK`] and reaps owner processes that exited.
+//! GPUs every [`TICK`], reaps owner processes that exited and starts the owners
+//! that creates queued.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,28 @@ pub fn preflight(opts: &ServeOptions) -> Result<(), SimError> {
     Ok(())
 }
 
+/// Start the owners that creates queued. With a launcher they start while the host is
+/// unlocked (file requests are served meanwhile) and are recorded afterwards.
+fn start_queued_owners(host: &Mutex<SimHost>) {
+    let lock = || host.lock().unwrap_or_else(|p| p.into_inner());
+    let launcher = lock().launcher();
+    loop {
+        let Some(launcher) = &launcher else {
+            while lock().spawn_pending(2) > 0 {}
+            return;
+        };
+        let batch = lock().take_pending(8);
+        if batch.is_empty() {
+            return;
+        }
+        let started: Vec<_> = batch.iter().map(|u| launcher.launch(u)).collect();
+        let mut h = lock();
+        for (uuid, r) in batch.iter().zip(started) {
+            h.register_started(uuid, r);
+        }
+    }
+}
+
 /// A mounted, serving simulated host.
 pub struct Server {
     dir: PathBuf,
@@ -179,6 +202,7 @@ impl Server {
                     std::thread::sleep(TICK);
                     let now = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
                     host.lock().unwrap_or_else(|p| p.into_inner()).advance(now);
+                    start_queued_owners(&host);
                 }
             })
         };

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::host::OwnerProcs;
@@ -27,8 +28,17 @@ pub struct ChildProcs {
 }
 
 impl ChildProcs {
-    /// Owners run `program args…`.
+    fn launcher_of(&self) -> Launcher {
+        Launcher {
+            program: self.program.clone(),
+            args: self.args.clone(),
+        }
+    }
+
+    /// Owners run `program args…`. Installs a `SIGCHLD` handler that only sets a flag
+    /// (see [`ChildProcs::reap`]).
     pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>) -> Self {
+        watch_child_exits();
         ChildProcs {
             program: program.into(),
             args,
@@ -37,18 +47,40 @@ impl ChildProcs {
     }
 }
 
-impl OwnerProcs for ChildProcs {
-    fn spawn(&mut self, uuid: &str) -> io::Result<u32> {
-        let child = Command::new(&self.program)
+/// Starts owner processes; needs no lock, so many can start while the host serves.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    program: PathBuf,
+    args: Vec<OsString>,
+}
+
+impl Launcher {
+    /// Start `program args…` with `GVM_VGPU_UUID=<uuid>`, standard streams on /dev/null.
+    pub fn launch(&self, uuid: &str) -> io::Result<Child> {
+        Command::new(&self.program)
             .args(&self.args)
             .env(UUID_ENV, uuid)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn()
+    }
+}
+
+impl OwnerProcs for ChildProcs {
+    fn spawn(&mut self, uuid: &str) -> io::Result<u32> {
+        let child = self.launcher_of().launch(uuid)?;
         let pid = child.id();
         self.children.insert(pid, child);
         Ok(pid)
+    }
+
+    fn launcher(&self) -> Option<Launcher> {
+        Some(self.launcher_of())
+    }
+
+    fn adopt(&mut self, child: Child) {
+        self.children.insert(child.id(), child);
     }
 
     fn kill(&mut self, pid: u32) -> io::Result<()> {
@@ -60,9 +92,13 @@ impl OwnerProcs for ChildProcs {
 
     fn reap(&mut self) -> Vec<u32> {
         // Called every tick: with thousands of owners, asking each child costs thousands
-        // of syscalls. Peek first (one `waitid` that leaves the status in place) and scan
-        // only when some child has exited.
-        if !self.children.is_empty() && !any_child_exited() {
+        // of syscalls, and even one `waitid(P_ALL)` peek walks every child in the kernel.
+        // Look only after a SIGCHLD (the flag is cleared before the scan, so an exit
+        // during the scan is seen at the next tick), and then peek before scanning.
+        if !self.children.is_empty()
+            && (!(CHILD_EXITED.swap(false, Ordering::AcqRel) || STICKY.load(Ordering::Acquire))
+                || !any_child_exited())
+        {
             return Vec::new();
         }
         let gone: Vec<u32> = self
@@ -84,6 +120,34 @@ impl OwnerProcs for ChildProcs {
         }
     }
 }
+
+/// Set by the `SIGCHLD` handler; starts `true` so the first reap looks.
+static CHILD_EXITED: AtomicBool = AtomicBool::new(true);
+
+extern "C" fn on_sigchld(_: libc::c_int) {
+    CHILD_EXITED.store(true, Ordering::Release);
+}
+
+/// Install the `SIGCHLD` handler (idempotent). If it cannot be installed, the flag is
+/// left set for good and every tick peeks, as before.
+fn watch_child_exits() {
+    // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which
+    // is async-signal-safe; SA_RESTART keeps interrupted system calls transparent.
+    let ok = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigchld as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut()) == 0
+    };
+    if !ok {
+        CHILD_EXITED.store(true, Ordering::Release);
+        STICKY.store(true, Ordering::Release);
+    }
+}
+
+/// The handler could not be installed: never trust a cleared flag.
+static STICKY: AtomicBool = AtomicBool::new(false);
 
 /// Whether some child of this process has exited and waits to be reaped (the
 /// status is left in place for `Child::try_wait`). Errors (no children) say no.

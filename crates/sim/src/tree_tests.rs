@@ -39,7 +39,10 @@ fn text(h: &SimHost, path: &str) -> String {
 
 fn put(h: &mut SimHost, path: &str, data: &str) -> Result<(), i32> {
     let segs: Vec<&str> = path.split('/').collect();
-    write(h, &segs, data.as_bytes()).map_err(|e| e.errno())
+    let r = write(h, &segs, data.as_bytes()).map_err(|e| e.errno());
+    // What the clock thread does right after a create: start the queued owners.
+    h.spawn_pending(usize::MAX);
+    r
 }
 
 fn names(h: &SimHost, path: &str) -> Vec<String> {

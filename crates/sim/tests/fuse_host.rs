@@ -343,6 +343,13 @@ fn mtty_host_and_mdevctl() {
         sim.write(&format!("{t}/mtty-1/create"), &uuid(99)),
         Err(Some(libc::ENOSPC))
     );
+    // Owners start just after their create returns (as QEMU after the mdev exists).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sim.read("sys/kernel/debug/gvm-sim/owners").lines().count() < 12
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(
         sim.read("sys/kernel/debug/gvm-sim/owners").lines().count(),
         12,
