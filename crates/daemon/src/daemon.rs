@@ -120,6 +120,9 @@ impl Daemon {
             gcgroups = gc.name(),
             "state loaded"
         );
+        // Gcgroups are CUDA shim processes only: no GVM tree, or `--backend shim`.
+        let shim_only =
+            !host.gvm_processes_dir().is_dir() || gc.name() == crate::shim_backend::SHIM_NAME;
         Ok(Daemon {
             resolver: Resolver::new(host.clone()),
             host,
@@ -152,7 +155,16 @@ impl Daemon {
             stray_logged: BTreeSet::new(),
             gpu_index_failed: BTreeSet::new(),
             libvirt: crate::domains::Domains::default(),
-            scheduler: crate::scheduler::Scheduler::open(state),
+            scheduler: {
+                let mut s = crate::scheduler::Scheduler::open(state);
+                // Shim processes are preempted by nothing cheap below us: equal- and
+                // fixed-share then run one vGPU at a time per GPU.
+                if shim_only {
+                    s.exclusive = Some(gvm_sched::DEFAULT_EXCLUSIVE_SLICE);
+                    info!("CUDA shim gcgroups only: equal-share and fixed-share give each GPU to one vGPU at a time (slices of at least 20 ms)");
+                }
+                s
+            },
             startup_problems: loaded.problems,
         })
     }

@@ -128,6 +128,7 @@ impl StoredConfig {
             policy: self.policy,
             timeslice: self.timeslice_us.map(Nanos::from_micros),
             window: Nanos::from_millis(self.window_ms),
+            exclusive: None,
         }
     }
 
@@ -333,6 +334,10 @@ pub struct Scheduler {
     /// best-effort and unwatched, set again by every API request. The tick loop reads
     /// it without the daemon lock, so an idle daemon wakes no thread 100 times a second.
     pub(crate) busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// [`gvm_sched::EngineConfig::exclusive`] for every GPU's engine: set by the daemon
+    /// on a host without GVM's tree, where the CUDA shim gates launches and concurrent
+    /// contexts lose GPU time to the hardware's context switching.
+    pub(crate) exclusive: Option<gvm_sched::Nanos>,
 }
 
 /// How long after a `policy show`/`top` best-effort GPUs keep being sampled.
@@ -378,6 +383,7 @@ impl Scheduler {
             ticks: 0,
             watched: std::cell::Cell::new(None),
             busy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            exclusive: None,
         }
     }
 
@@ -399,9 +405,16 @@ impl Scheduler {
             && self.watched.get().is_none_or(|t| t.elapsed() >= WATCH_FOR)
     }
 
+    /// The engine configuration of `gpu`: its stored policy, plus the host's exclusive mode.
+    fn engine_config(&self, gpu: u32) -> gvm_sched::EngineConfig {
+        let mut cfg = self.file.for_gpu(gpu).engine();
+        cfg.exclusive = self.exclusive;
+        cfg
+    }
+
     fn state(&mut self, gpu: u32, now: Instant) -> Option<&mut GpuState> {
         if !self.gpus.contains_key(&gpu) {
-            let engine = match Engine::new(self.file.for_gpu(gpu).engine()) {
+            let engine = match Engine::new(self.engine_config(gpu)) {
                 Ok(e) => e,
                 Err(e) => {
                     warn!(gpu, "{e}");
@@ -826,7 +839,8 @@ impl Daemon {
             .map_err(|e| ApiError::internal(error_chain(&SchedulerError::Save(e))))?;
         self.scheduler.file = next;
         for (g, st) in &mut self.scheduler.gpus {
-            let cfg = self.scheduler.file.for_gpu(*g).engine();
+            let mut cfg = self.scheduler.file.for_gpu(*g).engine();
+            cfg.exclusive = self.scheduler.exclusive;
             if *st.engine.config() != cfg {
                 if let Err(e) = st.engine.set_config(cfg) {
                     warn!(gpu = g, "{e}");

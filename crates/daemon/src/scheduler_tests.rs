@@ -137,6 +137,7 @@ fn stored_config_converts_both_ways() {
         policy: Policy::FixedShare,
         timeslice: Some(Nanos::from_micros(512)),
         window: ms(250),
+        exclusive: None,
     };
     assert_eq!(StoredConfig::of(&c).engine(), c);
     let w = StoredConfig::of(&c).wire();
@@ -232,4 +233,20 @@ fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
         "{:?}",
         p.actions
     );
+}
+
+#[test]
+fn the_hosts_exclusive_mode_reaches_every_gpus_engine_but_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut s = Scheduler::open(&HostRoot::new(dir.path()));
+    assert_eq!(s.engine_config(0).exclusive, None);
+    s.exclusive = Some(gvm_sched::DEFAULT_EXCLUSIVE_SLICE);
+    for gpu in [0, 8] {
+        assert_eq!(
+            s.engine_config(gpu).exclusive,
+            Some(gvm_sched::DEFAULT_EXCLUSIVE_SLICE)
+        );
+    }
+    // A host property, not a stored choice: the policy file never carries it.
+    assert_eq!(s.file.for_gpu(0).engine().exclusive, None);
 }

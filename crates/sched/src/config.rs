@@ -17,6 +17,9 @@ use crate::time::{timeslice_of_priority, Nanos, PRIORITY_MAX, PRIORITY_MIN};
 pub const DEFAULT_SLICE_SMALL: Nanos = Nanos::from_millis(2);
 /// Slice used by default when more vGPUs share the GPU.
 pub const DEFAULT_SLICE_LARGE: Nanos = Nanos::from_millis(1);
+/// The least time a vGPU keeps the GPU under [`EngineConfig::exclusive`] when the
+/// daemon turns it on.
+pub const DEFAULT_EXCLUSIVE_SLICE: Nanos = Nanos::from_millis(20);
 /// The vGPU count up to which [`DEFAULT_SLICE_SMALL`] applies.
 pub const SMALL_GPU_VGPUS: usize = 8;
 /// The default averaging window.
@@ -34,6 +37,13 @@ pub struct EngineConfig {
     /// The accounting/averaging window.
     #[serde(default = "default_window")]
     pub window: Nanos,
+    /// Equal-share and fixed-share only: let one vGPU at a time run, each for at least
+    /// this long before another may take over (`None`: every vGPU within its share runs,
+    /// and the hardware time-slices between them). For GPUs where nothing below the
+    /// engine preempts cheaply — the CUDA shim on a stock driver, whose concurrent
+    /// contexts lose ~11 % of the GPU to context time-slicing (`docs/shim.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<Nanos>,
 }
 
 fn default_window() -> Nanos {
@@ -46,6 +56,7 @@ impl Default for EngineConfig {
             policy: Policy::default(),
             timeslice: None,
             window: DEFAULT_WINDOW,
+            exclusive: None,
         }
     }
 }

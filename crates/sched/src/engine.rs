@@ -173,6 +173,8 @@ pub struct Engine {
     window_start: Option<Nanos>,
     /// Equal-share: the smallest virtual time among vGPUs with work at the last tick.
     vfloor: u64,
+    /// Under [`EngineConfig::exclusive`]: the vGPU holding the GPU and since when.
+    runner: Option<(VgpuId, Nanos)>,
     stats: EngineStats,
 }
 
@@ -186,6 +188,7 @@ impl Engine {
             last_now: None,
             window_start: None,
             vfloor: 0,
+            runner: None,
             stats: EngineStats::default(),
         })
     }
@@ -286,14 +289,31 @@ impl Engine {
             Policy::EqualShare => {
                 self.vfloor = equal_share(&mut self.slots, self.vfloor, bound, slice_prio);
             }
-            Policy::FixedShare => fixed_share(
-                &mut self.slots,
-                inputs,
-                dt,
-                bound,
-                self.cfg.window,
-                slice_prio,
-            ),
+            Policy::FixedShare => {
+                // One at a time, a vGPU waits while the others run their slices: its
+                // credit must outlast that wait, or a large share loses what it earns
+                // meanwhile to the cap.
+                let cap = match self.cfg.exclusive {
+                    Some(ex) => {
+                        let n = u64::try_from(inputs.len()).unwrap_or(u64::MAX);
+                        Nanos(bound.0.max(ex.0.saturating_mul(n)))
+                    }
+                    None => bound,
+                };
+                fixed_share(
+                    &mut self.slots,
+                    inputs,
+                    dt,
+                    cap,
+                    self.cfg.window,
+                    slice_prio,
+                )
+            }
+        }
+        if let Some(slice) = self.cfg.exclusive {
+            if self.cfg.policy != Policy::BestEffort {
+                self.one_at_a_time(now, slice);
+            }
         }
         for s in &mut self.slots {
             let priority = (s.written_priority != Some(s.want_priority)).then_some(s.want_priority);
@@ -314,6 +334,45 @@ impl Engine {
         }
         self.roll_window(now);
         self.stats.ticks += 1;
+    }
+
+    /// Exclusive mode: of the vGPUs the policy lets run (work, not frozen), only one
+    /// runs. The current one keeps the GPU for at least `slice` while the policy lets
+    /// it; then the one furthest behind takes over (equal-share: least virtual time;
+    /// fixed-share: largest balance). The others are frozen; their accounting goes on
+    /// as usual, so the shares come out as without the mode, minus the hardware's
+    /// switching between concurrent contexts.
+    fn one_at_a_time(&mut self, now: Nanos, slice: Nanos) {
+        let runnable = |s: &Slot| s.has_work && !s.want_frozen;
+        let keep = self
+            .runner
+            .filter(|(_, since)| now - *since < slice)
+            .map(|(id, _)| id)
+            .filter(|id| self.slots.iter().any(|s| s.id == *id && runnable(s)));
+        let equal = self.cfg.policy == Policy::EqualShare;
+        let pick = keep.or_else(|| {
+            self.slots
+                .iter()
+                .filter(|s| runnable(s))
+                .min_by_key(|s| {
+                    if equal {
+                        i128::from(s.vruntime)
+                    } else {
+                        -i128::from(s.balance)
+                    }
+                })
+                .map(|s| s.id)
+        });
+        for s in &mut self.slots {
+            if runnable(s) && Some(s.id) != pick {
+                s.want_frozen = true;
+            }
+        }
+        self.runner = match pick {
+            Some(id) if keep == Some(id) => self.runner,
+            Some(id) => Some((id, now)),
+            None => None,
+        };
     }
 
     fn reset_accounting(&mut self) {

@@ -224,3 +224,70 @@ fn config_errors_are_reported() {
     assert_eq!(e.config().policy, Policy::BestEffort);
     assert_eq!(e.slice_for(4), (Nanos::from_micros(2_048), 8));
 }
+
+/// Runs `engine` for `ticks` ticks of 10 ms on a GPU that splits each tick evenly between
+/// the vGPUs left unfrozen; returns each vGPU's GPU time and the most vGPUs ever unfrozen
+/// together after the first tick.
+fn run_exclusive(engine: &mut Engine, shares: &[f64], ticks: u64) -> (Vec<u64>, usize) {
+    let n = shares.len();
+    let mut used = vec![0u64; n];
+    let mut frozen = vec![false; n];
+    let mut most_running = 0;
+    for t in 0..ticks {
+        let inputs: Vec<VgpuInput> = (0..n)
+            .map(|i| VgpuInput {
+                id: VgpuId(i as u128 + 1),
+                pending_kernels: 4,
+                gpu_time: Nanos::from_micros(used[i]),
+                priority: 8,
+                share: shares[i],
+            })
+            .collect();
+        for a in engine.tick(ms(10 * t), &inputs) {
+            if let Some(f) = a.freeze {
+                frozen[(a.id.0 - 1) as usize] = f;
+            }
+        }
+        let running: Vec<usize> = (0..n).filter(|i| !frozen[*i]).collect();
+        if t > 0 {
+            most_running = most_running.max(running.len());
+        }
+        for i in &running {
+            used[*i] += 10_000 / running.len() as u64;
+        }
+    }
+    (used, most_running)
+}
+
+#[test]
+fn exclusive_equal_share_runs_one_vgpu_at_a_time_and_splits_evenly() {
+    let mut cfg = EngineConfig::with_policy(Policy::EqualShare);
+    cfg.exclusive = Some(ms(20));
+    let mut e = Engine::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let (used, most) = run_exclusive(&mut e, &[0.5, 0.5, 0.5], 300);
+    assert_eq!(most, 1, "more than one vGPU ran at once");
+    let total: u64 = used.iter().sum();
+    for u in &used {
+        let share = *u as f64 / total as f64;
+        assert!((share - 1.0 / 3.0).abs() < 0.03, "{used:?}");
+    }
+    // Without the mode the same engine lets all three run together.
+    let mut e = engine(Policy::EqualShare);
+    let (_, most) = run_exclusive(&mut e, &[0.5, 0.5, 0.5], 50);
+    assert_eq!(most, 3);
+}
+
+#[test]
+fn exclusive_fixed_share_keeps_each_vgpu_at_its_share_one_at_a_time() {
+    let mut cfg = EngineConfig::with_policy(Policy::FixedShare);
+    cfg.exclusive = Some(ms(20));
+    let mut e = Engine::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let ticks = 300; // 3 s
+    let (used, most) = run_exclusive(&mut e, &[0.5, 0.25, 0.125, 0.125], ticks);
+    assert_eq!(most, 1);
+    let wall = (ticks * 10_000) as f64;
+    for (u, want) in used.iter().zip([0.5, 0.25, 0.125, 0.125]) {
+        let got = *u as f64 / wall;
+        assert!((got - want).abs() < 0.04, "{used:?}: {got} vs {want}");
+    }
+}
