@@ -46,6 +46,8 @@ fn knobs_read_write_and_the_simulated_gpu_responds() {
         "second GPU has GVM index 8"
     );
     let g = gvm.gcgroup(pid, 8);
+    // The link count of processes/<pid> counts its GPU directories, as debugfs keeps it.
+    assert_eq!(gvm.gpu_count(pid).unwrap(), Some(1));
 
     // Defaults as the kernel reports them.
     let s = g.snapshot().unwrap();
@@ -106,6 +108,10 @@ fn knobs_read_write_and_the_simulated_gpu_responds() {
     assert!(matches!(e, Error::ProcessGone { .. }), "{e}");
     assert!(matches!(
         gvm.gpus(pid).unwrap_err(),
+        Error::ProcessGone { .. }
+    ));
+    assert!(matches!(
+        gvm.gpu_count(pid).unwrap_err(),
         Error::ProcessGone { .. }
     ));
 }
