@@ -10,7 +10,8 @@
 //! holds its launches while a higher-priority one has GPU work ([`arbiter`], [`priority`]).
 //! [`config`] parses the knobs from the environment for processes running without a daemon.
 //! [`register`] is the socket protocol by which a shim process announces itself to the daemon
-//! (its GPUs by PCI bus id, its control block, its pid as it sees it).
+//! (its GPUs by PCI bus id, its control block, its pid as it sees it); [`reregister`] keeps
+//! that registration alive across daemon restarts.
 //!
 //! This crate is separate from the interposer so that the daemon links the block layout
 //! without linking the interposer's exported `dlsym` and `cu*` symbols.
@@ -23,6 +24,7 @@ pub mod control;
 pub mod error;
 pub mod priority;
 pub mod register;
+pub mod reregister;
 pub mod sys;
 
 pub use error::{Error, Result};

@@ -191,3 +191,74 @@ pub fn unix_connect(path: &std::path::Path, timeout: Duration) -> io::Result<std
         }
     }
 }
+
+/// Block until the peer of the connected stream socket `fd` hangs up: end-of-file, a reset,
+/// or an error on the descriptor. Sleeps in `poll(2)` with no timeout (no busy loop); bytes
+/// the peer sends are read and discarded so they cannot wake the loop again.
+pub fn wait_hangup(fd: std::os::fd::BorrowedFd<'_>) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    let mut sink = [0u8; 256];
+    loop {
+        pfd.revents = 0;
+        // SAFETY: one pollfd of ours on the stack, count 1; it does not outlive the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if rc < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return; // Cannot watch it any more: treat as gone.
+        }
+        if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP | libc::POLLNVAL) != 0 {
+            return;
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            // SAFETY: reads at most `sink.len()` bytes into our buffer; MSG_DONTWAIT keeps it
+            // from blocking whatever the descriptor's mode.
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    sink.as_mut_ptr().cast(),
+                    sink.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error().raw_os_error();
+                if !matches!(e, Some(libc::EINTR | libc::EAGAIN)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Run `f` with every blockable signal blocked in the calling thread, then restore its mask.
+/// A thread spawned inside `f` starts with all signals blocked, so the host program's
+/// process-directed signals are never delivered to it.
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it fully before use.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are ours, on the stack; pthread_sigmask only reads `all` and writes
+    // `old`. SIGKILL/SIGSTOP cannot be blocked (the kernel ignores them in the set).
+    let saved = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0
+    };
+    let r = f();
+    if saved {
+        // SAFETY: restores the mask saved above; `old` is ours.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+    }
+    r
+}
