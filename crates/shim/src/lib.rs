@@ -49,5 +49,5 @@ pub mod resolve;
 mod shim;
 
 /// The control/arbitration blocks and knobs, shared with gvm-vgpud (crate `gvm-shim-abi`).
-pub use gvm_shim_abi::{arbiter, config, control, error, priority, register};
+pub use gvm_shim_abi::{arbiter, config, control, error, priority, register, reregister};
 pub use gvm_shim_abi::{Error, Result};

@@ -10,6 +10,11 @@
 //! id, `GVM_VGPU_UUID`), at most [`REGISTER_TIMEOUT`] once, holding no lock (other threads
 //! carry on meanwhile), and keeps the connection open (close-on-exec) so the daemon sees the
 //! exit at once. Without a daemon it prints one line on stderr and runs standalone.
+//! Either way one thread, `gvm-reregister` (`gvm_shim_abi::reregister`), then sleeps in
+//! `poll` on the connection and, when gvm-vgpud stops or restarts (or was not there at
+//! set-up), retries the same registration every second until a daemon takes it: a process
+//! stays known to a restarted daemon even with its block outside `/dev/shm` or in another pid
+//! namespace. Not started when `GVM_SHIM_SOCKET=off`; a `fork` child has no such thread.
 //! Nothing here ever fails the CUDA program: errors are logged and the shim carries on.
 
 use std::fmt::Display;
@@ -34,6 +39,7 @@ use crate::gate::{self, FutexParker, StreamTracker};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
 use crate::queue::{StreamKey, Tracker};
 use crate::register::{self as reg, GpuId, Request, PROTOCOL_VERSION, SOCKET_ENV};
+use crate::reregister::{self, SocketLink};
 use crate::resolve::RealTable;
 
 /// Real driver pointers, one per wrapped ABI.
@@ -47,7 +53,8 @@ static SHIM: OnceLock<Shim> = OnceLock::new();
 pub const REGISTER_TIMEOUT: Duration = reg::DEFAULT_TIMEOUT;
 /// Registration: 0 not tried, 1 taken by a thread (in progress or done).
 static REGISTER_STATE: AtomicU8 = AtomicU8::new(0);
-/// The open connection to gvm-vgpud (-1 when none); closed by the kernel at exit.
+/// The set-up connection to gvm-vgpud when the re-registration thread could not start (-1
+/// otherwise: the thread owns the connection); closed by the kernel at exit.
 static REGISTER_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// The shim's state.
@@ -163,6 +170,43 @@ fn init() -> Shim {
     }
 }
 
+/// Set by an `atexit` handler: the re-registration thread then stops quietly.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn mark_exiting() {
+    EXITING.store(true, Ordering::Release);
+}
+
+fn log_line(line: &str) {
+    log(line);
+}
+
+/// Hand the set-up outcome to the re-registration thread (`gvm_shim_abi::reregister`): it
+/// watches the connection and registers again after gvm-vgpud restarts, or registers once a
+/// daemon starts. If the thread cannot start, the set-up connection is kept open here.
+fn keep_registered(
+    socket: std::path::PathBuf,
+    request: Request,
+    first: Result<std::os::fd::OwnedFd, reg::RegisterError>,
+) {
+    if !ffi::at_exit(mark_exiting) {
+        debug(|| "could not register the exit flag of the re-registration thread".into());
+    }
+    let link = SocketLink {
+        socket: socket.clone(),
+        request,
+        timeout: REGISTER_TIMEOUT,
+        exiting: &EXITING,
+        log: log_line,
+    };
+    if let Err(e) = reregister::spawn(link, &socket, first) {
+        log(&e);
+        if let Some(c) = e.connection {
+            REGISTER_FD.store(c.into_raw_fd(), Ordering::Release);
+        }
+    }
+}
+
 /// The one-line warning of a process no daemon took.
 fn standalone(socket: &std::path::Path, why: &str, note: Option<&str>) {
     let how = match note {
@@ -265,9 +309,8 @@ impl Shim {
             gpus,
             vgpu_uuid: self.block().knobs().vgpu_uuid,
         };
-        match reg::connect_and_register(&socket, &request, REGISTER_TIMEOUT) {
+        let first = match reg::connect_and_register(&socket, &request, REGISTER_TIMEOUT) {
             Ok(r) => {
-                REGISTER_FD.store(r.connection.into_raw_fd(), Ordering::Release);
                 debug(|| {
                     format!(
                         "registered with gvm-vgpud at {} (gpu {:?}, {} GPUs reported)",
@@ -276,9 +319,14 @@ impl Shim {
                         request.gpus.len()
                     )
                 });
+                Ok(r.connection)
             }
-            Err(e) => standalone(&socket, &e.to_string(), note),
-        }
+            Err(e) => {
+                standalone(&socket, &e.to_string(), note);
+                Err(e)
+            }
+        };
+        keep_registered(socket, request, first);
     }
 
     /// Before a launch on `stream` (`ptsz`: through a `_ptsz` entry point): pass the gate
