@@ -2,7 +2,9 @@
 //! libgvm_cuda.so` (over a fake `libcuda.so.1`, no GPU) with `GVM_VGPU_UUID` of a vGPU on the
 //! simulated host is adopted as that vGPU's owner; the type's memory limit reaches its
 //! control block (an allocation past it fails inside the process); `freeze` holds its
-//! launches and `thaw` releases them; `set` retunes it; `show` and `stats` list it.
+//! launches and `thaw` releases them; `set` retunes it; `show` and `stats` list it. A process
+//! whose block is outside `/dev/shm` is known only through registration: after `kill -9` of
+//! the daemon, its shim registers again with the new one, which adopts it within 2 s.
 //! Skips (printing why) without root and /dev/fuse (the simulated host) or without `cc`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{skip_reason, wait_until, Sim};
 use gvm_client::gvm_proto::{OwnerRule, SetMode, SetParams};
@@ -438,4 +440,96 @@ fn a_registered_shim_process_at_a_custom_block_path_is_listed_retuned_and_droppe
         .owners
         .is_empty()));
     assert!(custom.exists());
+}
+
+#[test]
+fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
+    let Some((dir, so, fake, prog)) = rig() else {
+        return;
+    };
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let mut d = sim.daemon(&["--backend", "shim"]);
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    let owned = |c: &mut gvm_client::Client, pid: u32| {
+        c.list(false)
+            .map(|l| l.iter().any(|v| v.uuid == uuid && v.owners.contains(&pid)))
+            .unwrap_or(false)
+    };
+    let registrations = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("CUDA shim process registered")
+            .count()
+    };
+    {
+        let mut c = d.client();
+        assert!(wait_until(Duration::from_secs(2), || c
+            .list(false)
+            .unwrap()
+            .iter()
+            .any(|v| v.uuid == uuid && v.managed)));
+    }
+    // A block the /dev/shm scan cannot find: only registration tells a daemon about it.
+    let custom = dir.path().join("custom-block");
+    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, Some(&custom));
+    let pid = p.pid();
+    let ctl = ControlMap::open(&custom).unwrap();
+    {
+        let mut c = d.client();
+        assert!(
+            wait_until(Duration::from_secs(3), || owned(&mut c, pid)),
+            "registered and adopted; log: {}",
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+    }
+    assert_eq!(registrations(&d.log), 1);
+
+    // kill -9: no clean shutdown, the socket file stays behind. A new daemon on the same
+    // root must learn of the process again, from the process.
+    d.kill9();
+    d.restart();
+    let up = Instant::now();
+    let mut c = d.client();
+    let adopted = wait_until(Duration::from_secs(2), || owned(&mut c, pid));
+    let took = up.elapsed();
+    assert!(
+        adopted,
+        "not re-adopted within 2 s of the new daemon answering; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    println!("re-registered and adopted {took:?} after the new daemon answered");
+    assert_eq!(
+        registrations(&d.log),
+        2,
+        "the shim registered again (once); log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    let detail = c.show(&uuid.to_string()).unwrap();
+    assert!(detail.owners.iter().any(|o| o.pid == pid), "show lists it");
+
+    // The new daemon drives the block.
+    c.set(SetParams {
+        target: uuid.to_string(),
+        memory_limit: Some(80 * MIB),
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), 80 * MIB);
+    assert_eq!(
+        p.alloc(81).as_deref(),
+        Some("alloc=2"),
+        "the new limit holds inside"
+    );
+    assert_eq!(p.alloc(16).as_deref(), Some("alloc=0"));
+
+    // Exit still ends the registration at once.
+    p.send("quit");
+    assert!(p.child.wait().unwrap().success());
+    assert!(wait_until(Duration::from_secs(3), || c
+        .show(&uuid.to_string())
+        .unwrap()
+        .owners
+        .is_empty()));
 }
