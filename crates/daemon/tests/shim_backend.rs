@@ -4,7 +4,8 @@
 //! control block (an allocation past it fails inside the process); `freeze` holds its
 //! launches and `thaw` releases them; `set` retunes it; `show` and `stats` list it. A process
 //! whose block is outside `/dev/shm` is known only through registration: after `kill -9` of
-//! the daemon, its shim registers again with the new one, which adopts it within 2 s.
+//! the daemon, its shim registers again with the new one, which adopts it within 2 s; one
+//! started before any daemon registers once a daemon starts.
 //! Skips (printing why) without root and /dev/fuse (the simulated host) or without `cc`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -532,4 +533,41 @@ fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
         .unwrap()
         .owners
         .is_empty()));
+}
+
+#[test]
+fn a_shim_process_started_before_the_daemon_registers_once_it_starts() {
+    let Some((dir, so, fake, prog)) = rig() else {
+        return;
+    };
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    // No daemon yet: the shim runs standalone on a block the scan cannot find.
+    let custom = dir.path().join("early-block");
+    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, Some(&custom));
+    let pid = p.pid();
+    let ctl = ControlMap::open(&custom).unwrap();
+    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), u64::MAX);
+
+    let d = sim.daemon(&["--backend", "shim"]);
+    let mut c = d.client();
+    assert!(
+        wait_until(Duration::from_secs(3), || c
+            .list(false)
+            .map(|l| l.iter().any(|v| v.uuid == uuid && v.owners.contains(&pid)))
+            .unwrap_or(false)),
+        "the daemon started later did not adopt the process; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    let limit = c.show(&uuid.to_string()).unwrap().info.knobs.memory_limit;
+    assert!(
+        wait_until(Duration::from_secs(3), || ctl
+            .block()
+            .memory_limit
+            .load(Ordering::Acquire)
+            == limit),
+        "the type's limit reached the block"
+    );
+    assert_eq!(p.alloc(limit / MIB + 1).as_deref(), Some("alloc=2"));
 }
