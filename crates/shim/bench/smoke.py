@@ -1,6 +1,7 @@
 """GPU smoke test of libgvm_cuda.so under PyTorch. Run under LD_PRELOAD with
-GVM_SHIM_CONTROL and GVM_MEMORY_LIMIT set (see run_gpu.sh). Mode `basic` (default) or
-`expandable` (run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True). Prints JSON."""
+GVM_SHIM_CONTROL and GVM_MEMORY_LIMIT set (see run_gpu.sh). Mode `basic` (default),
+`expandable` (run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) or `swap` (run with
+GVM_HOST_SWAP=1). Prints JSON."""
 import json
 import os
 import sys
@@ -73,6 +74,31 @@ if mode == "basic":
     b1 = ctlblock.read()["submitted"]
     check("graph_correct", torch.allclose(out, torch.full_like(s, 9 * 2 + 1)), float(out[0]))
     check("graph_launches_counted", b1 - b0 >= 10, b1 - b0)
+elif mode == "swap":
+    # Run with GVM_HOST_SWAP=1: past the limit an allocation lands in managed memory that
+    # prefers the host, counted in swap_current (not memory_current), and still works.
+    a = torch.ones(limit // 2, dtype=torch.uint8, device="cuda")
+    before = ctlblock.read()
+    try:
+        b = torch.ones(limit, dtype=torch.uint8, device="cuda")
+        spilled = None
+    except torch.OutOfMemoryError as e:
+        b, spilled = None, str(e).splitlines()[0][:200]
+    blk = ctlblock.read()
+    check("over_limit_spills_instead_of_oom", b is not None, spilled)
+    check("swap_current_grows", blk["swap_current"] >= before["swap_current"] + limit,
+          [before["swap_current"], blk["swap_current"]])
+    check("memory_current_stays_under_limit", blk["memory_current"] <= limit, blk["memory_current"])
+    if b is not None:
+        b.mul_(3)
+        check("swapped_tensor_usable", int(b[: 1 << 20].sum()) == 3 * (1 << 20)
+              and int(b[-(1 << 20):].sum()) == 3 * (1 << 20), None)
+        del b
+        torch.cuda.empty_cache()
+        after = ctlblock.read()
+        check("swap_released_on_free", after["swap_current"] < blk["swap_current"],
+              [blk["swap_current"], after["swap_current"]])
+    del a
 else:
     # Expandable segments map cuMemCreate'd physical chunks: they must be counted and capped.
     held = []
