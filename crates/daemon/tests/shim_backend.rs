@@ -239,6 +239,41 @@ fn rig() -> Option<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
     }
 }
 
+/// `set --live --memory-limit MIB`: the block takes it and an allocation of one MiB more
+/// fails inside the process.
+fn set_live_limit_and_see_it_hold(
+    c: &mut gvm_client::Client,
+    p: &mut ShimProcess,
+    ctl: &ControlMap,
+    uuid: &Uuid,
+    mib: u64,
+) {
+    c.set(SetParams {
+        target: uuid.to_string(),
+        memory_limit: Some(mib * MIB),
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), mib * MIB);
+    assert_eq!(
+        p.alloc(mib + 1).as_deref(),
+        Some("alloc=2"),
+        "the limit of {mib} MiB holds inside"
+    );
+}
+
+/// The process quits cleanly and the daemon drops it as an owner within 3 s.
+fn quit_and_see_the_owner_dropped(p: &mut ShimProcess, c: &mut gvm_client::Client, uuid: &Uuid) {
+    p.send("quit");
+    assert!(p.child.wait().unwrap().success());
+    assert!(wait_until(Duration::from_secs(3), || c
+        .show(&uuid.to_string())
+        .unwrap()
+        .owners
+        .is_empty()));
+}
+
 fn block_of(root: &Path, pid: u32) -> ControlMap {
     ControlMap::open(&root.join(format!("dev/shm/gvm-vgpu-{pid}"))).unwrap()
 }
@@ -336,13 +371,7 @@ fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
     );
 
     // Exit: the shim removes its block, the daemon drops the owner.
-    p.send("quit");
-    assert!(p.child.wait().unwrap().success());
-    assert!(wait_until(Duration::from_secs(3), || c
-        .show(&uuid.to_string())
-        .unwrap()
-        .owners
-        .is_empty()));
+    quit_and_see_the_owner_dropped(&mut p, &mut c, &uuid);
 }
 
 #[test]
@@ -419,27 +448,9 @@ fn a_registered_shim_process_at_a_custom_block_path_is_listed_retuned_and_droppe
     );
     let log = std::fs::read_to_string(&d.log).unwrap_or_default();
     assert!(log.contains("CUDA shim process registered"), "{log}");
-    c.set(SetParams {
-        target: uuid.to_string(),
-        memory_limit: Some(96 * MIB),
-        mode: SetMode::Live,
-        ..SetParams::default()
-    })
-    .unwrap();
-    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), 96 * MIB);
-    assert_eq!(
-        p.alloc(97).as_deref(),
-        Some("alloc=2"),
-        "the limit holds inside"
-    );
+    set_live_limit_and_see_it_hold(&mut c, &mut p, &ctl, &uuid, 96);
     // Exit: the connection closes and the owner goes (the block file stays: it was given).
-    p.send("quit");
-    assert!(p.child.wait().unwrap().success());
-    assert!(wait_until(Duration::from_secs(3), || c
-        .show(&uuid.to_string())
-        .unwrap()
-        .owners
-        .is_empty()));
+    quit_and_see_the_owner_dropped(&mut p, &mut c, &uuid);
     assert!(custom.exists());
 }
 
@@ -510,29 +521,11 @@ fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
     assert!(detail.owners.iter().any(|o| o.pid == pid), "show lists it");
 
     // The new daemon drives the block.
-    c.set(SetParams {
-        target: uuid.to_string(),
-        memory_limit: Some(80 * MIB),
-        mode: SetMode::Live,
-        ..SetParams::default()
-    })
-    .unwrap();
-    assert_eq!(ctl.block().memory_limit.load(Ordering::Acquire), 80 * MIB);
-    assert_eq!(
-        p.alloc(81).as_deref(),
-        Some("alloc=2"),
-        "the new limit holds inside"
-    );
+    set_live_limit_and_see_it_hold(&mut c, &mut p, &ctl, &uuid, 80);
     assert_eq!(p.alloc(16).as_deref(), Some("alloc=0"));
 
     // Exit still ends the registration at once.
-    p.send("quit");
-    assert!(p.child.wait().unwrap().success());
-    assert!(wait_until(Duration::from_secs(3), || c
-        .show(&uuid.to_string())
-        .unwrap()
-        .owners
-        .is_empty()));
+    quit_and_see_the_owner_dropped(&mut p, &mut c, &uuid);
 }
 
 #[test]
