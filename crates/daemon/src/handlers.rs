@@ -357,15 +357,10 @@ impl Daemon {
     fn define_batch(&mut self, b: DefineBatchParams) -> Result<BatchReport, ApiError> {
         let mut defs: Vec<Definition> = Vec::with_capacity(b.items.len());
         for (i, p) in b.items.into_iter().enumerate() {
+            // UUIDs given twice in one batch were refused by `Call::validate`.
             let def = self
                 .prepare_definition(p)
                 .map_err(|e| e.context(&format!("item {i}")))?;
-            if defs.iter().any(|d| d.uuid == def.uuid) {
-                return Err(ApiError::invalid(format!(
-                    "item {i}: vGPU {} appears twice in the batch",
-                    def.uuid
-                )));
-            }
             defs.push(def);
         }
         self.store.save_definitions(&defs).map_err(store_err)?;
@@ -384,14 +379,12 @@ impl Daemon {
             ..BatchReport::default()
         };
         if b.start {
-            for i in 0..report.defined.len() {
-                let def = &report.defined[i];
-                let (uuid, parent, mdev_type) =
-                    (def.uuid, def.parent.clone(), def.mdev_type.clone());
-                if self.observed.devices.contains_key(&uuid) {
+            for def in &report.defined {
+                if self.observed.devices.contains_key(&def.uuid) {
                     continue;
                 }
-                match self.create_device(uuid, &parent, &mdev_type) {
+                let uuid = def.uuid;
+                match self.create_device(uuid, &def.parent, &def.mdev_type) {
                     Ok(()) => report.started.push(uuid),
                     Err(e) => {
                         warn!(%uuid, "batch start failed: {}", e.message);

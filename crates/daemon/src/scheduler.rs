@@ -838,9 +838,16 @@ impl Daemon {
         write_json(&self.scheduler.path, &next)
             .map_err(|e| ApiError::internal(error_chain(&SchedulerError::Save(e))))?;
         self.scheduler.file = next;
-        for (g, st) in &mut self.scheduler.gpus {
-            let mut cfg = self.scheduler.file.for_gpu(*g).engine();
-            cfg.exclusive = self.scheduler.exclusive;
+        let configs: Vec<(u32, gvm_sched::EngineConfig)> = self
+            .scheduler
+            .gpus
+            .keys()
+            .map(|g| (*g, self.scheduler.engine_config(*g)))
+            .collect();
+        for (g, cfg) in configs {
+            let Some(st) = self.scheduler.gpus.get_mut(&g) else {
+                continue;
+            };
             if *st.engine.config() != cfg {
                 if let Err(e) = st.engine.set_config(cfg) {
                     warn!(gpu = g, "{e}");

@@ -22,26 +22,20 @@ pub const UUID_ENV: &str = "GVM_VGPU_UUID";
 /// Owner processes started as children of the simulator.
 #[derive(Debug)]
 pub struct ChildProcs {
-    program: PathBuf,
-    args: Vec<OsString>,
+    launcher: Launcher,
     children: BTreeMap<u32, Child>,
 }
 
 impl ChildProcs {
-    fn launcher_of(&self) -> Launcher {
-        Launcher {
-            program: self.program.clone(),
-            args: self.args.clone(),
-        }
-    }
-
     /// Owners run `program args…`. Installs a `SIGCHLD` handler that only sets a flag
     /// (see [`ChildProcs::reap`]).
     pub fn new(program: impl Into<PathBuf>, args: Vec<OsString>) -> Self {
         watch_child_exits();
         ChildProcs {
-            program: program.into(),
-            args,
+            launcher: Launcher {
+                program: program.into(),
+                args,
+            },
             children: BTreeMap::new(),
         }
     }
@@ -69,14 +63,14 @@ impl Launcher {
 
 impl OwnerProcs for ChildProcs {
     fn spawn(&mut self, uuid: &str) -> io::Result<u32> {
-        let child = self.launcher_of().launch(uuid)?;
+        let child = self.launcher.launch(uuid)?;
         let pid = child.id();
         self.children.insert(pid, child);
         Ok(pid)
     }
 
     fn launcher(&self) -> Option<Launcher> {
-        Some(self.launcher_of())
+        Some(self.launcher.clone())
     }
 
     fn adopt(&mut self, child: Child) {
@@ -95,10 +89,9 @@ impl OwnerProcs for ChildProcs {
         // of syscalls, and even one `waitid(P_ALL)` peek walks every child in the kernel.
         // Look only after a SIGCHLD (the flag is cleared before the scan, so an exit
         // during the scan is seen at the next tick), and then peek before scanning.
-        if !self.children.is_empty()
-            && (!(CHILD_EXITED.swap(false, Ordering::AcqRel) || STICKY.load(Ordering::Acquire))
-                || !any_child_exited())
-        {
+        let some_exited =
+            self.children.is_empty() || (child_exit_signalled() && any_child_exited());
+        if !some_exited {
             return Vec::new();
         }
         let gone: Vec<u32> = self
@@ -148,6 +141,12 @@ fn watch_child_exits() {
 
 /// The handler could not be installed: never trust a cleared flag.
 static STICKY: AtomicBool = AtomicBool::new(false);
+
+/// Whether a SIGCHLD arrived since the last call (clears the flag), or the handler could
+/// not be installed and every call must look.
+fn child_exit_signalled() -> bool {
+    CHILD_EXITED.swap(false, Ordering::AcqRel) || STICKY.load(Ordering::Acquire)
+}
 
 /// Whether some child of this process has exited and waits to be reaped (the
 /// status is left in place for `Child::try_wait`). Errors (no children) say no.
