@@ -39,8 +39,9 @@ def now():
 
 
 # ---------------------------------------------------------------------------------- workers
-def serve(a):
-    import numpy as np
+def hf_server(a):
+    """transformers' LlamaForCausalLM (1.1B shape), eager, KV cache: the server of the earlier
+    runs. Returns request(prompt_len) -> (t_start, t_first, token times)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -52,6 +53,64 @@ def serve(a):
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg)
     model.eval()
+
+    def request(prompt_len, before_start):
+        ids = torch.randint(0, cfg.vocab_size, (1, prompt_len), device="cuda")
+        before_start()
+        start = now()
+        with torch.inference_mode():
+            out = model(input_ids=ids, use_cache=True)
+            tok = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            stamps = [now()]
+            pkv = out.past_key_values
+            for _ in range(a.new_tokens - 1):
+                out = model(input_ids=tok, past_key_values=pkv, use_cache=True)
+                pkv = out.past_key_values
+                tok = out.logits[:, -1:].argmax(-1)
+                torch.cuda.synchronize()
+                stamps.append(now())
+        return start, stamps
+
+    return request, {"server": "hf", "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def graph_server(a):
+    """graph_llama.Server: every request is one prefill graph replay and one decode replay per
+    further token (GPU-bound). Returns request(prompt_len) and a description."""
+    import torch
+    import graph_llama
+
+    shape = graph_llama.SHAPES[a.model]
+    cuda = a.device == "cuda"
+    srv = graph_llama.Server(shape, a.prompt_min, a.prompt_max, a.bucket, a.new_tokens,
+                             device=a.device, use_graphs=cuda)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    ok, detail = srv.check([a.prompt_min, a.prompt_max])
+    if not ok:
+        raise SystemExit(f"graph replay and eager code disagree: {detail}")
+
+    def request(prompt_len, before_start):
+        b = srv.stage(prompt_len)
+        before_start()
+        start = now()
+        srv.prefill(b)
+        sync()
+        stamps = [now()]
+        for _ in range(a.new_tokens - 1):
+            srv.decode()
+            sync()
+            stamps.append(now())
+        return start, stamps
+
+    return request, {"server": "graph", "model": a.model, "parameters": shape.parameters(),
+                     "buckets": srv.buckets, "check": dict(detail, graphs_equal_eager=ok)}
+
+
+def serve(a):
+    import numpy as np
+
+    request, info = (graph_server if a.server == "graph" else hf_server)(a)
     freeze = None
     if a.freeze_ctl:
         import ctypes
@@ -65,43 +124,26 @@ def serve(a):
         if not v:  # wake held launches at once (FUTEX_WAKE on the shared word)
             libc.syscall(202, ctypes.c_void_p(word), 1, 0x7FFFFFFF)
 
-    def request(prompt_len, arrival):
-        ids = torch.randint(0, cfg.vocab_size, (1, prompt_len), device="cuda")
-        if freeze is not None:
-            set_frozen(1)
-        start = now()
-        with torch.inference_mode():
-            out = model(input_ids=ids, use_cache=True)
-            tok = out.logits[:, -1:].argmax(-1)
-            torch.cuda.synchronize()
-            t_first = now()
-            pkv = out.past_key_values
-            itl, last = [], t_first
-            for _ in range(a.new_tokens - 1):
-                out = model(input_ids=tok, past_key_values=pkv, use_cache=True)
-                pkv = out.past_key_values
-                tok = out.logits[:, -1:].argmax(-1)
-                torch.cuda.synchronize()
-                t = now()
-                itl.append(t - last)
-                last = t
+    def one(prompt_len, arrival):
+        start, stamps = request(prompt_len, (lambda: set_frozen(1)) if freeze else (lambda: None))
         if freeze is not None:
             set_frozen(0)
-        return {"ttft": t_first - arrival, "ttft_service": t_first - start,
-                "service": last - start, "itl": itl}
+        itl = [b - c for c, b in zip(stamps, stamps[1:])]
+        return {"ttft": stamps[0] - arrival, "ttft_service": stamps[0] - start,
+                "service": stamps[-1] - start, "itl": itl, "prompt": prompt_len}
 
     rng = np.random.RandomState(a.seed)
-    lens = rng.randint(512, 1025, size=a.requests)
-    for i in range(3):
-        request(int(lens[i]), now())
-    t = []
-    for i in range(3):
-        r = request(int(lens[i]), now())
-        t.append(r["service"])
+    lens = rng.randint(a.prompt_min, a.prompt_max + 1, size=a.requests)
+    # Warm-up (kernels loaded, allocator and clocks settled): each prompt bucket of the graph
+    # server twice, or the first 32 distinct prompt lengths of the eager one twice.
+    warm = info.get("buckets") or sorted(set(int(n) for n in lens))[:32]
+    for n in warm * 2:
+        one(n, now())
+    t = [one(int(n), now())["service"] for n in lens[:5]]
     service = sum(t) / len(t)
     rate = a.rate if a.rate > 0 else a.duty / service
     gaps = rng.exponential(1.0 / rate, size=a.requests)
-    print(json.dumps({"ready": True, "service_s": service, "rate": rate}), flush=True)
+    print(json.dumps({"ready": True, "service_s": service, "rate": rate, **info}), flush=True)
     if a.go_file:
         while not os.path.exists(a.go_file):
             time.sleep(0.01)
@@ -111,7 +153,7 @@ def serve(a):
     for i in range(a.requests):
         while now() < arrivals[i]:
             time.sleep(min(0.0005, max(0.0, arrivals[i] - now())))
-        res.append(request(int(lens[i]), float(arrivals[i])))
+        res.append(one(int(lens[i]), float(arrivals[i])))
     t1 = now()
     with open(a.result, "w") as f:
         json.dump({"t0": t0, "t1": t1, "rate": rate, "service_s": service, "requests": res}, f)
@@ -145,12 +187,13 @@ def batch(a):
         step().item()
     print(json.dumps({"ready": True}), flush=True)
     stamps = []
-    end = now() + a.seconds
+    t_start = now()
+    end = t_start + a.seconds
     while now() < end and not (a.stop_file and os.path.exists(a.stop_file)):
         step().item()
         stamps.append(now())
     with open(a.result, "w") as f:
-        json.dump({"stamps": stamps}, f)
+        json.dump({"t_start": t_start, "stamps": stamps}, f)
 
 
 # ----------------------------------------------------------------------------- orchestrator
@@ -207,15 +250,45 @@ def wait_ready(p, what, timeout=240):
 def parse_config(spec):
     """`gvm_priority:depth=4:linger=500` -> ("gvm_priority", {"depth": 4, "linger": 500}):
     a configuration with tuned shim parameters for the batch (depth = GVM_QUEUE_DEPTH,
-    linger = GVM_ARB_LINGER_US of the server, maxhold = GVM_ARB_MAX_HOLD_MS)."""
+    budget = GVM_QUEUE_BUDGET_US, maxhold = GVM_ARB_MAX_HOLD_MS) or the server (linger =
+    GVM_ARB_LINGER_US)."""
     base, *kvs = spec.split(":")
     params = {}
     for kv in kvs:
         k, v = kv.split("=")
-        if k not in ("depth", "linger", "maxhold"):
+        if k not in ("depth", "linger", "maxhold", "budget"):
             raise SystemExit(f"unknown parameter {k!r} in {spec!r}")
         params[k] = int(v)
     return base, params
+
+
+def summarize(high, low):
+    """Metrics of one configuration from the raw results: the server's (`high`: arrival window
+    and per-request times) and the batch job's (`low`: its loop's start and step end times),
+    either may be None. The batch's steps/s are counted over the server's window; alone, over
+    its own loop (from its start to its last step: the process's exit is not batch time)."""
+    res = {}
+    if high is not None:
+        t0, t1 = high["t0"], high["t1"]
+        reqs = high["requests"]
+        ttft = [r["ttft"] * 1e3 for r in reqs]
+        itl = [x * 1e3 for r in reqs for x in r["itl"]]
+        busy = sum(r["service"] for r in reqs)
+        res.update(requests=len(reqs), rate=high["rate"], window_s=t1 - t0,
+                   ttft_p50=pct(ttft, 50), ttft_p99=pct(ttft, 99),
+                   ttft_service_p50=pct([r["ttft_service"] * 1e3 for r in reqs], 50),
+                   ttft_service_p99=pct([r["ttft_service"] * 1e3 for r in reqs], 99),
+                   itl_p50=pct(itl, 50), itl_p99=pct(itl, 99),
+                   high_duty=busy / (t1 - t0), ttft_ms=ttft)
+    elif "t_start" in low:
+        t0, t1 = low["t_start"], low["stamps"][-1]
+    else:  # raw files of runs before t_start was recorded: the steps' own span
+        t0, t1 = low["stamps"][0], low["stamps"][-1]
+        low = dict(low, stamps=low["stamps"][1:])
+    if low is not None:
+        inwin = [s for s in low["stamps"] if t0 <= s <= t1]
+        res["batch_steps_per_s"] = len(inwin) / (t1 - t0) if t1 > t0 else float("nan")
+    return res
 
 
 def run_config(spec, a, base_env, rate):
@@ -245,6 +318,8 @@ def run_config(spec, a, base_env, rate):
                 env_hi["GVM_ARB_LINGER_US"] = str(params["linger"])
             if "maxhold" in params:
                 env_lo["GVM_ARB_MAX_HOLD_MS"] = str(params["maxhold"])
+            if "budget" in params:
+                env_lo["GVM_QUEUE_BUDGET_US"] = str(params["budget"])
     if name == "mps":
         pipe, logd = "/tmp/mps-pipe", "/tmp/mps-log"
         os.makedirs(pipe, exist_ok=True)
@@ -268,19 +343,24 @@ def run_config(spec, a, base_env, rate):
             secs = a.batch_seconds if name == "exclusive_batch" else 3600
             lo = spawn("batch", ["--seconds", str(secs), "--stop-file", stop,
                                  "--result", f"/tmp/colo-{tag}-lo.json"], env_lo, tag, out)
-            wait_ready(lo, f"{name} batch")
         if name == "exclusive_batch":
-            t0 = now()
+            wait_ready(lo, f"{name} batch")
             lo.wait(timeout=a.batch_seconds + 120)
-            t1 = now()
+            res.update(summarize(None, json.load(open(f"/tmp/colo-{tag}-lo.json"))))
         else:
             hargs = ["--requests", str(a.requests), "--new-tokens", str(a.new_tokens),
+                     "--server", a.server, "--model", a.model, "--prompt-min", str(a.prompt_min),
+                     "--prompt-max", str(a.prompt_max), "--bucket", str(a.bucket),
                      "--seed", str(a.seed), "--rate", str(rate), "--duty", str(a.duty),
                      "--go-file", go, "--result", f"/tmp/colo-{tag}-hi.json"]
             if name == "gvm_freeze":
                 hargs += ["--freeze-ctl", ctl_lo]
             hi = spawn("serve", hargs, env_hi, tag, out)
+            # The batch warms up while the server loads and captures its graphs (so the
+            # server's calibrated service time, used only when --rate is 0, is pessimistic).
             info = wait_ready(hi, f"{name} server", timeout=600)
+            if lo:
+                wait_ready(lo, f"{name} batch")
             res["calibration"] = info
             open(go, "w").close()
             hi.wait(timeout=3600)
@@ -289,22 +369,8 @@ def run_config(spec, a, base_env, rate):
             if lo:
                 open(stop, "w").close()
                 lo.wait(timeout=120)
-            h = json.load(open(f"/tmp/colo-{tag}-hi.json"))
-            t0, t1 = h["t0"], h["t1"]
-            reqs = h["requests"]
-            ttft = [r["ttft"] * 1e3 for r in reqs]
-            itl = [x * 1e3 for r in reqs for x in r["itl"]]
-            busy = sum(r["service"] for r in reqs)
-            res.update(requests=len(reqs), rate=h["rate"], window_s=t1 - t0,
-                       ttft_p50=pct(ttft, 50), ttft_p99=pct(ttft, 99),
-                       ttft_service_p50=pct([r["ttft_service"] * 1e3 for r in reqs], 50),
-                       itl_p50=pct(itl, 50), itl_p99=pct(itl, 99),
-                       high_duty=busy / (t1 - t0))
-            res["ttft_ms"] = ttft
-        if lo:
-            stamps = json.load(open(f"/tmp/colo-{tag}-lo.json"))["stamps"]
-            inwin = [s for s in stamps if t0 <= s <= t1]
-            res["batch_steps_per_s"] = len(inwin) / (t1 - t0) if t1 > t0 else float("nan")
+            res.update(summarize(json.load(open(f"/tmp/colo-{tag}-hi.json")),
+                                 json.load(open(f"/tmp/colo-{tag}-lo.json")) if lo else None))
         if name.startswith("gvm"):
             res["block_high"] = read_block(ctl_hi)
             res["block_low"] = read_block(ctl_lo)
@@ -335,18 +401,31 @@ def main_orchestrate(a):
         print(json.dumps(short), flush=True)
         json.dump({"args": vars(a), "results": results},
                   open(os.path.join(a.out, "colocate.json"), "w"), indent=1)
+    report(results, vars(a), a.out)
+    archive_raw(results, a.out)
+
+
+def ratios(results):
+    """Each configuration's ratios to the exclusive baselines of the same run."""
     ex_h, ex_b = results.get("exclusive_high", {}), results.get("exclusive_batch", {})
     rows = []
     for name, r in results.items():
         row = {"config": name}
-        for k in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99"):
+        for k in ("ttft_p50", "ttft_p99", "ttft_service_p50", "ttft_service_p99", "itl_p50",
+                  "itl_p99"):
             if k in r and k in ex_h:
                 row[k + "_x"] = r[k] / ex_h[k]
         if "batch_steps_per_s" in r and "batch_steps_per_s" in ex_b:
             row["batch_kept"] = r["batch_steps_per_s"] / ex_b["batch_steps_per_s"]
         rows.append(row)
+    return rows
+
+
+def report(results, args, out):
+    """Print the table, write OUT/colocate.json (args, results, ratios) and OUT/colocate.png."""
+    rows = ratios(results)
     print(f"{'config':16} {'TTFT p50':>9} {'p99':>9} {'ITL p50':>8} {'p99':>8} {'batch/s':>8} "
-          f"{'TTFTx50':>8} {'TTFTx99':>8} {'ITLx50':>7} {'ITLx99':>7} {'batch%':>7}")
+          f"{'TTFTx50':>8} {'TTFTx99':>8} {'ITLx50':>7} {'ITLx99':>7} {'batch%':>7} {'duty%':>6}")
     for row in rows:
         r = results[row["config"]]
         f = lambda k, s="{:9.1f}": s.format(r[k]) if k in r else " " * len(s.format(0.0))
@@ -354,13 +433,46 @@ def main_orchestrate(a):
         print(f"{row['config']:16} {f('ttft_p50')} {f('ttft_p99')} {f('itl_p50', '{:8.2f}')} "
               f"{f('itl_p99', '{:8.2f}')} {f('batch_steps_per_s', '{:8.2f}')} {g('ttft_p50_x')} "
               f"{g('ttft_p99_x')} {g('itl_p50_x', '{:7.2f}')} {g('itl_p99_x', '{:7.2f}')} "
-              + (f"{100 * row['batch_kept']:7.1f}" if "batch_kept" in row else ""))
-    json.dump({"args": vars(a), "results": results, "ratios": rows},
-              open(os.path.join(a.out, "colocate.json"), "w"), indent=1)
+              + (f"{100 * row['batch_kept']:7.1f}" if "batch_kept" in row else " " * 7)
+              + (f" {100 * r['high_duty']:6.1f}" if "high_duty" in r else ""))
+    json.dump({"args": args, "results": results, "ratios": rows},
+              open(os.path.join(out, "colocate.json"), "w"), indent=1)
     try:
-        plot(results, rows, os.path.join(a.out, "colocate.png"))
+        plot(results, rows, os.path.join(out, "colocate.png"))
     except Exception as e:  # noqa: BLE001 - the numbers matter more than the picture
         print(f"plot failed: {e}")
+
+
+def raw_files(spec):
+    tag = spec.replace(":", "-").replace("=", "")
+    return f"colo-{tag}-hi.json", f"colo-{tag}-lo.json"
+
+
+def archive_raw(results, out):
+    """OUT/raw.tgz: every configuration's raw results and the workers' logs (one file, so a
+    run's output stays a handful of files)."""
+    import glob
+    import tarfile
+    with tarfile.open(os.path.join(out, "raw.tgz"), "w:gz") as t:
+        for spec in results:
+            tag = spec.replace(":", "-").replace("=", "")
+            for f in list(raw_files(spec)) + glob.glob(f"/tmp/colo-{tag}-*.log"):
+                f = f if f.startswith("/") else os.path.join("/tmp", f)
+                if os.path.exists(f):
+                    t.add(f, arcname=os.path.basename(f))
+
+
+def rebuild(raw_dir, configs, out):
+    """colocate.json and the plot again from the raw results of a run (the colo-*-hi.json and
+    colo-*-lo.json files of raw.tgz, or /tmp on the GPU machine)."""
+    results = {}
+    for spec in configs.split(","):
+        hi, lo = (os.path.join(raw_dir, f) for f in raw_files(spec))
+        load = lambda p: json.load(open(p)) if os.path.exists(p) else None
+        high, low = (None if spec == "exclusive_batch" else load(hi)), load(lo)
+        results[spec] = dict(summarize(high, low), config=spec)
+    os.makedirs(out, exist_ok=True)
+    report(results, {"rebuilt_from": raw_dir}, out)
 
 
 def plot(results, rows, path):
@@ -401,6 +513,9 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "replot":
         replot(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) == 5 and sys.argv[1] == "rebuild":
+        rebuild(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("role", nargs="?", default="run", choices=["run", "serve", "batch"])
     ap.add_argument("--shim")
@@ -408,7 +523,15 @@ def main():
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rate", type=float, default=0.0, help="requests/s (0: duty / service time)")
     ap.add_argument("--duty", type=float, default=0.3, help="target fraction of time busy")
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--server", default="graph", choices=["graph", "hf"],
+                    help="graph: graph_llama with CUDA graphs (GPU-bound); hf: transformers, eager")
+    ap.add_argument("--model", default="3b", help="graph server shape: 3b, 1b or tiny")
+    ap.add_argument("--prompt-min", type=int, default=2048)
+    ap.add_argument("--prompt-max", type=int, default=4096)
+    ap.add_argument("--device", default="cuda", help="serve only: cpu runs the graph server's "
+                    "code eagerly on the CPU (a check of the script, not a benchmark)")
+    ap.add_argument("--bucket", type=int, default=256, help="graph server prompt bucket size")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--batch-seconds", type=float, default=20)
