@@ -243,6 +243,8 @@ impl ControlBlock {
             queue_always: self.queue_always.load(Ordering::Relaxed) != 0,
             linger_us: self.linger_us.load(Ordering::Relaxed),
             max_hold_ms: self.max_hold_ms.load(Ordering::Relaxed),
+            // Process-local, not in the block: the default.
+            queue_budget_us: crate::config::DEFAULT_QUEUE_BUDGET_US,
         }
     }
 
@@ -441,6 +443,8 @@ mod tests {
             queue_always: true,
             linger_us: 700,
             max_hold_ms: 9,
+            // Process-local (not in the block): a second mapping sees the default.
+            queue_budget_us: crate::config::DEFAULT_QUEUE_BUDGET_US,
         };
         let a = ControlMap::create(&path, &knobs, FLAG_STANDALONE).expect("create");
         let b = ControlMap::open(&path).expect("open");

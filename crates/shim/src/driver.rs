@@ -22,6 +22,7 @@ type CtxGetDeviceFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type EventCreateFn = unsafe extern "C" fn(*mut CuHandle, c_uint) -> CuResult;
 type EventRecordFn = unsafe extern "C" fn(CuHandle, CuHandle) -> CuResult;
 type EventQueryFn = unsafe extern "C" fn(CuHandle) -> CuResult;
+type EventElapsedTimeFn = unsafe extern "C" fn(*mut f32, CuHandle, CuHandle) -> CuResult;
 type StreamIsCapturingFn = unsafe extern "C" fn(CuHandle, *mut c_int) -> CuResult;
 type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type DeviceGetCountFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
@@ -33,6 +34,8 @@ const MAX_REPORTED_GPUS: c_int = 64;
 
 /// `CU_EVENT_DISABLE_TIMING`: the cheapest event.
 const CU_EVENT_DISABLE_TIMING: c_uint = 2;
+/// `CU_EVENT_DEFAULT`: an event that records a GPU timestamp.
+const CU_EVENT_DEFAULT: c_uint = 0;
 /// `CUDA_ERROR_NOT_READY`: an event query's "still pending".
 const CUDA_ERROR_NOT_READY: CuResult = 600;
 /// `CU_STREAM_CAPTURE_MODE_RELAXED`.
@@ -191,14 +194,21 @@ pub fn stream_key(stream: usize, ptsz: bool) -> Option<StreamKey> {
 pub struct DriverEvents {
     /// Make the key's context current before a query (the helper thread has none).
     pub set_ctx: bool,
+    /// Create events that record GPU timestamps (for learning kernel run times).
+    pub timing: bool,
 }
 
 impl Events for DriverEvents {
     fn create(&self, _key: StreamKey) -> Option<usize> {
         let f = driver_fn!(Variant::EventCreate, EventCreateFn)?;
         let mut e: CuHandle = std::ptr::null_mut();
+        let flags = if self.timing {
+            CU_EVENT_DEFAULT
+        } else {
+            CU_EVENT_DISABLE_TIMING
+        };
         // SAFETY: writes one handle into our local; the launching thread's context is current.
-        let rc = unsafe { f(&mut e, CU_EVENT_DISABLE_TIMING) };
+        let rc = unsafe { f(&mut e, flags) };
         (rc == CUDA_SUCCESS && !e.is_null()).then_some(e as usize)
     }
 
@@ -228,5 +238,17 @@ impl Events for DriverEvents {
             CUDA_ERROR_NOT_READY => Query::Pending,
             _ => Query::Done,
         }
+    }
+
+    fn elapsed_us(&self, earlier: usize, later: usize, key: StreamKey) -> Option<f32> {
+        let f = driver_fn!(Variant::EventElapsedTime, EventElapsedTimeFn)?;
+        if self.set_ctx {
+            set_current_ctx(key.ctx);
+        }
+        let mut ms: f32 = 0.0;
+        // SAFETY: two events the shim created (an event without timing makes the driver
+        // return an error, not write); writes one float into our local.
+        let rc = unsafe { f(&mut ms, earlier as CuHandle, later as CuHandle) };
+        (rc == CUDA_SUCCESS && ms.is_finite() && ms >= 0.0).then_some(ms * 1000.0)
     }
 }

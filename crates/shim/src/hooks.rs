@@ -137,6 +137,7 @@ fn wrapper_addr(v: Variant) -> usize {
         | Variant::EventRecord
         | Variant::EventRecordPtsz
         | Variant::EventQuery
+        | Variant::EventElapsedTime
         | Variant::StreamIsCapturing
         | Variant::StreamIsCapturingPtsz
         | Variant::ThreadExchangeCaptureMode
@@ -715,7 +716,7 @@ macro_rules! launch_kernel {
         ) -> CuResult {
             let real = real!($v, LaunchKernelFn);
             let s = shim::get();
-            let t = s.before_launch(stream as usize, $ptsz);
+            let t = s.before_launch(stream as usize, $ptsz, f as usize);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) };
             s.after_launch(t, $path, stream as u64, rc);
@@ -753,7 +754,7 @@ macro_rules! launch_kernel_ex {
             let s = shim::get();
             // SAFETY: `config` is the caller's CUlaunchConfig (or null), per the API contract.
             let stream = unsafe { ffi::launch_config_stream(config) };
-            let t = s.before_launch(stream as usize, $ptsz);
+            let t = s.before_launch(stream as usize, $ptsz, f as usize);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(config, f, params, extra) };
             s.after_launch(t, $path, stream, rc);
@@ -795,7 +796,7 @@ macro_rules! launch_cooperative {
         ) -> CuResult {
             let real = real!($v, LaunchCooperativeFn);
             let s = shim::get();
-            let t = s.before_launch(stream as usize, $ptsz);
+            let t = s.before_launch(stream as usize, $ptsz, f as usize);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(f, gx, gy, gz, bx, by, bz, shared, stream, params) };
             s.after_launch(t, LaunchPath::Cooperative, stream as u64, rc);
@@ -824,7 +825,7 @@ macro_rules! graph_launch {
         pub unsafe extern "C" fn $name(exec: CuHandle, stream: CuHandle) -> CuResult {
             let real = real!($v, GraphLaunchFn);
             let s = shim::get();
-            let t = s.before_launch(stream as usize, $ptsz);
+            let t = s.before_launch(stream as usize, $ptsz, exec as usize);
             // SAFETY: the caller's arguments, unchanged, to the driver.
             let rc = unsafe { real(exec, stream) };
             s.after_launch(t, LaunchPath::Graph, stream as u64, rc);

@@ -12,11 +12,23 @@
 //! * **Idle detection** ([`Tracker::all_done`]): work on one stream runs in order, so the
 //!   newest event of a stream completing means the stream is idle; the process is idle when
 //!   every stream is.
+//! * **Queue budget in GPU time** ([`Tracker::admits`]): a count bound costs a job of many
+//!   short kernels (a training step: ~250 launches, most of them tens of microseconds) its
+//!   throughput — the CPU waits on nearly every launch and the GPU runs dry between them —
+//!   while a count is what a more important process waits behind only for long kernels. So
+//!   the tracker learns how long each kernel (each `CUfunction`, or CUDA graph) runs on the
+//!   GPU and admits a launch beyond the count floor while the estimated work queued, this
+//!   launch included, stays within a budget of GPU time. Durations come from the events
+//!   themselves: when a launch was queued behind an unfinished one, the GPU time between
+//!   the two events is its run time (other contexts running in between only make it look
+//!   longer, the safe side). An estimate rises to a longer sample at once and falls slowly;
+//!   a kernel never measured counts as the whole budget.
 //!
 //! This module is the bookkeeping only, over an [`Events`] trait (the driver in production,
 //! a fake in tests). A query that fails counts as complete: a broken event must never keep a
 //! process waiting.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::config::MAX_QUEUE_DEPTH;
@@ -25,6 +37,11 @@ use crate::config::MAX_QUEUE_DEPTH;
 pub const RING: usize = MAX_QUEUE_DEPTH as usize;
 /// Streams tracked per process; launches on further streams go untracked.
 pub const MAX_STREAMS: usize = 64;
+/// Kernels whose run time is remembered; further ones count as unknown (the whole budget).
+pub const MAX_ESTIMATES: usize = 4096;
+/// A run-time sample is clamped to this (µs): one stalled measurement must not poison an
+/// estimate for long.
+const MAX_SAMPLE_US: f32 = 1_000_000.0;
 
 /// Which queue a launch went to: the context, the stream handle and whether the stream
 /// handle is read in the per-thread default-stream flavour (`_ptsz` entry points).
@@ -55,6 +72,67 @@ pub trait Events {
     fn record(&self, event: usize, key: StreamKey) -> bool;
     /// Query `event` (of `key`'s context).
     fn query(&self, event: usize, key: StreamKey) -> Query;
+    /// GPU time in microseconds from `earlier` to `later`, both complete events of `key`'s
+    /// stream; `None` when the driver cannot tell (events without timing, an error).
+    fn elapsed_us(&self, earlier: usize, later: usize, key: StreamKey) -> Option<f32>;
+}
+
+/// What a stream has queued: unfinished tracked launches and their estimated GPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Queued {
+    /// Unfinished launches.
+    pub count: usize,
+    /// Their estimated run time, µs (unknown kernels at the budget).
+    pub work_us: f32,
+}
+
+/// Whether one more launch (estimated `next_us`) may join a queue holding `q`: always below
+/// `floor` launches; beyond it only while the queued work plus this launch stays within
+/// `budget_us` (0: the floor alone), and never past the events a stream keeps.
+pub fn admits(q: Queued, next_us: f32, floor: usize, budget_us: u32) -> bool {
+    if q.count < floor {
+        return true;
+    }
+    budget_us > 0 && q.count < RING && q.work_us + next_us <= budget_us as f32
+}
+
+/// Learned run times per kernel.
+#[derive(Debug, Default)]
+struct Estimates {
+    us: HashMap<usize, f32>,
+}
+
+impl Estimates {
+    /// A new sample for `work`: a longer one is taken at once, a shorter one moves the
+    /// estimate an eighth of the way (so the estimate stays near the recent longest run).
+    fn observe(&mut self, work: usize, sample_us: f32) {
+        let sample = sample_us.clamp(0.0, MAX_SAMPLE_US);
+        if let Some(e) = self.us.get_mut(&work) {
+            *e = if sample >= *e {
+                sample
+            } else {
+                *e + (sample - *e) / 8.0
+            };
+        } else if self.us.len() < MAX_ESTIMATES {
+            self.us.insert(work, sample);
+        }
+    }
+
+    fn get(&self, work: usize) -> Option<f32> {
+        self.us.get(&work).copied()
+    }
+}
+
+/// What the ring knows of the launch before one of its events.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    /// The kernel (or graph) launched.
+    work: usize,
+    /// Its estimated run time when launched, µs.
+    est_us: f32,
+    /// Queued behind an unfinished launch: its event's time minus the previous event's is
+    /// its run time. False when the stream was idle (the difference would include the gap).
+    behind: bool,
 }
 
 /// The recorded, not yet known complete events of one stream, oldest first.
@@ -63,10 +141,15 @@ pub struct Ring {
     key: StreamKey,
     /// Every event made for this stream (reused round-robin).
     events: Vec<usize>,
+    /// The launch before each event, by the same index.
+    entries: Vec<Entry>,
     /// Index in `events` of the oldest pending one.
     head: usize,
     /// How many are pending.
     len: usize,
+    /// Index of the most recently completed event while it is not yet recorded again (the
+    /// start of the next one's run time).
+    last_done: Option<usize>,
 }
 
 impl Ring {
@@ -74,41 +157,89 @@ impl Ring {
         Ring {
             key,
             events: Vec::new(),
+            entries: Vec::new(),
             head: 0,
             len: 0,
+            last_done: None,
         }
     }
 
-    fn pop_done(&mut self, ev: &dyn Events) {
+    /// Drop the completed events from the front, learning the run time of each launch that
+    /// was queued behind the one before it.
+    fn pop_done(&mut self, ev: &dyn Events, learn: &mut Estimates) {
         while self.len > 0 {
-            let e = self.events[self.head];
+            let i = self.head;
+            let e = self.events[i];
             if ev.query(e, self.key) == Query::Pending {
                 return;
             }
+            let entry = self.entries[i];
+            if let (Some(prev), true) = (self.last_done, entry.behind) {
+                if let Some(us) = ev.elapsed_us(self.events[prev], e, self.key) {
+                    learn.observe(entry.work, us);
+                }
+            }
+            self.last_done = Some(i);
             self.head = (self.head + 1) % self.events.len();
             self.len -= 1;
         }
     }
 
+    /// Add the fresh event `e` right after the pending ones; returns its index.
+    fn insert(&mut self, e: usize) -> usize {
+        let cap = self.events.len();
+        // Rotate so that head is 0: the pending events are then 0..len.
+        self.events.rotate_left(self.head);
+        self.entries.rotate_left(self.head);
+        if let Some(d) = self.last_done {
+            let d = (d + cap - self.head) % cap;
+            self.last_done = Some(if d >= self.len { d + 1 } else { d });
+        }
+        self.head = 0;
+        self.events.insert(self.len, e);
+        self.entries.insert(self.len, Entry::default());
+        self.len
+    }
+
+    fn queued(&self) -> Queued {
+        let cap = self.events.len().max(1);
+        let work_us = (0..self.len)
+            .map(|k| self.entries[(self.head + k) % cap].est_us)
+            .sum();
+        Queued {
+            count: self.len,
+            work_us,
+        }
+    }
+
     /// An event to record next: a fresh one while the ring grows, else the oldest (dropping
-    /// it from the pending ones: a newer event on the same stream covers it).
+    /// it from the pending ones: a newer event on the same stream covers it). While the ring
+    /// may grow, the last completed event is not reused as long as a launch is pending: it
+    /// is where the oldest pending launch's run time starts (a queue held at a count floor
+    /// would otherwise reuse exactly that event every time and never learn a run time).
     fn next_slot(&mut self, ev: &dyn Events) -> Option<usize> {
         let cap = self.events.len();
         if self.len < cap {
-            return Some((self.head + self.len) % cap);
+            let i = (self.head + self.len) % cap;
+            if self.len > 0 && self.last_done == Some(i) && cap < RING {
+                if let Some(e) = ev.create(self.key) {
+                    return Some(self.insert(e));
+                }
+            }
+            if self.last_done == Some(i) {
+                self.last_done = None; // about to be recorded again
+            }
+            return Some(i);
         }
         if cap < RING {
             let e = ev.create(self.key)?;
-            // Insert at the logical end: rotate so that head is 0 first.
-            self.events.rotate_left(self.head);
-            self.head = 0;
-            self.events.push(e);
-            return Some(self.events.len() - 1);
+            return Some(self.insert(e));
         }
-        // Full: recycle the oldest.
+        // Full: recycle the oldest (its end, and so the next one's start, goes unseen).
         let i = self.head;
         self.head = (self.head + 1) % cap;
         self.len -= 1;
+        self.last_done = None;
         Some(i)
     }
 }
@@ -116,24 +247,31 @@ impl Ring {
 /// The per-process tracker.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    rings: Mutex<Vec<Ring>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rings: Vec<Ring>,
+    estimates: Estimates,
 }
 
 impl Tracker {
     /// Nothing tracked.
-    pub const fn new() -> Tracker {
-        Tracker {
-            rings: Mutex::new(Vec::new()),
-        }
+    pub fn new() -> Tracker {
+        Tracker::default()
     }
 
-    fn rings(&self) -> MutexGuard<'_, Vec<Ring>> {
-        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A launch on `key` succeeded: record an event after it. Returns whether it is tracked.
-    pub fn launched(&self, key: StreamKey, ev: &dyn Events) -> bool {
-        let mut rings = self.rings();
+    /// A launch of `work` (a `CUfunction` or graph handle) on `key` succeeded: record an
+    /// event after it. `unknown_us` is the estimate of a kernel never measured. Returns
+    /// whether it is tracked.
+    pub fn launched(&self, key: StreamKey, work: usize, unknown_us: f32, ev: &dyn Events) -> bool {
+        let mut st = self.state();
+        let State { rings, estimates } = &mut *st;
         let idx = match rings.iter().position(|r| r.key == key) {
             Some(i) => i,
             None if rings.len() < MAX_STREAMS => {
@@ -143,41 +281,55 @@ impl Tracker {
             None => return false,
         };
         let ring = &mut rings[idx];
-        ring.pop_done(ev);
+        ring.pop_done(ev, estimates);
+        let behind = ring.len > 0;
         let Some(slot) = ring.next_slot(ev) else {
             return false;
         };
         if !ev.record(ring.events[slot], key) {
             return false;
         }
+        ring.entries[slot] = Entry {
+            work,
+            est_us: estimates.get(work).unwrap_or(unknown_us),
+            behind,
+        };
         ring.len += 1;
         true
     }
 
-    /// Unfinished tracked launches on `key` now.
-    pub fn outstanding(&self, key: StreamKey, ev: &dyn Events) -> usize {
-        let mut rings = self.rings();
+    /// Unfinished tracked launches on `key` now, and their estimated GPU time.
+    pub fn queued(&self, key: StreamKey, ev: &dyn Events) -> Queued {
+        let mut st = self.state();
+        let State { rings, estimates } = &mut *st;
         match rings.iter_mut().find(|r| r.key == key) {
             Some(r) => {
-                r.pop_done(ev);
-                r.len
+                r.pop_done(ev, estimates);
+                r.queued()
             }
-            None => 0,
+            None => Queued::default(),
         }
+    }
+
+    /// The learned run time of `work`, µs, if it was measured.
+    pub fn estimate_us(&self, work: usize) -> Option<f32> {
+        self.state().estimates.get(work)
     }
 
     /// Whether every tracked stream is idle (its newest event complete).
     pub fn all_done(&self, ev: &dyn Events) -> bool {
-        let mut rings = self.rings();
-        for r in rings.iter_mut() {
+        let mut st = self.state();
+        for r in st.rings.iter_mut() {
             if r.len == 0 {
                 continue;
             }
-            let newest = r.events[(r.head + r.len - 1) % r.events.len()];
-            if ev.query(newest, r.key) == Query::Pending {
+            let newest = (r.head + r.len - 1) % r.events.len();
+            if ev.query(r.events[newest], r.key) == Query::Pending {
                 return false;
             }
+            r.head = (newest + 1) % r.events.len();
             r.len = 0;
+            r.last_done = Some(newest);
         }
         true
     }
@@ -202,6 +354,9 @@ mod tests {
         submitted: HashMap<usize, u64>,
         completed: HashMap<usize, u64>,
         recorded_at: HashMap<usize, (usize, u64)>,
+        /// GPU clock (µs) per stream and the time each launch (by count) ended.
+        clock: HashMap<usize, f32>,
+        ended_at: HashMap<(usize, u64), f32>,
     }
 
     impl FakeGpu {
@@ -209,11 +364,28 @@ mod tests {
             let mut s = self.state.lock().expect("fake");
             *s.submitted.entry(stream).or_default() += 1;
         }
-        fn complete(&self, stream: usize, n: u64) {
+        /// The next `n` launches of `stream` run `us` each, back to back.
+        fn run(&self, stream: usize, n: u64, us: f32) {
             let mut s = self.state.lock().expect("fake");
             let sub = s.submitted.get(&stream).copied().unwrap_or(0);
-            let c = s.completed.entry(stream).or_default();
-            *c = (*c + n).min(sub);
+            for _ in 0..n {
+                let c = s.completed.get(&stream).copied().unwrap_or(0);
+                if c >= sub {
+                    break;
+                }
+                let t = s.clock.get(&stream).copied().unwrap_or(0.0) + us;
+                s.clock.insert(stream, t);
+                s.ended_at.insert((stream, c + 1), t);
+                s.completed.insert(stream, c + 1);
+            }
+        }
+        fn complete(&self, stream: usize, n: u64) {
+            self.run(stream, n, 1.0);
+        }
+        /// The stream idles for `us`.
+        fn idle(&self, stream: usize, us: f32) {
+            let mut s = self.state.lock().expect("fake");
+            *s.clock.entry(stream).or_default() += us;
         }
     }
 
@@ -235,6 +407,17 @@ mod tests {
                 _ => Query::Done,
             }
         }
+        fn elapsed_us(&self, a: usize, b: usize, _k: StreamKey) -> Option<f32> {
+            let s = self.state.lock().expect("fake");
+            let when = |e: usize| -> Option<f32> {
+                let (st, at) = *s.recorded_at.get(&e)?;
+                if at == 0 {
+                    return Some(0.0);
+                }
+                s.ended_at.get(&(st, at)).copied()
+            };
+            Some(when(b)? - when(a)?)
+        }
     }
 
     fn key(stream: usize) -> StreamKey {
@@ -245,9 +428,19 @@ mod tests {
         }
     }
 
+    const UNKNOWN: f32 = 1000.0;
+
     fn launch(t: &Tracker, g: &FakeGpu, stream: usize) {
+        launch_work(t, g, stream, 0);
+    }
+
+    fn launch_work(t: &Tracker, g: &FakeGpu, stream: usize, work: usize) {
         g.submit(stream);
-        assert!(t.launched(key(stream), g));
+        assert!(t.launched(key(stream), work, UNKNOWN, g));
+    }
+
+    fn outstanding(t: &Tracker, g: &FakeGpu, stream: usize) -> usize {
+        t.queued(key(stream), g).count
     }
 
     #[test]
@@ -257,20 +450,16 @@ mod tests {
             launch(&t, &g, 7);
         }
         launch(&t, &g, 9);
-        assert_eq!(t.outstanding(key(7), &g), 3);
-        assert_eq!(t.outstanding(key(9), &g), 1);
+        assert_eq!(outstanding(&t, &g, 7), 3);
+        assert_eq!(outstanding(&t, &g, 9), 1);
         g.complete(7, 2);
-        assert_eq!(t.outstanding(key(7), &g), 1);
+        assert_eq!(outstanding(&t, &g, 7), 1);
         assert!(!t.all_done(&g));
         g.complete(7, 1);
         assert!(!t.all_done(&g), "stream 9 still runs");
         g.complete(9, 1);
         assert!(t.all_done(&g));
-        assert_eq!(
-            t.outstanding(key(42), &g),
-            0,
-            "unknown streams have nothing"
-        );
+        assert_eq!(outstanding(&t, &g, 42), 0, "unknown streams have nothing");
     }
 
     #[test]
@@ -280,12 +469,12 @@ mod tests {
             launch(&t, &g, 3);
         }
         assert_eq!(g.created.load(Ordering::Relaxed), RING, "events are reused");
-        assert_eq!(t.outstanding(key(3), &g), RING);
+        assert_eq!(outstanding(&t, &g, 3), RING);
         g.complete(3, (RING + 4) as u64);
         assert!(!t.all_done(&g), "the newest launch is still pending");
-        assert!(t.outstanding(key(3), &g) >= 1);
+        assert!(outstanding(&t, &g, 3) >= 1);
         g.complete(3, 1);
-        assert_eq!(t.outstanding(key(3), &g), 0);
+        assert_eq!(outstanding(&t, &g, 3), 0);
         assert!(t.all_done(&g));
     }
 
@@ -311,13 +500,110 @@ mod tests {
         fn query(&self, _e: usize, _k: StreamKey) -> Query {
             Query::Done
         }
+        fn elapsed_us(&self, _a: usize, _b: usize, _k: StreamKey) -> Option<f32> {
+            None
+        }
     }
 
     #[test]
     fn a_driver_without_events_leaves_launches_untracked_not_stuck() {
         let t = Tracker::new();
-        assert!(!t.launched(key(1), &Broken));
-        assert_eq!(t.outstanding(key(1), &Broken), 0);
+        assert!(!t.launched(key(1), 5, UNKNOWN, &Broken));
+        assert_eq!(t.queued(key(1), &Broken), Queued::default());
         assert!(t.all_done(&Broken));
+        assert_eq!(t.estimate_us(5), None);
+    }
+
+    #[test]
+    fn run_times_are_learned_from_launches_queued_behind_others() {
+        let (t, g) = (Tracker::new(), FakeGpu::default());
+        // Kernel 1 (40 µs) and kernel 2 (800 µs) alternate, always queued behind another.
+        for _ in 0..4 {
+            launch_work(&t, &g, 1, 1);
+            launch_work(&t, &g, 1, 2);
+        }
+        for i in 0..8 {
+            g.run(1, 1, if i % 2 == 0 { 40.0 } else { 800.0 });
+        }
+        assert_eq!(outstanding(&t, &g, 1), 0);
+        let (e1, e2) = (t.estimate_us(1), t.estimate_us(2));
+        assert_eq!(e1, Some(40.0), "kernel 1: {e1:?}");
+        assert_eq!(e2, Some(800.0), "kernel 2: {e2:?}");
+        // Queued work is the sum of the estimates; a kernel never seen counts as unknown.
+        launch_work(&t, &g, 1, 1);
+        launch_work(&t, &g, 1, 2);
+        launch_work(&t, &g, 1, 3);
+        let q = t.queued(key(1), &g);
+        assert_eq!(q.count, 3);
+        assert!((q.work_us - (40.0 + 800.0 + UNKNOWN)).abs() < 1e-3, "{q:?}");
+    }
+
+    #[test]
+    fn run_times_are_learned_at_the_count_floor() {
+        // What a yielding process does before anything is learned: two launches queued, then
+        // one more each time the oldest ends (the queue never grows past the floor of 2).
+        let (t, g) = (Tracker::new(), FakeGpu::default());
+        launch_work(&t, &g, 1, 7);
+        launch_work(&t, &g, 1, 7);
+        for _ in 0..6 {
+            g.run(1, 1, 300.0);
+            assert_eq!(outstanding(&t, &g, 1), 1);
+            launch_work(&t, &g, 1, 7);
+        }
+        assert_eq!(
+            t.estimate_us(7),
+            Some(300.0),
+            "each launch queued behind the previous one is timed"
+        );
+    }
+
+    #[test]
+    fn a_launch_on_an_idle_stream_is_not_timed_across_the_gap() {
+        let (t, g) = (Tracker::new(), FakeGpu::default());
+        launch_work(&t, &g, 1, 1);
+        g.run(1, 1, 50.0);
+        assert_eq!(outstanding(&t, &g, 1), 0, "the stream went idle");
+        g.idle(1, 10_000.0);
+        launch_work(&t, &g, 1, 2); // started on an idle stream: its time includes the gap
+        g.run(1, 1, 30.0);
+        assert_eq!(outstanding(&t, &g, 1), 0);
+        assert_eq!(
+            t.estimate_us(2),
+            None,
+            "the 10 ms gap must not be taken as run time"
+        );
+    }
+
+    #[test]
+    fn an_estimate_rises_at_once_and_falls_slowly() {
+        let mut e = Estimates::default();
+        e.observe(7, 100.0);
+        e.observe(7, 900.0);
+        assert_eq!(e.get(7), Some(900.0));
+        e.observe(7, 100.0);
+        assert_eq!(e.get(7), Some(800.0));
+        e.observe(7, f32::INFINITY);
+        assert_eq!(e.get(7), Some(MAX_SAMPLE_US), "clamped");
+        for w in 0..(MAX_ESTIMATES + 10) {
+            e.observe(1000 + w, 1.0);
+        }
+        assert!(e.us.len() <= MAX_ESTIMATES, "bounded");
+    }
+
+    #[test]
+    fn admission_keeps_the_floor_and_fills_the_budget_with_short_kernels() {
+        let q = |count, work_us| Queued { count, work_us };
+        // Below the floor: always (even unknown or long kernels), as the count bound did.
+        assert!(admits(q(0, 0.0), 5000.0, 2, 1000));
+        assert!(admits(q(1, 800.0), 800.0, 2, 1000));
+        // At the floor: long kernels wait ...
+        assert!(!admits(q(2, 1600.0), 800.0, 2, 1000));
+        // ... short ones join while the budget holds.
+        assert!(admits(q(2, 80.0), 40.0, 2, 1000));
+        assert!(admits(q(10, 900.0), 100.0, 2, 1000));
+        assert!(!admits(q(10, 900.0), 101.0, 2, 1000));
+        // Never past the ring, and a zero budget is the floor alone.
+        assert!(!admits(q(RING, 0.0), 0.0, 2, 1000));
+        assert!(!admits(q(2, 0.0), 0.0, 2, 0));
     }
 }

@@ -37,7 +37,7 @@ use crate::driver::{self, DriverEvents};
 use crate::ffi::{self, CuResult, CUDA_SUCCESS};
 use crate::gate::{self, FutexParker, StreamTracker};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
-use crate::queue::{StreamKey, Tracker};
+use crate::queue::{self, StreamKey, Tracker};
 use crate::register::{self as reg, GpuId, Request, PROTOCOL_VERSION, SOCKET_ENV};
 use crate::reregister::{self, SocketLink};
 use crate::resolve::RealTable;
@@ -69,6 +69,9 @@ pub struct Shim {
     arbiter: OnceLock<Option<Participant>>,
     /// What to say when no daemon takes the registration (a standalone block's knobs).
     standalone_note: Option<String>,
+    /// `GVM_QUEUE_BUDGET_US`: GPU time a yielding process may queue beyond its count floor
+    /// (0: the count alone; see `queue.rs`).
+    queue_budget_us: u32,
 }
 
 /// What [`Shim::before_launch`] decided for one launch, for [`Shim::after_launch`].
@@ -78,6 +81,10 @@ pub struct Ticket {
     key: Option<StreamKey>,
     /// The launch was published busy: report its end.
     busy: bool,
+    /// What runs: the `CUfunction` or graph handle (its run time is learned per handle).
+    work: usize,
+    /// A queue budget applies: record events with GPU timestamps, to learn run times.
+    timed: bool,
 }
 
 /// The state, set up on first use.
@@ -132,6 +139,13 @@ fn init() -> Shim {
     for e in &errors {
         log(e);
     }
+    let mut shim = init_control(&knobs);
+    shim.queue_budget_us = knobs.queue_budget_us;
+    shim
+}
+
+/// The shim over its control block: the daemon's, else a standalone one from `knobs`.
+fn init_control(knobs: &Knobs) -> Shim {
     let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
     let env_path = std::env::var_os(CONTROL_ENV);
     let path = control_path(env_path.as_deref(), &host, std::process::id());
@@ -146,7 +160,7 @@ fn init() -> Shim {
         UNLIMITED => "unlimited".to_string(),
         b => format!("{b} bytes"),
     };
-    match ControlMap::create(&path, &knobs, FLAG_STANDALONE) {
+    match ControlMap::create(&path, knobs, FLAG_STANDALONE) {
         Ok(m) => {
             let remove = env_path.is_none();
             if remove && !ffi::at_exit(remove_block_at_exit) {
@@ -165,7 +179,7 @@ fn init() -> Shim {
             log(format_args!(
                 "{e}; running standalone from the environment (memory limit {limit}) with a private control block"
             ));
-            Shim::with(ControlMap::local(&knobs), false)
+            Shim::with(ControlMap::local(knobs), false)
         }
     }
 }
@@ -236,7 +250,10 @@ fn helper_main() {
     driver::relax_capture_mode();
     let s = get();
     let Some(p) = s.participant() else { return };
-    let ev = DriverEvents { set_ctx: true };
+    let ev = DriverEvents {
+        set_ctx: true,
+        ..DriverEvents::default()
+    };
     loop {
         if !p.is_busy() {
             let w = p.helper_wake.load(Ordering::Acquire);
@@ -272,6 +289,7 @@ impl Shim {
             tracker: Tracker::new(),
             arbiter: OnceLock::new(),
             standalone_note: None,
+            queue_budget_us: 0,
         }
     }
 
@@ -334,7 +352,7 @@ impl Shim {
     /// yield to more important busy processes, wait for the queue bound, publish busy.
     /// When neither applies (or the process is alone on its GPU) it is a few atomic loads.
     #[inline]
-    pub fn before_launch(&self, stream: usize, ptsz: bool) -> Ticket {
+    pub fn before_launch(&self, stream: usize, ptsz: bool, work: usize) -> Ticket {
         self.gate();
         let b = self.block();
         let arbitrate = b.arbitrate.load(Ordering::Relaxed) != 0;
@@ -342,13 +360,14 @@ impl Shim {
         if !arbitrate && !always {
             return Ticket::default();
         }
-        self.before_launch_arbitrated(stream, ptsz, arbitrate, always)
+        self.before_launch_arbitrated(stream, ptsz, work, arbitrate, always)
     }
 
     fn before_launch_arbitrated(
         &self,
         stream: usize,
         ptsz: bool,
+        work: usize,
         arbitrate: bool,
         always: bool,
     ) -> Ticket {
@@ -364,8 +383,11 @@ impl Shim {
         }
         let max_hold = Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed)));
         let key = driver::stream_key(stream, ptsz);
+        // Beyond the count, short kernels may fill a GPU-time budget — but not under
+        // `queue_always`, where the count is what bounds a freeze or a time slice.
+        let budget = if always { 0 } else { self.queue_budget_us };
         if let (Some(k), true) = (key, bound > 0) {
-            if self.wait_queue(k, bound, max_hold) {
+            if self.wait_queue(k, bound, budget, work, max_hold) {
                 // A freeze or hold that came while waiting applies to this launch too:
                 // otherwise it would add one more kernel to what a freeze has to drain.
                 self.gate();
@@ -391,7 +413,12 @@ impl Shim {
             }
         }
         self.publish_arb_state(p.is_some(), role, busy);
-        Ticket { key, busy }
+        Ticket {
+            key,
+            busy,
+            work,
+            timed: budget > 0,
+        }
     }
 
     /// After the launch of `t` (entry point `path`, on `stream`) returned `rc`.
@@ -402,7 +429,12 @@ impl Shim {
             self.streams.launched(b, stream);
             b.launches[path as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(k) = t.key {
-                self.tracker.launched(k, &DriverEvents::default());
+                let ev = DriverEvents {
+                    set_ctx: false,
+                    timing: t.timed,
+                };
+                self.tracker
+                    .launched(k, t.work, self.queue_budget_us as f32, &ev);
             }
         }
         if t.busy {
@@ -412,19 +444,31 @@ impl Shim {
         }
     }
 
-    /// Wait until fewer than `bound` tracked launches on `key` are unfinished (at most
-    /// `max_hold`): spin briefly with yields, then sleep in short steps. Returns whether it
-    /// had to wait.
-    fn wait_queue(&self, key: StreamKey, bound: usize, max_hold: Duration) -> bool {
+    /// Wait until `key`'s queue admits a launch of `work` (at most `max_hold`): fewer than
+    /// `bound` tracked launches unfinished, or — with a `budget_us` — their estimated GPU
+    /// time plus this launch's within it. Spins briefly with yields, then sleeps in short
+    /// steps. Returns whether it had to wait.
+    fn wait_queue(
+        &self,
+        key: StreamKey,
+        bound: usize,
+        budget_us: u32,
+        work: usize,
+        max_hold: Duration,
+    ) -> bool {
         let ev = DriverEvents::default();
-        let outstanding = || driver::relaxed(|| self.tracker.outstanding(key, &ev));
-        if outstanding() < bound {
+        let next_us = self.tracker.estimate_us(work).unwrap_or(budget_us as f32);
+        let admitted = || {
+            let q = driver::relaxed(|| self.tracker.queued(key, &ev));
+            queue::admits(q, next_us, bound, budget_us)
+        };
+        if admitted() {
             return false;
         }
         self.block().queue_waits.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let mut spins = 0u32;
-        while outstanding() >= bound && start.elapsed() < max_hold {
+        while !admitted() && start.elapsed() < max_hold {
             spins += 1;
             if spins < 200 {
                 std::thread::yield_now();

@@ -441,6 +441,69 @@ fn the_queue_bound_keeps_one_launch_in_flight() {
     assert_eq!(b.block().launches[0].load(Ordering::Relaxed), 4);
 }
 
+#[test]
+fn short_kernels_fill_the_queue_budget_beyond_the_count_floor() {
+    let Some(rig) = rig() else { return };
+    // 4 ms fake kernels, back to back: the fake GPU's queued work right after a launch is
+    // what the shim let this process queue.
+    const KERNEL_MS: i64 = 4;
+    const KERNEL_US: u64 = 4_000;
+    // A more important process that stays registered: the low one yields, so its queue is
+    // bounded (at the default count floor of 2, and by the budget beyond it).
+    let (mut hi, hi_rx) = rig.spawn_arb("hi", 0, 0, (1, 20_000, 0), &[]);
+    assert!(value_of(&hi_rx, "launched", 10).is_some(), "high started");
+    // 40 launches with no gap; (queued µs after the last launch, the most after any launch).
+    let run = |name: &str, extra: &[(&str, &str)]| {
+        let (mut lo, rx) = rig.spawn_arb(name, 8, KERNEL_MS, (40, 0, 0), extra);
+        let last = value_of(&rx, "queued_us", 30).expect("low finished");
+        let most = value_of(&rx, "max_queued_us", 5).expect("low finished");
+        assert!(lo.wait().expect("wait").success());
+        let b = ControlMap::open(&rig.control(name)).expect("block");
+        let state = b.block().arb_state.load(Ordering::Relaxed);
+        assert!(
+            state & gvm_cuda::control::ARB_HAS_HIGHER != 0,
+            "{name}: the low process saw the high one ({state:#x})"
+        );
+        assert!(
+            b.block().queue_waits.load(Ordering::Relaxed) > 0,
+            "{name}: the queue bound held some launches"
+        );
+        (last, most)
+    };
+    // The count floor alone: at most the kernel still running and the one just launched.
+    let (last, most) = run("floor", &[("GVM_QUEUE_BUDGET_US", "0")]);
+    println!("budget 0: queued_us={last} max_queued_us={most}");
+    assert!(
+        most <= 2 * KERNEL_US + 500,
+        "the count floor keeps two kernels queued: {most} µs (last {last} µs)"
+    );
+    // A budget of 6.5 kernels: once the kernel's 4 ms is learned, up to 6 are queued.
+    let (last, most) = run("budget", &[("GVM_QUEUE_BUDGET_US", "26000")]);
+    println!("budget 26000: queued_us={last} max_queued_us={most}");
+    assert!(
+        most >= 4 * KERNEL_US,
+        "short kernels fill the budget beyond the floor: {most} µs (last {last} µs)"
+    );
+    assert!(
+        most <= 26_000 + 500,
+        "never more than the budget: {most} µs (last {last} µs)"
+    );
+    // Under GVM_QUEUE_ALWAYS the count is the bound: the budget does not apply.
+    let always = [
+        ("GVM_QUEUE_ALWAYS", "1"),
+        ("GVM_QUEUE_DEPTH", "1"),
+        ("GVM_QUEUE_BUDGET_US", "26000"),
+    ];
+    let (last, most) = run("always", &always);
+    println!("always, depth 1, budget 26000: queued_us={last} max_queued_us={most}");
+    assert!(
+        most <= KERNEL_US + 500,
+        "one kernel in flight under GVM_QUEUE_ALWAYS: {most} µs (last {last} µs)"
+    );
+    let _ = hi.kill();
+    let _ = hi.wait();
+}
+
 /// Read `key=value` lines from `rx` until `key` appears (at most `secs`).
 fn value_of(rx: &mpsc::Receiver<String>, key: &str, secs: u64) -> Option<u64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);

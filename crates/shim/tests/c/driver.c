@@ -99,19 +99,24 @@ int main(int argc, char **argv) {
         printf("launch=%d\nlaunch_ptsz=%d\nlaunch_ex=%d\nsync=%d\ngpa2=%d\n", count("launch"),
                count("launch_ptsz"), count("launch_ex"), count("sync"), count("gpa2"));
     } else if (!strcmp(mode, "arb")) {
-        /* arb N STAY_MS [GAP_MS]: N launches GAP_MS apart, report the longest launch call, then stay
-         * alive STAY_MS (so a busy process keeps its slot). */
+        /* arb N STAY_MS [GAP_MS]: N launches GAP_MS apart, report the longest launch call, the
+         * fake GPU's queued work (µs) right after the last launch and the most right after any,
+         * then stay alive STAY_MS (so a busy process keeps its slot). */
         int n = argc > 3 ? atoi(argv[3]) : 1, stay = argc > 4 ? atoi(argv[4]) : 0;
         int gap = argc > 5 ? atoi(argv[5]) : 0;
+        int queued = 0, max_queued = 0;
         double longest = 0, t0 = now_ms();
         for (int i = 0; i < n; i++) {
             double t = now_ms();
             launch(0, 1, 1, 1, 1, 1, 1, 0, (void *)0x77, 0, 0);
+            queued = count("queued_us");
+            if (queued > max_queued) max_queued = queued;
             if (now_ms() - t > longest) longest = now_ms() - t;
             if (i == 0) { printf("launched\n"); fflush(stdout); }
             if (gap > 0 && i + 1 < n) usleep(gap * 1000);
         }
-        printf("longest_ms=%d\ntotal_ms=%d\nrecords=%d\n", (int)longest, (int)(now_ms() - t0), count("records"));
+        printf("longest_ms=%d\ntotal_ms=%d\nrecords=%d\nqueued_us=%d\nmax_queued_us=%d\n", (int)longest,
+               (int)(now_ms() - t0), count("records"), queued, max_queued);
         fflush(stdout);
         if (stay > 0) usleep(stay * 1000);
     } else if (!strcmp(mode, "freeze")) {

@@ -119,6 +119,13 @@ CUresult cuEventQuery(void *e) {
     long long d = ((fake_event *)e)->done_at;
     return (d >= 0 && now_ns() >= d) ? 0 : 600;
 }
+/* The fake GPU time between two completed events, as the driver gives it: milliseconds. */
+CUresult cuEventElapsedTime(float *ms, void *a, void *b) {
+    long long da = ((fake_event *)a)->done_at, db = ((fake_event *)b)->done_at, now = now_ns();
+    if (da < 0 || db < 0 || now < da || now < db) return 600; /* CUDA_ERROR_NOT_READY */
+    *ms = (float)((db - da) / 1e6);
+    return 0;
+}
 CUresult cuStreamIsCapturing(void *s, int *st) { (void)s; *st = 0; return 0; }
 CUresult cuStreamIsCapturing_ptsz(void *s, int *st) { return cuStreamIsCapturing(s, st); }
 CUresult cuThreadExchangeStreamCaptureMode(int *m) { *m = 0; return 0; }
@@ -167,5 +174,10 @@ int fake_count(const char *k) {
     if (!strcmp(k, "gpa")) return n_gpa;
     if (!strcmp(k, "gpa2")) return n_gpa2;
     if (!strcmp(k, "records")) return (int)n_records;
+    /* The fake GPU's queued work now, µs: how long until the last kernel launched ends. */
+    if (!strcmp(k, "queued_us")) {
+        long long left = gpu_free_at_ns - now_ns();
+        return gpu_free_at_ns < 0 || left < 0 ? 0 : (int)(left / 1000);
+    }
     return -1;
 }
