@@ -2,23 +2,30 @@
 low-priority training job on one GPU, in several configurations, in ONE invocation.
 
     python3 colocate.py --shim libgvm_cuda.so --out OUTDIR [--requests 300] [--rate R]
-        [--new-tokens 32] [--configs exclusive_high,exclusive_batch,nocontrol,mps,gvm_priority,gvm_freeze]
+        [--new-tokens 8] [--configs exclusive_high,exclusive_batch,nocontrol,mps,gvm_priority,gvm_freeze]
+    python3 colocate.py rebuild RAWDIR CONFIGS OUTDIR   # results again from a run's raw files
+    python3 colocate.py replot colocate.json out.png
 
-Server ("high"): a Llama-architecture model built by transformers with random weights
-(hidden 2048, 16 layers, 32 heads, intermediate 5632, vocab 32000, bf16; ~1.1B parameters),
-requests with fixed-seed Poisson arrivals and prompts of 512-1024 tokens, each generating
-`--new-tokens` tokens with a KV cache (manual loop over past_key_values, greedy). TTFT is
-measured from the request's arrival (queueing included) to its first token on the host;
-inter-token latency (ITL) between consecutive tokens. Batch ("low"): a training loop
-(4 residual MLP blocks 4096->16384->4096, bf16, AdamW, 4096 tokens per step) reporting
-steps/s over the server's measuring window.
+Server ("high"), `--server graph` (default): graph_llama.py, a Llama-architecture model of the
+Llama 3.2 3B shape with random weights whose prefill (one graph per `--bucket` of prompt
+length) and decode steps are CUDA-graph replays, so the server is bound by the GPU, not by
+Python; `--server hf`: transformers' LlamaForCausalLM (1.1B shape), eager, as in the earlier
+runs. Requests arrive at a fixed-seed Poisson rate with fixed-seed prompt lengths in
+[--prompt-min, --prompt-max], each generating `--new-tokens` tokens greedily with a KV cache.
+TTFT is measured from the request's arrival (queueing included) to its first token on the
+host, "service TTFT" from the request's start; inter-token latency (ITL) between consecutive
+tokens. Batch ("low"): a training loop (4 residual MLP blocks 4096->16384->4096, bf16, AdamW,
+4096 tokens per step) reporting steps/s over the server's measuring window (alone: over its
+own loop, not its process's exit).
 
 Configurations: exclusive_high, exclusive_batch, nocontrol (both, default time-slicing), mps
 (both under nvidia-cuda-mps-control), gvm_priority (both under the shim; server priority 0,
-batch priority 8: the batch is held while the server has GPU work, its queue bounded),
-gvm_freeze (both under the shim without arbitration; the server freezes the batch through its
-control block for the whole of each request, as SIGSTOP would). Writes OUTDIR/colocate.json
-and OUTDIR/colocate.png, prints a table with ratios to exclusive.
+batch priority 8: the batch is held while the server has GPU work, its queue bounded; shim
+parameters as `gvm_priority:depth=1:budget=500:linger=US:maxhold=MS`), gvm_freeze (both under
+the shim without arbitration; the server freezes the batch through its control block for the
+whole of each request, as SIGSTOP would). Writes OUTDIR/colocate.json (arguments, results,
+ratios to the exclusive runs), OUTDIR/colocate.png and OUTDIR/raw.tgz (raw results and logs),
+and prints a table with ratios to exclusive.
 """
 import argparse
 import json
