@@ -16,7 +16,9 @@
 //!   mount namespace is opened through `/proc/<pid>/root`. So a hostile process can register
 //!   only itself and only a block it could write anyway.
 //! * **Bounded.** One line of at most [`MAX_LINE`] bytes, read within [`READ_TIMEOUT`]; at most
-//!   [`MAX_CONNECTIONS`] connections at once (beyond that the answer is an error); every field
+//!   [`MAX_CONNECTIONS`] connections at once, and at most [`MAX_PER_UID`] of one non-root user
+//!   (so one user cannot take every slot from the others; beyond either the answer is an
+//!   error and the process runs standalone); every field
 //!   validated ([`parse_request`], [`check_block`]); a refusal names the field and changes
 //!   nothing.
 //! * **End of file = exit.** When the connection closes, the registration is dropped at once
@@ -49,8 +51,70 @@ pub use gvm_shim_abi::register::SOCKET_PATH;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most registration connections open at once.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// The most registration connections one non-root uid may hold at once.
+pub const MAX_PER_UID: usize = 1024;
 /// The longest control block path accepted.
 pub const MAX_PATH: usize = 1024;
+
+/// Connections held per uid, bounded for every uid but root.
+#[derive(Debug)]
+pub struct UidSlots {
+    per_uid: usize,
+    held: Mutex<BTreeMap<u32, usize>>,
+}
+
+/// One connection's place in [`UidSlots`]; given back when dropped.
+#[derive(Debug)]
+pub struct UidSlot {
+    slots: Arc<UidSlots>,
+    uid: u32,
+}
+
+impl UidSlots {
+    /// At most `per_uid` connections for each uid other than root.
+    pub fn new(per_uid: usize) -> Arc<UidSlots> {
+        Arc::new(UidSlots {
+            per_uid,
+            held: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// A slot for `uid`, or `None` when it holds `per_uid` already (root: always).
+    pub fn take(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(uid).or_insert(0);
+        if uid != 0 && *n >= self.per_uid {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+
+    /// Connections `uid` holds now.
+    pub fn held(&self, uid: u32) -> usize {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(&uid).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .slots
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// One GPU a registered process sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -476,6 +540,7 @@ pub fn spawn_listener(rt: &tokio::runtime::Runtime, host: &HostRoot, flag: Optio
 pub async fn serve(listener: UnixListener, host: HostRoot) {
     let registry = registry_for(&host);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let uid_slots = UidSlots::new(MAX_PER_UID);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -486,18 +551,30 @@ pub async fn serve(listener: UnixListener, host: HostRoot) {
             }
         };
         let slot = slots.clone().try_acquire_owned();
+        // A peer without credentials is turned away by `connection` itself.
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let uid_slot = uid.map(|u| (u, uid_slots.take(u)));
         let (host, registry) = (host.clone(), registry.clone());
         tokio::spawn(async move {
-            match slot {
-                Ok(_held) => connection(stream, host, registry).await,
-                Err(_) => {
-                    let r = refuse(
-                        "request",
-                        format!("gvm-vgpud holds {MAX_CONNECTIONS} registrations already: running standalone"),
-                    );
-                    send(&mut { stream }, &refusal_reply(&r)).await;
+            let refusal = match (&slot, &uid_slot) {
+                (Err(_), _) => Some(format!(
+                    "gvm-vgpud holds {MAX_CONNECTIONS} registrations already: running standalone"
+                )),
+                (_, Some((u, None))) => Some(format!(
+                    "uid {u} holds {MAX_PER_UID} registrations already: running standalone"
+                )),
+                _ => None,
+            };
+            match refusal {
+                None => connection(stream, host, registry).await,
+                Some(why) => {
+                    if let Some((u, _)) = uid_slot {
+                        info!(uid = u, "shim registration refused: {why}");
+                    }
+                    send(&mut { stream }, &refusal_reply(&refuse("request", why))).await;
                 }
             }
+            drop((slot, uid_slot));
         });
     }
 }

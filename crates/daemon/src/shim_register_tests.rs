@@ -428,3 +428,23 @@ async fn oversized_and_silent_peers_get_an_error_and_are_closed() {
     assert!(lines[1].contains("no request line"), "{}", lines[1]);
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3));
 }
+
+#[test]
+fn one_user_cannot_hold_every_registration_slot() {
+    let slots = UidSlots::new(2);
+    let a = slots.take(1000).expect("first");
+    let b = slots.take(1000).expect("second");
+    assert!(
+        slots.take(1000).is_none(),
+        "the third of one uid is refused"
+    );
+    assert!(slots.take(1001).is_some(), "another uid is not affected");
+    let roots: Vec<_> = (0..5).map(|_| slots.take(0).expect("root")).collect();
+    assert_eq!(slots.held(0), 5, "root is not bounded per uid");
+    drop(a);
+    assert_eq!(slots.held(1000), 1);
+    let c = slots.take(1000).expect("a slot given back is free again");
+    drop((b, c, roots));
+    assert_eq!(slots.held(1000), 0);
+    assert_eq!(slots.held(0), 0);
+}
