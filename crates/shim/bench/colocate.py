@@ -301,7 +301,7 @@ def summarize(high, low):
 def run_config(spec, a, base_env, rate):
     out = a.out
     name, params = parse_config(spec)
-    tag = spec.replace(":", "-").replace("=", "")
+    tag = tag_of(spec)
     depth = params.get("depth", a.depth)
     env_hi, env_lo = dict(base_env), dict(base_env)
     ctl_hi, ctl_lo = f"/tmp/colo-{tag}-hi.ctl", f"/tmp/colo-{tag}-lo.ctl"
@@ -450,8 +450,13 @@ def report(results, args, out):
         print(f"plot failed: {e}")
 
 
+def tag_of(spec):
+    """A configuration's name in file names: `gvm_priority:depth=1` -> `gvm_priority-depth1`."""
+    return spec.replace(":", "-").replace("=", "")
+
+
 def raw_files(spec):
-    tag = spec.replace(":", "-").replace("=", "")
+    tag = tag_of(spec)
     return f"colo-{tag}-hi.json", f"colo-{tag}-lo.json"
 
 
@@ -462,7 +467,7 @@ def archive_raw(results, out):
     import tarfile
     with tarfile.open(os.path.join(out, "raw.tgz"), "w:gz") as t:
         for spec in results:
-            tag = spec.replace(":", "-").replace("=", "")
+            tag = tag_of(spec)
             for f in list(raw_files(spec)) + glob.glob(f"/tmp/colo-{tag}-*.log"):
                 f = f if f.startswith("/") else os.path.join("/tmp", f)
                 if os.path.exists(f):
@@ -508,12 +513,8 @@ def plot(results, rows, path):
 
 def replot(path_json, path_png):
     """Redraw the plot from a colocate.json (e.g. on a machine other than the GPU one)."""
-    d = json.load(open(path_json))
-    res = d["results"]
-    ex_b = res.get("exclusive_batch", {}).get("batch_steps_per_s")
-    rows = [{"config": n, "batch_kept": r["batch_steps_per_s"] / ex_b}
-            for n, r in res.items() if "batch_steps_per_s" in r and ex_b]
-    plot(res, rows, path_png)
+    res = json.load(open(path_json))["results"]
+    plot(res, ratios(res), path_png)
 
 
 def main():
