@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{skip_reason, wait_until, Sim};
+use common::{is_managed, skip_reason, wait_until, Sim};
 use gvm_client::gvm_proto::{OwnerRule, SetMode, SetParams};
 use gvm_shim_abi::control::ControlMap;
 use uuid::Uuid;
@@ -274,6 +274,13 @@ fn quit_and_see_the_owner_dropped(p: &mut ShimProcess, c: &mut gvm_client::Clien
         .is_empty()));
 }
 
+/// A simulated host with one GPU and a `/dev/shm` for shim control blocks.
+fn shim_sim() -> Sim {
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    sim
+}
+
 fn block_of(root: &Path, pid: u32) -> ControlMap {
     ControlMap::open(&root.join(format!("dev/shm/gvm-vgpu-{pid}"))).unwrap()
 }
@@ -283,16 +290,13 @@ fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
     let Some((_dir, so, fake, prog)) = rig() else {
         return;
     };
-    let sim = Sim::start(1);
-    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let sim = shim_sim();
     let d = sim.daemon(&["--backend", "shim"]);
     let mut c = d.client();
     let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
-    assert!(wait_until(Duration::from_secs(2), || c
-        .list(false)
-        .unwrap()
-        .iter()
-        .any(|v| v.uuid == uuid && v.managed)));
+    assert!(wait_until(Duration::from_secs(2), || is_managed(
+        &mut c, &uuid
+    )));
     let knobs = c.show(&uuid.to_string()).unwrap().info.knobs;
     assert!(knobs.memory_limit < 64 << 30, "the type has a memory limit");
 
@@ -379,16 +383,13 @@ fn auto_drives_gvm_owners_and_shim_owners_of_one_vgpu() {
     let Some((_dir, so, fake, prog)) = rig() else {
         return;
     };
-    let sim = Sim::start(1);
-    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let sim = shim_sim();
     let d = sim.daemon(&["--backend", "auto"]);
     let mut c = d.client();
     let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
-    assert!(wait_until(Duration::from_secs(2), || c
-        .list(false)
-        .unwrap()
-        .iter()
-        .any(|v| v.uuid == uuid && v.managed)));
+    assert!(wait_until(Duration::from_secs(2), || is_managed(
+        &mut c, &uuid
+    )));
     let limit = c.show(&uuid.to_string()).unwrap().info.knobs.memory_limit;
     let gvm_pid = sim.spawn_owner(&uuid, 0, "busy=1");
     let p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
@@ -418,16 +419,13 @@ fn a_registered_shim_process_at_a_custom_block_path_is_listed_retuned_and_droppe
     let Some((dir, so, fake, prog)) = rig() else {
         return;
     };
-    let sim = Sim::start(1);
-    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let sim = shim_sim();
     let d = sim.daemon(&["--backend", "shim"]);
     let mut c = d.client();
     let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
-    assert!(wait_until(Duration::from_secs(2), || c
-        .list(false)
-        .unwrap()
-        .iter()
-        .any(|v| v.uuid == uuid && v.managed)));
+    assert!(wait_until(Duration::from_secs(2), || is_managed(
+        &mut c, &uuid
+    )));
     assert!(
         sim.root.join("run/gvm-vgpu/shim.sock").exists(),
         "the daemon serves the shim socket under the host root"
@@ -459,8 +457,7 @@ fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
     let Some((dir, so, fake, prog)) = rig() else {
         return;
     };
-    let sim = Sim::start(1);
-    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let sim = shim_sim();
     let mut d = sim.daemon(&["--backend", "shim"]);
     let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
     let owned = |c: &mut gvm_client::Client, pid: u32| {
@@ -476,11 +473,9 @@ fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
     };
     {
         let mut c = d.client();
-        assert!(wait_until(Duration::from_secs(2), || c
-            .list(false)
-            .unwrap()
-            .iter()
-            .any(|v| v.uuid == uuid && v.managed)));
+        assert!(wait_until(Duration::from_secs(2), || is_managed(
+            &mut c, &uuid
+        )));
     }
     // A block the /dev/shm scan cannot find: only registration tells a daemon about it.
     let custom = dir.path().join("custom-block");
@@ -533,8 +528,7 @@ fn a_shim_process_started_before_the_daemon_registers_once_it_starts() {
     let Some((dir, so, fake, prog)) = rig() else {
         return;
     };
-    let sim = Sim::start(1);
-    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    let sim = shim_sim();
     let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
     // No daemon yet: the shim runs standalone on a block the scan cannot find.
     let custom = dir.path().join("early-block");

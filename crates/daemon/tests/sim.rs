@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{skip_reason, wait_until, Sim};
+use common::{is_managed, skip_reason, wait_until, Sim};
 use gvm_client::{gvm_proto, Error as ClientError};
 use gvm_proto::{ErrorCode, SetMode, SetParams, Source, VgpuState};
 
@@ -33,11 +33,7 @@ fn a_vgpu_made_by_echo_is_adopted_and_late_owners_get_its_limits() {
     let uuid = sim.echo_create(parent, "gvmsim-1");
     let mut c = d.client();
     assert!(
-        wait_until(Duration::from_secs(1), || c
-            .list(false)
-            .unwrap()
-            .iter()
-            .any(|v| v.uuid == uuid && v.managed)),
+        wait_until(Duration::from_secs(1), || is_managed(&mut c, &uuid)),
         "not adopted within 1 s"
     );
     let adopted_in = t0.elapsed();

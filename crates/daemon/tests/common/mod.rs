@@ -49,6 +49,14 @@ pub fn sim_binary() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// Whether the daemon lists `uuid` as a managed vGPU now.
+pub fn is_managed(c: &mut Client, uuid: &Uuid) -> bool {
+    c.list(false)
+        .unwrap()
+        .iter()
+        .any(|v| v.uuid == *uuid && v.managed)
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
