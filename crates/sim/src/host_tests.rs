@@ -9,6 +9,13 @@ pub(crate) struct FakeProcs {
     pub(crate) state: Arc<Mutex<FakeState>>,
 }
 
+impl FakeProcs {
+    /// The fake processes' state (a test that panicked holding it does not poison others).
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct FakeState {
     pub(crate) next: u32,
@@ -18,27 +25,23 @@ pub(crate) struct FakeState {
 
 impl OwnerProcs for FakeProcs {
     fn spawn(&mut self, uuid: &str) -> io::Result<u32> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
         s.next += 1;
         let pid = 1000 + s.next;
         s.alive.push((pid, uuid.to_string()));
         Ok(pid)
     }
     fn kill(&mut self, pid: u32) -> io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
         s.alive.retain(|(p, _)| *p != pid);
         s.exited.push(pid);
         Ok(())
     }
     fn reap(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).exited)
+        std::mem::take(&mut self.lock().exited)
     }
     fn kill_all(&mut self) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .alive
-            .clear();
+        self.lock().alive.clear();
     }
 }
 
@@ -209,12 +212,7 @@ fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove() {
     assert_eq!(h.registered_pids().len(), 2);
     assert!(h.remove("r", U1, b"1").is_ok());
     assert!(h.owners().is_empty());
-    assert!(procs
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .alive
-        .is_empty());
+    assert!(procs.lock().alive.is_empty());
 }
 
 #[test]
@@ -225,12 +223,7 @@ fn queued_owners_of_a_vgpu_removed_before_they_start_are_dropped() {
     assert!(h.remove("r", U1, b"1").is_ok());
     assert_eq!(h.spawn_pending(usize::MAX), 0);
     assert!(h.owners().is_empty());
-    assert!(procs
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .alive
-        .is_empty());
+    assert!(procs.lock().alive.is_empty());
 }
 
 #[test]
@@ -277,12 +270,7 @@ fn control_spawn_set_kill_and_external_exit() {
     }
     assert_eq!(errno(h.control("ctl", b"kill 99999")), libc::ENOENT);
     // Killed from outside: the next tick reaps it.
-    procs
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .exited
-        .push(pid);
+    procs.lock().exited.push(pid);
     h.advance(60_000);
     assert!(h.owners().is_empty());
     assert!(h.control("ctl", format!("spawn {U1}").as_bytes()).is_ok());
@@ -364,14 +352,11 @@ fn unregistering_a_parent_removes_its_devices_and_hides_it_until_registered() {
     h.spawn_pending(usize::MAX);
     h.create("c", 0, "mtty-2", U2.as_bytes()).unwrap();
     h.spawn_pending(usize::MAX);
-    assert_eq!(procs.state.lock().unwrap().alive.len(), 2);
+    assert_eq!(procs.lock().alive.len(), 2);
 
     h.control("control", b"unregister mtty").unwrap();
     assert!(h.devices().is_empty(), "live devices go with the parent");
-    assert!(
-        procs.state.lock().unwrap().alive.is_empty(),
-        "their owners are killed"
-    );
+    assert!(procs.lock().alive.is_empty(), "their owners are killed");
     let bus = crate::tree::list(&h, &["sys", "class", "mdev_bus"]).unwrap();
     assert!(bus.is_empty(), "the parent left mdev_bus");
     assert_eq!(
