@@ -110,6 +110,15 @@ impl Rig {
         c
     }
 
+    /// Run `driver FAKE launch` on the block at `control`, registering at the daemon socket
+    /// `sock`, to its end.
+    fn launch_registering_at(&self, control: &Path, sock: &Path) -> std::process::Output {
+        self.command("launch", control)
+            .env("GVM_SHIM_SOCKET", sock)
+            .output()
+            .expect("run")
+    }
+
     /// Start `driver FAKE arb N STAY_MS GAP_MS` at `priority` with fake kernels of
     /// `kernel_ms` (launches and timing in `shape`: launches, stay, gap).
     fn spawn_arb(
@@ -591,11 +600,7 @@ fn without_a_daemon_one_line_says_so_and_the_program_runs() {
     let Some(rig) = rig() else { return };
     let sock = rig.dir.path().join("nobody.sock");
     let ctl = rig.control("alone");
-    let out = rig
-        .command("launch", &ctl)
-        .env("GVM_SHIM_SOCKET", &sock)
-        .output()
-        .expect("run");
+    let out = rig.launch_registering_at(&ctl, &sock);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("no daemon")).collect();
@@ -618,11 +623,7 @@ fn a_refusing_daemon_leaves_the_process_standalone() {
         "{\"ok\":false,\"field\":\"control\",\"error\":\"not yours\"}\n",
     );
     let ctl = rig.control("refused");
-    let out = rig
-        .command("launch", &ctl)
-        .env("GVM_SHIM_SOCKET", &sock)
-        .output()
-        .expect("run");
+    let out = rig.launch_registering_at(&ctl, &sock);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused the registration: not yours"), "{err}");
