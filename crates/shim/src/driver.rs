@@ -194,7 +194,8 @@ pub fn stream_key(stream: usize, ptsz: bool) -> Option<StreamKey> {
 pub struct DriverEvents {
     /// Make the key's context current before a query (the helper thread has none).
     pub set_ctx: bool,
-    /// Create events that record GPU timestamps (for learning kernel run times).
+    /// Create events that record GPU timestamps, and ask for the time between two (for
+    /// learning kernel run times; without it no run time is asked for).
     pub timing: bool,
 }
 
@@ -241,6 +242,9 @@ impl Events for DriverEvents {
     }
 
     fn elapsed_us(&self, earlier: usize, later: usize, key: StreamKey) -> Option<f32> {
+        if !self.timing {
+            return None; // events without timestamps: the driver could only refuse
+        }
         let f = driver_fn!(Variant::EventElapsedTime, EventElapsedTimeFn)?;
         if self.set_ctx {
             set_current_ctx(key.ctx);

@@ -456,8 +456,16 @@ impl Shim {
         work: usize,
         max_hold: Duration,
     ) -> bool {
-        let ev = DriverEvents::default();
-        let next_us = self.tracker.estimate_us(work).unwrap_or(budget_us as f32);
+        let ev = DriverEvents {
+            set_ctx: false,
+            timing: budget_us > 0,
+        };
+        // Without a budget only the count matters: no estimate to look up.
+        let next_us = if budget_us > 0 {
+            self.tracker.estimate_us(work).unwrap_or(budget_us as f32)
+        } else {
+            0.0
+        };
         let admitted = || {
             let q = driver::relaxed(|| self.tracker.queued(key, &ev));
             queue::admits(q, next_us, bound, budget_us)
