@@ -552,8 +552,11 @@ pub async fn serve(listener: UnixListener, host: HostRoot) {
         };
         let slot = slots.clone().try_acquire_owned();
         // A peer without credentials is turned away by `connection` itself.
-        let uid = stream.peer_cred().ok().map(|c| c.uid());
-        let uid_slot = uid.map(|u| (u, uid_slots.take(u)));
+        let cred = stream.peer_cred();
+        let uid_slot = cred
+            .as_ref()
+            .ok()
+            .map(|c| (c.uid(), uid_slots.take(c.uid())));
         let (host, registry) = (host.clone(), registry.clone());
         tokio::spawn(async move {
             let refusal = match (&slot, &uid_slot) {
@@ -566,7 +569,7 @@ pub async fn serve(listener: UnixListener, host: HostRoot) {
                 _ => None,
             };
             match refusal {
-                None => connection(stream, host, registry).await,
+                None => connection(stream, cred, host, registry).await,
                 Some(why) => {
                     if let Some((u, _)) = uid_slot {
                         info!(uid = u, "shim registration refused: {why}");
@@ -589,8 +592,13 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> bool {
     w.write_all(&out).await.is_ok()
 }
 
-async fn connection(stream: UnixStream, host: HostRoot, registry: Arc<ShimRegistry>) {
-    let peer = match stream.peer_cred() {
+async fn connection(
+    stream: UnixStream,
+    cred: std::io::Result<tokio::net::unix::UCred>,
+    host: HostRoot,
+    registry: Arc<ShimRegistry>,
+) {
+    let peer = match cred {
         Ok(c) => match c.pid().and_then(|p| u32::try_from(p).ok()) {
             Some(pid) => Peer { pid, uid: c.uid() },
             None => return,
