@@ -16,6 +16,16 @@
 //! [`WAIT_SLICE`], reaps the slots of dead processes and of busy flags whose heartbeat went
 //! stale, and gives up after a maximum hold, so a launch is never held forever.
 //!
+//! **The GPU-side gate.** Holding a launch on the CPU cannot recall what a process already
+//! queued: a more important process that becomes busy waits for that queue to drain. So each
+//! slot also carries a word, [`Slot::gpu_hold`], that is 1 exactly while a strictly more
+//! important slot is busy; a process able to do so puts a GPU wait on that word ("until it
+//! is 0") in front of each of its launches, and its queued work stops at the next such wait
+//! when a more important process becomes busy, and goes on by itself when it goes idle.
+//! Every busy transition refreshes the words of the slots it concerns
+//! ([`ArbiterBlock::refresh_gate`]: store, re-check, store again if the state moved), so
+//! the last store always reflects the last transition.
+//!
 //! Who sets and clears `busy` and how completion is detected is the shim's business
 //! (`shim.rs`); this module is only the shared data structure and its rules, free of CUDA.
 //! A process learns its place among the others ([`Role`]) by scanning the slots, which it does
@@ -29,7 +39,7 @@ use crate::config::MAX_PRIORITY;
 /// `"GVMARB01"` little-endian: marks an initialised arbitration block.
 pub const ARB_MAGIC: u64 = u64::from_le_bytes(*b"GVMARB01");
 /// Layout version of [`ArbiterBlock`].
-pub const ARB_VERSION: u32 = 1;
+pub const ARB_VERSION: u32 = 2;
 /// Processes per GPU that can take part.
 pub const SLOTS: usize = 64;
 /// Size the block file is given.
@@ -120,6 +130,9 @@ pub struct Slot {
     pub held: AtomicU64,
     /// Nanoseconds its launches spent held.
     pub held_ns: AtomicU64,
+    /// 1 while a strictly more important slot is busy: the word this slot's GPU waits on
+    /// (see the module doc). Its own process may clear it to end an over-long hold.
+    pub gpu_hold: AtomicU32,
 }
 
 /// The whole shared block.
@@ -197,6 +210,7 @@ impl ArbiterBlock {
                 launches: AtomicU64::new(0),
                 held: AtomicU64::new(0),
                 held_ns: AtomicU64::new(0),
+                gpu_hold: AtomicU32::new(0),
             }),
         });
         b.initialise();
@@ -242,6 +256,7 @@ impl ArbiterBlock {
                         c.store(0, Ordering::Relaxed);
                     }
                     s.heartbeat_ns.store(env.now_ns(), Ordering::Relaxed);
+                    self.refresh_gate(s);
                     self.bump_generation();
                     return Some(i);
                 }
@@ -273,6 +288,7 @@ impl ArbiterBlock {
         if was_busy {
             self.set_busy(i, true, env);
         }
+        self.refresh_gate(s);
         self.bump_generation();
     }
 
@@ -286,21 +302,51 @@ impl ArbiterBlock {
             s.heartbeat_ns.store(env.now_ns(), Ordering::Release);
         }
         let prev = s.busy.swap(u32::from(busy), Ordering::SeqCst) != 0;
-        let count = &self.header.busy_at[prio_index(s.priority.load(Ordering::Acquire))];
+        let priority = s.priority.load(Ordering::Acquire);
+        let count = &self.header.busy_at[prio_index(priority)];
         match (prev, busy) {
             (false, true) => {
                 count.fetch_add(1, Ordering::SeqCst);
+                self.refresh_gates_below(priority);
             }
             (true, false) => {
                 let _ = count.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |v| {
                     Some(v.saturating_sub(1))
                 });
+                self.refresh_gates_below(priority);
                 self.header.wake.fetch_add(1, Ordering::SeqCst);
                 env.wake(&self.header.wake);
             }
             _ => {}
         }
         prev
+    }
+
+    /// Bring the GPU-side gate of every slot less important than `priority` up to date (a
+    /// slot at `priority` busy or idle changed only theirs).
+    fn refresh_gates_below(&self, priority: u32) {
+        for s in &self.slots {
+            if s.pid.load(Ordering::Acquire) != 0 && s.priority.load(Ordering::Acquire) > priority {
+                self.refresh_gate(s);
+            }
+        }
+    }
+
+    /// Make `s.gpu_hold` say whether a strictly more important slot is busy. Store, then
+    /// re-check: if a transition slipped in between, store again. A transition that comes
+    /// after the re-check refreshes the word itself, after this store, so the last store
+    /// always matches the last transition.
+    pub fn refresh_gate(&self, s: &Slot) {
+        let priority = s.priority.load(Ordering::Acquire);
+        let mut want = self.higher_busy(priority);
+        loop {
+            s.gpu_hold.store(u32::from(want), Ordering::SeqCst);
+            let now = self.higher_busy(priority);
+            if now == want {
+                return;
+            }
+            want = now;
+        }
     }
 
     /// Record a sign of life of busy slot `i`.
@@ -314,9 +360,10 @@ impl ArbiterBlock {
     /// Whether a slot strictly more important than `priority` is busy (atomic loads only).
     #[inline]
     pub fn higher_busy(&self, priority: u32) -> bool {
+        // Sequentially consistent (a plain load on x86): `refresh_gate` relies on the order.
         self.header.busy_at[..prio_index(priority)]
             .iter()
-            .any(|c| c.load(Ordering::Acquire) != 0)
+            .any(|c| c.load(Ordering::SeqCst) != 0)
     }
 
     /// Where slot `i` stands among the registered slots.
@@ -642,6 +689,110 @@ mod tests {
             .busy_at
             .iter()
             .all(|c| c.load(Ordering::Relaxed) == 0));
+    }
+
+    fn gates(b: &ArbiterBlock, slots: &[usize]) -> Vec<u32> {
+        slots
+            .iter()
+            .map(|&i| b.slots[i].gpu_hold.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    #[test]
+    fn the_gpu_gate_of_a_slot_is_closed_exactly_while_someone_more_important_is_busy() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let hi = b.register(1, 0, &env).expect("slot");
+        let mid = b.register(2, 4, &env).expect("slot");
+        let lo = b.register(3, 8, &env).expect("slot");
+        let all = [hi, mid, lo];
+        assert_eq!(gates(&b, &all), [0, 0, 0]);
+        b.set_busy(hi, true, &env);
+        assert_eq!(gates(&b, &all), [0, 1, 1], "the top one holds both others");
+        b.set_busy(mid, true, &env);
+        b.set_busy(hi, false, &env);
+        assert_eq!(
+            gates(&b, &all),
+            [0, 0, 1],
+            "the middle one still holds the low one"
+        );
+        b.set_busy(lo, true, &env);
+        assert_eq!(gates(&b, &all), [0, 0, 1], "a busy low slot holds nobody");
+        b.set_priority(lo, 2, &env);
+        assert_eq!(
+            gates(&b, &all),
+            [0, 1, 0],
+            "now more important than the busy middle one, and busy itself: it holds that one"
+        );
+        b.set_priority(lo, 8, &env);
+        assert_eq!(gates(&b, &all), [0, 0, 1]);
+        let late = b.register(4, 9, &env).expect("slot");
+        assert_eq!(
+            gates(&b, &[late]),
+            [1],
+            "a slot taken while others are busy is held at once"
+        );
+        b.unregister(mid, &env);
+        assert_eq!(
+            gates(&b, &[hi, lo, late]),
+            [0, 0, 1],
+            "the low one, busy, still holds the latecomer"
+        );
+        b.set_busy(lo, false, &env);
+        assert_eq!(gates(&b, &[hi, lo, late]), [0, 0, 0]);
+    }
+
+    #[test]
+    fn reaping_a_dead_busy_slot_opens_the_gates_it_held() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let hi = b.register(10, 0, &env).expect("slot");
+        let lo = b.register(11, 8, &env).expect("slot");
+        b.set_busy(hi, true, &env);
+        assert_eq!(gates(&b, &[lo]), [1]);
+        env.kill(10);
+        assert_eq!(b.reap(&env), 1);
+        assert_eq!(
+            gates(&b, &[lo]),
+            [0],
+            "a GPU waiting on a dead process is let go"
+        );
+    }
+
+    #[test]
+    fn racing_transitions_leave_every_gate_matching_the_final_state() {
+        let env = Fake::new();
+        let b: &'static ArbiterBlock = Box::leak(ArbiterBlock::new_boxed());
+        let togglers: Vec<usize> = (0..4)
+            .map(|p| b.register(100 + p, p, &env).expect("slot"))
+            .collect();
+        let held: Vec<usize> = (0..4)
+            .map(|k| b.register(200 + k, 5 + k, &env).expect("slot"))
+            .collect();
+        for round in 0..20u32 {
+            let threads: Vec<_> = togglers
+                .iter()
+                .enumerate()
+                .map(|(t, &i)| {
+                    std::thread::spawn(move || {
+                        let env = Fake::new();
+                        for n in 0..2_000u32 {
+                            b.set_busy(i, (n + t as u32).is_multiple_of(3), &env);
+                        }
+                        // Each round leaves exactly one toggler busy (a different one).
+                        b.set_busy(i, t as u32 == round % 4, &env);
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("toggler");
+            }
+            assert_eq!(gates(b, &held), [1, 1, 1, 1], "round {round}");
+            let busy = togglers[(round % 4) as usize];
+            b.set_busy(busy, false, &env);
+            assert_eq!(gates(b, &held), [0, 0, 0, 0], "round {round}");
+            assert_eq!(gates(b, &togglers), [0, 0, 0, 0], "round {round}");
+        }
     }
 
     #[test]

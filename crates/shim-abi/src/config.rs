@@ -46,6 +46,12 @@ pub struct Knobs {
     /// for this one's throughput (docs/shim.md, colocation). Process-local: not part of the
     /// control block.
     pub queue_budget_us: u32,
+    /// Hold this process's queued work on the GPU itself while a more important process is
+    /// busy (`GVM_GPU_GATE`, default on): a stream wait on the arbitration block's word in
+    /// front of each launch, so the other waits for at most the kernel running, not the
+    /// whole queue, and no count bound is needed. Falls back to the CPU-side count bound when
+    /// the driver cannot map the block. Process-local: not part of the control block.
+    pub gpu_gate: bool,
 }
 
 /// Default in-flight bound while yielding.
@@ -77,6 +83,7 @@ impl Default for Knobs {
             linger_us: DEFAULT_LINGER_US,
             max_hold_ms: DEFAULT_MAX_HOLD_MS,
             queue_budget_us: DEFAULT_QUEUE_BUDGET_US,
+            gpu_gate: true,
         }
     }
 }
@@ -123,6 +130,7 @@ impl Knobs {
         for (var, cell) in [
             ("GVM_ARBITRATE", &mut knobs.arbitrate),
             ("GVM_QUEUE_ALWAYS", &mut knobs.queue_always),
+            ("GVM_GPU_GATE", &mut knobs.gpu_gate),
         ] {
             if let Some(v) = get(var) {
                 match parse_bool(&v) {
@@ -279,18 +287,22 @@ mod tests {
             ("GVM_ARB_LINGER_US", "500"),
             ("GVM_ARB_MAX_HOLD_MS", "20"),
             ("GVM_QUEUE_BUDGET_US", "1000"),
+            ("GVM_GPU_GATE", "0"),
         ]));
         assert!(errs.is_empty(), "{errs:?}");
-        assert!(!k.arbitrate && k.queue_always);
+        assert!(!k.arbitrate && k.queue_always && !k.gpu_gate);
+        assert!(Knobs::default().gpu_gate, "on unless turned off");
         assert_eq!((k.queue_depth, k.linger_us, k.max_hold_ms), (1, 500, 20));
         assert_eq!(k.queue_budget_us, 1000);
         let (k, errs) = Knobs::from_lookup(lookup(&[
             ("GVM_QUEUE_DEPTH", "17"),
             ("GVM_ARBITRATE", "maybe"),
             ("GVM_QUEUE_BUDGET_US", "100001"),
+            ("GVM_GPU_GATE", "sometimes"),
         ]));
         assert_eq!(k, Knobs::default());
-        assert_eq!(errs.len(), 3);
+        assert_eq!(errs.len(), 4);
+        assert!(errs.iter().any(|e| e.to_string().contains("GVM_GPU_GATE")));
         assert!(errs
             .iter()
             .any(|e| e.to_string().contains("GVM_QUEUE_BUDGET_US")));

@@ -245,6 +245,7 @@ impl ControlBlock {
             max_hold_ms: self.max_hold_ms.load(Ordering::Relaxed),
             // Process-local, not in the block: the default.
             queue_budget_us: crate::config::DEFAULT_QUEUE_BUDGET_US,
+            gpu_gate: Knobs::default().gpu_gate,
         }
     }
 
@@ -445,6 +446,7 @@ mod tests {
             max_hold_ms: 9,
             // Process-local (not in the block): a second mapping sees the default.
             queue_budget_us: crate::config::DEFAULT_QUEUE_BUDGET_US,
+            gpu_gate: Knobs::default().gpu_gate,
         };
         let a = ControlMap::create(&path, &knobs, FLAG_STANDALONE).expect("create");
         let b = ControlMap::open(&path).expect("open");

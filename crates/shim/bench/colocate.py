@@ -77,7 +77,7 @@ def hf_server(a):
                 tok = out.logits[:, -1:].argmax(-1)
                 torch.cuda.synchronize()
                 stamps.append(now())
-        return start, stamps
+        return start, stamps, {}
 
     return request, {"server": "hf", "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -97,18 +97,29 @@ def graph_server(a):
     if not ok:
         raise SystemExit(f"graph replay and eager code disagree: {detail}")
 
+    # GPU time of each prefill, from an event recorded in front of its graph to one behind
+    # it: with the TTFT, it separates waiting for the GPU (other work draining, a context
+    # switch) from the prefill itself running slower (clocks, preemption, caches).
+    events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) \
+        if cuda else None
+
     def request(prompt_len, before_start):
         b = srv.stage(prompt_len)
         before_start()
         start = now()
+        if events:
+            events[0].record()
         srv.prefill(b)
+        if events:
+            events[1].record()
         sync()
         stamps = [now()]
+        extra = {"prefill_gpu": events[0].elapsed_time(events[1]) / 1e3} if events else {}
         for _ in range(a.new_tokens - 1):
             srv.decode()
             sync()
             stamps.append(now())
-        return start, stamps
+        return start, stamps, extra
 
     return request, {"server": "graph", "model": a.model, "parameters": shape.parameters(),
                      "buckets": srv.buckets, "check": dict(detail, graphs_equal_eager=ok)}
@@ -132,12 +143,13 @@ def serve(a):
             libc.syscall(202, ctypes.c_void_p(word), 1, 0x7FFFFFFF)
 
     def one(prompt_len, arrival):
-        start, stamps = request(prompt_len, (lambda: set_frozen(1)) if freeze else (lambda: None))
+        start, stamps, extra = request(prompt_len,
+                                       (lambda: set_frozen(1)) if freeze else (lambda: None))
         if freeze is not None:
             set_frozen(0)
         itl = [b - c for c, b in zip(stamps, stamps[1:])]
         return {"ttft": stamps[0] - arrival, "ttft_service": stamps[0] - start,
-                "service": stamps[-1] - start, "itl": itl, "prompt": prompt_len}
+                "service": stamps[-1] - start, "itl": itl, "prompt": prompt_len, **extra}
 
     rng = np.random.RandomState(a.seed)
     lens = rng.randint(a.prompt_min, a.prompt_max + 1, size=a.requests)
@@ -229,6 +241,45 @@ def read_block(path):
             "arb_state": struct.unpack_from("<I", d, 132)[0]}
 
 
+SMI_FIELDS = "clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
+
+
+def start_smi(tag):
+    """Sample the GPU's SM clock, power and clock-event reasons every 200 ms while a
+    configuration is measured (a prefill is compute-bound: its time follows the clock).
+    None when nvidia-smi is not there."""
+    path = f"/tmp/colo-{tag}-smi.log"
+    try:
+        return subprocess.Popen(["nvidia-smi", f"--query-gpu={SMI_FIELDS}",
+                                 "--format=csv,noheader,nounits", "-lms", "200"],
+                                stdout=open(path, "w"), stderr=subprocess.STDOUT), path
+    except OSError:
+        return None, path
+
+
+def stop_smi(proc, path):
+    """Stop the sampler; the samples' summary (empty when there were none)."""
+    if proc is None:
+        return {}
+    proc.terminate()
+    proc.wait(timeout=10)
+    sm, power, temp, capped = [], [], [], 0
+    for line in open(path):
+        f = [x.strip() for x in line.split(",")]
+        try:
+            sm.append(float(f[0]))
+            power.append(float(f[1]))
+            temp.append(float(f[2]))
+            capped += int(f[3], 16) & 0x4 != 0  # SW power cap
+        except (ValueError, IndexError):
+            continue
+    if not sm:
+        return {}
+    return {"sm_mhz_mean": sum(sm) / len(sm), "sm_mhz_min": min(sm),
+            "power_w_mean": sum(power) / len(power), "temp_c_max": max(temp),
+            "power_capped_frac": capped / len(sm), "samples": len(sm)}
+
+
 def spawn(role, args, env, tag, out):
     cmd = [sys.executable, os.path.abspath(__file__), role] + args
     log = open(f"/tmp/colo-{tag}-{role}.log", "w")
@@ -257,13 +308,13 @@ def wait_ready(p, what, timeout=240):
 def parse_config(spec):
     """`gvm_priority:depth=4:linger=500` -> ("gvm_priority", {"depth": 4, "linger": 500}):
     a configuration with tuned shim parameters for the batch (depth = GVM_QUEUE_DEPTH,
-    budget = GVM_QUEUE_BUDGET_US, maxhold = GVM_ARB_MAX_HOLD_MS) or the server (linger =
-    GVM_ARB_LINGER_US)."""
+    budget = GVM_QUEUE_BUDGET_US, maxhold = GVM_ARB_MAX_HOLD_MS, gate = GVM_GPU_GATE) or the
+    server (linger = GVM_ARB_LINGER_US)."""
     base, *kvs = spec.split(":")
     params = {}
     for kv in kvs:
         k, v = kv.split("=")
-        if k not in ("depth", "linger", "maxhold", "budget"):
+        if k not in ("depth", "linger", "maxhold", "budget", "gate"):
             raise SystemExit(f"unknown parameter {k!r} in {spec!r}")
         params[k] = int(v)
     return base, params
@@ -287,6 +338,13 @@ def summarize(high, low):
                    ttft_service_p99=pct([r["ttft_service"] * 1e3 for r in reqs], 99),
                    itl_p50=pct(itl, 50), itl_p99=pct(itl, 99),
                    high_duty=busy / (t1 - t0), ttft_ms=ttft)
+        if all("prefill_gpu" in r for r in reqs):
+            gpu = [r["prefill_gpu"] * 1e3 for r in reqs]
+            # What the TTFT spent outside the prefill's own GPU time (launch, waiting for
+            # the GPU, the host's wake-up), per request.
+            wait = [(r["ttft_service"] - r["prefill_gpu"]) * 1e3 for r in reqs]
+            res.update(prefill_gpu_p50=pct(gpu, 50), prefill_gpu_p99=pct(gpu, 99),
+                       ttft_outside_gpu_p50=pct(wait, 50), ttft_outside_gpu_p99=pct(wait, 99))
     elif "t_start" in low:
         t0, t1 = low["t_start"], low["stamps"][-1]
     else:  # raw files of runs before t_start was recorded: the steps' own span
@@ -310,7 +368,9 @@ def run_config(spec, a, base_env, rate):
             os.unlink(p)
     mps = None
     if name.startswith("gvm"):
-        arb = f"/tmp/colo-{tag}.arb"
+        # On tmpfs, as the shim's default (/dev/shm): the GPU-side gate pins this block for
+        # the GPU, which the kernel allows for shared memory, not for a disk file's pages.
+        arb = f"/dev/shm/colo-{tag}.arb"
         if os.path.exists(arb):
             os.unlink(arb)
         for e, ctl, prio in ((env_hi, ctl_hi, "0"), (env_lo, ctl_lo, "8")):
@@ -327,6 +387,8 @@ def run_config(spec, a, base_env, rate):
                 env_lo["GVM_ARB_MAX_HOLD_MS"] = str(params["maxhold"])
             if "budget" in params:
                 env_lo["GVM_QUEUE_BUDGET_US"] = str(params["budget"])
+            if "gate" in params:
+                env_lo["GVM_GPU_GATE"] = str(params["gate"])
     if name == "mps":
         pipe, logd = "/tmp/mps-pipe", "/tmp/mps-log"
         os.makedirs(pipe, exist_ok=True)
@@ -352,7 +414,9 @@ def run_config(spec, a, base_env, rate):
                                  "--result", f"/tmp/colo-{tag}-lo.json"], env_lo, tag, out)
         if name == "exclusive_batch":
             wait_ready(lo, f"{name} batch")
+            smi = start_smi(tag)
             lo.wait(timeout=a.batch_seconds + 120)
+            res["gpu"] = stop_smi(*smi)
             res.update(summarize(None, json.load(open(f"/tmp/colo-{tag}-lo.json"))))
         else:
             hargs = ["--requests", str(a.requests), "--new-tokens", str(a.new_tokens),
@@ -369,8 +433,10 @@ def run_config(spec, a, base_env, rate):
             if lo:
                 wait_ready(lo, f"{name} batch")
             res["calibration"] = info
+            smi = start_smi(tag)
             open(go, "w").close()
             hi.wait(timeout=3600)
+            res["gpu"] = stop_smi(*smi)
             if hi.returncode != 0:
                 raise SystemExit(f"{name}: server failed (rc {hi.returncode}), see its log")
             if lo:
@@ -432,7 +498,8 @@ def report(results, args, out):
     """Print the table, write OUT/colocate.json (args, results, ratios) and OUT/colocate.png."""
     rows = ratios(results)
     print(f"{'config':16} {'TTFT p50':>9} {'p99':>9} {'ITL p50':>8} {'p99':>8} {'batch/s':>8} "
-          f"{'TTFTx50':>8} {'TTFTx99':>8} {'ITLx50':>7} {'ITLx99':>7} {'batch%':>7} {'duty%':>6}")
+          f"{'TTFTx50':>8} {'TTFTx99':>8} {'ITLx50':>7} {'ITLx99':>7} {'batch%':>7} {'duty%':>6}"
+          f" {'pGPU50':>7} {'wait50':>7} {'SM MHz':>6}")
     for row in rows:
         r = results[row["config"]]
         f = lambda k, s="{:9.1f}": s.format(r[k]) if k in r else " " * len(s.format(0.0))
@@ -441,7 +508,10 @@ def report(results, args, out):
               f"{f('itl_p99', '{:8.2f}')} {f('batch_steps_per_s', '{:8.2f}')} {g('ttft_p50_x')} "
               f"{g('ttft_p99_x')} {g('itl_p50_x', '{:7.2f}')} {g('itl_p99_x', '{:7.2f}')} "
               + (f"{100 * row['batch_kept']:7.1f}" if "batch_kept" in row else " " * 7)
-              + (f" {100 * r['high_duty']:6.1f}" if "high_duty" in r else ""))
+              + (f" {100 * r['high_duty']:6.1f}" if "high_duty" in r else " " * 7)
+              + (f" {r['prefill_gpu_p50']:7.1f} {r['ttft_outside_gpu_p50']:7.2f}"
+                 if "prefill_gpu_p50" in r else " " * 16)
+              + (f" {r['gpu']['sm_mhz_mean']:6.0f}" if r.get("gpu") else ""))
     json.dump({"args": args, "results": results, "ratios": rows},
               open(os.path.join(out, "colocate.json"), "w"), indent=1)
     try:

@@ -1,5 +1,6 @@
 //! Driver calls the shim makes on its own behalf: the current context and device, events for
-//! the queue tracker, and stream-capture checks.
+//! the queue tracker, stream-capture checks, and the GPU-side gate (pinning the arbitration
+//! block for the GPU, stream waits on its words).
 //!
 //! Two rules keep these calls from disturbing the program:
 //! * No event is recorded on a stream that is being captured into a CUDA graph (the record
@@ -9,7 +10,7 @@
 //!   ([`relaxed`]), so that a query made while another thread captures in the default
 //!   *global* mode is allowed and does not invalidate that capture.
 
-use std::ffi::{c_char, c_int, c_uint, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 use crate::ffi::{CuHandle, CuResult, CUDA_SUCCESS};
 use crate::hooks::real_addr;
@@ -28,6 +29,15 @@ type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type DeviceGetCountFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type DeviceGetFn = unsafe extern "C" fn(*mut c_int, c_int) -> CuResult;
 type DeviceGetPciBusIdFn = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> CuResult;
+type MemHostRegisterFn = unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult;
+type MemHostGetDevicePointerFn = unsafe extern "C" fn(*mut u64, *mut c_void, c_uint) -> CuResult;
+type StreamWaitValue32Fn = unsafe extern "C" fn(CuHandle, u64, u32, c_uint) -> CuResult;
+
+/// `CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP`: pinned for every context,
+/// and mapped into the GPU's address space.
+const CU_MEMHOSTREGISTER_PORTABLE_DEVICEMAP: c_uint = 0x1 | 0x2;
+/// `CU_STREAM_WAIT_VALUE_EQ`: wait until the word equals the value.
+const CU_STREAM_WAIT_VALUE_EQ: c_uint = 0x1;
 
 /// The most GPUs the shim reports to the daemon.
 const MAX_REPORTED_GPUS: c_int = 64;
@@ -255,4 +265,44 @@ impl Events for DriverEvents {
         let rc = unsafe { f(&mut ms, earlier as CuHandle, later as CuHandle) };
         (rc == CUDA_SUCCESS && ms.is_finite() && ms >= 0.0).then_some(ms * 1000.0)
     }
+}
+
+/// Pin the `len` bytes of shared memory at `ptr` for every context and map them for the
+/// GPU; returns the address the GPU reads them at, or the driver's error (and which call
+/// failed). The calling thread's context must be current.
+pub fn map_for_gpu(ptr: *mut u8, len: usize) -> Result<u64, (&'static str, CuResult)> {
+    const NOT_FOUND: CuResult = 500; // CUDA_ERROR_NOT_FOUND
+    let register = driver_fn!(Variant::MemHostRegister, MemHostRegisterFn)
+        .ok_or(("cuMemHostRegister_v2", NOT_FOUND))?;
+    let device_ptr = driver_fn!(Variant::MemHostGetDevicePointer, MemHostGetDevicePointerFn)
+        .ok_or(("cuMemHostGetDevicePointer_v2", NOT_FOUND))?;
+    // SAFETY: `ptr` is a live, page-aligned shared mapping of `len` bytes that the shim
+    // keeps for the life of the process; the driver only pins it.
+    let rc = unsafe { register(ptr.cast(), len, CU_MEMHOSTREGISTER_PORTABLE_DEVICEMAP) };
+    if rc != CUDA_SUCCESS {
+        return Err(("cuMemHostRegister_v2", rc));
+    }
+    let mut dev: u64 = 0;
+    // SAFETY: `ptr` was registered just above; writes one address into our local.
+    let rc = unsafe { device_ptr(&mut dev, ptr.cast(), 0) };
+    if rc != CUDA_SUCCESS || dev == 0 {
+        return Err(("cuMemHostGetDevicePointer_v2", rc));
+    }
+    Ok(dev)
+}
+
+/// Queue on `key`'s stream a wait until the 32-bit word the GPU sees at `addr` is 0: work
+/// the program queues after it runs only then. Whether the driver took it.
+pub fn stream_wait_zero(key: StreamKey, addr: u64) -> bool {
+    let v = if key.ptsz {
+        Variant::StreamWaitValue32Ptsz
+    } else {
+        Variant::StreamWaitValue32
+    };
+    let Some(f) = driver_fn!(v, StreamWaitValue32Fn) else {
+        return false;
+    };
+    // SAFETY: the program's stream, just accepted by a launch and not being captured; `addr`
+    // is a word of the arbitration block the shim mapped for the GPU and never unmaps.
+    unsafe { f(key.stream as CuHandle, addr, 0, CU_STREAM_WAIT_VALUE_EQ) == CUDA_SUCCESS }
 }

@@ -143,7 +143,11 @@ fn wrapper_addr(v: Variant) -> usize {
         | Variant::ThreadExchangeCaptureMode
         | Variant::DeviceGetCount
         | Variant::DeviceGet
-        | Variant::DeviceGetPciBusId => 0,
+        | Variant::DeviceGetPciBusId
+        | Variant::MemHostRegister
+        | Variant::MemHostGetDevicePointer
+        | Variant::StreamWaitValue32
+        | Variant::StreamWaitValue32Ptsz => 0,
     }
 }
 

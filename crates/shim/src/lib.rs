@@ -16,7 +16,9 @@
 //!   when host swap is allowed, is placed in managed memory that prefers the host and counted
 //!   as swap. `cuMemGetInfo` and `cuDeviceTotalMem` report the limit.
 //! * **Compute.** Every launch passes a gate ([`gate`]): two atomic loads when nothing is
-//!   throttled; a futex sleep while frozen or held by the policy engine.
+//!   throttled; a futex sleep while frozen or held by the policy engine. A process that must
+//!   yield to a busy, more important one is held on the CPU and, with what it already
+//!   queued, on the GPU itself ([`gpu_gate`]).
 //! * **Control.** Knobs and counters live in a shared-memory block ([`control`]) written by
 //!   gvm-vgpud; without a daemon the library creates it from environment variables
 //!   ([`config`]) and says so once on stderr.
@@ -43,6 +45,7 @@ pub mod accounting;
 mod driver;
 mod ffi;
 pub mod gate;
+pub mod gpu_gate;
 mod hooks;
 pub mod queue;
 pub mod resolve;

@@ -90,6 +90,10 @@ variants! {
     DeviceGetCount = c"cuDeviceGetCount", false;
     DeviceGet = c"cuDeviceGet", false;
     DeviceGetPciBusId = c"cuDeviceGetPCIBusId", false;
+    MemHostRegister = c"cuMemHostRegister_v2", false;
+    MemHostGetDevicePointer = c"cuMemHostGetDevicePointer_v2", false;
+    StreamWaitValue32 = c"cuStreamWaitValue32_v2", false;
+    StreamWaitValue32Ptsz = c"cuStreamWaitValue32_v2_ptsz", false;
 }
 
 impl Variant {

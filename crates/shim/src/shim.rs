@@ -36,6 +36,7 @@ use crate::control::{
 use crate::driver::{self, DriverEvents};
 use crate::ffi::{self, CuResult, CUDA_SUCCESS};
 use crate::gate::{self, FutexParker, StreamTracker};
+use crate::gpu_gate::{self, GpuGate};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
 use crate::queue::{self, StreamKey, Tracker};
 use crate::register::{self as reg, GpuId, Request, PROTOCOL_VERSION, SOCKET_ENV};
@@ -72,6 +73,9 @@ pub struct Shim {
     /// `GVM_QUEUE_BUDGET_US`: GPU time a yielding process may queue beyond its count floor
     /// (0: the count alone; see `queue.rs`).
     queue_budget_us: u32,
+    /// `GVM_GPU_GATE`: hold queued work on the GPU while yielding (`gpu_gate.rs`).
+    gpu_gate_wanted: bool,
+    gpu_gate: GpuGate,
 }
 
 /// What [`Shim::before_launch`] decided for one launch, for [`Shim::after_launch`].
@@ -141,6 +145,7 @@ fn init() -> Shim {
     }
     let mut shim = init_control(&knobs);
     shim.queue_budget_us = knobs.queue_budget_us;
+    shim.gpu_gate_wanted = knobs.gpu_gate;
     shim
 }
 
@@ -268,6 +273,22 @@ fn helper_main() {
     }
 }
 
+/// The GPU-gate watchdog of a process that holds its queued work on the GPU
+/// (`gpu_gate.rs`): reaps stale peers while held, ends a hold after the maximum hold.
+fn gpu_gate_watchdog_main() {
+    let s = get();
+    let Some(p) = s.participant() else { return };
+    let b = s.block();
+    gpu_gate::watch(
+        p,
+        || Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed))),
+        |d| {
+            b.arb_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug(|| format!("GPU-side hold ended by the watchdog after {d:?}"));
+        },
+    )
+}
+
 extern "C" fn remove_block_at_exit() {
     if let Some(s) = SHIM.get() {
         if s.remove_on_exit {
@@ -290,6 +311,8 @@ impl Shim {
             arbiter: OnceLock::new(),
             standalone_note: None,
             queue_budget_us: 0,
+            gpu_gate_wanted: false,
+            gpu_gate: GpuGate::new(),
         }
     }
 
@@ -375,14 +398,27 @@ impl Shim {
         let p = if arbitrate { self.participant() } else { None };
         let prio = b.priority.load(Ordering::Relaxed);
         let role = p.map(|p| p.role(prio)).unwrap_or_default();
-        let depth = b.queue_depth.load(Ordering::Relaxed) as usize;
-        let bound = if always || role.has_higher { depth } else { 0 };
-        if bound == 0 && role.is_alone() {
+        if !always && role.is_alone() {
             self.publish_arb_state(p.is_some(), role, false);
             return Ticket::default();
         }
-        let max_hold = Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed)));
         let key = driver::stream_key(stream, ptsz);
+        // A process that yields holds its queued work on the GPU when it can: then a more
+        // important one waits behind about one kernel whatever is queued, and no count bound
+        // is needed. Under `queue_always` the count is what bounds a freeze or a time slice.
+        let gpu_gated = match (p, key) {
+            (Some(p), Some(_)) if role.has_higher && !always && self.gpu_gate_wanted => {
+                self.gpu_gate.available(p, log_line)
+            }
+            _ => false,
+        };
+        let depth = b.queue_depth.load(Ordering::Relaxed) as usize;
+        let bound = if always || (role.has_higher && !gpu_gated) {
+            depth
+        } else {
+            0
+        };
+        let max_hold = Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed)));
         // Beyond the count, short kernels may fill a GPU-time budget — but not under
         // `queue_always`, where the count is what bounds a freeze or a time slice.
         let budget = if always { 0 } else { self.queue_budget_us };
@@ -402,6 +438,15 @@ impl Shim {
                     WaitOutcome::TimedOut(d) => self.count_hold(d, true),
                 }
             }
+            if let (true, Some(k)) = (gpu_gated, key) {
+                if self.gpu_gate.hold_point(p, k, log_line) {
+                    self.gpu_gate.ensure_watchdog(gpu_gate_watchdog_main, |e| {
+                        log(format_args!(
+                            "cannot start the GPU-gate watchdog ({e}); a GPU hold ends only when the holder goes idle or is reaped"
+                        ))
+                    });
+                }
+            }
             if role.has_lower && key.is_some() {
                 p.launch_begins();
                 p.ensure_helper(helper_main, |e| {
@@ -414,10 +459,11 @@ impl Shim {
         }
         self.publish_arb_state(p.is_some(), role, busy);
         Ticket {
-            key,
+            // Events are needed to bound the queue and to tell when a busy process is idle.
+            key: key.filter(|_| bound > 0 || busy),
             busy,
             work,
-            timed: budget > 0,
+            timed: budget > 0 && bound > 0,
         }
     }
 

@@ -513,6 +513,119 @@ fn short_kernels_fill_the_queue_budget_beyond_the_count_floor() {
     let _ = hi.wait();
 }
 
+/// The byte offset of slot `i`'s GPU-side gate word in an arbitration block.
+fn gate_word_offset(i: usize) -> u64 {
+    use gvm_cuda::arbiter::{ArbiterBlock, Slot};
+    (std::mem::offset_of!(ArbiterBlock, slots)
+        + i * std::mem::size_of::<Slot>()
+        + std::mem::offset_of!(Slot, gpu_hold)) as u64
+}
+
+#[test]
+fn a_yielding_process_holds_its_queued_work_on_the_gpu_instead_of_bounding_it() {
+    let Some(rig) = rig() else { return };
+    const KERNEL_MS: i64 = 4;
+    const KERNEL_US: u64 = 4_000;
+    let gpu = [("FAKE_HOST_REGISTER", "1")];
+    // Alone on the GPU: nothing to yield to, so no waits.
+    let (mut solo, rx) = rig.spawn_arb("solo", 8, KERNEL_MS, (5, 0, 0), &gpu);
+    assert_eq!(value_of(&rx, "waits", 30), Some(0), "alone: no GPU waits");
+    assert!(solo.wait().expect("wait").success());
+    // A more important process registered first (slot 0), idle: the low one (slot 1) puts a
+    // wait on its own gate word in front of every launch, records no events and keeps no
+    // count bound: its 40 kernels of 4 ms all queue.
+    let (mut hi, hi_rx) = rig.spawn_arb("hi", 0, 0, (1, 20_000, 0), &gpu);
+    assert!(value_of(&hi_rx, "launched", 10).is_some(), "high started");
+    let (mut lo, rx) = rig.spawn_arb("lo", 8, KERNEL_MS, (40, 0, 0), &gpu);
+    // In the order the driver prints them.
+    let records = value_of(&rx, "records", 30).expect("low finished");
+    let most = value_of(&rx, "max_queued_us", 5).expect("low finished");
+    let waits = value_of(&rx, "waits", 5).expect("low finished");
+    let bad = value_of(&rx, "wait_bad", 5).expect("low finished");
+    let offset = value_of(&rx, "wait_offset", 5).expect("a wait was queued");
+    assert!(lo.wait().expect("wait").success());
+    assert_eq!((waits, bad), (40, 0), "one well-formed wait per launch");
+    assert_eq!(
+        offset,
+        gate_word_offset(1),
+        "the wait reads the low slot's own word"
+    );
+    assert_eq!(
+        records, 0,
+        "no events: nothing to bound, not busy for anyone"
+    );
+    assert!(
+        most >= 30 * KERNEL_US,
+        "no count bound: the queue holds the launches ({most} µs)"
+    );
+    let b = ControlMap::open(&rig.control("lo")).expect("block");
+    assert_eq!(
+        b.block().queue_waits.load(Ordering::Relaxed),
+        0,
+        "never waited on the queue"
+    );
+    // GVM_GPU_GATE=0 turns it off: the CPU-side count bound again.
+    let off = [("FAKE_HOST_REGISTER", "1"), ("GVM_GPU_GATE", "0")];
+    let (mut lo, rx) = rig.spawn_arb("off", 8, KERNEL_MS, (40, 0, 0), &off);
+    assert_eq!(value_of(&rx, "waits", 30), Some(0), "gate off: no waits");
+    assert!(lo.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("off")).expect("block");
+    assert!(
+        b.block().queue_waits.load(Ordering::Relaxed) > 0,
+        "bounded on the CPU"
+    );
+    // A driver that cannot map the block for the GPU: the same CPU-side fallback.
+    let (mut lo, rx) = rig.spawn_arb("nomap", 8, KERNEL_MS, (40, 0, 0), &[]);
+    assert_eq!(value_of(&rx, "waits", 30), Some(0), "no mapping: no waits");
+    assert!(lo.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("nomap")).expect("block");
+    assert!(
+        b.block().queue_waits.load(Ordering::Relaxed) > 0,
+        "bounded on the CPU"
+    );
+    let _ = hi.kill();
+    let _ = hi.wait();
+}
+
+#[test]
+fn the_gpu_gate_closes_while_the_other_is_busy_and_its_watchdog_ends_an_endless_hold() {
+    let Some(rig) = rig() else { return };
+    let gpu = [("FAKE_HOST_REGISTER", "1"), ("GVM_ARB_MAX_HOLD_MS", "300")];
+    // A bystander at the lowest priority gives the next process someone to be busy for.
+    let (by, by_rx) = rig.spawn_arb("by", 16, 0, (1, 10_000, 0), &gpu[..1]);
+    assert!(value_of(&by_rx, "launched", 10).is_some());
+    // A more important process becomes busy and stays so (its kernel never ends, its
+    // heartbeat stays fresh); then a low one registers: its gate word is set at once.
+    let (hi, hi_rx) = rig.spawn_arb("hi", 0, -1, (1, 10_000, 0), &gpu[..1]);
+    assert!(value_of(&hi_rx, "launched", 10).is_some());
+    // Each of its 3 launches is held on the CPU for the 300 ms maximum, then goes with a
+    // wait that finds the word set (a GPU would stop there); the watchdog clears the word
+    // once it has been set for the maximum.
+    let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 0, (3, 1_500, 0), &gpu);
+    let waits = value_of(&lo_rx, "waits", 20).expect("low finished");
+    let held = value_of(&lo_rx, "waits_held", 5).expect("low finished");
+    assert_eq!(waits, 3);
+    assert!(
+        held >= 1,
+        "a wait queued while the other was busy found the word set"
+    );
+    assert_eq!(
+        value_of(&lo_rx, "wait_word_end", 10),
+        Some(0),
+        "the watchdog ended the GPU hold after the maximum"
+    );
+    assert!(lo.wait().expect("wait").success());
+    let b = ControlMap::open(&rig.control("lo")).expect("block");
+    assert!(
+        b.block().arb_timeouts.load(Ordering::Relaxed) >= 4,
+        "three CPU holds and at least one GPU hold ended at the maximum"
+    );
+    for mut p in [hi, by] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
 /// Read `key=value` lines from `rx` until `key` appears (at most `secs`).
 fn value_of(rx: &mpsc::Receiver<String>, key: &str, secs: u64) -> Option<u64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);

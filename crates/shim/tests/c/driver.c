@@ -117,8 +117,12 @@ int main(int argc, char **argv) {
         }
         printf("longest_ms=%d\ntotal_ms=%d\nrecords=%d\nqueued_us=%d\nmax_queued_us=%d\n", (int)longest,
                (int)(now_ms() - t0), count("records"), queued, max_queued);
+        printf("waits=%d\nwaits_held=%d\nwait_bad=%d\nwait_offset=%d\n", count("waits"),
+               count("waits_held"), count("wait_bad"), count("wait_offset"));
         fflush(stdout);
         if (stay > 0) usleep(stay * 1000);
+        /* The GPU-side gate word as it is after the stay (-1: no wait was queued). */
+        printf("wait_word_end=%d\n", count("wait_word"));
     } else if (!strcmp(mode, "freeze")) {
         printf("before\n");
         fflush(stdout);

@@ -130,6 +130,40 @@ CUresult cuStreamIsCapturing(void *s, int *st) { (void)s; *st = 0; return 0; }
 CUresult cuStreamIsCapturing_ptsz(void *s, int *st) { return cuStreamIsCapturing(s, st); }
 CUresult cuThreadExchangeStreamCaptureMode(int *m) { *m = 0; return 0; }
 
+/* The GPU-side gate: host memory mapped for the GPU (only with FAKE_HOST_REGISTER=1; the
+ * address the "GPU" sees is the host address, as with UVA) and stream waits on a word of it,
+ * recorded: how many, how many found the word set when queued, the last one's offset into
+ * the registered memory, and that word's value now. */
+static unsigned char *registered_base;
+static volatile unsigned *last_wait;
+static int n_waits, n_waits_held, n_wait_bad;
+CUresult cuMemHostRegister_v2(void *p, size_t s, unsigned f) {
+    const char *e = getenv("FAKE_HOST_REGISTER");
+    if (!e || strcmp(e, "1")) return 1; /* CUDA_ERROR_INVALID_VALUE */
+    if (!p || s == 0 || ((unsigned long)p & 0xfff) || f != 3) return 1;
+    registered_base = p;
+    return 0;
+}
+CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr *d, void *p, unsigned f) {
+    if (!registered_base || p != registered_base || f != 0) return 1;
+    *d = (CUdeviceptr)p;
+    return 0;
+}
+CUresult cuStreamWaitValue32_v2(void *s, CUdeviceptr addr, unsigned v, unsigned f) {
+    (void)s;
+    n_waits++;
+    if (!registered_base || addr < (CUdeviceptr)registered_base || v != 0 || f != 1 /* EQ */) {
+        n_wait_bad++;
+        return 1;
+    }
+    last_wait = (volatile unsigned *)addr;
+    if (*last_wait != v) n_waits_held++;
+    return 0;
+}
+CUresult cuStreamWaitValue32_v2_ptsz(void *s, CUdeviceptr addr, unsigned v, unsigned f) {
+    return cuStreamWaitValue32_v2(s, addr, v, f);
+}
+
 CUresult cuGetProcAddress(const char *s, void **pfn, int v, unsigned long long flags);
 CUresult cuGetProcAddress_v2(const char *s, void **pfn, int v, unsigned long long flags, int *st);
 
@@ -174,6 +208,11 @@ int fake_count(const char *k) {
     if (!strcmp(k, "gpa")) return n_gpa;
     if (!strcmp(k, "gpa2")) return n_gpa2;
     if (!strcmp(k, "records")) return (int)n_records;
+    if (!strcmp(k, "waits")) return n_waits;
+    if (!strcmp(k, "waits_held")) return n_waits_held;
+    if (!strcmp(k, "wait_bad")) return n_wait_bad;
+    if (!strcmp(k, "wait_offset")) return last_wait ? (int)((unsigned char *)last_wait - registered_base) : -1;
+    if (!strcmp(k, "wait_word")) return last_wait ? (int)*last_wait : -1;
     /* The fake GPU's queued work now, µs: how long until the last kernel launched ends. */
     if (!strcmp(k, "queued_us")) {
         long long left = gpu_free_at_ns - now_ns();
