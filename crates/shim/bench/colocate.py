@@ -23,7 +23,9 @@ Configurations: exclusive_high, exclusive_batch, nocontrol (both, default time-s
 batch priority 8: the batch is held while the server has GPU work, its queue bounded; shim
 parameters as `gvm_priority:depth=1:budget=500:linger=US:maxhold=MS`), gvm_freeze (both under
 the shim without arbitration; the server freezes the batch through its control block for the
-whole of each request, as SIGSTOP would). Writes OUTDIR/colocate.json (arguments, results,
+whole of each request, as SIGSTOP would; `gvm_freeze:lead=MS` freezes it MS before each
+arrival, which only a benchmark that knows its arrivals can do: a diagnostic of how much of
+the server's slowdown is the GPU's power and thermal state rather than scheduling). Writes OUTDIR/colocate.json (arguments, results,
 ratios to the exclusive runs), OUTDIR/colocate.png and OUTDIR/raw.tgz (raw results and logs),
 and prints a table with ratios to exclusive.
 """
@@ -169,7 +171,12 @@ def serve(a):
     t0 = now()
     arrivals = t0 + np.cumsum(gaps)
     res = []
+    lead = a.freeze_lead / 1e3 if freeze is not None else 0.0
     for i in range(a.requests):
+        if lead > 0:
+            while now() < arrivals[i] - lead:
+                time.sleep(min(0.0005, max(0.0, arrivals[i] - lead - now())))
+            set_frozen(1)
         while now() < arrivals[i]:
             time.sleep(min(0.0005, max(0.0, arrivals[i] - now())))
         res.append(one(int(lens[i]), float(arrivals[i])))
@@ -314,7 +321,7 @@ def parse_config(spec):
     params = {}
     for kv in kvs:
         k, v = kv.split("=")
-        if k not in ("depth", "linger", "maxhold", "budget", "gate"):
+        if k not in ("depth", "linger", "maxhold", "budget", "gate", "lead"):
             raise SystemExit(f"unknown parameter {k!r} in {spec!r}")
         params[k] = int(v)
     return base, params
@@ -425,7 +432,7 @@ def run_config(spec, a, base_env, rate):
                      "--seed", str(a.seed), "--rate", str(rate), "--duty", str(a.duty),
                      "--go-file", go, "--result", f"/tmp/colo-{tag}-hi.json"]
             if name == "gvm_freeze":
-                hargs += ["--freeze-ctl", ctl_lo]
+                hargs += ["--freeze-ctl", ctl_lo, "--freeze-lead", str(params.get("lead", 0))]
             hi = spawn("serve", hargs, env_hi, tag, out)
             # The batch warms up while the server loads and captures its graphs (so the
             # server's calibrated service time, used only when --rate is 0, is pessimistic).
@@ -488,6 +495,12 @@ def ratios(results):
                   "itl_p99"):
             if k in r and k in ex_h:
                 row[k + "_x"] = r[k] / ex_h[k]
+        if "prefill_gpu_p50" in r and "prefill_gpu_p50" in ex_h:
+            row["prefill_gpu_p50_x"] = r["prefill_gpu_p50"] / ex_h["prefill_gpu_p50"]
+        if len(r.get("ttft_ms", [])) == len(ex_h.get("ttft_ms", [])) > 0:
+            # Same seed: the same prompts arriving at the same times. The median of the
+            # per-request ratios is robust where the p50 of a few prompt buckets is not.
+            row["ttft_paired_p50_x"] = pct([x / e for x, e in zip(r["ttft_ms"], ex_h["ttft_ms"])], 50)
         if "batch_steps_per_s" in r and "batch_steps_per_s" in ex_b:
             row["batch_kept"] = r["batch_steps_per_s"] / ex_b["batch_steps_per_s"]
         rows.append(row)
@@ -499,7 +512,7 @@ def report(results, args, out):
     rows = ratios(results)
     print(f"{'config':16} {'TTFT p50':>9} {'p99':>9} {'ITL p50':>8} {'p99':>8} {'batch/s':>8} "
           f"{'TTFTx50':>8} {'TTFTx99':>8} {'ITLx50':>7} {'ITLx99':>7} {'batch%':>7} {'duty%':>6}"
-          f" {'pGPU50':>7} {'wait50':>7} {'SM MHz':>6}")
+          f" {'pGPU50':>7} {'wait50':>7} {'SM MHz':>6} {'pairedx':>7}")
     for row in rows:
         r = results[row["config"]]
         f = lambda k, s="{:9.1f}": s.format(r[k]) if k in r else " " * len(s.format(0.0))
@@ -511,7 +524,8 @@ def report(results, args, out):
               + (f" {100 * r['high_duty']:6.1f}" if "high_duty" in r else " " * 7)
               + (f" {r['prefill_gpu_p50']:7.1f} {r['ttft_outside_gpu_p50']:7.2f}"
                  if "prefill_gpu_p50" in r else " " * 16)
-              + (f" {r['gpu']['sm_mhz_mean']:6.0f}" if r.get("gpu") else ""))
+              + (f" {r['gpu']['sm_mhz_mean']:6.0f}" if r.get("gpu") else " " * 7)
+              + (f" {row['ttft_paired_p50_x']:7.3f}" if "ttft_paired_p50_x" in row else ""))
     json.dump({"args": args, "results": results, "ratios": rows},
               open(os.path.join(out, "colocate.json"), "w"), indent=1)
     try:
@@ -618,6 +632,8 @@ def main():
     ap.add_argument("--stop-file")
     ap.add_argument("--go-file")
     ap.add_argument("--freeze-ctl")
+    ap.add_argument("--freeze-lead", type=float, default=0.0,
+                    help="serve: freeze the batch this many ms before each arrival")
     ap.add_argument("--result")
     a = ap.parse_args()
     if a.role == "serve":
