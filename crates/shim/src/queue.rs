@@ -5,8 +5,9 @@
 //! publishes `busy`, or it must keep its queue short), the shim records an event on the
 //! launch's stream right after each launch and keeps the last few per stream in a [`Ring`]:
 //!
-//! * **Bounded queue** ([`Tracker::outstanding`]): a process that must yield waits, before a
-//!   launch, until fewer than `depth` of its recorded launches on that stream are unfinished.
+//! * **Bounded queue** ([`Tracker::outstanding`]): a process that must yield (and cannot hold
+//!   its queued work on the GPU itself, `gpu_gate.rs`, or is under `queue_always`) waits,
+//!   before a launch, until fewer than `depth` of its recorded launches on that stream are unfinished.
 //!   Its queue never holds more than `depth` launches, so a more important process that
 //!   becomes busy waits for at most that much of its work to drain.
 //! * **Idle detection** ([`Tracker::all_done`]): work on one stream runs in order, so the
