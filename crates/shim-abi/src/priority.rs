@@ -258,14 +258,7 @@ impl Participant {
     /// Start the helper thread once (`body` runs on it for the process's life); `on_error`
     /// hears why it could not be started (busy then clears only when peers find it stale).
     pub fn ensure_helper(&self, body: fn(), on_error: impl FnOnce(std::io::Error)) {
-        self.helper.call_once(|| {
-            if let Err(e) = std::thread::Builder::new()
-                .name("gvm-arbiter".into())
-                .spawn(body)
-            {
-                on_error(e);
-            }
-        });
+        ffi::spawn_once(&self.helper, "gvm-arbiter", body, on_error);
     }
 
     /// One helper step while busy: clear busy if the work is done (`all_done()` says so),

@@ -262,3 +262,18 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     }
     r
 }
+
+/// Start a thread named `name` running `body` the first time `once` is passed; `on_error`
+/// hears why it could not be started. Later calls do nothing.
+pub fn spawn_once(
+    once: &std::sync::Once,
+    name: &str,
+    body: fn(),
+    on_error: impl FnOnce(io::Error),
+) {
+    once.call_once(|| {
+        if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(body) {
+            on_error(e);
+        }
+    });
+}

@@ -131,14 +131,7 @@ impl GpuGate {
 
     /// Start the watchdog once; `body` runs on it for the process's life.
     pub fn ensure_watchdog(&self, body: fn(), on_error: impl FnOnce(std::io::Error)) {
-        self.watchdog.call_once(|| {
-            if let Err(e) = std::thread::Builder::new()
-                .name("gvm-gpu-gate".into())
-                .spawn(body)
-            {
-                on_error(e);
-            }
-        });
+        gvm_shim_abi::sys::spawn_once(&self.watchdog, "gvm-gpu-gate", body, on_error);
     }
 }
 
