@@ -94,13 +94,10 @@ impl GpuGate {
         }
     }
 
-    /// Whether the gate can be used (maps the block on the first call, with the calling
-    /// thread's context current).
-    pub fn available(&self, p: &Participant, log: fn(&str)) -> bool {
-        self.block_address(p, log).is_some()
-    }
-
-    fn block_address(&self, p: &Participant, log: fn(&str)) -> Option<u64> {
+    /// The arbitration block's address as the GPU sees it, or `None` when the gate cannot be
+    /// used (maps the block on the first call, with the calling thread's context current, and
+    /// logs a failure once).
+    pub fn block_on_gpu(&self, p: &Participant, log: fn(&str)) -> Option<u64> {
         *self.block_on_gpu.get_or_init(|| {
             let base = std::ptr::from_ref(p.block()).cast::<u8>().cast_mut();
             match driver::map_for_gpu(base, ARB_FILE_LEN) {
@@ -118,15 +115,13 @@ impl GpuGate {
     }
 
     /// Put a wait for this process's `gpu_hold` word in front of the next launch on `key`'s
-    /// stream. Whether it was queued (if not, the launch goes ungated on the GPU).
-    pub fn hold_point(&self, p: &Participant, key: StreamKey, log: fn(&str)) -> bool {
-        let Some(base) = self.block_address(p, log) else {
-            return false;
-        };
+    /// stream, the block being at `block_on_gpu` for the GPU. Whether it was queued (if not,
+    /// the launch goes ungated on the GPU).
+    pub fn hold_point(&self, p: &Participant, key: StreamKey, block_on_gpu: u64) -> bool {
         let block = p.block();
         let word = std::ptr::from_ref(&block.slots[p.slot()].gpu_hold) as u64;
         let offset = word - std::ptr::from_ref(block) as u64;
-        driver::stream_wait_zero(key, base + offset)
+        driver::stream_wait_zero(key, block_on_gpu + offset)
     }
 
     /// Start the watchdog once; `body` runs on it for the process's life.

@@ -406,12 +406,13 @@ impl Shim {
         // A process that yields holds its queued work on the GPU when it can: then a more
         // important one waits behind about one kernel whatever is queued, and no count bound
         // is needed. Under `queue_always` the count is what bounds a freeze or a time slice.
-        let gpu_gated = match (p, key) {
+        let gate_on_gpu = match (p, key) {
             (Some(p), Some(_)) if role.has_higher && !always && self.gpu_gate_wanted => {
-                self.gpu_gate.available(p, log_line)
+                self.gpu_gate.block_on_gpu(p, log_line)
             }
-            _ => false,
+            _ => None,
         };
+        let gpu_gated = gate_on_gpu.is_some();
         let depth = b.queue_depth.load(Ordering::Relaxed) as usize;
         let bound = if always || (role.has_higher && !gpu_gated) {
             depth
@@ -438,8 +439,8 @@ impl Shim {
                     WaitOutcome::TimedOut(d) => self.count_hold(d, true),
                 }
             }
-            if let (true, Some(k)) = (gpu_gated, key) {
-                if self.gpu_gate.hold_point(p, k, log_line) {
+            if let (Some(block_on_gpu), Some(k)) = (gate_on_gpu, key) {
+                if self.gpu_gate.hold_point(p, k, block_on_gpu) {
                     self.gpu_gate.ensure_watchdog(gpu_gate_watchdog_main, |e| {
                         log(format_args!(
                             "cannot start the GPU-gate watchdog ({e}); a GPU hold ends only when the holder goes idle or is reaped"
