@@ -16,6 +16,7 @@ if [ ! -e /dev/fuse ]; then
     exit 1
 fi
 
+bash scripts/install-deps.sh demo
 echo "== building gvm-vgpu, gvm-vgpu-sim and gvm-vgpud"
 cargo build --quiet -p gvm-vgpu-cli -p gvm-vgpu-sim $(test -d crates/daemon && echo -p gvm-vgpud)
 bin="$repo/target/debug"
