@@ -15,11 +15,13 @@ use gvm_proto::{Drift, ReconcileReport, Totals};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::model::{Desired, GcState, Observed, ObservedDevice, TypeSpec};
+use crate::model::{Desired, Observed, ObservedDevice, TypeSpec};
 use crate::owners::Resolver;
-use crate::plan::{plan, Action, KnobWrite, Scope};
-use crate::ports::{GcgroupPort, MdevPort, PortError, TypePort};
+use crate::plan::{plan, Action, Scope};
+use crate::ports::{MdevPort, PortError, TypePort};
+use crate::scheduler::error_chain;
 use crate::store::{Store, StoreError};
+use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, Knob};
 
 /// Timing knobs of the rescan loop.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +46,7 @@ impl Default for Timing {
 pub struct Daemon {
     pub(crate) host: HostRoot,
     pub(crate) mdev: Box<dyn MdevPort>,
-    pub(crate) gc: Box<dyn GcgroupPort>,
+    pub(crate) gc: Box<dyn GcgroupBackend>,
     pub(crate) types: Box<dyn TypePort>,
     pub(crate) store: Store,
     pub(crate) desired: Desired,
@@ -71,7 +73,7 @@ pub struct Daemon {
     /// Owners whose knobs are read back, a slice per tick.
     verify_sweep: crate::sweep::Sweep<u32>,
     /// The last full read of each owner gcgroup (for totals between fresh reads).
-    reads: BTreeMap<(u32, u32), crate::ports::GcRead>,
+    reads: BTreeMap<(u32, u32), GcgroupSnapshot>,
     /// Knobs found changed behind the daemon's back, until they are written again.
     drifted: BTreeSet<(u32, u32, &'static str)>,
     /// Gcgroups of split owners on a GPU none of their vGPUs sits on, logged once.
@@ -98,15 +100,16 @@ impl std::fmt::Debug for Daemon {
 
 impl Daemon {
     /// Open the store under `state` (normally the same root as `host`) and build a
-    /// daemon over the given ports.
+    /// daemon over the given ports and gcgroup backend.
     pub fn new(
         host: HostRoot,
         state: &HostRoot,
         mdev: Box<dyn MdevPort>,
-        gc: Box<dyn GcgroupPort>,
+        backends: crate::backends::Backends,
         types: Box<dyn TypePort>,
         timing: Timing,
     ) -> Result<Daemon, StoreError> {
+        let gc = backends.gcgroups;
         let (store, loaded) = Store::open(state)?;
         for p in &loaded.cleaned {
             info!(path = %p.display(), "removed a temp file left by an interrupted write");
@@ -122,7 +125,7 @@ impl Daemon {
         );
         // Gcgroups are CUDA shim processes only: no GVM tree, or `--backend shim`.
         let shim_only =
-            !host.gvm_processes_dir().is_dir() || gc.name() == crate::shim_backend::SHIM_NAME;
+            !host.gvm_processes_dir().is_dir() || gc.name() == gvm_shim_host::backend::SHIM_NAME;
         Ok(Daemon {
             resolver: Resolver::new(host.clone()),
             host,
@@ -156,7 +159,7 @@ impl Daemon {
             gpu_index_failed: BTreeSet::new(),
             libvirt: crate::domains::Domains::default(),
             scheduler: {
-                let mut s = crate::scheduler::Scheduler::open(state);
+                let mut s = crate::scheduler::Scheduler::open(state, backends.gating);
                 // Shim processes are preempted by nothing cheap below us: equal- and
                 // fixed-share then run one vGPU at a time per GPU.
                 if shim_only {
@@ -218,7 +221,7 @@ impl Daemon {
         let names = match self.mdev.parent_names() {
             Ok(n) => n,
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(error_chain(&e));
                 return BTreeSet::new();
             }
         };
@@ -235,7 +238,7 @@ impl Daemon {
                 info!(parent = %p, "mdev parent registered");
             }
             if let Err(e) = self.types_of_parent(p) {
-                debug!("{e}");
+                debug!("{}", error_chain(&e));
             }
         }
         self.observed.parents = now;
@@ -267,7 +270,7 @@ impl Daemon {
                 .find(|t| t.id == mdev_type)
                 .and_then(|t| t.name.clone()),
             Err(e) => {
-                debug!("{e}");
+                debug!("{}", error_chain(&e));
                 None
             }
         }
@@ -277,7 +280,7 @@ impl Daemon {
         let mut names = match self.mdev.device_names() {
             Ok(n) => n,
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(error_chain(&e));
                 return false;
             }
         };
@@ -294,9 +297,9 @@ impl Daemon {
                 let Ok(u) = Uuid::try_parse(n) else { continue };
                 match self.mdev.device(u) {
                     Ok(d) => devs.push(d),
-                    Err(e) if e.gone => {}
+                    Err(e) if e.is_gone() => {}
                     Err(e) => {
-                        report.errors.push(e.to_string());
+                        report.errors.push(error_chain(&e));
                         return false;
                     }
                 }
@@ -318,7 +321,7 @@ impl Daemon {
             match self.mdev.devices() {
                 Ok(d) => d,
                 Err(e) => {
-                    report.errors.push(e.to_string());
+                    report.errors.push(error_chain(&e));
                     return false;
                 }
             }
@@ -383,7 +386,7 @@ impl Daemon {
         self.totals.remove(uuid);
         if self.desired.live.remove(uuid).is_some() {
             if let Err(e) = self.store.save_live(uuid, &Default::default()) {
-                warn!("{e}");
+                warn!("{}", error_chain(&e));
             }
         }
     }
@@ -399,7 +402,11 @@ impl Daemon {
         let pids: BTreeSet<u32> = match self.gc.processes() {
             Ok(p) => p.into_iter().collect(),
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(format!(
+                    "list the {} backend's processes: {}",
+                    self.gc.name(),
+                    error_chain(&e)
+                ));
                 return false;
             }
         };
@@ -502,7 +509,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     if self.gpu_index_failed.insert(parent.clone()) {
-                        warn!("{e}");
+                        warn!("{}", error_chain(&e));
                     }
                 }
             }
@@ -522,8 +529,10 @@ impl Daemon {
     fn refresh_gpus(&mut self, pid: u32) -> bool {
         let gpus: BTreeSet<u32> = match self.gc.gpus(pid) {
             Ok(g) => g.into_iter().collect(),
+            // Gone: it has no GPUs (the process list drops it at the next scan).
+            Err(e) if e.is_process_gone() => BTreeSet::new(),
             Err(e) => {
-                debug!("{e}");
+                debug!(pid, "list GPUs: {}", error_chain(&e));
                 return false;
             }
         };
@@ -548,7 +557,11 @@ impl Daemon {
     /// [`Daemon::refresh_gpus`] when the backend's cheap count of `pid`'s GPUs differs
     /// from what is known, or cannot be had (one `stat` instead of a listing on GVM).
     fn refresh_gpus_if_count_moved(&mut self, pid: u32) -> bool {
-        if let Ok(Some(n)) = self.gc.gpu_count(pid) {
+        let count = match self.gc.gpu_count(pid) {
+            Err(e) if e.is_process_gone() => Ok(Some(0)),
+            other => other,
+        };
+        if let Ok(Some(n)) = count {
             if self.observed.gpus.get(&pid).is_some_and(|g| g.len() == n) {
                 return false;
             }
@@ -625,9 +638,11 @@ impl Daemon {
             for gpu in gpus {
                 let r = match self.gc.read(*pid, gpu) {
                     Ok(r) => r,
-                    Err(e) if e.gone => continue,
+                    Err(e) if e.is_process_gone() => continue,
                     Err(e) => {
-                        report.errors.push(e.to_string());
+                        report
+                            .errors
+                            .push(error_chain(&PortError::gcgroup("read", *pid, gpu, e)));
                         continue;
                     }
                 };
@@ -742,8 +757,8 @@ impl Daemon {
                         );
                     }
                     Err(e) => {
-                        warn!("autostart: {e}");
-                        report.errors.push(e.to_string());
+                        warn!("autostart: {}", error_chain(&e));
+                        report.errors.push(error_chain(&e));
                     }
                 },
                 Action::Write {
@@ -768,39 +783,41 @@ impl Daemon {
         uuid: Uuid,
         pid: u32,
         gpu: u32,
-        knob: KnobWrite,
+        knob: Knob,
         found: Option<String>,
         report: &mut ReconcileReport,
     ) {
         match self.gc.write(pid, gpu, knob) {
             Ok(()) => {
                 report.writes += 1;
-                let state = self.observed.gcgroups.entry((pid, gpu)).or_insert(GcState {
-                    memory_limit: gvm_proto::UNLIMITED,
-                    priority: None,
-                    frozen: false,
-                });
-                knob.apply(state);
-                let (file, value) = (knob.file(), knob.value());
+                let state = self.observed.gcgroups.entry((pid, gpu)).or_default();
+                state.apply(knob);
+                let (file, value) = (knob.file(), knob.text());
                 if self.drifted.remove(&(pid, gpu, file)) {
                     info!(%uuid, pid, gpu, knob = file, found = ?found, wanted = %value, "corrected knob after drift");
                 } else if let Some(found) = found {
                     debug!(%uuid, pid, gpu, knob = file, was = %found, value = %value, "retuned knob");
-                } else if let KnobWrite::Frozen(frozen) = knob {
+                } else if let Knob::Frozen(frozen) = knob {
                     // Freeze is the last knob of a gcgroup's first application.
-                    info!(%uuid, pid, gpu, memory_limit = state.memory_limit,
+                    info!(%uuid, pid, gpu, memory_limit = state.memory_limit.as_bytes(),
                         priority = ?state.priority, frozen, "applied the vGPU's knobs to a new owner gcgroup");
                 } else {
                     debug!(%uuid, pid, gpu, knob = file, %value, "applied knob");
                 }
             }
-            Err(PortError { gone: true, .. }) => {
+            Err(e) if e.is_process_gone() => {
                 self.observed.gcgroups.remove(&(pid, gpu));
                 if let Some(g) = self.observed.gpus.get_mut(&pid) {
                     g.remove(&gpu);
                 }
             }
             Err(e) => {
+                let e = error_chain(&PortError::gcgroup(
+                    format!("write {file}", file = knob.file()),
+                    pid,
+                    gpu,
+                    e,
+                ));
                 warn!(%uuid, "{e}");
                 report.errors.push(format!("vGPU {uuid}: {e}"));
             }
@@ -809,12 +826,12 @@ impl Daemon {
 }
 
 /// Add one gcgroup's values to a vGPU's totals.
-pub(crate) fn add_totals(t: &mut Totals, r: &crate::ports::GcRead) {
+pub(crate) fn add_totals(t: &mut Totals, r: &GcgroupSnapshot) {
     t.memory_current += r.memory_current;
     t.swap_current += r.swap_current;
-    t.kernels_submitted += r.submitted;
-    t.kernels_ended += r.ended;
-    t.kernels_pending += r.pending;
+    t.kernels_submitted += r.stat.submitted;
+    t.kernels_ended += r.stat.ended;
+    t.kernels_pending += r.stat.pending;
     t.gcgroups += 1;
     t.frozen_gcgroups += u32::from(r.frozen);
 }

@@ -10,12 +10,11 @@ use gvm_libvirt::{DomainBinding, DomainEvent, DomainInfo, DomainState, MetaVgpu}
 use gvm_proto::{Call, Request, Target};
 
 use super::*;
+use crate::backends::Backends;
 use crate::daemon::Timing;
 use crate::model::TypeSpec;
-use crate::plan::KnobWrite;
-use crate::ports::{
-    DeviceInfo, GcRead, GcgroupPort, MdevPort, PortError, PortResult, TypeInfo, TypePort,
-};
+use crate::ports::{DeviceInfo, MdevPort, PortResult, TypeInfo, TypePort};
+use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, MemoryLimit, Priority};
 
 fn u(n: u128) -> Uuid {
     Uuid::from_u128(n)
@@ -244,16 +243,16 @@ impl MdevPort for FakeMdev {
 
 struct FakeGc(SharedHost);
 
-impl GcgroupPort for FakeGc {
+impl GcgroupBackend for FakeGc {
     fn name(&self) -> &'static str {
         "fake"
     }
-    fn processes(&self) -> PortResult<Vec<u32>> {
+    fn processes(&self) -> gvm_gcgroup::Result<Vec<u32>> {
         let mut p: Vec<u32> = lock(&self.0).frozen.keys().map(|k| k.0).collect();
         p.dedup();
         Ok(p)
     }
-    fn gpus(&self, pid: u32) -> PortResult<Vec<u32>> {
+    fn gpus(&self, pid: u32) -> gvm_gcgroup::Result<Vec<u32>> {
         Ok(lock(&self.0)
             .frozen
             .keys()
@@ -261,33 +260,40 @@ impl GcgroupPort for FakeGc {
             .map(|k| k.1)
             .collect())
     }
-    fn read(&self, pid: u32, gpu: u32) -> PortResult<GcRead> {
+    fn read(&self, pid: u32, gpu: u32) -> gvm_gcgroup::Result<GcgroupSnapshot> {
         let frozen = lock(&self.0).frozen.get(&(pid, gpu)).copied();
         frozen
-            .map(|frozen| GcRead {
+            .map(|frozen| GcgroupSnapshot {
                 frozen,
-                ..GcRead::default()
+                ..GcgroupSnapshot::default()
             })
             .ok_or_else(|| gone(pid))
     }
-    fn write(&self, pid: u32, gpu: u32, knob: KnobWrite) -> PortResult<()> {
+    fn set_memory_limit(&self, pid: u32, gpu: u32, _: MemoryLimit) -> gvm_gcgroup::Result<()> {
+        self.set(pid, gpu, None)
+    }
+    fn set_priority(&self, pid: u32, gpu: u32, _: Priority) -> gvm_gcgroup::Result<()> {
+        self.set(pid, gpu, None)
+    }
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> gvm_gcgroup::Result<()> {
+        self.set(pid, gpu, Some(frozen))
+    }
+}
+
+impl FakeGc {
+    /// A write to (pid, gpu): only the freeze state is kept.
+    fn set(&self, pid: u32, gpu: u32, frozen: Option<bool>) -> gvm_gcgroup::Result<()> {
         let mut h = lock(&self.0);
         let slot = h.frozen.get_mut(&(pid, gpu)).ok_or_else(|| gone(pid))?;
-        if let KnobWrite::Frozen(f) = knob {
+        if let Some(f) = frozen {
             *slot = f;
         }
         Ok(())
     }
 }
 
-fn gone(pid: u32) -> PortError {
-    PortError {
-        op: "read".into(),
-        object: format!("pid {pid}"),
-        errno: Some(libc::ENOENT),
-        message: "no such process".into(),
-        gone: true,
-    }
+fn gone(pid: u32) -> gvm_gcgroup::Error {
+    gvm_gcgroup::Error::ProcessGone { pid }
 }
 
 struct FakeTypes;
@@ -331,7 +337,7 @@ fn rig(vgpus: &[Uuid]) -> Option<Rig> {
         host.clone(),
         &host,
         Box::new(FakeMdev(shared.clone())),
-        Box::new(FakeGc(shared.clone())),
+        Backends::of(Box::new(FakeGc(shared.clone()))),
         Box::new(FakeTypes),
         Timing::default(),
     )

@@ -38,17 +38,24 @@ fn store_err(e: StoreError) -> ApiError {
     ))
 }
 
+/// The API error for a failed host operation: its whole chain, once, with the errno added
+/// only where no part of the chain already states it.
 fn port_err(e: PortError) -> ApiError {
-    if e.gone {
-        return ApiError::not_found(e.to_string());
+    let message = crate::scheduler::error_chain(&e);
+    if e.is_gone() {
+        return ApiError::not_found(message);
     }
-    let code = match e.errno {
+    let code = match e.errno() {
         Some(libc::EEXIST | libc::EBUSY | libc::ENOSPC | libc::EUSERS) => ErrorCode::Conflict,
         Some(_) => ErrorCode::Kernel,
         None => ErrorCode::Internal,
     };
-    let errno = e.errno.map(|n| format!(" (errno {n})")).unwrap_or_default();
-    ApiError::new(code, format!("{e}{errno}"))
+    match e.errno() {
+        Some(n) if !message.contains("errno") => {
+            ApiError::new(code, format!("{message} (errno {n})"))
+        }
+        _ => ApiError::new(code, message),
+    }
 }
 
 impl Daemon {
@@ -269,13 +276,13 @@ impl Daemon {
                     add_totals(&mut totals, &r);
                     gcgroups.push(gvm_proto::GcgroupInfo {
                         gpu,
-                        memory_limit: r.memory_limit,
+                        memory_limit: r.memory_limit.as_bytes(),
                         memory_current: r.memory_current,
                         swap_current: r.swap_current,
-                        priority: r.priority,
+                        priority: r.priority.get(),
                         frozen: r.frozen,
-                        kernels_submitted: r.submitted,
-                        kernels_pending: r.pending,
+                        kernels_submitted: r.stat.submitted,
+                        kernels_pending: r.stat.pending,
                     });
                 }
             }
@@ -318,7 +325,7 @@ impl Daemon {
             .types_of_parent(parent)
             .map(<[_]>::to_vec)
             .map_err(|e| {
-                if e.gone {
+                if e.is_gone() {
                     ApiError::not_found(format!(
                         "mdev parent '{parent}' is not registered: see `gvm-vgpu parents`"
                     ))

@@ -23,6 +23,7 @@
 //! - [`metrics`]: Prometheus text rendering.
 
 pub mod agent_ingest;
+pub mod backends;
 pub mod daemon;
 pub mod domains;
 mod handlers;
@@ -34,8 +35,7 @@ pub mod plan;
 pub mod ports;
 pub mod scheduler;
 pub mod server;
-pub mod shim_backend;
-pub mod shim_register;
+pub mod shim_listener;
 pub mod store;
 pub mod sweep;
 pub mod uevent;

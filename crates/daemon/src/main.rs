@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use gvm_host_root::{HostRoot, ROOT_ENV};
+use gvm_vgpud::backends::{self, BackendKind};
 use gvm_vgpud::daemon::{Daemon, Timing};
 use gvm_vgpud::ports::{CatalogTypes, SysfsMdev};
 use gvm_vgpud::server::{serve, ServeOptions};
-use gvm_vgpud::shim_backend::{gcgroup_port, BackendKind};
 
 /// The gvm-vgpu host daemon: adopts every vGPU and keeps its gcgroups tuned.
 #[derive(Debug, Parser)]
@@ -111,11 +111,13 @@ fn main() -> anyhow::Result<()> {
     let catalog = gvm_catalog::Catalog::load_with_builtin(&dirs)
         .context("cannot load the vGPU type catalog: fix the file named above")?;
     let state = HostRoot::new(args.state_root.as_deref().unwrap_or(&args.root));
+    let backends = backends::build(args.backend, &host);
+    let shim_registry = backends.shim_registry.clone();
     let mut daemon = Daemon::new(
         host.clone(),
         &state,
         Box::new(SysfsMdev::new(host.clone())),
-        gcgroup_port(args.backend, &host),
+        backends,
         Box::new(CatalogTypes::new(catalog)),
         Timing {
             slow_rescan: Duration::from_millis(args.slow_rescan_ms.max(10)),
@@ -146,8 +148,8 @@ fn main() -> anyhow::Result<()> {
     let mut agents = gvm_vgpud::agent_ingest::AgentConfig::new(&host, &state);
     agents.limits = gvm_vgpud::agent_ingest::parse_limits(&args.agent_limits)?;
     rt.spawn(gvm_vgpud::agent_ingest::run(daemon.guest_table(), agents));
-    if args.backend != BackendKind::Gvm {
-        gvm_vgpud::shim_register::spawn_listener(&rt, &host, args.shim_socket.as_deref());
+    if let Some(registry) = shim_registry {
+        gvm_vgpud::shim_listener::spawn_listener(&rt, &host, registry, args.shim_socket.as_deref());
     }
     rt.block_on(serve(daemon, opts))
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gvm_gcgroup::{Knob, MemoryLimit, Priority};
 use gvm_proto::{Definition, Knobs, Overrides, OwnerRule, Source, Sources};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -40,15 +41,26 @@ pub struct ObservedDevice {
 }
 
 /// Knob values of one gcgroup as the daemon last read or wrote them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GcState {
     /// `memory.limit`.
-    pub memory_limit: u64,
+    pub memory_limit: MemoryLimit,
     /// `compute.priority` as written by this daemon; `None` until written (the
     /// kernel only applies a priority once it is written, so a read 8 means nothing).
-    pub priority: Option<u8>,
+    pub priority: Option<Priority>,
     /// `compute.freeze`.
     pub frozen: bool,
+}
+
+impl GcState {
+    /// `self` with `knob` written.
+    pub fn apply(&mut self, knob: Knob) {
+        match knob {
+            Knob::MemoryLimit(v) => self.memory_limit = v,
+            Knob::Priority(v) => self.priority = Some(v),
+            Knob::Frozen(v) => self.frozen = v,
+        }
+    }
 }
 
 /// Host state as the last scan found it.
@@ -268,5 +280,21 @@ mod tests {
         assert_eq!((k.priority, s.priority), (1, Source::Live));
         assert_eq!((k.share, s.share), (Some(0.5), Source::Live));
         assert!(k.frozen);
+    }
+}
+
+/// Typed knob values for the daemon's unit tests.
+#[cfg(test)]
+pub(crate) mod test_knobs {
+    use gvm_gcgroup::{Knob, MemoryLimit, Priority};
+
+    /// A `memory.limit` write of `bytes` (`u64::MAX`: unlimited).
+    pub(crate) fn mem(bytes: u64) -> Knob {
+        Knob::MemoryLimit(MemoryLimit::from_bytes(bytes))
+    }
+
+    /// A `compute.priority` write of `p` (0..=16).
+    pub(crate) fn prio(p: u8) -> Knob {
+        Knob::Priority(Priority::clamped(p))
     }
 }

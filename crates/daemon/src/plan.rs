@@ -14,47 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
+use gvm_gcgroup::{GcgroupSnapshot, Knob, MemoryLimit, Priority};
+
 use crate::model::{effective, Desired, GcState, Observed, TypeSpec};
-
-/// One knob write on one gcgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KnobWrite {
-    /// `memory.limit` in bytes.
-    MemoryLimit(u64),
-    /// `compute.priority`.
-    Priority(u8),
-    /// `compute.freeze`.
-    Frozen(bool),
-}
-
-impl KnobWrite {
-    /// The GVM file name of the knob.
-    pub fn file(&self) -> &'static str {
-        match self {
-            KnobWrite::MemoryLimit(_) => "memory.limit",
-            KnobWrite::Priority(_) => "compute.priority",
-            KnobWrite::Frozen(_) => "compute.freeze",
-        }
-    }
-
-    /// The value as written.
-    pub fn value(&self) -> String {
-        match self {
-            KnobWrite::MemoryLimit(v) => v.to_string(),
-            KnobWrite::Priority(v) => v.to_string(),
-            KnobWrite::Frozen(v) => u8::from(*v).to_string(),
-        }
-    }
-
-    /// `state` with this write applied.
-    pub fn apply(&self, state: &mut GcState) {
-        match *self {
-            KnobWrite::MemoryLimit(v) => state.memory_limit = v,
-            KnobWrite::Priority(v) => state.priority = Some(v),
-            KnobWrite::Frozen(v) => state.frozen = v,
-        }
-    }
-}
 
 /// Something the executor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +39,7 @@ pub enum Action {
         /// GPU index.
         gpu: u32,
         /// Knob and value.
-        knob: KnobWrite,
+        knob: Knob,
         /// Value found before, when it was known (drift report).
         found: Option<String>,
     },
@@ -156,7 +118,9 @@ pub fn plan(
                 let state = observed.gcgroups.get(&(pid, gpu));
                 let knobs =
                     crate::model::SchedKnobs::apply(desired.sched.get(&(*uuid, gpu)), knobs);
-                let write = |knob: KnobWrite, found: Option<String>, to: &mut Vec<Action>| {
+                let limit = MemoryLimit::from_bytes(knobs.memory_limit);
+                let priority = Priority::clamped(knobs.priority);
+                let write = |knob: Knob, found: Option<String>, to: &mut Vec<Action>| {
                     to.push(Action::Write {
                         uuid: *uuid,
                         pid,
@@ -173,32 +137,24 @@ pub fn plan(
                         // gcgroup starts thawed, so a freeze is written only when one
                         // is wanted; anyone freezing it behind our back is drift, found
                         // by the next verification.
-                        write(
-                            KnobWrite::MemoryLimit(knobs.memory_limit),
-                            None,
-                            &mut out.actions,
-                        );
-                        write(KnobWrite::Priority(knobs.priority), None, &mut out.actions);
+                        write(Knob::MemoryLimit(limit), None, &mut out.actions);
+                        write(Knob::Priority(priority), None, &mut out.actions);
                         if knobs.frozen {
-                            write(KnobWrite::Frozen(true), None, &mut freezes);
+                            write(Knob::Frozen(true), None, &mut freezes);
                         }
                     }
                     Some(s) => {
-                        if s.memory_limit != knobs.memory_limit {
-                            let found = Some(s.memory_limit.to_string());
-                            write(
-                                KnobWrite::MemoryLimit(knobs.memory_limit),
-                                found,
-                                &mut out.actions,
-                            );
+                        if s.memory_limit != limit {
+                            let found = Some(s.memory_limit.as_bytes().to_string());
+                            write(Knob::MemoryLimit(limit), found, &mut out.actions);
                         }
-                        if s.priority != Some(knobs.priority) {
+                        if s.priority != Some(priority) {
                             let found = s.priority.map(|p| p.to_string());
-                            write(KnobWrite::Priority(knobs.priority), found, &mut out.actions);
+                            write(Knob::Priority(priority), found, &mut out.actions);
                         }
                         if s.frozen != knobs.frozen {
                             let found = Some(u8::from(s.frozen).to_string());
-                            write(KnobWrite::Frozen(knobs.frozen), found, &mut freezes);
+                            write(Knob::Frozen(knobs.frozen), found, &mut freezes);
                         }
                     }
                 }
@@ -214,25 +170,21 @@ pub fn plan(
 /// Knobs whose read-back value differs from what the daemon last wrote (`cached`):
 /// `(file, found, written)`. A priority the daemon never wrote is not compared (the
 /// kernel's default means nothing until written).
-pub fn drift(cached: &GcState, read: &crate::ports::GcRead) -> Vec<(&'static str, String, String)> {
+pub fn drift(cached: &GcState, read: &GcgroupSnapshot) -> Vec<(&'static str, String, String)> {
     let mut out = Vec::new();
-    if cached.memory_limit != read.memory_limit {
-        out.push((
-            "memory.limit",
-            read.memory_limit.to_string(),
-            cached.memory_limit.to_string(),
-        ));
+    let mut differs = |found: Knob, written: Knob| {
+        if found != written {
+            out.push((written.file(), found.text(), written.text()));
+        }
+    };
+    differs(
+        Knob::MemoryLimit(read.memory_limit),
+        Knob::MemoryLimit(cached.memory_limit),
+    );
+    if let Some(p) = cached.priority {
+        differs(Knob::Priority(read.priority), Knob::Priority(p));
     }
-    if let Some(p) = cached.priority.filter(|p| *p != read.priority) {
-        out.push(("compute.priority", read.priority.to_string(), p.to_string()));
-    }
-    if cached.frozen != read.frozen {
-        out.push((
-            "compute.freeze",
-            u8::from(read.frozen).to_string(),
-            u8::from(cached.frozen).to_string(),
-        ));
-    }
+    differs(Knob::Frozen(read.frozen), Knob::Frozen(cached.frozen));
     out
 }
 
@@ -243,19 +195,19 @@ mod drift_tests {
     #[test]
     fn only_values_that_differ_from_the_last_write_are_drift() {
         let cached = GcState {
-            memory_limit: 4 << 30,
-            priority: Some(10),
+            memory_limit: MemoryLimit::from_bytes(4 << 30),
+            priority: Some(Priority::clamped(10)),
             frozen: false,
         };
-        let same = crate::ports::GcRead {
-            memory_limit: 4 << 30,
-            priority: 10,
+        let same = GcgroupSnapshot {
+            memory_limit: MemoryLimit::from_bytes(4 << 30),
+            priority: Priority::clamped(10),
             ..Default::default()
         };
         assert!(drift(&cached, &same).is_empty());
-        let changed = crate::ports::GcRead {
-            memory_limit: 1,
-            priority: 3,
+        let changed = GcgroupSnapshot {
+            memory_limit: MemoryLimit::from_bytes(1),
+            priority: Priority::clamped(3),
             frozen: true,
             ..same
         };
@@ -272,8 +224,8 @@ mod drift_tests {
             priority: None,
             ..cached
         };
-        let default_read = crate::ports::GcRead {
-            priority: 8,
+        let default_read = GcgroupSnapshot {
+            priority: Priority::clamped(8),
             ..same
         };
         assert!(
@@ -286,6 +238,7 @@ mod drift_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_knobs::{mem, prio};
     use crate::model::{LiveState, ObservedDevice};
     use gvm_proto::{Definition, Overrides, OwnerRule};
 
@@ -327,7 +280,7 @@ mod tests {
         ["p0".to_string()].into_iter().collect()
     }
 
-    fn writes(p: &Plan) -> Vec<(u32, u32, KnobWrite)> {
+    fn writes(p: &Plan) -> Vec<(u32, u32, Knob)> {
         p.actions
             .iter()
             .filter_map(|a| match a {
@@ -353,10 +306,10 @@ mod tests {
         );
         let w = writes(&p);
         assert_eq!(w.len(), 4, "{w:?}");
-        assert!(w.contains(&(100, 8, KnobWrite::MemoryLimit(4 << 30))));
-        assert!(w.contains(&(100, 0, KnobWrite::Priority(4))));
+        assert!(w.contains(&(100, 8, mem(4 << 30))));
+        assert!(w.contains(&(100, 0, prio(4))));
         // A new gcgroup starts thawed: no write of compute.freeze = 0.
-        assert!(!w.iter().any(|(_, _, k)| matches!(k, KnobWrite::Frozen(_))));
+        assert!(!w.iter().any(|(_, _, k)| matches!(k, Knob::Frozen(_))));
         assert!(!w.iter().any(|(pid, _, _)| *pid == 101));
     }
 
@@ -364,8 +317,8 @@ mod tests {
     fn known_values_equal_to_intent_need_no_write_and_drift_is_reported() {
         let mut obs = host_with(u(1), &[(100, &[0])]);
         let good = GcState {
-            memory_limit: 4 << 30,
-            priority: Some(4),
+            memory_limit: MemoryLimit::from_bytes(4 << 30),
+            priority: Some(Priority::clamped(4)),
             frozen: false,
         };
         obs.gcgroups.insert((100, 0), good);
@@ -382,7 +335,7 @@ mod tests {
         obs.gcgroups.insert(
             (100, 0),
             GcState {
-                memory_limit: 1,
+                memory_limit: MemoryLimit::from_bytes(1),
                 ..good
             },
         );
@@ -393,7 +346,7 @@ mod tests {
                 uuid: u(1),
                 pid: 100,
                 gpu: 0,
-                knob: KnobWrite::MemoryLimit(4 << 30),
+                knob: mem(4 << 30),
                 found: Some("1".into()),
             }]
         );
@@ -406,8 +359,8 @@ mod tests {
             obs.gcgroups.insert(
                 k,
                 GcState {
-                    memory_limit: 4 << 30,
-                    priority: Some(4),
+                    memory_limit: MemoryLimit::from_bytes(4 << 30),
+                    priority: Some(Priority::clamped(4)),
                     frozen: false,
                 },
             );
@@ -439,10 +392,10 @@ mod tests {
         assert_eq!(
             w,
             vec![
-                (100, 0, KnobWrite::Priority(1)),
-                (200, 8, KnobWrite::Priority(1)),
-                (100, 0, KnobWrite::Frozen(true)),
-                (200, 8, KnobWrite::Frozen(true)),
+                (100, 0, prio(1)),
+                (200, 8, prio(1)),
+                (100, 0, Knob::Frozen(true)),
+                (200, 8, Knob::Frozen(true)),
             ]
         );
     }
@@ -552,7 +505,7 @@ mod tests {
             only: None,
         };
         let p = plan(&obs, &Desired::default(), &types, scope);
-        let by: Vec<(Uuid, u32, KnobWrite)> = p
+        let by: Vec<(Uuid, u32, Knob)> = p
             .actions
             .iter()
             .filter_map(|x| match x {
@@ -565,10 +518,10 @@ mod tests {
         assert_eq!(
             by,
             vec![
-                (a, 0, KnobWrite::MemoryLimit(4 << 30)),
-                (a, 0, KnobWrite::Priority(4)),
-                (b, 8, KnobWrite::MemoryLimit(2 << 30)),
-                (b, 8, KnobWrite::Priority(9)),
+                (a, 0, mem(4 << 30)),
+                (a, 0, prio(4)),
+                (b, 8, mem(2 << 30)),
+                (b, 8, prio(9)),
             ]
         );
         assert_eq!(obs.stray_gpus(300), vec![16]);

@@ -27,7 +27,7 @@
 //!   shown to the engine as having no work. Under best-effort nothing is stored
 //!   and the planner's type priorities stand.
 //! - **CUDA shim processes.** Under equal-share and fixed-share the GPU is marked
-//!   daemon-driven for the shim backend ([`crate::shim_backend::set_daemon_driven`]):
+//!   daemon-driven for the shim backend (`gvm_shim_host::gating::GatingModes`):
 //!   the shims' own priority arbitration is turned off and their launch queues bounded,
 //!   so these freezes are the only gate and take effect within a kernel or two.
 //! - **Persistence.** The per-GPU choice lives in `/etc/gvm-vgpu/policy.json`
@@ -53,8 +53,8 @@ use uuid::Uuid;
 
 use crate::daemon::Daemon;
 use crate::model::{effective, SchedKnobs};
-use crate::plan::KnobWrite;
 use crate::store::{write_json, StoreError};
+use gvm_gcgroup::{Knob, Priority};
 
 /// How often the engines tick. The simulated GPU advances every 5 ms and a GVM
 /// kernel is typically 0.1–5 ms; 10 ms keeps the equal-share lead bound (10 ms for
@@ -338,6 +338,9 @@ pub struct Scheduler {
     /// on a host without GVM's tree, where the CUDA shim gates launches and concurrent
     /// contexts lose GPU time to the hardware's context switching.
     pub(crate) exclusive: Option<gvm_sched::Nanos>,
+    /// Which GPUs' CUDA shim processes this scheduler gates itself (shared with the shim
+    /// backend, which applies it to each block).
+    gating: std::sync::Arc<gvm_shim_host::gating::GatingModes>,
 }
 
 /// How long after a `policy show`/`top` best-effort GPUs keep being sampled.
@@ -355,7 +358,10 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Loads `/etc/gvm-vgpu/policy.json` under `state`; a missing file means
     /// best-effort everywhere, a bad one is reported and replaced by the default.
-    pub fn open(state: &HostRoot) -> Scheduler {
+    pub fn open(
+        state: &HostRoot,
+        gating: std::sync::Arc<gvm_shim_host::gating::GatingModes>,
+    ) -> Scheduler {
         let path = state.config_dir().join("policy.json");
         let file = match std::fs::read(&path) {
             Ok(bytes) => PolicyFile::parse(&path, &bytes).unwrap_or_else(|e| {
@@ -384,6 +390,7 @@ impl Scheduler {
             watched: std::cell::Cell::new(None),
             busy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             exclusive: None,
+            gating,
         }
     }
 
@@ -439,7 +446,8 @@ impl Scheduler {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line (`a: b: c`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -556,10 +564,10 @@ impl Daemon {
                 }
                 // Only gcgroup.stat is read (one file); the freeze state is what this daemon
                 // wrote last, and memory comes from the totals of the verify passes.
-                match self.gc.read_counters(*pid, gpu) {
-                    Ok((ended, pending)) => {
-                        s.ended += ended;
-                        s.pending += pending;
+                match self.gc.stat(*pid, gpu) {
+                    Ok(stat) => {
+                        s.ended += stat.ended;
+                        s.pending += stat.pending;
                         s.gcgroups += 1;
                         let frozen = self
                             .observed
@@ -568,8 +576,8 @@ impl Daemon {
                             .is_some_and(|g| g.frozen);
                         s.running += u32::from(!frozen);
                     }
-                    Err(e) if e.gone => {}
-                    Err(e) => debug!(%uuid, pid, gpu, "scheduler read: {e}"),
+                    Err(e) if e.is_process_gone() => {}
+                    Err(e) => debug!(%uuid, pid, gpu, "scheduler read: {}", error_chain(&e)),
                 }
             }
             s.memory = self.totals.get(&uuid).map_or(0, |t| t.memory_current);
@@ -648,7 +656,7 @@ impl Daemon {
         let best_effort = st.engine.config().policy == Policy::BestEffort;
         // CUDA shim processes: the shims' own priority arbitration under best-effort, the
         // freezes below otherwise (a no-op for GVM's tree).
-        crate::shim_backend::set_daemon_driven(&self.host, gpu, !best_effort);
+        self.scheduler.gating.set_daemon_driven(gpu, !best_effort);
         let mut touched: BTreeSet<Uuid> = BTreeSet::new();
         for a in &actions {
             let uuid = Uuid::from_u128(a.id.0);
@@ -718,26 +726,27 @@ impl Daemon {
                 continue; // never tuned yet: the planner writes every knob
             };
             let mut writes = Vec::with_capacity(2);
-            if state.priority != Some(want.priority) {
-                writes.push(KnobWrite::Priority(want.priority));
+            let priority = Priority::clamped(want.priority);
+            if state.priority != Some(priority) {
+                writes.push(Knob::Priority(priority));
             }
             if state.frozen != want.frozen {
-                writes.push(KnobWrite::Frozen(want.frozen));
+                writes.push(Knob::Frozen(want.frozen));
             }
             for w in writes {
                 match self.gc.write(pid, gpu, w) {
                     Ok(()) => {
                         if let Some(s) = self.observed.gcgroups.get_mut(&(pid, gpu)) {
-                            w.apply(s);
+                            s.apply(w);
                         }
                         match w {
-                            KnobWrite::Frozen(_) => fw += 1,
+                            Knob::Frozen(_) => fw += 1,
                             _ => pw += 1,
                         }
-                        debug!(%uuid, pid, gpu, knob = w.file(), value = %w.value(), "scheduler wrote");
+                        debug!(%uuid, pid, gpu, knob = w.file(), value = %w.text(), "scheduler wrote");
                     }
-                    Err(e) if e.gone => break,
-                    Err(e) => warn!(%uuid, pid, gpu, "scheduler: {e}"),
+                    Err(e) if e.is_process_gone() => break,
+                    Err(e) => warn!(%uuid, pid, gpu, "scheduler: {}", error_chain(&e)),
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! estimator, `--gpu` resolution and how scheduler knobs combine with the operator's.
 
 use super::*;
+use gvm_gcgroup::MemoryLimit;
 
 fn ms(v: u64) -> Nanos {
     Nanos::from_millis(v)
@@ -171,8 +172,8 @@ fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
     obs.gpus.insert(100, [0u32].into_iter().collect());
     // What the scheduler wrote: priority 8 (type says 10), frozen.
     let written = GcState {
-        memory_limit: 4 << 30,
-        priority: Some(8),
+        memory_limit: MemoryLimit::from_bytes(4 << 30),
+        priority: Some(Priority::clamped(8)),
         frozen: true,
     };
     obs.gcgroups.insert((100, 0), written);
@@ -226,9 +227,9 @@ fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
         p.actions.iter().any(|a| matches!(
             a,
             Action::Write {
-                knob: KnobWrite::Priority(10),
+                knob: Knob::Priority(p),
                 ..
-            }
+            } if p.get() == 10
         )),
         "{:?}",
         p.actions
@@ -238,7 +239,7 @@ fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
 #[test]
 fn the_hosts_exclusive_mode_reaches_every_gpus_engine_but_is_not_stored() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut s = Scheduler::open(&HostRoot::new(dir.path()));
+    let mut s = Scheduler::open(&HostRoot::new(dir.path()), Default::default());
     assert_eq!(s.engine_config(0).exclusive, None);
     s.exclusive = Some(gvm_sched::DEFAULT_EXCLUSIVE_SLICE);
     for gpu in [0, 8] {

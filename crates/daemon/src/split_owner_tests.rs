@@ -9,12 +9,11 @@ use std::time::Instant;
 use gvm_host_root::HostRoot;
 use uuid::Uuid;
 
+use crate::backends::Backends;
 use crate::daemon::{Daemon, Timing};
 use crate::model::TypeSpec;
-use crate::plan::KnobWrite;
-use crate::ports::{
-    DeviceInfo, GcRead, GcgroupPort, MdevPort, PortError, PortResult, TypeInfo, TypePort,
-};
+use crate::ports::{DeviceInfo, MdevPort, PortError, PortResult, TypeInfo, TypePort};
+use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, MemoryLimit, Priority};
 
 /// Parents in the order a real host would probe them: GPU indices 0 and 8 by the
 /// fallback rule (no `gvm_uvm_index` file in a fake).
@@ -37,14 +36,16 @@ fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Host> {
     h.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn gone(what: String) -> PortError {
-    PortError {
-        op: "read".into(),
-        object: what,
-        errno: Some(libc::ENOENT),
-        message: "gone".into(),
-        gone: true,
+fn gone(uuid: Uuid) -> PortError {
+    PortError::Mdev {
+        op: "read device",
+        object: uuid.to_string(),
+        source: gvm_mdev::Error::DeviceNotFound { uuid },
     }
+}
+
+fn gc_gone(pid: u32) -> gvm_gcgroup::Error {
+    gvm_gcgroup::Error::ProcessGone { pid }
 }
 
 struct Mdev(Shared);
@@ -52,7 +53,7 @@ struct Mdev(Shared);
 impl Mdev {
     fn info(&self, uuid: Uuid) -> PortResult<DeviceInfo> {
         let h = lock(&self.0);
-        let (parent, mdev_type) = h.devices.get(&uuid).ok_or_else(|| gone(uuid.to_string()))?;
+        let (parent, mdev_type) = h.devices.get(&uuid).ok_or_else(|| gone(uuid))?;
         Ok(DeviceInfo {
             uuid,
             parent: parent.clone(),
@@ -99,45 +100,56 @@ impl MdevPort for Mdev {
 
 struct Gc(Shared);
 
-impl GcgroupPort for Gc {
+impl Gc {
+    /// Change one (pid, gpu)'s knobs as a write would.
+    fn update(
+        &self,
+        pid: u32,
+        gpu: u32,
+        f: impl FnOnce(&mut (u64, Option<u8>, bool)),
+    ) -> gvm_gcgroup::Result<()> {
+        let mut h = lock(&self.0);
+        let slot = h.knobs.get_mut(&(pid, gpu)).ok_or_else(|| gc_gone(pid))?;
+        f(slot);
+        Ok(())
+    }
+}
+
+impl GcgroupBackend for Gc {
     fn name(&self) -> &'static str {
         "fake"
     }
-    fn processes(&self) -> PortResult<Vec<u32>> {
+    fn processes(&self) -> gvm_gcgroup::Result<Vec<u32>> {
         let mut p: Vec<u32> = lock(&self.0).knobs.keys().map(|k| k.0).collect();
         p.dedup();
         Ok(p)
     }
-    fn gpus(&self, pid: u32) -> PortResult<Vec<u32>> {
+    fn gpus(&self, pid: u32) -> gvm_gcgroup::Result<Vec<u32>> {
         let h = lock(&self.0);
         Ok(h.knobs.keys().filter(|k| k.0 == pid).map(|k| k.1).collect())
     }
-    fn read(&self, pid: u32, gpu: u32) -> PortResult<GcRead> {
+    fn read(&self, pid: u32, gpu: u32) -> gvm_gcgroup::Result<GcgroupSnapshot> {
         let h = lock(&self.0);
         let (memory_limit, priority, frozen) = h
             .knobs
             .get(&(pid, gpu))
             .copied()
-            .ok_or_else(|| gone(format!("{pid}/{gpu}")))?;
-        Ok(GcRead {
-            memory_limit,
-            priority: priority.unwrap_or(8),
+            .ok_or_else(|| gc_gone(pid))?;
+        Ok(GcgroupSnapshot {
+            memory_limit: MemoryLimit::from_bytes(memory_limit),
+            priority: Priority::clamped(priority.unwrap_or(8)),
             frozen,
-            ..GcRead::default()
+            ..GcgroupSnapshot::default()
         })
     }
-    fn write(&self, pid: u32, gpu: u32, knob: KnobWrite) -> PortResult<()> {
-        let mut h = lock(&self.0);
-        let slot = h
-            .knobs
-            .get_mut(&(pid, gpu))
-            .ok_or_else(|| gone(format!("{pid}/{gpu}")))?;
-        match knob {
-            KnobWrite::MemoryLimit(v) => slot.0 = v,
-            KnobWrite::Priority(v) => slot.1 = Some(v),
-            KnobWrite::Frozen(v) => slot.2 = v,
-        }
-        Ok(())
+    fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> gvm_gcgroup::Result<()> {
+        self.update(pid, gpu, |slot| slot.0 = limit.as_bytes())
+    }
+    fn set_priority(&self, pid: u32, gpu: u32, priority: Priority) -> gvm_gcgroup::Result<()> {
+        self.update(pid, gpu, |slot| slot.1 = Some(priority.get()))
+    }
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> gvm_gcgroup::Result<()> {
+        self.update(pid, gpu, |slot| slot.2 = frozen)
     }
 }
 
@@ -197,7 +209,7 @@ fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
         host.clone(),
         &host,
         Box::new(Mdev(shared.clone())),
-        Box::new(Gc(shared.clone())),
+        Backends::of(Box::new(Gc(shared.clone()))),
         Box::new(Types),
         Timing::default(),
     );

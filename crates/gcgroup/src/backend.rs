@@ -2,18 +2,19 @@
 //!
 //! The daemon applies memory limits, priorities and freezes through
 //! [`GcgroupBackend`] without knowing who enforces them: GVM's debugfs tree
-//! ([`crate::GvmTree`], name `gvm`), the CUDA interposer's registry (`shim`, in
-//! the shim crate) or an in-memory table for tests ([`crate::MemoryBackend`],
+//! ([`crate::GvmTree`], name `gvm`), the CUDA interposer's control blocks (`shim`, in
+//! the `gvm-shim-host` crate) or an in-memory table for tests ([`crate::MemoryBackend`],
 //! name `memory`). All share the knob names and semantics of GVM's ABI.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::knob::Knob;
 use crate::tree::GvmTree;
 use crate::value::{KernelStat, MemoryLimit, Priority};
 
 /// Every knob of one gcgroup, read at one moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcgroupSnapshot {
     /// The process id.
     pub pid: u32,
@@ -63,6 +64,47 @@ pub trait GcgroupBackend: Send + Sync {
     fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()>;
     /// A short stable name: `gvm`, `shim`, `memory`, ...
     fn name(&self) -> &'static str;
+    /// Apply one typed knob write (the planner's unit of work).
+    fn write(&self, pid: u32, gpu: u32, knob: Knob) -> Result<()> {
+        match knob {
+            Knob::MemoryLimit(limit) => self.set_memory_limit(pid, gpu, limit),
+            Knob::Priority(priority) => self.set_priority(pid, gpu, priority),
+            Knob::Frozen(frozen) => self.set_frozen(pid, gpu, frozen),
+        }
+    }
+}
+
+impl<B: GcgroupBackend + ?Sized> GcgroupBackend for Box<B> {
+    fn processes(&self) -> Result<Vec<u32>> {
+        (**self).processes()
+    }
+    fn gpus(&self, pid: u32) -> Result<Vec<u32>> {
+        (**self).gpus(pid)
+    }
+    fn gpu_count(&self, pid: u32) -> Result<Option<usize>> {
+        (**self).gpu_count(pid)
+    }
+    fn read(&self, pid: u32, gpu: u32) -> Result<GcgroupSnapshot> {
+        (**self).read(pid, gpu)
+    }
+    fn stat(&self, pid: u32, gpu: u32) -> Result<KernelStat> {
+        (**self).stat(pid, gpu)
+    }
+    fn set_memory_limit(&self, pid: u32, gpu: u32, limit: MemoryLimit) -> Result<()> {
+        (**self).set_memory_limit(pid, gpu, limit)
+    }
+    fn set_priority(&self, pid: u32, gpu: u32, priority: Priority) -> Result<()> {
+        (**self).set_priority(pid, gpu, priority)
+    }
+    fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()> {
+        (**self).set_frozen(pid, gpu, frozen)
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn write(&self, pid: u32, gpu: u32, knob: Knob) -> Result<()> {
+        (**self).write(pid, gpu, knob)
+    }
 }
 
 impl GcgroupBackend for GvmTree {

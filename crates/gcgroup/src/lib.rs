@@ -14,8 +14,10 @@
 //!   `gcgroup.stat` (kernel counts).
 //!
 //! [`GvmTree`] reads and writes that tree through [`gvm_host_root::HostRoot`];
-//! [`GcgroupBackend`] is the seam the daemon uses so that GVM, the CUDA shim and
-//! tests ([`MemoryBackend`]) are interchangeable. Processes come and go at any
+//! [`GcgroupBackend`] is the one seam the daemon uses so that GVM, the CUDA shim
+//! (`gvm-shim-host`) and tests ([`MemoryBackend`]) are interchangeable peers, with a
+//! [`Knob`] as the typed value of a write and [`Composite`] routing between two
+//! backends. Processes come and go at any
 //! moment: [`Error::ProcessGone`] says so and is not a failure.
 //!
 //! ```no_run
@@ -33,10 +35,18 @@
 //! }
 //! # Ok::<(), gvm_gcgroup::Error>(())
 //! ```
+//!
+//! Modules: `backend` (the trait and [`GcgroupSnapshot`]), `composite` ([`Composite`]),
+//! `error` ([`Error`], the errno mapping), [`gpu_index`] (GVM's numbering of GPUs),
+//! `knob` ([`Knob`]), `memory` ([`MemoryBackend`]), `tree` ([`GvmTree`], the debugfs
+//! files), `value` (knob values and their text forms).
 #![deny(missing_docs)]
 
 mod backend;
+mod composite;
 mod error;
+pub mod gpu_index;
+mod knob;
 mod memory;
 mod tree;
 mod value;
@@ -45,7 +55,9 @@ mod value;
 mod tree_tests;
 
 pub use backend::{GcgroupBackend, GcgroupSnapshot};
+pub use composite::Composite;
 pub use error::{map_io_error, Error, Result};
+pub use knob::Knob;
 pub use memory::MemoryBackend;
 pub use tree::{
     Gcgroup, GvmTree, COMPUTE_FREEZE, COMPUTE_PRIORITY, GCGROUP_STAT, MEMORY_CURRENT, MEMORY_LIMIT,

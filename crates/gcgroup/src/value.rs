@@ -80,6 +80,13 @@ impl Priority {
     /// GVM's default (2048 µs slices), in effect until a priority is written.
     pub const DEFAULT: Priority = Priority(8);
 
+    /// `value` as a priority, values past [`Priority::MAX`] as the lowest one. For numbers a
+    /// boundary has already checked (an API request, a catalog file); untrusted text goes
+    /// through [`Priority::try_from`] or [`str::parse`] instead.
+    pub fn clamped(value: u8) -> Priority {
+        Priority(value.min(Priority::MAX.0))
+    }
+
     /// The priority as a number.
     pub fn get(self) -> u8 {
         self.0

@@ -1,17 +1,19 @@
 //! Unit tests of the shim backend: file-name rules, the block → snapshot mapping, the scan
 //! over a temporary host root (fake `/proc` entries stand for live processes), writes seen
-//! through a second mapping as the shim would see them, and the composite's routing.
+//! through a second mapping as the shim would see them, and the shim behind the GVM tree
+//! (`--backend auto` on a host without GVM).
 
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::Ordering;
 
-use gvm_gcgroup::MemoryBackend;
 use gvm_shim_abi::config::Knobs;
 use gvm_shim_abi::control::{ControlMap, FLAG_STANDALONE};
 use gvm_shim_abi::priority::{ArbiterMap, RealEnv};
 
 use super::*;
+use crate::blocks::{arbiter_pids, snapshot};
+use gvm_gcgroup::KernelStat;
 
 const UUID: &str = "5b4f1d7c-0000-4000-8000-000000000001";
 
@@ -75,6 +77,8 @@ fn a_block_reads_as_a_gcgroup() {
 struct Host {
     dir: tempfile::TempDir,
     host: HostRoot,
+    reg: Arc<ShimRegistry>,
+    gating: Arc<GatingModes>,
 }
 
 impl Host {
@@ -83,7 +87,17 @@ impl Host {
         fs::create_dir_all(dir.path().join("root/dev/shm")).unwrap();
         fs::create_dir_all(dir.path().join("proc")).unwrap();
         let host = HostRoot::new(dir.path().join("root")).with_proc_dir(dir.path().join("proc"));
-        Host { dir, host }
+        Host {
+            dir,
+            host,
+            reg: Arc::default(),
+            gating: Arc::default(),
+        }
+    }
+
+    /// The shim backend of this host, with its registry and gating handle.
+    fn backend(&self) -> ShimBackend {
+        ShimBackend::new(self.host.clone(), self.reg.clone(), self.gating.clone())
     }
 
     fn shm(&self, name: &str) -> PathBuf {
@@ -126,7 +140,7 @@ fn the_scan_lists_live_valid_blocks_and_removes_those_of_dead_processes() {
     ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu0")).unwrap();
     fs::write(h.shm("something-else"), b"x").unwrap();
 
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![42, 43]);
     assert!(
         !h.shm("gvm-vgpu-55").exists(),
@@ -160,7 +174,7 @@ fn the_scan_lists_live_valid_blocks_and_removes_those_of_dead_processes() {
 #[test]
 fn no_shm_directory_means_no_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let shim = ShimBackend::new(HostRoot::new(dir.path()));
+    let shim = ShimBackend::new(HostRoot::new(dir.path()), Arc::default(), Arc::default());
     assert_eq!(shim.processes().unwrap(), Vec::<u32>::new());
 }
 
@@ -175,7 +189,7 @@ fn the_gpu_is_the_arbitration_block_holding_the_pid() {
     assert_eq!(arbiter_pids(&bytes), vec![42]);
     assert_eq!(arbiter_pids(&[0u8; 64]), Vec::<u32>::new());
 
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.gpus(42).unwrap(), vec![2]);
     assert_eq!(shim.gpus(43).unwrap(), vec![0], "not yet arbitrated: GPU 0");
 }
@@ -190,7 +204,7 @@ fn writes_reach_the_block_the_shim_maps() {
     };
     let shim_side = h.shim_process(42, &knobs);
     let b = shim_side.block();
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![42]);
 
     shim.set_memory_limit(42, 0, MemoryLimit::Bytes(4 << 30))
@@ -217,7 +231,7 @@ fn writes_reach_the_block_the_shim_maps() {
 fn a_block_replaced_under_the_same_name_is_mapped_again() {
     let h = Host::new();
     let old = h.shim_process(42, &Knobs::default());
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![42]);
     // The process exec'd (same pid) after its file was removed: a new file, a new block.
     fs::remove_file(h.shm("gvm-vgpu-42")).unwrap();
@@ -229,36 +243,12 @@ fn a_block_replaced_under_the_same_name_is_mapped_again() {
 }
 
 #[test]
-fn the_composite_routes_each_pid_to_the_backend_that_has_it() {
-    let gvm = MemoryBackend::new();
-    gvm.register(10, 8);
-    let shim = MemoryBackend::new();
-    shim.register(20, 0);
-    shim.register(10, 0); // seen by both: the primary wins
-    let c = Composite::new(gvm, shim, "both");
-    assert_eq!(c.name(), "both");
-    assert_eq!(c.processes().unwrap(), vec![10, 20]);
-    assert_eq!(c.gpus(10).unwrap(), vec![8]);
-    assert_eq!(c.gpus(20).unwrap(), vec![0]);
-    c.set_priority(20, 0, Priority::try_from(1).unwrap())
-        .unwrap();
-    c.set_frozen(10, 8, true).unwrap();
-    assert_eq!(c.read(20, 0).unwrap().priority.get(), 1);
-    assert!(c.read(10, 8).unwrap().frozen);
-    assert!(
-        !c.secondary.read(10, 0).unwrap().frozen,
-        "secondary untouched"
-    );
-    assert!(c.read(30, 0).unwrap_err().is_process_gone());
-}
-
-#[test]
 fn auto_without_a_gvm_tree_is_the_shim_alone() {
     let h = Host::new();
     let _a = h.shim_process(42, &Knobs::default());
-    let c = Composite::new(
-        GvmTree::new(h.host.clone()),
-        ShimBackend::new(h.host.clone()),
+    let c = gvm_gcgroup::Composite::new(
+        gvm_gcgroup::GvmTree::new(h.host.clone()),
+        h.backend(),
         "gvm+shim",
     );
     assert_eq!(c.processes().unwrap(), vec![42]);
@@ -269,11 +259,6 @@ fn auto_without_a_gvm_tree_is_the_shim_alone() {
         c.read(42, 0).unwrap().memory_limit,
         MemoryLimit::Bytes(1 << 30)
     );
-    let port = gcgroup_port(BackendKind::Auto, &h.host);
-    assert_eq!(port.name(), "gvm+shim");
-    assert_eq!(port.processes().unwrap(), vec![42]);
-    assert_eq!(gcgroup_port(BackendKind::Shim, &h.host).name(), "shim");
-    assert_eq!(gcgroup_port(BackendKind::Gvm, &h.host).name(), "gvm");
 }
 
 #[test]
@@ -282,7 +267,7 @@ fn links_and_blocks_planted_by_another_user_are_not_processes() {
     let real = h.shim_process(42, &Knobs::default());
     h.set_alive(43, true);
     std::os::unix::fs::symlink(real.path().unwrap(), h.shm("gvm-vgpu-43")).unwrap();
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![42], "a link is not a block");
     assert!(shim.read(43, 0).unwrap_err().is_process_gone());
     // A block owned by a user other than root and the process's own user.
@@ -323,7 +308,7 @@ fn a_daemon_driven_gpu_turns_arbitration_off_and_bounds_the_queue() {
             ..Knobs::default()
         },
     );
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![42, 43]);
     let (p, o) = (plain.block(), own_bound.block());
     assert_eq!(o.queue_always.load(Ordering::Acquire), 1);
@@ -334,14 +319,14 @@ fn a_daemon_driven_gpu_turns_arbitration_off_and_bounds_the_queue() {
     assert_eq!(p.arbitrate.load(Ordering::Acquire), 1);
     assert_eq!(p.queue_always.load(Ordering::Acquire), 0);
 
-    // Another root's choice is not this one's.
-    let other = HostRoot::new(h.dir.path().join("elsewhere"));
-    set_daemon_driven(&other, 0, true);
+    // Another backend's gating handle is not this one's.
+    let other = GatingModes::new();
+    other.set_daemon_driven(0, true);
     shim.read(42, 0).unwrap();
     assert_eq!(p.arbitrate.load(Ordering::Acquire), 1);
 
-    set_daemon_driven(&h.host, 0, true);
-    assert!(is_daemon_driven(&h.host, 0) && !is_daemon_driven(&h.host, 1));
+    h.gating.set_daemon_driven(0, true);
+    assert!(h.gating.is_daemon_driven(0) && !h.gating.is_daemon_driven(1));
     shim.read(42, 0).unwrap();
     shim.set_frozen(43, 0, true).unwrap();
     for b in [p, o] {
@@ -355,7 +340,7 @@ fn a_daemon_driven_gpu_turns_arbitration_off_and_bounds_the_queue() {
     assert_eq!(p.arbitrate.load(Ordering::Acquire), 0);
     assert_eq!(p.priority.load(Ordering::Acquire), 3);
 
-    set_daemon_driven(&h.host, 0, false);
+    h.gating.set_daemon_driven(0, false);
     shim.set_priority(42, 0, Priority::try_from(4).unwrap())
         .unwrap();
     shim.read(43, 0).unwrap();
@@ -371,7 +356,7 @@ fn a_daemon_driven_gpu_turns_arbitration_off_and_bounds_the_queue() {
         1,
         "the process's own bound stays"
     );
-    set_daemon_driven(&other, 0, false);
+    other.set_daemon_driven(0, false);
 }
 
 /// Make `pci` mdev parents under `h`'s sysfs.
@@ -392,7 +377,7 @@ fn a_pci_keyed_arbitration_block_maps_through_the_mdev_parent() {
     let other = ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu-0000:99:00.0")).unwrap();
     assert!(other.block().register(43, 8, &RealEnv).is_some());
 
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(
         shim.processes().unwrap(),
         vec![42, 43],
@@ -418,13 +403,20 @@ fn a_pci_keyed_arbitration_block_maps_through_the_mdev_parent() {
         vec![16],
         "the parent's own index wins"
     );
-    assert_eq!(gvm_gpu_of_pci(&h.host, "0000:1a:00.0"), Some(0));
-    assert_eq!(gvm_gpu_of_pci(&h.host, "0000:99:00.0"), None);
+    assert_eq!(
+        gvm_gcgroup::gpu_index::gvm_gpu_of_pci(&h.host, "0000:1a:00.0"),
+        Some(0)
+    );
+    assert_eq!(
+        gvm_gcgroup::gpu_index::gvm_gpu_of_pci(&h.host, "0000:99:00.0"),
+        None
+    );
 }
 
 #[test]
 fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
-    use crate::shim_register::{registry_for, RegisteredGpu, Registration};
+    use crate::handover::RegisteredGpu;
+    use crate::registry::Registration;
     use std::os::unix::fs::MetadataExt;
     let h = Host::new();
     parents(&h, &["0000:3b:00.0", "0000:af:00.0"]);
@@ -435,7 +427,7 @@ fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
     let ctl = ControlMap::create(&path, &Knobs::default(), FLAG_STANDALONE).unwrap();
     ctl.block().pid.store(7, Ordering::Relaxed);
     let meta = fs::metadata(&path).unwrap();
-    let reg = registry_for(&h.host);
+    let reg = h.reg.clone();
     let conn = reg.connection_id();
     reg.insert(
         500,
@@ -451,7 +443,7 @@ fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
             vgpu_uuid: None,
         },
     );
-    let shim = ShimBackend::new(h.host.clone());
+    let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![500]);
     assert_eq!(shim.gpus(500).unwrap(), vec![8], "its first GPU's parent");
     // Once it joins a GPU's arbitration block (under the pid it sees), that GPU counts.

@@ -1,0 +1,219 @@
+//! The shim socket's transport: CUDA processes under `libgvm_cuda.so` connect to
+//! `/run/gvm-vgpu/shim.sock` under the host root and register.
+//!
+//! What a registration must prove, and the registry it lands in, are
+//! [`gvm_shim_host::handover`] and [`gvm_shim_host::registry`]; this module only binds the
+//! socket, bounds connections (count, per uid, [`READ_TIMEOUT`] for the line) and holds each
+//! connection open until the process closes it, at which point its registration is dropped.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gvm_host_root::HostRoot;
+use gvm_shim_host::handover::{
+    refusal_reply, refuse, register, Peer, UidSlots, MAX_CONNECTIONS, MAX_LINE, MAX_PER_UID,
+    SOCKET_PATH,
+};
+use gvm_shim_host::registry::ShimRegistry;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+/// How long a peer has to send its request line.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bind the shim socket at `path` (mode 0666: any CUDA process may register), replacing a
+/// stale socket file; refuses when another daemon answers there.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| {
+            format!("cannot create the shim socket directory {}", dir.display())
+        })?;
+    }
+    if fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another gvm-vgpud is already serving the shim socket {}: stop it first",
+                path.display()
+            );
+        }
+        fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale shim socket {}", path.display()))?;
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the shim socket {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(l)
+}
+
+/// The shim socket path from `--shim-socket`: `none` disables, a path is taken as given,
+/// nothing means [`SOCKET_PATH`] under the host root.
+pub fn socket_option(host: &HostRoot, flag: Option<&str>) -> Option<PathBuf> {
+    match flag {
+        Some("none") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(host.path(SOCKET_PATH)),
+    }
+}
+
+/// Bind the shim socket named by `flag` ([`socket_option`]) and serve it on `rt`. A socket
+/// that cannot be bound is logged: shim processes are then found by the scan only.
+pub fn spawn_listener(
+    rt: &tokio::runtime::Runtime,
+    host: &HostRoot,
+    registry: Arc<ShimRegistry>,
+    flag: Option<&str>,
+) {
+    let Some(path) = socket_option(host, flag) else {
+        info!("shim registration socket disabled (--shim-socket none): CUDA shim processes are found by the /dev/shm scan");
+        return;
+    };
+    let _in_runtime = rt.enter();
+    match bind(&path) {
+        Ok(l) => {
+            info!(socket = %path.display(), "CUDA shim registration listening");
+            rt.spawn(serve(l, host.clone(), registry));
+        }
+        Err(e) => warn!("{e:#}: CUDA shim processes are found by the /dev/shm scan only"),
+    }
+}
+
+/// Serve registrations on `listener` for `host` into `registry` until the runtime stops.
+pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimRegistry>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let uid_slots = UidSlots::new(MAX_PER_UID);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("shim socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = slots.clone().try_acquire_owned();
+        // A peer without credentials is turned away by `connection` itself.
+        let cred = stream.peer_cred();
+        let uid_slot = cred
+            .as_ref()
+            .ok()
+            .map(|c| (c.uid(), uid_slots.take(c.uid())));
+        let (host, registry) = (host.clone(), registry.clone());
+        tokio::spawn(async move {
+            let refusal = match (&slot, &uid_slot) {
+                (Err(_), _) => Some(format!(
+                    "gvm-vgpud holds {MAX_CONNECTIONS} registrations already: running standalone"
+                )),
+                (_, Some((u, None))) => Some(format!(
+                    "uid {u} holds {MAX_PER_UID} registrations already: running standalone"
+                )),
+                _ => None,
+            };
+            match refusal {
+                None => connection(stream, cred, host, registry).await,
+                Some(why) => {
+                    if let Some((u, _)) = uid_slot {
+                        info!(uid = u, "shim registration refused: {why}");
+                    }
+                    send(&mut { stream }, &refusal_reply(&refuse("request", why))).await;
+                }
+            }
+            drop((slot, uid_slot));
+        });
+    }
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> bool {
+    let mut out = v.to_string().into_bytes();
+    out.push(b'\n');
+    w.write_all(&out).await.is_ok()
+}
+
+async fn connection(
+    stream: UnixStream,
+    cred: std::io::Result<tokio::net::unix::UCred>,
+    host: HostRoot,
+    registry: Arc<ShimRegistry>,
+) {
+    let peer = match cred {
+        Ok(c) => match c.pid().and_then(|p| u32::try_from(p).ok()) {
+            Some(pid) => Peer { pid, uid: c.uid() },
+            None => return,
+        },
+        Err(e) => {
+            debug!("shim socket: no peer credentials: {e}");
+            return;
+        }
+    };
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    let mut line = Vec::new();
+    let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+    let read = limited.read_until(b'\n', &mut line);
+    let outcome = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Err(_) => Err(refuse(
+            "request",
+            format!("no request line within {READ_TIMEOUT:?}"),
+        )),
+        Ok(Err(e)) => Err(refuse("request", format!("read failed: {e}"))),
+        Ok(Ok(_)) if line.last() != Some(&b'\n') => Err(refuse(
+            "request",
+            format!("not one newline-terminated line of at most {MAX_LINE} bytes"),
+        )),
+        Ok(Ok(_)) => {
+            let id = registry.connection_id();
+            let (h, reg) = (host.clone(), registry.clone());
+            tokio::task::spawn_blocking(move || register(&h, &reg, peer, id, &line))
+                .await
+                .unwrap_or_else(|e| Err(refuse("request", format!("validation failed: {e}"))))
+        }
+    };
+    let (reg, reply) = match outcome {
+        Ok(ok) => ok,
+        Err(r) => {
+            info!(
+                pid = peer.pid,
+                uid = peer.uid,
+                "shim registration refused: {r}"
+            );
+            send(&mut w, &refusal_reply(&r)).await;
+            return;
+        }
+    };
+    info!(
+        pid = peer.pid,
+        ns_pid = reg.ns_pid,
+        control = %reg.control.display(),
+        gpus = ?reg.gpus.iter().map(|g| g.pci_bus_id.as_str()).collect::<Vec<_>>(),
+        "CUDA shim process registered"
+    );
+    if !send(&mut w, &reply).await {
+        registry.remove(peer.pid, reg.connection);
+        return;
+    }
+    // Hold the connection until the process closes it; anything more it sends is ignored.
+    let mut sink = [0u8; 256];
+    loop {
+        match reader.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if registry.remove(peer.pid, reg.connection) {
+        info!(
+            pid = peer.pid,
+            "CUDA shim process unregistered (connection closed)"
+        );
+    }
+}
+
+#[cfg(test)]
+#[path = "shim_listener_tests.rs"]
+mod tests;

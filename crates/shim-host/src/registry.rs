@@ -1,0 +1,79 @@
+//! The registered shim processes of one host root: what the registration listener writes
+//! and the shim backend reads.
+//!
+//! One [`ShimRegistry`] is made by whoever runs the manager (gvm-vgpud's `main`, a test, the
+//! guest agent) and handed, as an `Arc`, to both the listener and
+//! [`crate::backend::ShimBackend`]: there is no process-wide registry.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::handover::RegisteredGpu;
+
+/// A registered shim process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The connection it came on (a newer registration of the same pid replaces it).
+    pub connection: u64,
+    /// The pid the process sees for itself (differs from the daemon's in a container).
+    pub ns_pid: u32,
+    /// Its control block, as the daemon opens it.
+    pub control: PathBuf,
+    /// The block file's (device, inode).
+    pub file_id: (u64, u64),
+    /// The GPUs it sees.
+    pub gpus: Vec<RegisteredGpu>,
+    /// The UUID it was given (informational).
+    pub vgpu_uuid: Option<String>,
+}
+
+/// The registered shim processes of one host root, by the daemon's pid for them.
+#[derive(Debug, Default)]
+pub struct ShimRegistry {
+    by_pid: Mutex<BTreeMap<u32, Registration>>,
+    next_connection: AtomicU64,
+}
+
+impl ShimRegistry {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, Registration>> {
+        self.by_pid.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A fresh connection id.
+    pub fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Record `reg` for `host_pid` (replacing an older one).
+    pub fn insert(&self, host_pid: u32, reg: Registration) {
+        self.lock().insert(host_pid, reg);
+    }
+
+    /// Drop the registration of `host_pid` made on `connection` (a newer one stays).
+    /// Returns whether one was dropped.
+    pub fn remove(&self, host_pid: u32, connection: u64) -> bool {
+        let mut m = self.lock();
+        if m.get(&host_pid).is_some_and(|r| r.connection == connection) {
+            m.remove(&host_pid);
+            return true;
+        }
+        false
+    }
+
+    /// Drop the registration of `host_pid`, whatever its connection (the process is gone).
+    pub fn forget(&self, host_pid: u32) {
+        self.lock().remove(&host_pid);
+    }
+
+    /// The registration of `host_pid`.
+    pub fn get(&self, host_pid: u32) -> Option<Registration> {
+        self.lock().get(&host_pid).cloned()
+    }
+
+    /// Every registration.
+    pub fn all(&self) -> Vec<(u32, Registration)> {
+        self.lock().iter().map(|(p, r)| (*p, r.clone())).collect()
+    }
+}
