@@ -18,6 +18,7 @@ REFDEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s.*)?$")
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 
 def lines_outside_code(path):
+    """(number, line) of each line outside fenced code blocks"""
     fenced = False
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if FENCE.match(line):
@@ -47,24 +48,30 @@ def anchors(path):
         _anchors[path] = found
     return _anchors[path]
 
+def links(md):
+    """(line, target) of every link outside code; a link's text may run over two lines"""
+    kept = {n: INLINE_CODE.sub("", line) for n, line in lines_outside_code(md)}
+    last = max(kept, default=0)
+    text = "\n".join(kept.get(n, "") for n in range(1, last + 1))
+    for m in LINK.finditer(text):
+        yield text.count("\n", 0, m.start()) + 1, m.group(1)
+    for n, line in kept.items():
+        m = REFDEF.match(line)
+        if m:
+            yield n, m.group(1)
+
 files = [Path("README.md")] + sorted(Path("docs").rglob("*.md"))
 broken = []
 for md in files:
-    for n, line in lines_outside_code(md):
-        text = INLINE_CODE.sub("", line)
-        targets = [m.group(1) for m in LINK.finditer(text)]
-        m = REFDEF.match(text)
-        if m:
-            targets.append(m.group(1))
-        for t in targets:
-            if re.match(r"^[a-z][a-z0-9+.-]*:", t, re.I) or t.startswith("#"):
-                continue  # http(s), mailto, ...; or an anchor in this file
-            file_part, _, anchor = t.partition("#")
-            target = (md.parent / file_part).resolve() if file_part else md.resolve()
-            if not target.exists():
-                broken.append(f"{md}:{n}: {t}: no such file")
-            elif anchor and target.suffix == ".md" and anchor.lower() not in anchors(target):
-                broken.append(f"{md}:{n}: {t}: no heading #{anchor} in {os.path.relpath(target)}")
+    for n, t in links(md):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", t, re.I) or t.startswith("#"):
+            continue  # http(s), mailto, ...; or an anchor in this file
+        file_part, _, anchor = t.partition("#")
+        target = (md.parent / file_part).resolve() if file_part else md.resolve()
+        if not target.exists():
+            broken.append(f"{md}:{n}: {t}: no such file")
+        elif anchor and target.suffix == ".md" and anchor.lower() not in anchors(target):
+            broken.append(f"{md}:{n}: {t}: no heading #{anchor} in {os.path.relpath(target)}")
 for b in broken:
     print(b)
 if broken:
