@@ -1,7 +1,7 @@
 //! Owner resolution: which host processes do a vGPU's GPU work.
 //!
 //! GVM sees host processes only, so a vGPU is tied to its *owners*. The rules
-//! (DESIGN.md), first match wins:
+//! (the owner rules in docs/daemon.md), first match wins:
 //! 1. [`OwnerRule::Environment`]: `GVM_VGPU_UUID=<uuid>` in `/proc/<pid>/environ`;
 //! 2. [`OwnerRule::Cgroup`]: a component of the process's cgroup path (in
 //!    `/proc/<pid>/cgroup`) is the UUID (optionally with a `.scope`/`.slice` suffix);

@@ -205,7 +205,7 @@ pub struct VgpuInfo {
     pub totals: Totals,
 }
 
-/// How an owner process was tied to its vGPU (the rules in DESIGN.md).
+/// How an owner process was tied to its vGPU (the owner rules in docs/daemon.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerRule {
