@@ -49,7 +49,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::daemon::Daemon;
+use crate::owners::Resolver;
 
 /// Most channels the daemon follows at once; more are ignored (and said so).
 pub const MAX_CHANNELS: usize = 1024;
@@ -651,145 +651,18 @@ pub fn select(
     Ok(picked)
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text for the guest agents' channels and processes.
-pub fn render_metrics(infos: &[GuestAgentInfo]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let labels = |i: &GuestAgentInfo| {
-        format!(
-            "domain=\"{}\",uuid=\"{}\"",
-            escape(i.domain.as_deref().unwrap_or("")),
-            i.uuid.map(|u| u.to_string()).unwrap_or_default()
-        )
-    };
-    type Get = fn(&GuestAgentInfo) -> Option<u64>;
-    let channel: [(&str, &str, &str, Get); 6] = [
-        (
-            "gvm_vgpu_guest_agent_connected",
-            "gauge",
-            "1 while the daemon is connected to the VM's agent channel.",
-            |i| Some(u64::from(i.connected)),
-        ),
-        (
-            "gvm_vgpu_guest_processes",
-            "gauge",
-            "GPU processes in the guest's latest report.",
-            |i| {
-                i.stats
-                    .as_ref()
-                    .and_then(|s| s.last_report.as_ref())
-                    .map(|r| r.processes.len() as u64)
-            },
-        ),
-        (
-            "gvm_vgpu_guest_reports_total",
-            "counter",
-            "Reports accepted from the guest agent (current connection).",
-            |i| i.stats.as_ref().map(|s| s.counters.reports),
-        ),
-        (
-            "gvm_vgpu_guest_violations_total",
-            "counter",
-            "Protocol violations by the guest agent.",
-            |i| Some(i.violations),
-        ),
-        (
-            "gvm_vgpu_guest_disconnects_total",
-            "counter",
-            "Times the guest agent was cut off for misbehaving.",
-            |i| Some(i.disconnects),
-        ),
-        (
-            "gvm_vgpu_guest_report_age_seconds",
-            "gauge",
-            "Seconds since the latest accepted report.",
-            |i| i.report_age_ms.map(|ms| ms / 1000),
-        ),
-    ];
-    for (name, kind, help, get) in channel {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for i in infos {
-            if let Some(v) = get(i) {
-                let _ = writeln!(out, "{name}{{{}}} {v}", labels(i));
-            }
-        }
-    }
-    type ProcGet = fn(&gvm_proto::ProcessSample) -> Option<u64>;
-    let process: [(&str, &str, ProcGet); 3] = [
-        (
-            "gvm_vgpu_guest_process_memory_bytes",
-            "GPU memory of a guest process (NVML collector).",
-            |p| p.memory_bytes,
-        ),
-        (
-            "gvm_vgpu_guest_process_sm_percent",
-            "SM utilization of a guest process over the last interval.",
-            |p| p.sm_pct.map(u64::from),
-        ),
-        (
-            "gvm_vgpu_guest_process_info",
-            "1 for each guest process using a GPU (any collector).",
-            |_| Some(1),
-        ),
-    ];
-    for (name, help, get) in process {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for i in infos {
-            let Some(r) = i.stats.as_ref().and_then(|s| s.last_report.as_ref()) else {
-                continue;
-            };
-            for p in &r.processes {
-                if let Some(v) = get(p) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{{},pid=\"{}\",name=\"{}\"}} {v}",
-                        labels(i),
-                        p.pid,
-                        escape(&p.name)
-                    );
-                }
-            }
-        }
-    }
-    out
-}
-
-impl Daemon {
-    /// The table the channel tasks write and the API reads (start
-    /// [`run`] with it).
-    pub fn guest_table(&self) -> GuestTable {
-        self.guests.clone()
-    }
-
-    /// Every channel's view with `domain` filled in from libvirt for vGPU sockets.
-    fn guest_infos(&mut self) -> Vec<GuestAgentInfo> {
-        self.resolver.refresh_libvirt();
-        let mut infos = self.guests.snapshot();
+impl GuestTable {
+    /// Every channel's view, with `domain` filled in for vGPU sockets from libvirt's run
+    /// directory (read again through `resolver`).
+    pub fn infos(&self, resolver: &mut Resolver) -> Vec<GuestAgentInfo> {
+        resolver.refresh_libvirt();
+        let mut infos = self.snapshot();
         for i in &mut infos {
             if let (None, Some(u)) = (&i.domain, i.uuid) {
-                i.domain = self.resolver.domain_of(&u).map(str::to_string);
+                i.domain = resolver.domain_of(&u).map(str::to_string);
             }
         }
         infos
-    }
-
-    /// `guest_stats`: the channels a target names (all without one).
-    pub(crate) fn guest_stats(
-        &mut self,
-        target: Option<&str>,
-    ) -> Result<Vec<GuestAgentInfo>, ApiError> {
-        select(self.guest_infos(), target)
-    }
-
-    /// The guest agents' Prometheus text.
-    pub(crate) fn guest_metrics(&mut self) -> String {
-        render_metrics(&self.guest_infos())
     }
 }
 

@@ -144,7 +144,10 @@ fn metrics_label_processes_by_domain_uuid_pid_and_name() {
         proc_sample(42, "py\"thon", Some(1 << 30)),
         proc_sample(43, "sleep", None),
     ]);
-    let text = render_metrics(&[info(Some(u), Some("vm1"), Some(s)), info(None, None, None)]);
+    let text = crate::metrics::render_guests(&[
+        info(Some(u), Some("vm1"), Some(s)),
+        info(None, None, None),
+    ]);
     let l = format!("domain=\"vm1\",uuid=\"{u}\"");
     assert!(
         text.contains(&format!(

@@ -19,7 +19,7 @@ use crate::model::{Desired, Observed, ObservedDevice, TypeSpec};
 use crate::owners::Resolver;
 use crate::plan::{plan, Action, Scope};
 use crate::ports::{MdevPort, PortError, TypePort};
-use crate::scheduler::error_chain;
+use crate::scheduler::{error_chain, SchedContext};
 use crate::store::{Store, StoreError};
 use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, Knob};
 
@@ -822,6 +822,128 @@ impl Daemon {
                 report.errors.push(format!("vGPU {uuid}: {e}"));
             }
         }
+    }
+}
+
+impl Daemon {
+    /// Lend the scheduler what it reads and may change for one call.
+    fn with_scheduler<T>(
+        &mut self,
+        f: impl FnOnce(&mut crate::scheduler::Scheduler, &mut SchedContext<'_>) -> T,
+    ) -> T {
+        let mut cx = SchedContext {
+            observed: &mut self.observed,
+            desired: &mut self.desired,
+            type_of: &self.type_of,
+            totals: &self.totals,
+            types: &*self.types,
+            gc: &*self.gc,
+        };
+        f(&mut self.scheduler, &mut cx)
+    }
+
+    /// One scheduler tick: read counters, run each GPU's engine, write what changed.
+    pub fn sched_tick(&mut self, now: Instant) {
+        self.with_scheduler(|s, cx| s.tick(cx, now));
+    }
+
+    /// Every GPU's scheduler (`policy show`, `top`).
+    pub(crate) fn policy_status(&mut self) -> gvm_proto::SchedStatus {
+        self.with_scheduler(|s, cx| s.status(cx))
+    }
+
+    /// `policy set`: validate, persist, switch the engines live, apply at once.
+    pub(crate) fn policy_set(
+        &mut self,
+        p: gvm_proto::PolicyParams,
+    ) -> Result<gvm_proto::SchedStatus, gvm_proto::ApiError> {
+        let status = self.with_scheduler(|s, cx| s.set(cx, p))?;
+        self.policy = self.scheduler.file().default.policy.to_string();
+        Ok(status)
+    }
+
+    /// The flag the scheduler's tick loop reads without the daemon's lock.
+    pub fn scheduler_busy_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.scheduler.busy_flag()
+    }
+}
+
+impl Daemon {
+    /// Follow libvirt at `uri` (the watch itself starts in
+    /// [`crate::libvirt_watch::spawn_watch`]); `status_file` receives the libvirt picture as
+    /// JSON after every change.
+    pub fn use_libvirt(&mut self, uri: &str, status_file: Option<std::path::PathBuf>) {
+        self.libvirt.follow(uri, status_file);
+    }
+
+    /// The daemon's libvirt picture.
+    pub fn libvirt(&self) -> &crate::domains::Domains {
+        &self.libvirt
+    }
+
+    /// Act on one lifecycle event: update the map, drop a gone domain's QEMU owners, and
+    /// bring pause freezes in line. Returns the errors of knob writes.
+    pub fn libvirt_event(&mut self, event: &gvm_libvirt::WatchEvent) -> Vec<String> {
+        let t = self
+            .libvirt
+            .on_event(event, &mut self.observed, &mut self.resolver);
+        let errors = self.sync_pauses();
+        if t != crate::domains::Transition::Ignored {
+            self.libvirt.write_status(&self.desired);
+        }
+        errors
+    }
+
+    /// Give every managed vGPU the pause freeze libvirt's picture says, storing it and
+    /// writing the owners' knobs. Returns the errors.
+    pub fn sync_pauses(&mut self) -> Vec<String> {
+        let changes = self
+            .libvirt
+            .pause_changes_for(&self.observed, &self.type_of, &self.desired);
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let (touched, mut errors) =
+            self.libvirt
+                .store_pauses(changes, &mut self.desired, &self.store);
+        errors.extend(self.retune(&touched));
+        self.libvirt.write_status(&self.desired);
+        errors
+    }
+
+    /// The known vGPUs (running or defined) of the active domain `name`.
+    pub(crate) fn domain_vgpus(&self, name: &str) -> Option<Vec<Uuid>> {
+        self.libvirt
+            .known_vgpus_of(name, &self.observed, &self.desired)
+    }
+
+    /// The domain holding `uuid`: libvirt's report, else libvirt's run directory.
+    pub(crate) fn domain_name_of(&self, uuid: &Uuid) -> Option<String> {
+        self.libvirt
+            .domain_of(uuid)
+            .or_else(|| self.resolver.domain_of(uuid))
+            .map(str::to_string)
+    }
+}
+
+impl Daemon {
+    /// The table the guest-agent channel tasks write and the API reads (start
+    /// [`crate::agent_ingest::run`] with it).
+    pub fn guest_table(&self) -> crate::agent_ingest::GuestTable {
+        self.guests.clone()
+    }
+
+    /// `guest_stats`: the channels a target names (all without one).
+    pub(crate) fn guest_stats(
+        &mut self,
+        target: Option<&str>,
+    ) -> Result<Vec<gvm_proto::GuestAgentInfo>, gvm_proto::ApiError> {
+        crate::agent_ingest::select(self.guests.infos(&mut self.resolver), target)
+    }
+
+    /// The guest agents' Prometheus text.
+    pub(crate) fn guest_metrics(&mut self) -> String {
+        crate::metrics::render_guests(&self.guests.infos(&mut self.resolver))
     }
 }
 

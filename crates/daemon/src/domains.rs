@@ -27,31 +27,25 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gvm_libvirt::{DomainState, EventKind, WatchEvent};
 
-/// The running libvirt event watch (nothing in builds without the `libvirt` feature).
-#[cfg(feature = "libvirt")]
-type WatchHandle = gvm_libvirt::WatchHandle;
-#[cfg(not(feature = "libvirt"))]
-type WatchHandle = ();
 use gvm_proto::OwnerRule;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::daemon::Daemon;
+use crate::model::{Desired, Observed, TypeSpec};
+use crate::owners::Resolver;
+use crate::store::Store;
 
 /// Where the libvirt state is written for troubleshooting, under the state root.
 pub const STATUS_FILE: &str = "/run/gvm-vgpu/libvirt.json";
 
 /// How often pause freezes are re-checked besides events.
 #[cfg(feature = "libvirt")]
-const SYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const SYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An active (running or paused) domain as the watch last reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -296,23 +290,25 @@ struct StatusView<'a> {
     pause_frozen: Vec<Uuid>,
 }
 
-impl Daemon {
-    /// Follow libvirt at `uri` (the watch itself starts in [`spawn_watch`]); `status_file`
-    /// receives the libvirt picture as JSON after every change.
-    pub fn use_libvirt(&mut self, uri: &str, status_file: Option<PathBuf>) {
-        self.libvirt.uri = Some(uri.to_string());
-        self.libvirt.status_file = status_file;
+impl Domains {
+    /// Follow libvirt at `uri` (the watch itself starts in
+    /// [`crate::libvirt_watch::spawn_watch`]); `status_file` receives the libvirt picture as
+    /// JSON after every change.
+    pub fn follow(&mut self, uri: &str, status_file: Option<PathBuf>) {
+        self.uri = Some(uri.to_string());
+        self.status_file = status_file;
     }
 
-    /// The daemon's libvirt picture.
-    pub fn libvirt(&self) -> &Domains {
-        &self.libvirt
-    }
-
-    /// Act on one lifecycle event: update the map, log, drop a gone domain's QEMU owners,
-    /// and bring pause freezes in line. Returns the errors of knob writes.
-    pub fn libvirt_event(&mut self, event: &WatchEvent) -> Vec<String> {
-        let t = self.libvirt.apply(event);
+    /// Act on one lifecycle event: update the map, log, and drop a gone domain's QEMU owners
+    /// from `observed` (re-reading libvirt's run directory through `resolver`). The caller
+    /// then brings pause freezes in line ([`Domains::pause_changes_for`]).
+    pub fn on_event(
+        &mut self,
+        event: &WatchEvent,
+        observed: &mut Observed,
+        resolver: &mut Resolver,
+    ) -> Transition {
+        let t = self.apply(event);
         match &t {
             Transition::Connected { active, paused } => {
                 info!(
@@ -336,47 +332,55 @@ impl Daemon {
                 vgpus,
             } => {
                 info!(%domain, ?kind, detail, ?vgpus, "libvirt domain ended: binding dropped");
-                self.drop_domain_owners(domain, vgpus);
+                drop_domain_owners(domain, vgpus, observed, resolver);
             }
             Transition::Ignored => debug!(?event, "libvirt event ignored"),
         }
-        let errors = self.sync_pauses();
-        if t != Transition::Ignored {
-            self.write_libvirt_status();
-        }
-        errors
+        t
     }
 
-    /// Give every managed vGPU the pause freeze [`Domains::pause_wanted`] says, storing it
-    /// and writing the owners' knobs. Returns the errors.
-    pub fn sync_pauses(&mut self) -> Vec<String> {
-        let current: Vec<(Uuid, bool)> = self
-            .observed
+    /// The pause freezes to change: every managed vGPU (in `observed` with a type in
+    /// `type_of`) whose stored pause flag in `desired` differs from what
+    /// [`Domains::pause_wanted`] says.
+    pub fn pause_changes_for(
+        &self,
+        observed: &Observed,
+        type_of: &BTreeMap<Uuid, TypeSpec>,
+        desired: &Desired,
+    ) -> Vec<(Uuid, bool)> {
+        let current: Vec<(Uuid, bool)> = observed
             .devices
             .keys()
-            .filter(|u| self.type_of.contains_key(u))
-            .map(|u| (*u, self.desired.live.get(u).is_some_and(|l| l.paused)))
+            .filter(|u| type_of.contains_key(u))
+            .map(|u| (*u, desired.live.get(u).is_some_and(|l| l.paused)))
             .collect();
-        let changes = self.libvirt.pause_changes(current);
-        if changes.is_empty() {
-            return Vec::new();
-        }
+        self.pause_changes(current)
+    }
+
+    /// Store each pause freeze of `changes` in `desired` and the `store`. Returns the vGPUs
+    /// whose knobs must now be written, and the errors.
+    pub fn store_pauses(
+        &self,
+        changes: Vec<(Uuid, bool)>,
+        desired: &mut Desired,
+        store: &Store,
+    ) -> (Vec<Uuid>, Vec<String>) {
         let mut errors = Vec::new();
         let mut touched = Vec::new();
         for (uuid, paused) in changes {
-            let mut live = self.desired.live.get(&uuid).copied().unwrap_or_default();
+            let mut live = desired.live.get(&uuid).copied().unwrap_or_default();
             live.paused = paused;
-            if let Err(e) = self.store.save_live(&uuid, &live) {
+            if let Err(e) = store.save_live(&uuid, &live) {
                 warn!(%uuid, "cannot store the pause freeze: {e}");
                 errors.push(format!("vGPU {uuid}: {e}"));
                 continue;
             }
             if live.is_empty() {
-                self.desired.live.remove(&uuid);
+                desired.live.remove(&uuid);
             } else {
-                self.desired.live.insert(uuid, live);
+                desired.live.insert(uuid, live);
             }
-            let domain = self.libvirt.domain_of(&uuid).map(str::to_string);
+            let domain = self.domain_of(&uuid).map(str::to_string);
             if paused {
                 info!(%uuid, ?domain, "vGPU frozen: its domain is paused");
             } else {
@@ -384,81 +388,43 @@ impl Daemon {
             }
             touched.push(uuid);
         }
-        errors.extend(self.retune(&touched));
-        self.write_libvirt_status();
-        errors
+        (touched, errors)
     }
 
-    /// The known vGPUs (running or defined) of the active domain `name`, when libvirt
-    /// reported it and it has any.
-    pub(crate) fn domain_vgpus(&self, name: &str) -> Option<Vec<Uuid>> {
+    /// The known vGPUs (running in `observed` or defined in `desired`) of the active domain
+    /// `name`, when libvirt reported it and it has any.
+    pub fn known_vgpus_of(
+        &self,
+        name: &str,
+        observed: &Observed,
+        desired: &Desired,
+    ) -> Option<Vec<Uuid>> {
         let uuids: Vec<Uuid> = self
-            .libvirt
             .vgpus_of(name)?
             .iter()
-            .filter(|u| {
-                self.observed.devices.contains_key(u) || self.desired.definitions.contains_key(u)
-            })
+            .filter(|u| observed.devices.contains_key(u) || desired.definitions.contains_key(u))
             .copied()
             .collect();
         (!uuids.is_empty()).then_some(uuids)
     }
 
-    /// The domain holding `uuid`: libvirt's report, else libvirt's run directory.
-    pub(crate) fn domain_name_of(&self, uuid: &Uuid) -> Option<String> {
-        self.libvirt
-            .domain_of(uuid)
-            .or_else(|| self.resolver.domain_of(uuid))
-            .map(str::to_string)
-    }
-
-    /// The domain's QEMU is gone: forget its owner pids (libvirt rule) of `vgpus`.
-    fn drop_domain_owners(&mut self, domain: &str, vgpus: &[Uuid]) {
-        for uuid in vgpus {
-            let Some(owners) = self.observed.owners.get_mut(uuid) else {
-                continue;
-            };
-            let gone: Vec<u32> = owners
-                .iter()
-                .filter(|(_, rule)| **rule == OwnerRule::Libvirt)
-                .map(|(pid, _)| *pid)
-                .collect();
-            for pid in &gone {
-                owners.remove(pid);
-            }
-            if owners.is_empty() {
-                self.observed.owners.remove(uuid);
-            }
-            for pid in gone {
-                self.observed.split_owners.remove(&pid);
-                for gpu in self.observed.gpus.remove(&pid).into_iter().flatten() {
-                    self.observed.gcgroups.remove(&(pid, gpu));
-                }
-                info!(%uuid, pid, %domain, "owner dropped: its QEMU ended with the domain");
-            }
-        }
-        // Its pid file and status XML are gone: re-read so no pid resolves to it any more.
-        self.resolver.refresh_libvirt();
-    }
-
-    fn write_libvirt_status(&self) {
-        let Some(path) = &self.libvirt.status_file else {
+    /// Write the libvirt picture, with the pause freezes in `desired`, to the status file.
+    pub fn write_status(&self, desired: &Desired) {
+        let Some(path) = &self.status_file else {
             return;
         };
-        let l = &self.libvirt;
         let view = StatusView {
-            uri: l.uri.as_deref(),
-            connected: l.connected,
-            synced: l.synced,
-            last_disconnect: l.last_disconnect.as_deref(),
-            events: l.events,
+            uri: self.uri.as_deref(),
+            connected: self.connected,
+            synced: self.synced,
+            last_disconnect: self.last_disconnect.as_deref(),
+            events: self.events,
             updated_unix_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            domains: &l.active,
-            pause_frozen: self
-                .desired
+            domains: &self.active,
+            pause_frozen: desired
                 .live
                 .iter()
                 .filter(|(_, s)| s.paused)
@@ -471,111 +437,38 @@ impl Daemon {
     }
 }
 
-/// The running libvirt watch and the pause re-check thread; dropping it stops both.
-#[derive(Debug)]
-pub struct LibvirtWatch {
-    #[cfg_attr(
-        not(feature = "libvirt"),
-        expect(dead_code, reason = "no watch without libvirt")
-    )]
-    watch: Option<WatchHandle>,
-    stop: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
-}
-
-impl Drop for LibvirtWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        #[cfg(feature = "libvirt")]
-        if let Some(w) = self.watch.take() {
-            w.stop();
+/// The domain's QEMU is gone: forget its owner pids (libvirt rule) of `vgpus`.
+fn drop_domain_owners(
+    domain: &str,
+    vgpus: &[Uuid],
+    observed: &mut Observed,
+    resolver: &mut Resolver,
+) {
+    for uuid in vgpus {
+        let Some(owners) = observed.owners.get_mut(uuid) else {
+            continue;
+        };
+        let gone: Vec<u32> = owners
+            .iter()
+            .filter(|(_, rule)| **rule == OwnerRule::Libvirt)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &gone {
+            owners.remove(pid);
         }
-        if let Some(t) = self.ticker.take() {
-            t.thread().unpark();
-            let _ = t.join();
+        if owners.is_empty() {
+            observed.owners.remove(uuid);
         }
-    }
-}
-
-fn locked<T>(shared: &Mutex<Daemon>, f: impl FnOnce(&mut Daemon) -> T) -> T {
-    let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
-    f(&mut guard)
-}
-
-/// Start following libvirt for the daemon in `shared`, when [`Daemon::use_libvirt`] named a
-/// URI. Without one, leftover pause freezes of an earlier run are cleared and `None` is
-/// returned. A watch that cannot start is logged (names then resolve through libvirt's run
-/// directory only) and gives `None`.
-pub fn spawn_watch(shared: &Arc<Mutex<Daemon>>) -> Option<LibvirtWatch> {
-    let uri = locked(shared, |d| d.libvirt.uri.clone());
-    let Some(uri) = uri else {
-        for e in locked(shared, Daemon::sync_pauses) {
-            warn!("{e}");
-        }
-        return None;
-    };
-    #[cfg(not(feature = "libvirt"))]
-    {
-        warn!(
-            %uri,
-            "this gvm-vgpud was built without libvirt support (cargo feature `libvirt`): \
-             domain events are not followed"
-        );
-        None
-    }
-    #[cfg(feature = "libvirt")]
-    start_watch(shared, &uri)
-}
-
-/// Start the libvirt event watch and the pause re-check thread.
-#[cfg(feature = "libvirt")]
-fn start_watch(shared: &Arc<Mutex<Daemon>>, uri: &str) -> Option<LibvirtWatch> {
-    let uri = uri.to_string();
-    let d = shared.clone();
-    let watch = gvm_libvirt::watch(&uri, move |ev| {
-        for e in locked(&d, |d| d.libvirt_event(&ev)) {
-            warn!("libvirt event: {e}");
-        }
-    });
-    let watch = match watch {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(
-                %uri,
-                "cannot follow libvirt's domain events ({}): paused domains will not be frozen",
-                gvm_libvirt::report(&e)
-            );
-            return None;
-        }
-    };
-    info!(%uri, "following libvirt domain lifecycle events");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (d, flag) = (shared.clone(), stop.clone());
-    let ticker = std::thread::Builder::new()
-        .name("gvm-vgpud-pauses".into())
-        .spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                std::thread::park_timeout(SYNC_PERIOD);
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                for e in locked(&d, Daemon::sync_pauses) {
-                    debug!("pause re-check: {e}");
-                }
+        for pid in gone {
+            observed.split_owners.remove(&pid);
+            for gpu in observed.gpus.remove(&pid).into_iter().flatten() {
+                observed.gcgroups.remove(&(pid, gpu));
             }
-        });
-    let ticker = match ticker {
-        Ok(t) => Some(t),
-        Err(e) => {
-            warn!("cannot start the pause re-check thread ({e}): events still apply");
-            None
+            info!(%uuid, pid, %domain, "owner dropped: its QEMU ended with the domain");
         }
-    };
-    Some(LibvirtWatch {
-        watch: Some(watch),
-        stop,
-        ticker,
-    })
+    }
+    // Its pid file and status XML are gone: re-read so no pid resolves to it any more.
+    resolver.refresh_libvirt();
 }
 
 #[cfg(test)]

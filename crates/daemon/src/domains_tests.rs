@@ -11,7 +11,7 @@ use gvm_proto::{Call, Request, Target};
 
 use super::*;
 use crate::backends::Backends;
-use crate::daemon::Timing;
+use crate::daemon::{Daemon, Timing};
 use crate::model::TypeSpec;
 use crate::ports::{DeviceInfo, MdevPort, PortResult, TypeInfo, TypePort};
 use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, MemoryLimit, Priority};

@@ -64,9 +64,7 @@ impl Daemon {
         let id = req.id;
         // Any request may change a policy, a share or who watches: let the scheduler's
         // next tick look (it goes idle again by itself when there is nothing to do).
-        self.scheduler
-            .busy
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.scheduler.wake();
         if let Err(e) = req.call.validate() {
             return Response::err(id, e);
         }

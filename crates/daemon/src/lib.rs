@@ -27,6 +27,7 @@ pub mod backends;
 pub mod daemon;
 pub mod domains;
 mod handlers;
+pub mod libvirt_watch;
 pub mod mdevctl;
 pub mod metrics;
 pub mod model;

@@ -1,4 +1,5 @@
-//! Prometheus text exposition of per-vGPU knobs and totals.
+//! Prometheus text exposition of per-vGPU knobs and totals ([`render`]) and of the guest
+//! agents' channels and processes ([`render_guests`]).
 //!
 //! One sample per running vGPU and metric, labelled `uuid`, `parent`, `type` (the
 //! catalog type, or the kernel type when unmanaged) and `domain` (empty when no
@@ -6,7 +7,7 @@
 
 use std::fmt::Write;
 
-use gvm_proto::{VgpuInfo, VgpuState, UNLIMITED};
+use gvm_proto::{GuestAgentInfo, VgpuInfo, VgpuState, UNLIMITED};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -96,6 +97,108 @@ pub fn render(vgpus: &[VgpuInfo]) -> String {
                 escape(v.domain.as_deref().unwrap_or("")),
                 get(v)
             );
+        }
+    }
+    out
+}
+
+/// Prometheus text for the guest agents' channels and processes.
+pub fn render_guests(infos: &[GuestAgentInfo]) -> String {
+    let mut out = String::new();
+    let labels = |i: &GuestAgentInfo| {
+        format!(
+            "domain=\"{}\",uuid=\"{}\"",
+            escape(i.domain.as_deref().unwrap_or("")),
+            i.uuid.map(|u| u.to_string()).unwrap_or_default()
+        )
+    };
+    type Get = fn(&GuestAgentInfo) -> Option<u64>;
+    let channel: [(&str, &str, &str, Get); 6] = [
+        (
+            "gvm_vgpu_guest_agent_connected",
+            "gauge",
+            "1 while the daemon is connected to the VM's agent channel.",
+            |i| Some(u64::from(i.connected)),
+        ),
+        (
+            "gvm_vgpu_guest_processes",
+            "gauge",
+            "GPU processes in the guest's latest report.",
+            |i| {
+                i.stats
+                    .as_ref()
+                    .and_then(|s| s.last_report.as_ref())
+                    .map(|r| r.processes.len() as u64)
+            },
+        ),
+        (
+            "gvm_vgpu_guest_reports_total",
+            "counter",
+            "Reports accepted from the guest agent (current connection).",
+            |i| i.stats.as_ref().map(|s| s.counters.reports),
+        ),
+        (
+            "gvm_vgpu_guest_violations_total",
+            "counter",
+            "Protocol violations by the guest agent.",
+            |i| Some(i.violations),
+        ),
+        (
+            "gvm_vgpu_guest_disconnects_total",
+            "counter",
+            "Times the guest agent was cut off for misbehaving.",
+            |i| Some(i.disconnects),
+        ),
+        (
+            "gvm_vgpu_guest_report_age_seconds",
+            "gauge",
+            "Seconds since the latest accepted report.",
+            |i| i.report_age_ms.map(|ms| ms / 1000),
+        ),
+    ];
+    for (name, kind, help, get) in channel {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for i in infos {
+            if let Some(v) = get(i) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels(i));
+            }
+        }
+    }
+    type ProcGet = fn(&gvm_proto::ProcessSample) -> Option<u64>;
+    let process: [(&str, &str, ProcGet); 3] = [
+        (
+            "gvm_vgpu_guest_process_memory_bytes",
+            "GPU memory of a guest process (NVML collector).",
+            |p| p.memory_bytes,
+        ),
+        (
+            "gvm_vgpu_guest_process_sm_percent",
+            "SM utilization of a guest process over the last interval.",
+            |p| p.sm_pct.map(u64::from),
+        ),
+        (
+            "gvm_vgpu_guest_process_info",
+            "1 for each guest process using a GPU (any collector).",
+            |_| Some(1),
+        ),
+    ];
+    for (name, help, get) in process {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for i in infos {
+            let Some(r) = i.stats.as_ref().and_then(|s| s.last_report.as_ref()) else {
+                continue;
+            };
+            for p in &r.processes {
+                if let Some(v) = get(p) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{{},pid=\"{}\",name=\"{}\"}} {v}",
+                        labels(i),
+                        p.pid,
+                        escape(&p.name)
+                    );
+                }
+            }
         }
     }
     out

@@ -39,22 +39,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gvm_host_root::HostRoot;
 use gvm_proto::{
-    ApiError, GpuSched, PolicyConfig, PolicyParams, SchedCounters, SchedStatus, SchedVgpu,
+    ApiError, GpuSched, PolicyConfig, PolicyParams, SchedCounters, SchedStatus, SchedVgpu, Totals,
 };
 use gvm_sched::{Engine, EngineConfig, Nanos, Policy, VgpuId, VgpuInput, DEFAULT_WINDOW};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::daemon::Daemon;
-use crate::model::{effective, SchedKnobs};
+use crate::model::{effective, Desired, Observed, SchedKnobs, TypeSpec};
+use crate::ports::TypePort;
 use crate::store::{write_json, StoreError};
-use gvm_gcgroup::{Knob, Priority};
+use gvm_gcgroup::{GcgroupBackend, Knob, Priority};
 
 /// How often the engines tick. The simulated GPU advances every 5 ms and a GVM
 /// kernel is typically 0.1–5 ms; 10 ms keeps the equal-share lead bound (10 ms for
@@ -333,7 +333,7 @@ pub struct Scheduler {
     /// Whether the next tick has work: cleared by a tick that found everything
     /// best-effort and unwatched, set again by every API request. The tick loop reads
     /// it without the daemon lock, so an idle daemon wakes no thread 100 times a second.
-    pub(crate) busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
     /// [`gvm_sched::EngineConfig::exclusive`] for every GPU's engine: set by the daemon
     /// on a host without GVM's tree, where the CUDA shim gates launches and concurrent
     /// contexts lose GPU time to the hardware's context switching.
@@ -397,6 +397,17 @@ impl Scheduler {
     /// The stored configuration.
     pub fn file(&self) -> &PolicyFile {
         &self.file
+    }
+
+    /// Make the next tick look again (after any request: a policy, a share or who watches
+    /// may have changed; an idle tick clears it).
+    pub fn wake(&self) {
+        self.busy.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The flag the tick loop reads without the daemon's lock: set while a tick has work.
+    pub fn busy_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.busy.clone()
     }
 
     /// Whether no GPU runs a policy other than best-effort (stored or in a live engine) and
@@ -483,37 +494,54 @@ pub fn resolve_gpu(
     )))
 }
 
-impl Daemon {
+/// What the scheduler reads and may change, lent by the daemon core for one call: the
+/// observed host (its gcgroup knob cache follows the scheduler's writes), the desired state
+/// (the scheduler's own knobs in [`crate::model::Desired::sched`]), the catalog's view of
+/// each vGPU and the gcgroup backend it writes through.
+pub struct SchedContext<'a> {
+    /// The host as last scanned.
+    pub observed: &'a mut Observed,
+    /// The operator's intent and the scheduler's knobs.
+    pub desired: &'a mut Desired,
+    /// The catalog type of each managed vGPU.
+    pub type_of: &'a BTreeMap<Uuid, TypeSpec>,
+    /// Each vGPU's totals from the last verification (memory in use).
+    pub totals: &'a BTreeMap<Uuid, Totals>,
+    /// The catalog (default shares).
+    pub types: &'a dyn TypePort,
+    /// The gcgroup backend.
+    pub gc: &'a dyn GcgroupBackend,
+}
+
+impl Scheduler {
     /// One scheduler tick: read counters, run each GPU's engine, write what changed.
-    pub fn sched_tick(&mut self, now: Instant) {
-        let slow = self.scheduler.ticks.is_multiple_of(BEST_EFFORT_EVERY);
-        self.scheduler.ticks += 1;
+    pub fn tick(&mut self, cx: &mut SchedContext<'_>, now: Instant) {
+        let slow = self.ticks.is_multiple_of(BEST_EFFORT_EVERY);
+        self.ticks += 1;
         // All best-effort, nobody watching and no scheduler knobs left: nothing to do, and
         // walking thousands of owners 100 times a second would cost more than everything else.
-        if self.scheduler.idle() && self.desired.sched.is_empty() {
-            self.scheduler
-                .busy
-                .store(false, std::sync::atomic::Ordering::Release);
+        if self.idle() && cx.desired.sched.is_empty() {
+            self.busy.store(false, std::sync::atomic::Ordering::Release);
             return;
         }
-        let live: BTreeSet<(Uuid, u32)> = self.owner_pairs();
-        let samples = self.sample_gcgroups(slow, &live);
+        let live: BTreeSet<(Uuid, u32)> = Self::owner_pairs(cx);
+        let samples = self.sample_gcgroups(cx, slow, &live);
         // Forget scheduler knobs of (vGPU, GPU) pairs that no longer exist.
-        self.desired.sched.retain(|k, _| live.contains(k));
+        cx.desired.sched.retain(|k, _| live.contains(k));
         for (gpu, vgpus) in samples {
-            self.tick_gpu(gpu, vgpus, now);
+            self.tick_gpu(cx, gpu, vgpus, now);
         }
     }
 
     /// (vGPU, GPU) pairs of managed vGPUs with owner gcgroups.
-    fn owner_pairs(&self) -> BTreeSet<(Uuid, u32)> {
+    fn owner_pairs(cx: &SchedContext<'_>) -> BTreeSet<(Uuid, u32)> {
         let mut out = BTreeSet::new();
-        for (uuid, owners) in &self.observed.owners {
-            if !self.type_of.contains_key(uuid) || !self.observed.devices.contains_key(uuid) {
+        for (uuid, owners) in &cx.observed.owners {
+            if !cx.type_of.contains_key(uuid) || !cx.observed.devices.contains_key(uuid) {
                 continue;
             }
             for pid in owners.keys() {
-                for gpu in self.observed.owner_gpus(uuid, *pid) {
+                for gpu in cx.observed.owner_gpus(uuid, *pid) {
                     out.insert((*uuid, gpu));
                 }
             }
@@ -523,21 +551,17 @@ impl Daemon {
 
     fn sample_gcgroups(
         &self,
+        cx: &SchedContext<'_>,
         slow: bool,
         pairs: &BTreeSet<(Uuid, u32)>,
     ) -> BTreeMap<u32, BTreeMap<Uuid, Sample>> {
         let mut out: BTreeMap<u32, BTreeMap<Uuid, Sample>> = BTreeMap::new();
         // Best-effort GPUs are sampled (every BEST_EFFORT_EVERY ticks) only for reports.
-        let watched = self
-            .scheduler
-            .watched
-            .get()
-            .is_some_and(|t| t.elapsed() < WATCH_FOR);
+        let watched = self.watched.get().is_some_and(|t| t.elapsed() < WATCH_FOR);
         let slow = slow && watched;
         for &(uuid, gpu) in pairs {
-            let best_effort = self.scheduler.file.for_gpu(gpu).policy == Policy::BestEffort;
+            let best_effort = self.file.for_gpu(gpu).policy == Policy::BestEffort;
             let engine_best_effort = self
-                .scheduler
                 .gpus
                 .get(&gpu)
                 .is_none_or(|g| g.engine.config().policy == Policy::BestEffort);
@@ -545,7 +569,7 @@ impl Daemon {
                 continue;
             }
             let s = out.entry(gpu).or_default().entry(uuid).or_default();
-            for pid in self
+            for pid in cx
                 .observed
                 .owners
                 .get(&uuid)
@@ -553,23 +577,19 @@ impl Daemon {
                 .flatten()
                 .map(|(p, _)| p)
             {
-                if !self
-                    .observed
-                    .gpus
-                    .get(pid)
-                    .is_some_and(|g| g.contains(&gpu))
-                    || !self.observed.owns(&uuid, *pid, gpu)
+                if !cx.observed.gpus.get(pid).is_some_and(|g| g.contains(&gpu))
+                    || !cx.observed.owns(&uuid, *pid, gpu)
                 {
                     continue;
                 }
                 // Only gcgroup.stat is read (one file); the freeze state is what this daemon
                 // wrote last, and memory comes from the totals of the verify passes.
-                match self.gc.stat(*pid, gpu) {
+                match cx.gc.stat(*pid, gpu) {
                     Ok(stat) => {
                         s.ended += stat.ended;
                         s.pending += stat.pending;
                         s.gcgroups += 1;
-                        let frozen = self
+                        let frozen = cx
                             .observed
                             .gcgroups
                             .get(&(*pid, gpu))
@@ -580,33 +600,38 @@ impl Daemon {
                     Err(e) => debug!(%uuid, pid, gpu, "scheduler read: {}", error_chain(&e)),
                 }
             }
-            s.memory = self.totals.get(&uuid).map_or(0, |t| t.memory_current);
+            s.memory = cx.totals.get(&uuid).map_or(0, |t| t.memory_current);
         }
         out
     }
 
-    fn tick_gpu(&mut self, gpu: u32, vgpus: BTreeMap<Uuid, Sample>, now: Instant) {
-        let now_ns = Nanos(
-            u64::try_from(now.duration_since(self.scheduler.origin).as_nanos()).unwrap_or(u64::MAX),
-        );
+    fn tick_gpu(
+        &mut self,
+        cx: &mut SchedContext<'_>,
+        gpu: u32,
+        vgpus: BTreeMap<Uuid, Sample>,
+        now: Instant,
+    ) {
+        let now_ns =
+            Nanos(u64::try_from(now.duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX));
         let mut knobs = BTreeMap::new();
         let mut shares = BTreeMap::new();
         for uuid in vgpus.keys() {
             let (k, _) = effective(
-                self.type_of.get(uuid),
-                self.desired.definitions.get(uuid),
-                self.desired.live.get(uuid),
+                cx.type_of.get(uuid),
+                cx.desired.definitions.get(uuid),
+                cx.desired.live.get(uuid),
             );
             let share = k.share.or_else(|| {
-                self.observed.devices.get(uuid).and_then(|d| {
-                    self.types
+                cx.observed.devices.get(uuid).and_then(|d| {
+                    cx.types
                         .default_share(&d.mdev_type, d.kernel_name.as_deref())
                 })
             });
             knobs.insert(*uuid, k);
             shares.insert(*uuid, share.unwrap_or(0.0));
         }
-        let Some(st) = self.scheduler.state(gpu, now) else {
+        let Some(st) = self.state(gpu, now) else {
             return;
         };
         let dt = st
@@ -656,12 +681,12 @@ impl Daemon {
         let best_effort = st.engine.config().policy == Policy::BestEffort;
         // CUDA shim processes: the shims' own priority arbitration under best-effort, the
         // freezes below otherwise (a no-op for GVM's tree).
-        self.scheduler.gating.set_daemon_driven(gpu, !best_effort);
+        self.gating.set_daemon_driven(gpu, !best_effort);
         let mut touched: BTreeSet<Uuid> = BTreeSet::new();
         for a in &actions {
             let uuid = Uuid::from_u128(a.id.0);
             touched.insert(uuid);
-            let e = self.desired.sched.entry((uuid, gpu)).or_default();
+            let e = cx.desired.sched.entry((uuid, gpu)).or_default();
             if let Some(p) = a.priority {
                 e.priority = Some(p);
             }
@@ -671,30 +696,30 @@ impl Daemon {
         }
         if best_effort {
             // The planner's type priorities stand; nothing is frozen by the scheduler.
-            let before = self.desired.sched.len();
-            self.desired.sched.retain(|(u, g), _| {
+            let before = cx.desired.sched.len();
+            cx.desired.sched.retain(|(u, g), _| {
                 let drop = *g == gpu;
                 if drop {
                     touched.insert(*u);
                 }
                 !drop
             });
-            if before != self.desired.sched.len() {
+            if before != cx.desired.sched.len() {
                 debug!(gpu, "best-effort: scheduler knobs dropped");
             }
         }
         let (mut pw, mut fw) = (0, 0);
         for uuid in &touched {
-            let (p, f) = self.write_sched_knobs(*uuid, gpu, knobs.get(uuid).copied());
+            let (p, f) = Self::write_sched_knobs(cx, *uuid, gpu, knobs.get(uuid).copied());
             pw += p;
             fw += f;
         }
         let busy_after = vgpus.iter().any(|(u, s)| {
             let frozen = knobs.get(u).is_some_and(|k| k.frozen)
-                || self.desired.sched.get(&(*u, gpu)).is_some_and(|k| k.frozen);
+                || cx.desired.sched.get(&(*u, gpu)).is_some_and(|k| k.frozen);
             s.pending > 0 && !frozen
         });
-        if let Some(st) = self.scheduler.gpus.get_mut(&gpu) {
+        if let Some(st) = self.gpus.get_mut(&gpu) {
             st.busy_after = busy_after;
             st.priority_writes += pw;
             st.freeze_writes += fw;
@@ -704,14 +729,14 @@ impl Daemon {
     /// Brings the owner gcgroups of `uuid` on `gpu` to the planner's intent with
     /// the scheduler's knobs applied; returns (priority, freeze) writes made.
     fn write_sched_knobs(
-        &mut self,
+        cx: &mut SchedContext<'_>,
         uuid: Uuid,
         gpu: u32,
         knobs: Option<gvm_proto::Knobs>,
     ) -> (u64, u64) {
         let Some(base) = knobs else { return (0, 0) };
-        let want = SchedKnobs::apply(self.desired.sched.get(&(uuid, gpu)), base);
-        let pids: Vec<u32> = self
+        let want = SchedKnobs::apply(cx.desired.sched.get(&(uuid, gpu)), base);
+        let pids: Vec<u32> = cx
             .observed
             .owners
             .get(&uuid)
@@ -719,10 +744,10 @@ impl Daemon {
             .unwrap_or_default();
         let (mut pw, mut fw) = (0, 0);
         for pid in pids {
-            if !self.observed.owns(&uuid, pid, gpu) {
+            if !cx.observed.owns(&uuid, pid, gpu) {
                 continue; // another vGPU's gcgroup of a process owning several
             }
-            let Some(state) = self.observed.gcgroups.get(&(pid, gpu)).copied() else {
+            let Some(state) = cx.observed.gcgroups.get(&(pid, gpu)).copied() else {
                 continue; // never tuned yet: the planner writes every knob
             };
             let mut writes = Vec::with_capacity(2);
@@ -734,9 +759,9 @@ impl Daemon {
                 writes.push(Knob::Frozen(want.frozen));
             }
             for w in writes {
-                match self.gc.write(pid, gpu, w) {
+                match cx.gc.write(pid, gpu, w) {
                     Ok(()) => {
-                        if let Some(s) = self.observed.gcgroups.get_mut(&(pid, gpu)) {
+                        if let Some(s) = cx.observed.gcgroups.get_mut(&(pid, gpu)) {
                             s.apply(w);
                         }
                         match w {
@@ -754,20 +779,20 @@ impl Daemon {
     }
 
     /// Every GPU's scheduler (`policy show`, `top`).
-    pub(crate) fn policy_status(&self) -> SchedStatus {
-        self.scheduler.watched.set(Some(Instant::now()));
-        let mut gpus: BTreeSet<u32> = self.scheduler.gpus.keys().copied().collect();
-        gpus.extend(self.scheduler.file.gpus.keys());
-        let out = gpus.into_iter().map(|g| self.gpu_status(g)).collect();
+    pub fn status(&self, cx: &SchedContext<'_>) -> SchedStatus {
+        self.watched.set(Some(Instant::now()));
+        let mut gpus: BTreeSet<u32> = self.gpus.keys().copied().collect();
+        gpus.extend(self.file.gpus.keys());
+        let out = gpus.into_iter().map(|g| self.gpu_status(cx, g)).collect();
         SchedStatus {
-            default: self.scheduler.file.default.wire(),
+            default: self.file.default.wire(),
             gpus: out,
         }
     }
 
-    fn gpu_status(&self, gpu: u32) -> GpuSched {
-        let config = self.scheduler.file.for_gpu(gpu);
-        let Some(st) = self.scheduler.gpus.get(&gpu) else {
+    fn gpu_status(&self, cx: &SchedContext<'_>, gpu: u32) -> GpuSched {
+        let config = self.file.for_gpu(gpu);
+        let Some(st) = self.gpus.get(&gpu) else {
             let slice = EngineConfig::default().slice_for(0);
             return GpuSched {
                 gpu,
@@ -785,13 +810,13 @@ impl Daemon {
             let Some(t) = st.tracks.get(&uuid) else {
                 continue;
             };
-            if let Some(d) = self.observed.devices.get(&uuid) {
+            if let Some(d) = cx.observed.devices.get(&uuid) {
                 parents.insert(d.parent.clone());
             }
-            let sched = self.desired.sched.get(&(uuid, gpu));
+            let sched = cx.desired.sched.get(&(uuid, gpu));
             vgpus.push(SchedVgpu {
                 uuid,
-                type_name: self.type_of.get(&uuid).map(|t| t.name.clone()),
+                type_name: cx.type_of.get(&uuid).map(|t| t.name.clone()),
                 target: r.target,
                 achieved: r.achieved,
                 frozen_by_user: t.user_frozen,
@@ -821,7 +846,11 @@ impl Daemon {
     }
 
     /// `policy set`: validate, persist, switch the engines live, apply at once.
-    pub(crate) fn policy_set(&mut self, p: PolicyParams) -> Result<SchedStatus, ApiError> {
+    pub fn set(
+        &mut self,
+        cx: &mut SchedContext<'_>,
+        p: PolicyParams,
+    ) -> Result<SchedStatus, ApiError> {
         let policy: Policy = p
             .policy
             .parse()
@@ -831,30 +860,28 @@ impl Daemon {
             Some(arg) if arg == "all" => None,
             Some(arg) => {
                 let mut parent_gpus: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-                for (uuid, g) in self.owner_pairs() {
-                    if let Some(d) = self.observed.devices.get(&uuid) {
+                for (uuid, g) in Self::owner_pairs(cx) {
+                    if let Some(d) = cx.observed.devices.get(&uuid) {
                         parent_gpus.entry(d.parent.clone()).or_default().insert(g);
                     }
                 }
-                Some(resolve_gpu(arg, &self.observed.parents, &parent_gpus)?)
+                Some(resolve_gpu(arg, &cx.observed.parents, &parent_gpus)?)
             }
         };
         let next = self
-            .scheduler
             .file
             .with_change(policy, p.timeslice_us, p.window_ms, gpus.as_deref())
             .map_err(|e| ApiError::invalid(error_chain(&e)))?;
-        write_json(&self.scheduler.path, &next)
+        write_json(&self.path, &next)
             .map_err(|e| ApiError::internal(error_chain(&SchedulerError::Save(e))))?;
-        self.scheduler.file = next;
+        self.file = next;
         let configs: Vec<(u32, gvm_sched::EngineConfig)> = self
-            .scheduler
             .gpus
             .keys()
-            .map(|g| (*g, self.scheduler.engine_config(*g)))
+            .map(|g| (*g, self.engine_config(*g)))
             .collect();
         for (g, cfg) in configs {
-            let Some(st) = self.scheduler.gpus.get_mut(&g) else {
+            let Some(st) = self.gpus.get_mut(&g) else {
                 continue;
             };
             if *st.engine.config() != cfg {
@@ -863,40 +890,11 @@ impl Daemon {
                 }
             }
         }
-        self.policy = self.scheduler.file.default.policy.to_string();
         info!(%policy, gpu = ?p.gpu, timeslice_us = ?p.timeslice_us, window_ms = ?p.window_ms,
             "scheduling policy set");
         // Apply now rather than at the next tick, so the answer reflects the change.
-        self.sched_tick(Instant::now());
-        Ok(self.policy_status())
-    }
-}
-
-/// Ticks every GPU's engine every [`TICK`] until the runtime stops.
-pub async fn run(shared: Arc<Mutex<Daemon>>) {
-    let busy = match shared.lock() {
-        Ok(g) => g.scheduler.busy.clone(),
-        Err(poisoned) => poisoned.into_inner().scheduler.busy.clone(),
-    };
-    let mut every = tokio::time::interval(TICK);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        every.tick().await;
-        if !busy.load(std::sync::atomic::Ordering::Acquire) {
-            continue;
-        }
-        let d = shared.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut guard = match d.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            guard.sched_tick(Instant::now());
-        })
-        .await;
-        if r.is_err() {
-            warn!("a scheduler tick panicked; continuing");
-        }
+        self.tick(cx, Instant::now());
+        Ok(self.status(cx))
     }
 }
 

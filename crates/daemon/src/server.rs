@@ -124,8 +124,8 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(rescan_loop(shared.clone(), wake, opts.rescan));
     // Domain lifecycle events (paused domains frozen); stops when `serve` returns.
-    let _libvirt = crate::domains::spawn_watch(&shared);
-    tokio::spawn(crate::scheduler::run(shared.clone()));
+    let _libvirt = crate::libvirt_watch::spawn_watch(&shared);
+    tokio::spawn(scheduler_loop(shared.clone()));
 
     let own_uid = current_uid();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -328,6 +328,34 @@ async fn metrics_loop(listener: TcpListener, shared: Shared) {
             );
             let _ = s.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+/// Ticks every GPU's engine every [`crate::scheduler::TICK`] until the runtime stops.
+pub async fn scheduler_loop(shared: Arc<Mutex<Daemon>>) {
+    let busy = match shared.lock() {
+        Ok(g) => g.scheduler_busy_flag(),
+        Err(poisoned) => poisoned.into_inner().scheduler_busy_flag(),
+    };
+    let mut every = tokio::time::interval(crate::scheduler::TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        if !busy.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        let d = shared.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut guard = match d.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            guard.sched_tick(Instant::now());
+        })
+        .await;
+        if r.is_err() {
+            warn!("a scheduler tick panicked; continuing");
+        }
     }
 }
 
