@@ -8,19 +8,35 @@
 //! each owner's GVM gcgroups (per-process × per-GPU knob directories in debugfs)
 //! at the vGPU's effective memory limit, compute priority and freeze state.
 //!
-//! The crate is split so the logic is testable without a host:
+//! The crate is split so the logic is testable without a host. The request core
+//! ([`daemon::Daemon`] with `handlers`) owns the observed and desired state and lends each
+//! part what it reads and may change; no part reaches back into the core (a test,
+//! `tests/module_graph.rs`, fails on a module cycle). Architecture: `docs/architecture.md`.
+//!
+//! Modules:
+//! - [`daemon`]: the transport-free core: state, rescans, the executor;
+//!   [`daemon::Daemon::handle`] answers a [`gvm_proto::Call`], [`daemon::Daemon::tick`]
+//!   rescans and reconciles;
+//! - `handlers`: one method per API call, on the core (the request core);
 //! - [`model`]: observed and desired state as plain data, knob precedence;
-//! - [`plan`]: the pure reconciliation planner (observed + desired → actions);
-//! - [`store`]: crash-safe persistence (atomic JSON files);
-//! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
-//! - [`ports`]: the host interfaces (mdev, gcgroups, catalog) and in-memory fakes;
-//! - [`daemon`]: the transport-free core: [`daemon::Daemon::handle`] answers a
-//!   [`gvm_proto::Call`], [`daemon::Daemon::tick`] rescans and reconciles;
-//! - [`server`]: the Unix-socket and metrics transports (tokio);
+//! - [`plan`]: the pure reconciliation planner (observed + desired → typed knob writes);
+//! - [`ports`]: the mdev and catalog interfaces and their real implementations;
+//! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
+//!   built once in `main`;
+//! - [`scheduler`]: the time-slice scheduler, one `gvm-sched` engine per GPU, over a
+//!   [`scheduler::SchedContext`] lent by the core;
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
-//! - [`shim_backend`]: the CUDA shim's control blocks as gcgroups (`--backend shim|auto`);
-//! - [`shim_register`]: the shim socket on which CUDA processes register;
-//! - [`metrics`]: Prometheus text rendering.
+//! - [`libvirt_watch`]: the threads that feed libvirt's events to the core;
+//! - [`agent_ingest`]: guest-agent channels, validated, and the guest table;
+//! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
+//! - [`store`]: crash-safe persistence (atomic JSON files);
+//! - [`mdevctl`]: mdevctl's definition format, for `import-mdevctl`;
+//! - [`metrics`]: Prometheus text for vGPUs and guest agents;
+//! - [`server`]: the API socket, the metrics endpoint, the rescan and scheduler loops (tokio);
+//! - [`shim_listener`]: the shim registration socket (tokio); the handover itself is
+//!   `gvm_shim_host::handover`;
+//! - [`sweep`]: spreading periodic per-owner work over rescan ticks;
+//! - [`uevent`]: kernel uevents that wake the rescan.
 
 pub mod agent_ingest;
 pub mod backends;

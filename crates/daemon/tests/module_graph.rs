@@ -1,4 +1,5 @@
-//! The daemon's modules import each other without cycles.
+//! The daemon's modules import each other without cycles, and every crate's `lib.rs` lists
+//! its modules.
 //!
 //! A cycle (`a` uses `crate::b`, `b` uses `crate::a`) means neither can be read, tested or
 //! changed alone: the daemon-core restructuring removed them, and this test keeps them out.
@@ -133,4 +134,55 @@ fn the_cycle_finder_finds_a_cycle_and_accepts_a_tree() {
     assert_eq!(find_cycle(&g(&[("a", "b"), ("b", "c"), ("a", "c")])), None);
     let c = find_cycle(&g(&[("a", "b"), ("b", "c"), ("c", "a")]));
     assert_eq!(c.map(|c| c.len()), Some(4), "a -> b -> c -> a");
+}
+
+/// The modules `lib_rs` declares that its `//!` doc does not name (test modules aside).
+fn unlisted_modules(lib_rs: &str) -> Vec<String> {
+    let doc: String = lib_rs
+        .lines()
+        .filter(|l| l.starts_with("//!"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    lib_rs
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix("pub(crate) ")
+                .or_else(|| l.strip_prefix("pub "))
+                .unwrap_or(l);
+            l.strip_prefix("mod ")?.strip_suffix(';').map(str::to_string)
+        })
+        .filter(|m| m != "tests" && !m.ends_with("_tests"))
+        .filter(|m| !doc.contains(&format!("`{m}`")))
+        .collect()
+}
+
+#[test]
+fn every_crates_lib_rs_lists_every_module_in_its_map() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut libs: Vec<_> = std::fs::read_dir(root.join("crates"))
+        .map(|rd| rd.flatten().map(|e| e.path().join("src/lib.rs")).collect())
+        .unwrap_or_default();
+    libs.push(root.join("guest-agent/src/lib.rs"));
+    let mut missing = Vec::new();
+    let mut read = 0;
+    for lib in libs.iter().filter(|p| p.is_file()) {
+        let text = std::fs::read_to_string(lib).unwrap_or_default();
+        read += 1;
+        for m in unlisted_modules(&text) {
+            missing.push(format!("{}: {m}", lib.display()));
+        }
+    }
+    assert!(read > 10, "read too few crates under {}", root.display());
+    assert!(
+        missing.is_empty(),
+        "modules missing from their crate's module map (add a `//! - [`name`]: …` line): {missing:?}"
+    );
+}
+
+#[test]
+fn the_map_check_sees_a_missing_module() {
+    let lib = "//! Modules: [`a`].\npub mod a;\nmod b;\n#[cfg(test)]\nmod tests;\n";
+    assert_eq!(unlisted_modules(lib), vec!["b".to_string()]);
 }
