@@ -8,6 +8,15 @@
 //! to the VM by the channel it came in on and trusts nothing else in it.
 //!
 //! The binary's `main` only parses [`cli::Cli`] and calls into [`agent::Agent`].
+//!
+//! Modules:
+//! - [`agent`]: the agent's loop: open the channel, say hello, report every interval;
+//! - [`cli`]: command-line options (clap definitions only);
+//! - [`collect`]: the collectors, where the agent's figures come from;
+//! - [`compose`]: building the protocol's messages from what the collectors found;
+//! - `error`: errors of the library parts, each naming the path or port;
+//! - [`sys`]: the few raw system calls the agent needs, each behind a safe function;
+//! - [`transport`]: getting lines to the host without ever blocking the guest.
 
 pub mod agent;
 pub mod cli;

@@ -31,6 +31,14 @@
 //! assert!(matches!(events[1], Event::Report(_)));
 //! assert_eq!(session.stats().map(|s| s.counters.reports), Some(1));
 //! ```
+//!
+//! Modules:
+//! - `decode`: one-pass decoding of a message, the `"type"` tag read as it comes;
+//! - `error`: what a guest can do wrong, as typed violations a log line can print;
+//! - `ingest`: the host's per-connection ingest state machine, bytes in, events out;
+//! - `message`: the wire messages and the protocol's hard limits;
+//! - `stats`: what the host keeps per domain, the latest hello and report plus counters;
+//! - `validate`: decoding and checking one line: UTF-8, JSON, version, then every field.
 
 mod decode;
 mod error;

@@ -40,6 +40,14 @@
 //! assert_eq!(t.memory_limit, ByteSize::gib(20));
 //! assert_eq!(t.effective_share(), 0.25);
 //! ```
+//!
+//! Modules:
+//! - `bytesize`: byte quantities written the way operators write them (`20GiB`, `512M`);
+//! - `catalog`: the whole catalog: every GPU model file found, checked together;
+//! - `error`: unreadable files, invalid files (with the exact place), unknown types;
+//! - `model`: GPU models, the vGPU types each offers, and how a type binds to a kernel mdev type;
+//! - `parse`: reading one catalog file, TOML text to a validated GPU model with positions kept;
+//! - [`placement`]: which parent and kernel mdev type a new vGPU of a catalog type goes on.
 
 mod bytesize;
 mod catalog;

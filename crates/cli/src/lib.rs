@@ -3,6 +3,12 @@
 //! `main.rs` only parses arguments and maps the result to an exit code; everything else lives
 //! here so tests can run any command against a temporary host root and read what it printed
 //! from a buffer. Commands write to the `&mut dyn Write` they are given and never to stdout.
+//!
+//! Modules:
+//! - [`cli`]: the command line, as clap definitions only;
+//! - `commands`: one module per group of subcommands, and the dispatch to them;
+//! - `context`: what every command needs: the host root, the clients built on it, the catalog;
+//! - `table`: plain-text tables for people.
 
 pub mod cli;
 mod commands;

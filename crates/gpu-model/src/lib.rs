@@ -32,6 +32,13 @@
 //! assert!((shares[0] - 0.5).abs() < 0.02);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Modules:
+//! - `driver`: driving the model with the policy engine, the way gvm-vgpud drives a GPU;
+//! - `error`: errors in a model description;
+//! - `gpu`: the GPU: contexts, a round-robin hardware scheduler, knobs and counters;
+//! - `rng`: a small seeded SplitMix64 generator for workload kernels;
+//! - `workload`: what a vGPU's guest submits: kernel lengths, arrival pattern, active spans.
 
 mod driver;
 mod error;

@@ -16,7 +16,12 @@
 //!   reconnecting when libvirtd restarts — what the daemon uses to freeze a paused domain's vGPUs;
 //! - [`hook`] and the `gvm-vgpu-hook` binary: libvirt's qemu hook, which creates a domain's
 //!   missing vGPUs before it starts and removes transient ones after it stops, without calling
-//!   libvirt.
+//!   libvirt;
+//! - [`events`] (always compiled): what libvirt says about domains as plain data: lifecycle
+//!   events, states, and which domain is bound to which vGPU;
+//! - [`uri`]: which libvirt URI to use (`--connect`, `LIBVIRT_DEFAULT_URI`, `qemu:///system`);
+//! - `error`: the one error type of the crate, naming what it was about and keeping the cause;
+//! - `ffi` (feature `connect`): the only unsafe code: libvirt's event loop and the event callbacks.
 //!
 //! Every host path goes through [`gvm_host_root::HostRoot`]; libvirt itself is reached only by
 //! URI ([`connection::resolve_uri`]).

@@ -34,6 +34,14 @@
 //! mdev.remove(&dev.uuid)?;
 //! # Ok::<(), gvm_mdev::Error>(())
 //! ```
+//!
+//! Modules:
+//! - `attr`: reading sysfs attributes, directories and links, with errors that name the path;
+//! - `error`: the errors, and the mapping from kernel errnos to them;
+//! - `host`: the mdev sysfs tree of one host, read and written through its root;
+//! - `model`: the objects the ABI exposes: parents, their types, and live devices;
+//! - `suggest`: "did you mean ...?" for mistyped parent names;
+//! - `fixture` (tests only): a fake sysfs tree shaped like the kernel's.
 #![deny(missing_docs)]
 
 mod attr;

@@ -21,6 +21,13 @@
 //!
 //! Memory sizes are bytes (`u64`); [`UNLIMITED`] (`u64::MAX`) is the kernel's
 //! "no limit" value, exactly as GVM's `memory.limit` file spells it.
+//!
+//! Modules:
+//! - `call`: requests: an `id`, a `method` name and its `params`;
+//! - `error`: API errors: a stable machine-readable code plus a message for people;
+//! - `guest`: what the daemon knows about the guest agents of running VMs;
+//! - `sched`: wire types of the live GPU time-slice scheduler;
+//! - `types`: result types: what the daemon knows about each vGPU.
 
 mod call;
 mod error;

@@ -34,6 +34,13 @@
 //! assert_eq!((actions[0].id, actions[0].freeze), (VgpuId(1), Some(true)));
 //! # Ok::<(), gvm_sched::SchedError>(())
 //! ```
+//!
+//! Modules:
+//! - `config`: engine configuration: the policy, the time slice and the averaging window;
+//! - `engine`: the per-GPU policy engine: counters in, knob changes out, once per tick;
+//! - `error`: bad policy names and bad engine configuration;
+//! - `policy`: the three scheduling policies and their names;
+//! - `time`: time as a value, and the GVM priority ↔ hardware timeslice mapping.
 
 mod config;
 mod engine;

@@ -15,6 +15,16 @@
 //!
 //! This crate is separate from the interposer so that the daemon links the block layout
 //! without linking the interposer's exported `dlsym` and `cu*` symbols.
+//!
+//! Modules:
+//! - [`arbiter`]: priority arbitration between the shim processes that share one physical GPU;
+//! - [`config`]: knobs from the environment, used when no daemon hands over a control block;
+//! - [`control`]: the control block, the shared-memory page between gvm-vgpud and the shim;
+//! - [`error`]: errors of the shim's own set-up, which never reach the CUDA program;
+//! - [`priority`]: this process's side of priority arbitration;
+//! - [`register`]: registration of a shim process with gvm-vgpud over the shim socket;
+//! - [`reregister`]: keeping that registration alive across daemon restarts;
+//! - [`sys`]: the OS primitives the blocks are built on, and all of the crate's `unsafe`.
 
 #![deny(missing_docs)]
 

@@ -40,6 +40,17 @@
 //! assert_eq!(ctl.block().knobs().memory_limit, 6 << 30);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Modules:
+//! - [`accounting`]: the allocation ledger: device memory held per GPU, against its limit;
+//! - `driver`: driver calls the shim makes on its own behalf;
+//! - `ffi`: the foreign boundary: hand-declared CUDA driver types, the loader, futexes, mappings;
+//! - [`gate`]: the launch gate and the kernel counters;
+//! - [`gpu_gate`]: the GPU-side gate, holding a yielding process's queued work;
+//! - `hooks`: the exported `extern "C"` entry points: `dlsym`, `cuGetProcAddress`, the wrappers;
+//! - [`queue`]: what a process still has on the GPU, one ring of CUDA events per stream;
+//! - [`resolve`]: which driver entry points the shim wraps, and how a request for one is answered;
+//! - `shim`: the process-wide shim state, set up on the first wrapped CUDA call.
 
 pub mod accounting;
 mod driver;

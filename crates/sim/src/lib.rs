@@ -23,6 +23,7 @@
 //! * [`tree`] — the path layout computed from the host;
 //! * [`procs`] — real owner processes;
 //! * [`fuse`] — the thin `fuser` adapter; [`mount`] — mounting, stale-mount checks, serving.
+//! * [`error`] — the errors of the simulated host, each file operation error with its errno.
 
 pub mod catalog;
 pub mod error;
