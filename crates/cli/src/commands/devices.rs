@@ -7,6 +7,7 @@ use gvm_catalog::placement::place;
 use gvm_catalog::{Catalog, VgpuType};
 use gvm_gcgroup::GcgroupSnapshot;
 use gvm_mdev::Device;
+use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -206,7 +207,7 @@ pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     if v.owners.is_empty() {
         writeln!(
             out,
-            "  owners:       none registered with GVM (no process with GVM_VGPU_UUID={} has the GPU open)",
+            "  owners:       none registered with GVM (no process with {VGPU_UUID_ENV}={} has the GPU open)",
             v.uuid
         )?;
         return Ok(());
