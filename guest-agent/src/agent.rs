@@ -8,6 +8,7 @@
 use crate::collect::Collector;
 use crate::compose::{self, SystemInfo};
 use crate::transport::{virtio, vsock, LineWriter, SendError};
+use gvm_error_chain::error_chain;
 use gvm_host_root::HostRoot;
 use std::io::Write;
 use std::path::PathBuf;
@@ -249,16 +250,4 @@ impl Agent {
             std::thread::sleep(next - now);
         }
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -1,8 +1,9 @@
 //! gvm-vgpu-agent: report this guest's per-process GPU use to the host.
 
 use clap::Parser;
+use gvm_error_chain::error_chain;
 use gvm_host_root::HostRoot;
-use gvm_vgpu_agent::agent::{error_chain, Agent, Options, StepOutcome, Target};
+use gvm_vgpu_agent::agent::{Agent, Options, StepOutcome, Target};
 use gvm_vgpu_agent::cli::Cli;
 use gvm_vgpu_agent::collect;
 use std::process::ExitCode;

@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use gvm_error_chain::error_chain;
 use gvm_host_root::HostRoot;
 use gvm_mdev::{MdevHost, Uuid};
 use gvm_vgpu_e2e::guest::conformance::{
@@ -52,15 +53,9 @@ struct Client {
 }
 
 fn op_error(e: &gvm_mdev::Error) -> OpError {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
-    }
     OpError {
         errno: e.errno(),
-        message,
+        message: error_chain(e),
     }
 }
 
@@ -201,7 +196,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gvm-mdev-conformance: error: {e:#}");
+            eprintln!("gvm-mdev-conformance: error: {}", error_chain(&*e));
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gvm_error_chain::error_chain;
 use gvm_vgpu_cli::cli::Cli;
 
 fn main() -> ExitCode {
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let _ = out.flush();
-            eprintln!("gvm-vgpu: error: {err:#}");
+            eprintln!("gvm-vgpu: error: {}", error_chain(&*err));
             ExitCode::from(1)
         }
     }

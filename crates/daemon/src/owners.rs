@@ -23,17 +23,12 @@ use std::time::SystemTime;
 
 use gvm_host_root::HostRoot;
 use gvm_proto::OwnerRule;
+use gvm_shim_abi::vgpu_env::vgpu_uuid_in_environ;
 use uuid::Uuid;
-
-/// Environment variable that ties a process to a vGPU.
-pub const UUID_ENV: &str = "GVM_VGPU_UUID";
 
 /// The vGPU named by `GVM_VGPU_UUID` in a NUL-separated environ block.
 pub fn uuid_from_environ(environ: &[u8]) -> Option<Uuid> {
-    environ.split(|b| *b == 0).find_map(|kv| {
-        let rest = kv.strip_prefix(UUID_ENV.as_bytes())?.strip_prefix(b"=")?;
-        Uuid::try_parse_ascii(rest.trim_ascii()).ok()
-    })
+    Uuid::try_parse(vgpu_uuid_in_environ(environ)?).ok()
 }
 
 /// The vGPU named by a component of the process's cgroup path(s).

@@ -263,12 +263,12 @@ impl MdevPort for SysfsMdev {
     }
 
     fn create(&self, parent: &str, mdev_type: &str, uuid: Uuid) -> PortResult<()> {
-        // The parent and type are known: write the UUID straight to `create` instead of
-        // re-reading the parent and resolving the new device against every parent. The
-        // kernel's store is synchronous and its errno (EEXIST, ENOSPC/EUSERS, ENODEV)
-        // says everything the pre-check would have.
+        // The parent and type are known: gvm-mdev's one create write, without the checked
+        // create's re-read of the parent and its wait for the device. The kernel's store is
+        // synchronous and its errno (EEXIST, ENOSPC/EUSERS, ENODEV) says everything the
+        // pre-check would have.
         self.host
-            .write_create_raw(parent, mdev_type, format!("{uuid}\n").as_bytes())
+            .write_create(parent, mdev_type, &uuid)
             .map_err(|e| mdev_err("create", format!("{uuid} on {parent}/{mdev_type}"), e))
     }
 

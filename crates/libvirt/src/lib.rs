@@ -51,14 +51,6 @@ pub use events::{DomainBinding, DomainEvent, DomainState, EventKind, WatchEvent}
 #[cfg(feature = "connect")]
 pub use watch::{watch, watch_with, WatchHandle, WatchOptions};
 
-/// An error and its causes on one line (`a: b: c`), for logs and messages.
-pub fn report(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
+/// An error and its causes on one line (`a: b: c`): [`gvm_error_chain::error_chain`], under
+/// the name this crate's callers already use. New code calls `gvm_error_chain` directly.
+pub use gvm_error_chain::error_chain as report;

@@ -2,10 +2,11 @@
 //!
 //! Reading walks `/sys/class/mdev_bus` (parents and their types) and
 //! `/sys/bus/mdev/devices` (live devices). Writing is two attributes: a type's
-//! `create` (a UUID) and a device's `remove` (`1`). The checked [`MdevHost::create`]
-//! pre-checks like mdevctl does so that most mistakes get a precise message
-//! before the kernel sees them; the raw writers skip every check for the
-//! conformance suite and only translate errnos.
+//! `create` (a UUID) and a device's `remove` (`1`). [`MdevHost::write_create`] is the
+//! one write of a UUID that makes a device; the checked [`MdevHost::create`] wraps it
+//! with pre-checks like mdevctl's, so that most mistakes get a precise message before
+//! the kernel sees them, and waits for the device. The raw writers take any bytes and
+//! skip every check for the conformance suite; they only translate errnos.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -139,9 +140,21 @@ impl MdevHost {
             });
         }
         let uuid = uuid.unwrap_or_else(Uuid::new_v4);
-        self.write_create_raw(&p.name, type_id, format!("{uuid}\n").as_bytes())?;
+        self.write_create(&p.name, type_id, &uuid)?;
         self.wait_for_device(&uuid)?;
         self.device(&uuid)
+    }
+
+    /// Make a device of `parent`/`type_id` with `uuid`: write it (lower case, one line) to
+    /// the type's `create` attribute, the one write that creates an mdev.
+    ///
+    /// No pre-check and no wait: for a caller that already knows the parent and type (the
+    /// kernel's store is synchronous, and its errno says what a pre-check would have). The
+    /// errno is kept in the error ([`Error::errno`]); a missing `create` file becomes
+    /// [`Error::ParentNotFound`] or [`Error::TypeNotFound`]. [`MdevHost::create`] is this
+    /// write with the pre-checks before it and the wait for the device after it.
+    pub fn write_create(&self, parent: &str, type_id: &str, uuid: &Uuid) -> Result<()> {
+        self.write_create_raw(parent, type_id, format!("{uuid}\n").as_bytes())
     }
 
     /// Remove a live device by writing `1` to its `remove` attribute.

@@ -278,6 +278,34 @@ fn create_times_out_when_the_device_never_appears() -> TestResult {
 }
 
 #[test]
+fn write_create_writes_the_uuid_line_without_pre_check_or_wait() -> TestResult {
+    let f = Fixture::standard()?;
+    // A long wait would show: write_create must not wait for the device.
+    let m = MdevHost::new(f.host()).with_create_timeout(Duration::from_secs(30));
+    let u = uuid(&U1.to_ascii_uppercase())?;
+    // nvidia-559 has no free instance: the checked create refuses, write_create leaves
+    // that to the kernel.
+    assert!(matches!(
+        m.create(GPU, "nvidia-559", Some(u)),
+        Err(Error::NoFreeInstance { .. })
+    ));
+    let started = std::time::Instant::now();
+    m.write_create(GPU, "nvidia-559", &u)?;
+    assert!(started.elapsed() < Duration::from_secs(5), "it waited");
+    let written = fs::read_to_string(f.type_dir(GPU_DIR, "nvidia-559").join("create"))?;
+    assert_eq!(written, format!("{U1}\n"));
+    match m.write_create("mty", "mtty-1", &u) {
+        Err(e @ Error::ParentNotFound { .. }) => assert_eq!(e.errno(), Some(libc::ENOENT)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        m.write_create("mtty", "mtty-3", &u),
+        Err(Error::TypeNotFound { ref available, .. }) if available.len() == 2
+    ));
+    Ok(())
+}
+
+#[test]
 fn raw_create_writes_bytes_unchecked_and_maps_missing_files() -> TestResult {
     let f = Fixture::standard()?;
     let m = MdevHost::new(f.host());

@@ -3,9 +3,10 @@
 //! `GVM_MEMORY_LIMIT` (bytes, or with a unit: `20GiB`, `512M`, `unlimited`), `GVM_PRIORITY`
 //! (0..=16, lower is more important, as GVM's `compute.priority`), `GVM_HOST_SWAP` (`1` lets
 //! allocations over the limit spill to host-preferred managed memory) and `GVM_VGPU_UUID`
-//! (the vGPU this process belongs to). Parsing is pure: the caller passes a lookup function.
+//! (the vGPU this process belongs to, [`crate::vgpu_env`]). Parsing is pure: the caller passes a lookup function.
 
 use crate::error::Error;
+use crate::vgpu_env::VGPU_UUID_ENV;
 
 /// The memory limit meaning "no limit" (GVM's `memory.limit` default).
 pub const UNLIMITED: u64 = u64::MAX;
@@ -120,11 +121,11 @@ impl Knobs {
                 None => errors.push(bad("GVM_HOST_SWAP", v, "use 1 or 0")),
             }
         }
-        if let Some(v) = get("GVM_VGPU_UUID") {
+        if let Some(v) = get(VGPU_UUID_ENV) {
             if is_uuid(v.trim()) {
                 knobs.vgpu_uuid = Some(v.trim().to_ascii_lowercase());
             } else {
-                errors.push(bad("GVM_VGPU_UUID", v, "use a 36-character UUID"));
+                errors.push(bad(VGPU_UUID_ENV, v, "use a 36-character UUID"));
             }
         }
         for (var, cell) in [

@@ -11,7 +11,8 @@
 //! [`config`] parses the knobs from the environment for processes running without a daemon.
 //! [`register`] is the socket protocol by which a shim process announces itself to the daemon
 //! (its GPUs by PCI bus id, its control block, its pid as it sees it); [`reregister`] keeps
-//! that registration alive across daemon restarts.
+//! that registration alive across daemon restarts. [`vgpu_env`] names `GVM_VGPU_UUID`, the
+//! variable that ties a process to its vGPU, and reads it from a `/proc/<pid>/environ` block.
 //!
 //! This crate is separate from the interposer so that the daemon links the block layout
 //! without linking the interposer's exported `dlsym` and `cu*` symbols.
@@ -36,5 +37,6 @@ pub mod priority;
 pub mod register;
 pub mod reregister;
 pub mod sys;
+pub mod vgpu_env;
 
 pub use error::{Error, Result};

@@ -14,10 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::host::OwnerProcs;
+use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
 
-/// Environment variable that ties a process to its vGPU.
-pub const UUID_ENV: &str = "GVM_VGPU_UUID";
+use crate::host::OwnerProcs;
 
 /// Owner processes started as children of the simulator.
 #[derive(Debug)]
@@ -53,7 +52,7 @@ impl Launcher {
     pub fn launch(&self, uuid: &str) -> io::Result<Child> {
         Command::new(&self.program)
             .args(&self.args)
-            .env(UUID_ENV, uuid)
+            .env(VGPU_UUID_ENV, uuid)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gvm_shim_abi::vgpu_env::vgpu_uuid_in_environ;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -276,10 +277,10 @@ fn gvm_sim_host_end_to_end() {
         format!("PID\n{pid}\n")
     );
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let want = format!("GVM_VGPU_UUID={u1}");
-    assert!(
-        environ.split(|b| *b == 0).any(|v| v == want.as_bytes()),
-        "environ lacks {want}"
+    assert_eq!(
+        vgpu_uuid_in_environ(&environ),
+        Some(u1.as_str()),
+        "the owner's environ names its vGPU as the daemon reads it"
     );
     std::thread::sleep(Duration::from_millis(150));
     let (e1, _) = stat_of(&sim, &pid);

@@ -5,12 +5,14 @@ use std::io::Write;
 use anyhow::{bail, Context as _, Result};
 use gvm_catalog::placement::place;
 use gvm_catalog::{Catalog, VgpuType};
-use gvm_gcgroup::{GcgroupSnapshot, MemoryLimit};
+use gvm_gcgroup::GcgroupSnapshot;
 use gvm_mdev::Device;
+use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::inventory::{catalog_type_of, CatalogView};
+use super::owner_table::OwnerTable;
 use super::owners::owners_by_vgpu;
 use super::write_json;
 use crate::context::Context;
@@ -165,13 +167,6 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn limit_text(l: MemoryLimit) -> String {
-    match l {
-        MemoryLimit::Unlimited => "unlimited".into(),
-        MemoryLimit::Bytes(b) => gvm_catalog::ByteSize(b).to_string(),
-    }
-}
-
 /// `gvm-vgpu show <uuid>`.
 pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     // Ask the kernel first so an unknown UUID gets the mdev client's clear error.
@@ -212,38 +207,12 @@ pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     if v.owners.is_empty() {
         writeln!(
             out,
-            "  owners:       none registered with GVM (no process with GVM_VGPU_UUID={} has the GPU open)",
+            "  owners:       none registered with GVM (no process with {VGPU_UUID_ENV}={} has the GPU open)",
             v.uuid
         )?;
         return Ok(());
     }
     writeln!(out, "  owners (GVM gcgroups):")?;
-    let mut table = Table::new(&[
-        "    PID",
-        "GPU",
-        "MEM.LIMIT",
-        "MEM.CURRENT",
-        "SWAP",
-        "PRIO",
-        "FROZEN",
-        "SUBMITTED",
-        "ENDED",
-        "PENDING",
-    ]);
-    for o in &v.owners {
-        table.row(vec![
-            format!("    {}", o.pid),
-            o.gpu.to_string(),
-            limit_text(o.memory_limit),
-            gvm_catalog::ByteSize(o.memory_current).to_string(),
-            gvm_catalog::ByteSize(o.swap_current).to_string(),
-            o.priority.to_string(),
-            if o.frozen { "yes" } else { "no" }.into(),
-            o.stat.submitted.to_string(),
-            o.stat.ended.to_string(),
-            o.stat.pending.to_string(),
-        ]);
-    }
-    table.write(out)?;
+    OwnerTable::of_snapshots(&v.owners).write(out)?;
     Ok(())
 }

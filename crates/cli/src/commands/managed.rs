@@ -14,6 +14,7 @@ use gvm_proto::{
 };
 use uuid::Uuid;
 
+use super::owner_table::OwnerTable;
 use super::write_json;
 use crate::cli::KnobArgs;
 use crate::context::Context;
@@ -406,34 +407,6 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
         return Ok(());
     }
     writeln!(out, "  owners (GVM gcgroups):")?;
-    let mut table = Table::new(&[
-        "    PID",
-        "FOUND BY",
-        "GPU",
-        "MEM.LIMIT",
-        "MEM.CURRENT",
-        "SWAP",
-        "PRIO",
-        "FROZEN",
-        "SUBMITTED",
-        "PENDING",
-    ]);
-    for o in &detail.owners {
-        for g in &o.gcgroups {
-            table.row(vec![
-                format!("    {}", o.pid),
-                format!("{:?}", o.rule).to_lowercase(),
-                g.gpu.to_string(),
-                limit_text(g.memory_limit),
-                ByteSize(g.memory_current).to_string(),
-                ByteSize(g.swap_current).to_string(),
-                g.priority.to_string(),
-                if g.frozen { "yes" } else { "no" }.into(),
-                g.kernels_submitted.to_string(),
-                g.kernels_pending.to_string(),
-            ]);
-        }
-    }
-    table.write(out)?;
+    OwnerTable::of_daemon_owners(&detail.owners).write(out)?;
     Ok(())
 }

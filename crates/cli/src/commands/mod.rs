@@ -6,6 +6,7 @@ mod inventory;
 #[cfg(feature = "libvirt")]
 mod libvirt;
 mod managed;
+mod owner_table;
 mod owners;
 mod passthrough;
 mod sched;

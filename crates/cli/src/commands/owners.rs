@@ -5,21 +5,15 @@
 use std::collections::BTreeMap;
 
 use gvm_gcgroup::GcgroupSnapshot;
+use gvm_shim_abi::vgpu_env::vgpu_uuid_in_environ;
 use uuid::Uuid;
 
 use crate::context::Context;
 
-/// The environment variable that ties a process to a vGPU.
-pub const VGPU_UUID_ENV: &str = "GVM_VGPU_UUID";
-
 /// The vGPU UUID named in a process's environment, if any.
 pub fn vgpu_of_process(ctx: &Context, pid: u32) -> Option<Uuid> {
     let environ = std::fs::read(ctx.host.proc_dir().join(pid.to_string()).join("environ")).ok()?;
-    environ.split(|b| *b == 0).find_map(|entry| {
-        let text = std::str::from_utf8(entry).ok()?;
-        let value = text.strip_prefix(VGPU_UUID_ENV)?.strip_prefix('=')?;
-        Uuid::parse_str(value.trim()).ok()
-    })
+    Uuid::try_parse(vgpu_uuid_in_environ(&environ)?).ok()
 }
 
 /// Every GVM-registered process tied to a vGPU, with its gcgroup snapshots, by UUID.

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use gvm_catalog::Catalog;
+use gvm_error_chain::error_chain;
 use gvm_host_root::{HostRoot, ROOT_ENV};
 use gvm_libvirt::domain_xml;
 use gvm_libvirt::hook::{self, HookOp, Outcome};
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e:#}");
+            eprintln!("{}", error_chain(&*e));
             ExitCode::FAILURE
         }
     }
