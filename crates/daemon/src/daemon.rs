@@ -19,8 +19,9 @@ use crate::model::{Desired, Observed, ObservedDevice, TypeSpec};
 use crate::owners::Resolver;
 use crate::plan::{plan, Action, Scope};
 use crate::ports::{MdevPort, PortError, TypePort};
-use crate::scheduler::{error_chain, SchedContext};
+use crate::scheduler::SchedContext;
 use crate::store::{Store, StoreError};
+use gvm_error_chain::error_chain;
 use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, Knob};
 
 /// Timing knobs of the rescan loop.

@@ -41,7 +41,7 @@ fn store_err(e: StoreError) -> ApiError {
 /// The API error for a failed host operation: its whole chain, once, with the errno added
 /// only where no part of the chain already states it.
 fn port_err(e: PortError) -> ApiError {
-    let message = crate::scheduler::error_chain(&e);
+    let message = gvm_error_chain::error_chain(&e);
     if e.is_gone() {
         return ApiError::not_found(message);
     }

@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gvm_error_chain::error_chain;
 use gvm_host_root::HostRoot;
 use gvm_proto::{
     ApiError, GpuSched, PolicyConfig, PolicyParams, SchedCounters, SchedStatus, SchedVgpu, Totals,
@@ -455,18 +456,6 @@ impl Scheduler {
         }
         self.gpus.get_mut(&gpu)
     }
-}
-
-/// An error and its sources on one line (`a: b: c`).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The GVM GPU indexes a `--gpu` argument names: an index, or an mdev parent

@@ -151,7 +151,9 @@ fn unlisted_modules(lib_rs: &str) -> Vec<String> {
                 .strip_prefix("pub(crate) ")
                 .or_else(|| l.strip_prefix("pub "))
                 .unwrap_or(l);
-            l.strip_prefix("mod ")?.strip_suffix(';').map(str::to_string)
+            l.strip_prefix("mod ")?
+                .strip_suffix(';')
+                .map(str::to_string)
         })
         .filter(|m| m != "tests" && !m.ends_with("_tests"))
         .filter(|m| !doc.contains(&format!("`{m}`")))

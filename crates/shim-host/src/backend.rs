@@ -49,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use gvm_error_chain::error_chain;
 use gvm_gcgroup::{Error, GcgroupBackend, GcgroupSnapshot, MemoryLimit, Priority, Result};
 use gvm_host_root::HostRoot;
 use gvm_shim_abi::arbiter::ArbiterKey;
@@ -327,7 +328,7 @@ impl GcgroupBackend for ShimBackend {
                     live.insert(pid);
                 }
                 Err(e) => {
-                    warn!("{}", chain(&e));
+                    warn!("{}", error_chain(&e));
                     self.registry.forget(pid);
                 }
             }
@@ -365,7 +366,7 @@ impl GcgroupBackend for ShimBackend {
                     let strikes = state.bad.entry(path).or_insert(0);
                     *strikes += 1;
                     if *strikes == 2 {
-                        warn!("{}", chain(&e));
+                        warn!("{}", error_chain(&e));
                     }
                 }
             }
@@ -422,18 +423,6 @@ impl GcgroupBackend for ShimBackend {
     fn name(&self) -> &'static str {
         SHIM_NAME
     }
-}
-
-/// An error and its sources on one line (`a: b: c`).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ fn the_scan_lists_live_valid_blocks_and_removes_those_of_dead_processes() {
         ),
         "a bad block is an error naming the backend: {e:?}"
     );
-    let msg = chain(&e);
+    let msg = error_chain(&e);
     assert!(
         msg.contains("gvm-vgpu-77") && msg.contains("process 77"),
         "{msg}"
