@@ -3,7 +3,7 @@
 //! The same binary runs inside the test guest against the real kernel (`--root /`,
 //! hooks `rmmod mtty` / `insmod /modules/mtty.ko`) and on the host against the
 //! simulated host's mount (`--root DIR`). Each line on standard output is one
-//! [`StepRecord`]; the test compares the two runs line by line. The unload/load
+//! `StepRecord` (`tests/guest/conformance/record.rs`); the test compares the two runs line by line. The unload/load
 //! steps run `sh -c <cmd>` and are recorded as skipped when no command is given.
 
 use std::io::Write;

@@ -9,6 +9,10 @@
 //! - `commands`: one module per group of subcommands, and the dispatch to them;
 //! - `context`: what every command needs: the host root, the clients built on it, the catalog;
 //! - `table`: plain-text tables for people.
+// The clap definitions' doc comments are `--help` and man-page text, where `<hostdev>` and
+// `<uuid>` are placeholders and URLs are plain text: rustdoc's HTML and URL lints do not
+// apply to them.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
 pub mod cli;
 mod commands;

@@ -3,7 +3,7 @@
 //! A vGPU does its work in the host processes that own it (see [`crate::owners`]); when libvirt
 //! *pauses* the domain holding it (`virsh suspend`, an I/O error, a save or migration), the
 //! guest's vCPUs stop but GPU work already queued would go on using the GPU. The daemon
-//! therefore follows libvirt's domain lifecycle events ([`gvm_libvirt::watch`]) and:
+//! therefore follows libvirt's domain lifecycle events ([`gvm_libvirt::watch()`]) and:
 //!
 //! - keeps a *domain → vGPU map* ([`Domains`]) from the watch's `Connected` snapshot and each
 //!   event's vGPU list (mdev `<hostdev>`s and gvm `<metadata>` bindings), so that
@@ -19,7 +19,7 @@
 //!   libvirtd was restarting are repaired that way.
 //!
 //! The rule in one line: *a managed vGPU carries a pause freeze exactly when an active domain
-//! that libvirt reports paused is bound to it* ([`Domains::pause_wanted`]). [`Daemon::sync_pauses`]
+//! that libvirt reports paused is bound to it* ([`Domains::pause_wanted`]). [`crate::daemon::Daemon::sync_pauses`]
 //! enforces it after each event and once a second (a vGPU adopted after its domain paused).
 //!
 //! For troubleshooting, the current picture is written as JSON to

@@ -10,7 +10,7 @@
 //! is avoided on purpose: the `virt` crate drops its error.
 //!
 //! Everything here blocks on the libvirt daemon; no method runs libvirt's event loop (see
-//! [`crate::watch`] for that).
+//! [`crate::watch`](mod@crate::watch) for that).
 
 use std::fmt;
 

@@ -23,7 +23,7 @@
 //! `persistent="no"` marks a vGPU that `attach` created for this domain only: the hook removes it
 //! when the domain stops. The metadata element also *binds* a vGPU to a domain without a
 //! `<hostdev>` (a running domain on a host without VFIO cannot hold the mdev itself): the daemon
-//! and [`crate::watch`] treat both as the domain's vGPUs.
+//! and [`crate::watch`](mod@crate::watch) treat both as the domain's vGPUs.
 //!
 //! The guest agent's channel is a `<channel type='unix'>` whose virtio target is named
 //! [`AGENT_PORT_NAME`]; [`DomainInfo::agent_sockets`] lists their host socket paths.

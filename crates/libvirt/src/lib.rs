@@ -10,9 +10,9 @@
 //! - [`connection`]: a thin typed layer over one libvirt connection (the `virt` crate): look
 //!   domains up, attach/detach devices with explicit impact flags, write the metadata, list
 //!   which domain holds which vGPU ([`Connection::bindings`]);
-//! - [`attach`]: `gvm-vgpu attach/detach`: create or reuse a vGPU, attach its hostdev, record
+//! - [`attach`](mod@attach): `gvm-vgpu attach/detach`: create or reuse a vGPU, attach its hostdev, record
 //!   it in the metadata, and undo all of it;
-//! - [`watch`]: follow domain lifecycle events (suspended, resumed, stopped, …) on a thread,
+//! - [`watch`](mod@watch): follow domain lifecycle events (suspended, resumed, stopped, …) on a thread,
 //!   reconnecting when libvirtd restarts — what the daemon uses to freeze a paused domain's vGPUs;
 //! - [`hook`] and the `gvm-vgpu-hook` binary: libvirt's qemu hook, which creates a domain's
 //!   missing vGPUs before it starts and removes transient ones after it stops, without calling

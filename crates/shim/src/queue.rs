@@ -5,7 +5,7 @@
 //! publishes `busy`, or it must keep its queue short), the shim records an event on the
 //! launch's stream right after each launch and keeps the last few per stream in a [`Ring`]:
 //!
-//! * **Bounded queue** ([`Tracker::outstanding`]): a process that must yield (and cannot hold
+//! * **Bounded queue** (`Tracker::outstanding`): a process that must yield (and cannot hold
 //!   its queued work on the GPU itself, `gpu_gate.rs`, or is under `queue_always`) waits,
 //!   before a launch, until fewer than `depth` of its recorded launches on that stream are unfinished.
 //!   Its queue never holds more than `depth` launches, so a more important process that
@@ -13,7 +13,7 @@
 //! * **Idle detection** ([`Tracker::all_done`]): work on one stream runs in order, so the
 //!   newest event of a stream completing means the stream is idle; the process is idle when
 //!   every stream is.
-//! * **Queue budget in GPU time** ([`Tracker::admits`]): a count bound costs a job of many
+//! * **Queue budget in GPU time** (`Tracker::admits`): a count bound costs a job of many
 //!   short kernels (a training step: ~250 launches, most of them tens of microseconds) its
 //!   throughput — the CPU waits on nearly every launch and the GPU runs dry between them —
 //!   while a count is what a more important process waits behind only for long kernels. So

@@ -14,7 +14,7 @@
 //!   with a long entry and attribute TTL. Their contents are still listed fresh; only
 //!   the path walk down to them is cached, which saves four round trips on every
 //!   gcgroup knob access;
-//! * every other *entry* (name → inode) may be cached for [`DYNAMIC_ENTRY_TTL`], with
+//! * every other *entry* (name → inode) may be cached for `DYNAMIC_ENTRY_TTL`, with
 //!   its *attributes* still uncached. This is safe because an inode number always
 //!   means the same path here: a cached entry whose object has gone only skips the
 //!   `LOOKUP`; the `GETATTR` of a `stat`, the `OPEN` and the `OPENDIR` that follow

@@ -172,7 +172,7 @@ const PARENT_CHECK: Duration = Duration::from_secs(2);
 
 /// The body of an owner process: wait until killed, or until the simulator
 /// that started it is gone (it is then re-parented, and this notices within
-/// [`PARENT_CHECK`]).
+/// `PARENT_CHECK`).
 pub fn owner_main() {
     let parent = std::os::unix::process::parent_id();
     while std::os::unix::process::parent_id() == parent {
