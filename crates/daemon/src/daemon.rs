@@ -958,3 +958,7 @@ pub(crate) fn add_totals(t: &mut Totals, r: &GcgroupSnapshot) {
     t.gcgroups += 1;
     t.frozen_gcgroups += u32::from(r.frozen);
 }
+
+#[cfg(test)]
+#[path = "daemon_tests.rs"]
+mod tests;

@@ -344,7 +344,3 @@ mod tests {
         );
     }
 }
-
-#[cfg(test)]
-#[path = "split_owner_tests.rs"]
-mod split_owner_tests;

@@ -5,7 +5,7 @@
 //! core drives `gvm_gcgroup::GcgroupBackend` directly, the one seam every gcgroup backend
 //! (GVM's debugfs tree, the CUDA shim's control blocks, tests' in-memory table) implements.
 //! The core only sees these traits, so unit tests run it against in-memory fakes (the
-//! `Fake*` types in `domains_tests.rs` and `split_owner_tests.rs`).
+//! `Fake*` types in `domains_tests.rs` and `daemon_tests.rs`).
 //!
 //! Real implementations: [`SysfsMdev`] (over `gvm_mdev::MdevHost`) and [`CatalogTypes`]
 //! (over `gvm_catalog::Catalog`).

@@ -188,3 +188,46 @@ fn the_map_check_sees_a_missing_module() {
     let lib = "//! Modules: [`a`].\npub mod a;\nmod b;\n#[cfg(test)]\nmod tests;\n";
     assert_eq!(unlisted_modules(lib), vec!["b".to_string()]);
 }
+
+/// Test files under `src/` that break the one convention: the unit tests of module `x` are
+/// `mod tests` of `x`, inline or, when long, in `src/x_tests.rs` declared at the end of `x.rs`
+/// as `#[cfg(test)] #[path = "x_tests.rs"] mod tests;`. Tests across modules or binaries
+/// are integration tests in the crate's `tests/`.
+fn misplaced_test_files(src: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(src) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for path in rd.flatten().map(|e| e.path()) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(module) = name.strip_suffix("_tests.rs") else {
+            continue;
+        };
+        let owner = src.join(format!("{module}.rs"));
+        let text = std::fs::read_to_string(&owner).unwrap_or_default();
+        let path_attr = format!("#[path = \"{name}\"]\n");
+        let declared = text.contains(&format!("{path_attr}mod tests;"))
+            || text.contains(&format!("{path_attr}pub(crate) mod tests;"));
+        if !declared {
+            out.push(format!(
+                "{}: declare it at the end of {} as #[cfg(test)] #[path = \"{name}\"] mod tests;",
+                path.display(),
+                owner.display()
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn unit_test_files_sit_beside_the_module_they_test_as_its_mod_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut dirs: Vec<_> = std::fs::read_dir(root.join("crates"))
+        .map(|rd| rd.flatten().map(|e| e.path().join("src")).collect())
+        .unwrap_or_default();
+    dirs.push(root.join("guest-agent/src"));
+    let bad: Vec<String> = dirs.iter().flat_map(|d| misplaced_test_files(d)).collect();
+    assert!(bad.is_empty(), "test files off the convention: {bad:#?}");
+}

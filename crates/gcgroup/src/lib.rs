@@ -51,9 +51,6 @@ mod memory;
 mod tree;
 mod value;
 
-#[cfg(test)]
-mod tree_tests;
-
 pub use backend::{GcgroupBackend, GcgroupSnapshot};
 pub use composite::Composite;
 pub use error::{map_io_error, Error, Result};

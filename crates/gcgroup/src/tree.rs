@@ -284,3 +284,7 @@ impl Gcgroup {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tree_tests.rs"]
+mod tests;

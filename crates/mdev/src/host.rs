@@ -367,3 +367,7 @@ fn write_attr(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)?;
     f.flush()
 }
+
+#[cfg(test)]
+#[path = "host_tests.rs"]
+mod tests;

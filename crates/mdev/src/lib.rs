@@ -52,8 +52,6 @@ mod suggest;
 
 #[cfg(test)]
 mod fixture;
-#[cfg(test)]
-mod host_tests;
 
 pub use error::{map_create_error, map_remove_error, CreateTarget, Error, Result};
 pub use host::{MdevHost, DEFAULT_CREATE_TIMEOUT};
