@@ -7,13 +7,15 @@
 //!    `/proc/<pid>/cgroup`) is the UUID (optionally with a `.scope`/`.slice` suffix);
 //! 3. [`OwnerRule::Libvirt`]: the pid in `/run/libvirt/qemu/<domain>.pid` whose live
 //!    XML `<domain>.xml` names the UUID in an mdev `<hostdev>` address or in a
-//!    `<gvm:vgpu uuid=.../>` metadata element.
+//!    `<gvm:vgpu uuid=.../>` metadata element, as gvm-libvirt's domain-XML reader (the one
+//!    the hook and the libvirt connection use) finds them
+//!    ([`gvm_libvirt::domain_xml::parse_status_file`]).
 //!
 //! The environment and cgroup rules name one vGPU. The libvirt rule names every vGPU
 //! of the domain: a QEMU with several mdevs owns them all, and the daemon gives each
 //! of them only the gcgroups on its parent's GVM GPU ([`crate::model::Observed::owns`]).
 //!
-//! The parsers are pure; [`Resolver`] does the reads and caches per pid (a
+//! The environment and cgroup parsers are pure; [`Resolver`] does the reads and caches per pid (a
 //! process's environment does not change; its cgroup is re-read while unowned).
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,8 +24,10 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use gvm_host_root::HostRoot;
+use gvm_libvirt::domain_xml;
 use gvm_proto::OwnerRule;
 use gvm_shim_abi::vgpu_env::vgpu_uuid_in_environ;
+use tracing::debug;
 use uuid::Uuid;
 
 /// The vGPU named by `GVM_VGPU_UUID` in a NUL-separated environ block.
@@ -47,50 +51,6 @@ pub fn uuid_from_cgroup(text: &str) -> Option<Uuid> {
             }
         })
     })
-}
-
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let mut rest = tag;
-    while let Some(i) = rest.find(name) {
-        let before_ok = i == 0 || rest[..i].ends_with(char::is_whitespace);
-        let after = rest[i + name.len()..].trim_start();
-        if before_ok {
-            if let Some(v) = after.strip_prefix('=') {
-                let v = v.trim_start();
-                let q = v.chars().next()?;
-                if q == '\'' || q == '"' {
-                    let body = &v[1..];
-                    return body.find(q).map(|end| &body[..end]);
-                }
-            }
-        }
-        rest = &rest[i + name.len()..];
-    }
-    None
-}
-
-/// The mdev UUIDs a libvirt domain XML names: `<hostdev type='mdev'>` source
-/// addresses and `<gvm:vgpu uuid='...'/>` metadata elements. Deliberately minimal.
-pub fn uuids_from_domain_xml(xml: &str) -> Vec<Uuid> {
-    let mut out = Vec::new();
-    let mut in_mdev_hostdev = false;
-    for chunk in xml.split('<').skip(1) {
-        let Some(end) = chunk.find('>') else { continue };
-        let tag = &chunk[..end];
-        let name = tag.split_whitespace().next().unwrap_or("");
-        if name == "hostdev" {
-            in_mdev_hostdev = attr(tag, "type") == Some("mdev");
-        } else if name == "/hostdev" {
-            in_mdev_hostdev = false;
-        } else if (name == "address" && in_mdev_hostdev) || name.ends_with(":vgpu") {
-            if let Some(u) = attr(tag, "uuid").and_then(|v| Uuid::try_parse(v).ok()) {
-                if !out.contains(&u) {
-                    out.push(u);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// A running libvirt domain as found in its run directory.
@@ -237,7 +197,13 @@ fn read_domains(dir: &Path) -> Vec<Domain> {
                 .ok()
                 .and_then(|t| t.trim().parse().ok());
         } else if let Ok(xml) = fs::read_to_string(entry.path()) {
-            d.uuids = uuids_from_domain_xml(&xml);
+            d.uuids = match domain_xml::parse_status_file(&xml) {
+                Ok(info) => info.vgpus(),
+                Err(e) => {
+                    debug!(domain = name, "cannot read the live domain XML: {e}");
+                    Vec::new()
+                }
+            };
         }
     }
     by_name.into_values().collect()
@@ -272,23 +238,6 @@ mod tests {
     }
 
     #[test]
-    fn libvirt_xml_rule() {
-        let other = "11111111-2222-3333-4444-555555555555";
-        let xml = format!(
-            "<domain type='kvm'><name>vm1</name><uuid>{other}</uuid>\
-             <metadata><gvm:vgpu xmlns:gvm='x' uuid=\"{other}\"/></metadata>\
-             <devices><hostdev mode='subsystem' type='pci'><source><address domain='0'/></source></hostdev>\
-             <hostdev mode='subsystem' type='mdev' model='vfio-pci'>\
-             <source><address uuid='{U}'/></source></hostdev></devices></domain>"
-        );
-        let got: Vec<String> = uuids_from_domain_xml(&xml)
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
-        assert_eq!(got, vec![other.to_string(), U.to_string()]);
-    }
-
-    #[test]
     fn resolver_reads_proc_and_libvirt_through_the_root() {
         let Ok(d) = tempfile::tempdir() else { return };
         let proc_dir = d.path().join("proc");
@@ -319,8 +268,10 @@ mod tests {
         assert!(fs::write(lv.join("vm1.pid"), "12\n").is_ok());
         let b = "0e0f5c9a-1111-4222-8333-944455556666";
         let xml = format!(
-            "<hostdev type='mdev'><source><address uuid='{U}'/></source></hostdev>\
-             <hostdev type='mdev'><source><address uuid='{b}'/></source></hostdev>"
+            "<domstatus state='running'><domain><name>vm1</name><devices>\
+             <hostdev type='mdev'><source><address uuid='{U}'/></source></hostdev>\
+             <hostdev type='mdev'><source><address uuid='{b}'/></source></hostdev>\
+             </devices></domain></domstatus>"
         );
         assert!(fs::write(lv.join("vm1.xml"), xml).is_ok());
         assert_eq!(r.owner_of(12, false), None, "cached as unowned");

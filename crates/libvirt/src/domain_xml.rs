@@ -113,10 +113,78 @@ impl DomainInfo {
 /// Parse a domain XML (`virsh dumpxml`, the hook's stdin, or libvirt's `<domstatus>` status
 /// file, whose `<domain>` is found inside).
 pub fn parse(xml: &str) -> Result<DomainInfo> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| Error::Xml {
+    let doc = roxmltree::Document::parse(xml).map_err(document_error)?;
+    let info = read_domain(&doc)?;
+    if info.name.is_empty() {
+        return Err(Error::Xml {
+            what: "domain XML".into(),
+            detail: "the <domain> has no <name>".into(),
+        });
+    }
+    Ok(info)
+}
+
+/// Parse libvirt's live status file of a running domain (`/run/libvirt/qemu/<name>.xml`, a
+/// `<domstatus>` around the `<domain>`), for a reader that knows the domain by the file's name.
+///
+/// The same reader as [`parse`], with two allowances for status files that libvirt did not
+/// write itself (hand-made ones, test fixtures): a missing `<name>` leaves
+/// [`DomainInfo::name`] empty, and the `gvm:` prefix ([`NAMESPACE_KEY`]) used without being
+/// declared is read as [`NAMESPACE`], the only namespace libvirt gives that prefix.
+pub fn parse_status_file(xml: &str) -> Result<DomainInfo> {
+    match roxmltree::Document::parse(xml) {
+        Ok(doc) => read_domain(&doc),
+        Err(roxmltree::Error::UnknownNamespace(prefix, _)) if prefix == NAMESPACE_KEY => {
+            let declared = declare_gvm_prefix(xml).ok_or_else(|| Error::Xml {
+                what: "domain XML".into(),
+                detail: format!("prefix '{NAMESPACE_KEY}' is used undeclared and the document has no root element to declare it on"),
+            })?;
+            let doc = roxmltree::Document::parse(&declared).map_err(document_error)?;
+            read_domain(&doc)
+        }
+        Err(e) => Err(document_error(e)),
+    }
+}
+
+fn document_error(e: roxmltree::Error) -> Error {
+    Error::Xml {
         what: "domain XML".into(),
         detail: e.to_string(),
-    })?;
+    }
+}
+
+/// `xml` with `xmlns:gvm="<NAMESPACE>"` added to its root element's start tag; `None` when no
+/// root element is found after the prolog (XML declaration, comments, doctype).
+fn declare_gvm_prefix(xml: &str) -> Option<String> {
+    let mut at = 0;
+    loop {
+        let rest = &xml[at..];
+        let trimmed = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+        at += rest.len() - trimmed.len();
+        let skip = if trimmed.starts_with("<?") {
+            trimmed.find("?>")? + 2
+        } else if trimmed.starts_with("<!--") {
+            trimmed.find("-->")? + 3
+        } else if trimmed.starts_with("<!") {
+            trimmed.find('>')? + 1
+        } else if let Some(tag) = trimmed.strip_prefix('<') {
+            let name_len = tag.find(|c: char| c.is_whitespace() || c == '>' || c == '/')?;
+            let insert_at = at + 1 + name_len;
+            return Some(format!(
+                "{} xmlns:{NAMESPACE_KEY}=\"{NAMESPACE}\"{}",
+                &xml[..insert_at],
+                &xml[insert_at..]
+            ));
+        } else {
+            return None;
+        };
+        at += skip;
+    }
+}
+
+/// The vGPU parts of the `<domain>` that is the document's root or a child of it (a
+/// `<domstatus>`), without checking that it has a name.
+fn read_domain(doc: &roxmltree::Document<'_>) -> Result<DomainInfo> {
     let root = doc.root_element();
     let domain = if root.has_tag_name("domain") {
         root
@@ -144,12 +212,6 @@ pub fn parse(xml: &str) -> Result<DomainInfo> {
             "devices" => parse_devices(child, &mut info)?,
             _ => {}
         }
-    }
-    if info.name.is_empty() {
-        return Err(Error::Xml {
-            what: "domain XML".into(),
-            detail: "the <domain> has no <name>".into(),
-        });
     }
     Ok(info)
 }

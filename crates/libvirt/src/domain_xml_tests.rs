@@ -166,3 +166,71 @@ fn entries_are_replaced_and_removed_by_uuid() {
     assert!(without_entry(&list, &u(META_UUID)).is_empty());
     assert_eq!(without_entry(&list, &u(HOSTDEV_UUID)).len(), 1);
 }
+
+/// What the daemon's owner resolution reads: the vGPUs of a live status file, hostdevs first,
+/// then metadata-only ones; PCI hostdevs and the domain's own `<uuid>` are not vGPUs.
+#[test]
+fn a_status_file_names_its_metadata_and_mdev_hostdev_vgpus() {
+    let xml = format!(
+        "<domstatus state='running' pid='12'><domain type='kvm'><name>vm1</name><uuid>{META_UUID}</uuid>\
+         <metadata><gvm:vgpus xmlns:gvm='{NAMESPACE}'><gvm:vgpu uuid=\"{META_UUID}\"/></gvm:vgpus></metadata>\
+         <devices><hostdev mode='subsystem' type='pci'><source><address domain='0'/></source></hostdev>\
+         <hostdev mode='subsystem' type='mdev' model='vfio-pci'>\
+         <source><address uuid='{HOSTDEV_UUID}'/></source></hostdev></devices></domain></domstatus>"
+    );
+    let info = parse_status_file(&xml).unwrap();
+    assert_eq!(info.name, "vm1");
+    assert_eq!(info.vgpus(), vec![u(HOSTDEV_UUID), u(META_UUID)]);
+    assert_eq!(parse(&xml).unwrap(), info, "the same reader as parse");
+}
+
+#[test]
+fn a_status_file_needs_no_name_and_may_use_the_gvm_prefix_undeclared() {
+    let unnamed = format!(
+        "<domain><devices><hostdev mode='subsystem' type='mdev'><source><address uuid='{HOSTDEV_UUID}'/></source></hostdev></devices></domain>"
+    );
+    assert!(parse(&unnamed).is_err(), "parse still wants a <name>");
+    let info = parse_status_file(&unnamed).unwrap();
+    assert_eq!(info.name, "");
+    assert_eq!(info.vgpus(), vec![u(HOSTDEV_UUID)]);
+
+    let undeclared = format!(
+        "<?xml version='1.0'?>\n<!-- written by hand -->\n<domain><metadata><gvm:vgpus><gvm:vgpu uuid='{META_UUID}' persistent='no'/></gvm:vgpus></metadata></domain>"
+    );
+    let e = parse(&undeclared).unwrap_err().to_string();
+    assert!(
+        e.contains("'gvm'"),
+        "parse still wants the prefix declared: {e}"
+    );
+    let info = parse_status_file(&undeclared).unwrap();
+    assert_eq!(info.vgpus(), vec![u(META_UUID)]);
+    assert!(!info.metadata[0].persistent);
+}
+
+#[test]
+fn a_status_file_is_still_checked_for_everything_else() {
+    // Another undeclared prefix is not guessed.
+    let other = format!(
+        "<domain><metadata><x:vgpus><x:vgpu uuid='{META_UUID}'/></x:vgpus></metadata></domain>"
+    );
+    let e = parse_status_file(&other).unwrap_err().to_string();
+    assert!(e.contains("'x'"), "{e}");
+    // A foreign namespace is not gvm's, even under the gvm prefix.
+    let foreign = format!(
+        "<domain><metadata><gvm:vgpus xmlns:gvm='urn:other'><gvm:vgpu uuid='{META_UUID}'/></gvm:vgpus></metadata></domain>"
+    );
+    assert!(parse_status_file(&foreign).unwrap().vgpus().is_empty());
+    // Not XML, no domain, or a bad UUID: errors, as for parse.
+    assert!(parse_status_file("<hostdev type='mdev'>").is_err());
+    assert!(parse_status_file("<!-- only a comment -->").is_err());
+    let e = parse_status_file("<network><name>n</name></network>")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("<network>"), "{e}");
+    let e = parse_status_file(
+        "<domain><metadata><gvm:vgpus><gvm:vgpu uuid='nope'/></gvm:vgpus></metadata></domain>",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("\"nope\""), "{e}");
+}
