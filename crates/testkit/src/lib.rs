@@ -29,10 +29,23 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// The profile directory (`<target>/debug`) this test binary was built into: the parent of
+/// its `deps/` directory, so binaries are found beside it whatever `CARGO_TARGET_DIR` was when
+/// the tests were built. Falls back to `<target dir>/debug`.
+pub fn debug_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let deps = exe.parent()?;
+            (deps.file_name()? == "deps").then(|| deps.parent().map(Path::to_path_buf))?
+        })
+        .unwrap_or_else(|| target_dir().join("debug"))
+}
+
 /// Path of a workspace binary in the debug target dir, building its package when the file is
 /// missing. Panics (failing the test) with cargo's output when the build fails.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    let path = target_dir().join("debug").join(bin);
+    let path = debug_dir().join(bin);
     if !path.exists() {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "-q", "-p", package, "--bin", bin])

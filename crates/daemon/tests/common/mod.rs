@@ -29,8 +29,9 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// Where the workspace's binaries are: beside this test binary's `deps/`.
 fn workspace_target() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
+    gvm_testkit::debug_dir()
 }
 
 pub fn sim_binary() -> Option<PathBuf> {
