@@ -184,6 +184,10 @@ impl Server {
         config.mount_options = vec![
             MountOption::FSName("gvm-vgpu-sim".into()),
             MountOption::Subtype("gvm-vgpu-sim".into()),
+            // The kernel checks each file's mode and owner (root) before any request
+            // reaches us, as it does for sysfs and debugfs: other users may read
+            // attributes but not write `create`, `remove` or a gcgroup knob.
+            MountOption::DefaultPermissions,
         ];
         config.acl = SessionACL::All;
         let session =

@@ -406,3 +406,92 @@ fn stale_mount_is_reported_with_the_fix() {
         "{err}"
     );
 }
+
+/// Runs `script` with `sh -c` as uid/gid 65534 (nobody); returns (success, stderr).
+fn as_nobody(script: &str) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap_or_else(|e| panic!("running sh as nobody: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn another_user_reads_the_simulated_sysfs_but_cannot_create_remove_or_freeze() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(&["--gpus", "1"]);
+    // tempfile's directory is 0700: let the other user walk to the mount, as on a real host.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sim.dir, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", sim.dir.display()));
+    let types = sim.p("sys/class/mdev_bus/0000:3b:00.0/mdev_supported_types");
+    let ty = std::fs::read_dir(&types)
+        .ok()
+        .and_then(|mut rd| rd.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("no type under {}", types.display()));
+    let (ok, err) = as_nobody(&format!("cat {}/available_instances", ty.display()));
+    assert!(ok, "reading an attribute as another user: {err}");
+    let u = uuid(77);
+    let (ok, err) = as_nobody(&format!("echo {u} > {}/create", ty.display()));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "create as nobody: ok={ok} {err}"
+    );
+    assert!(!sim.p(&format!("sys/bus/mdev/devices/{u}")).exists());
+
+    // Root creates one and starts an owner; nobody can neither freeze it nor remove the device.
+    std::fs::write(ty.join("create"), format!("{u}\n")).unwrap_or_else(|e| panic!("create: {e}"));
+    std::fs::write(
+        sim.p("sys/kernel/debug/gvm-sim/control"),
+        format!("spawn {u}\n"),
+    )
+    .unwrap_or_else(|e| panic!("spawn: {e}"));
+    let procs = sim.p("sys/kernel/debug/nvidia-uvm/processes");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let pid = std::fs::read_dir(&procs).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if let Some(p) = pid {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no owner process appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let freeze = procs.join(&pid).join("0/compute.freeze");
+    let (ok, err) = as_nobody(&format!("echo 1 > {}", freeze.display()));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "freeze as nobody: ok={ok} {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&freeze)
+            .map(|s| s.trim().to_string())
+            .ok(),
+        Some("0".to_string()),
+        "still thawed"
+    );
+    let (ok, err) = as_nobody(&format!(
+        "echo 1 > {}/remove",
+        sim.p(&format!("sys/bus/mdev/devices/{u}")).display()
+    ));
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "remove as nobody: ok={ok} {err}"
+    );
+    assert!(sim.p(&format!("sys/bus/mdev/devices/{u}")).exists());
+}
