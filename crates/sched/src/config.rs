@@ -24,6 +24,10 @@ pub const DEFAULT_EXCLUSIVE_SLICE: Nanos = Nanos::from_millis(20);
 pub const SMALL_GPU_VGPUS: usize = 8;
 /// The default averaging window.
 pub const DEFAULT_WINDOW: Nanos = Nanos::from_secs(1);
+/// The longest accounting window accepted: one minute. Shares are balanced within one window;
+/// a longer one only delays fairness, and an unbounded one (`window_ms` of 2^63) would make
+/// the engine's arithmetic saturate.
+pub const MAX_WINDOW: Nanos = Nanos::from_secs(60);
 
 /// How one GPU's engine schedules its vGPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,12 @@ impl EngineConfig {
                 timeslice: slice,
             });
         }
+        if self.window > MAX_WINDOW {
+            return Err(SchedError::WindowTooLong {
+                window: self.window,
+                max: MAX_WINDOW,
+            });
+        }
         Ok(())
     }
 
@@ -115,6 +125,25 @@ mod tests {
             ..c
         };
         assert_eq!(fixed.slice_for(16), Nanos::from_micros(500));
+    }
+
+    #[test]
+    fn a_window_past_a_minute_is_refused_naming_the_limit() {
+        let long = EngineConfig {
+            window: Nanos::from_millis(1 << 63),
+            ..EngineConfig::default()
+        };
+        let e = long.validate();
+        assert!(matches!(e, Err(SchedError::WindowTooLong { .. })), "{e:?}");
+        assert!(e
+            .err()
+            .map(|e| e.to_string())
+            .is_some_and(|m| m.contains("60")));
+        let minute = EngineConfig {
+            window: MAX_WINDOW,
+            ..EngineConfig::default()
+        };
+        assert_eq!(minute.validate(), Ok(()));
     }
 
     #[test]

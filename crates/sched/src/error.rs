@@ -27,6 +27,17 @@ pub enum SchedError {
         /// The time slice it was compared with.
         timeslice: Nanos,
     },
+    /// The accounting window is longer than the scheduler supports.
+    #[error(
+        "accounting window {window} is longer than the {max} the scheduler supports: shares are \
+         balanced within one window, so a longer one only delays fairness; use at most {max}"
+    )]
+    WindowTooLong {
+        /// The configured window.
+        window: Nanos,
+        /// The longest window accepted ([`crate::MAX_WINDOW`]).
+        max: Nanos,
+    },
     /// The configured time slice cannot be expressed by GVM's priority knob.
     #[error(
         "time slice {timeslice} is outside what compute.priority can express (8µs..524288µs): \

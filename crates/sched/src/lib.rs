@@ -50,7 +50,7 @@ mod time;
 
 pub use config::{
     EngineConfig, DEFAULT_EXCLUSIVE_SLICE, DEFAULT_SLICE_LARGE, DEFAULT_SLICE_SMALL,
-    DEFAULT_WINDOW, SMALL_GPU_VGPUS,
+    DEFAULT_WINDOW, MAX_WINDOW, SMALL_GPU_VGPUS,
 };
 pub use engine::{Action, Engine, EngineStats, ShareReport, VgpuId, VgpuInput};
 pub use error::SchedError;
