@@ -10,6 +10,17 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// The longest type or model name accepted: names are shown in tables, logs and libvirt
+/// metadata, and a 10,000-character one would be accepted and used.
+pub const MAX_NAME: usize = 64;
+/// The longest binding accepted: a sysfs name (`NAME_MAX`).
+pub const MAX_BINDING: usize = 255;
+
+/// The first characters of an over-long value, for its error message.
+fn shown(value: &str) -> String {
+    value.chars().take(24).collect()
+}
+
 use toml::{Spanned, Value};
 
 use crate::bytesize::ByteSize;
@@ -260,6 +271,13 @@ pub(crate) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile> {
             model_field.fail("the model name is empty; name the GPU model, e.g. \"H100-80GB\"")
         );
     }
+    if model.len() > MAX_NAME {
+        return Err(model_field.fail(format!(
+            "the model name '{}…' is {} bytes long; use at most {MAX_NAME}",
+            shown(&model),
+            model.len()
+        )));
+    }
     let model_pos = pos_at(text, model_field.span().start);
     let framebuffer_field = Field::new(&ctx, gpu, "gpu", "framebuffer");
     let framebuffer = framebuffer_field.opt_size()?;
@@ -335,6 +353,13 @@ fn parse_type(
 
     let name_field = f("name");
     let name = name_field.string()?;
+    if name.len() > MAX_NAME {
+        return Err(name_field.fail(format!(
+            "type name '{}…' is {} bytes long; use at most {MAX_NAME}",
+            shown(&name),
+            name.len()
+        )));
+    }
     if name.is_empty()
         || !name
             .chars()
@@ -363,6 +388,13 @@ fn parse_type(
     let target = binding_field.string()?;
     if target.trim().is_empty() {
         return Err(binding_field.fail("the binding is empty; name the kernel mdev type"));
+    }
+    if target.len() > MAX_BINDING {
+        return Err(binding_field.fail(format!(
+            "the binding '{}…' is {} bytes long; a kernel type id or name attribute is at most {MAX_BINDING}",
+            shown(&target),
+            target.len()
+        )));
     }
     let binding = if id_field.value.is_some() {
         if target.contains('/') {

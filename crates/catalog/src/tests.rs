@@ -241,6 +241,30 @@ fn missing_unknown_and_empty_fields() {
 }
 
 #[test]
+fn over_long_names_and_bindings_are_refused_naming_the_limit() {
+    let long = "n".repeat(10_000);
+    let (_, _, field, m) = fail(&file_with(
+        &BODY.replace("name = \"a\"", &format!("name = \"{long}\"")),
+    ));
+    assert_eq!(field, "type[0].name");
+    assert!(m.contains("at most 64") && m.len() < 300, "{m}");
+    let (_, _, field, m) = fail(&file_with(
+        &BODY.replace("mdev_type = \"x-1\"", &format!("mdev_type = \"{long}\"")),
+    ));
+    assert_eq!(field, "type[0].mdev_type");
+    assert!(m.contains("at most 255"), "{m}");
+    let (_, _, field, _) =
+        fail(&file_with(BODY).replace("model = \"M\"", &format!("model = \"{long}\"")));
+    assert_eq!(field, "gpu.model");
+    let ok = "n".repeat(64);
+    assert!(Catalog::parse_str(
+        Path::new("t.toml"),
+        &file_with(&BODY.replace("name = \"a\"", &format!("name = \"{ok}\"")))
+    )
+    .is_ok());
+}
+
+#[test]
 fn duplicates_within_a_file_name_the_second() {
     let second = BODY.replace("x-1", "x-2");
     let (l, c, f, m) = fail(&file_with(&format!("{BODY}\n[[type]]\n{second}")));
