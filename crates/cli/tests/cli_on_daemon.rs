@@ -4,7 +4,9 @@
 //!
 //! Asserted:
 //! - a guest's bidi and zero-width characters reach the terminal escaped, never raw, and
-//!   `--json` as the guest's exact string.
+//!   `--json` as the guest's exact string;
+//! - a problem of an earlier agent connection is not shown once a new connection reports
+//!   cleanly.
 //!
 //! The daemon needs no simulated host.
 
@@ -203,4 +205,56 @@ fn stats_text_escapes_a_guests_bidi_and_zero_width_characters_and_json_keeps_the
         "{text}"
     );
     assert!(text.contains("G\\u{200b}PU\\u{feff}"), "{text}");
+}
+
+#[test]
+fn stats_drops_the_problem_of_an_earlier_connection_once_a_new_one_reports_cleanly() {
+    let d = Daemon::start();
+    let uuid = Uuid::new_v4();
+    let listener = d.agent_channel(&uuid);
+
+    // First connection: one broken line among good ones.
+    let (mut s, _) = listener.accept().unwrap();
+    send(
+        &mut s,
+        &[
+            hello("Test", "G"),
+            "{not json".to_string(),
+            report(1, "first", ""),
+        ],
+    );
+    let first = d.guest_info(&uuid, |i| {
+        i["violations"] == 1 && i["stats"]["last_report"]["seq"] == 1
+    });
+    assert!(first["last_problem"].is_string(), "{first:#}");
+    let text = stdout(&cli(&d.root, &["stats", &uuid.to_string()]));
+    assert!(
+        text.contains("problem:"),
+        "the problem of this connection is shown:\n{text}"
+    );
+
+    // The guest reconnects (QEMU restarted the VM) and behaves.
+    drop(s);
+    let (mut s, _) = listener.accept().unwrap();
+    send(&mut s, &[hello("Test", "G"), report(1, "second", "")]);
+    let second = d.guest_info(&uuid, |i| {
+        i["connections"] == 2 && i["stats"]["last_report"]["processes"][0]["name"] == "second"
+    });
+    assert!(
+        second["last_problem"].is_null(),
+        "stale problem kept: {second:#}"
+    );
+    assert_eq!(second["violations"], 1, "the counters keep the history");
+    let text = stdout(&cli(&d.root, &["stats", &uuid.to_string()]));
+    assert!(
+        !text.contains("problem:"),
+        "a stale problem is shown:\n{text}"
+    );
+    assert!(text.contains("1 violations"), "{text}");
+
+    // A problem on the current connection is shown again.
+    send(&mut s, &["{still not json".to_string()]);
+    d.guest_info(&uuid, |i| {
+        i["violations"] == 2 && i["last_problem"].is_string()
+    });
 }
