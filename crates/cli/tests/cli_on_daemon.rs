@@ -6,7 +6,9 @@
 //! - a guest's bidi and zero-width characters reach the terminal escaped, never raw, and
 //!   `--json` as the guest's exact string;
 //! - a problem of an earlier agent connection is not shown once a new connection reports
-//!   cleanly.
+//!   cleanly;
+//! - an over-long argument is refused by the client naming the protocol's limit, not
+//!   reported as a protocol mix-up.
 //!
 //! The daemon needs no simulated host.
 
@@ -257,4 +259,23 @@ fn stats_drops_the_problem_of_an_earlier_connection_once_a_new_one_reports_clean
     d.guest_info(&uuid, |i| {
         i["violations"] == 2 && i["last_problem"].is_string()
     });
+}
+
+#[test]
+fn show_with_a_100000_character_argument_names_the_request_limit_not_a_protocol_mix_up() {
+    let d = Daemon::start();
+    let long = "a".repeat(100_000);
+    let o = cli(&d.root, &["show", &long]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.contains("answer for request"), "{err}");
+    assert!(err.contains("65536-byte limit"), "{err}");
+    assert!(
+        err.len() < 1000,
+        "the argument is not echoed: {} bytes",
+        err.len()
+    );
+    // The daemon was never sent the request and still answers.
+    let o = cli(&d.root, &["--json", "list", "--defined"]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
