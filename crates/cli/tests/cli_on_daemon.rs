@@ -8,20 +8,24 @@
 //! - a problem of an earlier agent connection is not shown once a new connection reports
 //!   cleanly;
 //! - an over-long argument is refused by the client naming the protocol's limit, not
-//!   reported as a protocol mix-up.
+//!   reported as a protocol mix-up;
+//! - a socket the user may not open is reported as permission denied, not as a daemon
+//!   that is not running.
 //!
-//! The daemon needs no simulated host.
+//! The daemon needs no simulated host. The permission test needs root (to run the CLI as
+//! `nobody`) and prints `SKIP: <reason>` without it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gvm_client::Client;
-use gvm_testkit::workspace_bin;
+use gvm_testkit::{skip, workspace_bin};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -278,4 +282,54 @@ fn show_with_a_100000_character_argument_names_the_request_limit_not_a_protocol_
     // The daemon was never sent the request and still answers.
     let o = cli(&d.root, &["--json", "list", "--defined"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn an_unprivileged_user_is_told_permission_denied_not_that_the_daemon_is_not_running() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(
+            "an_unprivileged_user_is_told_permission_denied",
+            Some("needs root to run the CLI as nobody".into()),
+        );
+        return;
+    }
+    let d = Daemon::start();
+    // Let `nobody` reach the socket (mode 0600, root's): the temporary directory is 0700.
+    let mut dir = d.root.clone();
+    while let Some(parent) = dir.parent() {
+        if dir == std::env::temp_dir() || parent == Path::new("/") {
+            break;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir = parent.to_path_buf();
+    }
+    let sock = d.socket();
+    let uuid = Uuid::new_v4().to_string();
+    for args in [
+        vec!["show", uuid.as_str()],
+        vec!["list", "--defined"],
+        vec!["stats"],
+        vec!["set", uuid.as_str(), "--priority", "3"],
+    ] {
+        let o = {
+            use std::os::unix::process::CommandExt;
+            cli_command(&d.root, &args)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .expect("run gvm-vgpu as nobody")
+        };
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "permission denied on {}: run as root or as a member of the daemon's --group",
+                sock.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("not running"), "{args:?}: {err}");
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+    }
 }

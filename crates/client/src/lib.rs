@@ -2,9 +2,10 @@
 //!
 //! `gvm-vgpud` serves newline-delimited JSON on a Unix socket (see `gvm-proto`);
 //! this crate connects, sends one request per call and decodes the typed answer.
-//! It never prints: every failure is an [`Error`], and [`Error::NotRunning`] is the
-//! one the CLI should turn into "the daemon is not running: start it with
-//! `systemctl start gvm-vgpud` (or `gvm-vgpud --root DIR`)".
+//! It never prints: every failure is an [`Error`]. [`Error::NotRunning`] (nothing
+//! listens) is the only one that means "the daemon is not running"; a socket this user
+//! may not open is [`Error::Permission`], and a caller that falls back to reading the
+//! host directly must do so on `NotRunning` alone.
 //!
 //! A request whose line would exceed [`MAX_LINE_BYTES`] is refused before anything is
 //! sent ([`Error::RequestTooLong`]): the daemon would answer it with an error it cannot
@@ -57,10 +58,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The socket exists but this user may not connect to it.
-    #[error(
-        "permission denied on {path}: run as root, or as a member of the group the \
-         daemon was started with (--group)"
-    )]
+    #[error("permission denied on {path}: run as root or as a member of the daemon's --group")]
     Permission {
         /// Socket path.
         path: PathBuf,

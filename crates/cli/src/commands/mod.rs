@@ -161,11 +161,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
 }
 
 /// `show`: the daemon's view (effective values and their sources) when it runs, else what
-/// the kernel and GVM report directly, said so on stderr.
+/// the kernel and GVM report directly, said so on stderr. Only a daemon that is not
+/// running is a reason to fall back: a socket this user may not open is an error.
 fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
-    match managed::client(ctx).map(|mut c| c.show(target)) {
+    match gvm_client::Client::connect_host(&ctx.host).map(|mut c| c.show(target)) {
         Ok(Ok(detail)) => managed::show(ctx, &detail, out),
         Ok(Err(e)) => Err(e.into()),
+        Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
         Err(_) => {
             let uuid = uuid::Uuid::parse_str(target).map_err(|_| {
                 anyhow::anyhow!(
