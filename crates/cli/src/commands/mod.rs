@@ -28,6 +28,22 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         _ => {}
     }
     let ctx = Context::new(&cli.global)?;
+    // Commands that read the kernel's sysfs themselves (not through the daemon) refuse a
+    // root without a sys/ tree rather than report an empty host.
+    if matches!(
+        &cli.command,
+        Command::Parents
+            | Command::Types { .. }
+            | Command::Create { .. }
+            | Command::Remove { .. }
+            | Command::List { defined: false }
+            | Command::Xml { .. }
+            | Command::QemuArgs { .. }
+            | Command::Attach { .. }
+            | Command::Detach { .. }
+    ) {
+        ctx.require_sysfs()?;
+    }
     match &cli.command {
         Command::Parents => inventory::parents(&ctx, out),
         Command::Types { parent, all } => inventory::types(&ctx, parent.as_deref(), *all, out),
@@ -174,6 +190,7 @@ fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
                     "`{target}` is not a UUID; domain names need gvm-vgpud, which is not running"
                 )
             })?;
+            ctx.require_sysfs()?;
             eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
             devices::show(ctx, &uuid, out)
         }
