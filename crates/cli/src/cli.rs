@@ -60,6 +60,11 @@ pub struct GlobalArgs {
     pub catalog_dirs: Vec<PathBuf>,
 
     /// Print machine-readable JSON instead of tables.
+    ///
+    /// Strings are exactly what the host or the guest supplied: JSON escapes control
+    /// characters but not bidi or zero-width ones (U+202E, U+200B, ...), which tables and
+    /// text output show escaped as \u{202e}; a program printing guest strings from the
+    /// JSON must render them safely itself.
     #[arg(long, global = true)]
     pub json: bool,
 }

@@ -1,8 +1,8 @@
 //! What every command needs: the host root, the clients built on it, and the catalog.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use gvm_catalog::Catalog;
 use gvm_gcgroup::GvmTree;
 use gvm_host_root::HostRoot;
@@ -25,8 +25,9 @@ pub struct Context {
 }
 
 impl Context {
-    /// Build the context from the global options.
+    /// Build the context from the global options; the host root must be a directory.
     pub fn new(global: &GlobalArgs) -> Result<Self> {
+        check_root(&global.root)?;
         let host = HostRoot::new(&global.root);
         let mut catalog_dirs = Catalog::default_dirs(&host);
         catalog_dirs.extend(global.catalog_dirs.iter().cloned());
@@ -39,8 +40,47 @@ impl Context {
         })
     }
 
+    /// Fail unless the host root has a sys/ tree to read: a root that is not a host (a
+    /// typo, a stopped simulated host's empty mount point) must not read as a host
+    /// without vGPUs.
+    pub fn require_sysfs(&self) -> Result<()> {
+        let root = self.host.root().display();
+        let sys = self.host.sys_dir();
+        let fix = format!(
+            "start the simulated host there with `gvm-vgpu-sim --root {root}`, or pass \
+             --root / (or set GVM_VGPU_ROOT) for this host"
+        );
+        match std::fs::read_dir(&sys).map(|mut entries| entries.next().is_some()) {
+            Ok(true) => Ok(()),
+            Ok(false) => bail!(
+                "host root {root} has no sys/ tree ({} is empty): {fix}",
+                sys.display()
+            ),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "host root {root} has no sys/ tree (cannot read {}): {fix}",
+                    sys.display()
+                )
+            }),
+        }
+    }
+
     /// Load the vGPU type catalog (built-in types plus every catalog directory).
     pub fn catalog(&self) -> Result<Catalog> {
         Catalog::load_with_builtin(&self.catalog_dirs).context("cannot load the vGPU type catalog")
+    }
+}
+
+/// The host root must be a directory: every host path is read under it.
+fn check_root(root: &Path) -> Result<()> {
+    let fix = "pass --root (or GVM_VGPU_ROOT) the directory a simulated host serves \
+               (`gvm-vgpu-sim --root DIR`), or / on a real host";
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("host root {} is not a directory: {fix}", root.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("host root {} does not exist: {fix}", root.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot use host root {}: {fix}", root.display())),
     }
 }

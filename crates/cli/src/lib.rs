@@ -8,7 +8,9 @@
 //! - [`cli`]: the command line, as clap definitions only;
 //! - `commands`: one module per group of subcommands, and the dispatch to them;
 //! - `context`: what every command needs: the host root, the clients built on it, the catalog;
-//! - `table`: plain-text tables for people.
+//! - `table`: plain-text tables for people;
+//! - `text`: guest-supplied strings made safe to print (bidi, zero-width and control
+//!   characters escaped as `\u{…}`), used for every guest string in text output.
 // The clap definitions' doc comments are `--help` and man-page text, where `<hostdev>` and
 // `<uuid>` are placeholders and URLs are plain text: rustdoc's HTML and URL lints do not
 // apply to them.
@@ -18,6 +20,7 @@ pub mod cli;
 mod commands;
 mod context;
 mod table;
+mod text;
 
 pub use commands::run;
 pub use context::Context;

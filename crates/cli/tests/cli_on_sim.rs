@@ -404,3 +404,52 @@ fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("gvm-vgpud"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_root_that_does_not_exist_or_has_no_sys_tree_is_an_error_naming_the_path_and_the_fix() {
+    // No simulated host: these are the roots a typo or a stopped simulator leaves.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("nonexistent");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let no_sys = dir.path().join("no-sys");
+    std::fs::create_dir(&no_sys).unwrap();
+    let empty_sys = dir.path().join("stopped-sim");
+    std::fs::create_dir_all(empty_sys.join("sys")).unwrap();
+
+    for (root, wants) in [
+        (&missing, ["does not exist", "--root"]),
+        (&file, ["is not a directory", "--root"]),
+        (&no_sys, ["has no sys/ tree", "gvm-vgpu-sim --root"]),
+        (&empty_sys, ["has no sys/ tree", "gvm-vgpu-sim --root"]),
+    ] {
+        for args in [
+            &["list"][..],
+            &["--json", "list"],
+            &["parents"],
+            &["types"],
+            &["show", "0a6a4e1c-5f51-4c48-8f0b-9d1d7b0e2c33"],
+        ] {
+            let o = cli(root, args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{root:?} {args:?}: {err}");
+            assert!(
+                stdout(&o).is_empty(),
+                "{root:?} {args:?} printed: {}",
+                stdout(&o)
+            );
+            assert!(
+                err.contains(&root.display().to_string()),
+                "{root:?} {args:?}: {err}"
+            );
+            for want in wants {
+                assert!(err.contains(want), "{root:?} {args:?}: {err}");
+            }
+            assert_eq!(
+                err.matches("gvm-vgpu: error:").count(),
+                1,
+                "the chain once: {err}"
+            );
+        }
+    }
+}

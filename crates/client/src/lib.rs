@@ -2,9 +2,16 @@
 //!
 //! `gvm-vgpud` serves newline-delimited JSON on a Unix socket (see `gvm-proto`);
 //! this crate connects, sends one request per call and decodes the typed answer.
-//! It never prints: every failure is an [`Error`], and [`Error::NotRunning`] is the
-//! one the CLI should turn into "the daemon is not running: start it with
-//! `systemctl start gvm-vgpud` (or `gvm-vgpud --root DIR`)".
+//! It never prints: every failure is an [`Error`]. [`Error::NotRunning`] (nothing
+//! listens) is the only one that means "the daemon is not running"; a socket this user
+//! may not open is [`Error::Permission`], and a caller that falls back to reading the
+//! host directly must do so on `NotRunning` alone.
+//!
+//! A request whose line would exceed [`MAX_LINE_BYTES`] is refused before anything is
+//! sent ([`Error::RequestTooLong`]): the daemon would answer it with an error it cannot
+//! tie to the request (id 0) and close the connection. An error answer with id 0 (the
+//! daemon could not read the request's id) is reported as that error, not as a
+//! mismatched answer.
 //!
 //! ```no_run
 //! use gvm_client::Client;
@@ -51,10 +58,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The socket exists but this user may not connect to it.
-    #[error(
-        "permission denied on {path}: run as root, or as a member of the group the \
-         daemon was started with (--group)"
-    )]
+    #[error("permission denied on {path}: run as root or as a member of the daemon's --group")]
     Permission {
         /// Socket path.
         path: PathBuf,
@@ -72,6 +76,19 @@ pub enum Error {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The request would be a line longer than the daemon reads; nothing was sent.
+    #[error(
+        "the '{method}' request is {bytes} bytes long, over the {max}-byte limit of a \
+         gvm-vgpud request line (MAX_LINE_BYTES): shorten its arguments"
+    )]
+    RequestTooLong {
+        /// Method being called.
+        method: &'static str,
+        /// Length of the encoded request line, newline included.
+        bytes: usize,
+        /// [`MAX_LINE_BYTES`].
+        max: usize,
     },
     /// The daemon answered with something that is not a response to this request.
     #[error("gvm-vgpud at {path} sent an unreadable answer to '{method}': {detail}")]
@@ -179,8 +196,24 @@ impl Client {
         let line = req
             .to_line()
             .map_err(|error| Error::Api { method, error })?;
+        // The daemon reads at most MAX_LINE_BYTES, newline included.
+        let bytes = line.len() + 1;
+        if bytes > MAX_LINE_BYTES {
+            return Err(Error::RequestTooLong {
+                method,
+                bytes,
+                max: MAX_LINE_BYTES,
+            });
+        }
         self.send_raw(method, &line)?;
         let resp = self.read_response(method)?;
+        // Id 0: the daemon could not read this request's id (too long, not UTF-8, not
+        // JSON); calls are sequential, so its error is this call's.
+        if resp.id == 0 {
+            if let Some(error) = resp.error {
+                return Err(Error::Api { method, error });
+            }
+        }
         if resp.id != id {
             return Err(Error::Protocol {
                 path: self.path.clone(),
@@ -441,5 +474,163 @@ mod tests {
         );
         assert!(server.join().ok().flatten().is_some());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fake daemon on a fresh socket: `serve` gets each request line (newline
+    /// stripped) and returns the response line to send; it stops at EOF. Returns the
+    /// socket and the thread, which yields the lines it read.
+    fn fake_daemon(
+        name: &str,
+        serve: fn(&str) -> String,
+    ) -> Option<(PathBuf, std::thread::JoinHandle<Vec<String>>)> {
+        let dir = std::env::temp_dir().join(format!("gvm-client-{name}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let Ok(listener) = UnixListener::bind(&sock) else {
+            println!("SKIP: cannot bind a Unix socket in {}", dir.display());
+            return None;
+        };
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let Ok((s, _)) = listener.accept() else {
+                return seen;
+            };
+            let Ok(r) = s.try_clone() else {
+                return seen;
+            };
+            let mut r = BufReader::new(r);
+            let mut w = s;
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return seen,
+                    Ok(_) => {}
+                }
+                let line = line.trim_end().to_string();
+                let mut answer = serve(&line);
+                answer.push('\n');
+                seen.push(line);
+                if w.write_all(answer.as_bytes()).is_err() {
+                    return seen;
+                }
+            }
+        });
+        Some((sock, server))
+    }
+
+    fn pong(id: u64) -> String {
+        let pong = Pong {
+            version: "t".into(),
+            protocol: 1,
+            root: "/".into(),
+            vgpus: 1,
+        };
+        serde_json::to_string(&Response::ok(id, &pong)).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_over_long_request_is_refused_before_sending_with_an_error_naming_the_limit() {
+        let Some((sock, server)) = fake_daemon("long", |line| pong(id_of(line))) else {
+            return;
+        };
+        let mut c = match Client::connect(&sock) {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        };
+        let err = c.show(&"a".repeat(100_000)).err();
+        assert!(
+            matches!(
+                err,
+                Some(Error::RequestTooLong { method: "show", bytes, max: MAX_LINE_BYTES })
+                    if bytes > 100_000
+            ),
+            "{err:?}"
+        );
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(&MAX_LINE_BYTES.to_string()), "{msg}");
+        assert!(!msg.contains("answer for request"), "{msg}");
+        // Nothing was sent: the connection is intact and the next call is the first line.
+        assert_eq!(c.ping().ok().map(|p| p.vgpus), Some(1));
+        drop(c);
+        let seen = server.join().unwrap_or_default();
+        assert_eq!(
+            seen.len(),
+            1,
+            "{:?}",
+            seen.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(seen[0].contains("\"ping\""), "{}", seen[0]);
+        // The longest line the daemon reads, MAX_LINE_BYTES with its newline, is sent.
+        let Some((sock, server)) = fake_daemon("fits", |line| {
+            serde_json::to_string(&Response::err(id_of(line), ApiError::not_found("no vGPU")))
+                .unwrap_or_default()
+        }) else {
+            return;
+        };
+        let mut c = match Client::connect(&sock) {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        };
+        let empty = Request::new(1, Call::Show(target_of("")))
+            .to_line()
+            .map_or(0, |l| l.len() + 1);
+        let err = c.show(&"b".repeat(MAX_LINE_BYTES - empty)).err();
+        assert_eq!(
+            err.as_ref().and_then(Error::code),
+            Some(ErrorCode::NotFound),
+            "{err:?}"
+        );
+        drop(c);
+        let seen = server.join().unwrap_or_default();
+        assert_eq!(seen.first().map(|l| l.len() + 1), Some(MAX_LINE_BYTES));
+    }
+
+    /// The id of a request line, as the daemon reads it (0 when unreadable).
+    fn id_of(line: &str) -> u64 {
+        match Request::parse_line(line) {
+            Ok(r) => r.id,
+            Err((id, _)) => id,
+        }
+    }
+
+    #[test]
+    fn an_error_answer_with_id_0_is_reported_as_the_daemons_error_not_a_mix_up() {
+        let Some((sock, server)) = fake_daemon("id0", |_| {
+            serde_json::to_string(&Response::err(
+                0,
+                ApiError::invalid("request longer than 65536 bytes: closing the connection"),
+            ))
+            .unwrap_or_default()
+        }) else {
+            return;
+        };
+        let mut c = match Client::connect(&sock) {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        };
+        let err = c.show("x").err();
+        assert_eq!(
+            err.as_ref().and_then(Error::code),
+            Some(ErrorCode::InvalidArgument),
+            "{err:?}"
+        );
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("longer than 65536 bytes"), "{msg}");
+        drop(c);
+        assert_eq!(server.join().map(|s| s.len()).unwrap_or(0), 1);
+    }
+
+    #[test]
+    fn an_answer_for_another_request_is_still_a_protocol_error() {
+        let Some((sock, _server)) = fake_daemon("mixup", |_| pong(7)) else {
+            return;
+        };
+        let mut c = match Client::connect(&sock) {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        };
+        let err = c.ping().err();
+        assert!(matches!(err, Some(Error::Protocol { .. })), "{err:?}");
     }
 }

@@ -85,8 +85,12 @@ pub struct ChannelState {
     pub disconnects: u64,
     /// Violations over all connections.
     pub violations: u64,
-    /// Latest violation or disconnect reason (log-safe).
+    /// Latest violation or disconnect reason (log-safe), until a later connection
+    /// delivers a clean hello or report: a problem is never shown as current once the
+    /// guest has reconnected and behaves.
     pub last_problem: Option<String>,
+    /// The connection (1 = first, as counted by `connections`) `last_problem` came from.
+    pub problem_connection: u64,
     /// Latest validated hello (shared with the session that accepted it).
     pub hello: Option<Arc<Hello>>,
     /// Latest validated report, kept across a new hello (shared, not copied).
@@ -106,6 +110,7 @@ impl ChannelState {
             disconnects: 0,
             violations: 0,
             last_problem: None,
+            problem_connection: 0,
             hello: None,
             last_report: None,
             counters: Counters::default(),
@@ -603,8 +608,16 @@ async fn read_session(
                 }
             }
             c.violations += violations;
-            if let Some(p) = problem {
-                c.last_problem = Some(p);
+            match problem {
+                Some(p) => {
+                    c.last_problem = Some(p);
+                    c.problem_connection = c.connections;
+                }
+                // A valid hello or report and no problem: a problem of an earlier
+                // connection is history now (the counters keep it); one of this
+                // connection stays.
+                None if c.problem_connection < c.connections => c.last_problem = None,
+                None => {}
             }
             if cut.is_some() {
                 c.disconnects += 1;

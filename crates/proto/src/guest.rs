@@ -39,7 +39,10 @@ pub struct GuestAgentInfo {
     pub disconnects: u64,
     /// Protocol violations seen on the channel, over all connections.
     pub violations: u64,
-    /// The latest violation or disconnect reason, log-safe, if any.
+    /// The latest violation or disconnect reason, log-safe, if any: of the current
+    /// connection, or of an earlier one until the guest reconnected and sent a valid
+    /// hello or report without a violation (`violations` and `disconnects` keep the
+    /// history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
     /// Milliseconds since the latest accepted report, if any.

@@ -28,6 +28,22 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         _ => {}
     }
     let ctx = Context::new(&cli.global)?;
+    // Commands that read the kernel's sysfs themselves (not through the daemon) refuse a
+    // root without a sys/ tree rather than report an empty host.
+    if matches!(
+        &cli.command,
+        Command::Parents
+            | Command::Types { .. }
+            | Command::Create { .. }
+            | Command::Remove { .. }
+            | Command::List { defined: false }
+            | Command::Xml { .. }
+            | Command::QemuArgs { .. }
+            | Command::Attach { .. }
+            | Command::Detach { .. }
+    ) {
+        ctx.require_sysfs()?;
+    }
     match &cli.command {
         Command::Parents => inventory::parents(&ctx, out),
         Command::Types { parent, all } => inventory::types(&ctx, parent.as_deref(), *all, out),
@@ -161,17 +177,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
 }
 
 /// `show`: the daemon's view (effective values and their sources) when it runs, else what
-/// the kernel and GVM report directly, said so on stderr.
+/// the kernel and GVM report directly, said so on stderr. Only a daemon that is not
+/// running is a reason to fall back: a socket this user may not open is an error.
 fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
-    match managed::client(ctx).map(|mut c| c.show(target)) {
+    match gvm_client::Client::connect_host(&ctx.host).map(|mut c| c.show(target)) {
         Ok(Ok(detail)) => managed::show(ctx, &detail, out),
         Ok(Err(e)) => Err(e.into()),
+        Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
         Err(_) => {
             let uuid = uuid::Uuid::parse_str(target).map_err(|_| {
                 anyhow::anyhow!(
                     "`{target}` is not a UUID; domain names need gvm-vgpud, which is not running"
                 )
             })?;
+            ctx.require_sysfs()?;
             eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
             devices::show(ctx, &uuid, out)
         }
