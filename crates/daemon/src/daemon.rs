@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use gvm_host_root::HostRoot;
-use gvm_proto::{Drift, ReconcileReport, Totals};
+use gvm_proto::{Drift, OwnerRule, ReconcileReport, Totals};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -81,6 +81,8 @@ pub struct Daemon {
     stray_logged: BTreeSet<(u32, u32)>,
     /// Parents whose GVM GPU index could not be read, logged once.
     gpu_index_failed: BTreeSet<String>,
+    /// Who may claim a vGPU through its own environment or cgroup.
+    claims: crate::owners::ClaimPolicy,
     /// libvirt's picture (domain → vGPUs, paused domains), fed by the lifecycle watch.
     pub(crate) libvirt: crate::domains::Domains,
     /// The live time-slice scheduler (`scheduler.rs`): per-GPU engines and policy.
@@ -129,6 +131,7 @@ impl Daemon {
             !host.gvm_processes_dir().is_dir() || gc.name() == gvm_shim_host::backend::SHIM_NAME;
         Ok(Daemon {
             resolver: Resolver::new(host.clone()),
+            claims: crate::owners::ClaimPolicy::default_for(&host, crate::owners::own_uid()),
             host,
             mdev,
             gc,
@@ -171,6 +174,17 @@ impl Daemon {
             },
             startup_problems: loaded.problems,
         })
+    }
+
+    /// Allow the users of `policy` (beside root) to claim vGPUs through their environment
+    /// or cgroup (`--owner-uid`). Processes refused before are classified again.
+    pub fn set_claim_policy(&mut self, policy: crate::owners::ClaimPolicy) {
+        info!(uids = ?policy.uids().collect::<Vec<_>>(), "users that may claim vGPUs through their environment or cgroup");
+        self.claims = policy;
+        let refused: Vec<u32> = self.observed.refused.keys().copied().collect();
+        for pid in refused {
+            self.classify(pid, true);
+        }
     }
 
     /// The host root this daemon manages.
@@ -455,6 +469,22 @@ impl Daemon {
             self.unowned.insert(pid);
             return false;
         };
+        let claimed = matches!(own.rule, OwnerRule::Environment | OwnerRule::Cgroup);
+        if claimed && !self.claims.allows(own.uid, &[]) {
+            let uuid = own.uuids.first().copied().unwrap_or_default();
+            let refusal = gvm_proto::RefusedClaim {
+                pid,
+                uid: own.uid,
+                rule: own.rule,
+            };
+            if self.observed.refused.insert(pid, (uuid, refusal)).is_none() {
+                warn!(%uuid, pid, uid = ?own.uid, rule = ?own.rule,
+                    "claim refused: this user may not own vGPUs (allow it with gvm-vgpud --owner-uid)");
+            }
+            self.unowned.insert(pid);
+            return false;
+        }
+        self.observed.refused.remove(&pid);
         self.unowned.remove(&pid);
         let mut fresh = false;
         for uuid in &own.uuids {
@@ -572,6 +602,7 @@ impl Daemon {
 
     fn drop_pid(&mut self, pid: u32) {
         self.unowned.remove(&pid);
+        self.observed.refused.remove(&pid);
         if let Some(gpus) = self.observed.gpus.remove(&pid) {
             for g in gpus {
                 self.observed.gcgroups.remove(&(pid, g));

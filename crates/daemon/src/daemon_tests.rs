@@ -268,3 +268,77 @@ fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
     assert_eq!(knobs.get(&(QEMU, 0)).map(|k| k.1), Some(Some(4)));
     assert_eq!(knobs.get(&(QEMU, 16)), Some(&UNTOUCHED));
 }
+
+/// A fake `/proc/<pid>` with `GVM_VGPU_UUID=uuid` in its environment, running as `uid`.
+fn claiming_process(proc_dir: &std::path::Path, pid: u32, uuid: Uuid, uid: u32) {
+    let p = proc_dir.join(pid.to_string());
+    assert!(std::fs::create_dir_all(&p).is_ok());
+    assert!(std::fs::write(p.join("environ"), format!("GVM_VGPU_UUID={uuid}\0")).is_ok());
+    assert!(std::fs::write(
+        p.join("status"),
+        format!("Name:\tpython\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    )
+    .is_ok());
+}
+
+#[test]
+fn another_users_environment_claim_is_refused_and_shown_until_the_user_is_allowed() {
+    let a = Uuid::from_u128(0xa);
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let proc_dir = dir.path().join("proc");
+    let host = HostRoot::new(dir.path()).with_proc_dir(&proc_dir);
+    claiming_process(&proc_dir, 500, a, 1000);
+    claiming_process(&proc_dir, 501, a, 0);
+    let shared = Arc::new(Mutex::new(Host::default()));
+    {
+        let mut h = lock(&shared);
+        h.devices.insert(a, (PARENTS[0].into(), "t-a".into()));
+        h.knobs.insert((500, 0), UNTOUCHED);
+        h.knobs.insert((501, 0), UNTOUCHED);
+    }
+    let daemon = Daemon::new(
+        host.clone(),
+        &host,
+        Box::new(Mdev(shared.clone())),
+        Backends::of(Box::new(Gc(shared.clone()))),
+        Box::new(Types),
+        Timing::default(),
+    );
+    let Ok(mut daemon) = daemon else {
+        panic!("daemon over fake ports: {:?}", daemon.err());
+    };
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(daemon.info(&a).owners, vec![501], "root's claim only");
+    assert_eq!(
+        lock(&shared).knobs.get(&(500, 0)),
+        Some(&UNTOUCHED),
+        "not tuned"
+    );
+    assert_eq!(
+        lock(&shared).knobs.get(&(501, 0)),
+        Some(&(4 << 30, Some(4), false))
+    );
+    let refused = daemon.detail(&a).refused_claims;
+    assert_eq!(
+        refused,
+        vec![gvm_proto::RefusedClaim {
+            pid: 500,
+            uid: Some(1000),
+            rule: gvm_proto::OwnerRule::Environment,
+        }]
+    );
+
+    daemon.set_claim_policy(crate::owners::ClaimPolicy::new([1000]));
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(daemon.info(&a).owners, vec![500, 501]);
+    assert_eq!(
+        lock(&shared).knobs.get(&(500, 0)),
+        Some(&(4 << 30, Some(4), false)),
+        "tuned once allowed"
+    );
+    assert!(daemon.detail(&a).refused_claims.is_empty());
+}

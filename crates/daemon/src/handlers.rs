@@ -293,7 +293,7 @@ impl Daemon {
         (owners, totals)
     }
 
-    fn detail(&mut self, uuid: &Uuid) -> VgpuDetail {
+    pub(crate) fn detail(&mut self, uuid: &Uuid) -> VgpuDetail {
         let (owners, totals) = self.read_owners(uuid);
         if self.observed.devices.contains_key(uuid) {
             self.totals.insert(*uuid, totals);
@@ -310,6 +310,13 @@ impl Daemon {
                 .map(|l| l.overrides)
                 .unwrap_or_default(),
             owners,
+            refused_claims: self
+                .observed
+                .refused
+                .values()
+                .filter(|(u, _)| u == uuid)
+                .map(|(_, r)| *r)
+                .collect(),
         }
     }
 

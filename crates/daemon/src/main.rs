@@ -77,6 +77,31 @@ struct Args {
     /// (e.g. `partial_line_timeout_ms=2000,reconnect_after_ms=10000`; see docs/agent.md).
     #[arg(long, env = "GVM_VGPUD_AGENT_LIMITS", default_value = "")]
     agent_limits: String,
+    /// Also let this user (a uid or a name in the host's /etc/passwd) own vGPUs by naming one
+    /// in its processes' GVM_VGPU_UUID or cgroup. Repeat for several. Root, gvm-vgpud's own
+    /// user and libvirt's QEMU user (libvirt-qemu or qemu) always may; any other user's claim is
+    /// refused, logged once and listed by `gvm-vgpu show`.
+    #[arg(long = "owner-uid", value_name = "UID|USER")]
+    owner_uids: Vec<String>,
+}
+
+fn user_id(host: &HostRoot, spec: &str) -> anyhow::Result<u32> {
+    if let Ok(uid) = spec.parse() {
+        return Ok(uid);
+    }
+    let path = host.path("/etc/passwd");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {} to look up --owner-uid {spec}",
+            path.display()
+        )
+    })?;
+    gvm_vgpud::owners::uid_of_user(&text, spec).with_context(|| {
+        format!(
+            "--owner-uid {spec}: no such user in {}: give a uid or a user name",
+            path.display()
+        )
+    })
 }
 
 fn group_id(spec: &str) -> anyhow::Result<u32> {
@@ -125,6 +150,17 @@ fn main() -> anyhow::Result<()> {
         },
     )
     .context("cannot open the daemon's state under /etc/gvm-vgpu and /run/gvm-vgpu")?;
+    if !args.owner_uids.is_empty() {
+        let uids = args
+            .owner_uids
+            .iter()
+            .map(|u| user_id(&host, u))
+            .collect::<anyhow::Result<Vec<u32>>>()?;
+        daemon.set_claim_policy(
+            gvm_vgpud::owners::ClaimPolicy::default_for(&host, gvm_vgpud::owners::own_uid())
+                .with(uids),
+        );
+    }
     if let Some(uri) =
         gvm_vgpud::domains::uri_for_host(&host, args.libvirt.as_deref(), args.no_libvirt)
     {

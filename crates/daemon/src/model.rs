@@ -82,6 +82,9 @@ pub struct Observed {
     pub split_owners: BTreeMap<u32, Vec<Uuid>>,
     /// GVM GPU index of mdev parents, as far as known (see `MdevPort::parent_gpu_index`).
     pub parent_gpu: BTreeMap<String, u32>,
+    /// Processes whose environment or cgroup claim on a vGPU was refused, by pid: their uid
+    /// may not claim vGPUs ([`crate::owners::ClaimPolicy`]).
+    pub refused: BTreeMap<u32, (Uuid, gvm_proto::RefusedClaim)>,
 }
 
 impl Observed {

@@ -17,8 +17,16 @@
 //!
 //! The environment and cgroup parsers are pure; [`Resolver`] does the reads and caches per pid (a
 //! process's environment does not change; its cgroup is re-read while unowned).
+//!
+//! Rules 1 and 2 are claims a process makes about itself: any user can set an environment
+//! variable, and a user's systemd manager can name a scope after any UUID. So they are
+//! authorised: [`ClaimPolicy`] says which uids may claim a vGPU that way (root, the daemon's
+//! own user and libvirt's QEMU users by default, `--owner-uid` and a definition's
+//! `owner_uids` add more). A refused claim leaves the process unowned; the daemon logs it once
+//! and `show` lists it. Rule 3 comes from libvirt's root-owned run directory and needs no
+//! check.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
@@ -53,6 +61,70 @@ pub fn uuid_from_cgroup(text: &str) -> Option<Uuid> {
     })
 }
 
+/// The effective uid in a `/proc/<pid>/status` text (the second field of its `Uid:` line).
+pub fn uid_from_status(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The uid of user `name` in an `/etc/passwd` text.
+pub fn uid_of_user(passwd: &str, name: &str) -> Option<u32> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// This process's effective uid (the owner of `/proc/self`; root when it cannot be read).
+pub fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
+
+/// The users libvirt runs QEMU as on Debian (`libvirt-qemu`) and Fedora/RHEL (`qemu`).
+pub const QEMU_USERS: [&str; 2] = ["libvirt-qemu", "qemu"];
+
+/// Which uids may claim a vGPU through their own environment or cgroup (rules 1 and 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPolicy {
+    uids: BTreeSet<u32>,
+}
+
+impl ClaimPolicy {
+    /// Root and `uids`.
+    pub fn new(uids: impl IntoIterator<Item = u32>) -> ClaimPolicy {
+        let mut uids: BTreeSet<u32> = uids.into_iter().collect();
+        uids.insert(0);
+        ClaimPolicy { uids }
+    }
+
+    /// The default on `host`: root, `own_uid` (the daemon's user) and the QEMU users of
+    /// [`QEMU_USERS`] that the host's `/etc/passwd` has.
+    pub fn default_for(host: &HostRoot, own_uid: u32) -> ClaimPolicy {
+        let passwd = fs::read_to_string(host.path("/etc/passwd")).unwrap_or_default();
+        let qemu = QEMU_USERS.iter().filter_map(|u| uid_of_user(&passwd, u));
+        ClaimPolicy::new(qemu.chain([own_uid]))
+    }
+
+    /// This policy with `more` uids allowed too.
+    pub fn with(mut self, more: impl IntoIterator<Item = u32>) -> ClaimPolicy {
+        self.uids.extend(more);
+        self
+    }
+
+    /// Whether a process of `uid` may claim a vGPU whose definition allows `definition_uids`.
+    /// A process whose uid cannot be read may not.
+    pub fn allows(&self, uid: Option<u32>, definition_uids: &[u32]) -> bool {
+        uid.is_some_and(|u| self.uids.contains(&u) || definition_uids.contains(&u))
+    }
+
+    /// The uids allowed everywhere, sorted.
+    pub fn uids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.uids.iter().copied()
+    }
+}
+
 /// A running libvirt domain as found in its run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {
@@ -72,6 +144,9 @@ pub struct Ownership {
     pub uuids: Vec<Uuid>,
     /// The rule that matched.
     pub rule: OwnerRule,
+    /// The process's effective uid, read for the claims of rules 1 and 2 (`None` for the
+    /// libvirt rule, or when its status could not be read).
+    pub uid: Option<u32>,
 }
 
 /// Reads owners through the host root and caches what cannot change.
@@ -148,11 +223,17 @@ impl Resolver {
     }
 
     fn resolve(&self, pid: u32) -> Option<Ownership> {
+        let proc_dir = self.host.proc_dir().join(pid.to_string());
+        let uid = || {
+            fs::read_to_string(proc_dir.join("status"))
+                .ok()
+                .and_then(|s| uid_from_status(&s))
+        };
         let one = |u: Uuid, rule: OwnerRule| Ownership {
             uuids: vec![u],
             rule,
+            uid: uid(),
         };
-        let proc_dir = self.host.proc_dir().join(pid.to_string());
         if let Ok(env) = fs::read(proc_dir.join("environ")) {
             if let Some(u) = uuid_from_environ(&env) {
                 return Some(one(u, OwnerRule::Environment));
@@ -169,6 +250,7 @@ impl Resolver {
             .map(|d| Ownership {
                 uuids: d.uuids.clone(),
                 rule: OwnerRule::Libvirt,
+                uid: None,
             })
     }
 }
@@ -214,6 +296,25 @@ mod tests {
     use super::*;
 
     const U: &str = "2b2f7d5a-2d4e-4f6c-8a1b-0c9d8e7f6a5b";
+
+    #[test]
+    fn claims_are_allowed_for_root_the_policys_uids_and_the_definitions_only() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:64055:994::/:/usr/sbin/nologin\n";
+        assert_eq!(uid_of_user(passwd, "libvirt-qemu"), Some(64055));
+        assert_eq!(uid_of_user(passwd, "qemu"), None);
+        assert_eq!(
+            uid_from_status("Name:\tx\nUid:\t1000\t1001\t1001\t1001\n"),
+            Some(1001),
+            "the effective uid"
+        );
+        let p = ClaimPolicy::new([64055]);
+        assert!(p.allows(Some(0), &[]) && p.allows(Some(64055), &[]));
+        assert!(!p.allows(Some(1000), &[]), "another user's claim");
+        assert!(p.allows(Some(1000), &[1000]), "allowed by the definition");
+        assert!(!p.allows(None, &[]), "an unreadable uid is not allowed");
+        assert!(p.clone().with([1000]).allows(Some(1000), &[]));
+        assert_eq!(p.uids().collect::<Vec<_>>(), vec![0, 64055]);
+    }
 
     #[test]
     fn environment_rule() {

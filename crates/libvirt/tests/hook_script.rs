@@ -60,11 +60,17 @@ fn without_its_binary_the_hook_passes_unrelated_domains_and_names_the_fix_for_mi
     let (code, err) = run(root, "prepare", "begin", &domain(""));
     assert_eq!(code, 0, "a domain without vGPUs must start: {err}");
     let (code, err) = run(root, "prepare", "begin", &domain(&mdev(PRESENT)));
-    assert_eq!(code, 0, "an existing vGPU needs nothing from the hook: {err}");
+    assert_eq!(
+        code, 0,
+        "an existing vGPU needs nothing from the hook: {err}"
+    );
 
     let (code, err) = run(root, "prepare", "begin", &domain(&mdev(ABSENT)));
     assert_eq!(code, 1);
-    assert!(err.contains(ABSENT) && err.contains("not installed"), "{err}");
+    assert!(
+        err.contains(ABSENT) && err.contains("not installed"),
+        "{err}"
+    );
     let meta = format!(
         "<metadata><gvm:vgpus xmlns:gvm='https://gvm-vgpu.dev/xmlns/libvirt/1'>\
          <gvm:vgpu uuid='{}'/></gvm:vgpus></metadata>",

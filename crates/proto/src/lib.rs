@@ -46,8 +46,8 @@ pub use guest::{
 pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu};
 pub use types::{
     BatchFailure, BatchReport, Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides,
-    OwnerInfo, OwnerRule, Pong, ReconcileReport, Source, Sources, Totals, VgpuDetail, VgpuInfo,
-    VgpuState,
+    OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, Source, Sources, Totals, VgpuDetail,
+    VgpuInfo, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

@@ -249,6 +249,18 @@ pub struct OwnerInfo {
     pub gcgroups: Vec<GcgroupInfo>,
 }
 
+/// A process that claimed a vGPU through its environment or cgroup and was refused: its uid
+/// may not claim vGPUs (`gvm-vgpud --owner-uid` allows more users).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedClaim {
+    /// Process id.
+    pub pid: u32,
+    /// Its effective uid, when it could be read.
+    pub uid: Option<u32>,
+    /// The rule it claimed by.
+    pub rule: OwnerRule,
+}
+
 /// `show` result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VgpuDetail {
@@ -262,6 +274,9 @@ pub struct VgpuDetail {
     pub live_overrides: Overrides,
     /// Owners and their gcgroups, freshly read.
     pub owners: Vec<OwnerInfo>,
+    /// Processes whose claim on this vGPU was refused.
+    #[serde(default)]
+    pub refused_claims: Vec<RefusedClaim>,
 }
 
 /// A knob found different from its intended value and corrected.

@@ -404,9 +404,19 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
             out,
             "  owners:       none yet (limits are applied when one registers with GVM)"
         )?;
-        return Ok(());
+    } else {
+        writeln!(out, "  owners (GVM gcgroups):")?;
+        OwnerTable::of_daemon_owners(&detail.owners).write(out)?;
     }
-    writeln!(out, "  owners (GVM gcgroups):")?;
-    OwnerTable::of_daemon_owners(&detail.owners).write(out)?;
+    for r in &detail.refused_claims {
+        let uid = r
+            .uid
+            .map_or("unknown uid".to_string(), |u| format!("uid {u}"));
+        writeln!(
+            out,
+            "  refused:      pid {} ({uid}) claims this vGPU by {:?} but may not own vGPUs: allow the user with gvm-vgpud --owner-uid",
+            r.pid, r.rule
+        )?;
+    }
     Ok(())
 }
