@@ -29,8 +29,13 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// The directory cargo put this test's binaries in (`target/debug`, wherever
+/// `CARGO_TARGET_DIR` points).
 fn workspace_target() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
+    Path::new(env!("CARGO_BIN_EXE_gvm-vgpud"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"))
 }
 
 pub fn sim_binary() -> Option<PathBuf> {
