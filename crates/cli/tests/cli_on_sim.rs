@@ -359,7 +359,7 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
 }
 
 #[test]
-fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon() {
+fn define_from_a_file_refuses_bad_files_unknown_fields_and_flag_mixes_before_calling_the_daemon() {
     // No daemon and no simulated host needed: every refusal happens before a call.
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
@@ -374,6 +374,15 @@ fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon
     let no_type = file("no-type.json", "[{\"parent\": \"p\"}]");
     let empty = file("empty.json", "[]");
     let good = file("good.json", "[{\"parent\": \"p\", \"type\": \"sim-4c\"}]");
+    let typo = file(
+        "typo.json",
+        "[{\"parent\": \"p\", \"type\": \"sim-4c\"},\n \
+         {\"parent\": \"p\", \"type\": \"sim-4c\", \"autostrat\": true}]",
+    );
+    let knob_typo = file(
+        "knob-typo.json",
+        "[{\"parent\": \"p\", \"type\": \"sim-4c\", \"overrides\": {\"priorty\": 3}}]",
+    );
 
     for (args, want) in [
         (vec!["define", "--from", &missing], "missing.json"),
@@ -381,6 +390,15 @@ fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon
         (vec!["define", "--from", &not_array], "object.json"),
         (vec!["define", "--from", &no_type], "no-type.json"),
         (vec!["define", "--from", &empty], "lists no definitions"),
+        // Unknown fields are refused, naming the item and the field.
+        (
+            vec!["define", "--from", &typo],
+            "item 1: unknown field `autostrat`",
+        ),
+        (
+            vec!["define", "--from", &knob_typo],
+            "item 0: unknown field `priorty`",
+        ),
         (
             vec!["define", "--from", &good, "--priority", "3"],
             "per item there",

@@ -4,7 +4,9 @@
 //! be omitted for methods without parameters. [`Request::parse_line`] decodes a
 //! line and, when it cannot, still recovers the `id` so the error answer can be
 //! matched to the request. [`Call::validate`] checks every range that needs no host
-//! state (priority 0..=16, share in (0, 1], non-empty names, ...).
+//! state (priority 0..=16, share in (0, 1], non-empty names, ...). A field a
+//! request does not define is refused, at every level (`deny_unknown_fields`): a
+//! misspelt `autostrat` is an error naming it, not a silent default.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use crate::{ApiError, MAX_LINE_BYTES, MAX_PRIORITY};
 /// Which vGPU a request is about: a UUID, or a libvirt domain name holding exactly
 /// the vGPUs to act on (every vGPU of the domain for `set`/`freeze`/`thaw`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Target {
     /// A vGPU UUID or a domain name.
     pub target: String,
@@ -22,6 +25,7 @@ pub struct Target {
 /// `list` parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only vGPUs with a persistent definition (`list --defined`).
     pub defined: bool,
@@ -29,6 +33,7 @@ pub struct ListParams {
 
 /// `define`: store a persistent vGPU definition (like `mdevctl define`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DefineParams {
     /// UUID to define; the daemon picks a random one when absent.
     #[serde(default)]
@@ -42,8 +47,30 @@ pub struct DefineParams {
     #[serde(default)]
     pub autostart: bool,
     /// Knob overrides stored with the definition.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_overrides")]
     pub overrides: crate::Overrides,
+}
+
+/// [`crate::Overrides`] as a request gives them: an unknown knob is refused. Stored
+/// definitions keep the lenient type, so a file a newer daemon wrote still loads.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictOverrides {
+    #[serde(default)]
+    memory_limit: Option<u64>,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    share: Option<f64>,
+}
+
+fn strict_overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::Overrides, D::Error> {
+    let o = StrictOverrides::deserialize(d)?;
+    Ok(crate::Overrides {
+        memory_limit: o.memory_limit,
+        priority: o.priority,
+        share: o.share,
+    })
 }
 
 /// Most definitions one `define_batch` call may carry (its line stays far under
@@ -54,6 +81,7 @@ pub const MAX_BATCH: usize = 256;
 /// start them. Every item is checked before anything is written: one bad item fails
 /// the whole call and nothing is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DefineBatchParams {
     /// The definitions, at most [`MAX_BATCH`]. Give UUIDs so that a retried call
     /// after a lost answer is refused as a duplicate instead of defining twice.
@@ -65,6 +93,7 @@ pub struct DefineBatchParams {
 
 /// `create`: create a live vGPU now; with `define` also store a definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateParams {
     /// UUID to create; random when absent.
     #[serde(default)]
@@ -98,6 +127,7 @@ pub enum SetMode {
 /// `set`: retune a vGPU's knobs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct SetParams {
     /// UUID or domain name.
     pub target: String,
@@ -116,6 +146,7 @@ pub struct SetParams {
 /// `import_mdevctl`: adopt mdevctl's persistent definitions from `/etc/mdevctl.d`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct ImportParams {
     /// Report what would be imported without writing anything.
     pub dry_run: bool,
@@ -123,6 +154,7 @@ pub struct ImportParams {
 
 /// `policy_set`: choose the scheduling policy by name, for one GPU or all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyParams {
     /// `best-effort`, `equal-share` or `fixed-share`.
     pub policy: String,
@@ -141,6 +173,7 @@ pub struct PolicyParams {
 /// `stats`: per-vGPU totals, for one target or all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct StatsParams {
     /// UUID or domain; all vGPUs when absent.
     pub target: Option<String>,
@@ -396,12 +429,20 @@ pub struct Request {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Envelope {
     #[serde(default)]
     id: Option<u64>,
     method: String,
     #[serde(default)]
     params: Option<serde_json::Value>,
+}
+
+/// The id of a line whose envelope is refused (an unknown field beside `method`).
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 impl Request {
@@ -426,8 +467,12 @@ impl Request {
             ));
         }
         let env: Envelope = serde_json::from_str(line).map_err(|e| {
+            let id = serde_json::from_str::<IdOnly>(line)
+                .ok()
+                .and_then(|i| i.id)
+                .unwrap_or(0);
             (
-                0,
+                id,
                 ApiError::invalid(format!(
                     "malformed request ({e}): send one JSON object per line: \
                      {{\"id\":1,\"method\":\"ping\"}}"
@@ -440,6 +485,15 @@ impl Request {
             Some(p) => p,
         };
         let unit = matches!(env.method.as_str(), "ping" | "policy_get" | "reconcile");
+        if unit && params.as_object().is_none_or(|o| !o.is_empty()) {
+            return Err((
+                id,
+                ApiError::invalid(format!(
+                    "method '{}' takes no params: omit them",
+                    env.method
+                )),
+            ));
+        }
         let tagged = if unit {
             serde_json::json!({ "method": env.method })
         } else {
@@ -541,6 +595,105 @@ mod tests {
         }
         let ok = r#"{"id":1,"method":"set","params":{"target":"x","priority":16,"share":1.0}}"#;
         assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_naming_the_field_at_every_level() {
+        for (line, field) in [
+            (
+                r#"{"id":2,"method":"define","params":{"parent":"p","type":"t","autostrat":true}}"#,
+                "autostrat",
+            ),
+            (
+                r#"{"id":2,"method":"define","params":{"parent":"p","type":"t","overrides":{"priorty":3}}}"#,
+                "priorty",
+            ),
+            (
+                r#"{"id":2,"method":"define_batch","params":{"items":[{"parent":"p","type":"t","autostrat":true}]}}"#,
+                "autostrat",
+            ),
+            (
+                r#"{"id":2,"method":"define_batch","params":{"items":[{"parent":"p","type":"t"}],"strat":true}}"#,
+                "strat",
+            ),
+            (
+                r#"{"id":2,"method":"create","params":{"parent":"p","type":"t","defne":true}}"#,
+                "defne",
+            ),
+            (
+                r#"{"id":2,"method":"set","params":{"target":"x","priority":1,"mod":"live"}}"#,
+                "mod",
+            ),
+            (
+                r#"{"id":2,"method":"list","params":{"definde":true}}"#,
+                "definde",
+            ),
+            (
+                r#"{"id":2,"method":"show","params":{"target":"x","all":1}}"#,
+                "all",
+            ),
+            (
+                r#"{"id":2,"method":"freeze","params":{"uuid":"x"}}"#,
+                "uuid",
+            ),
+            (
+                r#"{"id":2,"method":"import_mdevctl","params":{"dryrun":true}}"#,
+                "dryrun",
+            ),
+            (
+                r#"{"id":2,"method":"policy_set","params":{"policy":"equal-share","gpus":"0"}}"#,
+                "gpus",
+            ),
+            (
+                r#"{"id":2,"method":"stats","params":{"targets":"x"}}"#,
+                "targets",
+            ),
+            (
+                r#"{"id":2,"method":"list","parms":{"defined":true}}"#,
+                "parms",
+            ),
+        ] {
+            let Err((id, e)) = parse(line) else {
+                panic!("accepted: {line}");
+            };
+            assert_eq!((id, e.code), (2, ErrorCode::InvalidArgument), "{line}");
+            assert!(
+                e.message.contains(&format!("`{field}`")),
+                "{line}: {}",
+                e.message
+            );
+        }
+        let e = parse(r#"{"id":3,"method":"ping","params":{"x":1}}"#).err();
+        assert_eq!(
+            e.map(|(id, e)| (id, e.code)),
+            Some((3, ErrorCode::InvalidArgument))
+        );
+        // What clients send stays valid: every field, defaults left out, empty params.
+        for line in [
+            r#"{"id":1,"method":"define","params":{"uuid":null,"parent":"p","type":"t","autostart":true,"overrides":{"priority":3}}}"#,
+            r#"{"id":1,"method":"define","params":{"parent":"p","type":"t"}}"#,
+            r#"{"id":1,"method":"ping","params":{}}"#,
+            r#"{"id":1,"method":"list","params":{}}"#,
+        ] {
+            assert!(parse(line).is_ok(), "{line}");
+        }
+        let batch = Call::DefineBatch(DefineBatchParams {
+            items: vec![DefineParams {
+                uuid: Some(Uuid::from_u128(1)),
+                parent: "p".into(),
+                type_name: "t".into(),
+                autostart: true,
+                overrides: crate::Overrides {
+                    memory_limit: Some(1 << 30),
+                    priority: Some(2),
+                    share: Some(0.5),
+                },
+            }],
+            start: true,
+        });
+        let req = Request::new(7, batch);
+        let line = req.to_line().unwrap_or_default();
+        assert_eq!(parse(&line).map_err(|(_, e)| e), Ok(req), "{line}");
     }
 
     #[test]
