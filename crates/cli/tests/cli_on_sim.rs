@@ -422,3 +422,74 @@ fn define_from_a_file_refuses_bad_files_unknown_fields_and_flag_mixes_before_cal
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("gvm-vgpud"), "{}", stderr(&o));
 }
+
+/// `gvm-vgpud` serving a simulated host, killed on drop (its store is crash-safe).
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(root: &Path) -> Daemon {
+        let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
+        let child = Command::new(bin)
+            .arg("--root")
+            .arg(root)
+            .arg("--no-libvirt")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gvm-vgpud");
+        let daemon = Daemon(child);
+        let socket = root.join("run/gvm-vgpu/api.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gvm-vgpud did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn define_from_300_items_with_item_299_bad_stores_nothing_and_names_item_299() {
+    if skip("define_from_300_items", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let defs = root.join("etc/gvm-vgpu/vgpus");
+    let stored = || std::fs::read_dir(&defs).map(|d| d.count()).unwrap_or(0);
+    let items = |last_type: &str| {
+        let mut items: Vec<Value> = (0..300)
+            .map(|_| serde_json::json!({"parent": "0000:3b:00.0", "type": "sim-4c"}))
+            .collect();
+        items[299]["type"] = Value::from(last_type);
+        let p = root.join(format!("{last_type}.json"));
+        std::fs::write(&p, Value::from(items).to_string()).expect("write the list");
+        p.to_string_lossy().into_owned()
+    };
+
+    // Item 299 is only found bad by the daemon (no such type on that parent), after
+    // the first 256 items were sent and checked.
+    let o = cli(root, &["define", "--from", &items("sim-9000c")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("item 299: "), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("Defined"), "{}", stdout(&o));
+    assert_eq!(stored(), 0, "a refused list stores nothing");
+
+    // The same list made good is stored whole.
+    let o = cli(root, &["define", "--from", &items("sim-4c")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("Defined vGPU").count(), 300);
+    assert_eq!(stored(), 300);
+}

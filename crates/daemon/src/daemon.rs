@@ -90,6 +90,8 @@ pub struct Daemon {
     pub(crate) libvirt: crate::domains::Domains,
     /// The live time-slice scheduler (`scheduler.rs`): per-GPU engines and policy.
     pub(crate) scheduler: crate::scheduler::Scheduler,
+    /// `define_batch` lists being sent in parts.
+    pub(crate) batches: crate::batches::Lists,
     /// Problems found when loading the store, reported by the first reconcile.
     pub startup_problems: Vec<String>,
 }
@@ -175,6 +177,7 @@ impl Daemon {
                 }
                 s
             },
+            batches: crate::batches::Lists::default(),
             startup_problems: loaded.problems,
         })
     }

@@ -1,7 +1,8 @@
 //! The daemon core over in-memory ports (no sysfs, no GVM) with one QEMU owning two
 //! vGPUs on different GPUs: each of the QEMU's gcgroups gets the knobs of the vGPU
 //! whose parent has that GVM GPU index, a gcgroup on another GPU is left alone, and a
-//! restart converges on what the gcgroups hold (a freeze left by a crash included).
+//! restart converges on what the gcgroups hold (a freeze left by a crash included);
+//! and a `define_batch` list sent in parts is stored whole by its last part or not at all.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -422,4 +423,79 @@ fn a_process_from_before_the_start_found_an_owner_later_is_read_before_it_is_pla
     assert_eq!(report.writes, 2, "the thaw and the priority");
     assert_eq!(answered(&[daemon.info(&a)], a), Some((0, 1)));
     assert_eq!(shown_frozen(&mut daemon, a), vec![false]);
+}
+
+/// Definitions on disk, as a restart would load them.
+fn stored_definitions(host: &HostRoot) -> usize {
+    match crate::store::Store::open(host) {
+        Ok((_, loaded)) => loaded.definitions.len(),
+        Err(e) => panic!("store: {e:?}"),
+    }
+}
+
+#[test]
+fn a_list_sent_in_parts_is_stored_by_its_last_part_only_and_dropped_on_any_error() {
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let (host, shared) = qemu_host(dir.path(), &[], UNTOUCHED);
+    let mut daemon = daemon_over(&host, &shared);
+    daemon.tick(Instant::now(), true);
+    let item = |n: u128| gvm_proto::DefineParams {
+        uuid: Some(Uuid::from_u128(0x100 + n)),
+        parent: PARENTS[0].into(),
+        type_name: "t-a".into(),
+        autostart: false,
+        overrides: Default::default(),
+    };
+    let part = |batch: u128, offset: usize, more: bool, items: Vec<gvm_proto::DefineParams>| {
+        gvm_proto::Call::DefineBatch(gvm_proto::DefineBatchParams {
+            items,
+            start: false,
+            part: Some(gvm_proto::BatchPart {
+                batch: Uuid::from_u128(batch),
+                offset,
+                more,
+            }),
+        })
+    };
+    let answer = |daemon: &mut Daemon, c| daemon.handle(gvm_proto::Request { id: 1, call: c });
+
+    let r = answer(&mut daemon, part(1, 0, true, vec![item(0), item(1)]));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(
+        stored_definitions(&host),
+        0,
+        "a part that is not the last stores nothing"
+    );
+    // The last part repeats item 0's UUID: refused, naming both, and nothing is stored.
+    let r = answer(&mut daemon, part(1, 2, false, vec![item(2), item(0)]));
+    let e = r.error.map(|e| e.message).unwrap_or_default();
+    assert!(
+        e.starts_with("item 3: ") && e.contains("first as item 0"),
+        "{e}"
+    );
+    assert_eq!(stored_definitions(&host), 0);
+    assert!(daemon.desired.definitions.is_empty());
+    // The list is gone with its error.
+    let r = answer(&mut daemon, part(1, 2, false, vec![item(2)]));
+    let e = r.error.map(|e| e.message).unwrap_or_default();
+    assert!(e.contains("is not open"), "{e}");
+
+    // A bad item in a later part is named by its index in the list.
+    let r = answer(&mut daemon, part(2, 0, true, vec![item(0), item(1)]));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let mut bad = item(3);
+    bad.type_name = "t-z".into();
+    let r = answer(&mut daemon, part(2, 2, false, vec![item(2), bad]));
+    let e = r.error.map(|e| e.message).unwrap_or_default();
+    assert!(e.starts_with("item 3: "), "{e}");
+    assert_eq!(stored_definitions(&host), 0);
+
+    // In order and good: the last part stores the whole list and reports it.
+    let r = answer(&mut daemon, part(3, 0, true, vec![item(0), item(1)]));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let report: gvm_proto::BatchReport = call(&mut daemon, part(3, 2, false, vec![item(2)]));
+    assert_eq!(report.defined.len(), 3);
+    assert_eq!(stored_definitions(&host), 3);
 }

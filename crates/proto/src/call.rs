@@ -74,21 +74,47 @@ fn strict_overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::Ove
 }
 
 /// Most definitions one `define_batch` call may carry (its line stays far under
-/// [`MAX_LINE_BYTES`]); clients split longer lists into several calls.
+/// [`MAX_LINE_BYTES`]); clients send longer lists in parts ([`BatchPart`]).
 pub const MAX_BATCH: usize = 256;
+
+/// Most definitions one list sent in parts may hold (the daemon holds the parts in
+/// memory until the last).
+pub const MAX_BATCH_LIST: usize = 16_384;
 
 /// `define_batch`: store many definitions with one group commit and optionally
 /// start them. Every item is checked before anything is written: one bad item fails
-/// the whole call and nothing is stored.
+/// the whole call and nothing is stored. A list longer than [`MAX_BATCH`] is sent as
+/// several calls with a [`BatchPart`] each; it is stored whole, by the last, or not
+/// at all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefineBatchParams {
     /// The definitions, at most [`MAX_BATCH`]. Give UUIDs so that a retried call
     /// after a lost answer is refused as a duplicate instead of defining twice.
     pub items: Vec<DefineParams>,
-    /// Create each vGPU once every definition is stored.
+    /// Create each vGPU once every definition is stored (read from the last part).
     #[serde(default)]
     pub start: bool,
+    /// Where this call sits in a longer list; absent for a list of one call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<BatchPart>,
+}
+
+/// One call of a `define_batch` list sent in parts (protocol 2). The daemon checks
+/// each part's items as it comes and holds them; the part without `more` checks the
+/// whole list again and stores it with one group commit. Any error drops the list,
+/// and so does a pause of 60 s between parts (the client is taken for dead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPart {
+    /// Chosen by the client (random), the same in every part of one list.
+    pub batch: Uuid,
+    /// Index in the whole list of this part's first item: parts come in order, and
+    /// errors name items by their index in the list.
+    pub offset: usize,
+    /// More parts follow: check and hold these items, store nothing yet.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// `create`: create a live vGPU now; with `define` also store a definition.
@@ -192,7 +218,7 @@ pub enum Call {
     /// Persist a definition → [`crate::Definition`].
     Define(DefineParams),
     /// Persist many definitions at once, optionally starting them →
-    /// [`crate::BatchReport`].
+    /// [`crate::BatchReport`] (empty for a part of a list that is not its last).
     DefineBatch(DefineBatchParams),
     /// Remove a definition (the live device stays) → [`crate::Definition`] removed.
     Undefine(Target),
@@ -298,8 +324,16 @@ impl Call {
                         b.items.len()
                     )));
                 }
+                let base = b.part.map_or(0, |p| p.offset);
+                if base.saturating_add(b.items.len()) > MAX_BATCH_LIST {
+                    return Err(ApiError::invalid(format!(
+                        "define_batch lists hold at most {MAX_BATCH_LIST} items: \
+                         define the vGPUs in several lists"
+                    )));
+                }
                 let mut seen = std::collections::BTreeSet::new();
-                for (i, d) in b.items.iter().enumerate() {
+                for (n, d) in b.items.iter().enumerate() {
+                    let i = base + n;
                     check_define(d).map_err(|e| e.context(&format!("item {i}")))?;
                     if let Some(u) = d.uuid {
                         if !seen.insert(u) {
@@ -690,10 +724,59 @@ mod tests {
                 },
             }],
             start: true,
+            part: Some(BatchPart {
+                batch: Uuid::from_u128(2),
+                offset: 256,
+                more: true,
+            }),
         });
         let req = Request::new(7, batch);
         let line = req.to_line().unwrap_or_default();
         assert_eq!(parse(&line).map_err(|(_, e)| e), Ok(req), "{line}");
+    }
+
+    #[test]
+    fn a_part_of_a_long_list_names_items_by_their_index_in_the_list() {
+        let item = |priority: u8| DefineParams {
+            uuid: None,
+            parent: "p".into(),
+            type_name: "t".into(),
+            autostart: false,
+            overrides: crate::Overrides {
+                priority: Some(priority),
+                ..crate::Overrides::default()
+            },
+        };
+        let mut items: Vec<DefineParams> = (0..44).map(|_| item(1)).collect();
+        items[43] = item(17);
+        let part = |offset: usize| {
+            Call::DefineBatch(DefineBatchParams {
+                items: items.clone(),
+                start: false,
+                part: Some(BatchPart {
+                    batch: Uuid::from_u128(9),
+                    offset,
+                    more: false,
+                }),
+            })
+        };
+        let e = part(256).validate().err().map(|e| e.message);
+        assert!(
+            e.as_deref().is_some_and(|m| m.starts_with("item 299: ")),
+            "{e:?}"
+        );
+        let e = part(MAX_BATCH_LIST - 10)
+            .validate()
+            .err()
+            .map(|e| e.message);
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("at most 16384")),
+            "{e:?}"
+        );
+        let bad = r#"{"id":2,"method":"define_batch","params":{"items":[{"parent":"p","type":"t"}],
+            "part":{"batch":"00000000-0000-0000-0000-000000000009","offset":0,"mor":true}}}"#;
+        let e = parse(&bad.replace('\n', "")).err().map(|(_, e)| e.message);
+        assert!(e.as_deref().is_some_and(|m| m.contains("`mor`")), "{e:?}");
     }
 
     #[test]
