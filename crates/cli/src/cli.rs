@@ -136,9 +136,11 @@ pub enum Command {
     /// With --from FILE, stores many definitions at once: FILE (or `-` for standard input)
     /// is a JSON array of objects with the fields `parent`, `type`, and optionally `uuid`,
     /// `autostart` and `overrides` (`memory_limit` in bytes, `priority`, `share`), e.g.
-    /// `[{"parent": "0000:3b:00.0", "type": "H100-20C", "autostart": true}]`. The daemon
-    /// stores up to 256 definitions per call with one sync of its directory; every item of
-    /// a call is checked before any is stored. Items without a UUID get a random one.
+    /// `[{"parent": "0000:3b:00.0", "type": "H100-20C", "autostart": true}]`; any other
+    /// field is refused. The list is stored whole or not at all, whatever its length (over
+    /// 256 items it goes in parts the daemon holds until the last), with one sync of the
+    /// daemon's directory; an error names the item by its index in FILE. Items without a
+    /// UUID get a random one.
     /// --start then creates each vGPU; one that cannot be created is reported and keeps its
     /// definition (exit status 1).
     Define {

@@ -359,7 +359,7 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
 }
 
 #[test]
-fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon() {
+fn define_from_a_file_refuses_bad_files_unknown_fields_and_flag_mixes_before_calling_the_daemon() {
     // No daemon and no simulated host needed: every refusal happens before a call.
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
@@ -374,6 +374,15 @@ fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon
     let no_type = file("no-type.json", "[{\"parent\": \"p\"}]");
     let empty = file("empty.json", "[]");
     let good = file("good.json", "[{\"parent\": \"p\", \"type\": \"sim-4c\"}]");
+    let typo = file(
+        "typo.json",
+        "[{\"parent\": \"p\", \"type\": \"sim-4c\"},\n \
+         {\"parent\": \"p\", \"type\": \"sim-4c\", \"autostrat\": true}]",
+    );
+    let knob_typo = file(
+        "knob-typo.json",
+        "[{\"parent\": \"p\", \"type\": \"sim-4c\", \"overrides\": {\"priorty\": 3}}]",
+    );
 
     for (args, want) in [
         (vec!["define", "--from", &missing], "missing.json"),
@@ -381,6 +390,15 @@ fn define_from_a_file_refuses_bad_files_and_flag_mixes_before_calling_the_daemon
         (vec!["define", "--from", &not_array], "object.json"),
         (vec!["define", "--from", &no_type], "no-type.json"),
         (vec!["define", "--from", &empty], "lists no definitions"),
+        // Unknown fields are refused, naming the item and the field.
+        (
+            vec!["define", "--from", &typo],
+            "item 1: unknown field `autostrat`",
+        ),
+        (
+            vec!["define", "--from", &knob_typo],
+            "item 0: unknown field `priorty`",
+        ),
         (
             vec!["define", "--from", &good, "--priority", "3"],
             "per item there",
@@ -452,4 +470,75 @@ fn a_root_that_does_not_exist_or_has_no_sys_tree_is_an_error_naming_the_path_and
             );
         }
     }
+}
+
+/// `gvm-vgpud` serving a simulated host, killed on drop (its store is crash-safe).
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(root: &Path) -> Daemon {
+        let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
+        let child = Command::new(bin)
+            .arg("--root")
+            .arg(root)
+            .arg("--no-libvirt")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gvm-vgpud");
+        let daemon = Daemon(child);
+        let socket = root.join("run/gvm-vgpu/api.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gvm-vgpud did not listen on {}",
+                socket.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn define_from_300_items_with_item_299_bad_stores_nothing_and_names_item_299() {
+    if skip("define_from_300_items", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let defs = root.join("etc/gvm-vgpu/vgpus");
+    let stored = || std::fs::read_dir(&defs).map(|d| d.count()).unwrap_or(0);
+    let items = |last_type: &str| {
+        let mut items: Vec<Value> = (0..300)
+            .map(|_| serde_json::json!({"parent": "0000:3b:00.0", "type": "sim-4c"}))
+            .collect();
+        items[299]["type"] = Value::from(last_type);
+        let p = root.join(format!("{last_type}.json"));
+        std::fs::write(&p, Value::from(items).to_string()).expect("write the list");
+        p.to_string_lossy().into_owned()
+    };
+
+    // Item 299 is only found bad by the daemon (no such type on that parent), after
+    // the first 256 items were sent and checked.
+    let o = cli(root, &["define", "--from", &items("sim-9000c")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("item 299: "), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("Defined"), "{}", stdout(&o));
+    assert_eq!(stored(), 0, "a refused list stores nothing");
+
+    // The same list made good is stored whole.
+    let o = cli(root, &["define", "--from", &items("sim-4c")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("Defined vGPU").count(), 300);
+    assert_eq!(stored(), 300);
 }

@@ -289,11 +289,13 @@ impl Client {
         self.call(Call::Define(params))
     }
 
-    /// `define --from FILE`: persist many definitions, [`gvm_proto::MAX_BATCH`] per
-    /// call (each call is all-or-nothing; items without a UUID get one here, so a
-    /// call repeated after a lost answer is refused instead of defining twice), and
-    /// with `start` create them. The reports of the calls are merged; an error stops
-    /// at the failing call, after the earlier calls' definitions were stored.
+    /// `define --from FILE`: persist many definitions and with `start` create them,
+    /// all or nothing whatever their number: up to [`gvm_proto::MAX_BATCH`] in one call,
+    /// more in parts ([`gvm_proto::BatchPart`]) that the daemon holds until the last
+    /// stores the whole list (protocol 2; an older daemon is refused such a list rather
+    /// than have it stored part by part). Items without a UUID get one here, so a list
+    /// sent again after a lost answer is refused instead of defining twice. An error
+    /// names the item by its index in `items`.
     pub fn define_batch(
         &mut self,
         mut items: Vec<DefineParams>,
@@ -302,16 +304,53 @@ impl Client {
         for item in &mut items {
             item.uuid.get_or_insert_with(uuid::Uuid::new_v4);
         }
+        let method = "define_batch";
+        if items.len() <= gvm_proto::MAX_BATCH {
+            return self.call(Call::DefineBatch(gvm_proto::DefineBatchParams {
+                items,
+                start,
+                part: None,
+            }));
+        }
+        if items.len() > gvm_proto::MAX_BATCH_LIST {
+            return Err(Error::Api {
+                method,
+                error: ApiError::invalid(format!(
+                    "{} definitions in one list, at most {}: define them in several lists",
+                    items.len(),
+                    gvm_proto::MAX_BATCH_LIST
+                )),
+            });
+        }
+        let pong = self.ping()?;
+        if pong.protocol < 2 {
+            return Err(Error::Api {
+                method,
+                error: ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "gvm-vgpud {} (protocol {}) cannot store more than {} definitions \
+                         all or nothing: upgrade it, or split the list",
+                        pong.version,
+                        pong.protocol,
+                        gvm_proto::MAX_BATCH
+                    ),
+                ),
+            });
+        }
+        let batch = uuid::Uuid::new_v4();
+        let parts = items.len().div_ceil(gvm_proto::MAX_BATCH);
         let mut report = gvm_proto::BatchReport::default();
-        for chunk in items.chunks(gvm_proto::MAX_BATCH) {
-            let r: gvm_proto::BatchReport =
-                self.call(Call::DefineBatch(gvm_proto::DefineBatchParams {
-                    items: chunk.to_vec(),
-                    start,
-                }))?;
-            report.defined.extend(r.defined);
-            report.started.extend(r.started);
-            report.failed.extend(r.failed);
+        for (k, chunk) in items.chunks(gvm_proto::MAX_BATCH).enumerate() {
+            report = self.call(Call::DefineBatch(gvm_proto::DefineBatchParams {
+                items: chunk.to_vec(),
+                start,
+                part: Some(gvm_proto::BatchPart {
+                    batch,
+                    offset: k * gvm_proto::MAX_BATCH,
+                    more: k + 1 < parts,
+                }),
+            }))?;
         }
         Ok(report)
     }

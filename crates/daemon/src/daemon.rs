@@ -15,7 +15,7 @@ use gvm_proto::{Drift, OwnerRule, ReconcileReport, Totals};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::model::{Desired, Observed, ObservedDevice, TypeSpec};
+use crate::model::{Desired, GcState, Observed, ObservedDevice, TypeSpec};
 use crate::owners::Resolver;
 use crate::plan::{plan, Action, Scope};
 use crate::ports::{MdevPort, PortError, TypePort};
@@ -65,6 +65,11 @@ pub struct Daemon {
     device_names: Vec<String>,
     pids: BTreeSet<u32>,
     unowned: BTreeSet<u32>,
+    /// Processes listed by the first pass whose gcgroups were not read yet. Their
+    /// gcgroups predate this run: an earlier one (killed, perhaps mid-request) may have
+    /// frozen or tuned them, so each is read before its first plan instead of being
+    /// taken for new. Emptied as they become owners (most at the first pass) or exit.
+    unread_at_start: BTreeSet<u32>,
     first_pass: bool,
     last_slow: Option<Instant>,
     last_verify: Option<Instant>,
@@ -87,6 +92,8 @@ pub struct Daemon {
     pub(crate) libvirt: crate::domains::Domains,
     /// The live time-slice scheduler (`scheduler.rs`): per-GPU engines and policy.
     pub(crate) scheduler: crate::scheduler::Scheduler,
+    /// `define_batch` lists being sent in parts.
+    pub(crate) batches: crate::batches::Lists,
     /// Problems found when loading the store, reported by the first reconcile.
     pub startup_problems: Vec<String>,
 }
@@ -151,6 +158,7 @@ impl Daemon {
             device_names: Vec::new(),
             pids: BTreeSet::new(),
             unowned: BTreeSet::new(),
+            unread_at_start: BTreeSet::new(),
             first_pass: true,
             last_slow: None,
             last_verify: None,
@@ -172,6 +180,7 @@ impl Daemon {
                 }
                 s
             },
+            batches: crate::batches::Lists::default(),
             startup_problems: loaded.problems,
         })
     }
@@ -216,6 +225,9 @@ impl Daemon {
         let new_parents = self.scan_parents(&mut report);
         let mut dirty = self.scan_devices(&mut report, force);
         dirty |= self.scan_processes(&mut report, slow);
+        if self.first_pass {
+            self.unread_at_start = self.pids.clone();
+        }
         if verify && (force || self.first_pass) {
             self.verify_gcgroups(&mut report);
             self.verify_sweep.visited_all(now);
@@ -224,6 +236,18 @@ impl Daemon {
             let owned: BTreeSet<u32> = self.observed.gpus.keys().copied().collect();
             let slice = self.verify_sweep.take(now, &owned);
             dirty |= self.verify_pids(&slice, &mut report);
+        }
+        // Processes from before the start that became owners only now (their owner
+        // resolved later: libvirt's files, a cgroup move) are read like the first pass's.
+        let late: Vec<u32> = self
+            .unread_at_start
+            .iter()
+            .filter(|p| self.observed.gpus.contains_key(p))
+            .copied()
+            .collect();
+        if !late.is_empty() {
+            self.verify_pids(&late, &mut report);
+            dirty = true;
         }
         if dirty || !new_parents.is_empty() || self.first_pass {
             self.reconcile(&new_parents, None, &mut report);
@@ -582,6 +606,7 @@ impl Daemon {
         }
         // A new gcgroup is not read first: with no known state the plan writes every
         // knob, which costs less than reading six files and still writing most of them.
+        // Gcgroups that predate this run are read first (`unread_at_start`).
         true
     }
 
@@ -603,6 +628,7 @@ impl Daemon {
     fn drop_pid(&mut self, pid: u32) {
         self.unowned.remove(&pid);
         self.observed.refused.remove(&pid);
+        self.unread_at_start.remove(&pid);
         if let Some(gpus) = self.observed.gpus.remove(&pid) {
             for g in gpus {
                 self.observed.gcgroups.remove(&(pid, g));
@@ -680,6 +706,16 @@ impl Daemon {
                 };
                 self.reads.insert((*pid, gpu), r);
                 let Some(s) = self.observed.gcgroups.get_mut(&(*pid, gpu)) else {
+                    if self.unread_at_start.contains(pid) {
+                        // Made before this run: plan from what it holds, not from what a
+                        // new gcgroup would hold (thawed, the kernel's limit).
+                        if r.frozen {
+                            info!(pid, gpu, "gcgroup found frozen at start");
+                        }
+                        self.observed
+                            .gcgroups
+                            .insert((*pid, gpu), GcState::found(&r));
+                    }
                     continue;
                 };
                 let uuid = owner_of.get(&(*pid, gpu)).copied().unwrap_or_default();
@@ -702,6 +738,11 @@ impl Daemon {
                 if s.priority.is_some() {
                     s.priority = Some(r.priority);
                 }
+            }
+        }
+        for pid in pids {
+            if self.observed.gpus.contains_key(pid) {
+                self.unread_at_start.remove(pid);
             }
         }
         let uuids: Vec<Uuid> = uuids.into_iter().collect();

@@ -1,6 +1,8 @@
-//! The daemon core with one QEMU owning two vGPUs on different GPUs, over in-memory
-//! ports (no sysfs, no GVM): each of the QEMU's gcgroups gets the knobs of the vGPU
-//! whose parent has that GVM GPU index, and a gcgroup on another GPU is left alone.
+//! The daemon core over in-memory ports (no sysfs, no GVM) with one QEMU owning two
+//! vGPUs on different GPUs: each of the QEMU's gcgroups gets the knobs of the vGPU
+//! whose parent has that GVM GPU index, a gcgroup on another GPU is left alone, and a
+//! restart converges on what the gcgroups hold (a freeze left by a crash included);
+//! and a `define_batch` list sent in parts is stored whole by its last part or not at all.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -177,14 +179,37 @@ impl TypePort for Types {
 
 const UNTOUCHED: (u64, Option<u8>, bool) = (u64::MAX, None, false);
 
-#[test]
-fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
-    let (a, b) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
-    let Ok(dir) = tempfile::tempdir() else {
-        panic!("no temp dir for the test root");
-    };
-    let host = HostRoot::new(dir.path()).with_proc_dir(dir.path().join("proc"));
-    // libvirt's run directory names QEMU 300 with both mdevs.
+/// vGPUs A (type `t-a`, first parent) and B (`t-b`, second parent), both held by the
+/// libvirt domain `vm` whose QEMU is [`QEMU`].
+fn a_and_b() -> (Uuid, Uuid) {
+    (Uuid::from_u128(0xa), Uuid::from_u128(0xb))
+}
+
+/// A host root where libvirt's run directory names QEMU 300 with both mdevs, and the
+/// fake host with A and B live and the QEMU's gcgroups on `gpus` at `knobs`.
+fn qemu_host(
+    dir: &std::path::Path,
+    gpus: &[u32],
+    knobs: (u64, Option<u8>, bool),
+) -> (HostRoot, Shared) {
+    let (a, b) = a_and_b();
+    let host = HostRoot::new(dir).with_proc_dir(dir.join("proc"));
+    write_libvirt_run_dir(&host);
+    let shared = Arc::new(Mutex::new(Host::default()));
+    {
+        let mut h = lock(&shared);
+        h.devices.insert(a, (PARENTS[0].into(), "t-a".into()));
+        h.devices.insert(b, (PARENTS[1].into(), "t-b".into()));
+        for gpu in gpus {
+            h.knobs.insert((QEMU, *gpu), knobs);
+        }
+    }
+    (host, shared)
+}
+
+/// libvirt's run directory: domain `vm`, QEMU [`QEMU`], both mdevs.
+fn write_libvirt_run_dir(host: &HostRoot) {
+    let (a, b) = a_and_b();
     let lv = host.libvirt_run_dir();
     assert!(std::fs::create_dir_all(&lv).is_ok());
     assert!(std::fs::write(lv.join("vm.pid"), format!("{QEMU}\n")).is_ok());
@@ -195,27 +220,33 @@ fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
          </devices></domain>"
     );
     assert!(std::fs::write(lv.join("vm.xml"), xml).is_ok());
+}
 
-    let shared = Arc::new(Mutex::new(Host::default()));
-    {
-        let mut h = lock(&shared);
-        h.devices.insert(a, (PARENTS[0].into(), "t-a".into()));
-        h.devices.insert(b, (PARENTS[1].into(), "t-b".into()));
-        for gpu in [0, 8, 16] {
-            h.knobs.insert((QEMU, gpu), UNTOUCHED);
-        }
-    }
+/// A daemon over the fake ports of `shared`, its state under `host` (a restart is a
+/// second call over the same host and fake).
+fn daemon_over(host: &HostRoot, shared: &Shared) -> Daemon {
     let daemon = Daemon::new(
         host.clone(),
-        &host,
+        host,
         Box::new(Mdev(shared.clone())),
         Backends::of(Box::new(Gc(shared.clone()))),
         Box::new(Types),
         Timing::default(),
     );
-    let Ok(mut daemon) = daemon else {
-        panic!("daemon over fake ports: {:?}", daemon.err());
+    match daemon {
+        Ok(d) => d,
+        Err(e) => panic!("daemon over fake ports: {e:?}"),
+    }
+}
+
+#[test]
+fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
+    let (a, b) = a_and_b();
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
     };
+    let (host, shared) = qemu_host(dir.path(), &[0, 8, 16], UNTOUCHED);
+    let mut daemon = daemon_over(&host, &shared);
     let report = daemon.tick(Instant::now(), true);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 
@@ -341,4 +372,204 @@ fn another_users_environment_claim_is_refused_and_shown_until_the_user_is_allowe
         "tuned once allowed"
     );
     assert!(daemon.detail(&a).refused_claims.is_empty());
+}
+
+/// Answer one call, panicking with the error (the fakes never fail a valid call).
+fn call<T: serde::de::DeserializeOwned>(daemon: &mut Daemon, call: gvm_proto::Call) -> T {
+    let resp = daemon.handle(gvm_proto::Request { id: 1, call });
+    match resp.into_result() {
+        Ok(v) => v,
+        Err(e) => panic!("call failed: {e}"),
+    }
+}
+
+fn target(uuid: Uuid) -> gvm_proto::Target {
+    gvm_proto::Target {
+        target: uuid.to_string(),
+    }
+}
+
+/// `compute.freeze` of each of `uuid`'s gcgroups as `show` reports it.
+fn shown_frozen(daemon: &mut Daemon, uuid: Uuid) -> Vec<bool> {
+    let d: gvm_proto::VgpuDetail = call(daemon, gvm_proto::Call::Show(target(uuid)));
+    d.owners
+        .iter()
+        .flat_map(|o| o.gcgroups.iter().map(|g| g.frozen))
+        .collect()
+}
+
+/// What `freeze`/`thaw` answer for `uuid`: (gcgroups frozen, gcgroups).
+fn answered(infos: &[gvm_proto::VgpuInfo], uuid: Uuid) -> Option<(u32, u32)> {
+    infos
+        .iter()
+        .find(|i| i.uuid == uuid)
+        .map(|i| (i.totals.frozen_gcgroups, i.totals.gcgroups))
+}
+
+fn backend_frozen(shared: &Shared, pid: u32, gpu: u32) -> Option<bool> {
+    lock(shared).knobs.get(&(pid, gpu)).map(|k| k.2)
+}
+
+#[test]
+fn a_gcgroup_left_frozen_by_a_crash_is_thawed_by_the_first_tick_and_freeze_thaw_show_agree() {
+    let (a, b) = a_and_b();
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let (host, shared) = qemu_host(dir.path(), &[0, 8], UNTOUCHED);
+
+    // The run before the crash: A and B frozen; then a thaw of A stored its intent and
+    // the daemon died before writing compute.freeze.
+    {
+        let mut before = daemon_over(&host, &shared);
+        before.tick(Instant::now(), true);
+        let _: Vec<gvm_proto::VgpuInfo> = call(&mut before, gvm_proto::Call::Freeze(target(a)));
+        let _: Vec<gvm_proto::VgpuInfo> = call(&mut before, gvm_proto::Call::Freeze(target(b)));
+        let store = crate::store::Store::open(&host).map(|s| s.0);
+        let Ok(store) = store else {
+            panic!("store: {:?}", store.err());
+        };
+        assert!(store.save_live(&a, &Default::default()).is_ok());
+    }
+    assert_eq!(backend_frozen(&shared, QEMU, 0), Some(true));
+    assert_eq!(backend_frozen(&shared, QEMU, 8), Some(true));
+
+    // The restart: its first tick reads the gcgroups it finds and converges on them.
+    let mut daemon = daemon_over(&host, &shared);
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let knobs = lock(&shared).knobs.clone();
+    assert_eq!(
+        knobs.get(&(QEMU, 0)),
+        Some(&(4 << 30, Some(4), false)),
+        "A is not frozen in the stored intent: thawed"
+    );
+    assert_eq!(
+        knobs.get(&(QEMU, 8)),
+        Some(&(2 << 30, Some(9), true)),
+        "B stays frozen"
+    );
+    assert_eq!(
+        report.writes, 3,
+        "A's thaw and each priority (applied by GVM only once written); limits already right"
+    );
+    assert_eq!(answered(&[daemon.info(&a)], a), Some((0, 1)));
+    assert_eq!(answered(&[daemon.info(&b)], b), Some((1, 1)));
+    assert_eq!(shown_frozen(&mut daemon, a), vec![false]);
+    assert_eq!(shown_frozen(&mut daemon, b), vec![true]);
+
+    // freeze, thaw and show say what the backend holds.
+    for frozen in [true, false, false, true, false] {
+        let c = if frozen {
+            gvm_proto::Call::Freeze(target(a))
+        } else {
+            gvm_proto::Call::Thaw(target(a))
+        };
+        let infos: Vec<gvm_proto::VgpuInfo> = call(&mut daemon, c);
+        assert_eq!(backend_frozen(&shared, QEMU, 0), Some(frozen));
+        assert_eq!(answered(&infos, a), Some((u32::from(frozen), 1)));
+        assert_eq!(shown_frozen(&mut daemon, a), vec![frozen]);
+    }
+}
+
+#[test]
+fn a_process_from_before_the_start_found_an_owner_later_is_read_before_it_is_planned() {
+    let (a, _) = a_and_b();
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    // Frozen by the run before; libvirt's files are not there yet, so nothing owns it.
+    let (host, shared) = qemu_host(dir.path(), &[0], (4 << 30, Some(4), true));
+    assert!(std::fs::remove_dir_all(host.libvirt_run_dir()).is_ok());
+    let mut daemon = daemon_over(&host, &shared);
+    let t0 = Instant::now();
+    let report = daemon.tick(t0, true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.writes, 0, "an unowned process is left alone");
+
+    write_libvirt_run_dir(&host);
+    let report = daemon.tick(t0 + std::time::Duration::from_secs(2), false);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 0)),
+        Some(&(4 << 30, Some(4), false))
+    );
+    assert_eq!(report.writes, 2, "the thaw and the priority");
+    assert_eq!(answered(&[daemon.info(&a)], a), Some((0, 1)));
+    assert_eq!(shown_frozen(&mut daemon, a), vec![false]);
+}
+
+/// Definitions on disk, as a restart would load them.
+fn stored_definitions(host: &HostRoot) -> usize {
+    match crate::store::Store::open(host) {
+        Ok((_, loaded)) => loaded.definitions.len(),
+        Err(e) => panic!("store: {e:?}"),
+    }
+}
+
+#[test]
+fn a_list_sent_in_parts_is_stored_by_its_last_part_only_and_dropped_on_any_error() {
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let (host, shared) = qemu_host(dir.path(), &[], UNTOUCHED);
+    let mut daemon = daemon_over(&host, &shared);
+    daemon.tick(Instant::now(), true);
+    let item = |n: u128| gvm_proto::DefineParams {
+        uuid: Some(Uuid::from_u128(0x100 + n)),
+        parent: PARENTS[0].into(),
+        type_name: "t-a".into(),
+        autostart: false,
+        overrides: Default::default(),
+    };
+    let part = |batch: u128, offset: usize, more: bool, items: Vec<gvm_proto::DefineParams>| {
+        gvm_proto::Call::DefineBatch(gvm_proto::DefineBatchParams {
+            items,
+            start: false,
+            part: Some(gvm_proto::BatchPart {
+                batch: Uuid::from_u128(batch),
+                offset,
+                more,
+            }),
+        })
+    };
+    let answer = |daemon: &mut Daemon, c| daemon.handle(gvm_proto::Request { id: 1, call: c });
+
+    let r = answer(&mut daemon, part(1, 0, true, vec![item(0), item(1)]));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(
+        stored_definitions(&host),
+        0,
+        "a part that is not the last stores nothing"
+    );
+    // The last part repeats item 0's UUID: refused, naming both, and nothing is stored.
+    let r = answer(&mut daemon, part(1, 2, false, vec![item(2), item(0)]));
+    let e = r.error.map(|e| e.message).unwrap_or_default();
+    assert!(
+        e.starts_with("item 3: ") && e.contains("first as item 0"),
+        "{e}"
+    );
+    assert_eq!(stored_definitions(&host), 0);
+    assert!(daemon.desired.definitions.is_empty());
+    // The list is gone with its error.
+    let r = answer(&mut daemon, part(1, 2, false, vec![item(2)]));
+    let e = r.error.map(|e| e.message).unwrap_or_default();
+    assert!(e.contains("is not open"), "{e}");
+
+    // A bad item in a later part is named by its index in the list.
+    let r = answer(&mut daemon, part(2, 0, true, vec![item(0), item(1)]));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let mut bad = item(3);
+    bad.type_name = "t-z".into();
+    let r = answer(&mut daemon, part(2, 2, false, vec![item(2), bad]));
+    let e = r.error.map(|e| e.message).unwrap_or_default();
+    assert!(e.starts_with("item 3: "), "{e}");
+    assert_eq!(stored_definitions(&host), 0);
+
+    // In order and good: the last part stores the whole list and reports it.
+    let r = answer(&mut daemon, part(3, 0, true, vec![item(0), item(1)]));
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let report: gvm_proto::BatchReport = call(&mut daemon, part(3, 2, false, vec![item(2)]));
+    assert_eq!(report.defined.len(), 3);
+    assert_eq!(stored_definitions(&host), 3);
 }

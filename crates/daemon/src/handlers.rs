@@ -365,22 +365,49 @@ impl Daemon {
     }
 
     /// `define_batch`: check every item, store them all with one group commit, then
-    /// (with `start`) create each vGPU, reporting creations that failed one by one.
+    /// (with `start`) create each vGPU, reporting creations that failed one by one. A
+    /// part of a longer list is checked and held until the last part (`batches.rs`).
     fn define_batch(&mut self, b: DefineBatchParams) -> Result<BatchReport, ApiError> {
-        let mut defs: Vec<Definition> = Vec::with_capacity(b.items.len());
-        for (i, p) in b.items.into_iter().enumerate() {
-            // UUIDs given twice in one batch were refused by `Call::validate`.
+        let Some(part) = b.part else {
+            // UUIDs given twice in one call were refused by `Call::validate`.
+            return self.define_list(b.items, b.start);
+        };
+        let part_err = |e: crate::batches::PartError| ApiError::new(e.code(), e.to_string());
+        let mut list = self
+            .batches
+            .take(&part, std::time::Instant::now())
+            .map_err(part_err)?;
+        // Check this part's items now, so the error answers the part that holds the
+        // bad item; the last part checks the whole list again against what changed.
+        for (n, p) in b.items.iter().enumerate() {
+            self.prepare_definition(p.clone())
+                .map_err(|e| e.context(&format!("item {}", part.offset + n)))?;
+        }
+        list.extend(b.items).map_err(part_err)?;
+        if part.more {
+            self.batches
+                .hold(part.batch, list, std::time::Instant::now());
+            return Ok(BatchReport::default());
+        }
+        self.define_list(list.items, b.start)
+    }
+
+    /// Check every item of a whole list, store them all with one group commit, then
+    /// (with `start`) create each vGPU.
+    fn define_list(
+        &mut self,
+        items: Vec<DefineParams>,
+        start: bool,
+    ) -> Result<BatchReport, ApiError> {
+        let mut defs: Vec<Definition> = Vec::with_capacity(items.len());
+        for (i, p) in items.into_iter().enumerate() {
             let def = self
                 .prepare_definition(p)
                 .map_err(|e| e.context(&format!("item {i}")))?;
             defs.push(def);
         }
         self.store.save_definitions(&defs).map_err(store_err)?;
-        info!(
-            count = defs.len(),
-            start = b.start,
-            "vGPUs defined in one batch"
-        );
+        info!(count = defs.len(), start, "vGPUs defined in one batch");
         let uuids: Vec<Uuid> = defs.iter().map(|d| d.uuid).collect();
         for def in &defs {
             self.desired.definitions.insert(def.uuid, def.clone());
@@ -390,7 +417,7 @@ impl Daemon {
             defined: defs,
             ..BatchReport::default()
         };
-        if b.start {
+        if start {
             for def in &report.defined {
                 if self.observed.devices.contains_key(&def.uuid) {
                     continue;

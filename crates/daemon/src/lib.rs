@@ -30,6 +30,7 @@
 //! - [`agent_ingest`]: guest-agent channels, validated, and the guest table;
 //! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
 //! - [`store`]: crash-safe persistence (atomic JSON files);
+//! - [`batches`]: `define_batch` lists sent in parts, held until their last part;
 //! - [`mdevctl`]: mdevctl's definition format, for `import-mdevctl`;
 //! - [`metrics`]: Prometheus text for vGPUs and guest agents;
 //! - [`server`]: the API socket, the metrics endpoint, the rescan and scheduler loops (tokio);
@@ -40,6 +41,7 @@
 
 pub mod agent_ingest;
 pub mod backends;
+pub mod batches;
 pub mod daemon;
 pub mod domains;
 mod handlers;

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gvm_gcgroup::{Knob, MemoryLimit, Priority};
+use gvm_gcgroup::{GcgroupSnapshot, Knob, MemoryLimit, Priority};
 use gvm_proto::{Definition, Knobs, Overrides, OwnerRule, Source, Sources};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -53,6 +53,17 @@ pub struct GcState {
 }
 
 impl GcState {
+    /// The state of a gcgroup this run did not make, as read: its limit and freeze. The
+    /// priority stays unknown (`None`) and is written once, since a read value does not
+    /// tell whether it was ever written, and GVM applies only a written one.
+    pub fn found(read: &GcgroupSnapshot) -> GcState {
+        GcState {
+            memory_limit: read.memory_limit,
+            priority: None,
+            frozen: read.frozen,
+        }
+    }
+
     /// `self` with `knob` written.
     pub fn apply(&mut self, knob: Knob) {
         match knob {

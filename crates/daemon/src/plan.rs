@@ -131,12 +131,13 @@ pub fn plan(
                 };
                 match state {
                     None => {
-                        // Never read (a registration that appeared after the first
-                        // pass, which reads everything): write the limit and the
-                        // priority (GVM applies a priority only once written). A new
-                        // gcgroup starts thawed, so a freeze is written only when one
-                        // is wanted; anyone freezing it behind our back is drift, found
-                        // by the next verification.
+                        // Never read: a registration made during this run (the daemon
+                        // reads every gcgroup that predates its start before planning
+                        // it, so one left frozen by a crash is known). Write the limit
+                        // and the priority (GVM applies a priority only once written).
+                        // A new gcgroup starts thawed, so a freeze is written only when
+                        // one is wanted; anyone freezing it behind our back is drift,
+                        // found by the next verification.
                         write(Knob::MemoryLimit(limit), None, &mut out.actions);
                         write(Knob::Priority(priority), None, &mut out.actions);
                         if knobs.frozen {
@@ -349,6 +350,30 @@ mod tests {
                 knob: mem(4 << 30),
                 found: Some("1".into()),
             }]
+        );
+    }
+
+    #[test]
+    fn a_gcgroup_found_frozen_at_start_is_thawed_and_its_priority_written_once() {
+        let mut obs = host_with(u(1), &[(100, &[0])]);
+        let read = GcgroupSnapshot {
+            memory_limit: MemoryLimit::from_bytes(4 << 30),
+            priority: Priority::clamped(4),
+            frozen: true,
+            ..GcgroupSnapshot::default()
+        };
+        obs.gcgroups.insert((100, 0), GcState::found(&read));
+        let types = [(u(1), ty(4))].into_iter().collect();
+        let none = BTreeSet::new();
+        let scope = Scope {
+            autostart_parents: &none,
+            only: None,
+        };
+        let p = plan(&obs, &Desired::default(), &types, scope);
+        assert_eq!(
+            writes(&p),
+            vec![(100, 0, prio(4)), (100, 0, Knob::Frozen(false))],
+            "the limit already right is not written"
         );
     }
 

@@ -242,7 +242,8 @@ fn suspend_and_resume_through_libvirt_freeze_and_thaw_the_bound_vgpu() {
         real.owner_of(qemu_pid, true),
         Some(gvm_vgpud::owners::Ownership {
             uuids: vec![uuid],
-            rule: OwnerRule::Libvirt
+            rule: OwnerRule::Libvirt,
+            uid: None,
         }),
         "QEMU {qemu_pid} of {name} should own {uuid}"
     );

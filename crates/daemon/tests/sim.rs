@@ -202,17 +202,26 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let count = || std::fs::read_dir(&defs_dir).map(|r| r.count()).unwrap_or(0);
     let before = count();
 
+    // A misspelt field is refused, not ignored (it would define without autostart).
+    let typo = format!(
+        "{{\"id\":5,\"method\":\"define\",\"params\":{{\"parent\":\"{parent}\",\
+         \"type\":\"sim-4c\",\"autostrat\":true}}}}"
+    );
     for line in [
         "garbage",
         "{\"id\":1}",
         "{\"id\":2,\"method\":\"launch\"}",
         "{\"id\":3,\"method\":\"set\",\"params\":{\"target\":\"x\",\"priority\":99}}",
         "{\"id\":4,\"method\":\"define\",\"params\":{\"parent\":\"p\"}}",
+        typo.as_str(),
     ] {
         let r = c.raw(line).unwrap();
         let e = r.error.unwrap();
         assert_eq!(e.code, ErrorCode::InvalidArgument, "{line}: {}", e.message);
         assert!(!e.message.is_empty());
+        if line.contains("autostrat") {
+            assert!(e.message.contains("`autostrat`"), "{}", e.message);
+        }
     }
     let unknown = uuid::Uuid::new_v4().to_string();
     for e in [

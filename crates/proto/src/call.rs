@@ -4,7 +4,9 @@
 //! be omitted for methods without parameters. [`Request::parse_line`] decodes a
 //! line and, when it cannot, still recovers the `id` so the error answer can be
 //! matched to the request. [`Call::validate`] checks every range that needs no host
-//! state (priority 0..=16, share in (0, 1], non-empty names, ...).
+//! state (priority 0..=16, share in (0, 1], non-empty names, ...). A field a
+//! request does not define is refused, at every level (`deny_unknown_fields`): a
+//! misspelt `autostrat` is an error naming it, not a silent default.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use crate::{ApiError, MAX_LINE_BYTES, MAX_PRIORITY};
 /// Which vGPU a request is about: a UUID, or a libvirt domain name holding exactly
 /// the vGPUs to act on (every vGPU of the domain for `set`/`freeze`/`thaw`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Target {
     /// A vGPU UUID or a domain name.
     pub target: String,
@@ -22,6 +25,7 @@ pub struct Target {
 /// `list` parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only vGPUs with a persistent definition (`list --defined`).
     pub defined: bool,
@@ -29,6 +33,7 @@ pub struct ListParams {
 
 /// `define`: store a persistent vGPU definition (like `mdevctl define`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DefineParams {
     /// UUID to define; the daemon picks a random one when absent.
     #[serde(default)]
@@ -42,29 +47,79 @@ pub struct DefineParams {
     #[serde(default)]
     pub autostart: bool,
     /// Knob overrides stored with the definition.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_overrides")]
     pub overrides: crate::Overrides,
 }
 
+/// [`crate::Overrides`] as a request gives them: an unknown knob is refused. Stored
+/// definitions keep the lenient type, so a file a newer daemon wrote still loads.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictOverrides {
+    #[serde(default)]
+    memory_limit: Option<u64>,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    share: Option<f64>,
+}
+
+fn strict_overrides<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::Overrides, D::Error> {
+    let o = StrictOverrides::deserialize(d)?;
+    Ok(crate::Overrides {
+        memory_limit: o.memory_limit,
+        priority: o.priority,
+        share: o.share,
+    })
+}
+
 /// Most definitions one `define_batch` call may carry (its line stays far under
-/// [`MAX_LINE_BYTES`]); clients split longer lists into several calls.
+/// [`MAX_LINE_BYTES`]); clients send longer lists in parts ([`BatchPart`]).
 pub const MAX_BATCH: usize = 256;
+
+/// Most definitions one list sent in parts may hold (the daemon holds the parts in
+/// memory until the last).
+pub const MAX_BATCH_LIST: usize = 16_384;
 
 /// `define_batch`: store many definitions with one group commit and optionally
 /// start them. Every item is checked before anything is written: one bad item fails
-/// the whole call and nothing is stored.
+/// the whole call and nothing is stored. A list longer than [`MAX_BATCH`] is sent as
+/// several calls with a [`BatchPart`] each; it is stored whole, by the last, or not
+/// at all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DefineBatchParams {
     /// The definitions, at most [`MAX_BATCH`]. Give UUIDs so that a retried call
     /// after a lost answer is refused as a duplicate instead of defining twice.
     pub items: Vec<DefineParams>,
-    /// Create each vGPU once every definition is stored.
+    /// Create each vGPU once every definition is stored (read from the last part).
     #[serde(default)]
     pub start: bool,
+    /// Where this call sits in a longer list; absent for a list of one call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<BatchPart>,
+}
+
+/// One call of a `define_batch` list sent in parts (protocol 2). The daemon checks
+/// each part's items as it comes and holds them; the part without `more` checks the
+/// whole list again and stores it with one group commit. Any error drops the list,
+/// and so does a pause of 60 s between parts (the client is taken for dead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPart {
+    /// Chosen by the client (random), the same in every part of one list.
+    pub batch: Uuid,
+    /// Index in the whole list of this part's first item: parts come in order, and
+    /// errors name items by their index in the list.
+    pub offset: usize,
+    /// More parts follow: check and hold these items, store nothing yet.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// `create`: create a live vGPU now; with `define` also store a definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateParams {
     /// UUID to create; random when absent.
     #[serde(default)]
@@ -98,6 +153,7 @@ pub enum SetMode {
 /// `set`: retune a vGPU's knobs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct SetParams {
     /// UUID or domain name.
     pub target: String,
@@ -116,6 +172,7 @@ pub struct SetParams {
 /// `import_mdevctl`: adopt mdevctl's persistent definitions from `/etc/mdevctl.d`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct ImportParams {
     /// Report what would be imported without writing anything.
     pub dry_run: bool,
@@ -123,6 +180,7 @@ pub struct ImportParams {
 
 /// `policy_set`: choose the scheduling policy by name, for one GPU or all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyParams {
     /// `best-effort`, `equal-share` or `fixed-share`.
     pub policy: String,
@@ -141,6 +199,7 @@ pub struct PolicyParams {
 /// `stats`: per-vGPU totals, for one target or all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct StatsParams {
     /// UUID or domain; all vGPUs when absent.
     pub target: Option<String>,
@@ -159,7 +218,7 @@ pub enum Call {
     /// Persist a definition → [`crate::Definition`].
     Define(DefineParams),
     /// Persist many definitions at once, optionally starting them →
-    /// [`crate::BatchReport`].
+    /// [`crate::BatchReport`] (empty for a part of a list that is not its last).
     DefineBatch(DefineBatchParams),
     /// Remove a definition (the live device stays) → [`crate::Definition`] removed.
     Undefine(Target),
@@ -265,8 +324,16 @@ impl Call {
                         b.items.len()
                     )));
                 }
+                let base = b.part.map_or(0, |p| p.offset);
+                if base.saturating_add(b.items.len()) > MAX_BATCH_LIST {
+                    return Err(ApiError::invalid(format!(
+                        "define_batch lists hold at most {MAX_BATCH_LIST} items: \
+                         define the vGPUs in several lists"
+                    )));
+                }
                 let mut seen = std::collections::BTreeSet::new();
-                for (i, d) in b.items.iter().enumerate() {
+                for (n, d) in b.items.iter().enumerate() {
+                    let i = base + n;
                     check_define(d).map_err(|e| e.context(&format!("item {i}")))?;
                     if let Some(u) = d.uuid {
                         if !seen.insert(u) {
@@ -396,12 +463,20 @@ pub struct Request {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Envelope {
     #[serde(default)]
     id: Option<u64>,
     method: String,
     #[serde(default)]
     params: Option<serde_json::Value>,
+}
+
+/// The id of a line whose envelope is refused (an unknown field beside `method`).
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 impl Request {
@@ -426,8 +501,12 @@ impl Request {
             ));
         }
         let env: Envelope = serde_json::from_str(line).map_err(|e| {
+            let id = serde_json::from_str::<IdOnly>(line)
+                .ok()
+                .and_then(|i| i.id)
+                .unwrap_or(0);
             (
-                0,
+                id,
                 ApiError::invalid(format!(
                     "malformed request ({e}): send one JSON object per line: \
                      {{\"id\":1,\"method\":\"ping\"}}"
@@ -440,6 +519,15 @@ impl Request {
             Some(p) => p,
         };
         let unit = matches!(env.method.as_str(), "ping" | "policy_get" | "reconcile");
+        if unit && params.as_object().is_none_or(|o| !o.is_empty()) {
+            return Err((
+                id,
+                ApiError::invalid(format!(
+                    "method '{}' takes no params: omit them",
+                    env.method
+                )),
+            ));
+        }
         let tagged = if unit {
             serde_json::json!({ "method": env.method })
         } else {
@@ -541,6 +629,154 @@ mod tests {
         }
         let ok = r#"{"id":1,"method":"set","params":{"target":"x","priority":16,"share":1.0}}"#;
         assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_naming_the_field_at_every_level() {
+        for (line, field) in [
+            (
+                r#"{"id":2,"method":"define","params":{"parent":"p","type":"t","autostrat":true}}"#,
+                "autostrat",
+            ),
+            (
+                r#"{"id":2,"method":"define","params":{"parent":"p","type":"t","overrides":{"priorty":3}}}"#,
+                "priorty",
+            ),
+            (
+                r#"{"id":2,"method":"define_batch","params":{"items":[{"parent":"p","type":"t","autostrat":true}]}}"#,
+                "autostrat",
+            ),
+            (
+                r#"{"id":2,"method":"define_batch","params":{"items":[{"parent":"p","type":"t"}],"strat":true}}"#,
+                "strat",
+            ),
+            (
+                r#"{"id":2,"method":"create","params":{"parent":"p","type":"t","defne":true}}"#,
+                "defne",
+            ),
+            (
+                r#"{"id":2,"method":"set","params":{"target":"x","priority":1,"mod":"live"}}"#,
+                "mod",
+            ),
+            (
+                r#"{"id":2,"method":"list","params":{"definde":true}}"#,
+                "definde",
+            ),
+            (
+                r#"{"id":2,"method":"show","params":{"target":"x","all":1}}"#,
+                "all",
+            ),
+            (
+                r#"{"id":2,"method":"freeze","params":{"uuid":"x"}}"#,
+                "uuid",
+            ),
+            (
+                r#"{"id":2,"method":"import_mdevctl","params":{"dryrun":true}}"#,
+                "dryrun",
+            ),
+            (
+                r#"{"id":2,"method":"policy_set","params":{"policy":"equal-share","gpus":"0"}}"#,
+                "gpus",
+            ),
+            (
+                r#"{"id":2,"method":"stats","params":{"targets":"x"}}"#,
+                "targets",
+            ),
+            (
+                r#"{"id":2,"method":"list","parms":{"defined":true}}"#,
+                "parms",
+            ),
+        ] {
+            let Err((id, e)) = parse(line) else {
+                panic!("accepted: {line}");
+            };
+            assert_eq!((id, e.code), (2, ErrorCode::InvalidArgument), "{line}");
+            assert!(
+                e.message.contains(&format!("`{field}`")),
+                "{line}: {}",
+                e.message
+            );
+        }
+        let e = parse(r#"{"id":3,"method":"ping","params":{"x":1}}"#).err();
+        assert_eq!(
+            e.map(|(id, e)| (id, e.code)),
+            Some((3, ErrorCode::InvalidArgument))
+        );
+        // What clients send stays valid: every field, defaults left out, empty params.
+        for line in [
+            r#"{"id":1,"method":"define","params":{"uuid":null,"parent":"p","type":"t","autostart":true,"overrides":{"priority":3}}}"#,
+            r#"{"id":1,"method":"define","params":{"parent":"p","type":"t"}}"#,
+            r#"{"id":1,"method":"ping","params":{}}"#,
+            r#"{"id":1,"method":"list","params":{}}"#,
+        ] {
+            assert!(parse(line).is_ok(), "{line}");
+        }
+        let batch = Call::DefineBatch(DefineBatchParams {
+            items: vec![DefineParams {
+                uuid: Some(Uuid::from_u128(1)),
+                parent: "p".into(),
+                type_name: "t".into(),
+                autostart: true,
+                overrides: crate::Overrides {
+                    memory_limit: Some(1 << 30),
+                    priority: Some(2),
+                    share: Some(0.5),
+                },
+            }],
+            start: true,
+            part: Some(BatchPart {
+                batch: Uuid::from_u128(2),
+                offset: 256,
+                more: true,
+            }),
+        });
+        let req = Request::new(7, batch);
+        let line = req.to_line().unwrap_or_default();
+        assert_eq!(parse(&line).map_err(|(_, e)| e), Ok(req), "{line}");
+    }
+
+    #[test]
+    fn a_part_of_a_long_list_names_items_by_their_index_in_the_list() {
+        let item = |priority: u8| DefineParams {
+            uuid: None,
+            parent: "p".into(),
+            type_name: "t".into(),
+            autostart: false,
+            overrides: crate::Overrides {
+                priority: Some(priority),
+                ..crate::Overrides::default()
+            },
+        };
+        let mut items: Vec<DefineParams> = (0..44).map(|_| item(1)).collect();
+        items[43] = item(17);
+        let part = |offset: usize| {
+            Call::DefineBatch(DefineBatchParams {
+                items: items.clone(),
+                start: false,
+                part: Some(BatchPart {
+                    batch: Uuid::from_u128(9),
+                    offset,
+                    more: false,
+                }),
+            })
+        };
+        let e = part(256).validate().err().map(|e| e.message);
+        assert!(
+            e.as_deref().is_some_and(|m| m.starts_with("item 299: ")),
+            "{e:?}"
+        );
+        let e = part(MAX_BATCH_LIST - 10)
+            .validate()
+            .err()
+            .map(|e| e.message);
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("at most 16384")),
+            "{e:?}"
+        );
+        let bad = r#"{"id":2,"method":"define_batch","params":{"items":[{"parent":"p","type":"t"}],
+            "part":{"batch":"00000000-0000-0000-0000-000000000009","offset":0,"mor":true}}}"#;
+        let e = parse(&bad.replace('\n', "")).err().map(|(_, e)| e.message);
+        assert!(e.as_deref().is_some_and(|m| m.contains("`mor`")), "{e:?}");
     }
 
     #[test]

@@ -36,8 +36,8 @@ mod sched;
 mod types;
 
 pub use call::{
-    Call, CreateParams, DefineBatchParams, DefineParams, ImportParams, ListParams, PolicyParams,
-    Request, SetMode, SetParams, StatsParams, Target, MAX_BATCH,
+    BatchPart, Call, CreateParams, DefineBatchParams, DefineParams, ImportParams, ListParams,
+    PolicyParams, Request, SetMode, SetParams, StatsParams, Target, MAX_BATCH, MAX_BATCH_LIST,
 };
 pub use error::{ApiError, ErrorCode};
 pub use guest::{
@@ -52,8 +52,10 @@ pub use types::{
 
 use serde::{Deserialize, Serialize};
 
-/// Version of this wire protocol; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this wire protocol; bumped on incompatible changes and on additions a
+/// client must check for before relying on them. 2: `define_batch` lists in parts
+/// ([`BatchPart`]), unknown request fields refused.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest request or response line either side accepts, newline included.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;

@@ -47,18 +47,30 @@ pub fn debug_dir() -> PathBuf {
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let path = debug_dir().join(bin);
     if !path.exists() {
-        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-q", "-p", package, "--bin", bin])
-            .current_dir(workspace_root())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-        assert!(
-            out.status.success(),
-            "building {bin} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        build_bin(package, bin);
     }
     path
+}
+
+/// [`workspace_bin`], built whatever is there: for a binary of another package whose
+/// behaviour the test depends on (a file left by an older build would be tested instead).
+/// Cargo's check of an up-to-date binary takes about a second.
+pub fn workspace_bin_rebuilt(package: &str, bin: &str) -> PathBuf {
+    build_bin(package, bin);
+    target_dir().join("debug").join(bin)
+}
+
+fn build_bin(package: &str, bin: &str) {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "building {bin} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `Some(reason)` when this process cannot mount FUSE filesystems (not root, no /dev/fuse).

@@ -107,13 +107,25 @@ pub fn define_from(
         std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the definitions file {}", file.display()))?
     };
-    let items: Vec<DefineParams> = serde_json::from_str(&text).with_context(|| {
+    let shape = || {
         format!(
             "{} is not a JSON array of definitions ({{\"parent\": ..., \"type\": ..., \
              \"uuid\"?, \"autostart\"?, \"overrides\"?}})",
             file.display()
         )
-    })?;
+    };
+    let values: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(shape)?;
+    // Item by item, so an error (an unknown field such as `autostrat` included) names
+    // the item's index in the file.
+    let items = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value::<DefineParams>(v)
+                .with_context(|| format!("item {i}"))
+                .with_context(shape)
+        })
+        .collect::<Result<Vec<DefineParams>>>()?;
     if items.is_empty() {
         anyhow::bail!("{} lists no definitions", file.display());
     }
