@@ -44,7 +44,7 @@ for r in $(seq "$rounds"); do
 done
 echo
 for which in A B; do
-    awk -v w="$which" '$2 == w { t[n] = $3; c[n] = $4; q[n] = $7; n++ }
+    awk -v w="$which" 'BEGIN { n = 0 } $2 == w { t[n] = $3; c[n] = $4; q[n] = $7; n++ }
         function med(a, n,   i, j, x) { for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x } return a[int(n / 2)] }
         END { printf "median %s: tuned %s s, cpu %s %%, p99 %s ms (%d runs)\n", w, med(t, n), med(c, n), med(q, n), n }' "$out/rows"
 done
