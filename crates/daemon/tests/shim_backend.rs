@@ -78,13 +78,14 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// `libgvm_cuda.so`, built once per test process with the same cargo and target directory
-/// (a dependent's build makes the rlib only).
+/// `libgvm_cuda.so`, built once per test process with the same cargo and the target
+/// directory this test binary was built into (a dependent's build makes the rlib only).
 fn shim_so() -> Option<PathBuf> {
     static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+            let debug = gvm_testkit::debug_dir();
+            let target = debug.parent()?.to_path_buf();
             let ok = Command::new(env!("CARGO"))
                 .args(["build", "-q", "--lib", "-p", "gvm-cuda-shim"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -92,7 +93,7 @@ fn shim_so() -> Option<PathBuf> {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            let so = target.join("debug/libgvm_cuda.so");
+            let so = debug.join("libgvm_cuda.so");
             (ok && so.exists()).then_some(so)
         })
         .clone()
