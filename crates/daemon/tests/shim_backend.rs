@@ -1,11 +1,12 @@
 //! gvm-vgpud `--backend shim|auto` end to end: a process running under `LD_PRELOAD=
 //! libgvm_cuda.so` (over a fake `libcuda.so.1`, no GPU) with `GVM_VGPU_UUID` of a vGPU on the
-//! simulated host is adopted as that vGPU's owner; the type's memory limit reaches its
-//! control block (an allocation past it fails inside the process); `freeze` holds its
-//! launches and `thaw` releases them; `set` retunes it; `show` and `stats` list it. A process
-//! whose block is outside `/dev/shm` is known only through registration: after `kill -9` of
-//! the daemon, its shim registers again with the new one, which adopts it within 2 s; one
-//! started before any daemon registers once a daemon starts.
+//! simulated host registers, handing over its control block (a sealed memfd), and is adopted
+//! as that vGPU's owner; the type's memory limit reaches its block (an allocation past it
+//! fails inside the process); `freeze` holds its launches and `thaw` releases them; `set`
+//! retunes it; `show` and `stats` list it. A process whose block is a `GVM_SHIM_CONTROL`
+//! file is driven the same way; after `kill -9` of the daemon its shim registers again with
+//! the new one, which adopts it within 2 s; one started before any daemon registers once a
+//! daemon starts.
 //! Skips (printing why) without root and /dev/fuse (the simulated host) or without `cc`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -282,8 +283,22 @@ fn shim_sim() -> Sim {
     sim
 }
 
-fn block_of(root: &Path, pid: u32) -> ControlMap {
-    ControlMap::open(&root.join(format!("dev/shm/gvm-vgpu-{pid}"))).unwrap()
+/// Process `pid`'s control block, as the test (root) sees it: the memfd the shim holds, opened
+/// through `/proc/<pid>/fd` (it is in no directory).
+fn block_of(pid: u32) -> ControlMap {
+    let fd = memfd_of(pid).expect("the shim holds its block as a memfd");
+    ControlMap::open(&fd).unwrap()
+}
+
+/// The `/proc/<pid>/fd/N` of process `pid`'s control block memfd, if it holds one.
+fn memfd_of(pid: u32) -> Option<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:gvm-vgpu"))
+        })
 }
 
 #[test]
@@ -303,7 +318,7 @@ fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
 
     let mut p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
     let pid = p.pid();
-    let ctl = block_of(&sim.root, pid);
+    let ctl = block_of(pid);
     let b = ctl.block();
     assert!(b.is_standalone(), "the shim made its own block");
     assert_eq!(b.memory_limit.load(Ordering::Relaxed), u64::MAX);
@@ -375,7 +390,7 @@ fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
         Some(vec![pid])
     );
 
-    // Exit: the shim removes its block, the daemon drops the owner.
+    // Exit: the block goes with the process (a memfd), the daemon drops the owner.
     quit_and_see_the_owner_dropped(&mut p, &mut c, &uuid);
 }
 
@@ -394,7 +409,7 @@ fn auto_drives_gvm_owners_and_shim_owners_of_one_vgpu() {
     let limit = c.show(&uuid.to_string()).unwrap().info.knobs.memory_limit;
     let gvm_pid = sim.spawn_owner(&uuid, 0, "busy=1");
     let p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
-    let ctl = block_of(&sim.root, p.pid());
+    let ctl = block_of(p.pid());
     assert!(
         wait_until(Duration::from_secs(3), || {
             sim.knob(gvm_pid, 0, "memory.limit") == Some(limit.to_string())
@@ -455,6 +470,18 @@ fn a_registered_shim_process_at_a_custom_block_path_is_listed_retuned_and_droppe
 
 #[test]
 fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
+    registers_again_after_the_daemon_is_killed(true);
+}
+
+#[test]
+fn a_shim_process_hands_its_memfd_again_after_the_daemon_is_killed() {
+    registers_again_after_the_daemon_is_killed(false);
+}
+
+/// `kill -9` of the daemon and a new one on the same root: the process (its block a
+/// `GVM_SHIM_CONTROL` file when `file_block`, else the default sealed memfd) registers again
+/// with the same block and is adopted within 2 s.
+fn registers_again_after_the_daemon_is_killed(file_block: bool) {
     let Some((dir, so, fake, prog)) = rig() else {
         return;
     };
@@ -480,9 +507,13 @@ fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
     }
     // A block the /dev/shm scan cannot find: only registration tells a daemon about it.
     let custom = dir.path().join("custom-block");
-    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, Some(&custom));
+    let at = file_block.then_some(custom.as_path());
+    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, at);
     let pid = p.pid();
-    let ctl = ControlMap::open(&custom).unwrap();
+    let ctl = match at {
+        Some(path) => ControlMap::open(path).unwrap(),
+        None => block_of(pid),
+    };
     {
         let mut c = d.client();
         assert!(
