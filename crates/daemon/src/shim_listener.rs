@@ -78,7 +78,7 @@ pub fn spawn_listener(
     flag: Option<&str>,
 ) {
     let Some(path) = socket_option(host, flag) else {
-        info!("shim registration socket disabled (--shim-socket none): CUDA shim processes are found by the /dev/shm scan");
+        info!("shim registration socket disabled (--shim-socket none): only root-owned mode-0600 CUDA shim block files in /dev/shm are found, by the scan");
         return;
     };
     let _in_runtime = rt.enter();
@@ -87,7 +87,7 @@ pub fn spawn_listener(
             info!(socket = %path.display(), "CUDA shim registration listening");
             rt.spawn(serve(l, host.clone(), registry));
         }
-        Err(e) => warn!("{e:#}: CUDA shim processes are found by the /dev/shm scan only"),
+        Err(e) => warn!("{e:#}: only root-owned mode-0600 CUDA shim block files in /dev/shm are found, by the scan"),
     }
 }
 
