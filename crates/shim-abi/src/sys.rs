@@ -543,7 +543,7 @@ mod tests {
             get_seals(fd.as_fd()).expect("seals") & (SEAL_SHRINK | SEAL_GROW),
             SEAL_SHRINK | SEAL_GROW
         );
-        // SAFETY (test): F_GETFD reads the descriptor's flags only.
+        // SAFETY: F_GETFD reads the descriptor's flags only.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "close-on-exec");
         let (n, first) = recv_with_fd(b.as_fd(), &mut buf).expect("recv");
