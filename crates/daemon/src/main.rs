@@ -55,12 +55,13 @@ struct Args {
     #[arg(long, default_value_t = 120)]
     verify_s: u64,
     /// Gcgroup backend: `gvm` (GVM's debugfs tree), `shim` (control blocks of processes under
-    /// libgvm_cuda.so, in /dev/shm) or `auto` (GVM for the processes it registered, the shim
-    /// for the rest: the shim alone on a host without GVM).
+    /// libgvm_cuda.so, handed over at registration) or `auto` (GVM for the processes it
+    /// registered, the shim for the rest: the shim alone on a host without GVM).
     #[arg(long, value_enum, env = "GVM_VGPUD_BACKEND", default_value_t = BackendKind::Auto)]
     backend: BackendKind,
-    /// Socket on which CUDA processes under libgvm_cuda.so register (default:
-    /// /run/gvm-vgpu/shim.sock under the host root; `none`: find them by the /dev/shm scan only).
+    /// Socket on which CUDA processes under libgvm_cuda.so register and hand over their
+    /// control blocks (default: /run/gvm-vgpu/shim.sock under the host root; `none`: only
+    /// root-owned mode-0600 block files in /dev/shm are found, by the scan).
     #[arg(long, value_name = "PATH|none")]
     shim_socket: Option<String>,
     /// Do not listen to kernel uevents even on a real host.

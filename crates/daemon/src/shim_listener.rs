@@ -3,23 +3,29 @@
 //!
 //! What a registration must prove, and the registry it lands in, are
 //! [`gvm_shim_host::handover`] and [`gvm_shim_host::registry`]; this module only binds the
-//! socket, bounds connections (count, per uid, [`READ_TIMEOUT`] for the line) and holds each
-//! connection open until the process closes it, at which point its registration is dropped.
+//! socket, bounds connections (count, per uid, [`READ_TIMEOUT`] for the line), reads the
+//! request line together with the control block descriptor that comes with its first bytes
+//! (`SCM_RIGHTS`, received close-on-exec; any other descriptor is closed at once), hands both
+//! to [`register`] off the async threads, and holds each connection open until the process
+//! closes it, at which point its registration is dropped.
 
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gvm_host_root::HostRoot;
+use gvm_shim_abi::sys::recv_with_fd;
+use gvm_shim_host::handover::Refusal;
 use gvm_shim_host::handover::{
     refusal_reply, refuse, register, Peer, UidSlots, MAX_CONNECTIONS, MAX_LINE, MAX_PER_UID,
     SOCKET_PATH,
 };
 use gvm_shim_host::registry::ShimRegistry;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -72,7 +78,7 @@ pub fn spawn_listener(
     flag: Option<&str>,
 ) {
     let Some(path) = socket_option(host, flag) else {
-        info!("shim registration socket disabled (--shim-socket none): CUDA shim processes are found by the /dev/shm scan");
+        info!("shim registration socket disabled (--shim-socket none): only root-owned mode-0600 CUDA shim block files in /dev/shm are found, by the scan");
         return;
     };
     let _in_runtime = rt.enter();
@@ -81,7 +87,7 @@ pub fn spawn_listener(
             info!(socket = %path.display(), "CUDA shim registration listening");
             rt.spawn(serve(l, host.clone(), registry));
         }
-        Err(e) => warn!("{e:#}: CUDA shim processes are found by the /dev/shm scan only"),
+        Err(e) => warn!("{e:#}: only root-owned mode-0600 CUDA shim block files in /dev/shm are found, by the scan"),
     }
 }
 
@@ -136,6 +142,50 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> bool {
     w.write_all(&out).await.is_ok()
 }
 
+/// Read one request line (at most [`MAX_LINE`] bytes, newline included) from `stream`, and
+/// the descriptor that came with its first bytes. Bytes after the newline are dropped (a shim
+/// sends nothing before the reply); so are descriptors that come later.
+async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), Refusal> {
+    let mut line = Vec::with_capacity(512);
+    let mut handed: Option<OwnedFd> = None;
+    let mut chunk = [0u8; 1024];
+    let mut first = true;
+    loop {
+        let room = (MAX_LINE + 1 - line.len()).min(chunk.len());
+        let buf = &mut chunk[..room];
+        stream
+            .readable()
+            .await
+            .map_err(|e| refuse("request", format!("read failed: {e}")))?;
+        let got = stream.try_io(Interest::READABLE, || recv_with_fd(stream.as_fd(), buf));
+        let (n, fd) = match got {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(refuse("request", format!("read failed: {e}"))),
+        };
+        if first {
+            handed = fd;
+            first = false;
+        } // A later descriptor is dropped here: closed.
+        if n == 0 {
+            break;
+        }
+        let bytes = &buf[..n];
+        if let Some(at) = bytes.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&bytes[..=at]);
+            return Ok((line, handed));
+        }
+        line.extend_from_slice(bytes);
+        if line.len() > MAX_LINE {
+            break;
+        }
+    }
+    Err(refuse(
+        "request",
+        format!("not one newline-terminated line of at most {MAX_LINE} bytes"),
+    ))
+}
+
 async fn connection(
     stream: UnixStream,
     cred: std::io::Result<tokio::net::unix::UCred>,
@@ -152,25 +202,17 @@ async fn connection(
             return;
         }
     };
-    let (r, mut w) = stream.into_split();
-    let mut reader = BufReader::new(r);
-    let mut line = Vec::new();
-    let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
-    let read = limited.read_until(b'\n', &mut line);
-    let outcome = match tokio::time::timeout(READ_TIMEOUT, read).await {
+    let mut stream = stream;
+    let outcome = match tokio::time::timeout(READ_TIMEOUT, read_request(&stream)).await {
         Err(_) => Err(refuse(
             "request",
             format!("no request line within {READ_TIMEOUT:?}"),
         )),
-        Ok(Err(e)) => Err(refuse("request", format!("read failed: {e}"))),
-        Ok(Ok(_)) if line.last() != Some(&b'\n') => Err(refuse(
-            "request",
-            format!("not one newline-terminated line of at most {MAX_LINE} bytes"),
-        )),
-        Ok(Ok(_)) => {
+        Ok(Err(r)) => Err(r),
+        Ok(Ok((line, fd))) => {
             let id = registry.connection_id();
             let (h, reg) = (host.clone(), registry.clone());
-            tokio::task::spawn_blocking(move || register(&h, &reg, peer, id, &line))
+            tokio::task::spawn_blocking(move || register(&h, &reg, peer, id, &line, fd))
                 .await
                 .unwrap_or_else(|e| Err(refuse("request", format!("validation failed: {e}"))))
         }
@@ -183,25 +225,26 @@ async fn connection(
                 uid = peer.uid,
                 "shim registration refused: {r}"
             );
-            send(&mut w, &refusal_reply(&r)).await;
+            send(&mut stream, &refusal_reply(&r)).await;
             return;
         }
     };
     info!(
         pid = peer.pid,
         ns_pid = reg.ns_pid,
-        control = %reg.control.display(),
+        control = %reg.control,
         gpus = ?reg.gpus.iter().map(|g| g.pci_bus_id.as_str()).collect::<Vec<_>>(),
         "CUDA shim process registered"
     );
-    if !send(&mut w, &reply).await {
+    if !send(&mut stream, &reply).await {
         registry.remove(peer.pid, reg.connection);
         return;
     }
-    // Hold the connection until the process closes it; anything more it sends is ignored.
+    // Hold the connection until the process closes it; anything more it sends is ignored
+    // (and a descriptor sent with it is discarded by the kernel: no room was given for it).
     let mut sink = [0u8; 256];
     loop {
-        match reader.read(&mut sink).await {
+        match stream.read(&mut sink).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }

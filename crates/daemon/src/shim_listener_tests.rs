@@ -1,24 +1,47 @@
-//! The shim socket end to end in this process: a registration is listed by the shim
-//! backend and dropped at end of file; oversized and silent peers get an error and are
-//! closed.
+//! The shim socket end to end in this process: a registration with its sealed memfd is
+//! listed by the shim backend and dropped at end of file; a block that is not sealed, a
+//! request without a descriptor and a protocol-1 request are refused naming the field;
+//! oversized and silent peers get an error and are closed.
 
 #![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, Write};
+use std::os::fd::AsFd;
 
 use gvm_gcgroup::GcgroupBackend;
 use gvm_shim_abi::config::Knobs;
 use gvm_shim_abi::control::{ControlMap, FLAG_STANDALONE};
-use gvm_shim_abi::register::{connect_and_register, GpuId, Request, PROTOCOL_VERSION};
+use gvm_shim_abi::register::{
+    connect_and_register, GpuId, Request, MEMFD_CONTROL, PROTOCOL_VERSION,
+};
 use gvm_shim_host::backend::ShimBackend;
 use gvm_shim_host::gating::GatingModes;
+use serde_json::json;
 use std::sync::atomic::Ordering;
 
 use super::*;
 
-fn block(dir: &Path, name: &str, header_pid: u32) -> PathBuf {
-    let path = dir.join(name);
-    let m = ControlMap::create(&path, &Knobs::default(), FLAG_STANDALONE).unwrap();
+/// A sealed memfd block whose header says `header_pid`, as the shim makes it by default.
+fn sealed_block(header_pid: u32) -> Arc<ControlMap> {
+    let m = ControlMap::create_sealed(&Knobs::default(), FLAG_STANDALONE).unwrap();
     m.block().pid.store(header_pid, Ordering::Relaxed);
-    path
+    Arc::new(m)
+}
+
+/// Send `line` on a new connection to `sock`, with `fd` attached when given, and read the
+/// one-line reply.
+fn raw_exchange(sock: &Path, line: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) -> String {
+    let c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    match fd {
+        Some(fd) => {
+            let n = gvm_shim_abi::sys::send_with_fds(c.as_fd(), line.as_bytes(), &[fd]).unwrap();
+            (&c).write_all(&line.as_bytes()[n..]).unwrap();
+        }
+        None => (&c).write_all(line.as_bytes()).unwrap(),
+    }
+    let mut reply = String::new();
+    std::io::BufReader::new(&c).read_line(&mut reply).unwrap();
+    reply
 }
 
 #[test]
@@ -47,25 +70,26 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
     let reg = Arc::new(ShimRegistry::default());
     tokio::spawn(serve(listener, host.clone(), reg.clone()));
 
-    // This test process is the "shim": its block at a non-default path.
+    // This test process is the "shim": its block a sealed memfd, handed over.
     let me = std::process::id();
-    let path = block(dir.path(), "custom-block", me);
+    let block = sealed_block(me);
     let request = Request {
         version: PROTOCOL_VERSION,
         pid: me,
-        control: path.to_str().unwrap().into(),
+        control: MEMFD_CONTROL.into(),
         gpus: vec![GpuId {
             ordinal: 0,
             pci_bus_id: "0000:3B:00.0".into(),
         }],
         vgpu_uuid: None,
     };
-    let (s2, r2) = (sock.clone(), request.clone());
-    let registered =
-        tokio::task::spawn_blocking(move || connect_and_register(&s2, &r2, Duration::from_secs(2)))
-            .await
-            .unwrap()
-            .unwrap();
+    let (s2, r2, b2) = (sock.clone(), request.clone(), block.clone());
+    let registered = tokio::task::spawn_blocking(move || {
+        connect_and_register(&s2, &r2, b2.fd().unwrap(), Duration::from_secs(2))
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert!(registered.reply.ok);
     let backend = ShimBackend::new(host.clone(), reg.clone(), Arc::new(GatingModes::new()));
     assert_eq!(backend.processes().unwrap(), vec![me]);
@@ -74,13 +98,20 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
         vec![0],
         "no mdev parent: the ordinal"
     );
+    assert_eq!(
+        reg.get(me).map(|r| r.file_id),
+        block.file_id(),
+        "the registry holds the block that came over the socket"
+    );
+    backend.set_frozen(me, 0, true).unwrap();
+    assert_eq!(block.block().frozen.load(Ordering::Acquire), 1);
 
     // Another pid's claim on the same socket is refused, naming the field.
     let mut lie = request.clone();
     lie.pid = me + 1;
-    let s3 = sock.clone();
+    let (s3, b3) = (sock.clone(), block.clone());
     let e = tokio::task::spawn_blocking(move || {
-        connect_and_register(&s3, &lie, Duration::from_secs(2))
+        connect_and_register(&s3, &lie, b3.fd().unwrap(), Duration::from_secs(2))
     })
     .await
     .unwrap()
@@ -105,6 +136,51 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsealed_blocks_missing_descriptors_and_protocol_1_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostRoot::new(dir.path().join("root"));
+    let sock = dir.path().join("s.sock");
+    let reg = Arc::new(ShimRegistry::default());
+    tokio::spawn(serve(bind(&sock).unwrap(), host, reg.clone()));
+    let me = std::process::id();
+    // A file block whose owner could truncate it (mode 0644: not even root's own is taken).
+    let path = dir.path().join("file-block");
+    let file = ControlMap::create(&path, &Knobs::default(), FLAG_STANDALONE).unwrap();
+    file.block().pid.store(me, Ordering::Relaxed);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let line = |version: u32, control: &str| {
+        format!("{{\"version\":{version},\"pid\":{me},\"control\":\"{control}\",\"gpus\":[],\"vgpu_uuid\":null}}\n")
+    };
+    let p = path.to_str().unwrap().to_string();
+    let (s, l2, l1, l0) = (
+        sock.clone(),
+        line(2, &p),
+        line(1, &p),
+        line(2, MEMFD_CONTROL),
+    );
+    let replies = tokio::task::spawn_blocking(move || {
+        [
+            raw_exchange(&s, &l2, Some(file.fd().unwrap())),
+            raw_exchange(&s, &l1, None),
+            raw_exchange(&s, &l0, None),
+        ]
+    })
+    .await
+    .unwrap();
+    for (r, field, says) in [
+        (&replies[0], "control", "F_SEAL_SHRINK"),
+        (&replies[1], "version", "protocol 1"),
+        (&replies[2], "control", "no descriptor"),
+    ] {
+        let v: Value = serde_json::from_str(r).unwrap();
+        assert_eq!(v["ok"], json!(false), "{r}");
+        assert_eq!(v["field"], json!(field), "{r}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{r}");
+    }
+    assert!(reg.all().is_empty(), "nothing registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_silent_peers_get_an_error_and_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostRoot::new(dir.path().join("root"));
@@ -112,7 +188,6 @@ async fn oversized_and_silent_peers_get_an_error_and_are_closed() {
     tokio::spawn(serve(bind(&sock).unwrap(), host, Arc::default()));
     let s = sock.clone();
     let replies = tokio::task::spawn_blocking(move || {
-        use std::io::{BufRead, Write};
         let mut out = Vec::new();
         let mut c = std::os::unix::net::UnixStream::connect(&s).unwrap();
         c.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();

@@ -1,11 +1,14 @@
 //! gvm-vgpud `--backend shim|auto` end to end: a process running under `LD_PRELOAD=
 //! libgvm_cuda.so` (over a fake `libcuda.so.1`, no GPU) with `GVM_VGPU_UUID` of a vGPU on the
-//! simulated host is adopted as that vGPU's owner; the type's memory limit reaches its
-//! control block (an allocation past it fails inside the process); `freeze` holds its
-//! launches and `thaw` releases them; `set` retunes it; `show` and `stats` list it. A process
-//! whose block is outside `/dev/shm` is known only through registration: after `kill -9` of
-//! the daemon, its shim registers again with the new one, which adopts it within 2 s; one
-//! started before any daemon registers once a daemon starts.
+//! simulated host registers, handing over its control block (a sealed memfd), and is adopted
+//! as that vGPU's owner; the type's memory limit reaches its block (an allocation past it
+//! fails inside the process); `freeze` holds its launches and `thaw` releases them; `set`
+//! retunes it; `show` and `stats` list it. A process whose block is a `GVM_SHIM_CONTROL`
+//! file is driven the same way; after `kill -9` of the daemon its shim registers again with
+//! the new one, which adopts it within 2 s; one started before any daemon registers once a
+//! daemon starts. Truncating every file a process could make in the root's `/dev/shm`
+//! changes nothing and the daemon lives; a hostile client (another uid) that offers a file by
+//! path or hands over an unsealed file it then truncates is refused, and the daemon lives.
 //! Skips (printing why) without root and /dev/fuse (the simulated host) or without `cc`.
 
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -78,13 +81,14 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// `libgvm_cuda.so`, built once per test process with the same cargo and target directory
-/// (a dependent's build makes the rlib only).
+/// `libgvm_cuda.so`, built once per test process with the same cargo and the target
+/// directory this test binary was built into (a dependent's build makes the rlib only).
 fn shim_so() -> Option<PathBuf> {
     static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+            let debug = gvm_testkit::debug_dir();
+            let target = debug.parent()?.to_path_buf();
             let ok = Command::new(env!("CARGO"))
                 .args(["build", "-q", "--lib", "-p", "gvm-cuda-shim"])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -92,7 +96,7 @@ fn shim_so() -> Option<PathBuf> {
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
-            let so = target.join("debug/libgvm_cuda.so");
+            let so = debug.join("libgvm_cuda.so");
             (ok && so.exists()).then_some(so)
         })
         .clone()
@@ -281,8 +285,22 @@ fn shim_sim() -> Sim {
     sim
 }
 
-fn block_of(root: &Path, pid: u32) -> ControlMap {
-    ControlMap::open(&root.join(format!("dev/shm/gvm-vgpu-{pid}"))).unwrap()
+/// Process `pid`'s control block, as the test (root) sees it: the memfd the shim holds, opened
+/// through `/proc/<pid>/fd` (it is in no directory).
+fn block_of(pid: u32) -> ControlMap {
+    let fd = memfd_of(pid).expect("the shim holds its block as a memfd");
+    ControlMap::open(&fd).unwrap()
+}
+
+/// The `/proc/<pid>/fd/N` of process `pid`'s control block memfd, if it holds one.
+fn memfd_of(pid: u32) -> Option<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:gvm-vgpu"))
+        })
 }
 
 #[test]
@@ -302,7 +320,7 @@ fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
 
     let mut p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
     let pid = p.pid();
-    let ctl = block_of(&sim.root, pid);
+    let ctl = block_of(pid);
     let b = ctl.block();
     assert!(b.is_standalone(), "the shim made its own block");
     assert_eq!(b.memory_limit.load(Ordering::Relaxed), u64::MAX);
@@ -374,7 +392,7 @@ fn a_shim_process_is_adopted_limited_frozen_thawed_and_shown() {
         Some(vec![pid])
     );
 
-    // Exit: the shim removes its block, the daemon drops the owner.
+    // Exit: the block goes with the process (a memfd), the daemon drops the owner.
     quit_and_see_the_owner_dropped(&mut p, &mut c, &uuid);
 }
 
@@ -393,7 +411,7 @@ fn auto_drives_gvm_owners_and_shim_owners_of_one_vgpu() {
     let limit = c.show(&uuid.to_string()).unwrap().info.knobs.memory_limit;
     let gvm_pid = sim.spawn_owner(&uuid, 0, "busy=1");
     let p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
-    let ctl = block_of(&sim.root, p.pid());
+    let ctl = block_of(p.pid());
     assert!(
         wait_until(Duration::from_secs(3), || {
             sim.knob(gvm_pid, 0, "memory.limit") == Some(limit.to_string())
@@ -454,6 +472,18 @@ fn a_registered_shim_process_at_a_custom_block_path_is_listed_retuned_and_droppe
 
 #[test]
 fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
+    registers_again_after_the_daemon_is_killed(true);
+}
+
+#[test]
+fn a_shim_process_hands_its_memfd_again_after_the_daemon_is_killed() {
+    registers_again_after_the_daemon_is_killed(false);
+}
+
+/// `kill -9` of the daemon and a new one on the same root: the process (its block a
+/// `GVM_SHIM_CONTROL` file when `file_block`, else the default sealed memfd) registers again
+/// with the same block and is adopted within 2 s.
+fn registers_again_after_the_daemon_is_killed(file_block: bool) {
     let Some((dir, so, fake, prog)) = rig() else {
         return;
     };
@@ -479,9 +509,13 @@ fn a_shim_process_outside_dev_shm_registers_again_after_the_daemon_is_killed() {
     }
     // A block the /dev/shm scan cannot find: only registration tells a daemon about it.
     let custom = dir.path().join("custom-block");
-    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, Some(&custom));
+    let at = file_block.then_some(custom.as_path());
+    let mut p = ShimProcess::start_at(&so, &fake, &prog, &sim.root, &uuid, at);
     let pid = p.pid();
-    let ctl = ControlMap::open(&custom).unwrap();
+    let ctl = match at {
+        Some(path) => ControlMap::open(path).unwrap(),
+        None => block_of(pid),
+    };
     {
         let mut c = d.client();
         assert!(
@@ -557,4 +591,277 @@ fn a_shim_process_started_before_the_daemon_registers_once_it_starts() {
         "the type's limit reached the block"
     );
     assert_eq!(p.alloc(limit / MIB + 1).as_deref(), Some("alloc=2"));
+}
+
+/// A hostile local user's client of the shim socket, in C so that it runs as another uid: it
+/// makes a valid-looking control block in a tmpfs file it owns (`FILE`), offers it the
+/// protocol-1 way (by path) and the protocol-2 way (its descriptor, unsealed), prints each
+/// reply, `ready`, then truncates the file when told `truncate` and holds both connections
+/// open until stdin closes.
+const HOSTILE_C: &str = r#"
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+static int conn(const char *path) {
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    strncpy(a.sun_path, path, sizeof a.sun_path - 1);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+        printf("connect_error\n");
+        fflush(stdout);
+        exit(2);
+    }
+    return s;
+}
+static void reply(int s, const char *tag) {
+    char buf[4200];
+    size_t n = 0;
+    while (n < sizeof buf - 1) {
+        ssize_t r = read(s, buf + n, 1);
+        if (r <= 0) break;
+        if (buf[n++] == '\n') { n--; break; }
+    }
+    buf[n] = 0;
+    printf("%s=%s\n", tag, buf);
+    fflush(stdout);
+}
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    const char *sock = argv[1], *file = argv[2];
+    int fd = open(file, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) { printf("open_error\n"); return 2; }
+    unsigned char block[4096];
+    memset(block, 0, sizeof block);
+    memcpy(block, "GVMSHIM1", 8);
+    uint32_t layout = 2, pid = (uint32_t)getpid();
+    uint64_t unlimited = ~0ULL;
+    memcpy(block + 8, &layout, 4);
+    memcpy(block + 12, &pid, 4);
+    memcpy(block + 16, &unlimited, 8);
+    if (write(fd, block, sizeof block) != (ssize_t)sizeof block) return 2;
+    char line[1024];
+    int a = conn(sock);
+    int len = snprintf(line, sizeof line,
+        "{\"version\":1,\"pid\":%u,\"control\":\"%s\",\"gpus\":[],\"vgpu_uuid\":null}\n", pid, file);
+    if (write(a, line, len) != len) return 2;
+    reply(a, "v1");
+    int b = conn(sock);
+    len = snprintf(line, sizeof line,
+        "{\"version\":2,\"pid\":%u,\"control\":\"%s\",\"gpus\":[],\"vgpu_uuid\":null}\n", pid, file);
+    struct iovec iov = { line, (size_t)len };
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(cbuf, 0, sizeof cbuf);
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    if (sendmsg(b, &m, 0) != len) return 2;
+    reply(b, "v2");
+    printf("ready\n");
+    fflush(stdout);
+    char cmd[64];
+    while (fgets(cmd, sizeof cmd, stdin)) {
+        if (!strncmp(cmd, "truncate", 8)) {
+            printf("truncated=%d\n", ftruncate(fd, 0));
+            fflush(stdout);
+        }
+    }
+    return 0;
+}
+"#;
+
+/// The daemon still runs and answers `show` for `uuid` after at least two verification
+/// passes (`--verify-s 1`), in which it reads every owner's block by itself.
+fn assert_alive_through_verify_passes(
+    d: &mut common::Daemon,
+    c: &mut gvm_client::Client,
+    uuid: &Uuid,
+) {
+    if let Err(e) = c.show(&uuid.to_string()) {
+        wait_until(Duration::from_secs(1), || d.exited().is_some());
+        panic!(
+            "show failed ({e}); the daemon: {:?}; log: {}",
+            d.exited(),
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        d.exited(),
+        None,
+        "the daemon died; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    c.show(&uuid.to_string())
+        .expect("the daemon answers show after its verify passes");
+}
+
+#[test]
+fn truncating_every_file_a_shim_process_could_create_in_dev_shm_cannot_crash_the_daemon() {
+    let Some((_dir, so, fake, prog)) = rig() else {
+        return;
+    };
+    let sim = shim_sim();
+    let mut d = sim.daemon(&["--backend", "shim", "--verify-s", "1"]);
+    let mut c = d.client();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    assert!(wait_until(Duration::from_secs(2), || is_managed(
+        &mut c, &uuid
+    )));
+    let mut p = ShimProcess::start(&so, &fake, &prog, &sim.root, &uuid);
+    let pid = p.pid();
+    assert!(
+        wait_until(Duration::from_secs(3), || c
+            .show(&uuid.to_string())
+            .map(|s| s
+                .owners
+                .iter()
+                .any(|o| o.pid == pid && o.gcgroups.len() == 1))
+            .unwrap_or(false)),
+        "adopted; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    p.send("launch");
+    assert_eq!(p.next(5).as_deref(), Some("launched=1"));
+
+    // The attack: shrink every file the user's process could have made under the root's
+    // /dev/shm (its control block, were there one, and the GPU's arbitration block).
+    let shm = sim.root.join("dev/shm");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&shm).unwrap().flatten() {
+        names.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().unwrap().is_file() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+    }
+    assert_alive_through_verify_passes(&mut d, &mut c, &uuid);
+    let shown = c.show(&uuid.to_string()).unwrap();
+    assert!(shown.owners.iter().any(|o| o.pid == pid), "still its owner");
+    assert!(
+        !names.contains(&format!("gvm-vgpu-{pid}")),
+        "the control block is not a file in /dev/shm: {names:?}"
+    );
+    // The block is a sealed memfd: not even root can shrink it through /proc.
+    let memfd = memfd_of(pid).expect("the shim holds its block as a memfd");
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&memfd)
+        .unwrap()
+        .set_len(0)
+        .unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EPERM),
+        "sealed against shrinking"
+    );
+    // The daemon still drives the process.
+    set_live_limit_and_see_it_hold(&mut c, &mut p, &block_of(pid), &uuid, 72);
+    // The process itself maps the GPU's arbitration block, truncated above, and may fault on
+    // it as it leaves (a separate defect: arbitration blocks are still files in /dev/shm);
+    // whatever its end, the daemon drops it and lives.
+    p.send("quit");
+    let _ = p.child.wait();
+    assert!(wait_until(Duration::from_secs(3), || c
+        .show(&uuid.to_string())
+        .unwrap()
+        .owners
+        .is_empty()));
+    assert_eq!(d.exited(), None, "the daemon lives");
+}
+
+#[test]
+fn a_hostile_client_handing_over_a_file_it_then_truncates_is_refused_and_the_daemon_lives() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some((dir, _so, _fake, _prog)) = rig() else {
+        return;
+    };
+    let sim = shim_sim();
+    let mut d = sim.daemon(&["--backend", "shim", "--verify-s", "1"]);
+    let mut c = d.client();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    assert!(wait_until(Duration::from_secs(2), || is_managed(
+        &mut c, &uuid
+    )));
+    let src = dir.path().join("hostile.c");
+    std::fs::write(&src, HOSTILE_C).unwrap();
+    let bin = dir.path().join("hostile");
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the hostile client failed");
+    // Another user must reach the program and the socket (the temporary directories are 0700).
+    for p in [dir.path(), sim.dir.path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A tmpfs file of the user's own (the real /dev/shm: tmpfs, sticky, world-writable).
+    let file = PathBuf::from(format!("/dev/shm/gvm-hostile-test-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let sock = sim.root.join("run/gvm-vgpu/shim.sock");
+    let mut child = Command::new(&bin)
+        .arg(&sock)
+        .arg(&file)
+        .uid(65534)
+        .gid(65534)
+        .env("GVM_VGPU_UUID", uuid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = || {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    };
+    let v1 = line();
+    let v2 = line();
+    assert_eq!(line(), "ready", "{v1} / {v2}");
+    // Give the daemon every chance to map what it accepted, then shrink the file under it.
+    let owned = wait_until(Duration::from_secs(1), || {
+        c.list(false)
+            .map(|l| l.iter().any(|v| v.owners.contains(&pid)))
+            .unwrap_or(false)
+    });
+    writeln!(stdin, "truncate").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(line(), "truncated=0", "the user can shrink its own file");
+    assert_alive_through_verify_passes(&mut d, &mut c, &uuid);
+    let _ = std::fs::remove_file(&file);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        v1.contains("\"ok\":false") && v1.contains("\"field\":\"version\""),
+        "protocol 1 (a block by path) is refused: {v1}"
+    );
+    assert!(
+        v2.contains("\"ok\":false") && v2.contains("\"field\":\"control\""),
+        "an unsealed file's descriptor is refused: {v2}"
+    );
+    assert!(!owned, "the hostile process never became an owner");
 }

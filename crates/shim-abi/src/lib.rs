@@ -2,16 +2,18 @@
 //! daemon (`gvm-vgpud`): what both sides map and agree on, and nothing that interposes.
 //!
 //! A process running under the interposer keeps its gcgroup knobs and counters in a
-//! *control block*, a small `#[repr(C)]` struct of atomics in a shared file
-//! (`/dev/shm/gvm-vgpu-<pid>` under the host root): memory limit and usage, priority,
-//! freeze and hold flags, kernel counts. The daemon maps the same file to read and retune it,
-//! exactly as it writes GVM's debugfs knobs ([`control`]). Processes of one GPU also share an
-//! *arbitration block* (`/dev/shm/gvm-vgpu-gpu<N>`) through which a lower-priority process
-//! holds its launches while a higher-priority one has GPU work ([`arbiter`], [`priority`]).
-//! [`config`] parses the knobs from the environment for processes running without a daemon.
-//! [`register`] is the socket protocol by which a shim process announces itself to the daemon
-//! (its GPUs by PCI bus id, its control block, its pid as it sees it); [`reregister`] keeps
-//! that registration alive across daemon restarts. [`vgpu_env`] names `GVM_VGPU_UUID`, the
+//! *control block*, a small `#[repr(C)]` struct of atomics in shared memory: by default an
+//! anonymous memfd sealed against shrinking and growing (or a `GVM_SHIM_CONTROL` file):
+//! memory limit and usage, priority, freeze and hold flags, kernel counts. The daemon maps
+//! the same memory, handed to it as a descriptor, to read and retune it, exactly as it writes
+//! GVM's debugfs knobs ([`control`], which also says what a manager agrees to map: nothing
+//! whose owner could resize it under the mapping). Processes of one GPU also share an
+//! *arbitration block* (`/dev/shm/gvm-vgpu-gpu-<pci bus id>`) through which a lower-priority
+//! process holds its launches while a higher-priority one has GPU work ([`arbiter`],
+//! [`priority`]). [`config`] parses the knobs from the environment for processes running
+//! without a daemon. [`register`] is the socket protocol by which a shim process announces
+//! itself to the daemon (its GPUs by PCI bus id, its control block's descriptor, its pid as
+//! it sees it); [`reregister`] keeps that registration alive across daemon restarts. [`vgpu_env`] names `GVM_VGPU_UUID`, the
 //! variable that ties a process to its vGPU, and reads it from a `/proc/<pid>/environ` block.
 //!
 //! This crate is separate from the interposer so that the daemon links the block layout
@@ -25,7 +27,8 @@
 //! - [`priority`]: this process's side of priority arbitration;
 //! - [`register`]: registration of a shim process with gvm-vgpud over the shim socket;
 //! - [`reregister`]: keeping that registration alive across daemon restarts;
-//! - [`sys`]: the OS primitives the blocks are built on, and all of the crate's `unsafe`.
+//! - [`sys`]: the OS primitives the blocks are built on (mappings, sealed memfds, descriptor
+//!   passing, futexes), and all of the crate's `unsafe`.
 
 #![deny(missing_docs)]
 
@@ -39,4 +42,4 @@ pub mod reregister;
 pub mod sys;
 pub mod vgpu_env;
 
-pub use error::{Error, Result};
+pub use error::{BlockProblem, Error, Result};

@@ -1,27 +1,33 @@
 //! Registration of a shim process with gvm-vgpud over the daemon's shim socket.
 //!
 //! The control block is how the daemon *drives* a shim process; registration is how it
-//! *learns* about one at once, with facts a file scan cannot give: which physical GPUs the
-//! process sees (PCI bus ids with their CUDA ordinals, so two processes with different
-//! `CUDA_VISIBLE_DEVICES` are told apart), where its control block is (also a non-default
-//! `GVM_SHIM_CONTROL` path), and the pid the process sees for itself (in a container that
-//! is not the daemon's pid for it). The daemon takes the process's identity from the
-//! socket's peer credentials, never from the message.
+//! *learns* about one, and how it *gets the block*: the request line travels with the block's
+//! descriptor attached (`SCM_RIGHTS`), so the daemon maps what the process holds, never a path
+//! someone could truncate or replace ([`crate::control`] says what it accepts). The line adds
+//! what a descriptor cannot say: which physical GPUs the process sees (PCI bus ids with their
+//! CUDA ordinals, so two processes with different `CUDA_VISIBLE_DEVICES` are told apart), the
+//! pid the process sees for itself (in a container that is not the daemon's pid for it), and
+//! what the block is (`control`: [`MEMFD_CONTROL`] for the default sealed memfd, else the
+//! `GVM_SHIM_CONTROL` path, as a description only). The daemon takes the process's identity
+//! from the socket's peer credentials, never from the message.
 //!
-//! The protocol: the shim connects to `/run/gvm-vgpu/shim.sock` under the host root
-//! ([`SOCKET_PATH`], overridden by [`SOCKET_ENV`]; `off` disables), writes one JSON line
-//! ([`Request::to_line`], at most [`MAX_LINE`] bytes), reads one JSON line back
-//! ([`Reply::parse`]) and keeps the connection open for as long as it lives: the daemon
+//! The protocol, version [`PROTOCOL_VERSION`] (2): the shim connects to
+//! `/run/gvm-vgpu/shim.sock` under the host root ([`SOCKET_PATH`], overridden by
+//! [`SOCKET_ENV`]; `off` disables), writes one JSON line ([`Request::to_line`], at most
+//! [`MAX_LINE`] bytes) whose first byte carries the block's descriptor, reads one JSON line
+//! back ([`Reply::parse`]) and keeps the connection open for as long as it lives: the daemon
 //! drops the registration when the connection reaches end-of-file (the process exited).
 //! Everything is bounded by one deadline ([`connect_and_register`]), so a missing, slow or
-//! wedged daemon costs the CUDA program at most that long, once.
+//! wedged daemon costs the CUDA program at most that long, once. Version 1 sent the block's
+//! path instead of its descriptor; a daemon speaking 2 refuses it (shim and daemon come from
+//! the same release).
 //!
 //! The encoding is written by hand (the interposer carries no JSON library); the daemon
 //! parses it with a real one and validates every field.
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,8 +40,10 @@ use crate::sys;
 pub const SOCKET_PATH: &str = "/run/gvm-vgpu/shim.sock";
 /// Environment variable naming the socket (`off` disables registration).
 pub const SOCKET_ENV: &str = "GVM_SHIM_SOCKET";
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this crate speaks: 2, the block handed over as a descriptor.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The `control` description of a block that is an anonymous sealed memfd (the default).
+pub const MEMFD_CONTROL: &str = "memfd";
 /// The longest request or reply line, newline included.
 pub const MAX_LINE: usize = 4096;
 /// The most GPUs one request may list.
@@ -93,7 +101,8 @@ pub struct Request {
     pub version: u32,
     /// The process's pid as it sees it (its own pid namespace).
     pub pid: u32,
-    /// The control block's path as the process sees it.
+    /// What the block handed over is: [`MEMFD_CONTROL`], or its file's path as the process
+    /// sees it (a description for logs; the daemon maps the descriptor, never the path).
     pub control: String,
     /// The GPUs it sees.
     pub gpus: Vec<GpuId>,
@@ -255,11 +264,13 @@ pub struct Registered {
     pub reply: Reply,
 }
 
-/// Connect to `path`, send `request` and read the reply, all within `timeout`. Never
-/// blocks longer than about `timeout`; holds no lock.
+/// Connect to `path`, send `request` with the control block's descriptor `control`
+/// attached and read the reply, all within `timeout`. Never blocks longer than about
+/// `timeout`; holds no lock.
 pub fn connect_and_register(
     path: &Path,
     request: &Request,
+    control: BorrowedFd<'_>,
     timeout: Duration,
 ) -> Result<Registered, RegisterError> {
     let deadline = Instant::now() + timeout;
@@ -292,9 +303,16 @@ pub fn connect_and_register(
     stream
         .set_write_timeout(Some(at_least(left())))
         .map_err(io_err)?;
-    stream
-        .write_all(request.to_line().as_bytes())
-        .map_err(io_err)?;
+    let line = request.to_line();
+    let mut rest = line.as_bytes();
+    let sent = sys::send_with_fds(stream.as_fd(), rest, &[control]).map_err(io_err)?;
+    rest = rest.get(sent..).unwrap_or_default();
+    while !rest.is_empty() {
+        match sys::send_bytes(stream.as_fd(), rest).map_err(io_err)? {
+            0 => return Err(io_err(std::io::ErrorKind::WriteZero.into())),
+            n => rest = rest.get(n..).unwrap_or_default(),
+        }
+    }
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     while !buf.contains(&b'\n') {
@@ -338,7 +356,8 @@ pub fn connect_and_register(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufRead;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::net::UnixListener;
 
     #[test]
@@ -397,7 +416,7 @@ mod tests {
         assert!(line.ends_with('\n'));
         assert_eq!(
             line,
-            "{\"version\":1,\"pid\":42,\"control\":\"/dev/shm/a\\\"b\\\\c\\u000a\",\"gpus\":[{\"ordinal\":1,\"pci_bus_id\":\"0000:3B:00.0\"}],\"vgpu_uuid\":null}\n"
+            "{\"version\":2,\"pid\":42,\"control\":\"/dev/shm/a\\\"b\\\\c\\u000a\",\"gpus\":[{\"ordinal\":1,\"pci_bus_id\":\"0000:3B:00.0\"}],\"vgpu_uuid\":null}\n"
         );
     }
 
@@ -424,10 +443,19 @@ mod tests {
         Request {
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
-            control: "/dev/shm/x".into(),
+            control: MEMFD_CONTROL.into(),
             gpus: Vec::new(),
             vgpu_uuid: None,
         }
+    }
+
+    fn block() -> crate::control::ControlMap {
+        crate::control::ControlMap::create_sealed(&crate::config::Knobs::default(), 0)
+            .expect("sealed block")
+    }
+
+    fn fd(b: &crate::control::ControlMap) -> BorrowedFd<'_> {
+        b.fd().expect("shared block")
     }
 
     #[test]
@@ -435,7 +463,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("none.sock");
         let t = Instant::now();
-        let e = connect_and_register(&path, &request(), DEFAULT_TIMEOUT).expect_err("no daemon");
+        let e = connect_and_register(&path, &request(), fd(&block()), DEFAULT_TIMEOUT)
+            .expect_err("no daemon");
         assert!(t.elapsed() < Duration::from_millis(100));
         assert!(matches!(e, RegisterError::Connect { errno, .. } if errno == libc::ENOENT));
         assert!(e.to_string().contains("none.sock"));
@@ -447,7 +476,8 @@ mod tests {
         let path = dir.path().join("mute.sock");
         let _l = UnixListener::bind(&path).expect("bind");
         let t = Instant::now();
-        let e = connect_and_register(&path, &request(), Duration::from_millis(80))
+        let b = block();
+        let e = connect_and_register(&path, &request(), fd(&b), Duration::from_millis(80))
             .expect_err("no answer");
         let took = t.elapsed();
         assert!(matches!(e, RegisterError::Timeout { .. }), "{e:?}");
@@ -461,21 +491,36 @@ mod tests {
         let l = UnixListener::bind(&path).expect("bind");
         let server = std::thread::spawn(move || {
             let (s, _) = l.accept().expect("accept");
-            let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
-            let mut line = String::new();
-            r.read_line(&mut line).expect("read");
+            let mut buf = [0u8; MAX_LINE];
+            let (n, handed) = sys::recv_with_fd(s.as_fd(), &mut buf).expect("read");
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let id = handed.map(|h| {
+                let m = std::fs::File::from(h).metadata().expect("fstat");
+                (m.dev(), m.ino())
+            });
             (&s).write_all(b"{\"ok\":true,\"gpu\":16}\n")
                 .expect("write");
             let mut rest = Vec::new();
             // Returns at EOF: when the client drops its connection.
-            r.read_to_end(&mut rest).expect("eof");
-            line
+            (&s).read_to_end(&mut rest).expect("eof");
+            (line, id)
         });
-        let reg = connect_and_register(&path, &request(), Duration::from_secs(2)).expect("ok");
+        let b = block();
+        let reg =
+            connect_and_register(&path, &request(), fd(&b), Duration::from_secs(2)).expect("ok");
         assert_eq!(reg.reply.gpu, Some(16));
         drop(reg);
-        let line = server.join().expect("server");
-        assert!(line.starts_with("{\"version\":1,"));
+        let (line, id) = server.join().expect("server");
+        assert!(line.starts_with("{\"version\":2,"), "{line}");
+        assert!(
+            line.ends_with('\n'),
+            "the whole line came with the descriptor"
+        );
+        assert_eq!(
+            id,
+            b.file_id(),
+            "the block's own descriptor came with the line"
+        );
     }
 
     #[test]
@@ -489,7 +534,8 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
-        match connect_and_register(&path, &request(), Duration::from_secs(2)) {
+        let b = block();
+        match connect_and_register(&path, &request(), fd(&b), Duration::from_secs(2)) {
             Err(RegisterError::Refused { message, .. }) => assert_eq!(message, "bad pid"),
             other => panic!("expected a refusal, got {other:?}"),
         }

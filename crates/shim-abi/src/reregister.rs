@@ -2,17 +2,19 @@
 //!
 //! A registration lives exactly as long as its connection ([`crate::register`]): when
 //! gvm-vgpud stops — an upgrade, a crash, `kill -9` — the connection hangs up and the new
-//! daemon knows nothing of the process. The `/dev/shm` scan finds blocks at the default path
-//! of processes in the daemon's pid namespace, but not a block at a `GVM_SHIM_CONTROL` path
-//! nor a process in another pid namespace: those must register again.
+//! daemon knows nothing of the process. Its block is a sealed memfd in no directory (or a
+//! `GVM_SHIM_CONTROL` file the daemon does not look for), and a daemon maps only blocks
+//! handed to it: so every block comes back to a new daemon by the process registering again,
+//! with the same block's descriptor.
 //!
 //! So after set-up the shim runs one small thread, [`THREAD_NAME`], that
 //!
 //! * while registered, sleeps in `poll(2)` on the kept connection until it hangs up (no
 //!   timeout, no busy loop, nothing on the CUDA launch path);
 //! * while not registered (the daemon went away, or there was none at set-up), retries the
-//!   same [`Request`] every [`RETRY`] with the same bound ([`connect_and_register`]), holding
-//!   no lock, and waits on the new connection once one is accepted;
+//!   same [`Request`] with the same block descriptor ([`SocketLink::control`]) every
+//!   [`RETRY`] with the same bound ([`connect_and_register`]), holding no lock, and waits on
+//!   the new connection once one is accepted;
 //! * after a refusal retries only every [`RETRY_REFUSED`] (a refusal is deterministic; the
 //!   daemon logs each one);
 //! * logs one line per state change ([`Keeper::on`]), never one per retry;
@@ -206,6 +208,9 @@ pub struct SocketLink {
     pub socket: PathBuf,
     /// The request sent at set-up, sent again unchanged.
     pub request: Request,
+    /// The control block's descriptor (a duplicate, close-on-exec), handed over again with
+    /// every request.
+    pub control: OwnedFd,
     /// The bound of one attempt ([`crate::register::DEFAULT_TIMEOUT`] in the shim).
     pub timeout: Duration,
     /// Set once the process is exiting (the shim sets it from an `atexit` handler).
@@ -218,8 +223,13 @@ impl Link for SocketLink {
     type Conn = OwnedFd;
 
     fn register(&mut self) -> Result<(OwnedFd, Reply), RegisterError> {
-        connect_and_register(&self.socket, &self.request, self.timeout)
-            .map(|r| (r.connection, r.reply))
+        connect_and_register(
+            &self.socket,
+            &self.request,
+            self.control.as_fd(),
+            self.timeout,
+        )
+        .map(|r| (r.connection, r.reply))
     }
 
     fn wait_hangup(&mut self, conn: &OwnedFd) {

@@ -4,7 +4,8 @@
 use super::*;
 use crate::register::{GpuId, PROTOCOL_VERSION};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -221,9 +222,10 @@ fn keeper_threads() -> usize {
         .unwrap_or(0)
 }
 
-/// Accept one registration on `l` within `within`, answer it, return the line and the
-/// connection (kept open by the caller).
-fn serve_one(l: &UnixListener, within: Duration) -> (String, UnixStream) {
+/// Accept one registration on `l` within `within`, answer it, return the line, the
+/// (device, inode) of the descriptor that came with it and the connection (kept open by the
+/// caller).
+fn serve_one(l: &UnixListener, within: Duration) -> (String, Option<(u64, u64)>, UnixStream) {
     l.set_nonblocking(true).expect("nonblocking");
     let deadline = Instant::now() + within;
     let s = loop {
@@ -242,10 +244,15 @@ fn serve_one(l: &UnixListener, within: Duration) -> (String, UnixStream) {
     s.set_nonblocking(false).expect("blocking");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).expect("request");
+    let mut buf = [0u8; crate::register::MAX_LINE];
+    let (n, handed) = crate::sys::recv_with_fd(s.as_fd(), &mut buf).expect("request");
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let id = handed.map(|h| {
+        let m = std::fs::File::from(h).metadata().expect("fstat");
+        (m.dev(), m.ino())
+    });
     (&s).write_all(b"{\"ok\":true,\"gpu\":4}\n").expect("reply");
-    (line, s)
+    (line, id, s)
 }
 
 #[test]
@@ -255,23 +262,27 @@ fn the_socket_link_finds_a_late_daemon_and_a_restarted_one() {
     let request = Request {
         version: PROTOCOL_VERSION,
         pid: std::process::id(),
-        control: "/elsewhere/block".into(),
+        control: crate::register::MEMFD_CONTROL.into(),
         gpus: vec![GpuId {
             ordinal: 0,
             pci_bus_id: "0000:3b:00.0".into(),
         }],
         vgpu_uuid: None,
     };
+    let block = crate::control::ControlMap::create_sealed(&crate::config::Knobs::default(), 0)
+        .expect("block");
+    let fd = block.fd().expect("descriptor");
     let link = SocketLink {
         socket: path.clone(),
         request: request.clone(),
+        control: fd.try_clone_to_owned().expect("dup"),
         timeout: Duration::from_millis(100),
         exiting: &EXITING,
         log: record,
     };
     // No daemon at set-up.
     let first =
-        connect_and_register(&path, &request, Duration::from_millis(100)).map(|r| r.connection);
+        connect_and_register(&path, &request, fd, Duration::from_millis(100)).map(|r| r.connection);
     assert!(matches!(first, Err(RegisterError::Connect { .. })));
     spawn(link, &path, first).expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -282,16 +293,22 @@ fn the_socket_link_finds_a_late_daemon_and_a_restarted_one() {
 
     // A daemon starts: registered within a retry interval (and some slack for load).
     let l1 = UnixListener::bind(&path).expect("bind");
-    let (line1, conn1) = serve_one(&l1, Duration::from_secs(5));
+    let (line1, id1, conn1) = serve_one(&l1, Duration::from_secs(5));
     assert_eq!(line1, request.to_line());
+    assert_eq!(
+        id1,
+        block.file_id(),
+        "the block's descriptor came with the line"
+    );
 
     // It dies (kill -9: the listener and the connection close; the socket file stays).
     drop(conn1);
     drop(l1);
     std::fs::remove_file(&path).expect("stale socket");
     let l2 = UnixListener::bind(&path).expect("bind again");
-    let (line2, conn2) = serve_one(&l2, Duration::from_secs(5));
+    let (line2, id2, conn2) = serve_one(&l2, Duration::from_secs(5));
     assert_eq!(line2, line1, "the same request again");
+    assert_eq!(id2, id1, "with the same block's descriptor again");
     let lines = LINES.lock().unwrap_or_else(PoisonError::into_inner).clone();
     assert!(
         lines

@@ -1,10 +1,13 @@
 //! The operating-system primitives the control and arbitration blocks are built on: a shared
-//! file mapping, futex wait/wake across processes, the monotonic clock and a liveness probe.
+//! file mapping, sealed memfds (a block whose size its owner cannot change, so a mapping of it
+//! can never fault with `SIGBUS`), descriptor passing over Unix sockets (`SCM_RIGHTS`), futex
+//! wait/wake across processes, the monotonic clock and a liveness probe.
 //! All `unsafe` of this crate is here, each block with its `// SAFETY:` reason.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -138,7 +141,6 @@ pub fn monotonic_ns() -> u64 {
 /// about `timeout` (a daemon whose backlog is full is retried until then, never waited on
 /// indefinitely). The socket is left non-blocking.
 pub fn unix_connect(path: &std::path::Path, timeout: Duration) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
 
     let bytes = path.as_os_str().as_bytes();
@@ -276,4 +278,290 @@ pub fn spawn_once(
             on_error(e);
         }
     });
+}
+
+/// `F_SEAL_SEAL`: no seal may be added any more.
+pub const SEAL_SEAL: u32 = libc::F_SEAL_SEAL as u32;
+/// `F_SEAL_SHRINK`: the file cannot be made smaller (so no mapping of it can fault).
+pub const SEAL_SHRINK: u32 = libc::F_SEAL_SHRINK as u32;
+/// `F_SEAL_GROW`: the file cannot be made larger.
+pub const SEAL_GROW: u32 = libc::F_SEAL_GROW as u32;
+/// `F_SEAL_WRITE`: the file cannot be written (nor mapped writable).
+pub const SEAL_WRITE: u32 = libc::F_SEAL_WRITE as u32;
+/// `F_SEAL_FUTURE_WRITE`: no new writable mapping or write.
+pub const SEAL_FUTURE_WRITE: u32 = libc::F_SEAL_FUTURE_WRITE as u32;
+
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the memfd is not executable, and stays so. Older kernels
+/// refuse the flag (EINVAL), newer ones may refuse a memfd without it (`vm.memfd_noexec=2`).
+const MFD_NOEXEC_SEAL: libc::c_uint = 0x0008;
+
+/// A new, empty memfd named `name` (`/proc/<pid>/fd` shows `/memfd:<name>`): close-on-exec,
+/// sealing allowed, not executable where the kernel knows how to say so. Made with the raw
+/// system call, so `libgvm_cuda.so` needs no glibc 2.27 for it.
+pub fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
+    let create = |flags: libc::c_uint| {
+        // SAFETY: memfd_create reads the NUL-terminated name we borrow for the call; the result
+        // is checked below.
+        unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), flags) }
+    };
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    let mut rc = create(base | MFD_NOEXEC_SEAL);
+    if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        rc = create(base);
+    }
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = libc::c_int::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Add `seals` (`SEAL_*`) to the memfd `fd` (`F_ADD_SEALS`).
+pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
+    let seals =
+        libc::c_int::try_from(seals).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: F_ADD_SEALS takes an int argument and touches no memory of ours.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The seals of `fd` (`F_GET_SEALS`): EINVAL for a file that cannot carry seals (anything but
+/// a shared-memory file); a tmpfs file not made by `memfd_create` has `SEAL_SEAL` alone.
+pub fn get_seals(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: F_GET_SEALS takes no argument and touches no memory of ours.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// A memfd named `name` of exactly `len` bytes (zeroes), sealed against shrinking, growing
+/// and further sealing: whoever holds it can write its bytes but never change its size.
+pub fn sealed_memfd(name: &CStr, len: u64) -> io::Result<OwnedFd> {
+    let file = File::from(memfd_create(name)?);
+    file.set_len(len)?;
+    add_seals(file.as_fd(), SEAL_SHRINK | SEAL_GROW | SEAL_SEAL)?;
+    Ok(OwnedFd::from(file))
+}
+
+fn retry_eintr(mut f: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = f();
+        if n >= 0 {
+            return usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Send `bytes` on the connected stream socket `sock` with the descriptors `fds` attached
+/// (one `SCM_RIGHTS` message, arriving with the first byte; at most [`MAX_RECEIVED_FDS`]).
+/// Returns how many bytes went: send the rest with [`send_bytes`]. `MSG_NOSIGNAL`: a peer
+/// that hung up is `EPIPE`, never `SIGPIPE` in the host program.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    if fds.is_empty() || fds.len() > MAX_RECEIVED_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let fds_len = libc::c_uint::try_from(fds.len() * std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // Room for one cmsghdr and MAX_RECEIVED_FDS ints, 8-byte aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE and CMSG_LEN are arithmetic on their argument.
+    let (space, cmsg_len) = unsafe { (libc::CMSG_SPACE(fds_len), libc::CMSG_LEN(fds_len)) };
+    let space = usize::try_from(space).unwrap_or(usize::MAX);
+    if space > std::mem::size_of_val(&control) {
+        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+    }
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `control`, which has room for one header and `fds.len()` ints
+    // (checked above), so CMSG_FIRSTHDR is non-null and the ints written from CMSG_DATA on
+    // lie inside `control`; they are written unaligned-safe.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+        }
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = cmsg_len as _;
+        let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+        }
+    }
+    retry_eintr(|| {
+        // SAFETY: `msg` and what it points at (`iov` over `bytes`, `control`) live on our stack
+        // or are borrowed for the call; sendmsg only reads them.
+        unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) }
+    })
+}
+
+/// Send `bytes` on the connected socket `sock` (`MSG_NOSIGNAL`, see [`send_with_fds`]);
+/// returns how many went.
+pub fn send_bytes(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: send reads at most `bytes.len()` bytes of the slice we borrow for the call.
+        unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        }
+    })
+}
+
+/// The most descriptors one [`recv_with_fd`] makes room for; the kernel discards (closes)
+/// any beyond, and any beyond the first are closed here.
+pub const MAX_RECEIVED_FDS: usize = 8;
+
+/// Receive into `buf` from the stream socket `sock`: the byte count (0 at end of file) and
+/// the first descriptor that came with those bytes, if any. Every other descriptor received
+/// is closed at once; all are close-on-exec from the start (`MSG_CMSG_CLOEXEC`). Blocks or
+/// not as the socket does (`WouldBlock` on a non-blocking one with nothing to read).
+pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let fds_len = (MAX_RECEIVED_FDS * std::mem::size_of::<libc::c_int>()) as libc::c_uint;
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    let space = usize::try_from(unsafe { libc::CMSG_SPACE(fds_len) }).unwrap_or(usize::MAX);
+    let space = space.min(std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = retry_eintr(|| {
+        // SAFETY: recvmsg writes at most `buf.len()` bytes into `buf` and at most
+        // `msg_controllen` bytes into `control`, both ours for the call.
+        unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) }
+    })?;
+    let mut first: Option<OwnedFd> = None;
+    // SAFETY: the kernel filled `control` up to `msg_controllen` with well-formed cmsg
+    // headers; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it (null at its end), each header's data
+    // of `cmsg_len` bytes lies inside it, and every int of SCM_RIGHTS data is a descriptor
+    // newly installed for us, which we own from here on.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                let bytes = ((*c).cmsg_len as usize)
+                    .saturating_sub((data as usize).saturating_sub(c as usize));
+                let count = bytes / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    if raw < 0 {
+                        continue;
+                    }
+                    let owned = OwnedFd::from_raw_fd(raw);
+                    if first.is_none() {
+                        first = Some(owned);
+                    }
+                    // Any other: dropped here, which closes it.
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// How many descriptors of this process point at a memfd named `name`.
+    fn open_memfds(name: &str) -> usize {
+        let want = format!("/memfd:{name} (deleted)");
+        std::fs::read_dir("/proc/self/fd")
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_descriptor_travels_with_the_first_bytes_and_extra_ones_are_closed() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let one = sealed_memfd(c"gvm-sys-test-one", 4096).expect("memfd");
+        let name = format!("gvm-sys-test-extra-{}", std::process::id());
+        let cname = std::ffi::CString::new(name.clone()).expect("name");
+        let extras: Vec<OwnedFd> = (0..3)
+            .map(|_| memfd_create(&cname).expect("memfd"))
+            .collect();
+        assert_eq!(
+            send_with_fds(a.as_fd(), b"hello\n", &[one.as_fd()]).expect("send"),
+            6
+        );
+        let all: Vec<BorrowedFd<'_>> = extras.iter().map(AsFd::as_fd).collect();
+        assert_eq!(send_with_fds(a.as_fd(), b"more", &all).expect("send"), 4);
+        assert_eq!(send_bytes(a.as_fd(), b"!").expect("send"), 1);
+        drop(extras);
+        assert_eq!(open_memfds(&name), 0, "in flight: held by the socket only");
+
+        let mut buf = [0u8; 64];
+        let (n, fd) = recv_with_fd(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!(
+            &buf[..n],
+            b"hello\n",
+            "bytes with another descriptor are not merged"
+        );
+        let fd = fd.expect("the descriptor came with the first bytes");
+        assert_eq!(
+            get_seals(fd.as_fd()).expect("seals") & (SEAL_SHRINK | SEAL_GROW),
+            SEAL_SHRINK | SEAL_GROW
+        );
+        // SAFETY: F_GETFD reads the descriptor's flags only.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "close-on-exec");
+        let (n, first) = recv_with_fd(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"more");
+        assert!(first.is_some());
+        assert_eq!(open_memfds(&name), 1, "only the first of three is kept");
+        drop(first);
+        assert_eq!(open_memfds(&name), 0);
+        let (n, none) = recv_with_fd(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!((&buf[..n], none.is_none()), (&b"!"[..], true));
+        drop(a);
+        let (n, none) = recv_with_fd(b.as_fd(), &mut buf).expect("eof");
+        assert_eq!((n, none.is_none()), (0, true), "end of file");
+        assert_eq!(
+            send_with_fds(b.as_fd(), b"x", &[])
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
+    }
 }

@@ -10,22 +10,28 @@
 //! [`ShimBackend`] makes those blocks look like GVM gcgroups, so the daemon core does not
 //! know which backend it drives:
 //! * **Discovery** is registration first, a file scan as the fallback. A shim registers
-//!   over the manager's shim socket at set-up ([`crate::handover`]): its block (also at a
-//!   non-default `GVM_SHIM_CONTROL` path) is a gcgroup from the next scan on, under the
-//!   daemon's pid for the process (the socket's peer), and goes the moment the connection
-//!   closes. For processes started before the daemon, or across a daemon restart, every
-//!   `gvm-vgpu-<pid>` file in the root's `/dev/shm` whose magic and layout version are right
-//!   and whose pid is alive is a process with one gcgroup too (a registered block is not
-//!   counted twice). Blocks of dead processes (killed before the shim could remove its
-//!   file) are deleted. Only regular files owned by root or by the process's own user
-//!   count: a link, or a block another user planted for someone else's pid, is ignored.
+//!   over the manager's shim socket at set-up ([`crate::handover`]) and hands over its block
+//!   (a sealed memfd, or a root process's root-owned file), which the handover maps: that
+//!   mapping is a gcgroup from the next scan on, under the daemon's pid for the process (the
+//!   socket's peer), and goes the moment the connection closes. After a daemon restart the
+//!   shim registers again, with the same block. The scan of the root's `/dev/shm` is for
+//!   shims of older releases run by root: a `gvm-vgpu-<pid>` file of a live pid is mapped only
+//!   if, checked with `fstat` on the descriptor opened with `O_NOFOLLOW` (never by path
+//!   first), it is a regular file owned by root, mode 0600 (no group or other bits), on the
+//!   filesystem of `/dev/shm` itself, one block long, with the right magic and layout
+//!   ([`ControlMap::open_root_owned`]). Everything else — another user's file, a link, a
+//!   FIFO, a mount over the name — is ignored (logged once at debug level): any user can
+//!   create files there, and a mapped file its owner truncates kills the mapper with
+//!   `SIGBUS`. A registered block is not counted twice; root-owned blocks of dead processes
+//!   (killed before the shim could remove its file) are deleted.
 //! * **GPU**: physical GPUs are known by PCI bus id. A process's gcgroup is on the GPU whose
 //!   arbitration block (`gvm-vgpu-gpu-<pci bus id>`) holds its pid, else on the first GPU it
 //!   registered; the bus id maps to GVM's GPU index through the mdev parent with that PCI
 //!   address (`gvm_gcgroup::gpu_index::gvm_gpu_of_pci`: its `gvm_uvm_index`, or GVM's probe-order numbering).
 //!   Without such a parent the CUDA ordinal is used, as before (logged once per bus id);
 //!   legacy `gvm-vgpu-gpu<N>` blocks give their ordinal; with nothing known, GPU `0`.
-//! * **Reads** map the block's counters to a [`GcgroupSnapshot`] ([`crate::blocks::snapshot`]); the
+//! * **Reads** map the block's counters to a [`GcgroupSnapshot`] ([`crate::blocks::snapshot`],
+//!   which treats every field as untrusted: the block's owner writes what it likes); the
 //!   pending kernel count is `submitted - ended + waiting` (the shim advances `ended` at
 //!   synchronisation points, so it lags; `waiting` counts threads held at the launch gate, so
 //!   a frozen process that had synchronised still shows it has work, as GVM's pending
@@ -54,11 +60,12 @@ use gvm_gcgroup::{Error, GcgroupBackend, GcgroupSnapshot, MemoryLimit, Priority,
 use gvm_host_root::HostRoot;
 use gvm_shim_abi::arbiter::ArbiterKey;
 use gvm_shim_abi::control::ControlMap;
+use gvm_shim_abi::{BlockProblem, Error as AbiError};
 use tracing::{debug, info, warn};
 
 use crate::blocks::{apply_gating, arbiter_pids, block_pid, snapshot, BLOCK_PREFIX, SHM_DIR};
 use crate::gating::GatingModes;
-use crate::registry::ShimRegistry;
+use crate::registry::{Registration, ShimRegistry};
 
 /// The name [`ShimBackend`] reports.
 pub const SHIM_NAME: &str = "shim";
@@ -104,7 +111,8 @@ impl ShimBackendError {
 /// A block the backend has mapped, and the file it came from.
 #[derive(Debug)]
 struct Tracked {
-    map: ControlMap,
+    /// The mapping: the registration's own, or one the scan made of a root-owned file.
+    map: Arc<ControlMap>,
     /// (device, inode): a file replaced under the same name is mapped again.
     file_id: (u64, u64),
 }
@@ -114,8 +122,22 @@ struct State {
     blocks: BTreeMap<u32, Tracked>,
     /// Bad block files and how many scans in a row found them bad (warned at the second).
     bad: BTreeMap<PathBuf, u32>,
+    /// Files the scan will not map (not root's, not 0600, a link...), by the identity they
+    /// had when logged: each is logged once.
+    ignored: BTreeMap<PathBuf, Option<(u64, u64)>>,
     /// PCI bus ids already logged as having no mdev parent.
     unmapped: BTreeSet<String>,
+}
+
+/// What came of looking at one scanned block file.
+#[derive(Debug)]
+enum Scanned {
+    /// Mapped (or kept mapped).
+    Tracked,
+    /// Not a file the manager maps whatever it holds: ignored.
+    Ignored,
+    /// A root-owned file that is not (yet) a block of this layout.
+    Bad(ShimBackendError),
 }
 
 /// The CUDA shim's control blocks as a [`GcgroupBackend`].
@@ -159,44 +181,92 @@ impl ShimBackend {
         self.host.proc_dir().join(pid.to_string()).exists()
     }
 
-    /// Whether `meta` is a regular file (not a link) owned by root or by the user running
-    /// `pid`: a block someone else planted for a process is not that process's.
-    fn trusted(&self, pid: u32, meta: &fs::Metadata) -> bool {
-        if !meta.file_type().is_file() {
-            return false;
-        }
-        meta.uid() == 0
-            || fs::metadata(self.host.proc_dir().join(pid.to_string()))
-                .is_ok_and(|p| p.uid() == meta.uid())
-    }
-
     fn block_path(&self, pid: u32) -> PathBuf {
         self.shm.join(format!("{BLOCK_PREFIX}{pid}"))
     }
 
-    /// Map (or keep) the block of `pid` at `path`, whose file identity is `id`.
-    fn track(
+    /// Keep the block `reg` handed over as the one of `pid` (its own mapping: nothing is
+    /// opened).
+    fn track_registered(&self, state: &mut State, pid: u32, reg: &Registration) {
+        if state
+            .blocks
+            .get(&pid)
+            .is_some_and(|t| Arc::ptr_eq(&t.map, &reg.block))
+        {
+            return;
+        }
+        let standalone = reg.block.block().is_standalone();
+        info!(pid, control = %reg.control, standalone, "CUDA shim process found (registered)");
+        state.blocks.insert(
+            pid,
+            Tracked {
+                map: reg.block.clone(),
+                file_id: reg.file_id,
+            },
+        );
+    }
+
+    /// Map (or keep) the scanned block file of `pid` at `path`, whose name had identity `id`
+    /// when listed: only a root-owned mode-0600 file, as checked on the opened descriptor.
+    fn track_scanned(
         &self,
         state: &mut State,
         pid: u32,
         path: &Path,
-        id: (u64, u64),
-    ) -> std::result::Result<(), ShimBackendError> {
-        if state.blocks.get(&pid).is_some_and(|t| t.file_id == id) {
-            return Ok(());
+        id: Option<(u64, u64)>,
+        shm_dev: Option<u64>,
+    ) -> Scanned {
+        if id.is_some()
+            && state
+                .blocks
+                .get(&pid)
+                .is_some_and(|t| Some(t.file_id) == id)
+        {
+            return Scanned::Tracked;
         }
         state.blocks.remove(&pid);
-        let map = ControlMap::open(path).map_err(|e| ShimBackendError::OpenBlock {
-            pid,
-            path: path.to_path_buf(),
-            errno: e.errno(),
-            source: e,
-        })?;
+        let map = match ControlMap::open_root_owned(path, shm_dev) {
+            Ok(m) => m,
+            Err(
+                e @ AbiError::UnsafeBlock {
+                    problem: BlockProblem::WrongSize { .. } | BlockProblem::BadBlock { .. },
+                    ..
+                },
+            ) => {
+                // Root's own file, still being written or of another layout.
+                return Scanned::Bad(ShimBackendError::OpenBlock {
+                    pid,
+                    path: path.to_path_buf(),
+                    errno: e.errno(),
+                    source: e,
+                });
+            }
+            Err(e) => {
+                if state.ignored.get(path) != Some(&id) {
+                    debug!(pid, path = %path.display(), "not mapping this control block file: {e}");
+                    state.ignored.insert(path.to_path_buf(), id);
+                }
+                return Scanned::Ignored;
+            }
+        };
+        let file_id = map.file_id().or(id).unwrap_or_default();
         let standalone = map.block().is_standalone();
-        info!(pid, path = %path.display(), standalone, "CUDA shim process found");
+        info!(pid, path = %path.display(), standalone, "CUDA shim process found (root-owned block file)");
         state.bad.remove(path);
-        state.blocks.insert(pid, Tracked { map, file_id: id });
-        Ok(())
+        state.ignored.remove(path);
+        state.blocks.insert(
+            pid,
+            Tracked {
+                map: Arc::new(map),
+                file_id,
+            },
+        );
+        Scanned::Tracked
+    }
+
+    /// The device of the scanned directory (a block file must be on it).
+    fn shm_dev(&self) -> Option<u64> {
+        fs::metadata(&self.shm).ok().map(|m| m.dev())
     }
 
     /// Run `f` on the block of `pid`, mapping it first if no scan has yet.
@@ -208,22 +278,20 @@ impl ShimBackend {
         }
         if !state.blocks.contains_key(&pid) {
             if let Some(reg) = self.registry.get(pid) {
-                self.track(&mut state, pid, &reg.control, reg.file_id)
-                    .map_err(ShimBackendError::into_gcgroup)?;
-                return match state.blocks.get(&pid) {
-                    Some(t) => Ok(f(&t.map)),
-                    None => Err(Error::ProcessGone { pid }),
+                self.track_registered(&mut state, pid, &reg);
+            } else {
+                let path = self.block_path(pid);
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    return Err(Error::ProcessGone { pid });
                 };
+                let id = Some((meta.dev(), meta.ino()));
+                let shm_dev = self.shm_dev();
+                match self.track_scanned(&mut state, pid, &path, id, shm_dev) {
+                    Scanned::Tracked => {}
+                    Scanned::Ignored => return Err(Error::ProcessGone { pid }),
+                    Scanned::Bad(e) => return Err(e.into_gcgroup()),
+                }
             }
-            let path = self.block_path(pid);
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                return Err(Error::ProcessGone { pid });
-            };
-            if !self.trusted(pid, &meta) {
-                return Err(Error::ProcessGone { pid });
-            }
-            self.track(&mut state, pid, &path, (meta.dev(), meta.ino()))
-                .map_err(ShimBackendError::into_gcgroup)?;
         }
         match state.blocks.get(&pid) {
             Some(t) => Ok(f(&t.map)),
@@ -299,10 +367,20 @@ impl GcgroupBackend for ShimBackend {
     fn processes(&self) -> Result<Vec<u32>> {
         let rd = match fs::read_dir(&self.shm) {
             Ok(rd) => rd,
-            // No /dev/shm under this root: no shim process can have a block.
+            // No /dev/shm under this root: only registered processes.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.lock().blocks.clear();
-                return Ok(Vec::new());
+                let mut state = self.lock();
+                let mut live = BTreeSet::new();
+                for (pid, reg) in self.registry.all() {
+                    if !self.alive(pid) {
+                        self.registry.forget(pid);
+                        continue;
+                    }
+                    self.track_registered(&mut state, pid, &reg);
+                    live.insert(pid);
+                }
+                state.blocks.retain(|pid, _| live.contains(pid));
+                return Ok(live.into_iter().collect());
             }
             Err(e) => {
                 return Err(ShimBackendError::ListBlocks {
@@ -313,9 +391,10 @@ impl GcgroupBackend for ShimBackend {
                 .into_gcgroup())
             }
         };
+        let shm_dev = self.shm_dev();
         let mut state = self.lock();
         let mut live = BTreeSet::new();
-        // Registered processes first, at their registered block.
+        // Registered processes first, with the block each handed over.
         let mut registered_files = BTreeSet::new();
         for (pid, reg) in self.registry.all() {
             if !self.alive(pid) {
@@ -323,46 +402,44 @@ impl GcgroupBackend for ShimBackend {
                 continue;
             }
             registered_files.insert(reg.file_id);
-            match self.track(&mut state, pid, &reg.control, reg.file_id) {
-                Ok(()) => {
-                    live.insert(pid);
-                }
-                Err(e) => {
-                    warn!("{}", error_chain(&e));
-                    self.registry.forget(pid);
-                }
-            }
+            self.track_registered(&mut state, pid, &reg);
+            live.insert(pid);
         }
         for entry in rd.flatten() {
             let Some(pid) = block_pid(&entry.file_name().to_string_lossy()) else {
                 continue;
             };
+            if live.contains(&pid) {
+                continue;
+            }
             let path = entry.path();
+            // The name's identity (lstat: a link is its own inode). Only to recognise a file
+            // already mapped or registered; what is mapped is checked on the opened descriptor.
+            let meta = fs::symlink_metadata(&path).ok();
+            let id = meta.as_ref().map(|m| (m.dev(), m.ino()));
             // A registered block is known under the daemon's pid for its process already
             // (its name holds the pid the process sees, which differs in a container).
-            if let Ok(meta) = fs::symlink_metadata(&path) {
-                if registered_files.contains(&(meta.dev(), meta.ino())) {
-                    continue;
-                }
+            if id.is_some_and(|id| registered_files.contains(&id)) {
+                continue;
             }
-            if !self.alive(pid) && entry.file_type().is_ok_and(|t| t.is_file()) {
-                // The shim removes its block at exit; one left behind was killed.
-                if fs::remove_file(&path).is_ok() {
+            if !self.alive(pid) {
+                // A shim removes its block at exit; one left behind was killed. Only root's
+                // own files are the manager's to clean up.
+                if meta.is_some_and(|m| m.file_type().is_file() && m.uid() == 0)
+                    && fs::remove_file(&path).is_ok()
+                {
                     debug!(pid, path = %path.display(), "removed the control block of a dead process");
                 }
                 state.bad.remove(&path);
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
-            if !self.trusted(pid, &meta) {
-                continue;
-            }
-            match self.track(&mut state, pid, &path, (meta.dev(), meta.ino())) {
-                Ok(()) => {
+            match self.track_scanned(&mut state, pid, &path, id, shm_dev) {
+                Scanned::Tracked => {
                     live.insert(pid);
                 }
+                Scanned::Ignored => {}
                 // A block being created has no magic yet: say so only if it stays bad.
-                Err(e) => {
+                Scanned::Bad(e) => {
                     let strikes = state.bad.entry(path).or_insert(0);
                     *strikes += 1;
                     if *strikes == 2 {
@@ -373,6 +450,9 @@ impl GcgroupBackend for ShimBackend {
         }
         state.blocks.retain(|pid, _| live.contains(pid));
         state.bad.retain(|path, _| path.exists());
+        state
+            .ignored
+            .retain(|path, _| fs::symlink_metadata(path).is_ok());
         Ok(live.into_iter().collect())
     }
 

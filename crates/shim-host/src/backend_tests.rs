@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 
 use gvm_shim_abi::config::Knobs;
@@ -133,9 +134,10 @@ fn the_scan_lists_live_valid_blocks_and_removes_those_of_dead_processes() {
     // Killed before its shim could remove the block.
     drop(h.shim_process(55, &Knobs::default()));
     h.set_alive(55, false);
-    // Not a block of this layout.
+    // Not a block of this layout (a root-owned 0600 file, so the scan looks inside).
     h.set_alive(77, true);
     fs::write(h.shm("gvm-vgpu-77"), vec![7u8; 4096]).unwrap();
+    fs::set_permissions(h.shm("gvm-vgpu-77"), fs::Permissions::from_mode(0o600)).unwrap();
     // An arbitration block and an unrelated file are not processes.
     ArbiterMap::open_or_create(&h.shm("gvm-vgpu-gpu0")).unwrap();
     fs::write(h.shm("something-else"), b"x").unwrap();
@@ -261,6 +263,11 @@ fn auto_without_a_gvm_tree_is_the_shim_alone() {
     );
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[test]
 fn links_and_blocks_planted_by_another_user_are_not_processes() {
     let h = Host::new();
@@ -270,17 +277,81 @@ fn links_and_blocks_planted_by_another_user_are_not_processes() {
     let shim = h.backend();
     assert_eq!(shim.processes().unwrap(), vec![42], "a link is not a block");
     assert!(shim.read(43, 0).unwrap_err().is_process_gone());
-    // A block owned by a user other than root and the process's own user.
+    if !is_root() {
+        println!("SKIP (part): the ownership half needs root to chown");
+        return;
+    }
+    // A block owned by a user other than root.
     let _planted = h.shim_process(44, &Knobs::default());
-    match std::os::unix::fs::chown(h.shm("gvm-vgpu-44"), Some(54321), None) {
-        Ok(()) => {
-            assert_eq!(shim.processes().unwrap(), vec![42]);
-            assert!(shim.set_frozen(44, 0, true).unwrap_err().is_process_gone());
-            // The process's own user may own its block.
-            std::os::unix::fs::chown(h.dir.path().join("proc/44"), Some(54321), None).unwrap();
-            assert_eq!(shim.processes().unwrap(), vec![42, 44]);
-        }
-        Err(e) => println!("SKIP: the ownership half needs root to chown ({e})"),
+    std::os::unix::fs::chown(h.shm("gvm-vgpu-44"), Some(54321), None).unwrap();
+    assert_eq!(shim.processes().unwrap(), vec![42]);
+    assert!(shim.set_frozen(44, 0, true).unwrap_err().is_process_gone());
+}
+
+#[test]
+fn a_user_owned_block_file_of_a_live_pid_is_not_mapped_even_by_its_own_user() {
+    if !is_root() {
+        println!("SKIP: needs root to chown a block to another user");
+        return;
+    }
+    let h = Host::new();
+    // The process runs as uid 54321 and its block is its own: that user can truncate the
+    // file under any mapping of it, killing the mapper with SIGBUS. Today's defect.
+    let theirs = h.shim_process(44, &Knobs::default());
+    std::os::unix::fs::chown(h.shm("gvm-vgpu-44"), Some(54321), None).unwrap();
+    std::os::unix::fs::chown(h.dir.path().join("proc/44"), Some(54321), None).unwrap();
+    let shim = h.backend();
+    assert_eq!(shim.processes().unwrap(), Vec::<u32>::new());
+    assert!(shim.read(44, 0).unwrap_err().is_process_gone());
+    assert!(shim.set_frozen(44, 0, true).unwrap_err().is_process_gone());
+    assert_eq!(
+        theirs.block().frozen.load(Ordering::Acquire),
+        0,
+        "never written"
+    );
+    // Truncated now: nothing of the manager's maps it, so nothing faults.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(h.shm("gvm-vgpu-44"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(shim.processes().unwrap(), Vec::<u32>::new());
+    assert!(shim.read(44, 0).unwrap_err().is_process_gone());
+}
+
+#[test]
+fn a_root_owned_0600_block_file_is_mapped_and_a_0644_one_is_not() {
+    if !is_root() {
+        println!("SKIP: needs root for root-owned files");
+        return;
+    }
+    let h = Host::new();
+    let ok = h.shim_process(42, &Knobs::default());
+    let open = h.shim_process(43, &Knobs::default());
+    let mode = fs::metadata(h.shm("gvm-vgpu-42"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the shim makes file blocks 0600");
+    fs::set_permissions(h.shm("gvm-vgpu-43"), fs::Permissions::from_mode(0o644)).unwrap();
+    let shim = h.backend();
+    assert_eq!(shim.processes().unwrap(), vec![42]);
+    shim.set_frozen(42, 0, true).unwrap();
+    assert_eq!(ok.block().frozen.load(Ordering::Acquire), 1);
+    assert!(shim.set_frozen(43, 0, true).unwrap_err().is_process_gone());
+    assert_eq!(open.block().frozen.load(Ordering::Acquire), 0);
+    // A FIFO under a block's name neither hangs the scan nor counts.
+    h.set_alive(45, true);
+    let fifo = h.shm("gvm-vgpu-45");
+    if std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(shim.processes().unwrap(), vec![42]);
+        assert!(shim.read(45, 0).unwrap_err().is_process_gone());
     }
 }
 
@@ -414,19 +485,18 @@ fn a_pci_keyed_arbitration_block_maps_through_the_mdev_parent() {
 }
 
 #[test]
-fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
+fn a_registered_process_is_listed_with_its_own_block_until_unregistered() {
     use crate::handover::RegisteredGpu;
     use crate::registry::Registration;
-    use std::os::unix::fs::MetadataExt;
     let h = Host::new();
     parents(&h, &["0000:3b:00.0", "0000:af:00.0"]);
-    // A process the daemon knows as 500 that sees itself as 7 (a container), with its block
-    // at a non-default path; its default-named block would be mistaken for pid 7.
+    // A process the daemon knows as 500 that sees itself as 7 (a container), whose block is
+    // a sealed memfd it handed over: in no directory the scan could look at.
     h.set_alive(500, true);
-    let path = h.dir.path().join("elsewhere-block");
-    let ctl = ControlMap::create(&path, &Knobs::default(), FLAG_STANDALONE).unwrap();
+    let ctl = ControlMap::create_sealed(&Knobs::default(), FLAG_STANDALONE).unwrap();
     ctl.block().pid.store(7, Ordering::Relaxed);
-    let meta = fs::metadata(&path).unwrap();
+    let handed = ctl.fd().unwrap().try_clone_to_owned().unwrap();
+    let mapped = ControlMap::from_handed_fd(handed).unwrap();
     let reg = h.reg.clone();
     let conn = reg.connection_id();
     reg.insert(
@@ -434,8 +504,9 @@ fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
         Registration {
             connection: conn,
             ns_pid: 7,
-            control: path.clone(),
-            file_id: (meta.dev(), meta.ino()),
+            control: "memfd".into(),
+            block: Arc::new(mapped),
+            file_id: ctl.file_id().unwrap(),
             gpus: vec![RegisteredGpu {
                 ordinal: 0,
                 pci_bus_id: "0000:af:00.0".into(),
@@ -459,5 +530,4 @@ fn a_registered_process_is_listed_at_its_own_block_until_unregistered() {
     );
     assert!(reg.remove(500, conn));
     assert_eq!(shim.processes().unwrap(), Vec::<u32>::new(), "gone at once");
-    assert!(path.exists(), "its block is the process's business");
 }

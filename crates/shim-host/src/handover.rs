@@ -1,46 +1,54 @@
 //! The registration handover: a CUDA process under `libgvm_cuda.so` hands its control block
 //! to the manager that drives it (gvm-vgpud on a host; the guest agent inside a VM).
 //!
-//! [`crate::backend::ShimBackend`] drives a shim process through its control block. A file
-//! scan of `/dev/shm` finds blocks at the default path, but cannot know a block at a
-//! non-default `GVM_SHIM_CONTROL` path, which physical GPUs a process sees, or that a process
-//! just exited. So each shim connects to the manager's shim socket
-//! ([`gvm_shim_abi::register`]) at set-up, sends one JSON line and keeps the connection open
-//! while it lives. This module is the manager's half of that exchange, without any transport:
-//! the listener (tokio in gvm-vgpud) reads the line and calls [`register`].
+//! [`crate::backend::ShimBackend`] drives a shim process through its control block. Each shim
+//! connects to the manager's shim socket ([`gvm_shim_abi::register`], protocol 2) at set-up,
+//! sends one JSON line with its block's descriptor attached (`SCM_RIGHTS`) and keeps the
+//! connection open while it lives. This module is the manager's half of that exchange, without
+//! any transport: the listener (tokio in gvm-vgpud) reads the line and the descriptor and
+//! calls [`register`].
 //!
 //! * **Identity from the kernel.** The process is the socket's peer (`SO_PEERCRED`, given as
 //!   a [`Peer`]), never what the message says. The message's `pid` is the pid the process
 //!   sees for itself; it must be the peer's innermost pid (`NSpid` in `/proc/<pid>/status`),
 //!   and the control block's header must hold it. In a container the two pids differ: the
 //!   registration stores the mapping.
-//! * **The block must be the peer's.** A regular file (not a link), owned by root or the
-//!   peer's uid, a valid block of this layout, whose header pid is the peer's. A path in
-//!   another mount namespace is opened through `/proc/<pid>/root`. So a hostile process can
-//!   register only itself and only a block it could write anyway.
+//! * **Map only what nobody less privileged can resize.** A mapping of a file that its owner
+//!   truncates kills the mapper with `SIGBUS` at the next access; the manager runs as root.
+//!   So the block is the descriptor that came with the line — never a path, which could be
+//!   truncated or replaced — and it is mapped only if it is a memfd sealed against shrinking
+//!   and growing of exactly one block ([`ControlMap::from_handed_fd`]), or, from a root peer
+//!   only, a root-owned mode-0600 regular file ([`ControlMap::from_root_file_fd`]); both
+//!   checked with `fstat`/`F_GET_SEALS` on the descriptor ([`check_handed_block`]). Anything
+//!   else is refused, naming the field `control` and the fix. The registry keeps the mapping
+//!   itself: nothing is reopened later. What the process writes into the block stays
+//!   untrusted input (its readers clamp every value).
 //! * **Bounded.** One line of at most [`MAX_LINE`] bytes; at most [`MAX_CONNECTIONS`]
 //!   connections at once, and at most [`MAX_PER_UID`] of one non-root user ([`UidSlots`], so
 //!   one user cannot take every slot from the others; beyond either the answer is an error
 //!   and the process runs standalone); every field validated ([`parse_request`],
-//!   [`check_block`]); a refusal names the field and changes nothing.
+//!   [`check_handed_block`]); a refusal names the field and changes nothing. A version-1
+//!   request (a block by path) is refused with a message saying to use a shim of the same
+//!   release.
 //! * **End of file = exit.** When the connection closes, the listener drops the
 //!   registration at once (the process exited, or exec'd without it: the descriptor is
 //!   close-on-exec).
 //!
-//! Registered processes appear in the shim backend's process list at its next scan, at their
-//! registered block path; the GPUs they reported (PCI bus ids) map to GVM GPU indices through
+//! Registered processes appear in the shim backend's process list at its next scan, through
+//! the mapping made here; the GPUs they reported (PCI bus ids) map to GVM GPU indices through
 //! the mdev parent with that PCI address ([`gvm_gcgroup::gpu_index::gvm_gpu_of_pci`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use gvm_host_root::HostRoot;
 use gvm_shim_abi::control::ControlMap;
-use gvm_shim_abi::register::{normalise_pci_bus_id, MAX_GPUS, PROTOCOL_VERSION};
+use gvm_shim_abi::register::{normalise_pci_bus_id, MAX_GPUS, MEMFD_CONTROL, PROTOCOL_VERSION};
+use gvm_shim_abi::{BlockProblem, Error as AbiError};
 use serde_json::{json, Value};
 
 use crate::registry::{Registration, ShimRegistry};
@@ -51,7 +59,7 @@ pub use gvm_shim_abi::register::{MAX_LINE, SOCKET_PATH};
 pub const MAX_CONNECTIONS: usize = 4096;
 /// The most registration connections one non-root uid may hold at once.
 pub const MAX_PER_UID: usize = 1024;
-/// The longest control block path accepted.
+/// The longest `control` description (a block file's path) accepted.
 pub const MAX_PATH: usize = 1024;
 
 /// Connections held per uid, bounded for every uid but root.
@@ -128,8 +136,9 @@ pub struct RegisteredGpu {
 pub struct ParsedRequest {
     /// The pid the process sees for itself.
     pub pid: u32,
-    /// Its control block path as it sees it (absolute, no `..`).
-    pub control: PathBuf,
+    /// What its block is, as it says: [`MEMFD_CONTROL`], or the block file's path as it sees
+    /// it (absolute, no `..`). A description for logs only: the block is the descriptor.
+    pub control: String,
     /// Its GPUs.
     pub gpus: Vec<RegisteredGpu>,
     /// `GVM_VGPU_UUID`, lower case.
@@ -173,9 +182,14 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
         .ok_or_else(|| refuse("request", "not a JSON object"))?;
     let version = as_u32(obj.get("version"), "version")?;
     if version != PROTOCOL_VERSION {
+        let why = if version == 1 {
+            " (protocol 1 named the control block by path, which the daemon no longer maps; protocol 2 hands it over as a sealed memfd)"
+        } else {
+            ""
+        };
         return Err(refuse(
             "version",
-            format!("protocol {version} is not spoken here (gvm-vgpud speaks {PROTOCOL_VERSION}): use a shim and daemon of the same release"),
+            format!("protocol {version} is not spoken here (gvm-vgpud speaks {PROTOCOL_VERSION}){why}: use a shim and daemon of the same release"),
         ));
     }
     let pid = as_u32(obj.get("pid"), "pid")?;
@@ -187,14 +201,15 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
         .and_then(Value::as_str)
         .ok_or_else(|| refuse("control", "missing or not a string"))?;
     let path = Path::new(control);
-    if control.len() > MAX_PATH
-        || !path.is_absolute()
-        || control.contains('\0')
-        || path.components().any(|c| c == Component::ParentDir)
+    if control != MEMFD_CONTROL
+        && (control.len() > MAX_PATH
+            || !path.is_absolute()
+            || control.contains('\0')
+            || path.components().any(|c| c == Component::ParentDir))
     {
         return Err(refuse(
             "control",
-            format!("{control:?} is not an absolute path of at most {MAX_PATH} bytes without '..'"),
+            format!("{control:?} is neither {MEMFD_CONTROL:?} nor an absolute path of at most {MAX_PATH} bytes without '..'"),
         ));
     }
     let list = obj
@@ -251,7 +266,7 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
     };
     Ok(ParsedRequest {
         pid,
-        control: path.to_path_buf(),
+        control: control.to_string(),
         gpus,
         vgpu_uuid,
     })
@@ -266,59 +281,43 @@ pub fn innermost_pid(status: &str, host_pid: u32) -> Option<u32> {
     }
 }
 
-/// The peer's control block path as the daemon can open it: as given when the peer shares
-/// the daemon's mount namespace, else through `<proc>/<pid>/root`.
-pub fn daemon_view(control: &Path, host_pid: u32, same_mount_ns: bool, proc_dir: &Path) -> PathBuf {
-    if same_mount_ns {
-        return control.to_path_buf();
-    }
-    let rel = control.strip_prefix("/").unwrap_or(control);
-    proc_dir.join(host_pid.to_string()).join("root").join(rel)
-}
+/// What to tell a process whose block was refused: how to hand one over that is mapped.
+const CONTROL_FIX: &str = "hand the block over as a memfd sealed with F_SEAL_SHRINK and F_SEAL_GROW (libgvm_cuda.so of this release does unless GVM_SHIM_CONTROL names a file; a file block is taken only from a root process, owned by root, mode 0600)";
 
-/// Check that `path` is a block the peer (`uid`, seeing itself as `pid`) may register:
-/// a regular file, not a link, owned by root or `uid`, a valid block whose header holds
-/// `pid`. Returns the mapping and the file's (device, inode).
-pub fn check_block(path: &Path, pid: u32, uid: u32) -> Result<(ControlMap, (u64, u64)), Refusal> {
-    let shown = path.display();
-    let meta = fs::symlink_metadata(path).map_err(|e| {
-        refuse(
-            "control",
-            format!("cannot stat {shown} (errno {:?}): {e}", e.raw_os_error()),
-        )
-    })?;
-    if !meta.file_type().is_file() {
-        return Err(refuse(
-            "control",
-            format!("{shown} is not a regular file (links are not followed)"),
-        ));
-    }
-    if meta.uid() != 0 && meta.uid() != uid {
-        return Err(refuse(
-            "control",
-            format!(
-                "{shown} belongs to uid {}, not to root or the registering uid {uid}",
-                meta.uid()
-            ),
-        ));
-    }
-    let map = ControlMap::open(path).map_err(|e| refuse("control", e.to_string()))?;
-    // The file opened must be the one checked (not swapped for a link in between).
-    let again = fs::symlink_metadata(path).map_err(|e| refuse("control", e.to_string()))?;
-    if (again.dev(), again.ino()) != (meta.dev(), meta.ino()) || !again.file_type().is_file() {
-        return Err(refuse(
-            "control",
-            format!("{shown} changed while being checked"),
-        ));
-    }
+/// Check the block `fd` handed over by the peer (`uid`, seeing itself as `pid`) and map it:
+/// a memfd sealed against shrinking and growing ([`ControlMap::from_handed_fd`]), or — from
+/// a root peer only — a root-owned mode-0600 regular file ([`ControlMap::from_root_file_fd`]);
+/// either must hold a valid block whose header holds `pid`. Every check is made on the
+/// descriptor (`fstat`, `F_GET_SEALS`), none by path. Returns the mapping and the file's
+/// (device, inode).
+pub fn check_handed_block(
+    fd: OwnedFd,
+    pid: u32,
+    uid: u32,
+) -> Result<(ControlMap, (u64, u64)), Refusal> {
+    let spare = if uid == 0 { fd.try_clone().ok() } else { None };
+    let map = match ControlMap::from_handed_fd(fd) {
+        Ok(m) => m,
+        // Not a sealed memfd at all: a root process may hand over a root-owned file block.
+        Err(AbiError::UnsafeBlock {
+            problem: BlockProblem::NotSealable { .. } | BlockProblem::Unsealed { .. },
+            ..
+        }) if spare.is_some() => match spare.map(ControlMap::from_root_file_fd) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(refuse("control", format!("{e}: {CONTROL_FIX}"))),
+            None => return Err(refuse("control", "no descriptor to check")),
+        },
+        Err(e) => return Err(refuse("control", format!("{e}: {CONTROL_FIX}"))),
+    };
     let header = map.block().pid.load(Ordering::Acquire);
     if header != pid {
         return Err(refuse(
             "control",
-            format!("{shown} is the block of pid {header}, not of the registering process ({pid})"),
+            format!("the block handed over is the block of pid {header}, not of the registering process ({pid})"),
         ));
     }
-    Ok((map, (meta.dev(), meta.ino())))
+    let file_id = map.file_id().unwrap_or_default();
+    Ok((map, file_id))
 }
 
 /// The peer as the kernel tells it.
@@ -330,26 +329,24 @@ pub struct Peer {
     pub uid: u32,
 }
 
-fn same_mount_ns(host: &HostRoot, pid: u32) -> bool {
-    let own = fs::read_link(host.proc_dir().join("self/ns/mnt"));
-    let peer = fs::read_link(host.proc_dir().join(pid.to_string()).join("ns/mnt"));
-    match (own, peer) {
-        (Ok(a), Ok(b)) => a == b,
-        // Cannot tell (no such files under a test /proc): take the path as given.
-        _ => true,
-    }
-}
-
-/// Validate `line` from `peer` completely (fields, pid, block) and, when it passes, record
-/// the registration on `connection`. Returns the reply to send.
+/// Validate `line` from `peer` and the block descriptor `control` that came with it
+/// completely (fields, pid, block) and, when they pass, record the registration on
+/// `connection`, with the block mapped. Returns the reply to send.
 pub fn register(
     host: &HostRoot,
     registry: &ShimRegistry,
     peer: Peer,
     connection: u64,
     line: &[u8],
+    control: Option<OwnedFd>,
 ) -> Result<(Registration, Value), Refusal> {
     let req = parse_request(line)?;
+    let Some(control) = control else {
+        return Err(refuse(
+            "control",
+            format!("no descriptor came with the request: protocol {PROTOCOL_VERSION} hands the control block over as a file descriptor (SCM_RIGHTS) with the line; use a shim of this release"),
+        ));
+    };
     let status = fs::read_to_string(host.proc_dir().join(peer.pid.to_string()).join("status"))
         .map_err(|e| {
             refuse(
@@ -372,13 +369,7 @@ pub fn register(
             ),
         ));
     }
-    let path = daemon_view(
-        &req.control,
-        peer.pid,
-        same_mount_ns(host, peer.pid),
-        host.proc_dir(),
-    );
-    let (_map, file_id) = check_block(&path, req.pid, peer.uid)?;
+    let (map, file_id) = check_handed_block(control, req.pid, peer.uid)?;
     let (gpu, source) = match req.gpus.first() {
         Some(g) => match gvm_gcgroup::gpu_index::gvm_gpu_of_pci(host, &g.pci_bus_id) {
             Some(i) => (i, format!("mdev parent {}", g.pci_bus_id)),
@@ -395,7 +386,8 @@ pub fn register(
     let reg = Registration {
         connection,
         ns_pid: req.pid,
-        control: path,
+        control: req.control,
+        block: Arc::new(map),
         file_id,
         gpus: req.gpus,
         vgpu_uuid: req.vgpu_uuid,

@@ -1,11 +1,16 @@
 //! Unit tests of the registration handover: every request field (sizes, versions, shapes),
-//! the pid and block checks against a fake `/proc` and real files, and the per-uid bound.
+//! the pid check against a fake `/proc`, the checks of the block descriptor handed over
+//! (sealed memfds, root's file blocks, what a less-privileged owner could truncate), that the
+//! registry keeps the mapping and never reopens a path, and the per-uid bound.
 //! The socket end to end is tested with its listener (gvm-vgpud's `shim_listener`).
 
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
+use gvm_gcgroup::{GcgroupBackend, MemoryLimit};
 use gvm_shim_abi::config::Knobs;
 use gvm_shim_abi::control::FLAG_STANDALONE;
 
@@ -15,9 +20,9 @@ use super::*;
 
 fn good() -> Value {
     json!({
-        "version": 1,
+        "version": 2,
         "pid": 7,
-        "control": "/dev/shm/gvm-vgpu-7",
+        "control": "memfd",
         "gpus": [{"ordinal": 0, "pci_bus_id": "0000:3B:00.0"}, {"ordinal": 1, "pci_bus_id": "00000000:af:00.0"}],
         "vgpu_uuid": "5B4F1D7C-0000-4000-8000-000000000001"
     })
@@ -43,7 +48,7 @@ fn field_of(line: &[u8]) -> String {
 fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
     let p = parse_request(good().to_string().as_bytes()).unwrap();
     assert_eq!(p.pid, 7);
-    assert_eq!(p.control, PathBuf::from("/dev/shm/gvm-vgpu-7"));
+    assert_eq!(p.control, "memfd");
     assert_eq!(
         p.gpus,
         vec![
@@ -75,7 +80,10 @@ fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
     .to_line();
     let p = parse_request(shim_line.as_bytes()).unwrap();
     assert_eq!((p.pid, p.gpus[0].ordinal), (9, 3));
-    assert_eq!(p.control, PathBuf::from("/x/b\"q"));
+    assert_eq!(
+        p.control, "/x/b\"q",
+        "a file block's path, as a description"
+    );
     assert_eq!(p.vgpu_uuid, None);
     // Unknown fields are tolerated within a version.
     let mut extra = good();
@@ -91,10 +99,17 @@ fn every_field_is_checked_and_named() {
     assert_eq!(field_of(&vec![b' '; MAX_LINE + 1]), "request");
 
     assert_eq!(field_of(&without("version")), "version");
-    assert_eq!(field_of(&with("version", json!(2))), "version");
-    assert_eq!(field_of(&with("version", json!("1"))), "version");
+    assert_eq!(field_of(&with("version", json!(3))), "version");
+    assert_eq!(field_of(&with("version", json!("2"))), "version");
     let e = parse_request(&with("version", json!(0))).unwrap_err();
-    assert!(e.message.contains("speaks 1"), "{e}");
+    assert!(e.message.contains("speaks 2"), "{e}");
+    // Protocol 1 named the block by path: refused, saying why and what to do.
+    let e = parse_request(&with("version", json!(1))).unwrap_err();
+    assert_eq!(e.field, "version");
+    assert!(
+        e.message.contains("by path") && e.message.contains("same release"),
+        "{e}"
+    );
 
     assert_eq!(field_of(&without("pid")), "pid");
     assert_eq!(field_of(&with("pid", json!(0))), "pid");
@@ -110,6 +125,8 @@ fn every_field_is_checked_and_named() {
         "control"
     );
     assert_eq!(field_of(&with("control", json!(""))), "control");
+    assert_eq!(field_of(&with("control", json!("memfd2"))), "control");
+    assert!(parse_request(&with("control", json!("/dev/shm/ctl"))).is_ok());
     let long = format!("/{}", "a".repeat(MAX_PATH));
     assert_eq!(field_of(&with("control", json!(long))), "control");
 
@@ -173,19 +190,26 @@ fn the_pid_a_process_sees_comes_from_nspid() {
     assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\n", 4242), Some(4242));
     assert_eq!(innermost_pid("Name:\tx\n", 4242), Some(4242), "old kernels");
     assert_eq!(innermost_pid("NSpid:\tx\n", 1), None);
-    let p = Path::new("/dev/shm/gvm-vgpu-7");
-    assert_eq!(daemon_view(p, 4242, true, Path::new("/proc")), p);
-    assert_eq!(
-        daemon_view(p, 4242, false, Path::new("/proc")),
-        PathBuf::from("/proc/4242/root/dev/shm/gvm-vgpu-7")
-    );
 }
 
-fn block(dir: &Path, name: &str, header_pid: u32) -> PathBuf {
+/// A sealed memfd block whose header says `header_pid`, as the shim makes it.
+fn sealed(header_pid: u32) -> ControlMap {
+    let m = ControlMap::create_sealed(&Knobs::default(), FLAG_STANDALONE).unwrap();
+    m.block().pid.store(header_pid, Ordering::Relaxed);
+    m
+}
+
+/// A file block at `dir/name` whose header says `header_pid` (mode 0600, owned by us).
+fn file_block(dir: &Path, name: &str, header_pid: u32) -> (PathBuf, ControlMap) {
     let path = dir.join(name);
     let m = ControlMap::create(&path, &Knobs::default(), FLAG_STANDALONE).unwrap();
     m.block().pid.store(header_pid, Ordering::Relaxed);
-    path
+    (path, m)
+}
+
+/// What the daemon receives over the socket for `m`: a descriptor of its own.
+fn handed(m: &ControlMap) -> OwnedFd {
+    m.fd().unwrap().try_clone_to_owned().unwrap()
 }
 
 fn own_uid() -> u32 {
@@ -194,50 +218,84 @@ fn own_uid() -> u32 {
 }
 
 #[test]
-fn only_the_peers_own_regular_block_is_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let uid = own_uid();
-    let ok = block(dir.path(), "mine", 7);
-    let (_m, id) = check_block(&ok, 7, uid).unwrap();
-    let meta = fs::metadata(&ok).unwrap();
-    assert_eq!(id, (meta.dev(), meta.ino()));
-
-    let e = check_block(&ok, 8, uid).unwrap_err();
+fn a_sealed_memfd_is_accepted_whoever_registers_and_its_header_must_hold_the_pid() {
+    let m = sealed(7);
+    for uid in [own_uid(), 1234, 0] {
+        let (map, id) = check_handed_block(handed(&m), 7, uid).unwrap();
+        assert_eq!(Some(id), m.file_id());
+        map.set_frozen(true);
+        assert_eq!(
+            m.block().frozen.load(Ordering::Acquire),
+            1,
+            "the same memory"
+        );
+        m.set_frozen(false);
+    }
+    let e = check_handed_block(handed(&m), 8, 1234).unwrap_err();
     assert_eq!(e.field, "control");
     assert!(
         e.message.contains("pid 7") && e.message.contains("(8)"),
         "{e}"
     );
+    // Not a file at all.
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let e = check_handed_block(OwnedFd::from(a), 7, 1234).unwrap_err();
+    assert_eq!(e.field, "control");
+    assert!(e.message.contains("not a regular file"), "{e}");
+}
 
-    let link = dir.path().join("link");
-    std::os::unix::fs::symlink(&ok, &link).unwrap();
-    assert!(check_block(&link, 7, uid)
-        .unwrap_err()
-        .message
-        .contains("not a regular file"));
-    assert!(check_block(dir.path(), 7, uid).is_err(), "a directory");
-    assert!(check_block(&dir.path().join("none"), 7, uid).is_err());
-    let junk = dir.path().join("junk");
-    fs::write(&junk, vec![1u8; 4096]).unwrap();
-    assert_eq!(check_block(&junk, 7, uid).unwrap_err().field, "control");
-
-    if uid == 0 {
-        // A block of another user is not the peer's, whatever its header says.
-        let theirs = block(dir.path(), "theirs", 7);
-        std::os::unix::fs::chown(&theirs, Some(4321), None).unwrap();
-        let e = check_block(&theirs, 7, 1234).unwrap_err();
-        assert!(e.message.contains("uid 4321"), "{e}");
-        assert!(
-            check_block(&theirs, 7, 4321).is_ok(),
-            "its owner may register it"
-        );
-        assert!(
-            check_block(&ok, 7, 1234).is_ok(),
-            "root's blocks are anyone's"
-        );
+#[test]
+fn an_unsealed_file_of_a_user_is_refused_naming_the_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, m) = file_block(dir.path(), "mine", 7);
+    // Today's defect: a user's own file was mapped, and the user could truncate it.
+    let uid = if own_uid() == 0 {
+        std::os::unix::fs::chown(&path, Some(4321), None).unwrap();
+        4321
     } else {
-        println!("SKIP (part): not root, cannot chown a block to another user");
+        own_uid()
+    };
+    let e = check_handed_block(handed(&m), 7, uid).unwrap_err();
+    assert_eq!(e.field, "control");
+    assert!(
+        e.message.contains("not a memfd") && e.message.contains("F_SEAL_SHRINK"),
+        "names what is wrong and the fix: {e}"
+    );
+    // The same file handed over by root: still not root's own file.
+    if own_uid() == 0 {
+        let e = check_handed_block(handed(&m), 7, 0).unwrap_err();
+        assert_eq!(e.field, "control");
+        assert!(e.message.contains("uid 4321, not root"), "{e}");
     }
+    // A sealable tmpfs file that is not sealed (where /dev/shm is tmpfs).
+    if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+        let (_p, m) = file_block(shm.path(), "tmpfs", 7);
+        let e = check_handed_block(handed(&m), 7, 1234).unwrap_err();
+        assert_eq!(e.field, "control");
+        assert!(e.message.contains("F_SEAL_SHRINK"), "{e}");
+    }
+}
+
+#[test]
+fn a_root_peers_root_owned_0600_file_is_accepted_and_a_0644_one_is_refused() {
+    if own_uid() != 0 {
+        println!("SKIP: not root, so no file here is root-owned");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (path, m) = file_block(dir.path(), "roots", 7);
+    let (map, _) = check_handed_block(handed(&m), 7, 0).unwrap();
+    assert_eq!(map.block().pid.load(Ordering::Relaxed), 7);
+    // Only from a root peer: another user hands over memfds.
+    let e = check_handed_block(handed(&m), 7, 1234).unwrap_err();
+    assert_eq!(e.field, "control");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = check_handed_block(handed(&m), 7, 0).unwrap_err();
+    assert_eq!(e.field, "control");
+    assert!(
+        e.message.contains("0644") && e.message.contains("0600"),
+        "{e}"
+    );
 }
 
 /// A host whose `/proc` is a fake holding one process's status.
@@ -262,32 +320,35 @@ fn a_peer_registers_itself_and_never_another_pid() {
         pid: 900,
         uid: own_uid(),
     };
-    let mine = block(dir.path(), "mine", 7);
-    let other = block(dir.path(), "other", 8);
-    let line = |pid: u32, control: &Path| {
+    let mine = sealed(7);
+    let other = sealed(8);
+    let line = |pid: u32| {
         let mut r = good();
         r["pid"] = json!(pid);
-        r["control"] = json!(control.to_str().unwrap());
         r.to_string().into_bytes()
     };
 
     // Claiming the pid of another process: refused, nothing recorded.
-    let e = register(&host, &reg, peer, 1, &line(8, &other)).unwrap_err();
+    let e = register(&host, &reg, peer, 1, &line(8), Some(handed(&other))).unwrap_err();
     assert_eq!(e.field, "pid");
     // Its own pid with another process's block: refused.
-    let e = register(&host, &reg, peer, 1, &line(7, &other)).unwrap_err();
+    let e = register(&host, &reg, peer, 1, &line(7), Some(handed(&other))).unwrap_err();
     assert_eq!(e.field, "control");
+    // No block handed over (a protocol-1 shim, or a hand-made client): refused.
+    let e = register(&host, &reg, peer, 1, &line(7), None).unwrap_err();
+    assert_eq!(e.field, "control");
+    assert!(e.message.contains("no descriptor"), "{e}");
     assert!(reg.all().is_empty(), "refusals change nothing");
     // A peer whose status cannot be read (gone already).
     let gone = Peer { pid: 901, ..peer };
     assert_eq!(
-        register(&host, &reg, gone, 1, &line(7, &mine))
+        register(&host, &reg, gone, 1, &line(7), Some(handed(&mine)))
             .unwrap_err()
             .field,
         "pid"
     );
 
-    let (r, reply) = register(&host, &reg, peer, 3, &line(7, &mine)).unwrap();
+    let (r, reply) = register(&host, &reg, peer, 3, &line(7), Some(handed(&mine))).unwrap();
     assert_eq!((r.ns_pid, r.connection), (7, 3));
     assert_eq!(reply["ok"], json!(true));
     assert_eq!(reply["host_pid"], json!(900));
@@ -296,12 +357,21 @@ fn a_peer_registers_itself_and_never_another_pid() {
         .as_str()
         .unwrap()
         .contains("0000:3b:00.0"));
-    assert_eq!(reg.get(900).map(|r| r.control), Some(mine.clone()));
+    let got = reg.get(900).unwrap();
+    assert_eq!(got.control, "memfd");
+    assert_eq!(Some(got.file_id), mine.file_id(), "the block handed over");
     // The second GPU first: no mdev parent, so its CUDA ordinal, said in the reply.
     let mut swapped = good();
-    swapped["control"] = json!(mine.to_str().unwrap());
     swapped["gpus"] = json!([{"ordinal": 1, "pci_bus_id": "0000:af:00.0"}]);
-    let (_, reply) = register(&host, &reg, peer, 4, swapped.to_string().as_bytes()).unwrap();
+    let (_, reply) = register(
+        &host,
+        &reg,
+        peer,
+        4,
+        swapped.to_string().as_bytes(),
+        Some(handed(&mine)),
+    )
+    .unwrap();
     assert_eq!(reply["gpu"], json!(1));
     assert!(reply["gpu_source"]
         .as_str()
@@ -309,6 +379,99 @@ fn a_peer_registers_itself_and_never_another_pid() {
         .contains("no mdev parent"));
     assert!(!reg.remove(900, 3), "replaced by the newer connection");
     assert!(reg.remove(900, 4));
+}
+
+/// The shim backend over `host` and `reg`, with `/dev/shm` present.
+fn backend_of(host: &HostRoot, reg: &Arc<ShimRegistry>) -> crate::backend::ShimBackend {
+    fs::create_dir_all(host.path("/dev/shm")).unwrap();
+    crate::backend::ShimBackend::new(host.clone(), reg.clone(), Arc::default())
+}
+
+#[test]
+fn a_registered_sealed_memfd_is_read_and_written_by_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = fake_host(dir.path(), 900, "900\t7");
+    let reg = Arc::new(ShimRegistry::default());
+    let peer = Peer {
+        pid: 900,
+        uid: 1234,
+    };
+    let shim_side = sealed(7);
+    shim_side
+        .block()
+        .memory_current
+        .store(5 << 20, Ordering::Relaxed);
+    register(
+        &host,
+        &reg,
+        peer,
+        1,
+        &good().to_string().into_bytes(),
+        Some(handed(&shim_side)),
+    )
+    .unwrap();
+    let backend = backend_of(&host, &reg);
+    assert_eq!(backend.processes().unwrap(), vec![900]);
+    assert_eq!(backend.read(900, 0).unwrap().memory_current, 5 << 20);
+    backend
+        .set_memory_limit(900, 0, MemoryLimit::Bytes(1 << 30))
+        .unwrap();
+    backend.set_frozen(900, 0, true).unwrap();
+    let b = shim_side.block();
+    assert_eq!(b.memory_limit.load(Ordering::Acquire), 1 << 30);
+    assert_eq!(b.frozen.load(Ordering::Acquire), 1);
+    // Its owner still writes what it likes: the reads stay in range.
+    b.priority.store(u32::MAX, Ordering::Relaxed);
+    b.ended.store(u64::MAX, Ordering::Relaxed);
+    let s = backend.read(900, 0).unwrap();
+    assert_eq!(s.priority, gvm_gcgroup::Priority::MAX);
+    assert_eq!(s.stat.pending, 0);
+}
+
+#[test]
+fn the_registry_keeps_the_mapping_and_never_reopens_a_path() {
+    if own_uid() != 0 {
+        println!("SKIP: a file block is taken from a root peer only, and this is not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = fake_host(dir.path(), 900, "900\t7");
+    let reg = Arc::new(ShimRegistry::default());
+    let peer = Peer { pid: 900, uid: 0 };
+    let (path, shim_side) = file_block(dir.path(), "block", 7);
+    let mut line = good();
+    line["control"] = json!(path.to_str().unwrap());
+    register(
+        &host,
+        &reg,
+        peer,
+        1,
+        line.to_string().as_bytes(),
+        Some(handed(&shim_side)),
+    )
+    .unwrap();
+    // The name now leads somewhere else entirely: a junk file, then nothing.
+    let junk = dir.path().join("junk");
+    fs::write(&junk, [0u8; 10]).unwrap();
+    fs::rename(&junk, &path).unwrap();
+    let backend = backend_of(&host, &reg);
+    assert_eq!(backend.processes().unwrap(), vec![900]);
+    backend.set_frozen(900, 0, true).unwrap();
+    assert_eq!(
+        shim_side.block().frozen.load(Ordering::Acquire),
+        1,
+        "written through the mapping made at registration"
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        vec![0u8; 10],
+        "the path is not touched"
+    );
+    fs::remove_file(&path).unwrap();
+    assert!(backend.read(900, 0).unwrap().frozen);
+    drop(shim_side);
+    // The registry's own mapping outlives the shim's and any name.
+    assert!(backend.read(900, 0).unwrap().frozen);
 }
 
 #[test]

@@ -1,27 +1,32 @@
-//! The registered shim processes of one host root: what the registration listener writes
-//! and the shim backend reads.
+//! The registered shim processes of one host root, each with its mapped control block: what
+//! the registration listener writes and the shim backend reads.
 //!
 //! One [`ShimRegistry`] is made by whoever runs the manager (gvm-vgpud's `main`, a test, the
 //! guest agent) and handed, as an `Arc`, to both the listener and
 //! [`crate::backend::ShimBackend`]: there is no process-wide registry.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use gvm_shim_abi::control::ControlMap;
 
 use crate::handover::RegisteredGpu;
 
 /// A registered shim process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Registration {
     /// The connection it came on (a newer registration of the same pid replaces it).
     pub connection: u64,
     /// The pid the process sees for itself (differs from the daemon's in a container).
     pub ns_pid: u32,
-    /// Its control block, as the daemon opens it.
-    pub control: PathBuf,
-    /// The block file's (device, inode).
+    /// What the process said its block is (`memfd`, or its file's path): for logs only.
+    pub control: String,
+    /// The block itself, mapped from the descriptor the process handed over once its size
+    /// was found sealed (or root's alone to change): the manager reads and writes it here and
+    /// never reopens anything by path.
+    pub block: Arc<ControlMap>,
+    /// The block's (device, inode).
     pub file_id: (u64, u64),
     /// The GPUs it sees.
     pub gpus: Vec<RegisteredGpu>,

@@ -19,9 +19,10 @@
 //!   throttled; a futex sleep while frozen or held by the policy engine. A process that must
 //!   yield to a busy, more important one is held on the CPU and, with what it already
 //!   queued, on the GPU itself ([`gpu_gate`]).
-//! * **Control.** Knobs and counters live in a shared-memory block ([`control`]) written by
-//!   gvm-vgpud; without a daemon the library creates it from environment variables
-//!   ([`config`]) and says so once on stderr.
+//! * **Control.** Knobs and counters live in a shared-memory block ([`control`]), by default
+//!   a sealed memfd the library creates from environment variables ([`config`]) and hands
+//!   to gvm-vgpud when it registers ([`register`]); gvm-vgpud then retunes it. Without a
+//!   daemon the library says so once on stderr and runs standalone.
 //!
 //! The library never fails the program it is loaded into: set-up errors are logged and the
 //! library degrades to a private block or to plain forwarding. A process that never touches
@@ -32,12 +33,13 @@
 //!
 //! ```
 //! use gvm_cuda::{config::Knobs, control::ControlMap};
-//! let dir = tempfile::tempdir()?;
-//! let path = dir.path().join("gvm-vgpu-1234");
 //! let knobs = Knobs { memory_limit: 6 << 30, ..Knobs::default() };
-//! let ctl = ControlMap::create(&path, &knobs, 0)?; // the daemon's side
-//! ctl.set_frozen(true);                             // holds the process's new launches
-//! assert_eq!(ctl.block().knobs().memory_limit, 6 << 30);
+//! let shim = ControlMap::create_sealed(&knobs, 0)?;      // the process's side
+//! let handed = shim.fd().expect("shared").try_clone_to_owned()?; // what it sends
+//! let daemon = ControlMap::from_handed_fd(handed)?;        // the daemon's side
+//! daemon.set_frozen(true);                                 // holds the process's new launches
+//! assert_eq!(shim.block().frozen.load(std::sync::atomic::Ordering::Acquire), 1);
+//! assert_eq!(daemon.block().knobs().memory_limit, 6 << 30);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -62,6 +64,7 @@ pub mod queue;
 pub mod resolve;
 mod shim;
 
-/// The control/arbitration blocks and knobs, shared with gvm-vgpud (crate `gvm-shim-abi`).
-pub use gvm_shim_abi::{arbiter, config, control, error, priority, register, reregister};
+/// The control/arbitration blocks and knobs, shared with gvm-vgpud (crate `gvm-shim-abi`),
+/// and the OS primitives under them (`sys`: sealed memfds, descriptor passing).
+pub use gvm_shim_abi::{arbiter, config, control, error, priority, register, reregister, sys};
 pub use gvm_shim_abi::{Error, Result};

@@ -1,25 +1,30 @@
 //! The process-wide shim state, set up on the first wrapped CUDA call.
 //!
-//! Set-up reads the control block the daemon prepared (`GVM_SHIM_CONTROL` or
-//! `/dev/shm/gvm-vgpu-<pid>` under `GVM_VGPU_ROOT`); without one it creates that block itself
-//! from the environment knobs. If even that fails it keeps a private block: limits from the
+//! Set-up makes the process's control block. By default it is an anonymous memfd sealed
+//! against shrinking and growing (`ControlMap::create_sealed`): no file in `/dev/shm`, so no
+//! other process can truncate or replace it, and gvm-vgpud, which maps only what is handed to
+//! it, can never be killed with `SIGBUS` through it. With `GVM_SHIM_CONTROL=<path>` the block
+//! is that file instead (tests and legacy set-ups; created mode 0600): a block gvm-vgpud
+//! prepared there (valid, not standalone) is obeyed, otherwise the shim creates it from the
+//! environment knobs. If neither can be made it keeps a private block: limits from the
 //! environment still apply, nobody else can see them.
 //!
 //! Right after set-up, the first thread through [`get`] registers the process with gvm-vgpud
-//! over its shim socket (`gvm_shim_abi::register`: pid, control block path, the GPUs by PCI bus
-//! id, `GVM_VGPU_UUID`), at most [`REGISTER_TIMEOUT`] once, holding no lock (other threads
-//! carry on meanwhile), and keeps the connection open (close-on-exec) so the daemon sees the
-//! exit at once. Without a daemon it prints one line on stderr and runs standalone.
+//! over its shim socket (`gvm_shim_abi::register`, protocol 2: pid, what the block is, the
+//! GPUs by PCI bus id, `GVM_VGPU_UUID`, with the block's descriptor attached), at most
+//! [`REGISTER_TIMEOUT`] once, holding no lock (other threads carry on meanwhile), and keeps
+//! the connection open (close-on-exec) so the daemon sees the exit at once. Without a daemon
+//! it prints one line on stderr and runs standalone.
 //! Either way one thread, `gvm-reregister` (`gvm_shim_abi::reregister`), then sleeps in
 //! `poll` on the connection and, when gvm-vgpud stops or restarts (or was not there at
-//! set-up), retries the same registration every second until a daemon takes it: a process
-//! stays known to a restarted daemon even with its block outside `/dev/shm` or in another pid
-//! namespace. Not started when `GVM_SHIM_SOCKET=off`; a `fork` child has no such thread.
+//! set-up), retries the same registration, with the same block's descriptor, every second
+//! until a daemon takes it: that is how a restarted daemon gets the block back. Not started
+//! when `GVM_SHIM_SOCKET=off`; a `fork` child has no such thread.
 //! Nothing here ever fails the CUDA program: errors are logged and the shim carries on.
 
 use std::fmt::Display;
 use std::io::Write;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -30,8 +35,8 @@ use crate::accounting::{Key, Kind, Ledger, OverLimit};
 use crate::arbiter::{WaitOutcome, ARBITER_ENV};
 use crate::config::{Knobs, UNLIMITED};
 use crate::control::{
-    control_path, ControlBlock, ControlMap, LaunchPath, ARB_BUSY, ARB_HAS_HIGHER, ARB_HAS_LOWER,
-    ARB_REGISTERED, CONTROL_ENV, FLAG_STANDALONE,
+    ControlBlock, ControlMap, LaunchPath, ARB_BUSY, ARB_HAS_HIGHER, ARB_HAS_LOWER, ARB_REGISTERED,
+    CONTROL_ENV, FLAG_STANDALONE,
 };
 use crate::driver::{self, DriverEvents};
 use crate::ffi::{self, CuResult, CUDA_SUCCESS};
@@ -39,7 +44,7 @@ use crate::gate::{self, FutexParker, StreamTracker};
 use crate::gpu_gate::{self, GpuGate};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
 use crate::queue::{self, StreamKey, Tracker};
-use crate::register::{self as reg, GpuId, Request, PROTOCOL_VERSION, SOCKET_ENV};
+use crate::register::{self as reg, GpuId, Request, MEMFD_CONTROL, PROTOCOL_VERSION, SOCKET_ENV};
 use crate::reregister::{self, SocketLink};
 use crate::resolve::RealTable;
 
@@ -64,7 +69,6 @@ pub struct Shim {
     control: ControlMap,
     ledger: Ledger,
     streams: StreamTracker,
-    remove_on_exit: bool,
     warned_over_limit: AtomicBool,
     tracker: Tracker,
     arbiter: OnceLock<Option<Participant>>,
@@ -100,7 +104,7 @@ pub fn get() -> &'static Shim {
     let s = SHIM.get_or_init(|| {
         std::panic::catch_unwind(init).unwrap_or_else(|_| {
             log("set-up failed unexpectedly; running without limits");
-            Shim::with(ControlMap::local(&Knobs::default()), false)
+            Shim::with(ControlMap::local(&Knobs::default()))
         })
     });
     // Outside the OnceLock: no lock is held across the connect.
@@ -149,42 +153,53 @@ fn init() -> Shim {
     shim
 }
 
-/// The shim over its control block: the daemon's, else a standalone one from `knobs`.
+/// The shim over its control block: a sealed memfd by default; with `GVM_SHIM_CONTROL` the
+/// daemon's block at that path, else a standalone one there; from `knobs` when standalone.
 fn init_control(knobs: &Knobs) -> Shim {
-    let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
-    let env_path = std::env::var_os(CONTROL_ENV);
-    let path = control_path(env_path.as_deref(), &host, std::process::id());
-    if let Ok(m) = ControlMap::open(&path) {
-        if !m.block().is_standalone() {
-            m.block().pid.store(std::process::id(), Ordering::Relaxed);
-            debug(|| format!("using the control block {} from gvm-vgpud", path.display()));
-            return Shim::with(m, false);
-        }
-    }
     let limit = match knobs.memory_limit {
         UNLIMITED => "unlimited".to_string(),
         b => format!("{b} bytes"),
     };
+    let note = |where_: &str| {
+        format!(
+            "memory limit {limit}, priority {}, host swap {}, knobs in {where_}",
+            knobs.priority, knobs.host_swap
+        )
+    };
+    let env_path = std::env::var_os(CONTROL_ENV).filter(|p| !p.is_empty());
+    let Some(path) = env_path.map(std::path::PathBuf::from) else {
+        return match ControlMap::create_sealed(knobs, FLAG_STANDALONE) {
+            Ok(m) => {
+                let mut s = Shim::with(m);
+                s.standalone_note = Some(note("a sealed memfd"));
+                s
+            }
+            Err(e) => {
+                log(format_args!(
+                    "{e}; running standalone from the environment (memory limit {limit}) with a private control block"
+                ));
+                Shim::with(ControlMap::local(knobs))
+            }
+        };
+    };
+    if let Ok(m) = ControlMap::open(&path) {
+        if !m.block().is_standalone() {
+            m.block().pid.store(std::process::id(), Ordering::Relaxed);
+            debug(|| format!("using the control block {} from gvm-vgpud", path.display()));
+            return Shim::with(m);
+        }
+    }
     match ControlMap::create(&path, knobs, FLAG_STANDALONE) {
         Ok(m) => {
-            let remove = env_path.is_none();
-            if remove && !ffi::at_exit(remove_block_at_exit) {
-                debug(|| "could not register the exit clean-up".into());
-            }
-            let mut s = Shim::with(m, remove);
-            s.standalone_note = Some(format!(
-                "memory limit {limit}, priority {}, host swap {}, knobs in {}",
-                knobs.priority,
-                knobs.host_swap,
-                path.display()
-            ));
+            let mut s = Shim::with(m);
+            s.standalone_note = Some(note(&path.display().to_string()));
             s
         }
         Err(e) => {
             log(format_args!(
                 "{e}; running standalone from the environment (memory limit {limit}) with a private control block"
             ));
-            Shim::with(ControlMap::local(knobs), false)
+            Shim::with(ControlMap::local(knobs))
         }
     }
 }
@@ -206,7 +221,8 @@ fn log_line(line: &str) {
 fn keep_registered(
     socket: std::path::PathBuf,
     request: Request,
-    first: Result<std::os::fd::OwnedFd, reg::RegisterError>,
+    control: OwnedFd,
+    first: Result<OwnedFd, reg::RegisterError>,
 ) {
     if !ffi::at_exit(mark_exiting) {
         debug(|| "could not register the exit flag of the re-registration thread".into());
@@ -214,6 +230,7 @@ fn keep_registered(
     let link = SocketLink {
         socket: socket.clone(),
         request,
+        control,
         timeout: REGISTER_TIMEOUT,
         exiting: &EXITING,
         log: log_line,
@@ -289,23 +306,12 @@ fn gpu_gate_watchdog_main() {
     )
 }
 
-extern "C" fn remove_block_at_exit() {
-    if let Some(s) = SHIM.get() {
-        if s.remove_on_exit {
-            if let Some(p) = s.control.path() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
 impl Shim {
-    fn with(control: ControlMap, remove_on_exit: bool) -> Shim {
+    fn with(control: ControlMap) -> Shim {
         Shim {
             control,
             ledger: Ledger::new(),
             streams: StreamTracker::new(),
-            remove_on_exit,
             warned_over_limit: AtomicBool::new(false),
             tracker: Tracker::new(),
             arbiter: OnceLock::new(),
@@ -319,7 +325,7 @@ impl Shim {
     /// Register with gvm-vgpud (see the module doc). Called once, by one thread, after
     /// set-up; failures print one line and leave the process standalone.
     fn register(&self) {
-        let Some(control) = self.control.path() else {
+        let Some(block_fd) = self.control.fd() else {
             return; // A private block: nothing the daemon could drive.
         };
         let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
@@ -332,9 +338,27 @@ impl Shim {
             }
             return;
         };
-        let Some(control) = control.to_str() else {
-            standalone(&socket, "the control block path is not UTF-8", note);
-            return;
+        let control = match self.control.path() {
+            None => MEMFD_CONTROL,
+            Some(p) => match p.to_str() {
+                Some(p) => p,
+                None => {
+                    standalone(&socket, "the control block path is not UTF-8", note);
+                    return;
+                }
+            },
+        };
+        // A descriptor of the block of its own for the re-registration thread.
+        let kept = match block_fd.try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                standalone(
+                    &socket,
+                    &format!("cannot duplicate the control block descriptor: {e}"),
+                    note,
+                );
+                return;
+            }
         };
         let gpus = driver::visible_gpus()
             .into_iter()
@@ -350,7 +374,7 @@ impl Shim {
             gpus,
             vgpu_uuid: self.block().knobs().vgpu_uuid,
         };
-        let first = match reg::connect_and_register(&socket, &request, REGISTER_TIMEOUT) {
+        let first = match reg::connect_and_register(&socket, &request, block_fd, REGISTER_TIMEOUT) {
             Ok(r) => {
                 debug(|| {
                     format!(
@@ -367,7 +391,7 @@ impl Shim {
                 Err(e)
             }
         };
-        keep_registered(socket, request, first);
+        keep_registered(socket, request, kept, first);
     }
 
     /// Before a launch on `stream` (`ptsz`: through a `_ptsz` entry point): pass the gate

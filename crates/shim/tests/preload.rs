@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -641,23 +643,39 @@ fn value_of(rx: &mpsc::Receiver<String>, key: &str, secs: u64) -> Option<u64> {
     }
 }
 
-/// A one-shot fake gvm-vgpud on `path`: accepts one connection, hands back the request line,
-/// answers `reply`, then reports when the connection ends (the process exited).
-fn fake_daemon(path: &Path, reply: &'static str) -> (mpsc::Receiver<String>, mpsc::Receiver<()>) {
+/// A one-shot fake gvm-vgpud on `path`: accepts one connection, hands back the request line
+/// and the descriptor that came with it, answers `reply`, then reports when the connection
+/// ends (the process exited).
+fn fake_daemon(
+    path: &Path,
+    reply: &'static str,
+) -> (
+    mpsc::Receiver<(String, Option<OwnedFd>)>,
+    mpsc::Receiver<()>,
+) {
     let l = std::os::unix::net::UnixListener::bind(path).expect("bind the fake daemon");
     let (line_tx, line_rx) = mpsc::channel();
     let (eof_tx, eof_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let Ok((s, _)) = l.accept() else { return };
-        let mut r = BufReader::new(s.try_clone().expect("clone"));
-        let mut line = String::new();
-        if r.read_line(&mut line).is_err() {
-            return;
+        let mut line = Vec::new();
+        let mut handed = None;
+        let mut buf = [0u8; 4096];
+        while !line.contains(&b'\n') {
+            match gvm_cuda::sys::recv_with_fd(s.as_fd(), &mut buf) {
+                Ok((0, _)) | Err(_) => return,
+                Ok((n, fd)) => {
+                    if handed.is_none() {
+                        handed = fd;
+                    }
+                    line.extend_from_slice(&buf[..n]);
+                }
+            }
         }
-        let _ = line_tx.send(line);
+        let _ = line_tx.send((String::from_utf8_lossy(&line).into_owned(), handed));
         let _ = std::io::Write::write_all(&mut &s, reply.as_bytes());
         let mut rest = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+        let _ = std::io::Read::read_to_end(&mut &s, &mut rest);
         let _ = eof_tx.send(());
     });
     (line_rx, eof_rx)
@@ -678,21 +696,33 @@ fn the_shim_registers_its_block_and_gpus_and_holds_the_connection_until_exit() {
         .stderr(Stdio::piped());
     let child = c.spawn().expect("spawn driver");
     let pid = child.id();
-    let line = lines
+    let (line, handed) = lines
         .recv_timeout(Duration::from_secs(10))
         .expect("the shim registered");
     assert!(line.ends_with('\n') && line.len() < 4096);
     assert!(line.contains(&format!("\"pid\":{pid},")), "{line}");
-    assert!(line.contains("\"version\":1,"), "{line}");
+    assert!(line.contains("\"version\":2,"), "{line}");
     assert!(
         line.contains(&format!("\"control\":\"{}\"", ctl.display())),
-        "{line}"
+        "a file block is described by its path: {line}"
     );
     assert!(
         line.contains("\"gpus\":[{\"ordinal\":0,\"pci_bus_id\":\"0000:AF:00.0\"},{\"ordinal\":1,\"pci_bus_id\":\"0000:3B:00.0\"}]"),
         "{line}"
     );
     assert!(line.contains("\"vgpu_uuid\":\"6f6b0f4e-6a43-4a4e-9d5c-1b8f3c2a9e10\""));
+    // The block file's own descriptor came with the line.
+    let handed = std::fs::File::from(handed.expect("a descriptor with the line"));
+    let (a, b) = (
+        handed.metadata().expect("fstat"),
+        std::fs::metadata(&ctl).expect("stat"),
+    );
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    assert_eq!(
+        b.permissions().mode() & 0o777,
+        0o600,
+        "a file block is made 0600"
+    );
     assert!(
         eof.recv_timeout(Duration::from_millis(150)).is_err(),
         "the connection stays open while the process lives"
@@ -706,6 +736,61 @@ fn the_shim_registers_its_block_and_gpus_and_holds_the_connection_until_exit() {
         !err.contains("no daemon"),
         "registered, so no warning: {err}"
     );
+}
+
+#[test]
+fn by_default_the_block_is_a_sealed_memfd_handed_over_and_no_file_in_dev_shm() {
+    let Some(rig) = rig() else { return };
+    let root = rig.dir.path().join("root");
+    std::fs::create_dir_all(root.join("dev/shm")).expect("shm dir");
+    let sock = rig.dir.path().join("memfd.sock");
+    let (lines, eof) = fake_daemon(&sock, "{\"ok\":true,\"host_pid\":1,\"gpu\":0}\n");
+    let mut c = rig.command("arb", &rig.control("unused"));
+    c.args(["1", "300"])
+        .env_remove("GVM_SHIM_CONTROL")
+        .env("GVM_VGPU_ROOT", &root)
+        .env("GVM_SHIM_SOCKET", &sock)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn driver");
+    let pid = child.id();
+    let (line, handed) = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the shim registered");
+    assert!(
+        line.contains("\"version\":2,") && line.contains("\"control\":\"memfd\""),
+        "{line}"
+    );
+    let handed = handed.expect("the block's descriptor came with the line");
+    let seals = gvm_cuda::sys::get_seals(handed.as_fd()).expect("a memfd has seals");
+    let size = gvm_cuda::sys::SEAL_SHRINK | gvm_cuda::sys::SEAL_GROW;
+    assert_eq!(seals & size, size, "sealed against shrinking and growing");
+    let dup = handed.try_clone().expect("dup");
+    let e = std::fs::File::from(dup)
+        .set_len(0)
+        .expect_err("cannot be shrunk");
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    // What a manager maps: the process's own live block.
+    let block = ControlMap::from_handed_fd(handed).expect("a manager maps it");
+    assert_eq!(block.block().pid.load(Ordering::Relaxed), pid);
+    assert_eq!(block.block().memory_limit.load(Ordering::Relaxed), 1 << 30);
+    assert!(block.block().is_standalone());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    eof.recv_timeout(Duration::from_secs(5))
+        .expect("the connection ends with the process");
+    assert_eq!(
+        block.block().submitted.load(Ordering::Relaxed),
+        1,
+        "the launch counted in the block the manager maps"
+    );
+    let left: Vec<_> = std::fs::read_dir(root.join("dev/shm"))
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().starts_with("gvm-vgpu-gpu"))
+        .collect();
+    assert!(left.is_empty(), "no control block file: {left:?}");
 }
 
 #[test]

@@ -270,6 +270,13 @@ impl Daemon {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+
+    /// How the daemon ended, if it has (a signal shows as `signal: N`); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
 }
 
 impl Drop for Daemon {
