@@ -49,6 +49,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::log_limit::LogLimiter;
 use crate::owners::Resolver;
 
 /// Most channels the daemon follows at once; more are ignored (and said so).
@@ -293,40 +294,6 @@ pub fn desired_channels(
         out.entry(path).or_insert(who);
     }
     out
-}
-
-/// Rate-limits log lines: [`LogLimiter::allow`] says whether a line may be
-/// written now and how many were suppressed since the last one.
-#[derive(Debug, Clone)]
-pub struct LogLimiter {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// At most one line per `interval`.
-    pub fn new(interval: Duration) -> Self {
-        LogLimiter {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed)` when a line may be written at `now`, else `None` (and the
-    /// line is counted as suppressed).
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|t| now.saturating_duration_since(t) < self.interval)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }
 
 fn list_agent_dir(dir: &Path) -> Vec<PathBuf> {

@@ -1,4 +1,4 @@
-//! Unit tests of the guest-agent ingest: discovery, limits, log limiting, target
+//! Unit tests of the guest-agent ingest: discovery, limits, target
 //! selection and metrics (pure), and one channel task against a fake QEMU socket.
 
 use super::*;
@@ -105,18 +105,6 @@ fn limits_parse_over_the_defaults_and_refuse_unknown_keys() {
     assert!(parse_limits("burst=x").is_err());
     assert!(parse_limits("burst").is_err());
     assert!(parse_limits("burst=99999999999").is_err());
-}
-
-#[test]
-fn log_limiter_allows_one_line_per_interval_and_counts_the_rest() {
-    let mut l = LogLimiter::new(Duration::from_secs(5));
-    let t = Instant::now();
-    assert_eq!(l.allow(t), Some(0));
-    assert_eq!(l.allow(t + Duration::from_secs(1)), None);
-    assert_eq!(l.allow(t + Duration::from_secs(4)), None);
-    assert_eq!(l.allow(t + Duration::from_secs(5)), Some(2));
-    assert_eq!(l.allow(t + Duration::from_secs(6)), None);
-    assert_eq!(l.allow(t + Duration::from_secs(11)), Some(1));
 }
 
 #[test]
