@@ -34,11 +34,14 @@
 //! - [`mdevctl`]: mdevctl's definition format, for `import-mdevctl`;
 //! - [`metrics`]: Prometheus text for vGPUs and guest agents;
 //! - [`server`]: the API socket, the metrics endpoint, the rescan and scheduler loops (tokio);
+//! - [`accept`]: the listeners' defences: connection caps (total, per uid, a reserve for
+//!   admins) and a backoff on failed accepts;
 //! - [`shim_listener`]: the shim registration socket (tokio); the handover itself is
 //!   `gvm_shim_host::handover`;
 //! - [`sweep`]: spreading periodic per-owner work over rescan ticks;
 //! - [`uevent`]: kernel uevents that wake the rescan.
 
+pub mod accept;
 pub mod agent_ingest;
 pub mod backends;
 pub mod daemon;

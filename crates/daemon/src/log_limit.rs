@@ -6,8 +6,12 @@
 //! [`LogLimiter::allow`] before writing a line and names the count it returns
 //! ("N more suppressed"); [`LogLimiter::flush`] says, once the interval has passed,
 //! how many were held back since the last line, so that the end of a burst is
-//! reported even when no later event comes.
+//! reported even when no later event comes. [`EventLog`] keeps one limiter per
+//! kind of event for a listener and the connections it spawns.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Rate-limits log lines: [`LogLimiter::allow`] says whether a line may be
@@ -57,6 +61,61 @@ impl LogLimiter {
     }
 }
 
+/// What a rate-limited line says about the lines held back before it: nothing, or
+/// ` (N more suppressed)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suppressed(pub u64);
+
+impl fmt::Display for Suppressed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} more suppressed)"),
+        }
+    }
+}
+
+/// One [`LogLimiter`] per kind of event `K`, shared (by reference or `Arc`) between a
+/// listener and its connection tasks.
+#[derive(Debug)]
+pub struct EventLog<K> {
+    interval: Duration,
+    kinds: Mutex<BTreeMap<K, LogLimiter>>,
+}
+
+impl<K: Ord + Copy> EventLog<K> {
+    /// At most one line per kind per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        EventLog {
+            interval,
+            kinds: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether a line about `kind` may be written now, with what to say about the ones
+    /// held back ([`LogLimiter::allow`]).
+    pub fn allow(&self, kind: K) -> Option<Suppressed> {
+        let now = Instant::now();
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        kinds
+            .entry(kind)
+            .or_insert_with(|| LogLimiter::new(self.interval))
+            .allow(now)
+            .map(Suppressed)
+    }
+
+    /// The kinds whose held-back lines may be reported now, with their counts
+    /// ([`LogLimiter::flush`]); call it about once per interval.
+    pub fn flush(&self) -> Vec<(K, u64)> {
+        let now = Instant::now();
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        kinds
+            .iter_mut()
+            .filter_map(|(k, l)| l.flush(now).map(|n| (*k, n)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,9 +142,33 @@ mod tests {
         assert_eq!(l.allow(t + Duration::from_millis(200)), None);
         assert_eq!(l.flush(t + Duration::from_millis(500)), None, "too soon");
         assert_eq!(l.flush(t + Duration::from_secs(1)), Some(2));
-        assert_eq!(l.flush(t + Duration::from_secs(3)), None, "reported once");
+        assert_eq!(
+            l.flush(t + Duration::from_millis(1200)),
+            None,
+            "reported once"
+        );
         // The flushed line counts as that interval's line.
         assert_eq!(l.allow(t + Duration::from_millis(1500)), None);
         assert_eq!(l.allow(t + Duration::from_secs(2)), Some(1));
+        assert_eq!(
+            l.flush(t + Duration::from_secs(5)),
+            None,
+            "nothing held back"
+        );
+    }
+
+    #[test]
+    fn an_event_log_limits_each_kind_on_its_own() {
+        let log = EventLog::new(Duration::from_secs(60));
+        assert_eq!(log.allow("a"), Some(Suppressed(0)));
+        assert_eq!(log.allow("b"), Some(Suppressed(0)), "another kind");
+        assert_eq!(log.allow("a"), None);
+        assert_eq!(log.allow("a"), None);
+        assert_eq!(log.flush(), vec![], "the interval has not passed");
+        assert_eq!(Suppressed(0).to_string(), "");
+        assert_eq!(Suppressed(2).to_string(), " (2 more suppressed)");
+        let fast = EventLog::new(Duration::ZERO);
+        assert_eq!(fast.allow(1), Some(Suppressed(0)));
+        assert_eq!(fast.flush(), vec![]);
     }
 }
