@@ -179,9 +179,16 @@ impl Client {
         let line = req
             .to_line()
             .map_err(|error| Error::Api { method, error })?;
-        self.send_raw(method, &line)?;
+        if let Err(e) = self.send_raw(method, &line) {
+            return Err(self.refusal(method, e));
+        }
         let resp = self.read_response(method)?;
         if resp.id != id {
+            // A daemon that turns a connection away (busy) or closes it (a request line too
+            // long or too slow) says why in an answer with id 0.
+            if let (0, Some(error)) = (resp.id, resp.error.clone()) {
+                return Err(Error::Api { method, error });
+            }
             return Err(Error::Protocol {
                 path: self.path.clone(),
                 method,
@@ -190,6 +197,25 @@ impl Client {
         }
         resp.into_result()
             .map_err(|error| Error::Api { method, error })
+    }
+
+    /// After a failed send: the reason the daemon gave before closing the connection (an
+    /// id-0 error, e.g. `busy`), else the send's own error. Read only when the peer has
+    /// gone (a broken pipe): then the line, if there is one, is already here.
+    fn refusal(&mut self, method: &'static str, sent: Error) -> Error {
+        let gone = matches!(&sent, Error::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset));
+        if !gone {
+            return sent;
+        }
+        match self.read_response(method) {
+            Ok(Response {
+                id: 0,
+                error: Some(error),
+                ..
+            }) => Error::Api { method, error },
+            _ => sent,
+        }
     }
 
     /// Send one raw line (no newline) and return the raw response (tests, debugging).
@@ -438,6 +464,53 @@ mod tests {
         assert_eq!(
             err.as_ref().and_then(Error::code),
             Some(ErrorCode::NotFound)
+        );
+        assert!(server.join().ok().flatten().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_busy_daemons_id_0_refusal_is_the_calls_error() {
+        let dir = std::env::temp_dir().join(format!("gvm-client-busy-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let Ok(listener) = UnixListener::bind(&sock) else {
+            println!("SKIP: cannot bind a Unix socket in {}", dir.display());
+            return;
+        };
+        let busy = "{\"id\":0,\"error\":{\"code\":\"conflict\",\"message\":\"busy: full\"}}\n";
+        // Refused before the request is sent (the send fails: the daemon has closed) and
+        // after it (the answer's id is not the request's): both read as the daemon's error.
+        let server = std::thread::spawn(move || -> Option<()> {
+            let (mut s, _) = listener.accept().ok()?;
+            s.write_all(busy.as_bytes()).ok()?;
+            drop(s);
+            let (s, _) = listener.accept().ok()?;
+            let mut r = BufReader::new(s.try_clone().ok()?);
+            r.read_line(&mut String::new()).ok()?;
+            let mut w = s;
+            w.write_all(busy.as_bytes()).ok()?;
+            Some(())
+        });
+        let check = |r: Result<Pong>| match r {
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Conflict), "{e:?}");
+                assert_eq!(e.to_string(), "busy: full");
+            }
+            Ok(p) => panic!("{p:?}"),
+        };
+        let mut early = Client::connect(&sock).ok();
+        let mut late = Client::connect(&sock).ok();
+        std::thread::sleep(Duration::from_millis(100));
+        check(
+            early
+                .as_mut()
+                .map_or_else(|| panic!("connect"), |c| c.ping()),
+        );
+        check(
+            late.as_mut()
+                .map_or_else(|| panic!("connect"), |c| c.ping()),
         );
         assert!(server.join().ok().flatten().is_some());
         let _ = std::fs::remove_dir_all(&dir);
