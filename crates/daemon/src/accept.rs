@@ -22,6 +22,9 @@ use std::time::Duration;
 use gvm_shim_host::handover::{UidSlot, UidSlots};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// At most one log line per kind of listener event (failed accept, refused connection,
+/// timeout) per this interval; the next says how many were held back.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// First pause after a failed accept.
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between failed accepts (the pause doubles from the minimum).

@@ -15,9 +15,9 @@
 //! [`ApiLimits::idle`] is closed, and so is one whose request line is not complete
 //! [`API_REQUEST_TIMEOUT`] after its first byte. Failed accepts pause accepting
 //! ([`crate::accept::AcceptBackoff`]) instead of spinning, and every kind of event
-//! (failed accept, refusal, timeout) is logged at most once per [`LISTENER_LOG_INTERVAL`]
-//! with the number held back. The metrics endpoint has the same backoff and a cap of
-//! [`METRICS_MAX_CONNECTIONS`].
+//! (failed accept, refusal, timeout, rescan error) is logged at most once per
+//! [`crate::accept::LOG_INTERVAL`] with the number held back. The metrics endpoint has
+//! the same backoff and a cap of [`METRICS_MAX_CONNECTIONS`].
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::accept::{is_exhaustion, AcceptBackoff, Admission, Caps, Refusal, Ticket};
+use crate::accept::{is_exhaustion, AcceptBackoff, Admission, Caps, Refusal, Ticket, LOG_INTERVAL};
 use crate::daemon::Daemon;
 use crate::log_limit::EventLog;
 
@@ -57,9 +57,6 @@ pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const METRICS_MAX_CONNECTIONS: usize = 16;
 /// How long a metrics client has to send its request, and to read the answer.
 pub const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
-/// At most one log line per kind of listener event (failed accept, refused
-/// connection, timeout) per this interval; the next says how many were held back.
-pub const LISTENER_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The API socket's connection limits an operator may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +88,7 @@ impl ApiLimits {
     }
 }
 
-/// The kinds of event logged at most once per [`LISTENER_LOG_INTERVAL`].
+/// The kinds of event logged at most once per [`LOG_INTERVAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     /// The API socket's accept failed.
@@ -233,7 +230,7 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     if opts.uevents && host.is_real_host() {
         crate::uevent::spawn_listener(wake.clone());
     }
-    let log: Log = Arc::new(EventLog::new(LISTENER_LOG_INTERVAL));
+    let log: Log = Arc::new(EventLog::new(LOG_INTERVAL));
     if let Some(addr) = opts.metrics {
         let l = TcpListener::bind(addr)
             .await
@@ -253,7 +250,7 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     let mut backoff = AcceptBackoff::default();
     // Accepting pauses until then after a failed accept.
     let mut paused: Option<tokio::time::Instant> = None;
-    let mut flush = tokio::time::interval(LISTENER_LOG_INTERVAL);
+    let mut flush = tokio::time::interval(LOG_INTERVAL);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
