@@ -14,6 +14,9 @@
 //! - every `<channel type='unix'>` to `org.gvm.vgpu.agent.0` in a running libvirt
 //!   domain's live XML (`<root>/run/libvirt/qemu/<name>.xml`) belongs to that domain.
 //!
+//! A listing that fails for any reason but a missing directory (no file descriptors
+//! left, say) changes nothing: the channels followed are kept, not taken for gone.
+//!
 //! Attribution is by the socket the bytes arrived on, never by what the guest says.
 //! Each channel gets one tokio task that feeds what it reads into a
 //! [`gvm_agent_proto::IngestSession`] (line framing in a buffer of at most
@@ -296,19 +299,31 @@ pub fn desired_channels(
     out
 }
 
-fn list_agent_dir(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .take(MAX_CHANNELS * 2)
-        .map(|e| e.path())
-        .collect()
+/// A directory's entries; a missing directory has none. Any other failure (no file
+/// descriptors left, say) is an error, not an empty directory: the channels found
+/// before must not be taken for gone.
+fn read_dir_or_none(dir: &Path) -> std::io::Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
-    let Ok(rd) = std::fs::read_dir(host.libvirt_run_dir()) else {
-        return Vec::new();
+fn list_agent_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let Some(rd) = read_dir_or_none(dir)? else {
+        return Ok(Vec::new());
+    };
+    Ok(rd
+        .flatten()
+        .take(MAX_CHANNELS * 2)
+        .map(|e| e.path())
+        .collect())
+}
+
+fn libvirt_channels(host: &HostRoot) -> std::io::Result<Vec<(String, Vec<PathBuf>)>> {
+    let Some(rd) = read_dir_or_none(&host.libvirt_run_dir())? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in rd.flatten() {
@@ -316,8 +331,11 @@ fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
         let Some(name) = fname.strip_suffix(".xml") else {
             continue;
         };
-        let Ok(xml) = std::fs::read_to_string(entry.path()) else {
-            continue;
+        let xml = match std::fs::read_to_string(entry.path()) {
+            Ok(xml) => xml,
+            // The domain stopped since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
         match gvm_libvirt::domain_xml::parse(&xml) {
             Ok(info) if !info.agent_sockets.is_empty() => {
@@ -329,7 +347,16 @@ fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
         }
     }
     out.sort();
-    out
+    Ok(out)
+}
+
+/// The channels to follow now and how many were seen in all (more than
+/// [`MAX_CHANNELS`]: the rest are ignored), or why they cannot be listed.
+fn discover(config: &AgentConfig) -> std::io::Result<(BTreeMap<PathBuf, Attribution>, usize)> {
+    let sockets = list_agent_dir(&config.agent_dir)?;
+    let doms = libvirt_channels(&config.host)?;
+    let seen = sockets.len() + doms.iter().map(|d| d.1.len()).sum::<usize>();
+    Ok((desired_channels(&sockets, &doms), seen))
 }
 
 /// Follow every channel until the caller's runtime stops (this future is
@@ -389,16 +416,20 @@ async fn follow(table: GuestTable, config: AgentConfig) {
     info!(dir = %config.agent_dir.display(), "following guest-agent channels");
     let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
     let mut warned_full = false;
+    let mut failed_log = LogLimiter::new(LOG_INTERVAL);
     loop {
-        let (dir, host) = (config.agent_dir.clone(), config.host.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            let sockets = list_agent_dir(&dir);
-            let doms = libvirt_channels(&host);
-            let full = sockets.len() + doms.iter().map(|d| d.1.len()).sum::<usize>();
-            (desired_channels(&sockets, &doms), full)
-        })
-        .await;
-        if let Ok((want, seen)) = found {
+        let c = config.clone();
+        let found = tokio::task::spawn_blocking(move || discover(&c)).await;
+        if let Ok(Err(e)) = &found {
+            if let Some(suppressed) = failed_log.allow(Instant::now()) {
+                warn!(
+                    suppressed,
+                    followed = tasks.len(),
+                    "cannot list the guest-agent channels: {e}; keeping the ones followed"
+                );
+            }
+        }
+        if let Ok(Ok((want, seen))) = found {
             if seen > MAX_CHANNELS && !warned_full {
                 warn!(
                     seen,

@@ -376,13 +376,10 @@ fn a_partial_request_line_is_dropped_after_the_request_timeout() {
     );
 }
 
-#[test]
-fn accepts_at_the_open_file_limit_back_off_with_a_rate_limited_log() {
-    let (_dir, root) = open_root();
-    // The caps would keep the daemon below its limit: lift them to reach it.
-    let d = Daemon::start(&root, &["--api-max-connections", "100000"]);
-    let pid = d.pid().unwrap();
-    set_nofile(pid, 128);
+/// Bring a daemon started with the caps lifted to its open-file limit (128) with
+/// connections it accepts until it cannot; they hold it there until dropped.
+fn exhaust(d: &Daemon) -> Vec<UnixStream> {
+    set_nofile(d.pid().unwrap(), 128);
     let conns: Vec<UnixStream> = (0..300)
         .map(|_| UnixStream::connect(&d.socket).unwrap())
         .collect();
@@ -391,6 +388,17 @@ fn accepts_at_the_open_file_limit_back_off_with_a_rate_limited_log() {
         wait_until(Duration::from_secs(5), || log_has("Too many open files")),
         "the daemon never reached its open-file limit"
     );
+    conns
+}
+
+#[test]
+fn accepts_at_the_open_file_limit_back_off_with_a_rate_limited_log() {
+    let (_dir, root) = open_root();
+    // The caps would keep the daemon below its limit: lift them to reach it.
+    let d = Daemon::start(&root, &["--api-max-connections", "100000"]);
+    let pid = d.pid().unwrap();
+    let conns = exhaust(&d);
+    let log_has = |s: &str| std::fs::read_to_string(&d.log).unwrap().contains(s);
     let (lines0, cpu0, t0) = (d.log_lines(), cpu_time(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(3));
     let cpu = (cpu_time(pid) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
@@ -418,6 +426,38 @@ fn accepts_at_the_open_file_limit_back_off_with_a_rate_limited_log() {
         wait_until(Duration::from_secs(5), || d.client().ping().is_ok()),
         "the daemon did not serve again once descriptors were free"
     );
+}
+
+#[test]
+fn a_guest_agent_channel_is_not_dropped_when_the_daemon_runs_out_of_descriptors() {
+    let (_dir, root) = open_root();
+    // Play QEMU for one VM: the daemon connects to its channel socket.
+    let agent_dir = root.join("run/gvm-vgpu/agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let channel = agent_dir.join(format!("{}.sock", uuid::Uuid::new_v4()));
+    let qemu = std::os::unix::net::UnixListener::bind(&channel).unwrap();
+    let d = Daemon::start(&root, &["--api-max-connections", "100000"]);
+    let (_vm, _) = qemu.accept().unwrap();
+    let log = || std::fs::read_to_string(&d.log).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || log()
+        .contains("guest-agent channel connected")));
+    let conns = exhaust(&d);
+    // Discovery runs every 500 ms: several rounds fail to list the directory.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = log();
+    assert!(
+        !text.contains("guest-agent channel gone"),
+        "an unreadable agent directory was taken for an empty one: {text}"
+    );
+    assert!(
+        text.contains("cannot list the guest-agent channels"),
+        "{text}"
+    );
+    drop(conns);
+    let mut c = d.client();
+    let infos = c.guest_stats(None).unwrap();
+    assert_eq!(infos.len(), 1, "{infos:?}");
+    assert!(infos[0].connected && infos[0].connections == 1, "{infos:?}");
 }
 
 #[test]
