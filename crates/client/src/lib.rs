@@ -205,7 +205,9 @@ impl Client {
                 max: MAX_LINE_BYTES,
             });
         }
-        self.send_raw(method, &line)?;
+        if let Err(e) = self.send_raw(method, &line) {
+            return Err(self.refusal(method, e));
+        }
         let resp = self.read_response(method)?;
         // Id 0: the daemon could not read this request's id (too long, not UTF-8, not
         // JSON); calls are sequential, so its error is this call's.
@@ -240,6 +242,25 @@ impl Client {
             method,
             source,
         })
+    }
+
+    /// After a failed send: the reason the daemon gave before closing the connection (an
+    /// id-0 error, e.g. `busy`), else the send's own error. Read only when the peer has
+    /// gone (a broken pipe): then the line, if there is one, is already here.
+    fn refusal(&mut self, method: &'static str, sent: Error) -> Error {
+        let gone = matches!(&sent, Error::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset));
+        if !gone {
+            return sent;
+        }
+        match self.read_response(method) {
+            Ok(Response {
+                id: 0,
+                error: Some(error),
+                ..
+            }) => Error::Api { method, error },
+            _ => sent,
+        }
     }
 
     fn read_response(&mut self, method: &'static str) -> Result<Response> {
@@ -671,5 +692,52 @@ mod tests {
         };
         let err = c.ping().err();
         assert!(matches!(err, Some(Error::Protocol { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_busy_daemons_id_0_refusal_is_the_calls_error() {
+        let dir = std::env::temp_dir().join(format!("gvm-client-busy-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let Ok(listener) = UnixListener::bind(&sock) else {
+            println!("SKIP: cannot bind a Unix socket in {}", dir.display());
+            return;
+        };
+        let busy = "{\"id\":0,\"error\":{\"code\":\"conflict\",\"message\":\"busy: full\"}}\n";
+        // Refused before the request is sent (the send fails: the daemon has closed) and
+        // after it (the answer's id is not the request's): both read as the daemon's error.
+        let server = std::thread::spawn(move || -> Option<()> {
+            let (mut s, _) = listener.accept().ok()?;
+            s.write_all(busy.as_bytes()).ok()?;
+            drop(s);
+            let (s, _) = listener.accept().ok()?;
+            let mut r = BufReader::new(s.try_clone().ok()?);
+            r.read_line(&mut String::new()).ok()?;
+            let mut w = s;
+            w.write_all(busy.as_bytes()).ok()?;
+            Some(())
+        });
+        let check = |r: Result<Pong>| match r {
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Conflict), "{e:?}");
+                assert_eq!(e.to_string(), "busy: full");
+            }
+            Ok(p) => panic!("{p:?}"),
+        };
+        let mut early = Client::connect(&sock).ok();
+        let mut late = Client::connect(&sock).ok();
+        std::thread::sleep(Duration::from_millis(100));
+        check(
+            early
+                .as_mut()
+                .map_or_else(|| panic!("connect"), |c| c.ping()),
+        );
+        check(
+            late.as_mut()
+                .map_or_else(|| panic!("connect"), |c| c.ping()),
+        );
+        assert!(server.join().ok().flatten().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,6 +14,9 @@
 //! - every `<channel type='unix'>` to `org.gvm.vgpu.agent.0` in a running libvirt
 //!   domain's live XML (`<root>/run/libvirt/qemu/<name>.xml`) belongs to that domain.
 //!
+//! A listing that fails for any reason but a missing directory (no file descriptors
+//! left, say) changes nothing: the channels followed are kept, not taken for gone.
+//!
 //! Attribution is by the socket the bytes arrived on, never by what the guest says.
 //! Each channel gets one tokio task that feeds what it reads into a
 //! [`gvm_agent_proto::IngestSession`] (line framing in a buffer of at most
@@ -49,6 +52,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::log_limit::LogLimiter;
 use crate::owners::Resolver;
 
 /// Most channels the daemon follows at once; more are ignored (and said so).
@@ -300,53 +304,31 @@ pub fn desired_channels(
     out
 }
 
-/// Rate-limits log lines: [`LogLimiter::allow`] says whether a line may be
-/// written now and how many were suppressed since the last one.
-#[derive(Debug, Clone)]
-pub struct LogLimiter {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// At most one line per `interval`.
-    pub fn new(interval: Duration) -> Self {
-        LogLimiter {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed)` when a line may be written at `now`, else `None` (and the
-    /// line is counted as suppressed).
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|t| now.saturating_duration_since(t) < self.interval)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
+/// A directory's entries; a missing directory has none. Any other failure (no file
+/// descriptors left, say) is an error, not an empty directory: the channels found
+/// before must not be taken for gone.
+fn read_dir_or_none(dir: &Path) -> std::io::Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-fn list_agent_dir(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
+fn list_agent_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let Some(rd) = read_dir_or_none(dir)? else {
+        return Ok(Vec::new());
     };
-    rd.flatten()
+    Ok(rd
+        .flatten()
         .take(MAX_CHANNELS * 2)
         .map(|e| e.path())
-        .collect()
+        .collect())
 }
 
-fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
-    let Ok(rd) = std::fs::read_dir(host.libvirt_run_dir()) else {
-        return Vec::new();
+fn libvirt_channels(host: &HostRoot) -> std::io::Result<Vec<(String, Vec<PathBuf>)>> {
+    let Some(rd) = read_dir_or_none(&host.libvirt_run_dir())? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in rd.flatten() {
@@ -354,8 +336,11 @@ fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
         let Some(name) = fname.strip_suffix(".xml") else {
             continue;
         };
-        let Ok(xml) = std::fs::read_to_string(entry.path()) else {
-            continue;
+        let xml = match std::fs::read_to_string(entry.path()) {
+            Ok(xml) => xml,
+            // The domain stopped since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
         match gvm_libvirt::domain_xml::parse(&xml) {
             Ok(info) if !info.agent_sockets.is_empty() => {
@@ -367,7 +352,16 @@ fn libvirt_channels(host: &HostRoot) -> Vec<(String, Vec<PathBuf>)> {
         }
     }
     out.sort();
-    out
+    Ok(out)
+}
+
+/// The channels to follow now and how many were seen in all (more than
+/// [`MAX_CHANNELS`]: the rest are ignored), or why they cannot be listed.
+fn discover(config: &AgentConfig) -> std::io::Result<(BTreeMap<PathBuf, Attribution>, usize)> {
+    let sockets = list_agent_dir(&config.agent_dir)?;
+    let doms = libvirt_channels(&config.host)?;
+    let seen = sockets.len() + doms.iter().map(|d| d.1.len()).sum::<usize>();
+    Ok((desired_channels(&sockets, &doms), seen))
 }
 
 /// Follow every channel until the caller's runtime stops (this future is
@@ -427,16 +421,20 @@ async fn follow(table: GuestTable, config: AgentConfig) {
     info!(dir = %config.agent_dir.display(), "following guest-agent channels");
     let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
     let mut warned_full = false;
+    let mut failed_log = LogLimiter::new(LOG_INTERVAL);
     loop {
-        let (dir, host) = (config.agent_dir.clone(), config.host.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            let sockets = list_agent_dir(&dir);
-            let doms = libvirt_channels(&host);
-            let full = sockets.len() + doms.iter().map(|d| d.1.len()).sum::<usize>();
-            (desired_channels(&sockets, &doms), full)
-        })
-        .await;
-        if let Ok((want, seen)) = found {
+        let c = config.clone();
+        let found = tokio::task::spawn_blocking(move || discover(&c)).await;
+        if let Ok(Err(e)) = &found {
+            if let Some(suppressed) = failed_log.allow(Instant::now()) {
+                warn!(
+                    suppressed,
+                    followed = tasks.len(),
+                    "cannot list the guest-agent channels: {e}; keeping the ones followed"
+                );
+            }
+        }
+        if let Ok(Ok((want, seen))) = found {
             if seen > MAX_CHANNELS && !warned_full {
                 warn!(
                     seen,

@@ -28,17 +28,21 @@
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
 //! - [`libvirt_watch`]: the threads that feed libvirt's events to the core;
 //! - [`agent_ingest`]: guest-agent channels, validated, and the guest table;
+//! - [`log_limit`]: rate-limited logging (one line per interval per kind of event);
 //! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
 //! - [`store`]: crash-safe persistence (atomic JSON files);
 //! - [`batches`]: `define_batch` lists sent in parts, held until their last part;
 //! - [`mdevctl`]: mdevctl's definition format, for `import-mdevctl`;
 //! - [`metrics`]: Prometheus text for vGPUs and guest agents;
 //! - [`server`]: the API socket, the metrics endpoint, the rescan and scheduler loops (tokio);
+//! - [`accept`]: the listeners' defences: connection caps (total, per uid, a reserve for
+//!   admins) and a backoff on failed accepts;
 //! - [`shim_listener`]: the shim registration socket (tokio); the handover itself is
 //!   `gvm_shim_host::handover`;
 //! - [`sweep`]: spreading periodic per-owner work over rescan ticks;
 //! - [`uevent`]: kernel uevents that wake the rescan.
 
+pub mod accept;
 pub mod agent_ingest;
 pub mod backends;
 pub mod batches;
@@ -46,6 +50,7 @@ pub mod daemon;
 pub mod domains;
 mod handlers;
 pub mod libvirt_watch;
+pub mod log_limit;
 pub mod mdevctl;
 pub mod metrics;
 pub mod model;

@@ -14,7 +14,7 @@ use gvm_host_root::{HostRoot, ROOT_ENV};
 use gvm_vgpud::backends::{self, BackendKind};
 use gvm_vgpud::daemon::{Daemon, Timing};
 use gvm_vgpud::ports::{CatalogTypes, SysfsMdev};
-use gvm_vgpud::server::{serve, ServeOptions};
+use gvm_vgpud::server::{serve, ApiLimits, ServeOptions};
 
 /// The gvm-vgpu host daemon: adopts every vGPU and keeps its gcgroups tuned.
 #[derive(Debug, Parser)]
@@ -84,6 +84,17 @@ struct Args {
     /// refused, logged once and listed by `gvm-vgpu show`.
     #[arg(long = "owner-uid", value_name = "UID|USER")]
     owner_uids: Vec<String>,
+    /// Close an API connection that sends nothing for this many seconds (time spent on the
+    /// daemon's answer does not count).
+    #[arg(long, value_name = "SECONDS", default_value_t = gvm_vgpud::server::DEFAULT_API_IDLE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    api_idle_s: u64,
+    /// API connections open at once, all callers together; the last 8 are kept for root and
+    /// the daemon's own user, and any other user may hold 32. Keep it well below the
+    /// daemon's open-file limit (LimitNOFILE).
+    #[arg(long, value_name = "N", default_value_t = gvm_vgpud::server::DEFAULT_API_MAX_CONNECTIONS,
+          value_parser = api_max_connections)]
+    api_max_connections: usize,
 }
 
 fn user_id(host: &HostRoot, spec: &str) -> anyhow::Result<u32> {
@@ -103,6 +114,17 @@ fn user_id(host: &HostRoot, spec: &str) -> anyhow::Result<u32> {
             path.display()
         )
     })
+}
+
+fn api_max_connections(s: &str) -> Result<usize, String> {
+    let least = gvm_vgpud::server::API_ADMIN_RESERVE + 1;
+    match s.parse::<usize>() {
+        Ok(n) if n >= least => Ok(n),
+        _ => Err(format!(
+            "give a number of connections of at least {least} (the last {} are kept for root)",
+            least - 1
+        )),
+    }
 }
 
 fn group_id(spec: &str) -> anyhow::Result<u32> {
@@ -175,6 +197,10 @@ fn main() -> anyhow::Result<()> {
         metrics: args.metrics,
         rescan: Duration::from_millis(args.rescan_ms.max(10)),
         uevents: !args.no_uevents,
+        api: ApiLimits {
+            max_connections: args.api_max_connections,
+            idle: Duration::from_secs(args.api_idle_s),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,6 +6,18 @@
 //! members of `--group` may read and retune, anyone else is refused with a
 //! `permission_denied` answer. All calls run on a blocking thread under one lock,
 //! so concurrent CLI calls are serialized and never interleave host writes.
+//!
+//! Limits (docs/daemon.md, "Limits"): the socket keeps at most
+//! [`ApiLimits::max_connections`] connections open, at most [`API_MAX_PER_UID`] of one
+//! user other than root and the daemon's own, the last [`API_ADMIN_RESERVE`] for those
+//! two; a connection beyond them gets one `busy` line (code `conflict`, id 0) and is
+//! closed before it costs a task. A connection that sends nothing for
+//! [`ApiLimits::idle`] is closed, and so is one whose request line is not complete
+//! [`API_REQUEST_TIMEOUT`] after its first byte. Failed accepts pause accepting
+//! ([`crate::accept::AcceptBackoff`]) instead of spinning, and every kind of event
+//! (failed accept, refusal, timeout, rescan error) is logged at most once per
+//! [`crate::accept::LOG_INTERVAL`] with the number held back. The metrics endpoint has
+//! the same backoff and a cap of [`METRICS_MAX_CONNECTIONS`].
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -16,11 +28,112 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use gvm_proto::{ApiError, ErrorCode, Request, Response, MAX_LINE_BYTES};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::UCred;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::accept::{is_exhaustion, AcceptBackoff, Admission, Caps, Refusal, Ticket, LOG_INTERVAL};
 use crate::daemon::Daemon;
+use crate::log_limit::EventLog;
+
+/// Default of `--api-max-connections`: API connections open at once, all callers
+/// together. A CLI call holds one for its duration; the requests themselves run one
+/// at a time, so more buys nothing but file descriptors (each also costs about 10 KiB).
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 256;
+/// The last slots of the API's connections, kept for root and the daemon's own user:
+/// an admin can always connect, whatever other users hold.
+pub const API_ADMIN_RESERVE: usize = 8;
+/// API connections one user other than root and the daemon's own may hold at once.
+pub const API_MAX_PER_UID: usize = 32;
+/// Default of `--api-idle-s`: an API connection that sends nothing this long is closed
+/// (time spent on the daemon's answer does not count).
+pub const DEFAULT_API_IDLE: Duration = Duration::from_secs(60);
+/// How long a request line may take, from its first byte to its newline (the CLI
+/// sends each line in one write): a line still partial then is answered
+/// `invalid_argument` and the connection closed.
+pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Metrics connections open at once; more are answered `503` and closed.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+/// How long a metrics client has to send its request, and to read the answer.
+pub const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The API socket's connection limits an operator may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Connections open at once, all callers together (`--api-max-connections`);
+    /// more than [`API_ADMIN_RESERVE`].
+    pub max_connections: usize,
+    /// A connection silent this long is closed (`--api-idle-s`).
+    pub idle: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            idle: DEFAULT_API_IDLE,
+        }
+    }
+}
+
+impl ApiLimits {
+    /// The caps these limits give the API socket.
+    pub fn caps(&self) -> Caps {
+        Caps {
+            max: self.max_connections.max(API_ADMIN_RESERVE + 1),
+            per_uid: API_MAX_PER_UID,
+            admin_reserve: API_ADMIN_RESERVE,
+        }
+    }
+}
+
+/// The kinds of event logged at most once per [`LOG_INTERVAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The API socket's accept failed.
+    AcceptFailed,
+    /// An API connection was turned away by the caps.
+    Refused,
+    /// An API connection was closed for being idle.
+    Idle,
+    /// An API connection's request line did not complete in time.
+    PartialLine,
+    /// The metrics endpoint's accept failed.
+    MetricsAcceptFailed,
+    /// A metrics connection was turned away by the cap.
+    MetricsRefused,
+    /// A rescan tick reported errors.
+    RescanFailed,
+}
+
+impl Event {
+    fn name(self) -> &'static str {
+        match self {
+            Event::AcceptFailed => "failed API accepts",
+            Event::Refused => "refused API connections",
+            Event::Idle => "idle API connections closed",
+            Event::PartialLine => "partial API request lines dropped",
+            Event::MetricsAcceptFailed => "failed metrics accepts",
+            Event::MetricsRefused => "refused metrics connections",
+            Event::RescanFailed => "rescans with errors",
+        }
+    }
+}
+
+type Log = Arc<EventLog<Event>>;
+
+/// Write "N more suppressed" for every kind whose lines were held back.
+fn flush_log(log: &EventLog<Event>) {
+    for (event, n) in log.flush() {
+        match event {
+            Event::Idle | Event::PartialLine | Event::RescanFailed => {
+                debug!("{}: {n} more suppressed", event.name())
+            }
+            _ => warn!("{}: {n} more suppressed", event.name()),
+        }
+    }
+}
 
 /// How the daemon serves.
 #[derive(Debug, Clone)]
@@ -35,6 +148,8 @@ pub struct ServeOptions {
     pub rescan: Duration,
     /// Listen to kernel uevents (real hosts only).
     pub uevents: bool,
+    /// The API socket's connection limits.
+    pub api: ApiLimits,
 }
 
 type Shared = Arc<Mutex<Daemon>>;
@@ -115,14 +230,15 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     if opts.uevents && host.is_real_host() {
         crate::uevent::spawn_listener(wake.clone());
     }
+    let log: Log = Arc::new(EventLog::new(LOG_INTERVAL));
     if let Some(addr) = opts.metrics {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        info!(%addr, "metrics listening");
-        tokio::spawn(metrics_loop(l, shared.clone()));
+        info!(addr = %l.local_addr().unwrap_or(addr), "metrics listening");
+        tokio::spawn(metrics_loop(l, shared.clone(), log.clone()));
     }
-    tokio::spawn(rescan_loop(shared.clone(), wake, opts.rescan));
+    tokio::spawn(rescan_loop(shared.clone(), wake, opts.rescan, log.clone()));
     // Domain lifecycle events (paused domains frozen); stops when `serve` returns.
     let _libvirt = crate::libvirt_watch::spawn_watch(&shared);
     tokio::spawn(scheduler_loop(shared.clone()));
@@ -130,16 +246,36 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     let own_uid = current_uid();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
+    let admission = Admission::new(opts.api.caps());
+    let mut backoff = AcceptBackoff::default();
+    // Accepting pauses until then after a failed accept.
+    let mut paused: Option<tokio::time::Instant> = None;
+    let mut flush = tokio::time::interval(LOG_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            r = listener.accept() => match r {
+            r = listener.accept(), if paused.is_none() => match r {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, shared.clone(), own_uid, opts.group));
+                    backoff.succeeded();
+                    let conn = Conn { shared: shared.clone(), own_uid, group: opts.group,
+                                      idle: opts.api.idle, log: log.clone() };
+                    admit(stream, &admission, conn);
                 }
-                Err(e) => warn!("accept on {}: {e}", opts.socket.display()),
+                Err(e) => {
+                    let wait = backoff.failed();
+                    paused = Some(tokio::time::Instant::now() + wait);
+                    if let Some(more) = log.allow(Event::AcceptFailed) {
+                        warn!("accept on {} failed: {e}{}; pausing accepts for {wait:?}{more}",
+                              opts.socket.display(), exhaustion_hint(&e));
+                    }
+                }
             },
+            _ = sleep_until(paused), if paused.is_some() => paused = None,
+            _ = flush.tick() => flush_log(&log),
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
+            _ = &mut ctrl_c => { info!("SIGINT: shutting down"); break; }
         }
     }
     // Wait for a request in progress to finish before leaving.
@@ -147,6 +283,21 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || run_locked(&d, |_| ())).await;
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn exhaustion_hint(e: &std::io::Error) -> &'static str {
+    if is_exhaustion(e) {
+        " (out of file descriptors or buffers)"
+    } else {
+        ""
+    }
 }
 
 fn current_uid() -> u32 {
@@ -180,7 +331,7 @@ fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> 
     Ok(l)
 }
 
-async fn rescan_loop(shared: Shared, wake: Arc<Notify>, period: Duration) {
+async fn rescan_loop(shared: Shared, wake: Arc<Notify>, period: Duration, log: Log) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
@@ -190,16 +341,66 @@ async fn rescan_loop(shared: Shared, wake: Arc<Notify>, period: Duration) {
         let r =
             tokio::task::spawn_blocking(move || run_locked(&d, |d| d.tick(Instant::now(), false)))
                 .await;
+        // The same failure comes back every tick (a missing directory, no descriptors
+        // left): one line per interval says them all.
         if let Ok(report) = r {
-            for e in report.errors {
-                debug!("rescan: {e}");
+            if !report.errors.is_empty() {
+                if let Some(more) = log.allow(Event::RescanFailed) {
+                    debug!("rescan: {}{more}", report.errors.join("; "));
+                }
             }
         }
     }
 }
 
-fn peer_caller(stream: &UnixStream, own_uid: u32, group: Option<u32>) -> Caller {
-    let Ok(cred) = stream.peer_cred() else {
+/// What an API connection needs besides its stream.
+struct Conn {
+    shared: Shared,
+    own_uid: u32,
+    group: Option<u32>,
+    idle: Duration,
+    log: Log,
+}
+
+/// Keep an accepted API connection (a task of its own) or turn it away at once: one
+/// `busy` line, written without waiting (a new socket's buffer has room for it), then
+/// closed. Who the peer is comes from `SO_PEERCRED` alone.
+fn admit(stream: UnixStream, admission: &Admission, conn: Conn) {
+    let cred = stream.peer_cred().ok();
+    let uid = cred.map(|c| c.uid());
+    let admin = uid.is_some_and(|u| u == 0 || u == conn.own_uid);
+    match admission.admit(uid, admin) {
+        Ok(ticket) => {
+            tokio::spawn(connection(stream, cred, ticket, conn));
+        }
+        Err(why) => {
+            if let Some(more) = conn.log.allow(Event::Refused) {
+                warn!(
+                    held = admission.held(),
+                    "API connection refused: {why}{more}"
+                );
+            }
+            let _ = stream.try_write(&busy_line(&why));
+        }
+    }
+}
+
+/// The line a refused API client reads before the socket closes.
+fn busy_line(why: &Refusal) -> Vec<u8> {
+    let resp = Response::err(
+        0,
+        ApiError::new(
+            ErrorCode::Conflict,
+            format!("busy: {why}; close idle connections or try again later"),
+        ),
+    );
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+fn peer_caller(cred: Option<UCred>, own_uid: u32, group: Option<u32>) -> Caller {
+    let Some(cred) = cred else {
         return Caller::Refused;
     };
     let mut groups = vec![cred.gid()];
@@ -211,44 +412,67 @@ fn peer_caller(stream: &UnixStream, own_uid: u32, group: Option<u32>) -> Caller 
     classify(cred.uid(), own_uid, &groups, group)
 }
 
-async fn connection(stream: UnixStream, shared: Shared, own_uid: u32, group: Option<u32>) {
-    let caller = peer_caller(&stream, own_uid, group);
+/// Answer one API connection's requests until it closes, falls silent for the idle
+/// timeout or takes too long over a request line. `_ticket` holds its place under the
+/// caps until then.
+async fn connection(stream: UnixStream, cred: Option<UCred>, _ticket: Ticket, conn: Conn) {
+    let caller = peer_caller(cred, conn.own_uid, conn.group);
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
-        buf.clear();
-        let n = match (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
+        // Idle until the next request's first byte (or the end).
+        match tokio::time::timeout(conn.idle, reader.fill_buf()).await {
+            Err(_) => {
+                if let Some(more) = conn.log.allow(Event::Idle) {
+                    debug!("API connection idle for {:?}: closed{more}", conn.idle);
+                }
+                return;
+            }
+            Ok(Err(e)) => {
                 debug!("connection read: {e}");
                 return;
             }
-        };
-        if n == 0 {
-            return;
+            Ok(Ok([])) => return,
+            Ok(Ok(_)) => {}
         }
-        let too_long = buf.last() != Some(&b'\n') && n > MAX_LINE_BYTES;
-        let resp = if too_long {
-            Response::err(
-                0,
-                ApiError::invalid(format!(
+        buf.clear();
+        let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64 + 1);
+        let line = limited.read_until(b'\n', &mut buf);
+        let (resp, close) = match tokio::time::timeout(API_REQUEST_TIMEOUT, line).await {
+            Err(_) => {
+                if let Some(more) = conn.log.allow(Event::PartialLine) {
+                    debug!(
+                        bytes = buf.len(),
+                        "API request line not complete after {API_REQUEST_TIMEOUT:?}: dropped{more}"
+                    );
+                }
+                let e = ApiError::invalid(format!(
+                    "request line not complete {} s after its first byte: closing the connection",
+                    API_REQUEST_TIMEOUT.as_secs()
+                ));
+                (Response::err(0, e), true)
+            }
+            Ok(Err(e)) => {
+                debug!("connection read: {e}");
+                return;
+            }
+            Ok(Ok(n)) if buf.last() != Some(&b'\n') && n > MAX_LINE_BYTES => {
+                let e = ApiError::invalid(format!(
                     "request longer than {MAX_LINE_BYTES} bytes: closing the connection"
-                )),
-            )
-        } else {
-            answer(&buf, caller, &shared).await
+                ));
+                (Response::err(0, e), true)
+            }
+            Ok(Ok(_)) => (answer(&buf, caller, &conn.shared).await, false),
         };
         let mut out = match serde_json::to_vec(&resp) {
             Ok(v) => v,
             Err(_) => return,
         };
         out.push(b'\n');
-        if w.write_all(&out).await.is_err() || too_long {
+        // A client that does not read its answers is as idle as one that sends nothing.
+        let written = tokio::time::timeout(conn.idle, w.write_all(&out)).await;
+        if !matches!(written, Ok(Ok(()))) || close {
             return;
         }
     }
@@ -297,38 +521,72 @@ async fn answer(line: &[u8], caller: Caller, shared: &Shared) -> Response {
     }
 }
 
-async fn metrics_loop(listener: TcpListener, shared: Shared) {
+async fn metrics_loop(listener: TcpListener, shared: Shared, log: Log) {
+    let admission = Admission::new(Caps {
+        max: METRICS_MAX_CONNECTIONS,
+        per_uid: METRICS_MAX_CONNECTIONS,
+        admin_reserve: 0,
+    });
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
+        let s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                let wait = backoff.failed();
+                if let Some(more) = log.allow(Event::MetricsAcceptFailed) {
+                    warn!(
+                        "metrics accept failed: {e}{}; pausing accepts for {wait:?}{more}",
+                        exhaustion_hint(&e)
+                    );
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
         };
-        let d = shared.clone();
-        tokio::spawn(async move {
-            let mut head = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut head)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let ok = head[..n].starts_with(b"GET ");
-            let body = if ok {
-                tokio::task::spawn_blocking(move || run_locked(&d, |d| d.metrics()))
-                    .await
-                    .unwrap_or_default()
-            } else {
-                "only GET is served\n".to_string()
-            };
-            let status = if ok {
-                "200 OK"
-            } else {
-                "405 Method Not Allowed"
-            };
-            let resp = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-        });
+        backoff.succeeded();
+        match admission.admit(None, false) {
+            Ok(ticket) => {
+                tokio::spawn(metrics_connection(s, shared.clone(), ticket));
+            }
+            Err(why) => {
+                if let Some(more) = log.allow(Event::MetricsRefused) {
+                    warn!("metrics connection refused: {why}{more}");
+                }
+                let body = "too many metrics connections open; try again later\n";
+                let _ = s.try_write(http_response("503 Service Unavailable", body).as_bytes());
+            }
+        }
     }
+}
+
+fn http_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn metrics_connection(mut s: tokio::net::TcpStream, d: Shared, _ticket: Ticket) {
+    let mut head = [0u8; 2048];
+    let n = match tokio::time::timeout(METRICS_TIMEOUT, s.read(&mut head)).await {
+        Ok(Ok(n)) => n,
+        _ => return,
+    };
+    let ok = head[..n].starts_with(b"GET ");
+    let body = if ok {
+        tokio::task::spawn_blocking(move || run_locked(&d, |d| d.metrics()))
+            .await
+            .unwrap_or_default()
+    } else {
+        "only GET is served\n".to_string()
+    };
+    let status = if ok {
+        "200 OK"
+    } else {
+        "405 Method Not Allowed"
+    };
+    let resp = http_response(status, &body);
+    let _ = tokio::time::timeout(METRICS_TIMEOUT, s.write_all(resp.as_bytes())).await;
 }
 
 /// Ticks every GPU's engine every [`crate::scheduler::TICK`] until the runtime stops.
@@ -370,6 +628,36 @@ mod tests {
         assert_eq!(classify(1001, 1000, &[50, 7], Some(7)), Caller::Group);
         assert_eq!(classify(1001, 1000, &[50], Some(7)), Caller::Refused);
         assert_eq!(classify(1001, 0, &[7], None), Caller::Refused);
+    }
+
+    #[test]
+    fn a_refused_client_reads_one_busy_line_with_id_0() {
+        let line = busy_line(&Refusal::PerUid {
+            uid: 1000,
+            per_uid: API_MAX_PER_UID,
+        });
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let r: Response = serde_json::from_slice(&line).unwrap_or(Response::ok(1, &()));
+        let e = r.error.unwrap_or(ApiError::internal("no error"));
+        assert_eq!((r.id, e.code), (0, ErrorCode::Conflict));
+        assert!(
+            e.message.starts_with("busy: uid 1000 holds"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn the_api_caps_keep_room_beyond_the_admin_reserve() {
+        let caps = ApiLimits::default().caps();
+        assert_eq!(caps.max, DEFAULT_API_MAX_CONNECTIONS);
+        assert_eq!(caps.per_uid, API_MAX_PER_UID);
+        let tiny = ApiLimits {
+            max_connections: 1,
+            ..ApiLimits::default()
+        };
+        assert_eq!(tiny.caps().max, API_ADMIN_RESERVE + 1);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! (`SCM_RIGHTS`, received close-on-exec; any other descriptor is closed at once), hands both
 //! to [`register`] off the async threads, and holds each connection open until the process
 //! closes it, at which point its registration is dropped.
+//! The socket is open to every user, so failed accepts back off
+//! ([`crate::accept::AcceptBackoff`]) and refusals and failed accepts are each logged at
+//! most once per [`crate::accept::LOG_INTERVAL`], with the number held back.
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
@@ -29,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
+
+use crate::accept::{is_exhaustion, AcceptBackoff, LOG_INTERVAL};
+use crate::log_limit::EventLog;
 
 /// How long a peer has to send its request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(1);
@@ -91,16 +97,56 @@ pub fn spawn_listener(
     }
 }
 
+/// The kinds of event logged at most once per [`LOG_INTERVAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The shim socket's accept failed.
+    AcceptFailed,
+    /// A registration was refused (caps, or the request).
+    Refused,
+}
+
+type Log = Arc<EventLog<Event>>;
+
 /// Serve registrations on `listener` for `host` into `registry` until the runtime stops.
 pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimRegistry>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let uid_slots = UidSlots::new(MAX_PER_UID);
+    let log: Log = Arc::new(EventLog::new(LOG_INTERVAL));
+    let mut backoff = AcceptBackoff::default();
+    let mut flush = tokio::time::interval(LOG_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = flush.tick() => {
+                for (event, n) in log.flush() {
+                    match event {
+                        Event::AcceptFailed => warn!("failed shim socket accepts: {n} more suppressed"),
+                        Event::Refused => info!("refused shim registrations: {n} more suppressed"),
+                    }
+                }
+                continue;
+            }
+        };
+        let stream = match accepted {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
             Err(e) => {
-                warn!("shim socket accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let wait = backoff.failed();
+                if let Some(more) = log.allow(Event::AcceptFailed) {
+                    let hint = if is_exhaustion(&e) {
+                        " (out of file descriptors or buffers)"
+                    } else {
+                        ""
+                    };
+                    warn!(
+                        "shim socket accept failed: {e}{hint}; pausing accepts for {wait:?}{more}"
+                    );
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -111,7 +157,7 @@ pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimReg
             .as_ref()
             .ok()
             .map(|c| (c.uid(), uid_slots.take(c.uid())));
-        let (host, registry) = (host.clone(), registry.clone());
+        let (host, registry, log) = (host.clone(), registry.clone(), log.clone());
         tokio::spawn(async move {
             let refusal = match (&slot, &uid_slot) {
                 (Err(_), _) => Some(format!(
@@ -123,10 +169,12 @@ pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimReg
                 _ => None,
             };
             match refusal {
-                None => connection(stream, cred, host, registry).await,
+                None => connection(stream, cred, host, registry, &log).await,
                 Some(why) => {
                     if let Some((u, _)) = uid_slot {
-                        info!(uid = u, "shim registration refused: {why}");
+                        if let Some(more) = log.allow(Event::Refused) {
+                            info!(uid = u, "shim registration refused: {why}{more}");
+                        }
                     }
                     send(&mut { stream }, &refusal_reply(&refuse("request", why))).await;
                 }
@@ -191,6 +239,7 @@ async fn connection(
     cred: std::io::Result<tokio::net::unix::UCred>,
     host: HostRoot,
     registry: Arc<ShimRegistry>,
+    log: &EventLog<Event>,
 ) {
     let peer = match cred {
         Ok(c) => match c.pid().and_then(|p| u32::try_from(p).ok()) {
@@ -220,11 +269,13 @@ async fn connection(
     let (reg, reply) = match outcome {
         Ok(ok) => ok,
         Err(r) => {
-            info!(
-                pid = peer.pid,
-                uid = peer.uid,
-                "shim registration refused: {r}"
-            );
+            if let Some(more) = log.allow(Event::Refused) {
+                info!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    "shim registration refused: {r}{more}"
+                );
+            }
             send(&mut stream, &refusal_reply(&r)).await;
             return;
         }
