@@ -107,28 +107,7 @@ pub fn define_from(
         std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the definitions file {}", file.display()))?
     };
-    let shape = || {
-        format!(
-            "{} is not a JSON array of definitions ({{\"parent\": ..., \"type\": ..., \
-             \"uuid\"?, \"autostart\"?, \"overrides\"?}})",
-            file.display()
-        )
-    };
-    let values: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(shape)?;
-    // Item by item, so an error (an unknown field such as `autostrat` included) names
-    // the item's index in the file.
-    let items = values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            serde_json::from_value::<DefineParams>(v)
-                .with_context(|| format!("item {i}"))
-                .with_context(shape)
-        })
-        .collect::<Result<Vec<DefineParams>>>()?;
-    if items.is_empty() {
-        anyhow::bail!("{} lists no definitions", file.display());
-    }
+    let items = parse_definitions(file, &text)?;
     let report = client(ctx)?
         .define_batch(items, start)
         .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
@@ -162,6 +141,34 @@ pub fn define_from(
         );
     }
     Ok(())
+}
+
+/// The definitions of a `define --from` file: a JSON array of `define` params (`parent`,
+/// `type`, `uuid`?, `autostart`?, `overrides`?), each checked on its own so that an error
+/// (an unknown field such as `autostrat` included) names the item's index in the file. `file`
+/// only names the file in messages.
+pub fn parse_definitions(file: &std::path::Path, text: &str) -> Result<Vec<DefineParams>> {
+    let shape = || {
+        format!(
+            "{} is not a JSON array of definitions ({{\"parent\": ..., \"type\": ..., \
+             \"uuid\"?, \"autostart\"?, \"overrides\"?}})",
+            file.display()
+        )
+    };
+    let values: Vec<serde_json::Value> = serde_json::from_str(text).with_context(shape)?;
+    let items = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value::<DefineParams>(v)
+                .with_context(|| format!("item {i}"))
+                .with_context(shape)
+        })
+        .collect::<Result<Vec<DefineParams>>>()?;
+    if items.is_empty() {
+        anyhow::bail!("{} lists no definitions", file.display());
+    }
+    Ok(items)
 }
 
 /// `gvm-vgpu undefine`.
