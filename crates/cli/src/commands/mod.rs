@@ -14,7 +14,7 @@ mod stats;
 
 use std::io::Write;
 
-pub use managed::parse_definitions;
+pub use managed::{parse_definitions, MAX_QUOTE_BYTES};
 
 use anyhow::Result;
 
