@@ -6,8 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Longest message [`crate::Request::parse_line`] puts in a refusal: what a client sent is
-/// quoted as an excerpt ([`excerpt`], [`clip_middle`]), never echoed whole, so a 64 KiB line
-/// cannot make a 128 KiB answer or a log line of that size.
+/// quoted as an excerpt (a name as its first 64 characters and its length, a JSON parser's
+/// complaint cut in the middle), never echoed whole, so a 64 KiB line cannot make a 128 KiB
+/// answer or a log line of that size.
 pub const MAX_MESSAGE_BYTES: usize = 1000;
 
 /// Most characters of a client's value that a message quotes.
