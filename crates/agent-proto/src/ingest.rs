@@ -306,8 +306,12 @@ impl IngestSession {
                         let mut line = std::mem::take(&mut self.buf);
                         line.extend_from_slice(chunk);
                         self.line(now, &line, &mut events);
-                        line.clear();
-                        self.buf = line;
+                        // Reuse the buffer, unless that line closed the session: a
+                        // closed session holds none.
+                        if !self.is_closed() {
+                            line.clear();
+                            self.buf = line;
+                        }
                     }
                 }
                 None => {

@@ -178,6 +178,21 @@ fn a_line_of_exactly_the_limit_is_accepted_one_more_byte_is_not() {
 }
 
 #[test]
+fn a_session_closed_by_a_line_split_across_reads_releases_its_buffer() {
+    let now = Instant::now();
+    let mut s = IngestSession::default();
+    // Five junk lines, then a sixth whose newline comes in the next read: the line that
+    // tips the session is assembled in the buffer.
+    let events = s.feed(now, b"a\nb\nc\nd\ne\nf");
+    assert!(!disconnected(&events));
+    assert!(s.buffer_capacity() > 0);
+    let events = s.feed(now, b"\n");
+    assert!(disconnected(&events), "{events:?}");
+    assert!(s.is_closed());
+    assert_eq!((s.buffered_bytes(), s.buffer_capacity()), (0, 0));
+}
+
+#[test]
 fn endless_junk_without_newlines_ends_in_a_disconnect_with_bounded_memory() {
     let base = Instant::now();
     let mut s = IngestSession::default();

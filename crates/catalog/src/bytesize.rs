@@ -17,7 +17,7 @@ pub struct ByteSize(pub u64);
 
 /// Why a string is not a [`ByteSize`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid size '{input}': {reason}; write a number with an optional unit ({VALID_UNITS}), e.g. 20GiB")]
+#[error("invalid size '{}': {reason}; write a number with an optional unit ({VALID_UNITS}), e.g. 20GiB", crate::error::excerpt(.input, 40))]
 pub struct ParseByteSizeError {
     /// The text that was given.
     pub input: String,
@@ -87,8 +87,12 @@ impl FromStr for ByteSize {
         if number.is_empty() {
             return Err(fail("it does not start with a number"));
         }
-        let multiplier =
-            unit_multiplier(unit).ok_or_else(|| fail(&format!("unknown unit '{unit}'")))?;
+        let multiplier = unit_multiplier(unit).ok_or_else(|| {
+            fail(&format!(
+                "unknown unit '{}'",
+                crate::error::excerpt(unit, 16)
+            ))
+        })?;
         let (int_part, frac_part) = match number.split_once('.') {
             Some((i, f)) if !f.contains('.') => (i, f),
             Some(_) => return Err(fail("the number has more than one '.'")),

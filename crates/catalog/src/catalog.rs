@@ -221,13 +221,7 @@ fn check_unique_across_models(files: &[(usize, ParsedFile)]) -> Result<()> {
 }
 
 fn invalid(file: &Path, pos: Pos, field: &str, message: String) -> Error {
-    Error::Invalid {
-        file: file.to_path_buf(),
-        line: pos.line,
-        column: pos.column,
-        field: field.to_string(),
-        message,
-    }
+    Error::invalid(file, pos.line, pos.column, field, &message)
 }
 
 /// The `*.toml` regular files of `dir`, sorted; none if `dir` does not exist.

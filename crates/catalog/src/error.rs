@@ -3,6 +3,8 @@
 //! Every complaint about a file's content is an [`Error::Invalid`] carrying the file, the 1-based
 //! line and column, and the field in path form (`gpu.model`, `type[2].priority`, with `type[N]`
 //! counting the `[[type]]` tables of the file from 0), so an operator can jump straight to it.
+//! What the file holds is quoted as an excerpt, never whole: the field is cut to 64 characters
+//! and the message to 512 bytes, so a 60 KiB key or value makes a short log line.
 
 use std::io;
 use std::path::PathBuf;
@@ -92,6 +94,65 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Most characters of a field path an [`Error::Invalid`] shows (a path is built from the
+/// file's keys, and a key can be 60 KiB long).
+const MAX_FIELD_CHARS: usize = 64;
+
+/// Most bytes of an [`Error::Invalid`] message; with the field and the place the whole line
+/// stays under 1 KiB for a short file name, whatever the file holds.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 512;
+
+impl Error {
+    /// An [`Error::Invalid`], its field and message cut to a size fit for a log line: a
+    /// catalog file's values and keys are quoted as excerpts, never whole.
+    pub(crate) fn invalid(
+        file: &std::path::Path,
+        line: usize,
+        column: usize,
+        field: &str,
+        message: &str,
+    ) -> Error {
+        let message = if message.trim().is_empty() {
+            "invalid here".to_string()
+        } else {
+            clip_middle(message, MAX_MESSAGE_BYTES)
+        };
+        Error::Invalid {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: excerpt(field, MAX_FIELD_CHARS),
+            message,
+        }
+    }
+}
+
+/// `s`, or when longer than `max_chars` characters its first `max_chars` and `…`.
+pub(crate) fn excerpt(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+/// `s` cut to at most `max` bytes by dropping its middle (on character boundaries), marked
+/// `…[N bytes cut]…`: a message quoting a huge key keeps its start (what is wrong) and its
+/// end (what is expected).
+fn clip_middle(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut head = max / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - (max / 2).saturating_sub(32);
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
 }
 
 fn field_prefix(field: &str) -> String {

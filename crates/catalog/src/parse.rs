@@ -24,7 +24,7 @@ fn shown(value: &str) -> String {
 use toml::{Spanned, Value};
 
 use crate::bytesize::ByteSize;
-use crate::error::{Error, Result};
+use crate::error::{excerpt, Error, Result};
 use crate::model::{Binding, GpuModel, VgpuType};
 
 /// Highest GVM `compute.priority`.
@@ -91,13 +91,13 @@ impl Ctx<'_> {
     }
 
     fn err_pos(&self, pos: Pos, field: impl Into<String>, message: impl Into<String>) -> Error {
-        Error::Invalid {
-            file: self.file.to_path_buf(),
-            line: pos.line,
-            column: pos.column,
-            field: field.into(),
-            message: message.into(),
-        }
+        Error::invalid(
+            self.file,
+            pos.line,
+            pos.column,
+            &field.into(),
+            &message.into(),
+        )
     }
 
     fn err(&self, span: &Range<usize>, field: &str, message: impl Into<String>) -> Error {
@@ -160,7 +160,11 @@ impl<'c, 't> Field<'c, 't> {
     }
 
     fn wrong_type(&self, expected: &str, v: &Value) -> Error {
-        self.fail(format!("expected {expected}, found {} {v}", v.type_str()))
+        self.fail(format!(
+            "expected {expected}, found {} {}",
+            v.type_str(),
+            excerpt(&v.to_string(), 40)
+        ))
     }
 
     fn missing(&self, expected: &str) -> Error {
@@ -249,11 +253,17 @@ pub(crate) fn parse_file(file: &Path, text: &str) -> Result<ParsedFile> {
     let ctx = Ctx { file, text };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        ctx.err_at(
-            offset,
-            field_at(text, offset, e.message()),
-            e.message().trim().replace('\n', "; "),
-        )
+        let mut message = e.message().trim().replace('\n', "; ");
+        if message.is_empty() {
+            // The toml crate says nothing about a lone carriage return at the start.
+            message = match text.get(offset..).and_then(|t| t.chars().next()) {
+                Some('\r') => "a carriage return without a newline after it; \
+                     end lines with \\n (or \\r\\n)"
+                    .to_string(),
+                _ => "invalid TOML here".to_string(),
+            };
+        }
+        ctx.err_at(offset, field_at(text, offset, e.message()), message)
     })?;
     let gpu = raw.gpu.as_ref().ok_or_else(|| {
         ctx.err_at(

@@ -606,3 +606,39 @@ fn builtin_is_the_base_layer_and_a_dir_overrides_it() {
     // Other shipped models are still there.
     assert!(layered.type_by_name("mtty-1port").is_ok());
 }
+
+#[test]
+fn huge_values_and_keys_are_quoted_as_excerpts() {
+    let big = "A".repeat(60_000);
+    for text in [
+        file_with(&BODY.replace(
+            "memory_limit = \"1GiB\"",
+            &format!("memory_limit = \"{big}\""),
+        )),
+        file_with(&BODY.replace("priority = 8", &format!("priority = [\"{big}\"]"))),
+        file_with(&format!("{BODY}{big} = 1\n")),
+        format!("[gpu]\nmodel = \"M\"\n[{big}]\n"),
+    ] {
+        let (_, _, field, message) = fail(&text);
+        assert!(
+            message.len() < 1024,
+            "{} bytes: {message:.200}",
+            message.len()
+        );
+        assert!(field.len() < 300, "{field:.200}");
+    }
+    let (line, _, field, message) = fail(&file_with(&BODY.replace(
+        "memory_limit = \"1GiB\"",
+        &format!("memory_limit = \"{big}\""),
+    )));
+    assert_eq!((line, field.as_str()), (8, "type[0].memory_limit"));
+    assert!(message.contains("invalid size 'AAAA"), "{message}");
+    assert!(message.contains("e.g. 20GiB"), "{message}");
+}
+
+#[test]
+fn a_lone_carriage_return_is_named() {
+    let (line, column, _, message) = fail("\r");
+    assert_eq!((line, column), (1, 1));
+    assert!(message.contains("carriage return"), "{message}");
+}

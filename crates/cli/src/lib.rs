@@ -22,5 +22,5 @@ mod context;
 mod table;
 mod text;
 
-pub use commands::run;
+pub use commands::{parse_definitions, run, MAX_QUOTE_BYTES};
 pub use context::Context;

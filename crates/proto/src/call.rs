@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::{clip_middle, excerpt, MAX_MESSAGE_BYTES};
 use crate::{ApiError, MAX_LINE_BYTES, MAX_PRIORITY};
 
 /// Which vGPU a request is about: a UUID, or a libvirt domain name holding exactly
@@ -383,8 +384,8 @@ impl Call {
                     Ok(())
                 } else {
                     Err(ApiError::invalid(format!(
-                        "unknown policy '{}': use one of {}",
-                        p.policy,
+                        "unknown policy {}: use one of {}",
+                        excerpt(&p.policy),
                         POLICIES.join(", ")
                     )))
                 }
@@ -419,8 +420,8 @@ fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
     if v.len() > 256 || v.contains('/') || v.chars().any(char::is_control) || v == "." || v == ".."
     {
         return Err(ApiError::invalid(format!(
-            "{what} '{}' is not a valid name (no '/', no control characters, at most 256 bytes)",
-            v.escape_debug()
+            "{what} {} is not a valid name (no '/', no control characters, at most 256 bytes)",
+            excerpt(v)
         )));
     }
     Ok(())
@@ -451,6 +452,9 @@ impl crate::Overrides {
         Ok(())
     }
 }
+
+/// Most bytes of a JSON parser's complaint a refusal quotes (it may quote the value).
+const SERDE_MESSAGE_BYTES: usize = 600;
 
 /// One request line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -493,7 +497,17 @@ impl Request {
 
     /// Decode and validate one line. On failure returns the request's id when it
     /// could be read (else 0) with an [`crate::ErrorCode::InvalidArgument`] error.
+    ///
+    /// A refusal's message is at most [`MAX_MESSAGE_BYTES`] long: values from the line are
+    /// quoted as excerpts, so a hostile line is never echoed back whole.
     pub fn parse_line(line: &str) -> Result<Request, (u64, ApiError)> {
+        Request::parse_unbounded(line).map_err(|(id, e)| {
+            let message = clip_middle(&e.message, MAX_MESSAGE_BYTES);
+            (id, ApiError::new(e.code, message))
+        })
+    }
+
+    fn parse_unbounded(line: &str) -> Result<Request, (u64, ApiError)> {
         if line.len() > MAX_LINE_BYTES {
             return Err((
                 0,
@@ -508,8 +522,9 @@ impl Request {
             (
                 id,
                 ApiError::invalid(format!(
-                    "malformed request ({e}): send one JSON object per line: \
-                     {{\"id\":1,\"method\":\"ping\"}}"
+                    "malformed request ({}): send one JSON object per line: \
+                     {{\"id\":1,\"method\":\"ping\"}}",
+                    clip_middle(&e.to_string(), SERDE_MESSAGE_BYTES)
                 )),
             )
         })?;
@@ -536,7 +551,11 @@ impl Request {
         let call: Call = serde_json::from_value(tagged).map_err(|e| {
             (
                 id,
-                ApiError::invalid(format!("bad request for method '{}': {e}", env.method)),
+                ApiError::invalid(format!(
+                    "bad request for method {}: {}",
+                    excerpt(&env.method),
+                    clip_middle(&e.to_string(), SERDE_MESSAGE_BYTES)
+                )),
             )
         })?;
         call.validate().map_err(|e| (id, e))?;
@@ -606,6 +625,54 @@ mod tests {
             "a".repeat(MAX_LINE_BYTES)
         );
         assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn a_huge_value_comes_back_as_an_excerpt_not_whole() {
+        let big = "A".repeat(60_000);
+        for line in [
+            format!(r#"{{"id":7,"method":"{big}"}}"#),
+            format!(r#"{{"id":7,"method":"show","params":{{"target":"{big}"}}}}"#),
+            format!(r#"{{"id":7,"method":"policy_set","params":{{"policy":"{big}"}}}}"#),
+            format!(r#"{{"id":"{big}","method":"ping"}}"#),
+        ] {
+            let (_, e) = parse(&line).err().unwrap_or((0, ApiError::internal("")));
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{}", e.message);
+            assert!(e.message.len() <= MAX_MESSAGE_BYTES, "{}", e.message.len());
+            assert!(!e.message.contains(&"A".repeat(400)), "{}", e.message);
+        }
+        // The excerpt keeps what a person needs: the value's start and length, and what
+        // the parser expected.
+        let (id, e) = parse(&format!(r#"{{"id":7,"method":"{big}"}}"#))
+            .err()
+            .unwrap_or((0, ApiError::internal("")));
+        assert_eq!(id, 7);
+        assert!(e.message.contains("(60000 bytes)"), "{}", e.message);
+        assert!(
+            e.message.contains("expected one of `ping`"),
+            "{}",
+            e.message
+        );
+        let (_, e) = parse(&format!(
+            r#"{{"id":7,"method":"show","params":{{"target":"{big}"}}}}"#
+        ))
+        .err()
+        .unwrap_or((0, ApiError::internal("")));
+        assert!(e.message.starts_with("target 'AAAA"), "{}", e.message);
+        assert!(e.message.contains("is not a valid name"), "{}", e.message);
+    }
+
+    #[test]
+    fn clip_middle_keeps_both_ends_on_character_boundaries() {
+        let s = format!("start {} end", "é".repeat(5000));
+        let c = clip_middle(&s, 100);
+        assert!(c.len() <= 100, "{c}");
+        assert!(c.starts_with("start ") && c.ends_with(" end"), "{c}");
+        assert!(c.contains("bytes cut]"), "{c}");
+        assert_eq!(clip_middle("short", 100), "short");
+        for max in 0..40 {
+            assert!(clip_middle(&s, max).len() < s.len());
+        }
     }
 
     #[test]

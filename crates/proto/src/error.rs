@@ -5,6 +5,47 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Longest message [`crate::Request::parse_line`] puts in a refusal: what a client sent is
+/// quoted as an excerpt (a name as its first 64 characters and its length, a JSON parser's
+/// complaint cut in the middle), never echoed whole, so a 64 KiB line cannot make a 128 KiB
+/// answer or a log line of that size.
+pub const MAX_MESSAGE_BYTES: usize = 1000;
+
+/// Most characters of a client's value that a message quotes.
+const EXCERPT_CHARS: usize = 64;
+
+/// `v` quoted as a message shows it: `'v'` escaped (`escape_debug`), or when longer than
+/// 64 characters its first 64 and its length: `'abc…' (70000 bytes)`.
+pub(crate) fn excerpt(v: &str) -> String {
+    let mut out = String::from("'");
+    for (i, c) in v.chars().enumerate() {
+        if i == EXCERPT_CHARS {
+            return format!("{out}…' ({} bytes)", v.len());
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('\'');
+    out
+}
+
+/// `s` cut to at most about `max` bytes by dropping its middle (on character boundaries),
+/// marked `…[N bytes cut]…`: a parser's message that quotes a huge value keeps its start
+/// (what is wrong) and its end (what was expected, and where).
+pub(crate) fn clip_middle(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut head = max / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - (max / 2).saturating_sub(32);
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
+}
+
 /// Stable error class of a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

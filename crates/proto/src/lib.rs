@@ -39,7 +39,7 @@ pub use call::{
     BatchPart, Call, CreateParams, DefineBatchParams, DefineParams, ImportParams, ListParams,
     PolicyParams, Request, SetMode, SetParams, StatsParams, Target, MAX_BATCH, MAX_BATCH_LIST,
 };
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ErrorCode, MAX_MESSAGE_BYTES};
 pub use guest::{
     GuestAgentInfo, GuestCounters, GuestHello, GuestReport, GuestStats, ProcessSample,
 };

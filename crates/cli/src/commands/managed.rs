@@ -107,28 +107,7 @@ pub fn define_from(
         std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the definitions file {}", file.display()))?
     };
-    let shape = || {
-        format!(
-            "{} is not a JSON array of definitions ({{\"parent\": ..., \"type\": ..., \
-             \"uuid\"?, \"autostart\"?, \"overrides\"?}})",
-            file.display()
-        )
-    };
-    let values: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(shape)?;
-    // Item by item, so an error (an unknown field such as `autostrat` included) names
-    // the item's index in the file.
-    let items = values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            serde_json::from_value::<DefineParams>(v)
-                .with_context(|| format!("item {i}"))
-                .with_context(shape)
-        })
-        .collect::<Result<Vec<DefineParams>>>()?;
-    if items.is_empty() {
-        anyhow::bail!("{} lists no definitions", file.display());
-    }
+    let items = parse_definitions(file, &text)?;
     let report = client(ctx)?
         .define_batch(items, start)
         .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
@@ -162,6 +141,60 @@ pub fn define_from(
         );
     }
     Ok(())
+}
+
+/// The definitions of a `define --from` file: a JSON array of `define` params (`parent`,
+/// `type`, `uuid`?, `autostart`?, `overrides`?), each checked on its own so that an error
+/// (an unknown field such as `autostrat` included) names the item's index in the file. `file`
+/// only names the file in messages. What the file holds is quoted at most as an excerpt: a
+/// JSON parser's complaint is cut to [`MAX_QUOTE_BYTES`] bytes.
+pub fn parse_definitions(file: &std::path::Path, text: &str) -> Result<Vec<DefineParams>> {
+    let shape = || {
+        format!(
+            "{} is not a JSON array of definitions ({{\"parent\": ..., \"type\": ..., \
+             \"uuid\"?, \"autostart\"?, \"overrides\"?}})",
+            file.display()
+        )
+    };
+    let values: Vec<serde_json::Value> = serde_json::from_str(text)
+        .map_err(bounded)
+        .with_context(shape)?;
+    let items = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value::<DefineParams>(v)
+                .map_err(bounded)
+                .with_context(|| format!("item {i}"))
+                .with_context(shape)
+        })
+        .collect::<Result<Vec<DefineParams>>>()?;
+    if items.is_empty() {
+        anyhow::bail!("{} lists no definitions", file.display());
+    }
+    Ok(items)
+}
+
+/// Most bytes of a JSON parser's complaint about a `--from` file that a message quotes.
+pub const MAX_QUOTE_BYTES: usize = 400;
+
+/// A JSON parser's complaint, its middle cut when longer than [`MAX_QUOTE_BYTES`] (it may
+/// quote a value or key of the file, which can be megabytes long): its start says what is
+/// wrong, its end what was expected and where.
+fn bounded(e: serde_json::Error) -> anyhow::Error {
+    let s = e.to_string();
+    if s.len() <= MAX_QUOTE_BYTES {
+        return anyhow::Error::new(e);
+    }
+    let mut head = MAX_QUOTE_BYTES / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - (MAX_QUOTE_BYTES / 2 - 32);
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    anyhow::anyhow!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
 }
 
 /// `gvm-vgpu undefine`.

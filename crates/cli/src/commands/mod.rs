@@ -14,6 +14,8 @@ mod stats;
 
 use std::io::Write;
 
+pub use managed::{parse_definitions, MAX_QUOTE_BYTES};
+
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
