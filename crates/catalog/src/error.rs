@@ -137,23 +137,7 @@ pub(crate) fn excerpt(s: &str, max_chars: usize) -> String {
     }
 }
 
-/// `s` cut to at most `max` bytes by dropping its middle (on character boundaries), marked
-/// `…[N bytes cut]…`: a message quoting a huge key keeps its start (what is wrong) and its
-/// end (what is expected).
-fn clip_middle(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut head = max / 2;
-    while !s.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = s.len() - (max / 2).saturating_sub(32);
-    while !s.is_char_boundary(tail) {
-        tail += 1;
-    }
-    format!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
-}
+use gvm_error_chain::clip_middle;
 
 fn field_prefix(field: &str) -> String {
     if field.is_empty() {

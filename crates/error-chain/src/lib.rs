@@ -1,4 +1,5 @@
-//! An error and its sources on one line: `a: b: c`.
+//! An error and its sources on one line: `a: b: c`, and a bound on how much of an untrusted
+//! value such a line may quote.
 //!
 //! Every gvm-vgpu binary reports a failure the same way: the error's own message, then each
 //! [`std::error::Error::source`] in turn, joined by `": "` (what `anyhow` prints for `{:#}`).
@@ -20,6 +21,25 @@ pub fn error_chain(e: &dyn Error) -> String {
         source = cause.source();
     }
     line
+}
+
+/// `s` cut to at most about `max` bytes by dropping its middle (on character boundaries),
+/// marked `…[N bytes cut]…`: a parser's message that quotes a huge value of a hostile input
+/// keeps its start (what is wrong) and its end (what was expected, and where), and a 64 KiB
+/// line cannot make a 64 KiB answer or log line.
+pub fn clip_middle(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut head = max / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - (max / 2).saturating_sub(32);
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
 }
 
 #[cfg(test)]
@@ -71,5 +91,18 @@ mod tests {
             error_chain(&*e),
             "cannot create vGPU: writing create failed: EEXIST"
         );
+    }
+
+    #[test]
+    fn a_long_message_keeps_its_start_and_end_and_stays_bounded() {
+        assert_eq!(clip_middle("short", 100), "short");
+        let long = format!("bad value '{}' at line 3", "é".repeat(50_000));
+        let cut = clip_middle(&long, 400);
+        assert!(cut.len() < 500, "{}", cut.len());
+        assert!(
+            cut.starts_with("bad value '") && cut.ends_with("at line 3"),
+            "{cut}"
+        );
+        assert!(cut.contains("bytes cut"));
     }
 }

@@ -28,23 +28,7 @@ pub(crate) fn excerpt(v: &str) -> String {
     out
 }
 
-/// `s` cut to at most about `max` bytes by dropping its middle (on character boundaries),
-/// marked `…[N bytes cut]…`: a parser's message that quotes a huge value keeps its start
-/// (what is wrong) and its end (what was expected, and where).
-pub(crate) fn clip_middle(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut head = max / 2;
-    while !s.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = s.len() - (max / 2).saturating_sub(32);
-    while !s.is_char_boundary(tail) {
-        tail += 1;
-    }
-    format!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
-}
+pub(crate) use gvm_error_chain::clip_middle;
 
 /// Stable error class of a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -155,6 +155,15 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// A peer's value as a refusal quotes it: at most [`QUOTE_BYTES`], its middle cut, so that a
+/// 4 KiB line cannot make a 4 KiB answer or log line.
+fn quoted(value: &str) -> String {
+    gvm_error_chain::clip_middle(value, QUOTE_BYTES)
+}
+
+/// The most of a peer's value a refusal quotes.
+pub const QUOTE_BYTES: usize = 96;
+
 /// A refusal of `field` saying `message`.
 pub fn refuse(field: impl Into<String>, message: impl Into<String>) -> Refusal {
     Refusal {
@@ -209,7 +218,7 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
     {
         return Err(refuse(
             "control",
-            format!("{control:?} is neither {MEMFD_CONTROL:?} nor an absolute path of at most {MAX_PATH} bytes without '..'"),
+            format!("{:?} is neither {MEMFD_CONTROL:?} nor an absolute path of at most {MAX_PATH} bytes without '..'", quoted(control)),
         ));
     }
     let list = obj
@@ -233,7 +242,7 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
         let pci = normalise_pci_bus_id(raw).ok_or_else(|| {
             refuse(
                 format!("gpus[{i}].pci_bus_id"),
-                format!("{raw:?} is not a PCI bus id such as 0000:3b:00.0"),
+                format!("{:?} is not a PCI bus id such as 0000:3b:00.0", quoted(raw)),
             )
         })?;
         if !ordinals.insert(ordinal) {
@@ -260,7 +269,12 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
                 .ok()
                 .filter(|_| s.len() == 36)
                 .map(|u| u.to_string())
-                .ok_or_else(|| refuse("vgpu_uuid", format!("{s:?} is not a 36-character UUID")))?,
+                .ok_or_else(|| {
+                    refuse(
+                        "vgpu_uuid",
+                        format!("{:?} is not a 36-character UUID", quoted(s)),
+                    )
+                })?,
         ),
         Some(_) => return Err(refuse("vgpu_uuid", "not a string or null")),
     };

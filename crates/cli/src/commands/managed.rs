@@ -186,15 +186,7 @@ fn bounded(e: serde_json::Error) -> anyhow::Error {
     if s.len() <= MAX_QUOTE_BYTES {
         return anyhow::Error::new(e);
     }
-    let mut head = MAX_QUOTE_BYTES / 2;
-    while !s.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = s.len() - (MAX_QUOTE_BYTES / 2 - 32);
-    while !s.is_char_boundary(tail) {
-        tail += 1;
-    }
-    anyhow::anyhow!("{}…[{} bytes cut]…{}", &s[..head], tail - head, &s[tail..])
+    anyhow::anyhow!("{}", gvm_error_chain::clip_middle(&s, MAX_QUOTE_BYTES))
 }
 
 /// `gvm-vgpu undefine`.
