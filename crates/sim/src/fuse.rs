@@ -188,6 +188,28 @@ impl SimFs {
         }
     }
 
+    /// Whether `uid` may open `path` for `read`/`write`/`exec`, as the kernel's permission
+    /// check decides for sysfs and debugfs files, all owned by root:root: root may (the tree's
+    /// own rules, e.g. EACCES for reading a write-only attribute, come after); any other user
+    /// needs the "other" bits of the file's mode (the simulation has no supplementary groups:
+    /// a non-root member of group root is treated as other). Done here rather than with
+    /// `default_permissions`, which would make the kernel fetch attributes (uncached, they
+    /// change) before every access and slow every client of the simulated host.
+    fn permitted(&self, uid: u32, path: &str, read: bool, write: bool, exec: bool) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        let mode = match self.stat_path(path) {
+            Ok(Kind::File { mode }) => mode,
+            Ok(Kind::Dir) => 0o755,
+            Ok(Kind::Link(_)) => 0o777,
+            Err(_) => return true, // the operation itself reports ENOENT
+        };
+        (!read || mode & 0o004 != 0)
+            && (!write || mode & 0o002 != 0)
+            && (!exec || mode & 0o001 != 0)
+    }
+
     fn stat_path(&self, path: &str) -> Result<Kind, FsError> {
         tree::stat(&self.host(), &segs(path))
     }
@@ -266,7 +288,7 @@ impl Filesystem for SimFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -275,6 +297,9 @@ impl Filesystem for SimFs {
             OpenAccMode::O_WRONLY => (false, true),
             OpenAccMode::O_RDWR => (true, true),
         };
+        if !self.permitted(req.uid(), &path, read, write, false) {
+            return reply.error(Errno::EACCES);
+        }
         let s = segs(&path);
         let host = self.host();
         if let Err(e) = tree::check_open(&host, &s, read, write) {
@@ -398,7 +423,17 @@ impl Filesystem for SimFs {
         reply.ok();
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply.ok();
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let Some(path) = self.path_of(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let read = mask.contains(fuser::AccessFlags::R_OK);
+        let write = mask.contains(fuser::AccessFlags::W_OK);
+        let exec = mask.contains(fuser::AccessFlags::X_OK);
+        if self.permitted(req.uid(), &path, read, write, exec) {
+            reply.ok();
+        } else {
+            reply.error(Errno::EACCES);
+        }
     }
 }

@@ -184,11 +184,9 @@ impl Server {
         config.mount_options = vec![
             MountOption::FSName("gvm-vgpu-sim".into()),
             MountOption::Subtype("gvm-vgpu-sim".into()),
-            // The kernel checks each file's mode and owner (root) before any request
-            // reaches us, as it does for sysfs and debugfs: other users may read
-            // attributes but not write `create`, `remove` or a gcgroup knob.
-            MountOption::DefaultPermissions,
         ];
+        // Every user may look (sysfs and debugfs are world-readable); what each may open is
+        // checked per request against the file's mode (`SimFs::permitted`).
         config.acl = SessionACL::All;
         let session =
             fuser::spawn_mount(SimFs::new(host.clone()), &dir, &config).map_err(|source| {
