@@ -329,17 +329,7 @@ fn another_users_environment_claim_is_refused_and_shown_until_the_user_is_allowe
         h.knobs.insert((500, 0), UNTOUCHED);
         h.knobs.insert((501, 0), UNTOUCHED);
     }
-    let daemon = Daemon::new(
-        host.clone(),
-        &host,
-        Box::new(Mdev(shared.clone())),
-        Backends::of(Box::new(Gc(shared.clone()))),
-        Box::new(Types),
-        Timing::default(),
-    );
-    let Ok(mut daemon) = daemon else {
-        panic!("daemon over fake ports: {:?}", daemon.err());
-    };
+    let mut daemon = daemon_over(&host, &shared);
     let report = daemon.tick(Instant::now(), true);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(daemon.info(&a).owners, vec![501], "root's claim only");
