@@ -71,13 +71,10 @@ fn probe(s: &mut UnixStream, wait: Duration) -> Got {
 /// The flood, in a child process running as another uid: open `FLOOD_COUNT`
 /// connections, report how many the daemon held and how many it turned away, then
 /// connect again every 5 ms for `FLOOD_HAMMER_MS` (each should be turned away), report
-/// that, and hold the first connections until stdin closes.
-#[test]
-#[ignore = "the flood's child process; the tests below run it as another uid"]
-fn flood_child() {
-    let Ok(socket) = std::env::var(FLOOD_SOCKET) else {
-        return;
-    };
+/// that, and hold the first connections until stdin closes. The flood tests re-run their own
+/// test binary, filtered to themselves, with `FLOOD_SOCKET` set: then the test body is this
+/// child instead ([`as_flood_child`]).
+fn flood_child(socket: String) {
     let n: usize = std::env::var(FLOOD_COUNT).unwrap().parse().unwrap();
     let hammer = Duration::from_millis(std::env::var(FLOOD_HAMMER_MS).unwrap().parse().unwrap());
     let mut conns: Vec<UnixStream> = (0..n)
@@ -116,6 +113,18 @@ fn flood_child() {
     drop(conns);
 }
 
+/// Whether this process is a flood child (its parent test set `FLOOD_SOCKET`); if so, the
+/// flood has run when this returns.
+fn as_flood_child() -> bool {
+    match std::env::var(FLOOD_SOCKET) {
+        Ok(socket) => {
+            flood_child(socket);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// A running flood child.
 struct Flood {
     child: Child,
@@ -123,17 +132,11 @@ struct Flood {
 }
 
 impl Flood {
-    fn start(socket: &Path, uid: u32, count: usize, hammer: Duration) -> Flood {
+    /// Re-run this test binary's `test` as a flood child of `uid`.
+    fn start(test: &str, socket: &Path, uid: u32, count: usize, hammer: Duration) -> Flood {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "flood_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["--exact", test, "--nocapture", "--test-threads", "1"])
             .env(FLOOD_SOCKET, socket)
             .env(FLOOD_COUNT, count.to_string())
             .env(FLOOD_HAMMER_MS, hammer.as_millis().to_string())
@@ -162,7 +165,7 @@ impl Flood {
                 .lines
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the flood child ended or said nothing for 30 s");
-            // The harness may have written `test flood_child ... ` before it.
+            // The harness may have written `test <name> ... ` before it.
             if let Some(at) = line.find(prefix) {
                 return line[at + prefix.len()..].trim().to_string();
             }
@@ -213,6 +216,9 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 
 #[test]
 fn one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second() {
+    if as_flood_child() {
+        return;
+    }
     if !is_root() {
         println!("SKIP: needs root (the flood runs as uid 65534)");
         return;
@@ -223,7 +229,13 @@ fn one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second() {
     // Without a cap, 400 connections would take every descriptor the daemon has.
     set_nofile(pid, 256);
 
-    let mut flood = Flood::start(&d.socket, 65534, 400, Duration::from_secs(4));
+    let mut flood = Flood::start(
+        "one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second",
+        &d.socket,
+        65534,
+        400,
+        Duration::from_secs(4),
+    );
     let opened = flood.report("FLOOD ");
     // The flood holds its share and keeps connecting every 5 ms: measure meanwhile.
     let (lines0, cpu0, t0) = (d.log_lines(), cpu_time(pid), Instant::now());
@@ -272,8 +284,13 @@ fn one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second() {
     );
 }
 
+const SLOTS_TEST: &str = "the_last_slots_are_roots_when_other_users_hold_the_rest";
+
 #[test]
 fn the_last_slots_are_roots_when_other_users_hold_the_rest() {
+    if as_flood_child() {
+        return;
+    }
     if !is_root() {
         println!("SKIP: needs root (the floods run as uids 65534 and 65533)");
         return;
@@ -290,9 +307,9 @@ fn the_last_slots_are_roots_when_other_users_hold_the_rest() {
         ],
     );
     // Two users want 20 each: together they get what the reserve leaves.
-    let mut a = Flood::start(&d.socket, 65534, 20, Duration::ZERO);
+    let mut a = Flood::start(SLOTS_TEST, &d.socket, 65534, 20, Duration::ZERO);
     let got_a = a.report("FLOOD ");
-    let mut b = Flood::start(&d.socket, 65533, 20, Duration::ZERO);
+    let mut b = Flood::start(SLOTS_TEST, &d.socket, 65533, 20, Duration::ZERO);
     let got_b = b.report("FLOOD ");
     assert_eq!(
         field(&got_a, "held") + field(&got_b, "held"),
