@@ -108,7 +108,7 @@ fn user_id(host: &HostRoot, spec: &str) -> anyhow::Result<u32> {
             path.display()
         )
     })?;
-    gvm_vgpud::owners::uid_of_user(&text, spec).with_context(|| {
+    gvm_vgpud::owners::id_in_db(&text, spec).with_context(|| {
         format!(
             "--owner-uid {spec}: no such user in {}: give a uid or a user name",
             path.display()
@@ -132,11 +132,7 @@ fn group_id(spec: &str) -> anyhow::Result<u32> {
         return Ok(gid);
     }
     let text = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
-    text.lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            (f.next() == Some(spec)).then(|| f.nth(1).and_then(|g| g.parse().ok()))?
-        })
+    gvm_vgpud::owners::id_in_db(&text, spec)
         .with_context(|| format!("no group named '{spec}' in /etc/group: give a name or gid"))
 }
 

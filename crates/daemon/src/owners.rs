@@ -67,9 +67,10 @@ pub fn uid_from_status(status: &str) -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The uid of user `name` in an `/etc/passwd` text.
-pub fn uid_of_user(passwd: &str, name: &str) -> Option<u32> {
-    passwd.lines().find_map(|l| {
+/// The id of `name` in an `/etc/passwd` (its uid) or `/etc/group` (its gid) text: both are
+/// `name:password:id:…` lines.
+pub fn id_in_db(db: &str, name: &str) -> Option<u32> {
+    db.lines().find_map(|l| {
         let mut f = l.split(':');
         (f.next()? == name).then_some(())?;
         f.nth(1)?.parse().ok()
@@ -103,7 +104,7 @@ impl ClaimPolicy {
     /// [`QEMU_USERS`] that the host's `/etc/passwd` has.
     pub fn default_for(host: &HostRoot, own_uid: u32) -> ClaimPolicy {
         let passwd = fs::read_to_string(host.path("/etc/passwd")).unwrap_or_default();
-        let qemu = QEMU_USERS.iter().filter_map(|u| uid_of_user(&passwd, u));
+        let qemu = QEMU_USERS.iter().filter_map(|u| id_in_db(&passwd, u));
         ClaimPolicy::new(qemu.chain([own_uid]))
     }
 
@@ -300,8 +301,8 @@ mod tests {
     #[test]
     fn claims_are_allowed_for_root_the_policys_uids_and_the_definitions_only() {
         let passwd = "root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:64055:994::/:/usr/sbin/nologin\n";
-        assert_eq!(uid_of_user(passwd, "libvirt-qemu"), Some(64055));
-        assert_eq!(uid_of_user(passwd, "qemu"), None);
+        assert_eq!(id_in_db(passwd, "libvirt-qemu"), Some(64055));
+        assert_eq!(id_in_db(passwd, "qemu"), None);
         assert_eq!(
             uid_from_status("Name:\tx\nUid:\t1000\t1001\t1001\t1001\n"),
             Some(1001),
