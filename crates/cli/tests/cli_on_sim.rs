@@ -542,3 +542,63 @@ fn define_from_300_items_with_item_299_bad_stores_nothing_and_names_item_299() {
     assert_eq!(stdout(&o).matches("Defined vGPU").count(), 300);
     assert_eq!(stored(), 300);
 }
+
+#[test]
+fn define_for_an_absent_parent_stores_a_kernel_type_id_never_a_catalog_name() {
+    if skip("define_for_an_absent_parent", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let absent = "0000:99:00.0";
+    let stored_type = |uuid: &str| -> Option<String> {
+        let list = json(root, &["list", "--defined"]);
+        let items = list.as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .find(|d| d["uuid"] == uuid)
+            .map(|d| d["mdev_type"].as_str().unwrap_or_default().to_string())
+    };
+
+    // A catalog type bound by kernel type id: the id is stored, not the catalog name.
+    let a = "0b0e0000-0000-4000-8000-00000000000a";
+    ok(
+        root,
+        &[
+            "define", "--uuid", a, "--parent", absent, "--type", "sim-4c",
+        ],
+    );
+    assert_eq!(stored_type(a).as_deref(), Some("gvmsim-1"));
+
+    // A kernel type id the catalog does not know is kept as given (mdevctl does the same).
+    let b = "0b0e0000-0000-4000-8000-00000000000b";
+    ok(
+        root,
+        &[
+            "define",
+            "--uuid",
+            b,
+            "--parent",
+            absent,
+            "--type",
+            "nvidia-558",
+        ],
+    );
+    assert_eq!(stored_type(b).as_deref(), Some("nvidia-558"));
+
+    // A catalog type bound by the kernel type's name cannot be resolved without the
+    // parent: refused, naming the fix, and nothing is stored.
+    let c = "0b0e0000-0000-4000-8000-00000000000c";
+    let o = cli(
+        root,
+        &[
+            "define", "--uuid", c, "--parent", absent, "--type", "A100-4C",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("binds to a kernel type by its name"), "{err}");
+    assert!(err.contains("kernel type id"), "{err}");
+    assert_eq!(stored_type(c), None, "a refused definition is not stored");
+}

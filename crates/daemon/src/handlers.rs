@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::daemon::{add_totals, Daemon};
 use crate::model::{effective, ObservedDevice};
-use crate::ports::PortError;
+use crate::ports::{CatalogBinding, PortError};
 use crate::store::StoreError;
 
 type Reply = Result<serde_json::Value, ApiError>;
@@ -355,6 +355,32 @@ impl Daemon {
         )))
     }
 
+    /// Kernel type id and catalog name for `type_name` on a parent that is not present:
+    /// a kernel type id as given, or a catalog type bound by id. A catalog type bound by the
+    /// kernel type's `name` attribute is refused: only the parent's own types can say which
+    /// id that name has, and storing the catalog name as the kernel type would make the
+    /// definition fail at every start.
+    fn absent_parent_type(
+        &self,
+        parent: &str,
+        type_name: &str,
+    ) -> Result<(String, Option<String>), ApiError> {
+        match self.types.binding_of(type_name) {
+            Some(CatalogBinding::TypeId(id)) => Ok((id, Some(type_name.to_string()))),
+            Some(CatalogBinding::TypeName(kernel_name)) => Err(ApiError::invalid(format!(
+                "mdev parent '{parent}' is not registered, and catalog type '{type_name}' binds \
+                 to a kernel type by its name ({kernel_name:?}), which only the parent can \
+                 resolve: give the kernel type id (the directory under \
+                 mdev_supported_types/, see `gvm-vgpu types` once the parent is there) or \
+                 define it when the parent is registered"
+            ))),
+            None => {
+                let name = self.types.resolve(type_name, None).map(|s| s.name);
+                Ok((type_name.to_string(), name))
+            }
+        }
+    }
+
     fn define(&mut self, p: DefineParams) -> Result<Definition, ApiError> {
         let def = self.prepare_definition(p)?;
         self.store.save_definition(&def).map_err(store_err)?;
@@ -450,10 +476,9 @@ impl Daemon {
         let (mdev_type, type_name) = if self.observed.parents.contains(&p.parent) {
             self.resolve_type(&p.parent, &p.type_name)?
         } else {
-            // Like mdevctl, a definition may name a parent that is not present yet;
-            // then the type must be the kernel type id.
-            let name = self.types.resolve(&p.type_name, None).map(|s| s.name);
-            (p.type_name.clone(), name)
+            // Like mdevctl, a definition may name a parent that is not present yet; then
+            // the kernel type id must be known without it.
+            self.absent_parent_type(&p.parent, &p.type_name)?
         };
         if let Some(d) = self.observed.devices.get(&uuid) {
             if d.parent != p.parent || d.mdev_type != mdev_type {

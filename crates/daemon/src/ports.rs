@@ -170,12 +170,28 @@ pub trait MdevPort: Send {
     }
 }
 
+/// How a catalog type names its kernel type, as far as a definition for an absent parent
+/// needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogBinding {
+    /// By kernel type id (`mdev_type = "..."`): the id is known without the parent.
+    TypeId(String),
+    /// By the kernel type's `name` attribute (`mdev_name = "..."`): only a present parent's
+    /// types can say which id that is.
+    TypeName(String),
+}
+
 /// The vGPU type catalog.
 pub trait TypePort: Send {
     /// The catalog type of a kernel type (`None`: unmanaged).
     fn resolve(&self, mdev_type: &str, kernel_name: Option<&str>) -> Option<TypeSpec>;
     /// Whether catalog type `name` binds to this kernel type; `None` if no such name.
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool>;
+    /// How catalog type `name` finds its kernel type without a parent to look at:
+    /// `None` if no catalog type has that name.
+    fn binding_of(&self, _name: &str) -> Option<CatalogBinding> {
+        None
+    }
     /// The fixed-share policy's share of the type (its `share`, else 1 / max instances).
     fn default_share(&self, _mdev_type: &str, _kernel_name: Option<&str>) -> Option<f64> {
         None
@@ -331,6 +347,13 @@ impl TypePort for CatalogTypes {
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool> {
         let t = self.catalog.type_by_name(name).ok()?;
         Some(t.binding.matches(mdev_type, kernel_name))
+    }
+
+    fn binding_of(&self, name: &str) -> Option<CatalogBinding> {
+        Some(match &self.catalog.type_by_name(name).ok()?.binding {
+            gvm_catalog::Binding::TypeId(id) => CatalogBinding::TypeId(id.clone()),
+            gvm_catalog::Binding::TypeName(n) => CatalogBinding::TypeName(n.clone()),
+        })
     }
 
     fn default_share(&self, mdev_type: &str, kernel_name: Option<&str>) -> Option<f64> {
