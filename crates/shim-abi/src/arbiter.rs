@@ -50,9 +50,26 @@ pub const ARBITER_PCI_PREFIX: &str = "gvm-vgpu-gpu-";
 /// when the driver cannot give a GPU's PCI bus id.
 pub const ARBITER_ORDINAL_PREFIX: &str = "gvm-vgpu-gpu";
 
-/// The file name of the arbitration block of the GPU at `pci` (a normalised bus id).
+/// What separates a standalone block's GPU from its owner uid (`gvm-vgpu-gpu-<pci>-u<uid>`).
+pub const ARBITER_UID_INFIX: &str = "-u";
+
+/// The file name of the legacy shared arbitration block of the GPU at `pci` (a normalised
+/// bus id): what a daemon's scan still recognises, never what a shim creates any more.
 pub fn arbiter_file_name(pci: &str) -> String {
     format!("{ARBITER_PCI_PREFIX}{pci}")
+}
+
+/// The file name of uid `uid`'s standalone arbitration block of the GPU at `pci`.
+pub fn arbiter_file_name_of_uid(pci: &str, uid: u32) -> String {
+    format!("{ARBITER_PCI_PREFIX}{pci}{ARBITER_UID_INFIX}{uid}")
+}
+
+/// A file name without its `-u<uid>` suffix (unchanged when it has none).
+fn without_uid(name: &str) -> &str {
+    match name.rsplit_once(ARBITER_UID_INFIX) {
+        Some((stem, uid)) if !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()) => stem,
+        _ => name,
+    }
 }
 
 /// Which GPU an arbitration block's file name stands for.
@@ -67,6 +84,7 @@ pub enum ArbiterKey {
 impl ArbiterKey {
     /// Parse an arbitration block file name; `None` for anything else.
     pub fn from_file_name(name: &str) -> Option<ArbiterKey> {
+        let name = without_uid(name);
         if let Some(pci) = name.strip_prefix(ARBITER_PCI_PREFIX) {
             return crate::register::normalise_pci_bus_id(pci)
                 .filter(|n| n == pci)
@@ -534,6 +552,16 @@ mod tests {
         );
         assert_eq!(
             ArbiterKey::from_file_name("gvm-vgpu-gpu7"),
+            Some(ArbiterKey::Ordinal(7))
+        );
+        let per_uid = arbiter_file_name_of_uid("0000:3b:00.0", 1000);
+        assert_eq!(per_uid, "gvm-vgpu-gpu-0000:3b:00.0-u1000");
+        assert_eq!(
+            ArbiterKey::from_file_name(&per_uid),
+            Some(ArbiterKey::Pci("0000:3b:00.0".into()))
+        );
+        assert_eq!(
+            ArbiterKey::from_file_name("gvm-vgpu-gpu7-u0"),
             Some(ArbiterKey::Ordinal(7))
         );
         for other in [
