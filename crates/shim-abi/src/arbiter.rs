@@ -39,7 +39,7 @@ use crate::config::MAX_PRIORITY;
 /// `"GVMARB01"` little-endian: marks an initialised arbitration block.
 pub const ARB_MAGIC: u64 = u64::from_le_bytes(*b"GVMARB01");
 /// Layout version of [`ArbiterBlock`].
-pub const ARB_VERSION: u32 = 2;
+pub const ARB_VERSION: u32 = 3;
 /// Processes per GPU that can take part.
 pub const SLOTS: usize = 64;
 /// Size the block file is given.
@@ -122,8 +122,10 @@ pub struct ArbiterHeader {
     pub generation: AtomicU32,
     /// Bumped (and futex-woken) whenever a busy flag clears.
     pub wake: AtomicU32,
-    /// Padding.
-    pub pad: AtomicU32,
+    /// Priorities busy in *other* arbitration domains (bit p: someone at priority p), written
+    /// only by the daemon's relay (`gvm_shim_host::relay`); [`ArbiterBlock::higher_busy`]
+    /// ORs it with the local counts. A domain that overwrites it only holds or frees itself.
+    pub external_busy: AtomicU32,
     /// Busy slots per priority.
     pub busy_at: [AtomicU32; PRIOS],
 }
@@ -216,7 +218,7 @@ impl ArbiterBlock {
                 version: AtomicU32::new(0),
                 generation: AtomicU32::new(0),
                 wake: AtomicU32::new(0),
-                pad: AtomicU32::new(0),
+                external_busy: AtomicU32::new(0),
                 busy_at: std::array::from_fn(|_| AtomicU32::new(0)),
             },
             slots: std::array::from_fn(|_| Slot {
@@ -379,6 +381,10 @@ impl ArbiterBlock {
     #[inline]
     pub fn higher_busy(&self, priority: u32) -> bool {
         // Sequentially consistent (a plain load on x86): `refresh_gate` relies on the order.
+        let below = (1u32 << prio_index(priority)) - 1;
+        if self.header.external_busy.load(Ordering::SeqCst) & below != 0 {
+            return true;
+        }
         self.header.busy_at[..prio_index(priority)]
             .iter()
             .any(|c| c.load(Ordering::SeqCst) != 0)
@@ -821,6 +827,26 @@ mod tests {
             assert_eq!(gates(b, &held), [0, 0, 0, 0], "round {round}");
             assert_eq!(gates(b, &togglers), [0, 0, 0, 0], "round {round}");
         }
+    }
+
+    #[test]
+    fn another_domains_busy_priorities_hold_only_less_important_slots() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let lo = b.register(2, 8, &env).expect("slot");
+        assert!(!b.higher_busy(8));
+        b.header.external_busy.store(1 << 3, Ordering::SeqCst);
+        assert!(
+            b.higher_busy(8),
+            "priority 3 busy elsewhere holds priority 8 here"
+        );
+        assert!(!b.higher_busy(3), "but not an equal one");
+        assert!(!b.higher_busy(0));
+        b.refresh_gate(&b.slots[lo]);
+        assert_eq!(gates(&b, &[lo]), [1]);
+        b.header.external_busy.store(0, Ordering::SeqCst);
+        b.refresh_gate(&b.slots[lo]);
+        assert_eq!(gates(&b, &[lo]), [0]);
     }
 
     #[test]

@@ -24,3 +24,4 @@ pub mod blocks;
 pub mod gating;
 pub mod handover;
 pub mod registry;
+pub mod relay;
