@@ -39,7 +39,7 @@ use crate::config::MAX_PRIORITY;
 /// `"GVMARB01"` little-endian: marks an initialised arbitration block.
 pub const ARB_MAGIC: u64 = u64::from_le_bytes(*b"GVMARB01");
 /// Layout version of [`ArbiterBlock`].
-pub const ARB_VERSION: u32 = 2;
+pub const ARB_VERSION: u32 = 3;
 /// Processes per GPU that can take part.
 pub const SLOTS: usize = 64;
 /// Size the block file is given.
@@ -50,9 +50,26 @@ pub const ARBITER_PCI_PREFIX: &str = "gvm-vgpu-gpu-";
 /// when the driver cannot give a GPU's PCI bus id.
 pub const ARBITER_ORDINAL_PREFIX: &str = "gvm-vgpu-gpu";
 
-/// The file name of the arbitration block of the GPU at `pci` (a normalised bus id).
+/// What separates a standalone block's GPU from its owner uid (`gvm-vgpu-gpu-<pci>-u<uid>`).
+pub const ARBITER_UID_INFIX: &str = "-u";
+
+/// The file name of the legacy shared arbitration block of the GPU at `pci` (a normalised
+/// bus id): what a daemon's scan still recognises, never what a shim creates any more.
 pub fn arbiter_file_name(pci: &str) -> String {
     format!("{ARBITER_PCI_PREFIX}{pci}")
+}
+
+/// The file name of uid `uid`'s standalone arbitration block of the GPU at `pci`.
+pub fn arbiter_file_name_of_uid(pci: &str, uid: u32) -> String {
+    format!("{ARBITER_PCI_PREFIX}{pci}{ARBITER_UID_INFIX}{uid}")
+}
+
+/// A file name without its `-u<uid>` suffix (unchanged when it has none).
+fn without_uid(name: &str) -> &str {
+    match name.rsplit_once(ARBITER_UID_INFIX) {
+        Some((stem, uid)) if !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()) => stem,
+        _ => name,
+    }
 }
 
 /// Which GPU an arbitration block's file name stands for.
@@ -67,6 +84,7 @@ pub enum ArbiterKey {
 impl ArbiterKey {
     /// Parse an arbitration block file name; `None` for anything else.
     pub fn from_file_name(name: &str) -> Option<ArbiterKey> {
+        let name = without_uid(name);
         if let Some(pci) = name.strip_prefix(ARBITER_PCI_PREFIX) {
             return crate::register::normalise_pci_bus_id(pci)
                 .filter(|n| n == pci)
@@ -104,8 +122,10 @@ pub struct ArbiterHeader {
     pub generation: AtomicU32,
     /// Bumped (and futex-woken) whenever a busy flag clears.
     pub wake: AtomicU32,
-    /// Padding.
-    pub pad: AtomicU32,
+    /// Priorities busy in *other* arbitration domains (bit p: someone at priority p), written
+    /// only by the daemon's relay (`gvm_shim_host::relay`); [`ArbiterBlock::higher_busy`]
+    /// ORs it with the local counts. A domain that overwrites it only holds or frees itself.
+    pub external_busy: AtomicU32,
     /// Busy slots per priority.
     pub busy_at: [AtomicU32; PRIOS],
 }
@@ -198,7 +218,7 @@ impl ArbiterBlock {
                 version: AtomicU32::new(0),
                 generation: AtomicU32::new(0),
                 wake: AtomicU32::new(0),
-                pad: AtomicU32::new(0),
+                external_busy: AtomicU32::new(0),
                 busy_at: std::array::from_fn(|_| AtomicU32::new(0)),
             },
             slots: std::array::from_fn(|_| Slot {
@@ -361,6 +381,10 @@ impl ArbiterBlock {
     #[inline]
     pub fn higher_busy(&self, priority: u32) -> bool {
         // Sequentially consistent (a plain load on x86): `refresh_gate` relies on the order.
+        let below = (1u32 << prio_index(priority)) - 1;
+        if self.header.external_busy.load(Ordering::SeqCst) & below != 0 {
+            return true;
+        }
         self.header.busy_at[..prio_index(priority)]
             .iter()
             .any(|c| c.load(Ordering::SeqCst) != 0)
@@ -534,6 +558,16 @@ mod tests {
         );
         assert_eq!(
             ArbiterKey::from_file_name("gvm-vgpu-gpu7"),
+            Some(ArbiterKey::Ordinal(7))
+        );
+        let per_uid = arbiter_file_name_of_uid("0000:3b:00.0", 1000);
+        assert_eq!(per_uid, "gvm-vgpu-gpu-0000:3b:00.0-u1000");
+        assert_eq!(
+            ArbiterKey::from_file_name(&per_uid),
+            Some(ArbiterKey::Pci("0000:3b:00.0".into()))
+        );
+        assert_eq!(
+            ArbiterKey::from_file_name("gvm-vgpu-gpu7-u0"),
             Some(ArbiterKey::Ordinal(7))
         );
         for other in [
@@ -793,6 +827,26 @@ mod tests {
             assert_eq!(gates(b, &held), [0, 0, 0, 0], "round {round}");
             assert_eq!(gates(b, &togglers), [0, 0, 0, 0], "round {round}");
         }
+    }
+
+    #[test]
+    fn another_domains_busy_priorities_hold_only_less_important_slots() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let lo = b.register(2, 8, &env).expect("slot");
+        assert!(!b.higher_busy(8));
+        b.header.external_busy.store(1 << 3, Ordering::SeqCst);
+        assert!(
+            b.higher_busy(8),
+            "priority 3 busy elsewhere holds priority 8 here"
+        );
+        assert!(!b.higher_busy(3), "but not an equal one");
+        assert!(!b.higher_busy(0));
+        b.refresh_gate(&b.slots[lo]);
+        assert_eq!(gates(&b, &[lo]), [1]);
+        b.header.external_busy.store(0, Ordering::SeqCst);
+        b.refresh_gate(&b.slots[lo]);
+        assert_eq!(gates(&b, &[lo]), [0]);
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An arbitration block file that another user could control: refused, never mapped.
+    #[error("refusing the arbitration block {}: {problem}; remove it (or fix its owner and mode 0600) to arbitrate", path.display())]
+    UnsafeArbiter {
+        /// The arbitration block path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The file holds something other than an arbitration block of this layout.
     #[error("{path} is not a gvm-vgpu arbitration block of layout {expected_version} (magic {magic:#x}, layout {version}); remove it once no CUDA process uses the GPU")]
     BadArbiter {
@@ -206,7 +214,10 @@ impl Error {
             | Error::CreateMemfd { errno, .. }
             | Error::OpenArbiter { errno, .. } => Some(*errno),
             Error::UnsafeBlock { problem, .. } => problem.errno(),
-            Error::BadControlBlock { .. } | Error::BadArbiter { .. } | Error::BadEnv { .. } => None,
+            Error::BadControlBlock { .. }
+            | Error::BadArbiter { .. }
+            | Error::UnsafeArbiter { .. }
+            | Error::BadEnv { .. } => None,
         }
     }
 }

@@ -18,7 +18,7 @@
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Once;
@@ -52,23 +52,33 @@ impl arbiter::Env for RealEnv {
     }
 }
 
-/// Where a GPU's arbitration block lives: `$GVM_SHIM_ARBITER` if set, else, under the host
-/// root, `/dev/shm/gvm-vgpu-gpu-<pci bus id>` when the GPU's PCI bus id is known (the same
-/// physical GPU whatever `CUDA_VISIBLE_DEVICES` each process has), or the legacy
-/// `/dev/shm/gvm-vgpu-gpu<ordinal>` when the driver could not say.
+/// Where a GPU's arbitration block lives when no daemon hands one over: `$GVM_SHIM_ARBITER`
+/// if set, else, under the host root, `/dev/shm/gvm-vgpu-gpu-<pci bus id>-u<euid>` when the
+/// GPU's PCI bus id is known (the same physical GPU whatever `CUDA_VISIBLE_DEVICES` each
+/// process has), or the legacy `/dev/shm/gvm-vgpu-gpu<ordinal>-u<euid>` when the driver could
+/// not say. The uid suffix makes the block one *arbitration domain*'s (one uid's): a file
+/// another user created under that name is refused by [`ArbiterMap::open_or_create`], so no
+/// user can make another user's processes map memory it controls. Processes of different
+/// uids are arbitrated against each other only through the daemon's relay
+/// (`gvm_shim_host::relay`).
 pub fn arbiter_path(
     env_value: Option<&OsStr>,
     host: &HostRoot,
     pci_bus_id: Option<&str>,
     ordinal: i32,
+    euid: u32,
 ) -> PathBuf {
     match env_value {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => match pci_bus_id.and_then(crate::register::normalise_pci_bus_id) {
-            Some(pci) => host.path(format!("/dev/shm/{}", arbiter::arbiter_file_name(&pci))),
+            Some(pci) => host.path(format!(
+                "/dev/shm/{}",
+                arbiter::arbiter_file_name_of_uid(&pci, euid)
+            )),
             None => host.path(format!(
-                "/dev/shm/{}{ordinal}",
-                arbiter::ARBITER_ORDINAL_PREFIX
+                "/dev/shm/{}{ordinal}{}{euid}",
+                arbiter::ARBITER_ORDINAL_PREFIX,
+                arbiter::ARBITER_UID_INFIX
             )),
         },
     }
@@ -83,23 +93,71 @@ pub struct ArbiterMap {
 
 impl ArbiterMap {
     /// Open the block at `path`, creating and initialising it if it does not exist yet.
+    ///
+    /// Never maps a file another user controls: it creates the file with `O_CREAT|O_EXCL`
+    /// and mode 0600, or opens the existing one with `O_NOFOLLOW|O_NONBLOCK` (no link, no
+    /// FIFO), and checks on the opened descriptor that it is a regular file owned by this
+    /// process's effective uid with no group or other access, of exactly [`ARB_FILE_LEN`]
+    /// bytes. Anything else is [`Error::UnsafeArbiter`] (the caller logs it and runs
+    /// unarbitrated). Only the owner uid can then resize it: a domain can hurt only itself.
     pub fn open_or_create(path: &Path) -> Result<ArbiterMap> {
         let err = |source: std::io::Error| Error::OpenArbiter {
             path: path.to_path_buf(),
             errno: source.raw_os_error().unwrap_or(0),
             source,
         };
-        let file = OpenOptions::new()
+        let unsafe_file = |problem: String| Error::UnsafeArbiter {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let (file, created) = match OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o666)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(flags)
             .open(path)
-            .map_err(err)?;
-        if file.metadata().map_err(err)?.len() < ARB_FILE_LEN as u64 {
-            // Growing only adds zeros: a block another process is initialising is unharmed.
+        {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(flags)
+                    .open(path)
+                    .map_err(err)?,
+                false,
+            ),
+            Err(e) => return Err(err(e)),
+        };
+        let meta = file.metadata().map_err(err)?;
+        let euid = ffi::euid();
+        if !meta.file_type().is_file() {
+            return Err(unsafe_file("not a regular file".into()));
+        }
+        if meta.uid() != euid {
+            return Err(unsafe_file(format!(
+                "owned by uid {}, not by this process's uid {euid}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(unsafe_file(format!(
+                "mode {:o} gives group or others access (0600 expected)",
+                meta.mode() & 0o7777
+            )));
+        }
+        if created {
             file.set_len(ARB_FILE_LEN as u64).map_err(err)?;
+        } else if meta.len() == 0 {
+            // Created by a process of ours that has not sized it yet: growing only adds zeros.
+            file.set_len(ARB_FILE_LEN as u64).map_err(err)?;
+        } else if meta.len() != ARB_FILE_LEN as u64 {
+            return Err(unsafe_file(format!(
+                "{} bytes, not {ARB_FILE_LEN}",
+                meta.len()
+            )));
         }
         let map = SharedMapping::map(&file, ARB_FILE_LEN).map_err(err)?;
         let m = ArbiterMap {
@@ -303,21 +361,21 @@ mod tests {
     fn default_path_is_per_gpu_under_the_host_root() {
         let h = HostRoot::new("/tmp/r");
         assert_eq!(
-            arbiter_path(None, &h, Some("0000:3B:00.0"), 1),
-            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu-0000:3b:00.0"),
+            arbiter_path(None, &h, Some("0000:3B:00.0"), 1, 1000),
+            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu-0000:3b:00.0-u1000"),
             "keyed by the PCI bus id, not the ordinal"
         );
         assert_eq!(
-            arbiter_path(None, &h, None, 3),
-            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3"),
+            arbiter_path(None, &h, None, 3, 0),
+            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3-u0"),
             "the ordinal only when the bus id is unknown"
         );
         assert_eq!(
-            arbiter_path(None, &h, Some("garbage"), 3),
-            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3")
+            arbiter_path(None, &h, Some("garbage"), 3, 7),
+            PathBuf::from("/tmp/r/dev/shm/gvm-vgpu-gpu3-u7")
         );
         assert_eq!(
-            arbiter_path(Some(OsStr::new("/x/arb")), &h, Some("0000:3b:00.0"), 3),
+            arbiter_path(Some(OsStr::new("/x/arb")), &h, Some("0000:3b:00.0"), 3, 0),
             PathBuf::from("/x/arb")
         );
     }
@@ -364,8 +422,71 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("arb");
         std::fs::write(&path, vec![9u8; ARB_FILE_LEN]).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let err = ArbiterMap::open_or_create(&path).expect_err("garbage");
         assert!(matches!(err, Error::BadArbiter { .. }));
         assert!(err.to_string().contains("arb"));
+    }
+
+    fn refused(path: &Path) -> String {
+        match ArbiterMap::open_or_create(path) {
+            Err(e @ Error::UnsafeArbiter { .. }) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_block_is_created_private_and_sized_by_its_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arb");
+        drop(ArbiterMap::open_or_create(&path).expect("create"));
+        let m = std::fs::metadata(&path).expect("stat");
+        assert_eq!(m.mode() & 0o7777, 0o600);
+        assert_eq!(m.uid(), ffi::euid());
+        assert_eq!(m.len(), ARB_FILE_LEN as u64);
+        assert!(
+            ArbiterMap::open_or_create(&path).is_ok(),
+            "reopened by its owner"
+        );
+    }
+
+    #[test]
+    fn a_block_open_to_others_a_link_or_a_wrong_size_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::write(&open, vec![0u8; ARB_FILE_LEN]).expect("write");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        assert!(refused(&open).contains("mode 666"));
+        let short = dir.path().join("short");
+        std::fs::write(&short, vec![0u8; 100]).expect("write");
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(refused(&short).contains("100 bytes"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&open, &link).expect("symlink");
+        assert!(matches!(
+            ArbiterMap::open_or_create(&link),
+            Err(Error::OpenArbiter {
+                errno: libc::ELOOP,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_block_another_uid_pre_created_is_never_mapped() {
+        if ffi::euid() != 0 {
+            println!("SKIP: needs root to give a file to another uid");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gvm-vgpu-gpu-0000:3b:00.0-u0");
+        std::fs::write(&path, vec![0u8; ARB_FILE_LEN]).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+        let msg = refused(&path);
+        assert!(msg.contains("owned by uid 65534"), "{msg}");
     }
 }

@@ -123,6 +123,12 @@ pub fn pid_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (shared by all processes of the host).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -17,10 +17,12 @@
 //! - [`blocks`]: block names, counters as a snapshot, the gating bits of one block;
 //! - [`gating`]: [`gating::GatingModes`], the per-GPU gating choice;
 //! - [`handover`]: the registration request's checks and [`handover::register`];
-//! - [`registry`]: [`registry::ShimRegistry`], the registered processes.
+//! - [`registry`]: [`registry::ShimRegistry`], the registered processes;
+//! - [`relay`]: cross-domain arbitration decisions (pure; not yet driven by the daemon).
 
 pub mod backend;
 pub mod blocks;
 pub mod gating;
 pub mod handover;
 pub mod registry;
+pub mod relay;

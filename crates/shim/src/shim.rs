@@ -594,7 +594,8 @@ impl Shim {
         let env_path = std::env::var_os(ARBITER_ENV);
         let dev = driver::current_device();
         let pci = driver::pci_bus_id(dev);
-        let path = priority::arbiter_path(env_path.as_deref(), &host, pci.as_deref(), dev);
+        let euid = gvm_shim_abi::sys::euid();
+        let path = priority::arbiter_path(env_path.as_deref(), &host, pci.as_deref(), dev, euid);
         let map = match ArbiterMap::open_or_create(&path) {
             Ok(m) => m,
             Err(e) => {

@@ -859,8 +859,15 @@ fn arbitration_blocks_are_keyed_by_pci_bus_id_not_ordinal() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    let me = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(root.join("dev/shm").join(&names[0])).expect("stat"),
+    );
     assert_eq!(
         names,
-        vec!["gvm-vgpu-gpu-0000:3b:00.0", "gvm-vgpu-gpu-0000:af:00.0"]
+        vec![
+            format!("gvm-vgpu-gpu-0000:3b:00.0-u{me}"),
+            format!("gvm-vgpu-gpu-0000:af:00.0-u{me}")
+        ],
+        "one block per physical GPU and per uid"
     );
 }

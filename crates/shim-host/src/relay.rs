@@ -1,0 +1,113 @@
+//! The daemon's cross-domain arbitration relay, as pure decisions (no I/O, no clock).
+//!
+//! An arbitration block is shared only inside one *arbitration domain* ([`DomainKey`]: one
+//! uid now, one VM later), so no domain can write what another's processes read. Processes
+//! of different domains on one GPU are arbitrated through the daemon: it maps every domain's
+//! block, takes each domain's busy slots, counts each at the priority of the daemon's own
+//! record of that pid's registration (a slot's self-reported priority is ignored, and a slot
+//! of a pid that did not register counts not at all), and writes into each domain's header
+//! the priorities busy in *other* domains ([`external_busy`]), which the shim's
+//! `higher_busy` ORs with its local counts. A domain can then lie only to itself.
+//!
+//! The relay is woken by a doorbell that busy transitions ring; [`Doorbell`] coalesces
+//! rings and bounds how often the relay runs, so a process ringing in a loop cannot make the
+//! daemon spin. Status: this module is the decision logic and is tested; wiring it into the
+//! daemon's registration (sealed memfd blocks handed over with `SCM_RIGHTS`) is not done yet.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+/// An arbitration domain: the processes that share one arbitration block per GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DomainKey {
+    /// The processes of one uid on the host.
+    Uid(u32),
+    /// The processes of one VM (a later step; the guest's blocks relayed by the host).
+    Vm(Uuid),
+}
+
+/// One busy slot as the relay reads it from a domain's block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusySlot {
+    /// The slot's pid (as written by the domain: untrusted).
+    pub pid: u32,
+}
+
+/// The bitmask of priorities busy in `domain`'s slots, each counted at `registered(pid)`,
+/// the priority the daemon recorded for that pid in that domain; `None` (not registered, or
+/// registered in another domain) drops the slot. Priorities above 31 are ignored.
+pub fn domain_busy(
+    domain: DomainKey,
+    busy: &[BusySlot],
+    registered: impl Fn(DomainKey, u32) -> Option<u32>,
+) -> u32 {
+    busy.iter()
+        .filter_map(|s| registered(domain, s.pid))
+        .filter(|p| *p < 32)
+        .fold(0, |m, p| m | (1 << p))
+}
+
+/// For every domain, the priorities busy in all the *other* domains on the same GPU.
+pub fn external_busy(busy: &BTreeMap<DomainKey, u32>) -> BTreeMap<DomainKey, u32> {
+    busy.keys()
+        .map(|d| {
+            let others = busy
+                .iter()
+                .filter(|(k, _)| *k != d)
+                .fold(0, |m, (_, v)| m | v);
+            (*d, others)
+        })
+        .collect()
+}
+
+/// Coalesces doorbell rings and bounds the relay's rate: at most one run per `min_gap_ns`.
+#[derive(Debug, Clone, Copy)]
+pub struct Doorbell {
+    min_gap_ns: u64,
+    last_run_ns: Option<u64>,
+    pending: bool,
+}
+
+impl Doorbell {
+    /// A doorbell that lets the relay run at most once per `min_gap_ns`.
+    pub fn new(min_gap_ns: u64) -> Doorbell {
+        Doorbell {
+            min_gap_ns,
+            last_run_ns: None,
+            pending: false,
+        }
+    }
+
+    /// A ring heard at `now_ns`: whether to run the relay now. A ring too soon after the last
+    /// run is remembered (one, however many) and due at [`Doorbell::due_at`].
+    pub fn ring(&mut self, now_ns: u64) -> bool {
+        self.pending = true;
+        self.poll(now_ns)
+    }
+
+    /// Whether a remembered ring is due at `now_ns` (then it is consumed).
+    pub fn poll(&mut self, now_ns: u64) -> bool {
+        if !self.pending {
+            return false;
+        }
+        if let Some(last) = self.last_run_ns {
+            if now_ns.saturating_sub(last) < self.min_gap_ns {
+                return false;
+            }
+        }
+        self.pending = false;
+        self.last_run_ns = Some(now_ns);
+        true
+    }
+
+    /// When a remembered ring will be due; `None` when none is pending.
+    pub fn due_at(&self) -> Option<u64> {
+        self.pending
+            .then(|| self.last_run_ns.map_or(0, |l| l + self.min_gap_ns))
+    }
+}
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;
