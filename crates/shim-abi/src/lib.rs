@@ -24,6 +24,7 @@
 //! - [`config`]: knobs from the environment, used when no daemon hands over a control block;
 //! - [`control`]: the control block, the shared-memory page between gvm-vgpud and the shim;
 //! - [`error`]: errors of the shim's own set-up, which never reach the CUDA program;
+//! - [`hold`]: the adaptive hold linger learned from launch gaps and batch kernel times (not yet wired in);
 //! - [`priority`]: this process's side of priority arbitration;
 //! - [`register`]: registration of a shim process with gvm-vgpud over the shim socket;
 //! - [`reregister`]: keeping that registration alive across daemon restarts;
@@ -36,6 +37,7 @@ pub mod arbiter;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod hold;
 pub mod priority;
 pub mod register;
 pub mod reregister;

@@ -18,7 +18,12 @@ tokens. Batch ("low"): a training loop (4 residual MLP blocks 4096->16384->4096,
 4096 tokens per step) reporting steps/s over the server's measuring window (alone: over its
 own loop, not its process's exit).
 
-Configurations: exclusive_high, exclusive_batch, nocontrol (both, default time-slicing), mps
+Batch (`--batch-kind`): mlp (above), conv (torchvision ResNet-50, 64 images a step) or unet
+(a small diffusion-style UNet whose convolutions run milliseconds each).
+
+Configurations: sigstop (the server SIGSTOPs the batch process before each request and
+SIGCONTs it after: the baseline a user could script; GPU work already queued still runs),
+exclusive_high, exclusive_batch, nocontrol (both, default time-slicing), mps
 (both under nvidia-cuda-mps-control), gvm_priority (both under the shim; server priority 0,
 batch priority 8: the batch is held while the server has GPU work, its queue bounded; shim
 parameters as `gvm_priority:depth=1:budget=500:linger=US:maxhold=MS`), gvm_freeze (both under
@@ -144,11 +149,20 @@ def serve(a):
         if not v:  # wake held launches at once (FUTEX_WAKE on the shared word)
             libc.syscall(202, ctypes.c_void_p(word), 1, 0x7FFFFFFF)
 
+    stop_pid = a.sigstop_pid
+
+    def before():
+        if freeze:
+            set_frozen(1)
+        if stop_pid:
+            os.kill(stop_pid, signal.SIGSTOP)
+
     def one(prompt_len, arrival):
-        start, stamps, extra = request(prompt_len,
-                                       (lambda: set_frozen(1)) if freeze else (lambda: None))
+        start, stamps, extra = request(prompt_len, before)
         if freeze is not None:
             set_frozen(0)
+        if stop_pid:
+            os.kill(stop_pid, signal.SIGCONT)
         itl = [b - c for c, b in zip(stamps, stamps[1:])]
         return {"ttft": stamps[0] - arrival, "ttft_service": stamps[0] - start,
                 "service": stamps[-1] - start, "itl": itl, "prompt": prompt_len, **extra}
@@ -185,10 +199,80 @@ def serve(a):
         json.dump({"t0": t0, "t1": t1, "rate": rate, "service_s": service, "requests": res}, f)
 
 
+def batch_conv(torch):
+    """torchvision ResNet-50, random weights, bf16, SGD, 64 images of 224x224 a step."""
+    import torchvision
+    m = torchvision.models.resnet50().cuda().to(torch.bfloat16).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(64, 3, 224, 224, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (64,), device="cuda")
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def batch_unet(torch):
+    """A small diffusion-style UNet (two down/up levels, 256-512 channels at 128x128, bf16):
+    each denoising training step is a few long convolution kernels (milliseconds each)."""
+    nn = torch.nn
+
+    def blk(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(32, o), nn.SiLU(),
+                             nn.Conv2d(o, o, 3, padding=1), nn.GroupNorm(32, o), nn.SiLU())
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Conv2d(4, 256, 3, padding=1)
+            self.d1, self.d2, self.mid = blk(256, 256), blk(256, 512), blk(512, 512)
+            self.u2, self.u1 = blk(1024, 256), blk(512, 256)
+            self.out = nn.Conv2d(256, 4, 3, padding=1)
+
+        def forward(self, x):
+            h0 = self.d1(self.inp(x))
+            h1 = self.d2(nn.functional.avg_pool2d(h0, 2))
+            m = self.mid(nn.functional.avg_pool2d(h1, 2))
+            u = self.u2(torch.cat([nn.functional.interpolate(m, scale_factor=2), h1], 1))
+            u = self.u1(torch.cat([nn.functional.interpolate(u, scale_factor=2), h0], 1))
+            return self.out(u)
+
+    net = UNet().cuda().to(torch.bfloat16).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(8, 4, 128, 128, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    noise = torch.randn_like(x)
+
+    def step():
+        loss = torch.nn.functional.mse_loss(net(x + noise).float(), noise.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
 def batch(a):
     import torch
 
     torch.manual_seed(1)
+    if a.batch_kind != "mlp":
+        step = (batch_conv if a.batch_kind == "conv" else batch_unet)(torch)
+        for _ in range(5):
+            step().item()
+        print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+        stamps = []
+        t_start = now()
+        end = t_start + a.seconds
+        while now() < end and not (a.stop_file and os.path.exists(a.stop_file)):
+            step().item()
+            stamps.append(now())
+        with open(a.result, "w") as f:
+            json.dump({"t_start": t_start, "stamps": stamps}, f)
+        return
     d, h = 4096, 16384
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
@@ -418,6 +502,7 @@ def run_config(spec, a, base_env, rate):
         if name != "exclusive_high":
             secs = a.batch_seconds if name == "exclusive_batch" else 3600
             lo = spawn("batch", ["--seconds", str(secs), "--stop-file", stop,
+                                 "--batch-kind", a.batch_kind,
                                  "--result", f"/tmp/colo-{tag}-lo.json"], env_lo, tag, out)
         if name == "exclusive_batch":
             wait_ready(lo, f"{name} batch")
@@ -433,11 +518,14 @@ def run_config(spec, a, base_env, rate):
                      "--go-file", go, "--result", f"/tmp/colo-{tag}-hi.json"]
             if name == "gvm_freeze":
                 hargs += ["--freeze-ctl", ctl_lo, "--freeze-lead", str(params.get("lead", 0))]
+            if name == "sigstop":
+                lo_ready = wait_ready(lo, f"{name} batch")
+                hargs += ["--sigstop-pid", str(lo_ready.get("pid", lo.pid))]
             hi = spawn("serve", hargs, env_hi, tag, out)
             # The batch warms up while the server loads and captures its graphs (so the
             # server's calibrated service time, used only when --rate is 0, is pessimistic).
             info = wait_ready(hi, f"{name} server", timeout=600)
-            if lo:
+            if lo and name != "sigstop":
                 wait_ready(lo, f"{name} batch")
             res["calibration"] = info
             smi = start_smi(tag)
@@ -635,6 +723,10 @@ def main():
     ap.add_argument("--freeze-lead", type=float, default=0.0,
                     help="serve: freeze the batch this many ms before each arrival")
     ap.add_argument("--result")
+    ap.add_argument("--batch-kind", default="mlp", choices=["mlp", "conv", "unet"],
+                    help="batch job: MLP training, ResNet-50 training, small UNet loop")
+    ap.add_argument("--sigstop-pid", type=int, default=0,
+                    help="serve: SIGSTOP this pid during each request, SIGCONT after")
     a = ap.parse_args()
     if a.role == "serve":
         serve(a)
