@@ -82,6 +82,11 @@ impl HostRoot {
         self.path("/sys/bus/mdev/devices")
     }
 
+    /// `/sys/bus/pci/devices`: PCI functions, among them SR-IOV PFs and their VFs.
+    pub fn pci_devices_dir(&self) -> PathBuf {
+        self.path("/sys/bus/pci/devices")
+    }
+
     /// `/sys/kernel/debug/nvidia-uvm/processes`: GVM's per-process gcgroup tree.
     pub fn gvm_processes_dir(&self) -> PathBuf {
         self.path("/sys/kernel/debug/nvidia-uvm/processes")
