@@ -66,6 +66,7 @@ pub fn hello(
         os: sys.os.clone(),
         kernel: sys.kernel.clone(),
         driver,
+        protocol: None,
         collector,
         gpus,
     }

@@ -42,6 +42,7 @@ const HELLO_FIELDS: &[&str] = &[
     "os",
     "kernel",
     "driver",
+    "protocol",
     "collector",
     "gpus",
 ];
@@ -61,6 +62,7 @@ const ANY_FIELDS: &[&str] = &[
     "os",
     "kernel",
     "driver",
+    "protocol",
     "collector",
     "gpus",
     "seq",
@@ -108,6 +110,7 @@ enum Key {
     Os,
     Kernel,
     Driver,
+    Protocol,
     Collector,
     Gpus,
     Seq,
@@ -122,9 +125,10 @@ impl Key {
     fn belongs_to(self, kind: Option<Kind>) -> bool {
         match (self, kind) {
             (Key::Type | Key::V | Key::Gpus, _) | (_, None) => true,
-            (Key::Agent | Key::Os | Key::Kernel | Key::Driver | Key::Collector, Some(k)) => {
-                k == Kind::Hello
-            }
+            (
+                Key::Agent | Key::Os | Key::Kernel | Key::Driver | Key::Protocol | Key::Collector,
+                Some(k),
+            ) => k == Kind::Hello,
             (Key::Seq | Key::TsMs | Key::Processes | Key::ProcessesOmitted, Some(k)) => {
                 k == Kind::Report
             }
@@ -139,6 +143,7 @@ impl Key {
             Key::Os => "os",
             Key::Kernel => "kernel",
             Key::Driver => "driver",
+            Key::Protocol => "protocol",
             Key::Collector => "collector",
             Key::Gpus => "gpus",
             Key::Seq => "seq",
@@ -172,6 +177,7 @@ impl Visitor<'_> for KeySeed {
             "os" => Key::Os,
             "kernel" => Key::Kernel,
             "driver" => Key::Driver,
+            "protocol" => Key::Protocol,
             "collector" => Key::Collector,
             "gpus" => Key::Gpus,
             "seq" => Key::Seq,
@@ -285,6 +291,7 @@ struct Slots {
     os: Option<String>,
     kernel: Option<String>,
     driver: Option<Option<String>>,
+    protocol: Option<Option<u32>>,
     collector: Option<CollectorKind>,
     gpus: Option<Gpus>,
     seq: Option<u64>,
@@ -326,6 +333,7 @@ impl Slots {
                         ("os", self.os.is_some()),
                         ("kernel", self.kernel.is_some()),
                         ("driver", self.driver.is_some()),
+                        ("protocol", self.protocol.is_some()),
                         ("collector", self.collector.is_some()),
                     ]
                     .into_iter()
@@ -349,6 +357,7 @@ impl Slots {
             Key::Os => put(&mut self.os, key, map.next_value()?)?,
             Key::Kernel => put(&mut self.kernel, key, map.next_value()?)?,
             Key::Driver => put(&mut self.driver, key, map.next_value()?)?,
+            Key::Protocol => put(&mut self.protocol, key, map.next_value()?)?,
             Key::Collector => put(&mut self.collector, key, map.next_value()?)?,
             Key::Gpus => {
                 let gpus = match self.kind {
@@ -377,6 +386,7 @@ impl Slots {
                 os: need(self.os, "os")?,
                 kernel: need(self.kernel, "kernel")?,
                 driver: self.driver.flatten(),
+                protocol: self.protocol.flatten(),
                 collector: need(self.collector, "collector")?,
                 gpus: gpus.into_info()?,
             }),

@@ -8,6 +8,7 @@ fn hello() -> Hello {
         os: "Debian".into(),
         kernel: "6.1".into(),
         driver: Some("580.65".into()),
+        protocol: None,
         collector: CollectorKind::Nvml,
         gpus: vec![GpuInfo {
             index: 0,

@@ -14,6 +14,7 @@ fn hello_line() -> Vec<u8> {
         os: "Debian GNU/Linux 12".into(),
         kernel: "6.1.0".into(),
         driver: Some("580.65".into()),
+        protocol: None,
         collector: CollectorKind::Nvml,
         gpus: vec![GpuInfo {
             index: 0,

@@ -38,6 +38,7 @@
 //! - `ingest`: the host's per-connection ingest state machine, bytes in, events out;
 //! - `message`: the wire messages and the protocol's hard limits;
 //! - `stats`: what the host keeps per domain, the latest hello and report plus counters;
+//! - `v2`: protocol v2, host snapshots and guest counters, busy and acks;
 //! - `validate`: decoding and checking one line: UTF-8, JSON, version, then every field.
 
 mod decode;
@@ -45,6 +46,7 @@ mod error;
 mod ingest;
 mod message;
 mod stats;
+pub mod v2;
 mod validate;
 
 pub use error::{log_safe, DisconnectReason, Violation};

@@ -78,6 +78,11 @@ pub struct Hello {
     /// NVIDIA driver version, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// The agent protocol the agent speaks: absent (a v1 agent) means 1; a v2
+    /// agent sends `2` and may then send the `v2` messages (counters, busy, ack)
+    /// and read host snapshots. `"v"` stays 1: the line format is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
     /// The collector in use.
     pub collector: CollectorKind,
     /// The GPUs the guest sees.
@@ -178,6 +183,13 @@ pub enum EncodeError {
         /// The limit.
         max: usize,
     },
+}
+
+impl Hello {
+    /// The agent protocol this hello announces (1 when the field is absent).
+    pub fn protocol(&self) -> u32 {
+        self.protocol.unwrap_or(1)
+    }
 }
 
 impl Message {

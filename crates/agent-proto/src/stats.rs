@@ -77,6 +77,7 @@ mod tests {
                 os: "o".into(),
                 kernel: "k".into(),
                 driver: None,
+                protocol: None,
                 collector: CollectorKind::Proc,
                 gpus: vec![],
             },

@@ -102,6 +102,14 @@ pub fn check_hello(h: &Hello) -> Result<(), Violation> {
     if let Some(d) = &h.driver {
         check_str(|| "driver".into(), d, MAX_STRING_BYTES)?;
     }
+    if let Some(p) = h.protocol {
+        check_range(
+            || "protocol".into(),
+            u64::from(p),
+            1,
+            u64::from(crate::v2::AGENT_PROTOCOL),
+        )?;
+    }
     if h.gpus.len() > MAX_GPUS {
         return Err(Violation::TooMany {
             field: "gpus",
@@ -229,6 +237,7 @@ mod tests {
             os: "Debian".into(),
             kernel: "6.1".into(),
             driver: None,
+            protocol: None,
             collector: CollectorKind::Nvml,
             gpus: vec![GpuInfo {
                 index: 0,

@@ -12,6 +12,7 @@ fn stats(processes: Vec<ProcessSample>) -> GuestStats {
             os: "Debian".into(),
             kernel: "6.1".into(),
             driver: None,
+            protocol: None,
             collector: CollectorKind::Nvml,
             gpus: vec![],
         },

@@ -1,0 +1,383 @@
+//! Agent protocol v2: the two-way channel between the host daemon and a guest's agent.
+//!
+//! Same port, same framing (one JSON object per `\n`-terminated line, at most
+//! [`crate::MAX_LINE_BYTES`]) and same host-side bounds as v1. A v2 agent says
+//! `"protocol":2` in its hello; a hello without it is a v1 agent, which keeps
+//! sending v1 reports and never sees a v2 line. v2 lines carry no `"v"`: they are
+//! told apart by `"type"`.
+//!
+//! Host → guest, [`HostMessage`]: an idempotent state [`Snapshot`] with a
+//! generation; a guest applies only a generation higher than the last it applied
+//! ([`SnapshotTracker`]), so lost, repeated or reordered lines do not matter.
+//!
+//! Guest → host, [`GuestMessage`]: per-process [`ProcessCounters`], the VM's
+//! busy/idle transition, and an [`Ack`] of a snapshot saying the state reached.
+//!
+//! ```text
+//! {"type":"snapshot","generation":7,"knobs":{"memory_limit":1073741824,"priority":2,"frozen":false,
+//!  "host_swap":false,"share_budget_us":null,"window_ms":null},"hold":false}
+//! {"type":"counters","processes":[{"pid":41,"name":"train","memory_current":4096,"memory_swap":0,
+//!  "kernels_submitted":10,"kernels_ended":9,"pending":1,"busy":true,"gpu_busy_us":1500}]}
+//! {"type":"busy","busy":true}
+//! {"type":"ack","generation":7,"reached":{"frozen":false,"held":false,"processes":1,"in_flight":0,
+//!  "memory_limit":1073741824,"priority":2}}
+//! ```
+//!
+//! Everything a guest sends is untrusted: [`parse_guest_line`] decodes and
+//! checks every field; whether an ack's generation was ever sent is the host's
+//! business (it alone knows what it sent).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{log_safe, Violation};
+use crate::message::{MAX_COUNTER, MAX_MEMORY_BYTES, MAX_PID, MAX_STRING_BYTES};
+
+/// The agent protocol this crate speaks at most (`"protocol"` in a hello).
+pub const AGENT_PROTOCOL: u32 = 2;
+/// Most process entries in one counters message.
+pub const MAX_V2_PROCESSES: usize = 256;
+/// Highest priority (0 is the highest, 16 the lowest, as on the host).
+pub const MAX_PRIORITY: u32 = 16;
+/// Longest process name in a counters message, bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Largest arbitration window accepted, ms (one minute).
+pub const MAX_WINDOW_MS: u32 = 60_000;
+
+/// The vGPU's effective knobs, as the guest must apply them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Knobs {
+    /// Memory limit per process in bytes; `None` = no limit.
+    pub memory_limit: Option<u64>,
+    /// Priority 0..=16 (0 highest); `None` = default.
+    pub priority: Option<u32>,
+    /// Every process held, in-flight kernels left to end.
+    pub frozen: bool,
+    /// Allocations past the limit may spill to host memory.
+    pub host_swap: bool,
+    /// GPU time budget per window, µs; `None` = unlimited.
+    pub share_budget_us: Option<u64>,
+    /// The budget's window, ms.
+    pub window_ms: Option<u32>,
+}
+
+/// Host → guest: the whole state the guest should be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Strictly increasing per VM across reconnects; the higher wins.
+    pub generation: u64,
+    /// The knobs.
+    pub knobs: Knobs,
+    /// The arbitration hold: a higher-priority VM or host process is busy.
+    pub hold: bool,
+}
+
+/// What the host sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// The state to apply.
+    Snapshot(Snapshot),
+}
+
+/// One shim process in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessCounters {
+    /// Guest pid (means nothing on the host).
+    pub pid: u32,
+    /// Short name, at most [`MAX_NAME_BYTES`].
+    pub name: String,
+    /// GPU memory held, bytes.
+    pub memory_current: u64,
+    /// GPU memory spilled to host memory, bytes.
+    pub memory_swap: u64,
+    /// Kernels launched since the process registered.
+    pub kernels_submitted: u64,
+    /// Kernels ended since the process registered (≤ submitted).
+    pub kernels_ended: u64,
+    /// Launches waiting on a hold or freeze.
+    pub pending: u32,
+    /// Whether the process has work in flight.
+    pub busy: bool,
+    /// GPU busy time, µs, since the process registered.
+    pub gpu_busy_us: u64,
+}
+
+/// Per-process counters of the guest's shim processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counters {
+    /// At most [`MAX_V2_PROCESSES`].
+    pub processes: Vec<ProcessCounters>,
+}
+
+/// A busy/idle transition of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Busy {
+    /// Busy now.
+    pub busy: bool,
+}
+
+/// The state the guest reached for a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reached {
+    /// Every process held for the freeze (with `in_flight` 0 it is complete).
+    pub frozen: bool,
+    /// Every process held for the arbitration hold.
+    pub held: bool,
+    /// Processes the snapshot was applied to.
+    pub processes: u32,
+    /// Kernels still in flight.
+    pub in_flight: u32,
+    /// The memory limit in force.
+    pub memory_limit: Option<u64>,
+    /// The priority in force.
+    pub priority: Option<u32>,
+}
+
+/// The acknowledgement of one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// The snapshot's generation.
+    pub generation: u64,
+    /// What was reached.
+    pub reached: Reached,
+}
+
+impl Ack {
+    /// Whether this ack completes a freeze: held, and nothing in flight.
+    pub fn freeze_complete(&self) -> bool {
+        self.reached.frozen && self.reached.in_flight == 0
+    }
+}
+
+/// What a v2 guest sends (besides v1's hello and report).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// Per-process counters.
+    Counters(Counters),
+    /// A busy/idle transition.
+    Busy(Busy),
+    /// A snapshot's acknowledgement.
+    Ack(Ack),
+}
+
+/// The `"type"` values of [`GuestMessage`].
+pub const GUEST_KINDS: &[&str] = &["counters", "busy", "ack"];
+
+impl HostMessage {
+    /// Encode as one line, without the newline.
+    pub fn to_line(&self) -> String {
+        // Only integers and booleans: serde_json cannot fail on these.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl GuestMessage {
+    /// Encode as one line, without the newline; a counters message with more than
+    /// [`MAX_V2_PROCESSES`] entries is cut to that many (the host refuses more).
+    pub fn to_line(&self) -> Result<String, crate::EncodeError> {
+        let line = match self {
+            GuestMessage::Counters(c) if c.processes.len() > MAX_V2_PROCESSES => {
+                let mut cut = c.clone();
+                cut.processes.truncate(MAX_V2_PROCESSES);
+                serde_json::to_string(&GuestMessage::Counters(cut))
+            }
+            m => serde_json::to_string(m),
+        };
+        line.map_err(crate::EncodeError::Json)
+    }
+}
+
+fn malformed(e: serde_json::Error) -> Violation {
+    Violation::Malformed {
+        detail: log_safe(&e.to_string(), 160),
+    }
+}
+
+fn range(field: impl FnOnce() -> String, value: u64, min: u64, max: u64) -> Result<(), Violation> {
+    if value < min || value > max {
+        return Err(Violation::OutOfRange {
+            field: field(),
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn check_knob_fields(
+    prefix: &str,
+    memory_limit: Option<u64>,
+    priority: Option<u32>,
+) -> Result<(), Violation> {
+    if let Some(m) = memory_limit {
+        range(|| format!("{prefix}.memory_limit"), m, 0, MAX_MEMORY_BYTES)?;
+    }
+    if let Some(p) = priority {
+        range(
+            || format!("{prefix}.priority"),
+            u64::from(p),
+            0,
+            u64::from(MAX_PRIORITY),
+        )?;
+    }
+    Ok(())
+}
+
+/// Check every field of a snapshot (the guest runs this on what the host sends).
+pub fn check_snapshot(s: &Snapshot) -> Result<(), Violation> {
+    range(|| "generation".into(), s.generation, 1, MAX_COUNTER)?;
+    check_knob_fields("knobs", s.knobs.memory_limit, s.knobs.priority)?;
+    if let Some(b) = s.knobs.share_budget_us {
+        range(|| "knobs.share_budget_us".into(), b, 0, MAX_COUNTER)?;
+    }
+    if let Some(w) = s.knobs.window_ms {
+        range(
+            || "knobs.window_ms".into(),
+            u64::from(w),
+            1,
+            u64::from(MAX_WINDOW_MS),
+        )?;
+    }
+    Ok(())
+}
+
+/// Check every field of a guest message.
+pub fn check_guest(m: &GuestMessage) -> Result<(), Violation> {
+    match m {
+        GuestMessage::Busy(_) => Ok(()),
+        GuestMessage::Ack(a) => {
+            range(|| "generation".into(), a.generation, 1, MAX_COUNTER)?;
+            check_knob_fields("reached", a.reached.memory_limit, a.reached.priority)?;
+            range(
+                || "reached.processes".into(),
+                u64::from(a.reached.processes),
+                0,
+                MAX_V2_PROCESSES as u64,
+            )
+        }
+        GuestMessage::Counters(c) => {
+            if c.processes.len() > MAX_V2_PROCESSES {
+                return Err(Violation::TooMany {
+                    field: "processes",
+                    count: c.processes.len(),
+                    max: MAX_V2_PROCESSES,
+                });
+            }
+            for (i, p) in c.processes.iter().enumerate() {
+                range(
+                    || format!("processes[{i}].pid"),
+                    u64::from(p.pid),
+                    1,
+                    u64::from(MAX_PID),
+                )?;
+                if p.name.len() > MAX_NAME_BYTES {
+                    return Err(Violation::StringTooLong {
+                        field: format!("processes[{i}].name"),
+                        len: p.name.len(),
+                        max: MAX_NAME_BYTES,
+                    });
+                }
+                if p.name.chars().any(char::is_control) {
+                    return Err(Violation::ControlCharacter {
+                        field: format!("processes[{i}].name"),
+                    });
+                }
+                for (f, v, max) in [
+                    ("memory_current", p.memory_current, MAX_MEMORY_BYTES),
+                    ("memory_swap", p.memory_swap, MAX_MEMORY_BYTES),
+                    ("kernels_submitted", p.kernels_submitted, MAX_COUNTER),
+                    ("gpu_busy_us", p.gpu_busy_us, MAX_COUNTER),
+                ] {
+                    range(|| format!("processes[{i}].{f}"), v, 0, max)?;
+                }
+                range(
+                    || format!("processes[{i}].kernels_ended"),
+                    p.kernels_ended,
+                    0,
+                    p.kernels_submitted,
+                )?;
+                if c.processes[..i].iter().any(|q| q.pid == p.pid) {
+                    return Err(Violation::OutOfRange {
+                        field: format!("processes[{i}].pid (appears twice)"),
+                        value: u64::from(p.pid),
+                        min: 1,
+                        max: u64::from(MAX_PID),
+                    });
+                }
+            }
+            let _ = MAX_STRING_BYTES;
+            Ok(())
+        }
+    }
+}
+
+/// The `"type"` of a line, read leniently (only on a failure path).
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Whether a line names one of the v2 guest message types (a lenient look, for
+/// routing a line v1's decoder refused).
+pub fn is_guest_kind(line: &[u8]) -> bool {
+    serde_json::from_slice::<TypeOnly>(line)
+        .map(|t| GUEST_KINDS.contains(&t.kind.as_str()))
+        .unwrap_or(false)
+}
+
+/// Decode and check one guest line (no newline) as a v2 message.
+pub fn parse_guest_line(line: &[u8]) -> Result<GuestMessage, Violation> {
+    let text = std::str::from_utf8(line).map_err(|e| Violation::InvalidUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    let m: GuestMessage = serde_json::from_str(text).map_err(malformed)?;
+    check_guest(&m)?;
+    Ok(m)
+}
+
+/// Decode and check one host line (no newline): what the guest's agent runs.
+pub fn parse_host_line(line: &[u8]) -> Result<Snapshot, Violation> {
+    let text = std::str::from_utf8(line).map_err(|e| Violation::InvalidUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    let HostMessage::Snapshot(s) = serde_json::from_str(text).map_err(malformed)?;
+    check_snapshot(&s)?;
+    Ok(s)
+}
+
+/// The guest's rule for snapshots: apply only a generation higher than the last
+/// applied; repeated or older ones are ignored (but may be re-acked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotTracker {
+    last: Option<Snapshot>,
+}
+
+impl SnapshotTracker {
+    /// Offer a snapshot; `true` when it is new and must be applied.
+    pub fn offer(&mut self, s: Snapshot) -> bool {
+        if self.last.is_some_and(|l| l.generation >= s.generation) {
+            return false;
+        }
+        self.last = Some(s);
+        true
+    }
+
+    /// The snapshot in force, if any.
+    pub fn current(&self) -> Option<&Snapshot> {
+        self.last.as_ref()
+    }
+}
+
+#[cfg(test)]
+#[path = "v2_tests.rs"]
+mod tests;
