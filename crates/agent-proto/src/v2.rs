@@ -30,7 +30,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{log_safe, Violation};
-use crate::message::{MAX_COUNTER, MAX_MEMORY_BYTES, MAX_PID, MAX_STRING_BYTES};
+use crate::message::{MAX_COUNTER, MAX_MEMORY_BYTES, MAX_PID};
 
 /// The agent protocol this crate speaks at most (`"protocol"` in a hello).
 pub const AGENT_PROTOCOL: u32 = 2;
@@ -314,7 +314,6 @@ pub fn check_guest(m: &GuestMessage) -> Result<(), Violation> {
                     });
                 }
             }
-            let _ = MAX_STRING_BYTES;
             Ok(())
         }
     }
