@@ -10,7 +10,7 @@
 //!   `vgpu_params`, `gpu_instance_id` and `placement_id`.
 //!
 //! A VF address is not a vGPU's identity: VFs are reused. [`Assignments`] gives each VF vGPU
-//! a UUID of the manager's own, stored with its (PF, VF, type), and [`VfHost::remove_assigned`]
+//! a UUID of the manager's own, stored with its (PF, VF, type), and [`Assignments::remove`]
 //! compares the VF's state with the record before writing `0`, so a stale remove cannot clear a
 //! later assignment.
 //!
