@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{log_safe, Violation};
 use crate::message::{MAX_COUNTER, MAX_MEMORY_BYTES, MAX_PID};
+use crate::validate::{check_range, check_str};
 
 /// The agent protocol this crate speaks at most (`"protocol"` in a hello).
 pub const AGENT_PROTOCOL: u32 = 2;
@@ -201,28 +202,16 @@ fn malformed(e: serde_json::Error) -> Violation {
     }
 }
 
-fn range(field: impl FnOnce() -> String, value: u64, min: u64, max: u64) -> Result<(), Violation> {
-    if value < min || value > max {
-        return Err(Violation::OutOfRange {
-            field: field(),
-            value,
-            min,
-            max,
-        });
-    }
-    Ok(())
-}
-
 fn check_knob_fields(
     prefix: &str,
     memory_limit: Option<u64>,
     priority: Option<u32>,
 ) -> Result<(), Violation> {
     if let Some(m) = memory_limit {
-        range(|| format!("{prefix}.memory_limit"), m, 0, MAX_MEMORY_BYTES)?;
+        check_range(|| format!("{prefix}.memory_limit"), m, 0, MAX_MEMORY_BYTES)?;
     }
     if let Some(p) = priority {
-        range(
+        check_range(
             || format!("{prefix}.priority"),
             u64::from(p),
             0,
@@ -234,13 +223,13 @@ fn check_knob_fields(
 
 /// Check every field of a snapshot (the guest runs this on what the host sends).
 pub fn check_snapshot(s: &Snapshot) -> Result<(), Violation> {
-    range(|| "generation".into(), s.generation, 1, MAX_COUNTER)?;
+    check_range(|| "generation".into(), s.generation, 1, MAX_COUNTER)?;
     check_knob_fields("knobs", s.knobs.memory_limit, s.knobs.priority)?;
     if let Some(b) = s.knobs.share_budget_us {
-        range(|| "knobs.share_budget_us".into(), b, 0, MAX_COUNTER)?;
+        check_range(|| "knobs.share_budget_us".into(), b, 0, MAX_COUNTER)?;
     }
     if let Some(w) = s.knobs.window_ms {
-        range(
+        check_range(
             || "knobs.window_ms".into(),
             u64::from(w),
             1,
@@ -255,9 +244,9 @@ pub fn check_guest(m: &GuestMessage) -> Result<(), Violation> {
     match m {
         GuestMessage::Busy(_) => Ok(()),
         GuestMessage::Ack(a) => {
-            range(|| "generation".into(), a.generation, 1, MAX_COUNTER)?;
+            check_range(|| "generation".into(), a.generation, 1, MAX_COUNTER)?;
             check_knob_fields("reached", a.reached.memory_limit, a.reached.priority)?;
-            range(
+            check_range(
                 || "reached.processes".into(),
                 u64::from(a.reached.processes),
                 0,
@@ -273,33 +262,22 @@ pub fn check_guest(m: &GuestMessage) -> Result<(), Violation> {
                 });
             }
             for (i, p) in c.processes.iter().enumerate() {
-                range(
+                check_range(
                     || format!("processes[{i}].pid"),
                     u64::from(p.pid),
                     1,
                     u64::from(MAX_PID),
                 )?;
-                if p.name.len() > MAX_NAME_BYTES {
-                    return Err(Violation::StringTooLong {
-                        field: format!("processes[{i}].name"),
-                        len: p.name.len(),
-                        max: MAX_NAME_BYTES,
-                    });
-                }
-                if p.name.chars().any(char::is_control) {
-                    return Err(Violation::ControlCharacter {
-                        field: format!("processes[{i}].name"),
-                    });
-                }
+                check_str(|| format!("processes[{i}].name"), &p.name, MAX_NAME_BYTES)?;
                 for (f, v, max) in [
                     ("memory_current", p.memory_current, MAX_MEMORY_BYTES),
                     ("memory_swap", p.memory_swap, MAX_MEMORY_BYTES),
                     ("kernels_submitted", p.kernels_submitted, MAX_COUNTER),
                     ("gpu_busy_us", p.gpu_busy_us, MAX_COUNTER),
                 ] {
-                    range(|| format!("processes[{i}].{f}"), v, 0, max)?;
+                    check_range(|| format!("processes[{i}].{f}"), v, 0, max)?;
                 }
-                range(
+                check_range(
                     || format!("processes[{i}].kernels_ended"),
                     p.kernels_ended,
                     0,

@@ -39,7 +39,11 @@ pub fn parse_line(line: &[u8]) -> Result<Message, Violation> {
     }
 }
 
-fn check_str(field: impl FnOnce() -> String, s: &str, max: usize) -> Result<(), Violation> {
+pub(crate) fn check_str(
+    field: impl FnOnce() -> String,
+    s: &str,
+    max: usize,
+) -> Result<(), Violation> {
     if s.len() > max {
         return Err(Violation::StringTooLong {
             field: field(),
@@ -63,7 +67,7 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-fn check_range(
+pub(crate) fn check_range(
     field: impl FnOnce() -> String,
     value: u64,
     min: u64,
