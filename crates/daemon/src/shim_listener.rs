@@ -8,6 +8,12 @@
 //! (`SCM_RIGHTS`, received close-on-exec; any other descriptor is closed at once), hands both
 //! to [`register`] off the async threads, and holds each connection open until the process
 //! closes it, at which point its registration is dropped.
+//!
+//! It also runs the cross-domain arbitration relay ([`RelayHub`]): the reply to an accepted
+//! registration carries, for each GPU the process uses, the arbitration block of its domain
+//! (its uid in its pid namespace) as a sealed memfd, listed in `"arbiters"` and attached in
+//! that order; a block the process hands back (a second descriptor, after a daemon restart)
+//! is taken back as its domain's block. A process leaves the relay when its connection ends.
 //! The socket is open to every user, so failed accepts back off
 //! ([`crate::accept::AcceptBackoff`]) and refusals and failed accepts are each logged at
 //! most once per [`crate::accept::LOG_INTERVAL`], with the number held back.
@@ -20,13 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gvm_host_root::HostRoot;
-use gvm_shim_abi::sys::recv_with_fd;
+use gvm_shim_abi::sys::{recv_with_fds, send_bytes, send_with_fds};
 use gvm_shim_host::handover::Refusal;
 use gvm_shim_host::handover::{
-    refusal_reply, refuse, register, Peer, UidSlots, MAX_CONNECTIONS, MAX_LINE, MAX_PER_UID,
-    SOCKET_PATH,
+    pid_namespace, refusal_reply, refuse, register, Peer, UidSlots, MAX_CONNECTIONS, MAX_LINE,
+    MAX_PER_UID, SOCKET_PATH,
 };
-use gvm_shim_host::registry::ShimRegistry;
+use gvm_shim_host::registry::{Registration, ShimRegistry};
+use gvm_shim_host::relay::DomainKey;
+use gvm_shim_host::relay_hub::RelayHub;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -112,6 +120,7 @@ type Log = Arc<EventLog<Event>>;
 pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimRegistry>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let uid_slots = UidSlots::new(MAX_PER_UID);
+    let hub = RelayHub::new(registry.clone());
     let log: Log = Arc::new(EventLog::new(LOG_INTERVAL));
     let mut backoff = AcceptBackoff::default();
     let mut flush = tokio::time::interval(LOG_INTERVAL);
@@ -157,7 +166,7 @@ pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimReg
             .as_ref()
             .ok()
             .map(|c| (c.uid(), uid_slots.take(c.uid())));
-        let (host, registry, log) = (host.clone(), registry.clone(), log.clone());
+        let (host, registry, log, hub) = (host.clone(), registry.clone(), log.clone(), hub.clone());
         tokio::spawn(async move {
             let refusal = match (&slot, &uid_slot) {
                 (Err(_), _) => Some(format!(
@@ -169,7 +178,7 @@ pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimReg
                 _ => None,
             };
             match refusal {
-                None => connection(stream, cred, host, registry, &log).await,
+                None => connection(stream, cred, host, registry, hub, &log).await,
                 Some(why) => {
                     if let Some((u, _)) = uid_slot {
                         if let Some(more) = log.allow(Event::Refused) {
@@ -191,11 +200,12 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> bool {
 }
 
 /// Read one request line (at most [`MAX_LINE`] bytes, newline included) from `stream`, and
-/// the descriptor that came with its first bytes. Bytes after the newline are dropped (a shim
-/// sends nothing before the reply); so are descriptors that come later.
-async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>), Refusal> {
+/// the descriptors that came with its first bytes (the control block, then an arbitration
+/// block handed back; any more are closed). Bytes after the newline are dropped (a shim sends
+/// nothing before the reply); so are descriptors that come later.
+async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), Refusal> {
     let mut line = Vec::with_capacity(512);
-    let mut handed: Option<OwnedFd> = None;
+    let mut handed: Vec<OwnedFd> = Vec::new();
     let mut chunk = [0u8; 1024];
     let mut first = true;
     loop {
@@ -205,7 +215,7 @@ async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>),
             .readable()
             .await
             .map_err(|e| refuse("request", format!("read failed: {e}")))?;
-        let got = stream.try_io(Interest::READABLE, || recv_with_fd(stream.as_fd(), buf));
+        let got = stream.try_io(Interest::READABLE, || recv_with_fds(stream.as_fd(), buf, 2));
         let (n, fd) = match got {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -234,11 +244,81 @@ async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>),
     ))
 }
 
+/// Send `v` as one line with `fds` attached to the first bytes (none: a plain write).
+async fn send_with(stream: &UnixStream, v: &Value, fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+    let mut out = v.to_string().into_bytes();
+    out.push(b'\n');
+    let mut rest: &[u8] = &out;
+    let mut first = !fds.is_empty();
+    while !rest.is_empty() {
+        if stream.writable().await.is_err() {
+            return false;
+        }
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            if first {
+                send_with_fds(stream.as_fd(), rest, fds)
+            } else {
+                send_bytes(stream.as_fd(), rest)
+            }
+        });
+        match sent {
+            Ok(0) => return false,
+            Ok(n) => {
+                first = false;
+                rest = rest.get(n..).unwrap_or_default();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Put the registered process `reg` (host pid `peer.pid`) into the arbitration relay and
+/// add its domain's blocks to `reply`; returns the blocks to attach, in the reply's order.
+fn join_relay(
+    hub: &RelayHub,
+    host: &HostRoot,
+    peer: Peer,
+    reg: &Registration,
+    back: Option<OwnedFd>,
+    reply: &mut Value,
+) -> Vec<Arc<gvm_shim_abi::priority::ArbiterMap>> {
+    let domain = DomainKey::Host {
+        uid: peer.uid,
+        pid_ns: pid_namespace(host, peer.pid).unwrap_or(0),
+    };
+    let gpus: Vec<String> = reg.gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
+    let handed = reg.arbiter_back.clone().zip(back);
+    let mut names = Vec::new();
+    let mut blocks = Vec::new();
+    for (pci, got) in hub.join(peer.pid, reg.ns_pid, domain, &gpus, handed) {
+        match got {
+            Ok(b) if b.fd().is_some() => {
+                names.push(pci);
+                blocks.push(b);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(pid = peer.pid, "no relayed arbitration block: {e}");
+                if let Some(o) = reply.as_object_mut() {
+                    o.insert("arbiter_note".into(), Value::String(e.to_string()));
+                }
+            }
+        }
+    }
+    if let Some(o) = reply.as_object_mut() {
+        o.insert("arbiters".into(), Value::String(names.join(",")));
+    }
+    blocks
+}
+
 async fn connection(
     stream: UnixStream,
     cred: std::io::Result<tokio::net::unix::UCred>,
     host: HostRoot,
     registry: Arc<ShimRegistry>,
+    hub: Arc<RelayHub>,
     log: &EventLog<Event>,
 ) {
     let peer = match cred {
@@ -258,15 +338,21 @@ async fn connection(
             format!("no request line within {READ_TIMEOUT:?}"),
         )),
         Ok(Err(r)) => Err(r),
-        Ok(Ok((line, fd))) => {
+        Ok(Ok((line, fds))) => {
             let id = registry.connection_id();
-            let (h, reg) = (host.clone(), registry.clone());
-            tokio::task::spawn_blocking(move || register(&h, &reg, peer, id, &line, fd))
-                .await
-                .unwrap_or_else(|e| Err(refuse("request", format!("validation failed: {e}"))))
+            let (h, reg, hub) = (host.clone(), registry.clone(), hub.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut fds = fds.into_iter();
+                let control = fds.next();
+                let (r, mut reply) = register(&h, &reg, peer, id, &line, control)?;
+                let blocks = join_relay(&hub, &h, peer, &r, fds.next(), &mut reply);
+                Ok((r, reply, blocks))
+            })
+            .await
+            .unwrap_or_else(|e| Err(refuse("request", format!("validation failed: {e}"))))
         }
     };
-    let (reg, reply) = match outcome {
+    let (reg, reply, blocks) = match outcome {
         Ok(ok) => ok,
         Err(r) => {
             if let Some(more) = log.allow(Event::Refused) {
@@ -287,10 +373,14 @@ async fn connection(
         gpus = ?reg.gpus.iter().map(|g| g.pci_bus_id.as_str()).collect::<Vec<_>>(),
         "CUDA shim process registered"
     );
-    if !send(&mut stream, &reply).await {
-        registry.remove(peer.pid, reg.connection);
+    let fds: Vec<_> = blocks.iter().filter_map(|b| b.fd()).collect();
+    if !send_with(&stream, &reply, &fds).await {
+        if registry.remove(peer.pid, reg.connection) {
+            hub.leave(peer.pid);
+        }
         return;
     }
+    drop(fds);
     // Hold the connection until the process closes it; anything more it sends is ignored
     // (and a descriptor sent with it is discarded by the kernel: no room was given for it).
     let mut sink = [0u8; 256];
@@ -301,6 +391,7 @@ async fn connection(
         }
     }
     if registry.remove(peer.pid, reg.connection) {
+        hub.leave(peer.pid);
         info!(
             pid = peer.pid,
             "CUDA shim process unregistered (connection closed)"

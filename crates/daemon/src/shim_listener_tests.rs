@@ -82,15 +82,22 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
             pci_bus_id: "0000:3B:00.0".into(),
         }],
         vgpu_uuid: None,
+        arbiter: None,
     };
     let (s2, r2, b2) = (sock.clone(), request.clone(), block.clone());
     let registered = tokio::task::spawn_blocking(move || {
-        connect_and_register(&s2, &r2, b2.fd().unwrap(), Duration::from_secs(2))
+        connect_and_register(&s2, &r2, b2.fd().unwrap(), None, Duration::from_secs(2))
     })
     .await
     .unwrap()
     .unwrap();
     assert!(registered.reply.ok);
+    // Its domain's arbitration block came with the reply, as a sealed memfd.
+    assert_eq!(registered.reply.arbiters, ["0000:3b:00.0"]);
+    let (pci, fd) = registered.arbiters.first().expect("one block");
+    assert_eq!(pci, "0000:3b:00.0");
+    let arb = gvm_shim_abi::priority::ArbiterMap::from_handed_fd(fd.try_clone().unwrap())
+        .expect("a sealed arbitration block");
     let backend = ShimBackend::new(host.clone(), reg.clone(), Arc::new(GatingModes::new()));
     assert_eq!(backend.processes().unwrap(), vec![me]);
     assert_eq!(
@@ -106,12 +113,40 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
     backend.set_frozen(me, 0, true).unwrap();
     assert_eq!(block.block().frozen.load(Ordering::Acquire), 1);
 
+    // Registering again (as after a daemon restart) handing the block back keeps it.
+    let mut again = request.clone();
+    again.arbiter = Some("0000:3b:00.0".into());
+    let back = arb.fd().unwrap().try_clone_to_owned().unwrap();
+    let (s4, b4) = (sock.clone(), block.clone());
+    let second = tokio::task::spawn_blocking(move || {
+        connect_and_register(
+            &s4,
+            &again,
+            b4.fd().unwrap(),
+            Some(back.as_fd()),
+            Duration::from_secs(2),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let same = gvm_shim_abi::priority::ArbiterMap::from_handed_fd(
+        second.arbiters[0].1.try_clone().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        same.file_id(),
+        arb.file_id(),
+        "one block per domain and GPU"
+    );
+    drop(second);
+
     // Another pid's claim on the same socket is refused, naming the field.
     let mut lie = request.clone();
     lie.pid = me + 1;
     let (s3, b3) = (sock.clone(), block.clone());
     let e = tokio::task::spawn_blocking(move || {
-        connect_and_register(&s3, &lie, b3.fd().unwrap(), Duration::from_secs(2))
+        connect_and_register(&s3, &lie, b3.fd().unwrap(), None, Duration::from_secs(2))
     })
     .await
     .unwrap()

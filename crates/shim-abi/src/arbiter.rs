@@ -39,7 +39,7 @@ use crate::config::MAX_PRIORITY;
 /// `"GVMARB01"` little-endian: marks an initialised arbitration block.
 pub const ARB_MAGIC: u64 = u64::from_le_bytes(*b"GVMARB01");
 /// Layout version of [`ArbiterBlock`].
-pub const ARB_VERSION: u32 = 3;
+pub const ARB_VERSION: u32 = 4;
 /// Processes per GPU that can take part.
 pub const SLOTS: usize = 64;
 /// Size the block file is given.
@@ -126,6 +126,16 @@ pub struct ArbiterHeader {
     /// only by the daemon's relay (`gvm_shim_host::relay`); [`ArbiterBlock::higher_busy`]
     /// ORs it with the local counts. A domain that overwrites it only holds or frees itself.
     pub external_busy: AtomicU32,
+    /// Priorities *registered* in other arbitration domains on this GPU (bit p), written only
+    /// by the relay: [`ArbiterBlock::role`] counts them, so a process alone in its block still
+    /// publishes `busy` when another domain holds a less important process, and still yields
+    /// when another domain holds a more important one. A change bumps `generation`.
+    pub external_present: AtomicU32,
+    /// Nonzero while a relay watches this block: every busy transition then also bumps
+    /// [`ArbiterHeader::ring`] and wakes it (one futex wake per transition, never per launch).
+    pub relay_armed: AtomicU32,
+    /// The relay's doorbell: bumped (and futex-woken) on busy transitions while armed.
+    pub ring: AtomicU32,
     /// Busy slots per priority.
     pub busy_at: [AtomicU32; PRIOS],
 }
@@ -219,6 +229,9 @@ impl ArbiterBlock {
                 generation: AtomicU32::new(0),
                 wake: AtomicU32::new(0),
                 external_busy: AtomicU32::new(0),
+                external_present: AtomicU32::new(0),
+                relay_armed: AtomicU32::new(0),
+                ring: AtomicU32::new(0),
                 busy_at: std::array::from_fn(|_| AtomicU32::new(0)),
             },
             slots: std::array::from_fn(|_| Slot {
@@ -328,6 +341,7 @@ impl ArbiterBlock {
             (false, true) => {
                 count.fetch_add(1, Ordering::SeqCst);
                 self.refresh_gates_below(priority);
+                self.ring_relay(env);
             }
             (true, false) => {
                 let _ = count.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |v| {
@@ -336,10 +350,45 @@ impl ArbiterBlock {
                 self.refresh_gates_below(priority);
                 self.header.wake.fetch_add(1, Ordering::SeqCst);
                 env.wake(&self.header.wake);
+                self.ring_relay(env);
             }
             _ => {}
         }
         prev
+    }
+
+    /// Tell a watching relay that a busy flag moved (nothing when none watches).
+    #[inline]
+    fn ring_relay(&self, env: &dyn Env) {
+        if self.header.relay_armed.load(Ordering::Relaxed) != 0 {
+            self.header.ring.fetch_add(1, Ordering::SeqCst);
+            env.wake(&self.header.ring);
+        }
+    }
+
+    /// The relay's write: the priorities `busy` and `present` (registered) in the *other*
+    /// domains on this GPU. Brings every slot's GPU-side gate up to date, wakes held launches
+    /// when a busy priority went away, and bumps the generation when `present` changed (so
+    /// cached roles are recomputed). Priorities above [`MAX_PRIORITY`] are dropped.
+    pub fn set_external(&self, busy: u32, present: u32, env: &dyn Env) {
+        let mask = (1u32 << PRIOS) - 1;
+        let (busy, present) = (busy & mask, present & mask);
+        let old_present = self.header.external_present.swap(present, Ordering::SeqCst);
+        let old_busy = self.header.external_busy.swap(busy, Ordering::SeqCst);
+        if old_busy != busy {
+            for s in &self.slots {
+                if s.pid.load(Ordering::Acquire) != 0 {
+                    self.refresh_gate(s);
+                }
+            }
+            if old_busy & !busy != 0 {
+                self.header.wake.fetch_add(1, Ordering::SeqCst);
+                env.wake(&self.header.wake);
+            }
+        }
+        if old_present != present {
+            self.bump_generation();
+        }
     }
 
     /// Bring the GPU-side gate of every slot less important than `priority` up to date (a
@@ -396,7 +445,12 @@ impl ArbiterBlock {
             return Role::default();
         };
         let mine = me.priority.load(Ordering::Acquire);
-        let mut role = Role::default();
+        let present = self.header.external_present.load(Ordering::Acquire);
+        let below = (1u32 << prio_index(mine)) - 1;
+        let mut role = Role {
+            has_higher: present & below != 0,
+            has_lower: present & !below & !(1u32 << prio_index(mine)) != 0,
+        };
         for (j, s) in self.slots.iter().enumerate() {
             if j == i || s.pid.load(Ordering::Acquire) == 0 {
                 continue;
@@ -847,6 +901,93 @@ mod tests {
         b.header.external_busy.store(0, Ordering::SeqCst);
         b.refresh_gate(&b.slots[lo]);
         assert_eq!(gates(&b, &[lo]), [0]);
+    }
+
+    #[test]
+    fn the_relays_write_opens_and_closes_gates_and_wakes_held_launches() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let lo = b.register(2, 8, &env).expect("slot");
+        let eq = b.register(3, 3, &env).expect("slot");
+        b.set_external(1 << 3, 1 << 3, &env);
+        assert_eq!(
+            gates(&b, &[lo, eq]),
+            [1, 0],
+            "only the less important gate closes"
+        );
+        assert!(b.higher_busy(8) && !b.higher_busy(3));
+        let wake = b.header.wake.load(Ordering::SeqCst);
+        b.set_external(0, 1 << 3, &env);
+        assert_eq!(gates(&b, &[lo, eq]), [0, 0]);
+        assert_ne!(
+            b.header.wake.load(Ordering::SeqCst),
+            wake,
+            "a busy priority that went away wakes the held launches"
+        );
+        b.set_external(u32::MAX, u32::MAX, &env);
+        assert_eq!(
+            b.header.external_busy.load(Ordering::SeqCst),
+            (1 << PRIOS) - 1,
+            "bits past the last priority are dropped"
+        );
+    }
+
+    #[test]
+    fn another_domains_registered_priorities_give_a_lone_slot_its_role() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let me = b.register(2, 4, &env).expect("slot");
+        assert!(b.role(me).is_alone());
+        let g = b.generation();
+        b.set_external(0, 1 << 8, &env);
+        assert_ne!(
+            b.generation(),
+            g,
+            "a change of presence bumps the generation"
+        );
+        assert_eq!(
+            b.role(me),
+            Role {
+                has_higher: false,
+                has_lower: true
+            },
+            "a less important process elsewhere makes this one publish busy"
+        );
+        b.set_external(0, 1 << 1, &env);
+        assert_eq!(
+            b.role(me),
+            Role {
+                has_higher: true,
+                has_lower: false
+            }
+        );
+        b.set_external(0, 1 << 4, &env);
+        assert!(
+            b.role(me).is_alone(),
+            "an equal priority elsewhere is neither"
+        );
+        let g = b.generation();
+        b.set_external(1 << 4, 1 << 4, &env);
+        assert_eq!(b.generation(), g, "busy alone does not change roles");
+    }
+
+    #[test]
+    fn busy_transitions_ring_the_relay_only_while_armed() {
+        let env = Fake::new();
+        let b = ArbiterBlock::new_boxed();
+        let s = b.register(2, 4, &env).expect("slot");
+        b.set_busy(s, true, &env);
+        b.set_busy(s, false, &env);
+        assert_eq!(b.header.ring.load(Ordering::SeqCst), 0, "nobody watches");
+        b.header.relay_armed.store(1, Ordering::SeqCst);
+        b.set_busy(s, true, &env);
+        b.set_busy(s, true, &env);
+        b.set_busy(s, false, &env);
+        assert_eq!(
+            b.header.ring.load(Ordering::SeqCst),
+            2,
+            "one ring per transition, none for a repeated state"
+        );
     }
 
     #[test]

@@ -84,11 +84,17 @@ pub fn arbiter_path(
     }
 }
 
+/// The name an arbitration block made as a memfd shows in `/proc/<pid>/fd`.
+const ARB_MEMFD_NAME: &std::ffi::CStr = c"gvm-vgpu-arbiter";
+
 /// A mapped arbitration block.
 #[derive(Debug)]
 pub struct ArbiterMap {
     map: SharedMapping,
     path: PathBuf,
+    /// The descriptor of a block that is a sealed memfd (made by a manager, or handed over):
+    /// what [`ArbiterMap::fd`] hands on. `None` for a block file opened by path.
+    memfd: Option<std::fs::File>,
 }
 
 impl ArbiterMap {
@@ -163,6 +169,7 @@ impl ArbiterMap {
         let m = ArbiterMap {
             map,
             path: path.to_path_buf(),
+            memfd: None,
         };
         let b = m.block();
         let magic = b.header.magic.load(Ordering::Acquire);
@@ -178,6 +185,107 @@ impl ArbiterMap {
         }
         debug_assert_eq!(b.header.magic.load(Ordering::Relaxed), ARB_MAGIC);
         Ok(m)
+    }
+
+    /// For a manager: a new, initialised block in an anonymous memfd of [`ARB_FILE_LEN`]
+    /// bytes sealed against shrinking, growing and further sealing. It is in no directory, so
+    /// nobody can pre-create, replace or truncate it; it is shared only by handing its
+    /// descriptor ([`ArbiterMap::fd`]) to the processes of one arbitration domain.
+    pub fn create_sealed() -> Result<ArbiterMap> {
+        let shown = PathBuf::from(format!("memfd:{}", ARB_MEMFD_NAME.to_string_lossy()));
+        let fd = ffi::sealed_memfd(ARB_MEMFD_NAME, ARB_FILE_LEN as u64).map_err(|source| {
+            Error::CreateMemfd {
+                errno: source.raw_os_error().unwrap_or(0),
+                source,
+            }
+        })?;
+        let file = std::fs::File::from(fd);
+        let map = SharedMapping::map(&file, ARB_FILE_LEN).map_err(|source| Error::OpenArbiter {
+            path: shown.clone(),
+            errno: source.raw_os_error().unwrap_or(0),
+            source,
+        })?;
+        let m = ArbiterMap {
+            map,
+            path: shown,
+            memfd: Some(file),
+        };
+        m.block().initialise();
+        Ok(m)
+    }
+
+    /// Map a block handed over as `fd` (by the daemon to a shim, or back by a shim to a
+    /// restarted daemon), if its size can never change: a memfd sealed against shrinking and
+    /// growing, not against writing, of exactly [`ARB_FILE_LEN`] bytes, holding a block of
+    /// this layout. The seals are checked before the size. Anything else is
+    /// [`Error::UnsafeArbiter`] or [`Error::BadArbiter`]. The mapping cannot fault; what other
+    /// processes write into it stays untrusted.
+    pub fn from_handed_fd(fd: std::os::fd::OwnedFd) -> Result<ArbiterMap> {
+        use std::os::fd::AsFd;
+        let file = std::fs::File::from(fd);
+        let shown = match file.metadata() {
+            Ok(m) => PathBuf::from(format!(
+                "handed-over arbitration block (device {:#x}, inode {})",
+                m.dev(),
+                m.ino()
+            )),
+            Err(_) => PathBuf::from("handed-over arbitration block"),
+        };
+        let unsafe_file = |problem: String| Error::UnsafeArbiter {
+            path: shown.clone(),
+            problem,
+        };
+        let io_err = |source: std::io::Error| Error::OpenArbiter {
+            path: shown.clone(),
+            errno: source.raw_os_error().unwrap_or(0),
+            source,
+        };
+        let seals = ffi::get_seals(file.as_fd())
+            .map_err(|e| unsafe_file(format!("not a sealable memfd ({e})")))?;
+        if seals & ffi::SEAL_SHRINK == 0 || seals & ffi::SEAL_GROW == 0 {
+            return Err(unsafe_file(format!(
+                "seals {seals:#x} do not forbid shrinking and growing"
+            )));
+        }
+        if seals & (ffi::SEAL_WRITE | ffi::SEAL_FUTURE_WRITE) != 0 {
+            return Err(unsafe_file(format!("seals {seals:#x} forbid writing")));
+        }
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.file_type().is_file() || meta.len() != ARB_FILE_LEN as u64 {
+            return Err(unsafe_file(format!(
+                "{} bytes, not {ARB_FILE_LEN}",
+                meta.len()
+            )));
+        }
+        let map = SharedMapping::map(&file, ARB_FILE_LEN).map_err(io_err)?;
+        let m = ArbiterMap {
+            map,
+            path: shown.clone(),
+            memfd: Some(file),
+        };
+        let b = m.block();
+        if !b.is_valid() {
+            return Err(Error::BadArbiter {
+                path: shown,
+                magic: b.header.magic.load(Ordering::Acquire),
+                version: b.header.version.load(Ordering::Relaxed),
+                expected_version: ARB_VERSION,
+            });
+        }
+        Ok(m)
+    }
+
+    /// The descriptor of a memfd block, to hand to another process; `None` for a block
+    /// file opened by path (which is never handed on).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.memfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The memfd's (device, inode): the same block handed over twice has the same one.
+    pub fn file_id(&self) -> Option<(u64, u64)> {
+        let m = self.memfd.as_ref()?.metadata().ok()?;
+        Some((m.dev(), m.ino()))
     }
 
     /// The block.
@@ -471,6 +579,49 @@ mod tests {
                 errno: libc::ELOOP,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn a_sealed_block_travels_as_a_descriptor_and_only_sealed_ones_are_mapped() {
+        use std::os::fd::AsFd;
+        let made = ArbiterMap::create_sealed().expect("memfd block");
+        let fd = made
+            .fd()
+            .expect("a memfd")
+            .try_clone_to_owned()
+            .expect("dup");
+        let theirs = ArbiterMap::from_handed_fd(fd).expect("a sealed block is taken");
+        assert_eq!(theirs.file_id(), made.file_id());
+        let p = Participant::join(theirs, 7, 2).expect("slot");
+        assert_eq!(
+            made.block().slots[p.slot()].pid.load(Ordering::SeqCst),
+            7,
+            "one block"
+        );
+        // A plain memfd (resizable by whoever holds it) is refused before it is mapped.
+        let loose = ffi::memfd_create(c"loose").expect("memfd");
+        std::fs::File::from(loose.try_clone().expect("dup"))
+            .set_len(ARB_FILE_LEN as u64)
+            .expect("size");
+        let e = ArbiterMap::from_handed_fd(loose).expect_err("unsealed");
+        assert!(e.to_string().contains("shrinking and growing"), "{e}");
+        // A sealed memfd of the wrong size, and a regular file, are refused too.
+        let small = ffi::sealed_memfd(c"small", 64).expect("memfd");
+        assert!(ArbiterMap::from_handed_fd(small)
+            .expect_err("wrong size")
+            .to_string()
+            .contains("64 bytes"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = std::fs::File::create(dir.path().join("f")).expect("file");
+        let e = ArbiterMap::from_handed_fd(f.as_fd().try_clone_to_owned().expect("dup"))
+            .expect_err("a file");
+        assert!(matches!(e, Error::UnsafeArbiter { .. }), "{e:?}");
+        // A sealed block of garbage is not a block.
+        let junk = ffi::sealed_memfd(c"junk", ARB_FILE_LEN as u64).expect("memfd");
+        assert!(matches!(
+            ArbiterMap::from_handed_fd(junk),
+            Err(Error::BadArbiter { .. })
         ));
     }
 

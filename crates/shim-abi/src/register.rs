@@ -26,7 +26,6 @@
 //! parses it with a real one and validates every field.
 
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -108,6 +107,10 @@ pub struct Request {
     pub gpus: Vec<GpuId>,
     /// `GVM_VGPU_UUID`, when set (informational: ownership follows the daemon's rules).
     pub vgpu_uuid: Option<String>,
+    /// The PCI bus id of the GPU whose arbitration block (one a daemon handed over earlier)
+    /// travels back as the request's second descriptor: after a daemon restart, the new
+    /// daemon takes the block the process's domain already shares instead of splitting it.
+    pub arbiter: Option<String>,
 }
 
 /// `s` as a JSON string literal.
@@ -144,8 +147,12 @@ impl Request {
             .vgpu_uuid
             .as_deref()
             .map_or_else(|| "null".to_string(), json_string);
+        let arbiter = self
+            .arbiter
+            .as_deref()
+            .map_or_else(String::new, |a| format!(",\"arbiter\":{}", json_string(a)));
         format!(
-            "{{\"version\":{},\"pid\":{},\"control\":{},\"gpus\":[{}],\"vgpu_uuid\":{}}}\n",
+            "{{\"version\":{},\"pid\":{},\"control\":{},\"gpus\":[{}],\"vgpu_uuid\":{}{arbiter}}}\n",
             self.version,
             self.pid,
             json_string(&self.control),
@@ -164,6 +171,9 @@ pub struct Reply {
     pub gpu: Option<u32>,
     /// The daemon's reason for refusing.
     pub error: Option<String>,
+    /// The PCI bus ids of the GPUs whose arbitration blocks came with the reply, in the
+    /// order of its descriptors (`"arbiters":"0000:3b:00.0,0000:af:00.0"`).
+    pub arbiters: Vec<String>,
 }
 
 /// The raw text of `key`'s value in a flat JSON object line (enough for the daemon's
@@ -196,10 +206,19 @@ impl Reply {
             "false" => false,
             _ => return None,
         };
+        let arbiters = raw_value(line, "arbiters")
+            .map(|list| {
+                list.split(',')
+                    .filter_map(normalise_pci_bus_id)
+                    .take(sys::MAX_RECEIVED_FDS)
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(Reply {
             ok,
             gpu: raw_value(line, "gpu").and_then(|v| v.parse().ok()),
             error: raw_value(line, "error").map(|e| e.replace("\\\"", "\"")),
+            arbiters,
         })
     }
 }
@@ -262,15 +281,20 @@ pub struct Registered {
     pub connection: OwnedFd,
     /// The daemon's answer.
     pub reply: Reply,
+    /// The arbitration blocks handed over with the answer, by GPU (PCI bus id), unchecked:
+    /// map them with `ArbiterMap::from_handed_fd`, which checks their seals and size.
+    pub arbiters: Vec<(String, OwnedFd)>,
 }
 
-/// Connect to `path`, send `request` with the control block's descriptor `control`
-/// attached and read the reply, all within `timeout`. Never blocks longer than about
-/// `timeout`; holds no lock.
+/// Connect to `path`, send `request` with the control block's descriptor `control` (and,
+/// when `request.arbiter` names its GPU, the arbitration block `arbiter`) attached and read
+/// the reply, with the arbitration blocks that come with it, all within `timeout`. Never
+/// blocks longer than about `timeout`; holds no lock.
 pub fn connect_and_register(
     path: &Path,
     request: &Request,
     control: BorrowedFd<'_>,
+    arbiter: Option<BorrowedFd<'_>>,
     timeout: Duration,
 ) -> Result<Registered, RegisterError> {
     let deadline = Instant::now() + timeout;
@@ -297,7 +321,7 @@ pub fn connect_and_register(
         errno: source.raw_os_error().unwrap_or(0),
         source,
     })?;
-    let mut stream = UnixStream::from(fd);
+    let stream = UnixStream::from(fd);
     stream.set_nonblocking(false).map_err(io_err)?;
     let at_least = |d: Duration| d.max(Duration::from_millis(1));
     stream
@@ -305,7 +329,11 @@ pub fn connect_and_register(
         .map_err(io_err)?;
     let line = request.to_line();
     let mut rest = line.as_bytes();
-    let sent = sys::send_with_fds(stream.as_fd(), rest, &[control]).map_err(io_err)?;
+    let mut fds = vec![control];
+    if let (Some(a), Some(_)) = (arbiter, &request.arbiter) {
+        fds.push(a);
+    }
+    let sent = sys::send_with_fds(stream.as_fd(), rest, &fds).map_err(io_err)?;
     rest = rest.get(sent..).unwrap_or_default();
     while !rest.is_empty() {
         match sys::send_bytes(stream.as_fd(), rest).map_err(io_err)? {
@@ -315,6 +343,7 @@ pub fn connect_and_register(
     }
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
+    let mut handed: Vec<OwnedFd> = Vec::new();
     while !buf.contains(&b'\n') {
         if left().is_zero() {
             return Err(timed_out());
@@ -322,7 +351,9 @@ pub fn connect_and_register(
         stream
             .set_read_timeout(Some(at_least(left())))
             .map_err(io_err)?;
-        let n = stream.read(&mut chunk).map_err(io_err)?;
+        let (n, fds) = sys::recv_with_fds(stream.as_fd(), &mut chunk, sys::MAX_RECEIVED_FDS)
+            .map_err(io_err)?;
+        handed.extend(fds);
         if n == 0 || buf.len() + n > MAX_LINE {
             let text = String::from_utf8_lossy(&buf).chars().take(200).collect();
             return Err(RegisterError::BadReply {
@@ -347,16 +378,18 @@ pub fn connect_and_register(
                 .unwrap_or_else(|| "no reason given".into()),
         });
     }
+    let arbiters = reply.arbiters.iter().cloned().zip(handed).collect();
     Ok(Registered {
         connection: OwnedFd::from(stream),
         reply,
+        arbiters,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::net::UnixListener;
 
@@ -410,6 +443,7 @@ mod tests {
                 pci_bus_id: "0000:3B:00.0".into(),
             }],
             vgpu_uuid: None,
+            arbiter: None,
         };
         let line = r.to_line();
         assert_eq!(line.matches('\n').count(), 1);
@@ -427,8 +461,18 @@ mod tests {
             Some(Reply {
                 ok: true,
                 gpu: Some(8),
-                error: None
+                error: None,
+                arbiters: Vec::new(),
             })
+        );
+        let r = Reply::parse(
+            "{\"ok\":true,\"gpu\":8,\"arbiters\":\"0000:3B:00.0,bogus,0000:af:00.0\"}",
+        )
+        .expect("reply");
+        assert_eq!(
+            r.arbiters,
+            ["0000:3b:00.0", "0000:af:00.0"],
+            "bus ids normalised, anything else dropped"
         );
         let r =
             Reply::parse("{\"ok\":false,\"field\":\"control\",\"error\":\"not \\\"yours\\\"\"}")
@@ -446,6 +490,7 @@ mod tests {
             control: MEMFD_CONTROL.into(),
             gpus: Vec::new(),
             vgpu_uuid: None,
+            arbiter: None,
         }
     }
 
@@ -463,7 +508,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("none.sock");
         let t = Instant::now();
-        let e = connect_and_register(&path, &request(), fd(&block()), DEFAULT_TIMEOUT)
+        let e = connect_and_register(&path, &request(), fd(&block()), None, DEFAULT_TIMEOUT)
             .expect_err("no daemon");
         assert!(t.elapsed() < Duration::from_millis(100));
         assert!(matches!(e, RegisterError::Connect { errno, .. } if errno == libc::ENOENT));
@@ -477,7 +522,7 @@ mod tests {
         let _l = UnixListener::bind(&path).expect("bind");
         let t = Instant::now();
         let b = block();
-        let e = connect_and_register(&path, &request(), fd(&b), Duration::from_millis(80))
+        let e = connect_and_register(&path, &request(), fd(&b), None, Duration::from_millis(80))
             .expect_err("no answer");
         let took = t.elapsed();
         assert!(matches!(e, RegisterError::Timeout { .. }), "{e:?}");
@@ -506,8 +551,8 @@ mod tests {
             (line, id)
         });
         let b = block();
-        let reg =
-            connect_and_register(&path, &request(), fd(&b), Duration::from_secs(2)).expect("ok");
+        let reg = connect_and_register(&path, &request(), fd(&b), None, Duration::from_secs(2))
+            .expect("ok");
         assert_eq!(reg.reply.gpu, Some(16));
         drop(reg);
         let (line, id) = server.join().expect("server");
@@ -535,7 +580,7 @@ mod tests {
             }
         });
         let b = block();
-        match connect_and_register(&path, &request(), fd(&b), Duration::from_secs(2)) {
+        match connect_and_register(&path, &request(), fd(&b), None, Duration::from_secs(2)) {
             Err(RegisterError::Refused { message, .. }) => assert_eq!(message, "bad pid"),
             other => panic!("expected a refusal, got {other:?}"),
         }

@@ -217,19 +217,29 @@ pub struct SocketLink {
     pub exiting: &'static AtomicBool,
     /// Where lines go (the shim's stderr logger).
     pub log: fn(&str),
+    /// The daemon-made arbitration block this process has joined, if any, by GPU (a
+    /// duplicate descriptor): handed back with every re-registration.
+    pub joined_arbiter: fn() -> Option<(String, OwnedFd)>,
+    /// Takes the arbitration blocks a daemon handed over with its reply.
+    pub on_arbiters: fn(Vec<(String, OwnedFd)>),
 }
 
 impl Link for SocketLink {
     type Conn = OwnedFd;
 
     fn register(&mut self) -> Result<(OwnedFd, Reply), RegisterError> {
-        connect_and_register(
+        let joined = (self.joined_arbiter)();
+        let mut request = self.request.clone();
+        request.arbiter = joined.as_ref().map(|(pci, _)| pci.clone());
+        let r = connect_and_register(
             &self.socket,
-            &self.request,
+            &request,
             self.control.as_fd(),
+            joined.as_ref().map(|(_, fd)| fd.as_fd()),
             self.timeout,
-        )
-        .map(|r| (r.connection, r.reply))
+        )?;
+        (self.on_arbiters)(r.arbiters);
+        Ok((r.connection, r.reply))
     }
 
     fn wait_hangup(&mut self, conn: &OwnedFd) {

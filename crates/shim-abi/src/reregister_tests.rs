@@ -30,6 +30,7 @@ fn ok(gpu: u32) -> Reply {
         ok: true,
         gpu: Some(gpu),
         error: None,
+        arbiters: Vec::new(),
     }
 }
 
@@ -268,6 +269,7 @@ fn the_socket_link_finds_a_late_daemon_and_a_restarted_one() {
             pci_bus_id: "0000:3b:00.0".into(),
         }],
         vgpu_uuid: None,
+        arbiter: None,
     };
     let block = crate::control::ControlMap::create_sealed(&crate::config::Knobs::default(), 0)
         .expect("block");
@@ -279,10 +281,12 @@ fn the_socket_link_finds_a_late_daemon_and_a_restarted_one() {
         timeout: Duration::from_millis(100),
         exiting: &EXITING,
         log: record,
+        joined_arbiter: || None,
+        on_arbiters: |_| {},
     };
     // No daemon at set-up.
-    let first =
-        connect_and_register(&path, &request, fd, Duration::from_millis(100)).map(|r| r.connection);
+    let first = connect_and_register(&path, &request, fd, None, Duration::from_millis(100))
+        .map(|r| r.connection);
     assert!(matches!(first, Err(RegisterError::Connect { .. })));
     spawn(link, &path, first).expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -448,6 +448,19 @@ pub const MAX_RECEIVED_FDS: usize = 8;
 /// is closed at once; all are close-on-exec from the start (`MSG_CMSG_CLOEXEC`). Blocks or
 /// not as the socket does (`WouldBlock` on a non-blocking one with nothing to read).
 pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let (n, fds) = recv_with_fds(sock, buf, 1)?;
+    Ok((n, fds.into_iter().next()))
+}
+
+/// Receive into `buf` from the stream socket `sock`: the byte count (0 at end of file) and
+/// the first `keep` descriptors (at most [`MAX_RECEIVED_FDS`]) that came with those bytes, in
+/// the order sent. Every other descriptor received is closed at once; all are close-on-exec
+/// from the start (`MSG_CMSG_CLOEXEC`).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    keep: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let fds_len = (MAX_RECEIVED_FDS * std::mem::size_of::<libc::c_int>()) as libc::c_uint;
     let mut control = [0u64; 8];
     // SAFETY: CMSG_SPACE is arithmetic on its argument.
@@ -468,7 +481,7 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
         // `msg_controllen` bytes into `control`, both ours for the call.
         unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) }
     })?;
-    let mut first: Option<OwnedFd> = None;
+    let mut kept: Vec<OwnedFd> = Vec::new();
     // SAFETY: the kernel filled `control` up to `msg_controllen` with well-formed cmsg
     // headers; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it (null at its end), each header's data
     // of `cmsg_len` bytes lies inside it, and every int of SCM_RIGHTS data is a descriptor
@@ -487,8 +500,8 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
                         continue;
                     }
                     let owned = OwnedFd::from_raw_fd(raw);
-                    if first.is_none() {
-                        first = Some(owned);
+                    if kept.len() < keep.min(MAX_RECEIVED_FDS) {
+                        kept.push(owned);
                     }
                     // Any other: dropped here, which closes it.
                 }
@@ -496,7 +509,7 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n, first))
+    Ok((n, kept))
 }
 
 #[cfg(test)]

@@ -488,7 +488,10 @@ impl GcgroupBackend for ShimBackend {
             // Under best-effort, priority acts between shim processes through the GPU's
             // arbiter; under a scheduler-driven policy the freezes do.
             apply_gating(b, driven);
-        })
+        })?;
+        self.registry
+            .assign_priority(pid, u32::from(priority.get()));
+        Ok(())
     }
 
     fn set_frozen(&self, pid: u32, gpu: u32, frozen: bool) -> Result<()> {

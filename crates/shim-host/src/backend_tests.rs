@@ -512,6 +512,8 @@ fn a_registered_process_is_listed_with_its_own_block_until_unregistered() {
                 pci_bus_id: "0000:af:00.0".into(),
             }],
             vgpu_uuid: None,
+            assigned_priority: None,
+            arbiter_back: None,
         },
     );
     let shim = h.backend();

@@ -143,6 +143,8 @@ pub struct ParsedRequest {
     pub gpus: Vec<RegisteredGpu>,
     /// `GVM_VGPU_UUID`, lower case.
     pub vgpu_uuid: Option<String>,
+    /// The GPU (one of `gpus`) whose arbitration block comes back as the second descriptor.
+    pub arbiter: Option<String>,
 }
 
 /// Why a registration was refused: the field at fault and what is wrong with it.
@@ -189,6 +191,17 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
     let obj = v
         .as_object()
         .ok_or_else(|| refuse("request", "not a JSON object"))?;
+    const KNOWN: [&str; 6] = ["version", "pid", "control", "gpus", "vgpu_uuid", "arbiter"];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(refuse(
+            "request",
+            format!(
+                "unknown field {:?} (known: {}): use a shim of this release",
+                quoted(k),
+                KNOWN.join(", ")
+            ),
+        ));
+    }
     let version = as_u32(obj.get("version"), "version")?;
     if version != PROTOCOL_VERSION {
         let why = if version == 1 {
@@ -278,11 +291,30 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
         ),
         Some(_) => return Err(refuse("vgpu_uuid", "not a string or null")),
     };
+    let arbiter = match obj.get("arbiter") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(a)) => {
+            let pci = normalise_pci_bus_id(a)
+                .filter(|p| gpus.iter().any(|g| g.pci_bus_id == *p))
+                .ok_or_else(|| {
+                    refuse(
+                        "arbiter",
+                        format!(
+                            "{:?} is not the PCI bus id of a GPU listed in gpus",
+                            quoted(a)
+                        ),
+                    )
+                })?;
+            Some(pci)
+        }
+        Some(_) => return Err(refuse("arbiter", "not a string or null")),
+    };
     Ok(ParsedRequest {
         pid,
         control: control.to_string(),
         gpus,
         vgpu_uuid,
+        arbiter,
     })
 }
 
@@ -293,6 +325,18 @@ pub fn innermost_pid(status: &str, host_pid: u32) -> Option<u32> {
         Some(list) => list.split_whitespace().last()?.parse().ok(),
         None => Some(host_pid),
     }
+}
+
+/// The inode of a pid namespace from the text of its `/proc/<pid>/ns/pid` link
+/// (`pid:[4026531836]`).
+pub fn pid_namespace_of_link(link: &str) -> Option<u64> {
+    link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The pid namespace of host process `pid` (the inode of `/proc/<pid>/ns/pid`).
+pub fn pid_namespace(host: &HostRoot, pid: u32) -> Option<u64> {
+    let link = fs::read_link(host.proc_dir().join(pid.to_string()).join("ns/pid")).ok()?;
+    pid_namespace_of_link(link.to_str()?)
 }
 
 /// What to tell a process whose block was refused: how to hand one over that is mapped.
@@ -405,6 +449,8 @@ pub fn register(
         file_id,
         gpus: req.gpus,
         vgpu_uuid: req.vgpu_uuid,
+        assigned_priority: None,
+        arbiter_back: req.arbiter,
     };
     registry.insert(peer.pid, reg.clone());
     let reply = json!({"ok": true, "host_pid": peer.pid, "gpu": gpu, "gpu_source": source});

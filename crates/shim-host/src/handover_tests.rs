@@ -76,6 +76,7 @@ fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
             pci_bus_id: "0000:3B:00.0".into(),
         }],
         vgpu_uuid: None,
+        arbiter: Some("0000:3B:00.0".into()),
     }
     .to_line();
     let p = parse_request(shim_line.as_bytes()).unwrap();
@@ -85,10 +86,35 @@ fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
         "a file block's path, as a description"
     );
     assert_eq!(p.vgpu_uuid, None);
-    // Unknown fields are tolerated within a version.
+    assert_eq!(p.arbiter.as_deref(), Some("0000:3b:00.0"));
+    // An unknown field (a typo, or a shim of another release) is refused by name.
     let mut extra = good();
     extra["later"] = json!(1);
-    assert!(parse_request(extra.to_string().as_bytes()).is_ok());
+    let e = parse_request(extra.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "request");
+    assert!(e.message.contains("\"later\""), "{e}");
+    // The arbitration block handed back must be of a GPU the process lists.
+    let mut stray = good();
+    stray["arbiter"] = json!("0000:99:00.0");
+    assert_eq!(
+        parse_request(stray.to_string().as_bytes())
+            .unwrap_err()
+            .field,
+        "arbiter"
+    );
+}
+
+#[test]
+fn pid_namespaces_parse_from_their_link_text() {
+    assert_eq!(pid_namespace_of_link("pid:[4026531836]"), Some(4026531836));
+    for bad in ["pid:[]", "net:[1]", "pid:[x]", "pid:[1", ""] {
+        assert_eq!(pid_namespace_of_link(bad), None, "{bad}");
+    }
+    let host = HostRoot::new("/");
+    assert!(
+        pid_namespace(&host, std::process::id()).is_some(),
+        "this process's own namespace is readable"
+    );
 }
 
 #[test]

@@ -18,7 +18,9 @@
 //! - [`gating`]: [`gating::GatingModes`], the per-GPU gating choice;
 //! - [`handover`]: the registration request's checks and [`handover::register`];
 //! - [`registry`]: [`registry::ShimRegistry`], the registered processes;
-//! - [`relay`]: cross-domain arbitration decisions (pure; not yet driven by the daemon).
+//! - [`relay`]: cross-domain arbitration decisions (pure);
+//! - [`relay_hub`]: [`relay_hub::RelayHub`], the relay running: blocks per (GPU, domain),
+//!   their watchers, the masks written.
 
 pub mod backend;
 pub mod blocks;
@@ -26,3 +28,4 @@ pub mod gating;
 pub mod handover;
 pub mod registry;
 pub mod relay;
+pub mod relay_hub;

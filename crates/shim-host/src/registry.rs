@@ -32,6 +32,13 @@ pub struct Registration {
     pub gpus: Vec<RegisteredGpu>,
     /// The UUID it was given (informational).
     pub vgpu_uuid: Option<String>,
+    /// The priority the manager last gave it as a vGPU owner ([`ShimRegistry::assign_priority`]);
+    /// `None` while it owns none. The arbitration relay counts it at this priority in other
+    /// domains, whatever the process writes into its own block.
+    pub assigned_priority: Option<u32>,
+    /// The GPU whose arbitration block (made by an earlier manager) the process handed back
+    /// with this registration, as it said.
+    pub arbiter_back: Option<String>,
 }
 
 /// The registered shim processes of one host root, by the daemon's pid for them.
@@ -75,6 +82,13 @@ impl ShimRegistry {
     /// The registration of `host_pid`.
     pub fn get(&self, host_pid: u32) -> Option<Registration> {
         self.lock().get(&host_pid).cloned()
+    }
+
+    /// Record that the manager gave `host_pid` the priority `priority` (as a vGPU owner).
+    pub fn assign_priority(&self, host_pid: u32, priority: u32) {
+        if let Some(r) = self.lock().get_mut(&host_pid) {
+            r.assigned_priority = Some(priority);
+        }
     }
 
     /// Every registration.

@@ -6,25 +6,85 @@
 //! block, takes each domain's busy slots, counts each at the priority of the daemon's own
 //! record of that pid's registration (a slot's self-reported priority is ignored, and a slot
 //! of a pid that did not register counts not at all), and writes into each domain's header
-//! the priorities busy in *other* domains ([`external_busy`]), which the shim's
+//! the priorities busy in *other* domains ([`external`]), which the shim's
 //! `higher_busy` ORs with its local counts. A domain can then lie only to itself.
+//!
+//! It also writes the priorities merely *registered* in other domains ([`Masks::present`]),
+//! so a process alone in its own block still learns that it has a less important peer on
+//! the GPU (and must publish busy) or a more important one (and must yield).
 //!
 //! The relay is woken by a doorbell that busy transitions ring; [`Doorbell`] coalesces
 //! rings and bounds how often the relay runs, so a process ringing in a loop cannot make the
-//! daemon spin. Status: this module is the decision logic and is tested; wiring it into the
-//! daemon's registration (sealed memfd blocks handed over with `SCM_RIGHTS`) is not done yet.
+//! daemon spin. This module is the decision logic; [`crate::relay_hub`] makes the blocks,
+//! hands them over and runs it.
 
 use std::collections::BTreeMap;
 
+use gvm_shim_abi::arbiter::STALE_AFTER;
+use gvm_shim_abi::config::MAX_PRIORITY;
 use uuid::Uuid;
 
 /// An arbitration domain: the processes that share one arbitration block per GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DomainKey {
-    /// The processes of one uid on the host.
-    Uid(u32),
+    /// The processes of one uid in one pid namespace on the host (a slot names its process
+    /// by the pid it sees, so two pid namespaces never share a block).
+    Host {
+        /// The processes' uid (from the socket's peer credentials).
+        uid: u32,
+        /// Their pid namespace's inode (`/proc/<pid>/ns/pid`).
+        pid_ns: u64,
+    },
     /// The processes of one VM (a later step; the guest's blocks relayed by the host).
     Vm(Uuid),
+}
+
+/// The priority a process that owns no vGPU counts at, at best, in *other* domains: its
+/// self-declared priority (`GVM_PRIORITY`) can make it less important there, never more.
+/// GVM's default priority.
+pub const UNOWNED_FLOOR: u32 = 8;
+
+/// The priority the relay counts a registered process at in other domains: the one the
+/// daemon assigned it (as a vGPU owner), else its self-declared one but no more important
+/// than [`UNOWNED_FLOOR`].
+pub fn counted_priority(assigned: Option<u32>, declared: u32) -> u32 {
+    assigned
+        .unwrap_or_else(|| declared.clamp(UNOWNED_FLOOR, MAX_PRIORITY))
+        .min(MAX_PRIORITY)
+}
+
+/// Whether a slot's busy flag counts at `now_ns`: set, with a heartbeat no older than
+/// [`STALE_AFTER`] (a stopped or hung process stops holding anyone, as in its own block).
+pub fn counts_as_busy(busy: u32, heartbeat_ns: u64, now_ns: u64) -> bool {
+    let stale = u64::try_from(STALE_AFTER.as_nanos()).unwrap_or(u64::MAX);
+    busy != 0 && now_ns.saturating_sub(heartbeat_ns) <= stale
+}
+
+/// Priority bitmasks of one domain, or of the domains around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Masks {
+    /// Bit p: a process counted at priority p is busy.
+    pub busy: u32,
+    /// Bit p: a process counted at priority p is registered.
+    pub present: u32,
+}
+
+/// For every domain, the union of the [`Masks`] of all the *other* domains on the same GPU.
+pub fn external(masks: &BTreeMap<DomainKey, Masks>) -> BTreeMap<DomainKey, Masks> {
+    masks
+        .keys()
+        .map(|d| {
+            let others =
+                masks
+                    .iter()
+                    .filter(|(k, _)| *k != d)
+                    .fold(Masks::default(), |m, (_, v)| Masks {
+                        busy: m.busy | v.busy,
+                        present: m.present | v.present,
+                    });
+            (*d, others)
+        })
+        .collect()
 }
 
 /// One busy slot as the relay reads it from a domain's block.
@@ -46,19 +106,6 @@ pub fn domain_busy(
         .filter_map(|s| registered(domain, s.pid))
         .filter(|p| *p < 32)
         .fold(0, |m, p| m | (1 << p))
-}
-
-/// For every domain, the priorities busy in all the *other* domains on the same GPU.
-pub fn external_busy(busy: &BTreeMap<DomainKey, u32>) -> BTreeMap<DomainKey, u32> {
-    busy.keys()
-        .map(|d| {
-            let others = busy
-                .iter()
-                .filter(|(k, _)| *k != d)
-                .fold(0, |m, (_, v)| m | v);
-            (*d, others)
-        })
-        .collect()
 }
 
 /// Coalesces doorbell rings and bounds the relay's rate: at most one run per `min_gap_ns`.

@@ -1,7 +1,17 @@
 use super::*;
 
-const ROOT: DomainKey = DomainKey::Uid(0);
-const USER: DomainKey = DomainKey::Uid(1000);
+const ROOT: DomainKey = DomainKey::Host { uid: 0, pid_ns: 1 };
+const USER: DomainKey = DomainKey::Host {
+    uid: 1000,
+    pid_ns: 1,
+};
+
+fn busy(b: u32) -> Masks {
+    Masks {
+        busy: b,
+        present: b,
+    }
+}
 
 #[test]
 fn a_self_declared_priority_0_counts_at_the_registered_priority() {
@@ -13,13 +23,13 @@ fn a_self_declared_priority_0_counts_at_the_registered_priority() {
     };
     let user = domain_busy(USER, &[BusySlot { pid: 50 }], registered);
     assert_eq!(user, 1 << 12);
-    let ext = external_busy(&BTreeMap::from([(ROOT, 0), (USER, user)]));
+    let ext = external(&BTreeMap::from([(ROOT, busy(0)), (USER, busy(user))]));
     assert_eq!(
-        ext[&ROOT],
+        ext[&ROOT].busy,
         1 << 12,
         "root at 4 is not held by the user's 12"
     );
-    assert_eq!(ext[&ROOT] & ((1 << 4) - 1), 0);
+    assert_eq!(ext[&ROOT].busy & ((1 << 4) - 1), 0);
 }
 
 #[test]
@@ -36,10 +46,57 @@ fn slots_of_unregistered_pids_or_of_another_domains_pids_count_nothing() {
 #[test]
 fn two_domains_on_one_gpu_are_arbitrated_against_each_other() {
     let vm = DomainKey::Vm(Uuid::from_u128(7));
-    let ext = external_busy(&BTreeMap::from([(ROOT, 1 << 2), (USER, 1 << 8), (vm, 0)]));
-    assert_eq!(ext[&USER], 1 << 2, "the user's 8 yields to root's busy 2");
-    assert_eq!(ext[&ROOT], 1 << 8);
-    assert_eq!(ext[&vm], (1 << 2) | (1 << 8));
+    let ext = external(&BTreeMap::from([
+        (ROOT, busy(1 << 2)),
+        (USER, busy(1 << 8)),
+        (vm, Masks::default()),
+    ]));
+    assert_eq!(
+        ext[&USER].busy,
+        1 << 2,
+        "the user's 8 yields to root's busy 2"
+    );
+    assert_eq!(ext[&ROOT].busy, 1 << 8);
+    assert_eq!(ext[&vm].busy, (1 << 2) | (1 << 8));
+    assert_eq!(ext[&vm].present, (1 << 2) | (1 << 8));
+
+    let same_uid_other_ns = DomainKey::Host {
+        uid: 1000,
+        pid_ns: 2,
+    };
+    assert_ne!(
+        USER, same_uid_other_ns,
+        "pid namespaces never share a block"
+    );
+}
+
+#[test]
+fn an_unowned_process_cannot_count_as_more_important_than_the_default() {
+    assert_eq!(counted_priority(None, 0), UNOWNED_FLOOR);
+    assert_eq!(
+        counted_priority(None, 12),
+        12,
+        "less important is its right"
+    );
+    assert_eq!(counted_priority(None, 99), 16);
+    assert_eq!(
+        counted_priority(Some(2), 16),
+        2,
+        "an owner counts at its vGPU's priority"
+    );
+    assert_eq!(counted_priority(Some(40), 0), 16);
+}
+
+#[test]
+fn a_stale_busy_flag_holds_nobody_in_other_domains() {
+    let stale = STALE_AFTER.as_nanos() as u64;
+    assert!(counts_as_busy(1, 1_000, 1_000 + stale));
+    assert!(!counts_as_busy(1, 1_000, 2_000 + stale));
+    assert!(!counts_as_busy(0, 1_000, 1_000));
+    assert!(
+        counts_as_busy(1, 5_000, 1_000),
+        "a heartbeat from the future is fresh"
+    );
 }
 
 #[test]

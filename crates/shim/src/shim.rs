@@ -72,6 +72,13 @@ pub struct Shim {
     warned_over_limit: AtomicBool,
     tracker: Tracker,
     arbiter: OnceLock<Option<Participant>>,
+    /// Arbitration blocks gvm-vgpud handed over (by GPU PCI bus id), for the participant to
+    /// join instead of a standalone block: the daemon relays busy between the uids (and VMs)
+    /// on a GPU through them.
+    handed_arbiters: std::sync::Mutex<Vec<(String, OwnedFd)>>,
+    /// The GPU and a descriptor of the daemon-made block the participant joined, handed back
+    /// at every re-registration.
+    joined_handed: OnceLock<(String, OwnedFd)>,
     /// What to say when no daemon takes the registration (a standalone block's knobs).
     standalone_note: Option<String>,
     /// `GVM_QUEUE_BUDGET_US`: GPU time a yielding process may queue beyond its count floor
@@ -234,12 +241,27 @@ fn keep_registered(
         timeout: REGISTER_TIMEOUT,
         exiting: &EXITING,
         log: log_line,
+        joined_arbiter,
+        on_arbiters,
     };
     if let Err(e) = reregister::spawn(link, &socket, first) {
         log(&e);
         if let Some(c) = e.connection {
             REGISTER_FD.store(c.into_raw_fd(), Ordering::Release);
         }
+    }
+}
+
+/// The daemon-made arbitration block this process joined (a duplicate descriptor).
+fn joined_arbiter() -> Option<(String, OwnedFd)> {
+    let (pci, fd) = SHIM.get()?.joined_handed.get()?;
+    Some((pci.clone(), fd.try_clone().ok()?))
+}
+
+/// Keep the arbitration blocks a daemon handed over, for a participant not joined yet.
+fn on_arbiters(handed: Vec<(String, OwnedFd)>) {
+    if let Some(s) = SHIM.get() {
+        s.keep_handed_arbiters(handed);
     }
 }
 
@@ -315,6 +337,8 @@ impl Shim {
             warned_over_limit: AtomicBool::new(false),
             tracker: Tracker::new(),
             arbiter: OnceLock::new(),
+            handed_arbiters: std::sync::Mutex::new(Vec::new()),
+            joined_handed: OnceLock::new(),
             standalone_note: None,
             queue_budget_us: 0,
             gpu_gate_wanted: false,
@@ -373,24 +397,27 @@ impl Shim {
             control: control.to_owned(),
             gpus,
             vgpu_uuid: self.block().knobs().vgpu_uuid,
+            arbiter: None,
         };
-        let first = match reg::connect_and_register(&socket, &request, block_fd, REGISTER_TIMEOUT) {
-            Ok(r) => {
-                debug(|| {
-                    format!(
-                        "registered with gvm-vgpud at {} (gpu {:?}, {} GPUs reported)",
-                        socket.display(),
-                        r.reply.gpu,
-                        request.gpus.len()
-                    )
-                });
-                Ok(r.connection)
-            }
-            Err(e) => {
-                standalone(&socket, &e.to_string(), note);
-                Err(e)
-            }
-        };
+        let first =
+            match reg::connect_and_register(&socket, &request, block_fd, None, REGISTER_TIMEOUT) {
+                Ok(r) => {
+                    self.keep_handed_arbiters(r.arbiters);
+                    debug(|| {
+                        format!(
+                            "registered with gvm-vgpud at {} (gpu {:?}, {} GPUs reported)",
+                            socket.display(),
+                            r.reply.gpu,
+                            request.gpus.len()
+                        )
+                    });
+                    Ok(r.connection)
+                }
+                Err(e) => {
+                    standalone(&socket, &e.to_string(), note);
+                    Err(e)
+                }
+            };
         keep_registered(socket, request, kept, first);
     }
 
@@ -589,18 +616,70 @@ impl Shim {
             .as_ref()
     }
 
+    /// Keep `handed` (blocks by GPU) for [`Self::join_arbiter`]; ignored once joined.
+    fn keep_handed_arbiters(&self, handed: Vec<(String, OwnedFd)>) {
+        if handed.is_empty() || self.arbiter.get().is_some() {
+            return;
+        }
+        let mut kept = self
+            .handed_arbiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *kept = handed;
+    }
+
+    /// The block gvm-vgpud handed over for the GPU at `pci`, checked and mapped; `None`
+    /// (with a log line when one was handed but is unusable) to fall back to a standalone one.
+    fn handed_arbiter(&self, pci: Option<&str>) -> Option<(String, ArbiterMap)> {
+        let pci = pci.and_then(crate::register::normalise_pci_bus_id)?;
+        let fd = {
+            let kept = self
+                .handed_arbiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            kept.iter()
+                .find(|(p, _)| *p == pci)
+                .and_then(|(_, fd)| fd.try_clone().ok())?
+        };
+        match ArbiterMap::from_handed_fd(fd) {
+            Ok(m) => Some((pci, m)),
+            Err(e) => {
+                log(format_args!(
+                    "{e}; using a standalone arbitration block instead"
+                ));
+                None
+            }
+        }
+    }
+
     fn join_arbiter(&self) -> Option<Participant> {
         let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
         let env_path = std::env::var_os(ARBITER_ENV);
         let dev = driver::current_device();
         let pci = driver::pci_bus_id(dev);
         let euid = gvm_shim_abi::sys::euid();
-        let path = priority::arbiter_path(env_path.as_deref(), &host, pci.as_deref(), dev, euid);
-        let map = match ArbiterMap::open_or_create(&path) {
-            Ok(m) => m,
-            Err(e) => {
-                log(format_args!("{e}; launches are not arbitrated"));
-                return None;
+        let handed = match env_path {
+            Some(_) => None,
+            None => self.handed_arbiter(pci.as_deref()),
+        };
+        let (map, path) = match handed {
+            Some((gpu, m)) => {
+                if let Some(fd) = m.fd().and_then(|f| f.try_clone_to_owned().ok()) {
+                    let _ = self.joined_handed.set((gpu, fd));
+                }
+                let shown = m.path().to_path_buf();
+                (m, shown)
+            }
+            None => {
+                let path =
+                    priority::arbiter_path(env_path.as_deref(), &host, pci.as_deref(), dev, euid);
+                match ArbiterMap::open_or_create(&path) {
+                    Ok(m) => (m, path),
+                    Err(e) => {
+                        log(format_args!("{e}; launches are not arbitrated"));
+                        return None;
+                    }
+                }
             }
         };
         let prio = self.block().priority.load(Ordering::Relaxed);

@@ -1,0 +1,405 @@
+//! The cross-domain arbitration relay, running: the manager makes one arbitration block per
+//! (GPU, domain), hands it to the domain's shim processes at registration, watches every
+//! block's doorbell and writes into each the priorities busy and registered in the other
+//! domains ([`crate::relay`] decides what; this module does the I/O and the threads).
+//!
+//! * **No memory a user controls.** Each block is a memfd this process made and sealed
+//!   against resizing ([`ArbiterMap::create_sealed`]), or one a shim handed back after a
+//!   daemon restart, mapped only once its seals and size are checked
+//!   ([`ArbiterMap::from_handed_fd`]). Nothing is reached by path, so no user can pre-create,
+//!   swap or truncate another domain's block. What a domain writes into its own block stays
+//!   untrusted: only slots of pids registered in that domain count, each at the priority the
+//!   manager counts it at ([`crate::relay::counted_priority`]).
+//! * **No syscall on the launch path.** A shim pays one futex wake per busy *transition*,
+//!   and only while its block is armed (its GPU has processes of two or more domains). One
+//!   thread per block sleeps on the block's doorbell word ([`WATCH_PERIOD`] at most, to
+//!   notice stale heartbeats); a GPU's relay runs at most once per [`MIN_GAP`] however often
+//!   a domain rings.
+//! * **Bounded.** At most [`MAX_DOMAINS_PER_GPU`] domains per GPU, [`MAX_DOMAINS_PER_UID`]
+//!   per uid and GPU, and [`MAX_BLOCKS_PER_DOMAIN`] blocks per domain: past them a process
+//!   gets no block and arbitrates only inside its uid (standalone block), which it is told.
+//! * **Restarts.** A restarted manager gets each domain's block back from its processes'
+//!   re-registration (the first valid one handed back becomes the domain's block), so a
+//!   domain is not split between an old and a new block.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use gvm_shim_abi::arbiter::SLOTS;
+use gvm_shim_abi::priority::{ArbiterMap, RealEnv};
+use gvm_shim_abi::sys as abi_sys;
+
+use crate::registry::ShimRegistry;
+use crate::relay::{counted_priority, counts_as_busy, external, DomainKey, Doorbell, Masks};
+
+/// The shortest time between two relay runs of one GPU.
+pub const MIN_GAP: Duration = Duration::from_micros(200);
+/// The longest a watcher sleeps without a ring (stale heartbeats are noticed this late).
+pub const WATCH_PERIOD: Duration = Duration::from_millis(50);
+/// The most arbitration domains relayed on one GPU.
+pub const MAX_DOMAINS_PER_GPU: usize = 64;
+/// The most domains (pid namespaces) one uid may have relayed on one GPU.
+pub const MAX_DOMAINS_PER_UID: usize = 4;
+/// The most blocks one domain may have on one GPU (its own plus ones handed back).
+pub const MAX_BLOCKS_PER_DOMAIN: usize = 4;
+/// The most GPUs of one process that get a block (the descriptors one reply can carry).
+pub const MAX_GPUS_PER_PROCESS: usize = abi_sys::MAX_RECEIVED_FDS;
+
+/// Why a process got no relayed block for a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayRefusal {
+    /// The GPU has [`MAX_DOMAINS_PER_GPU`] domains already.
+    #[error("GPU {pci} has {MAX_DOMAINS_PER_GPU} arbitration domains already")]
+    GpuFull {
+        /// The GPU.
+        pci: String,
+    },
+    /// The uid has [`MAX_DOMAINS_PER_UID`] domains on the GPU already.
+    #[error("uid {uid} has {MAX_DOMAINS_PER_UID} arbitration domains on GPU {pci} already")]
+    UidFull {
+        /// The GPU.
+        pci: String,
+        /// The uid.
+        uid: u32,
+    },
+    /// The block could not be made.
+    #[error("cannot make an arbitration block for GPU {pci}: {message}")]
+    Create {
+        /// The GPU.
+        pci: String,
+        /// The error.
+        message: String,
+    },
+}
+
+/// One block being watched.
+#[derive(Debug)]
+struct Watched {
+    map: Arc<ArbiterMap>,
+    id: Option<(u64, u64)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watched {
+    fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let h = &self.map.block().header;
+        h.relay_armed.store(0, Ordering::SeqCst);
+        h.ring.fetch_add(1, Ordering::SeqCst);
+        abi_sys::futex_wake(&h.ring);
+    }
+}
+
+/// One domain on one GPU: its blocks (the first is the one handed to newcomers) and its
+/// registered processes (the pid each sees for itself → the manager's pid for it).
+#[derive(Debug, Default)]
+struct Domain {
+    blocks: Vec<Watched>,
+    members: BTreeMap<u32, u32>,
+}
+
+#[derive(Debug)]
+struct GpuRelay {
+    domains: BTreeMap<DomainKey, Domain>,
+    doorbell: Doorbell,
+}
+
+impl Default for GpuRelay {
+    fn default() -> GpuRelay {
+        GpuRelay {
+            domains: BTreeMap::new(),
+            doorbell: Doorbell::new(u64::try_from(MIN_GAP.as_nanos()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// What [`RelayHub::join`] gives a process: per GPU, its domain's block, or why none.
+pub type Joined = Vec<(String, Result<Arc<ArbiterMap>, RelayRefusal>)>;
+
+/// The relay of one manager: every relayed GPU's domains and blocks.
+#[derive(Debug)]
+pub struct RelayHub {
+    gpus: Mutex<BTreeMap<String, GpuRelay>>,
+    registry: Arc<ShimRegistry>,
+    me: Weak<RelayHub>,
+}
+
+impl RelayHub {
+    /// A relay counting registered processes of `registry`.
+    pub fn new(registry: Arc<ShimRegistry>) -> Arc<RelayHub> {
+        Arc::new_cyclic(|me| RelayHub {
+            gpus: Mutex::new(BTreeMap::new()),
+            registry,
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, GpuRelay>> {
+        self.gpus.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Process `host_pid` (seeing itself as `ns_pid`) of `domain` registered, using the GPUs
+    /// `gpus` (normalised PCI bus ids; the first [`MAX_GPUS_PER_PROCESS`] are relayed), and
+    /// handed back `handed` (the block of one GPU it joined under an earlier manager). Returns
+    /// its domain's block per GPU. A handed-back block that fails the checks is ignored.
+    pub fn join(
+        &self,
+        host_pid: u32,
+        ns_pid: u32,
+        domain: DomainKey,
+        gpus: &[String],
+        handed: Option<(String, OwnedFd)>,
+    ) -> Joined {
+        let mut handed = handed.and_then(|(pci, fd)| match ArbiterMap::from_handed_fd(fd) {
+            Ok(m) => Some((pci, m)),
+            Err(e) => {
+                tracing::info!(
+                    pid = host_pid,
+                    "ignoring the arbitration block handed back: {e}"
+                );
+                None
+            }
+        });
+        let mut out = Vec::new();
+        let mut started = Vec::new();
+        {
+            let mut all = self.lock();
+            for pci in gpus.iter().take(MAX_GPUS_PER_PROCESS) {
+                let back = match &handed {
+                    Some((p, _)) if p == pci => handed.take().map(|(_, m)| m),
+                    _ => None,
+                };
+                let gpu = all.entry(pci.clone()).or_default();
+                let got = Self::join_gpu(gpu, pci, domain, back, &mut started);
+                if let Ok(block) = &got {
+                    if let Some(d) = gpu.domains.get_mut(&domain) {
+                        d.members.insert(ns_pid, host_pid);
+                    }
+                    out.push((pci.clone(), Ok(Arc::clone(block))));
+                } else {
+                    out.push((pci.clone(), got));
+                }
+            }
+            for pci in gpus.iter().take(MAX_GPUS_PER_PROCESS) {
+                if let Some(gpu) = all.get_mut(pci) {
+                    self.run(gpu);
+                }
+            }
+        }
+        for (pci, map, stop) in started {
+            self.watch(pci, map, stop);
+        }
+        out
+    }
+
+    fn join_gpu(
+        gpu: &mut GpuRelay,
+        pci: &str,
+        domain: DomainKey,
+        back: Option<ArbiterMap>,
+        started: &mut Vec<(String, Arc<ArbiterMap>, Arc<AtomicBool>)>,
+    ) -> Result<Arc<ArbiterMap>, RelayRefusal> {
+        if !gpu.domains.contains_key(&domain) {
+            if gpu.domains.len() >= MAX_DOMAINS_PER_GPU {
+                return Err(RelayRefusal::GpuFull { pci: pci.into() });
+            }
+            if let DomainKey::Host { uid, .. } = domain {
+                let of_uid = gpu
+                    .domains
+                    .keys()
+                    .filter(|k| matches!(k, DomainKey::Host { uid: u, .. } if *u == uid))
+                    .count();
+                if of_uid >= MAX_DOMAINS_PER_UID {
+                    return Err(RelayRefusal::UidFull {
+                        pci: pci.into(),
+                        uid,
+                    });
+                }
+            }
+        }
+        let d = gpu.domains.entry(domain).or_default();
+        let mut add = |map: ArbiterMap, d: &mut Domain| {
+            let watched = Watched {
+                id: map.file_id(),
+                map: Arc::new(map),
+                stop: Arc::new(AtomicBool::new(false)),
+            };
+            started.push((
+                pci.to_string(),
+                Arc::clone(&watched.map),
+                Arc::clone(&watched.stop),
+            ));
+            d.blocks.push(watched);
+        };
+        if let Some(map) = back {
+            let id = map.file_id();
+            let known = id.is_some() && d.blocks.iter().any(|w| w.id == id);
+            if !known && d.blocks.len() < MAX_BLOCKS_PER_DOMAIN {
+                add(map, d);
+            }
+        }
+        if d.blocks.is_empty() {
+            match ArbiterMap::create_sealed() {
+                Ok(map) => add(map, d),
+                Err(e) => {
+                    if d.members.is_empty() {
+                        gpu.domains.remove(&domain);
+                    }
+                    return Err(RelayRefusal::Create {
+                        pci: pci.into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        d.blocks
+            .first()
+            .map(|w| Arc::clone(&w.map))
+            .ok_or_else(|| RelayRefusal::Create {
+                pci: pci.into(),
+                message: "no block".into(),
+            })
+    }
+
+    /// Process `host_pid` is gone (its registration connection closed): it no longer counts,
+    /// and a domain left without processes has its blocks' watchers stopped.
+    pub fn leave(&self, host_pid: u32) {
+        let mut all = self.lock();
+        for gpu in all.values_mut() {
+            let mut changed = false;
+            gpu.domains.retain(|_, d| {
+                let before = d.members.len();
+                d.members.retain(|_, h| *h != host_pid);
+                changed |= d.members.len() != before;
+                if d.members.is_empty() {
+                    d.blocks.iter().for_each(Watched::halt);
+                    return false;
+                }
+                true
+            });
+            if changed {
+                self.run(gpu);
+            }
+        }
+        all.retain(|_, g| !g.domains.is_empty());
+    }
+
+    /// The domains relayed on the GPU at `pci` now, with their member counts (for `show`
+    /// and tests).
+    pub fn domains_of(&self, pci: &str) -> Vec<(DomainKey, usize)> {
+        self.lock()
+            .get(pci)
+            .map(|g| {
+                g.domains
+                    .iter()
+                    .map(|(k, d)| (*k, d.members.len()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A ring from one of `pci`'s blocks: run its relay now, or once [`MIN_GAP`] after the
+    /// last run.
+    fn ring(&self, pci: &str) {
+        let wait = {
+            let mut all = self.lock();
+            let Some(gpu) = all.get_mut(pci) else { return };
+            if gpu.doorbell.ring(abi_sys::monotonic_ns()) {
+                self.run(gpu);
+                return;
+            }
+            gpu.doorbell.due_at()
+        };
+        let Some(due) = wait else { return };
+        let now = abi_sys::monotonic_ns();
+        std::thread::sleep(Duration::from_nanos(due.saturating_sub(now)));
+        let mut all = self.lock();
+        if let Some(gpu) = all.get_mut(pci) {
+            if gpu.doorbell.poll(abi_sys::monotonic_ns()) {
+                self.run(gpu);
+            }
+        }
+    }
+
+    /// Read every domain's blocks of `gpu` and write the other domains' masks into each.
+    fn run(&self, gpu: &mut GpuRelay) {
+        let now = abi_sys::monotonic_ns();
+        let counted = |host_pid: u32| {
+            self.registry.get(host_pid).map(|r| {
+                let declared = r.block.block().priority.load(Ordering::Relaxed);
+                counted_priority(r.assigned_priority, declared)
+            })
+        };
+        let bit = |p: u32| 1u32.checked_shl(p).unwrap_or(0);
+        let mut masks = BTreeMap::new();
+        for (key, d) in &gpu.domains {
+            let mut m = Masks::default();
+            let mut counted_at = BTreeMap::new();
+            for (ns_pid, host_pid) in &d.members {
+                if let Some(p) = counted(*host_pid) {
+                    m.present |= bit(p);
+                    counted_at.insert(*ns_pid, p);
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for w in &d.blocks {
+                let b = w.map.block();
+                for s in b.slots.iter().take(SLOTS) {
+                    let pid = s.pid.load(Ordering::Acquire);
+                    let busy = s.busy.load(Ordering::Acquire);
+                    let hb = s.heartbeat_ns.load(Ordering::Acquire);
+                    if !counts_as_busy(busy, hb, now) || !seen.insert(pid) {
+                        continue;
+                    }
+                    if let Some(p) = counted_at.get(&pid) {
+                        m.busy |= bit(*p);
+                    }
+                }
+            }
+            masks.insert(*key, m);
+        }
+        let armed = u32::from(gpu.domains.len() >= 2);
+        for (key, ext) in external(&masks) {
+            if let Some(d) = gpu.domains.get(&key) {
+                for w in &d.blocks {
+                    let b = w.map.block();
+                    b.header.relay_armed.store(armed, Ordering::SeqCst);
+                    b.set_external(ext.busy, ext.present, &RealEnv);
+                }
+            }
+        }
+    }
+
+    /// Start the watcher thread of one block of `pci`.
+    fn watch(&self, pci: String, map: Arc<ArbiterMap>, stop: Arc<AtomicBool>) {
+        let hub = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gvm-relay".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let word = &map.block().header.ring;
+                let seen = word.load(Ordering::SeqCst);
+                match hub.upgrade() {
+                    Some(h) => h.ring(&pci),
+                    None => break,
+                }
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                abi_sys::futex_wait(word, seen, WATCH_PERIOD);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start an arbitration relay thread: {e}; the GPU's domains are relayed only when processes come and go");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "relay_hub_tests.rs"]
+mod tests;
