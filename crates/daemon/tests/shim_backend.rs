@@ -19,10 +19,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{is_managed, skip_reason, wait_until, Sim};
+use common::{is_managed, shim_so, skip_reason, wait_until, Sim};
 use gvm_client::gvm_proto::{OwnerRule, SetMode, SetParams};
 use gvm_shim_abi::control::ControlMap;
 use uuid::Uuid;
@@ -83,25 +83,6 @@ int main(int argc, char **argv) {
 
 /// `libgvm_cuda.so`, built once per test process with the same cargo and the target
 /// directory this test binary was built into (a dependent's build makes the rlib only).
-fn shim_so() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let debug = gvm_testkit::debug_dir();
-            let target = debug.parent()?.to_path_buf();
-            let ok = Command::new(env!("CARGO"))
-                .args(["build", "-q", "--lib", "-p", "gvm-cuda-shim"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            let so = debug.join("libgvm_cuda.so");
-            (ok && so.exists()).then_some(so)
-        })
-        .clone()
-}
-
 /// The fake driver and the program, compiled into `dir`.
 fn build_c(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     if Command::new("cc").arg("--version").output().is_err() {
@@ -299,7 +280,8 @@ fn memfd_of(pid: u32) -> Option<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:gvm-vgpu"))
+            std::fs::read_link(p)
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:gvm-vgpu-control"))
         })
 }
 

@@ -9,6 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use gvm_client::Client;
@@ -327,4 +328,24 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// `libgvm_cuda.so`, built once per test process into the same target directory.
+pub fn shim_so() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let debug = gvm_testkit::debug_dir();
+            let target = debug.parent()?.to_path_buf();
+            let ok = Command::new(env!("CARGO"))
+                .args(["build", "-q", "--lib", "-p", "gvm-cuda-shim"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            let so = debug.join("libgvm_cuda.so");
+            (ok && so.exists()).then_some(so)
+        })
+        .clone()
 }
