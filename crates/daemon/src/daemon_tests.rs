@@ -563,3 +563,22 @@ fn a_list_sent_in_parts_is_stored_by_its_last_part_only_and_dropped_on_any_error
     assert_eq!(report.defined.len(), 3);
     assert_eq!(stored_definitions(&host), 3);
 }
+
+#[test]
+fn stopping_a_running_vgpu_that_was_never_defined_answers_its_parent_and_type() {
+    let (a, _) = a_and_b();
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let (host, shared) = qemu_host(dir.path(), &[0], UNTOUCHED);
+    let mut daemon = daemon_over(&host, &shared);
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let info: gvm_proto::VgpuInfo = call(&mut daemon, gvm_proto::Call::Stop(target(a)));
+    assert_eq!(info.uuid, a);
+    assert_eq!(info.parent, PARENTS[0], "the answer names the parent");
+    assert_eq!(info.mdev_type, "t-a");
+    assert_eq!(info.type_name.as_deref(), Some("t-a"));
+    assert_eq!(info.state, gvm_proto::VgpuState::Stopped);
+    assert!(!info.defined);
+}
