@@ -85,6 +85,7 @@ impl Daemon {
                 protocol: PROTOCOL_VERSION,
                 root: self.host.root().display().to_string(),
                 vgpus: self.all_uuids().len(),
+                catalog: self.catalog.as_ref().map(|c| c.status()),
             }),
             Call::List(p) => {
                 let list: Vec<VgpuInfo> = self
