@@ -140,6 +140,11 @@ fn group_id(spec: &str) -> anyhow::Result<u32> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A SIGHUP (`systemctl reload`) before `serve` installs its handler must not end the
+    // daemon (the default action): until then there is nothing to reload, the catalog is
+    // being read for the first time.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread is started.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
