@@ -96,7 +96,7 @@ pub struct Daemon {
     pub(crate) batches: crate::batches::Lists,
     /// Problems found when loading the store, reported by the first reconcile.
     pub startup_problems: Vec<String>,
-    /// Where the catalog in [`Daemon::types`] came from and the last refused reload, for
+    /// Where the catalog in `types` came from and the last refused reload, for
     /// `ping` (`None`: not told, as in tests over fake ports).
     pub(crate) catalog: Option<crate::catalog::CatalogState>,
 }
