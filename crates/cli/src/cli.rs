@@ -56,6 +56,11 @@ pub struct GlobalArgs {
 
     /// Extra vGPU type catalog directory, searched after the built-in catalog, /usr/share and
     /// /etc (repeatable; a later directory overrides a GPU model of the same name).
+    ///
+    /// Only for commands gvm-vgpu answers itself (parents, types, create, remove, list, show
+    /// without a daemon). Commands gvm-vgpud answers use the daemon's own catalog and refuse
+    /// --catalog: edit the daemon's catalog (`gvm-vgpu status` names it) and run
+    /// `systemctl reload gvm-vgpud` (or send it SIGHUP).
     #[arg(long = "catalog", global = true, value_name = "DIR")]
     pub catalog_dirs: Vec<PathBuf>,
 
@@ -243,6 +248,13 @@ pub enum Command {
 
     /// Ask gvm-vgpud to reconcile the host with its state now and report drift.
     Reconcile,
+
+    /// Show gvm-vgpud's status: version, host root, vGPUs, and the catalog it uses.
+    ///
+    /// The catalog lines say which files the daemon loaded and when, and, when the last
+    /// reload (`systemctl reload gvm-vgpud`, SIGHUP) was refused, why: the catalog loaded
+    /// before it stays in use until a reload succeeds.
+    Status,
 
     /// Show what a VM's guest agent reports: its channel, the agent, and the guest's GPU
     /// processes (pid, name, GPU, memory, utilization), as validated by gvm-vgpud.

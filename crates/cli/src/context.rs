@@ -20,6 +20,9 @@ pub struct Context {
     pub gvm: GvmTree,
     /// Catalog directories layered over the built-in catalog, in order.
     pub catalog_dirs: Vec<PathBuf>,
+    /// The `--catalog` directories given on the command line: commands the daemon answers
+    /// refuse them (the daemon reads its own catalog).
+    pub catalog_flags: Vec<PathBuf>,
     /// Print JSON rather than tables.
     pub json: bool,
 }
@@ -36,6 +39,7 @@ impl Context {
             gvm: GvmTree::new(host.clone()),
             host,
             catalog_dirs,
+            catalog_flags: global.catalog_dirs.clone(),
             json: global.json,
         })
     }

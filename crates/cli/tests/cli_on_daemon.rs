@@ -310,6 +310,7 @@ fn an_unprivileged_user_is_told_permission_denied_not_that_the_daemon_is_not_run
         vec!["show", uuid.as_str()],
         vec!["list", "--defined"],
         vec!["stats"],
+        vec!["status"],
         vec!["set", uuid.as_str(), "--priority", "3"],
     ] {
         let o = {

@@ -501,6 +501,14 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// `systemctl reload gvm-vgpud`: SIGHUP.
+    fn hangup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, libc::SIGHUP) }, 0);
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -601,4 +609,187 @@ fn define_for_an_absent_parent_stores_a_kernel_type_id_never_a_catalog_name() {
     assert!(err.contains("binds to a kernel type by its name"), "{err}");
     assert!(err.contains("kernel type id"), "{err}");
     assert_eq!(stored_type(c), None, "a refused definition is not stored");
+}
+
+/// The shipped simulated-host catalog with `sim-4c` at 6 GiB and priority 3.
+fn sim_catalog_4c_at_6g() -> String {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mdev-types/gvm-sim.toml"),
+    )
+    .unwrap();
+    let old = "memory_limit = \"4GiB\"\npriority = 10\n";
+    assert!(
+        shipped.contains(old),
+        "the shipped sim-4c changed: update this test"
+    );
+    shipped.replacen(old, "memory_limit = \"6GiB\"\npriority = 3\n", 1)
+}
+
+/// What the daemon's `show --json` says of `uuid`: (memory limit, priority).
+fn daemon_knobs(root: &Path, uuid: &str) -> (u64, u64) {
+    let shown = json(root, &["show", uuid]);
+    let knobs = &shown["info"]["knobs"];
+    (
+        knobs["memory_limit"].as_u64().unwrap(),
+        knobs["priority"].as_u64().unwrap(),
+    )
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn catalog_is_refused_by_daemon_commands_naming_the_daemons_catalog_and_reload_is_how_to_change_it()
+{
+    if skip(
+        "catalog_is_refused_by_daemon_commands",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let daemon = Daemon::start(root);
+    let uuid = "0c0a0000-0000-4000-8000-000000000001";
+    ok(root, &["create", "--type", "sim-4c", "--uuid", uuid]);
+    assert!(wait_for(|| cli(root, &["show", uuid]).status.success()));
+    assert_eq!(daemon_knobs(root, uuid), (4 << 30, 10));
+
+    let alt = tempfile::tempdir().unwrap();
+    std::fs::write(alt.path().join("gvm-sim.toml"), sim_catalog_4c_at_6g()).unwrap();
+    let alt_dir = alt.path().to_str().unwrap();
+    let daemons_dir = root.join("etc/gvm-vgpu/mdev-types");
+    for args in [
+        vec!["show", uuid],
+        vec!["list", "--defined"],
+        vec!["set", uuid, "--priority", "3"],
+        vec!["status"],
+        vec!["define", "--type", "sim-4c", "--parent", "0000:3b:00.0"],
+    ] {
+        let mut all = vec!["--catalog", alt_dir];
+        all.extend_from_slice(&args);
+        let o = cli(root, &all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+        for want in [
+            format!("--catalog {alt_dir} does not reach gvm-vgpud"),
+            daemons_dir.display().to_string(),
+            "systemctl reload gvm-vgpud".into(),
+            "SIGHUP".into(),
+        ] {
+            assert!(err.contains(&want), "{args:?}: {err}");
+        }
+        assert_eq!(err.matches("gvm-vgpu: error:").count(), 1, "{err}");
+    }
+    // Nothing was done: no retune, no definition.
+    assert_eq!(daemon_knobs(root, uuid), (4 << 30, 10));
+    assert!(json(root, &["list", "--defined"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A command gvm-vgpu answers itself still reads --catalog.
+    let types = json(root, &["--catalog", alt_dir, "types"]);
+    let row = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type_id"] == "gvmsim-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(row["catalog"]["memory_limit_bytes"], 6u64 << 30);
+
+    // `status` names what the daemon loaded.
+    let status = ok(root, &["status"]);
+    assert!(status.contains("catalog: loaded from "), "{status}");
+    assert!(
+        status.contains("<builtin>/mdev-types/gvm-sim.toml"),
+        "{status}"
+    );
+    assert!(status.contains("(reloads: 0)"), "{status}");
+    assert!(
+        status.contains(&daemons_dir.display().to_string()),
+        "{status}"
+    );
+    assert!(!status.contains("last reload failed"), "{status}");
+
+    // The daemon's catalog changed and reloaded: `show` and `status` follow.
+    std::fs::create_dir_all(&daemons_dir).unwrap();
+    let ours = daemons_dir.join("gvm-sim.toml");
+    std::fs::write(&ours, sim_catalog_4c_at_6g()).unwrap();
+    daemon.hangup();
+    assert!(wait_for(|| ok(root, &["status"]).contains("(reloads: 1)")));
+    assert_eq!(daemon_knobs(root, uuid), (6 << 30, 3));
+    assert!(ok(root, &["status"]).contains(&ours.display().to_string()));
+    let types = json(root, &["types"]);
+    let row = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type_id"] == "gvmsim-1")
+        .cloned();
+    assert_eq!(row.unwrap()["catalog"]["memory_limit_bytes"], 6u64 << 30);
+
+    // A broken one: refused, the old one stays, `status` says why.
+    std::fs::write(&ours, "[gpu]\nmodel = \"GVM-SIM-80GB\"\n\n[[type]\n").unwrap();
+    daemon.hangup();
+    assert!(wait_for(
+        || ok(root, &["status"]).contains("last reload failed at ")
+    ));
+    let status = ok(root, &["status"]);
+    assert!(
+        status.contains(&format!("{}:4:", ours.display())),
+        "{status}"
+    );
+    assert!(status.contains("stays in use"), "{status}");
+    assert!(status.contains("(reloads: 1)"), "{status}");
+    assert_eq!(daemon_knobs(root, uuid), (6 << 30, 3));
+    let o = cli(root, &["--json", "status"]);
+    let pong: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(pong["catalog"]["last_reload_failed"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("gvm-sim.toml:4:"));
+
+    // Without a daemon, `show` is answered here and uses --catalog (the host's own local
+    // catalog, broken above, would fail it: that file goes).
+    drop(daemon);
+    std::fs::remove_file(&ours).unwrap();
+    let o = cli(root, &["--catalog", alt_dir, "--json", "show", uuid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("gvm-vgpud is not running"),
+        "{}",
+        stderr(&o)
+    );
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["catalog"]["memory_limit_bytes"], 6u64 << 30);
+}
+
+#[test]
+fn stop_of_a_running_vgpu_that_was_never_defined_names_its_parent() {
+    if skip(
+        "stop_of_a_running_vgpu_that_was_never_defined",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let uuid = "0c0a0000-0000-4000-8000-000000000002";
+    let created = json(root, &["create", "--type", "sim-4c", "--uuid", uuid]);
+    let parent = created["parent"].as_str().unwrap().to_string();
+    assert!(wait_for(|| cli(root, &["show", uuid]).status.success()));
+    let out = ok(root, &["stop", uuid]);
+    assert_eq!(out, format!("Stopped vGPU {uuid} on {parent}.\n"));
+    assert!(uuids_listed(root).is_empty());
 }

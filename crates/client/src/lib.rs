@@ -512,6 +512,7 @@ mod tests {
                             protocol: 1,
                             root: "/".into(),
                             vgpus: 3,
+                            catalog: None,
                         },
                     ),
                     _ => Response::err(req.id, ApiError::not_found("no vGPU 'x'")),
@@ -585,6 +586,7 @@ mod tests {
             protocol: 1,
             root: "/".into(),
             vgpus: 1,
+            catalog: None,
         };
         serde_json::to_string(&Response::ok(id, &pong)).unwrap_or_default()
     }

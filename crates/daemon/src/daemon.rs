@@ -96,6 +96,20 @@ pub struct Daemon {
     pub(crate) batches: crate::batches::Lists,
     /// Problems found when loading the store, reported by the first reconcile.
     pub startup_problems: Vec<String>,
+    /// Where the catalog in `types` came from and the last refused reload, for
+    /// `ping` (`None`: not told, as in tests over fake ports).
+    pub(crate) catalog: Option<crate::catalog::CatalogState>,
+}
+
+/// What putting a new catalog in place changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogSwap {
+    /// Live vGPUs whose type values (or catalog type) changed, re-applied to their owners.
+    pub changed: Vec<Uuid>,
+    /// Of those, vGPUs the new catalog does not know: unmanaged now, their knobs left as they are.
+    pub unmanaged: Vec<Uuid>,
+    /// Knob writes that failed while re-applying.
+    pub errors: Vec<String>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -182,7 +196,67 @@ impl Daemon {
             },
             batches: crate::batches::Lists::default(),
             startup_problems: loaded.problems,
+            catalog: None,
         })
+    }
+
+    /// Say where the catalog given to [`Daemon::new`] came from (`ping` reports it).
+    pub fn set_catalog_state(&mut self, state: crate::catalog::CatalogState) {
+        self.catalog = Some(state);
+    }
+
+    /// Put a catalog that loaded whole in place, in one step (requests see the old catalog
+    /// or the new one, never a mix), and re-apply the knobs of every live vGPU whose type
+    /// values changed, as `set` does. A vGPU whose kernel type the new catalog does not know
+    /// becomes unmanaged: its owners keep the knobs they have. `files` and `at` are what
+    /// `ping` reports.
+    pub fn replace_catalog(
+        &mut self,
+        types: Box<dyn TypePort>,
+        files: Vec<String>,
+        at: std::time::SystemTime,
+    ) -> CatalogSwap {
+        self.types = types;
+        if let Some(c) = &mut self.catalog {
+            c.reloaded(files, at);
+        }
+        let mut swap = CatalogSwap::default();
+        for (uuid, dev) in &self.observed.devices {
+            let new = self
+                .types
+                .resolve(&dev.mdev_type, dev.kernel_name.as_deref());
+            if new.as_ref() == self.type_of.get(uuid) {
+                continue;
+            }
+            swap.changed.push(*uuid);
+            match new {
+                Some(t) => {
+                    info!(%uuid, vgpu_type = %t.name, memory_limit = t.memory_limit,
+                          priority = t.priority, "catalog reload: type values changed, re-applying");
+                    self.type_of.insert(*uuid, t);
+                }
+                None => {
+                    info!(%uuid, mdev_type = %dev.mdev_type,
+                          "catalog reload: the type is no longer in the catalog: unmanaged now, knobs left as they are");
+                    self.type_of.remove(uuid);
+                    swap.unmanaged.push(*uuid);
+                }
+            }
+        }
+        if !swap.changed.is_empty() {
+            swap.errors = self.retune(&swap.changed);
+        }
+        // Shares of the fixed-share policy come from the catalog too.
+        self.scheduler.wake();
+        swap
+    }
+
+    /// A reload was refused for `error` (the whole chain): the catalog in use stays, and
+    /// `ping` says why until a reload succeeds.
+    pub fn catalog_reload_failed(&mut self, error: String, at: std::time::SystemTime) {
+        if let Some(c) = &mut self.catalog {
+            c.failed(error, at);
+        }
     }
 
     /// Allow the users of `policy` (beside root) to claim vGPUs through their environment

@@ -563,3 +563,104 @@ fn a_list_sent_in_parts_is_stored_by_its_last_part_only_and_dropped_on_any_error
     assert_eq!(report.defined.len(), 3);
     assert_eq!(stored_definitions(&host), 3);
 }
+
+#[test]
+fn stopping_a_running_vgpu_that_was_never_defined_answers_its_parent_and_type() {
+    let (a, _) = a_and_b();
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let (host, shared) = qemu_host(dir.path(), &[0], UNTOUCHED);
+    let mut daemon = daemon_over(&host, &shared);
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let info: gvm_proto::VgpuInfo = call(&mut daemon, gvm_proto::Call::Stop(target(a)));
+    assert_eq!(info.uuid, a);
+    assert_eq!(info.parent, PARENTS[0], "the answer names the parent");
+    assert_eq!(info.mdev_type, "t-a");
+    assert_eq!(info.type_name.as_deref(), Some("t-a"));
+    assert_eq!(info.state, gvm_proto::VgpuState::Stopped);
+    assert!(!info.defined);
+}
+
+/// A catalog that knows the kernel types in its table: type → (memory limit, priority).
+struct TableTypes(BTreeMap<&'static str, (u64, u8)>);
+
+impl TypePort for TableTypes {
+    fn resolve(&self, mdev_type: &str, _: Option<&str>) -> Option<TypeSpec> {
+        let (memory_limit, priority) = *self.0.get(mdev_type)?;
+        Some(TypeSpec {
+            name: mdev_type.into(),
+            memory_limit,
+            priority,
+            share: None,
+        })
+    }
+    fn binds(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {
+        None
+    }
+}
+
+#[test]
+fn a_replaced_catalog_reapplies_changed_types_only_and_leaves_a_dropped_type_untouched() {
+    let (a, b) = a_and_b();
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let (host, shared) = qemu_host(dir.path(), &[0, 8], UNTOUCHED);
+    let mut daemon = daemon_over(&host, &shared);
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 0)),
+        Some(&(4 << 30, Some(4), false))
+    );
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 8)),
+        Some(&(2 << 30, Some(9), false))
+    );
+
+    // t-a changes, t-b stays: only A is re-applied.
+    let table = BTreeMap::from([("t-a", (6 << 30, 2)), ("t-b", (2 << 30, 9))]);
+    let swap = daemon.replace_catalog(
+        Box::new(TableTypes(table)),
+        vec!["new.toml".into()],
+        std::time::SystemTime::now(),
+    );
+    assert_eq!(swap.changed, vec![a]);
+    assert!(
+        swap.unmanaged.is_empty() && swap.errors.is_empty(),
+        "{swap:?}"
+    );
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 0)),
+        Some(&(6 << 30, Some(2), false))
+    );
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 8)),
+        Some(&(2 << 30, Some(9), false))
+    );
+    let shown: gvm_proto::VgpuDetail = call(&mut daemon, gvm_proto::Call::Show(target(a)));
+    assert_eq!(shown.info.knobs.memory_limit, 6 << 30);
+    assert_eq!(shown.info.knobs.priority, 2);
+
+    // t-b leaves the catalog: B is unmanaged, its owner keeps what it has.
+    let table = BTreeMap::from([("t-a", (6 << 30, 2))]);
+    let swap = daemon.replace_catalog(
+        Box::new(TableTypes(table)),
+        vec!["newer.toml".into()],
+        std::time::SystemTime::now(),
+    );
+    assert_eq!((swap.changed, swap.unmanaged), (vec![b], vec![b]));
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 8)),
+        Some(&(2 << 30, Some(9), false))
+    );
+    assert!(!daemon.info(&b).managed);
+    let report = daemon.tick(Instant::now() + std::time::Duration::from_secs(60), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        lock(&shared).knobs.get(&(QEMU, 8)),
+        Some(&(2 << 30, Some(9), false))
+    );
+}

@@ -85,6 +85,7 @@ impl Daemon {
                 protocol: PROTOCOL_VERSION,
                 root: self.host.root().display().to_string(),
                 vgpus: self.all_uuids().len(),
+                catalog: self.catalog.as_ref().map(|c| c.status()),
             }),
             Call::List(p) => {
                 let list: Vec<VgpuInfo> = self
@@ -541,10 +542,18 @@ impl Daemon {
         if !self.observed.devices.contains_key(&uuid) {
             return Err(ApiError::not_found(format!("vGPU {uuid} is not running")));
         }
+        // Taken before the device is forgotten: a vGPU that was never defined has nothing
+        // else left to name its parent and type by.
+        let was = self.info(&uuid);
         self.mdev.remove(uuid).map_err(port_err)?;
         info!(%uuid, "vGPU stopped");
         self.forget_device(&uuid);
-        Ok(self.info(&uuid))
+        Ok(VgpuInfo {
+            parent: was.parent,
+            mdev_type: was.mdev_type,
+            type_name: was.type_name,
+            ..self.info(&uuid)
+        })
     }
 
     fn create(&mut self, p: CreateParams) -> Result<VgpuInfo, ApiError> {

@@ -21,6 +21,8 @@
 //! - [`model`]: observed and desired state as plain data, knob precedence;
 //! - [`plan`]: the pure reconciliation planner (observed + desired → typed knob writes);
 //! - [`ports`]: the mdev and catalog interfaces and their real implementations;
+//! - [`catalog`]: where the catalog is read from, loading it whole (start and `SIGHUP`), and
+//!   what the last load or refused reload was, for `ping`;
 //! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
 //!   built once in `main`;
 //! - [`scheduler`]: the time-slice scheduler, one `gvm-sched` engine per GPU, over a
@@ -46,6 +48,7 @@ pub mod accept;
 pub mod agent_ingest;
 pub mod backends;
 pub mod batches;
+pub mod catalog;
 pub mod daemon;
 pub mod domains;
 mod handlers;

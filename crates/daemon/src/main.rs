@@ -6,12 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::Parser;
 use gvm_host_root::{HostRoot, ROOT_ENV};
 use gvm_vgpud::backends::{self, BackendKind};
+use gvm_vgpud::catalog::{files_of, CatalogSource, CatalogState};
 use gvm_vgpud::daemon::{Daemon, Timing};
 use gvm_vgpud::ports::{CatalogTypes, SysfsMdev};
 use gvm_vgpud::server::{serve, ApiLimits, ServeOptions};
@@ -38,6 +39,8 @@ struct Args {
     metrics: Option<SocketAddr>,
     /// Extra catalog directory (repeatable); the built-in catalog and the host's
     /// /usr/share/gvm-vgpu/mdev-types and /etc/gvm-vgpu/mdev-types are always read.
+    /// SIGHUP (`systemctl reload gvm-vgpud`) reads them all again: a catalog that does not
+    /// load whole is refused and the one in use stays (`gvm-vgpu status` says why).
     #[arg(long = "catalog")]
     catalogs: Vec<PathBuf>,
     /// Fast rescan period in milliseconds (devices, new owners): a vGPU made by hand or a new
@@ -137,6 +140,11 @@ fn group_id(spec: &str) -> anyhow::Result<u32> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A SIGHUP (`systemctl reload`) before `serve` installs its handler must not end the
+    // daemon (the default action): until then there is nothing to reload, the catalog is
+    // being read for the first time.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread is started.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -151,9 +159,11 @@ fn main() -> anyhow::Result<()> {
     let group = args.group.as_deref().map(group_id).transpose()?;
     let mut dirs = args.catalogs.clone();
     dirs.extend(gvm_catalog::Catalog::default_dirs(&host));
-    let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
-    let catalog = gvm_catalog::Catalog::load_with_builtin(&dirs)
-        .context("cannot load the vGPU type catalog: fix the file named above")?;
+    let source = CatalogSource::new(dirs);
+    let catalog = source
+        .load()
+        .context("fix the catalog file named here, then start gvm-vgpud again")?;
+    let catalog_state = CatalogState::loaded(&source, files_of(&catalog), SystemTime::now());
     let state = HostRoot::new(args.state_root.as_deref().unwrap_or(&args.root));
     let backends = backends::build(args.backend, &host);
     let shim_registry = backends.shim_registry.clone();
@@ -169,6 +179,7 @@ fn main() -> anyhow::Result<()> {
         },
     )
     .context("cannot open the daemon's state under /etc/gvm-vgpu and /run/gvm-vgpu")?;
+    daemon.set_catalog_state(catalog_state);
     if !args.owner_uids.is_empty() {
         let uids = args
             .owner_uids
@@ -197,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             max_connections: args.api_max_connections,
             idle: Duration::from_secs(args.api_idle_s),
         },
+        catalog: Some(source),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -150,6 +150,8 @@ pub struct ServeOptions {
     pub uevents: bool,
     /// The API socket's connection limits.
     pub api: ApiLimits,
+    /// Where the catalog is read again on `SIGHUP` (`None`: `SIGHUP` is logged and ignored).
+    pub catalog: Option<crate::catalog::CatalogSource>,
 }
 
 type Shared = Arc<Mutex<Daemon>>;
@@ -198,8 +200,11 @@ fn run_locked<T>(d: &Shared, f: impl FnOnce(&mut Daemon) -> T) -> T {
     f(&mut guard)
 }
 
-/// Serve until SIGTERM/SIGINT.
+/// Serve until SIGTERM/SIGINT; reload the catalog on SIGHUP.
 pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
+    // First of all: SIGHUP's default action would end the daemon.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     let host = daemon.host().clone();
     let listener = bind_socket(&opts.socket, opts.group)?;
     info!(socket = %opts.socket.display(), "API listening");
@@ -242,6 +247,7 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     // Domain lifecycle events (paused domains frozen); stops when `serve` returns.
     let _libvirt = crate::libvirt_watch::spawn_watch(&shared);
     tokio::spawn(scheduler_loop(shared.clone()));
+    tokio::spawn(reload_loop(shared.clone(), hangup, opts.catalog.clone()));
 
     let own_uid = current_uid();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -283,6 +289,56 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || run_locked(&d, |_| ())).await;
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
+}
+
+/// Read the catalog again on every SIGHUP, one reload at a time (signals that come during
+/// one make one more). The files are read and checked outside the daemon's lock; only the
+/// swap takes it, so requests see the old catalog or the new one.
+async fn reload_loop(
+    shared: Shared,
+    mut hangup: tokio::signal::unix::Signal,
+    source: Option<crate::catalog::CatalogSource>,
+) {
+    while hangup.recv().await.is_some() {
+        let Some(source) = source.clone() else {
+            warn!("SIGHUP: this daemon was started without a catalog to read again; ignored");
+            continue;
+        };
+        let d = shared.clone();
+        let done = tokio::task::spawn_blocking(move || reload_catalog(&d, &source)).await;
+        if done.is_err() {
+            warn!("SIGHUP: the catalog reload panicked; the catalog in use stays");
+        }
+    }
+}
+
+fn reload_catalog(shared: &Shared, source: &crate::catalog::CatalogSource) {
+    info!("SIGHUP: reading the vGPU type catalog again");
+    let loaded = source.load();
+    let at = std::time::SystemTime::now();
+    match loaded {
+        Ok(catalog) => {
+            let files = crate::catalog::files_of(&catalog);
+            let types = Box::new(crate::ports::CatalogTypes::new(catalog));
+            let n = files.len();
+            let swap = run_locked(shared, |d| d.replace_catalog(types, files, at));
+            info!(
+                files = n,
+                changed = swap.changed.len(),
+                unmanaged_now = swap.unmanaged.len(),
+                errors = swap.errors.len(),
+                "catalog reloaded"
+            );
+            for e in &swap.errors {
+                warn!("catalog reload: {e}");
+            }
+        }
+        Err(e) => {
+            let chain = gvm_error_chain::error_chain(&e);
+            warn!("catalog reload refused, the catalog in use stays: {chain}");
+            run_locked(shared, |d| d.catalog_reload_failed(chain, at));
+        }
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -37,6 +37,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     )
     .unwrap();
     assert!(shipped.contains("ExecStart=/usr/bin/gvm-vgpud "));
+    // `systemctl reload gvm-vgpud` reads the catalog again (docs/daemon.md, "Catalog reload").
+    assert!(shipped.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
     let here = shipped.replace("/usr/bin/gvm-vgpud", env!("CARGO_BIN_EXE_gvm-vgpud"));
     let dir = tempfile::tempdir().unwrap();
     let (ok, warnings) = verify(&here, dir.path());

@@ -45,9 +45,9 @@ pub use guest::{
 };
 pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu};
 pub use types::{
-    BatchFailure, BatchReport, Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides,
-    OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, Source, Sources, Totals, VgpuDetail,
-    VgpuInfo, VgpuState,
+    BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, ImportReport, Knobs,
+    Overrides, OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, ReloadFailure, Source,
+    Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

@@ -22,6 +22,38 @@ pub struct Pong {
     pub root: String,
     /// vGPUs known (live or defined).
     pub vgpus: usize,
+    /// The daemon's vGPU type catalog: where it is read from, when it was loaded, the last
+    /// reload that failed. Absent from daemons older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogStatus>,
+}
+
+/// The catalog a daemon uses (`ping`): the CLI's `--catalog` does not reach it; a changed
+/// catalog is read again on `SIGHUP` (`systemctl reload gvm-vgpud`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogStatus {
+    /// Directories read over the built-in catalog, in order, as the daemon names them (a
+    /// later one overrides a GPU model of the same name; a missing one is skipped).
+    pub dirs: Vec<String>,
+    /// Files the catalog in use came from (`<builtin>/…` for the compiled-in ones).
+    pub files: Vec<String>,
+    /// When the catalog in use was loaded, in seconds since the Unix epoch.
+    pub loaded_at: u64,
+    /// Reloads that succeeded since the daemon started.
+    pub reloads: u64,
+    /// The last reload, when it failed after the catalog in use was loaded: the catalog in
+    /// use is the one before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload_failed: Option<ReloadFailure>,
+}
+
+/// A catalog reload that was refused, so the catalog before it stayed in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadFailure {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    /// Why: the error and its causes, once (file, line and column where the catalog says).
+    pub error: String,
 }
 
 /// Knob overrides; `None` means "inherit from the type".

@@ -20,9 +20,110 @@ use crate::cli::KnobArgs;
 use crate::context::Context;
 use crate::table::Table;
 
-/// Connect to the daemon serving this root.
+/// Connect to the daemon serving this root, for a command the daemon answers: `--catalog`
+/// is refused (see [`refuse_catalog_flag`]).
 pub fn client(ctx: &Context) -> Result<Client> {
-    Ok(Client::connect_host(&ctx.host)?)
+    let mut c = Client::connect_host(&ctx.host)?;
+    refuse_catalog_flag(ctx, &mut c)?;
+    Ok(c)
+}
+
+/// Fail when `--catalog` was given to a command the daemon answers: the daemon never sees
+/// the flag, so the command would run on the daemon's catalog while the operator thinks it
+/// uses theirs. The error names the daemon's catalog as its `ping` reports it and how to
+/// change it.
+pub fn refuse_catalog_flag(ctx: &Context, c: &mut Client) -> Result<()> {
+    if ctx.catalog_flags.is_empty() {
+        return Ok(());
+    }
+    let given = ctx
+        .catalog_flags
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let theirs = match c.ping().map(|p| p.catalog) {
+        Ok(Some(st)) if st.dirs.is_empty() => "the built-in types only".to_string(),
+        Ok(Some(st)) => format!("the built-in types overridden by {}", st.dirs.join(", ")),
+        Ok(None) | Err(_) => "its own directories (this gvm-vgpud does not say which)".into(),
+    };
+    anyhow::bail!(
+        "--catalog {given} does not reach gvm-vgpud, which answers this command: it reads \
+         its own catalog, {theirs}. To change that catalog, edit a file there and run \
+         `systemctl reload gvm-vgpud` (or send gvm-vgpud SIGHUP; `gvm-vgpu status` shows \
+         what it loaded); drop --catalog here. --catalog applies to parents, types, create, \
+         remove and list (without --defined)"
+    )
+}
+
+/// `gvm-vgpu status`.
+pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
+    let pong = client(ctx)?.ping()?;
+    if ctx.json {
+        return write_json(out, &pong);
+    }
+    writeln!(
+        out,
+        "gvm-vgpud {} (protocol {}) serving {}: {} vGPU{}",
+        pong.version,
+        pong.protocol,
+        pong.root,
+        pong.vgpus,
+        if pong.vgpus == 1 { "" } else { "s" }
+    )?;
+    let Some(cat) = pong.catalog else {
+        writeln!(out, "catalog: not reported by this gvm-vgpud")?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "catalog: loaded from {} at {} (reloads: {})",
+        cat.files.join(", "),
+        utc_text(cat.loaded_at),
+        cat.reloads
+    )?;
+    if cat.dirs.is_empty() {
+        writeln!(out, "  read from: the built-in types only")?;
+    } else {
+        writeln!(
+            out,
+            "  read from: the built-in types, then {}",
+            cat.dirs.join(", ")
+        )?;
+    }
+    if let Some(f) = cat.last_reload_failed {
+        writeln!(
+            out,
+            "last reload failed at {}: {}\n  the catalog loaded at {} stays in use: fix the \
+             file and run `systemctl reload gvm-vgpud` (or send gvm-vgpud SIGHUP)",
+            utc_text(f.at),
+            f.error,
+            utc_text(cat.loaded_at)
+        )?;
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_text(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Days to a civil date (Howard Hinnant's algorithm, for days since 1970-01-01).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
 }
 
 fn limit_text(bytes: u64) -> String {
@@ -456,4 +557,21 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_text;
+
+    #[test]
+    fn epoch_seconds_read_as_utc_dates_across_leap_days_and_centuries() {
+        for (secs, want) in [
+            (0, "1970-01-01 00:00:00 UTC"),
+            (951_782_400, "2000-02-29 00:00:00 UTC"),
+            (1_796_222_106, "2026-12-02 14:35:06 UTC"),
+            (4_102_444_799, "2099-12-31 23:59:59 UTC"),
+        ] {
+            assert_eq!(utc_text(secs), want);
+        }
+    }
 }

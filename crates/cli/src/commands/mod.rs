@@ -94,6 +94,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Thaw { target } => managed::freeze_thaw(&ctx, target, false, out),
         Command::ImportMdevctl { dry_run } => managed::import_mdevctl(&ctx, *dry_run, out),
         Command::Reconcile => managed::reconcile(&ctx, out),
+        Command::Status => managed::status(&ctx, out),
         Command::Policy { action } => match action {
             crate::cli::PolicyAction::Show => sched::show(&ctx, out),
             crate::cli::PolicyAction::Set {
@@ -182,9 +183,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
 /// the kernel and GVM report directly, said so on stderr. Only a daemon that is not
 /// running is a reason to fall back: a socket this user may not open is an error.
 fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
-    match gvm_client::Client::connect_host(&ctx.host).map(|mut c| c.show(target)) {
+    // With a daemon, --catalog is refused; without one, the direct view below uses it.
+    let answered = gvm_client::Client::connect_host(&ctx.host).map(|mut c| {
+        managed::refuse_catalog_flag(ctx, &mut c)?;
+        Ok::<_, anyhow::Error>(c.show(target)?)
+    });
+    match answered {
         Ok(Ok(detail)) => managed::show(ctx, &detail, out),
-        Ok(Err(e)) => Err(e.into()),
+        Ok(Err(e)) => Err(e),
         Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
         Err(_) => {
             let uuid = uuid::Uuid::parse_str(target).map_err(|_| {
