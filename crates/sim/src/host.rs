@@ -140,7 +140,7 @@ impl SimHost {
     /// Unregister a parent, as unloading its driver does (`rmmod mtty`): its live devices are
     /// removed (their owners killed) and the parent leaves `mdev_bus`. ENOENT if unknown or
     /// already unregistered.
-    pub fn unregister_parent(&mut self, path: &str, name: &str) -> Result<(), FsError> {
+    pub fn unregister_parent(&mut self, _path: &str, name: &str) -> Result<(), FsError> {
         let i = self
             .parent_index(name)
             .filter(|i| self.is_registered(*i))
@@ -162,7 +162,6 @@ impl SimHost {
             }
         }
         self.finish_released_removals();
-        let _ = path;
         self.unregistered.insert(i);
         Ok(())
     }
