@@ -41,6 +41,7 @@ done
   echo $? > /tmp/conf.rc; }} | while IFS= read -r l; do echo "GVMRESULT conformance $l"; done
 echo "GVMRESULT conformance-rc $(cat /tmp/conf.rc)"
 while IFS= read -r l; do echo "GVMRESULT conformance-stderr $l"; done < /tmp/conf.err
+dmesg | grep -i -e vfio -e mtty -e "in use" | while IFS= read -r l; do echo "GVMRESULT dmesg $l"; done
 for i in $(seq 50); do grep -q MDEV_STATE=registered /tmp/uevents && break; sleep 0.1; done
 grep MDEV_STATE=. /tmp/uevents | while IFS= read -r l; do echo "GVMRESULT uevent $l"; done
 cli() {{
@@ -117,7 +118,7 @@ fn run_guest() -> anyhow::Result<Setup> {
         Err(e) => Err(format!("{e}")),
     };
     let initrd = image.build(work.path())?;
-    let run = boot(&BootOptions::new(kernel.vmlinuz(), &initrd).timeout(Duration::from_secs(60)))?;
+    let run = boot(&BootOptions::new(kernel.vmlinuz(), &initrd).timeout(Duration::from_secs(120)))?;
     println!(
         "guest (kernel {}) ran {:.1?} from QEMU start to power-off ({:?})",
         kernel.abi(),
@@ -234,18 +235,36 @@ fn kernel_and_simulated_host_agree_on_every_mdev_step() {
         "uevents: {uevents}"
     );
     println!("kernel uevents:\n{uevents}");
+    println!("kernel log (vfio, mtty):\n{}", o.lines("dmesg").join("\n"));
+    print_held("kernel", &kernel);
 
     let sim = match run_against_sim(&o.runner) {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(e) => panic!("running the scenario against gvm-vgpu-sim failed: {e:#}"),
     };
+    print_held("sim", &sim);
     let cmp = compare(&kernel, &sim);
     println!("kernel vs gvm-vgpu-sim --model mtty: {cmp}");
     assert!(
         cmp.is_match(),
         "the simulated host differs from the kernel:\n{cmp}"
     );
+}
+
+/// Print what the held-device steps saw, with their (uncompared) timings.
+fn print_held(target: &str, records: &[StepRecord]) {
+    for r in records.iter().filter(|r| r.op == "remove_held") {
+        println!(
+            "{target} {}: ok={:?} errno={:?} {} [{}]",
+            r.name,
+            r.ok,
+            r.errno,
+            r.result.as_deref().or(r.error.as_deref()).unwrap_or(""),
+            r.detail.as_deref().unwrap_or("")
+        );
+        println!("{target} {} during: {:?}", r.name, r.during);
+    }
 }
 
 /// Run the scenario against `gvm-vgpu-sim --model mtty`; `None` after printing SKIP.
@@ -256,8 +275,9 @@ fn run_against_sim(runner: &Path) -> anyhow::Result<Option<Vec<StepRecord>>> {
         println!("SKIP: the simulated-host half needs root and /dev/fuse (kernel half ran)");
         return Ok(None);
     }
-    // The simulated host runs here on the host: the ordinary debug build will do.
-    let sim_bin = gvm_testkit::workspace_bin("gvm-vgpu-sim", "gvm-vgpu-sim");
+    // The simulated host runs here on the host: the ordinary debug build will do, rebuilt
+    // so that a binary left by an older build is never what is compared.
+    let sim_bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpu-sim", "gvm-vgpu-sim");
     let mnt = tempfile::tempdir()?;
     let child = Command::new(&sim_bin)
         .arg("--root")
@@ -290,6 +310,8 @@ fn run_against_sim(runner: &Path) -> anyhow::Result<Option<Vec<StepRecord>>> {
         .arg(format!("echo unregister mtty > '{}'", control.display()))
         .arg("--load-cmd")
         .arg(format!("echo register mtty > '{}'", control.display()))
+        .arg("--sim-control")
+        .arg(&control)
         .output()?;
     sim.stop();
     anyhow::ensure!(

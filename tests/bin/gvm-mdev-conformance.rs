@@ -15,8 +15,11 @@ use clap::Parser;
 use gvm_error_chain::error_chain;
 use gvm_host_root::HostRoot;
 use gvm_mdev::{MdevHost, Uuid};
+use gvm_vgpu_e2e::guest::conformance::held::{
+    run_held_remove, sysfs_facts, HeldOutcome, HeldPlan, Holder, Seen,
+};
 use gvm_vgpu_e2e::guest::conformance::{
-    execute, mtty_scenario, DeviceState, Hook, MdevOps, OpError, State, TypeState,
+    execute, mtty_scenario, sys, DeviceState, Hook, MdevOps, OpError, State, TypeState,
 };
 
 /// Run the scripted mdev scenario (create, duplicates, malformed and 36/37/38-byte
@@ -43,11 +46,17 @@ struct Args {
     /// Shell command that registers it again (e.g. `insmod /modules/mtty.ko`).
     #[arg(long, value_name = "CMD")]
     load_cmd: Option<String>,
+    /// Hold devices through the simulated host's control file (`spawn <uuid>` starts an
+    /// owner, `kill <pid>` ends it) instead of opening them through VFIO (`/dev/vfio`).
+    #[arg(long, value_name = "FILE")]
+    sim_control: Option<PathBuf>,
 }
 
 /// [`MdevOps`] through the project's client.
 struct Client {
     host: MdevHost,
+    root: PathBuf,
+    sim_control: Option<PathBuf>,
     unload_cmd: Option<String>,
     load_cmd: Option<String>,
 }
@@ -124,6 +133,45 @@ impl MdevOps for Client {
             .map_err(|e| op_error(&e))
     }
 
+    fn remove_held(
+        &mut self,
+        parent: &str,
+        type_id: &str,
+        uuid: &str,
+        plan: &HeldPlan,
+    ) -> Result<HeldOutcome, OpError> {
+        let dev_dir = self.root.join("sys/bus/mdev/devices").join(uuid);
+        let mut holder: Box<dyn Holder> = match &self.sim_control {
+            Some(control) => Box::new(SimOwner::start(&self.root, control, uuid)?),
+            None => {
+                let group = sys::iommu_group(&dev_dir).map_err(|e| vfio_error(&e))?;
+                let hold = sys::VfioHold::open(&self.root.join("dev/vfio"), group, uuid)
+                    .map_err(|e| vfio_error(&e))?;
+                Box::new(VfioHolder(hold))
+            }
+        };
+        let root = self.root.clone();
+        let (parent, type_id, uuid) = (parent.to_string(), type_id.to_string(), uuid.to_string());
+        let mut look = || {
+            let mut seen = Seen {
+                facts: sysfs_facts(&root, &parent, &type_id, &uuid),
+                ..Seen::default()
+            };
+            match self.state() {
+                Ok(s) => seen.state = Some(s),
+                Err(e) => seen.state_error = e.errno,
+            }
+            seen
+        };
+        run_held_remove(
+            &dev_dir.join("remove"),
+            b"1\n",
+            holder.as_mut(),
+            plan,
+            &mut look,
+        )
+    }
+
     fn hook(&mut self, hook: Hook) -> Option<Result<(), OpError>> {
         let cmd = match hook {
             Hook::Unload => self.unload_cmd.as_deref()?,
@@ -131,6 +179,85 @@ impl MdevOps for Client {
         };
         Some(run_shell(cmd))
     }
+}
+
+fn vfio_error(e: &sys::VfioError) -> OpError {
+    OpError {
+        errno: e.errno(),
+        message: format!("holding the device through VFIO: {}", error_chain(e)),
+    }
+}
+
+/// A device held through VFIO.
+struct VfioHolder(sys::VfioHold);
+
+impl Holder for VfioHolder {
+    fn release(&mut self) -> Result<(), OpError> {
+        self.0.release();
+        Ok(())
+    }
+}
+
+/// A device held by an owner process of the simulated host.
+struct SimOwner {
+    control: PathBuf,
+    pid: u32,
+}
+
+impl SimOwner {
+    /// `spawn <uuid> busy=0`, then find the new owner's pid in the owners file.
+    fn start(
+        root: &std::path::Path,
+        control: &std::path::Path,
+        uuid: &str,
+    ) -> Result<Self, OpError> {
+        let owners = root.join("sys/kernel/debug/gvm-sim/owners");
+        let pids = |text: &str| -> Vec<u32> {
+            text.lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    let pid = w.next()?.parse().ok()?;
+                    (w.next()? == uuid).then_some(pid)
+                })
+                .collect()
+        };
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| OpError {
+                errno: e.raw_os_error(),
+                message: format!("reading {}: {e}", path.display()),
+            })
+        };
+        let before = pids(&read(&owners)?);
+        write_control(control, &format!("spawn {uuid} busy=0\n"))?;
+        let after = pids(&read(&owners)?);
+        match after.into_iter().find(|p| !before.contains(p)) {
+            Some(pid) => Ok(SimOwner {
+                control: control.to_path_buf(),
+                pid,
+            }),
+            None => Err(OpError {
+                errno: None,
+                message: format!("no new owner of {uuid} in {} after spawn", owners.display()),
+            }),
+        }
+    }
+}
+
+impl Holder for SimOwner {
+    fn release(&mut self) -> Result<(), OpError> {
+        write_control(&self.control, &format!("kill {}\n", self.pid))
+    }
+}
+
+fn write_control(control: &std::path::Path, command: &str) -> Result<(), OpError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(control)
+        .and_then(|mut f| f.write_all(command.as_bytes()))
+        .map_err(|e| OpError {
+            errno: e.raw_os_error(),
+            message: format!("writing {command:?} to {}: {e}", control.display()),
+        })
 }
 
 fn run_shell(cmd: &str) -> Result<(), OpError> {
@@ -173,6 +300,8 @@ fn run(args: Args) -> Result<()> {
     };
     let mut client = Client {
         host,
+        root: args.root.clone(),
+        sim_control: args.sim_control,
         unload_cmd: args.unload_cmd,
         load_cmd: args.load_cmd,
     };

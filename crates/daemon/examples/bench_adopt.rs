@@ -103,6 +103,9 @@ fn main() {
             &gpus.to_string(),
             "--owners-per-vgpu",
             &per.to_string(),
+            // Removing the benchmark's vGPUs kills their owners (a kernel would wait).
+            "--held-remove",
+            "kill",
             "--foreground",
         ])
         .stdout(Stdio::null())

@@ -56,6 +56,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub owners_per_vgpu: u32,
 
+    /// What writing 1 to `remove` does to a device that owner processes still hold:
+    /// `block` waits until they are gone, as the kernel does (measured on 6.1 with mtty and
+    /// VFIO, see docs/conformance.md); `kill` kills them and removes it at once.
+    #[arg(long, value_enum, default_value_t = HeldRemoveArg::Block)]
+    pub held_remove: HeldRemoveArg,
+
     /// Stay in the foreground; without it the simulator detaches once DIR is mounted.
     #[arg(long)]
     pub foreground: bool,
@@ -75,6 +81,15 @@ pub enum Command {
     /// Body of an owner process: wait until killed (started by the simulator itself).
     #[command(hide = true)]
     Owner,
+}
+
+/// `--held-remove` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeldRemoveArg {
+    /// The write waits until the owners are gone (the kernel's behaviour).
+    Block,
+    /// The owners are killed and the device removed at once.
+    Kill,
 }
 
 /// `--model` values.

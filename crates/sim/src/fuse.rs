@@ -36,7 +36,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::host::SimHost;
-use crate::tree::{self, Kind};
+use crate::tree::{self, Kind, Stored};
 
 /// Size reported for attribute files (sysfs reports a page).
 const ATTR_SIZE: u64 = 4096;
@@ -357,8 +357,17 @@ impl Filesystem for SimFs {
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        match tree::write(&mut self.host(), &segs(&path), data) {
-            Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
+        let written = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let mut host = self.host();
+        match tree::write(&mut host, &segs(&path), data) {
+            Ok(Stored::Done) => reply.written(written),
+            // A held device: answer when its owners are gone, as the kernel's
+            // vfio_unregister_group_dev returns when the last device fd is closed. Other
+            // requests are served meanwhile; an interrupt (a signal to the writer) is not
+            // answered, so the write goes on waiting, as it did on the kernel.
+            Ok(Stored::RemoveWaiting(uuid)) => {
+                host.when_removed(&uuid, Box::new(move || reply.written(written)));
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

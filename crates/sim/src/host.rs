@@ -44,6 +44,27 @@ pub struct Device {
     pub type_id: String,
     /// Its IOMMU group number.
     pub iommu_group: u32,
+    /// A `remove` is waiting for its owners to go ([`SimHost::remove`]).
+    pub removing: bool,
+}
+
+/// What a `remove` store did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The device is gone (or `0` was written).
+    Done,
+    /// Owners hold it: the write returns once they are gone ([`SimHost::when_removed`]).
+    Waiting,
+}
+
+/// What `remove` does to a device that owners still hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeldRemove {
+    /// Wait for the owners to go, as the kernel does (the default).
+    #[default]
+    Block,
+    /// Kill the owners and remove the device at once.
+    Kill,
 }
 
 /// One owner process of a vGPU.
@@ -80,6 +101,10 @@ pub struct SimHost {
     procs: Box<dyn OwnerProcs>,
     /// Parents whose driver is "unloaded": absent from the tree until registered again.
     unregistered: std::collections::BTreeSet<usize>,
+    /// What `remove` does to a held device.
+    held_remove: HeldRemove,
+    /// Writers of `remove` waiting for a held device to go, by UUID.
+    removal_waiters: Vec<(String, Box<dyn FnOnce() + Send>)>,
 }
 
 impl SimHost {
@@ -97,7 +122,14 @@ impl SimHost {
             now_us: 0,
             procs,
             unregistered: std::collections::BTreeSet::new(),
+            held_remove: HeldRemove::default(),
+            removal_waiters: Vec::new(),
         }
+    }
+
+    /// Choose what `remove` does to a device that owners hold.
+    pub fn set_held_remove(&mut self, mode: HeldRemove) {
+        self.held_remove = mode;
     }
 
     /// Whether parent `i` is registered with the mdev core (its driver is "loaded").
@@ -108,7 +140,7 @@ impl SimHost {
     /// Unregister a parent, as unloading its driver does (`rmmod mtty`): its live devices are
     /// removed (their owners killed) and the parent leaves `mdev_bus`. ENOENT if unknown or
     /// already unregistered.
-    pub fn unregister_parent(&mut self, path: &str, name: &str) -> Result<(), FsError> {
+    pub fn unregister_parent(&mut self, _path: &str, name: &str) -> Result<(), FsError> {
         let i = self
             .parent_index(name)
             .filter(|i| self.is_registered(*i))
@@ -121,9 +153,15 @@ impl SimHost {
             .filter(|(_, d)| d.parent == i)
             .map(|(u, _)| u.clone())
             .collect();
+        // Not measured on a kernel with a held device (there `rmmod` meets the module
+        // reference an open VFIO device takes); here the owners are killed.
         for uuid in uuids {
-            self.remove(path, &uuid, b"1")?;
+            self.devices.remove(&uuid);
+            for pid in self.owners_of(&uuid) {
+                self.kill_owner(pid)?;
+            }
         }
+        self.finish_released_removals();
         self.unregistered.insert(i);
         Ok(())
     }
@@ -193,11 +231,12 @@ impl SimHost {
         t.available(live, self.pool_free(parent))
     }
 
-    /// UUIDs of the live devices of one type.
+    /// UUIDs of the live devices of one type (not those being removed, which have left
+    /// their type's `devices/` already).
     pub fn devices_of_type(&self, parent: usize, type_id: &str) -> Vec<&str> {
         self.devices
             .iter()
-            .filter(|(_, d)| d.parent == parent && d.type_id == type_id)
+            .filter(|(_, d)| d.parent == parent && d.type_id == type_id && !d.removing)
             .map(|(u, _)| u.as_str())
             .collect()
     }
@@ -247,6 +286,7 @@ impl SimHost {
                 parent,
                 type_id: type_id.to_string(),
                 iommu_group,
+                removing: false,
             },
         );
         // Owners start after the device exists, as QEMU does after libvirt created the
@@ -259,27 +299,79 @@ impl SimHost {
         Ok(uuid)
     }
 
-    /// The store of `<device>/remove`: a non-zero number removes the device
-    /// (and kills its owners), `0` does nothing, anything else is `EINVAL`.
-    pub fn remove(&mut self, path: &str, uuid: &str, data: &[u8]) -> Result<(), FsError> {
+    /// The store of `<device>/remove`: a non-zero number removes the device, `0` does
+    /// nothing, anything else is `EINVAL`.
+    ///
+    /// A device that owners still hold is not gone at once: as on the kernel (measured on
+    /// 6.1 with mtty, docs/conformance.md) it leaves `sys/bus/mdev/devices` and its type's
+    /// `devices/`, loses its `remove` and `mdev_type` entries, keeps its pool share, and
+    /// the write waits ([`Removal::Waiting`]) until the last owner is gone
+    /// ([`SimHost::when_removed`]). With [`HeldRemove::Kill`] the owners are killed and the
+    /// device goes at once instead (the simulator's old shortcut).
+    pub fn remove(&mut self, path: &str, uuid: &str, data: &[u8]) -> Result<Removal, FsError> {
         let value = parse_kstrtoul(data)
             .ok_or_else(|| FsError::invalid(path, "write 1 to remove the device"))?;
         if value == 0 {
-            return Ok(());
+            return Ok(Removal::Done);
         }
-        if self.devices.remove(uuid).is_none() {
+        if self.live_device(uuid).is_none() {
             return Err(FsError::not_found(path));
         }
-        let pids: Vec<u32> = self
-            .owners
+        let pids = self.owners_of(uuid);
+        if pids.is_empty() || self.held_remove == HeldRemove::Kill {
+            self.devices.remove(uuid);
+            for pid in pids {
+                self.kill_owner(pid)?;
+            }
+            return Ok(Removal::Done);
+        }
+        if let Some(d) = self.devices.get_mut(uuid) {
+            d.removing = true;
+        }
+        Ok(Removal::Waiting)
+    }
+
+    /// Call `done` once device `uuid` is gone: now if it is, else when the last owner of
+    /// a device being removed goes (the blocked `remove` write returns then).
+    pub fn when_removed(&mut self, uuid: &str, done: Box<dyn FnOnce() + Send>) {
+        if self.devices.contains_key(uuid) {
+            self.removal_waiters.push((uuid.to_string(), done));
+        } else {
+            done();
+        }
+    }
+
+    /// Drop the devices being removed that no owner holds any more, and wake their writers.
+    fn finish_released_removals(&mut self) {
+        let free: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(u, d)| d.removing && !self.owners.values().any(|o| o.uuid == **u))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uuid in &free {
+            self.devices.remove(uuid);
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removal_waiters)
+            .into_iter()
+            .partition(|(u, _)| !self.devices.contains_key(u));
+        self.removal_waiters = waiting;
+        for (_, done) in ready {
+            done();
+        }
+    }
+
+    /// A device that exists and is not being removed.
+    pub fn live_device(&self, uuid: &str) -> Option<&Device> {
+        self.devices.get(uuid).filter(|d| !d.removing)
+    }
+
+    fn owners_of(&self, uuid: &str) -> Vec<u32> {
+        self.owners
             .iter()
             .filter(|(_, o)| o.uuid == uuid)
             .map(|(p, _)| *p)
-            .collect();
-        for pid in pids {
-            self.kill_owner(pid)?;
-        }
-        Ok(())
+            .collect()
     }
 
     /// Pids registered with GVM now (the `list` file), in order.
@@ -378,7 +470,7 @@ impl SimHost {
             }
             (Some("spawn"), Some(uuid)) => {
                 let uuid = uuid.to_ascii_lowercase();
-                if !self.devices.contains_key(&uuid) {
+                if self.live_device(&uuid).is_none() {
                     return Err(FsError::NotFound {
                         path: format!("vGPU {uuid}"),
                     });
@@ -408,7 +500,9 @@ impl SimHost {
             }
             (Some("kill"), Some(pid)) => {
                 let pid = self.known_pid(path, pid)?;
-                self.kill_owner(pid)
+                let r = self.kill_owner(pid);
+                self.finish_released_removals();
+                r
             }
             (Some("set"), Some(pid)) => {
                 let pid = self.known_pid(path, pid)?;
@@ -459,7 +553,7 @@ impl SimHost {
             let Some(uuid) = self.pending_owners.pop_front() else {
                 break;
             };
-            if self.devices.contains_key(&uuid) {
+            if self.live_device(&uuid).is_some() {
                 out.push(uuid);
             }
         }
@@ -478,7 +572,7 @@ impl SimHost {
         };
         let pid = child.id();
         self.procs.adopt(child);
-        if self.devices.contains_key(uuid) {
+        if self.live_device(uuid).is_some() {
             self.record_owner(uuid, pid, &SpawnOpts::default_for(None));
         } else if let Err(e) = self.procs.kill(pid) {
             eprintln!("gvm-vgpu-sim: owner {pid} of removed vGPU {uuid}: {e}");
@@ -495,6 +589,7 @@ impl SimHost {
         for pid in self.procs.reap() {
             self.owners.remove(&pid);
         }
+        self.finish_released_removals();
         let dt = now_us.saturating_sub(self.now_us);
         self.now_us = self.now_us.max(now_us);
         let now = self.now_us;
@@ -511,6 +606,7 @@ impl SimHost {
     pub fn shutdown(&mut self) {
         self.procs.kill_all();
         self.owners.clear();
+        self.finish_released_removals();
     }
 
     fn known_pid(&self, path: &str, word: &str) -> Result<u32, FsError> {

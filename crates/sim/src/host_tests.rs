@@ -195,8 +195,9 @@ fn iommu_groups_are_fresh_per_device() {
 }
 
 #[test]
-fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove() {
+fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove_in_kill_mode() {
     let (mut h, procs) = host(Model::GvmSim, 2);
+    h.set_held_remove(HeldRemove::Kill);
     assert!(h.create("c", 1, "gvmsim-1", U1.as_bytes()).is_ok());
     assert!(
         h.owners().is_empty(),
@@ -216,8 +217,78 @@ fn owners_per_vgpu_are_spawned_on_create_and_killed_on_remove() {
 }
 
 #[test]
+fn removing_a_held_device_waits_for_its_owners_as_the_kernel_does() {
+    let (mut h, procs) = host(Model::Mtty, 2);
+    assert!(h.create("c", 0, "mtty-2", U1.as_bytes()).is_ok());
+    h.spawn_pending(usize::MAX);
+    let pids: Vec<u32> = h.owners().keys().copied().collect();
+    assert_eq!(pids.len(), 2);
+    let before = h.available(0, "mtty-1");
+    assert_eq!(h.remove("r", U1, b"1\n").ok(), Some(Removal::Waiting));
+    let woke = Arc::new(Mutex::new(0));
+    let w = woke.clone();
+    h.when_removed(
+        U1,
+        Box::new(move || *w.lock().unwrap_or_else(|p| p.into_inner()) += 1),
+    );
+    // Off the bus and out of its type, still holding its ports, not removable again.
+    assert!(h.live_device(U1).is_none());
+    assert!(h.devices().contains_key(U1));
+    assert!(h.devices_of_type(0, "mtty-2").is_empty());
+    assert_eq!(h.available(0, "mtty-1"), before);
+    assert_eq!(errno(h.remove("r", U1, b"1")), libc::ENOENT);
+    assert_eq!(
+        errno(h.create("c", 0, "mtty-1", U1.as_bytes())),
+        libc::EEXIST
+    );
+    // No new owner may take it meanwhile.
+    assert!(h.control("ctl", format!("spawn {U1}").as_bytes()).is_err());
+    // One owner going is not enough; the last one is.
+    assert!(h
+        .control("ctl", format!("kill {}", pids[0]).as_bytes())
+        .is_ok());
+    assert_eq!(*woke.lock().unwrap_or_else(|p| p.into_inner()), 0);
+    assert!(h.devices().contains_key(U1));
+    // The other exits by itself and is reaped by the clock.
+    procs.lock().exited.push(pids[1]);
+    h.advance(1);
+    assert_eq!(*woke.lock().unwrap_or_else(|p| p.into_inner()), 1);
+    assert!(!h.devices().contains_key(U1));
+    assert_eq!(h.available(0, "mtty-1"), before + 2);
+    // Waiting for a device already gone answers at once.
+    let w = woke.clone();
+    h.when_removed(
+        U1,
+        Box::new(move || *w.lock().unwrap_or_else(|p| p.into_inner()) += 1),
+    );
+    assert_eq!(*woke.lock().unwrap_or_else(|p| p.into_inner()), 2);
+}
+
+#[test]
+fn a_device_without_owners_goes_at_once_and_shutdown_wakes_waiting_writers() {
+    let (mut h, _) = host(Model::Mtty, 1);
+    assert!(h.create("c", 0, "mtty-1", U1.as_bytes()).is_ok());
+    assert!(h.create("c", 0, "mtty-1", U2.as_bytes()).is_ok());
+    // U2's owner is still queued (not started): nothing holds it.
+    assert_eq!(h.take_pending(1), vec![U1.to_string()]);
+    h.spawn_pending(0);
+    assert!(h.control("ctl", format!("spawn {U1}").as_bytes()).is_ok());
+    assert_eq!(h.remove("r", U2, b"1").ok(), Some(Removal::Done));
+    assert_eq!(h.remove("r", U1, b"1").ok(), Some(Removal::Waiting));
+    let woke = Arc::new(Mutex::new(false));
+    let w = woke.clone();
+    h.when_removed(
+        U1,
+        Box::new(move || *w.lock().unwrap_or_else(|p| p.into_inner()) = true),
+    );
+    h.shutdown();
+    assert!(*woke.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+#[test]
 fn queued_owners_of_a_vgpu_removed_before_they_start_are_dropped() {
     let (mut h, procs) = host(Model::GvmSim, 3);
+    h.set_held_remove(HeldRemove::Kill);
     assert!(h.create("c", 0, "gvmsim-1", U1.as_bytes()).is_ok());
     h.spawn_pending(usize::MAX);
     assert!(h.remove("r", U1, b"1").is_ok());

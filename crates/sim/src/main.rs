@@ -10,11 +10,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
+use gvm_vgpu_sim::host::HeldRemove;
 use gvm_vgpu_sim::mount::{ServeOptions, Server};
 use gvm_vgpu_sim::procs::{owner_main, ChildProcs};
 use gvm_vgpu_sim::Model;
 
-use cli::{Cli, Command, ModelArg};
+use cli::{Cli, Command, HeldRemoveArg, ModelArg};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,6 +53,10 @@ fn run(cli: Cli) -> Result<()> {
         },
         gpus: cli.gpus,
         owners_per_vgpu: cli.owners_per_vgpu,
+        held_remove: match cli.held_remove {
+            HeldRemoveArg::Block => HeldRemove::Block,
+            HeldRemoveArg::Kill => HeldRemove::Kill,
+        },
         force_unmount_stale: cli.force_unmount_stale,
     };
     if !cli.foreground {

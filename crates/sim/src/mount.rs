@@ -19,7 +19,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::catalog::Model;
 use crate::error::SimError;
 use crate::fuse::SimFs;
-use crate::host::{OwnerProcs, SimHost};
+use crate::host::{HeldRemove, OwnerProcs, SimHost};
 
 /// How often the simulated GPUs advance.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub gpus: u32,
     /// Owners started automatically per created vGPU.
     pub owners_per_vgpu: u32,
+    /// What `remove` does to a device that owners hold.
+    pub held_remove: HeldRemove,
     /// Lazily unmount a stale mount at DIR instead of failing.
     pub force_unmount_stale: bool,
 }
@@ -174,12 +176,9 @@ impl Server {
     pub fn start(opts: &ServeOptions, procs: Box<dyn OwnerProcs>) -> Result<Server, SimError> {
         preflight(opts)?;
         let dir = mount_point(&opts.root);
-        let host = Arc::new(Mutex::new(SimHost::new(
-            opts.model,
-            opts.gpus,
-            opts.owners_per_vgpu,
-            procs,
-        )));
+        let mut sim = SimHost::new(opts.model, opts.gpus, opts.owners_per_vgpu, procs);
+        sim.set_held_remove(opts.held_remove);
+        let host = Arc::new(Mutex::new(sim));
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName("gvm-vgpu-sim".into()),

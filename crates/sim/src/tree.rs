@@ -21,7 +21,7 @@
 //! of `DIR/sys` over `/sys`.
 
 use crate::error::FsError;
-use crate::host::SimHost;
+use crate::host::{Removal, SimHost};
 
 /// What a path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +113,9 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
         ["sys", "bus", "mdev"] => vec![dir("devices"), dir("drivers")],
         ["sys", "bus", "mdev", "drivers"] => vec![],
         ["sys", "bus", "mdev", "devices"] => devs
-            .keys()
-            .filter_map(|u| {
+            .iter()
+            .filter(|(_, d)| !d.removing)
+            .filter_map(|(u, _)| {
                 Some(e(
                     u,
                     Kind::Link(format!("{}{}", up(3), device_dir_in_sys(host, u)?)),
@@ -248,20 +249,26 @@ fn list_in_parent(host: &SimHost, pi: usize, rest: &[&str]) -> Option<Vec<Entry>
         }
         [uuid] => {
             let d = host.devices().get(*uuid).filter(|d| d.parent == pi)?;
+            let iommu_group = e(
+                "iommu_group",
+                Kind::Link(format!(
+                    "{}kernel/iommu_groups/{}",
+                    up(p.dir.len()),
+                    d.iommu_group
+                )),
+            );
+            if d.removing {
+                // A held device being removed keeps only its directory and IOMMU group
+                // (measured on 6.1: `remove` and `mdev_type` are gone while the write waits).
+                return Some(vec![iommu_group]);
+            }
             vec![
                 e("remove", WO),
                 e(
                     "mdev_type",
                     Kind::Link(format!("../mdev_supported_types/{}", d.type_id)),
                 ),
-                e(
-                    "iommu_group",
-                    Kind::Link(format!(
-                        "{}kernel/iommu_groups/{}",
-                        up(p.dir.len()),
-                        d.iommu_group
-                    )),
-                ),
+                iommu_group,
             ]
         }
         _ => return None,
@@ -343,7 +350,11 @@ fn stat_direct(host: &SimHost, segs: &[&str]) -> Option<Option<Kind>> {
         };
     }
     if let ["sys", "bus", "mdev", "devices", uuid] = segs {
-        return Some(device_dir_in_sys(host, uuid).map(|t| Kind::Link(format!("{}{t}", up(3)))));
+        return Some(
+            host.live_device(uuid)
+                .and_then(|_| device_dir_in_sys(host, uuid))
+                .map(|t| Kind::Link(format!("{}{t}", up(3)))),
+        );
     }
     if let Some((pi, [uuid])) = in_parent(host, segs) {
         // Only a device directory is answered here; the parent's other entries are few.
@@ -438,23 +449,41 @@ pub fn read(host: &SimHost, segs: &[&str]) -> Result<Vec<u8>, FsError> {
     Ok(text.into_bytes())
 }
 
+/// What a store did, when it succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Done; the write returns now.
+    Done,
+    /// A `remove` of a held device: the write returns once the device is gone
+    /// ([`SimHost::when_removed`] with this UUID).
+    RemoveWaiting(String),
+}
+
 /// One store (one `write()` call) to the attribute at `segs`.
-pub fn write(host: &mut SimHost, segs: &[&str], data: &[u8]) -> Result<(), FsError> {
+pub fn write(host: &mut SimHost, segs: &[&str], data: &[u8]) -> Result<Stored, FsError> {
     check_open(host, segs, false, true)?;
     let path = segs.join("/");
     if let Some((pi, rest)) = in_parent(host, segs) {
         return match rest {
-            ["mdev_supported_types", t, "create"] => host.create(&path, pi, t, data).map(|_| ()),
-            [uuid, "remove"] => host.remove(&path, uuid, data),
+            ["mdev_supported_types", t, "create"] => {
+                host.create(&path, pi, t, data).map(|_| Stored::Done)
+            }
+            [uuid, "remove"] => match host.remove(&path, uuid, data)? {
+                Removal::Done => Ok(Stored::Done),
+                Removal::Waiting => Ok(Stored::RemoveWaiting((*uuid).to_string())),
+            },
             _ => Err(FsError::not_found(&path)),
         };
     }
     match segs {
-        ["sys", "kernel", "debug", "gvm-sim", "control"] => host.control(&path, data),
+        ["sys", "kernel", "debug", "gvm-sim", "control"] => {
+            host.control(&path, data).map(|()| Stored::Done)
+        }
         [a, b, c, d, "processes", pid, gpu, knob] if [*a, *b, *c, *d] == GVM => {
             let pid = pid.parse().map_err(|_| FsError::not_found(&path))?;
             let gpu = gpu.parse().map_err(|_| FsError::not_found(&path))?;
             host.gvm_store(&path, pid, gpu, knob, data)
+                .map(|()| Stored::Done)
         }
         _ => Err(FsError::not_found(&path)),
     }

@@ -39,7 +39,9 @@ fn text(h: &SimHost, path: &str) -> String {
 
 fn put(h: &mut SimHost, path: &str, data: &str) -> Result<(), i32> {
     let segs: Vec<&str> = path.split('/').collect();
-    let r = write(h, &segs, data.as_bytes()).map_err(|e| e.errno());
+    let r = write(h, &segs, data.as_bytes())
+        .map(|_| ())
+        .map_err(|e| e.errno());
     // What the clock thread does right after a create: start the queued owners.
     h.spawn_pending(usize::MAX);
     r
@@ -187,6 +189,8 @@ fn mtty_layout_links_reach_sys() {
 #[test]
 fn gvm_tree_follows_owners() {
     let (mut h, _) = host(Model::GvmSim, 0);
+    // Removing the vGPU below kills its owner (the default would wait for it).
+    h.set_held_remove(crate::host::HeldRemove::Kill);
     assert_eq!(
         put(
             &mut h,

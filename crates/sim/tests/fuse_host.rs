@@ -356,15 +356,48 @@ fn mtty_host_and_mdevctl() {
         12,
         "one owner per vGPU"
     );
-    sim.sh(&format!(
-        "echo 1 > $D/sys/bus/mdev/devices/{}/remove",
-        uuid(0)
-    ));
+    // Removing a held vGPU waits for its owner, as the kernel's remove waits for the
+    // last VFIO device fd (docs/conformance.md): the device leaves the bus and its type,
+    // keeps its ports, and the write returns once the owner is gone.
+    let remove = sim.p(&format!("sys/bus/mdev/devices/{}/remove", uuid(0)));
+    let dev_dir = sim.p(&format!("sys/class/mdev_bus/mtty/{}", uuid(0)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = OpenOptions::new()
+            .write(true)
+            .open(&remove)
+            .and_then(|mut f| f.write(b"1\n"))
+            .map_err(|e| e.raw_os_error());
+        let _ = tx.send(r);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        rx.try_recv().is_err(),
+        "remove of a held device returned at once"
+    );
+    assert!(!sim.p(&format!("sys/bus/mdev/devices/{}", uuid(0))).exists());
+    assert!(dev_dir.is_dir());
+    assert!(!dev_dir.join("remove").exists());
+    assert!(!dev_dir.join("mdev_type").exists());
+    assert!(dev_dir.join("iommu_group").exists());
+    assert_eq!(sim.read(&format!("{t}/mtty-1/available_instances")), "0\n");
+    let owners = sim.read("sys/kernel/debug/gvm-sim/owners");
+    let pid = owners
+        .lines()
+        .find(|l| l.contains(&uuid(0)))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert_eq!(
+        sim.write("sys/kernel/debug/gvm-sim/control", &format!("kill {pid}")),
+        Ok(())
+    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)), Ok(Ok(2)));
+    assert!(!dev_dir.exists());
     assert_eq!(sim.read(&format!("{t}/mtty-1/available_instances")), "2\n");
     assert_eq!(
         sim.read("sys/kernel/debug/gvm-sim/owners").lines().count(),
-        11,
-        "removing a vGPU kills its owners"
+        11
     );
 
     if Command::new("sh")

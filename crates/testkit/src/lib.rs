@@ -183,6 +183,15 @@ impl SimHost {
                 &gpus.to_string(),
                 "--foreground",
             ])
+            // The daemon and CLI tests end vGPUs whose owners still run and expect the
+            // owners killed: keep the simulator's old shortcut for them. A real kernel
+            // blocks that `remove` until the holder closes the device (docs/conformance.md);
+            // a test that wants that passes `--held-remove block` itself.
+            .args(if extra.contains(&"--held-remove") {
+                &[][..]
+            } else {
+                &["--held-remove", "kill"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -133,6 +133,7 @@ pub fn compare(reference: &[StepRecord], candidate: &[StepRecord]) -> Comparison
             errno_text(r.state_error),
             errno_text(c.state_error),
         );
+        field("during", show(&r.during), show(&c.during));
         let (rs, cs) = (
             r.state.clone().unwrap_or_default(),
             c.state.clone().unwrap_or_default(),
@@ -221,6 +222,8 @@ mod tests {
                     .collect(),
             }),
             state_error: None,
+            during: None,
+            detail: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! It follows what a 6.1 kernel was seen to do (see docs/conformance.md); the
 //! tests below check that the executor records those answers faithfully.
 
+use super::held::{HeldOutcome, HeldPlan, Seen};
 use super::record::{DeviceState, State, TypeState};
 use super::run::{Hook, MdevOps, OpError};
 
@@ -148,6 +149,51 @@ impl MdevOps for FakeMtty {
         Ok(())
     }
 
+    fn remove_held(
+        &mut self,
+        _parent: &str,
+        _type_id: &str,
+        uuid: &str,
+        plan: &HeldPlan,
+    ) -> Result<HeldOutcome, OpError> {
+        // What the 6.1 kernel did (docs/conformance.md): the write blocks until the
+        // holder lets go, the device has left the bus and its type meanwhile but still
+        // takes its ports, a second write finds no `remove`, a signal does not end the
+        // write, and it then succeeds.
+        if !self.devices.iter().any(|(u, _)| u == uuid) {
+            return Err(Self::err(libc::ENOENT));
+        }
+        let during = self.state().map(|mut s| {
+            s.devices.retain(|d| d.uuid != uuid);
+            s
+        })?;
+        self.remove_raw(uuid, b"1\n")?;
+        let facts = [
+            ("bus-link", "absent"),
+            ("device-dir", "present"),
+            ("remove-attr", "absent"),
+            ("mdev_type-link", "absent"),
+            ("iommu_group-link", "present"),
+            ("type-devices-link", "absent"),
+            ("second-remove", "errno-2"),
+        ];
+        Ok(HeldOutcome {
+            write: Ok(2),
+            blocked_until_release: true,
+            blocked_after_signal: plan.signal_after_ms.map(|_| true),
+            returned_on_release: Some(true),
+            seen: Seen {
+                facts: facts
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+                state: Some(during),
+                state_error: None,
+            },
+            detail: String::new(),
+        })
+    }
+
     fn hook(&mut self, hook: Hook) -> Option<Result<(), OpError>> {
         if !self.hooks {
             return None;
@@ -243,6 +289,27 @@ mod tests {
         let unload = step(&recs, "unload-with-live-devices");
         assert_eq!(unload.state.as_ref().map(|s| s.devices.len()), Some(0));
         assert_eq!(step(&recs, "create-after-reload").ok, Some(true));
+        // The held steps: the summary is the result, the state while blocked is kept
+        // apart from the state afterwards, the timings are not compared.
+        let held = step(&recs, "remove-held");
+        assert_eq!(held.ok, Some(true));
+        let summary = held.result.as_deref().unwrap_or("");
+        assert!(
+            summary.starts_with("blocked-until-release=yes wrote 2 returned-on-release=yes"),
+            "{summary}"
+        );
+        assert!(summary.contains("second-remove=errno-2"), "{summary}");
+        let uuid = crate::guest::conformance::fixed_uuid(3);
+        let listed = |s: &Option<crate::guest::conformance::State>| {
+            s.as_ref().map(|s| s.devices.iter().any(|d| d.uuid == uuid))
+        };
+        assert_eq!(listed(&held.during), Some(false));
+        assert_eq!(listed(&held.state), Some(false));
+        let long = step(&recs, "remove-held-signal-long");
+        assert!(long
+            .result
+            .as_deref()
+            .is_some_and(|r| r.contains("blocked-after-signal=yes")));
     }
 
     #[test]

@@ -11,13 +11,19 @@
 //! the observed state (devices and `available_instances` per type) afterwards.
 //! [`compare`] lines up the records of two targets and lists every difference.
 //!
+//! The held-device steps ([`held`]) remove a device that a holder keeps open (a VFIO
+//! device fd on a kernel, an owner process on the simulated host) and record whether the
+//! `remove` write blocks, what sysfs shows meanwhile and when and how it returns.
+//!
 //! Devices whose UUID the scenario did not choose (created with a random UUID) are
 //! recorded under stable placeholder names (`generated-1`), so that runs compare.
 
 mod compare;
+pub mod held;
 mod record;
 mod run;
 mod scenario;
+pub mod sys;
 
 #[cfg(test)]
 mod fake;

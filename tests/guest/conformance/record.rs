@@ -70,6 +70,12 @@ pub struct StepRecord {
     pub state: Option<State>,
     /// Error reading the state, if any (compared: both targets should list alike).
     pub state_error: Option<i32>,
+    /// The state seen *during* the step, while a held device's `remove` write was blocked.
+    #[serde(default)]
+    pub during: Option<State>,
+    /// Timings and other informative notes (never compared).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 impl StepRecord {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::held::{HeldOutcome, HeldPlan};
 use super::record::{State, StepRecord};
 use super::scenario::{fill_uuid, Op, Step};
 
@@ -50,6 +51,15 @@ pub trait MdevOps {
     fn remove(&mut self, uuid: &str) -> Result<(), OpError>;
     /// Write bytes to a device's `remove` attribute.
     fn remove_raw(&mut self, dir: &str, bytes: &[u8]) -> Result<(), OpError>;
+    /// Hold `uuid` (of `type_id` on `parent`) open, write `1` to its `remove` from a second
+    /// thread and follow `plan` ([`super::held::run_held_remove`]).
+    fn remove_held(
+        &mut self,
+        parent: &str,
+        type_id: &str,
+        uuid: &str,
+        plan: &HeldPlan,
+    ) -> Result<HeldOutcome, OpError>;
     /// Run a hook; `None` when this target has none configured (the step is skipped).
     fn hook(&mut self, hook: Hook) -> Option<Result<(), OpError>>;
 }
@@ -77,6 +87,8 @@ pub fn execute(
             skipped: None,
             state: None,
             state_error: None,
+            during: None,
+            detail: None,
         };
         let outcome: Option<Result<Option<String>, OpError>> = match &step.op {
             Op::Observe => Some(Ok(None)),
@@ -101,6 +113,25 @@ pub fn execute(
                 }),
             }),
             Op::RemoveRaw { dir, bytes } => Some(ops.remove_raw(dir, bytes).map(|()| None)),
+            Op::RemoveHeld {
+                type_id,
+                uuid,
+                plan,
+            } => Some(match ops.remove_held(parent, type_id, uuid, plan) {
+                Ok(h) => {
+                    rec.during = h.seen.state.clone().map(|s| names.apply(s).normalized());
+                    rec.detail = Some(h.detail.clone());
+                    let summary = h.summary();
+                    match h.write {
+                        Ok(_) => Ok(Some(summary)),
+                        Err(errno) => Err(OpError {
+                            errno,
+                            message: summary,
+                        }),
+                    }
+                }
+                Err(e) => Err(e),
+            }),
             Op::Hook(h) => ops.hook(*h).map(|r| r.map(|()| None)),
         };
         match outcome {

@@ -5,6 +5,8 @@
 //! `mtty-2` two). The steps only name the two types; the answers expected are
 //! never written here: they are whatever the kernel says.
 
+use super::held::HeldPlan;
+
 /// What a step does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -47,6 +49,15 @@ pub enum Op {
         /// The bytes.
         bytes: Vec<u8>,
     },
+    /// Hold the device open, write `1` to its `remove` from another thread, follow the plan.
+    RemoveHeld {
+        /// Its type id (for the `devices/` link looked at).
+        type_id: String,
+        /// The UUID.
+        uuid: String,
+        /// When to look, signal and release.
+        plan: super::held::HeldPlan,
+    },
     /// Run the target's hook (unload or load the parent's driver).
     Hook(super::Hook),
 }
@@ -62,6 +73,7 @@ impl Op {
             Op::Remove { .. } => "remove",
             Op::RemoveGenerated => "remove_generated",
             Op::RemoveRaw { .. } => "remove_raw",
+            Op::RemoveHeld { .. } => "remove_held",
             Op::Hook(h) => h.name(),
         }
     }
@@ -77,6 +89,11 @@ impl Op {
             Op::Fill { type_id, tag, max } => format!("{type_id} tag={tag} max={max}"),
             Op::Remove { uuid } => uuid.clone(),
             Op::RemoveRaw { dir, bytes } => format!("{dir} {}", escaped(bytes)),
+            Op::RemoveHeld {
+                type_id,
+                uuid,
+                plan,
+            } => format!("{type_id} {uuid} {}", plan.input()),
         }
     }
 }
@@ -256,6 +273,34 @@ pub fn mtty_scenario(type_a: &str, type_b: &str) -> Vec<Step> {
         Step {
             name: "create-after-free",
             op: raw(b(), u(10) + "\n"),
+        },
+        // A held device: the write blocks until the holder lets go (looked at after 300 ms,
+        // released at 1 s). Devices 3 and 4 are live mtty-1 devices at this point.
+        Step {
+            name: "remove-held",
+            op: Op::RemoveHeld {
+                type_id: a(),
+                uuid: u(3),
+                plan: HeldPlan {
+                    observe_after_ms: 300,
+                    signal_after_ms: None,
+                    release_after_ms: 1000,
+                },
+            },
+        },
+        // The same with a signal to the writer at 500 ms, and held past the kernel's
+        // 10 s wait slice (vfio_unregister_group_dev waits in 10 s timeouts).
+        Step {
+            name: "remove-held-signal-long",
+            op: Op::RemoveHeld {
+                type_id: a(),
+                uuid: u(4),
+                plan: HeldPlan {
+                    observe_after_ms: 300,
+                    signal_after_ms: Some(500),
+                    release_after_ms: 11_000,
+                },
+            },
         },
         Step {
             name: "unload-with-live-devices",

@@ -118,6 +118,10 @@ impl Sim {
             .args(["--root"])
             .arg(&mount)
             .args(["--gpus", &gpus.to_string(), "--foreground"])
+            // These tests stop and undefine vGPUs whose owners still run and expect the
+            // owners killed; a real kernel would block that `remove` until the holder
+            // closes the device (docs/conformance.md).
+            .args(["--held-remove", "kill"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
