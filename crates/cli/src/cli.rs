@@ -140,7 +140,8 @@ pub enum Command {
     ///
     /// With --from FILE, stores many definitions at once: FILE (or `-` for standard input)
     /// is a JSON array of objects with the fields `parent`, `type`, and optionally `uuid`,
-    /// `autostart` and `overrides` (`memory_limit` in bytes, `priority`, `share`), e.g.
+    /// `autostart`, `overrides` (`memory_limit` in bytes, `priority`, `share`) and
+    /// `owner_uids`, e.g.
     /// `[{"parent": "0000:3b:00.0", "type": "H100-20C", "autostart": true}]`; any other
     /// field is refused. The list is stored whole or not at all, whatever its length (over
     /// 256 items it goes in parts the daemon holds until the last), with one sync of the
@@ -171,6 +172,12 @@ pub enum Command {
         /// Create the vGPU whenever the daemon starts or the parent registers.
         #[arg(long, conflicts_with = "from")]
         autostart: bool,
+        /// Let processes of this uid claim the vGPU through their own environment
+        /// (GVM_VGPU_UUID) or cgroup, besides root, libvirt's QEMU user and the daemon's
+        /// --owner-uid list (repeatable; numeric, `id -u NAME` gives it). Other users'
+        /// claims are refused, logged once and listed by `show`.
+        #[arg(long = "owner-uid", value_name = "UID", conflicts_with = "from")]
+        owner_uids: Vec<u32>,
         /// Define every vGPU listed in this JSON file (`-`: standard input).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["type_name", "parent"])]
         from: Option<std::path::PathBuf>,

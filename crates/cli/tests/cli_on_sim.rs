@@ -793,3 +793,74 @@ fn stop_of_a_running_vgpu_that_was_never_defined_names_its_parent() {
     assert_eq!(out, format!("Stopped vGPU {uuid} on {parent}.\n"));
     assert!(uuids_listed(root).is_empty());
 }
+
+#[test]
+fn define_owner_uid_is_stored_with_the_definition_from_flags_and_from_files() {
+    if skip("define_owner_uid", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let parent = "0000:99:00.0";
+    let a = "0b0e0000-0000-4000-8000-0000000000a1";
+    ok(
+        root,
+        &[
+            "define",
+            "--uuid",
+            a,
+            "--parent",
+            parent,
+            "--type",
+            "gvmsim-1",
+            "--owner-uid",
+            "1000",
+            "--owner-uid",
+            "1001",
+            "--owner-uid",
+            "1000",
+        ],
+    );
+    let file = root.join("defs.json");
+    let b = "0b0e0000-0000-4000-8000-0000000000b1";
+    std::fs::write(
+        &file,
+        format!(
+            r#"[{{"uuid": "{b}", "parent": "{parent}", "type": "gvmsim-1", "owner_uids": [2000]}}]"#
+        ),
+    )
+    .unwrap();
+    ok(root, &["define", "--from", file.to_str().unwrap()]);
+    let list = json(root, &["list", "--defined"]);
+    let uids = |uuid: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["uuid"] == uuid)
+            .map(|d| d["owner_uids"].clone())
+    };
+    assert_eq!(
+        uids(a),
+        Some(serde_json::json!([1000, 1001])),
+        "sorted, once each"
+    );
+    assert_eq!(uids(b), Some(serde_json::json!([2000])));
+    // More uids than a definition may carry is refused, storing nothing.
+    let many: Vec<String> = (0..65).map(|u| format!("{}", 3000 + u)).collect();
+    let items: Vec<serde_json::Value> = vec![serde_json::json!({
+        "parent": parent, "type": "gvmsim-1", "owner_uids": many.iter().map(|u| u.parse::<u32>().unwrap()).collect::<Vec<_>>()
+    })];
+    std::fs::write(&file, serde_json::to_string(&items).unwrap()).unwrap();
+    let o = cli(root, &["define", "--from", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("owner_uids lists 65 uids, at most 64"),
+        "{err}"
+    );
+    assert_eq!(
+        json(root, &["list", "--defined"]).as_array().unwrap().len(),
+        2
+    );
+}

@@ -73,6 +73,7 @@ fn definition() -> impl Strategy<Value = DefineParams> {
                     priority,
                     share,
                 },
+                owner_uids: Vec::new(),
             },
         )
 }

@@ -166,6 +166,7 @@ fn main() {
         type_name: TYPE.into(),
         autostart: false,
         overrides: Default::default(),
+        owner_uids: Vec::new(),
     };
     if per_call {
         // One `define` and one `start` call per vGPU, as a shell loop over the CLI would.

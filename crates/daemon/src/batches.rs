@@ -153,6 +153,7 @@ mod tests {
                 type_name: "t".into(),
                 autostart: false,
                 overrides: Default::default(),
+                owner_uids: Vec::new(),
             })
             .collect()
     }

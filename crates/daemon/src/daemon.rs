@@ -568,7 +568,17 @@ impl Daemon {
             return false;
         };
         let claimed = matches!(own.rule, OwnerRule::Environment | OwnerRule::Cgroup);
-        if claimed && !self.claims.allows(own.uid, &[]) {
+        // Allowed everywhere by the daemon's policy, or by the definition of every vGPU the
+        // process claims.
+        let allowed = own.uuids.iter().all(|u| {
+            let by_definition = self
+                .desired
+                .definitions
+                .get(u)
+                .map_or(&[][..], |d| d.owner_uids.as_slice());
+            self.claims.allows(own.uid, by_definition)
+        });
+        if claimed && !allowed {
             let uuid = own.uuids.first().copied().unwrap_or_default();
             let refusal = gvm_proto::RefusedClaim {
                 pid,
@@ -577,7 +587,7 @@ impl Daemon {
             };
             if self.observed.refused.insert(pid, (uuid, refusal)).is_none() {
                 warn!(%uuid, pid, uid = ?own.uid, rule = ?own.rule,
-                    "claim refused: this user may not own vGPUs (allow it with gvm-vgpud --owner-uid)");
+                    "claim refused: this user may not own this vGPU (allow it with `gvm-vgpu define --owner-uid` or gvm-vgpud --owner-uid)");
             }
             self.unowned.insert(pid);
             return false;

@@ -364,6 +364,56 @@ fn another_users_environment_claim_is_refused_and_shown_until_the_user_is_allowe
     assert!(daemon.detail(&a).refused_claims.is_empty());
 }
 
+#[test]
+fn a_definitions_owner_uids_allow_that_users_claim_of_that_vgpu_only() {
+    let (a, b) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
+    let Ok(dir) = tempfile::tempdir() else {
+        panic!("no temp dir for the test root");
+    };
+    let proc_dir = dir.path().join("proc");
+    let host = HostRoot::new(dir.path()).with_proc_dir(&proc_dir);
+    claiming_process(&proc_dir, 500, a, 1000);
+    claiming_process(&proc_dir, 502, b, 1000);
+    let shared = Arc::new(Mutex::new(Host::default()));
+    {
+        let mut h = lock(&shared);
+        h.devices.insert(a, (PARENTS[0].into(), "t-a".into()));
+        h.devices.insert(b, (PARENTS[0].into(), "t-a".into()));
+        h.knobs.insert((500, 0), UNTOUCHED);
+        h.knobs.insert((502, 0), UNTOUCHED);
+    }
+    let mut daemon = daemon_over(&host, &shared);
+    daemon.desired.definitions.insert(
+        a,
+        gvm_proto::Definition {
+            uuid: a,
+            parent: PARENTS[0].into(),
+            mdev_type: "t-a".into(),
+            type_name: None,
+            autostart: false,
+            overrides: gvm_proto::Overrides::default(),
+            owner_uids: vec![1000],
+        },
+    );
+    let report = daemon.tick(Instant::now(), true);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        daemon.info(&a).owners,
+        vec![500],
+        "allowed by a's definition"
+    );
+    assert!(
+        daemon.info(&b).owners.is_empty(),
+        "b's definition allows nobody more"
+    );
+    assert_eq!(daemon.detail(&b).refused_claims.len(), 1);
+    assert_eq!(
+        lock(&shared).knobs.get(&(502, 0)),
+        Some(&UNTOUCHED),
+        "the refused claim is not tuned"
+    );
+}
+
 /// Answer one call, panicking with the error (the fakes never fail a valid call).
 fn call<T: serde::de::DeserializeOwned>(daemon: &mut Daemon, call: gvm_proto::Call) -> T {
     let resp = daemon.handle(gvm_proto::Request { id: 1, call });
@@ -511,6 +561,7 @@ fn a_list_sent_in_parts_is_stored_by_its_last_part_only_and_dropped_on_any_error
         type_name: "t-a".into(),
         autostart: false,
         overrides: Default::default(),
+        owner_uids: Vec::new(),
     };
     let part = |batch: u128, offset: usize, more: bool, items: Vec<gvm_proto::DefineParams>| {
         gvm_proto::Call::DefineBatch(gvm_proto::DefineBatchParams {

@@ -253,6 +253,7 @@ impl Daemon {
             managed: self.type_of.contains_key(uuid),
             defined: def.is_some(),
             autostart: def.is_some_and(|d| d.autostart),
+            owner_uids: def.map(|d| d.owner_uids.clone()).unwrap_or_default(),
             domain: self.domain_name_of(uuid),
             owners: self
                 .observed
@@ -496,6 +497,7 @@ impl Daemon {
             type_name,
             autostart: p.autostart,
             overrides: p.overrides,
+            owner_uids: checked_owner_uids(p.owner_uids)?,
         };
         Ok(def)
     }
@@ -581,6 +583,7 @@ impl Daemon {
                 type_name,
                 autostart: p.autostart,
                 overrides: Overrides::default(),
+                owner_uids: Vec::new(),
             };
             self.store.save_definition(&def).map_err(store_err)?;
             self.desired.definitions.insert(uuid, def);
@@ -762,6 +765,7 @@ impl Daemon {
                 type_name,
                 autostart: cfg.autostart,
                 overrides: Overrides::default(),
+                owner_uids: Vec::new(),
             };
             if !dry_run {
                 self.store.save_definition(&def).map_err(store_err)?;
@@ -772,4 +776,19 @@ impl Daemon {
         }
         Ok(report)
     }
+}
+
+/// A definition's `owner_uids`, sorted and without repeats; refused beyond
+/// [`gvm_proto::MAX_OWNER_UIDS`].
+fn checked_owner_uids(mut uids: Vec<u32>) -> Result<Vec<u32>, ApiError> {
+    uids.sort_unstable();
+    uids.dedup();
+    if uids.len() > gvm_proto::MAX_OWNER_UIDS {
+        return Err(ApiError::invalid(format!(
+            "owner_uids lists {} uids, at most {}: allow a group of users with gvm-vgpud --owner-uid instead",
+            uids.len(),
+            gvm_proto::MAX_OWNER_UIDS
+        )));
+    }
+    Ok(uids)
 }

@@ -232,6 +232,7 @@ mod tests {
                 kernels_submitted: 42,
                 ..Totals::default()
             },
+            owner_uids: Vec::new(),
         }
     }
 

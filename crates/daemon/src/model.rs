@@ -261,6 +261,7 @@ mod tests {
             type_name: None,
             autostart: false,
             overrides: o,
+            owner_uids: Vec::new(),
         }
     }
 

@@ -461,6 +461,7 @@ mod tests {
                     type_name: None,
                     autostart: auto,
                     overrides: Overrides::default(),
+                    owner_uids: Vec::new(),
                 },
             );
         }

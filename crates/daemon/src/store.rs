@@ -352,6 +352,7 @@ mod tests {
                 priority: Some(3),
                 ..Overrides::default()
             },
+            owner_uids: Vec::new(),
         }
     }
 

@@ -230,6 +230,7 @@ fn reloads_during_a_stream_of_requests_lose_none_of_them() {
                                     type_name: "sim-4c".into(),
                                     autostart: false,
                                     overrides: Default::default(),
+                                    owner_uids: Vec::new(),
                                 })
                                 .unwrap_or_else(|e| panic!("define {i}: {e}"));
                             defined.push(def.uuid);

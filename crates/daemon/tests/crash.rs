@@ -214,6 +214,7 @@ fn run(c: &mut gvm_client::Client, step: &Step) -> gvm_client::Result<()> {
                 type_name: "sim-4c".into(),
                 autostart: *autostart,
                 overrides: Default::default(),
+                owner_uids: Vec::new(),
             })
             .map(drop),
         Step::Create { uuid, parent } => c

@@ -243,6 +243,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             type_name: "sim-9000c".into(),
             autostart: false,
             overrides: Default::default(),
+            owner_uids: Vec::new(),
         })
         .err();
     assert_eq!(e.and_then(|e| e.code()), Some(ErrorCode::NotFound));
@@ -340,6 +341,7 @@ fn a_define_batch_is_checked_whole_then_stored_and_started_item_by_item() {
         type_name: t.into(),
         autostart: false,
         overrides: Default::default(),
+        owner_uids: Vec::new(),
     };
 
     // One unknown type among good items: the call fails naming the item, nothing stored.

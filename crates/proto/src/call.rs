@@ -50,7 +50,14 @@ pub struct DefineParams {
     /// Knob overrides stored with the definition.
     #[serde(default, deserialize_with = "strict_overrides")]
     pub overrides: crate::Overrides,
+    /// Uids (besides the daemon's) whose processes may claim the vGPU through their own
+    /// environment or cgroup; at most [`MAX_OWNER_UIDS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_uids: Vec<u32>,
 }
+
+/// Most uids one definition may allow to claim it.
+pub const MAX_OWNER_UIDS: usize = 64;
 
 /// [`crate::Overrides`] as a request gives them: an unknown knob is refused. Stored
 /// definitions keep the lenient type, so a file a newer daemon wrote still loads.
@@ -789,6 +796,7 @@ mod tests {
                     priority: Some(2),
                     share: Some(0.5),
                 },
+                owner_uids: Vec::new(),
             }],
             start: true,
             part: Some(BatchPart {
@@ -813,6 +821,7 @@ mod tests {
                 priority: Some(priority),
                 ..crate::Overrides::default()
             },
+            owner_uids: Vec::new(),
         };
         let mut items: Vec<DefineParams> = (0..44).map(|_| item(1)).collect();
         items[43] = item(17);

@@ -38,6 +38,7 @@ mod types;
 pub use call::{
     BatchPart, Call, CreateParams, DefineBatchParams, DefineParams, ImportParams, ListParams,
     PolicyParams, Request, SetMode, SetParams, StatsParams, Target, MAX_BATCH, MAX_BATCH_LIST,
+    MAX_OWNER_UIDS,
 };
 pub use error::{ApiError, ErrorCode, MAX_MESSAGE_BYTES};
 pub use guest::{

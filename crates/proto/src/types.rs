@@ -105,6 +105,11 @@ pub struct Definition {
     /// Persistent knob overrides.
     #[serde(default)]
     pub overrides: Overrides,
+    /// Uids whose processes may claim this vGPU through their own environment
+    /// (`GVM_VGPU_UUID`) or cgroup, beyond the daemon's `--owner-uid` list (root and the
+    /// libvirt QEMU user always may).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_uids: Vec<u32>,
 }
 
 /// The answer to `define_batch`: every definition was stored (the call fails as a
@@ -227,6 +232,9 @@ pub struct VgpuInfo {
     pub defined: bool,
     /// Autostart flag of the definition.
     pub autostart: bool,
+    /// The definition's `owner_uids`: users (beyond the daemon's) whose processes may claim it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_uids: Vec<u32>,
     /// libvirt domain holding the device, when known.
     pub domain: Option<String>,
     /// Owner process ids.

@@ -145,6 +145,7 @@ fn define() -> impl Strategy<Value = DefineParams> {
                 type_name,
                 autostart,
                 overrides,
+                owner_uids: Vec::new(),
             },
         )
 }

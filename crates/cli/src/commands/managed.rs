@@ -152,22 +152,33 @@ fn overrides(knobs: &KnobArgs) -> Overrides {
 }
 
 /// `gvm-vgpu define`.
+/// What `define` stores beside the type and parent.
+#[derive(Debug, Clone, Default)]
+pub struct DefineHow {
+    /// `--uuid`.
+    pub uuid: Option<Uuid>,
+    /// `--autostart`.
+    pub autostart: bool,
+    /// `--owner-uid`.
+    pub owner_uids: Vec<u32>,
+}
+
 pub fn define(
     ctx: &Context,
     type_name: &str,
     parent: &str,
-    uuid: Option<Uuid>,
-    autostart: bool,
+    how: DefineHow,
     knobs: &KnobArgs,
     out: &mut dyn Write,
 ) -> Result<()> {
     let def = client(ctx)?
         .define(DefineParams {
-            uuid,
+            uuid: how.uuid,
             parent: parent.to_string(),
             type_name: type_name.to_string(),
-            autostart,
+            autostart: how.autostart,
             overrides: overrides(knobs),
+            owner_uids: how.owner_uids,
         })
         .with_context(|| format!("cannot define a vGPU of type {type_name} on {parent}"))?;
     if ctx.json {
@@ -546,13 +557,21 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
         writeln!(out, "  owners (GVM gcgroups):")?;
         OwnerTable::of_daemon_owners(&detail.owners).write(out)?;
     }
+    if !detail.info.owner_uids.is_empty() {
+        let uids: Vec<String> = detail.info.owner_uids.iter().map(u32::to_string).collect();
+        writeln!(
+            out,
+            "  claimable by: uid {} (besides root, libvirt's QEMU user and gvm-vgpud --owner-uid)",
+            uids.join(", ")
+        )?;
+    }
     for r in &detail.refused_claims {
         let uid = r
             .uid
             .map_or("unknown uid".to_string(), |u| format!("uid {u}"));
         writeln!(
             out,
-            "  refused:      pid {} ({uid}) claims this vGPU by {:?} but may not own vGPUs: allow the user with gvm-vgpud --owner-uid",
+            "  refused:      pid {} ({uid}) claims this vGPU by {:?} but may not own it: allow the user with `gvm-vgpu define --owner-uid` or gvm-vgpud --owner-uid",
             r.pid, r.rule
         )?;
     }

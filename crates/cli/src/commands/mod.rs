@@ -63,12 +63,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             parent,
             uuid,
             autostart,
+            owner_uids,
             from,
             start,
             knobs,
         } => match (from, type_name, parent) {
             (Some(file), _, _) => managed::define_from(&ctx, file, *start, knobs, out),
-            (None, Some(t), Some(p)) => managed::define(&ctx, t, p, *uuid, *autostart, knobs, out),
+            (None, Some(t), Some(p)) => {
+                let how = managed::DefineHow {
+                    uuid: *uuid,
+                    autostart: *autostart,
+                    owner_uids: owner_uids.clone(),
+                };
+                managed::define(&ctx, t, p, how, knobs, out)
+            }
             _ => Err(anyhow::anyhow!(
                 "define needs --type and --parent, or --from FILE"
             )),
