@@ -135,7 +135,7 @@ pub enum Command {
     ///
     /// With --from FILE, stores many definitions at once: FILE (or `-` for standard input)
     /// is a JSON array of objects with the fields `parent`, `type`, and optionally `uuid`,
-    /// `autostart` and `overrides` (`memory_limit` in bytes, `priority`, `share`), e.g.
+    /// `autostart`, `overrides` (`memory_limit` in bytes, `priority`, `share`) and `force`, e.g.
     /// `[{"parent": "0000:3b:00.0", "type": "H100-20C", "autostart": true}]`; any other
     /// field is refused. The list is stored whole or not at all, whatever its length (over
     /// 256 items it goes in parts the daemon holds until the last), with one sync of the
@@ -406,6 +406,10 @@ pub struct KnobArgs {
     /// Fixed share of the GPU's time, in (0, 1] (used by the fixed-share policy).
     #[arg(long, value_name = "F", value_parser = parse_share)]
     pub share: Option<f64>,
+    /// Accept a --memory-limit above the framebuffer of the type's GPU model (refused
+    /// without it; with --from, for every item).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `unlimited` or a size with units, as bytes (`u64::MAX` for unlimited, as GVM writes it).

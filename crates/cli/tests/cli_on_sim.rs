@@ -602,3 +602,70 @@ fn define_for_an_absent_parent_stores_a_kernel_type_id_never_a_catalog_name() {
     assert!(err.contains("kernel type id"), "{err}");
     assert_eq!(stored_type(c), None, "a refused definition is not stored");
 }
+
+#[test]
+fn a_memory_limit_above_the_gpu_framebuffer_is_refused_by_set_and_define_unless_forced() {
+    if skip(
+        "a_memory_limit_above_the_framebuffer",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let parent = "0000:3b:00.0";
+    let stored_limit = |uuid: &str| -> Option<u64> {
+        let list = json(root, &["list", "--defined"]);
+        let items = list.as_array().cloned().unwrap_or_default();
+        let d = items.iter().find(|d| d["uuid"] == uuid)?;
+        d["knobs"]["memory_limit"].as_u64()
+    };
+    let refused = |args: &[&str], limit: &str| {
+        let o = cli(root, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?} was accepted");
+        let err = stderr(&o);
+        for part in [
+            limit,
+            "80GiB framebuffer",
+            "GVM-SIM-80GB",
+            "sim-20c",
+            "--force",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+    };
+
+    // define: 100G on an 80 GiB card is refused and nothing is stored.
+    let a = "0f0e0000-0000-4000-8000-00000000000a";
+    let define_a = [
+        "define",
+        "--uuid",
+        a,
+        "--parent",
+        parent,
+        "--type",
+        "sim-20c",
+        "--memory-limit",
+        "100G",
+    ];
+    refused(&define_a, "100GiB");
+    assert_eq!(stored_limit(a), None, "a refused definition is not stored");
+    // With --force it is stored as asked.
+    let mut forced = define_a.to_vec();
+    forced.push("--force");
+    ok(root, &forced);
+    assert_eq!(stored_limit(a), Some(100 << 30));
+
+    // set on the running vGPU: above the card refused (the definition keeps its value),
+    // the card's size itself accepted, above it with --force accepted.
+    ok(root, &["start", a]);
+    refused(&["set", a, "--memory-limit", "90G"], "90GiB");
+    assert_eq!(stored_limit(a), Some(100 << 30), "a refused set changed it");
+    ok(root, &["set", a, "--memory-limit", "80G"]);
+    assert_eq!(stored_limit(a), Some(80 << 30));
+    ok(root, &["set", a, "--memory-limit", "90G", "--force"]);
+    assert_eq!(stored_limit(a), Some(90 << 30));
+    // `unlimited` is not a size and needs no --force.
+    ok(root, &["set", a, "--memory-limit", "unlimited"]);
+}

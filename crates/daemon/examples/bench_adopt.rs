@@ -162,6 +162,7 @@ fn main() {
         parent: parents[i as usize % parents.len()].clone(),
         type_name: TYPE.into(),
         autostart: false,
+        force: false,
         overrides: Default::default(),
     };
     if per_call {

@@ -28,6 +28,7 @@
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
 //! - [`libvirt_watch`]: the threads that feed libvirt's events to the core;
 //! - [`agent_ingest`]: guest-agent channels, validated, and the guest table;
+//! - [`limits`]: memory limits checked against the GPU model's framebuffer (`force`);
 //! - [`log_limit`]: rate-limited logging (one line per interval per kind of event);
 //! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
 //! - [`store`]: crash-safe persistence (atomic JSON files);
@@ -50,6 +51,7 @@ pub mod daemon;
 pub mod domains;
 mod handlers;
 pub mod libvirt_watch;
+pub mod limits;
 pub mod log_limit;
 pub mod mdevctl;
 pub mod metrics;

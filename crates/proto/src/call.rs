@@ -50,6 +50,9 @@ pub struct DefineParams {
     /// Knob overrides stored with the definition.
     #[serde(default, deserialize_with = "strict_overrides")]
     pub overrides: crate::Overrides,
+    /// Accept a memory limit above the framebuffer of the type's GPU model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// [`crate::Overrides`] as a request gives them: an unknown knob is refused. Stored
@@ -168,6 +171,9 @@ pub struct SetParams {
     pub clear: bool,
     /// Where the change takes effect.
     pub mode: SetMode,
+    /// Accept a memory limit above the framebuffer of the type's GPU model.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `import_mdevctl`: adopt mdevctl's persistent definitions from `/etc/mdevctl.d`.
@@ -784,6 +790,7 @@ mod tests {
                 parent: "p".into(),
                 type_name: "t".into(),
                 autostart: true,
+                force: false,
                 overrides: crate::Overrides {
                     memory_limit: Some(1 << 30),
                     priority: Some(2),
@@ -809,6 +816,7 @@ mod tests {
             parent: "p".into(),
             type_name: "t".into(),
             autostart: false,
+            force: false,
             overrides: crate::Overrides {
                 priority: Some(priority),
                 ..crate::Overrides::default()

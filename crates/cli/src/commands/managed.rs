@@ -67,6 +67,7 @@ pub fn define(
             type_name: type_name.to_string(),
             autostart,
             overrides: overrides(knobs),
+            force: knobs.force,
         })
         .with_context(|| format!("cannot define a vGPU of type {type_name} on {parent}"))?;
     if ctx.json {
@@ -107,7 +108,12 @@ pub fn define_from(
         std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the definitions file {}", file.display()))?
     };
-    let items = parse_definitions(file, &text)?;
+    let mut items = parse_definitions(file, &text)?;
+    if knobs.force {
+        for item in &mut items {
+            item.force = true;
+        }
+    }
     let report = client(ctx)?
         .define_batch(items, start)
         .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
@@ -279,6 +285,7 @@ pub fn set(
             share: knobs.share,
             clear,
             mode,
+            force: knobs.force,
         })
         .with_context(|| format!("cannot retune {target}"))?;
     if ctx.json {
