@@ -125,7 +125,8 @@ pub enum Command {
     ///
     /// With gvm-vgpud running, also says where each effective value comes from (type,
     /// persistent or live override) and which rule found each owner process; without it,
-    /// shows what the kernel and GVM report directly.
+    /// shows what the kernel and GVM report directly. Each owner gcgroup's GPU is shown by its
+    /// position in PCI order and its PCI address.
     Show {
         /// UUID of the vGPU (or a libvirt domain name, when the daemon runs).
         target: String,
@@ -342,6 +343,9 @@ pub enum Command {
     },
 
     /// Show or switch the GPU time-slice scheduling policy of gvm-vgpud (live, persisted).
+    ///
+    /// GPUs are numbered by position in PCI address order (0..N-1, as `policy show` and `top`
+    /// print them, next to each GPU's PCI address); the choice is stored by PCI address.
     Policy {
         #[expect(
             missing_docs,
@@ -352,6 +356,8 @@ pub enum Command {
     },
 
     /// Each vGPU's achieved share of GPU time next to its policy's target, every second.
+    ///
+    /// GPUs are shown by position in PCI order and PCI address.
     Top {
         /// Print once and exit (for scripts).
         #[arg(long)]
@@ -375,14 +381,16 @@ pub enum Command {
 /// `policy` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyAction {
-    /// Per GPU: policy, slice, window, knob writes, and each vGPU's target and achieved share.
+    /// Per GPU (position in PCI order and PCI address): policy, slice, window, knob writes,
+    /// and each vGPU's target and achieved share.
     Show,
     /// Switch a GPU (default: every GPU) to a policy without restarting any VM.
     Set {
         /// best-effort, equal-share or fixed-share.
         #[arg(value_parser = ["best-effort", "equal-share", "fixed-share"])]
         policy: String,
-        /// GVM GPU index (0, 8, ...) or mdev parent; every GPU when absent.
+        /// The GPU: its position in PCI order (0, 1, ...) or its PCI address (0000:3c:00.0,
+        /// any case, also 00000000:3c:00.0); every GPU when absent or `all`.
         #[arg(long, value_name = "GPU")]
         gpu: Option<String>,
         /// Time slice (e.g. 2ms, 500us); kept when absent (default: 2ms, 1ms above 8 vGPUs).

@@ -273,8 +273,11 @@ impl Daemon {
             for gpu in self.observed.owner_gpus(uuid, *pid) {
                 if let Ok(r) = self.gc.read(*pid, gpu) {
                     add_totals(&mut totals, &r);
+                    let (position, pci) = self.observed.gpu_name(gpu);
                     gcgroups.push(gvm_proto::GcgroupInfo {
-                        gpu,
+                        gpu: position,
+                        pci,
+                        gvm_index: gpu,
                         memory_limit: r.memory_limit.as_bytes(),
                         memory_current: r.memory_current,
                         swap_current: r.swap_current,

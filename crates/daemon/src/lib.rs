@@ -20,6 +20,8 @@
 //! - `handlers`: one method per API call, on the core (the request core);
 //! - [`model`]: observed and desired state as plain data, knob precedence;
 //! - [`plan`]: the pure reconciliation planner (observed + desired → typed knob writes);
+//! - [`policy_file`]: `/etc/gvm-vgpu/policy.json`, per-GPU entries by PCI address, and the
+//!   migration of an older daemon's entries keyed by GVM index;
 //! - [`ports`]: the mdev and catalog interfaces and their real implementations;
 //! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
 //!   built once in `main`;
@@ -58,6 +60,7 @@ pub mod metrics;
 pub mod model;
 pub mod owners;
 pub mod plan;
+pub mod policy_file;
 pub mod ports;
 pub mod scheduler;
 pub mod server;

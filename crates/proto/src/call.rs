@@ -191,8 +191,9 @@ pub struct ImportParams {
 pub struct PolicyParams {
     /// `best-effort`, `equal-share` or `fixed-share`.
     pub policy: String,
-    /// GVM GPU index (`0`, `8`, ...) or an mdev parent name; every GPU (and the
-    /// default for GPUs seen later) when absent.
+    /// The GPU: its position in PCI order (`1`) or its PCI address (`0000:3c:00.0`, any
+    /// case, also the 8-digit domain form); every GPU (and the default for GPUs seen
+    /// later) when absent or `all`.
     #[serde(default)]
     pub gpu: Option<String>,
     /// Time slice in µs; the 2 ms / 1 ms default when absent.

@@ -43,7 +43,7 @@ pub use error::{ApiError, ErrorCode, MAX_MESSAGE_BYTES};
 pub use guest::{
     GuestAgentInfo, GuestCounters, GuestHello, GuestReport, GuestStats, ProcessSample,
 };
-pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu};
+pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy};
 pub use types::{
     BatchFailure, BatchReport, Definition, Drift, GcgroupInfo, ImportReport, Knobs, Overrides,
     OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, Source, Sources, Totals, VgpuDetail,

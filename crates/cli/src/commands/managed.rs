@@ -371,7 +371,12 @@ pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "Drift: vGPU {} pid {} GPU {} {}: found {}, set back to {}.",
-            d.uuid, d.pid, d.gpu, d.knob, d.found, d.wanted
+            d.uuid,
+            d.pid,
+            super::gpu_label(d.gpu, d.pci.as_deref(), Some(d.gvm_index)),
+            d.knob,
+            d.found,
+            d.wanted
         )?;
     }
     for e in &report.errors {
