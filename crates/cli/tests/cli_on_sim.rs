@@ -675,6 +675,32 @@ fn a_memory_limit_above_the_gpu_framebuffer_is_refused_by_set_and_define_unless_
     assert_eq!(stored_limit(a), Some(90 << 30));
     // `unlimited` is not a size and needs no --force.
     ok(root, &["set", a, "--memory-limit", "unlimited"]);
+
+    // define --from: the whole list is refused, naming the item; --force lets it through.
+    let (b, c) = (
+        "0f0e0000-0000-4000-8000-00000000000b",
+        "0f0e0000-0000-4000-8000-00000000000c",
+    );
+    let file = root.join("defs.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[{{"uuid":"{b}","parent":"{parent}","type":"sim-20c"}},
+                {{"uuid":"{c}","parent":"{parent}","type":"sim-20c",
+                  "overrides":{{"memory_limit":{}}}}}]"#,
+            200u64 << 30
+        ),
+    )
+    .unwrap();
+    let from = file.to_str().unwrap();
+    let o = cli(root, &["define", "--from", from]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("item 1") && err.contains("200GiB"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!((stored_limit(b), stored_limit(c)), (None, None));
+    ok(root, &["define", "--from", from, "--force"]);
+    assert_eq!(stored_limit(c), Some(200 << 30));
 }
 
 /// The simulated host's GPUs: position 0 is 0000:3b:00.0 (GVM index 0), position 1 is
@@ -707,7 +733,11 @@ fn policy_set_names_a_gpu_by_position_or_pci_address_and_refuses_an_unknown_one_
     let _daemon = Daemon::start(root);
 
     // By position: GPU 1 is the second in PCI order, stored by its PCI address.
-    ok(root, &["policy", "set", "fixed-share", "--gpu", "1"]);
+    let said = ok(root, &["policy", "set", "fixed-share", "--gpu", "1"]);
+    assert!(
+        said.contains("Policy of GPU 1 [0000:3c:00.0] set to fixed-share"),
+        "{said}"
+    );
     let g = policy_of(root, 1);
     assert_eq!(g["pci"], GPU1_PCI, "{g}");
     assert_eq!(g["gvm_index"], 8, "{g}");

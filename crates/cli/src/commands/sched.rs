@@ -75,13 +75,36 @@ pub fn set(
         return write_json(out, &status);
     }
     match gpu {
-        Some(g) => writeln!(out, "Policy of GPU {g} set to {policy} (live, persisted).")?,
-        None => writeln!(
+        Some(g) if !g.trim().eq_ignore_ascii_case("all") => writeln!(
+            out,
+            "Policy of GPU {} set to {policy} (live, persisted).",
+            named_gpu(&status, g)
+        )?,
+        _ => writeln!(
             out,
             "Policy of every GPU set to {policy} (live, persisted)."
         )?,
     }
     write_status(&status, out)
+}
+
+/// The GPU `arg` (a position or a PCI address) named, as `1 [0000:3c:00.0]` when the
+/// status lists it, else `arg` as given.
+fn named_gpu(status: &SchedStatus, arg: &str) -> String {
+    let arg = arg.trim();
+    let pci = gvm_shim_abi::register::normalise_pci_bus_id(arg);
+    let position: Option<u32> = arg.parse().ok();
+    status
+        .gpus
+        .iter()
+        .find(|g| {
+            (position.is_some() && g.gpu == position)
+                || (pci.is_some() && g.pci.as_deref() == pci.as_deref())
+        })
+        .map_or_else(
+            || arg.to_string(),
+            |g| gpu_label(g.gpu, g.pci.as_deref(), g.gvm_index),
+        )
 }
 
 /// `top [--once]`: redraws every second until interrupted, or prints once.
@@ -308,6 +331,14 @@ mod tests {
             }],
             unmapped: Vec::new(),
         }
+    }
+
+    #[test]
+    fn set_names_the_gpu_it_changed_by_position_and_pci_address_whatever_form_was_typed() {
+        for arg in ["1", "0000:02:00.0", "00000000:02:00.0", "0000:02:00.0 "] {
+            assert_eq!(named_gpu(&status(), arg), "1 [0000:02:00.0]", "{arg}");
+        }
+        assert_eq!(named_gpu(&status(), "5"), "5");
     }
 
     #[test]
