@@ -894,3 +894,42 @@ fn a_policy_file_keyed_by_gvm_index_is_migrated_at_daemon_start_and_an_unknown_i
     );
     assert!(log.contains("GVM GPU index 24 maps to no GPU"), "{log}");
 }
+
+#[test]
+fn a_kept_aside_policy_moves_to_its_gpu_when_that_gpu_registers_after_the_daemon_started() {
+    if skip(
+        "a_kept_aside_policy_moves_to_its_gpu",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    // GVM's GPU 8 (0000:3c:00.0) is not registered when the daemon starts.
+    sim.control(&format!("unregister {GPU1_PCI}")).unwrap();
+    let etc = root.join("etc/gvm-vgpu");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("policy.json"),
+        r#"{"policy":"best-effort","gpus":{"8":{"policy":"fixed-share","window_ms":250}}}"#,
+    )
+    .unwrap();
+    let _daemon = Daemon::start(root);
+    let st = json(root, &["policy", "show"]);
+    assert_eq!(st["unmapped"][0]["gvm_index"], 8, "{st}");
+
+    sim.control(&format!("register {GPU1_PCI}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let file = loop {
+        let file: Value = serde_json::from_str(&policy_file(root)).unwrap_or_default();
+        if !file["gpus"][GPU1_PCI].is_null() || std::time::Instant::now() > deadline {
+            break file;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(file["gpus"][GPU1_PCI]["policy"], "fixed-share", "{file}");
+    assert!(file.get("unmapped").is_none(), "{file}");
+    let g = policy_of(root, 1);
+    assert_eq!(g["config"]["policy"], "fixed-share", "{g}");
+    assert!(json(root, &["policy", "show"]).get("unmapped").is_none());
+}

@@ -245,6 +245,11 @@ impl Daemon {
         }
 
         let new_parents = self.scan_parents(&mut report);
+        if !new_parents.is_empty() && !self.scheduler.file().unmapped.is_empty() {
+            // A GPU that registered late (its driver loaded after the daemon started) may
+            // be the one a kept-aside policy was stored for.
+            self.scheduler.migrate(&self.observed.host_gpus());
+        }
         let mut dirty = self.scan_devices(&mut report, force);
         dirty |= self.scan_processes(&mut report, slow);
         if self.first_pass {

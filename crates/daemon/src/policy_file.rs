@@ -5,7 +5,8 @@
 //! driver reloads. Daemons before issue 19 keyed them by GVM's UVM index (`"8"`);
 //! [`PolicyFile::migrate`] rekeys such entries through the host's GPU table at start, and
 //! keeps an entry whose index maps to no GPU aside in `unmapped` (reported by
-//! `policy show`, never applied, retried at every start) rather than dropping it.
+//! `policy show`, never applied, retried at every start and when a GPU registers) rather
+//! than dropping it.
 //! Everything here is pure; the scheduler reads and writes the file (atomically).
 
 use std::collections::BTreeMap;
