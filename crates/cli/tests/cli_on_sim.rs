@@ -858,7 +858,7 @@ fn a_policy_file_keyed_by_gvm_index_is_migrated_at_daemon_start_and_an_unknown_i
     .unwrap();
     let log_path = root.join("gvm-vgpud.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let _daemon = Daemon::start_logging(root, log);
+    let daemon = Daemon::start_logging(root, log);
 
     let file: Value = serde_json::from_str(&policy_file(root)).expect("valid policy file");
     assert_eq!(file["gpus"][GPU1_PCI]["policy"], "fixed-share", "{file}");
@@ -892,6 +892,16 @@ fn a_policy_file_keyed_by_gvm_index_is_migrated_at_daemon_start_and_an_unknown_i
         log.contains("GVM GPU index 8 migrated to GPU 1 (0000:3c:00.0)"),
         "{log}"
     );
+    assert!(log.contains("GVM GPU index 24 maps to no GPU"), "{log}");
+
+    // The next start has nothing to rekey, and still reports what is kept aside.
+    drop(daemon);
+    let migrated = policy_file(root);
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _daemon = Daemon::start_logging(root, log);
+    assert_eq!(policy_file(root), migrated);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log.contains("migrated to GPU"), "{log}");
     assert!(log.contains("GVM GPU index 24 maps to no GPU"), "{log}");
 }
 

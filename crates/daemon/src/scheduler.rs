@@ -236,24 +236,26 @@ impl Scheduler {
         &self.file
     }
 
-    /// At start: rekeys the entries an older daemon stored by GVM index by the PCI address
-    /// of their GPU in `gpus`, writes the file again (atomically) when that changed
-    /// anything, and logs each entry moved and each kept aside because its index maps to
-    /// no GPU. On a failed write the file stays as it was and the migrated copy is used.
+    /// At start and when a GPU registers: rekeys the entries an older daemon stored by GVM
+    /// index by the PCI address of their GPU in `gpus`, writes the file again (atomically)
+    /// when that changed anything, and logs each entry moved and each kept aside because
+    /// its index maps to no GPU. On a failed write the file stays as it was and the
+    /// migrated copy is used.
     pub fn migrate(&mut self, gpus: &HostGpus) -> Migration {
         self.host = gpus.clone();
         let (next, m) = self.file.migrate(gpus);
-        if next == self.file {
-            return m;
+        if next != self.file {
+            match write_json(&self.path, &next) {
+                Ok(()) => info!(path = %self.path.display(), "policy file rekeyed by PCI address"),
+                Err(e) => warn!("{}", error_chain(&SchedulerError::Save(e))),
+            }
+            for (gvm, position, pci) in &m.moved {
+                info!(gvm_index = gvm, gpu = position, %pci,
+                    "stored policy of GVM GPU index {gvm} migrated to GPU {position} ({pci})");
+            }
+            self.file = next;
         }
-        match write_json(&self.path, &next) {
-            Ok(()) => info!(path = %self.path.display(), "policy file rekeyed by PCI address"),
-            Err(e) => warn!("{}", error_chain(&SchedulerError::Save(e))),
-        }
-        for (gvm, position, pci) in &m.moved {
-            info!(gvm_index = gvm, gpu = position, %pci,
-                "stored policy of GVM GPU index {gvm} migrated to GPU {position} ({pci})");
-        }
+        // Reported whenever looked at (each start, each GPU registering), changed or not.
         for gvm in &m.unmapped {
             warn!(gvm_index = gvm, gpus = %gpus.names(),
                 "stored policy of GVM GPU index {gvm} maps to no GPU of this host: kept aside \
@@ -266,7 +268,6 @@ impl Scheduler {
                  PCI address: that one is used, the old one kept aside in the policy file"
             );
         }
-        self.file = next;
         m
     }
 
