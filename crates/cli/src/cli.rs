@@ -130,7 +130,8 @@ pub enum Command {
     ///
     /// With gvm-vgpud running, also says where each effective value comes from (type,
     /// persistent or live override) and which rule found each owner process; without it,
-    /// shows what the kernel and GVM report directly.
+    /// shows what the kernel and GVM report directly. Each owner gcgroup's GPU is shown by its
+    /// position in PCI order and its PCI address.
     Show {
         /// UUID of the vGPU (or a libvirt domain name, when the daemon runs).
         target: String,
@@ -140,8 +141,8 @@ pub enum Command {
     ///
     /// With --from FILE, stores many definitions at once: FILE (or `-` for standard input)
     /// is a JSON array of objects with the fields `parent`, `type`, and optionally `uuid`,
-    /// `autostart`, `overrides` (`memory_limit` in bytes, `priority`, `share`) and
-    /// `owner_uids`, e.g.
+    /// `autostart`, `overrides` (`memory_limit` in bytes, `priority`, `share`), `owner_uids`
+    /// and `force`, e.g.
     /// `[{"parent": "0000:3b:00.0", "type": "H100-20C", "autostart": true}]`; any other
     /// field is refused. The list is stored whole or not at all, whatever its length (over
     /// 256 items it goes in parts the daemon holds until the last), with one sync of the
@@ -361,6 +362,9 @@ pub enum Command {
     },
 
     /// Show or switch the GPU time-slice scheduling policy of gvm-vgpud (live, persisted).
+    ///
+    /// GPUs are numbered by position in PCI address order (0..N-1, as `policy show` and `top`
+    /// print them, next to each GPU's PCI address); the choice is stored by PCI address.
     Policy {
         #[expect(
             missing_docs,
@@ -371,6 +375,8 @@ pub enum Command {
     },
 
     /// Each vGPU's achieved share of GPU time next to its policy's target, every second.
+    ///
+    /// GPUs are shown by position in PCI order and PCI address.
     Top {
         /// Print once and exit (for scripts).
         #[arg(long)]
@@ -394,14 +400,16 @@ pub enum Command {
 /// `policy` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyAction {
-    /// Per GPU: policy, slice, window, knob writes, and each vGPU's target and achieved share.
+    /// Per GPU (position in PCI order and PCI address): policy, slice, window, knob writes,
+    /// and each vGPU's target and achieved share.
     Show,
     /// Switch a GPU (default: every GPU) to a policy without restarting any VM.
     Set {
         /// best-effort, equal-share or fixed-share.
         #[arg(value_parser = ["best-effort", "equal-share", "fixed-share"])]
         policy: String,
-        /// GVM GPU index (0, 8, ...) or mdev parent; every GPU when absent.
+        /// The GPU: its position in PCI order (0, 1, ...) or its PCI address (0000:3c:00.0,
+        /// any case, also 00000000:3c:00.0); every GPU when absent or `all`.
         #[arg(long, value_name = "GPU")]
         gpu: Option<String>,
         /// Time slice (e.g. 2ms, 500us); kept when absent (default: 2ms, 1ms above 8 vGPUs).
@@ -425,6 +433,10 @@ pub struct KnobArgs {
     /// Fixed share of the GPU's time, in (0, 1] (used by the fixed-share policy).
     #[arg(long, value_name = "F", value_parser = parse_share)]
     pub share: Option<f64>,
+    /// Accept a --memory-limit above the framebuffer of the type's GPU model (refused
+    /// without it; with --from, for every item).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `unlimited` or a size with units, as bytes (`u64::MAX` for unlimited, as GVM writes it).

@@ -151,7 +151,9 @@ fn create_show_xml_qemu_args_remove_round_trip() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let owner = &shown["owners"][0];
-    assert_eq!(owner["gpu"], 0, "first GPU has GVM index 0");
+    assert_eq!(owner["gpu"], 0, "the first GPU in PCI order");
+    assert_eq!(owner["pci"], "0000:3b:00.0");
+    assert_eq!(owner["gvm_index"], 0);
     assert_eq!(owner["memory_current"], 1u64 << 30);
 
     let xml = ok(root, &["xml", uuid]);
@@ -477,13 +479,18 @@ struct Daemon(std::process::Child);
 
 impl Daemon {
     fn start(root: &Path) -> Daemon {
+        Self::start_logging(root, std::process::Stdio::null())
+    }
+
+    /// [`Daemon::start`] with the daemon's log (stderr) going to `log`.
+    fn start_logging(root: &Path, log: impl Into<std::process::Stdio>) -> Daemon {
         let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
         let child = Command::new(bin)
             .arg("--root")
             .arg(root)
             .arg("--no-libvirt")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start gvm-vgpud");
         let daemon = Daemon(child);
@@ -863,4 +870,338 @@ fn define_owner_uid_is_stored_with_the_definition_from_flags_and_from_files() {
         json(root, &["list", "--defined"]).as_array().unwrap().len(),
         2
     );
+}
+
+#[test]
+fn a_memory_limit_above_the_gpu_framebuffer_is_refused_by_set_and_define_unless_forced() {
+    if skip(
+        "a_memory_limit_above_the_framebuffer",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let parent = "0000:3b:00.0";
+    let stored_limit = |uuid: &str| -> Option<u64> {
+        let list = json(root, &["list", "--defined"]);
+        let items = list.as_array().cloned().unwrap_or_default();
+        let d = items.iter().find(|d| d["uuid"] == uuid)?;
+        d["knobs"]["memory_limit"].as_u64()
+    };
+    let refused = |args: &[&str], limit: &str| {
+        let o = cli(root, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?} was accepted");
+        let err = stderr(&o);
+        for part in [
+            limit,
+            "80GiB framebuffer",
+            "GVM-SIM-80GB",
+            "sim-20c",
+            "--force",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+    };
+
+    // define: 100G on an 80 GiB card is refused and nothing is stored.
+    let a = "0f0e0000-0000-4000-8000-00000000000a";
+    let define_a = [
+        "define",
+        "--uuid",
+        a,
+        "--parent",
+        parent,
+        "--type",
+        "sim-20c",
+        "--memory-limit",
+        "100G",
+    ];
+    refused(&define_a, "100GiB");
+    assert_eq!(stored_limit(a), None, "a refused definition is not stored");
+    // With --force it is stored as asked.
+    let mut forced = define_a.to_vec();
+    forced.push("--force");
+    ok(root, &forced);
+    assert_eq!(stored_limit(a), Some(100 << 30));
+
+    // set on the running vGPU: above the card refused (the definition keeps its value),
+    // the card's size itself accepted, above it with --force accepted.
+    ok(root, &["start", a]);
+    refused(&["set", a, "--memory-limit", "90G"], "90GiB");
+    assert_eq!(stored_limit(a), Some(100 << 30), "a refused set changed it");
+    ok(root, &["set", a, "--memory-limit", "80G"]);
+    assert_eq!(stored_limit(a), Some(80 << 30));
+    ok(root, &["set", a, "--memory-limit", "90G", "--force"]);
+    assert_eq!(stored_limit(a), Some(90 << 30));
+    // `unlimited` is not a size and needs no --force.
+    ok(root, &["set", a, "--memory-limit", "unlimited"]);
+
+    // define --from: the whole list is refused, naming the item; --force lets it through.
+    let (b, c) = (
+        "0f0e0000-0000-4000-8000-00000000000b",
+        "0f0e0000-0000-4000-8000-00000000000c",
+    );
+    let file = root.join("defs.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[{{"uuid":"{b}","parent":"{parent}","type":"sim-20c"}},
+                {{"uuid":"{c}","parent":"{parent}","type":"sim-20c",
+                  "overrides":{{"memory_limit":{}}}}}]"#,
+            200u64 << 30
+        ),
+    )
+    .unwrap();
+    let from = file.to_str().unwrap();
+    let o = cli(root, &["define", "--from", from]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("item 1") && err.contains("200GiB"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!((stored_limit(b), stored_limit(c)), (None, None));
+    ok(root, &["define", "--from", from, "--force"]);
+    assert_eq!(stored_limit(c), Some(200 << 30));
+}
+
+/// The simulated host's GPUs: position 0 is 0000:3b:00.0 (GVM index 0), position 1 is
+/// 0000:3c:00.0 (GVM index 8).
+const GPU1_PCI: &str = "0000:3c:00.0";
+
+fn policy_file(root: &Path) -> String {
+    std::fs::read_to_string(root.join("etc/gvm-vgpu/policy.json")).unwrap_or_default()
+}
+
+/// The `policy show --json` entry of the GPU at `position`.
+fn policy_of(root: &Path, position: u64) -> Value {
+    let st = json(root, &["policy", "show"]);
+    st["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gpu"] == position)
+        .cloned()
+        .unwrap_or_else(|| panic!("no GPU {position} in {st}"))
+}
+
+#[test]
+fn policy_set_names_a_gpu_by_position_or_pci_address_and_refuses_an_unknown_one_storing_nothing() {
+    if skip("policy_set_names_a_gpu", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+
+    // By position: GPU 1 is the second in PCI order, stored by its PCI address.
+    let said = ok(root, &["policy", "set", "fixed-share", "--gpu", "1"]);
+    assert!(
+        said.contains("Policy of GPU 1 [0000:3c:00.0] set to fixed-share"),
+        "{said}"
+    );
+    let g = policy_of(root, 1);
+    assert_eq!(g["pci"], GPU1_PCI, "{g}");
+    assert_eq!(g["gvm_index"], 8, "{g}");
+    assert_eq!(g["config"]["policy"], "fixed-share", "{g}");
+    let file = policy_file(root);
+    assert!(file.contains(&format!("\"{GPU1_PCI}\"")), "{file}");
+    assert!(!file.contains("\"8\""), "GVM's index is not stored: {file}");
+
+    // By PCI address, in any case and in NVML's 8-digit domain form.
+    ok(
+        root,
+        &["policy", "set", "equal-share", "--gpu", "0000:3B:00.0"],
+    );
+    assert_eq!(policy_of(root, 0)["config"]["policy"], "equal-share");
+    ok(
+        root,
+        &["policy", "set", "best-effort", "--gpu", "00000000:3c:00.0"],
+    );
+    assert_eq!(policy_of(root, 1)["config"]["policy"], "best-effort");
+    let text = ok(root, &["policy", "show"]);
+    assert!(text.contains("GPU 0 [0000:3b:00.0]: equal-share"), "{text}");
+    assert!(text.contains("GPU 1 [0000:3c:00.0]: best-effort"), "{text}");
+
+    // GVM's index 8 and an absent address name no GPU: refused, listing the GPUs that
+    // exist, with the file untouched.
+    let before = policy_file(root);
+    for bad in ["8", "2", "0000:99:00.0"] {
+        let o = cli(root, &["policy", "set", "fixed-share", "--gpu", bad]);
+        assert_eq!(o.status.code(), Some(1), "--gpu {bad} was accepted");
+        let err = stderr(&o);
+        assert!(err.contains(&format!("no GPU '{bad}'")), "{err}");
+        assert!(
+            err.contains("0 (0000:3b:00.0), 1 (0000:3c:00.0)"),
+            "the GPUs that exist are named: {err}"
+        );
+        assert_eq!(policy_file(root), before, "--gpu {bad} changed the file");
+    }
+}
+
+#[test]
+fn show_and_top_name_an_owners_gpu_by_position_and_pci_address() {
+    if skip("show_and_top_name_an_owners_gpu", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let uuid = "0c0e0000-0000-4000-8000-000000000001";
+    ok(
+        root,
+        &[
+            "create", "--type", "sim-4c", "--parent", GPU1_PCI, "--uuid", uuid,
+        ],
+    );
+    // The owner registers on its parent's GPU: GVM index 8, the second GPU in PCI order.
+    sim.control(&format!("spawn {uuid} busy=1")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let gcgroup = loop {
+        // The daemon adopts the vGPU the CLI made through sysfs at its next rescan.
+        let o = cli(root, &["--json", "show", uuid]);
+        let shown: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let g = shown["owners"][0]["gcgroups"][0].clone();
+        if !g.is_null() || std::time::Instant::now() > deadline {
+            break g;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(gcgroup["gpu"], 1, "{gcgroup}");
+    assert_eq!(gcgroup["pci"], GPU1_PCI, "{gcgroup}");
+    assert_eq!(gcgroup["gvm_index"], 8, "{gcgroup}");
+    let text = ok(root, &["show", uuid]);
+    let row = text
+        .lines()
+        .find(|l| l.contains(GPU1_PCI) && l.contains("4GiB"))
+        .unwrap_or_else(|| panic!("no owner row naming {GPU1_PCI}: {text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(cells.windows(2).any(|w| w == ["1", GPU1_PCI]), "{row}");
+
+    // `top` (the daemon samples best-effort GPUs once someone looks).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows = loop {
+        let rows = json(root, &["top", "--once"]);
+        if !rows.as_array().unwrap().is_empty() || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let r = &rows[0];
+    assert_eq!(
+        (r["gpu"].clone(), r["pci"].clone()),
+        (1.into(), GPU1_PCI.into()),
+        "{rows}"
+    );
+    let text = ok(root, &["top", "--once"]);
+    let line = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("1    {GPU1_PCI}  best-effort")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_policy_file_keyed_by_gvm_index_is_migrated_at_daemon_start_and_an_unknown_index_kept_aside() {
+    if skip("a_policy_file_keyed_by_gvm_index", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    // As an older gvm-vgpud wrote it: GPU 8 (here 0000:3c:00.0) and GPU 24 (no such GPU).
+    let etc = root.join("etc/gvm-vgpu");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("policy.json"),
+        r#"{"policy":"best-effort","window_ms":1000,"gpus":{
+            "8":{"policy":"fixed-share","window_ms":250},
+            "24":{"policy":"equal-share","window_ms":1000}}}"#,
+    )
+    .unwrap();
+    let log_path = root.join("gvm-vgpud.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = Daemon::start_logging(root, log);
+
+    let file: Value = serde_json::from_str(&policy_file(root)).expect("valid policy file");
+    assert_eq!(file["gpus"][GPU1_PCI]["policy"], "fixed-share", "{file}");
+    assert_eq!(file["gpus"][GPU1_PCI]["window_ms"], 250, "{file}");
+    assert!(file["gpus"].get("8").is_none(), "{file}");
+    assert_eq!(
+        file["unmapped"]["24"]["policy"], "equal-share",
+        "kept aside: {file}"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&etc)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
+    // In force for GPU 1, and reported.
+    let g = policy_of(root, 1);
+    assert_eq!(g["config"]["policy"], "fixed-share", "{g}");
+    assert_eq!(g["config"]["window_ms"], 250, "{g}");
+    let st = json(root, &["policy", "show"]);
+    assert_eq!(st["unmapped"][0]["gvm_index"], 24, "{st}");
+    let text = ok(root, &["policy", "show"]);
+    assert!(text.contains("GPU 1 [0000:3c:00.0]: fixed-share"), "{text}");
+    assert!(text.contains("Kept aside: equal-share"), "{text}");
+    assert!(text.contains("index 24"), "{text}");
+
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        log.contains("GVM GPU index 8 migrated to GPU 1 (0000:3c:00.0)"),
+        "{log}"
+    );
+    assert!(log.contains("GVM GPU index 24 maps to no GPU"), "{log}");
+
+    // The next start has nothing to rekey, and still reports what is kept aside.
+    drop(daemon);
+    let migrated = policy_file(root);
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _daemon = Daemon::start_logging(root, log);
+    assert_eq!(policy_file(root), migrated);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log.contains("migrated to GPU"), "{log}");
+    assert!(log.contains("GVM GPU index 24 maps to no GPU"), "{log}");
+}
+
+#[test]
+fn a_kept_aside_policy_moves_to_its_gpu_when_that_gpu_registers_after_the_daemon_started() {
+    if skip(
+        "a_kept_aside_policy_moves_to_its_gpu",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 2);
+    let root = sim.root();
+    // GVM's GPU 8 (0000:3c:00.0) is not registered when the daemon starts.
+    sim.control(&format!("unregister {GPU1_PCI}")).unwrap();
+    let etc = root.join("etc/gvm-vgpu");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("policy.json"),
+        r#"{"policy":"best-effort","gpus":{"8":{"policy":"fixed-share","window_ms":250}}}"#,
+    )
+    .unwrap();
+    let _daemon = Daemon::start(root);
+    let st = json(root, &["policy", "show"]);
+    assert_eq!(st["unmapped"][0]["gvm_index"], 8, "{st}");
+
+    sim.control(&format!("register {GPU1_PCI}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let file = loop {
+        let file: Value = serde_json::from_str(&policy_file(root)).unwrap_or_default();
+        if !file["gpus"][GPU1_PCI].is_null() || std::time::Instant::now() > deadline {
+            break file;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(file["gpus"][GPU1_PCI]["policy"], "fixed-share", "{file}");
+    assert!(file.get("unmapped").is_none(), "{file}");
+    let g = policy_of(root, 1);
+    assert_eq!(g["config"]["policy"], "fixed-share", "{g}");
+    assert!(json(root, &["policy", "show"]).get("unmapped").is_none());
 }

@@ -68,6 +68,7 @@ fn definition() -> impl Strategy<Value = DefineParams> {
                 parent,
                 type_name,
                 autostart,
+                force: false,
                 overrides: Overrides {
                     memory_limit,
                     priority,

@@ -165,6 +165,7 @@ fn main() {
         parent: parents[i as usize % parents.len()].clone(),
         type_name: TYPE.into(),
         autostart: false,
+        force: false,
         overrides: Default::default(),
         owner_uids: Vec::new(),
     };

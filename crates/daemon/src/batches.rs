@@ -152,6 +152,7 @@ mod tests {
                 parent: "p".into(),
                 type_name: "t".into(),
                 autostart: false,
+                force: false,
                 overrides: Default::default(),
                 owner_uids: Vec::new(),
             })

@@ -22,6 +22,7 @@ use crate::ports::{MdevPort, PortError, TypePort};
 use crate::scheduler::SchedContext;
 use crate::store::{Store, StoreError};
 use gvm_error_chain::error_chain;
+use gvm_gcgroup::gpu_index::is_pci_address;
 use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, Knob};
 
 /// Timing knobs of the rescan loop.
@@ -122,6 +123,24 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// The host's GPUs as the mdev port lists them now (the daemon's first scan has not run
+/// yet): every PCI parent with its GVM index.
+fn host_gpus_of(mdev: &dyn MdevPort) -> gvm_gcgroup::host_gpus::HostGpus {
+    let names = mdev.parent_names().unwrap_or_else(|e| {
+        warn!("{}", error_chain(&e));
+        Vec::new()
+    });
+    let indexed: Vec<(String, Option<u32>)> = names
+        .into_iter()
+        .filter(|p| is_pci_address(p))
+        .map(|p| {
+            let gvm = mdev.parent_gpu_index(&p).ok().flatten();
+            (p, gvm)
+        })
+        .collect();
+    gvm_gcgroup::host_gpus::HostGpus::new(indexed.iter().map(|(p, g)| (p.as_str(), *g)))
+}
+
 impl Daemon {
     /// Open the store under `state` (normally the same root as `host`) and build a
     /// daemon over the given ports and gcgroup backend.
@@ -150,6 +169,7 @@ impl Daemon {
         // Gcgroups are CUDA shim processes only: no GVM tree, or `--backend shim`.
         let shim_only =
             !host.gvm_processes_dir().is_dir() || gc.name() == gvm_shim_host::backend::SHIM_NAME;
+        let start_gpus = host_gpus_of(mdev.as_ref());
         Ok(Daemon {
             resolver: Resolver::new(host.clone()),
             claims: crate::owners::ClaimPolicy::default_for(&host, crate::owners::own_uid()),
@@ -186,6 +206,8 @@ impl Daemon {
             libvirt: crate::domains::Domains::default(),
             scheduler: {
                 let mut s = crate::scheduler::Scheduler::open(state, backends.gating);
+                // Policies an older daemon stored by GVM index are rekeyed by PCI address.
+                s.migrate(&start_gpus);
                 // Shim processes are preempted by nothing cheap below us: equal- and
                 // fixed-share then run one vGPU at a time per GPU.
                 if shim_only {
@@ -297,6 +319,11 @@ impl Daemon {
         }
 
         let new_parents = self.scan_parents(&mut report);
+        if !new_parents.is_empty() && !self.scheduler.file().unmapped.is_empty() {
+            // A GPU that registered late (its driver loaded after the daemon started) may
+            // be the one a kept-aside policy was stored for.
+            self.scheduler.migrate(&self.observed.host_gpus());
+        }
         let mut dirty = self.scan_devices(&mut report, force);
         dirty |= self.scan_processes(&mut report, slow);
         if self.first_pass {
@@ -355,6 +382,17 @@ impl Daemon {
             }
         }
         self.observed.parents = now;
+        // Every PCI parent's GVM index, so that GPUs can be shown and named by position
+        // and PCI address (`gvm_gcgroup::host_gpus`).
+        for p in added.iter().filter(|p| is_pci_address(p)) {
+            match self.mdev.parent_gpu_index(p) {
+                Ok(Some(gpu)) => {
+                    self.observed.parent_gpu.insert(p.clone(), gpu);
+                }
+                Ok(None) => {}
+                Err(e) => debug!("{}", error_chain(&e)),
+            }
+        }
         added
     }
 
@@ -768,6 +806,7 @@ impl Daemon {
             }
         }
         let mut drift = false;
+        let host_gpus = self.observed.host_gpus();
         for pid in pids {
             let gpus: Vec<u32> = self
                 .observed
@@ -806,10 +845,13 @@ impl Daemon {
                 for (knob, found, was) in crate::plan::drift(s, &r) {
                     warn!(%uuid, pid, gpu, knob, %found, written = %was,
                         "knob changed behind the daemon's back: correcting it");
+                    let named = host_gpus.by_gvm_index(gpu);
                     report.drift.push(Drift {
                         uuid,
                         pid: *pid,
-                        gpu,
+                        gpu: named.map(|g| g.position),
+                        pci: named.map(|g| g.pci.clone()),
+                        gvm_index: gpu,
                         knob: knob.to_string(),
                         found,
                         wanted: was,

@@ -291,6 +291,7 @@ fn a_qemu_owning_two_vgpus_gets_each_vgpus_knobs_on_its_gpu_only() {
             share: None,
             clear: false,
             mode: gvm_proto::SetMode::Live,
+            force: false,
         }),
     });
     assert!(resp.error.is_none(), "{:?}", resp.error);
@@ -560,6 +561,7 @@ fn a_list_sent_in_parts_is_stored_by_its_last_part_only_and_dropped_on_any_error
         parent: PARENTS[0].into(),
         type_name: "t-a".into(),
         autostart: false,
+        force: false,
         overrides: Default::default(),
         owner_uids: Vec::new(),
     };

@@ -471,6 +471,7 @@ fn set_resolves_a_domain_name_through_the_map() {
         share: None,
         clear: false,
         mode: gvm_proto::SetMode::Live,
+        force: false,
     }));
     assert!(resp.error.is_none(), "{:?}", resp.error);
     assert_eq!(r.daemon.info(&b).knobs.priority, 3);

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::daemon::{add_totals, Daemon};
+use crate::limits::check_memory_limit;
 use crate::model::{effective, ObservedDevice};
 use crate::ports::{CatalogBinding, PortError};
 use crate::store::StoreError;
@@ -274,8 +275,11 @@ impl Daemon {
             for gpu in self.observed.owner_gpus(uuid, *pid) {
                 if let Ok(r) = self.gc.read(*pid, gpu) {
                     add_totals(&mut totals, &r);
+                    let (position, pci) = self.observed.gpu_name(gpu);
                     gcgroups.push(gvm_proto::GcgroupInfo {
-                        gpu,
+                        gpu: position,
+                        pci,
+                        gvm_index: gpu,
                         memory_limit: r.memory_limit.as_bytes(),
                         memory_current: r.memory_current,
                         swap_current: r.swap_current,
@@ -482,6 +486,15 @@ impl Daemon {
             // the kernel type id must be known without it.
             self.absent_parent_type(&p.parent, &p.type_name)?
         };
+        if let Some(name) = &type_name {
+            check_memory_limit(
+                &format!("vGPU {uuid}"),
+                name,
+                p.overrides.memory_limit,
+                self.types.framebuffer(name).as_ref(),
+                p.force,
+            )?;
+        }
         if let Some(d) = self.observed.devices.get(&uuid) {
             if d.parent != p.parent || d.mdev_type != mdev_type {
                 return Err(ApiError::conflict(format!(
@@ -622,6 +635,21 @@ impl Daemon {
                     "vGPU {u} is unmanaged (its kernel type has no catalog entry): add the \
                      type to the catalog before tuning it"
                 )));
+            }
+            let type_name = self.type_of.get(u).map(|t| t.name.clone()).or_else(|| {
+                self.desired
+                    .definitions
+                    .get(u)
+                    .and_then(|d| d.type_name.clone())
+            });
+            if let Some(name) = type_name {
+                check_memory_limit(
+                    &format!("vGPU {u}"),
+                    &name,
+                    p.memory_limit,
+                    self.types.framebuffer(&name).as_ref(),
+                    p.force,
+                )?;
             }
         }
         for u in &uuids {

@@ -20,6 +20,8 @@
 //! - `handlers`: one method per API call, on the core (the request core);
 //! - [`model`]: observed and desired state as plain data, knob precedence;
 //! - [`plan`]: the pure reconciliation planner (observed + desired → typed knob writes);
+//! - [`policy_file`]: `/etc/gvm-vgpu/policy.json`, per-GPU entries by PCI address, and the
+//!   migration of an older daemon's entries keyed by GVM index;
 //! - [`ports`]: the mdev and catalog interfaces and their real implementations;
 //! - [`catalog`]: where the catalog is read from, loading it whole (start and `SIGHUP`), and
 //!   what the last load or refused reload was, for `ping`;
@@ -30,6 +32,7 @@
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
 //! - [`libvirt_watch`]: the threads that feed libvirt's events to the core;
 //! - [`agent_ingest`]: guest-agent channels, validated, and the guest table;
+//! - [`limits`]: memory limits checked against the GPU model's framebuffer (`force`);
 //! - [`log_limit`]: rate-limited logging (one line per interval per kind of event);
 //! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
 //! - [`store`]: crash-safe persistence (atomic JSON files);
@@ -53,12 +56,14 @@ pub mod daemon;
 pub mod domains;
 mod handlers;
 pub mod libvirt_watch;
+pub mod limits;
 pub mod log_limit;
 pub mod mdevctl;
 pub mod metrics;
 pub mod model;
 pub mod owners;
 pub mod plan;
+pub mod policy_file;
 pub mod ports;
 pub mod scheduler;
 pub mod server;

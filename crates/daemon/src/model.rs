@@ -99,6 +99,24 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The host's GPUs as operators name them (position in PCI order, PCI address), from
+    /// the registered PCI parents and their GVM indexes.
+    pub fn host_gpus(&self) -> gvm_gcgroup::host_gpus::HostGpus {
+        gvm_gcgroup::host_gpus::HostGpus::new(
+            self.parents
+                .iter()
+                .map(|p| (p.as_str(), self.parent_gpu.get(p).copied())),
+        )
+    }
+
+    /// Position and PCI address of the GPU GVM numbers `gvm_index`, as far as known.
+    pub fn gpu_name(&self, gvm_index: u32) -> (Option<u32>, Option<String>) {
+        match self.host_gpus().by_gvm_index(gvm_index) {
+            Some(g) => (Some(g.position), Some(g.pci.clone())),
+            None => (None, None),
+        }
+    }
+
     /// The GVM GPU index of the parent `uuid` sits on, when known.
     pub fn device_gpu(&self, uuid: &Uuid) -> Option<u32> {
         let d = self.devices.get(uuid)?;

@@ -196,6 +196,11 @@ pub trait TypePort: Send {
     fn default_share(&self, _mdev_type: &str, _kernel_name: Option<&str>) -> Option<f64> {
         None
     }
+    /// The framebuffer of the GPU model catalog type `name` belongs to, when the model
+    /// gives one (memory limits above it need `force`).
+    fn framebuffer(&self, _name: &str) -> Option<crate::limits::Framebuffer> {
+        None
+    }
 }
 
 /// [`MdevPort`] over `gvm_mdev::MdevHost`.
@@ -360,6 +365,15 @@ impl TypePort for CatalogTypes {
         self.catalog
             .resolve(mdev_type, kernel_name)
             .map(|t| t.effective_share())
+    }
+
+    fn framebuffer(&self, name: &str) -> Option<crate::limits::Framebuffer> {
+        let t = self.catalog.type_by_name(name).ok()?;
+        let m = self.catalog.model(&t.model)?;
+        Some(crate::limits::Framebuffer {
+            model: m.model.clone(),
+            bytes: m.framebuffer?.0,
+        })
     }
 }
 

@@ -38,23 +38,24 @@
 //! `tests/policies.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gvm_error_chain::error_chain;
+use gvm_gcgroup::host_gpus::HostGpus;
 use gvm_host_root::HostRoot;
 use gvm_proto::{
-    ApiError, GpuSched, PolicyConfig, PolicyParams, SchedCounters, SchedStatus, SchedVgpu, Totals,
+    ApiError, GpuSched, PolicyParams, SchedCounters, SchedStatus, SchedVgpu, Totals, UnmappedPolicy,
 };
-use gvm_sched::{Engine, EngineConfig, Nanos, Policy, VgpuId, VgpuInput, DEFAULT_WINDOW};
-use serde::{Deserialize, Serialize};
+use gvm_sched::{Engine, EngineConfig, Nanos, Policy, VgpuId, VgpuInput};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::model::{effective, Desired, Observed, SchedKnobs, TypeSpec};
+pub use crate::policy_file::{Migration, PolicyFile, SchedulerError, StoredConfig};
 use crate::ports::TypePort;
-use crate::store::{write_json, StoreError};
+use crate::store::write_json;
 use gvm_gcgroup::{GcgroupBackend, Knob, Priority};
 
 /// How often the engines tick. The simulated GPU advances every 5 ms and a GVM
@@ -66,175 +67,6 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// GPUs whose policy is best-effort need no freezes: they tick every this many
 /// [`TICK`]s, only to keep their achieved shares current for `top`.
 pub const BEST_EFFORT_EVERY: u64 = 10;
-
-/// A scheduler failure, naming the file or GPU.
-#[derive(Debug, thiserror::Error)]
-pub enum SchedulerError {
-    /// The configuration file exists but cannot be read.
-    #[error("cannot read {path}: check its permissions")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Cause (carries the errno).
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration file is not valid JSON of the expected shape.
-    #[error(
-        "{path} is not a valid policy file: fix or remove it (the default, best-effort, is used)"
-    )]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// Saving the configuration failed.
-    #[error("cannot save the scheduling policy")]
-    Save(#[source] StoreError),
-    /// A stored or requested configuration is out of range.
-    #[error("scheduling configuration for {what} is invalid")]
-    Invalid {
-        /// `GPU 8`, `the default`.
-        what: String,
-        /// What is wrong, and what to do.
-        #[source]
-        source: gvm_sched::SchedError,
-    },
-}
-
-/// One GPU's configuration as stored (µs and ms, for people editing the file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredConfig {
-    /// Policy name.
-    pub policy: Policy,
-    /// Slice in µs; absent = 2 ms / 1 ms default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeslice_us: Option<u64>,
-    /// Window in ms.
-    #[serde(default = "default_window_ms")]
-    pub window_ms: u64,
-}
-
-fn default_window_ms() -> u64 {
-    DEFAULT_WINDOW.as_nanos() / 1_000_000
-}
-
-impl StoredConfig {
-    /// As an engine configuration (not validated).
-    pub fn engine(&self) -> EngineConfig {
-        EngineConfig {
-            policy: self.policy,
-            timeslice: self.timeslice_us.map(Nanos::from_micros),
-            window: Nanos::from_millis(self.window_ms),
-            exclusive: None,
-        }
-    }
-
-    /// From an engine configuration.
-    pub fn of(cfg: &EngineConfig) -> StoredConfig {
-        StoredConfig {
-            policy: cfg.policy,
-            timeslice_us: cfg.timeslice.map(|t| t.as_nanos() / 1_000),
-            window_ms: cfg.window.as_nanos() / 1_000_000,
-        }
-    }
-
-    /// The wire form.
-    pub fn wire(&self) -> PolicyConfig {
-        PolicyConfig {
-            policy: self.policy.to_string(),
-            timeslice_us: self.timeslice_us,
-            window_ms: self.window_ms,
-        }
-    }
-}
-
-/// `/etc/gvm-vgpu/policy.json`: the default (top level, so a file holding only
-/// `{"policy": "..."}` still reads) and per-GPU choices keyed by GVM GPU index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyFile {
-    /// Default for every GPU without its own entry.
-    #[serde(flatten)]
-    pub default: StoredConfig,
-    /// Per-GPU configurations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub gpus: BTreeMap<u32, StoredConfig>,
-}
-
-impl Default for PolicyFile {
-    fn default() -> PolicyFile {
-        PolicyFile {
-            default: StoredConfig::of(&EngineConfig::default()),
-            gpus: BTreeMap::new(),
-        }
-    }
-}
-
-impl PolicyFile {
-    /// Parses and validates a file's bytes.
-    pub fn parse(path: &Path, bytes: &[u8]) -> Result<PolicyFile, SchedulerError> {
-        let f: PolicyFile =
-            serde_json::from_slice(bytes).map_err(|source| SchedulerError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        f.validate()?;
-        Ok(f)
-    }
-
-    /// Checks every configuration.
-    pub fn validate(&self) -> Result<(), SchedulerError> {
-        let check = |what: String, c: &StoredConfig| {
-            c.engine()
-                .validate()
-                .map_err(|source| SchedulerError::Invalid { what, source })
-        };
-        check("the default".into(), &self.default)?;
-        for (g, c) in &self.gpus {
-            check(format!("GPU {g}"), c)?;
-        }
-        Ok(())
-    }
-
-    /// The configuration of `gpu`.
-    pub fn for_gpu(&self, gpu: u32) -> StoredConfig {
-        self.gpus.get(&gpu).copied().unwrap_or(self.default)
-    }
-
-    /// Applies a `policy set`: `gpus` = `None` changes the default and drops every
-    /// per-GPU entry; otherwise those GPUs get their own. Absent slice and window keep
-    /// each GPU's current values. Returns the new file (validated).
-    pub fn with_change(
-        &self,
-        policy: Policy,
-        timeslice_us: Option<u64>,
-        window_ms: Option<u64>,
-        gpus: Option<&[u32]>,
-    ) -> Result<PolicyFile, SchedulerError> {
-        let change = |c: StoredConfig| StoredConfig {
-            policy,
-            timeslice_us: timeslice_us.or(c.timeslice_us),
-            window_ms: window_ms.unwrap_or(c.window_ms),
-        };
-        let mut next = self.clone();
-        match gpus {
-            None => {
-                next.default = change(self.default);
-                next.gpus.clear();
-            }
-            Some(list) => {
-                for g in list {
-                    next.gpus.insert(*g, change(self.for_gpu(*g)));
-                }
-            }
-        }
-        next.validate()?;
-        Ok(next)
-    }
-}
 
 /// GPU time of each vGPU in one tick, from the kernels each finished.
 ///
@@ -325,6 +157,9 @@ struct GpuState {
 pub struct Scheduler {
     file: PolicyFile,
     path: PathBuf,
+    /// The host's GPUs (position, PCI address, GVM index) as last seen: the policy file is
+    /// keyed by PCI address, the engines by GVM index.
+    host: HostGpus,
     gpus: BTreeMap<u32, GpuState>,
     origin: Instant,
     ticks: u64,
@@ -385,6 +220,7 @@ impl Scheduler {
         Scheduler {
             file,
             path,
+            host: HostGpus::default(),
             gpus: BTreeMap::new(),
             origin: Instant::now(),
             ticks: 0,
@@ -398,6 +234,47 @@ impl Scheduler {
     /// The stored configuration.
     pub fn file(&self) -> &PolicyFile {
         &self.file
+    }
+
+    /// At start and when a GPU registers: rekeys the entries an older daemon stored by GVM
+    /// index by the PCI address of their GPU in `gpus`, writes the file again (atomically)
+    /// when that changed anything, and logs each entry moved and each kept aside because
+    /// its index maps to no GPU. On a failed write the file stays as it was and the
+    /// migrated copy is used.
+    pub fn migrate(&mut self, gpus: &HostGpus) -> Migration {
+        self.host = gpus.clone();
+        let (next, m) = self.file.migrate(gpus);
+        if next != self.file {
+            match write_json(&self.path, &next) {
+                Ok(()) => info!(path = %self.path.display(), "policy file rekeyed by PCI address"),
+                Err(e) => warn!("{}", error_chain(&SchedulerError::Save(e))),
+            }
+            for (gvm, position, pci) in &m.moved {
+                info!(gvm_index = gvm, gpu = position, %pci,
+                    "stored policy of GVM GPU index {gvm} migrated to GPU {position} ({pci})");
+            }
+            self.file = next;
+        }
+        // Reported whenever looked at (each start, each GPU registering), changed or not.
+        for gvm in &m.unmapped {
+            warn!(gvm_index = gvm, gpus = %gpus.names(),
+                "stored policy of GVM GPU index {gvm} maps to no GPU of this host: kept aside \
+                 in the policy file (not applied; see `gvm-vgpu policy show`)");
+        }
+        for gvm in &m.shadowed {
+            warn!(
+                gvm_index = gvm,
+                "stored policy of GVM GPU index {gvm} is for a GPU that already has a policy by \
+                 PCI address: that one is used, the old one kept aside in the policy file"
+            );
+        }
+        m
+    }
+
+    /// The stored configuration of the GPU GVM numbers `gvm_index`.
+    fn stored_for(&self, gvm_index: u32) -> StoredConfig {
+        self.file
+            .for_pci(self.host.by_gvm_index(gvm_index).map(|g| g.pci.as_str()))
     }
 
     /// Make the next tick look again (after any request: a policy, a share or who watches
@@ -426,7 +303,7 @@ impl Scheduler {
 
     /// The engine configuration of `gpu`: its stored policy, plus the host's exclusive mode.
     fn engine_config(&self, gpu: u32) -> gvm_sched::EngineConfig {
-        let mut cfg = self.file.for_gpu(gpu).engine();
+        let mut cfg = self.stored_for(gpu).engine();
         cfg.exclusive = self.exclusive;
         cfg
     }
@@ -458,29 +335,12 @@ impl Scheduler {
     }
 }
 
-/// The GVM GPU indexes a `--gpu` argument names: an index, or an mdev parent
-/// (the GPUs its vGPUs' owners are registered on). `parent_gpus` maps parents to
-/// the GPUs seen for them; `parents` lists registered parents.
-pub fn resolve_gpu(
-    arg: &str,
-    parents: &BTreeSet<String>,
-    parent_gpus: &BTreeMap<String, BTreeSet<u32>>,
-) -> Result<Vec<u32>, ApiError> {
-    if let Ok(g) = arg.trim().parse::<u32>() {
-        return Ok(vec![g]);
-    }
-    if let Some(gpus) = parent_gpus.get(arg).filter(|g| !g.is_empty()) {
-        return Ok(gpus.iter().copied().collect());
-    }
-    if parents.contains(arg) {
-        return Err(ApiError::conflict(format!(
-            "cannot tell yet which GPU parent '{arg}' is (none of its vGPUs has a GPU owner): \
-             give the GVM GPU index instead (see `gvm-vgpu policy show`)"
-        )));
-    }
-    Err(ApiError::not_found(format!(
-        "no GPU '{arg}': give a GVM GPU index (0, 8, ...) or a registered mdev parent"
-    )))
+/// One GPU of `policy show`: how operators name it and, when an engine runs for it, the
+/// engine's GVM index.
+struct GpuRow {
+    position: Option<u32>,
+    pci: Option<String>,
+    gvm_index: Option<u32>,
 }
 
 /// What the scheduler reads and may change, lent by the daemon core for one call: the
@@ -513,6 +373,7 @@ impl Scheduler {
             self.busy.store(false, std::sync::atomic::Ordering::Release);
             return;
         }
+        self.host = cx.observed.host_gpus();
         let live: BTreeSet<(Uuid, u32)> = Self::owner_pairs(cx);
         let samples = self.sample_gcgroups(cx, slow, &live);
         // Forget scheduler knobs of (vGPU, GPU) pairs that no longer exist.
@@ -549,7 +410,7 @@ impl Scheduler {
         let watched = self.watched.get().is_some_and(|t| t.elapsed() < WATCH_FOR);
         let slow = slow && watched;
         for &(uuid, gpu) in pairs {
-            let best_effort = self.file.for_gpu(gpu).policy == Policy::BestEffort;
+            let best_effort = self.stored_for(gpu).policy == Policy::BestEffort;
             let engine_best_effort = self
                 .gpus
                 .get(&gpu)
@@ -770,21 +631,61 @@ impl Scheduler {
     /// Every GPU's scheduler (`policy show`, `top`).
     pub fn status(&self, cx: &SchedContext<'_>) -> SchedStatus {
         self.watched.set(Some(Instant::now()));
-        let mut gpus: BTreeSet<u32> = self.gpus.keys().copied().collect();
-        gpus.extend(self.file.gpus.keys());
-        let out = gpus.into_iter().map(|g| self.gpu_status(cx, g)).collect();
+        let host = cx.observed.host_gpus();
+        // One row per engine (by GVM index) and per GPU with its own stored configuration
+        // (by PCI address), in PCI order; GPUs no PCI parent maps to come last.
+        let mut rows: Vec<GpuRow> = self
+            .gpus
+            .keys()
+            .map(|g| match host.by_gvm_index(*g) {
+                Some(h) => GpuRow {
+                    position: Some(h.position),
+                    pci: Some(h.pci.clone()),
+                    gvm_index: Some(*g),
+                },
+                None => GpuRow {
+                    position: None,
+                    pci: None,
+                    gvm_index: Some(*g),
+                },
+            })
+            .collect();
+        for pci in self.file.gpus.keys() {
+            if rows.iter().any(|r| r.pci.as_deref() == Some(pci.as_str())) {
+                continue;
+            }
+            let h = host.by_pci(pci);
+            rows.push(GpuRow {
+                position: h.map(|h| h.position),
+                pci: Some(pci.clone()),
+                gvm_index: h.and_then(|h| h.gvm_index),
+            });
+        }
+        rows.sort_by_key(|r| (r.position.is_none(), r.position, r.pci.clone(), r.gvm_index));
         SchedStatus {
             default: self.file.default.wire(),
-            gpus: out,
+            gpus: rows.into_iter().map(|r| self.gpu_status(cx, r)).collect(),
+            unmapped: self
+                .file
+                .unmapped
+                .iter()
+                .map(|(g, c)| UnmappedPolicy {
+                    gvm_index: *g,
+                    config: c.wire(),
+                })
+                .collect(),
         }
     }
 
-    fn gpu_status(&self, cx: &SchedContext<'_>, gpu: u32) -> GpuSched {
-        let config = self.file.for_gpu(gpu);
-        let Some(st) = self.gpus.get(&gpu) else {
+    fn gpu_status(&self, cx: &SchedContext<'_>, row: GpuRow) -> GpuSched {
+        let config = self.file.for_pci(row.pci.as_deref());
+        let engine = row.gvm_index.and_then(|g| Some((g, self.gpus.get(&g)?)));
+        let Some((gpu, st)) = engine else {
             let slice = EngineConfig::default().slice_for(0);
             return GpuSched {
-                gpu,
+                gpu: row.position,
+                pci: row.pci,
+                gvm_index: row.gvm_index,
                 parents: Vec::new(),
                 config: config.wire(),
                 slice_us: config.timeslice_us.unwrap_or(slice.as_nanos() / 1_000),
@@ -818,7 +719,9 @@ impl Scheduler {
         vgpus.sort_by_key(|v| v.uuid);
         let (slice, _) = st.engine.slice_for(st.tracks.len());
         GpuSched {
-            gpu,
+            gpu: row.position,
+            pci: row.pci,
+            gvm_index: Some(gpu),
             parents: parents.into_iter().collect(),
             config: config.wire(),
             slice_us: slice.as_nanos() / 1_000,
@@ -844,17 +747,16 @@ impl Scheduler {
             .policy
             .parse()
             .map_err(|e: gvm_sched::SchedError| ApiError::invalid(e.to_string()))?;
+        self.host = cx.observed.host_gpus();
         let gpus = match &p.gpu {
             None => None,
-            Some(arg) if arg == "all" => None,
+            Some(arg) if arg.trim().eq_ignore_ascii_case("all") => None,
             Some(arg) => {
-                let mut parent_gpus: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-                for (uuid, g) in Self::owner_pairs(cx) {
-                    if let Some(d) = cx.observed.devices.get(&uuid) {
-                        parent_gpus.entry(d.parent.clone()).or_default().insert(g);
-                    }
-                }
-                Some(resolve_gpu(arg, &cx.observed.parents, &parent_gpus)?)
+                let gpu = self
+                    .host
+                    .resolve(arg)
+                    .map_err(|e| ApiError::not_found(e.to_string()))?;
+                Some(vec![gpu.pci.clone()])
             }
         };
         let next = self

@@ -1,61 +1,11 @@
-//! Unit tests of the scheduler's pure parts: the policy file, the GPU-time
-//! estimator, `--gpu` resolution and how scheduler knobs combine with the operator's.
+//! Unit tests of the scheduler's pure parts: the GPU-time estimator and how scheduler
+//! knobs combine with the operator's (the policy file's are in `policy_file.rs`).
 
 use super::*;
 use gvm_gcgroup::MemoryLimit;
 
 fn ms(v: u64) -> Nanos {
     Nanos::from_millis(v)
-}
-
-#[test]
-fn a_legacy_policy_file_reads_and_per_gpu_entries_round_trip(
-) -> Result<(), Box<dyn std::error::Error>> {
-    let p = Path::new("/etc/gvm-vgpu/policy.json");
-    let legacy = PolicyFile::parse(p, br#"{"policy":"equal-share"}"#)?;
-    assert_eq!(legacy.default.policy, Policy::EqualShare);
-    assert_eq!(legacy.default.window_ms, 1000);
-    assert_eq!(legacy.for_gpu(8).policy, Policy::EqualShare);
-
-    let f = legacy.with_change(Policy::FixedShare, Some(1024), Some(500), Some(&[8]))?;
-    assert_eq!(f.for_gpu(0).policy, Policy::EqualShare);
-    let g8 = f.for_gpu(8);
-    assert_eq!(
-        (g8.policy, g8.timeslice_us, g8.window_ms),
-        (Policy::FixedShare, Some(1024), 500)
-    );
-    let text = serde_json::to_string(&f)?;
-    assert_eq!(PolicyFile::parse(p, text.as_bytes())?, f);
-
-    // No GPU: the default changes and per-GPU entries go; absent values are kept.
-    let all = f.with_change(Policy::BestEffort, None, None, None)?;
-    assert!(all.gpus.is_empty());
-    assert_eq!(all.default.window_ms, 1000);
-    assert_eq!(all.for_gpu(8).policy, Policy::BestEffort);
-    Ok(())
-}
-
-#[test]
-fn bad_files_and_bad_values_are_refused_naming_what() {
-    let p = Path::new("/x/policy.json");
-    let e = PolicyFile::parse(p, b"{\"policy\":\"fair\"}").err();
-    assert!(matches!(e, Some(SchedulerError::Parse { .. })), "{e:?}");
-    let e = PolicyFile::parse(
-        p,
-        br#"{"policy":"equal-share","gpus":{"8":{"policy":"fixed-share","window_ms":0}}}"#,
-    )
-    .err();
-    let Some(e) = e else {
-        panic!("a zero window was accepted");
-    };
-    assert!(error_chain(&e).contains("GPU 8"), "{}", error_chain(&e));
-    let f = PolicyFile::default();
-    assert!(f
-        .with_change(Policy::EqualShare, Some(1), None, None)
-        .is_err());
-    assert!(f
-        .with_change(Policy::EqualShare, Some(2000), Some(1), None)
-        .is_err());
 }
 
 #[test]
@@ -86,22 +36,6 @@ fn an_idle_gpu_tick_prices_kernels_at_the_calibrated_length_capped_by_wall_time(
 fn calibration_is_a_running_mean() {
     assert_eq!(calibrate(None, ms(2)), ms(2));
     assert_eq!(calibrate(Some(ms(1)), ms(9)), ms(2));
-}
-
-#[test]
-fn gpu_arguments_are_indexes_or_parents_with_known_gpus() {
-    let parents: BTreeSet<String> = ["p0".to_string(), "p1".to_string()].into_iter().collect();
-    let mut pg = BTreeMap::new();
-    pg.insert(
-        "p0".to_string(),
-        [8u32].into_iter().collect::<BTreeSet<u32>>(),
-    );
-    assert_eq!(resolve_gpu("16", &parents, &pg).ok(), Some(vec![16]));
-    assert_eq!(resolve_gpu("p0", &parents, &pg).ok(), Some(vec![8]));
-    let e = resolve_gpu("p1", &parents, &pg).err().map(|e| e.code);
-    assert_eq!(e, Some(gvm_proto::ErrorCode::Conflict));
-    let e = resolve_gpu("nope", &parents, &pg).err().map(|e| e.code);
-    assert_eq!(e, Some(gvm_proto::ErrorCode::NotFound));
 }
 
 #[test]
@@ -249,5 +183,5 @@ fn the_hosts_exclusive_mode_reaches_every_gpus_engine_but_is_not_stored() {
         );
     }
     // A host property, not a stored choice: the policy file never carries it.
-    assert_eq!(s.file.for_gpu(0).engine().exclusive, None);
+    assert_eq!(s.file.for_pci(None).engine().exclusive, None);
 }

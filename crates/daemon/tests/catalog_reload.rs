@@ -231,6 +231,7 @@ fn reloads_during_a_stream_of_requests_lose_none_of_them() {
                                     autostart: false,
                                     overrides: Default::default(),
                                     owner_uids: Vec::new(),
+                                    force: false,
                                 })
                                 .unwrap_or_else(|e| panic!("define {i}: {e}"));
                             defined.push(def.uuid);
@@ -243,6 +244,7 @@ fn reloads_during_a_stream_of_requests_lose_none_of_them() {
                                 share: None,
                                 clear: false,
                                 mode: SetMode::Live,
+                                force: false,
                             })
                             .unwrap_or_else(|e| panic!("set {i}: {e}"));
                         }

@@ -213,6 +213,7 @@ fn run(c: &mut gvm_client::Client, step: &Step) -> gvm_client::Result<()> {
                 parent: parent.clone(),
                 type_name: "sim-4c".into(),
                 autostart: *autostart,
+                force: false,
                 overrides: Default::default(),
                 owner_uids: Vec::new(),
             })

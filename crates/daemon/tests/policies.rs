@@ -125,7 +125,7 @@ fn equal_share_gives_each_busy_vgpu_one_nth_whatever_its_priority_or_owner_count
 
     // The daemon's own view agrees (policy show / top).
     let st = c.policy().unwrap();
-    let g = st.gpus.iter().find(|g| g.gpu == 0).unwrap();
+    let g = st.gpus.iter().find(|g| g.gpu == Some(0)).unwrap();
     assert_eq!(g.config.policy, "equal-share");
     assert_eq!(g.vgpus.len(), 4);
     for v in &g.vgpus {

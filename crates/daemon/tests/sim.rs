@@ -242,6 +242,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             parent: parent.clone(),
             type_name: "sim-9000c".into(),
             autostart: false,
+            force: false,
             overrides: Default::default(),
             owner_uids: Vec::new(),
         })
@@ -340,6 +341,7 @@ fn a_define_batch_is_checked_whole_then_stored_and_started_item_by_item() {
         parent: parent.to_string(),
         type_name: t.into(),
         autostart: false,
+        force: false,
         overrides: Default::default(),
         owner_uids: Vec::new(),
     };

@@ -38,14 +38,16 @@
 //!
 //! Modules: `backend` (the trait and [`GcgroupSnapshot`]), `composite` ([`Composite`]),
 //! `error` ([`Error`], the errno mapping), [`gpu_index`] (GVM's numbering of GPUs),
-//! `knob` ([`Knob`]), `memory` ([`MemoryBackend`]), `tree` ([`GvmTree`], the debugfs
-//! files), `value` (knob values and their text forms).
+//! [`host_gpus`] (the names operators use: position in PCI order, PCI address), `knob`
+//! ([`Knob`]), `memory` ([`MemoryBackend`]), `tree` ([`GvmTree`], the debugfs files),
+//! `value` (knob values and their text forms).
 #![deny(missing_docs)]
 
 mod backend;
 mod composite;
 mod error;
 pub mod gpu_index;
+pub mod host_gpus;
 mod knob;
 mod memory;
 mod tree;

@@ -54,6 +54,9 @@ pub struct DefineParams {
     /// environment or cgroup; at most [`MAX_OWNER_UIDS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_uids: Vec<u32>,
+    /// Accept a memory limit above the framebuffer of the type's GPU model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// Most uids one definition may allow to claim it.
@@ -175,6 +178,9 @@ pub struct SetParams {
     pub clear: bool,
     /// Where the change takes effect.
     pub mode: SetMode,
+    /// Accept a memory limit above the framebuffer of the type's GPU model.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `import_mdevctl`: adopt mdevctl's persistent definitions from `/etc/mdevctl.d`.
@@ -192,8 +198,9 @@ pub struct ImportParams {
 pub struct PolicyParams {
     /// `best-effort`, `equal-share` or `fixed-share`.
     pub policy: String,
-    /// GVM GPU index (`0`, `8`, ...) or an mdev parent name; every GPU (and the
-    /// default for GPUs seen later) when absent.
+    /// The GPU: its position in PCI order (`1`) or its PCI address (`0000:3c:00.0`, any
+    /// case, also the 8-digit domain form); every GPU (and the default for GPUs seen
+    /// later) when absent or `all`.
     #[serde(default)]
     pub gpu: Option<String>,
     /// Time slice in µs; the 2 ms / 1 ms default when absent.
@@ -791,6 +798,7 @@ mod tests {
                 parent: "p".into(),
                 type_name: "t".into(),
                 autostart: true,
+                force: false,
                 overrides: crate::Overrides {
                     memory_limit: Some(1 << 30),
                     priority: Some(2),
@@ -817,6 +825,7 @@ mod tests {
             parent: "p".into(),
             type_name: "t".into(),
             autostart: false,
+            force: false,
             overrides: crate::Overrides {
                 priority: Some(priority),
                 ..crate::Overrides::default()

@@ -44,7 +44,7 @@ pub use error::{ApiError, ErrorCode, MAX_MESSAGE_BYTES};
 pub use guest::{
     GuestAgentInfo, GuestCounters, GuestHello, GuestReport, GuestStats, ProcessSample,
 };
-pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu};
+pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy};
 pub use types::{
     BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, ImportReport, Knobs,
     Overrides, OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, ReloadFailure, Source,

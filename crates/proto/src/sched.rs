@@ -1,7 +1,9 @@
 //! Wire types of the live GPU time-slice scheduler (`policy_get`, `policy_set`).
 //!
-//! gvm-vgpud runs one scheduling engine per physical GPU (named by GVM's UVM GPU
-//! index: `0`, `8`, ...). Each GPU has a policy (`best-effort`, `equal-share`,
+//! gvm-vgpud runs one scheduling engine per physical GPU. Operators name a GPU by its
+//! position in PCI order (`0..N-1`, [`GpuSched::gpu`]) or its PCI address
+//! ([`GpuSched::pci`]); GVM's UVM index (`0`, `8`, ...) is internal and only shown as
+//! [`GpuSched::gvm_index`]. Each GPU has a policy (`best-effort`, `equal-share`,
 //! `fixed-share`), a time slice and an averaging window; [`SchedStatus`] reports,
 //! per GPU, that configuration, the engine's knob-write counters and, per vGPU, the
 //! share the policy aims at next to the share achieved over the last window.
@@ -75,8 +77,14 @@ pub struct SchedVgpu {
 /// One physical GPU's scheduler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuSched {
-    /// GVM's UVM index of the GPU.
-    pub gpu: u32,
+    /// Position of the GPU in PCI order (`0..N-1`, what `--gpu` takes); `None` for a GPU
+    /// GVM numbers that no PCI mdev parent maps to.
+    pub gpu: Option<u32>,
+    /// PCI address of the GPU (`0000:3c:00.0`), when known.
+    pub pci: Option<String>,
+    /// GVM's UVM index of the GPU (internal: the `<gpu>` of GVM's debugfs paths), when
+    /// known.
+    pub gvm_index: Option<u32>,
     /// mdev parents whose vGPUs run on it.
     pub parents: Vec<String>,
     /// Its configuration.
@@ -96,6 +104,20 @@ pub struct SchedStatus {
     pub default: PolicyConfig,
     /// Every GPU that has vGPUs with owners, or its own configuration.
     pub gpus: Vec<GpuSched>,
+    /// Stored per-GPU configurations of an older daemon, keyed by a GVM index that maps to
+    /// no GPU of this host: kept aside in the policy file, not applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmapped: Vec<UnmappedPolicy>,
+}
+
+/// A stored per-GPU configuration whose GPU could not be found (see
+/// [`SchedStatus::unmapped`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmappedPolicy {
+    /// The GVM index it was stored under.
+    pub gvm_index: u32,
+    /// The configuration.
+    pub config: PolicyConfig,
 }
 
 #[cfg(test)]
@@ -119,7 +141,9 @@ mod tests {
                 window_ms: 1000,
             },
             gpus: vec![GpuSched {
-                gpu: 8,
+                gpu: Some(1),
+                pci: Some("0000:02:00.0".into()),
+                gvm_index: Some(8),
                 parents: vec!["0000:02:00.0".into()],
                 config: PolicyConfig {
                     policy: "equal-share".into(),
@@ -139,6 +163,14 @@ mod tests {
                     memory_current: 1 << 30,
                     priority: Some(9),
                 }],
+            }],
+            unmapped: vec![UnmappedPolicy {
+                gvm_index: 16,
+                config: PolicyConfig {
+                    policy: "fixed-share".into(),
+                    timeslice_us: None,
+                    window_ms: 1000,
+                },
             }],
         };
         let back: SchedStatus = serde_json::from_str(&serde_json::to_string(&s)?)?;

@@ -258,10 +258,14 @@ pub enum OwnerRule {
 }
 
 /// One owner gcgroup (process × GPU) as last read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcgroupInfo {
-    /// GVM GPU index.
-    pub gpu: u32,
+    /// Position of the GPU in PCI order (`0..N-1`); `None` when no PCI GPU has its GVM index.
+    pub gpu: Option<u32>,
+    /// PCI address of the GPU, when known.
+    pub pci: Option<String>,
+    /// GVM's UVM index of the GPU (the `<gpu>` of `processes/<pid>/<gpu>/`).
+    pub gvm_index: u32,
     /// `memory.limit`.
     pub memory_limit: u64,
     /// `memory.current`.
@@ -326,8 +330,12 @@ pub struct Drift {
     pub uuid: Uuid,
     /// Owner process.
     pub pid: u32,
-    /// GPU index.
-    pub gpu: u32,
+    /// Position of the GPU in PCI order; `None` when no PCI GPU has its GVM index.
+    pub gpu: Option<u32>,
+    /// PCI address of the GPU, when known.
+    pub pci: Option<String>,
+    /// GVM's UVM index of the GPU.
+    pub gvm_index: u32,
     /// Knob file name (`memory.limit`, `compute.priority`, `compute.freeze`).
     pub knob: String,
     /// Value found.

@@ -144,6 +144,7 @@ fn define() -> impl Strategy<Value = DefineParams> {
                 parent,
                 type_name,
                 autostart,
+                force: false,
                 overrides,
                 owner_uids: Vec::new(),
             },
@@ -197,6 +198,7 @@ fn call() -> impl Strategy<Value = Call> {
                 // A set with nothing to change is refused: clear then.
                 clear: clear || o.is_empty(),
                 mode,
+                force: clear,
             })
         });
     let policy = (

@@ -5,7 +5,8 @@ use std::io::Write;
 use anyhow::{bail, Context as _, Result};
 use gvm_catalog::placement::place;
 use gvm_catalog::{Catalog, VgpuType};
-use gvm_gcgroup::GcgroupSnapshot;
+use gvm_gcgroup::host_gpus::HostGpus;
+use gvm_gcgroup::{GcgroupSnapshot, KernelStat, MemoryLimit, Priority};
 use gvm_mdev::Device;
 use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
 use serde::Serialize;
@@ -90,10 +91,57 @@ pub struct VgpuView {
     /// The bound catalog type.
     pub catalog: Option<CatalogView>,
     /// GVM gcgroups of the owner processes.
-    pub owners: Vec<GcgroupSnapshot>,
+    pub owners: Vec<OwnerView>,
 }
 
-fn view(device: &Device, bound: Option<&VgpuType>, owners: Vec<GcgroupSnapshot>) -> VgpuView {
+/// One owner gcgroup as `list --json` and `show --json` report it: the snapshot of GVM's
+/// files, its GPU named by position in PCI order and PCI address.
+#[derive(Debug, Serialize)]
+pub struct OwnerView {
+    /// The process id.
+    pub pid: u32,
+    /// Position of the GPU in PCI order; `None` when no PCI GPU has its GVM index.
+    pub gpu: Option<u32>,
+    /// PCI address of the GPU, when known.
+    pub pci: Option<String>,
+    /// GVM's UVM index of the GPU.
+    pub gvm_index: u32,
+    /// `memory.limit`.
+    pub memory_limit: MemoryLimit,
+    /// `memory.current`.
+    pub memory_current: u64,
+    /// `memory.swap.current`.
+    pub swap_current: u64,
+    /// `compute.priority`.
+    pub priority: Priority,
+    /// `compute.freeze`.
+    pub frozen: bool,
+    /// `gcgroup.stat`.
+    pub stat: KernelStat,
+    #[serde(skip)]
+    snapshot: GcgroupSnapshot,
+}
+
+impl OwnerView {
+    fn of(s: GcgroupSnapshot, gpus: &HostGpus) -> OwnerView {
+        let named = gpus.by_gvm_index(s.gpu);
+        OwnerView {
+            pid: s.pid,
+            gpu: named.map(|g| g.position),
+            pci: named.map(|g| g.pci.clone()),
+            gvm_index: s.gpu,
+            memory_limit: s.memory_limit,
+            memory_current: s.memory_current,
+            swap_current: s.swap_current,
+            priority: s.priority,
+            frozen: s.frozen,
+            stat: s.stat,
+            snapshot: s,
+        }
+    }
+}
+
+fn view(device: &Device, bound: Option<&VgpuType>, owners: Vec<OwnerView>) -> VgpuView {
     VgpuView {
         uuid: device.uuid,
         parent: device.parent.clone(),
@@ -110,6 +158,7 @@ fn views(ctx: &Context) -> Result<Vec<VgpuView>> {
     let catalog = ctx.catalog()?;
     let parents = ctx.mdev.parents()?;
     let mut owners = owners_by_vgpu(ctx);
+    let gpus = HostGpus::read(&ctx.host);
     let mut out = Vec::new();
     for device in ctx.mdev.devices()? {
         let kernel_type = parents
@@ -118,7 +167,12 @@ fn views(ctx: &Context) -> Result<Vec<VgpuView>> {
             .flat_map(|p| &p.types)
             .find(|t| t.id == device.type_id);
         let bound = kernel_type.and_then(|t| catalog_type_of(&catalog, t));
-        let own = owners.remove(&device.uuid).unwrap_or_default();
+        let own = owners
+            .remove(&device.uuid)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| OwnerView::of(s, &gpus))
+            .collect();
         out.push(view(&device, bound, own));
     }
     Ok(out)
@@ -213,6 +267,8 @@ pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
     writeln!(out, "  owners (GVM gcgroups):")?;
-    OwnerTable::of_snapshots(&v.owners).write(out)?;
+    let gpus = HostGpus::read(&ctx.host);
+    let snapshots: Vec<GcgroupSnapshot> = v.owners.iter().map(|o| o.snapshot).collect();
+    OwnerTable::of_snapshots(&snapshots, &gpus).write(out)?;
     Ok(())
 }

@@ -179,6 +179,7 @@ pub fn define(
             autostart: how.autostart,
             overrides: overrides(knobs),
             owner_uids: how.owner_uids,
+            force: knobs.force,
         })
         .with_context(|| format!("cannot define a vGPU of type {type_name} on {parent}"))?;
     if ctx.json {
@@ -219,7 +220,12 @@ pub fn define_from(
         std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the definitions file {}", file.display()))?
     };
-    let items = parse_definitions(file, &text)?;
+    let mut items = parse_definitions(file, &text)?;
+    if knobs.force {
+        for item in &mut items {
+            item.force = true;
+        }
+    }
     let report = client(ctx)?
         .define_batch(items, start)
         .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
@@ -391,6 +397,7 @@ pub fn set(
             share: knobs.share,
             clear,
             mode,
+            force: knobs.force,
         })
         .with_context(|| format!("cannot retune {target}"))?;
     if ctx.json {
@@ -476,7 +483,12 @@ pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "Drift: vGPU {} pid {} GPU {} {}: found {}, set back to {}.",
-            d.uuid, d.pid, d.gpu, d.knob, d.found, d.wanted
+            d.uuid,
+            d.pid,
+            super::gpu_label(d.gpu, d.pci.as_deref(), Some(d.gvm_index)),
+            d.knob,
+            d.found,
+            d.wanted
         )?;
     }
     for e in &report.errors {

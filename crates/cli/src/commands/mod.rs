@@ -213,6 +213,23 @@ fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// A GPU as text shows it: `1 [0000:3c:00.0]` (position in PCI order, PCI address);
+/// `[0000:3c:00.0] (not present)` for a PCI address no registered GPU has; `? [GVM index
+/// 16]` for a GPU GVM numbers that no PCI parent maps to.
+pub(crate) fn gpu_label(
+    position: Option<u32>,
+    pci: Option<&str>,
+    gvm_index: Option<u32>,
+) -> String {
+    match (position, pci, gvm_index) {
+        (Some(p), Some(pci), _) => format!("{p} [{pci}]"),
+        (Some(p), None, _) => p.to_string(),
+        (None, Some(pci), _) => format!("[{pci}] (not present)"),
+        (None, None, Some(g)) => format!("? [GVM index {g}]"),
+        (None, None, None) => "?".into(),
+    }
+}
+
 /// Write `value` as pretty JSON followed by a newline.
 fn write_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;

@@ -4,11 +4,14 @@
 //! The two sources know slightly different things: GVM's `gcgroup.stat` counts ended
 //! kernels, the daemon's summary does not; the daemon says by which rule it found each
 //! owner, the direct read has only one rule. The table shows a column only for the source
-//! that has it, so each view keeps the columns it always had.
+//! that has it, so each view keeps the columns it always had. GPUs are shown as operators
+//! name them, by position in PCI order and PCI address (GVM's index only for a GPU no PCI
+//! parent maps to, as `gvm:16`).
 
 use std::io::{self, Write};
 
 use gvm_catalog::ByteSize;
+use gvm_gcgroup::host_gpus::HostGpus;
 use gvm_gcgroup::{GcgroupSnapshot, MemoryLimit};
 use gvm_proto::OwnerInfo;
 
@@ -23,7 +26,10 @@ struct OwnerRow {
     pid: u32,
     /// The owner rule that tied the process to the vGPU (daemon view only).
     found_by: Option<String>,
-    gpu: u32,
+    /// The GPU column: its position, else `gvm:<index>`.
+    gpu: String,
+    /// Its PCI address, `-` when unknown.
+    pci: String,
     memory_limit: MemoryLimit,
     memory_current: u64,
     swap_current: u64,
@@ -44,17 +50,23 @@ pub struct OwnerTable {
 }
 
 impl OwnerTable {
-    /// The table of gcgroups read from GVM's files (`show` without the daemon).
-    pub fn of_snapshots(snapshots: &[GcgroupSnapshot]) -> OwnerTable {
+    /// The table of gcgroups read from GVM's files (`show` without the daemon), their GPUs
+    /// named through `gpus`.
+    pub fn of_snapshots(snapshots: &[GcgroupSnapshot], gpus: &HostGpus) -> OwnerTable {
         OwnerTable {
             with_found_by: false,
             with_kernels_ended: true,
             rows: snapshots
                 .iter()
-                .map(|o| OwnerRow {
+                .map(|o| {
+                    let named = gpus.by_gvm_index(o.gpu);
+                    (o, named.map(|g| g.position), named.map(|g| g.pci.clone()))
+                })
+                .map(|(o, position, pci)| OwnerRow {
                     pid: o.pid,
                     found_by: None,
-                    gpu: o.gpu,
+                    gpu: gpu_cell(position, o.gpu),
+                    pci: pci.unwrap_or_else(|| "-".into()),
                     memory_limit: o.memory_limit,
                     memory_current: o.memory_current,
                     swap_current: o.swap_current,
@@ -76,7 +88,8 @@ impl OwnerTable {
                 o.gcgroups.iter().map(move |g| OwnerRow {
                     pid: o.pid,
                     found_by: Some(format!("{:?}", o.rule).to_lowercase()),
-                    gpu: g.gpu,
+                    gpu: gpu_cell(g.gpu, g.gvm_index),
+                    pci: g.pci.clone().unwrap_or_else(|| "-".into()),
                     memory_limit: MemoryLimit::from_bytes(g.memory_limit),
                     memory_current: g.memory_current,
                     swap_current: g.swap_current,
@@ -104,6 +117,7 @@ impl OwnerTable {
         header.extend(
             [
                 "GPU",
+                "PCI",
                 "MEM.LIMIT",
                 "MEM.CURRENT",
                 "SWAP",
@@ -125,7 +139,8 @@ impl OwnerTable {
                 cells.push(r.found_by.clone().unwrap_or_else(|| "-".into()));
             }
             cells.extend([
-                r.gpu.to_string(),
+                r.gpu.clone(),
+                r.pci.clone(),
                 limit_text(r.memory_limit),
                 ByteSize(r.memory_current).to_string(),
                 ByteSize(r.swap_current).to_string(),
@@ -144,6 +159,11 @@ impl OwnerTable {
         }
         table.write(out)
     }
+}
+
+/// A GPU's position, or `gvm:<index>` for a GPU no PCI parent maps to.
+fn gpu_cell(position: Option<u32>, gvm_index: u32) -> String {
+    position.map_or_else(|| format!("gvm:{gvm_index}"), |p| p.to_string())
 }
 
 fn limit_text(limit: MemoryLimit) -> String {
@@ -181,7 +201,8 @@ mod tests {
                 pending: 10,
             },
         };
-        let text = rendered(&OwnerTable::of_snapshots(&[snapshot]));
+        let gpus = HostGpus::new([("0000:3b:00.0", Some(0)), ("0000:3c:00.0", Some(8))]);
+        let text = rendered(&OwnerTable::of_snapshots(&[snapshot], &gpus));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         let header: Vec<&str> = lines[0].split_whitespace().collect();
@@ -190,6 +211,7 @@ mod tests {
             [
                 "PID",
                 "GPU",
+                "PCI",
                 "MEM.LIMIT",
                 "MEM.CURRENT",
                 "SWAP",
@@ -204,17 +226,21 @@ mod tests {
         assert!(lines[1].starts_with("    4242  "), "{text}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(cells[0], "4242");
-        assert_eq!(cells[1], "8");
-        assert_eq!(cells[2], "unlimited");
-        assert_eq!(cells[5], "8");
-        assert_eq!(cells[6], "yes");
+        // GVM index 8 is the second GPU in PCI order.
+        assert_eq!(cells[1], "1");
+        assert_eq!(cells[2], "0000:3c:00.0");
+        assert_eq!(cells[3], "unlimited");
+        assert_eq!(cells[6], "8");
+        assert_eq!(cells[7], "yes");
         assert_eq!(&cells[cells.len() - 3..], ["30", "20", "10"]);
     }
 
     #[test]
     fn the_daemon_view_shows_the_rule_per_gcgroup_and_no_ended_kernels() {
-        let gcgroup = |gpu, memory_limit| GcgroupInfo {
+        let gcgroup = |gpu: Option<u32>, pci: Option<&str>, gvm_index, memory_limit| GcgroupInfo {
             gpu,
+            pci: pci.map(String::from),
+            gvm_index,
             memory_limit,
             memory_current: 0,
             swap_current: 0,
@@ -226,7 +252,10 @@ mod tests {
         let owner = OwnerInfo {
             pid: 300,
             rule: OwnerRule::Libvirt,
-            gcgroups: vec![gcgroup(0, u64::MAX), gcgroup(8, 4 << 30)],
+            gcgroups: vec![
+                gcgroup(Some(0), Some("0000:3b:00.0"), 0, u64::MAX),
+                gcgroup(None, None, 16, 4 << 30),
+            ],
         };
         let text = rendered(&OwnerTable::of_daemon_owners(&[owner]));
         let lines: Vec<&str> = text.lines().collect();
@@ -234,9 +263,12 @@ mod tests {
         assert!(lines[0].starts_with("    PID  FOUND BY  GPU"), "{text}");
         assert!(!lines[0].contains("ENDED"), "{text}");
         assert!(lines[0].ends_with("SUBMITTED  PENDING"), "{text}");
-        for (line, gpu, limit) in [(lines[1], "0", "unlimited"), (lines[2], "8", "4GiB")] {
+        for (line, gpu, pci, limit) in [
+            (lines[1], "0", "0000:3b:00.0", "unlimited"),
+            (lines[2], "gvm:16", "-", "4GiB"),
+        ] {
             let cells: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(&cells[..4], ["300", "libvirt", gpu, limit], "{text}");
+            assert_eq!(&cells[..5], ["300", "libvirt", gpu, pci, limit], "{text}");
             assert_eq!(&cells[cells.len() - 2..], ["7", "1"], "{text}");
         }
     }

@@ -1,11 +1,12 @@
 //! `gvm-vgpu policy show|set` and `gvm-vgpu top`: the live GPU time-slice scheduler.
 //!
-//! gvm-vgpud runs one scheduling engine per physical GPU (named by GVM's GPU index,
-//! `0`, `8`, ...), with a policy (`best-effort`, `equal-share`, `fixed-share`), a
+//! gvm-vgpud runs one scheduling engine per physical GPU, with a policy (`best-effort`, `equal-share`, `fixed-share`), a
 //! time slice and an averaging window. `policy set` switches a GPU (or all) live and
 //! the daemon persists the choice; `policy show` and `top` print, per vGPU, the share
 //! of GPU time the policy aims at next to the share achieved over the last window
-//! (estimated by the daemon from GVM's kernel counters).
+//! (estimated by the daemon from GVM's kernel counters). GPUs are named as operators count
+//! them: by position in PCI order (`--gpu 1`) or by PCI address (`--gpu 0000:3c:00.0`);
+//! GVM's own index (`0`, `8`, ...) appears only in `--json` (`gvm_index`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use anyhow::{bail, Result};
 use gvm_catalog::ByteSize;
 use gvm_proto::{GpuSched, PolicyParams, SchedStatus};
 
-use super::{managed, write_json};
+use super::{gpu_label, managed, write_json};
 use crate::context::Context;
 use crate::table::Table;
 
@@ -74,13 +75,36 @@ pub fn set(
         return write_json(out, &status);
     }
     match gpu {
-        Some(g) => writeln!(out, "Policy of GPU {g} set to {policy} (live, persisted).")?,
-        None => writeln!(
+        Some(g) if !g.trim().eq_ignore_ascii_case("all") => writeln!(
+            out,
+            "Policy of GPU {} set to {policy} (live, persisted).",
+            named_gpu(&status, g)
+        )?,
+        _ => writeln!(
             out,
             "Policy of every GPU set to {policy} (live, persisted)."
         )?,
     }
     write_status(&status, out)
+}
+
+/// The GPU `arg` (a position or a PCI address) named, as `1 [0000:3c:00.0]` when the
+/// status lists it, else `arg` as given.
+fn named_gpu(status: &SchedStatus, arg: &str) -> String {
+    let arg = arg.trim();
+    let pci = gvm_shim_abi::register::normalise_pci_bus_id(arg);
+    let position: Option<u32> = arg.parse().ok();
+    status
+        .gpus
+        .iter()
+        .find(|g| {
+            (position.is_some() && g.gpu == position)
+                || (pci.is_some() && g.pci.as_deref() == pci.as_deref())
+        })
+        .map_or_else(
+            || arg.to_string(),
+            |g| gpu_label(g.gpu, g.pci.as_deref(), g.gvm_index),
+        )
 }
 
 /// `top [--once]`: redraws every second until interrupted, or prints once.
@@ -145,19 +169,29 @@ pub fn write_status(status: &SchedStatus, out: &mut dyn Write) -> Result<()> {
         writeln!(out)?;
         write_gpu(g, out)?;
     }
+    for u in &status.unmapped {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Kept aside: {}, slice {}, window {}ms, stored by an older gvm-vgpud for GVM GPU \
+             index {}, which is no GPU of this host: not applied (`policy set` for every GPU \
+             drops it)",
+            u.config.policy,
+            u.config
+                .timeslice_us
+                .map_or_else(|| "auto".to_string(), |t| format!("{t}us")),
+            u.config.window_ms,
+            u.gvm_index
+        )?;
+    }
     Ok(())
 }
 
 fn write_gpu(g: &GpuSched, out: &mut dyn Write) -> Result<()> {
-    let parents = if g.parents.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", g.parents.join(", "))
-    };
     writeln!(
         out,
-        "GPU {}{parents}: {}, slice {}, window {}ms, {} knob writes ({:.1}/s)",
-        g.gpu,
+        "GPU {}: {}, slice {}, window {}ms, {} knob writes ({:.1}/s)",
+        gpu_label(g.gpu, g.pci.as_deref(), g.gvm_index),
         g.config.policy,
         slice_text(g.config.timeslice_us, g.slice_us),
         g.config.window_ms,
@@ -184,8 +218,12 @@ fn write_gpu(g: &GpuSched, out: &mut dyn Write) -> Result<()> {
 /// One `top` line, also its JSON form.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TopRow {
-    /// GVM GPU index.
-    pub gpu: u32,
+    /// Position of the GPU in PCI order; `None` when no PCI GPU has its GVM index.
+    pub gpu: Option<u32>,
+    /// PCI address of the GPU, when known.
+    pub pci: Option<String>,
+    /// GVM's UVM index of the GPU, when known.
+    pub gvm_index: Option<u32>,
     /// Policy of that GPU.
     pub policy: String,
     /// vGPU UUID.
@@ -212,6 +250,8 @@ pub fn top_rows(status: &SchedStatus) -> Vec<TopRow> {
         .flat_map(|g| {
             g.vgpus.iter().map(|v| TopRow {
                 gpu: g.gpu,
+                pci: g.pci.clone(),
+                gvm_index: g.gvm_index,
                 policy: g.config.policy.clone(),
                 uuid: v.uuid,
                 target: v.target,
@@ -228,11 +268,12 @@ pub fn top_rows(status: &SchedStatus) -> Vec<TopRow> {
 /// The `top` table.
 pub fn write_top(status: &SchedStatus, out: &mut dyn Write) -> Result<()> {
     let mut t = Table::new(&[
-        "GPU", "POLICY", "VGPU", "TARGET", "ACHIEVED", "FROZEN", "PENDING", "MEMORY",
+        "GPU", "PCI", "POLICY", "VGPU", "TARGET", "ACHIEVED", "FROZEN", "PENDING", "MEMORY",
     ]);
     for r in top_rows(status) {
         t.row(vec![
-            r.gpu.to_string(),
+            r.gpu.map_or_else(|| "?".into(), |p| p.to_string()),
+            r.pci.clone().unwrap_or_else(|| "-".into()),
             r.policy,
             r.uuid.to_string(),
             pct(r.target),
@@ -264,7 +305,9 @@ mod tests {
         SchedStatus {
             default: cfg("best-effort"),
             gpus: vec![GpuSched {
-                gpu: 8,
+                gpu: Some(1),
+                pci: Some("0000:02:00.0".into()),
+                gvm_index: Some(8),
                 parents: vec!["0000:02:00.0".into()],
                 config: cfg("equal-share"),
                 slice_us: 2048,
@@ -286,7 +329,16 @@ mod tests {
                     priority: Some(8),
                 }],
             }],
+            unmapped: Vec::new(),
         }
+    }
+
+    #[test]
+    fn set_names_the_gpu_it_changed_by_position_and_pci_address_whatever_form_was_typed() {
+        for arg in ["1", "0000:02:00.0", "00000000:02:00.0", "0000:02:00.0 "] {
+            assert_eq!(named_gpu(&status(), arg), "1 [0000:02:00.0]", "{arg}");
+        }
+        assert_eq!(named_gpu(&status(), "5"), "5");
     }
 
     #[test]
@@ -310,7 +362,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("GPU 8 [0000:02:00.0]: equal-share, slice auto (2048us), window 1000ms, 10 knob writes (10.0/s)"),
+            text.contains("GPU 1 [0000:02:00.0]: equal-share, slice auto (2048us), window 1000ms, 10 knob writes (10.0/s)"),
             "{text}"
         );
         assert!(
@@ -324,12 +376,13 @@ mod tests {
     fn top_has_one_row_per_vgpu_with_pending_and_memory() -> Result<()> {
         let rows = top_rows(&status());
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].gpu, rows[0].pending_kernels), (8, 4));
+        assert_eq!((rows[0].gpu, rows[0].pending_kernels), (Some(1), 4));
+        assert_eq!(rows[0].pci.as_deref(), Some("0000:02:00.0"));
         let mut out = Vec::new();
         write_top(&status(), &mut out)?;
         let text = String::from_utf8(out)?;
         let line = text.lines().nth(1).unwrap_or_default();
-        assert!(line.starts_with("8    equal-share"), "{text}");
+        assert!(line.starts_with("1    0000:02:00.0  equal-share"), "{text}");
         assert!(line.ends_with("sched   4        1GiB"), "{text}");
         let mut out = Vec::new();
         write_top(
