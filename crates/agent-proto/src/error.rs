@@ -38,6 +38,13 @@ pub enum Violation {
     /// against the guest, since an agent may start writing before the host listens).
     #[error("report before hello; dropped until the agent says hello")]
     ReportBeforeHello,
+    /// A protocol-2 message on a connection whose hello did not announce protocol 2
+    /// (or before any hello).
+    #[error("a protocol-2 {kind:?} message from an agent that did not say \"protocol\":2 in its hello; dropped")]
+    NotNegotiated {
+        /// The message's `"type"`.
+        kind: &'static str,
+    },
     /// A string field is too long.
     #[error("field {field} is {len} bytes, over the {max}-byte limit")]
     StringTooLong {

@@ -86,6 +86,8 @@ pub enum Event {
         /// What was wrong.
         violation: Violation,
     },
+    /// A valid protocol-2 message from an agent whose hello announced protocol 2.
+    Guest(crate::v2::GuestMessage),
     /// The session is over: close the connection, and do not accept this guest
     /// again for `reconnect_after`.
     Disconnect {
@@ -400,6 +402,7 @@ impl IngestSession {
             return;
         }
         match parse_line(line) {
+            Err(_) if crate::v2::is_guest_kind(line) => self.guest_line(now, line, events),
             Err(v) => self.violation(now, v, events),
             Ok(Message::Hello(hello)) => match check_hello(&hello) {
                 Err(v) => self.violation(now, v, events),
@@ -442,6 +445,27 @@ impl IngestSession {
                         events.push(Event::Report(report));
                     }
                 }
+            }
+        }
+    }
+
+    /// A line that names a protocol-2 guest message type.
+    fn guest_line(&mut self, now: Instant, line: &[u8], events: &mut Vec<Event>) {
+        let negotiated = matches!(&self.phase, Phase::Ready { hello, .. } if hello.protocol() >= 2);
+        match crate::v2::parse_guest_line(line) {
+            Err(v) => self.violation(now, v, events),
+            Ok(m) if !negotiated => {
+                let kind = match m {
+                    crate::v2::GuestMessage::Counters(_) => "counters",
+                    crate::v2::GuestMessage::Busy(_) => "busy",
+                    crate::v2::GuestMessage::Ack(_) => "ack",
+                };
+                self.violation(now, Violation::NotNegotiated { kind }, events);
+            }
+            Ok(m) => {
+                self.streak = 0;
+                self.counters.v2_messages = self.counters.v2_messages.saturating_add(1);
+                events.push(Event::Guest(m));
             }
         }
     }

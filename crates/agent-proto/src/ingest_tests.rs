@@ -474,3 +474,61 @@ fn the_newline_search_agrees_with_a_plain_scan_at_every_offset() {
         }
     }
 }
+
+fn hello_v2_line() -> Vec<u8> {
+    let text = String::from_utf8(hello_line()).unwrap();
+    let v2 = text.replacen("\"protocol\":null,", "", 1);
+    let v2 = v2.replacen("{", "{\"protocol\":2,", 1);
+    v2.into_bytes()
+}
+
+#[test]
+fn protocol_2_messages_are_events_only_after_a_protocol_2_hello() {
+    let base = Instant::now();
+    let ack = b"{\"type\":\"ack\",\"generation\":3,\"reached\":{\"frozen\":true,\"held\":false,\"processes\":1,\"in_flight\":0,\"memory_limit\":null,\"priority\":2}}\n";
+    let busy = b"{\"type\":\"busy\",\"busy\":true}\n";
+
+    // A v1 agent's (or a hello-less) protocol-2 line is a violation, not an event.
+    let mut v1 = IngestSession::default();
+    let ev = v1.feed(t(base, 0), busy);
+    assert!(matches!(
+        violations(&ev)[..],
+        [Violation::NotNegotiated { kind: "busy" }]
+    ));
+    v1.feed(t(base, 1), &hello_line());
+    let ev = v1.feed(t(base, 2), ack);
+    assert!(matches!(
+        violations(&ev)[..],
+        [Violation::NotNegotiated { kind: "ack" }]
+    ));
+
+    let mut v2 = IngestSession::default();
+    let hello = hello_v2_line();
+    let ev = v2.feed(t(base, 0), &hello);
+    assert!(
+        matches!(&ev[..], [Event::Hello(h)] if h.protocol() == 2),
+        "{ev:?} from {}",
+        String::from_utf8_lossy(&hello)
+    );
+    let ev = v2.feed(t(base, 1), ack);
+    match &ev[..] {
+        [Event::Guest(crate::v2::GuestMessage::Ack(a))] => {
+            assert!(a.freeze_complete());
+            assert_eq!(a.generation, 3);
+        }
+        other => panic!("expected one ack, got {other:?}"),
+    }
+    let ev = v2.feed(t(base, 2), busy);
+    assert!(matches!(
+        &ev[..],
+        [Event::Guest(crate::v2::GuestMessage::Busy(b))] if b.busy
+    ));
+    // An invalid protocol-2 line is a violation naming the field.
+    let bad = b"{\"type\":\"ack\",\"generation\":0,\"reached\":{\"frozen\":true,\"held\":false,\"processes\":1,\"in_flight\":0,\"memory_limit\":null,\"priority\":2}}\n";
+    let ev = v2.feed(t(base, 3), bad);
+    assert!(
+        matches!(violations(&ev)[..], [Violation::OutOfRange { .. }]),
+        "{ev:?}"
+    );
+    assert_eq!(v2.counters().v2_messages, 2);
+}

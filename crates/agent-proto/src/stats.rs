@@ -25,6 +25,9 @@ pub struct Counters {
     pub rate_limited_lines: u64,
     /// Bytes discarded as parts of over-long or timed-out lines.
     pub discarded_bytes: u64,
+    /// Protocol-2 messages (counters, busy, acks) accepted.
+    #[serde(default)]
+    pub v2_messages: u64,
 }
 
 /// The latest view of one guest's GPU use.

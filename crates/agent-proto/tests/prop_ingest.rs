@@ -104,7 +104,7 @@ impl Watch {
                     self.disconnects += 1;
                     reason.to_string()
                 }
-                Event::Hello(_) | Event::Report(_) => continue,
+                Event::Hello(_) | Event::Report(_) | Event::Guest(_) => continue,
             };
             prop_assert!(!text.trim().is_empty());
             prop_assert!(
