@@ -29,6 +29,16 @@
 //! shared [`GuestTable`] holds at most [`MAX_CHANNELS`] entries, each a bounded
 //! hello and report (the proto caps a report at 1,024 processes in 64 KiB).
 //!
+//! **Protocol 2 (enforcement in the guest).** When a guest's hello says `"protocol":2`, the
+//! channel is two-way: the daemon sends the vGPU's effective knobs as an idempotent state
+//! [`Snapshot`] with a generation that only grows (a new connection gets the current state
+//! under a new generation; generations start from the wall clock in µs, so a restarted
+//! daemon's are higher still), and keeps what the guest answers: its CUDA processes
+//! (counters), its busy/idle transitions and its acknowledgements, which the API shows as
+//! [`gvm_proto::GuestEnforcement`]. An acknowledgement of a generation never sent on this
+//! connection is counted as forged and ignored. The desired state comes from the daemon's
+//! core ([`GuestTable::publish`]), which wakes the channel's task.
+//!
 //! Ingest cost matters (a host may run a hundred agents at 10 Hz): each channel's
 //! entry has its own lock, held by the task (no lookup in, or contention on, the
 //! table's map per report), and the accepted hello and report are shared
@@ -41,13 +51,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gvm_agent_proto::v2::{self, Ack, GuestMessage, HostMessage, Snapshot};
 use gvm_agent_proto::{
     log_safe, Counters, Event, GuestStats, Hello, IngestSession, Limits, Report,
 };
 use gvm_host_root::HostRoot;
 use gvm_proto::{ApiError, GuestAgentInfo};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -103,6 +115,139 @@ pub struct ChannelState {
     pub counters: Counters,
     /// When the latest report was accepted.
     pub last_report_at: Option<Instant>,
+    /// The protocol-2 state: what the daemon wants, sent and heard.
+    pub control: GuestControl,
+}
+
+/// The state the daemon wants a protocol-2 guest in: the vGPU's knobs and the hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesiredState {
+    /// The effective knobs.
+    pub knobs: v2::Knobs,
+    /// The arbitration hold.
+    pub hold: bool,
+}
+
+/// One channel's protocol-2 exchange.
+#[derive(Debug, Clone)]
+pub struct GuestControl {
+    /// What the daemon wants, if it said yet.
+    pub desired: Option<DesiredState>,
+    /// The generation of `desired` (bumped on every change and every new connection).
+    pub generation: u64,
+    /// The protocol the current connection's hello announced (0 before a hello).
+    pub protocol: u32,
+    /// The generation last sent on the current connection.
+    pub sent: Option<u64>,
+    /// The guest's last acknowledgement of a generation sent, and when.
+    pub acked: Option<(Ack, Instant)>,
+    /// The guest's last counters message, and when.
+    pub processes: Option<(Arc<v2::Counters>, Instant)>,
+    /// The VM's last busy/idle transition.
+    pub busy: Option<bool>,
+    /// Acknowledgements of generations never sent.
+    pub forged_acks: u64,
+    /// Wakes the channel's task when `desired` changes.
+    pub wake: Arc<Notify>,
+}
+
+/// A generation above `prev`: the wall clock in µs when that is higher (so generations
+/// keep growing across daemon restarts), else `prev + 1`; at most 2^53 (JSON-exact).
+pub fn next_generation(prev: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    prev.saturating_add(1).max(now).min(1 << 53)
+}
+
+impl GuestControl {
+    fn new() -> GuestControl {
+        GuestControl {
+            desired: None,
+            generation: next_generation(0),
+            protocol: 0,
+            sent: None,
+            acked: None,
+            processes: None,
+            busy: None,
+            forged_acks: 0,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The snapshot to send now on a protocol-2 connection, if one is due.
+    fn due(&self) -> Option<Snapshot> {
+        let d = self.desired?;
+        (self.protocol >= 2 && self.sent != Some(self.generation)).then_some(Snapshot {
+            generation: self.generation,
+            knobs: d.knobs,
+            hold: d.hold,
+        })
+    }
+
+    /// Take a guest message (already validated by the session).
+    fn take(&mut self, m: GuestMessage, now: Instant) -> Option<String> {
+        match m {
+            GuestMessage::Counters(c) => self.processes = Some((Arc::new(c), now)),
+            GuestMessage::Busy(b) => self.busy = Some(b.busy),
+            GuestMessage::Ack(a) => {
+                if self.sent.is_none_or(|s| a.generation > s) {
+                    self.forged_acks += 1;
+                    return Some(format!(
+                        "acknowledgement of generation {} that was never sent (last sent: {:?}); ignored",
+                        a.generation, self.sent
+                    ));
+                }
+                if self
+                    .acked
+                    .is_none_or(|(old, _)| a.generation >= old.generation)
+                {
+                    self.acked = Some((a, now));
+                }
+            }
+        }
+        None
+    }
+
+    /// The API view.
+    pub fn enforcement(&self, connected: bool, now: Instant) -> gvm_proto::GuestEnforcement {
+        let processes = self
+            .processes
+            .as_ref()
+            .map(|(c, _)| {
+                c.processes
+                    .iter()
+                    .map(|p| gvm_proto::GuestProcess {
+                        pid: p.pid,
+                        name: p.name.clone(),
+                        memory_current: p.memory_current,
+                        memory_swap: p.memory_swap,
+                        kernels_submitted: p.kernels_submitted,
+                        kernels_ended: p.kernels_ended,
+                        pending: p.pending,
+                        busy: p.busy,
+                        gpu_busy_us: p.gpu_busy_us,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        gvm_proto::GuestEnforcement {
+            protocol: self.protocol.max(1),
+            connected,
+            generation_sent: self.sent,
+            generation_acked: self.acked.map(|(a, _)| a.generation),
+            frozen_reached: self.acked.map(|(a, _)| a.freeze_complete()),
+            in_flight: self.acked.map(|(a, _)| a.reached.in_flight),
+            busy: self.busy,
+            forged_acks: self.forged_acks,
+            processes,
+            processes_age_ms: self
+                .processes
+                .as_ref()
+                .map(|(_, t)| now.saturating_duration_since(*t).as_millis() as u64),
+        }
+    }
 }
 
 impl ChannelState {
@@ -119,6 +264,7 @@ impl ChannelState {
             last_report: None,
             counters: Counters::default(),
             last_report_at: None,
+            control: GuestControl::new(),
         }
     }
 
@@ -199,6 +345,40 @@ impl GuestTable {
                 state.info(&socket, now)
             })
             .collect()
+    }
+
+    /// Give every channel the state `desired_of` wants for it (`None`: nothing to say yet);
+    /// a channel whose desired state changed gets a new generation and its task is woken.
+    pub fn publish(&self, desired_of: impl Fn(&Attribution) -> Option<DesiredState>) {
+        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
+        for e in entries {
+            let mut c = lock_entry(&e);
+            let want = desired_of(&c.attribution);
+            if want.is_some() && want != c.control.desired {
+                c.control.desired = want;
+                c.control.generation = next_generation(c.control.generation);
+                c.control.wake.notify_one();
+            }
+        }
+    }
+
+    /// The protocol-2 view of the channel that belongs to vGPU `uuid` (its own socket, or
+    /// a channel of `domain`, the libvirt domain holding it).
+    pub fn enforcement_of(
+        &self,
+        uuid: &Uuid,
+        domain: Option<&str>,
+    ) -> Option<gvm_proto::GuestEnforcement> {
+        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
+        let now = Instant::now();
+        entries.into_iter().find_map(|e| {
+            let c = lock_entry(&e);
+            let ours = match &c.attribution {
+                Attribution::Vgpu(u) => u == uuid,
+                Attribution::Domain(d) => Some(d.as_str()) == domain,
+            };
+            (ours && c.hello.is_some()).then(|| c.control.enforcement(c.connected, now))
+        })
     }
 
     /// Number of channels followed.
@@ -544,6 +724,13 @@ async fn read_session(
     buf: &mut [u8],
 ) -> Ended {
     let mut hellos = 0u64;
+    let wake = {
+        let mut c = lock_entry(entry);
+        // A new connection: whatever was sent before is not known to this guest.
+        c.control.protocol = 0;
+        c.control.sent = None;
+        Arc::clone(&c.control.wake)
+    };
     loop {
         let deadline = session.next_deadline();
         let events = tokio::select! {
@@ -553,6 +740,7 @@ async fn read_session(
                 Err(e) => return Ended::Error(e),
             },
             _ = sleep_until(deadline) => session.tick(Instant::now()),
+            () = wake.notified() => Vec::new(),
         };
         // The newest hello and report of this batch, shared (not copied) with the entry.
         let mut hello = None;
@@ -572,6 +760,14 @@ async fn read_session(
                     hello = Some(h);
                 }
                 Event::Report(r) => report = Some(r),
+                Event::Guest(m) => {
+                    if let Some(p) = lock_entry(entry).control.take(m, Instant::now()) {
+                        if let Some(suppressed) = log.allow(Instant::now()) {
+                            warn!(socket = %socket.display(), ?who, suppressed, "guest agent: {p}");
+                        }
+                        problem = Some(p);
+                    }
+                }
                 Event::Violation { line, violation } => {
                     violations += 1;
                     let text = format!("line {line}: {violation}");
@@ -596,6 +792,13 @@ async fn read_session(
             let mut c = lock_entry(entry);
             // A new hello keeps the latest report as the latest known view.
             if let Some(h) = hello {
+                let protocol = h.protocol();
+                if protocol >= 2 && c.control.protocol < 2 {
+                    // Newly negotiated on this connection: the current state goes out
+                    // under a new generation.
+                    c.control.generation = next_generation(c.control.generation);
+                }
+                c.control.protocol = protocol;
                 c.hello = Some(h);
             }
             if c.hello.is_some() {
@@ -623,6 +826,16 @@ async fn read_session(
         }
         if let Some(after) = cut {
             return Ended::Cut(after);
+        }
+        let due = lock_entry(entry).control.due();
+        if let Some(snapshot) = due {
+            let mut line = HostMessage::Snapshot(snapshot).to_line().into_bytes();
+            line.push(b'\n');
+            if let Err(e) = stream.write_all(&line).await {
+                return Ended::Error(e);
+            }
+            lock_entry(entry).control.sent = Some(snapshot.generation);
+            debug!(socket = %socket.display(), ?who, generation = snapshot.generation, "state snapshot sent to the guest");
         }
     }
 }

@@ -354,6 +354,7 @@ impl Daemon {
             self.reconcile(&new_parents, None, &mut report);
         }
         self.first_pass = false;
+        self.publish_guest_states();
         report
     }
 
@@ -975,6 +976,45 @@ impl Daemon {
             None => self.observed.devices.keys().copied().collect(),
         };
         self.refresh_totals(&touched);
+        self.publish_guest_states();
+    }
+
+    /// Hand every guest-agent channel the effective knobs of the vGPU it belongs to: its
+    /// own socket's vGPU, or the (first) vGPU of the libvirt domain whose channel it is.
+    /// A protocol-2 guest applies them to its CUDA processes (`agent_ingest`).
+    pub(crate) fn publish_guest_states(&mut self) {
+        if self.guests.is_empty() {
+            return;
+        }
+        let domain_vgpu: BTreeMap<String, Uuid> = self
+            .observed
+            .devices
+            .keys()
+            .filter_map(|u| Some((self.resolver.domain_of(u)?.to_string(), *u)))
+            .collect();
+        let table = self.guests.clone();
+        table.publish(|who| {
+            let uuid = match who {
+                crate::agent_ingest::Attribution::Vgpu(u) => *u,
+                crate::agent_ingest::Attribution::Domain(d) => *domain_vgpu.get(d)?,
+            };
+            if !self.observed.devices.contains_key(&uuid) {
+                return None;
+            }
+            let knobs = self.info(&uuid).knobs;
+            Some(crate::agent_ingest::DesiredState {
+                knobs: gvm_agent_proto::v2::Knobs {
+                    memory_limit: (knobs.memory_limit != gvm_proto::UNLIMITED)
+                        .then_some(knobs.memory_limit),
+                    priority: Some(u32::from(knobs.priority)),
+                    frozen: knobs.frozen,
+                    host_swap: self.type_of.get(&uuid).is_some_and(|t| t.host_swap),
+                    share_budget_us: None,
+                    window_ms: None,
+                },
+                hold: false,
+            })
+        });
     }
 
     fn execute_write(

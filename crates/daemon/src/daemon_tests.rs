@@ -170,6 +170,7 @@ impl TypePort for Types {
             memory_limit,
             priority,
             share: None,
+            host_swap: false,
         })
     }
     fn binds(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {
@@ -647,6 +648,7 @@ impl TypePort for TableTypes {
             memory_limit,
             priority,
             share: None,
+            host_swap: false,
         })
     }
     fn binds(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {

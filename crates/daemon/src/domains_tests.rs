@@ -305,6 +305,7 @@ impl TypePort for FakeTypes {
             memory_limit: 1 << 30,
             priority: 4,
             share: None,
+            host_swap: false,
         })
     }
     fn binds(&self, _: &str, _: &str, _: Option<&str>) -> Option<bool> {

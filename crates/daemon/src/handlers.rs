@@ -323,6 +323,10 @@ impl Daemon {
                 .filter(|(u, _)| u == uuid)
                 .map(|(_, r)| *r)
                 .collect(),
+            guest: {
+                let domain = self.resolver.domain_of(uuid).map(str::to_string);
+                self.guests.enforcement_of(uuid, domain.as_deref())
+            },
         }
     }
 

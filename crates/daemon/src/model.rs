@@ -25,6 +25,9 @@ pub struct TypeSpec {
     pub priority: u8,
     /// Fixed share, if the type sets one.
     pub share: Option<f64>,
+    /// Whether pages over the memory limit may spill to host memory (the catalog's
+    /// `host_swap`).
+    pub host_swap: bool,
 }
 
 /// A live mediated device as scanned.
@@ -268,6 +271,7 @@ mod tests {
             memory_limit: 4 << 30,
             priority: 4,
             share: None,
+            host_swap: false,
         }
     }
 

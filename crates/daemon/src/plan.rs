@@ -253,6 +253,7 @@ mod tests {
             memory_limit: 4 << 30,
             priority: prio,
             share: None,
+            host_swap: false,
         }
     }
 

@@ -341,6 +341,7 @@ fn spec(t: &gvm_catalog::VgpuType) -> TypeSpec {
         memory_limit: t.memory_limit.0,
         priority: t.priority,
         share: t.share,
+        host_swap: t.host_swap,
     }
 }
 

@@ -118,6 +118,7 @@ fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
             memory_limit: 4 << 30,
             priority: 10,
             share: None,
+            host_swap: false,
         },
     )]
     .into_iter()

@@ -46,9 +46,9 @@ pub use guest::{
 };
 pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy};
 pub use types::{
-    BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, ImportReport, Knobs,
-    Overrides, OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, ReloadFailure, Source,
-    Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
+    BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, GuestEnforcement,
+    GuestProcess, ImportReport, Knobs, Overrides, OwnerInfo, OwnerRule, Pong, ReconcileReport,
+    RefusedClaim, ReloadFailure, Source, Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

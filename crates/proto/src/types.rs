@@ -321,6 +321,65 @@ pub struct VgpuDetail {
     /// Processes whose claim on this vGPU was refused.
     #[serde(default)]
     pub refused_claims: Vec<RefusedClaim>,
+    /// How the knobs reach the CUDA processes inside the VM (its guest agent), when the
+    /// vGPU has a guest-agent channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestEnforcement>,
+}
+
+/// What the daemon sent a VM's guest agent and what the guest said back (agent protocol 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestEnforcement {
+    /// The agent protocol the guest's hello announced (1: stats only, no enforcement).
+    pub protocol: u32,
+    /// Whether the channel is connected now.
+    pub connected: bool,
+    /// Generation of the latest state snapshot sent on this connection.
+    pub generation_sent: Option<u64>,
+    /// Generation the guest acknowledged last.
+    pub generation_acked: Option<u64>,
+    /// Every registered guest process held, as the guest's last acknowledgement says.
+    pub frozen_reached: Option<bool>,
+    /// In-flight kernels in the guest at its last acknowledgement.
+    pub in_flight: Option<u32>,
+    /// The VM's last busy/idle transition.
+    pub busy: Option<bool>,
+    /// Acknowledgements of generations never sent (ignored).
+    pub forged_acks: u64,
+    /// The guest's CUDA processes (source: guest), from its last counters message.
+    pub processes: Vec<GuestProcess>,
+    /// Age of `processes`, ms.
+    pub processes_age_ms: Option<u64>,
+}
+
+impl GuestEnforcement {
+    /// Whether the guest acknowledged the latest snapshot sent.
+    pub fn in_sync(&self) -> bool {
+        self.generation_sent.is_some() && self.generation_sent == self.generation_acked
+    }
+}
+
+/// One CUDA process inside a VM, as its guest agent reports it (untrusted, validated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    /// The pid inside the guest.
+    pub pid: u32,
+    /// Its name (at most 64 bytes, no control characters).
+    pub name: String,
+    /// GPU memory in use, bytes.
+    pub memory_current: u64,
+    /// Of it, spilled to host memory, bytes.
+    pub memory_swap: u64,
+    /// Kernels submitted.
+    pub kernels_submitted: u64,
+    /// Kernels ended.
+    pub kernels_ended: u64,
+    /// Kernels pending.
+    pub pending: u32,
+    /// Busy now.
+    pub busy: bool,
+    /// GPU busy time, µs.
+    pub gpu_busy_us: u64,
 }
 
 /// A knob found different from its intended value and corrected.

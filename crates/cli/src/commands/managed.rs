@@ -569,6 +569,9 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
         writeln!(out, "  owners (GVM gcgroups):")?;
         OwnerTable::of_daemon_owners(&detail.owners).write(out)?;
     }
+    if let Some(g) = &detail.guest {
+        write_guest_enforcement(out, g)?;
+    }
     if !detail.info.owner_uids.is_empty() {
         let uids: Vec<String> = detail.info.owner_uids.iter().map(u32::to_string).collect();
         writeln!(
@@ -585,6 +588,69 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
             out,
             "  refused:      pid {} ({uid}) claims this vGPU by {:?} but may not own it: allow the user with `gvm-vgpu define --owner-uid` or gvm-vgpud --owner-uid",
             r.pid, r.rule
+        )?;
+    }
+    Ok(())
+}
+
+/// The `show` lines about a VM's guest agent: what reaches the guest and its processes.
+fn write_guest_enforcement(out: &mut dyn Write, g: &gvm_proto::GuestEnforcement) -> Result<()> {
+    let link = if g.connected {
+        "connected"
+    } else {
+        "not connected"
+    };
+    if g.protocol < 2 {
+        writeln!(
+            out,
+            "  enforcement:  none (agent v1, {link}): the guest reports stats only; update its gvm-vgpu-agent"
+        )?;
+        return Ok(());
+    }
+    let state = match (g.generation_sent, g.generation_acked) {
+        (None, _) => "no state sent yet".to_string(),
+        (Some(s), Some(a)) if s == a => format!("state {s} acknowledged"),
+        (Some(s), Some(a)) => format!("state {s} sent, {a} acknowledged last"),
+        (Some(s), None) => format!("state {s} sent, not acknowledged yet"),
+    };
+    let frozen = match (g.frozen_reached, g.in_flight) {
+        (Some(true), _) => ", every process held".to_string(),
+        (Some(false), Some(n)) if n > 0 => format!(", {n} kernels in flight"),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "  enforcement:  guest agent (protocol {}, {link}): {state}{frozen}",
+        g.protocol
+    )?;
+    if g.forged_acks > 0 {
+        writeln!(
+            out,
+            "  warning:      the guest acknowledged {} states that were never sent (ignored)",
+            g.forged_acks
+        )?;
+    }
+    if g.processes.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "  guest processes (source guest):")?;
+    writeln!(
+        out,
+        "    {:>8}  {:<16} {:>10} {:>10} {:>10} {:>10} {:>8}  BUSY",
+        "PID", "NAME", "MEMORY", "SWAP", "SUBMITTED", "ENDED", "PENDING"
+    )?;
+    for p in &g.processes {
+        writeln!(
+            out,
+            "    {:>8}  {:<16} {:>10} {:>10} {:>10} {:>10} {:>8}  {}",
+            p.pid,
+            crate::text::guest_text(&p.name),
+            ByteSize(p.memory_current).to_string(),
+            ByteSize(p.memory_swap).to_string(),
+            p.kernels_submitted,
+            p.kernels_ended,
+            p.pending,
+            if p.busy { "yes" } else { "no" }
         )?;
     }
     Ok(())

@@ -1,0 +1,196 @@
+//! Agent protocol 2 against the real `gvm-vgpud` on the simulated host: the test plays a VM's
+//! QEMU (it binds the vGPU's channel socket in the agent directory; the daemon connects) and
+//! its guest agent. Asserted, as a user would see it through `gvm-vgpu show`:
+//!
+//! * a protocol-2 hello gets the vGPU's effective knobs as a state snapshot;
+//! * `set --live` and `freeze`/`thaw` send new snapshots with higher generations;
+//! * the guest's counters appear as the vGPU's guest processes, its acknowledgement as the
+//!   state reached ("every process held");
+//! * an acknowledgement of a generation never sent is counted as forged and ignored;
+//! * a reconnect resends the current state under a new generation;
+//! * a v1 agent (no `protocol` in its hello) gets nothing and `show` says enforcement none.
+//!
+//! Skips (printing why) without root and /dev/fuse.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use common::{is_managed, skip_reason, wait_until, Sim};
+use gvm_client::gvm_proto::{SetMode, SetParams};
+use serde_json::Value;
+
+const HELLO_V2: &str = r#"{"type":"hello","v":1,"agent":"0.1.0","os":"Test","kernel":"6.1","collector":"proc","protocol":2,"gpus":[{"index":0,"name":"G"}]}"#;
+const HELLO_V1: &str = r#"{"type":"hello","v":1,"agent":"0.1.0","os":"Test","kernel":"6.1","collector":"proc","gpus":[{"index":0,"name":"G"}]}"#;
+
+/// The guest end of one channel connection.
+struct Guest {
+    out: UnixStream,
+    lines: BufReader<UnixStream>,
+}
+
+impl Guest {
+    fn accept(l: &UnixListener, hello: &str) -> Guest {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut g = Guest {
+            lines: BufReader::new(s.try_clone().unwrap()),
+            out: s,
+        };
+        g.send(hello);
+        g
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.out, "{line}").unwrap();
+    }
+
+    /// The next snapshot the host sends (fails after 10 s).
+    fn snapshot(&mut self) -> Value {
+        let mut l = String::new();
+        self.lines.read_line(&mut l).unwrap();
+        let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+        assert_eq!(v["type"], "snapshot", "{l}");
+        v
+    }
+
+    fn ack(&mut self, generation: u64, frozen: bool) {
+        self.send(&format!(
+            r#"{{"type":"ack","generation":{generation},"reached":{{"frozen":{frozen},"held":false,"processes":1,"in_flight":0,"memory_limit":null,"priority":null}}}}"#
+        ));
+    }
+}
+
+fn guest_of(
+    c: &mut gvm_client::Client,
+    uuid: &str,
+) -> Option<gvm_client::gvm_proto::GuestEnforcement> {
+    c.show(uuid).ok()?.guest
+}
+
+#[test]
+fn a_protocol_2_guest_gets_the_vgpus_state_and_its_answers_are_shown() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(1);
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    let u = uuid.to_string();
+    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let l = UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &uuid
+    )));
+
+    let mut g = Guest::accept(&l, HELLO_V2);
+    let s1 = g.snapshot();
+    let info = c.show(&u).unwrap().info;
+    assert_eq!(s1["knobs"]["memory_limit"], info.knobs.memory_limit);
+    assert_eq!(s1["knobs"]["priority"], u64::from(info.knobs.priority));
+    assert_eq!(s1["knobs"]["frozen"], false);
+    assert_eq!(s1["hold"], false);
+    let g1 = s1["generation"].as_u64().unwrap();
+
+    // The guest applies it, says so, and reports its one CUDA process.
+    g.ack(g1, false);
+    g.send(r#"{"type":"counters","processes":[{"pid":41,"name":"train","memory_current":4096,"memory_swap":0,"kernels_submitted":10,"kernels_ended":9,"pending":1,"busy":true,"gpu_busy_us":1500}]}"#);
+    assert!(
+        wait_until(Duration::from_secs(5), || guest_of(&mut c, &u).is_some_and(
+            |e| e.generation_acked == Some(g1) && e.processes.len() == 1
+        )),
+        "show: {:?}",
+        guest_of(&mut c, &u)
+    );
+    let e = guest_of(&mut c, &u).unwrap();
+    assert_eq!((e.protocol, e.connected, e.in_sync()), (2, true, true));
+    assert_eq!(e.processes[0].pid, 41);
+    assert_eq!(e.processes[0].name, "train");
+
+    // A live retune sends a new state.
+    c.set(SetParams {
+        target: u.clone(),
+        memory_limit: Some(1 << 30),
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+    let s2 = g.snapshot();
+    assert_eq!(s2["knobs"]["memory_limit"], 1u64 << 30);
+    let g2 = s2["generation"].as_u64().unwrap();
+    assert!(g2 > g1, "generations only grow: {g1} then {g2}");
+
+    // freeze: a snapshot saying frozen; the ack of it reports every process held.
+    c.freeze(&u).unwrap();
+    let s3 = g.snapshot();
+    assert_eq!(s3["knobs"]["frozen"], true);
+    let g3 = s3["generation"].as_u64().unwrap();
+    assert!(g3 > g2);
+    g.ack(g3, true);
+    assert!(wait_until(Duration::from_secs(5), || guest_of(&mut c, &u)
+        .is_some_and(
+            |e| e.generation_acked == Some(g3) && e.frozen_reached == Some(true)
+        )));
+    let shown = std::process::Command::new(gvm_testkit::workspace_bin("gvm-vgpu-cli", "gvm-vgpu"))
+        .arg("--root")
+        .arg(&sim.root)
+        .args(["show", &u])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("enforcement:  guest agent (protocol 2, connected)")
+            && text.contains("every process held")
+            && text.contains("guest processes (source guest)"),
+        "{text}"
+    );
+
+    // A forged acknowledgement (a generation never sent) is counted and changes nothing.
+    g.ack(g3 + 1_000_000, false);
+    assert!(wait_until(Duration::from_secs(5), || guest_of(&mut c, &u)
+        .is_some_and(|e| e.forged_acks == 1)));
+    assert_eq!(guest_of(&mut c, &u).unwrap().generation_acked, Some(g3));
+
+    c.thaw(&u).unwrap();
+    let s4 = g.snapshot();
+    assert_eq!(s4["knobs"]["frozen"], false);
+
+    // A reconnect (QEMU restarted the chardev, or the guest agent restarted) gets the
+    // current state again under a new generation.
+    drop(g);
+    let mut g = Guest::accept(&l, HELLO_V2);
+    let s5 = g.snapshot();
+    assert_eq!(s5["knobs"]["memory_limit"], 1u64 << 30);
+    assert!(s5["generation"].as_u64().unwrap() > s4["generation"].as_u64().unwrap());
+
+    // A v1 agent gets nothing, and show says the guest enforces nothing.
+    drop(g);
+    let (s, _) = l.accept().unwrap();
+    let mut v1 = s.try_clone().unwrap();
+    writeln!(v1, "{HELLO_V1}").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || guest_of(&mut c, &u)
+        .is_some_and(|e| e.protocol == 1 && e.connected)));
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = String::new();
+    let got = BufReader::new(s).read_line(&mut buf);
+    assert!(
+        got.is_err() || buf.is_empty(),
+        "a v1 agent was sent {buf:?}"
+    );
+    let shown = std::process::Command::new(gvm_testkit::workspace_bin("gvm-vgpu-cli", "gvm-vgpu"))
+        .arg("--root")
+        .arg(&sim.root)
+        .args(["show", &u])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("enforcement:  none (agent v1"), "{text}");
+}
