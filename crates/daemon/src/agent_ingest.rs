@@ -66,6 +66,7 @@ use uuid::Uuid;
 
 use crate::log_limit::LogLimiter;
 use crate::owners::Resolver;
+use crate::vm_arbiter::{holders, holds, HoldCap, Vm};
 
 /// Most channels the daemon follows at once; more are ignored (and said so).
 pub const MAX_CHANNELS: usize = 1024;
@@ -147,6 +148,8 @@ pub struct GuestControl {
     pub busy: Option<bool>,
     /// Acknowledgements of generations never sent.
     pub forged_acks: u64,
+    /// How long this VM's busy claims may hold other VMs ([`crate::vm_arbiter`]).
+    pub cap: HoldCap,
     /// Wakes the channel's task when `desired` changes.
     pub wake: Arc<Notify>,
 }
@@ -172,6 +175,7 @@ impl GuestControl {
             processes: None,
             busy: None,
             forged_acks: 0,
+            cap: HoldCap::default(),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -241,6 +245,8 @@ impl GuestControl {
             in_flight: self.acked.map(|(a, _)| a.reached.in_flight),
             busy: self.busy,
             forged_acks: self.forged_acks,
+            held: self.desired.is_some_and(|d| d.hold),
+            hold_cap_hits: self.cap.hits,
             processes,
             processes_age_ms: self
                 .processes
@@ -347,17 +353,70 @@ impl GuestTable {
             .collect()
     }
 
-    /// Give every channel the state `desired_of` wants for it (`None`: nothing to say yet);
-    /// a channel whose desired state changed gets a new generation and its task is woken.
-    pub fn publish(&self, desired_of: impl Fn(&Attribution) -> Option<DesiredState>) {
+    /// Give every channel the knobs `desired_of` wants for it (`None`: nothing to say yet);
+    /// a channel whose state changed gets a new generation and its task is woken. The
+    /// arbitration hold is this table's own ([`GuestTable::rearbitrate`]).
+    pub fn publish(&self, desired_of: impl Fn(&Attribution) -> Option<v2::Knobs>) {
         let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
         for e in entries {
             let mut c = lock_entry(&e);
-            let want = desired_of(&c.attribution);
-            if want.is_some() && want != c.control.desired {
-                c.control.desired = want;
+            let Some(knobs) = desired_of(&c.attribution) else {
+                continue;
+            };
+            let hold = c.control.desired.is_some_and(|d| d.hold);
+            let want = DesiredState { knobs, hold };
+            if c.control.desired != Some(want) {
+                c.control.desired = Some(want);
                 c.control.generation = next_generation(c.control.generation);
                 c.control.wake.notify_one();
+            }
+        }
+        self.rearbitrate(Instant::now());
+    }
+
+    /// Decide again which VMs are held ([`crate::vm_arbiter`]): a connected protocol-2 VM
+    /// is held while another of strictly higher priority claims busy (and is not frozen, and
+    /// its cap allows the claim). Channels whose hold changed get a new generation.
+    pub fn rearbitrate(&self, now: Instant) {
+        let entries: Vec<(PathBuf, ChannelEntry)> =
+            self.with(|m| m.iter().map(|(p, e)| (p.clone(), Arc::clone(e))).collect());
+        let mut vms = BTreeMap::new();
+        for (path, e) in &entries {
+            let mut c = lock_entry(e);
+            let Some(d) = c.control.desired else { continue };
+            if !c.connected || c.control.protocol < 2 {
+                continue;
+            }
+            let claims = c.control.busy == Some(true) && !d.knobs.frozen;
+            let busy = claims && c.control.cap.allows(now);
+            let priority = d.knobs.priority.unwrap_or(8);
+            vms.insert(path.clone(), Vm { priority, busy });
+        }
+        let held = holds(&vms);
+        let holding = holders(&vms);
+        for (path, e) in &entries {
+            let Some(h) = held.get(path) else { continue };
+            let mut c = lock_entry(e);
+            if c.control
+                .cap
+                .holding(now, holding.get(path).copied().unwrap_or(false))
+            {
+                warn!(socket = %path.display(), who = ?c.attribution,
+                      max_ms = c.control.cap.max.as_millis() as u64,
+                      window_ms = c.control.cap.window.as_millis() as u64,
+                      "a VM's busy claims reached the cap on holding other VMs; ignored for the rest of the window");
+                c.last_problem = Some(format!(
+                    "busy claims held other VMs for {} ms of a {} ms window (the cap): ignored until the window ends",
+                    c.control.cap.max.as_millis(),
+                    c.control.cap.window.as_millis()
+                ));
+            }
+            if let Some(d) = c.control.desired.as_mut() {
+                if d.hold != *h {
+                    d.hold = *h;
+                    c.control.generation = next_generation(c.control.generation);
+                    c.control.wake.notify_one();
+                }
             }
         }
     }
@@ -597,8 +656,23 @@ pub async fn run(table: GuestTable, config: AgentConfig) {
     follow(table, config).await
 }
 
+/// How often the VM arbitration is decided again without an event (to apply the cap on a
+/// VM's busy claims, and windows ending).
+pub const REARBITRATE_PERIOD: Duration = Duration::from_millis(20);
+
 async fn follow(table: GuestTable, config: AgentConfig) {
     info!(dir = %config.agent_dir.display(), "following guest-agent channels");
+    let t = table.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(REARBITRATE_PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if !t.is_empty() {
+                t.rearbitrate(Instant::now());
+            }
+        }
+    });
     let mut tasks: BTreeMap<PathBuf, JoinHandle<()>> = BTreeMap::new();
     let mut warned_full = false;
     let mut failed_log = LogLimiter::new(LOG_INTERVAL);
@@ -661,7 +735,7 @@ fn reconcile_tasks(
         let l = config.limits.clone();
         tasks.insert(
             path.clone(),
-            tokio::spawn(channel_task(path, who, entry, l)),
+            tokio::spawn(channel_task(path, who, entry, l, table.clone())),
         );
     }
 }
@@ -676,7 +750,13 @@ enum Ended {
     Cut(Duration),
 }
 
-async fn channel_task(socket: PathBuf, who: Attribution, entry: ChannelEntry, limits: Limits) {
+async fn channel_task(
+    socket: PathBuf,
+    who: Attribution,
+    entry: ChannelEntry,
+    limits: Limits,
+    table: GuestTable,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut log = LogLimiter::new(LOG_INTERVAL);
     let mut buf = vec![0u8; READ_CHUNK];
@@ -698,8 +778,16 @@ async fn channel_task(socket: PathBuf, who: Attribution, entry: ChannelEntry, li
         }
         info!(socket = %socket.display(), ?who, "guest-agent channel connected");
         let session = IngestSession::new(limits.clone());
-        let ended = read_session(stream, session, &socket, &who, &entry, &mut log, &mut buf).await;
+        let channel = Channel {
+            socket: &socket,
+            who: &who,
+            entry: &entry,
+            table: &table,
+        };
+        let ended = read_session(stream, session, channel, &mut log, &mut buf).await;
         lock_entry(&entry).connected = false;
+        // A VM gone from its channel holds nobody any more.
+        table.rearbitrate(Instant::now());
         match ended {
             Ended::Cut(after) => tokio::time::sleep(after).await,
             Ended::Eof => {
@@ -714,15 +802,28 @@ async fn channel_task(socket: PathBuf, who: Attribution, entry: ChannelEntry, li
     }
 }
 
+/// Which channel a session reads, and the table it belongs to.
+#[derive(Clone, Copy)]
+struct Channel<'a> {
+    socket: &'a Path,
+    who: &'a Attribution,
+    entry: &'a Mutex<ChannelState>,
+    table: &'a GuestTable,
+}
+
 async fn read_session(
     mut stream: UnixStream,
     mut session: IngestSession,
-    socket: &Path,
-    who: &Attribution,
-    entry: &Mutex<ChannelState>,
+    channel: Channel<'_>,
     log: &mut LogLimiter,
     buf: &mut [u8],
 ) -> Ended {
+    let Channel {
+        socket,
+        who,
+        entry,
+        table,
+    } = channel;
     let mut hellos = 0u64;
     let wake = {
         let mut c = lock_entry(entry);
@@ -748,6 +849,7 @@ async fn read_session(
         let mut violations = 0u64;
         let mut problem = None;
         let mut cut = None;
+        let mut rearbitrate = false;
         for event in events {
             match event {
                 Event::Hello(h) => {
@@ -761,6 +863,7 @@ async fn read_session(
                 }
                 Event::Report(r) => report = Some(r),
                 Event::Guest(m) => {
+                    rearbitrate |= matches!(m, GuestMessage::Busy(_));
                     if let Some(p) = lock_entry(entry).control.take(m, Instant::now()) {
                         if let Some(suppressed) = log.allow(Instant::now()) {
                             warn!(socket = %socket.display(), ?who, suppressed, "guest agent: {p}");
@@ -826,6 +929,9 @@ async fn read_session(
         }
         if let Some(after) = cut {
             return Ended::Cut(after);
+        }
+        if rearbitrate {
+            table.rearbitrate(Instant::now());
         }
         let due = lock_entry(entry).control.due();
         if let Some(snapshot) = due {

@@ -1002,17 +1002,14 @@ impl Daemon {
                 return None;
             }
             let knobs = self.info(&uuid).knobs;
-            Some(crate::agent_ingest::DesiredState {
-                knobs: gvm_agent_proto::v2::Knobs {
-                    memory_limit: (knobs.memory_limit != gvm_proto::UNLIMITED)
-                        .then_some(knobs.memory_limit),
-                    priority: Some(u32::from(knobs.priority)),
-                    frozen: knobs.frozen,
-                    host_swap: self.type_of.get(&uuid).is_some_and(|t| t.host_swap),
-                    share_budget_us: None,
-                    window_ms: None,
-                },
-                hold: false,
+            Some(gvm_agent_proto::v2::Knobs {
+                memory_limit: (knobs.memory_limit != gvm_proto::UNLIMITED)
+                    .then_some(knobs.memory_limit),
+                priority: Some(u32::from(knobs.priority)),
+                frozen: knobs.frozen,
+                host_swap: self.type_of.get(&uuid).is_some_and(|t| t.host_swap),
+                share_budget_us: None,
+                window_ms: None,
             })
         });
     }

@@ -46,6 +46,7 @@
 //!   `gvm_shim_host::handover`;
 //! - [`sweep`]: spreading periodic per-owner work over rescan ticks;
 //! - [`uevent`]: kernel uevents that wake the rescan.
+//! - [`vm_arbiter`]: arbitration between VMs (who is held, the cap on a VM's busy claims);
 
 pub mod accept;
 pub mod agent_ingest;
@@ -71,3 +72,4 @@ pub mod shim_listener;
 pub mod store;
 pub mod sweep;
 pub mod uevent;
+pub mod vm_arbiter;

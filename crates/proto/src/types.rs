@@ -346,6 +346,12 @@ pub struct GuestEnforcement {
     pub busy: Option<bool>,
     /// Acknowledgements of generations never sent (ignored).
     pub forged_acks: u64,
+    /// Whether the VM is held now because a more important VM is busy.
+    #[serde(default)]
+    pub held: bool,
+    /// Times this VM's busy claims reached the cap on how long they may hold other VMs.
+    #[serde(default)]
+    pub hold_cap_hits: u64,
     /// The guest's CUDA processes (source: guest), from its last counters message.
     pub processes: Vec<GuestProcess>,
     /// Age of `processes`, ms.
