@@ -14,7 +14,8 @@
 //!   and for a freeze whether nothing is in flight) it is acknowledged again, at
 //!   most every [`ACK_MIN_GAP`] and [`MAX_ACKS_PER_GENERATION`] times per
 //!   generation. A snapshot already applied (or older) is answered with the
-//!   current acknowledgement, at most every [`ACK_MIN_GAP`].
+//!   current acknowledgement, at most every [`ACK_MIN_GAP`] (repeats inside the
+//!   gap get one acknowledgement at its end).
 
 use gvm_agent_proto::v2::{Ack, Reached};
 use std::time::{Duration, Instant};
@@ -73,17 +74,21 @@ pub struct AckTracker {
     sent: Option<Reached>,
     count: u32,
     at: Option<Instant>,
+    /// A repeat came within the gap: acknowledge once the gap is over.
+    owed: bool,
 }
 
 impl AckTracker {
     fn gap_ok(&self, now: Instant) -> bool {
-        self.at.is_none_or(|at| now.duration_since(at) >= ACK_MIN_GAP)
+        self.at
+            .is_none_or(|at| now.duration_since(at) >= ACK_MIN_GAP)
     }
 
     fn record(&mut self, now: Instant, generation: u64, reached: Reached) -> Ack {
         self.sent = Some(reached);
         self.count = self.count.saturating_add(1);
         self.at = Some(now);
+        self.owed = false;
         Ack {
             generation,
             reached,
@@ -98,9 +103,14 @@ impl AckTracker {
     }
 
     /// The host offered a snapshot already applied (a resend, a reconnect): the
-    /// current acknowledgement again, unless one went just now.
+    /// current acknowledgement again; if one went just now, once the gap is over
+    /// ([`AckTracker::poll`]), however many repeats came meanwhile.
     pub fn repeat(&mut self, now: Instant, reached: Reached) -> Option<Ack> {
-        if self.generation == 0 || !self.gap_ok(now) {
+        if self.generation == 0 {
+            return None;
+        }
+        if !self.gap_ok(now) {
+            self.owed = true;
             return None;
         }
         Some(self.record(now, self.generation, reached))
@@ -110,8 +120,11 @@ impl AckTracker {
     /// the host waits on and the bounds allow.
     pub fn poll(&mut self, now: Instant, reached: Reached) -> Option<Ack> {
         let sent = self.sent?;
-        if key(&sent) == key(&reached) || self.count >= MAX_ACKS_PER_GENERATION || !self.gap_ok(now)
-        {
+        if !self.gap_ok(now) {
+            return None;
+        }
+        let changed = key(&sent) != key(&reached) && self.count < MAX_ACKS_PER_GENERATION;
+        if !changed && !self.owed {
             return None;
         }
         Some(self.record(now, self.generation, reached))
