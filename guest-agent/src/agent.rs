@@ -272,8 +272,9 @@ impl Agent {
             Ok(()) => true,
             Err(e) => {
                 if matches!(e, SendError::NotConnected) {
-                    // Whoever connects next has not heard our hello.
+                    // Whoever connects next has not heard our hello (nor our busy state).
                     self.need_hello = true;
+                    self.busy.reset();
                     if let Some(Channel::Writer(w, _)) = &mut self.channel {
                         w.drop_pending();
                     }
