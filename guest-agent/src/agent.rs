@@ -6,8 +6,10 @@
 //! (plus the vsock connect timeout); [`Agent::run`] calls it on a fixed schedule
 //! and, between rounds, [`Agent::service`]s the channel: host snapshots are applied
 //! to the local daemon ([`crate::local`]) and acknowledged, busy transitions and
-//! freeze completions are sent ([`crate::outbound`]). Failures are logged on
-//! stderr when the situation changes, not every round.
+//! freeze completions are sent ([`crate::outbound`]). v2 lines go only to a
+//! host that sent a valid snapshot on the current connection (a v1 host never
+//! does, and would count them as violations). Failures are logged on stderr when
+//! the situation changes, not every round.
 
 use crate::collect::Collector;
 use crate::compose::{self, SystemInfo};
@@ -134,6 +136,9 @@ pub struct Agent {
     busy: BusyTracker,
     acks: AckTracker,
     said_without_host: bool,
+    /// The host sent a valid snapshot on this connection: it speaks v2 and may be
+    /// sent v2 lines (a v1 host would count them as violations).
+    host_v2: bool,
 }
 
 impl Agent {
@@ -158,6 +163,7 @@ impl Agent {
             busy: BusyTracker::default(),
             acks: AckTracker::default(),
             said_without_host: false,
+            host_v2: false,
         }
     }
 
@@ -247,6 +253,7 @@ impl Agent {
                 self.need_hello = true;
                 self.framer.reset();
                 self.busy.reset();
+                self.host_v2 = false;
                 true
             }
             Err(e) => {
@@ -275,6 +282,7 @@ impl Agent {
                     // Whoever connects next has not heard our hello (nor our busy state).
                     self.need_hello = true;
                     self.busy.reset();
+                    self.host_v2 = false;
                     if let Some(Channel::Writer(w, _)) = &mut self.channel {
                         w.drop_pending();
                     }
@@ -315,8 +323,11 @@ impl Agent {
         true
     }
 
-    /// Send one v2 message.
+    /// Send one v2 message, if the host on this connection speaks v2.
     fn send_v2(&mut self, m: &GuestMessage) -> bool {
+        if !self.host_v2 {
+            return false;
+        }
         let mut line = match m.to_line() {
             Ok(l) if l.len() <= MAX_LINE_BYTES => l.into_bytes(),
             Ok(l) => {
@@ -485,6 +496,7 @@ impl Agent {
         self.channel = None;
         self.need_hello = true;
         self.framer.reset();
+        self.host_v2 = false;
         self.problem(why.to_owned());
     }
 
@@ -506,6 +518,12 @@ impl Agent {
 
     /// Act on one host line.
     fn inbound(&mut self, now: Instant, inbound: Inbound) {
+        if matches!(
+            inbound,
+            Inbound::Apply(_) | Inbound::Stale { offered: 1.., .. }
+        ) {
+            self.host_v2 = true;
+        }
         match inbound {
             Inbound::Apply(s) => {
                 if let Some(l) = &self.local {
