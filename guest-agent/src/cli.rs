@@ -14,9 +14,15 @@ use std::time::Duration;
 /// org.gvm.vgpu.agent.0 by default, or a vsock stream. It never blocks on the
 /// host: when the host end is absent or slow, reports are dropped and counted,
 /// and the channel is reopened later.
+///
+/// It is also the guest's local daemon for the CUDA interposer (libgvm_cuda.so):
+/// it serves the shim's registration socket and puts the host's knobs (memory
+/// limit, priority, freeze, host swap, the arbitration hold) in force on every
+/// registered process, acknowledging each snapshot and reporting per-process
+/// counters (agent protocol 2).
 #[derive(Debug, Parser)]
 #[command(name = "gvm-vgpu-agent", version, about, long_about)]
-#[command(group(ArgGroup::new("target").args(["port_name", "device", "vsock", "stdout"])))]
+#[command(group(ArgGroup::new("target").args(["port_name", "device", "vsock", "serve_unix", "stdout"])))]
 pub struct Cli {
     /// Name of the virtio-serial port to write to (looked up in
     /// /sys/class/virtio-ports; the /dev node is created if udev did not).
@@ -34,6 +40,17 @@ pub struct Cli {
     /// vsock context id to connect to (2 is the host).
     #[arg(long, value_name = "CID", default_value_t = crate::transport::vsock::HOST_CID, requires = "vsock")]
     pub cid: u32,
+
+    /// Listen on this Unix socket and serve one host connection at a time instead
+    /// (as QEMU's chardev server does: the host daemon connects as a client; for an
+    /// agent run on the host itself, in tests and benchmarks).
+    #[arg(long, value_name = "PATH")]
+    pub serve_unix: Option<PathBuf>,
+
+    /// The CUDA interposer's registration socket to serve: a path, or `none` to
+    /// serve none. Default: /run/gvm-vgpu/shim.sock (under --root).
+    #[arg(long, value_name = "PATH|none")]
+    pub shim_socket: Option<String>,
 
     /// Print the lines on stdout instead of sending them (for debugging).
     #[arg(long)]
@@ -112,6 +129,10 @@ mod tests {
         Cli::command().debug_assert();
         assert!(Cli::try_parse_from(["a", "--stdout", "--vsock", "5"]).is_err());
         assert!(Cli::try_parse_from(["a", "--cid", "3"]).is_err());
+        assert!(Cli::try_parse_from(["a", "--serve-unix", "/x", "--vsock", "5"]).is_err());
+        let c = Cli::try_parse_from(["a", "--serve-unix", "/x", "--shim-socket", "none"]).unwrap();
+        assert_eq!(c.serve_unix.as_deref(), Some(std::path::Path::new("/x")));
+        assert_eq!(c.shim_socket.as_deref(), Some("none"));
         let c = Cli::try_parse_from(["a", "--vsock", "5000", "--cid", "3"]).unwrap();
         assert_eq!((c.vsock, c.cid), (Some(5000), 3));
         let c = Cli::try_parse_from(["a"]).unwrap();

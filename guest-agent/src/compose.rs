@@ -6,6 +6,7 @@
 //! list is cut (and the cut counted) so that no line exceeds 64 KiB.
 
 use crate::collect::Sample;
+use gvm_agent_proto::v2::AGENT_PROTOCOL;
 use gvm_agent_proto::{
     clean_text, CollectorKind, EncodeError, GpuInfo, Hello, Message, Report, MAX_LINE_BYTES,
     MAX_STRING_BYTES, PROTOCOL_VERSION,
@@ -66,7 +67,7 @@ pub fn hello(
         os: sys.os.clone(),
         kernel: sys.kernel.clone(),
         driver,
-        protocol: None,
+        protocol: Some(AGENT_PROTOCOL),
         collector,
         gpus,
     }
@@ -178,5 +179,6 @@ mod tests {
         assert_eq!(h.agent, env!("CARGO_PKG_VERSION"));
         let line = hello_line(&h).unwrap();
         assert!(line.starts_with(br#"{"type":"hello","v":1,"#));
+        assert_eq!(h.protocol(), 2, "a v2 agent says so");
     }
 }

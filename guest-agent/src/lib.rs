@@ -7,14 +7,26 @@
 //! virtio-serial port or vsock ([`transport`]). The host attributes what arrives
 //! to the VM by the channel it came in on and trusts nothing else in it.
 //!
+//! Protocol v2 makes the channel two-way: the host sends state snapshots (the
+//! vGPU's knobs and the arbitration hold), and the agent is the guest's local
+//! daemon for the CUDA interposer ([`local`]): it serves the shim's registration
+//! socket, puts each snapshot in force on every registered process's control
+//! block, and sends back acknowledgements, per-process counters and busy/idle
+//! transitions ([`outbound`]).
+//!
 //! The binary's `main` only parses [`cli::Cli`] and calls into [`agent::Agent`].
 //!
 //! Modules:
-//! - [`agent`]: the agent's loop: open the channel, say hello, report every interval;
+//! - [`agent`]: the agent's loop: open the channel, say hello, report every interval,
+//!   serve the host's lines in between;
 //! - [`cli`]: command-line options (clap definitions only);
 //! - [`collect`]: the collectors, where the agent's figures come from;
 //! - [`compose`]: building the protocol's messages from what the collectors found;
 //! - `error`: errors of the library parts, each naming the path or port;
+//! - [`inbound`]: the host's snapshots, checked and applied by generation;
+//! - [`local`]: the guest's local daemon for the CUDA interposer;
+//! - [`outbound`]: when acks and busy lines go (bounded);
+//! - [`ratelog`]: log lines an outside party can cause, rate-limited;
 //! - [`sys`]: the few raw system calls the agent needs, each behind a safe function;
 //! - [`transport`]: getting lines to the host without ever blocking the guest.
 
@@ -23,6 +35,10 @@ pub mod cli;
 pub mod collect;
 pub mod compose;
 mod error;
+pub mod inbound;
+pub mod local;
+pub mod outbound;
+pub mod ratelog;
 pub mod sys;
 pub mod transport;
 

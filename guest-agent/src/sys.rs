@@ -1,13 +1,14 @@
 //! The few raw system calls the agent needs, each behind a safe function.
 //!
 //! All `unsafe` of the agent lives here: `poll(2)` for bounded waits, `mknod(2)`
-//! for a virtio-serial node udev did not create, `uname(2)`, and an `AF_VSOCK`
-//! stream connect with a timeout (the standard library has no vsock).
+//! for a virtio-serial node udev did not create, `uname(2)`, an `AF_VSOCK`
+//! stream connect with a timeout (the standard library has no vsock), and the
+//! peer credentials of a Unix socket (`SO_PEERCRED`; unstable in std).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,6 +52,73 @@ pub fn wait_writable(file: &File, timeout: Duration) -> io::Result<Readiness> {
         }
         return Ok(Readiness::TimedOut);
     }
+}
+
+/// What a bounded wait for readability found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadReadiness {
+    /// A read will return data (or end of file on a stream).
+    Readable,
+    /// The peer is gone, nothing left to read (virtio-serial: host end not connected).
+    Hangup,
+    /// Nothing happened within the timeout.
+    TimedOut,
+}
+
+/// Wait at most `timeout` for `fd` to become readable.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<ReadReadiness> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    loop {
+        // SAFETY: `pfd` is a valid, initialised pollfd and we pass a count of 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(ReadReadiness::TimedOut);
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            return Ok(ReadReadiness::Readable);
+        }
+        if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Ok(ReadReadiness::Hangup);
+        }
+        return Ok(ReadReadiness::TimedOut);
+    }
+}
+
+/// The peer of a connected Unix socket as the kernel tells it: (pid, uid).
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // SAFETY: ucred is plain old data; all-zero is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = u32::try_from(cred.pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    if pid == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok((pid, cred.uid))
 }
 
 /// Make `file` non-blocking.
@@ -169,6 +237,27 @@ mod tests {
         assert!(
             !r.is_empty() && r.chars().next().unwrap().is_ascii_digit(),
             "{r}"
+        );
+    }
+
+    #[test]
+    fn peer_credentials_and_readability_of_a_socketpair() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (pid, uid) = peer_cred(a.as_fd()).unwrap();
+        assert_eq!(pid, std::process::id());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(uid, unsafe { libc::geteuid() });
+        let short = Duration::from_millis(10);
+        assert_eq!(
+            wait_readable(a.as_fd(), short).unwrap(),
+            ReadReadiness::TimedOut
+        );
+        b.write_all(b"x").unwrap();
+        assert_eq!(
+            wait_readable(a.as_fd(), short).unwrap(),
+            ReadReadiness::Readable
         );
     }
 

@@ -65,6 +65,7 @@ fn reports_over_a_device_path_are_accepted_by_the_host_session() {
         .open(&fifo)
         .unwrap();
     let mut child = Command::new(BIN)
+        .args(["--shim-socket", "none"])
         .args(["--device", fifo.to_str().unwrap(), "--collector", "proc"])
         .args(["--interval", "100ms", "--hello-every", "3"])
         .arg("--proc-dir")
@@ -120,6 +121,7 @@ fn once_without_a_host_fails_fast_instead_of_blocking() {
     mkfifo(&fifo);
     let start = Instant::now();
     let out = Command::new(BIN)
+        .args(["--shim-socket", "none"])
         .args([
             "--device",
             fifo.to_str().unwrap(),
@@ -148,6 +150,7 @@ fn once_without_a_host_fails_fast_instead_of_blocking() {
 fn once_to_stdout_prints_a_hello_and_a_report() {
     let (_dir, proc_dir) = fake_guest();
     let out = Command::new(BIN)
+        .args(["--shim-socket", "none"])
         .args(["--stdout", "--once", "--collector", "proc"])
         .arg("--proc-dir")
         .arg(&proc_dir)
@@ -172,6 +175,7 @@ fn once_to_stdout_prints_a_hello_and_a_report() {
 fn a_missing_virtio_port_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
+        .args(["--shim-socket", "none"])
         .args([
             "--once",
             "--collector",
@@ -203,6 +207,8 @@ fn help_describes_every_transport() {
         "--interval",
         "--once",
         "--collector",
+        "--serve-unix",
+        "--shim-socket",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
@@ -240,6 +246,7 @@ fn after_the_host_goes_away_and_returns_the_first_line_is_a_hello() {
     };
     let mut reader = open_reader();
     let mut child = Command::new(BIN)
+        .args(["--shim-socket", "none"])
         .args(["--device", fifo.to_str().unwrap(), "--collector", "proc"])
         .args(["--interval", "100ms", "--hello-every", "1000"])
         .arg("--proc-dir")

@@ -12,7 +12,13 @@
 //!   one line, 64 KiB) and finished before anything else, so the host never sees
 //!   two lines run together; a new line that arrives meanwhile is dropped;
 //! - the peer hung up or the write failed: the channel must be reopened.
+//!
+//! The same descriptor carries the host's lines back (protocol v2): a
+//! virtio-serial port is opened read-write, a vsock or `--serve-unix` stream is
+//! read as it is written; [`lines`] frames what arrives, bounded.
 
+pub mod lines;
+pub mod unix_server;
 pub mod virtio;
 pub mod vsock;
 
@@ -65,6 +71,25 @@ impl LineWriter {
             file,
             pending: Vec::new(),
         })
+    }
+
+    /// The descriptor (to poll it for the host's lines).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
+    /// Read what the host sent, without blocking: `Ok(0)` is end of file (a stream
+    /// peer gone; a virtio-serial port whose host end is not connected), a
+    /// `WouldBlock` error means nothing is there yet.
+    pub fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read;
+        loop {
+            match self.file.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
     }
 
     /// Bytes of a started line still waiting to be written.

@@ -111,20 +111,27 @@ pub fn ensure_node(root: &HostRoot, name: &str, loc: &PortLocation) -> Result<Pa
     Ok(node)
 }
 
-/// Open the port called `name` for writing (non-blocking).
+/// Open the port called `name` for reading and writing (non-blocking).
 pub fn open_port(root: &HostRoot, name: &str) -> Result<LineWriter> {
     let loc = find_port(root, name)?;
     let node = ensure_node(root, name, &loc)?;
     open_device(&node)
 }
 
-/// Open any writable path (a port, a FIFO, a pty) for non-blocking writes.
+/// Open any writable path (a port, a FIFO, a pty) for non-blocking writes; a
+/// character device (a port, a pty) is opened read-write, so the host's lines can
+/// be read from it. A FIFO stays write-only: opened for reading too, the agent
+/// would be its own reader (and the host's absence would go unnoticed).
 pub fn open_device(path: &Path) -> Result<LineWriter> {
     let open_err = |source| AgentError::Open {
         what: path.display().to_string(),
         source,
     };
+    let read = fs::metadata(path)
+        .map(|m| m.file_type().is_char_device())
+        .unwrap_or(false);
     let file = OpenOptions::new()
+        .read(read)
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(path)
