@@ -1,0 +1,333 @@
+//! Two "VMs without the VM" against the real `gvm-vgpud` on the simulated host: each is a
+//! real `gvm-vgpu-agent` serving its vGPU's channel socket (`--serve-unix`, in QEMU's place)
+//! and its own shim socket, with a CUDA program (the fake `libcuda.so.1` under the real
+//! `LD_PRELOAD=libgvm_cuda.so`) registered to it, as it would be inside the guest. Asserted,
+//! as a user sees it:
+//!
+//! * the vGPU's memory limit, retuned live on the host, refuses an allocation past it
+//!   inside the "guest" process, and moves when retuned;
+//! * `freeze` holds the guest process's launches and `show` says every process is held;
+//!   `thaw` releases them;
+//! * VM A at priority 2 busy holds VM B at priority 8 (B's launch waits, `show` says held),
+//!   and B goes on when A's work ends.
+//!
+//! The channel is a local Unix socket, not virtio-serial, so this measures the code and not
+//! QEMU (the TCG guest tests in `tests/` cover the port). Skips (printing why) without root,
+//! /dev/fuse or `cc`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{is_managed, shim_so, skip_reason, wait_until, Sim};
+use gvm_client::gvm_proto::{SetMode, SetParams};
+use uuid::Uuid;
+
+const MIB: u64 = 1 << 20;
+
+struct Rig {
+    dir: tempfile::TempDir,
+    so: PathBuf,
+    fake: PathBuf,
+    driver: PathBuf,
+    agent: PathBuf,
+}
+
+fn rig() -> Option<Rig> {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return None;
+    }
+    if Command::new("cc").arg("--version").output().is_err() {
+        println!("SKIP: no C compiler (cc) to build the fake libcuda");
+        return None;
+    }
+    let Some(so) = shim_so() else {
+        println!("SKIP: libgvm_cuda.so could not be built");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c");
+    let fake = dir.path().join("libcuda.so.1");
+    let st = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-Wl,-Bsymbolic",
+            "-Wl,-soname,libcuda.so.1",
+            "-o",
+        ])
+        .arg(&fake)
+        .arg(src.join("fake_cuda.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the fake libcuda failed");
+    let driver = dir.path().join("line_driver");
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(&driver)
+        .arg(src.join("line_driver.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the line driver failed");
+    let agent = gvm_testkit::workspace_bin("gvm-vgpu-agent", "gvm-vgpu-agent");
+    Some(Rig {
+        dir,
+        so,
+        fake,
+        driver,
+        agent,
+    })
+}
+
+/// A child killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A CUDA program in a "guest", driven line by line.
+struct Program {
+    child: Kill,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Program {
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn next(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.next(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no answer to {cmd}"))
+    }
+}
+
+/// One "VM": its agent and guest root.
+struct Vm {
+    _agent: Kill,
+    root: PathBuf,
+}
+
+impl Rig {
+    fn vm(&self, sim: &Sim, uuid: &Uuid, name: &str) -> Vm {
+        let root = self.dir.path().join(name);
+        std::fs::create_dir_all(root.join("run/gvm-vgpu")).unwrap();
+        let channel = sim.root.join(format!("run/gvm-vgpu/agent/{uuid}.sock"));
+        std::fs::create_dir_all(channel.parent().unwrap()).unwrap();
+        let agent = Command::new(&self.agent)
+            .arg("--serve-unix")
+            .arg(&channel)
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "--proc-dir",
+                "/proc",
+                "--collector",
+                "proc",
+                "--interval",
+                "200ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let shim = root.join("run/gvm-vgpu/shim.sock");
+        assert!(
+            wait_until(Duration::from_secs(10), || shim.exists()
+                && channel.exists()),
+            "the agent did not come up"
+        );
+        Vm {
+            _agent: Kill(agent),
+            root,
+        }
+    }
+
+    fn program(&self, vm: &Vm, kernel_ms: u32) -> Program {
+        let mut child = Command::new(&self.driver)
+            .arg(&self.fake)
+            .env("LD_PRELOAD", &self.so)
+            .env("GVM_VGPU_ROOT", &vm.root)
+            .env("GVM_SHIM_SOCKET", vm.root.join("run/gvm-vgpu/shim.sock"))
+            .env("GVM_MEMORY_LIMIT", "unlimited")
+            .env("FAKE_KERNEL_MS", kernel_ms.to_string())
+            .env("FAKE_PCI_BUS_IDS", "0000:3B:00.0")
+            .env_remove("GVM_SHIM_ARBITER")
+            .env_remove("GVM_SHIM_CONTROL")
+            .env_remove("GVM_VGPU_UUID")
+            .env_remove("GVM_PRIORITY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let p = Program {
+            child: Kill(child),
+            stdin,
+            lines,
+        };
+        assert_eq!(p.next(Duration::from_secs(10)).as_deref(), Some("ready"));
+        p
+    }
+}
+
+fn guest(c: &mut gvm_client::Client, u: &Uuid) -> Option<gvm_client::gvm_proto::GuestEnforcement> {
+    c.show(&u.to_string()).ok()?.guest
+}
+
+fn live(c: &mut gvm_client::Client, u: &Uuid, memory: Option<u64>, priority: Option<u8>) {
+    c.set(SetParams {
+        target: u.to_string(),
+        memory_limit: memory,
+        priority,
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_vms_knobs_reach_its_guest_processes_and_a_busy_vm_holds_a_less_important_one() {
+    let Some(rig) = rig() else { return };
+    let sim = Sim::start(1);
+    let parent = sim.parents()[0].clone();
+    let (ua, ub) = (
+        sim.echo_create(&parent, "gvmsim-1"),
+        sim.echo_create(&parent, "gvmsim-1"),
+    );
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &ua
+    ) && is_managed(
+        &mut c, &ub
+    )));
+    live(&mut c, &ua, None, Some(2));
+    live(&mut c, &ub, None, Some(8));
+    let vm_a = rig.vm(&sim, &ua, "vm-a");
+    let vm_b = rig.vm(&sim, &ub, "vm-b");
+    let synced = |c: &mut gvm_client::Client, u: &Uuid| {
+        guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || synced(&mut c, &ua)
+            && synced(&mut c, &ub)),
+        "both guests acknowledged their state: {:?} / {:?}; log: {}",
+        guest(&mut c, &ua),
+        guest(&mut c, &ub),
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+
+    // Memory: the host's live limit holds inside the guest process, and moves.
+    let mut a = rig.program(&vm_a, 600);
+    live(&mut c, &ua, Some(64 * MIB), None);
+    assert!(wait_until(Duration::from_secs(5), || synced(&mut c, &ua)));
+    assert_eq!(
+        a.ask("alloc 65"),
+        "alloc=2",
+        "past the 64 MiB limit: out of memory"
+    );
+    assert_eq!(a.ask("alloc 32"), "alloc=0");
+    live(&mut c, &ua, Some(256 * MIB), None);
+    assert!(wait_until(Duration::from_secs(5), || synced(&mut c, &ua)));
+    assert_eq!(
+        a.ask("alloc 100"),
+        "alloc=0",
+        "the retuned limit lets it through"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || guest(&mut c, &ua).is_some_and(
+            |g| g.processes.iter().any(|p| p.pid == a.child.0.id())
+        )),
+        "show lists the guest process: {:?}",
+        guest(&mut c, &ua)
+    );
+
+    // Freeze: the guest holds the process's launches; show says so; thaw releases them.
+    c.freeze(&ua.to_string()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || guest(&mut c, &ua)
+            .is_some_and(|g| g.in_sync() && g.frozen_reached == Some(true))),
+        "the guest acknowledged the freeze: {:?}",
+        guest(&mut c, &ua)
+    );
+    a.send("launch");
+    assert_eq!(
+        a.next(Duration::from_millis(500)),
+        None,
+        "a frozen launch is held"
+    );
+    c.thaw(&ua.to_string()).unwrap();
+    assert_eq!(
+        a.next(Duration::from_secs(5)).as_deref(),
+        Some("launched=1"),
+        "thaw released it"
+    );
+    assert_eq!(a.ask("sync"), "synced=0");
+
+    // Arbitration between VMs: A (2) busy with a 600 ms kernel holds B (8).
+    let mut b = rig.program(&vm_b, 0);
+    assert!(wait_until(Duration::from_secs(5), || synced(&mut c, &ub)));
+    assert_eq!(b.ask("launch"), "launched=1", "B runs while A is idle");
+    assert_eq!(b.ask("sync"), "synced=0");
+    let t = Instant::now();
+    a.send("launch");
+    assert_eq!(
+        a.next(Duration::from_secs(5)).as_deref(),
+        Some("launched=2")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || guest(&mut c, &ub)
+            .is_some_and(|g| g.held && g.in_sync())),
+        "B is held while A is busy, and acknowledged it: {:?}",
+        guest(&mut c, &ub)
+    );
+    b.send("launch");
+    assert_eq!(
+        b.next(Duration::from_millis(200)),
+        None,
+        "B's launch waits while A's kernel runs"
+    );
+    a.send("sync");
+    assert_eq!(a.next(Duration::from_secs(5)).as_deref(), Some("synced=0"));
+    assert_eq!(
+        b.next(Duration::from_secs(5)).as_deref(),
+        Some("launched=2"),
+        "B goes on once A is idle"
+    );
+    println!(
+        "B was held {:?} behind A's 600 ms kernel (channel: local socket)",
+        t.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(5), || guest(&mut c, &ub)
+        .is_some_and(|g| !g.held)));
+}
