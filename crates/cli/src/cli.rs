@@ -296,6 +296,11 @@ pub enum Command {
         /// Also wire the guest agent's virtio-serial port to this host Unix socket.
         #[arg(long, value_name = "PATH")]
         agent_socket: Option<PathBuf>,
+        /// Also give the VM a QMP socket where gvm-vgpud finds it
+        /// (/run/gvm-vgpu/qmp/<uuid>.sock under --root, directory created): a freeze its guest
+        /// does not acknowledge in time then pauses the VM (`stop`), and the thaw resumes it.
+        #[arg(long)]
+        qmp_socket: bool,
     },
 
     /// Give a libvirt domain a vGPU: create (--type) or reuse (--uuid) it, attach its

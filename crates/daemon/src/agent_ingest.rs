@@ -440,6 +440,48 @@ impl GuestTable {
         })
     }
 
+    /// Wait until the connected protocol-2 guest of vGPU `uuid` (its own socket, or a
+    /// channel of `domain`) acknowledges the latest state (with `frozen`: as a complete
+    /// freeze), at most until `deadline`. `None`: no such guest; `Some(false)`: not in time.
+    pub fn wait_acked(
+        &self,
+        uuid: &Uuid,
+        domain: Option<&str>,
+        frozen: bool,
+        deadline: Instant,
+    ) -> Option<bool> {
+        let entry = self.with(|m| {
+            m.values()
+                .find(|e| {
+                    let c = lock_entry(e);
+                    let ours = match &c.attribution {
+                        Attribution::Vgpu(u) => u == uuid,
+                        Attribution::Domain(d) => Some(d.as_str()) == domain,
+                    };
+                    ours && c.connected && c.control.protocol >= 2 && c.control.desired.is_some()
+                })
+                .cloned()
+        })?;
+        loop {
+            {
+                let c = lock_entry(&entry);
+                if !c.connected {
+                    return Some(false);
+                }
+                let done = c.control.acked.is_some_and(|(a, _)| {
+                    a.generation >= c.control.generation && (!frozen || a.freeze_complete())
+                });
+                if done {
+                    return Some(true);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Some(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Number of channels followed.
     pub fn len(&self) -> usize {
         self.with(|m| m.len())

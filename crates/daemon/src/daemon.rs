@@ -59,6 +59,8 @@ pub struct Daemon {
     pub(crate) totals: BTreeMap<Uuid, Totals>,
     /// Guest-agent channels and their latest stats (see `agent_ingest`).
     pub(crate) guests: crate::agent_ingest::GuestTable,
+    /// Pausing VMs whose guests do not acknowledge a freeze (see `fallback`).
+    pub(crate) fallback: crate::fallback::GuestFallback,
     /// Kernel types of each registered parent. The kernel makes a parent's type
     /// directories when the parent registers and keeps them until it unregisters, so
     /// they are read once per registration, not per request.
@@ -188,6 +190,7 @@ impl Daemon {
             type_of: BTreeMap::new(),
             totals: BTreeMap::new(),
             guests: crate::agent_ingest::GuestTable::default(),
+            fallback: crate::fallback::GuestFallback::new(state),
             parent_types: HashMap::new(),
             device_names: Vec::new(),
             pids: BTreeSet::new(),
@@ -281,6 +284,11 @@ impl Daemon {
         }
     }
 
+    /// Give guests `d` to acknowledge a new state before the fallback acts.
+    pub fn set_guest_ack_deadline(&mut self, d: std::time::Duration) {
+        self.fallback.set_deadline(d);
+    }
+
     /// Allow the users of `policy` (beside root) to claim vGPUs through their environment
     /// or cgroup (`--owner-uid`). Processes refused before are classified again.
     pub fn set_claim_policy(&mut self, policy: crate::owners::ClaimPolicy) {
@@ -352,6 +360,12 @@ impl Daemon {
         }
         if dirty || !new_parents.is_empty() || self.first_pass {
             self.reconcile(&new_parents, None, &mut report);
+        }
+        if self.first_pass && !self.fallback.paused().is_empty() {
+            // VMs an earlier run paused whose vGPU is no longer meant to be frozen.
+            let live = self.desired.live.clone();
+            self.fallback
+                .converge(|u| live.get(u).is_some_and(|l| l.frozen));
         }
         self.first_pass = false;
         self.publish_guest_states();

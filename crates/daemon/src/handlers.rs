@@ -15,7 +15,7 @@ use gvm_proto::{
     PROTOCOL_VERSION,
 };
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::daemon::{add_totals, Daemon};
@@ -327,6 +327,7 @@ impl Daemon {
                 let domain = self.resolver.domain_of(uuid).map(str::to_string);
                 self.guests.enforcement_of(uuid, domain.as_deref())
             },
+            held_by: self.fallback.mechanism(uuid),
         }
     }
 
@@ -703,6 +704,7 @@ impl Daemon {
                 format!("stored, but not applied everywhere: {e}"),
             ));
         }
+        self.settle_guests(&uuids, None);
         Ok(uuids.iter().map(|u| self.detail(u)).collect())
     }
 
@@ -729,7 +731,26 @@ impl Daemon {
         if let Some(e) = errors.first() {
             return Err(ApiError::new(ErrorCode::Kernel, e.clone()));
         }
+        self.settle_guests(&uuids, Some(frozen));
         Ok(uuids.iter().map(|u| self.info(u)).collect())
+    }
+
+    /// After a retune of `uuids`: wait for their guests to acknowledge the new state, and,
+    /// for a freeze or thaw (`frozen`), pause or resume a VM whose guest cannot be relied
+    /// on ([`crate::fallback`]). Each outcome is logged.
+    fn settle_guests(&mut self, uuids: &[Uuid], frozen: Option<bool>) {
+        for u in uuids {
+            let domain = self.resolver.domain_of(u).map(str::to_string);
+            let want_frozen = frozen.unwrap_or_else(|| self.info(u).knobs.frozen);
+            let outcome =
+                if frozen.is_some() || self.guests.enforcement_of(u, domain.as_deref()).is_some() {
+                    self.fallback
+                        .settle(&self.guests, u, domain.as_deref(), want_frozen)
+                } else {
+                    crate::fallback::Settled::NoGuest
+                };
+            debug!(uuid = %u, ?outcome, "guest state settled");
+        }
     }
 
     /// Apply the current intent to the owners of `uuids` now; returns the errors.

@@ -23,6 +23,7 @@
 //! - [`policy_file`]: `/etc/gvm-vgpu/policy.json`, per-GPU entries by PCI address, and the
 //!   migration of an older daemon's entries keyed by GVM index;
 //! - [`ports`]: the mdev and catalog interfaces and their real implementations;
+//! - [`qmp`]: a small QMP client, the fallback that pauses a plain-QEMU VM;
 //! - [`catalog`]: where the catalog is read from, loading it whole (start and `SIGHUP`), and
 //!   what the last load or refused reload was, for `ping`;
 //! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
@@ -30,6 +31,7 @@
 //! - [`scheduler`]: the time-slice scheduler, one `gvm-sched` engine per GPU, over a
 //!   [`scheduler::SchedContext`] lent by the core;
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
+//! - [`fallback`]: the hard fallback (pause the VM) for a freeze the guest does not acknowledge;
 //! - [`libvirt_watch`]: the threads that feed libvirt's events to the core;
 //! - [`agent_ingest`]: guest-agent channels, validated, and the guest table;
 //! - [`limits`]: memory limits checked against the GPU model's framebuffer (`force`);
@@ -55,6 +57,7 @@ pub mod batches;
 pub mod catalog;
 pub mod daemon;
 pub mod domains;
+pub mod fallback;
 mod handlers;
 pub mod libvirt_watch;
 pub mod limits;
@@ -66,6 +69,7 @@ pub mod owners;
 pub mod plan;
 pub mod policy_file;
 pub mod ports;
+pub mod qmp;
 pub mod scheduler;
 pub mod server;
 pub mod shim_listener;

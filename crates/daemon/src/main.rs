@@ -81,6 +81,13 @@ struct Args {
     /// (e.g. `partial_line_timeout_ms=2000,reconnect_after_ms=10000`; see docs/agent.md).
     #[arg(long, env = "GVM_VGPUD_AGENT_LIMITS", default_value = "")]
     agent_limits: String,
+    /// How long a VM's guest agent (protocol 2) has to acknowledge a new state, in ms:
+    /// `set`, `freeze` and `thaw` answer once it did or this passed, and a freeze not
+    /// acknowledged as complete by then pauses the VM through its QMP socket
+    /// (<state>/run/gvm-vgpu/qmp/<uuid>.sock, from `gvm-vgpu qemu-args --qmp-socket`).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    guest_ack_ms: u64,
     /// Also let this user (a uid or a name in the host's /etc/passwd) own vGPUs by naming one
     /// in its processes' GVM_VGPU_UUID or cgroup. Repeat for several. Root, gvm-vgpud's own
     /// user and libvirt's QEMU user (libvirt-qemu or qemu) always may; any other user's claim is
@@ -191,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                 .with(uids),
         );
     }
+    daemon.set_guest_ack_deadline(std::time::Duration::from_millis(args.guest_ack_ms));
     if let Some(uri) =
         gvm_vgpud::domains::uri_for_host(&host, args.libvirt.as_deref(), args.no_libvirt)
     {

@@ -194,3 +194,131 @@ fn a_protocol_2_guest_gets_the_vgpus_state_and_its_answers_are_shown() {
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("enforcement:  none (agent v1"), "{text}");
 }
+
+/// A real QEMU (no machine) serving QMP where the daemon looks for `uuid`'s VM.
+fn qemu_for(root: &std::path::Path, uuid: &uuid::Uuid) -> Option<std::process::Child> {
+    let dir = root.join("run/gvm-vgpu/qmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join(format!("{uuid}.sock"));
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-nographic",
+            "-display",
+            "none",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_until(Duration::from_secs(10), || {
+        UnixStream::connect(&sock).is_ok()
+    })
+    .then_some(child)
+}
+
+/// Whether the VM behind `uuid`'s QMP socket runs.
+fn vm_running(root: &std::path::Path, uuid: &uuid::Uuid) -> bool {
+    let sock = root.join(format!("run/gvm-vgpu/qmp/{uuid}.sock"));
+    let s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = s.try_clone().unwrap();
+    let mut lines = BufReader::new(s);
+    let mut l = String::new();
+    lines.read_line(&mut l).unwrap(); // greeting
+    for cmd in ["qmp_capabilities", "query-status"] {
+        writeln!(out, "{{\"execute\":\"{cmd}\"}}").unwrap();
+        loop {
+            l.clear();
+            lines.read_line(&mut l).unwrap();
+            if !l.contains("\"event\"") {
+                break;
+            }
+        }
+    }
+    let v: Value = serde_json::from_str(&l).unwrap();
+    v["return"]["running"].as_bool().unwrap()
+}
+
+#[test]
+fn a_freeze_the_guest_does_not_acknowledge_pauses_the_vm_through_qmp_and_thaw_resumes_it() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(1);
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    let u = uuid.to_string();
+    let Some(mut qemu) = qemu_for(&sim.root, &uuid) else {
+        println!("SKIP: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let l = UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    let mut d = sim.daemon(&["--guest-ack-ms", "300"]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &uuid
+    )));
+    // A guest that acknowledges every state but never reaches a freeze (a kernel that
+    // never ends, or a guest that lies by omission).
+    let mut g = Guest::accept(&l, HELLO_V2);
+    let s1 = g.snapshot();
+    g.ack(s1["generation"].as_u64().unwrap(), false);
+    assert!(vm_running(&sim.root, &uuid));
+
+    c.freeze(&u).unwrap();
+    let s2 = g.snapshot();
+    assert_eq!(s2["knobs"]["frozen"], true);
+    g.ack(s2["generation"].as_u64().unwrap(), false);
+    assert!(
+        !vm_running(&sim.root, &uuid),
+        "the freeze answered only once the VM was paused"
+    );
+    let held = c.show(&u).unwrap().held_by;
+    assert!(
+        held.as_deref()
+            .is_some_and(|h| h.contains("paused through QMP")),
+        "show names the mechanism: {held:?}"
+    );
+
+    // A daemon restart keeps the VM as it was (frozen, so paused), and a thaw after it
+    // still resumes it.
+    d.kill9();
+    d.restart();
+    let mut c = d.client();
+    drop(g);
+    let mut g = Guest::accept(&l, HELLO_V2);
+    let s3 = g.snapshot();
+    assert_eq!(
+        s3["knobs"]["frozen"], true,
+        "still frozen after the restart"
+    );
+    assert!(
+        !vm_running(&sim.root, &uuid),
+        "still paused after the restart"
+    );
+    c.thaw(&u).unwrap();
+    assert!(vm_running(&sim.root, &uuid), "thaw resumed the VM");
+    assert_eq!(c.show(&u).unwrap().held_by, None);
+
+    // Without any guest agent (the channel gone), a freeze pauses the VM at once.
+    drop(g);
+    drop(l);
+    std::fs::remove_file(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || c
+        .show(&u)
+        .is_ok_and(|s| s.guest.is_none_or(|g| !g.connected))));
+    c.freeze(&u).unwrap();
+    assert!(!vm_running(&sim.root, &uuid), "no agent: paused");
+    c.thaw(&u).unwrap();
+    assert!(vm_running(&sim.root, &uuid));
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+}

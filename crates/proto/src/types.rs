@@ -325,6 +325,10 @@ pub struct VgpuDetail {
     /// vGPU has a guest-agent channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestEnforcement>,
+    /// What holds the VM when the hard fallback does (its guest did not acknowledge a
+    /// freeze): e.g. paused through its QMP socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
 }
 
 /// What the daemon sent a VM's guest agent and what the guest said back (agent protocol 2).

@@ -572,6 +572,9 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
     if let Some(g) = &detail.guest {
         write_guest_enforcement(out, g)?;
     }
+    if let Some(h) = &detail.held_by {
+        writeln!(out, "  held by:      {h}")?;
+    }
     if !detail.info.owner_uids.is_empty() {
         let uids: Vec<String> = detail.info.owner_uids.iter().map(u32::to_string).collect();
         writeln!(

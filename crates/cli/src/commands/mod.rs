@@ -133,9 +133,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             with_agent.then_some(agent_socket.as_deref()),
             out,
         ),
-        Command::QemuArgs { uuid, agent_socket } => {
-            passthrough::qemu_args(&ctx, uuid, agent_socket.as_deref(), out)
-        }
+        Command::QemuArgs {
+            uuid,
+            agent_socket,
+            qmp_socket,
+        } => passthrough::qemu_args(&ctx, uuid, agent_socket.as_deref(), *qmp_socket, out),
         #[cfg(not(feature = "libvirt"))]
         Command::Attach { .. } | Command::Detach { .. } => anyhow::bail!(
             "this gvm-vgpu was built without libvirt support (cargo feature `libvirt`); \

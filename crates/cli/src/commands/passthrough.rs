@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use gvm_libvirt::domain_xml;
 use gvm_libvirt::AGENT_PORT_NAME;
 use serde::Serialize;
@@ -84,6 +84,20 @@ pub fn qemu_arg_list(sysfs_dev: &Path, agent_socket: Option<&Path>) -> Result<Ve
     Ok(args)
 }
 
+/// `-qmp unix:PATH,server=on,wait=off`: the QMP socket gvm-vgpud pauses the VM through.
+pub fn qmp_args(socket: &Path) -> Result<Vec<String>> {
+    let Some(sock) = socket.to_str() else {
+        bail!("QMP socket path {} is not valid UTF-8", socket.display());
+    };
+    if sock.contains(',') {
+        bail!("QMP socket path {sock} contains a comma, which QEMU cannot take in -qmp");
+    }
+    Ok(vec![
+        "-qmp".to_string(),
+        format!("unix:{sock},server=on,wait=off"),
+    ])
+}
+
 /// Quote an argument for a POSIX shell when it needs it.
 fn shell_quote(arg: &str) -> String {
     if !arg.is_empty()
@@ -102,11 +116,18 @@ pub fn qemu_args(
     ctx: &Context,
     uuid: &Uuid,
     agent_socket: Option<&Path>,
+    qmp_socket: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     ctx.mdev.device(uuid)?;
     let dev = ctx.host.mdev_devices_dir().join(uuid.to_string());
-    let args = qemu_arg_list(&dev, agent_socket)?;
+    let mut args = qemu_arg_list(&dev, agent_socket)?;
+    if qmp_socket {
+        let dir = ctx.host.run_dir().join("qmp");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the QMP socket directory {}", dir.display()))?;
+        args.extend(qmp_args(&dir.join(format!("{uuid}.sock")))?);
+    }
     if ctx.json {
         return write_json(out, &QemuArgs { uuid: *uuid, args });
     }
@@ -134,6 +155,15 @@ mod tests {
         assert!(args
             .iter()
             .any(|a| a.ends_with("name=org.gvm.vgpu.agent.0")));
+    }
+
+    #[test]
+    fn the_qmp_socket_is_a_server_qemu_opens_without_waiting() {
+        assert_eq!(
+            qmp_args(Path::new("/run/gvm-vgpu/qmp/u.sock")).unwrap(),
+            ["-qmp", "unix:/run/gvm-vgpu/qmp/u.sock,server=on,wait=off"]
+        );
+        assert!(qmp_args(Path::new("/a,b")).is_err());
     }
 
     #[test]
