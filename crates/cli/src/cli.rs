@@ -111,10 +111,19 @@ pub enum Command {
         uuid: Option<Uuid>,
     },
 
-    /// Remove a vGPU (it must not be in use by a running VM).
+    /// Remove a vGPU; refused while a process (QEMU) holds it open.
+    ///
+    /// A held vGPU cannot be removed: the kernel's remove would block until the holder closes
+    /// the device, and no signal ends that wait. So remove first looks for processes with the
+    /// vGPU's VFIO group (/dev/vfio/N) open and, if there are any, names them (pid and command)
+    /// and changes nothing. Shut the VM down or detach the vGPU from it first, or pass --wait.
     Remove {
         /// UUID of the vGPU.
         uuid: Uuid,
+        /// Remove it even while it is held: wait until every holder has closed it. The wait
+        /// happens in the kernel and cannot be interrupted (Ctrl-C does not end it).
+        #[arg(long)]
+        wait: bool,
     },
 
     /// List live vGPUs with their catalog type and owner processes.

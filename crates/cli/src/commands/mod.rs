@@ -54,7 +54,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             parent,
             uuid,
         } => devices::create(&ctx, type_name, parent.as_deref(), *uuid, out),
-        Command::Remove { uuid } => devices::remove(&ctx, uuid, out),
+        Command::Remove { uuid, wait } => devices::remove(&ctx, uuid, *wait, out),
         Command::List { defined: false } => devices::list(&ctx, out),
         Command::List { defined: true } => managed::list_defined(&ctx, out),
         Command::Show { target } => show(&ctx, target, out),
