@@ -213,10 +213,18 @@ pub enum Command {
         uuid: Uuid,
     },
 
-    /// Remove a defined vGPU's device, keeping its definition.
+    /// Remove a defined vGPU's device, keeping its definition; refused while it is held.
+    ///
+    /// While a process (QEMU) holds the vGPU open, the kernel's remove would block until it
+    /// closes the device, so gvm-vgpud refuses, naming each holder (pid, command, libvirt
+    /// domain) and changing nothing. Shut the VM down or detach the vGPU first, or pass --wait.
     Stop {
         /// UUID of the vGPU.
         uuid: Uuid,
+        /// While it is held, wait (here, polling; Ctrl-C ends the wait and changes nothing)
+        /// until every holder has let go, then stop it. The daemon itself never blocks.
+        #[arg(long)]
+        wait: bool,
     },
 
     /// Retune a vGPU's memory limit, priority or share; reaches every owner within a second.

@@ -83,7 +83,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         },
         Command::Undefine { uuid } => managed::undefine(&ctx, uuid, out),
         Command::Start { uuid } => managed::start_stop(&ctx, uuid, true, out),
-        Command::Stop { uuid } => managed::start_stop(&ctx, uuid, false, out),
+        Command::Stop { uuid, wait } => managed::stop(&ctx, uuid, *wait, out),
         Command::Set {
             target,
             knobs,
