@@ -360,6 +360,12 @@ pub enum Command {
 
     /// Take a vGPU from a libvirt domain: detach its <hostdev>, drop its metadata entry, and
     /// remove the vGPU when `attach` created it for this domain only.
+    ///
+    /// A vGPU to remove that a process holds open is never removed by surprise (the kernel's
+    /// remove would block until the holder closes it): for a shut-off domain the detach is
+    /// refused first, naming the holders; after a live detach it waits up to 5 s for the
+    /// domain's QEMU to let go, then leaves the vGPU in place and says so. --wait removes it
+    /// anyway, waiting (uninterruptibly) for the holders.
     Detach {
         /// Domain name.
         domain: String,
@@ -372,6 +378,10 @@ pub enum Command {
         /// Change the running domain (libvirt --live).
         #[arg(long)]
         live: bool,
+        /// Remove a transient vGPU even while it is held: wait until every holder has closed
+        /// it. The wait happens in the kernel and cannot be interrupted.
+        #[arg(long)]
+        wait: bool,
         /// libvirt connection URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
         #[arg(long, short = 'c', value_name = "URI")]
         connect: Option<String>,
