@@ -111,10 +111,19 @@ pub enum Command {
         uuid: Option<Uuid>,
     },
 
-    /// Remove a vGPU (it must not be in use by a running VM).
+    /// Remove a vGPU; refused while a process (QEMU) holds it open.
+    ///
+    /// A held vGPU cannot be removed: the kernel's remove would block until the holder closes
+    /// the device, and no signal ends that wait. So remove first looks for processes with the
+    /// vGPU's VFIO group (/dev/vfio/N) open and, if there are any, names them (pid and command)
+    /// and changes nothing. Shut the VM down or detach the vGPU from it first, or pass --wait.
     Remove {
         /// UUID of the vGPU.
         uuid: Uuid,
+        /// Remove it even while it is held: wait until every holder has closed it. The wait
+        /// happens in the kernel and cannot be interrupted (Ctrl-C does not end it).
+        #[arg(long)]
+        wait: bool,
     },
 
     /// List live vGPUs with their catalog type and owner processes.
@@ -205,10 +214,18 @@ pub enum Command {
         uuid: Uuid,
     },
 
-    /// Remove a defined vGPU's device, keeping its definition.
+    /// Remove a defined vGPU's device, keeping its definition; refused while it is held.
+    ///
+    /// While a process (QEMU) holds the vGPU open, the kernel's remove would block until it
+    /// closes the device, so gvm-vgpud refuses, naming each holder (pid, command, libvirt
+    /// domain) and changing nothing. Shut the VM down or detach the vGPU first, or pass --wait.
     Stop {
         /// UUID of the vGPU.
         uuid: Uuid,
+        /// While it is held, wait (here, polling; Ctrl-C ends the wait and changes nothing)
+        /// until every holder has let go, then stop it. The daemon itself never blocks.
+        #[arg(long)]
+        wait: bool,
     },
 
     /// Retune a vGPU's memory limit, priority or share; reaches every owner within a second.
@@ -349,6 +366,12 @@ pub enum Command {
 
     /// Take a vGPU from a libvirt domain: detach its <hostdev>, drop its metadata entry, and
     /// remove the vGPU when `attach` created it for this domain only.
+    ///
+    /// A vGPU to remove that a process holds open is never removed by surprise (the kernel's
+    /// remove would block until the holder closes it): for a shut-off domain the detach is
+    /// refused first, naming the holders; after a live detach it waits up to 5 s for the
+    /// domain's QEMU to let go, then leaves the vGPU in place and says so. --wait removes it
+    /// anyway, waiting (uninterruptibly) for the holders.
     Detach {
         /// Domain name.
         domain: String,
@@ -361,6 +384,10 @@ pub enum Command {
         /// Change the running domain (libvirt --live).
         #[arg(long)]
         live: bool,
+        /// Remove a transient vGPU even while it is held: wait until every holder has closed
+        /// it. The wait happens in the kernel and cannot be interrupted.
+        #[arg(long)]
+        wait: bool,
         /// libvirt connection URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
         #[arg(long, short = 'c', value_name = "URI")]
         connect: Option<String>,

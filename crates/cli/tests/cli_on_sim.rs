@@ -1205,3 +1205,150 @@ fn a_kept_aside_policy_moves_to_its_gpu_when_that_gpu_registers_after_the_daemon
     assert_eq!(g["config"]["policy"], "fixed-share", "{g}");
     assert!(json(root, &["policy", "show"]).get("unmapped").is_none());
 }
+
+/// Start an owner of `uuid` through the simulator's control file and return its pid.
+fn spawn_owner(sim: &SimHost, uuid: &str) -> String {
+    sim.control(&format!("spawn {uuid}")).unwrap();
+    let mut pid = None;
+    assert!(wait_for(|| {
+        pid = sim
+            .owners()
+            .into_iter()
+            .find(|o| o.get(1).map(String::as_str) == Some(uuid))
+            .and_then(|o| o.first().cloned());
+        pid.is_some()
+    }));
+    pid.unwrap()
+}
+
+#[test]
+fn remove_of_a_held_vgpu_is_refused_naming_the_holder_and_wait_removes_it_once_the_holder_goes() {
+    if skip("remove_of_a_held_vgpu", require_root_and_fuse()) {
+        return;
+    }
+    // As on the kernel: the holder's remove would block (the sim's default).
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--held-remove", "block"]);
+    let root = sim.root();
+    let held = "0c0a0000-0000-4000-8000-0000000000a1";
+    let free = "0c0a0000-0000-4000-8000-0000000000a2";
+    ok(root, &["create", "--type", "sim-4c", "--uuid", held]);
+    ok(root, &["create", "--type", "sim-4c", "--uuid", free]);
+    let pid = spawn_owner(&sim, held);
+
+    let o = cli(root, &["remove", held]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("pid {pid} (gvm-vgpu-sim)")), "{err}");
+    assert!(err.contains(held) && err.contains("in use"), "{err}");
+    assert!(
+        err.contains("--wait") && err.contains("gvm-vgpu detach") && err.contains("Shut down"),
+        "{err}"
+    );
+    assert_eq!(uuids_listed(root), [held, free], "nothing removed");
+
+    // An unheld vGPU goes at once, as before.
+    let started = std::time::Instant::now();
+    ok(root, &["remove", free]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(uuids_listed(root), [held]);
+
+    // --wait says whom it waits for, then returns once the holder is gone.
+    let mut waiting = Command::new(CLI_BIN)
+        .arg("--root")
+        .arg(root)
+        .args(["remove", "--wait", held])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "--wait returned while held"
+    );
+    sim.control(&format!("kill {pid}")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiting.wait_with_output());
+    });
+    let o = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("--wait returns once the holder is gone")
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("held open by pid {pid} (gvm-vgpu-sim): waiting")),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), format!("Removed vGPU {held}.\n"));
+    assert!(uuids_listed(root).is_empty());
+}
+
+#[test]
+fn daemon_stop_of_a_held_vgpu_is_refused_naming_the_holder_and_stop_wait_stops_it_once_the_holder_goes(
+) {
+    if skip("daemon_stop_of_a_held_vgpu", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--held-remove", "block"]);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let held = "0c0a0000-0000-4000-8000-0000000000b1";
+    let free = "0c0a0000-0000-4000-8000-0000000000b2";
+    ok(root, &["create", "--type", "sim-4c", "--uuid", held]);
+    ok(root, &["create", "--type", "sim-4c", "--uuid", free]);
+    assert!(wait_for(|| cli(root, &["show", held]).status.success()));
+    assert!(wait_for(|| cli(root, &["show", free]).status.success()));
+    let pid = spawn_owner(&sim, held);
+
+    let o = cli(root, &["stop", held]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("pid {pid} (gvm-vgpu-sim)")), "{err}");
+    assert!(
+        err.contains("nothing was changed") && err.contains("--wait"),
+        "{err}"
+    );
+    assert_eq!(uuids_listed(root), [held, free], "nothing stopped");
+
+    // Unheld: stopped at once, as before.
+    ok(root, &["stop", free]);
+    assert_eq!(uuids_listed(root), [held]);
+
+    let mut waiting = Command::new(CLI_BIN)
+        .arg("--root")
+        .arg(root)
+        .args(["stop", "--wait", held])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "stop --wait returned while held"
+    );
+    assert_eq!(uuids_listed(root), [held], "still there while held");
+    sim.control(&format!("kill {pid}")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiting.wait_with_output());
+    });
+    let o = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("stop --wait returns once the holder is gone")
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("waiting for pid {pid} (gvm-vgpu-sim) to let go")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stdout(&o).starts_with(&format!("Stopped vGPU {held}")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(uuids_listed(root).is_empty());
+}

@@ -628,6 +628,28 @@ fn stopping_a_running_vgpu_that_was_never_defined_answers_its_parent_and_type() 
     let mut daemon = daemon_over(&host, &shared);
     let report = daemon.tick(Instant::now(), true);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // The running domain's QEMU holds it: refused, naming it, and nothing changes.
+    let resp = daemon.handle(gvm_proto::Request {
+        id: 1,
+        call: gvm_proto::Call::Stop(target(a)),
+    });
+    let Some(e) = resp.error else {
+        panic!("stopped a vGPU under a running domain's QEMU");
+    };
+    assert_eq!(e.code, gvm_proto::ErrorCode::Conflict);
+    assert!(
+        e.message
+            .contains(&format!("pid {QEMU} (libvirt domain vm)")),
+        "{}",
+        e.message
+    );
+    assert!(lock(&shared).devices.contains_key(&a));
+    // The domain shuts down: its QEMU, pid file and status XML go.
+    let lv = host.libvirt_run_dir();
+    assert!(std::fs::remove_file(lv.join("vm.pid")).is_ok());
+    assert!(std::fs::remove_file(lv.join("vm.xml")).is_ok());
+    lock(&shared).knobs.retain(|(pid, _), _| *pid != QEMU);
+    daemon.tick(Instant::now(), true);
     let info: gvm_proto::VgpuInfo = call(&mut daemon, gvm_proto::Call::Stop(target(a)));
     assert_eq!(info.uuid, a);
     assert_eq!(info.parent, PARENTS[0], "the answer names the parent");

@@ -186,6 +186,8 @@ struct Host {
     devices: Vec<Uuid>,
     /// (pid, gpu) → frozen
     frozen: BTreeMap<(u32, u32), bool>,
+    /// Pids holding a device open (its VFIO group), by device.
+    holders: BTreeMap<Uuid, Vec<u32>>,
 }
 
 type SharedHost = Arc<Mutex<Host>>;
@@ -238,6 +240,19 @@ impl MdevPort for FakeMdev {
     fn remove(&self, uuid: Uuid) -> PortResult<()> {
         lock(&self.0).devices.retain(|d| *d != uuid);
         Ok(())
+    }
+    fn holders(&self, uuid: Uuid) -> PortResult<Vec<gvm_mdev::Holder>> {
+        Ok(lock(&self.0)
+            .holders
+            .get(&uuid)
+            .into_iter()
+            .flatten()
+            .map(|pid| gvm_mdev::Holder {
+                pid: *pid,
+                comm: Some("qemu-system-x86".into()),
+                domain: None,
+            })
+            .collect())
     }
 }
 
@@ -508,4 +523,60 @@ fn an_ended_domain_loses_its_qemu_owner() {
         .libvirt_event(&event("vm", EventKind::Stopped, &[a]));
     let owners = r.daemon.info(&a).owners;
     assert_eq!(owners, vec![100], "only the environment owner is left");
+}
+
+#[test]
+fn stop_of_a_held_vgpu_is_refused_naming_holder_and_domain_and_changes_nothing() {
+    let (a, b) = (u(0xa), u(0xb));
+    let Some(mut r) = rig(&[a, b]) else {
+        panic!("the test rig could not be built in a temp dir");
+    };
+    r.daemon.libvirt_event(&WatchEvent::Connected {
+        domains: vec![binding("vm", DomainState::Running, &[a])],
+    });
+    lock(&r.host).holders.insert(a, vec![4242]);
+    let resp = r.call(Call::Stop(target(&a.to_string())));
+    let Some(e) = resp.error else {
+        panic!("a held vGPU was stopped");
+    };
+    assert_eq!(e.code, gvm_proto::ErrorCode::Conflict);
+    for part in [
+        "pid 4242 (qemu-system-x86)",
+        "libvirt domain vm",
+        "`virsh shutdown vm`",
+        &format!("`gvm-vgpu detach vm --uuid {a}`"),
+        "--wait",
+        "nothing was changed",
+    ] {
+        assert!(e.message.contains(part), "{part}: {}", e.message);
+    }
+    assert!(lock(&r.host).devices.contains(&a), "still there");
+    assert!(r.daemon.observed.devices.contains_key(&a));
+    // An unheld vGPU stops at once; the held one once its holder let go.
+    assert!(r.call(Call::Stop(target(&b.to_string()))).error.is_none());
+    lock(&r.host).holders.clear();
+    assert!(r.call(Call::Stop(target(&a.to_string()))).error.is_none());
+    assert!(lock(&r.host).devices.is_empty());
+}
+
+#[test]
+fn a_domains_qemu_found_by_the_libvirt_rule_and_by_its_fd_is_named_once_with_its_domain() {
+    let a = u(0xa);
+    let Some(mut r) = rig(&[a]) else {
+        panic!("the test rig could not be built in a temp dir");
+    };
+    r.daemon.libvirt_event(&WatchEvent::Connected {
+        domains: vec![binding("vm", DomainState::Running, &[a])],
+    });
+    lock(&r.host).holders.insert(a, vec![4242]);
+    let owners = r.daemon.observed.owners.entry(a).or_default();
+    owners.insert(4242, gvm_proto::OwnerRule::Libvirt);
+    owners.insert(4343, gvm_proto::OwnerRule::Libvirt);
+    let held = match r.daemon.holders_of(&a) {
+        Ok(h) => h,
+        Err(e) => panic!("{e}"),
+    };
+    let got: Vec<(u32, Option<&str>)> = held.iter().map(|h| (h.pid, h.domain.as_deref())).collect();
+    // pid 100 is an environment owner: GPU work, not a VFIO holder.
+    assert_eq!(got, [(4242, Some("vm")), (4343, Some("vm"))]);
 }

@@ -59,6 +59,38 @@ fn port_err(e: PortError) -> ApiError {
     }
 }
 
+/// The refusal of a `stop` of a held vGPU: who holds it (and the libvirt domain the vGPU
+/// is in, when the daemon knows it) and how to end that.
+pub(crate) fn held_error(
+    uuid: &Uuid,
+    holders: &[gvm_mdev::Holder],
+    domain: Option<&str>,
+) -> ApiError {
+    let names: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    let named = holders.iter().find_map(|h| h.domain.as_deref());
+    let in_domain = match (named, domain) {
+        (None, Some(d)) => format!(" (the vGPU is in libvirt domain {d})"),
+        _ => String::new(),
+    };
+    let (shutdown, detach) = match named.or(domain) {
+        Some(d) => (
+            format!(" (`virsh shutdown {d}`)"),
+            format!("`gvm-vgpu detach {d} --uuid {uuid}` or `virsh detach-device {d}`"),
+        ),
+        None => (
+            String::new(),
+            "`gvm-vgpu detach` or `virsh detach-device`".to_string(),
+        ),
+    };
+    ApiError::conflict(format!(
+        "vGPU {uuid} is in use: held open by {}{in_domain}; nothing was changed. Removing it now would \
+         block until the holder lets go, and that wait cannot be interrupted. Shut down the \
+         VM{shutdown}, or detach the vGPU from it ({detach}), or pass --wait to wait for \
+         the holder to let go (errno EBUSY)",
+        names.join(", ")
+    ))
+}
+
 impl Daemon {
     /// Answer one request.
     pub fn handle(&mut self, req: Request) -> Response {
@@ -565,6 +597,16 @@ impl Daemon {
         // Taken before the device is forgotten: a vGPU that was never defined has nothing
         // else left to name its parent and type by.
         let was = self.info(&uuid);
+        let holders = self.holders_of(&uuid)?;
+        if !holders.is_empty() {
+            return Err(held_error(
+                &uuid,
+                &holders,
+                self.domain_name_of(&uuid).as_deref(),
+            ));
+        }
+        // The port checks again right before its write, so a holder that came meanwhile
+        // still gets a refusal (EBUSY, a conflict), never a blocked daemon.
         self.mdev.remove(uuid).map_err(port_err)?;
         info!(%uuid, "vGPU stopped");
         self.forget_device(&uuid);
@@ -574,6 +616,44 @@ impl Daemon {
             type_name: was.type_name,
             ..self.info(&uuid)
         })
+    }
+
+    /// Who holds vGPU `uuid` open, sorted by pid: the processes with an fd on its VFIO
+    /// group (the kernel's own answer), and the QEMU of the libvirt domain the daemon
+    /// knows holds it (observed owners found by the libvirt rule), once each, with the
+    /// domain named. Owners found by environment or cgroup run GPU work for the vGPU
+    /// but need not have the device open, so they do not count here.
+    pub(crate) fn holders_of(&self, uuid: &Uuid) -> Result<Vec<gvm_mdev::Holder>, ApiError> {
+        let mut holders = self.mdev.holders(*uuid).map_err(port_err)?;
+        let qemu: Vec<u32> = self
+            .observed
+            .owners
+            .get(uuid)
+            .into_iter()
+            .flatten()
+            .filter(|(_, rule)| **rule == gvm_proto::OwnerRule::Libvirt)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &qemu {
+            if !holders.iter().any(|h| h.pid == *pid) {
+                holders.push(gvm_mdev::Holder {
+                    pid: *pid,
+                    comm: fs::read_to_string(self.host.proc_dir().join(format!("{pid}/comm")))
+                        .ok()
+                        .map(|c| c.trim_end().to_string())
+                        .filter(|c| !c.is_empty()),
+                    domain: None,
+                });
+            }
+        }
+        let domain = self.domain_name_of(uuid);
+        for h in &mut holders {
+            if qemu.contains(&h.pid) {
+                h.domain.clone_from(&domain);
+            }
+        }
+        holders.sort_by_key(|h| h.pid);
+        Ok(holders)
     }
 
     fn create(&mut self, p: CreateParams) -> Result<VgpuInfo, ApiError> {

@@ -160,8 +160,14 @@ pub trait MdevPort: Send {
     fn device(&self, uuid: Uuid) -> PortResult<DeviceInfo>;
     /// Create a device.
     fn create(&self, parent: &str, mdev_type: &str, uuid: Uuid) -> PortResult<()>;
-    /// Remove a device.
+    /// Remove a device; refused (EBUSY, `gvm_mdev::Error::Held`) while a process holds it
+    /// open, since the kernel's remove would then block uninterruptibly.
     fn remove(&self, uuid: Uuid) -> PortResult<()>;
+    /// The processes holding a device open (an fd on its VFIO group node). The default,
+    /// for fakes without processes: none.
+    fn holders(&self, _uuid: Uuid) -> PortResult<Vec<gvm_mdev::Holder>> {
+        Ok(Vec::new())
+    }
     /// The GVM GPU index of a parent (the `gpu` of its gcgroups), `None` when it cannot
     /// be told. The default numbers PCI parents in probe order (see
     /// [`fallback_gpu_index`]); [`SysfsMdev`] prefers the parent's `gvm_uvm_index` file.
@@ -297,6 +303,13 @@ impl MdevPort for SysfsMdev {
         self.host
             .remove(&uuid)
             .map_err(|e| mdev_err("remove", uuid.to_string(), e))
+    }
+
+    fn holders(&self, uuid: Uuid) -> PortResult<Vec<gvm_mdev::Holder>> {
+        self.host
+            .holders(&uuid)
+            .map(|s| s.holders)
+            .map_err(|e| mdev_err("find the holders of", uuid.to_string(), e))
     }
 
     fn parent_gpu_index(&self, parent: &str) -> PortResult<Option<u32>> {

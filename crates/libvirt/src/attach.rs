@@ -8,10 +8,18 @@
 //! one after it stops, and the daemon find the domain of a vGPU.
 //!
 //! Detaching removes the hostdev and the metadata entry, and removes the vGPU itself when the
-//! metadata says attach created it transiently.
+//! metadata says attach created it transiently. That removal never blocks by surprise: the
+//! kernel's remove of a held mdev waits uninterruptibly for the holder. When the domain is off,
+//! a held vGPU is held by a process other than this domain's QEMU: the detach is refused
+//! before anything changes. After
+//! a live detach the domain's QEMU lets go once the guest released the device: detach waits up
+//! to [`DETACH_GRACE`] for that, then reports [`Error::DetachedButHeld`] rather than block.
+//! [`detach_waiting`] writes the remove anyway and waits.
 //!
 //! Placement (which parent and kernel type to create a catalog type on) is
 //! [`gvm_catalog::placement::place`], shared with the CLI and the hook.
+
+use std::time::{Duration, Instant};
 
 use gvm_catalog::placement::place;
 use gvm_catalog::Catalog;
@@ -230,9 +238,18 @@ fn update_metadata(
     Ok(())
 }
 
+/// What [`detach_waiting`] calls with the holders before it waits for them.
+pub type Announce<'a> = dyn FnMut(&[gvm_mdev::Holder]) + 'a;
+
+/// How long a live detach waits for the domain's QEMU to let go of the vGPU it removes.
+pub const DETACH_GRACE: Duration = Duration::from_secs(5);
+/// Poll interval of that wait.
+const HOLDER_POLL: Duration = Duration::from_millis(100);
+
 /// Detach vGPU `uuid` from `domain`: remove its hostdev (when it has one) and its metadata
 /// entry from the chosen definitions, then remove the vGPU when attach created it transiently
-/// and no definition of the domain still names it.
+/// and no definition of the domain still names it. A held vGPU is never removed (see the
+/// module documentation): refused before any change, or [`Error::DetachedButHeld`].
 pub fn detach(
     conn: &Connection,
     mdev: &MdevHost,
@@ -241,8 +258,69 @@ pub fn detach(
     persistent: bool,
     live: bool,
 ) -> Result<Detached> {
+    detach_impl(conn, mdev, domain, uuid, (persistent, live), None)
+}
+
+/// [`detach`], but a transient vGPU still held after the detach is removed anyway: the
+/// remove waits (uninterruptibly, in the kernel) until every holder has closed it.
+/// `announce` is called with the holders first, when there are any.
+pub fn detach_waiting(
+    conn: &Connection,
+    mdev: &MdevHost,
+    domain: &str,
+    uuid: &Uuid,
+    (persistent, live): (bool, bool),
+    announce: &mut Announce<'_>,
+) -> Result<Detached> {
+    detach_impl(conn, mdev, domain, uuid, (persistent, live), Some(announce))
+}
+
+/// The holders of `uuid`; none when it is gone.
+fn holders(mdev: &MdevHost, uuid: &Uuid) -> Result<Vec<gvm_mdev::Holder>> {
+    match mdev.holders(uuid) {
+        Ok(s) => Ok(s.holders),
+        Err(gvm_mdev::Error::DeviceNotFound { .. }) => Ok(Vec::new()),
+        Err(source) => Err(Error::Mdev {
+            op: "find the holders of",
+            uuid: *uuid,
+            source,
+        }),
+    }
+}
+
+fn detach_impl(
+    conn: &Connection,
+    mdev: &MdevHost,
+    domain: &str,
+    uuid: &Uuid,
+    (persistent, live): (bool, bool),
+    mut wait: Option<&mut Announce<'_>>,
+) -> Result<Detached> {
     let active = conn.state(domain)?.is_active();
     let apply = resolve_apply(persistent, live, active);
+    // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go: refuse
+    // a transient vGPU that is held before changing anything (with a wait, the remove below
+    // waits instead). On a running domain a config-only detach leaves the live domain naming
+    // the vGPU, so it is not removed at all.
+    if wait.is_none() && !active {
+        let transient = conn
+            .info(domain, true)?
+            .meta(uuid)
+            .is_some_and(|m| !m.persistent);
+        if transient {
+            let held = holders(mdev, uuid)?;
+            if !held.is_empty() {
+                return Err(Error::Mdev {
+                    op: "remove",
+                    uuid: *uuid,
+                    source: gvm_mdev::Error::Held {
+                        uuid: *uuid,
+                        holders: held,
+                    },
+                });
+            }
+        }
+    }
     let mut found = false;
     let mut hostdev = false;
     let mut transient = false;
@@ -277,7 +355,28 @@ pub fn detach(
     }
     let mut removed_vgpu = false;
     if transient && !still_named(conn, domain, uuid, active)? {
-        match mdev.remove(uuid) {
+        let result = match wait.as_mut() {
+            Some(announce) => {
+                let held = holders(mdev, uuid)?;
+                if !held.is_empty() {
+                    announce(&held);
+                }
+                mdev.remove_waiting(uuid)
+            }
+            None => {
+                let held = wait_for_release(mdev, uuid, active && apply.live)?;
+                if !held.is_empty() {
+                    return Err(Error::DetachedButHeld {
+                        domain: domain.to_string(),
+                        uuid: *uuid,
+                        holders: held,
+                        waited_s: DETACH_GRACE.as_secs(),
+                    });
+                }
+                mdev.remove(uuid)
+            }
+        };
+        match result {
             Ok(()) => removed_vgpu = true,
             Err(gvm_mdev::Error::DeviceNotFound { .. }) => {}
             Err(source) => {
@@ -295,6 +394,23 @@ pub fn detach(
         hostdev,
         removed_vgpu,
     })
+}
+
+/// The holders of `uuid` once they let go or, after a live detach, once [`DETACH_GRACE`]
+/// has passed (without one, at once).
+fn wait_for_release(
+    mdev: &MdevHost,
+    uuid: &Uuid,
+    live_detach: bool,
+) -> Result<Vec<gvm_mdev::Holder>> {
+    let start = Instant::now();
+    loop {
+        let held = holders(mdev, uuid)?;
+        if held.is_empty() || !live_detach || start.elapsed() >= DETACH_GRACE {
+            return Ok(held);
+        }
+        std::thread::sleep(HOLDER_POLL);
+    }
 }
 
 fn still_named(conn: &Connection, domain: &str, uuid: &Uuid, active: bool) -> Result<bool> {

@@ -116,6 +116,20 @@ pub enum Error {
         source: gvm_mdev::Error,
     },
 
+    /// A live detach took the vGPU from the domain, but a process still held it open after
+    /// the grace period, so it was not removed (that would block uninterruptibly).
+    #[error("detached vGPU {uuid} from domain {domain}, but did not remove it: it is still held open by {}, {}s after the detach (the guest may not have released the device yet). Remove it once it is free with `gvm-vgpu remove {uuid}`, or `gvm-vgpu remove --wait {uuid}` to wait for the holder (that wait cannot be interrupted)", holder_list(.holders), .waited_s)]
+    DetachedButHeld {
+        /// The domain.
+        domain: String,
+        /// The vGPU, still present.
+        uuid: Uuid,
+        /// Who holds it.
+        holders: Vec<gvm_mdev::Holder>,
+        /// How long the detach waited for them to let go, in seconds.
+        waited_s: u64,
+    },
+
     /// Listing mdev parents failed.
     #[error("cannot list the host's mdev parents")]
     MdevList {
@@ -179,7 +193,14 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Mdev { source, .. } | Error::MdevList { source } => source.errno(),
+            Error::DetachedButHeld { .. } => Some(libc::EBUSY),
             _ => None,
         }
     }
+}
+
+/// `pid 1 (qemu), pid 2 (qemu)` for a message.
+fn holder_list(holders: &[gvm_mdev::Holder]) -> String {
+    let names: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }

@@ -42,7 +42,9 @@ pub mod uri;
 pub mod watch;
 
 #[cfg(feature = "connect")]
-pub use attach::{attach, detach, AttachRequest, Attached, Detached, Target};
+pub use attach::{
+    attach, detach, detach_waiting, AttachRequest, Attached, Detached, Target, DETACH_GRACE,
+};
 #[cfg(feature = "connect")]
 pub use connection::{Apply, Connection};
 pub use domain_xml::{DomainInfo, MetaVgpu, AGENT_PORT_NAME, NAMESPACE, NAMESPACE_KEY};

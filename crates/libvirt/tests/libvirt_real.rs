@@ -399,3 +399,102 @@ fn the_hook_creates_missing_vgpus_from_real_dumpxml_and_removes_transient_ones()
     );
     assert!(err.contains(&name2), "{err}");
 }
+
+/// Poll `f` every 20 ms until it holds or `timeout` passes; returns its last answer.
+fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The pid of the simulator's owner of `uuid`, once started.
+fn owner_of(sim: &SimHost, uuid: &Uuid) -> String {
+    let mut pid = None;
+    assert!(poll_until(Duration::from_secs(5), || {
+        pid = sim
+            .owners()
+            .into_iter()
+            .find(|o| o.get(1) == Some(&uuid.to_string()))
+            .and_then(|o| o.first().cloned());
+        pid.is_some()
+    }));
+    pid.expect("an owner started")
+}
+
+#[test]
+fn a_live_detach_leaves_a_still_held_transient_vgpu_in_place_and_wait_removes_it_once_let_go() {
+    let test = "a_live_detach_leaves_a_still_held_transient_vgpu_in_place";
+    if skip(test, require_root_and_fuse()) || skip(test, require_libvirtd()) {
+        return;
+    }
+    // As on a kernel: a held remove would block.
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--held-remove", "block"]);
+    let mdev = MdevHost::new(sim.host_root());
+    let catalog = Catalog::builtin().unwrap();
+    let name = unique_name("held");
+    let _dom = TestDomain::define(&name, &domain_xml(&name, "", ""));
+    virsh_ok(&["start", &name]);
+    let conn = Connection::open(URI).unwrap();
+    let bind = || {
+        // A transient vGPU bound to the running domain through the metadata only.
+        let mut req = AttachRequest::new(&name, Target::Type("sim-4c".into()), false, true);
+        req.hostdev = false;
+        let a = attach(&conn, &mdev, Some(&catalog), &req).unwrap();
+        assert!(a.created && !a.metadata.persistent);
+        a.uuid
+    };
+
+    // A holder that does not let go: the binding is detached, the vGPU stays, said so.
+    let a = bind();
+    sim.control(&format!("spawn {a}")).unwrap();
+    let pid = owner_of(&sim, &a);
+    let started = std::time::Instant::now();
+    let e = detach(&conn, &mdev, &name, &a, false, true).unwrap_err();
+    assert!(started.elapsed() >= gvm_libvirt::DETACH_GRACE);
+    assert!(
+        matches!(e, gvm_libvirt::Error::DetachedButHeld { .. }),
+        "{e}"
+    );
+    let text = gvm_libvirt::report(&e);
+    assert!(
+        text.contains(&format!("pid {pid} (gvm-vgpu-sim)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("gvm-vgpu remove --wait {a}")),
+        "{text}"
+    );
+    assert!(mdev.device(&a).is_ok(), "not removed");
+    let status = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.xml")).unwrap();
+    assert!(domain_xml::parse(&status).unwrap().vgpus().is_empty());
+    sim.control(&format!("kill {pid}")).unwrap();
+
+    // detach_waiting removes it once the holder lets go.
+    let b = bind();
+    sim.control(&format!("spawn {b}")).unwrap();
+    let pid = owner_of(&sim, &b);
+    let control = sim.root().join("sys/kernel/debug/gvm-sim/control");
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::write(control, format!("kill {pid}\n"))
+    });
+    let mut announced = Vec::new();
+    let d = gvm_libvirt::detach_waiting(&conn, &mdev, &name, &b, (false, true), &mut |h| {
+        announced.extend(h.iter().map(|h| h.pid))
+    })
+    .unwrap();
+    assert!(killer.join().unwrap().is_ok());
+    assert!(d.removed_vgpu);
+    assert_eq!(
+        announced.len(),
+        1,
+        "the holder was announced before the wait"
+    );
+    assert!(mdev.device(&b).is_err());
+    virsh_ok(&["destroy", &name]);
+}

@@ -115,6 +115,16 @@ pub enum Error {
         errno: i32,
     },
 
+    /// Pre-check before `remove`: processes hold the device's VFIO node open, so the
+    /// kernel's `remove` would block (uninterruptibly) until they close it.
+    #[error("vGPU {uuid} is in use: held open by {}; nothing was changed. Removing it now would block until the holder lets go, and that wait cannot be interrupted. Shut down the VM, or detach the vGPU from it (`virsh detach-device` or `gvm-vgpu detach`), or pass --wait to wait for the holder to let go", holder_list(.holders))]
+    Held {
+        /// The device's UUID.
+        uuid: Uuid,
+        /// The processes holding it, sorted by pid (never empty).
+        holders: Vec<crate::holders::Holder>,
+    },
+
     /// Any other failed write; the errno is in the source.
     #[error("writing {path} failed")]
     Write {
@@ -191,6 +201,7 @@ impl Error {
             | Error::ParentGone { errno, .. }
             | Error::PermissionDenied { errno, .. }
             | Error::DeviceBusy { errno, .. } => Some(*errno),
+            Error::Held { .. } => Some(libc::EBUSY),
             Error::Write { source, .. } | Error::Read { source, .. } => source.raw_os_error(),
             Error::NoFreeInstance { .. }
             | Error::MissingAttribute { .. }
@@ -206,6 +217,12 @@ fn did_you_mean(suggestion: &Option<String>) -> String {
         Some(s) => format!(" (did you mean '{s}'?)"),
         None => String::new(),
     }
+}
+
+/// `pid 1 (qemu), pid 2 (qemu)` for a refusal message.
+pub(crate) fn holder_list(holders: &[crate::holders::Holder]) -> String {
+    let names: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    list_or_none(&names)
 }
 
 fn list_or_none(items: &[String]) -> String {

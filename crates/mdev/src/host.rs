@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::attr::{self, check_name};
 use crate::error::{map_create_error, map_remove_error, CreateTarget, Error, Result};
+use crate::holders::{self, HolderScan};
 use crate::model::{Device, MdevType, Parent};
 use crate::suggest::suggest;
 
@@ -157,12 +158,65 @@ impl MdevHost {
         self.write_create_raw(parent, type_id, format!("{uuid}\n").as_bytes())
     }
 
-    /// Remove a live device by writing `1` to its `remove` attribute.
+    /// Remove a live device by writing `1` to its `remove` attribute, unless a process
+    /// holds it open.
+    ///
+    /// The kernel's `remove` of a held device blocks, uninterruptibly, until the holder
+    /// closes it; so this first looks for holders ([`MdevHost::holders`]) and, if there
+    /// are any, changes nothing and returns [`Error::Held`] naming them.
+    /// [`MdevHost::remove_waiting`] writes anyway and waits.
     pub fn remove(&self, uuid: &Uuid) -> Result<()> {
+        let scan = self.holders(uuid)?;
+        if !scan.holders.is_empty() {
+            return Err(Error::Held {
+                uuid: *uuid,
+                holders: scan.holders,
+            });
+        }
+        self.write_remove_raw(&uuid.to_string(), b"1\n")
+    }
+
+    /// Remove a live device by writing `1` to its `remove` attribute even if it is held:
+    /// the call then returns only once every holder has closed the device, and no signal
+    /// ends that wait.
+    pub fn remove_waiting(&self, uuid: &Uuid) -> Result<()> {
         if !attr::exists(&self.device_path(uuid))? {
             return Err(Error::DeviceNotFound { uuid: *uuid });
         }
         self.write_remove_raw(&uuid.to_string(), b"1\n")
+    }
+
+    /// The device nodes through which a process holds device `uuid`: its IOMMU group's
+    /// `/dev/vfio/<N>` and, where the kernel gives it a VFIO cdev (`vfio-dev/vfioX`),
+    /// `/dev/vfio/devices/vfioX`, each under the host root (and canonicalized, when
+    /// that differs, since `/proc` shows resolved paths).
+    pub fn vfio_nodes(&self, uuid: &Uuid) -> Result<Vec<PathBuf>> {
+        let dir = self.device_path(uuid);
+        if !attr::exists(&dir)? {
+            return Err(Error::DeviceNotFound { uuid: *uuid });
+        }
+        let mut nodes = Vec::new();
+        if let Some(group) = attr::read_link_number(&dir.join("iommu_group"))? {
+            nodes.push(self.host.path(format!("/dev/vfio/{group}")));
+        }
+        for name in attr::dir_names(&dir.join("vfio-dev"))?.unwrap_or_default() {
+            check_name("vfio device", &name)?;
+            nodes.push(self.host.path(format!("/dev/vfio/devices/{name}")));
+        }
+        let resolved: Vec<PathBuf> = nodes
+            .iter()
+            .filter_map(|n| fs::canonicalize(n).ok())
+            .filter(|c| !nodes.contains(c))
+            .collect();
+        nodes.extend(resolved);
+        Ok(nodes)
+    }
+
+    /// The processes holding device `uuid` open: those with an fd on one of its
+    /// [`MdevHost::vfio_nodes`], found by scanning the host's proc directory like `fuser`.
+    pub fn holders(&self, uuid: &Uuid) -> Result<HolderScan> {
+        let nodes = self.vfio_nodes(uuid)?;
+        holders::scan(self.host.proc_dir(), &nodes)
     }
 
     /// Write `bytes` to `<parent>/mdev_supported_types/<type_id>/create` with no pre-check.

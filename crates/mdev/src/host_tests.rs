@@ -356,3 +356,63 @@ fn the_client_can_be_shared_across_threads() {
     assert_send_sync::<MdevHost>();
     assert_send_sync::<crate::Device>();
 }
+
+#[test]
+fn remove_of_a_held_device_is_refused_naming_the_holder_and_writes_nothing() -> TestResult {
+    let f = Fixture::standard()?;
+    let u = uuid(U1)?;
+    f.add_device(GPU_DIR, "nvidia-558", &u, Some(5))?;
+    let node = f.host().path("/dev/vfio/5");
+    // A fake /proc: pid 4242 (qemu-system-x86) has the group node open as fd 20.
+    let proc_dir = f.host().path("/fakeproc");
+    fs::create_dir_all(proc_dir.join("4242/fd"))?;
+    fs::write(proc_dir.join("4242/comm"), "qemu-system-x86\n")?;
+    std::os::unix::fs::symlink(&node, proc_dir.join("4242/fd/20"))?;
+    let m = MdevHost::new(f.host().with_proc_dir(&proc_dir));
+    assert_eq!(m.vfio_nodes(&u)?, vec![node.clone()]);
+    let err = match m.remove(&u) {
+        Err(e @ Error::Held { .. }) => e,
+        other => panic!("expected Held, got {other:?}"),
+    };
+    let text = err.to_string();
+    assert!(text.contains("pid 4242 (qemu-system-x86)"), "{text}");
+    assert!(
+        text.contains("--wait") && text.contains("gvm-vgpu detach"),
+        "{text}"
+    );
+    assert_eq!(err.errno(), Some(libc::EBUSY));
+    assert_eq!(
+        fs::read(f.sys().join(GPU_DIR).join(U1).join("remove"))?,
+        b"",
+        "nothing written"
+    );
+    // remove_waiting writes regardless (on a kernel it would block until the holder goes).
+    m.remove_waiting(&u)?;
+    assert_eq!(
+        fs::read(f.sys().join(GPU_DIR).join(U1).join("remove"))?,
+        b"1\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn holders_are_found_in_the_real_proc() -> TestResult {
+    let f = Fixture::standard()?;
+    let u = uuid(U1)?;
+    f.add_device(GPU_DIR, "nvidia-558", &u, Some(9))?;
+    let node = f.host().path("/dev/vfio/9");
+    fs::create_dir_all(node.parent().ok_or("no parent")?)?;
+    let m = MdevHost::new(f.host());
+    let open = fs::File::create(&node)?;
+    let scan = m.holders(&u)?;
+    let me = std::process::id();
+    assert!(scan.holders.iter().any(|h| h.pid == me), "{scan:?}");
+    drop(open);
+    assert!(!m.holders(&u)?.holders.iter().any(|h| h.pid == me));
+    // No group, no node, no holders.
+    let u2 = uuid(U2)?;
+    f.add_device(GPU_DIR, "nvidia-558", &u2, None)?;
+    assert!(m.vfio_nodes(&u2)?.is_empty());
+    assert!(m.holders(&u2)?.holders.is_empty());
+    Ok(())
+}

@@ -38,6 +38,7 @@
 //! Modules:
 //! - `attr`: reading sysfs attributes, directories and links, with errors that name the path;
 //! - `error`: the errors, and the mapping from kernel errnos to them;
+//! - `holders`: the processes holding a device's VFIO node open (a `/proc` fd scan);
 //! - `host`: the mdev sysfs tree of one host, read and written through its root;
 //! - `model`: the objects the ABI exposes: parents, their types, and live devices;
 //! - `suggest`: "did you mean ...?" for mistyped parent names;
@@ -46,6 +47,7 @@
 
 mod attr;
 mod error;
+mod holders;
 mod host;
 mod model;
 mod suggest;
@@ -54,6 +56,7 @@ mod suggest;
 mod fixture;
 
 pub use error::{map_create_error, map_remove_error, CreateTarget, Error, Result};
+pub use holders::{Holder, HolderScan};
 pub use host::{MdevHost, DEFAULT_CREATE_TIMEOUT};
 pub use model::{Device, MdevType, Parent};
 pub use suggest::suggest;

@@ -135,3 +135,68 @@ fn mtty_pool_is_shared_and_exhaustion_is_enospc() {
     let p = mdev.parent("mtty").unwrap();
     assert_eq!(p.find_type("mtty-1").unwrap().available_instances, 24);
 }
+
+/// The pid of the simulator's owner of `u` (from its owner table), once it has started.
+fn owner_pid(sim: &SimHost, u: &Uuid) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(pid) = sim
+            .owners()
+            .iter()
+            .find(|o| o.get(1).map(String::as_str) == Some(&u.to_string()))
+            .and_then(|o| o.first()?.parse().ok())
+        {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no owner of {u}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_held_device_is_found_through_its_vfio_group_and_its_remove_refused() {
+    if skip(
+        "mdev a_held_device_is_found_through_its_vfio_group_and_its_remove_refused",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    // The kernel's behaviour: remove blocks while an owner holds the device.
+    let sim = SimHost::start_with(SimModel::Mtty, 1, &["--held-remove", "block"]);
+    let mdev = MdevHost::new(sim.host_root());
+    let d = mdev.create("mtty", "mtty-1", Some(uuid(7))).unwrap();
+    let group = d.iommu_group.unwrap();
+    assert!(sim.root().join(format!("dev/vfio/{group}")).is_file());
+    assert!(mdev.holders(&d.uuid).unwrap().holders.is_empty());
+    sim.control(&format!("spawn {}", d.uuid)).unwrap();
+    let pid = owner_pid(&sim, &d.uuid);
+
+    let scan = mdev.holders(&d.uuid).unwrap();
+    assert_eq!(
+        scan.holders.iter().map(|h| h.pid).collect::<Vec<_>>(),
+        [pid]
+    );
+    assert_eq!(scan.holders[0].comm.as_deref(), Some("gvm-vgpu-sim"));
+    let e = mdev.remove(&d.uuid).unwrap_err();
+    assert!(matches!(e, Error::Held { .. }), "{e}");
+    assert!(e.to_string().contains(&format!("pid {pid}")), "{e}");
+    assert!(mdev.device(&d.uuid).is_ok(), "a refused remove leaves it");
+
+    // remove_waiting writes and returns once the holder is gone.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m2 = mdev.clone();
+    let u = d.uuid;
+    std::thread::spawn(move || {
+        let _ = tx.send(m2.remove_waiting(&u).map_err(|e| e.to_string()));
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "the write waits for the holder");
+    sim.control(&format!("kill {pid}")).unwrap();
+    let r = rx.recv_timeout(std::time::Duration::from_secs(5));
+    assert_eq!(r, Ok(Ok(())));
+    assert!(matches!(
+        mdev.device(&d.uuid),
+        Err(Error::DeviceNotFound { .. })
+    ));
+    assert!(!sim.root().join(format!("dev/vfio/{group}")).exists());
+}

@@ -58,7 +58,10 @@ pub struct Cli {
 
     /// What writing 1 to `remove` does to a device that owner processes still hold:
     /// `block` waits until they are gone, as the kernel does (measured on 6.1 with mtty and
-    /// VFIO, see docs/conformance.md); `kill` kills them and removes it at once.
+    /// VFIO, see docs/conformance.md), and each owner holds the device's VFIO group open
+    /// (DIR/dev/vfio/<group>, a regular file standing in for the kernel's node) so that
+    /// holder detection finds it; `kill` kills them and removes it at once, and owners do
+    /// not hold the group open.
     #[arg(long, value_enum, default_value_t = HeldRemoveArg::Block)]
     pub held_remove: HeldRemoveArg,
 

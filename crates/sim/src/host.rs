@@ -17,8 +17,10 @@ use crate::workload::{self, GpuClient, MAX_PRIORITY};
 
 /// Starts, kills and reaps the real processes that own vGPUs.
 pub trait OwnerProcs: Send {
-    /// Start a process with `GVM_VGPU_UUID=<uuid>` in its environment; returns its pid.
-    fn spawn(&mut self, uuid: &str) -> io::Result<u32>;
+    /// Start a process with `GVM_VGPU_UUID=<uuid>` in its environment, holding the
+    /// vGPU's VFIO group `group` open where the table keeps group nodes
+    /// ([`OwnerProcs::group_created`]); returns its pid.
+    fn spawn(&mut self, uuid: &str, group: u32) -> io::Result<u32>;
     /// Kill the process (it is reaped later by [`OwnerProcs::reap`]).
     fn kill(&mut self, pid: u32) -> io::Result<()>;
     /// Pids of owners that have exited since the last call (reaped).
@@ -33,6 +35,11 @@ pub trait OwnerProcs: Send {
     }
     /// Take charge of a child a [`OwnerProcs::launcher`] started (kill, reap).
     fn adopt(&mut self, _child: std::process::Child) {}
+    /// A device of IOMMU group `group` was created: make its stand-in for the group's
+    /// `/dev/vfio/<group>` node, if the table keeps such nodes (default: none).
+    fn group_created(&mut self, _group: u32) {}
+    /// The device of IOMMU group `group` is gone: drop its node stand-in.
+    fn group_released(&mut self, _group: u32) {}
 }
 
 /// One live mediated device.
@@ -156,7 +163,7 @@ impl SimHost {
         // Not measured on a kernel with a held device (there `rmmod` meets the module
         // reference an open VFIO device takes); here the owners are killed.
         for uuid in uuids {
-            self.devices.remove(&uuid);
+            self.drop_device(&uuid);
             for pid in self.owners_of(&uuid) {
                 self.kill_owner(pid)?;
             }
@@ -289,6 +296,7 @@ impl SimHost {
                 removing: false,
             },
         );
+        self.procs.group_created(iommu_group);
         // Owners start after the device exists, as QEMU does after libvirt created the
         // mdev: the store returns now and the clock thread starts them
         // ([`SimHost::spawn_pending`]), so a burst of creates is not serialised behind
@@ -319,7 +327,7 @@ impl SimHost {
         }
         let pids = self.owners_of(uuid);
         if pids.is_empty() || self.held_remove == HeldRemove::Kill {
-            self.devices.remove(uuid);
+            self.drop_device(uuid);
             for pid in pids {
                 self.kill_owner(pid)?;
             }
@@ -350,7 +358,7 @@ impl SimHost {
             .map(|(u, _)| u.clone())
             .collect();
         for uuid in &free {
-            self.devices.remove(uuid);
+            self.drop_device(uuid);
         }
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removal_waiters)
             .into_iter()
@@ -358,6 +366,13 @@ impl SimHost {
         self.removal_waiters = waiting;
         for (_, done) in ready {
             done();
+        }
+    }
+
+    /// Forget a device and drop its group node.
+    fn drop_device(&mut self, uuid: &str) {
+        if let Some(d) = self.devices.remove(uuid) {
+            self.procs.group_released(d.iommu_group);
         }
     }
 
@@ -537,7 +552,7 @@ impl SimHost {
     /// of a vGPU removed meanwhile are dropped. Returns how many are still queued. A
     /// failure to start one is reported on stderr (the vGPU then has fewer owners).
     pub fn spawn_pending(&mut self, max: usize) -> usize {
-        for uuid in self.take_pending(max) {
+        for (uuid, _) in self.take_pending(max) {
             if let Err(e) = self.spawn_owner(&uuid, &SpawnOpts::default_for(None)) {
                 eprintln!("gvm-vgpu-sim: owner of vGPU {uuid}: {e}");
             }
@@ -545,24 +560,31 @@ impl SimHost {
         self.pending_owners.len()
     }
 
-    /// Up to `max` queued owners (their vGPUs), skipping vGPUs removed meanwhile, to be
-    /// started outside the lock and handed back to [`SimHost::register_started`].
-    pub fn take_pending(&mut self, max: usize) -> Vec<String> {
+    /// Up to `max` queued owners (their vGPUs and IOMMU groups), skipping vGPUs removed
+    /// meanwhile, to be started outside the lock and handed back to
+    /// [`SimHost::register_started`].
+    pub fn take_pending(&mut self, max: usize) -> Vec<(String, u32)> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(uuid) = self.pending_owners.pop_front() else {
                 break;
             };
-            if self.live_device(&uuid).is_some() {
-                out.push(uuid);
+            if let Some(group) = self.live_device(&uuid).map(|d| d.iommu_group) {
+                out.push((uuid, group));
             }
         }
         out
     }
 
-    /// An owner of `uuid` started by a launcher: record it, or kill it when the vGPU
-    /// was removed while it started.
-    pub fn register_started(&mut self, uuid: &str, started: io::Result<std::process::Child>) {
+    /// An owner of `uuid` (IOMMU group `group`) started by a launcher: record it, or kill
+    /// it when the vGPU was removed while it started (and drop the group node its start
+    /// made again).
+    pub fn register_started(
+        &mut self,
+        uuid: &str,
+        group: u32,
+        started: io::Result<std::process::Child>,
+    ) {
         let child = match started {
             Ok(c) => c,
             Err(e) => {
@@ -574,8 +596,13 @@ impl SimHost {
         self.procs.adopt(child);
         if self.live_device(uuid).is_some() {
             self.record_owner(uuid, pid, &SpawnOpts::default_for(None));
-        } else if let Err(e) = self.procs.kill(pid) {
-            eprintln!("gvm-vgpu-sim: owner {pid} of removed vGPU {uuid}: {e}");
+        } else {
+            if let Err(e) = self.procs.kill(pid) {
+                eprintln!("gvm-vgpu-sim: owner {pid} of removed vGPU {uuid}: {e}");
+            }
+            if !self.devices.contains_key(uuid) {
+                self.procs.group_released(group);
+            }
         }
     }
 
@@ -623,11 +650,20 @@ impl SimHost {
     }
 
     fn spawn_owner(&mut self, uuid: &str, opts: &SpawnOpts) -> Result<u32, FsError> {
-        let pid = self.procs.spawn(uuid).map_err(|e| FsError::Process {
-            uuid: uuid.to_string(),
-            message: format!("could not start it: {e}"),
-            errno: e.raw_os_error().unwrap_or(libc::EIO),
-        })?;
+        let group = self
+            .live_device(uuid)
+            .map(|d| d.iommu_group)
+            .ok_or_else(|| FsError::NotFound {
+                path: format!("vGPU {uuid}"),
+            })?;
+        let pid = self
+            .procs
+            .spawn(uuid, group)
+            .map_err(|e| FsError::Process {
+                uuid: uuid.to_string(),
+                message: format!("could not start it: {e}"),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            })?;
         self.record_owner(uuid, pid, opts);
         Ok(pid)
     }

@@ -24,7 +24,7 @@ pub(crate) struct FakeState {
 }
 
 impl OwnerProcs for FakeProcs {
-    fn spawn(&mut self, uuid: &str) -> io::Result<u32> {
+    fn spawn(&mut self, uuid: &str, _group: u32) -> io::Result<u32> {
         let mut s = self.lock();
         s.next += 1;
         let pid = 1000 + s.next;
@@ -270,7 +270,7 @@ fn a_device_without_owners_goes_at_once_and_shutdown_wakes_waiting_writers() {
     assert!(h.create("c", 0, "mtty-1", U1.as_bytes()).is_ok());
     assert!(h.create("c", 0, "mtty-1", U2.as_bytes()).is_ok());
     // U2's owner is still queued (not started): nothing holds it.
-    assert_eq!(h.take_pending(1), vec![U1.to_string()]);
+    assert_eq!(h.take_pending(1), vec![(U1.to_string(), 0)]);
     h.spawn_pending(0);
     assert!(h.control("ctl", format!("spawn {U1}").as_bytes()).is_ok());
     assert_eq!(h.remove("r", U2, b"1").ok(), Some(Removal::Done));

@@ -67,7 +67,14 @@ fn run(cli: Cli) -> Result<()> {
     let signals = stop_signals();
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
     let exe = std::env::current_exe().context("finding this program to start owner processes")?;
-    let procs = ChildProcs::new(exe, vec![OsString::from("owner")]);
+    let mut procs = ChildProcs::new(exe, vec![OsString::from("owner")]);
+    // Owners hold their vGPU's VFIO group open (a stand-in file DIR/dev/vfio/<group>) where
+    // a held remove blocks as on the kernel; with `--held-remove kill` a remove kills them
+    // instead, so they are not shown as holders there.
+    if opts.held_remove == HeldRemove::Block {
+        let root = std::path::absolute(&opts.root).context("resolving --root")?;
+        procs = procs.with_vfio_dir(root.join("dev/vfio"));
+    }
     let server = Server::start(&opts, Box::new(procs))?;
     eprintln!(
         "gvm-vgpu-sim: serving {} with {} GPUs at {}",

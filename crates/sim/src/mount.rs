@@ -154,10 +154,10 @@ fn start_queued_owners(host: &Mutex<SimHost>) {
         if batch.is_empty() {
             return;
         }
-        let started: Vec<_> = batch.iter().map(|u| launcher.launch(u)).collect();
+        let started: Vec<_> = batch.iter().map(|(u, g)| launcher.launch(u, *g)).collect();
         let mut h = lock();
-        for (uuid, r) in batch.iter().zip(started) {
-            h.register_started(uuid, r);
+        for ((uuid, group), r) in batch.iter().zip(started) {
+            h.register_started(uuid, *group, r);
         }
     }
 }

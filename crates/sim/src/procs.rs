@@ -5,11 +5,20 @@
 //! re-executed with the hidden `owner` subcommand, which just waits — with
 //! `GVM_VGPU_UUID=<uuid>` in its environment, so the manager's owner
 //! resolution finds it through `/proc/<pid>/environ` exactly as on a real host.
+//!
+//! Like QEMU, an owner also holds its vGPU's VFIO group open, so that the manager's
+//! holder detection (`/proc/<pid>/fd` links to `/dev/vfio/<group>`, as `fuser` reads
+//! them) finds it as it would on a kernel. The simulator serves no `/dev`: with
+//! [`ChildProcs::with_vfio_dir`] (`DIR/dev/vfio`) it keeps one *regular file* per
+//! live device, `DIR/dev/vfio/<group>`, as a stand-in for the group's character
+//! device, and each owner starts with that file open as its standard input. The
+//! file is created with the device and deleted with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,6 +32,8 @@ use crate::host::OwnerProcs;
 pub struct ChildProcs {
     launcher: Launcher,
     children: BTreeMap<u32, Child>,
+    /// Groups whose node stand-in this table created (deleted at shutdown).
+    nodes: BTreeSet<u32>,
 }
 
 impl ChildProcs {
@@ -34,9 +45,18 @@ impl ChildProcs {
             launcher: Launcher {
                 program: program.into(),
                 args,
+                vfio_dir: None,
             },
             children: BTreeMap::new(),
+            nodes: BTreeSet::new(),
         }
+    }
+
+    /// Keep a stand-in for each live device's `/dev/vfio/<group>` in `dir` (a regular
+    /// file), and start every owner holding its device's one open.
+    pub fn with_vfio_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.launcher.vfio_dir = Some(dir.into());
+        self
     }
 }
 
@@ -45,24 +65,50 @@ impl ChildProcs {
 pub struct Launcher {
     program: PathBuf,
     args: Vec<OsString>,
+    vfio_dir: Option<PathBuf>,
 }
 
 impl Launcher {
-    /// Start `program args…` with `GVM_VGPU_UUID=<uuid>`, standard streams on /dev/null.
-    pub fn launch(&self, uuid: &str) -> io::Result<Child> {
+    /// Start `program args…` with `GVM_VGPU_UUID=<uuid>`, standard output and error on
+    /// /dev/null, and standard input the node stand-in of IOMMU group `group` (created if
+    /// missing) when there is a VFIO directory, else /dev/null.
+    pub fn launch(&self, uuid: &str, group: u32) -> io::Result<Child> {
+        let stdin = match &self.vfio_dir {
+            Some(dir) => Stdio::from(open_node(dir, group)?),
+            None => Stdio::null(),
+        };
         Command::new(&self.program)
             .args(&self.args)
             .env(VGPU_UUID_ENV, uuid)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
     }
+
+    /// The node stand-in of `group`, if this launcher keeps them.
+    fn node(&self, group: u32) -> Option<PathBuf> {
+        self.vfio_dir.as_ref().map(|d| d.join(group.to_string()))
+    }
+}
+
+/// Open (creating it and its directory if missing) the stand-in of `/dev/vfio/<group>`.
+fn open_node(dir: &Path, group: u32) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(group.to_string()))
 }
 
 impl OwnerProcs for ChildProcs {
-    fn spawn(&mut self, uuid: &str) -> io::Result<u32> {
-        let child = self.launcher.launch(uuid)?;
+    fn spawn(&mut self, uuid: &str, group: u32) -> io::Result<u32> {
+        if self.launcher.vfio_dir.is_some() {
+            self.nodes.insert(group);
+        }
+        let child = self.launcher.launch(uuid, group)?;
         let pid = child.id();
         self.children.insert(pid, child);
         Ok(pid)
@@ -74,6 +120,27 @@ impl OwnerProcs for ChildProcs {
 
     fn adopt(&mut self, child: Child) {
         self.children.insert(child.id(), child);
+    }
+
+    fn group_created(&mut self, group: u32) {
+        let Some(dir) = &self.launcher.vfio_dir else {
+            return;
+        };
+        self.nodes.insert(group);
+        if let Err(e) = open_node(dir, group) {
+            eprintln!(
+                "gvm-vgpu-sim: cannot create the VFIO group stand-in {}: {e}",
+                dir.join(group.to_string()).display()
+            );
+        }
+    }
+
+    fn group_released(&mut self, group: u32) {
+        self.nodes.remove(&group);
+        if let Some(node) = self.launcher.node(group) {
+            // Already gone is fine: a device of a failed start may never have had one.
+            let _ = fs::remove_file(node);
+        }
     }
 
     fn kill(&mut self, pid: u32) -> io::Result<()> {
@@ -109,6 +176,11 @@ impl OwnerProcs for ChildProcs {
             // Already-exited children make kill fail; wait reaps them either way.
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for group in std::mem::take(&mut self.nodes) {
+            if let Some(node) = self.launcher.node(group) {
+                let _ = fs::remove_file(node);
+            }
         }
     }
 }
@@ -193,7 +265,7 @@ mod tests {
                 "test \"$GVM_VGPU_UUID\" = abc && sleep 30".into(),
             ],
         );
-        let pid = match p.spawn("abc") {
+        let pid = match p.spawn("abc", 0) {
             Ok(pid) => pid,
             Err(e) => {
                 println!("SKIP: cannot run sh: {e}");
@@ -215,5 +287,33 @@ mod tests {
             p.kill(pid).map_err(|e| e.raw_os_error()),
             Err(Some(libc::ESRCH))
         );
+    }
+
+    #[test]
+    fn owners_hold_their_group_node_open_and_the_node_goes_with_the_device() {
+        let Ok(d) = tempfile::tempdir() else {
+            println!("SKIP: no temp dir");
+            return;
+        };
+        let vfio = d.path().join("dev/vfio");
+        let mut p =
+            ChildProcs::new("sh", vec!["-c".into(), "sleep 30".into()]).with_vfio_dir(&vfio);
+        p.group_created(3);
+        let node = vfio.join("3");
+        assert!(node.is_file(), "the stand-in is made with the device");
+        let pid = match p.spawn("abc", 3) {
+            Ok(pid) => pid,
+            Err(e) => {
+                println!("SKIP: cannot run sh: {e}");
+                return;
+            }
+        };
+        let fd0 = std::fs::read_link(format!("/proc/{pid}/fd/0"));
+        assert_eq!(fd0.ok(), Some(node.clone()), "stdin is the group node");
+        p.group_released(3);
+        assert!(!node.exists(), "the stand-in goes with the device");
+        p.group_created(4);
+        p.kill_all();
+        assert!(!vfio.join("4").exists(), "shutdown drops every stand-in");
     }
 }

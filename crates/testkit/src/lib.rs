@@ -285,10 +285,11 @@ fn TempDir_new() -> tempdir::TempDir {
         .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
 }
 
-/// Remove what tests and the daemon wrote beside the mount (`etc/`, `run/`) and the empty
+/// Remove what tests, the daemon and the simulator wrote beside the mount (`etc/`, `run/`,
+/// the VFIO group stand-ins in `dev/`) and the empty
 /// mount point, so the temporary root can go.
 fn remove_state_dirs(root: &Path) {
-    for sub in ["etc", "run"] {
+    for sub in ["etc", "run", "dev"] {
         let _ = std::fs::remove_dir_all(root.join(sub));
     }
     let _ = std::fs::remove_dir(root.join("sys"));

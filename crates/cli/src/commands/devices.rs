@@ -63,9 +63,28 @@ fn catalog_source(catalog: &Catalog, t: &VgpuType) -> String {
         .unwrap_or_else(|| format!("the {} catalog file", t.model))
 }
 
-/// `gvm-vgpu remove <uuid>`.
-pub fn remove(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
-    ctx.mdev.remove(uuid)?;
+/// `gvm-vgpu remove <uuid> [--wait]`: refused while the vGPU is held (the error names
+/// the holders); with `--wait`, says on stderr whom it waits for, then writes and waits.
+pub fn remove(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Result<()> {
+    if wait {
+        let scan = ctx.mdev.holders(uuid)?;
+        if !scan.holders.is_empty() {
+            let names: Vec<String> = scan.holders.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "gvm-vgpu: vGPU {uuid} is held open by {}: waiting until {} it \
+                 (the kernel's remove cannot be interrupted: Ctrl-C will not end this wait)",
+                names.join(", "),
+                if names.len() == 1 {
+                    "it closes"
+                } else {
+                    "they all close"
+                }
+            );
+        }
+        ctx.mdev.remove_waiting(uuid)?;
+    } else {
+        ctx.mdev.remove(uuid)?;
+    }
     if ctx.json {
         return write_json(out, &serde_json::json!({ "removed": uuid }));
     }

@@ -106,14 +106,39 @@ pub fn detach(
     ctx: &Context,
     domain: &str,
     uuid: &Uuid,
-    persistent: bool,
-    live: bool,
+    (persistent, live, wait): (bool, bool, bool),
     connect: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let conn = open(connect)?;
-    let done = gvm_libvirt::detach(&conn, &ctx.mdev, domain, uuid, persistent, live)
-        .with_context(|| format!("cannot detach vGPU {uuid} from domain {domain}"))?;
+    let done = if wait {
+        let mut announce = |holders: &[gvm_mdev::Holder]| {
+            let names: Vec<String> = holders.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "gvm-vgpu: vGPU {uuid} is still held open by {}: waiting for it to be closed \
+                 before removing it (the kernel's remove cannot be interrupted: Ctrl-C will not \
+                 end this wait)",
+                names.join(", ")
+            );
+        };
+        gvm_libvirt::detach_waiting(
+            &conn,
+            &ctx.mdev,
+            domain,
+            uuid,
+            (persistent, live),
+            &mut announce,
+        )
+    } else {
+        gvm_libvirt::detach(&conn, &ctx.mdev, domain, uuid, persistent, live)
+    }
+    .map_err(|e| match e {
+        // It was detached: only the removal did not happen, as the message says.
+        e @ gvm_libvirt::Error::DetachedButHeld { .. } => anyhow::Error::new(e),
+        e => {
+            anyhow::Error::new(e).context(format!("cannot detach vGPU {uuid} from domain {domain}"))
+        }
+    })?;
     if ctx.json {
         return write_json(
             out,

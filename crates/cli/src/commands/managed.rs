@@ -333,6 +333,53 @@ pub fn start_stop(ctx: &Context, uuid: &Uuid, start: bool, out: &mut dyn Write) 
     Ok(())
 }
 
+/// How often `stop --wait` asks again while the vGPU is held.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `gvm-vgpu stop <uuid> [--wait]`. The daemon refuses a held vGPU (a conflict naming the
+/// holders); with `--wait` this says once on stderr whom it waits for and asks again until
+/// the daemon stops it, so the wait is here, interruptible, and never in the daemon.
+pub fn stop(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Result<()> {
+    if !wait {
+        return start_stop(ctx, uuid, false, out);
+    }
+    let mut c = client(ctx)?;
+    let mut announced = false;
+    let info = loop {
+        match c.stop(&uuid.to_string()) {
+            Ok(info) => break info,
+            // A stop's only conflict is a busy device (EBUSY): held.
+            Err(e) if e.code() == Some(gvm_proto::ErrorCode::Conflict) => {
+                if !announced {
+                    let holders = ctx
+                        .mdev
+                        .holders(uuid)
+                        .map(|s| s.holders)
+                        .unwrap_or_default();
+                    let whom = if holders.is_empty() {
+                        format!("its holders (gvm-vgpud: {e})")
+                    } else {
+                        let names: Vec<String> = holders.iter().map(ToString::to_string).collect();
+                        names.join(", ")
+                    };
+                    eprintln!(
+                        "gvm-vgpu: vGPU {uuid} is held open: waiting for {whom} to let go, \
+                         then stopping it (Ctrl-C ends this wait and changes nothing)"
+                    );
+                    announced = true;
+                }
+                std::thread::sleep(STOP_POLL);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if ctx.json {
+        return write_json(out, &info);
+    }
+    writeln!(out, "Stopped vGPU {} on {}.", info.uuid, info.parent)?;
+    Ok(())
+}
+
 /// `gvm-vgpu list --defined`.
 pub fn list_defined(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let all: Vec<VgpuInfo> = client(ctx)?
