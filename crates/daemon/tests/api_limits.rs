@@ -7,9 +7,9 @@
 //! idle connections and partial request lines are closed on time; at the open-file
 //! limit the daemon backs off instead of spinning, logs the failed accepts at most once
 //! a second, and serves again once descriptors are free; the metrics endpoint answers
-//! `503` beyond its cap and serves again after. The floods run as other uids
-//! (65534, 65533) in the daemon's `--group`, so those two need root (else `SKIP:`); the
-//! others do not.
+//! `503` beyond its cap and serves again after. The floods run as temporary users made
+//! for the test (`useradd`, removed after) in the daemon's `--group`, so those two need
+//! root (else `SKIP:`); the others do not.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -132,8 +132,14 @@ struct Flood {
 }
 
 impl Flood {
-    /// Re-run this test binary's `test` as a flood child of `uid`.
-    fn start(test: &str, socket: &Path, uid: u32, count: usize, hammer: Duration) -> Flood {
+    /// Re-run this test binary's `test` as a flood child of `uid` in group `gid`.
+    fn start(
+        test: &str,
+        socket: &Path,
+        (uid, gid): (u32, u32),
+        count: usize,
+        hammer: Duration,
+    ) -> Flood {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", test, "--nocapture", "--test-threads", "1"])
@@ -141,7 +147,7 @@ impl Flood {
             .env(FLOOD_COUNT, count.to_string())
             .env(FLOOD_HAMMER_MS, hammer.as_millis().to_string())
             .uid(uid)
-            .gid(65534)
+            .gid(gid)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -220,11 +226,19 @@ fn one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second() {
         return;
     }
     if !is_root() {
-        println!("SKIP: needs root (the flood runs as uid 65534)");
+        println!("SKIP: needs root (the flood runs as a temporary user)");
         return;
     }
+    let user = match gvm_testkit::temp_user::TempUser::create("gvmflood") {
+        Ok(u) => u,
+        Err(why) => {
+            println!("SKIP: {why}");
+            return;
+        }
+    };
     let (_dir, root) = open_root();
-    let d = Daemon::start(&root, &["--group", "65534"]);
+    let group = user.gid.to_string();
+    let d = Daemon::start(&root, &["--group", &group]);
     let pid = d.pid().unwrap();
     // Without a cap, 400 connections would take every descriptor the daemon has.
     set_nofile(pid, 256);
@@ -232,7 +246,7 @@ fn one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second() {
     let mut flood = Flood::start(
         "one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second",
         &d.socket,
-        65534,
+        (user.uid, user.gid),
         400,
         Duration::from_secs(4),
     );
@@ -275,7 +289,7 @@ fn one_users_idle_flood_is_capped_and_root_is_still_answered_within_a_second() {
     );
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(
-        log.contains("API connection refused: uid 65534 holds"),
+        log.contains(&format!("API connection refused: uid {} holds", user.uid)),
         "{log}"
     );
     assert!(
@@ -292,24 +306,31 @@ fn the_last_slots_are_roots_when_other_users_hold_the_rest() {
         return;
     }
     if !is_root() {
-        println!("SKIP: needs root (the floods run as uids 65534 and 65533)");
+        println!("SKIP: needs root (the floods run as two temporary users)");
         return;
     }
+    let users = (
+        gvm_testkit::temp_user::TempUser::create("gvmfla"),
+        gvm_testkit::temp_user::TempUser::create("gvmflb"),
+    );
+    let (ua, ub) = match users {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(why), _) | (_, Err(why)) => {
+            println!("SKIP: {why}");
+            return;
+        }
+    };
     let (_dir, root) = open_root();
     let max = API_ADMIN_RESERVE + 4;
+    let group = ua.gid.to_string();
     let d = Daemon::start(
         &root,
-        &[
-            "--group",
-            "65534",
-            "--api-max-connections",
-            &max.to_string(),
-        ],
+        &["--group", &group, "--api-max-connections", &max.to_string()],
     );
     // Two users want 20 each: together they get what the reserve leaves.
-    let mut a = Flood::start(SLOTS_TEST, &d.socket, 65534, 20, Duration::ZERO);
+    let mut a = Flood::start(SLOTS_TEST, &d.socket, (ua.uid, ua.gid), 20, Duration::ZERO);
     let got_a = a.report("FLOOD ");
-    let mut b = Flood::start(SLOTS_TEST, &d.socket, 65533, 20, Duration::ZERO);
+    let mut b = Flood::start(SLOTS_TEST, &d.socket, (ub.uid, ua.gid), 20, Duration::ZERO);
     let got_b = b.report("FLOOD ");
     assert_eq!(
         field(&got_a, "held") + field(&got_b, "held"),

@@ -802,11 +802,19 @@ fn a_hostile_client_handing_over_a_file_it_then_truncates_is_refused_and_the_dae
     let file = PathBuf::from(format!("/dev/shm/gvm-hostile-test-{}", std::process::id()));
     let _ = std::fs::remove_file(&file);
     let sock = sim.root.join("run/gvm-vgpu/shim.sock");
+    // Another local user, made for this test (and removed after it).
+    let user = match gvm_testkit::temp_user::TempUser::create("gvmhostile") {
+        Ok(u) => u,
+        Err(why) => {
+            println!("SKIP: {why}");
+            return;
+        }
+    };
     let mut child = Command::new(&bin)
         .arg(&sock)
         .arg(&file)
-        .uid(65534)
-        .gid(65534)
+        .uid(user.uid)
+        .gid(user.gid)
         .env("GVM_VGPU_UUID", uuid.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -365,3 +365,61 @@ fn after_a_daemon_restart_each_domain_keeps_its_block_and_is_relayed_again_withi
         "the process still holds its one block"
     );
 }
+
+#[test]
+fn another_users_process_claiming_a_vgpu_through_its_environment_is_refused_and_shown() {
+    let Some(rig) = rig() else { return };
+    let sim = Sim::start(1);
+    std::fs::create_dir_all(sim.root.join("dev/shm")).unwrap();
+    std::fs::set_permissions(sim.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = sim.daemon(&["--backend", "shim"]);
+    let mut c = d.client();
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    assert!(wait_until(Duration::from_secs(5), || common::is_managed(
+        &mut c, &uuid
+    )));
+    let sock = sim.root.join("run/gvm-vgpu/shim.sock");
+    let mut cmd = Command::new(&rig.driver);
+    cmd.arg(&rig.fake)
+        .args(["arb", "1", "20000", "0"])
+        .env("LD_PRELOAD", &rig.so)
+        .env("GVM_VGPU_ROOT", &sim.root)
+        .env("GVM_SHIM_SOCKET", &sock)
+        .env("GVM_VGPU_UUID", uuid.to_string())
+        .env("FAKE_PCI_BUS_IDS", GPU)
+        .env_remove("GVM_SHIM_ARBITER")
+        .env_remove("GVM_SHIM_CONTROL")
+        .uid(rig.user.uid)
+        .gid(rig.user.gid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = Kill(cmd.spawn().unwrap());
+    let pid = child.0.id();
+    assert!(
+        wait_until(Duration::from_secs(5), || c
+            .show(&uuid.to_string())
+            .is_ok_and(|s| s.refused_claims.iter().any(|r| r.pid == pid))),
+        "the claim is refused and listed; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    let shown = c.show(&uuid.to_string()).unwrap();
+    assert!(!shown.info.owners.contains(&pid), "not an owner");
+    let refusal = shown.refused_claims.iter().find(|r| r.pid == pid).unwrap();
+    assert_eq!(refusal.uid, Some(rig.user.uid));
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert_eq!(
+        log.matches("claim refused").count(),
+        1,
+        "logged once per process: {log}"
+    );
+}
+
+/// A child killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
