@@ -34,6 +34,7 @@
 //! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
 //! - [`store`]: crash-safe persistence (atomic JSON files);
 //! - [`batches`]: `define_batch` lists sent in parts, held until their last part;
+//! - [`notify`]: systemd readiness (`READY=1`, `RELOADING=1`) over `$NOTIFY_SOCKET`;
 //! - [`mdevctl`]: mdevctl's definition format, for `import-mdevctl`;
 //! - [`metrics`]: Prometheus text for vGPUs and guest agents;
 //! - [`server`]: the API socket, the metrics endpoint, the rescan and scheduler loops (tokio);
@@ -57,6 +58,7 @@ pub mod log_limit;
 pub mod mdevctl;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod owners;
 pub mod plan;
 pub mod ports;
