@@ -25,6 +25,7 @@
 //!   what the last load or refused reload was, for `ping`;
 //! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
 //!   built once in `main`;
+//! - [`sandbox`]: every place the daemon writes, for the systemd unit's `ReadWritePaths=`;
 //! - [`scheduler`]: the time-slice scheduler, one `gvm-sched` engine per GPU, over a
 //!   [`scheduler::SchedContext`] lent by the core;
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
@@ -62,6 +63,7 @@ pub mod notify;
 pub mod owners;
 pub mod plan;
 pub mod ports;
+pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod shim_listener;
