@@ -14,6 +14,7 @@
 //! `tests/module_graph.rs`, fails on a module cycle). Architecture: `docs/architecture.md`.
 //!
 //! Modules:
+//! - [`cli`]: the daemon's command line (for `main` and the man page generator);
 //! - [`daemon`]: the transport-free core: state, rescans, the executor;
 //!   [`daemon::Daemon::handle`] answers a [`gvm_proto::Call`], [`daemon::Daemon::tick`]
 //!   rescans and reconciles;
@@ -51,6 +52,7 @@ pub mod agent_ingest;
 pub mod backends;
 pub mod batches;
 pub mod catalog;
+pub mod cli;
 pub mod daemon;
 pub mod domains;
 mod handlers;
