@@ -2,7 +2,7 @@
 //!
 //! `gvm-vgpu-docs OUT` writes `OUT/man/<page>.<section>` for every page and
 //! `OUT/completions/{bash/<bin>, zsh/_<bin>, fish/<bin>.fish}`; `packaging/build-debs.sh` runs
-//! it before `cargo deb`, which packs them (`[package.metadata.deb]` of `gvm-vgpud` and
+//! it (OUT = `packaging/generated`) before `cargo deb`, which packs them (`[package.metadata.deb]` of `gvm-vgpud` and
 //! `gvm-vgpu-agent`). Pages: `gvm-vgpu(1)` and one per subcommand, nested ones too
 //! (`gvm-vgpu-policy-show(1)`), `gvm-vgpud(8)`, `gvm-vgpu-hook(8)`, `gvm-vgpu-agent(8)` and
 //! `gvm-vgpu-sim(1)`, each with FILES, ENVIRONMENT, EXIT STATUS, EXAMPLES and SEE ALSO. No page

@@ -29,7 +29,7 @@ pub fn daemon(_page: &str, _path: &[String]) -> Extras {
             ("/sys/class/mdev_bus, /sys/bus/mdev/devices, /sys/bus/pci/devices", "mdev parents, types and devices, SR-IOV VFs: written through links into /sys/devices."),
             ("/sys/kernel/debug/nvidia-uvm/processes", "GVM's per-process gcgroup knobs."),
             ("/dev/shm", "Control blocks of processes under libgvm_cuda.so."),
-            ("/lib/systemd/system/gvm-vgpud.service", "The systemd unit (Type=notify, sandboxed)."),
+            ("/usr/lib/systemd/system/gvm-vgpud.service", "The systemd unit (Type=notify, sandboxed)."),
         ]),
         environment: pairs(&[
             (gvm_host_root::ROOT_ENV, "Host root, as --root."),
@@ -152,7 +152,7 @@ pub fn agent(_page: &str, _path: &[String]) -> Extras {
                 "Lists the interposer to load it into every process.",
             ),
             (
-                "/lib/systemd/system/gvm-vgpu-agent.service",
+                "/usr/lib/systemd/system/gvm-vgpu-agent.service",
                 "The agent's systemd unit.",
             ),
         ]),
