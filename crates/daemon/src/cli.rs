@@ -1,5 +1,8 @@
 //! `gvm-vgpud`'s command line (clap only; `main.rs` acts on it), in the library so that the
 //! man page generator (`gvm-vgpu-docs`) renders the same options the binary parses.
+// The doc comments are `--help` and man-page text, where `<uuid>` is a placeholder: rustdoc's
+// HTML and URL lints do not apply to them.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
