@@ -6,6 +6,8 @@
 //!
 //! Modules:
 //! - [`cli`]: the command line, as clap definitions only;
+//! - [`manpage`]: man pages from the clap definitions, with FILES, ENVIRONMENT, EXIT STATUS,
+//!   EXAMPLES and SEE ALSO (also used by `gvm-vgpu-docs` for the other binaries);
 //! - `commands`: one module per group of subcommands, and the dispatch to them;
 //! - `context`: what every command needs: the host root, the clients built on it, the catalog;
 //! - `table`: plain-text tables for people;
@@ -19,6 +21,7 @@
 pub mod cli;
 mod commands;
 mod context;
+pub mod manpage;
 mod table;
 mod text;
 

@@ -14,6 +14,7 @@
 //! `tests/module_graph.rs`, fails on a module cycle). Architecture: `docs/architecture.md`.
 //!
 //! Modules:
+//! - [`cli`]: the daemon's command line (for `main` and the man page generator);
 //! - [`daemon`]: the transport-free core: state, rescans, the executor;
 //!   [`daemon::Daemon::handle`] answers a [`gvm_proto::Call`], [`daemon::Daemon::tick`]
 //!   rescans and reconciles;
@@ -28,6 +29,7 @@
 //!   what the last load or refused reload was, for `ping`;
 //! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
 //!   built once in `main`;
+//! - [`sandbox`]: every place the daemon writes, for the systemd unit's `ReadWritePaths=`;
 //! - [`scheduler`]: the time-slice scheduler, one `gvm-sched` engine per GPU, over a
 //!   [`scheduler::SchedContext`] lent by the core;
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
@@ -39,6 +41,7 @@
 //! - [`owners`]: owner-resolution rules (environment, cgroup, libvirt);
 //! - [`store`]: crash-safe persistence (atomic JSON files);
 //! - [`batches`]: `define_batch` lists sent in parts, held until their last part;
+//! - [`notify`]: systemd readiness (`READY=1`, `RELOADING=1`) over `$NOTIFY_SOCKET`;
 //! - [`mdevctl`]: mdevctl's definition format, for `import-mdevctl`;
 //! - [`metrics`]: Prometheus text for vGPUs and guest agents;
 //! - [`server`]: the API socket, the metrics endpoint, the rescan and scheduler loops (tokio);
@@ -55,6 +58,7 @@ pub mod agent_ingest;
 pub mod backends;
 pub mod batches;
 pub mod catalog;
+pub mod cli;
 pub mod daemon;
 pub mod domains;
 pub mod fallback;
@@ -65,11 +69,13 @@ pub mod log_limit;
 pub mod mdevctl;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod owners;
 pub mod plan;
 pub mod policy_file;
 pub mod ports;
 pub mod qmp;
+pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod shim_listener;

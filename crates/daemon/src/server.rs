@@ -260,6 +260,9 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // The socket listens, the first reconciliation is done and every loop runs: tell systemd
+    // (`Type=notify`), so what is ordered after the unit finds the API answering.
+    notify_systemd(crate::notify::READY);
     loop {
         tokio::select! {
             r = listener.accept(), if paused.is_none() => match r {
@@ -284,6 +287,7 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
             _ = &mut ctrl_c => { info!("SIGINT: shutting down"); break; }
         }
     }
+    notify_systemd(crate::notify::STOPPING);
     // Wait for a request in progress to finish before leaving.
     let d = shared.clone();
     let _ = tokio::task::spawn_blocking(move || run_locked(&d, |_| ())).await;
@@ -304,11 +308,22 @@ async fn reload_loop(
             warn!("SIGHUP: this daemon was started without a catalog to read again; ignored");
             continue;
         };
+        notify_systemd(&crate::notify::reloading_message());
         let d = shared.clone();
         let done = tokio::task::spawn_blocking(move || reload_catalog(&d, &source)).await;
         if done.is_err() {
             warn!("SIGHUP: the catalog reload panicked; the catalog in use stays");
         }
+        // Done, whether the new catalog was taken or refused: `systemctl reload` returns.
+        notify_systemd(crate::notify::READY);
+    }
+}
+
+/// Tell systemd `message` when it asked to be told (`$NOTIFY_SOCKET`); a failure is logged,
+/// never fatal.
+fn notify_systemd(message: &str) {
+    if let Err(e) = crate::notify::notify(message) {
+        warn!("{e}");
     }
 }
 

@@ -1,18 +1,23 @@
 //! The shipped systemd unit is checked by systemd itself: `systemd-analyze verify` on the
 //! unit with `ExecStart` pointed at the binary built here must pass without a single
-//! warning (unknown keys, bad values, missing executables). Skips, saying so, without
-//! `systemd-analyze`.
+//! warning (unknown keys, bad values, missing executables), and `systemd-analyze security
+//! --offline=true` must rate its exposure below 5.0. Those two skip, saying so, without
+//! `systemd-analyze`. The unit's key lines (readiness, ordering after libvirtd, the sandbox)
+//! are checked as text, and every place the daemon writes
+//! ([`gvm_vgpud::sandbox::written_paths`]) must stay writable under its sandbox.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn verify(unit_text: &str, dir: &Path) -> (bool, String) {
     let unit = dir.join("gvm-vgpud.service");
     std::fs::write(&unit, unit_text).unwrap();
+    // `--man=no`: the unit's `Documentation=man:gvm-vgpud(8)` is installed by the package,
+    // not on this machine (the generated pages are checked by gvm-vgpu-docs' tests).
     let out = Command::new("systemd-analyze")
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .arg(&unit)
         .output()
         .unwrap();
@@ -22,20 +27,197 @@ fn verify(unit_text: &str, dir: &Path) -> (bool, String) {
     )
 }
 
-#[test]
-fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
-    if Command::new("systemd-analyze")
+fn shipped_unit() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/gvm-vgpud.service"),
+    )
+    .unwrap()
+}
+
+fn have_systemd_analyze() -> bool {
+    Command::new("systemd-analyze")
         .arg("--version")
         .output()
-        .is_err()
+        .is_ok()
+}
+
+/// The values of every `key=` line of `unit`, in order (a line per assignment).
+fn values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+/// The directories the unit leaves writable under `ProtectSystem=strict`: its
+/// `ReadWritePaths=` (an optional `-` prefix only says a missing path is no error) and the
+/// directories systemd makes for it (`RuntimeDirectory=`, `StateDirectory=`).
+fn writable_dirs(unit: &str) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for v in values(unit, "ReadWritePaths") {
+        for p in v.split_whitespace() {
+            dirs.push(PathBuf::from(p.trim_start_matches(['-', '+'])));
+        }
+    }
+    for (key, base) in [("RuntimeDirectory", "/run"), ("StateDirectory", "/var/lib")] {
+        for v in values(unit, key) {
+            for p in v.split_whitespace() {
+                dirs.push(Path::new(base).join(p));
+            }
+        }
+    }
+    dirs
+}
+
+/// The written paths (their `writable` directory) that no writable directory of `unit` covers.
+fn uncovered(unit: &str) -> Vec<String> {
+    let dirs = writable_dirs(unit);
+    gvm_vgpud::sandbox::written_paths(&gvm_host_root::HostRoot::default())
+        .into_iter()
+        .filter(|w| !dirs.iter().any(|d| w.writable.starts_with(d)))
+        .map(|w| format!("{} ({})", w.writable.display(), w.what))
+        .collect()
+}
+
+#[test]
+fn the_unit_is_a_hardened_notify_service_ordered_after_libvirtd() {
+    let unit = shipped_unit();
+    for line in [
+        "Type=notify",
+        "Documentation=man:gvm-vgpud(8)",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "SystemCallFilter=@system-service",
+        "RestrictAddressFamilies=AF_UNIX AF_NETLINK",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.trim() == line),
+            "the unit lacks `{line}`"
+        );
+    }
+    for key in ["After", "Wants"] {
+        assert!(
+            values(&unit, key)
+                .iter()
+                .any(|v| v.split_whitespace().any(|u| u == "libvirtd.service")),
+            "{key}= does not name libvirtd.service"
+        );
+    }
+    let caps: Vec<&str> = values(&unit, "CapabilityBoundingSet")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .collect();
+    assert!(!caps.is_empty(), "no CapabilityBoundingSet=");
+    assert!(
+        !caps.contains(&"CAP_SYS_ADMIN"),
+        "CAP_SYS_ADMIN is not needed: {caps:?}"
+    );
+    // Not PrivateDevices: the shim's control blocks are shared in the host's /dev/shm.
+    assert!(values(&unit, "PrivateDevices").is_empty());
+}
+
+#[test]
+fn every_path_the_daemon_writes_is_writable_under_the_units_sandbox() {
+    let unit = shipped_unit();
+    let missing = uncovered(&unit);
+    assert!(
+        missing.is_empty(),
+        "not in ReadWritePaths=/RuntimeDirectory=: {missing:?}"
+    );
+    // The check can fail: without /sys/devices mdev create/remove and the VF type are lost.
+    let narrowed = unit.replace("ReadWritePaths=/sys/devices ", "ReadWritePaths=");
+    assert_ne!(
+        narrowed, unit,
+        "the unit's ReadWritePaths= line changed: update this test"
+    );
+    let missing = uncovered(&narrowed);
+    assert_eq!(missing.len(), 3, "{missing:?}");
+    assert!(missing.iter().all(|m| m.starts_with("/sys/devices ")));
+}
+
+#[test]
+fn sysfs_links_the_daemon_writes_through_lead_into_sys_devices() {
+    // On this machine's real sysfs: every entry of the link directories the daemon writes
+    // through resolves under /sys/devices, the directory the unit opens.
+    let host = gvm_host_root::HostRoot::default();
+    let mut seen = 0;
+    for w in gvm_vgpud::sandbox::written_paths(&host)
+        .iter()
+        .filter(|w| w.used != w.writable)
     {
+        let Ok(entries) = std::fs::read_dir(&w.used) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let target = std::fs::canonicalize(e.path()).unwrap();
+            assert!(
+                target.starts_with(&w.writable),
+                "{} leads to {}, outside {}",
+                e.path().display(),
+                target.display(),
+                w.writable.display()
+            );
+            seen += 1;
+        }
+    }
+    if seen == 0 {
+        println!("SKIP: no entries under /sys/bus/pci/devices or the mdev directories here");
+    }
+}
+
+#[test]
+fn the_units_exposure_is_below_5() {
+    if !have_systemd_analyze() {
         println!("SKIP: systemd-analyze is not installed");
         return;
     }
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/gvm-vgpud.service"),
-    )
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exposure = |text: &str| -> f64 {
+        let unit = dir.path().join("gvm-vgpud.service");
+        std::fs::write(&unit, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("Overall exposure level"))
+            .unwrap_or_else(|| panic!("no exposure line in: {text}"));
+        line.rsplit(':')
+            .next()
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read the exposure in `{line}`"))
+    };
+    let shipped = exposure(&shipped_unit());
+    println!("systemd-analyze security: exposure {shipped}");
+    assert!(shipped < 5.0, "exposure {shipped} is not below 5.0");
+    // The check can fail: the same unit without its sandbox rates far worse.
+    let bare: String = shipped_unit()
+        .lines()
+        .filter(|l| {
+            !l.starts_with("Protect")
+                && !l.starts_with("Restrict")
+                && !l.starts_with("Private")
+                && !l.starts_with("SystemCall")
+                && !l.starts_with("Capability")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(exposure(&bare) > shipped + 2.0);
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
+    if !have_systemd_analyze() {
+        println!("SKIP: systemd-analyze is not installed");
+        return;
+    }
+    let shipped = shipped_unit();
     assert!(shipped.contains("ExecStart=/usr/bin/gvm-vgpud "));
     // `systemctl reload gvm-vgpud` reads the catalog again (docs/daemon.md, "Catalog reload").
     assert!(shipped.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));

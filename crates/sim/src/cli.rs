@@ -1,4 +1,7 @@
 //! Command-line definition of `gvm-vgpu-sim` (clap only; `main.rs` dispatches).
+// The doc comments are `--help` and man-page text, where `<uuid>` is a placeholder: rustdoc's
+// HTML and URL lints do not apply to them.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
 use std::path::PathBuf;
 

@@ -23,9 +23,11 @@
 //! * [`tree`] — the path layout computed from the host;
 //! * [`procs`] — real owner processes;
 //! * [`fuse`] — the thin `fuser` adapter; [`mount`] — mounting, stale-mount checks, serving.
+//! * [`cli`] — the `gvm-vgpu-sim` command line (for `main` and the man page generator);
 //! * [`error`] — the errors of the simulated host, each file operation error with its errno.
 
 pub mod catalog;
+pub mod cli;
 pub mod error;
 pub mod fuse;
 pub mod host;

@@ -1,7 +1,5 @@
 //! `gvm-vgpu-sim`: mount the simulated GPU host and serve it until SIGTERM/SIGINT.
 
-mod cli;
-
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,7 +13,7 @@ use gvm_vgpu_sim::mount::{ServeOptions, Server};
 use gvm_vgpu_sim::procs::{owner_main, ChildProcs};
 use gvm_vgpu_sim::Model;
 
-use cli::{Cli, Command, HeldRemoveArg, ModelArg};
+use gvm_vgpu_sim::cli::{Cli, Command, HeldRemoveArg, ModelArg};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

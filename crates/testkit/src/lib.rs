@@ -4,7 +4,7 @@
 //!   test in one package can run another package's program.
 //! - [`SimHost`] starts `gvm-vgpu-sim` on a fresh temporary directory and, when dropped, stops it
 //!   and makes sure no FUSE mount is left behind, even when the test failed.
-//! - [`temp_user::TempUser`] makes a second local user for two-uid tests and removes it after.
+//! - [`temp_user`]: [`temp_user::TempUser`] makes a second local user for two-uid tests and removes it after.
 //! - [`require_root_and_fuse`] and [`require_command`] decide whether a test can run here; a test
 //!   that cannot prints `SKIP: <reason>` and returns, so plain `cargo test` needs nothing special.
 

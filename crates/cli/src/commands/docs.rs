@@ -15,21 +15,15 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
-/// Write `gvm-vgpu.1` and one `gvm-vgpu-<sub>.1` per subcommand into `dir`.
+/// Write `gvm-vgpu.1` and one `gvm-vgpu-<sub>.1` per subcommand, nested ones too
+/// (`gvm-vgpu-policy-show.1`), into `dir`.
 pub fn man_pages(dir: &Path, out: &mut dyn Write) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create man page directory {}", dir.display()))?;
-    let cmd = Cli::command();
-    let mut pages = vec![("gvm-vgpu".to_string(), cmd.clone())];
-    for sub in cmd.get_subcommands() {
-        let name = format!("gvm-vgpu-{}", sub.get_name());
-        pages.push((name.clone(), sub.clone().name(name)));
-    }
-    for (name, page) in pages {
-        let path = dir.join(format!("{name}.1"));
-        let mut buf = Vec::new();
-        clap_mangen::Man::new(page).render(&mut buf)?;
-        std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+    for page in crate::manpage::cli_pages()? {
+        let path = dir.join(page.file_name());
+        std::fs::write(&path, page.roff)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         writeln!(out, "{}", path.display())?;
     }
     Ok(())
