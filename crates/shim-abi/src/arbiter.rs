@@ -3,9 +3,11 @@
 //! GVM gives a higher-priority gcgroup the GPU by preempting lower ones in the driver. Without
 //! the driver the shim does the next best thing at the only place it can act — the launch:
 //! every shim process using a GPU registers in one shared-memory **arbitration block** per
-//! physical GPU (`/dev/shm/gvm-vgpu-gpu-<pci bus id>` under the host root, e.g.
-//! `gvm-vgpu-gpu-0000:3b:00.0`, so processes with different `CUDA_VISIBLE_DEVICES` meet in the
-//! same block; `gvm-vgpu-gpu<ordinal>` only when the driver cannot tell the bus id; or
+//! physical GPU and arbitration domain: with gvm-vgpud, a sealed memfd the daemon hands over
+//! at registration (one per GPU and uid, relayed across uids by the daemon,
+//! `gvm_shim_host::relay_hub`); standalone, `/dev/shm/gvm-vgpu-gpu-<pci bus id>-u<euid>` under
+//! the host root (processes with different `CUDA_VISIBLE_DEVICES` meet in the same block;
+//! `gvm-vgpu-gpu<ordinal>-u<euid>` only when the driver cannot tell the bus id; or
 //! `$GVM_SHIM_ARBITER`), in a [`Slot`]
 //! carrying its pid, its priority (0..=16, lower is more important) and a `busy` flag that
 //! says "launches of mine may still be running on the GPU". The header keeps, per priority,
