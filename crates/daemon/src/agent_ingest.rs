@@ -67,6 +67,8 @@ use uuid::Uuid;
 use crate::log_limit::LogLimiter;
 use crate::owners::Resolver;
 use crate::vm_arbiter::{holders, holds, HoldCap, Vm};
+use gvm_shim_host::relay::Masks;
+use gvm_shim_host::relay_hub::RelayHub;
 
 /// Most channels the daemon follows at once; more are ignored (and said so).
 pub const MAX_CHANNELS: usize = 1024;
@@ -120,6 +122,17 @@ pub struct ChannelState {
     pub control: GuestControl,
 }
 
+/// What the daemon's core publishes for a channel: the vGPU, its knobs and its GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedState {
+    /// The effective knobs.
+    pub knobs: v2::Knobs,
+    /// The vGPU.
+    pub vgpu: Uuid,
+    /// The PCI address of its GPU (the mdev parent), when it is a PCI device.
+    pub gpu: Option<String>,
+}
+
 /// The state the daemon wants a protocol-2 guest in: the vGPU's knobs and the hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DesiredState {
@@ -150,6 +163,9 @@ pub struct GuestControl {
     pub forged_acks: u64,
     /// How long this VM's busy claims may hold other VMs ([`crate::vm_arbiter`]).
     pub cap: HoldCap,
+    /// The vGPU the channel's state is of, and the PCI address of its GPU (its parent),
+    /// as the daemon last published them.
+    pub placed: Option<(Uuid, String)>,
     /// Wakes the channel's task when `desired` changes.
     pub wake: Arc<Notify>,
 }
@@ -176,6 +192,7 @@ impl GuestControl {
             busy: None,
             forged_acks: 0,
             cap: HoldCap::default(),
+            placed: None,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -325,6 +342,9 @@ fn lock_entry(entry: &Mutex<ChannelState>) -> std::sync::MutexGuard<'_, ChannelS
 #[derive(Debug, Clone, Default)]
 pub struct GuestTable {
     inner: Arc<Mutex<BTreeMap<PathBuf, ChannelEntry>>>,
+    /// The shim socket's arbitration relay, when the daemon serves one: VMs and host
+    /// processes on one GPU are arbitrated in one order through it.
+    host_relay: Arc<std::sync::OnceLock<Arc<RelayHub>>>,
 }
 
 impl GuestTable {
@@ -356,13 +376,14 @@ impl GuestTable {
     /// Give every channel the knobs `desired_of` wants for it (`None`: nothing to say yet);
     /// a channel whose state changed gets a new generation and its task is woken. The
     /// arbitration hold is this table's own ([`GuestTable::rearbitrate`]).
-    pub fn publish(&self, desired_of: impl Fn(&Attribution) -> Option<v2::Knobs>) {
+    pub fn publish(&self, desired_of: impl Fn(&Attribution) -> Option<PublishedState>) {
         let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
         for e in entries {
             let mut c = lock_entry(&e);
-            let Some(knobs) = desired_of(&c.attribution) else {
+            let Some(PublishedState { knobs, vgpu, gpu }) = desired_of(&c.attribution) else {
                 continue;
             };
+            c.control.placed = gpu.map(|pci| (vgpu, pci));
             let hold = c.control.desired.is_some_and(|d| d.hold);
             let want = DesiredState { knobs, hold };
             if c.control.desired != Some(want) {
@@ -374,9 +395,18 @@ impl GuestTable {
         self.rearbitrate(Instant::now());
     }
 
+    /// Arbitrate VMs and the host's shim processes through `hub` too (see
+    /// [`GuestTable::rearbitrate`]); set once, at start.
+    pub fn set_host_relay(&self, hub: Arc<RelayHub>) {
+        let _ = self.host_relay.set(hub);
+    }
+
     /// Decide again which VMs are held ([`crate::vm_arbiter`]): a connected protocol-2 VM
     /// is held while another of strictly higher priority claims busy (and is not frozen, and
-    /// its cap allows the claim). Channels whose hold changed get a new generation.
+    /// its cap allows the claim), or, with a host relay, while a host process of strictly
+    /// higher priority on its GPU is busy; and the VM's own priority and busy claim are given
+    /// to the host relay, so host processes of lower priority yield to it. Channels whose hold
+    /// changed get a new generation.
     pub fn rearbitrate(&self, now: Instant) {
         let entries: Vec<(PathBuf, ChannelEntry)> =
             self.with(|m| m.iter().map(|(p, e)| (p.clone(), Arc::clone(e))).collect());
@@ -394,8 +424,40 @@ impl GuestTable {
         }
         let held = holds(&vms);
         let holding = holders(&vms);
+        let relay = self.host_relay.get();
+        if let Some(relay) = relay {
+            // A VM that left (disconnected, or a v1 agent now) no longer counts on its GPU.
+            for (path, e) in &entries {
+                if vms.contains_key(path) {
+                    continue;
+                }
+                if let Some((vgpu, pci)) = lock_entry(e).control.placed.clone() {
+                    relay.set_vm(&pci, vgpu, None);
+                }
+            }
+        }
         for (path, e) in &entries {
             let Some(h) = held.get(path) else { continue };
+            let (placed, vm) = {
+                let c = lock_entry(e);
+                (c.control.placed.clone(), vms.get(path).copied())
+            };
+            // Host processes on the VM's GPU: they hold it, and it holds them, in one order.
+            let mut h = *h;
+            if let (Some(relay), Some((vgpu, pci)), Some(vm)) = (relay, &placed, vm) {
+                let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
+                relay.set_vm(
+                    pci,
+                    *vgpu,
+                    Some(Masks {
+                        busy: if vm.busy { bit } else { 0 },
+                        present: bit,
+                    }),
+                );
+                let below = bit.wrapping_sub(1);
+                h |= relay.host_busy(pci) & below != 0;
+            }
+            let h = &h;
             let mut c = lock_entry(e);
             if c.control
                 .cap

@@ -1016,7 +1016,12 @@ impl Daemon {
                 return None;
             }
             let knobs = self.info(&uuid).knobs;
-            Some(gvm_agent_proto::v2::Knobs {
+            let gpu = self
+                .observed
+                .devices
+                .get(&uuid)
+                .and_then(|d| gvm_shim_abi::register::normalise_pci_bus_id(&d.parent));
+            let knobs = gvm_agent_proto::v2::Knobs {
                 memory_limit: (knobs.memory_limit != gvm_proto::UNLIMITED)
                     .then_some(knobs.memory_limit),
                 priority: Some(u32::from(knobs.priority)),
@@ -1024,6 +1029,11 @@ impl Daemon {
                 host_swap: self.type_of.get(&uuid).is_some_and(|t| t.host_swap),
                 share_budget_us: None,
                 window_ms: None,
+            };
+            Some(crate::agent_ingest::PublishedState {
+                knobs,
+                vgpu: uuid,
+                gpu,
             })
         });
     }

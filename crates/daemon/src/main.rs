@@ -126,7 +126,17 @@ fn main() -> anyhow::Result<()> {
     agents.limits = gvm_vgpud::agent_ingest::parse_limits(&args.agent_limits)?;
     rt.spawn(gvm_vgpud::agent_ingest::run(daemon.guest_table(), agents));
     if let Some(registry) = shim_registry {
-        gvm_vgpud::shim_listener::spawn_listener(&rt, &host, registry, args.shim_socket.as_deref());
+        // One relay for host processes and VMs alike: the guest table reports each VM's
+        // priority and busy claims to it, and reads what the host's processes hold.
+        let hub = gvm_shim_host::relay_hub::RelayHub::new(registry.clone());
+        daemon.guest_table().set_host_relay(hub.clone());
+        gvm_vgpud::shim_listener::spawn_listener(
+            &rt,
+            &host,
+            registry,
+            hub,
+            args.shim_socket.as_deref(),
+        );
     }
     rt.block_on(serve(daemon, opts))
 }

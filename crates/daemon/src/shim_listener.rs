@@ -89,6 +89,7 @@ pub fn spawn_listener(
     rt: &tokio::runtime::Runtime,
     host: &HostRoot,
     registry: Arc<ShimRegistry>,
+    hub: Arc<RelayHub>,
     flag: Option<&str>,
 ) {
     let Some(path) = socket_option(host, flag) else {
@@ -99,7 +100,7 @@ pub fn spawn_listener(
     match bind(&path) {
         Ok(l) => {
             info!(socket = %path.display(), "CUDA shim registration listening");
-            rt.spawn(serve(l, host.clone(), registry));
+            rt.spawn(serve(l, host.clone(), registry, hub));
         }
         Err(e) => warn!("{e:#}: only root-owned mode-0600 CUDA shim block files in /dev/shm are found, by the scan"),
     }
@@ -116,11 +117,16 @@ enum Event {
 
 type Log = Arc<EventLog<Event>>;
 
-/// Serve registrations on `listener` for `host` into `registry` until the runtime stops.
-pub async fn serve(listener: UnixListener, host: HostRoot, registry: Arc<ShimRegistry>) {
+/// Serve registrations on `listener` for `host` into `registry`, relaying arbitration
+/// through `hub` (made over the same registry), until the runtime stops.
+pub async fn serve(
+    listener: UnixListener,
+    host: HostRoot,
+    registry: Arc<ShimRegistry>,
+    hub: Arc<RelayHub>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let uid_slots = UidSlots::new(MAX_PER_UID);
-    let hub = RelayHub::new(registry.clone());
     let log: Log = Arc::new(EventLog::new(LOG_INTERVAL));
     let mut backoff = AcceptBackoff::default();
     let mut flush = tokio::time::interval(LOG_INTERVAL);

@@ -68,7 +68,8 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
     let mode = fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666, "any CUDA process may register");
     let reg = Arc::new(ShimRegistry::default());
-    tokio::spawn(serve(listener, host.clone(), reg.clone()));
+    let hub = gvm_shim_host::relay_hub::RelayHub::new(reg.clone());
+    tokio::spawn(serve(listener, host.clone(), reg.clone(), hub));
 
     // This test process is the "shim": its block a sealed memfd, handed over.
     let me = std::process::id();
@@ -176,7 +177,8 @@ async fn unsealed_blocks_missing_descriptors_and_protocol_1_are_refused_naming_t
     let host = HostRoot::new(dir.path().join("root"));
     let sock = dir.path().join("s.sock");
     let reg = Arc::new(ShimRegistry::default());
-    tokio::spawn(serve(bind(&sock).unwrap(), host, reg.clone()));
+    let hub = gvm_shim_host::relay_hub::RelayHub::new(reg.clone());
+    tokio::spawn(serve(bind(&sock).unwrap(), host, reg.clone(), hub));
     let me = std::process::id();
     // A file block whose owner could truncate it (mode 0644: not even root's own is taken).
     let path = dir.path().join("file-block");
@@ -220,7 +222,9 @@ async fn oversized_and_silent_peers_get_an_error_and_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostRoot::new(dir.path().join("root"));
     let sock = dir.path().join("s.sock");
-    tokio::spawn(serve(bind(&sock).unwrap(), host, Arc::default()));
+    let reg: Arc<ShimRegistry> = Arc::default();
+    let hub = gvm_shim_host::relay_hub::RelayHub::new(reg.clone());
+    tokio::spawn(serve(bind(&sock).unwrap(), host, reg, hub));
     let s = sock.clone();
     let replies = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();

@@ -331,3 +331,102 @@ fn a_vms_knobs_reach_its_guest_processes_and_a_busy_vm_holds_a_less_important_on
     assert!(wait_until(Duration::from_secs(5), || guest(&mut c, &ub)
         .is_some_and(|g| !g.held)));
 }
+
+#[test]
+fn vms_and_host_processes_on_one_gpu_are_arbitrated_in_one_order() {
+    let Some(rig) = rig() else { return };
+    let sim = Sim::start(1);
+    let parent = sim.parents()[0].clone();
+    let (uh, ub) = (
+        sim.echo_create(&parent, "gvmsim-1"),
+        sim.echo_create(&parent, "gvmsim-1"),
+    );
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &uh
+    ) && is_managed(
+        &mut c, &ub
+    )));
+    live(&mut c, &uh, None, Some(2));
+    live(&mut c, &ub, None, Some(8));
+    let vm_b = rig.vm(&sim, &ub, "vm-b");
+    // A host CUDA process owning the priority-2 vGPU, registered with the daemon itself.
+    let mut host = {
+        let mut cmd = Command::new(&rig.driver);
+        cmd.arg(&rig.fake)
+            .env("LD_PRELOAD", &rig.so)
+            .env("GVM_VGPU_ROOT", &sim.root)
+            .env("GVM_SHIM_SOCKET", sim.root.join("run/gvm-vgpu/shim.sock"))
+            .env("GVM_VGPU_UUID", uh.to_string())
+            .env("GVM_MEMORY_LIMIT", "unlimited")
+            .env("FAKE_KERNEL_MS", "600")
+            .env("FAKE_PCI_BUS_IDS", &parent)
+            .env_remove("GVM_SHIM_ARBITER")
+            .env_remove("GVM_SHIM_CONTROL")
+            .env_remove("GVM_PRIORITY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let p = Program {
+            child: Kill(child),
+            stdin,
+            lines,
+        };
+        assert_eq!(p.next(Duration::from_secs(10)).as_deref(), Some("ready"));
+        p
+    };
+    let host_pid = host.child.0.id();
+    assert!(
+        wait_until(Duration::from_secs(5), || c
+            .show(&uh.to_string())
+            .is_ok_and(|s| s.info.owners.contains(&host_pid))),
+        "the host process owns its vGPU; log: {}",
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
+    let mut b = rig.program(&vm_b, 0);
+    assert!(wait_until(Duration::from_secs(5), || guest(&mut c, &ub)
+        .is_some_and(|g| g.in_sync() && g.connected)));
+    assert_eq!(b.ask("launch"), "launched=1");
+    assert_eq!(b.ask("sync"), "synced=0");
+
+    // The host process (2) busy with a 600 ms kernel holds the VM (8).
+    host.send("launch");
+    assert_eq!(
+        host.next(Duration::from_secs(5)).as_deref(),
+        Some("launched=1")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || guest(&mut c, &ub)
+            .is_some_and(|g| g.held)),
+        "the VM is held while the host process is busy: {:?}",
+        guest(&mut c, &ub)
+    );
+    b.send("launch");
+    assert_eq!(
+        b.next(Duration::from_millis(200)),
+        None,
+        "the VM's launch waits"
+    );
+    host.send("sync");
+    assert_eq!(
+        host.next(Duration::from_secs(5)).as_deref(),
+        Some("synced=0")
+    );
+    assert_eq!(
+        b.next(Duration::from_secs(5)).as_deref(),
+        Some("launched=2"),
+        "the VM goes on once the host process is idle"
+    );
+}

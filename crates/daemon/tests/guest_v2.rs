@@ -322,3 +322,85 @@ fn a_freeze_the_guest_does_not_acknowledge_pauses_the_vm_through_qmp_and_thaw_re
     let _ = qemu.kill();
     let _ = qemu.wait();
 }
+
+#[test]
+fn a_hostile_guests_protocol_2_lines_stay_on_its_own_channel() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(1);
+    let parent = sim.parents()[0].clone();
+    let (bad, good) = (
+        sim.echo_create(&parent, "gvmsim-1"),
+        sim.echo_create(&parent, "gvmsim-1"),
+    );
+    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let lb = UnixListener::bind(agent_dir.join(format!("{bad}.sock"))).unwrap();
+    let lg = UnixListener::bind(agent_dir.join(format!("{good}.sock"))).unwrap();
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &bad
+    ) && is_managed(
+        &mut c, &good
+    )));
+    let mut gg = Guest::accept(&lg, HELLO_V2);
+    let good_gen = gg.snapshot()["generation"].as_u64().unwrap();
+    gg.ack(good_gen, false);
+    let mut gb = Guest::accept(&lb, HELLO_V2);
+    let bad_gen = gb.snapshot()["generation"].as_u64().unwrap();
+    // A knob message from the guest (a snapshot of its own), a claim about another VM's
+    // processes is not a message at all; forged and out-of-range acks; an oversize counters
+    // line; a busy flood.
+    gb.send(&format!(
+        r#"{{"type":"snapshot","generation":{},"knobs":{{"memory_limit":null,"priority":0,"frozen":false,"host_swap":true,"share_budget_us":null,"window_ms":null}},"hold":false}}"#,
+        bad_gen + 1
+    ));
+    gb.ack(bad_gen + 5, true);
+    gb.send(r#"{"type":"ack","generation":0,"reached":{"frozen":true,"held":false,"processes":1,"in_flight":0,"memory_limit":null,"priority":0}}"#);
+    let huge = format!(
+        r#"{{"type":"counters","processes":[{}]}}"#,
+        vec![r#"{"pid":1,"name":"x","memory_current":0,"memory_swap":0,"kernels_submitted":0,"kernels_ended":0,"pending":0,"busy":false,"gpu_busy_us":0}"#; 700].join(",")
+    );
+    gb.send(&huge);
+    for i in 0..2000 {
+        gb.send(&format!(r#"{{"type":"busy","busy":{}}}"#, i % 2 == 0));
+    }
+    // The good VM is unaffected: its state and acknowledgement stand, and it still gets
+    // new states.
+    c.set(SetParams {
+        target: good.to_string(),
+        memory_limit: Some(2 << 30),
+        mode: SetMode::Live,
+        ..SetParams::default()
+    })
+    .unwrap();
+    let s = gg.snapshot();
+    assert_eq!(s["knobs"]["memory_limit"], 2u64 << 30);
+    gg.ack(s["generation"].as_u64().unwrap(), false);
+    assert!(wait_until(Duration::from_secs(5), || guest_of(
+        &mut c,
+        &good.to_string()
+    )
+    .is_some_and(|e| e.in_sync() && e.forged_acks == 0 && !e.held)));
+    // The bad VM's own record: nothing it claimed was taken.
+    let e = guest_of(&mut c, &bad.to_string()).unwrap();
+    assert_eq!(e.forged_acks, 1, "{e:?}");
+    assert_eq!(
+        e.generation_acked, None,
+        "no forged or invalid ack was taken"
+    );
+    assert!(e.processes.is_empty(), "the oversize counters were refused");
+    let info = c.show(&bad.to_string()).unwrap().info;
+    assert_ne!(info.knobs.priority, 0, "a guest cannot set its own knobs");
+    let stats = c.guest_stats(Some(&bad.to_string())).unwrap();
+    assert!(
+        stats[0].violations >= 3,
+        "the bad lines were counted on the bad channel: {:?}",
+        stats[0]
+    );
+    let good_stats = c.guest_stats(Some(&good.to_string())).unwrap();
+    assert_eq!(good_stats[0].violations, 0, "{:?}", good_stats[0]);
+}

@@ -104,6 +104,11 @@ struct Domain {
 #[derive(Debug)]
 struct GpuRelay {
     domains: BTreeMap<DomainKey, Domain>,
+    /// VMs on this GPU as the daemon's VM arbitration reports them (their processes are in
+    /// their guests: no block here), by vGPU.
+    vms: BTreeMap<uuid::Uuid, Masks>,
+    /// The priorities busy in the host's domains at the last run (what holds a VM).
+    host_busy: u32,
     doorbell: Doorbell,
 }
 
@@ -111,6 +116,8 @@ impl Default for GpuRelay {
     fn default() -> GpuRelay {
         GpuRelay {
             domains: BTreeMap::new(),
+            vms: BTreeMap::new(),
+            host_busy: 0,
             doorbell: Doorbell::new(u64::try_from(MIN_GAP.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
@@ -284,7 +291,35 @@ impl RelayHub {
                 self.run(gpu);
             }
         }
-        all.retain(|_, g| !g.domains.is_empty());
+        all.retain(|_, g| !g.domains.is_empty() || !g.vms.is_empty());
+    }
+
+    /// The VM of vGPU `vm` on the GPU at `pci` is registered at, and claims busy at, the
+    /// priorities of `masks` (`None`: it is gone). Host processes on that GPU then yield to it
+    /// as to another domain. Runs the GPU's relay when that changes anything.
+    pub fn set_vm(&self, pci: &str, vm: uuid::Uuid, masks: Option<Masks>) {
+        let mut all = self.lock();
+        let changed = match masks {
+            Some(m) => {
+                let gpu = all.entry(pci.to_string()).or_default();
+                gpu.vms.insert(vm, m) != Some(m)
+            }
+            None => all
+                .get_mut(pci)
+                .is_some_and(|g| g.vms.remove(&vm).is_some()),
+        };
+        if changed {
+            if let Some(gpu) = all.get_mut(pci) {
+                self.run(gpu);
+            }
+        }
+        all.retain(|_, g| !g.domains.is_empty() || !g.vms.is_empty());
+    }
+
+    /// The priorities busy in the host's own domains on the GPU at `pci` (a VM at a less
+    /// important priority is held while one of them is busy).
+    pub fn host_busy(&self, pci: &str) -> u32 {
+        self.lock().get(pci).map_or(0, |g| g.host_busy)
     }
 
     /// The domains relayed on the GPU at `pci` now, with their member counts (for `show`
@@ -361,7 +396,11 @@ impl RelayHub {
             }
             masks.insert(*key, m);
         }
-        let armed = u32::from(gpu.domains.len() >= 2);
+        gpu.host_busy = masks.values().fold(0, |b, m| b | m.busy);
+        for (vm, m) in &gpu.vms {
+            masks.insert(DomainKey::Vm(*vm), *m);
+        }
+        let armed = u32::from(gpu.domains.len() + gpu.vms.len() >= 2);
         for (key, ext) in external(&masks) {
             if let Some(d) = gpu.domains.get(&key) {
                 for w in &d.blocks {
