@@ -310,6 +310,10 @@ impl ChannelState {
                 .last_report_at
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             stats: self.stats(),
+            enforcement: self
+                .hello
+                .is_some()
+                .then(|| self.control.enforcement(self.connected, now)),
         }
     }
 

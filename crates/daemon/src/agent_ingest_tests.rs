@@ -55,6 +55,7 @@ fn info(uuid: Option<Uuid>, domain: Option<&str>, s: Option<GuestStats>) -> Gues
         last_problem: None,
         report_age_ms: Some(1500),
         stats: s,
+        enforcement: None,
     }
 }
 
@@ -245,4 +246,49 @@ async fn wait_for(table: &GuestTable, f: impl Fn(&GuestAgentInfo) -> bool) -> Gu
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached: {:?}", table.snapshot());
+}
+
+#[test]
+fn metrics_carry_the_guests_cuda_processes_and_its_protocol_2_state() {
+    let u = Uuid::from_u128(7);
+    let mut i = info(Some(u), Some("vm2"), None);
+    i.enforcement = Some(gvm_proto::GuestEnforcement {
+        protocol: 2,
+        connected: true,
+        generation_sent: Some(5),
+        generation_acked: Some(5),
+        frozen_reached: Some(false),
+        in_flight: Some(0),
+        busy: Some(true),
+        forged_acks: 2,
+        held: true,
+        hold_cap_hits: 1,
+        processes: vec![gvm_proto::GuestProcess {
+            pid: 41,
+            name: "tr\"ain".into(),
+            memory_current: 4096,
+            memory_swap: 0,
+            kernels_submitted: 10,
+            kernels_ended: 9,
+            pending: 1,
+            busy: true,
+            gpu_busy_us: 0,
+        }],
+        processes_age_ms: Some(10),
+    });
+    let text = crate::metrics::render_guests(&[i]);
+    let l = format!("domain=\"vm2\",uuid=\"{u}\"");
+    for line in [
+        format!("gvm_vgpu_guest_held{{{l}}} 1"),
+        format!("gvm_vgpu_guest_state_acknowledged{{{l}}} 1"),
+        format!("gvm_vgpu_guest_forged_acks_total{{{l}}} 2"),
+        format!("gvm_vgpu_guest_hold_cap_hits_total{{{l}}} 1"),
+        format!("gvm_vgpu_guest_cuda_memory_bytes{{{l},pid=\"41\",name=\"tr\\\"ain\"}} 4096"),
+        format!(
+            "gvm_vgpu_guest_cuda_kernels_submitted_total{{{l},pid=\"41\",name=\"tr\\\"ain\"}} 10"
+        ),
+        format!("gvm_vgpu_guest_cuda_busy{{{l},pid=\"41\",name=\"tr\\\"ain\"}} 1"),
+    ] {
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
 }

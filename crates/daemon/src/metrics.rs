@@ -164,6 +164,100 @@ pub fn render_guests(infos: &[GuestAgentInfo]) -> String {
             }
         }
     }
+    type V2Get = fn(&gvm_proto::GuestEnforcement) -> u64;
+    let v2: [(&str, &str, &str, V2Get); 4] = [
+        (
+            "gvm_vgpu_guest_held",
+            "gauge",
+            "1 while the VM is held because a more important VM or host process is busy (agent protocol 2).",
+            |e| u64::from(e.held),
+        ),
+        (
+            "gvm_vgpu_guest_state_acknowledged",
+            "gauge",
+            "1 when the guest acknowledged the latest state sent (agent protocol 2).",
+            |e| u64::from(e.in_sync()),
+        ),
+        (
+            "gvm_vgpu_guest_forged_acks_total",
+            "counter",
+            "Acknowledgements of states never sent, ignored.",
+            |e| e.forged_acks,
+        ),
+        (
+            "gvm_vgpu_guest_hold_cap_hits_total",
+            "counter",
+            "Times the VM's busy claims reached the cap on holding other VMs.",
+            |e| e.hold_cap_hits,
+        ),
+    ];
+    for (name, kind, help, get) in v2 {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}
+# TYPE {name} {kind}"
+        );
+        for i in infos {
+            if let Some(e) = i.enforcement.as_ref().filter(|e| e.protocol >= 2) {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(i), get(e));
+            }
+        }
+    }
+    type GuestProcGet = fn(&gvm_proto::GuestProcess) -> u64;
+    let guest_process: [(&str, &str, &str, GuestProcGet); 5] = [
+        (
+            "gvm_vgpu_guest_cuda_memory_bytes",
+            "gauge",
+            "GPU memory of a CUDA process in the guest, from its interposer (agent protocol 2).",
+            |p| p.memory_current,
+        ),
+        (
+            "gvm_vgpu_guest_cuda_swap_bytes",
+            "gauge",
+            "Of it, spilled to host memory.",
+            |p| p.memory_swap,
+        ),
+        (
+            "gvm_vgpu_guest_cuda_kernels_submitted_total",
+            "counter",
+            "Kernels the guest CUDA process submitted.",
+            |p| p.kernels_submitted,
+        ),
+        (
+            "gvm_vgpu_guest_cuda_kernels_ended_total",
+            "counter",
+            "Kernels of the guest CUDA process that ended.",
+            |p| p.kernels_ended,
+        ),
+        (
+            "gvm_vgpu_guest_cuda_busy",
+            "gauge",
+            "1 while the guest CUDA process has GPU work.",
+            |p| u64::from(p.busy),
+        ),
+    ];
+    for (name, kind, help, get) in guest_process {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}
+# TYPE {name} {kind}"
+        );
+        for i in infos {
+            let Some(e) = i.enforcement.as_ref() else {
+                continue;
+            };
+            for p in &e.processes {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{},pid=\"{}\",name=\"{}\"}} {}",
+                    labels(i),
+                    p.pid,
+                    escape(&p.name),
+                    get(p)
+                );
+            }
+        }
+    }
     type ProcGet = fn(&gvm_proto::ProcessSample) -> Option<u64>;
     let process: [(&str, &str, ProcGet); 3] = [
         (

@@ -51,4 +51,8 @@ pub struct GuestAgentInfo {
     /// The latest hello and report, once the agent has said hello.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<GuestStats>,
+    /// The protocol-2 exchange (states sent, acknowledgements, the guest's CUDA processes),
+    /// once the agent has said hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<crate::GuestEnforcement>,
 }

@@ -332,7 +332,7 @@ pub struct VgpuDetail {
 }
 
 /// What the daemon sent a VM's guest agent and what the guest said back (agent protocol 2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestEnforcement {
     /// The agent protocol the guest's hello announced (1: stats only, no enforcement).
     pub protocol: u32,

@@ -167,7 +167,7 @@ mod tests {
                     processes_omitted: 0,
                 }),
                 counters: GuestCounters::default(),
-            }),
+            }), enforcement: None,
         };
         let mut out = Vec::new();
         write_text(&[info], &mut out).unwrap();
@@ -221,6 +221,7 @@ mod tests {
                 }),
                 counters: GuestCounters::default(),
             }),
+            enforcement: None,
         };
         let mut out = Vec::new();
         write_text(&[info], &mut out).unwrap();
