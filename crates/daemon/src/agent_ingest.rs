@@ -166,8 +166,23 @@ pub struct GuestControl {
     /// The vGPU the channel's state is of, and the PCI address of its GPU (its parent),
     /// as the daemon last published them.
     pub placed: Option<(Uuid, String)>,
+    /// The guest's kernels submitted (summed over its processes) when it acknowledged the
+    /// current freeze as complete.
+    pub submitted_at_freeze: Option<u64>,
+    /// The guest's counters rose after it acknowledged a freeze: it does not keep it (the
+    /// daemon then pauses the VM, `fallback`). Cleared at thaw.
+    pub frozen_lie: bool,
+    /// `frozen_lie` was handed to the daemon already.
+    pub lie_taken: bool,
     /// Wakes the channel's task when `desired` changes.
     pub wake: Arc<Notify>,
+}
+
+/// Kernels submitted by all of a guest's processes in one counters message.
+fn submitted_of(c: &v2::Counters) -> u64 {
+    c.processes
+        .iter()
+        .fold(0u64, |n, p| n.saturating_add(p.kernels_submitted))
 }
 
 /// A generation above `prev`: the wall clock in µs when that is higher (so generations
@@ -193,6 +208,9 @@ impl GuestControl {
             forged_acks: 0,
             cap: HoldCap::default(),
             placed: None,
+            submitted_at_freeze: None,
+            frozen_lie: false,
+            lie_taken: false,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -210,7 +228,22 @@ impl GuestControl {
     /// Take a guest message (already validated by the session).
     fn take(&mut self, m: GuestMessage, now: Instant) -> Option<String> {
         match m {
-            GuestMessage::Counters(c) => self.processes = Some((Arc::new(c), now)),
+            GuestMessage::Counters(c) => {
+                let submitted = submitted_of(&c);
+                self.processes = Some((Arc::new(c), now));
+                let frozen = self.desired.is_some_and(|d| d.knobs.frozen);
+                if !frozen {
+                    self.submitted_at_freeze = None;
+                } else if let Some(at) = self.submitted_at_freeze {
+                    if submitted > at && !self.frozen_lie {
+                        self.frozen_lie = true;
+                        return Some(format!(
+                            "the guest acknowledged the freeze, yet its processes submitted {} more kernels since",
+                            submitted - at
+                        ));
+                    }
+                }
+            }
             GuestMessage::Busy(b) => self.busy = Some(b.busy),
             GuestMessage::Ack(a) => {
                 if self.sent.is_none_or(|s| a.generation > s) {
@@ -225,6 +258,12 @@ impl GuestControl {
                     .is_none_or(|(old, _)| a.generation >= old.generation)
                 {
                     self.acked = Some((a, now));
+                    let frozen = self.desired.is_some_and(|d| d.knobs.frozen);
+                    if frozen && a.generation >= self.generation && a.freeze_complete() {
+                        // From here on its kernel counts must stand still.
+                        let submitted = self.processes.as_ref().map_or(0, |(c, _)| submitted_of(c));
+                        self.submitted_at_freeze.get_or_insert(submitted);
+                    }
                 }
             }
         }
@@ -389,6 +428,11 @@ impl GuestTable {
             };
             c.control.placed = gpu.map(|pci| (vgpu, pci));
             let hold = c.control.desired.is_some_and(|d| d.hold);
+            if !knobs.frozen {
+                c.control.submitted_at_freeze = None;
+                c.control.frozen_lie = false;
+                c.control.lie_taken = false;
+            }
             let want = DesiredState { knobs, hold };
             if c.control.desired != Some(want) {
                 c.control.desired = Some(want);
@@ -546,6 +590,23 @@ impl GuestTable {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// The vGPUs whose guests acknowledged a freeze and then went on submitting kernels,
+    /// each once per freeze (taken: the caller acts on it).
+    pub fn take_frozen_liars(&self) -> Vec<Uuid> {
+        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
+        entries
+            .iter()
+            .filter_map(|e| {
+                let mut c = lock_entry(e);
+                if !c.control.frozen_lie || c.control.lie_taken {
+                    return None;
+                }
+                c.control.lie_taken = true;
+                c.control.placed.as_ref().map(|(u, _)| *u)
+            })
+            .collect()
     }
 
     /// Number of channels followed.

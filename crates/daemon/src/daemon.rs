@@ -369,6 +369,12 @@ impl Daemon {
         }
         self.first_pass = false;
         self.publish_guest_states();
+        for u in self.guests.take_frozen_liars() {
+            let meant_frozen = self.desired.live.get(&u).is_some_and(|l| l.frozen);
+            if meant_frozen && !self.fallback.paused().contains(&u) {
+                self.fallback.pause_liar(&u);
+            }
+        }
         report
     }
 

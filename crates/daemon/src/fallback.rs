@@ -190,6 +190,24 @@ impl GuestFallback {
         }
     }
 
+    /// Pause `uuid`'s VM now because its guest does not keep a freeze it acknowledged (its
+    /// counters still rise). Once: a VM already paused is left as it is.
+    pub fn pause_liar(&mut self, uuid: &Uuid) -> Settled {
+        if self.paused.contains(uuid) {
+            return Settled::PausedQmp;
+        }
+        match self.pause(uuid, false) {
+            Ok(()) => {
+                warn!(%uuid, "the guest acknowledged the freeze but its kernel counts still rise: VM paused through QMP");
+                Settled::PausedQmp
+            }
+            Err(e) => {
+                warn!(%uuid, "the guest acknowledged the freeze but its kernel counts still rise, and pausing the VM failed: {e}");
+                Settled::Unenforced(e)
+            }
+        }
+    }
+
     /// At start: resume every VM this daemon paused whose vGPU is not meant to be frozen
     /// any more (`frozen(uuid)`).
     pub fn converge(&mut self, frozen: impl Fn(&Uuid) -> bool) {

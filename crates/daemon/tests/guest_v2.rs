@@ -404,3 +404,64 @@ fn a_hostile_guests_protocol_2_lines_stay_on_its_own_channel() {
     let good_stats = c.guest_stats(Some(&good.to_string())).unwrap();
     assert_eq!(good_stats[0].violations, 0, "{:?}", good_stats[0]);
 }
+
+fn counters(submitted: u64) -> String {
+    format!(
+        r#"{{"type":"counters","processes":[{{"pid":41,"name":"train","memory_current":4096,"memory_swap":0,"kernels_submitted":{submitted},"kernels_ended":{submitted},"pending":0,"busy":false,"gpu_busy_us":0}}]}}"#
+    )
+}
+
+#[test]
+fn a_guest_whose_kernels_go_on_after_it_acknowledged_a_freeze_is_paused() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(1);
+    let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
+    let u = uuid.to_string();
+    let Some(mut qemu) = qemu_for(&sim.root, &uuid) else {
+        println!("SKIP: qemu-system-x86_64 is not installed");
+        return;
+    };
+    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let l = UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    let d = sim.daemon(&["--guest-ack-ms", "2000"]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &uuid
+    )));
+    let mut g = Guest::accept(&l, HELLO_V2);
+    let s1 = g.snapshot();
+    g.ack(s1["generation"].as_u64().unwrap(), false);
+    g.send(&counters(10));
+    // The freeze is acknowledged as complete in time: no pause.
+    let t = std::thread::spawn(move || {
+        let s2 = g.snapshot();
+        assert_eq!(s2["knobs"]["frozen"], true);
+        g.ack(s2["generation"].as_u64().unwrap(), true);
+        g
+    });
+    c.freeze(&u).unwrap();
+    let mut g = t.join().unwrap();
+    assert!(
+        vm_running(&sim.root, &uuid),
+        "an acknowledged freeze needs no pause"
+    );
+    assert_eq!(c.show(&u).unwrap().held_by, None);
+    // The same counts again change nothing; a rise means the guest does not keep the freeze.
+    g.send(&counters(10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(vm_running(&sim.root, &uuid));
+    g.send(&counters(25));
+    assert!(
+        wait_until(Duration::from_secs(5), || !vm_running(&sim.root, &uuid)),
+        "the lying guest's VM is paused"
+    );
+    assert!(c.show(&u).unwrap().held_by.is_some());
+    c.thaw(&u).unwrap();
+    assert!(vm_running(&sim.root, &uuid), "thaw resumes it");
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+}
