@@ -77,7 +77,7 @@ pub struct HeldOutcome {
     pub blocked_until_release: bool,
     /// Whether it was still blocked just after the signal (`None`: no signal sent).
     pub blocked_after_signal: Option<bool>,
-    /// Whether it returned within [`RETURN_SLACK`] of the release (`None`: never, within [`GIVE_UP`]).
+    /// Whether it returned within [`RETURN_SLACK`] of the release (`None`: never, within `GIVE_UP`).
     pub returned_on_release: Option<bool>,
     /// What was seen while it was blocked.
     pub seen: Seen,
