@@ -36,6 +36,12 @@ pub struct Limits {
     pub lines_per_second: u32,
     /// Lines that may arrive at once.
     pub burst: u32,
+    /// Sustained protocol-2 lines (counters, busy, acks) per second, on a bucket of their
+    /// own: a v2 guest sends a busy line per transition (its agent bounds them at 50 a
+    /// second) and an acknowledgement per state, which the v1 budget must not starve.
+    pub v2_lines_per_second: u32,
+    /// Protocol-2 lines that may arrive at once.
+    pub v2_burst: u32,
     /// How long a partial line may wait for its newline.
     pub partial_line_timeout: Duration,
     /// The window in which violations are counted.
@@ -59,6 +65,8 @@ impl Default for Limits {
             max_line: MAX_LINE_BYTES,
             lines_per_second: 20,
             burst: 40,
+            v2_lines_per_second: 200,
+            v2_burst: 400,
             partial_line_timeout: Duration::from_secs(5),
             violation_window: Duration::from_secs(10),
             max_violations: 5,
@@ -163,6 +171,8 @@ pub struct IngestSession {
     /// When the current partial line (or discard run) started.
     partial_since: Option<Instant>,
     bucket: TokenBucket,
+    /// The protocol-2 lines' bucket.
+    v2_bucket: TokenBucket,
     /// Lines dropped by the rate limit not yet reported.
     unreported_drops: u64,
     last_rate_violation: Option<Instant>,
@@ -181,6 +191,7 @@ impl IngestSession {
     pub fn new(limits: Limits) -> Self {
         IngestSession {
             bucket: TokenBucket::new(limits.lines_per_second, limits.burst),
+            v2_bucket: TokenBucket::new(limits.v2_lines_per_second, limits.v2_burst),
             buf: Vec::new(),
             discarding: false,
             discard_run: 0,
@@ -381,7 +392,12 @@ impl IngestSession {
     /// One complete line (without its newline).
     fn line(&mut self, now: Instant, line: &[u8], events: &mut Vec<Event>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if !self.bucket.take(now) {
+        let bucket = if looks_v2(line) {
+            &mut self.v2_bucket
+        } else {
+            &mut self.bucket
+        };
+        if !bucket.take(now) {
             self.counters.rate_limited_lines += 1;
             self.unreported_drops += 1;
             let due = self.last_rate_violation.is_none_or(|t| {
@@ -517,6 +533,17 @@ impl IngestSession {
         self.recent.clear();
         self.partial_since = None;
     }
+}
+
+/// Whether a line starts the way a protocol-2 guest message does (`{"type":"ack"`, `busy` or
+/// `counters`, as the agent writes them): a byte comparison made before any parsing, to pick
+/// the line's rate bucket. A line that only pretends is parsed, and refused, all the same.
+fn looks_v2(line: &[u8]) -> bool {
+    ["ack", "busy", "counters"].iter().any(|k| {
+        line.strip_prefix(b"{\"type\":\"")
+            .and_then(|rest| rest.strip_prefix(k.as_bytes()))
+            .is_some_and(|rest| rest.first() == Some(&b'"'))
+    })
 }
 
 /// The index of the first `\n` in `bytes`, eight bytes at a time (a plain

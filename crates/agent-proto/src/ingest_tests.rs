@@ -532,3 +532,44 @@ fn protocol_2_messages_are_events_only_after_a_protocol_2_hello() {
     );
     assert_eq!(v2.counters().v2_messages, 2);
 }
+
+#[test]
+fn protocol_2_lines_have_a_budget_of_their_own_that_v1_lines_cannot_use_up() {
+    let base = Instant::now();
+    let mut s = IngestSession::default();
+    s.feed(t(base, 0), &hello_v2_line());
+    // 100 reports at once use up the v1 budget (burst 40)...
+    let mut reports = Vec::new();
+    for seq in 1..=100 {
+        reports.extend(report_line(seq));
+    }
+    s.feed(t(base, 1), &reports);
+    assert!(
+        s.counters().rate_limited_lines > 0,
+        "the v1 burst was exceeded"
+    );
+    // ...and 100 busy lines and an ack in the same instant are all taken.
+    let mut v2 = Vec::new();
+    for i in 0..100 {
+        v2.extend(format!("{{\"type\":\"busy\",\"busy\":{}}}\n", i % 2 == 0).into_bytes());
+    }
+    v2.extend(b"{\"type\":\"ack\",\"generation\":9,\"reached\":{\"frozen\":true,\"held\":false,\"processes\":1,\"in_flight\":0,\"memory_limit\":null,\"priority\":2}}\n");
+    let dropped_before = s.counters().rate_limited_lines;
+    let ev = s.feed(t(base, 2), &v2);
+    let guest = ev.iter().filter(|e| matches!(e, Event::Guest(_))).count();
+    assert_eq!(guest, 101, "every protocol-2 line is an event");
+    assert_eq!(s.counters().rate_limited_lines, dropped_before);
+    // The v2 bucket has its own bound: a flood is cut too.
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        flood.extend(b"{\"type\":\"busy\",\"busy\":true}\n");
+    }
+    s.feed(t(base, 3), &flood);
+    assert!(
+        s.counters().rate_limited_lines > dropped_before,
+        "a busy flood is rate-limited"
+    );
+    assert!(looks_v2(b"{\"type\":\"counters\",\"processes\":[]}"));
+    assert!(!looks_v2(b"{\"type\":\"acknowledge\"}"));
+    assert!(!looks_v2(b"{\"type\":\"report\",\"v\":1}"));
+}

@@ -137,6 +137,8 @@ fn limits() -> impl Strategy<Value = Limits> {
                 max_line,
                 lines_per_second: lps,
                 burst,
+                v2_lines_per_second: lps,
+                v2_burst: burst,
                 partial_line_timeout: Duration::from_millis(ms),
                 violation_window: Duration::from_millis(ms * 2),
                 max_violations: max_v,

@@ -649,7 +649,8 @@ pub enum LimitsError {
     /// An item is not `key=value` with a known key and a number.
     #[error(
         "agent limit '{item}' is not understood: use comma-separated key=value with keys \
-         max_line, lines_per_second, burst, partial_line_timeout_ms, violation_window_ms, \
+         max_line, lines_per_second, burst, v2_lines_per_second, v2_burst, \
+         partial_line_timeout_ms, violation_window_ms, \
          max_violations, max_consecutive_violations, rate_violation_interval_ms, reconnect_after_ms"
     )]
     Item {
@@ -674,6 +675,8 @@ pub fn parse_limits(spec: &str) -> Result<Limits, LimitsError> {
             "max_line" => l.max_line = usize::try_from(n).map_err(|_| bad())?.max(1),
             "lines_per_second" => l.lines_per_second = small(n)?,
             "burst" => l.burst = small(n)?,
+            "v2_lines_per_second" => l.v2_lines_per_second = small(n)?,
+            "v2_burst" => l.v2_burst = small(n)?,
             "partial_line_timeout_ms" => l.partial_line_timeout = ms,
             "violation_window_ms" => l.violation_window = ms,
             "max_violations" => l.max_violations = n as usize,
