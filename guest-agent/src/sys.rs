@@ -23,11 +23,16 @@ pub enum Readiness {
     TimedOut,
 }
 
-/// Wait at most `timeout` for `file` to become writable.
-pub fn wait_writable(file: &File, timeout: Duration) -> io::Result<Readiness> {
+/// Poll `fd` alone for `events`, at most `timeout`, retrying on EINTR: the `revents`
+/// seen, or `None` when the time ran out.
+fn poll_one(
+    fd: libc::c_int,
+    events: libc::c_short,
+    timeout: Duration,
+) -> io::Result<Option<libc::c_short>> {
     let mut pfd = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLOUT,
+        fd,
+        events,
         revents: 0,
     };
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
@@ -41,17 +46,22 @@ pub fn wait_writable(file: &File, timeout: Duration) -> io::Result<Readiness> {
             }
             return Err(e);
         }
-        if n == 0 {
-            return Ok(Readiness::TimedOut);
-        }
-        if pfd.revents & libc::POLLOUT != 0 {
-            return Ok(Readiness::Writable);
-        }
-        if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            return Ok(Readiness::Hangup);
-        }
-        return Ok(Readiness::TimedOut);
+        return Ok((n > 0).then_some(pfd.revents));
     }
+}
+
+/// Whether `revents` says the peer is gone.
+fn hung_up(revents: libc::c_short) -> bool {
+    revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Wait at most `timeout` for `file` to become writable.
+pub fn wait_writable(file: &File, timeout: Duration) -> io::Result<Readiness> {
+    Ok(match poll_one(file.as_raw_fd(), libc::POLLOUT, timeout)? {
+        Some(r) if r & libc::POLLOUT != 0 => Readiness::Writable,
+        Some(r) if hung_up(r) => Readiness::Hangup,
+        _ => Readiness::TimedOut,
+    })
 }
 
 /// What a bounded wait for readability found.
@@ -67,33 +77,11 @@ pub enum ReadReadiness {
 
 /// Wait at most `timeout` for `fd` to become readable.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<ReadReadiness> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    loop {
-        // SAFETY: `pfd` is a valid, initialised pollfd and we pass a count of 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Ok(ReadReadiness::TimedOut);
-        }
-        if pfd.revents & libc::POLLIN != 0 {
-            return Ok(ReadReadiness::Readable);
-        }
-        if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            return Ok(ReadReadiness::Hangup);
-        }
-        return Ok(ReadReadiness::TimedOut);
-    }
+    Ok(match poll_one(fd.as_raw_fd(), libc::POLLIN, timeout)? {
+        Some(r) if r & libc::POLLIN != 0 => ReadReadiness::Readable,
+        Some(r) if hung_up(r) => ReadReadiness::Hangup,
+        _ => ReadReadiness::TimedOut,
+    })
 }
 
 /// The peer of a connected Unix socket as the kernel tells it: (pid, uid).
