@@ -91,6 +91,17 @@ pub enum Attribution {
     Domain(String),
 }
 
+impl Attribution {
+    /// Whether the channel belongs to vGPU `uuid`: its own socket, or a channel of
+    /// `domain`, the libvirt domain holding it.
+    pub fn is_of(&self, uuid: &Uuid, domain: Option<&str>) -> bool {
+        match self {
+            Attribution::Vgpu(u) => u == uuid,
+            Attribution::Domain(d) => Some(d.as_str()) == domain,
+        }
+    }
+}
+
 /// What the daemon keeps about one channel.
 #[derive(Debug, Clone)]
 pub struct ChannelState {
@@ -542,11 +553,8 @@ impl GuestTable {
         let now = Instant::now();
         entries.into_iter().find_map(|e| {
             let c = lock_entry(&e);
-            let ours = match &c.attribution {
-                Attribution::Vgpu(u) => u == uuid,
-                Attribution::Domain(d) => Some(d.as_str()) == domain,
-            };
-            (ours && c.hello.is_some()).then(|| c.control.enforcement(c.connected, now))
+            (c.attribution.is_of(uuid, domain) && c.hello.is_some())
+                .then(|| c.control.enforcement(c.connected, now))
         })
     }
 
@@ -564,11 +572,10 @@ impl GuestTable {
             m.values()
                 .find(|e| {
                     let c = lock_entry(e);
-                    let ours = match &c.attribution {
-                        Attribution::Vgpu(u) => u == uuid,
-                        Attribution::Domain(d) => Some(d.as_str()) == domain,
-                    };
-                    ours && c.connected && c.control.protocol >= 2 && c.control.desired.is_some()
+                    c.attribution.is_of(uuid, domain)
+                        && c.connected
+                        && c.control.protocol >= 2
+                        && c.control.desired.is_some()
                 })
                 .cloned()
         })?;

@@ -1018,15 +1018,9 @@ impl Daemon {
                 crate::agent_ingest::Attribution::Vgpu(u) => *u,
                 crate::agent_ingest::Attribution::Domain(d) => *domain_vgpu.get(d)?,
             };
-            if !self.observed.devices.contains_key(&uuid) {
-                return None;
-            }
+            let dev = self.observed.devices.get(&uuid)?;
+            let gpu = gvm_shim_abi::register::normalise_pci_bus_id(&dev.parent);
             let knobs = self.info(&uuid).knobs;
-            let gpu = self
-                .observed
-                .devices
-                .get(&uuid)
-                .and_then(|d| gvm_shim_abi::register::normalise_pci_bus_id(&d.parent));
             let knobs = gvm_agent_proto::v2::Knobs {
                 memory_limit: (knobs.memory_limit != gvm_proto::UNLIMITED)
                     .then_some(knobs.memory_limit),

@@ -20,7 +20,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -44,39 +44,22 @@ fn rig() -> Option<Rig> {
         println!("SKIP: {why}");
         return None;
     }
-    if Command::new("cc").arg("--version").output().is_err() {
-        println!("SKIP: no C compiler (cc) to build the fake libcuda");
-        return None;
-    }
     let Some(so) = shim_so() else {
         println!("SKIP: libgvm_cuda.so could not be built");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c");
-    let fake = dir.path().join("libcuda.so.1");
-    let st = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-Wl,-Bsymbolic",
-            "-Wl,-soname,libcuda.so.1",
-            "-o",
-        ])
-        .arg(&fake)
-        .arg(src.join("fake_cuda.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the fake libcuda failed");
-    let driver = dir.path().join("line_driver");
-    let st = Command::new("cc")
-        .arg("-o")
-        .arg(&driver)
-        .arg(src.join("line_driver.c"))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the line driver failed");
+    let built = common::build_fake_cuda(dir.path()).and_then(|f| {
+        let d = common::build_shim_test_program(dir.path(), "line_driver.c", "line_driver")?;
+        Ok((f, d))
+    });
+    let (fake, driver) = match built {
+        Ok(b) => b,
+        Err(why) => {
+            println!("SKIP: {why}");
+            return None;
+        }
+    };
     let agent = gvm_testkit::workspace_bin("gvm-vgpu-agent", "gvm-vgpu-agent");
     Some(Rig {
         dir,
@@ -163,23 +146,37 @@ impl Rig {
     }
 
     fn program(&self, vm: &Vm, kernel_ms: u32) -> Program {
-        let mut child = Command::new(&self.driver)
-            .arg(&self.fake)
+        self.program_at(&vm.root, kernel_ms, None, "0000:3B:00.0")
+    }
+
+    /// A CUDA program registering on the shim socket under `root` (a guest's, or the host's),
+    /// seeing the GPU at `pci`, claiming vGPU `uuid` through its environment when given.
+    fn program_at(
+        &self,
+        root: &std::path::Path,
+        kernel_ms: u32,
+        uuid: Option<&Uuid>,
+        pci: &str,
+    ) -> Program {
+        let mut cmd = Command::new(&self.driver);
+        cmd.arg(&self.fake)
             .env("LD_PRELOAD", &self.so)
-            .env("GVM_VGPU_ROOT", &vm.root)
-            .env("GVM_SHIM_SOCKET", vm.root.join("run/gvm-vgpu/shim.sock"))
+            .env("GVM_VGPU_ROOT", root)
+            .env("GVM_SHIM_SOCKET", root.join("run/gvm-vgpu/shim.sock"))
             .env("GVM_MEMORY_LIMIT", "unlimited")
             .env("FAKE_KERNEL_MS", kernel_ms.to_string())
-            .env("FAKE_PCI_BUS_IDS", "0000:3B:00.0")
+            .env("FAKE_PCI_BUS_IDS", pci)
             .env_remove("GVM_SHIM_ARBITER")
             .env_remove("GVM_SHIM_CONTROL")
             .env_remove("GVM_VGPU_UUID")
             .env_remove("GVM_PRIORITY")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        if let Some(u) = uuid {
+            cmd.env("GVM_VGPU_UUID", u.to_string());
+        }
+        let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let out = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -352,41 +349,7 @@ fn vms_and_host_processes_on_one_gpu_are_arbitrated_in_one_order() {
     live(&mut c, &ub, None, Some(8));
     let vm_b = rig.vm(&sim, &ub, "vm-b");
     // A host CUDA process owning the priority-2 vGPU, registered with the daemon itself.
-    let mut host = {
-        let mut cmd = Command::new(&rig.driver);
-        cmd.arg(&rig.fake)
-            .env("LD_PRELOAD", &rig.so)
-            .env("GVM_VGPU_ROOT", &sim.root)
-            .env("GVM_SHIM_SOCKET", sim.root.join("run/gvm-vgpu/shim.sock"))
-            .env("GVM_VGPU_UUID", uh.to_string())
-            .env("GVM_MEMORY_LIMIT", "unlimited")
-            .env("FAKE_KERNEL_MS", "600")
-            .env("FAKE_PCI_BUS_IDS", &parent)
-            .env_remove("GVM_SHIM_ARBITER")
-            .env_remove("GVM_SHIM_CONTROL")
-            .env_remove("GVM_PRIORITY")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let p = Program {
-            child: Kill(child),
-            stdin,
-            lines,
-        };
-        assert_eq!(p.next(Duration::from_secs(10)).as_deref(), Some("ready"));
-        p
-    };
+    let mut host = rig.program_at(&sim.root, 600, Some(&uh), &parent);
     let host_pid = host.child.0.id();
     assert!(
         wait_until(Duration::from_secs(5), || c

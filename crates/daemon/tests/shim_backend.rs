@@ -85,35 +85,10 @@ int main(int argc, char **argv) {
 /// directory this test binary was built into (a dependent's build makes the rlib only).
 /// The fake driver and the program, compiled into `dir`.
 fn build_c(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    if Command::new("cc").arg("--version").output().is_err() {
-        return Err("no C compiler (cc) to build the fake libcuda".into());
-    }
-    let fake = dir.join("libcuda.so.1");
-    let fake_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c/fake_cuda.c");
-    let st = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-Wl,-Bsymbolic",
-            "-Wl,-soname,libcuda.so.1",
-            "-o",
-        ])
-        .arg(&fake)
-        .arg(&fake_src)
-        .status()
-        .map_err(|e| e.to_string())?;
-    assert!(st.success(), "building the fake libcuda failed");
+    let fake = common::build_fake_cuda(dir)?;
     let src = dir.join("driver.c");
     std::fs::write(&src, DRIVER_C).unwrap();
-    let prog = dir.join("driver");
-    let st = Command::new("cc")
-        .arg("-o")
-        .arg(&prog)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .map_err(|e| e.to_string())?;
-    assert!(st.success(), "building the driver program failed");
+    let prog = common::build_c_program(dir, &src, "driver")?;
     Ok((fake, prog))
 }
 

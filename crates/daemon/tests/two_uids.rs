@@ -44,10 +44,6 @@ fn rig() -> Option<Rig> {
         println!("SKIP: {why}");
         return None;
     }
-    if Command::new("cc").arg("--version").output().is_err() {
-        println!("SKIP: no C compiler (cc) to build the fake libcuda");
-        return None;
-    }
     let Some(built) = shim_so() else {
         println!("SKIP: libgvm_cuda.so could not be built");
         return None;
@@ -64,30 +60,18 @@ fn rig() -> Option<Rig> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let so = dir.path().join("libgvm_cuda.so");
     std::fs::copy(&built, &so).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c");
-    let fake = dir.path().join("libcuda.so.1");
-    let st = Command::new("cc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-Wl,-Bsymbolic",
-            "-Wl,-soname,libcuda.so.1",
-            "-o",
-        ])
-        .arg(&fake)
-        .arg(src.join("fake_cuda.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the fake libcuda failed");
-    let driver = dir.path().join("driver");
-    let st = Command::new("cc")
-        .arg("-o")
-        .arg(&driver)
-        .arg(src.join("driver.c"))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the driver failed");
+    let (fake, driver) = match common::build_fake_cuda(dir.path()).and_then(|f| {
+        Ok((
+            f,
+            common::build_shim_test_program(dir.path(), "driver.c", "driver")?,
+        ))
+    }) {
+        Ok(built) => built,
+        Err(why) => {
+            println!("SKIP: {why}");
+            return None;
+        }
+    };
     Some(Rig {
         dir,
         so,

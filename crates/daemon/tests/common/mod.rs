@@ -353,3 +353,49 @@ pub fn shim_so() -> Option<PathBuf> {
         })
         .clone()
 }
+
+/// The shim tests' fake `libcuda.so.1` (crates/shim/tests/c/fake_cuda.c), compiled into
+/// `dir`; `Err` says why not (no `cc`: the caller prints `SKIP:`).
+pub fn build_fake_cuda(dir: &Path) -> Result<PathBuf, String> {
+    if Command::new("cc").arg("--version").output().is_err() {
+        return Err("no C compiler (cc) to build the fake libcuda".into());
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c/fake_cuda.c");
+    let fake = dir.join("libcuda.so.1");
+    let st = Command::new("cc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-Wl,-Bsymbolic",
+            "-Wl,-soname,libcuda.so.1",
+            "-o",
+        ])
+        .arg(&fake)
+        .arg(&src)
+        .status()
+        .map_err(|e| e.to_string())?;
+    assert!(st.success(), "building the fake libcuda failed");
+    Ok(fake)
+}
+
+/// The C program `src` (linked with `-ldl`), compiled into `dir` as `name`.
+pub fn build_c_program(dir: &Path, src: &Path, name: &str) -> Result<PathBuf, String> {
+    let prog = dir.join(name);
+    let st = Command::new("cc")
+        .arg("-o")
+        .arg(&prog)
+        .arg(src)
+        .arg("-ldl")
+        .status()
+        .map_err(|e| e.to_string())?;
+    assert!(st.success(), "building {} failed", src.display());
+    Ok(prog)
+}
+
+/// A program of the shim tests' C sources (`crates/shim/tests/c/<file>`), compiled into `dir`.
+pub fn build_shim_test_program(dir: &Path, file: &str, name: &str) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shim/tests/c")
+        .join(file);
+    build_c_program(dir, &src, name)
+}
