@@ -65,6 +65,13 @@ impl Guest {
     }
 }
 
+/// Play QEMU for `uuid`'s VM: bind its channel socket in the daemon's agent directory.
+fn channel_of(sim: &Sim, uuid: &uuid::Uuid) -> UnixListener {
+    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap()
+}
+
 fn guest_of(
     c: &mut gvm_client::Client,
     uuid: &str,
@@ -81,9 +88,7 @@ fn a_protocol_2_guest_gets_the_vgpus_state_and_its_answers_are_shown() {
     let sim = Sim::start(1);
     let uuid = sim.echo_create(&sim.parents()[0], "gvmsim-1");
     let u = uuid.to_string();
-    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let l = UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    let l = channel_of(&sim, &uuid);
     let d = sim.daemon(&[]);
     let mut c = d.client();
     assert!(wait_until(Duration::from_secs(5), || is_managed(
@@ -258,9 +263,7 @@ fn a_freeze_the_guest_does_not_acknowledge_pauses_the_vm_through_qmp_and_thaw_re
         println!("SKIP: qemu-system-x86_64 is not installed");
         return;
     };
-    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let l = UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    let l = channel_of(&sim, &uuid);
     let mut d = sim.daemon(&["--guest-ack-ms", "300"]);
     let mut c = d.client();
     assert!(wait_until(Duration::from_secs(5), || is_managed(
@@ -311,7 +314,7 @@ fn a_freeze_the_guest_does_not_acknowledge_pauses_the_vm_through_qmp_and_thaw_re
     // Without any guest agent (the channel gone), a freeze pauses the VM at once.
     drop(g);
     drop(l);
-    std::fs::remove_file(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    std::fs::remove_file(sim.root.join(format!("run/gvm-vgpu/agent/{uuid}.sock"))).unwrap();
     assert!(wait_until(Duration::from_secs(5), || c
         .show(&u)
         .is_ok_and(|s| s.guest.is_none_or(|g| !g.connected))));
@@ -335,10 +338,8 @@ fn a_hostile_guests_protocol_2_lines_stay_on_its_own_channel() {
         sim.echo_create(&parent, "gvmsim-1"),
         sim.echo_create(&parent, "gvmsim-1"),
     );
-    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let lb = UnixListener::bind(agent_dir.join(format!("{bad}.sock"))).unwrap();
-    let lg = UnixListener::bind(agent_dir.join(format!("{good}.sock"))).unwrap();
+    let lb = channel_of(&sim, &bad);
+    let lg = channel_of(&sim, &good);
     let d = sim.daemon(&[]);
     let mut c = d.client();
     assert!(wait_until(Duration::from_secs(5), || is_managed(
@@ -424,9 +425,7 @@ fn a_guest_whose_kernels_go_on_after_it_acknowledged_a_freeze_is_paused() {
         println!("SKIP: qemu-system-x86_64 is not installed");
         return;
     };
-    let agent_dir = sim.root.join("run/gvm-vgpu/agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let l = UnixListener::bind(agent_dir.join(format!("{uuid}.sock"))).unwrap();
+    let l = channel_of(&sim, &uuid);
     let d = sim.daemon(&["--guest-ack-ms", "2000"]);
     let mut c = d.client();
     assert!(wait_until(Duration::from_secs(5), || is_managed(

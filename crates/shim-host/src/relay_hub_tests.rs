@@ -39,6 +39,20 @@ fn registered(reg: &ShimRegistry, host_pid: u32, ns_pid: u32, declared: u32) {
     );
 }
 
+/// Root's pid 100 (declaring `root.0`, given `root.1` as a vGPU owner) and the user's pid 200
+/// (declaring `user`, owning nothing), registered and joined on [`GPU`]: the hub and their
+/// domains' blocks.
+fn root_and_user(root: (u32, u32), user: u32) -> (Arc<RelayHub>, Arc<ArbiterMap>, Arc<ArbiterMap>) {
+    let reg = Arc::new(ShimRegistry::default());
+    registered(&reg, 100, 100, root.0);
+    reg.assign_priority(100, root.1);
+    registered(&reg, 200, 200, user);
+    let hub = RelayHub::new(Arc::clone(&reg));
+    let r = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], None));
+    let u = block_of(&hub.join(200, 200, USER, &[GPU.into()], None));
+    (hub, r, u)
+}
+
 fn block_of(j: &Joined) -> Arc<ArbiterMap> {
     match &j[0].1 {
         Ok(b) => Arc::clone(b),
@@ -64,13 +78,7 @@ fn ext(b: &ArbiterBlock) -> (u32, u32) {
 
 #[test]
 fn a_busy_owner_of_one_uid_holds_a_less_important_process_of_another_uid() {
-    let reg = Arc::new(ShimRegistry::default());
-    registered(&reg, 100, 100, 0);
-    reg.assign_priority(100, 2);
-    registered(&reg, 200, 200, 8);
-    let hub = RelayHub::new(Arc::clone(&reg));
-    let root = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], None));
-    let user = block_of(&hub.join(200, 200, USER, &[GPU.into()], None));
+    let (_hub, root, user) = root_and_user((0, 2), 8);
     assert_ne!(root.file_id(), user.file_id(), "one block per domain");
     assert_eq!(
         ext(user.block()),
@@ -100,14 +108,8 @@ fn a_busy_owner_of_one_uid_holds_a_less_important_process_of_another_uid() {
 
 #[test]
 fn a_domain_lies_only_to_itself() {
-    let reg = Arc::new(ShimRegistry::default());
-    registered(&reg, 100, 100, 4);
-    reg.assign_priority(100, 4);
     // An unowned user process declaring priority 0.
-    registered(&reg, 200, 200, 0);
-    let hub = RelayHub::new(Arc::clone(&reg));
-    let root = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], None));
-    let user = block_of(&hub.join(200, 200, USER, &[GPU.into()], None));
+    let (_hub, root, user) = root_and_user((4, 4), 0);
     assert_eq!(
         ext(root.block()).1,
         1 << UNOWNED_FLOOR,
@@ -135,13 +137,7 @@ fn a_domain_lies_only_to_itself() {
 
 #[test]
 fn a_stopped_busy_process_stops_holding_other_domains() {
-    let reg = Arc::new(ShimRegistry::default());
-    registered(&reg, 100, 100, 8);
-    reg.assign_priority(100, 1);
-    registered(&reg, 200, 200, 8);
-    let hub = RelayHub::new(Arc::clone(&reg));
-    let root = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], None));
-    let user = block_of(&hub.join(200, 200, USER, &[GPU.into()], None));
+    let (_hub, root, user) = root_and_user((8, 1), 8);
     let r = root.block().register(100, 1, &RealEnv).expect("slot");
     root.block().set_busy(r, true, &RealEnv);
     eventually("held", || user.block().higher_busy(8));
@@ -157,13 +153,7 @@ fn a_stopped_busy_process_stops_holding_other_domains() {
 
 #[test]
 fn when_one_domain_leaves_the_other_is_disarmed_and_freed() {
-    let reg = Arc::new(ShimRegistry::default());
-    registered(&reg, 100, 100, 8);
-    reg.assign_priority(100, 1);
-    registered(&reg, 200, 200, 8);
-    let hub = RelayHub::new(Arc::clone(&reg));
-    let root = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], None));
-    let user = block_of(&hub.join(200, 200, USER, &[GPU.into()], None));
+    let (hub, root, user) = root_and_user((8, 1), 8);
     let r = root.block().register(100, 1, &RealEnv).expect("slot");
     root.block().set_busy(r, true, &RealEnv);
     eventually("held", || user.block().higher_busy(8));
