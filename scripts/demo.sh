@@ -97,6 +97,12 @@ if [ -n "$daemon_pid" ]; then
 fi
 
 echo; echo "== cleaning up"
+# A vGPU a VM holds open cannot be removed (the CLI refuses and says why): shut the stand-in
+# VMs down first, as an operator would shut down the guests.
+while read -r pid _; do
+    echo "kill $pid" > "$root/sys/kernel/debug/gvm-sim/control"
+done < "$root/sys/kernel/debug/gvm-sim/owners"
+sleep 0.5
 for uuid in $(ls "$root/sys/bus/mdev/devices"); do
     "$bin/gvm-vgpu" remove "$uuid"
 done
