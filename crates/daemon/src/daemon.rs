@@ -361,7 +361,7 @@ impl Daemon {
         if dirty || !new_parents.is_empty() || self.first_pass {
             self.reconcile(&new_parents, None, &mut report);
         }
-        if self.first_pass && !self.fallback.paused().is_empty() {
+        if self.first_pass && self.fallback.any_paused() {
             // VMs an earlier run paused whose vGPU is no longer meant to be frozen.
             let live = self.desired.live.clone();
             self.fallback
@@ -371,8 +371,13 @@ impl Daemon {
         self.publish_guest_states();
         for u in self.guests.take_frozen_liars() {
             let meant_frozen = self.desired.live.get(&u).is_some_and(|l| l.frozen);
-            if meant_frozen && !self.fallback.paused().contains(&u) {
-                self.fallback.pause_liar(&u);
+            if meant_frozen && !self.fallback.is_paused(&u) {
+                let domain = self.domain_of(&u);
+                let vm = crate::fallback::VmRef {
+                    domain: domain.as_deref(),
+                    libvirt_uri: self.libvirt.uri(),
+                };
+                self.fallback.pause_liar(&u, vm);
             }
         }
         report
@@ -1134,6 +1139,15 @@ impl Daemon {
     /// JSON after every change.
     pub fn use_libvirt(&mut self, uri: &str, status_file: Option<std::path::PathBuf>) {
         self.libvirt.follow(uri, status_file);
+    }
+
+    /// The domain holding `uuid`: as the followed libvirt reports it, else as libvirt's run
+    /// directory says.
+    pub(crate) fn domain_of(&self, uuid: &Uuid) -> Option<String> {
+        self.libvirt
+            .domain_of(uuid)
+            .or_else(|| self.resolver.domain_of(uuid))
+            .map(str::to_string)
     }
 
     /// The daemon's libvirt picture.

@@ -820,12 +820,15 @@ impl Daemon {
     /// on ([`crate::fallback`]). Each outcome is logged.
     fn settle_guests(&mut self, uuids: &[Uuid], frozen: Option<bool>) {
         for u in uuids {
-            let domain = self.resolver.domain_of(u).map(str::to_string);
+            let domain = self.domain_of(u);
             let want_frozen = frozen.unwrap_or_else(|| self.info(u).knobs.frozen);
             let outcome =
                 if frozen.is_some() || self.guests.enforcement_of(u, domain.as_deref()).is_some() {
-                    self.fallback
-                        .settle(&self.guests, u, domain.as_deref(), want_frozen)
+                    let vm = crate::fallback::VmRef {
+                        domain: domain.as_deref(),
+                        libvirt_uri: self.libvirt.uri(),
+                    };
+                    self.fallback.settle(&self.guests, u, vm, want_frozen)
                 } else {
                     crate::fallback::Settled::NoGuest
                 };

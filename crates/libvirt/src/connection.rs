@@ -144,6 +144,29 @@ impl Connection {
         domain_xml::parse(&self.xml(name, inactive)?)
     }
 
+    /// Pause the running domain's vCPUs (`virDomainSuspend`, as `virsh suspend`). libvirt
+    /// refuses it for a domain that is not running; suspending one already paused succeeds
+    /// and changes nothing.
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        let dom = self.domain(name)?;
+        dom.suspend().map(drop).map_err(|e| Error::Domain {
+            op: "suspend (pause) it".into(),
+            domain: name.to_string(),
+            source: e.into(),
+        })
+    }
+
+    /// Resume a paused domain (`virDomainResume`, as `virsh resume`). libvirt refuses it for
+    /// a domain that is not paused.
+    pub fn resume(&self, name: &str) -> Result<()> {
+        let dom = self.domain(name)?;
+        dom.resume().map(drop).map_err(|e| Error::Domain {
+            op: "resume it".into(),
+            domain: name.to_string(),
+            source: e.into(),
+        })
+    }
+
     /// `virDomainAttachDeviceFlags` with `xml` (a `<hostdev>`, a `<channel>`, …).
     pub fn attach_device(&self, name: &str, xml: &str, apply: Apply) -> Result<()> {
         let dom = self.domain(name)?;

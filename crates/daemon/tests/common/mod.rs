@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use gvm_client::Client;
 use uuid::Uuid;
 
+pub mod libvirtd;
+
 /// Why sim-backed tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
