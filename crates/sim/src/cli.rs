@@ -24,7 +24,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// and virtfnN, and each enabled VF with physfn and nvidia/{creatable_vgpu_types,
 /// current_vgpu_type, vgpu_params, gpu_instance_id, placement_id}.
 ///
-/// Owner processes (children carrying GVM_VGPU_UUID=<uuid>) and parent drivers
+/// Owner processes (children carrying GVM_VGPU_UUID=<uuid>), parent drivers and
+/// what is not sysfs on an SR-IOV host (NVML's mode, a VM holding a VF, a reboot)
 /// are driven through DIR/sys/kernel/debug/gvm-sim/control, one command per write:
 ///   spawn <uuid> [gpu=<uvm index>] [memory=<bytes>] [busy=0|1] [register_delay_ms=<n>]
 ///   kill <pid>

@@ -241,7 +241,7 @@ impl SriovGpus {
         let (bus, slot, func) = split_address(address)?;
         let gpu = self.gpus.iter().position(|g| g.bus == bus)?;
         let index = usize::try_from((slot << 3 | func).checked_sub(FIRST_VF_OFFSET)?).ok()?;
-        (index < self.gpus[gpu].vfs.len()).then_some((gpu, index))
+        (index < self.gpus.get(gpu)?.vfs.len()).then_some((gpu, index))
     }
 
     fn slot(&self, gpu: usize, vf: usize) -> Option<&VfSlot> {
@@ -350,12 +350,10 @@ impl SriovGpus {
         data: &[u8],
     ) -> Result<(), FsError> {
         let id = parse_u32(path, data)?;
-        let held = self
-            .slot(gpu, vf)
-            .ok_or_else(|| FsError::not_found(path))?
-            .held;
+        let g = self.gpus.get(gpu).ok_or_else(|| FsError::not_found(path))?;
+        let slot = g.vfs.get(vf).ok_or_else(|| FsError::not_found(path))?;
         if id == 0 {
-            if held {
+            if slot.held {
                 return Err(FsError::NotPermitted {
                     path: path.to_string(),
                     reason: "a VM holds this VF: stop the VM before removing its vGPU".into(),
@@ -364,8 +362,7 @@ impl SriovGpus {
             *self.slot_mut(path, gpu, vf)? = VfSlot::default();
             return Ok(());
         }
-        let g = &self.gpus[gpu];
-        if let Some(cur) = g.vfs[vf].vgpu {
+        if let Some(cur) = slot.vgpu {
             return Err(FsError::busy(
                 path,
                 format!(
@@ -389,7 +386,7 @@ impl SriovGpus {
             ));
         };
         let free = g.free_placements(t);
-        let placement = match g.vfs[vf].placement_request {
+        let placement = match slot.placement_request {
             Some(p) if free.contains(&p) => p,
             Some(p) => {
                 return Err(FsError::invalid(
@@ -401,7 +398,10 @@ impl SriovGpus {
                     ),
                 ))
             }
-            None => free[0],
+            // Creatable means at least one placement is free.
+            None => *free.first().ok_or_else(|| {
+                FsError::invalid(path, format!("no free placement for {}", t.name))
+            })?,
         };
         let slot = self.slot_mut(path, gpu, vf)?;
         slot.vgpu = Some(VfVgpu {
