@@ -195,8 +195,12 @@ pub fn sim(_page: &str, _path: &[String]) -> Extras {
                 "The simulated GVM gcgroup tree.",
             ),
             (
+                "DIR/sys/bus/pci/devices",
+                "With --sriov-gpus: the SR-IOV PFs and VFs, each VF's nvidia/ vGPU files.",
+            ),
+            (
                 "DIR/sys/kernel/debug/gvm-sim/control",
-                "Commands: spawn, kill, set, unregister, register.",
+                "Commands: spawn, kill, set, unregister, register, vf-heterogeneous, vf-hold, vf-release, vf-reset.",
             ),
             (
                 "DIR/sys/kernel/debug/gvm-sim/owners",

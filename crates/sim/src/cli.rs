@@ -19,13 +19,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// DIR/run stay ordinary directories, so gvm-vgpud --root DIR keeps its
 /// definitions and socket under the same root.
 ///
-/// Owner processes (children carrying GVM_VGPU_UUID=<uuid>) and parent drivers
+/// With --sriov-gpus N it also serves NVIDIA's SR-IOV vGPUs (docs/vendor-vfio.md):
+/// PFs DIR/sys/bus/pci/devices/0000:41:00.0, ... with sriov_numvfs, sriov_totalvfs
+/// and virtfnN, and each enabled VF with physfn and nvidia/{creatable_vgpu_types,
+/// current_vgpu_type, vgpu_params, gpu_instance_id, placement_id}.
+///
+/// Owner processes (children carrying GVM_VGPU_UUID=<uuid>), parent drivers and
+/// what is not sysfs on an SR-IOV host (NVML's mode, a VM holding a VF, a reboot)
 /// are driven through DIR/sys/kernel/debug/gvm-sim/control, one command per write:
 ///   spawn <uuid> [gpu=<uvm index>] [memory=<bytes>] [busy=0|1] [register_delay_ms=<n>]
 ///   kill <pid>
 ///   set <pid> memory=<bytes>|busy=0|1
 ///   unregister <parent>     (like rmmod: its devices go, it leaves mdev_bus)
 ///   register <parent>       (like insmod)
+///   vf-heterogeneous <PF> on|off   (NVML's mixed-size mode; VFs enabled, none with a vGPU)
+///   vf-hold <VF>            (a VM opens the VF: its vGPU cannot be removed)
+///   vf-release <VF>         (the VM closes it)
+///   vf-reset                (a reboot of the SR-IOV GPUs: VFs, vGPUs and modes gone)
 /// and listed in DIR/sys/kernel/debug/gvm-sim/owners as
 ///   pid uuid gpu busy memory_wanted gpu_time_us frozen
 ///
@@ -50,6 +60,11 @@ pub struct Cli {
     /// Number of simulated GPUs (mdev parents 0000:3b:00.0, 0000:3c:00.0, ...; UVM indices 0, 8, ...).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub gpus: u32,
+
+    /// Number of simulated SR-IOV GPUs whose VFs carry vGPUs (PFs 0000:41:00.0, 0000:42:00.0,
+    /// ...; H100-like, 80 GiB, 20 VFs, types H100-4C..H100-80C). 0 serves no SR-IOV tree.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub sriov_gpus: u32,
 
     /// Which host to simulate.
     #[arg(long, value_enum, default_value_t = ModelArg::GvmSim)]

@@ -51,6 +51,33 @@ pub enum FsError {
         /// The errno the vendor driver gives.
         errno: i32,
     },
+    /// The object is in use and the store cannot change it now: `EBUSY` (Linux's
+    /// `sriov_numvfs_store` with VFs enabled; NVIDIA's VF vGPU files, see docs/vendor-vfio.md).
+    #[error("{path}: busy: {reason}")]
+    Busy {
+        /// Path relative to the simulated root (or the object, for control commands).
+        path: String,
+        /// What holds it, and what to do first.
+        reason: String,
+    },
+    /// The store is refused while a VM holds the object: `EPERM` (writing `0` to a held VF's
+    /// `current_vgpu_type`, docs/vendor-vfio.md).
+    #[error("{path}: operation not permitted: {reason}")]
+    NotPermitted {
+        /// Path relative to the simulated root.
+        path: String,
+        /// Why, and what to do first.
+        reason: String,
+    },
+    /// A number out of the attribute's range: `ERANGE` (Linux's `sriov_numvfs_store` above
+    /// `sriov_totalvfs`; `kstrtou32` overflow).
+    #[error("{path}: value out of range: {reason}")]
+    OutOfRange {
+        /// Path relative to the simulated root.
+        path: String,
+        /// The range accepted.
+        reason: String,
+    },
     /// The owner process of a vGPU could not be started or signalled.
     #[error("owner process of vGPU {uuid}: {message}")]
     Process {
@@ -71,12 +98,29 @@ impl FsError {
             FsError::Access { .. } => libc::EACCES,
             FsError::Invalid { .. } => libc::EINVAL,
             FsError::Exists { .. } => libc::EEXIST,
+            FsError::Busy { .. } => libc::EBUSY,
+            FsError::NotPermitted { .. } => libc::EPERM,
+            FsError::OutOfRange { .. } => libc::ERANGE,
             FsError::Exhausted { errno, .. } | FsError::Process { errno, .. } => *errno,
         }
     }
 
     pub(crate) fn invalid(path: &str, reason: impl Into<String>) -> Self {
         FsError::Invalid {
+            path: path.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn busy(path: &str, reason: impl Into<String>) -> Self {
+        FsError::Busy {
+            path: path.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn out_of_range(path: &str, reason: impl Into<String>) -> Self {
+        FsError::OutOfRange {
             path: path.to_string(),
             reason: reason.into(),
         }
@@ -153,6 +197,13 @@ mod tests {
         assert_eq!(FsError::not_found("x").errno(), libc::ENOENT);
         assert_eq!(FsError::invalid("x", "y").errno(), libc::EINVAL);
         assert_eq!(FsError::Exists { uuid: "u".into() }.errno(), libc::EEXIST);
+        assert_eq!(FsError::busy("x", "y").errno(), libc::EBUSY);
+        assert_eq!(FsError::out_of_range("x", "y").errno(), libc::ERANGE);
+        let held = FsError::NotPermitted {
+            path: "x".into(),
+            reason: "a VM holds it".into(),
+        };
+        assert_eq!(held.errno(), libc::EPERM);
         let e = FsError::Exhausted {
             parent: "mtty".into(),
             type_id: "mtty-2".into(),

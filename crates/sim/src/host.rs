@@ -4,7 +4,8 @@
 //! the owner processes of each vGPU and their GVM gcgroup state. Its methods are
 //! the *stores* of the kernel attributes (`create`, `remove`, `memory.limit`, …)
 //! with the kernel's parsing and errno rules, plus the simulator's own control
-//! commands. It never touches the filesystem; processes are started and killed
+//! commands. It also holds the simulated SR-IOV GPUs ([`crate::vf`]), whose stores
+//! [`crate::tree`] calls directly. It never touches the filesystem; processes are started and killed
 //! through the [`OwnerProcs`] trait, so unit tests run with fake processes and a
 //! fake clock. The path layout is in [`crate::tree`].
 
@@ -13,6 +14,7 @@ use std::io;
 
 use crate::catalog::{self, Model, ParentSpec, GIB};
 use crate::error::FsError;
+use crate::vf::SriovGpus;
 use crate::workload::{self, GpuClient, MAX_PRIORITY};
 
 /// Starts, kills and reaps the real processes that own vGPUs.
@@ -112,6 +114,8 @@ pub struct SimHost {
     held_remove: HeldRemove,
     /// Writers of `remove` waiting for a held device to go, by UUID.
     removal_waiters: Vec<(String, Box<dyn FnOnce() + Send>)>,
+    /// The SR-IOV GPUs whose VFs carry vGPUs (none unless [`SimHost::set_sriov_gpus`]).
+    sriov: SriovGpus,
 }
 
 impl SimHost {
@@ -131,7 +135,24 @@ impl SimHost {
             unregistered: std::collections::BTreeSet::new(),
             held_remove: HeldRemove::default(),
             removal_waiters: Vec::new(),
+            sriov: SriovGpus::default(),
         }
+    }
+
+    /// Serve `count` SR-IOV GPUs (PFs `0000:41:00.0`, `0000:42:00.0`, …) beside the mdev
+    /// parents, with no VFs enabled, as after boot.
+    pub fn set_sriov_gpus(&mut self, count: u32) {
+        self.sriov = SriovGpus::new(count);
+    }
+
+    /// The SR-IOV GPUs.
+    pub fn sriov(&self) -> &SriovGpus {
+        &self.sriov
+    }
+
+    /// The SR-IOV GPUs, for their stores.
+    pub fn sriov_mut(&mut self) -> &mut SriovGpus {
+        &mut self.sriov
     }
 
     /// Choose what `remove` does to a device that owners hold.
@@ -475,8 +496,22 @@ impl SimHost {
         let text = std::str::from_utf8(data)
             .map_err(|_| FsError::invalid(path, "commands are UTF-8 text"))?;
         let mut words = text.split_whitespace();
-        let usage = "commands: `spawn <uuid> [gpu=N] [memory=BYTES] [busy=0|1] [register_delay_ms=N]`, `kill <pid>`, `set <pid> memory=BYTES|busy=0|1`, `unregister <parent>`, `register <parent>`";
+        let usage = "commands: `spawn <uuid> [gpu=N] [memory=BYTES] [busy=0|1] [register_delay_ms=N]`, `kill <pid>`, `set <pid> memory=BYTES|busy=0|1`, `unregister <parent>`, `register <parent>`, `vf-heterogeneous <PF> on|off`, `vf-hold <VF>`, `vf-release <VF>`, `vf-reset`";
         match (words.next(), words.next()) {
+            (Some("vf-heterogeneous"), Some(pf)) => {
+                let on = match (words.next(), words.next()) {
+                    (Some("on"), None) => true,
+                    (Some("off"), None) => false,
+                    _ => return Err(FsError::invalid(path, "vf-heterogeneous <PF> on|off")),
+                };
+                self.sriov.set_heterogeneous(pf, on)
+            }
+            (Some("vf-hold"), Some(vf)) if words.next().is_none() => self.sriov.hold(vf),
+            (Some("vf-release"), Some(vf)) if words.next().is_none() => self.sriov.release(vf),
+            (Some("vf-reset"), None) => {
+                self.sriov.reset();
+                Ok(())
+            }
             (Some("unregister"), Some(parent)) if words.next().is_none() => {
                 self.unregister_parent(path, parent)
             }

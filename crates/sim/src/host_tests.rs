@@ -453,3 +453,55 @@ fn unregistering_a_parent_removes_its_devices_and_hides_it_until_registered() {
     // The pool is whole again.
     assert_eq!(h.available(0, "mtty-1"), 24);
 }
+
+#[test]
+fn control_drives_the_sriov_gpus() {
+    let (mut h, _) = host(Model::GvmSim, 0);
+    h.set_sriov_gpus(1);
+    let pf = "0000:41:00.0";
+    assert_eq!(
+        errno(h.control("ctl", format!("vf-heterogeneous {pf} on").as_bytes())),
+        libc::EINVAL,
+        "no VFs yet"
+    );
+    let pf_index = h.sriov().pf(pf).unwrap_or_else(|| panic!("{pf}"));
+    h.sriov_mut()
+        .set_num_vfs("n", pf_index, b"2")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for bad in [
+        format!("vf-heterogeneous {pf}"),
+        format!("vf-heterogeneous {pf} yes"),
+        format!("vf-heterogeneous {pf} on off"),
+        "vf-hold".to_string(),
+        "vf-reset now".to_string(),
+    ] {
+        assert_eq!(
+            errno(h.control("ctl", bad.as_bytes())),
+            libc::EINVAL,
+            "{bad}"
+        );
+    }
+    h.control("ctl", format!("vf-heterogeneous {pf} on\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(h.sriov().gpus()[0].heterogeneous);
+    assert_eq!(
+        errno(h.control("ctl", b"vf-hold 0000:41:00.4")),
+        libc::EINVAL,
+        "no vGPU on it"
+    );
+    h.sriov_mut()
+        .set_type("t", 0, 0, b"1047")
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.control("ctl", b"vf-hold 0000:41:00.4")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(h.sriov().gpus()[0].vfs[0].held);
+    h.control("ctl", b"vf-release 0000:41:00.4")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        errno(h.control("ctl", b"vf-release 0000:41:00.9")),
+        libc::ENOENT
+    );
+    h.control("ctl", b"vf-reset\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(h.sriov().gpus()[0].vfs.is_empty());
+}

@@ -16,9 +16,14 @@
 //! environment) whose simulated GPU work responds to priority, freeze and memory
 //! limits.
 //!
+//! On newer GPUs NVIDIA's vGPUs are SR-IOV virtual functions instead of mdevs
+//! (docs/vendor-vfio.md); with `--sriov-gpus N` the simulator also serves that ABI under
+//! `/sys/bus/pci/devices` ([`vf`]).
+//!
 //! Structure, from pure to I/O:
 //! * [`catalog`] — the simulated parents and types (pure data);
 //! * [`workload`] — the GPU time/kernels/memory model (pure, explicit clock);
+//! * [`vf`] — simulated SR-IOV GPUs whose VFs carry vGPUs (NVIDIA's VF sysfs ABI; pure);
 //! * [`host`] — host state and the kernel's store rules (no I/O; processes behind a trait);
 //! * [`tree`] — the path layout computed from the host;
 //! * [`procs`] — real owner processes;
@@ -34,6 +39,7 @@ pub mod host;
 pub mod mount;
 pub mod procs;
 pub mod tree;
+pub mod vf;
 pub mod workload;
 
 pub use catalog::Model;

@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         gpus: cli.gpus,
         owners_per_vgpu: cli.owners_per_vgpu,
+        sriov_gpus: cli.sriov_gpus,
         held_remove: match cli.held_remove {
             HeldRemoveArg::Block => HeldRemove::Block,
             HeldRemoveArg::Kill => HeldRemove::Kill,

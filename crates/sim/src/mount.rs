@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub gpus: u32,
     /// Owners started automatically per created vGPU.
     pub owners_per_vgpu: u32,
+    /// SR-IOV GPUs whose VFs carry vGPUs, served under `sys/bus/pci/devices` ([`crate::vf`]).
+    pub sriov_gpus: u32,
     /// What `remove` does to a device that owners hold.
     pub held_remove: HeldRemove,
     /// Lazily unmount a stale mount at DIR instead of failing.
@@ -178,6 +180,7 @@ impl Server {
         let dir = mount_point(&opts.root);
         let mut sim = SimHost::new(opts.model, opts.gpus, opts.owners_per_vgpu, procs);
         sim.set_held_remove(opts.held_remove);
+        sim.set_sriov_gpus(opts.sriov_gpus);
         let host = Arc::new(Mutex::new(sim));
         let mut config = Config::default();
         config.mount_options = vec![

@@ -15,13 +15,21 @@
 //! sys/kernel/iommu_groups/<n>/devices/<uuid>@
 //! sys/kernel/debug/nvidia-uvm/processes/{list, <pid>/<gpu>/{memory.limit, …}}
 //! sys/kernel/debug/gvm-sim/{control, owners}   (the simulator's own controls, beside GVM's debugfs)
+//! sys/bus/pci/devices/<PF>/{sriov_numvfs, sriov_totalvfs, virtfnN@}   (with --sriov-gpus N)
+//! sys/bus/pci/devices/<VF>/{physfn@, nvidia/{creatable_vgpu_types, current_vgpu_type,
+//!     vgpu_params, gpu_instance_id, placement_id}}
 //! ```
+//!
+//! The SR-IOV PFs and VFs are directories of `sys/bus/pci/devices` itself, where the kernel
+//! has links into `sys/devices/pci…/`; the links between them (`virtfnN`, `physfn`) are
+//! relative to that directory, so the clients see the same paths either way.
 //!
 //! Symlinks are relative, like the kernel's, so they resolve inside a bind mount
 //! of `DIR/sys` over `/sys`.
 
 use crate::error::FsError;
 use crate::host::{Removal, SimHost};
+use crate::vf::{SriovGpus, TOTAL_VFS};
 
 /// What a path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +70,15 @@ const GVM_KNOBS: [(&str, Kind); 6] = [
     ("gcgroup.stat", RO),
 ];
 const TYPE_ATTRS: [&str; 4] = ["name", "description", "device_api", "available_instances"];
+const PCI_DEVICES: [&str; 4] = ["sys", "bus", "pci", "devices"];
+/// The files of a VF's `nvidia/` directory (docs/vendor-vfio.md).
+const VF_NVIDIA: [(&str, Kind); 5] = [
+    ("creatable_vgpu_types", RO),
+    ("current_vgpu_type", RW),
+    ("vgpu_params", RW),
+    ("gpu_instance_id", RW),
+    ("placement_id", RW),
+];
 
 fn e(name: impl Into<String>, kind: Kind) -> Entry {
     Entry {
@@ -109,7 +126,12 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
             vec![e("control", WO), e("owners", RO)]
         }
         ["sys"] => vec![dir("bus"), dir("class"), dir("devices"), dir("kernel")],
-        ["sys", "bus"] => vec![dir("mdev")],
+        ["sys", "bus"] if host.sriov().is_empty() => vec![dir("mdev")],
+        ["sys", "bus"] => vec![dir("mdev"), dir("pci")],
+        ["sys", "bus", "pci"] if !host.sriov().is_empty() => vec![dir("devices")],
+        [a, b, c, d, rest @ ..] if [*a, *b, *c, *d] == PCI_DEVICES && !host.sriov().is_empty() => {
+            list_pci(host.sriov(), rest).ok_or_else(nf)?
+        }
         ["sys", "bus", "mdev"] => vec![dir("devices"), dir("drivers")],
         ["sys", "bus", "mdev", "drivers"] => vec![],
         ["sys", "bus", "mdev", "devices"] => devs
@@ -194,6 +216,100 @@ pub fn list(host: &SimHost, segs: &[&str]) -> Result<Vec<Entry>, FsError> {
         }
     };
     Ok(entries)
+}
+
+/// The entries under `sys/bus/pci/devices/` (`rest` below it): the SR-IOV PFs and their
+/// enabled VFs.
+fn list_pci(sriov: &SriovGpus, rest: &[&str]) -> Option<Vec<Entry>> {
+    let v = match rest {
+        [] => sriov
+            .gpus()
+            .iter()
+            .flat_map(|g| {
+                std::iter::once(g.address()).chain((0..g.vfs.len()).map(|i| g.vf_address(i)))
+            })
+            .map(dir)
+            .collect(),
+        [dev] => {
+            if let Some(g) = sriov.pf(dev).map(|i| &sriov.gpus()[i]) {
+                let mut v = vec![e("sriov_numvfs", RW), e("sriov_totalvfs", RO)];
+                v.extend((0..g.vfs.len()).map(|i| {
+                    e(
+                        format!("virtfn{i}"),
+                        Kind::Link(format!("../{}", g.vf_address(i))),
+                    )
+                }));
+                v
+            } else {
+                let (g, _) = sriov.vf(dev)?;
+                vec![
+                    e(
+                        "physfn",
+                        Kind::Link(format!("../{}", sriov.gpus()[g].address())),
+                    ),
+                    dir("nvidia"),
+                ]
+            }
+        }
+        [dev, "nvidia"] => {
+            sriov.vf(dev)?;
+            VF_NVIDIA.iter().map(|(n, k)| e(*n, k.clone())).collect()
+        }
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// The contents of an attribute under `sys/bus/pci/devices/` (`rest` below it).
+fn read_pci(sriov: &SriovGpus, rest: &[&str]) -> Option<String> {
+    let text = match rest {
+        [pf, "sriov_numvfs"] => format!("{}\n", sriov.gpus()[sriov.pf(pf)?].vfs.len()),
+        [pf, "sriov_totalvfs"] => {
+            sriov.pf(pf)?;
+            format!("{TOTAL_VFS}\n")
+        }
+        [vf, "nvidia", file] => {
+            let (g, i) = sriov.vf(vf)?;
+            match *file {
+                "creatable_vgpu_types" => sriov.creatable_text(g, i),
+                "current_vgpu_type" => format!("{}\n", sriov.current_type(g, i)),
+                "vgpu_params" => sriov.params_text(g, i),
+                "placement_id" => sriov.placement_text(g, i),
+                // No MIG on the simulated GPUs: no GPU instance (**ours**: an empty line).
+                "gpu_instance_id" => "\n".to_string(),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(text)
+}
+
+/// One store to an attribute under `sys/bus/pci/devices/` (`rest` below it).
+fn write_pci(sriov: &mut SriovGpus, path: &str, rest: &[&str], data: &[u8]) -> Result<(), FsError> {
+    let nf = || FsError::not_found(path);
+    match rest {
+        [pf, "sriov_numvfs"] => {
+            let g = sriov.pf(pf).ok_or_else(nf)?;
+            sriov.set_num_vfs(path, g, data)
+        }
+        [vf, "nvidia", file] => {
+            let (g, i) = sriov.vf(vf).ok_or_else(nf)?;
+            match *file {
+                "current_vgpu_type" => sriov.set_type(path, g, i, data),
+                "placement_id" => sriov.set_placement(path, g, i, data),
+                "vgpu_params" => sriov.set_params(path, g, i, data),
+                // A MIG-backed vGPU names its GPU instance here; the simulated GPUs have no
+                // MIG mode, so every write is refused (**ours**).
+                "gpu_instance_id" => Err(FsError::invalid(
+                    path,
+                    "the simulated GPU is not in MIG mode: it has no GPU instances",
+                )),
+                _ => Err(nf()),
+            }
+        }
+        _ => Err(nf()),
+    }
 }
 
 fn group_device(host: &SimHost, n: &str) -> Option<String> {
@@ -424,6 +540,9 @@ pub fn read(host: &SimHost, segs: &[&str]) -> Result<Vec<u8>, FsError> {
     } else {
         match segs {
             ["sys", "kernel", "debug", "gvm-sim", "owners"] => host.owners_text(),
+            [a, b, c, d, rest @ ..] if [*a, *b, *c, *d] == PCI_DEVICES => {
+                read_pci(host.sriov(), rest).ok_or_else(nf)?
+            }
             [a, b, c, d, "processes", "list"] if [*a, *b, *c, *d] == GVM => {
                 let mut s = String::from("PID\n");
                 for pid in host.registered_pids() {
@@ -478,6 +597,9 @@ pub fn write(host: &mut SimHost, segs: &[&str], data: &[u8]) -> Result<Stored, F
     match segs {
         ["sys", "kernel", "debug", "gvm-sim", "control"] => {
             host.control(&path, data).map(|()| Stored::Done)
+        }
+        [a, b, c, d, rest @ ..] if [*a, *b, *c, *d] == PCI_DEVICES => {
+            write_pci(host.sriov_mut(), &path, rest, data).map(|()| Stored::Done)
         }
         [a, b, c, d, "processes", pid, gpu, knob] if [*a, *b, *c, *d] == GVM => {
             let pid = pid.parse().map_err(|_| FsError::not_found(&path))?;

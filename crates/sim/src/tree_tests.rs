@@ -367,3 +367,111 @@ fn fixed_directories_are_always_directories_and_nothing_else_is_fixed() {
         );
     }
 }
+
+const PCI: &str = "sys/bus/pci/devices";
+
+#[test]
+fn no_sriov_gpus_no_pci_tree() {
+    let (h, _) = host(Model::GvmSim, 0);
+    assert_eq!(names(&h, "sys/bus"), ["mdev"]);
+    assert_eq!(
+        stat(&h, &["sys", "bus", "pci"]).map_err(|e| e.errno()),
+        Err(libc::ENOENT)
+    );
+}
+
+#[test]
+fn sriov_pfs_and_vfs_are_served_with_links_modes_and_errnos() {
+    let (mut h, _) = host(Model::GvmSim, 0);
+    h.set_sriov_gpus(2);
+    assert_eq!(names(&h, "sys/bus"), ["mdev", "pci"]);
+    assert_eq!(names(&h, PCI), ["0000:41:00.0", "0000:42:00.0"]);
+    let pf = format!("{PCI}/0000:41:00.0");
+    assert_eq!(names(&h, &pf), ["sriov_numvfs", "sriov_totalvfs"]);
+    assert_eq!(text(&h, &format!("{pf}/sriov_totalvfs")), "20\n");
+    assert_eq!(
+        put(&mut h, &format!("{pf}/sriov_totalvfs"), "4"),
+        Err(libc::EACCES)
+    );
+    assert_eq!(put(&mut h, &format!("{pf}/sriov_numvfs"), "2\n"), Ok(()));
+    assert_eq!(text(&h, &format!("{pf}/sriov_numvfs")), "2\n");
+    assert_eq!(
+        put(&mut h, &format!("{pf}/sriov_numvfs"), "3"),
+        Err(libc::EBUSY)
+    );
+    assert_eq!(
+        names(&h, PCI),
+        [
+            "0000:41:00.0",
+            "0000:41:00.4",
+            "0000:41:00.5",
+            "0000:42:00.0"
+        ]
+    );
+    assert_eq!(
+        link(&h, &format!("{pf}/virtfn1")).join("/"),
+        format!("{PCI}/0000:41:00.5")
+    );
+    let vf = format!("{PCI}/0000:41:00.5");
+    assert_eq!(link(&h, &format!("{vf}/physfn")).join("/"), pf);
+    let nvidia = format!("{vf}/nvidia");
+    assert_eq!(
+        names(&h, &nvidia),
+        [
+            "creatable_vgpu_types",
+            "current_vgpu_type",
+            "vgpu_params",
+            "gpu_instance_id",
+            "placement_id"
+        ]
+    );
+    let creatable: Vec<&str> = format!("{nvidia}/creatable_vgpu_types")
+        .leak()
+        .split('/')
+        .collect();
+    assert_eq!(stat(&h, &creatable), Ok(Kind::File { mode: 0o444 }));
+    assert_eq!(text(&h, &format!("{nvidia}/current_vgpu_type")), "0\n");
+    assert_eq!(
+        put(&mut h, &format!("{nvidia}/current_vgpu_type"), "1047\n"),
+        Ok(())
+    );
+    assert_eq!(text(&h, &format!("{nvidia}/current_vgpu_type")), "1047\n");
+    assert_eq!(text(&h, &format!("{nvidia}/placement_id")), "0\n");
+    assert_eq!(
+        text(
+            &h,
+            &format!("{PCI}/0000:41:00.4/nvidia/creatable_vgpu_types")
+        ),
+        "    1047 : NVIDIA H100-20C\n"
+    );
+    assert_eq!(
+        put(&mut h, &format!("{nvidia}/current_vgpu_type"), "nope"),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        put(&mut h, &format!("{nvidia}/gpu_instance_id"), "1"),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        put(
+            &mut h,
+            "sys/kernel/debug/gvm-sim/control",
+            "vf-hold 0000:41:00.5"
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        put(&mut h, &format!("{nvidia}/current_vgpu_type"), "0"),
+        Err(libc::EPERM)
+    );
+    // Disabling the VFs removes their directories: a vanished VF is ENOENT.
+    assert_eq!(
+        put(&mut h, "sys/kernel/debug/gvm-sim/control", "vf-reset"),
+        Ok(())
+    );
+    assert_eq!(
+        put(&mut h, &format!("{nvidia}/current_vgpu_type"), "1047"),
+        Err(libc::ENOENT)
+    );
+    assert_eq!(names(&h, &pf), ["sriov_numvfs", "sriov_totalvfs"]);
+}
