@@ -72,6 +72,14 @@ fn vf_vgpus_through_the_client() {
         (big.as_str(), t40.name.as_str()),
         (VFS[0], "NVIDIA H100-40C")
     );
+    // VFs with a vGPU cannot be disabled, and the error says what to do instead.
+    match vf.enable_vfs(PF, 0) {
+        Err(e @ Error::VfsInUse { .. }) => {
+            assert_eq!(e.errno(), Some(libc::EBUSY));
+            assert!(e.to_string().contains("current_vgpu_type"), "{e}");
+        }
+        other => panic!("disabling VFs that carry a vGPU: {other:?}"),
+    }
     let (_, mid, _) = vf
         .create(Some(PF), "H100-20C", &[])
         .unwrap_or_else(|e| panic!("{e}"));

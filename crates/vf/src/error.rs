@@ -84,6 +84,16 @@ pub enum Error {
         errno: i32,
     },
 
+    /// EBUSY writing 0 to `sriov_numvfs`: a VF still has a vGPU or is in use (the driver
+    /// refuses to take VFs away under a VM; see docs/vendor-vfio.md for where this comes from).
+    #[error("{pf}'s VFs cannot be disabled (EBUSY): a VF still has a vGPU type set or is in use; stop the VMs and write 0 to each VF's nvidia/current_vgpu_type first")]
+    VfsInUse {
+        /// The PF.
+        pf: String,
+        /// EBUSY.
+        errno: i32,
+    },
+
     /// EACCES writing an attribute.
     #[error("permission denied writing {path} (EACCES): run as root")]
     PermissionDenied {
@@ -169,6 +179,7 @@ impl Error {
             | Error::Rejected { errno, .. }
             | Error::VfBusy { errno, .. }
             | Error::VfsAlreadyEnabled { errno, .. }
+            | Error::VfsInUse { errno, .. }
             | Error::PermissionDenied { errno, .. } => Some(*errno),
             Error::Write { source, .. } | Error::Read { source, .. } => source.raw_os_error(),
             Error::PfNotFound { .. } => Some(libc::ENOENT),

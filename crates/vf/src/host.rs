@@ -190,6 +190,10 @@ impl VfHost {
         }
         let path = self.dev(pf).join("sriov_numvfs");
         write_attr(&path, format!("{n}\n").as_bytes()).map_err(|e| match e.raw_os_error() {
+            Some(errno) if errno == libc::EBUSY && n == 0 => Error::VfsInUse {
+                pf: pf.to_string(),
+                errno,
+            },
             Some(errno) if errno == libc::EBUSY => Error::VfsAlreadyEnabled {
                 pf: pf.to_string(),
                 current: cur.num_vfs,
