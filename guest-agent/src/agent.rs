@@ -135,6 +135,8 @@ pub struct Agent {
     local: Option<Arc<LocalDaemon>>,
     busy: BusyTracker,
     acks: AckTracker,
+    /// When counters were last sent between reports (a GPU under a share policy).
+    share_counters_at: Option<Instant>,
     said_without_host: bool,
     /// The host sent a valid snapshot on this connection: it speaks v2 and may be
     /// sent v2 lines (a v1 host would count them as violations).
@@ -162,6 +164,7 @@ impl Agent {
             local: None,
             busy: BusyTracker::default(),
             acks: AckTracker::default(),
+            share_counters_at: None,
             said_without_host: false,
             host_v2: false,
         }
@@ -554,6 +557,7 @@ impl Agent {
         let Some(local) = self.local.clone() else {
             return;
         };
+        local.poll_busy_time(now);
         if let Some(b) = self.busy.poll(now, local.busy()) {
             self.send_v2(&GuestMessage::Busy(Busy { busy: b }));
         }
@@ -561,6 +565,71 @@ impl Agent {
             if let Some(ack) = self.acks.poll(now, local.reached(&s)) {
                 self.send_v2(&GuestMessage::Ack(ack));
             }
+            // Under equal-share or fixed-share the host charges the VM's budget from these
+            // counters: send them ten times per window, not only with each report.
+            if let Some(period) = share_counters_period(&s, self.opts.interval) {
+                let due = self
+                    .share_counters_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= period);
+                if due {
+                    self.share_counters_at = Some(now);
+                    let processes = local.counters();
+                    self.send_v2(&GuestMessage::Counters(Counters { processes }));
+                }
+            }
         }
+    }
+}
+
+/// The shortest period between counters messages (50 a second: a quarter of the host's
+/// protocol-2 line rate).
+pub const MIN_SHARE_COUNTERS_PERIOD: Duration = Duration::from_millis(20);
+
+/// How often counters go to the host between reports when snapshot `s` names a share
+/// window: a tenth of the window, at least [`MIN_SHARE_COUNTERS_PERIOD`]; `None` when the
+/// snapshot has no window or the reports are as frequent already.
+pub fn share_counters_period(s: &Snapshot, interval: Duration) -> Option<Duration> {
+    let window = Duration::from_millis(u64::from(s.knobs.window_ms?));
+    let period = (window / 10).max(MIN_SHARE_COUNTERS_PERIOD);
+    (period < interval).then_some(period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gvm_agent_proto::v2::Knobs;
+
+    fn snapshot(window_ms: Option<u32>) -> Snapshot {
+        Snapshot {
+            generation: 1,
+            knobs: Knobs {
+                memory_limit: None,
+                priority: Some(8),
+                frozen: false,
+                host_swap: false,
+                share_budget_us: None,
+                window_ms,
+            },
+            hold: false,
+        }
+    }
+
+    #[test]
+    fn counters_go_ten_times_per_share_window_and_never_faster_than_the_floor() {
+        let second = Duration::from_secs(1);
+        assert_eq!(share_counters_period(&snapshot(None), second), None);
+        assert_eq!(
+            share_counters_period(&snapshot(Some(1000)), second),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            share_counters_period(&snapshot(Some(50)), second),
+            Some(MIN_SHARE_COUNTERS_PERIOD)
+        );
+        // Reports every 50 ms already carry counters often enough.
+        assert_eq!(
+            share_counters_period(&snapshot(Some(1000)), Duration::from_millis(50)),
+            None
+        );
     }
 }

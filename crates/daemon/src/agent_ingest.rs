@@ -144,6 +144,48 @@ pub struct PublishedState {
     pub gpu: Option<String>,
 }
 
+/// What the GPU time-slice scheduler wants of a protocol-2 VM on a GPU under equal-share or
+/// fixed-share ([`crate::scheduler`]): the engine's priority (one for every vGPU on the GPU,
+/// so no VM holds another by priority), whether the engine throttles the VM now (a hold, not
+/// a freeze: nothing waits for in-flight kernels), and the budget's window, which makes the
+/// guest send its counters ten times per window so the budget is charged as it is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedShare {
+    /// The engine's priority.
+    pub priority: u8,
+    /// The engine throttles the VM.
+    pub throttled: bool,
+    /// The budget's window, ms.
+    pub window_ms: u32,
+    /// Under fixed-share, the VM's GPU time per window, µs.
+    pub budget_us: Option<u64>,
+}
+
+impl SchedShare {
+    /// `base` as this share changes it.
+    fn overlay(self, base: v2::Knobs) -> v2::Knobs {
+        v2::Knobs {
+            priority: Some(u32::from(self.priority)),
+            share_budget_us: self.budget_us,
+            window_ms: Some(self.window_ms),
+            ..base
+        }
+    }
+}
+
+/// One protocol-2 VM's counters as the scheduler charges them: summed over its processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestUsage {
+    /// The vGPU.
+    pub vgpu: Uuid,
+    /// The PCI address of its GPU.
+    pub pci: String,
+    /// Kernels submitted and not yet ended.
+    pub pending: u64,
+    /// GPU busy time, µs (the guest's `gpu_busy_us`, summed).
+    pub busy_us: u64,
+}
+
 /// The state the daemon wants a protocol-2 guest in: the vGPU's knobs and the hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DesiredState {
@@ -185,6 +227,10 @@ pub struct GuestControl {
     pub frozen_lie: bool,
     /// `frozen_lie` was handed to the daemon already.
     pub lie_taken: bool,
+    /// The knobs the daemon's core published last, before the scheduler's [`SchedShare`].
+    pub base_knobs: Option<v2::Knobs>,
+    /// The scheduler's share of this VM, on a GPU under equal-share or fixed-share.
+    pub sched: Option<SchedShare>,
     /// Wakes the channel's task when `desired` changes.
     pub wake: Arc<Notify>,
 }
@@ -222,6 +268,8 @@ impl GuestControl {
             submitted_at_freeze: None,
             frozen_lie: false,
             lie_taken: false,
+            base_knobs: None,
+            sched: None,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -438,6 +486,8 @@ impl GuestTable {
                 continue;
             };
             c.control.placed = gpu.map(|pci| (vgpu, pci));
+            c.control.base_knobs = Some(knobs);
+            let knobs = c.control.sched.map_or(knobs, |s| s.overlay(knobs));
             let hold = c.control.desired.is_some_and(|d| d.hold);
             if !knobs.frozen {
                 c.control.submitted_at_freeze = None;
@@ -452,6 +502,72 @@ impl GuestTable {
             }
         }
         self.rearbitrate(Instant::now());
+    }
+
+    /// Give each VM the scheduler's share (`shares`, by vGPU; a VM not in it has none: its
+    /// GPU is under best-effort). A VM whose state changes gets a new generation; holds are
+    /// decided again.
+    pub fn set_sched(&self, shares: &BTreeMap<Uuid, SchedShare>) {
+        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
+        let mut changed = false;
+        for e in entries {
+            let mut c = lock_entry(&e);
+            let Some((vgpu, _)) = c.control.placed.clone() else {
+                continue;
+            };
+            let share = shares.get(&vgpu).copied();
+            if c.control.sched == share {
+                continue;
+            }
+            if c.control.sched.map(|s| s.throttled) != share.map(|s| s.throttled) {
+                debug!(%vgpu, throttled = share.is_some_and(|s| s.throttled), "scheduler throttle of a VM");
+            }
+            c.control.sched = share;
+            changed = true;
+            let Some(base) = c.control.base_knobs else {
+                continue;
+            };
+            let knobs = share.map_or(base, |s| s.overlay(base));
+            if let Some(d) = c.control.desired.as_mut() {
+                if d.knobs != knobs {
+                    d.knobs = knobs;
+                    c.control.generation = next_generation(c.control.generation);
+                    c.control.wake.notify_one();
+                }
+            }
+        }
+        if changed {
+            self.rearbitrate(Instant::now());
+        }
+    }
+
+    /// What each connected protocol-2 VM's last counters say, for the scheduler.
+    pub fn usage(&self) -> Vec<GuestUsage> {
+        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
+        entries
+            .iter()
+            .filter_map(|e| {
+                let c = lock_entry(e);
+                if !c.connected || c.control.protocol < 2 {
+                    return None;
+                }
+                let (vgpu, pci) = c.control.placed.clone()?;
+                let (counters, _) = c.control.processes.as_ref()?;
+                let (pending, busy_us) =
+                    counters.processes.iter().fold((0u64, 0u64), |(p, b), x| {
+                        (
+                            p.saturating_add(u64::from(x.pending)),
+                            b.saturating_add(x.gpu_busy_us),
+                        )
+                    });
+                Some(GuestUsage {
+                    vgpu,
+                    pci,
+                    pending,
+                    busy_us,
+                })
+            })
+            .collect()
     }
 
     /// Arbitrate VMs and the host's shim processes through `hub` too (see
@@ -516,8 +632,10 @@ impl GuestTable {
                 let below = bit.wrapping_sub(1);
                 h |= relay.host_busy(pci) & below != 0;
             }
-            let h = &h;
             let mut c = lock_entry(e);
+            // The scheduler's throttle holds the VM whatever the priorities say.
+            h |= c.control.sched.is_some_and(|s| s.throttled);
+            let h = &h;
             if c.control
                 .cap
                 .holding(now, holding.get(path).copied().unwrap_or(false))

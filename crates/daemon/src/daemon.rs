@@ -1096,6 +1096,11 @@ impl Daemon {
         &mut self,
         f: impl FnOnce(&mut crate::scheduler::Scheduler, &mut SchedContext<'_>) -> T,
     ) -> T {
+        let guests = if self.guests.is_empty() {
+            Vec::new()
+        } else {
+            self.guests.usage()
+        };
         let mut cx = SchedContext {
             observed: &mut self.observed,
             desired: &mut self.desired,
@@ -1103,13 +1108,22 @@ impl Daemon {
             totals: &self.totals,
             types: &*self.types,
             gc: &*self.gc,
+            guests: &guests,
         };
         f(&mut self.scheduler, &mut cx)
     }
 
-    /// One scheduler tick: read counters, run each GPU's engine, write what changed.
+    /// One scheduler tick: read counters (the owners' gcgroups and the protocol-2 guests'),
+    /// run each GPU's engine, write what changed, and give each guest the scheduler's share
+    /// of it (its throttle is the VM's hold).
     pub fn sched_tick(&mut self, now: Instant) {
-        self.with_scheduler(|s, cx| s.tick(cx, now));
+        let shares = self.with_scheduler(|s, cx| {
+            s.tick(cx, now);
+            (!cx.guests.is_empty()).then(|| s.guest_shares(cx))
+        });
+        if !self.guests.is_empty() {
+            self.guests.set_sched(&shares.unwrap_or_default());
+        }
     }
 
     /// Every GPU's scheduler (`policy show`, `top`).

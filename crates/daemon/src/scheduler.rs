@@ -132,6 +132,8 @@ pub struct Sample {
     pub gcgroups: u32,
     /// Gcgroups reading `compute.freeze` = 0.
     pub running: u32,
+    /// The protocol-2 guests' GPU busy time, µs, when the vGPU has one.
+    pub guest_busy_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -140,6 +142,10 @@ struct VgpuTrack {
     gpu_time: Nanos,
     sample: Sample,
     user_frozen: bool,
+    /// The share the engine was last given (fixed-share budgets of guests).
+    share: f64,
+    /// The guest's GPU busy time at the last tick, µs.
+    last_guest_busy_us: Option<u64>,
 }
 
 struct GpuState {
@@ -360,6 +366,8 @@ pub struct SchedContext<'a> {
     pub types: &'a dyn TypePort,
     /// The gcgroup backend.
     pub gc: &'a dyn GcgroupBackend,
+    /// The counters of the VMs whose guests run protocol 2: charged like owner gcgroups.
+    pub guests: &'a [crate::agent_ingest::GuestUsage],
 }
 
 impl Scheduler {
@@ -374,7 +382,8 @@ impl Scheduler {
             return;
         }
         self.host = cx.observed.host_gpus();
-        let live: BTreeSet<(Uuid, u32)> = Self::owner_pairs(cx);
+        let mut live: BTreeSet<(Uuid, u32)> = Self::owner_pairs(cx);
+        live.extend(self.guest_pairs(cx).map(|(u, gpu, _)| (u, gpu)));
         let samples = self.sample_gcgroups(cx, slow, &live);
         // Forget scheduler knobs of (vGPU, GPU) pairs that no longer exist.
         cx.desired.sched.retain(|k, _| live.contains(k));
@@ -395,6 +404,58 @@ impl Scheduler {
                     out.insert((*uuid, gpu));
                 }
             }
+        }
+        out
+    }
+
+    /// (vGPU, GPU, usage) of each managed vGPU whose guest reports counters, on a GPU whose
+    /// GVM index is known (engines are keyed by it).
+    fn guest_pairs<'c>(
+        &'c self,
+        cx: &'c SchedContext<'_>,
+    ) -> impl Iterator<Item = (Uuid, u32, &'c crate::agent_ingest::GuestUsage)> + 'c {
+        cx.guests.iter().filter_map(move |g| {
+            if !cx.type_of.contains_key(&g.vgpu) || !cx.observed.devices.contains_key(&g.vgpu) {
+                return None;
+            }
+            let gpu = self.host.by_pci(&g.pci)?.gvm_index?;
+            Some((g.vgpu, gpu, g))
+        })
+    }
+
+    /// What the scheduler wants of each protocol-2 VM on a GPU under equal-share or
+    /// fixed-share: the engine's priority, its throttle (the VM's `desired.sched` freeze)
+    /// and the budget's window.
+    pub fn guest_shares(
+        &self,
+        cx: &SchedContext<'_>,
+    ) -> BTreeMap<Uuid, crate::agent_ingest::SchedShare> {
+        let mut out = BTreeMap::new();
+        for (uuid, gpu, _) in self.guest_pairs(cx) {
+            let Some(st) = self.gpus.get(&gpu) else {
+                continue;
+            };
+            let cfg = st.engine.config();
+            if cfg.policy == Policy::BestEffort {
+                continue;
+            }
+            let Some(k) = cx.desired.sched.get(&(uuid, gpu)) else {
+                continue;
+            };
+            let window_ms = u32::try_from(cfg.window.0 / 1_000_000).unwrap_or(u32::MAX);
+            let budget_us = (cfg.policy == Policy::FixedShare)
+                .then(|| st.tracks.get(&uuid).map(|t| t.share))
+                .flatten()
+                .map(|share| (share * f64::from(window_ms) * 1000.0) as u64);
+            out.insert(
+                uuid,
+                crate::agent_ingest::SchedShare {
+                    priority: k.priority.unwrap_or(gvm_sched::PRIORITY_DEFAULT),
+                    throttled: k.frozen,
+                    window_ms,
+                    budget_us,
+                },
+            );
         }
         out
     }
@@ -451,6 +512,24 @@ impl Scheduler {
                 }
             }
             s.memory = cx.totals.get(&uuid).map_or(0, |t| t.memory_current);
+        }
+        // A VM's guest processes count as the vGPU's gcgroups: their kernels, as the guest
+        // last reported them. Running unless the scheduler throttles the VM.
+        for (uuid, gpu, g) in self.guest_pairs(cx) {
+            let best_effort = self.stored_for(gpu).policy == Policy::BestEffort
+                && self
+                    .gpus
+                    .get(&gpu)
+                    .is_none_or(|st| st.engine.config().policy == Policy::BestEffort);
+            if !slow && best_effort {
+                continue;
+            }
+            let s = out.entry(gpu).or_default().entry(uuid).or_default();
+            s.guest_busy_us = Some(s.guest_busy_us.unwrap_or(0).saturating_add(g.busy_us));
+            s.pending = s.pending.saturating_add(g.pending);
+            s.gcgroups += 1;
+            let throttled = cx.desired.sched.get(&(uuid, gpu)).is_some_and(|k| k.frozen);
+            s.running += u32::from(!throttled);
         }
         out
     }
@@ -514,8 +593,15 @@ impl Scheduler {
             let t = st.tracks.entry(*u).or_default();
             t.last_ended = Some(s.ended);
             t.gpu_time += used[i];
+            // A guest's own GPU busy time; a drop (a process left) charges nothing.
+            if let Some(busy) = s.guest_busy_us {
+                let prev = t.last_guest_busy_us.unwrap_or(busy);
+                t.gpu_time += Nanos(busy.saturating_sub(prev).saturating_mul(1000));
+                t.last_guest_busy_us = Some(busy);
+            }
             t.sample = s;
             t.user_frozen = user_frozen;
+            t.share = shares.get(u).copied().unwrap_or(0.0);
             inputs.push(VgpuInput {
                 id: VgpuId(u.as_u128()),
                 // An operator freeze wins: the engine must not wait for this vGPU.

@@ -9,7 +9,11 @@
 //! * `freeze` holds the guest process's launches and `show` says every process is held;
 //!   `thaw` releases them;
 //! * VM A at priority 2 busy holds VM B at priority 8 (B's launch waits, `show` says held),
-//!   and B goes on when A's work ends.
+//!   and B goes on when A's work ends;
+//! * under equal-share, VM A with two busy processes and VM B with one end about as many
+//!   kernels (twice as many without a policy): the budgets are charged from the guests'
+//!   GPU busy time and the VM ahead is held; under fixed-share 0.2 / 0.6, A's kernels fill
+//!   about 20 % of the time.
 //!
 //! The channel is a local Unix socket, not virtio-serial, so this measures the code and not
 //! QEMU (the TCG guest tests in `tests/` cover the port). Skips (printing why) without root,
@@ -146,17 +150,24 @@ impl Rig {
     }
 
     fn program(&self, vm: &Vm, kernel_ms: u32) -> Program {
-        self.program_at(&vm.root, kernel_ms, None, "0000:3B:00.0")
+        self.program_at(&vm.root, kernel_ms, None, "0000:3B:00.0", false)
+    }
+
+    /// A program in `vm` whose `sync` waits for its fake kernel, as a real one does.
+    fn program_waiting(&self, vm: &Vm, kernel_ms: u32) -> Program {
+        self.program_at(&vm.root, kernel_ms, None, "0000:3B:00.0", true)
     }
 
     /// A CUDA program registering on the shim socket under `root` (a guest's, or the host's),
-    /// seeing the GPU at `pci`, claiming vGPU `uuid` through its environment when given.
+    /// seeing the GPU at `pci`, claiming vGPU `uuid` through its environment when given;
+    /// with `sync_waits`, a `sync` sleeps until the fake kernel would have ended.
     fn program_at(
         &self,
         root: &std::path::Path,
         kernel_ms: u32,
         uuid: Option<&Uuid>,
         pci: &str,
+        sync_waits: bool,
     ) -> Program {
         let mut cmd = Command::new(&self.driver);
         cmd.arg(&self.fake)
@@ -166,6 +177,7 @@ impl Rig {
             .env("GVM_MEMORY_LIMIT", "unlimited")
             .env("FAKE_KERNEL_MS", kernel_ms.to_string())
             .env("FAKE_PCI_BUS_IDS", pci)
+            .env("FAKE_SYNC_WAITS", if sync_waits { "1" } else { "0" })
             .env_remove("GVM_SHIM_ARBITER")
             .env_remove("GVM_SHIM_CONTROL")
             .env_remove("GVM_VGPU_UUID")
@@ -349,7 +361,7 @@ fn vms_and_host_processes_on_one_gpu_are_arbitrated_in_one_order() {
     live(&mut c, &ub, None, Some(8));
     let vm_b = rig.vm(&sim, &ub, "vm-b");
     // A host CUDA process owning the priority-2 vGPU, registered with the daemon itself.
-    let mut host = rig.program_at(&sim.root, 600, Some(&uh), &parent);
+    let mut host = rig.program_at(&sim.root, 600, Some(&uh), &parent, false);
     let host_pid = host.child.0.id();
     assert!(
         wait_until(Duration::from_secs(5), || c
@@ -391,5 +403,114 @@ fn vms_and_host_processes_on_one_gpu_are_arbitrated_in_one_order() {
         b.next(Duration::from_secs(5)).as_deref(),
         Some("launched=2"),
         "the VM goes on once the host process is idle"
+    );
+}
+
+/// Kernels each program completes (launch, then sync) in `for`, looping on its own thread.
+fn completions(programs: Vec<Program>, r#for: Duration) -> (Vec<u64>, Vec<Program>) {
+    let handles: Vec<_> = programs
+        .into_iter()
+        .map(|mut p| {
+            std::thread::spawn(move || {
+                let end = Instant::now() + r#for;
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    p.send("launch");
+                    if p.next(Duration::from_secs(10)).is_none() {
+                        break;
+                    }
+                    p.send("sync");
+                    if p.next(Duration::from_secs(10)).is_none() {
+                        break;
+                    }
+                    n += 1;
+                }
+                (n, p)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).unzip()
+}
+
+#[test]
+fn equal_and_fixed_share_are_charged_from_the_guests_busy_time() {
+    let Some(rig) = rig() else { return };
+    let sim = Sim::start(1);
+    let parent = sim.parents()[0].clone();
+    let (ua, ub) = (
+        sim.echo_create(&parent, "gvmsim-1"),
+        sim.echo_create(&parent, "gvmsim-1"),
+    );
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &ua
+    ) && is_managed(
+        &mut c, &ub
+    )));
+    let vm_a = rig.vm(&sim, &ua, "vm-a");
+    let vm_b = rig.vm(&sim, &ub, "vm-b");
+    let synced = |c: &mut gvm_client::Client, u: &Uuid| {
+        guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
+    };
+    assert!(wait_until(Duration::from_secs(10), || synced(&mut c, &ua)
+        && synced(&mut c, &ub)));
+    // VM A runs two CUDA processes, VM B one, all busy with 2 ms kernels: on their own,
+    // A gets twice B's kernels through.
+    let programs = vec![
+        rig.program_waiting(&vm_a, 2),
+        rig.program_waiting(&vm_a, 2),
+        rig.program_waiting(&vm_b, 2),
+    ];
+    let window = Duration::from_secs(3);
+    let (free, programs) = completions(programs, window);
+    let free_ratio = (free[0] + free[1]) as f64 / free[2].max(1) as f64;
+
+    c.set_policy("equal-share").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || guest(&mut c, &ua)
+            .is_some_and(|g| g.in_sync())),
+        "A acknowledged the scheduler's state"
+    );
+    let (_, programs) = completions(programs, Duration::from_secs(1));
+    let (shared, programs) = completions(programs, window);
+    let shared_ratio = (shared[0] + shared[1]) as f64 / shared[2].max(1) as f64;
+    println!(
+        "kernels A:B best-effort {free:?} ({free_ratio:.2}), equal-share {shared:?} ({shared_ratio:.2})"
+    );
+    assert!(
+        free_ratio > 1.6,
+        "without a policy, A's two processes get about twice B's one: {free:?}"
+    );
+    assert!(
+        shared_ratio < 1.4 && shared_ratio < free_ratio - 0.3,
+        "equal-share evens A and B out (A held while ahead): {shared:?} vs {free:?}"
+    );
+
+    // Fixed-share: A gets 20 % of the GPU, B 60 %. A's budget is charged with both its
+    // processes' busy time, so A's kernels (2 ms each) fill about 20 % of the wall time.
+    let share = |c: &mut gvm_client::Client, u: &Uuid, share: f64| {
+        c.set(SetParams {
+            target: u.to_string(),
+            share: Some(share),
+            mode: SetMode::Live,
+            ..SetParams::default()
+        })
+        .unwrap();
+    };
+    share(&mut c, &ua, 0.2);
+    share(&mut c, &ub, 0.6);
+    c.set_policy("fixed-share").unwrap();
+    let (_, programs) = completions(programs, Duration::from_secs(1));
+    let (fixed, _programs) = completions(programs, window);
+    let fixed_ratio = (fixed[0] + fixed[1]) as f64 / fixed[2].max(1) as f64;
+    let busy_of = |kernels: u64| kernels as f64 * 0.002 / window.as_secs_f64();
+    let (a_busy, b_busy) = (busy_of(fixed[0] + fixed[1]), busy_of(fixed[2]));
+    println!(
+        "fixed-share 0.2 / 0.6: kernels A:B {fixed:?} ({fixed_ratio:.2}); kernel time A {a_busy:.2}, B {b_busy:.2} of the wall time"
+    );
+    assert!(
+        fixed_ratio < 0.8 && (0.1..0.3).contains(&a_busy),
+        "fixed-share holds A to its 20 % however many processes it runs: {fixed:?} (A {a_busy:.2})"
     );
 }

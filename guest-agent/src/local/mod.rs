@@ -18,9 +18,11 @@
 //! left as its process made it (knobs from its environment).
 //!
 //! Modules:
+//! - [`busy_clock`]: each process's GPU busy time, integrated over the agent's polls;
 //! - [`listener`]: the shim socket served by plain threads, bounded as on a host;
 //! - [`observe`]: what the blocks say: counters, busy, the state reached.
 
+pub mod busy_clock;
 pub mod listener;
 pub mod observe;
 
@@ -44,6 +46,8 @@ pub struct LocalDaemon {
     applied: Mutex<Option<Snapshot>>,
     /// Bumped at every registration and unregistration.
     changes: AtomicU64,
+    /// Each registered process's GPU busy time.
+    busy_clocks: Mutex<busy_clock::BusyClocks>,
 }
 
 /// Write the snapshot's knobs into one block.
@@ -75,6 +79,7 @@ impl LocalDaemon {
             hub,
             applied: Mutex::new(None),
             changes: AtomicU64::new(0),
+            busy_clocks: Mutex::new(busy_clock::BusyClocks::default()),
         })
     }
 

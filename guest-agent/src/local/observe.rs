@@ -58,6 +58,10 @@ fn process_name(daemon: &LocalDaemon, host_pid: u32) -> String {
 impl LocalDaemon {
     /// Each registered process's counters (at most [`MAX_V2_PROCESSES`], by pid).
     pub fn counters(&self) -> Vec<ProcessCounters> {
+        let busy = self
+            .busy_clocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for (host_pid, reg) in self.registry().all() {
@@ -83,10 +87,28 @@ impl LocalDaemon {
                 kernels_ended: ended,
                 pending: u32::try_from(pending).unwrap_or(u32::MAX),
                 busy: block_busy(b),
-                gpu_busy_us: 0,
+                gpu_busy_us: busy.total_us(host_pid).min(MAX_COUNTER),
             });
         }
         out
+    }
+
+    /// Advance each registered process's busy clock ([`super::busy_clock`]): kernels in
+    /// flight now or not.
+    pub fn poll_busy_time(&self, now: std::time::Instant) {
+        let in_flight: Vec<(u32, bool)> = self
+            .registry()
+            .all()
+            .iter()
+            .map(|(host_pid, r)| {
+                let (submitted, ended, _) = kernels(r.block.block());
+                (*host_pid, submitted > ended)
+            })
+            .collect();
+        self.busy_clocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .poll(now, in_flight);
     }
 
     /// Whether any registered process is busy.
