@@ -30,7 +30,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,45 +38,23 @@ use gvm_client::gvm_proto::{GuestEnforcement, SetMode, SetParams};
 use gvm_client::Client;
 use uuid::Uuid;
 
+#[path = "common/host_rig.rs"]
+mod host_rig;
 #[path = "common/procstat.rs"]
 mod procstat;
+use host_rig::{all_managed, wait_until, Kill, SimHost};
 use procstat::{cpu_ticks, rss_kib};
 
 const KERNELS_MS: [u32; 3] = [0, 1, 10];
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (FUSE mount of the simulated host)".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("needs /dev/fuse".into());
-    }
-    if Command::new("cc").arg("--version").output().is_err() {
-        return Some("no C compiler (cc) to build the fake libcuda".into());
-    }
-    None
-}
-
-/// A child killed on drop.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    f()
+    host_rig::skip_reason().or_else(|| {
+        Command::new("cc")
+            .arg("--version")
+            .output()
+            .is_err()
+            .then(|| "no C compiler (cc) to build the fake libcuda".to_string())
+    })
 }
 
 /// A CUDA program in a "guest", driven line by line (`crates/shim/tests/c/line_driver.c`).
@@ -234,22 +212,12 @@ fn main() {
         println!("SKIP: {why}");
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let bins = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    for b in [
+    let bins = host_rig::bins(&[
         "gvm-vgpu-sim",
         "gvm-vgpud",
         "gvm-vgpu-agent",
         "libgvm_cuda.so",
-    ] {
-        if !bins.join(b).exists() {
-            eprintln!(
-                "{} is missing: build it first (see this example's header for the command)",
-                bins.join(b).display()
-            );
-            std::process::exit(2);
-        }
-    }
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shim/tests/c");
     let fake = dir.path().join("libcuda.so.1");
@@ -281,72 +249,17 @@ fn main() {
 
     // The simulated host (FUSE on ROOT/sys; ROOT/etc and ROOT/run stay real) and the daemon.
     let root = rig.dir.path().join("host");
-    std::fs::create_dir_all(&root).unwrap();
-    let sim = Kill(
-        Command::new(rig.bins.join("gvm-vgpu-sim"))
-            .arg("--root")
-            .arg(&root)
-            .args(["--gpus", "1", "--held-remove", "kill", "--foreground"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let sim = SimHost::start(&rig.bins, &root, 1);
+    let (ua, ub) = (
+        sim.create(&sim.parents[0], "gvmsim-1"),
+        sim.create(&sim.parents[0], "gvmsim-1"),
     );
-    let bus = root.join("sys/class/mdev_bus");
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_dir(&bus)
-            .map(|r| r.count() == 1)
-            .unwrap_or(false)),
-        "the simulated host did not come up"
-    );
-    let parent = std::fs::read_dir(&bus)
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .file_name();
-    let create = || {
-        let u = Uuid::new_v4();
-        std::fs::write(
-            bus.join(&parent)
-                .join("mdev_supported_types/gvmsim-1/create"),
-            format!("{u}\n"),
-        )
-        .unwrap();
-        u
-    };
-    let (ua, ub) = (create(), create());
-    let log = root.join("daemon.log");
-    let daemon = Kill(
-        Command::new(rig.bins.join("gvm-vgpud"))
-            .arg("--root")
-            .arg(&root)
-            .args(["--rescan-ms", "100", "--slow-rescan-ms", "300"])
-            .args(["--guest-ack-ms", "2000"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (daemon, mut c, log) = sim.daemon(&rig.bins, &["--guest-ack-ms", "2000"]);
     let sock = root.join("run/gvm-vgpu/api.sock");
-    let mut c = None;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            c = Client::connect(&sock).ok();
-            c.as_mut().is_some_and(|c| c.ping().is_ok())
-        }),
-        "the daemon did not answer"
-    );
-    let mut c = c.unwrap();
-    let managed = |c: &mut Client, u: &Uuid| {
-        c.list(false)
-            .unwrap()
-            .iter()
-            .any(|v| v.uuid == *u && v.managed)
-    };
-    assert!(wait_until(Duration::from_secs(10), || managed(&mut c, &ua)
-        && managed(&mut c, &ub)));
+    assert!(wait_until(Duration::from_secs(10), || all_managed(
+        &mut c,
+        &[ua, ub]
+    )));
     priority(&mut c, &ua, 2);
     priority(&mut c, &ub, 8);
     let (agent_a, guest_a) = rig.agent(&root, &ua, "vm-a");
@@ -361,7 +274,7 @@ fn main() {
         ("gvm-vgpud", daemon.0.id()),
         ("agent A", agent_a.0.id()),
         ("agent B", agent_b.0.id()),
-        ("gvm-vgpu-sim", sim.0.id()),
+        ("gvm-vgpu-sim", sim.process.0.id()),
     ];
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;

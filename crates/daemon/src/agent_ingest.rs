@@ -583,10 +583,11 @@ impl GuestTable {
     /// to the host relay, so host processes of lower priority yield to it. Channels whose hold
     /// changed get a new generation.
     pub fn rearbitrate(&self, now: Instant) {
+        // Keyed by position in `entries`: comparing socket paths was most of the cost.
         let entries: Vec<(PathBuf, ChannelEntry)> =
             self.with(|m| m.iter().map(|(p, e)| (p.clone(), Arc::clone(e))).collect());
         let mut vms = BTreeMap::new();
-        for (path, e) in &entries {
+        for (i, (_, e)) in entries.iter().enumerate() {
             let mut c = lock_entry(e);
             let Some(d) = c.control.desired else { continue };
             if !c.connected || c.control.protocol < 2 {
@@ -595,15 +596,15 @@ impl GuestTable {
             let claims = c.control.busy == Some(true) && !d.knobs.frozen;
             let busy = claims && c.control.cap.allows(now);
             let priority = d.knobs.priority.unwrap_or(8);
-            vms.insert(path.clone(), Vm { priority, busy });
+            vms.insert(i, Vm { priority, busy });
         }
         let held = holds(&vms);
         let holding = holders(&vms);
         let relay = self.host_relay.get();
         if let Some(relay) = relay {
             // A VM that left (disconnected, or a v1 agent now) no longer counts on its GPU.
-            for (path, e) in &entries {
-                if vms.contains_key(path) {
+            for (i, (_, e)) in entries.iter().enumerate() {
+                if vms.contains_key(&i) {
                     continue;
                 }
                 if let Some((vgpu, pci)) = lock_entry(e).control.placed.clone() {
@@ -611,11 +612,11 @@ impl GuestTable {
                 }
             }
         }
-        for (path, e) in &entries {
-            let Some(h) = held.get(path) else { continue };
+        for (i, (path, e)) in entries.iter().enumerate() {
+            let Some(h) = held.get(&i) else { continue };
             let (placed, vm) = {
                 let c = lock_entry(e);
-                (c.control.placed.clone(), vms.get(path).copied())
+                (c.control.placed.clone(), vms.get(&i).copied())
             };
             // Host processes on the VM's GPU: they hold it, and it holds them, in one order.
             let mut h = *h;
@@ -638,7 +639,7 @@ impl GuestTable {
             let h = &h;
             if c.control
                 .cap
-                .holding(now, holding.get(path).copied().unwrap_or(false))
+                .holding(now, holding.get(&i).copied().unwrap_or(false))
             {
                 warn!(socket = %path.display(), who = ?c.attribution,
                       max_ms = c.control.cap.max.as_millis() as u64,

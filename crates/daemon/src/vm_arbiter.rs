@@ -120,24 +120,26 @@ pub struct Vm {
     pub busy: bool,
 }
 
-/// For every VM, whether it is held: another VM of strictly higher priority is busy.
+/// For every VM, whether it is held: another VM of strictly higher priority is busy. (A VM
+/// is never of strictly higher priority than itself, so "another" needs no check, and the
+/// answer is one pass: held iff the most important busy VM is more important.)
 pub fn holds<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
+    let top_busy = vms.values().filter(|v| v.busy).map(|v| v.priority).min();
     vms.iter()
-        .map(|(k, me)| {
-            let held = vms
-                .iter()
-                .any(|(o, v)| o != k && v.busy && v.priority < me.priority);
-            (k.clone(), held)
-        })
+        .map(|(k, me)| (k.clone(), top_busy.is_some_and(|p| p < me.priority)))
         .collect()
 }
 
-/// For every VM, whether its busy claim holds anyone now.
+/// For every VM, whether its busy claim holds anyone now: it is busy and some VM is of
+/// strictly lower priority (one pass, as [`holds`]).
 pub fn holders<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
+    let lowest = vms.values().map(|v| v.priority).max();
     vms.iter()
         .map(|(k, me)| {
-            let holds_one = me.busy && vms.iter().any(|(o, v)| o != k && v.priority > me.priority);
-            (k.clone(), holds_one)
+            (
+                k.clone(),
+                me.busy && lowest.is_some_and(|p| p > me.priority),
+            )
         })
         .collect()
 }
@@ -178,6 +180,32 @@ mod tests {
         assert_eq!((who["a"], who["b"], who["c"]), (true, false, true));
         let alone = holders(&vms(&[("a", 2, true)]));
         assert!(!alone["a"], "a VM alone holds nobody");
+    }
+
+    #[test]
+    fn the_one_pass_answers_agree_with_the_definition_for_every_small_case() {
+        // Every assignment of priorities 0..3 and busy flags to three VMs.
+        for code in 0..(4u32 * 2).pow(3) {
+            let mut m = BTreeMap::new();
+            for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+                let c = (code >> (3 * i)) & 7;
+                m.insert(
+                    k,
+                    Vm {
+                        priority: c >> 1,
+                        busy: c & 1 == 1,
+                    },
+                );
+            }
+            let (h, who) = (holds(&m), holders(&m));
+            for (k, me) in &m {
+                let held = m
+                    .iter()
+                    .any(|(o, v)| o != k && v.busy && v.priority < me.priority);
+                let holding = me.busy && m.iter().any(|(o, v)| o != k && v.priority > me.priority);
+                assert_eq!((h[k], who[k]), (held, holding), "{m:?}, VM {k}");
+            }
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn rig() -> Option<Rig> {
             return None;
         }
     };
-    let agent = gvm_testkit::workspace_bin("gvm-vgpu-agent", "gvm-vgpu-agent");
+    let agent = gvm_testkit::workspace_bin_rebuilt("gvm-vgpu-agent", "gvm-vgpu-agent");
     Some(Rig {
         dir,
         so,

@@ -298,12 +298,17 @@ impl RelayHub {
     /// priorities of `masks` (`None`: it is gone). Host processes on that GPU then yield to it
     /// as to another domain. Runs the GPU's relay when that changes anything.
     pub fn set_vm(&self, pci: &str, vm: uuid::Uuid, masks: Option<Masks>) {
+        // Called for every VM at every arbitration: the common case (the GPU known, the
+        // masks unchanged) allocates nothing and walks no other GPU.
         let mut all = self.lock();
         let changed = match masks {
-            Some(m) => {
-                let gpu = all.entry(pci.to_string()).or_default();
-                gpu.vms.insert(vm, m) != Some(m)
-            }
+            Some(m) => match all.get_mut(pci) {
+                Some(gpu) => gpu.vms.insert(vm, m) != Some(m),
+                None => {
+                    all.entry(pci.to_string()).or_default().vms.insert(vm, m);
+                    true
+                }
+            },
             None => all
                 .get_mut(pci)
                 .is_some_and(|g| g.vms.remove(&vm).is_some()),
@@ -312,8 +317,10 @@ impl RelayHub {
             if let Some(gpu) = all.get_mut(pci) {
                 self.run(gpu);
             }
+            if masks.is_none() {
+                all.retain(|_, g| !g.domains.is_empty() || !g.vms.is_empty());
+            }
         }
-        all.retain(|_, g| !g.domains.is_empty() || !g.vms.is_empty());
     }
 
     /// The priorities busy in the host's own domains on the GPU at `pci` (a VM at a less
