@@ -141,9 +141,20 @@ pub enum Command {
     /// persistent or live override) and which rule found each owner process; without it,
     /// shows what the kernel and GVM report directly. Each owner gcgroup's GPU is shown by its
     /// position in PCI order and its PCI address.
+    ///
+    /// A libvirt domain name shows the domain's vGPUs: those of its <hostdev>s and of its gvm
+    /// metadata (what `attach`, `attach --metadata-only` included, records), read from the
+    /// running domain or, for a domain that is only defined, from its definition. A vGPU the
+    /// domain names that does not exist yet (the libvirt hook creates it when the domain
+    /// starts) is shown from the metadata. This works without gvm-vgpud, and with a gvm-vgpud
+    /// that does not follow libvirt: the domain is then looked up in libvirt directly.
     Show {
-        /// UUID of the vGPU (or a libvirt domain name, when the daemon runs).
+        /// UUID of the vGPU, or the name of a libvirt domain (running or only defined).
         target: String,
+        /// libvirt connection URI to look a domain name up at (default: $LIBVIRT_DEFAULT_URI,
+        /// else qemu:///system). Not used for a UUID.
+        #[arg(long, short = 'c', value_name = "URI")]
+        connect: Option<String>,
     },
 
     /// Store a persistent vGPU definition (created now by `start`, at boot with --autostart).

@@ -268,7 +268,10 @@ fn cli_examples(path: &[String]) -> Vec<(String, String)> {
         ["create"] => &[("gvm-vgpu create --type sim-4c", "Create a vGPU of type sim-4c; its UUID is printed.")],
         ["remove"] => &[("gvm-vgpu remove 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "Remove a vGPU no running VM uses.")],
         ["list"] => &[("gvm-vgpu list", "Live vGPUs with their type, limits and owners."), ("gvm-vgpu list --defined", "Persistent definitions.")],
-        ["show"] => &[("gvm-vgpu show 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "One vGPU: device, type, effective knobs, owners' gcgroups.")],
+        ["show"] => &[
+            ("gvm-vgpu show 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "One vGPU: device, type, effective knobs, owners' gcgroups."),
+            ("gvm-vgpu show vm1", "The vGPUs of libvirt domain vm1, running or only defined."),
+        ],
         ["define"] => &[("gvm-vgpu define --type sim-4c --autostart", "A definition gvm-vgpud creates at boot, when its GPU appears.")],
         ["undefine"] => &[("gvm-vgpu undefine 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "Delete a definition; a running vGPU keeps running.")],
         ["start"] => &[("gvm-vgpu start 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "Create a defined vGPU now.")],

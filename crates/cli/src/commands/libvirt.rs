@@ -1,13 +1,16 @@
-//! `attach` and `detach`: hand a vGPU to a libvirt domain and take it back (gvm-libvirt).
+//! `attach` and `detach`: hand a vGPU to a libvirt domain and take it back (gvm-libvirt);
+//! `show DOMAIN` for a domain gvm-vgpud does not resolve, read from libvirt directly.
 
 use std::io::Write;
 
 use anyhow::{Context as _, Result};
-use gvm_libvirt::{connection::uri_from_env, AttachRequest, Connection, Target};
+use gvm_libvirt::{
+    connection::uri_from_env, AttachRequest, Connection, DomainInfo, DomainState, MetaVgpu, Target,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::write_json;
+use super::{devices, managed, write_json};
 use crate::cli::OnOff;
 use crate::context::Context;
 
@@ -162,4 +165,277 @@ pub fn detach(
         }
     )?;
     Ok(())
+}
+
+/// How a domain names one of its vGPUs, as `show DOMAIN --json` reports it.
+#[derive(Debug, Serialize)]
+struct DomainVgpuView {
+    uuid: Uuid,
+    /// The domain has a `<hostdev>` for it.
+    hostdev: bool,
+    /// Its gvm metadata entry, when the domain has one.
+    metadata: Option<MetaView>,
+    /// The vGPU exists on the host now.
+    present: bool,
+    /// gvm-vgpud's view of it (`show UUID --json`), when the daemon runs and knows it.
+    daemon: Option<gvm_proto::VgpuDetail>,
+    /// The kernel's view of it (`show UUID --json` without the daemon), when it exists.
+    kernel: Option<devices::VgpuView>,
+}
+
+/// A gvm metadata entry, as `show DOMAIN --json` reports it.
+#[derive(Debug, Serialize)]
+struct MetaView {
+    type_name: Option<String>,
+    parent: Option<String>,
+    mdev_type: Option<String>,
+    persistent: bool,
+}
+
+impl MetaView {
+    fn of(m: &MetaVgpu) -> MetaView {
+        MetaView {
+            type_name: m.type_name.clone(),
+            parent: m.parent.clone(),
+            mdev_type: m.mdev_type.clone(),
+            persistent: m.persistent,
+        }
+    }
+}
+
+/// `show DOMAIN --json` when the domain is read from libvirt.
+#[derive(Debug, Serialize)]
+struct DomainView {
+    domain: String,
+    state: String,
+    /// Read from the running domain's XML (`false`: from its definition).
+    live_xml: bool,
+    vgpus: Vec<DomainVgpuView>,
+}
+
+/// `gvm-vgpu show DOMAIN` for a domain gvm-vgpud did not resolve (it does not follow
+/// libvirt, the domain only is defined, or no daemon runs): the domain's vGPUs (its mdev
+/// hostdevs and gvm metadata entries) read from libvirt, each shown as the daemon (`daemon`,
+/// when it runs) or the kernel sees it, or from the metadata when it does not exist.
+pub fn show_domain(
+    ctx: &Context,
+    mut daemon: Option<&mut gvm_client::Client>,
+    name: &str,
+    connect: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let uri = uri_from_env(connect);
+    let daemon_runs = daemon.is_some();
+    let not_ours = || {
+        format!(
+            "`{name}` is not a vGPU UUID{}",
+            if daemon_runs {
+                " nor a running domain gvm-vgpud follows"
+            } else {
+                ""
+            }
+        )
+    };
+    let conn = open(connect).with_context(|| {
+        format!(
+            "{}, and it cannot be looked up as a libvirt domain",
+            not_ours()
+        )
+    })?;
+    let state = match conn.state(name) {
+        Ok(s) => s,
+        Err(gvm_libvirt::Error::DomainNotFound { .. }) => anyhow::bail!(
+            "{}, and libvirt at {uri} has no domain named '{name}': list the domains with \
+             `virsh -c {uri} list --all`, the vGPUs with `gvm-vgpu list`",
+            not_ours()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read domain '{name}'")),
+    };
+    let live_xml = state.is_active();
+    let info = conn
+        .info(name, !live_xml)
+        .with_context(|| format!("cannot read domain '{name}'"))?;
+    let uuids = info.vgpus();
+    if uuids.is_empty() {
+        anyhow::bail!(
+            "domain '{name}' ({state}) has no vGPU: no mdev <hostdev> and no gvm metadata \
+             entry; give it one with `gvm-vgpu attach {name} --type TYPE`"
+        );
+    }
+    let mut views = Vec::with_capacity(uuids.len());
+    for uuid in &uuids {
+        let detail = match daemon.as_deref_mut() {
+            Some(c) => match c.show(&uuid.to_string()) {
+                Ok(mut d) => {
+                    d.info.domain.get_or_insert_with(|| name.to_string());
+                    Some(d)
+                }
+                Err(e) if e.code() == Some(gvm_proto::ErrorCode::NotFound) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let present = ctx.mdev.device(uuid).is_ok();
+        let kernel = match (&detail, present) {
+            (None, true) => Some(devices::live_view(ctx, uuid)?),
+            _ => None,
+        };
+        views.push(DomainVgpuView {
+            uuid: *uuid,
+            hostdev: info.has_hostdev(uuid),
+            metadata: info.meta(uuid).map(MetaView::of),
+            present,
+            daemon: detail,
+            kernel,
+        });
+    }
+    let view = DomainView {
+        domain: name.to_string(),
+        state: state.to_string(),
+        live_xml,
+        vgpus: views,
+    };
+    if ctx.json {
+        return write_json(out, &view);
+    }
+    write_domain_text(ctx, &view, &info, state, out)
+}
+
+fn write_domain_text(
+    ctx: &Context,
+    view: &DomainView,
+    info: &DomainInfo,
+    state: DomainState,
+    out: &mut dyn Write,
+) -> Result<()> {
+    writeln!(
+        out,
+        "Domain {} ({state}, read from its {}): {} vGPU{}",
+        view.domain,
+        if view.live_xml {
+            "running XML"
+        } else {
+            "definition"
+        },
+        view.vgpus.len(),
+        if view.vgpus.len() == 1 { "" } else { "s" }
+    )?;
+    for v in &view.vgpus {
+        if let Some(d) = &v.daemon {
+            managed::show(ctx, d, out)?;
+        } else if let Some(k) = &v.kernel {
+            devices::write_view(ctx, k, out)?;
+        } else {
+            writeln!(out, "vGPU {}", v.uuid)?;
+        }
+        for line in binding_lines(
+            &view.domain,
+            &v.uuid,
+            v.present,
+            info.meta(&v.uuid),
+            v.hostdev,
+        ) {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The `show DOMAIN` lines that say how `domain` names a vGPU (a `<hostdev>`, a gvm metadata
+/// entry, or both) and, for one that does not exist (`present` false), how it comes to be.
+fn binding_lines(
+    domain: &str,
+    uuid: &Uuid,
+    present: bool,
+    meta: Option<&MetaVgpu>,
+    hostdev: bool,
+) -> Vec<String> {
+    let how = match (hostdev, meta.is_some()) {
+        (true, true) => "<hostdev> and gvm metadata",
+        (true, false) => "<hostdev> only (no gvm metadata: the libvirt hook does not recreate it)",
+        (false, _) => "gvm metadata only (no <hostdev>: attached with --metadata-only)",
+    };
+    let mut lines = vec![format!("attached:     to {domain} by {how}")];
+    if let Some(m) = meta {
+        let lifetime = if m.persistent {
+            "kept when the domain stops and on detach"
+        } else {
+            "created by attach for this run of the domain: removed when it stops or on detach"
+        };
+        lines.push(format!("lifetime:     {lifetime}"));
+    }
+    if present {
+        return lines;
+    }
+    match meta {
+        Some(m) if m.parent.is_some() || m.mdev_type.is_some() || m.type_name.is_some() => {
+            lines.push(format!(
+                "state:        not created: the libvirt hook creates it when {domain} starts"
+            ));
+            if let Some(t) = &m.type_name {
+                lines.push(format!("catalog type: {t}"));
+            }
+            if let Some(p) = &m.parent {
+                lines.push(format!("parent:       {p}"));
+            }
+            if let Some(t) = &m.mdev_type {
+                lines.push(format!("kernel type:  {t}"));
+            }
+        }
+        _ => lines.push(format!(
+            "state:        not on this host, and no gvm metadata says how to create it: \
+             `gvm-vgpu create --type TYPE --uuid {uuid}`, or `gvm-vgpu detach {domain} --uuid {uuid}`"
+        )),
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(persistent: bool) -> MetaVgpu {
+        MetaVgpu {
+            uuid: Uuid::nil(),
+            type_name: Some("sim-4c".into()),
+            parent: Some("0000:3b:00.0".into()),
+            mdev_type: Some("gvmsim-1".into()),
+            persistent,
+        }
+    }
+
+    #[test]
+    fn binding_lines_say_how_the_domain_names_the_vgpu_and_how_a_missing_one_comes_to_be() {
+        let uuid = Uuid::nil();
+        let present = binding_lines("web1", &uuid, true, Some(&meta(true)), true);
+        assert_eq!(
+            present,
+            vec![
+                "attached:     to web1 by <hostdev> and gvm metadata".to_string(),
+                "lifetime:     kept when the domain stops and on detach".to_string(),
+            ]
+        );
+        let missing = binding_lines("web1", &uuid, false, Some(&meta(false)), false);
+        assert!(missing[0].contains("gvm metadata only"), "{missing:?}");
+        assert!(missing[1].contains("removed when it stops"), "{missing:?}");
+        assert!(
+            missing.contains(
+                &"state:        not created: the libvirt hook creates it when web1 starts"
+                    .to_string()
+            ),
+            "{missing:?}"
+        );
+        assert!(
+            missing.contains(&"kernel type:  gvmsim-1".to_string()),
+            "{missing:?}"
+        );
+        let unknown = binding_lines("web1", &uuid, false, None, true);
+        assert!(
+            unknown
+                .iter()
+                .any(|l| l.contains("no gvm metadata says how to create it")
+                    && l.contains(&format!("gvm-vgpu detach web1 --uuid {uuid}"))),
+            "{unknown:?}"
+        );
+    }
 }
