@@ -376,7 +376,13 @@ pub enum Command {
     },
 
     /// Take a vGPU from a libvirt domain: detach its <hostdev>, drop its metadata entry, and
-    /// remove the vGPU when `attach` created it for this domain only.
+    /// remove the vGPU when `attach` created it.
+    ///
+    /// `attach --type` records in the domain's gvm metadata that it created the vGPU
+    /// (created="yes"); detach then removes that vGPU from the host, unless --keep-vgpu is
+    /// given or a definition still names it (the running domain after a --persistent-only
+    /// detach, or another domain it was attached to by UUID). A vGPU attached with --uuid, or
+    /// by an attach older than that record, is the user's and is never removed.
     ///
     /// A vGPU to remove that a process holds open is never removed by surprise (the kernel's
     /// remove would block until the holder closes it): for a shut-off domain the detach is
@@ -395,10 +401,14 @@ pub enum Command {
         /// Change the running domain (libvirt --live).
         #[arg(long)]
         live: bool,
-        /// Remove a transient vGPU even while it is held: wait until every holder has closed
-        /// it. The wait happens in the kernel and cannot be interrupted.
-        #[arg(long)]
+        /// Remove a vGPU attach created even while it is held: wait until every holder has
+        /// closed it. The wait happens in the kernel and cannot be interrupted.
+        #[arg(long, conflicts_with = "keep_vgpu")]
         wait: bool,
+        /// Keep the vGPU on the host even though `attach` created it: only its <hostdev> and
+        /// metadata entry go. `gvm-vgpu remove UUID` removes it later.
+        #[arg(long)]
+        keep_vgpu: bool,
         /// libvirt connection URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
         #[arg(long, short = 'c', value_name = "URI")]
         connect: Option<String>,

@@ -286,7 +286,10 @@ fn cli_examples(path: &[String]) -> Vec<(String, String)> {
         ["xml"] => &[("gvm-vgpu xml 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "The <hostdev> element for a libvirt domain.")],
         ["qemu-args"] => &[("gvm-vgpu qemu-args 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "The -device argument for plain QEMU.")],
         ["attach"] => &[("gvm-vgpu attach --type sim-4c vm1", "Create a vGPU and give it to domain vm1.")],
-        ["detach"] => &[("gvm-vgpu detach --uuid 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11 vm1", "Take it back (and remove it when attach created it).")],
+        ["detach"] => &[
+            ("gvm-vgpu detach --uuid 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11 vm1", "Take it back (and remove it when attach created it)."),
+            ("gvm-vgpu detach --keep-vgpu --uuid 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11 vm1", "Take it back, keeping the vGPU attach created."),
+        ],
         ["policy"] => &[("gvm-vgpu policy show", "Each GPU's scheduling policy and shares.")],
         ["policy", "show"] => &[("gvm-vgpu policy show --json", "The policies as JSON.")],
         ["policy", "set"] => &[("gvm-vgpu policy set equal-share", "Give every vGPU an equal share of every GPU, live.")],

@@ -194,3 +194,54 @@ fn show_domain_reads_a_defined_domain_from_libvirt_with_or_without_a_daemon() {
         "{err}"
     );
 }
+
+fn exists(root: &Path, uuid: &str) -> bool {
+    root.join("sys/bus/mdev/devices").join(uuid).exists()
+}
+
+#[test]
+fn detach_removes_the_vgpu_attach_created_and_never_one_the_user_made() {
+    let test = "detach_removes_the_vgpu_attach_created";
+    let Some(sim) = sim_and_libvirtd(test) else {
+        return;
+    };
+    let root = sim.root();
+    let name = unique_name("detach");
+    let _dom = TestDomain::define(&name, &domain_xml(&name, "", ""));
+    let other = unique_name("detach-other");
+    let _other = TestDomain::define(&other, &domain_xml(&other, "", ""));
+
+    // attach --type on a shut-off domain (its definition): detach removes the vGPU again.
+    let made = attach_new(root, &name, &[]);
+    assert!(exists(root, &made));
+    let text = ok(root, &["detach", &name, "--uuid", &made]);
+    assert!(
+        text.contains("and removed it (attach had created it)"),
+        "{text}"
+    );
+    assert!(!exists(root, &made), "the vGPU attach created is gone");
+
+    // A vGPU the user made and attached by UUID stays.
+    let v = json(root, &["create", "--type", "sim-4c"]);
+    let users = v["uuid"].as_str().unwrap().to_string();
+    ok(root, &["attach", &name, "--uuid", &users]);
+    let v = json(root, &["detach", &name, "--uuid", &users]);
+    assert_eq!(v["created_by_attach"], false, "{v}");
+    assert_eq!(v["removed_vgpu"], false, "{v}");
+    assert!(exists(root, &users), "the user's vGPU stays");
+
+    // --keep-vgpu keeps one attach created.
+    let kept = attach_new(root, &name, &[]);
+    let text = ok(root, &["detach", &name, "--uuid", &kept, "--keep-vgpu"]);
+    assert!(text.contains("--keep-vgpu"), "{text}");
+    assert!(exists(root, &kept));
+    ok(root, &["remove", &kept]);
+
+    // Attached to another domain by UUID as well: it stays for that one.
+    let shared = attach_new(root, &name, &[]);
+    ok(root, &["attach", &other, "--uuid", &shared]);
+    let v = json(root, &["detach", &name, "--uuid", &shared]);
+    assert_eq!(v["removed_vgpu"], false, "{v}");
+    assert_eq!(v["still_used_by"][0], other.as_str(), "{v}");
+    assert!(exists(root, &shared));
+}

@@ -95,8 +95,8 @@ pub fn attach(ctx: &Context, args: &AttachArgs<'_>, out: &mut dyn Write) -> Resu
             _ => "running domain",
         },
         if view.hostdev { "" } else { ", metadata only" },
-        if done.created && !args.persistent {
-            ", removed again on detach"
+        if done.created {
+            ", removed again on detach unless --keep-vgpu"
         } else {
             ""
         }
@@ -104,15 +104,24 @@ pub fn attach(ctx: &Context, args: &AttachArgs<'_>, out: &mut dyn Write) -> Resu
     Ok(())
 }
 
+/// Options of `gvm-vgpu detach`.
+pub struct DetachArgs {
+    /// Definitions to change, and `--keep-vgpu`.
+    pub how: gvm_libvirt::DetachHow,
+    /// `--wait`: remove a held vGPU anyway, waiting for its holders.
+    pub wait: bool,
+}
+
 /// `gvm-vgpu detach`.
 pub fn detach(
     ctx: &Context,
     domain: &str,
     uuid: &Uuid,
-    (persistent, live, wait): (bool, bool, bool),
+    args: DetachArgs,
     connect: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<()> {
+    let DetachArgs { how, wait } = args;
     let conn = open(connect)?;
     let done = if wait {
         let mut announce = |holders: &[gvm_mdev::Holder]| {
@@ -124,16 +133,9 @@ pub fn detach(
                 names.join(", ")
             );
         };
-        gvm_libvirt::detach_waiting(
-            &conn,
-            &ctx.mdev,
-            domain,
-            uuid,
-            (persistent, live),
-            &mut announce,
-        )
+        gvm_libvirt::detach_waiting(&conn, &ctx.mdev, domain, uuid, how, &mut announce)
     } else {
-        gvm_libvirt::detach(&conn, &ctx.mdev, domain, uuid, persistent, live)
+        gvm_libvirt::detach(&conn, &ctx.mdev, domain, uuid, how)
     }
     .map_err(|e| match e {
         // It was detached: only the removal did not happen, as the message says.
@@ -149,22 +151,56 @@ pub fn detach(
                 "domain": domain,
                 "uuid": done.uuid,
                 "hostdev": done.hostdev,
+                "created_by_attach": done.made_by_attach,
                 "removed_vgpu": done.removed_vgpu,
+                "still_used_by": done.still_used_by,
             }),
         );
     }
+    let present = ctx.mdev.device(&done.uuid).is_ok();
     writeln!(
         out,
-        "Detached vGPU {} from domain {}{}.",
-        done.uuid,
-        domain,
-        if done.removed_vgpu {
-            " and removed it"
-        } else {
-            ""
-        }
+        "{}",
+        detached_text(domain, &done, how.keep_vgpu, present)
     )?;
     Ok(())
+}
+
+/// `detach`'s sentence: what went, and why a vGPU attach created stayed, if it did
+/// (`present`: it still exists on the host).
+fn detached_text(
+    domain: &str,
+    done: &gvm_libvirt::Detached,
+    keep_vgpu: bool,
+    present: bool,
+) -> String {
+    let uuid = done.uuid;
+    let head = format!("Detached vGPU {uuid} from domain {domain}");
+    if done.removed_vgpu {
+        return format!("{head} and removed it (attach had created it).");
+    }
+    if !done.made_by_attach {
+        return format!("{head}; the vGPU stays (attach did not create it).");
+    }
+    if !present {
+        return format!("{head}; the vGPU attach created does not exist (nothing to remove).");
+    }
+    if keep_vgpu {
+        return format!(
+            "{head}; kept the vGPU attach created (--keep-vgpu): `gvm-vgpu remove {uuid}` \
+             removes it."
+        );
+    }
+    if !done.still_used_by.is_empty() {
+        return format!(
+            "{head}; the vGPU stays: domain {} still names it.",
+            done.still_used_by.join(", ")
+        );
+    }
+    format!(
+        "{head}; the vGPU stays while the other definition of {domain} still names it \
+         (detach with --persistent --live to remove it)."
+    )
 }
 
 /// How a domain names one of its vGPUs, as `show DOMAIN --json` reports it.
@@ -190,6 +226,7 @@ struct MetaView {
     parent: Option<String>,
     mdev_type: Option<String>,
     persistent: bool,
+    created_by_attach: bool,
 }
 
 impl MetaView {
@@ -199,6 +236,7 @@ impl MetaView {
             parent: m.parent.clone(),
             mdev_type: m.mdev_type.clone(),
             persistent: m.persistent,
+            created_by_attach: m.created,
         }
     }
 }
@@ -357,10 +395,12 @@ fn binding_lines(
     };
     let mut lines = vec![format!("attached:     to {domain} by {how}")];
     if let Some(m) = meta {
-        let lifetime = if m.persistent {
-            "kept when the domain stops and on detach"
-        } else {
+        let lifetime = if !m.persistent {
             "created by attach for this run of the domain: removed when it stops or on detach"
+        } else if m.created {
+            "created by attach: removed on detach (unless --keep-vgpu)"
+        } else {
+            "attached by UUID: kept when the domain stops and on detach"
         };
         lines.push(format!("lifetime:     {lifetime}"));
     }
@@ -401,6 +441,7 @@ mod tests {
             parent: Some("0000:3b:00.0".into()),
             mdev_type: Some("gvmsim-1".into()),
             persistent,
+            created: false,
         }
     }
 
@@ -412,8 +453,18 @@ mod tests {
             present,
             vec![
                 "attached:     to web1 by <hostdev> and gvm metadata".to_string(),
-                "lifetime:     kept when the domain stops and on detach".to_string(),
+                "lifetime:     attached by UUID: kept when the domain stops and on detach"
+                    .to_string(),
             ]
+        );
+        let made = MetaVgpu {
+            created: true,
+            ..meta(true)
+        };
+        let lines = binding_lines("web1", &uuid, true, Some(&made), true);
+        assert!(
+            lines[1].contains("removed on detach (unless --keep-vgpu)"),
+            "{lines:?}"
         );
         let missing = binding_lines("web1", &uuid, false, Some(&meta(false)), false);
         assert!(missing[0].contains("gvm metadata only"), "{missing:?}");
@@ -437,5 +488,28 @@ mod tests {
                     && l.contains(&format!("gvm-vgpu detach web1 --uuid {uuid}"))),
             "{unknown:?}"
         );
+    }
+
+    #[test]
+    fn detach_says_why_a_vgpu_attach_created_stays() {
+        let done = |made_by_attach, removed_vgpu, still_used_by: &[&str]| gvm_libvirt::Detached {
+            uuid: Uuid::nil(),
+            apply: gvm_libvirt::Apply::CONFIG,
+            hostdev: true,
+            made_by_attach,
+            removed_vgpu,
+            still_used_by: still_used_by.iter().map(|d| d.to_string()).collect(),
+        };
+        let text =
+            |d: &gvm_libvirt::Detached, keep, present| detached_text("web1", d, keep, present);
+        assert!(text(&done(true, true, &[]), false, false)
+            .ends_with("and removed it (attach had created it)."));
+        assert!(text(&done(false, false, &[]), false, true).contains("attach did not create it"));
+        assert!(text(&done(true, false, &[]), true, true).contains("--keep-vgpu"));
+        assert!(
+            text(&done(true, false, &["db1"]), false, true).contains("domain db1 still names it")
+        );
+        assert!(text(&done(true, false, &[]), false, false).contains("does not exist"));
+        assert!(text(&done(true, false, &[]), false, true).contains("--persistent --live"));
     }
 }

@@ -176,12 +176,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             persistent,
             live,
             wait,
+            keep_vgpu,
             connect,
         } => libvirt::detach(
             &ctx,
             domain,
             uuid,
-            (*persistent, *live, *wait),
+            libvirt::DetachArgs {
+                how: gvm_libvirt::DetachHow {
+                    persistent: *persistent,
+                    live: *live,
+                    keep_vgpu: *keep_vgpu,
+                },
+                wait: *wait,
+            },
             connect.as_deref(),
             out,
         ),
