@@ -276,10 +276,22 @@ pub enum Command {
     },
 
     /// Adopt mdevctl's persistent definitions (/etc/mdevctl.d) as gvm-vgpu definitions.
+    ///
+    /// An imported vGPU stays defined by mdevctl too, and both would create it (mdevctl's
+    /// at boot when its start is auto): the output names each such mdevctl definition and
+    /// the command that removes it. With --remove-source, gvm-vgpud deletes mdevctl's file
+    /// (/etc/mdevctl.d/PARENT/UUID under the host root, what `mdevctl undefine` removes) once
+    /// the gvm-vgpu definition is stored, also for a vGPU an earlier import stored with the
+    /// same parent and type. When a file cannot be removed, the gvm-vgpu definition stays,
+    /// the error names the file and the command to run, and the exit status is 1.
     ImportMdevctl {
         /// Show what would be imported; write nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "remove_source")]
         dry_run: bool,
+        /// Hand the vGPUs over: delete mdevctl's definition of each vGPU gvm-vgpu now
+        /// defines the same way, after storing ours.
+        #[arg(long)]
+        remove_source: bool,
     },
 
     /// Ask gvm-vgpud to reconcile the host with its state now and report drift.

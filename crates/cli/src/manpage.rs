@@ -279,7 +279,10 @@ fn cli_examples(path: &[String]) -> Vec<(String, String)> {
         ["set"] => &[("gvm-vgpu set --live --memory-limit 6GiB --priority 2 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "Retune a running vGPU; its owners follow within a second.")],
         ["freeze"] => &[("gvm-vgpu freeze 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "Stop the vGPU's GPU work.")],
         ["thaw"] => &[("gvm-vgpu thaw 9d4c1a52-0d5f-4a8e-9f4e-6b0c2a4b1e11", "Resume it.")],
-        ["import-mdevctl"] => &[("gvm-vgpu import-mdevctl", "Adopt the definitions in /etc/mdevctl.d.")],
+        ["import-mdevctl"] => &[
+            ("gvm-vgpu import-mdevctl", "Adopt the definitions in /etc/mdevctl.d."),
+            ("gvm-vgpu import-mdevctl --remove-source", "Adopt them and delete mdevctl's copies once ours are stored."),
+        ],
         ["reconcile"] => &[("gvm-vgpu reconcile", "Reconcile now and report drift.")],
         ["status"] => &[("gvm-vgpu status", "gvm-vgpud's version, host root and the catalog it uses.")],
         ["stats"] => &[("gvm-vgpu stats", "What each VM's guest agent reports.")],

@@ -100,7 +100,17 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Freeze { target } => managed::freeze_thaw(&ctx, target, true, out),
         Command::Thaw { target } => managed::freeze_thaw(&ctx, target, false, out),
-        Command::ImportMdevctl { dry_run } => managed::import_mdevctl(&ctx, *dry_run, out),
+        Command::ImportMdevctl {
+            dry_run,
+            remove_source,
+        } => managed::import_mdevctl(
+            &ctx,
+            gvm_proto::ImportParams {
+                dry_run: *dry_run,
+                remove_source: *remove_source,
+            },
+            out,
+        ),
         Command::Reconcile => managed::reconcile(&ctx, out),
         Command::Status => managed::status(&ctx, out),
         Command::Policy { action } => match action {
