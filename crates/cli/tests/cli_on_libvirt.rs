@@ -53,12 +53,17 @@ fn json(root: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(root, &all)).expect("valid JSON")
 }
 
-/// A simulated host and a libvirtd, or the reason to skip.
+/// A simulated host (where, as on a kernel, removing a held vGPU would block) and a
+/// libvirtd, or the reason to skip.
 fn sim_and_libvirtd(test: &str) -> Option<SimHost> {
     if skip(test, require_root_and_fuse()) || skip(test, require_libvirtd()) {
         return None;
     }
-    Some(SimHost::start(SimModel::GvmSim, 2))
+    Some(SimHost::start_with(
+        SimModel::GvmSim,
+        2,
+        &["--held-remove", "block"],
+    ))
 }
 
 /// `gvm-vgpud --no-libvirt` serving `root` (a daemon that does not follow libvirt), killed
@@ -230,12 +235,32 @@ fn detach_removes_the_vgpu_attach_created_and_never_one_the_user_made() {
     assert_eq!(v["removed_vgpu"], false, "{v}");
     assert!(exists(root, &users), "the user's vGPU stays");
 
-    // --keep-vgpu keeps one attach created.
+    // --keep-vgpu keeps one attach created; while it is held, detach without it is refused
+    // before anything changes, and says so.
     let kept = attach_new(root, &name, &[]);
+    sim.control(&format!("spawn {kept}")).unwrap();
+    let mut owner = None;
+    assert!(
+        wait_for(|| {
+            owner = sim
+                .owners()
+                .into_iter()
+                .find(|o| o.get(1) == Some(&kept))
+                .and_then(|o| o.first().cloned());
+            owner.is_some()
+        }),
+        "the owner never opened {kept}"
+    );
+    let o = cli(root, &["detach", &name, "--uuid", &kept]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("pass --keep-vgpu"), "{}", stderr(&o));
+    let v = json(root, &["show", &name]);
+    assert_eq!(v["vgpus"][0]["uuid"], kept.as_str(), "still attached: {v}");
     let text = ok(root, &["detach", &name, "--uuid", &kept, "--keep-vgpu"]);
     assert!(text.contains("--keep-vgpu"), "{text}");
     assert!(exists(root, &kept));
-    ok(root, &["remove", &kept]);
+    sim.control(&format!("kill {}", owner.unwrap())).unwrap();
+    ok(root, &["remove", "--wait", &kept]);
 
     // Attached to another domain by UUID as well: it stays for that one.
     let shared = attach_new(root, &name, &[]);

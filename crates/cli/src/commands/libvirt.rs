@@ -140,6 +140,15 @@ pub fn detach(
     .map_err(|e| match e {
         // It was detached: only the removal did not happen, as the message says.
         e @ gvm_libvirt::Error::DetachedButHeld { .. } => anyhow::Error::new(e),
+        // Refused before any change: the vGPU attach created would be removed, and is held.
+        e @ gvm_libvirt::Error::Mdev {
+            source: gvm_mdev::Error::Held { .. },
+            ..
+        } => anyhow::Error::new(e).context(format!(
+            "cannot detach vGPU {uuid} from domain {domain}: attach created it, so detach \
+             removes it, and a process holds it open; pass --keep-vgpu to detach it and leave \
+             the vGPU on the host, or --wait to remove it once the holder lets go"
+        )),
         e => {
             anyhow::Error::new(e).context(format!("cannot detach vGPU {uuid} from domain {domain}"))
         }

@@ -230,6 +230,7 @@ fn show(ctx: &Context, target: &str, connect: Option<&str>, out: &mut dyn Write)
         }
         Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
         Err(_) if !is_uuid => {
+            ctx.require_sysfs()?;
             eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
             show_domain(ctx, None, target, connect, out)
         }
