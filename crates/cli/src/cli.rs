@@ -141,9 +141,20 @@ pub enum Command {
     /// persistent or live override) and which rule found each owner process; without it,
     /// shows what the kernel and GVM report directly. Each owner gcgroup's GPU is shown by its
     /// position in PCI order and its PCI address.
+    ///
+    /// A libvirt domain name shows the domain's vGPUs: those of its <hostdev>s and of its gvm
+    /// metadata (what `attach`, `attach --metadata-only` included, records), read from the
+    /// running domain or, for a domain that is only defined, from its definition. A vGPU the
+    /// domain names that does not exist yet (the libvirt hook creates it when the domain
+    /// starts) is shown from the metadata. This works without gvm-vgpud, and with a gvm-vgpud
+    /// that does not follow libvirt: the domain is then looked up in libvirt directly.
     Show {
-        /// UUID of the vGPU (or a libvirt domain name, when the daemon runs).
+        /// UUID of the vGPU, or the name of a libvirt domain (running or only defined).
         target: String,
+        /// libvirt connection URI to look a domain name up at (default: $LIBVIRT_DEFAULT_URI,
+        /// else qemu:///system). Not used for a UUID.
+        #[arg(long, short = 'c', value_name = "URI")]
+        connect: Option<String>,
     },
 
     /// Store a persistent vGPU definition (created now by `start`, at boot with --autostart).
@@ -265,10 +276,22 @@ pub enum Command {
     },
 
     /// Adopt mdevctl's persistent definitions (/etc/mdevctl.d) as gvm-vgpu definitions.
+    ///
+    /// An imported vGPU stays defined by mdevctl too, and both would create it (mdevctl's
+    /// at boot when its start is auto): the output names each such mdevctl definition and
+    /// the command that removes it. With --remove-source, gvm-vgpud deletes mdevctl's file
+    /// (/etc/mdevctl.d/PARENT/UUID under the host root, what `mdevctl undefine` removes) once
+    /// the gvm-vgpu definition is stored, also for a vGPU an earlier import stored with the
+    /// same parent and type. When a file cannot be removed, the gvm-vgpu definition stays,
+    /// the error names the file and the command to run, and the exit status is 1.
     ImportMdevctl {
         /// Show what would be imported; write nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "remove_source")]
         dry_run: bool,
+        /// Hand the vGPUs over: delete mdevctl's definition of each vGPU gvm-vgpu now
+        /// defines the same way, after storing ours.
+        #[arg(long)]
+        remove_source: bool,
     },
 
     /// Ask gvm-vgpud to reconcile the host with its state now and report drift.
@@ -365,7 +388,13 @@ pub enum Command {
     },
 
     /// Take a vGPU from a libvirt domain: detach its <hostdev>, drop its metadata entry, and
-    /// remove the vGPU when `attach` created it for this domain only.
+    /// remove the vGPU when `attach` created it.
+    ///
+    /// `attach --type` records in the domain's gvm metadata that it created the vGPU
+    /// (created="yes"); detach then removes that vGPU from the host, unless --keep-vgpu is
+    /// given or a definition still names it (the running domain after a --persistent-only
+    /// detach, or another domain it was attached to by UUID). A vGPU attached with --uuid, or
+    /// by an attach older than that record, is the user's and is never removed.
     ///
     /// A vGPU to remove that a process holds open is never removed by surprise (the kernel's
     /// remove would block until the holder closes it): for a shut-off domain the detach is
@@ -384,10 +413,14 @@ pub enum Command {
         /// Change the running domain (libvirt --live).
         #[arg(long)]
         live: bool,
-        /// Remove a transient vGPU even while it is held: wait until every holder has closed
-        /// it. The wait happens in the kernel and cannot be interrupted.
-        #[arg(long)]
+        /// Remove a vGPU attach created even while it is held: wait until every holder has
+        /// closed it. The wait happens in the kernel and cannot be interrupted.
+        #[arg(long, conflicts_with = "keep_vgpu")]
         wait: bool,
+        /// Keep the vGPU on the host even though `attach` created it: only its <hostdev> and
+        /// metadata entry go. `gvm-vgpu remove UUID` removes it later.
+        #[arg(long)]
+        keep_vgpu: bool,
         /// libvirt connection URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).
         #[arg(long, short = 'c', value_name = "URI")]
         connect: Option<String>,

@@ -1352,3 +1352,109 @@ fn daemon_stop_of_a_held_vgpu_is_refused_naming_the_holder_and_stop_wait_stops_i
     );
     assert!(uuids_listed(root).is_empty());
 }
+
+/// `chattr +i` on a file for as long as it lives: even root cannot delete it then.
+struct Immutable<'a>(&'a Path);
+
+impl<'a> Immutable<'a> {
+    fn set(path: &'a Path) -> Immutable<'a> {
+        let o = Command::new("chattr").arg("+i").arg(path).output().unwrap();
+        assert!(o.status.success(), "chattr +i: {}", stderr(&o));
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+    }
+}
+
+fn defined_uuids(root: &Path) -> Vec<String> {
+    json(root, &["list", "--defined"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["uuid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn import_mdevctl_says_mdevctl_still_defines_it_and_remove_source_hands_it_over_after_storing_ours()
+{
+    let name = "import_mdevctl_hands_over";
+    if skip(
+        name,
+        require_root_and_fuse().or_else(|| require_command("chattr")),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let dir = root.join("etc/mdevctl.d/0000:3b:00.0");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mdevctl_def = r#"{"mdev_type": "gvmsim-1", "start": "manual", "attrs": []}"#;
+    let first = "2d6a0f4e-51c3-4b8e-9a07-3c5e1f2b7d90";
+    let first_file = dir.join(first);
+    std::fs::write(&first_file, mdevctl_def).unwrap();
+
+    // A plain import leaves mdevctl's definition and says what to do about it.
+    let text = ok(root, &["import-mdevctl"]);
+    assert!(text.contains(&format!("Imported {first}")), "{text}");
+    assert!(
+        text.contains(&format!("mdevctl still defines {first}"))
+            && text.contains(&format!("`mdevctl undefine --uuid {first}`"))
+            && text.contains("--remove-source"),
+        "{text}"
+    );
+    assert!(first_file.exists());
+
+    // The file cannot be removed: ours stays, the error says what to run, exit status 1.
+    {
+        let _pinned = Immutable::set(&first_file);
+        let o = cli(root, &["import-mdevctl", "--remove-source"]);
+        assert!(!o.status.success(), "{}", stdout(&o));
+        let text = stdout(&o);
+        assert!(
+            text.contains("Error: cannot remove")
+                && text.contains(&format!("`mdevctl undefine --uuid {first}`")),
+            "{text}"
+        );
+        assert!(
+            stderr(&o).contains("1 mdevctl definition could not be removed"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(first_file.exists());
+        assert!(defined_uuids(root).contains(&first.to_string()));
+    }
+
+    // Already imported the same way: --remove-source now hands it over.
+    let text = ok(root, &["import-mdevctl", "--remove-source"]);
+    assert!(
+        text.contains(&format!(
+            "Removed mdevctl's definition {}",
+            first_file.display()
+        )),
+        "{text}"
+    );
+    assert!(!first_file.exists(), "mdevctl's definition is gone");
+    assert!(defined_uuids(root).contains(&first.to_string()));
+
+    // A new definition is imported and handed over in one run.
+    let second = "8e4b2c1a-7d3f-4a6e-b5c9-0f1e2d3c4b5a";
+    let second_file = dir.join(second);
+    std::fs::write(&second_file, mdevctl_def).unwrap();
+    let v = json(root, &["import-mdevctl", "--remove-source"]);
+    assert_eq!(v["imported"][0]["uuid"], second, "{v}");
+    assert_eq!(v["mdevctl_sources"][0]["uuid"], second, "{v}");
+    assert_eq!(v["mdevctl_sources"][0]["removed"], true, "{v}");
+    assert!(!second_file.exists());
+    let defined = defined_uuids(root);
+    assert!(defined.contains(&first.to_string()) && defined.contains(&second.to_string()));
+
+    // --dry-run and --remove-source do not mix.
+    let o = cli(root, &["import-mdevctl", "--dry-run", "--remove-source"]);
+    assert!(!o.status.success());
+}

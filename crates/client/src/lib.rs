@@ -420,9 +420,9 @@ impl Client {
         self.call(Call::Thaw(target_of(target)))
     }
 
-    /// `import-mdevctl`.
-    pub fn import_mdevctl(&mut self, dry_run: bool) -> Result<ImportReport> {
-        self.call(Call::ImportMdevctl(ImportParams { dry_run }))
+    /// `import-mdevctl [--dry-run] [--remove-source]`.
+    pub fn import_mdevctl(&mut self, params: ImportParams) -> Result<ImportReport> {
+        self.call(Call::ImportMdevctl(params))
     }
 
     /// `policy show` / `top`: every GPU's scheduler, with target and achieved shares.

@@ -34,6 +34,7 @@ fn binding(name: &str, state: DomainState, vgpus: &[Uuid]) -> DomainBinding {
                     parent: None,
                     mdev_type: None,
                     persistent: true,
+                    created: false,
                 })
                 .collect(),
             ..DomainInfo::default()

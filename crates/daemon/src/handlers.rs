@@ -156,7 +156,7 @@ impl Daemon {
             Call::Set(p) => self.set(p).and_then(|d| json(&d)),
             Call::Freeze(t) => self.freeze(&t.target, true).and_then(|d| json(&d)),
             Call::Thaw(t) => self.freeze(&t.target, false).and_then(|d| json(&d)),
-            Call::ImportMdevctl(p) => self.import_mdevctl(p.dry_run).and_then(|r| json(&r)),
+            Call::ImportMdevctl(p) => self.import_mdevctl(&p).and_then(|r| json(&r)),
             Call::PolicyGet => json(&self.policy_status()),
             Call::PolicySet(p) => self.policy_set(p).and_then(|s| json(&s)),
             Call::Stats(p) => {
@@ -844,7 +844,10 @@ impl Daemon {
         report.errors
     }
 
-    fn import_mdevctl(&mut self, dry_run: bool) -> Result<ImportReport, ApiError> {
+    /// Adopt mdevctl's definitions; with `remove_source`, delete each mdevctl file once its
+    /// gvm-vgpu definition is stored (synced), so that a failure leaves ours in place.
+    fn import_mdevctl(&mut self, p: &gvm_proto::ImportParams) -> Result<ImportReport, ApiError> {
+        let dry_run = p.dry_run;
         let dir = self.host.mdevctl_config_dir();
         let mut report = ImportReport::default();
         let parents = match fs::read_dir(&dir) {
@@ -889,8 +892,24 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.desired.definitions.contains_key(&uuid) {
-                report.skipped.push(format!("{uuid}: already defined"));
+            if let Some(ours) = self.desired.definitions.get(&uuid) {
+                if ours.parent == parent && ours.mdev_type == cfg.mdev_type {
+                    report.skipped.push(format!("{uuid}: already defined"));
+                    let removing = p.remove_source && !dry_run;
+                    report
+                        .mdevctl_sources
+                        .push(mdevctl_source(uuid, &path, removing));
+                } else {
+                    report.skipped.push(format!(
+                        "{uuid}: already defined as {} on {}, which mdevctl's {} ({} on {parent}) \
+                         contradicts: both stay; `gvm-vgpu undefine {uuid}` or `mdevctl undefine \
+                         --uuid {uuid}` settles it",
+                        ours.mdev_type,
+                        ours.parent,
+                        path.display(),
+                        cfg.mdev_type
+                    ));
+                }
                 continue;
             }
             let type_name = self.types.resolve(&cfg.mdev_type, None).map(|t| t.name);
@@ -909,9 +928,37 @@ impl Daemon {
                 info!(%uuid, "imported mdevctl definition");
             }
             report.imported.push(def);
+            let removing = p.remove_source && !dry_run;
+            report
+                .mdevctl_sources
+                .push(mdevctl_source(uuid, &path, removing));
         }
         Ok(report)
     }
+}
+
+/// mdevctl's definition file `path` of `uuid`, which gvm-vgpu now defines too: deleted when
+/// `remove` (the caller has stored ours first), the failure recorded, never returned: our
+/// definition stays and the report says what to run.
+fn mdevctl_source(uuid: Uuid, path: &std::path::Path, remove: bool) -> gvm_proto::MdevctlSource {
+    let mut source = gvm_proto::MdevctlSource {
+        uuid,
+        path: path.display().to_string(),
+        removed: false,
+        error: None,
+    };
+    if remove {
+        match fs::remove_file(path) {
+            Ok(()) => {
+                source.removed = true;
+                info!(%uuid, path = %path.display(), "removed mdevctl's definition");
+            }
+            // Gone since it was read: what was asked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => source.removed = true,
+            Err(e) => source.error = Some(format!("cannot remove {}: {e}", path.display())),
+        }
+    }
+    source
 }
 
 /// A definition's `owner_uids`, sorted and without repeats; refused beyond

@@ -3,12 +3,15 @@
 //! Attaching is three steps: have a vGPU (create one of a catalog type, or reuse a UUID), add
 //! its mdev `<hostdev>` to the domain, and record it in gvm's metadata element (see
 //! [`crate::domain_xml`]) with what is needed to create it again (parent, kernel type, catalog
-//! type) and whether attach created it for this domain only (`persistent="no"`). The metadata is
-//! what lets the hook recreate the vGPU before the domain starts, the hook remove a transient
-//! one after it stops, and the daemon find the domain of a vGPU.
+//! type), whether attach created it (`created="yes"`) and whether it did so for this run of the
+//! domain only (`persistent="no"`). The metadata is what lets the hook recreate the vGPU before
+//! the domain starts, the hook remove a transient one after it stops, and the daemon find the
+//! domain of a vGPU.
 //!
 //! Detaching removes the hostdev and the metadata entry, and removes the vGPU itself when the
-//! metadata says attach created it transiently. That removal never blocks by surprise: the
+//! metadata says attach created it ([`MetaVgpu::made_by_attach`]), unless the caller keeps it
+//! ([`DetachHow::keep_vgpu`]) or a definition of this or another domain still names it. A vGPU
+//! the user made and attached by UUID is never removed. That removal never blocks by surprise: the
 //! kernel's remove of a held mdev waits uninterruptibly for the holder. When the domain is off,
 //! a held vGPU is held by a process other than this domain's QEMU: the detach is refused
 //! before anything changes. After
@@ -90,6 +93,29 @@ pub struct Attached {
     pub hostdev_xml: Option<String>,
 }
 
+/// How [`detach`] goes about it: which definitions it changes (libvirt's "current" one when
+/// neither `persistent` nor `live`), and whether a vGPU attach created stays on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DetachHow {
+    /// Change the persistent definition (`--persistent`, libvirt's `--config`).
+    pub persistent: bool,
+    /// Change the running domain (`--live`).
+    pub live: bool,
+    /// Keep a vGPU that attach created (`--keep-vgpu`): only the binding goes.
+    pub keep_vgpu: bool,
+}
+
+impl DetachHow {
+    /// Detach from these definitions, removing a vGPU attach created.
+    pub fn new(persistent: bool, live: bool) -> DetachHow {
+        DetachHow {
+            persistent,
+            live,
+            keep_vgpu: false,
+        }
+    }
+}
+
 /// What [`detach`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detached {
@@ -99,8 +125,13 @@ pub struct Detached {
     pub apply: Apply,
     /// Whether a hostdev was detached (else only the metadata binding was removed).
     pub hostdev: bool,
-    /// Whether the vGPU itself was removed (it was transient).
+    /// Whether the metadata said attach created the vGPU.
+    pub made_by_attach: bool,
+    /// Whether the vGPU itself was removed (attach had created it, and nothing keeps it).
     pub removed_vgpu: bool,
+    /// Other domains whose definitions still name the vGPU: a vGPU attach created is kept for
+    /// them.
+    pub still_used_by: Vec<String>,
 }
 
 /// The definitions to change: as asked, or libvirt's "current" (live when the domain is
@@ -181,6 +212,7 @@ pub fn attach(
         mdev_type: Some(device.type_id.clone()),
         // A vGPU made for a live-only attach lives as long as this run of the domain.
         persistent: !created || apply.config,
+        created,
     };
     let result = write_attachment(conn, &req.domain, &entry, req, apply);
     if result.is_err() && created {
@@ -247,32 +279,32 @@ pub const DETACH_GRACE: Duration = Duration::from_secs(5);
 const HOLDER_POLL: Duration = Duration::from_millis(100);
 
 /// Detach vGPU `uuid` from `domain`: remove its hostdev (when it has one) and its metadata
-/// entry from the chosen definitions, then remove the vGPU when attach created it transiently
-/// and no definition of the domain still names it. A held vGPU is never removed (see the
-/// module documentation): refused before any change, or [`Error::DetachedButHeld`].
+/// entry from the chosen definitions, then remove the vGPU when attach created it, `how` does
+/// not keep it, and no definition of this domain or another still names it. A held vGPU is
+/// never removed (see the module documentation): refused before any change, or
+/// [`Error::DetachedButHeld`].
 pub fn detach(
     conn: &Connection,
     mdev: &MdevHost,
     domain: &str,
     uuid: &Uuid,
-    persistent: bool,
-    live: bool,
+    how: DetachHow,
 ) -> Result<Detached> {
-    detach_impl(conn, mdev, domain, uuid, (persistent, live), None)
+    detach_impl(conn, mdev, domain, uuid, how, None)
 }
 
-/// [`detach`], but a transient vGPU still held after the detach is removed anyway: the
-/// remove waits (uninterruptibly, in the kernel) until every holder has closed it.
+/// [`detach`], but a vGPU to remove that is still held after the detach is removed anyway:
+/// the remove waits (uninterruptibly, in the kernel) until every holder has closed it.
 /// `announce` is called with the holders first, when there are any.
 pub fn detach_waiting(
     conn: &Connection,
     mdev: &MdevHost,
     domain: &str,
     uuid: &Uuid,
-    (persistent, live): (bool, bool),
+    how: DetachHow,
     announce: &mut Announce<'_>,
 ) -> Result<Detached> {
-    detach_impl(conn, mdev, domain, uuid, (persistent, live), Some(announce))
+    detach_impl(conn, mdev, domain, uuid, how, Some(announce))
 }
 
 /// The holders of `uuid`; none when it is gone.
@@ -293,21 +325,21 @@ fn detach_impl(
     mdev: &MdevHost,
     domain: &str,
     uuid: &Uuid,
-    (persistent, live): (bool, bool),
+    how: DetachHow,
     mut wait: Option<&mut Announce<'_>>,
 ) -> Result<Detached> {
     let active = conn.state(domain)?.is_active();
-    let apply = resolve_apply(persistent, live, active);
+    let apply = resolve_apply(how.persistent, how.live, active);
     // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go: refuse
-    // a transient vGPU that is held before changing anything (with a wait, the remove below
+    // a vGPU to remove that is held before changing anything (with a wait, the remove below
     // waits instead). On a running domain a config-only detach leaves the live domain naming
     // the vGPU, so it is not removed at all.
-    if wait.is_none() && !active {
-        let transient = conn
+    if wait.is_none() && !active && !how.keep_vgpu {
+        let to_remove = conn
             .info(domain, true)?
             .meta(uuid)
-            .is_some_and(|m| !m.persistent);
-        if transient {
+            .is_some_and(MetaVgpu::made_by_attach);
+        if to_remove {
             let held = holders(mdev, uuid)?;
             if !held.is_empty() {
                 return Err(Error::Mdev {
@@ -323,7 +355,7 @@ fn detach_impl(
     }
     let mut found = false;
     let mut hostdev = false;
-    let mut transient = false;
+    let mut made_by_attach = false;
     for (on, inactive, which) in [
         (apply.config, true, Apply::CONFIG),
         (apply.live, false, Apply::LIVE),
@@ -338,7 +370,7 @@ fn detach_impl(
             hostdev = true;
         }
         if let Some(m) = info.meta(uuid) {
-            transient |= !m.persistent;
+            made_by_attach |= m.made_by_attach();
             conn.set_vgpu_metadata(
                 domain,
                 &domain_xml::without_entry(&info.metadata, uuid),
@@ -354,7 +386,17 @@ fn detach_impl(
         });
     }
     let mut removed_vgpu = false;
-    if transient && !still_named(conn, domain, uuid, active)? {
+    let removable = made_by_attach && !how.keep_vgpu && !still_named(conn, domain, uuid, active)?;
+    // Attached to another domain too (by UUID): it stays for that one.
+    let still_used_by: Vec<String> = if removable {
+        conn.domains_of(uuid)?
+            .into_iter()
+            .filter(|d| d != domain)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if removable && still_used_by.is_empty() {
         let result = match wait.as_mut() {
             Some(announce) => {
                 let held = holders(mdev, uuid)?;
@@ -392,7 +434,9 @@ fn detach_impl(
         uuid: *uuid,
         apply,
         hostdev,
+        made_by_attach,
         removed_vgpu,
+        still_used_by,
     })
 }
 

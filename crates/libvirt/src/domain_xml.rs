@@ -15,13 +15,14 @@
 //! ```xml
 //! <metadata>
 //!   <gvm:vgpus xmlns:gvm="https://gvm-vgpu.dev/xmlns/libvirt/1">
-//!     <gvm:vgpu uuid="4b20d080-…" type="sim-4c" parent="gvmsim0" mdev-type="gvmsim-1" persistent="yes"/>
+//!     <gvm:vgpu uuid="4b20d080-…" type="sim-4c" parent="gvmsim0" mdev-type="gvmsim-1" persistent="yes" created="yes"/>
 //!   </gvm:vgpus>
 //! </metadata>
 //! ```
 //!
 //! `persistent="no"` marks a vGPU that `attach` created for this domain only: the hook removes it
-//! when the domain stops. The metadata element also *binds* a vGPU to a domain without a
+//! when the domain stops. `created="yes"` marks any vGPU `attach` created (rather than reused):
+//! `detach` removes it with the binding. The metadata element also *binds* a vGPU to a domain without a
 //! `<hostdev>` (a running domain on a host without VFIO cannot hold the mdev itself): the daemon
 //! and [`crate::watch`](mod@crate::watch) treat both as the domain's vGPUs.
 //!
@@ -54,6 +55,17 @@ pub struct MetaVgpu {
     pub mdev_type: Option<String>,
     /// `false` when attach created it for this domain only (removed when the domain stops).
     pub persistent: bool,
+    /// `true` when `attach` created the vGPU (`created="yes"`) rather than reused one the user
+    /// made: `detach` then removes it too. Absent (`false`) for a reused vGPU and in entries
+    /// written before the attribute existed; `persistent="no"` entries are attach's either way.
+    pub created: bool,
+}
+
+impl MetaVgpu {
+    /// Whether `attach` made this vGPU for the domain, so that detaching it removes it.
+    pub fn made_by_attach(&self) -> bool {
+        self.created || !self.persistent
+    }
 }
 
 /// An mdev `<hostdev>` of the domain.
@@ -240,12 +252,23 @@ fn parse_metadata(meta: roxmltree::Node<'_, '_>, out: &mut Vec<MetaVgpu>) -> Res
                     })
                 }
             };
+            let created = match v.attribute("created") {
+                None | Some("no") => false,
+                Some("yes") => true,
+                Some(other) => {
+                    return Err(Error::Xml {
+                        what: "gvm:vgpu metadata".into(),
+                        detail: format!("created={other:?} for {uuid}; use \"yes\" or \"no\""),
+                    })
+                }
+            };
             out.push(MetaVgpu {
                 uuid,
                 type_name: v.attribute("type").map(str::to_string),
                 parent: v.attribute("parent").map(str::to_string),
                 mdev_type: v.attribute("mdev-type").map(str::to_string),
                 persistent,
+                created,
             });
         }
     }
@@ -348,10 +371,14 @@ pub fn metadata_xml(vgpus: &[MetaVgpu]) -> String {
             s.push_str(&format!(" mdev-type='{}'", escape_attr(m)));
         }
         s.push_str(if v.persistent {
-            " persistent='yes'/>"
+            " persistent='yes'"
         } else {
-            " persistent='no'/>"
+            " persistent='no'"
         });
+        if v.created {
+            s.push_str(" created='yes'");
+        }
+        s.push_str("/>");
     }
     s.push_str("</vgpus>");
     s

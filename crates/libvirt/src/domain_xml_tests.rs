@@ -33,6 +33,7 @@ fn reads_name_uuid_hostdev_metadata_and_agent_channel_from_dumpxml() {
             parent: Some("gvmsim0".into()),
             mdev_type: Some("gvmsim-1".into()),
             persistent: false,
+            created: false,
         }]
     );
     // Only the channel to the gvm port counts, not the qemu guest agent's.
@@ -111,6 +112,7 @@ fn generated_metadata_reads_back_once_wrapped_by_libvirt() {
             parent: Some("gvmsim0".into()),
             mdev_type: Some("gvmsim-1".into()),
             persistent: false,
+            created: true,
         },
         MetaVgpu {
             uuid: u(HOSTDEV_UUID),
@@ -118,6 +120,7 @@ fn generated_metadata_reads_back_once_wrapped_by_libvirt() {
             parent: None,
             mdev_type: None,
             persistent: true,
+            created: false,
         },
     ];
     // libvirt re-namespaces the element: emulate it.
@@ -131,6 +134,26 @@ fn generated_metadata_reads_back_once_wrapped_by_libvirt() {
         .replace("</vgpus>", "</gvm:vgpus>");
     let xml = format!("<domain><name>d</name><metadata>{body}</metadata></domain>");
     assert_eq!(parse(&xml).unwrap().metadata, entries);
+    assert!(xml.contains("created='yes'"), "{xml}");
+}
+
+#[test]
+fn created_marks_a_vgpu_attach_made_and_transient_entries_are_attachs_without_it() {
+    let read = |attrs: &str| {
+        parse(&format!(
+            "<domain><name>d</name><metadata><gvm:vgpus xmlns:gvm='{NAMESPACE}'><gvm:vgpu uuid='{META_UUID}' {attrs}/></gvm:vgpus></metadata></domain>"
+        ))
+        .map(|info| info.metadata[0].clone())
+    };
+    let made = read("persistent='yes' created='yes'").unwrap();
+    assert!(made.created && made.made_by_attach());
+    // Written before `created` existed, or for a reused vGPU: the user's.
+    let users = read("persistent='yes'").unwrap();
+    assert!(!users.created && !users.made_by_attach());
+    // A transient entry is always one attach made.
+    assert!(read("persistent='no'").unwrap().made_by_attach());
+    let e = read("created='perhaps'").unwrap_err().to_string();
+    assert!(e.contains("perhaps") && e.contains(META_UUID), "{e}");
 }
 
 #[test]
@@ -156,6 +179,7 @@ fn entries_are_replaced_and_removed_by_uuid() {
         parent: None,
         mdev_type: None,
         persistent: true,
+        created: false,
     };
     let b = MetaVgpu {
         type_name: Some("new".into()),

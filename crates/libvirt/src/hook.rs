@@ -234,6 +234,7 @@ mod tests {
             parent: parent.map(str::to_string),
             mdev_type: mdev_type.map(str::to_string),
             persistent: true,
+            created: false,
         }
     }
 

@@ -43,7 +43,8 @@ pub mod watch;
 
 #[cfg(feature = "connect")]
 pub use attach::{
-    attach, detach, detach_waiting, AttachRequest, Attached, Detached, Target, DETACH_GRACE,
+    attach, detach, detach_waiting, AttachRequest, Attached, DetachHow, Detached, Target,
+    DETACH_GRACE,
 };
 #[cfg(feature = "connect")]
 pub use connection::{Apply, Connection};

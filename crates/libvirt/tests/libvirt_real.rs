@@ -16,7 +16,8 @@ use common::*;
 use gvm_catalog::Catalog;
 use gvm_libvirt::domain_xml::{self, MetaVgpu};
 use gvm_libvirt::{
-    attach, detach, AttachRequest, Connection, DomainState, EventKind, Target, WatchEvent,
+    attach, detach, AttachRequest, Connection, DetachHow, DomainState, EventKind, Target,
+    WatchEvent,
 };
 use gvm_mdev::MdevHost;
 use gvm_testkit::{require_command, require_root_and_fuse, skip, SimHost, SimModel};
@@ -53,6 +54,7 @@ fn virt_xml_validate_accepts_our_hostdev_and_rejects_a_bad_uuid() {
         parent: Some("0000:3b:00.0".into()),
         mdev_type: Some("gvmsim-1".into()),
         persistent: true,
+        created: false,
     }]);
     let dir = tempfile::tempdir().unwrap();
     let validate = |xml: &str| {
@@ -163,6 +165,7 @@ fn attach_and_detach_round_trip_on_a_shut_off_domain() {
     assert_eq!(meta.parent.as_deref(), Some(dev.parent.as_str()));
     assert_eq!(meta.mdev_type.as_deref(), Some("gvmsim-1"));
     assert!(meta.persistent, "a --persistent attach keeps its vGPU");
+    assert!(meta.created, "the entry says attach created the vGPU");
     assert!(xml.contains(&format!("xmlns:gvm=\"{}\"", gvm_libvirt::NAMESPACE)));
 
     // --uuid: an existing vGPU is reused, not created.
@@ -185,19 +188,35 @@ fn attach_and_detach_round_trip_on_a_shut_off_domain() {
     assert_eq!(mine.vgpus(), vec![a.uuid, other.uuid]);
     assert_eq!(conn.domains_of(&other.uuid).unwrap(), vec![name.clone()]);
 
-    // Detach undoes both; persistent vGPUs stay on the host.
-    let d = detach(&conn, &mdev, &name, &a.uuid, true, false).unwrap();
-    assert!(d.hostdev && !d.removed_vgpu);
+    // Detach undoes both: the vGPU attach created goes with it, the reused one stays.
+    let d = detach(&conn, &mdev, &name, &a.uuid, DetachHow::new(true, false)).unwrap();
+    assert!(d.hostdev && d.made_by_attach && d.removed_vgpu, "{d:?}");
     let info = domain_xml::parse(&dom.dumpxml(true)).unwrap();
     assert!(!info.has_hostdev(&a.uuid) && info.meta(&a.uuid).is_none());
     assert_eq!(info.vgpus(), vec![other.uuid]);
-    assert!(mdev.device(&a.uuid).is_ok());
-    detach(&conn, &mdev, &name, &other.uuid, true, false).unwrap();
+    assert!(mdev.device(&a.uuid).is_err(), "attach's vGPU removed");
+    let d = detach(
+        &conn,
+        &mdev,
+        &name,
+        &other.uuid,
+        DetachHow::new(true, false),
+    )
+    .unwrap();
+    assert!(!d.made_by_attach && !d.removed_vgpu, "{d:?}");
+    assert!(mdev.device(&other.uuid).is_ok(), "the user's vGPU stays");
     assert!(domain_xml::parse(&dom.dumpxml(true))
         .unwrap()
         .vgpus()
         .is_empty());
-    let e = detach(&conn, &mdev, &name, &other.uuid, true, false).unwrap_err();
+    let e = detach(
+        &conn,
+        &mdev,
+        &name,
+        &other.uuid,
+        DetachHow::new(true, false),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("has no vGPU"), "{e}");
     // Errors name the domain.
     let e = attach(
@@ -278,7 +297,7 @@ fn a_running_domain_bound_by_metadata_reports_suspend_and_resume_with_its_vgpu()
     assert_eq!(ev.vgpus, vec![a.uuid]);
 
     // Detaching the transient binding removes the vGPU from the host.
-    let d = detach(&conn, &mdev, &name, &a.uuid, false, true).unwrap();
+    let d = detach(&conn, &mdev, &name, &a.uuid, DetachHow::new(false, true)).unwrap();
     assert!(d.removed_vgpu && !d.hostdev);
     assert!(mdev.device(&a.uuid).is_err());
 
@@ -315,6 +334,7 @@ fn the_hook_creates_missing_vgpus_from_real_dumpxml_and_removes_transient_ones()
             parent: Some(parent.clone()),
             mdev_type: Some("gvmsim-2".into()),
             persistent: true,
+            created: false,
         },
         MetaVgpu {
             uuid: transient,
@@ -322,6 +342,7 @@ fn the_hook_creates_missing_vgpus_from_real_dumpxml_and_removes_transient_ones()
             parent: None,
             mdev_type: None,
             persistent: false,
+            created: false,
         },
     ]);
     let name = unique_name("hook");
@@ -454,7 +475,7 @@ fn a_live_detach_leaves_a_still_held_transient_vgpu_in_place_and_wait_removes_it
     sim.control(&format!("spawn {a}")).unwrap();
     let pid = owner_of(&sim, &a);
     let started = std::time::Instant::now();
-    let e = detach(&conn, &mdev, &name, &a, false, true).unwrap_err();
+    let e = detach(&conn, &mdev, &name, &a, DetachHow::new(false, true)).unwrap_err();
     assert!(started.elapsed() >= gvm_libvirt::DETACH_GRACE);
     assert!(
         matches!(e, gvm_libvirt::Error::DetachedButHeld { .. }),
@@ -484,9 +505,14 @@ fn a_live_detach_leaves_a_still_held_transient_vgpu_in_place_and_wait_removes_it
         std::fs::write(control, format!("kill {pid}\n"))
     });
     let mut announced = Vec::new();
-    let d = gvm_libvirt::detach_waiting(&conn, &mdev, &name, &b, (false, true), &mut |h| {
-        announced.extend(h.iter().map(|h| h.pid))
-    })
+    let d = gvm_libvirt::detach_waiting(
+        &conn,
+        &mdev,
+        &name,
+        &b,
+        DetachHow::new(false, true),
+        &mut |h| announced.extend(h.iter().map(|h| h.pid)),
+    )
     .unwrap();
     assert!(killer.join().unwrap().is_ok());
     assert!(d.removed_vgpu);

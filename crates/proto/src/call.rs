@@ -190,6 +190,9 @@ pub struct SetParams {
 pub struct ImportParams {
     /// Report what would be imported without writing anything.
     pub dry_run: bool,
+    /// Once a definition is stored (now, or by an earlier import with the same parent and
+    /// type), delete mdevctl's own definition file of it, so that only gvm-vgpu defines it.
+    pub remove_source: bool,
 }
 
 /// `policy_set`: choose the scheduling policy by name, for one GPU or all.

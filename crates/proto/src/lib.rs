@@ -47,8 +47,9 @@ pub use guest::{
 pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy};
 pub use types::{
     BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, GuestEnforcement,
-    GuestProcess, ImportReport, Knobs, Overrides, OwnerInfo, OwnerRule, Pong, ReconcileReport,
-    RefusedClaim, ReloadFailure, Source, Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
+    GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides, OwnerInfo, OwnerRule, Pong,
+    ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources, Totals, VgpuDetail, VgpuInfo,
+    VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

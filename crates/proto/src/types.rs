@@ -437,4 +437,22 @@ pub struct ImportReport {
     pub imported: Vec<Definition>,
     /// Definitions skipped, with the reason.
     pub skipped: Vec<String>,
+    /// The mdevctl definitions of vGPUs gvm-vgpu defines the same way (imported now or
+    /// before), each still there unless `remove_source` removed it.
+    #[serde(default)]
+    pub mdevctl_sources: Vec<MdevctlSource>,
+}
+
+/// An mdevctl definition file of a vGPU that gvm-vgpu defines too (`import_mdevctl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdevctlSource {
+    /// The vGPU.
+    pub uuid: Uuid,
+    /// mdevctl's definition file (`/etc/mdevctl.d/<parent>/<uuid>` under the host root).
+    pub path: String,
+    /// Whether `remove_source` deleted it (after gvm-vgpu's definition was stored).
+    pub removed: bool,
+    /// Why deleting it failed (`remove_source`); gvm-vgpu's definition stays either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

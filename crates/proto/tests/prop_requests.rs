@@ -240,7 +240,12 @@ fn call() -> impl Strategy<Value = Call> {
         Just(Call::PolicyGet),
         Just(Call::Reconcile),
         any::<bool>().prop_map(|defined| Call::List(ListParams { defined })),
-        any::<bool>().prop_map(|dry_run| Call::ImportMdevctl(ImportParams { dry_run })),
+        (any::<bool>(), any::<bool>()).prop_map(|(dry_run, remove_source)| {
+            Call::ImportMdevctl(ImportParams {
+                dry_run,
+                remove_source,
+            })
+        }),
         target().prop_map(Call::Show),
         target().prop_map(Call::Undefine),
         target().prop_map(Call::Start),

@@ -242,14 +242,25 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
 
 /// `gvm-vgpu show <uuid>`.
 pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
+    let v = live_view(ctx, uuid)?;
+    if ctx.json {
+        return write_json(out, &v);
+    }
+    write_view(ctx, &v, out)
+}
+
+/// The live vGPU `uuid` as `show` reports it; an unknown UUID is the mdev client's error.
+pub fn live_view(ctx: &Context, uuid: &Uuid) -> Result<VgpuView> {
     // Ask the kernel first so an unknown UUID gets the mdev client's clear error.
     ctx.mdev.device(uuid)?;
     let Some(v) = views(ctx)?.into_iter().find(|v| v.uuid == *uuid) else {
         bail!("vGPU {uuid} disappeared while it was being read; run the command again");
     };
-    if ctx.json {
-        return write_json(out, &v);
-    }
+    Ok(v)
+}
+
+/// `show`'s text for one live vGPU.
+pub fn write_view(ctx: &Context, v: &VgpuView, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "vGPU {}", v.uuid)?;
     writeln!(out, "  parent:       {}", v.parent)?;
     writeln!(out, "  kernel type:  {}", v.type_id)?;

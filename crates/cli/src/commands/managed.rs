@@ -489,27 +489,71 @@ pub fn freeze_thaw(ctx: &Context, target: &str, freeze: bool, out: &mut dyn Writ
     Ok(())
 }
 
-/// `gvm-vgpu import-mdevctl`.
-pub fn import_mdevctl(ctx: &Context, dry_run: bool, out: &mut dyn Write) -> Result<()> {
-    let report = client(ctx)?.import_mdevctl(dry_run)?;
+/// `gvm-vgpu import-mdevctl [--dry-run] [--remove-source]`.
+pub fn import_mdevctl(
+    ctx: &Context,
+    params: gvm_proto::ImportParams,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let dry_run = params.dry_run;
+    let report = client(ctx)?.import_mdevctl(params)?;
+    let failed = report
+        .mdevctl_sources
+        .iter()
+        .filter(|s| s.error.is_some())
+        .count();
     if ctx.json {
-        return write_json(out, &report);
+        write_json(out, &report)?;
+    } else {
+        let verb = if dry_run { "Would import" } else { "Imported" };
+        for d in &report.imported {
+            writeln!(out, "{verb} {} ({} on {}).", d.uuid, d.mdev_type, d.parent)?;
+        }
+        for s in &report.skipped {
+            writeln!(out, "Skipped: {s}")?;
+        }
+        for s in &report.mdevctl_sources {
+            writeln!(out, "{}", handover_text(s, dry_run))?;
+        }
+        if report.imported.is_empty() && report.skipped.is_empty() {
+            writeln!(
+                out,
+                "No mdevctl definitions under {}.",
+                ctx.host.mdevctl_config_dir().display()
+            )?;
+        }
     }
-    let verb = if dry_run { "Would import" } else { "Imported" };
-    for d in &report.imported {
-        writeln!(out, "{verb} {} ({} on {}).", d.uuid, d.mdev_type, d.parent)?;
-    }
-    for s in &report.skipped {
-        writeln!(out, "Skipped: {s}")?;
-    }
-    if report.imported.is_empty() && report.skipped.is_empty() {
-        writeln!(
-            out,
-            "No mdevctl definitions under {}.",
-            ctx.host.mdevctl_config_dir().display()
-        )?;
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} mdevctl definition{} could not be removed; gvm-vgpu's definitions are \
+             stored and stay: run the `mdevctl undefine` commands above",
+            if failed == 1 { "" } else { "s" }
+        );
     }
     Ok(())
+}
+
+/// What `import-mdevctl` says about an mdevctl definition of a vGPU gvm-vgpu defines too:
+/// removed, or what to run so that only one tool defines it.
+fn handover_text(s: &gvm_proto::MdevctlSource, dry_run: bool) -> String {
+    let undefine = format!("`mdevctl undefine --uuid {}` (or `rm {}`)", s.uuid, s.path);
+    match (&s.error, s.removed) {
+        (_, true) => format!("Removed mdevctl's definition {} of {}.", s.path, s.uuid),
+        (Some(e), false) => format!(
+            "Error: {e}: gvm-vgpu's definition of {} stays; remove mdevctl's with {undefine}.",
+            s.uuid
+        ),
+        (None, false) if dry_run => format!(
+            "mdevctl defines {} too ({}); after the import, run {undefine}, or import with \
+             --remove-source.",
+            s.uuid, s.path
+        ),
+        (None, false) => format!(
+            "mdevctl still defines {} ({}): both would create it; run {undefine}, or \
+             `gvm-vgpu import-mdevctl --remove-source`.",
+            s.uuid, s.path
+        ),
+    }
 }
 
 /// `gvm-vgpu reconcile`.
@@ -708,7 +752,34 @@ fn write_guest_enforcement(out: &mut dyn Write, g: &gvm_proto::GuestEnforcement)
 
 #[cfg(test)]
 mod tests {
-    use super::utc_text;
+    use super::{handover_text, utc_text};
+
+    #[test]
+    fn handover_text_says_what_removes_mdevctls_definition_unless_it_is_gone() {
+        let source = |removed, error: Option<&str>| gvm_proto::MdevctlSource {
+            uuid: uuid::Uuid::nil(),
+            path: "/etc/mdevctl.d/p/u".into(),
+            removed,
+            error: error.map(str::to_string),
+        };
+        let undefine = format!("`mdevctl undefine --uuid {}`", uuid::Uuid::nil());
+        let kept = handover_text(&source(false, None), false);
+        assert!(
+            kept.starts_with("mdevctl still defines")
+                && kept.contains(&undefine)
+                && kept.contains("--remove-source"),
+            "{kept}"
+        );
+        let failed = handover_text(&source(false, Some("cannot remove x: EPERM")), false);
+        assert!(
+            failed.starts_with("Error: cannot remove x: EPERM")
+                && failed.contains("stays")
+                && failed.contains(&undefine),
+            "{failed}"
+        );
+        assert!(handover_text(&source(true, None), false).starts_with("Removed"));
+        assert!(handover_text(&source(false, None), true).contains("after the import"));
+    }
 
     #[test]
     fn epoch_seconds_read_as_utc_dates_across_leap_days_and_centuries() {

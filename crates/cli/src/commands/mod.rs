@@ -57,7 +57,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Remove { uuid, wait } => devices::remove(&ctx, uuid, *wait, out),
         Command::List { defined: false } => devices::list(&ctx, out),
         Command::List { defined: true } => managed::list_defined(&ctx, out),
-        Command::Show { target } => show(&ctx, target, out),
+        Command::Show { target, connect } => show(&ctx, target, connect.as_deref(), out),
         Command::Define {
             type_name,
             parent,
@@ -100,7 +100,17 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Freeze { target } => managed::freeze_thaw(&ctx, target, true, out),
         Command::Thaw { target } => managed::freeze_thaw(&ctx, target, false, out),
-        Command::ImportMdevctl { dry_run } => managed::import_mdevctl(&ctx, *dry_run, out),
+        Command::ImportMdevctl {
+            dry_run,
+            remove_source,
+        } => managed::import_mdevctl(
+            &ctx,
+            gvm_proto::ImportParams {
+                dry_run: *dry_run,
+                remove_source: *remove_source,
+            },
+            out,
+        ),
         Command::Reconcile => managed::reconcile(&ctx, out),
         Command::Status => managed::status(&ctx, out),
         Command::Policy { action } => match action {
@@ -176,12 +186,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             persistent,
             live,
             wait,
+            keep_vgpu,
             connect,
         } => libvirt::detach(
             &ctx,
             domain,
             uuid,
-            (*persistent, *live, *wait),
+            libvirt::DetachArgs {
+                how: gvm_libvirt::DetachHow {
+                    persistent: *persistent,
+                    live: *live,
+                    keep_vgpu: *keep_vgpu,
+                },
+                wait: *wait,
+            },
             connect.as_deref(),
             out,
         ),
@@ -192,27 +210,65 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
 /// `show`: the daemon's view (effective values and their sources) when it runs, else what
 /// the kernel and GVM report directly, said so on stderr. Only a daemon that is not
 /// running is a reason to fall back: a socket this user may not open is an error.
-fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
+///
+/// A target that is not a UUID is a libvirt domain name: the daemon resolves the running
+/// domains it follows; any other domain (only defined, or a daemon that does not follow
+/// libvirt, or no daemon) is looked up in libvirt here ([`show_domain`]).
+fn show(ctx: &Context, target: &str, connect: Option<&str>, out: &mut dyn Write) -> Result<()> {
+    let is_uuid = uuid::Uuid::parse_str(target).is_ok();
     // With a daemon, --catalog is refused; without one, the direct view below uses it.
-    let answered = gvm_client::Client::connect_host(&ctx.host).map(|mut c| {
-        managed::refuse_catalog_flag(ctx, &mut c)?;
-        Ok::<_, anyhow::Error>(c.show(target)?)
-    });
-    match answered {
-        Ok(Ok(detail)) => managed::show(ctx, &detail, out),
-        Ok(Err(e)) => Err(e),
+    match gvm_client::Client::connect_host(&ctx.host) {
+        Ok(mut c) => {
+            managed::refuse_catalog_flag(ctx, &mut c)?;
+            match c.show(target) {
+                Ok(detail) => managed::show(ctx, &detail, out),
+                Err(e) if !is_uuid && e.code() == Some(gvm_proto::ErrorCode::NotFound) => {
+                    show_domain(ctx, Some(&mut c), target, connect, out)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
+        Err(_) if !is_uuid => {
+            ctx.require_sysfs()?;
+            eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
+            show_domain(ctx, None, target, connect, out)
+        }
         Err(_) => {
-            let uuid = uuid::Uuid::parse_str(target).map_err(|_| {
-                anyhow::anyhow!(
-                    "`{target}` is not a UUID; domain names need gvm-vgpud, which is not running"
-                )
-            })?;
+            let uuid = uuid::Uuid::parse_str(target)?;
             ctx.require_sysfs()?;
             eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
             devices::show(ctx, &uuid, out)
         }
     }
+}
+
+/// `show DOMAIN` from libvirt itself (see [`libvirt::show_domain`]).
+#[cfg(feature = "libvirt")]
+fn show_domain(
+    ctx: &Context,
+    daemon: Option<&mut gvm_client::Client>,
+    name: &str,
+    connect: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    libvirt::show_domain(ctx, daemon, name, connect, out)
+}
+
+/// `show DOMAIN` needs libvirt, which this build lacks.
+#[cfg(not(feature = "libvirt"))]
+fn show_domain(
+    _ctx: &Context,
+    _daemon: Option<&mut gvm_client::Client>,
+    name: &str,
+    _connect: Option<&str>,
+    _out: &mut dyn Write,
+) -> Result<()> {
+    anyhow::bail!(
+        "`{name}` is not a UUID, and this gvm-vgpu was built without libvirt support (cargo \
+         feature `libvirt`) to look a domain of that name up: give a vGPU UUID from \
+         `gvm-vgpu list`"
+    )
 }
 
 /// A GPU as text shows it: `1 [0000:3c:00.0]` (position in PCI order, PCI address);
