@@ -57,8 +57,8 @@ pub struct GlobalArgs {
     /// Extra vGPU type catalog directory, searched after the built-in catalog, /usr/share and
     /// /etc (repeatable; a later directory overrides a GPU model of the same name).
     ///
-    /// Only for commands gvm-vgpu answers itself (parents, types, create, remove, list, show
-    /// without a daemon). Commands gvm-vgpud answers use the daemon's own catalog and refuse
+    /// Only for commands gvm-vgpu answers itself (parents, types, create, remove, and list
+    /// and show without a daemon). Commands gvm-vgpud answers use the daemon's own catalog and refuse
     /// --catalog: edit the daemon's catalog (`gvm-vgpu status` names it) and run
     /// `systemctl reload gvm-vgpud` (or send it SIGHUP).
     #[arg(long = "catalog", global = true, value_name = "DIR")]
@@ -126,7 +126,13 @@ pub enum Command {
         wait: bool,
     },
 
-    /// List live vGPUs with their catalog type and owner processes.
+    /// List live vGPUs with their catalog type, knobs, freeze, start mode and owner processes.
+    ///
+    /// With gvm-vgpud running, the knobs are the effective ones (the type's, under persistent
+    /// and live overrides), FROZEN is the operator's freeze, START says how the vGPU comes
+    /// back (manual: `gvm-vgpu start`; auto: autostart; not defined) and DOMAIN names the
+    /// libvirt domain holding it; without the daemon, the catalog type's knobs and what GVM
+    /// reports, with the start mode and domain unknown.
     ///
     /// With --defined, list the persistent definitions kept by gvm-vgpud (needs the daemon).
     List {

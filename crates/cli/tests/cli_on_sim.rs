@@ -93,10 +93,11 @@ fn shell_echo_into_create_and_remove_is_seen_by_list_json() {
     let entry = &list.as_array().unwrap()[0];
     assert_eq!(entry["uuid"], uuid);
     assert_eq!(entry["parent"], "0000:3b:00.0");
-    assert_eq!(entry["type_id"], "gvmsim-3");
+    assert_eq!(entry["mdev_type"], "gvmsim-3");
     assert_eq!(entry["managed"], true);
-    assert_eq!(entry["catalog"]["name"], "sim-20c");
-    assert_eq!(entry["catalog"]["memory_limit_bytes"], 20u64 << 30);
+    assert_eq!(entry["type_name"], "sim-20c");
+    assert_eq!(entry["knobs"]["memory_limit"], 20u64 << 30);
+    assert_eq!(entry["start"], "not_defined");
 
     let out = sh(&format!(
         "echo 1 > '{}/sys/bus/mdev/devices/{uuid}/remove'",
@@ -354,7 +355,7 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
         .iter()
         .find(|v| v["uuid"] == by_mdevctl)
         .unwrap_or_else(|| panic!("gvm-vgpu does not list the mdevctl-made device: {list}"));
-    assert_eq!(entry["catalog"]["name"], "sim-4c");
+    assert_eq!(entry["type_name"], "sim-4c");
     let o = mdevctl(root, &format!("stop -u {by_mdevctl}"));
     assert!(o.status.success(), "mdevctl stop: {}", stderr(&o));
     assert_eq!(uuids_listed(root), vec![made_by_cli.to_string()]);
@@ -1351,4 +1352,94 @@ fn daemon_stop_of_a_held_vgpu_is_refused_naming_the_holder_and_stop_wait_stops_i
         stdout(&o)
     );
     assert!(uuids_listed(root).is_empty());
+}
+
+/// The `list` row of `uuid`, split into its cells.
+fn list_row(root: &Path, uuid: &str) -> Vec<String> {
+    let text = ok(root, &["list"]);
+    text.lines()
+        .find(|l| l.starts_with(uuid))
+        .unwrap_or_else(|| panic!("no row of {uuid}: {text}"))
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn list_shows_the_effective_knobs_the_freeze_and_the_start_mode_the_daemon_holds() {
+    if skip("list_shows_the_effective_knobs", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let live = "0c0f0000-0000-4000-8000-000000000001";
+    let auto = "0c0f0000-0000-4000-8000-000000000002";
+    ok(root, &["create", "--type", "sim-4c", "--uuid", live]);
+    ok(
+        root,
+        &[
+            "define",
+            "--type",
+            "sim-4c",
+            "--parent",
+            "0000:3b:00.0",
+            "--uuid",
+            auto,
+            "--autostart",
+        ],
+    );
+    ok(root, &["start", auto]);
+    assert!(wait_for(|| cli(root, &["show", live]).status.success()));
+    ok(
+        root,
+        &[
+            "set",
+            "--live",
+            "--memory-limit",
+            "6GiB",
+            "--priority",
+            "2",
+            live,
+        ],
+    );
+    ok(root, &["freeze", live]);
+
+    let header = ok(root, &["list"]);
+    let header = header.lines().next().unwrap_or_default();
+    for column in ["FROZEN", "START", "DOMAIN"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert_eq!(
+        list_row(root, live)[3..9],
+        ["sim-4c", "6GiB", "2", "yes", "not defined", "-"],
+        "the effective knobs, not the type's 4GiB and 10"
+    );
+    assert_eq!(
+        list_row(root, auto)[3..9],
+        ["sim-4c", "4GiB", "10", "no", "auto", "-"]
+    );
+
+    let list = json(root, &["list"]);
+    let entry = |uuid: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["uuid"] == uuid)
+            .cloned()
+            .unwrap_or_else(|| panic!("{uuid} not listed: {list}"))
+    };
+    let v = entry(live);
+    assert_eq!(v["knobs"]["memory_limit"], 6u64 << 30, "{v}");
+    assert_eq!(v["knobs"]["priority"], 2, "{v}");
+    assert_eq!(v["knobs"]["frozen"], true, "{v}");
+    assert_eq!(v["start"], "not_defined", "{v}");
+    assert!(v["domain"].is_null(), "{v}");
+    assert_eq!(entry(auto)["start"], "auto");
+
+    // A stopped definition is not a live vGPU: `list --defined` has it, `list` does not.
+    ok(root, &["stop", auto]);
+    assert!(!ok(root, &["list"]).contains(auto));
 }

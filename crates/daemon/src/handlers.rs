@@ -286,6 +286,7 @@ impl Daemon {
             managed: self.type_of.contains_key(uuid),
             defined: def.is_some(),
             autostart: def.is_some_and(|d| d.autostart),
+            start: gvm_proto::StartMode::of(def.is_some(), def.is_some_and(|d| d.autostart)),
             owner_uids: def.map(|d| d.owner_uids.clone()).unwrap_or_default(),
             domain: self.domain_name_of(uuid),
             owners: self

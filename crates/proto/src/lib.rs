@@ -48,7 +48,8 @@ pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, U
 pub use types::{
     BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, GuestEnforcement,
     GuestProcess, ImportReport, Knobs, Overrides, OwnerInfo, OwnerRule, Pong, ReconcileReport,
-    RefusedClaim, ReloadFailure, Source, Sources, Totals, VgpuDetail, VgpuInfo, VgpuState,
+    RefusedClaim, ReloadFailure, Source, Sources, StartMode, Totals, VgpuDetail, VgpuInfo,
+    VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,7 @@ use gvm_catalog::{Catalog, VgpuType};
 use gvm_gcgroup::host_gpus::HostGpus;
 use gvm_gcgroup::{GcgroupSnapshot, KernelStat, MemoryLimit, Priority};
 use gvm_mdev::Device;
+use gvm_proto::{Knobs, StartMode, Totals, VgpuInfo, VgpuState};
 use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
 use serde::Serialize;
 use uuid::Uuid;
@@ -197,9 +198,63 @@ fn views(ctx: &Context) -> Result<Vec<VgpuView>> {
     Ok(out)
 }
 
-/// `gvm-vgpu list`.
+/// A live vGPU read directly (no daemon) in the shape the daemon lists it: the catalog
+/// type's knobs, frozen when any owner gcgroup is, no definition or domain known.
+fn direct_info(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuInfo {
+    let mut totals = Totals::default();
+    for o in &v.owners {
+        totals.memory_current += o.memory_current;
+        totals.swap_current += o.swap_current;
+        totals.kernels_submitted += o.stat.submitted;
+        totals.kernels_ended += o.stat.ended;
+        totals.kernels_pending += o.stat.pending;
+        totals.gcgroups += 1;
+        totals.frozen_gcgroups += u32::from(o.frozen);
+    }
+    let mut knobs = Knobs::default();
+    if let Some(t) = catalog {
+        knobs.memory_limit = t.memory_limit.0;
+        knobs.priority = t.priority;
+        knobs.share = t.share;
+    }
+    knobs.frozen = totals.frozen_gcgroups > 0;
+    let pids: std::collections::BTreeSet<u32> = v.owners.iter().map(|o| o.pid).collect();
+    VgpuInfo {
+        uuid: v.uuid,
+        parent: v.parent.clone(),
+        mdev_type: v.type_id.clone(),
+        type_name: catalog.map(|t| t.name.clone()),
+        state: VgpuState::Running,
+        managed: catalog.is_some(),
+        defined: false,
+        autostart: false,
+        start: StartMode::NotDefined,
+        owner_uids: Vec::new(),
+        domain: None,
+        owners: pids.into_iter().collect(),
+        knobs,
+        totals,
+    }
+}
+
+/// `gvm-vgpu list` without the daemon: what the kernel and GVM report.
 pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
-    let all = views(ctx)?;
+    let catalog = ctx.catalog()?;
+    let all: Vec<VgpuInfo> = views(ctx)?
+        .iter()
+        .map(|v| {
+            let bound = v
+                .catalog
+                .as_ref()
+                .and_then(|c| catalog.type_by_name(&c.name).ok());
+            direct_info(v, bound)
+        })
+        .collect();
+    write_list(ctx, &all, out)
+}
+
+/// The `list` table (or JSON) of live vGPUs, from the daemon or read directly.
+pub fn write_list(ctx: &Context, all: &[VgpuInfo], out: &mut dyn Write) -> Result<()> {
     if ctx.json {
         return write_json(out, &all);
     }
@@ -214,26 +269,33 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         "CATALOG TYPE",
         "MEMORY",
         "PRIO",
+        "FROZEN",
+        "START",
+        "DOMAIN",
         "OWNERS",
     ]);
-    for v in &all {
-        let (name, memory, prio) = match &v.catalog {
-            Some(c) => (
-                c.name.clone(),
-                gvm_catalog::ByteSize(c.memory_limit_bytes).to_string(),
-                c.priority.to_string(),
+    for v in all {
+        let (name, memory, prio) = match (&v.type_name, v.managed) {
+            (Some(name), true) => (
+                name.clone(),
+                super::limit_text(v.knobs.memory_limit),
+                v.knobs.priority.to_string(),
             ),
-            None => ("- (unmanaged)".into(), "-".into(), "-".into()),
+            _ => ("- (unmanaged)".into(), "-".into(), "-".into()),
         };
-        let pids: std::collections::BTreeSet<u32> = v.owners.iter().map(|o| o.pid).collect();
         table.row(vec![
             v.uuid.to_string(),
             v.parent.clone(),
-            v.type_id.clone(),
+            v.mdev_type.clone(),
             name,
             memory,
             prio,
-            pids.len().to_string(),
+            if v.knobs.frozen { "yes" } else { "no" }.into(),
+            v.start.as_text().into(),
+            v.domain
+                .as_deref()
+                .map_or_else(|| "-".into(), |d| crate::text::guest_text(d).into_owned()),
+            v.owners.len().to_string(),
         ]);
     }
     table.write(out)?;

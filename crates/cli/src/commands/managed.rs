@@ -52,7 +52,7 @@ pub fn refuse_catalog_flag(ctx: &Context, c: &mut Client) -> Result<()> {
          its own catalog, {theirs}. To change that catalog, edit a file there and run \
          `systemctl reload gvm-vgpud` (or send gvm-vgpud SIGHUP; `gvm-vgpu status` shows \
          what it loaded); drop --catalog here. --catalog applies to parents, types, create, \
-         remove and list (without --defined)"
+         remove, and list and show while gvm-vgpud is not running"
     )
 }
 
@@ -126,7 +126,7 @@ pub fn utc_text(secs: u64) -> String {
     )
 }
 
-fn limit_text(bytes: u64) -> String {
+pub(crate) fn limit_text(bytes: u64) -> String {
     if bytes == u64::MAX {
         "unlimited".into()
     } else {

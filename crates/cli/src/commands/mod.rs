@@ -14,6 +14,7 @@ mod stats;
 
 use std::io::Write;
 
+use managed::limit_text;
 pub use managed::{parse_definitions, MAX_QUOTE_BYTES};
 
 use anyhow::Result;
@@ -38,7 +39,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             | Command::Types { .. }
             | Command::Create { .. }
             | Command::Remove { .. }
-            | Command::List { defined: false }
             | Command::Xml { .. }
             | Command::QemuArgs { .. }
             | Command::Attach { .. }
@@ -55,7 +55,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             uuid,
         } => devices::create(&ctx, type_name, parent.as_deref(), *uuid, out),
         Command::Remove { uuid, wait } => devices::remove(&ctx, uuid, *wait, out),
-        Command::List { defined: false } => devices::list(&ctx, out),
+        Command::List { defined: false } => list(&ctx, out),
         Command::List { defined: true } => managed::list_defined(&ctx, out),
         Command::Show { target } => show(&ctx, target, out),
         Command::Define {
@@ -189,20 +189,48 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// The daemon's client when it runs (`--catalog` refused then, as for every command it
+/// answers), `None` when it does not: the caller then reads the kernel and GVM directly.
+/// Only a daemon that is not running is a reason to fall back: a socket this user may not
+/// open is an error.
+fn daemon_if_running(ctx: &Context) -> Result<Option<gvm_client::Client>> {
+    match gvm_client::Client::connect_host(&ctx.host) {
+        Ok(mut c) => {
+            managed::refuse_catalog_flag(ctx, &mut c)?;
+            Ok(Some(c))
+        }
+        Err(gvm_client::Error::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `list`: the daemon's view of the live vGPUs (effective knobs, freeze, start mode,
+/// domain) when it runs, else what the kernel and GVM report directly, said so on stderr.
+fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
+    match daemon_if_running(ctx)? {
+        Some(mut c) => {
+            let running: Vec<gvm_proto::VgpuInfo> = c
+                .list(false)?
+                .into_iter()
+                .filter(|v| v.state == gvm_proto::VgpuState::Running)
+                .collect();
+            devices::write_list(ctx, &running, out)
+        }
+        None => {
+            ctx.require_sysfs()?;
+            eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
+            devices::list(ctx, out)
+        }
+    }
+}
+
 /// `show`: the daemon's view (effective values and their sources) when it runs, else what
-/// the kernel and GVM report directly, said so on stderr. Only a daemon that is not
-/// running is a reason to fall back: a socket this user may not open is an error.
+/// the kernel and GVM report directly, said so on stderr.
 fn show(ctx: &Context, target: &str, out: &mut dyn Write) -> Result<()> {
     // With a daemon, --catalog is refused; without one, the direct view below uses it.
-    let answered = gvm_client::Client::connect_host(&ctx.host).map(|mut c| {
-        managed::refuse_catalog_flag(ctx, &mut c)?;
-        Ok::<_, anyhow::Error>(c.show(target)?)
-    });
-    match answered {
-        Ok(Ok(detail)) => managed::show(ctx, &detail, out),
-        Ok(Err(e)) => Err(e),
-        Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
-        Err(_) => {
+    match daemon_if_running(ctx)? {
+        Some(mut c) => managed::show(ctx, &c.show(target)?, out),
+        None => {
             let uuid = uuid::Uuid::parse_str(target).map_err(|_| {
                 anyhow::anyhow!(
                     "`{target}` is not a UUID; domain names need gvm-vgpud, which is not running"
