@@ -1443,3 +1443,49 @@ fn list_shows_the_effective_knobs_the_freeze_and_the_start_mode_the_daemon_holds
     ok(root, &["stop", auto]);
     assert!(!ok(root, &["list"]).contains(auto));
 }
+
+#[test]
+fn a_stopped_definition_shows_its_catalog_types_knobs_not_gvms_defaults() {
+    if skip("a_stopped_definition_shows", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let uuid = "0c0f0000-0000-4000-8000-000000000003";
+    ok(
+        root,
+        &[
+            "define",
+            "--type",
+            "sim-4c",
+            "--parent",
+            "0000:3b:00.0",
+            "--uuid",
+            uuid,
+        ],
+    );
+    let text = ok(root, &["show", uuid]);
+    assert!(
+        text.contains("memory limit: 4GiB (from type)"),
+        "the type's knobs: {text}"
+    );
+    assert!(text.contains("priority:     10 (from type)"), "{text}");
+    let shown = json(root, &["show", uuid]);
+    assert_eq!(shown["info"]["knobs"]["memory_limit"], 4u64 << 30);
+    assert_eq!(shown["info"]["start"], "manual");
+    let defined = ok(root, &["list", "--defined"]);
+    let row = defined.lines().find(|l| l.starts_with(uuid)).unwrap();
+    assert!(
+        row.contains("4GiB") && row.contains(" 10"),
+        "not unlimited 8: {row}"
+    );
+    // A persistent override is layered on the type, as it will be at start.
+    ok(root, &["set", "--persistent", "--priority", "3", uuid]);
+    let text = ok(root, &["show", uuid]);
+    assert!(text.contains("memory limit: 4GiB (from type)"), "{text}");
+    assert!(
+        text.contains("priority:     3 (from persistent override)"),
+        "{text}"
+    );
+}
