@@ -454,11 +454,18 @@ fn a_root_that_does_not_exist_or_has_no_sys_tree_is_an_error_naming_the_path_and
             let o = cli(root, args);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(1), "{root:?} {args:?}: {err}");
-            assert!(
-                stdout(&o).is_empty(),
-                "{root:?} {args:?} printed: {}",
-                stdout(&o)
-            );
+            if args[0] == "--json" {
+                // Under --json the failure is one error object on stdout.
+                let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+                assert_eq!(v["schema"], 1, "{v}");
+                assert!(v["error"]["message"].is_string(), "{v}");
+            } else {
+                assert!(
+                    stdout(&o).is_empty(),
+                    "{root:?} {args:?} printed: {}",
+                    stdout(&o)
+                );
+            }
             assert!(
                 err.contains(&root.display().to_string()),
                 "{root:?} {args:?}: {err}"
@@ -1488,4 +1495,42 @@ fn a_stopped_definition_shows_its_catalog_types_knobs_not_gvms_defaults() {
         text.contains("priority:     3 (from persistent override)"),
         "{text}"
     );
+}
+
+#[test]
+fn define_from_start_that_partly_fails_under_json_prints_one_object_with_the_batch_and_the_error() {
+    if skip(
+        "define_from_start_that_partly_fails",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    // One sim-80c fills the GPU: the second cannot be created.
+    let file = root.join("two-80c.json");
+    let item = serde_json::json!({"parent": "0000:3b:00.0", "type": "sim-80c"});
+    std::fs::write(&file, Value::from(vec![item.clone(), item]).to_string()).unwrap();
+    let o = cli(
+        root,
+        &[
+            "--json",
+            "define",
+            "--from",
+            file.to_str().unwrap(),
+            "--start",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", stdout(&o)));
+    assert_eq!(v["schema"], 1, "{v}");
+    assert_eq!(
+        v["error"]["message"], "1 of 2 vGPUs were defined but not started",
+        "{v}"
+    );
+    assert_eq!(v["batch"]["defined"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["batch"]["started"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["batch"]["failed"].as_array().unwrap().len(), 1, "{v}");
 }

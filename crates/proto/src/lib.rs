@@ -59,6 +59,11 @@ use serde::{Deserialize, Serialize};
 /// ([`BatchPart`]), unknown request fields refused.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Version of the object shapes `gvm-vgpu --json` prints, the top-level `"schema"` of
+/// every object it writes (docs/cli-json.md). Bumped when a field is renamed or removed or
+/// changes meaning; new fields do not bump it.
+pub const JSON_SCHEMA: u32 = 1;
+
 /// Longest request or response line either side accepts, newline included.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 

@@ -229,8 +229,24 @@ pub fn define_from(
     let report = client(ctx)?
         .define_batch(items, start)
         .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
+    let failed = (!report.failed.is_empty()).then(|| {
+        format!(
+            "{} of {} vGPUs were defined but not started",
+            report.failed.len(),
+            report.defined.len()
+        )
+    });
     if ctx.json {
-        write_json(out, &report)?;
+        // One object on stdout: a partial failure carries the report in the error object.
+        return match failed {
+            None => write_json(out, &report),
+            Some(message) => Err(crate::json_error::PartlyDone {
+                key: "batch",
+                done: serde_json::to_value(&report)?,
+                message,
+            }
+            .into()),
+        };
     } else {
         for def in &report.defined {
             writeln!(
@@ -251,14 +267,10 @@ pub fn define_from(
             writeln!(out, "Could not start vGPU {}: {}", f.uuid, f.error)?;
         }
     }
-    if !report.failed.is_empty() {
-        anyhow::bail!(
-            "{} of {} vGPUs were defined but not started",
-            report.failed.len(),
-            report.defined.len()
-        );
+    match failed {
+        Some(message) => Err(anyhow::anyhow!(message)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The definitions of a `define --from` file: a JSON array of `define` params (`parent`,
