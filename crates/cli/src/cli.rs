@@ -66,6 +66,10 @@ pub struct GlobalArgs {
 
     /// Print machine-readable JSON instead of tables.
     ///
+    /// Every command then prints one object, {"schema": 1, "<member>": ...}, and a failure
+    /// {"schema": 1, "error": {"message", "causes", "hint", "code"}} with the usual exit
+    /// status (docs/cli-json.md describes every shape).
+    ///
     /// Strings are exactly what the host or the guest supplied: JSON escapes control
     /// characters but not bidi or zero-width ones (U+202E, U+200B, ...), which tables and
     /// text output show escaped as \u{202e}; a program printing guest strings from the

@@ -128,7 +128,7 @@ impl Daemon {
         let ok = wait_until(Duration::from_secs(10), || {
             let o = cli(&self.root, &["--json", "stats", &uuid.to_string()]);
             if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
-                last = v[0].clone();
+                last = v["channels"][0].clone();
             }
             ready(&last)
         });

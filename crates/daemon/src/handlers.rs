@@ -337,6 +337,7 @@ impl Daemon {
                         priority: r.priority.get(),
                         frozen: r.frozen,
                         kernels_submitted: r.stat.submitted,
+                        kernels_ended: r.stat.ended,
                         kernels_pending: r.stat.pending,
                     });
                 }

@@ -315,6 +315,9 @@ pub struct GcgroupInfo {
     pub frozen: bool,
     /// `nr_submitted_kernels`.
     pub kernels_submitted: u64,
+    /// `nr_ended_kernels` (0 from daemons older than the field).
+    #[serde(default)]
+    pub kernels_ended: u64,
     /// `nr_pending_kernels`.
     pub kernels_pending: u64,
 }

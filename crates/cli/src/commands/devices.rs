@@ -8,14 +8,17 @@ use gvm_catalog::{Catalog, VgpuType};
 use gvm_gcgroup::host_gpus::HostGpus;
 use gvm_gcgroup::{GcgroupSnapshot, KernelStat, MemoryLimit, Priority};
 use gvm_mdev::Device;
-use gvm_proto::{Knobs, StartMode, Totals, VgpuInfo, VgpuState};
+use gvm_proto::{
+    GcgroupInfo, Knobs, Overrides, OwnerInfo, OwnerRule, Source, Sources, StartMode, Totals,
+    VgpuDetail, VgpuInfo, VgpuState,
+};
 use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::inventory::{catalog_type_of, CatalogView};
 use super::owner_table::OwnerTable;
 use super::owners::owners_by_vgpu;
+use super::shapes::{DeviceJson, VgpuJson};
 use super::write_json;
 use crate::context::Context;
 use crate::table::Table;
@@ -45,7 +48,11 @@ pub fn create(
         .create(&at.parent, &at.mdev_type, uuid)
         .with_context(|| format!("cannot create a vGPU of type {}", wanted.name))?;
     if ctx.json {
-        return write_json(out, &view(&device, Some(wanted), Vec::new()));
+        return write_json(
+            out,
+            "vgpu",
+            &direct_info(&view(&device, Some(wanted), Vec::new()), Some(wanted)),
+        );
     }
     writeln!(
         out,
@@ -87,14 +94,14 @@ pub fn remove(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Re
         ctx.mdev.remove(uuid)?;
     }
     if ctx.json {
-        return write_json(out, &serde_json::json!({ "removed": uuid }));
+        return write_json(out, "removed", uuid);
     }
     writeln!(out, "Removed vGPU {uuid}.")?;
     Ok(())
 }
 
-/// A live vGPU as `list` and `show` report it.
-#[derive(Debug, Serialize)]
+/// A live vGPU as the CLI reads it itself, for `list` and `show` without the daemon.
+#[derive(Debug)]
 pub struct VgpuView {
     /// Device UUID.
     pub uuid: Uuid,
@@ -106,17 +113,15 @@ pub struct VgpuView {
     pub iommu_group: Option<u32>,
     /// sysfs path of the device.
     pub sysfs_path: String,
-    /// Whether the catalog knows the type (else the vGPU is unmanaged).
-    pub managed: bool,
     /// The bound catalog type.
     pub catalog: Option<CatalogView>,
     /// GVM gcgroups of the owner processes.
     pub owners: Vec<OwnerView>,
 }
 
-/// One owner gcgroup as `list --json` and `show --json` report it: the snapshot of GVM's
-/// files, its GPU named by position in PCI order and PCI address.
-#[derive(Debug, Serialize)]
+/// One owner gcgroup as read from GVM's files, its GPU named by position in PCI order and
+/// PCI address.
+#[derive(Debug)]
 pub struct OwnerView {
     /// The process id.
     pub pid: u32,
@@ -138,7 +143,6 @@ pub struct OwnerView {
     pub frozen: bool,
     /// `gcgroup.stat`.
     pub stat: KernelStat,
-    #[serde(skip)]
     snapshot: GcgroupSnapshot,
 }
 
@@ -168,7 +172,6 @@ fn view(device: &Device, bound: Option<&VgpuType>, owners: Vec<OwnerView>) -> Vg
         type_id: device.type_id.clone(),
         iommu_group: device.iommu_group,
         sysfs_path: device.sysfs_path.display().to_string(),
-        managed: bound.is_some(),
         catalog: bound.map(CatalogView::of),
         owners,
     }
@@ -237,6 +240,58 @@ fn direct_info(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuInfo {
     }
 }
 
+/// A live vGPU read directly in the shape the daemon's `show` gives it: the catalog type
+/// as every knob's source, owners found by their environment, one gcgroup per GPU.
+fn direct_detail(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuDetail {
+    let from_type = if catalog.is_some() {
+        Source::Type
+    } else {
+        Source::Default
+    };
+    let mut owners: Vec<OwnerInfo> = Vec::new();
+    for o in &v.owners {
+        let gcgroup = GcgroupInfo {
+            gpu: o.gpu,
+            pci: o.pci.clone(),
+            gvm_index: o.gvm_index,
+            memory_limit: o.memory_limit.as_bytes(),
+            memory_current: o.memory_current,
+            swap_current: o.swap_current,
+            priority: o.priority.get(),
+            frozen: o.frozen,
+            kernels_submitted: o.stat.submitted,
+            kernels_ended: o.stat.ended,
+            kernels_pending: o.stat.pending,
+        };
+        match owners.iter_mut().find(|known| known.pid == o.pid) {
+            Some(known) => known.gcgroups.push(gcgroup),
+            None => owners.push(OwnerInfo {
+                pid: o.pid,
+                rule: OwnerRule::Environment,
+                gcgroups: vec![gcgroup],
+            }),
+        }
+    }
+    VgpuDetail {
+        info: direct_info(v, catalog),
+        sources: Sources {
+            memory_limit: from_type,
+            priority: from_type,
+            share: if catalog.is_some_and(|t| t.share.is_some()) {
+                Source::Type
+            } else {
+                Source::Default
+            },
+        },
+        definition: None,
+        live_overrides: Overrides::default(),
+        owners,
+        refused_claims: Vec::new(),
+        guest: None,
+        held_by: None,
+    }
+}
+
 /// `gvm-vgpu list` without the daemon: what the kernel and GVM report.
 pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let catalog = ctx.catalog()?;
@@ -256,7 +311,7 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
 /// The `list` table (or JSON) of live vGPUs, from the daemon or read directly.
 pub fn write_list(ctx: &Context, all: &[VgpuInfo], out: &mut dyn Write) -> Result<()> {
     if ctx.json {
-        return write_json(out, &all);
+        return write_json(out, "vgpus", &all);
     }
     if all.is_empty() {
         writeln!(out, "No vGPUs on this host.")?;
@@ -310,7 +365,17 @@ pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
         bail!("vGPU {uuid} disappeared while it was being read; run the command again");
     };
     if ctx.json {
-        return write_json(out, &v);
+        let catalog = ctx.catalog()?;
+        let bound = v
+            .catalog
+            .as_ref()
+            .and_then(|c| catalog.type_by_name(&c.name).ok());
+        let detail = direct_detail(&v, bound);
+        let device = DeviceJson {
+            iommu_group: v.iommu_group,
+            sysfs_path: v.sysfs_path.clone(),
+        };
+        return write_json(out, "vgpu", &VgpuJson::of(&detail, Some(&device)));
     }
     writeln!(out, "vGPU {}", v.uuid)?;
     writeln!(out, "  parent:       {}", v.parent)?;
@@ -327,7 +392,7 @@ pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
             writeln!(
                 out,
                 "  limits:       memory {}, priority {}, share {:.3}, host swap {}",
-                gvm_catalog::ByteSize(c.memory_limit_bytes),
+                gvm_catalog::ByteSize(c.memory_limit),
                 c.priority,
                 c.share,
                 if c.host_swap { "allowed" } else { "no" }

@@ -74,7 +74,7 @@ pub fn attach(ctx: &Context, args: &AttachArgs<'_>, out: &mut dyn Write) -> Resu
         hostdev: done.hostdev_xml.is_some(),
     };
     if ctx.json {
-        return write_json(out, &view);
+        return write_json(out, "attach", &view);
     }
     writeln!(
         out,
@@ -142,6 +142,7 @@ pub fn detach(
     if ctx.json {
         return write_json(
             out,
+            "detach",
             &serde_json::json!({
                 "domain": domain,
                 "uuid": done.uuid,

@@ -15,6 +15,7 @@ use gvm_proto::{
 use uuid::Uuid;
 
 use super::owner_table::OwnerTable;
+use super::shapes::VgpuJson;
 use super::write_json;
 use crate::cli::KnobArgs;
 use crate::context::Context;
@@ -60,7 +61,7 @@ pub fn refuse_catalog_flag(ctx: &Context, c: &mut Client) -> Result<()> {
 pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let pong = client(ctx)?.ping()?;
     if ctx.json {
-        return write_json(out, &pong);
+        return write_json(out, "status", &pong);
     }
     writeln!(
         out,
@@ -183,7 +184,7 @@ pub fn define(
         })
         .with_context(|| format!("cannot define a vGPU of type {type_name} on {parent}"))?;
     if ctx.json {
-        return write_json(out, &def);
+        return write_json(out, "definition", &def);
     }
     writeln!(
         out,
@@ -239,7 +240,7 @@ pub fn define_from(
     if ctx.json {
         // One object on stdout: a partial failure carries the report in the error object.
         return match failed {
-            None => write_json(out, &report),
+            None => write_json(out, "batch", &report),
             Some(message) => Err(crate::json_error::PartlyDone {
                 key: "batch",
                 done: serde_json::to_value(&report)?,
@@ -323,7 +324,7 @@ fn bounded(e: serde_json::Error) -> anyhow::Error {
 pub fn undefine(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     let def = client(ctx)?.undefine(&uuid.to_string())?;
     if ctx.json {
-        return write_json(out, &def);
+        return write_json(out, "definition", &def);
     }
     writeln!(out, "Undefined vGPU {}.", def.uuid)?;
     Ok(())
@@ -338,7 +339,7 @@ pub fn start_stop(ctx: &Context, uuid: &Uuid, start: bool, out: &mut dyn Write) 
         c.stop(&uuid.to_string())?
     };
     if ctx.json {
-        return write_json(out, &info);
+        return write_json(out, "vgpu", &info);
     }
     let verb = if start { "Started" } else { "Stopped" };
     writeln!(out, "{verb} vGPU {} on {}.", info.uuid, info.parent)?;
@@ -386,7 +387,7 @@ pub fn stop(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Resu
         }
     };
     if ctx.json {
-        return write_json(out, &info);
+        return write_json(out, "vgpu", &info);
     }
     writeln!(out, "Stopped vGPU {} on {}.", info.uuid, info.parent)?;
     Ok(())
@@ -400,7 +401,7 @@ pub fn list_defined(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         .filter(|v| v.defined)
         .collect();
     if ctx.json {
-        return write_json(out, &all);
+        return write_json(out, "vgpus", &all);
     }
     if all.is_empty() {
         writeln!(out, "No vGPU definitions.")?;
@@ -460,7 +461,8 @@ pub fn set(
         })
         .with_context(|| format!("cannot retune {target}"))?;
     if ctx.json {
-        return write_json(out, &details);
+        let shapes: Vec<VgpuJson<'_>> = details.iter().map(|d| VgpuJson::of(d, None)).collect();
+        return write_json(out, "vgpus", &shapes);
     }
     for d in &details {
         writeln!(
@@ -486,7 +488,7 @@ pub fn freeze_thaw(ctx: &Context, target: &str, freeze: bool, out: &mut dyn Writ
         c.thaw(target)?
     };
     if ctx.json {
-        return write_json(out, &infos);
+        return write_json(out, "vgpus", &infos);
     }
     for v in &infos {
         writeln!(
@@ -505,7 +507,7 @@ pub fn freeze_thaw(ctx: &Context, target: &str, freeze: bool, out: &mut dyn Writ
 pub fn import_mdevctl(ctx: &Context, dry_run: bool, out: &mut dyn Write) -> Result<()> {
     let report = client(ctx)?.import_mdevctl(dry_run)?;
     if ctx.json {
-        return write_json(out, &report);
+        return write_json(out, "import", &report);
     }
     let verb = if dry_run { "Would import" } else { "Imported" };
     for d in &report.imported {
@@ -528,7 +530,7 @@ pub fn import_mdevctl(ctx: &Context, dry_run: bool, out: &mut dyn Write) -> Resu
 pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let report = client(ctx)?.reconcile()?;
     if ctx.json {
-        return write_json(out, &report);
+        return write_json(out, "reconcile", &report);
     }
     writeln!(
         out,
@@ -559,7 +561,7 @@ pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
 /// `gvm-vgpu show` through the daemon.
 pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<()> {
     if ctx.json {
-        return write_json(out, detail);
+        return write_json(out, "vgpu", &VgpuJson::of(detail, None));
     }
     let v = &detail.info;
     writeln!(out, "vGPU {}", v.uuid)?;

@@ -10,6 +10,7 @@ mod owner_table;
 mod owners;
 mod passthrough;
 mod sched;
+mod shapes;
 mod stats;
 
 use std::io::Write;
@@ -260,9 +261,4 @@ pub(crate) fn gpu_label(
     }
 }
 
-/// Write `value` as pretty JSON followed by a newline.
-fn write_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
+use shapes::write_json;

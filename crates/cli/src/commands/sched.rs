@@ -48,7 +48,7 @@ pub fn parse_duration_us(text: &str) -> Result<u64> {
 pub fn show(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let status = managed::client(ctx)?.policy()?;
     if ctx.json {
-        return write_json(out, &status);
+        return write_json(out, "policy", &status);
     }
     write_status(&status, out)
 }
@@ -72,7 +72,7 @@ pub fn set(
     };
     let status = managed::client(ctx)?.set_policy_with(params)?;
     if ctx.json {
-        return write_json(out, &status);
+        return write_json(out, "policy", &status);
     }
     match gpu {
         Some(g) if !g.trim().eq_ignore_ascii_case("all") => writeln!(
@@ -113,7 +113,7 @@ pub fn top(ctx: &Context, once: bool, out: &mut dyn Write) -> Result<()> {
     loop {
         let status = client.policy()?;
         if ctx.json {
-            write_json(out, &top_rows(&status))?;
+            write_json(out, "top", &top_rows(&status))?;
         } else {
             if !once {
                 // Clear the screen and home the cursor, then redraw.
