@@ -420,7 +420,9 @@ pub enum Command {
     ///
     /// GPUs are shown by position in PCI order and PCI address.
     Top {
-        /// Print once and exit (for scripts).
+        /// Print once and exit (for scripts). Right after gvm-vgpud started, or when nobody
+        /// looked for 30 s, the daemon has no figures yet: this then waits for them, at most
+        /// one averaging window and a second.
         #[arg(long)]
         once: bool,
     },

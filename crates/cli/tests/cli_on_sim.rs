@@ -1648,3 +1648,52 @@ fn every_command_prints_a_vgpu_a_definition_and_a_gcgroup_in_one_shape_under_sch
         types[0]
     );
 }
+
+#[test]
+fn top_once_right_after_the_daemon_starts_prints_the_busy_owners_figures() {
+    if skip(
+        "top_once_right_after_the_daemon_starts",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let uuids = [
+        "0c110000-0000-4000-8000-000000000001",
+        "0c110000-0000-4000-8000-000000000002",
+    ];
+    for uuid in uuids {
+        ok(root, &["create", "--type", "sim-4c", "--uuid", uuid]);
+        sim.control(&format!("spawn {uuid} busy=1")).unwrap();
+    }
+    let _daemon = Daemon::start(root);
+    // The daemon knows both owners' gcgroups; nobody has asked for shares yet.
+    for uuid in uuids {
+        assert!(wait_for(|| {
+            let o = cli(root, &["--json", "show", uuid]);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            !v["vgpu"]["owner_details"][0]["gcgroups"][0].is_null()
+        }));
+    }
+
+    // The first look: the figures of both, not an empty table.
+    let rows = json(root, &["top", "--once"]);
+    let rows = rows.as_array().unwrap();
+    for uuid in uuids {
+        let row = rows
+            .iter()
+            .find(|r| r["uuid"] == uuid)
+            .unwrap_or_else(|| panic!("no row of {uuid}: {rows:?}"));
+        assert_eq!(row["policy"], "best-effort", "{row}");
+        let achieved = row["achieved"].as_f64();
+        assert!(
+            achieved.is_some_and(|a| (0.0..=1.0).contains(&a)),
+            "an achieved share: {row}"
+        );
+    }
+    let text = ok(root, &["top", "--once"]);
+    for uuid in uuids {
+        assert!(text.contains(uuid), "{text}");
+    }
+}
