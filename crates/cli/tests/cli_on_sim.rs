@@ -1575,8 +1575,14 @@ fn every_command_prints_a_vgpu_a_definition_and_a_gcgroup_in_one_shape_under_sch
     let sim = SimHost::start(SimModel::GvmSim, 1);
     let root = sim.root();
     let uuid = "0c100000-0000-4000-8000-000000000001";
-    // Read directly, without a daemon.
+    // Read directly, without a daemon: the start mode is not known.
     let created = json(root, &["create", "--type", "sim-4c", "--uuid", uuid]);
+    let row = list_row(root, uuid);
+    assert_eq!(
+        row[3..9],
+        ["sim-4c", "4GiB", "10", "no", "-", "-"],
+        "{row:?}"
+    );
     sim.control(&format!("spawn {uuid}")).unwrap();
     let direct_list = json(root, &["list"])[0].clone();
     let direct_show = json(root, &["show", uuid]);

@@ -305,11 +305,17 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
             direct_info(v, bound)
         })
         .collect();
-    write_list(ctx, &all, out)
+    write_list(ctx, &all, false, out)
 }
 
-/// The `list` table (or JSON) of live vGPUs, from the daemon or read directly.
-pub fn write_list(ctx: &Context, all: &[VgpuInfo], out: &mut dyn Write) -> Result<()> {
+/// The `list` table (or JSON) of live vGPUs, from the daemon (`from_daemon`) or read
+/// directly, when the start mode and domain are unknown (shown as `-`).
+pub fn write_list(
+    ctx: &Context,
+    all: &[VgpuInfo],
+    from_daemon: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     if ctx.json {
         return write_json(out, "vgpus", &all);
     }
@@ -346,7 +352,11 @@ pub fn write_list(ctx: &Context, all: &[VgpuInfo], out: &mut dyn Write) -> Resul
             memory,
             prio,
             if v.knobs.frozen { "yes" } else { "no" }.into(),
-            v.start.as_text().into(),
+            if from_daemon {
+                v.start.as_text().into()
+            } else {
+                "-".into()
+            },
             v.domain
                 .as_deref()
                 .map_or_else(|| "-".into(), |d| crate::text::guest_text(d).into_owned()),

@@ -215,7 +215,7 @@ fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
                 .into_iter()
                 .filter(|v| v.state == gvm_proto::VgpuState::Running)
                 .collect();
-            devices::write_list(ctx, &running, out)
+            devices::write_list(ctx, &running, true, out)
         }
         None => {
             ctx.require_sysfs()?;
