@@ -214,7 +214,7 @@ fn the_daemon_shows_a_real_guests_processes() {
         let (ok, out) = cli(&bin, &root, &["--json", "stats", UUID]);
         if ok {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
-                let n = v[0]["stats"]["last_report"]["processes"]
+                let n = v["channels"][0]["stats"]["last_report"]["processes"]
                     .as_array()
                     .map_or(0, Vec::len);
                 if n >= 2 {
@@ -272,7 +272,7 @@ fn the_daemon_shows_a_real_guests_processes() {
         .filter_map(|r| r.split_whitespace().next()?.parse().ok())
         .collect();
     assert_eq!(holders.len(), 2, "guest results: {results:?}");
-    let info = &v[0];
+    let info = &v["channels"][0];
     assert_eq!(info["uuid"], UUID);
     assert_eq!(info["connected"], true);
     assert_eq!(info["violations"], 0, "{info}");

@@ -309,7 +309,8 @@ fn daemon_adopts_an_echoed_vgpu_through_uevents_within_a_second() {
         Ok(v) => v,
         Err(e) => panic!("`gvm-vgpu --json show` printed bad JSON ({e}): {show}"),
     };
-    let info = &detail["info"];
+    assert_eq!(detail["schema"], 1, "{show}");
+    let info = &detail["vgpu"];
     assert_eq!(info["uuid"], ECHO_UUID, "{show}");
     assert_eq!(info["parent"], "mtty", "{show}");
     assert_eq!(info["mdev_type"], "mtty-2", "{show}");

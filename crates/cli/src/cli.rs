@@ -57,14 +57,18 @@ pub struct GlobalArgs {
     /// Extra vGPU type catalog directory, searched after the built-in catalog, /usr/share and
     /// /etc (repeatable; a later directory overrides a GPU model of the same name).
     ///
-    /// Only for commands gvm-vgpu answers itself (parents, types, create, remove, list, show
-    /// without a daemon). Commands gvm-vgpud answers use the daemon's own catalog and refuse
+    /// Only for commands gvm-vgpu answers itself (parents, types, create, remove, and list
+    /// and show without a daemon). Commands gvm-vgpud answers use the daemon's own catalog and refuse
     /// --catalog: edit the daemon's catalog (`gvm-vgpu status` names it) and run
     /// `systemctl reload gvm-vgpud` (or send it SIGHUP).
     #[arg(long = "catalog", global = true, value_name = "DIR")]
     pub catalog_dirs: Vec<PathBuf>,
 
     /// Print machine-readable JSON instead of tables.
+    ///
+    /// Every command then prints one object, {"schema": 1, "<member>": ...}, and a failure
+    /// {"schema": 1, "error": {"message", "causes", "hint", "code"}} with the usual exit
+    /// status (docs/cli-json.md describes every shape).
     ///
     /// Strings are exactly what the host or the guest supplied: JSON escapes control
     /// characters but not bidi or zero-width ones (U+202E, U+200B, ...), which tables and
@@ -126,7 +130,13 @@ pub enum Command {
         wait: bool,
     },
 
-    /// List live vGPUs with their catalog type and owner processes.
+    /// List live vGPUs with their catalog type, knobs, freeze, start mode and owner processes.
+    ///
+    /// With gvm-vgpud running, the knobs are the effective ones (the type's, under persistent
+    /// and live overrides), FROZEN is the operator's freeze, START says how the vGPU comes
+    /// back (manual: `gvm-vgpu start`; auto: autostart; not defined) and DOMAIN names the
+    /// libvirt domain holding it; without the daemon, the catalog type's knobs and what GVM
+    /// reports, with the start mode and domain unknown.
     ///
     /// With --defined, list the persistent definitions kept by gvm-vgpud (needs the daemon).
     List {
@@ -443,7 +453,9 @@ pub enum Command {
     ///
     /// GPUs are shown by position in PCI order and PCI address.
     Top {
-        /// Print once and exit (for scripts).
+        /// Print once and exit (for scripts). Right after gvm-vgpud started, or when nobody
+        /// looked for 30 s, the daemon has no figures yet: this then waits for them, at most
+        /// one averaging window and a second.
         #[arg(long)]
         once: bool,
     },

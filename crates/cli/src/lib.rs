@@ -9,6 +9,7 @@
 //! - [`manpage`]: man pages from the clap definitions, with FILES, ENVIRONMENT, EXIT STATUS,
 //!   EXAMPLES and SEE ALSO (also used by `gvm-vgpu-docs` for the other binaries);
 //! - `commands`: one module per group of subcommands, and the dispatch to them;
+//! - [`json_error`]: a failure under `--json` as one object on stdout;
 //! - `context`: what every command needs: the host root, the clients built on it, the catalog;
 //! - `table`: plain-text tables for people;
 //! - `text`: guest-supplied strings made safe to print (bidi, zero-width and control
@@ -21,6 +22,7 @@
 pub mod cli;
 mod commands;
 mod context;
+pub mod json_error;
 pub mod manpage;
 mod table;
 mod text;

@@ -251,6 +251,12 @@ fn cli_exit_status() -> Vec<(String, String)> {
             "The operation failed (the message names what and the fix).",
         ),
         ("2", "Usage error: unknown option, missing or bad argument."),
+        (
+            "--json",
+            "Under --json a failure (usage errors too) also prints one object on stdout: \
+             {\"schema\": 1, \"error\": {\"message\", \"causes\", \"hint\", \"code\"}}, \
+             with the same exit status (docs/cli-json.md).",
+        ),
     ])
 }
 

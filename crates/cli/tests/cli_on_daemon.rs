@@ -128,7 +128,7 @@ impl Daemon {
         let ok = wait_until(Duration::from_secs(10), || {
             let o = cli(&self.root, &["--json", "stats", &uuid.to_string()]);
             if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
-                last = v[0].clone();
+                last = v["channels"][0].clone();
             }
             ready(&last)
         });
@@ -333,4 +333,115 @@ fn an_unprivileged_user_is_told_permission_denied_not_that_the_daemon_is_not_run
         assert!(!err.contains("not running"), "{args:?}: {err}");
         assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
     }
+}
+
+/// The one JSON object a `--json` command printed on stdout (panics if it is not exactly one).
+fn one_json_object(o: &Output) -> Value {
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    });
+    assert!(v.is_object(), "{v}");
+    v
+}
+
+#[test]
+fn every_failing_command_under_json_prints_one_error_object_and_exits_as_in_text_mode() {
+    let d = Daemon::start();
+    let unknown = Uuid::new_v4().to_string();
+    let no_daemon = tempfile::tempdir().unwrap();
+    let cases: Vec<(&Path, Vec<&str>, &str)> = vec![
+        // The daemon refuses: its code comes along.
+        (&d.root, vec!["show", &unknown], "no vGPU"),
+        (&d.root, vec!["set", &unknown, "--priority", "3"], "no vGPU"),
+        (&d.root, vec!["undefine", &unknown], "has no definition"),
+        (&d.root, vec!["freeze", "no-such-domain"], "no-such-domain"),
+        // The CLI refuses before asking.
+        (&d.root, vec!["set", &unknown], "nothing to set"),
+        // No daemon serves the root.
+        (
+            no_daemon.path(),
+            vec!["list", "--defined"],
+            "gvm-vgpud is not running",
+        ),
+        (no_daemon.path(), vec!["status"], "gvm-vgpud is not running"),
+        (
+            no_daemon.path(),
+            vec!["policy", "show"],
+            "gvm-vgpud is not running",
+        ),
+        (
+            no_daemon.path(),
+            vec!["top", "--once"],
+            "gvm-vgpud is not running",
+        ),
+        // No host under the root.
+        (no_daemon.path(), vec!["parents"], "has no sys/ tree"),
+    ];
+    for (root, args, want) in cases {
+        let text = cli(root, &args);
+        let mut all = vec!["--json"];
+        all.extend_from_slice(&args);
+        let o = cli(root, &all);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert_eq!(o.status.code(), text.status.code(), "{args:?}");
+        assert!(
+            text.stdout.is_empty(),
+            "{args:?}: text mode prints errors on stderr only"
+        );
+        let v = one_json_object(&o);
+        assert_eq!(v["schema"], gvm_proto::JSON_SCHEMA, "{args:?}: {v}");
+        let error = &v["error"];
+        let message = error["message"].as_str().unwrap_or_default();
+        let causes: Vec<&str> = error["causes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{args:?}: no causes array: {v}"))
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        // The object says what the text line says, split at its causes.
+        let line = std::iter::once(message)
+            .chain(causes.iter().copied())
+            .collect::<Vec<_>>()
+            .join(": ");
+        assert!(line.contains(want), "{args:?}: {v}");
+        assert!(
+            stderr(&text).contains(&format!("gvm-vgpu: error: {line}")),
+            "{args:?}: {line} vs {}",
+            stderr(&text)
+        );
+        assert!(error.get("hint").is_some(), "{args:?}: {v}");
+    }
+
+    // The daemon's code, and a hint where the error knows its fix.
+    let v = one_json_object(&cli(&d.root, &["--json", "show", &unknown]));
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
+    let v = one_json_object(&cli(no_daemon.path(), &["--json", "status"]));
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("systemctl start gvm-vgpud"),
+        "{v}"
+    );
+
+    // A usage error: clap's exit status 2, and the same object.
+    let o = cli(&d.root, &["--json", "set", &unknown, "--priority", "99"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v = one_json_object(&o);
+    assert_eq!(v["schema"], gvm_proto::JSON_SCHEMA);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("99"),
+        "{v}"
+    );
+    // Help is not a failure.
+    let o = cli(&d.root, &["--json", "list", "--help"]);
+    assert!(o.status.success());
+    assert!(serde_json::from_slice::<Value>(&o.stdout).is_err());
 }

@@ -47,10 +47,17 @@ fn ok(root: &Path, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// `--json` output's payload: the one member beside `"schema": 1`.
 fn json(root: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    serde_json::from_str(&ok(root, &all)).expect("valid JSON")
+    let v: Value = serde_json::from_str(&ok(root, &all)).expect("valid JSON");
+    let obj = v.as_object().expect("an object");
+    assert_eq!(obj.get("schema"), Some(&Value::from(1)), "{v}");
+    let mut rest = obj.iter().filter(|(k, _)| *k != "schema");
+    let (_, payload) = rest.next().expect("a payload member");
+    assert!(rest.next().is_none(), "one payload member: {v}");
+    payload.clone()
 }
 
 /// A simulated host (where, as on a kernel, removing a held vGPU would block) and a
@@ -157,7 +164,7 @@ fn show_domain_reads_a_defined_domain_from_libvirt_with_or_without_a_daemon() {
     assert_eq!(v["state"], "shut off", "{v}");
     assert_eq!(v["vgpus"][0]["uuid"], uuid.as_str(), "{v}");
     assert_eq!(v["vgpus"][0]["present"], true, "{v}");
-    assert_eq!(v["vgpus"][0]["kernel"]["type_id"], "gvmsim-1", "{v}");
+    assert_eq!(v["vgpus"][0]["vgpu"]["mdev_type"], "gvmsim-1", "{v}");
     assert_eq!(v["vgpus"][0]["metadata"]["type_name"], "sim-4c", "{v}");
 
     // A vGPU the domain names that does not exist (yet) is shown from the metadata.
@@ -182,9 +189,9 @@ fn show_domain_reads_a_defined_domain_from_libvirt_with_or_without_a_daemon() {
         "gvm-vgpud never saw vGPU {uuid}"
     );
     let v = json(root, &["show", &name]);
-    let daemon_view = &v["vgpus"][0]["daemon"];
-    assert_eq!(daemon_view["info"]["uuid"], uuid.as_str(), "{v}");
-    assert_eq!(daemon_view["info"]["domain"], name.as_str(), "{v}");
+    let daemon_view = &v["vgpus"][0]["vgpu"];
+    assert_eq!(daemon_view["uuid"], uuid.as_str(), "{v}");
+    assert_eq!(daemon_view["domain"], name.as_str(), "{v}");
     let text = ok(root, &["show", &name]);
     assert!(text.contains(&format!("domain:       {name}")), "{text}");
     assert!(text.contains("memory limit:"), "{text}");

@@ -42,10 +42,26 @@ fn ok(root: &Path, args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// What `gvm-vgpu --json ARGS` printed: one object, `{"schema": 1, "<member>": payload}`;
+/// returns the payload.
 fn json(root: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    serde_json::from_str(&ok(root, &all)).expect("valid JSON")
+    let v: Value = serde_json::from_str(&ok(root, &all)).expect("valid JSON");
+    payload(&v)
+}
+
+/// The payload of a `--json` object, checking its schema and that it has one other member.
+fn payload(v: &Value) -> Value {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
+    assert_eq!(obj.get("schema"), Some(&Value::from(1)), "{v}");
+    assert_eq!(obj.len(), 2, "schema and one member: {v}");
+    obj.iter()
+        .find(|(k, _)| *k != "schema")
+        .map(|(_, p)| p.clone())
+        .unwrap()
 }
 
 fn uuids_listed(root: &Path) -> Vec<String> {
@@ -93,10 +109,11 @@ fn shell_echo_into_create_and_remove_is_seen_by_list_json() {
     let entry = &list.as_array().unwrap()[0];
     assert_eq!(entry["uuid"], uuid);
     assert_eq!(entry["parent"], "0000:3b:00.0");
-    assert_eq!(entry["type_id"], "gvmsim-3");
+    assert_eq!(entry["mdev_type"], "gvmsim-3");
     assert_eq!(entry["managed"], true);
-    assert_eq!(entry["catalog"]["name"], "sim-20c");
-    assert_eq!(entry["catalog"]["memory_limit_bytes"], 20u64 << 30);
+    assert_eq!(entry["type_name"], "sim-20c");
+    assert_eq!(entry["knobs"]["memory_limit"], 20u64 << 30);
+    assert_eq!(entry["start"], "not_defined");
 
     let out = sh(&format!(
         "echo 1 > '{}/sys/bus/mdev/devices/{uuid}/remove'",
@@ -124,7 +141,8 @@ fn create_show_xml_qemu_args_remove_round_trip() {
 
     let created = json(root, &["create", "--type", "sim-10c", "--uuid", uuid]);
     assert_eq!(created["uuid"], uuid);
-    assert_eq!(created["type_id"], "gvmsim-2");
+    assert_eq!(created["mdev_type"], "gvmsim-2");
+    assert_eq!(created["type_name"], "sim-10c");
     // The catalog's type joined with the live kernel count.
     let types = json(
         root,
@@ -134,9 +152,9 @@ fn create_show_xml_qemu_args_remove_round_trip() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["type_id"] == "gvmsim-2")
+        .find(|r| r["mdev_type"] == "gvmsim-2")
         .unwrap();
-    assert_eq!(row["devices"], 1);
+    assert_eq!(row["devices"], serde_json::json!([uuid]));
     assert_eq!(row["available_instances"], 7);
 
     // An owner process appears in the GVM tree and `show` reports its knobs.
@@ -150,7 +168,12 @@ fn create_show_xml_qemu_args_remove_round_trip() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let owner = &shown["owners"][0];
+    // The shape the daemon's `show` has: owner pids, then each owner's gcgroups.
+    assert_eq!(shown["knobs"]["memory_limit"], 10u64 << 30, "{shown}");
+    assert_eq!(shown["sources"]["memory_limit"], "type", "{shown}");
+    assert_eq!(shown["owner_details"][0]["rule"], "environment", "{shown}");
+    assert_eq!(shown["owners"][0], shown["owner_details"][0]["pid"]);
+    let owner = &shown["owner_details"][0]["gcgroups"][0];
     assert_eq!(owner["gpu"], 0, "the first GPU in PCI order");
     assert_eq!(owner["pci"], "0000:3b:00.0");
     assert_eq!(owner["gvm_index"], 0);
@@ -307,7 +330,7 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
     let mut compared = 0;
     for row in ours.as_array().unwrap() {
         let parent = row["parent"].as_str().unwrap();
-        let type_id = row["type_id"].as_str().unwrap();
+        let type_id = row["mdev_type"].as_str().unwrap();
         let found = theirs
             .as_array()
             .unwrap()
@@ -354,7 +377,7 @@ fn debian_mdevctl_sees_the_same_types_and_devices_and_can_start_and_stop() {
         .iter()
         .find(|v| v["uuid"] == by_mdevctl)
         .unwrap_or_else(|| panic!("gvm-vgpu does not list the mdevctl-made device: {list}"));
-    assert_eq!(entry["catalog"]["name"], "sim-4c");
+    assert_eq!(entry["type_name"], "sim-4c");
     let o = mdevctl(root, &format!("stop -u {by_mdevctl}"));
     assert!(o.status.success(), "mdevctl stop: {}", stderr(&o));
     assert_eq!(uuids_listed(root), vec![made_by_cli.to_string()]);
@@ -453,11 +476,18 @@ fn a_root_that_does_not_exist_or_has_no_sys_tree_is_an_error_naming_the_path_and
             let o = cli(root, args);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(1), "{root:?} {args:?}: {err}");
-            assert!(
-                stdout(&o).is_empty(),
-                "{root:?} {args:?} printed: {}",
-                stdout(&o)
-            );
+            if args[0] == "--json" {
+                // Under --json the failure is one error object on stdout.
+                let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+                assert_eq!(v["schema"], 1, "{v}");
+                assert!(v["error"]["message"].is_string(), "{v}");
+            } else {
+                assert!(
+                    stdout(&o).is_empty(),
+                    "{root:?} {args:?} printed: {}",
+                    stdout(&o)
+                );
+            }
             assert!(
                 err.contains(&root.display().to_string()),
                 "{root:?} {args:?}: {err}"
@@ -635,7 +665,7 @@ fn sim_catalog_4c_at_6g() -> String {
 /// What the daemon's `show --json` says of `uuid`: (memory limit, priority).
 fn daemon_knobs(root: &Path, uuid: &str) -> (u64, u64) {
     let shown = json(root, &["show", uuid]);
-    let knobs = &shown["info"]["knobs"];
+    let knobs = &shown["knobs"];
     (
         knobs["memory_limit"].as_u64().unwrap(),
         knobs["priority"].as_u64().unwrap(),
@@ -709,10 +739,10 @@ fn catalog_is_refused_by_daemon_commands_naming_the_daemons_catalog_and_reload_i
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["type_id"] == "gvmsim-1")
+        .find(|r| r["mdev_type"] == "gvmsim-1")
         .cloned()
         .unwrap();
-    assert_eq!(row["catalog"]["memory_limit_bytes"], 6u64 << 30);
+    assert_eq!(row["catalog"]["memory_limit"], 6u64 << 30);
 
     // `status` names what the daemon loaded.
     let status = ok(root, &["status"]);
@@ -741,9 +771,9 @@ fn catalog_is_refused_by_daemon_commands_naming_the_daemons_catalog_and_reload_i
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["type_id"] == "gvmsim-1")
+        .find(|r| r["mdev_type"] == "gvmsim-1")
         .cloned();
-    assert_eq!(row.unwrap()["catalog"]["memory_limit_bytes"], 6u64 << 30);
+    assert_eq!(row.unwrap()["catalog"]["memory_limit"], 6u64 << 30);
 
     // A broken one: refused, the old one stays, `status` says why.
     std::fs::write(&ours, "[gpu]\nmodel = \"GVM-SIM-80GB\"\n\n[[type]\n").unwrap();
@@ -760,7 +790,7 @@ fn catalog_is_refused_by_daemon_commands_naming_the_daemons_catalog_and_reload_i
     assert!(status.contains("(reloads: 1)"), "{status}");
     assert_eq!(daemon_knobs(root, uuid), (6 << 30, 3));
     let o = cli(root, &["--json", "status"]);
-    let pong: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let pong = payload(&serde_json::from_slice(&o.stdout).unwrap());
     assert!(pong["catalog"]["last_reload_failed"]["error"]
         .as_str()
         .unwrap()
@@ -777,8 +807,9 @@ fn catalog_is_refused_by_daemon_commands_naming_the_daemons_catalog_and_reload_i
         "{}",
         stderr(&o)
     );
-    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(shown["catalog"]["memory_limit_bytes"], 6u64 << 30);
+    let shown = payload(&serde_json::from_slice(&o.stdout).unwrap());
+    assert_eq!(shown["knobs"]["memory_limit"], 6u64 << 30);
+    assert_eq!(shown["type_name"], "sim-4c");
 }
 
 #[test]
@@ -1061,7 +1092,7 @@ fn show_and_top_name_an_owners_gpu_by_position_and_pci_address() {
         // The daemon adopts the vGPU the CLI made through sysfs at its next rescan.
         let o = cli(root, &["--json", "show", uuid]);
         let shown: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        let g = shown["owners"][0]["gcgroups"][0].clone();
+        let g = shown["vgpu"]["owner_details"][0]["gcgroups"][0].clone();
         if !g.is_null() || std::time::Instant::now() > deadline {
             break g;
         }
@@ -1351,6 +1382,326 @@ fn daemon_stop_of_a_held_vgpu_is_refused_naming_the_holder_and_stop_wait_stops_i
         stdout(&o)
     );
     assert!(uuids_listed(root).is_empty());
+}
+
+/// The `list` row of `uuid`, split into its cells.
+fn list_row(root: &Path, uuid: &str) -> Vec<String> {
+    let text = ok(root, &["list"]);
+    text.lines()
+        .find(|l| l.starts_with(uuid))
+        .unwrap_or_else(|| panic!("no row of {uuid}: {text}"))
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn list_shows_the_effective_knobs_the_freeze_and_the_start_mode_the_daemon_holds() {
+    if skip("list_shows_the_effective_knobs", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let live = "0c0f0000-0000-4000-8000-000000000001";
+    let auto = "0c0f0000-0000-4000-8000-000000000002";
+    ok(root, &["create", "--type", "sim-4c", "--uuid", live]);
+    ok(
+        root,
+        &[
+            "define",
+            "--type",
+            "sim-4c",
+            "--parent",
+            "0000:3b:00.0",
+            "--uuid",
+            auto,
+            "--autostart",
+        ],
+    );
+    ok(root, &["start", auto]);
+    assert!(wait_for(|| cli(root, &["show", live]).status.success()));
+    ok(
+        root,
+        &[
+            "set",
+            "--live",
+            "--memory-limit",
+            "6GiB",
+            "--priority",
+            "2",
+            live,
+        ],
+    );
+    ok(root, &["freeze", live]);
+
+    let header = ok(root, &["list"]);
+    let header = header.lines().next().unwrap_or_default();
+    for column in ["FROZEN", "START", "DOMAIN"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert_eq!(
+        list_row(root, live)[3..9],
+        ["sim-4c", "6GiB", "2", "yes", "not defined", "-"],
+        "the effective knobs, not the type's 4GiB and 10"
+    );
+    assert_eq!(
+        list_row(root, auto)[3..9],
+        ["sim-4c", "4GiB", "10", "no", "auto", "-"]
+    );
+
+    let list = json(root, &["list"]);
+    let entry = |uuid: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["uuid"] == uuid)
+            .cloned()
+            .unwrap_or_else(|| panic!("{uuid} not listed: {list}"))
+    };
+    let v = entry(live);
+    assert_eq!(v["knobs"]["memory_limit"], 6u64 << 30, "{v}");
+    assert_eq!(v["knobs"]["priority"], 2, "{v}");
+    assert_eq!(v["knobs"]["frozen"], true, "{v}");
+    assert_eq!(v["start"], "not_defined", "{v}");
+    assert!(v["domain"].is_null(), "{v}");
+    assert_eq!(entry(auto)["start"], "auto");
+
+    // A stopped definition is not a live vGPU: `list --defined` has it, `list` does not.
+    ok(root, &["stop", auto]);
+    assert!(!ok(root, &["list"]).contains(auto));
+}
+
+#[test]
+fn a_stopped_definition_shows_its_catalog_types_knobs_not_gvms_defaults() {
+    if skip("a_stopped_definition_shows", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    let uuid = "0c0f0000-0000-4000-8000-000000000003";
+    ok(
+        root,
+        &[
+            "define",
+            "--type",
+            "sim-4c",
+            "--parent",
+            "0000:3b:00.0",
+            "--uuid",
+            uuid,
+        ],
+    );
+    let text = ok(root, &["show", uuid]);
+    assert!(
+        text.contains("memory limit: 4GiB (from type)"),
+        "the type's knobs: {text}"
+    );
+    assert!(text.contains("priority:     10 (from type)"), "{text}");
+    let shown = json(root, &["show", uuid]);
+    assert_eq!(shown["knobs"]["memory_limit"], 4u64 << 30);
+    assert_eq!(shown["start"], "manual");
+    let defined = ok(root, &["list", "--defined"]);
+    let row = defined.lines().find(|l| l.starts_with(uuid)).unwrap();
+    assert!(
+        row.contains("4GiB") && row.contains(" 10"),
+        "not unlimited 8: {row}"
+    );
+    // A persistent override is layered on the type, as it will be at start.
+    ok(root, &["set", "--persistent", "--priority", "3", uuid]);
+    let text = ok(root, &["show", uuid]);
+    assert!(text.contains("memory limit: 4GiB (from type)"), "{text}");
+    assert!(
+        text.contains("priority:     3 (from persistent override)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn define_from_start_that_partly_fails_under_json_prints_one_object_with_the_batch_and_the_error() {
+    if skip(
+        "define_from_start_that_partly_fails",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let _daemon = Daemon::start(root);
+    // One sim-80c fills the GPU: the second cannot be created.
+    let file = root.join("two-80c.json");
+    let item = serde_json::json!({"parent": "0000:3b:00.0", "type": "sim-80c"});
+    std::fs::write(&file, Value::from(vec![item.clone(), item]).to_string()).unwrap();
+    let o = cli(
+        root,
+        &[
+            "--json",
+            "define",
+            "--from",
+            file.to_str().unwrap(),
+            "--start",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", stdout(&o)));
+    assert_eq!(v["schema"], 1, "{v}");
+    assert_eq!(
+        v["error"]["message"], "1 of 2 vGPUs were defined but not started",
+        "{v}"
+    );
+    assert_eq!(v["batch"]["defined"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["batch"]["started"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["batch"]["failed"].as_array().unwrap().len(), 1, "{v}");
+}
+
+/// The member names of a JSON object.
+fn keys(v: &Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn every_command_prints_a_vgpu_a_definition_and_a_gcgroup_in_one_shape_under_schema_1() {
+    if skip("every_command_prints_one_shape", require_root_and_fuse()) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let uuid = "0c100000-0000-4000-8000-000000000001";
+    // Read directly, without a daemon: the start mode is not known.
+    let created = json(root, &["create", "--type", "sim-4c", "--uuid", uuid]);
+    let row = list_row(root, uuid);
+    assert_eq!(
+        row[3..9],
+        ["sim-4c", "4GiB", "10", "no", "-", "-"],
+        "{row:?}"
+    );
+    sim.control(&format!("spawn {uuid}")).unwrap();
+    let direct_list = json(root, &["list"])[0].clone();
+    let direct_show = json(root, &["show", uuid]);
+    assert_eq!(keys(&created), keys(&direct_list));
+
+    let _daemon = Daemon::start(root);
+    assert!(wait_for(|| cli(root, &["show", uuid]).status.success()));
+    let vgpu = json(root, &["list"])[0].clone();
+    let shown = json(root, &["show", uuid]);
+    let frozen = json(root, &["freeze", uuid])[0].clone();
+    let set = json(root, &["set", "--live", "--priority", "3", uuid])[0].clone();
+    let stopped = json(root, &["stop", uuid]);
+    let defined = json(
+        root,
+        &["define", "--type", "sim-4c", "--parent", "0000:3b:00.0"],
+    );
+    let def_uuid = defined["uuid"].as_str().unwrap().to_string();
+    let started = json(root, &["start", &def_uuid]);
+    let listed_defined = json(root, &["list", "--defined"])[0].clone();
+    let shown_defined = json(root, &["show", &def_uuid]);
+    let undefined = json(root, &["undefine", &def_uuid]);
+
+    // A vGPU: the same members from every command, with or without the daemon; `show` and
+    // `set` add their detail members beside them.
+    let vgpu_keys = keys(&vgpu);
+    for (what, v) in [
+        ("create", &created),
+        ("direct list", &direct_list),
+        ("freeze", &frozen),
+        ("stop", &stopped),
+        ("start", &started),
+        ("list --defined", &listed_defined),
+    ] {
+        assert_eq!(keys(v), vgpu_keys, "{what}: {v}");
+    }
+    for (what, v) in [
+        ("show", &shown),
+        ("set", &set),
+        ("direct show", &direct_show),
+    ] {
+        assert!(keys(v).is_superset(&vgpu_keys), "{what}: {v}");
+        for member in ["sources", "definition", "live_overrides", "owner_details"] {
+            assert!(v.get(member).is_some(), "{what} lacks {member}: {v}");
+        }
+    }
+    for old in ["type_id", "catalog", "info", "memory_limit_bytes"] {
+        assert!(vgpu.get(old).is_none() && shown.get(old).is_none(), "{old}");
+    }
+    // A gcgroup: the same members whether GVM's files were read here or by the daemon.
+    let gcgroup = |v: &Value| v["owner_details"][0]["gcgroups"][0].clone();
+    assert_eq!(keys(&gcgroup(&direct_show)), keys(&gcgroup(&shown)));
+    for member in ["gpu", "pci", "gvm_index", "memory_limit", "kernels_ended"] {
+        assert!(gcgroup(&shown).get(member).is_some(), "{member}");
+    }
+    // A definition: `define`, `undefine` and `show`'s `definition` agree.
+    assert_eq!(keys(&defined), keys(&undefined));
+    assert_eq!(keys(&defined), keys(&shown_defined["definition"]));
+    assert_eq!(defined["mdev_type"], vgpu["mdev_type"]);
+    // Kernel types: `types` rows and `parents`' types are one shape, naming the kernel type
+    // as a vGPU does.
+    let types = json(root, &["types"]);
+    let parents = json(root, &["parents"]);
+    assert_eq!(keys(&types[0]), keys(&parents[0]["types"][0]));
+    assert!(types[0].get("mdev_type").is_some(), "{}", types[0]);
+    assert_eq!(
+        types[0]["catalog"]["memory_limit"].as_u64(),
+        Some(4u64 << 30),
+        "{}",
+        types[0]
+    );
+}
+
+#[test]
+fn top_once_right_after_the_daemon_starts_prints_the_busy_owners_figures() {
+    if skip(
+        "top_once_right_after_the_daemon_starts",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    let uuids = [
+        "0c110000-0000-4000-8000-000000000001",
+        "0c110000-0000-4000-8000-000000000002",
+    ];
+    for uuid in uuids {
+        ok(root, &["create", "--type", "sim-4c", "--uuid", uuid]);
+        sim.control(&format!("spawn {uuid} busy=1")).unwrap();
+    }
+    let _daemon = Daemon::start(root);
+    // The daemon knows both owners' gcgroups; nobody has asked for shares yet.
+    for uuid in uuids {
+        assert!(wait_for(|| {
+            let o = cli(root, &["--json", "show", uuid]);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            !v["vgpu"]["owner_details"][0]["gcgroups"][0].is_null()
+        }));
+    }
+
+    // The first look: the figures of both, not an empty table.
+    let rows = json(root, &["top", "--once"]);
+    let rows = rows.as_array().unwrap();
+    for uuid in uuids {
+        let row = rows
+            .iter()
+            .find(|r| r["uuid"] == uuid)
+            .unwrap_or_else(|| panic!("no row of {uuid}: {rows:?}"));
+        assert_eq!(row["policy"], "best-effort", "{row}");
+        let achieved = row["achieved"].as_f64();
+        assert!(
+            achieved.is_some_and(|a| (0.0..=1.0).contains(&a)),
+            "an achieved share: {row}"
+        );
+    }
+    let text = ok(root, &["top", "--once"]);
+    for uuid in uuids {
+        assert!(text.contains(uuid), "{text}");
+    }
 }
 
 /// `chattr +i` on a file for as long as it lives: even root cannot delete it then.

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::daemon::{add_totals, Daemon};
 use crate::limits::check_memory_limit;
-use crate::model::{effective, ObservedDevice};
+use crate::model::{effective, ObservedDevice, TypeSpec};
 use crate::ports::{CatalogBinding, PortError};
 use crate::store::StoreError;
 
@@ -252,11 +252,29 @@ impl Daemon {
     }
 
     fn knobs_of(&self, uuid: &Uuid) -> (Knobs, gvm_proto::Sources) {
+        let def = self.desired.definitions.get(uuid);
         effective(
-            self.type_of.get(uuid),
-            self.desired.definitions.get(uuid),
+            self.type_spec_of(uuid).as_ref(),
+            def,
             self.desired.live.get(uuid),
         )
+    }
+
+    /// The catalog type of vGPU `uuid`: the one its device was adopted with, else, for a
+    /// definition whose device does not exist, its catalog type by name or its kernel type
+    /// id, so a stopped vGPU shows the knobs it will start with.
+    fn type_spec_of(&self, uuid: &Uuid) -> Option<TypeSpec> {
+        if let Some(t) = self.type_of.get(uuid) {
+            return Some(t.clone());
+        }
+        if self.observed.devices.contains_key(uuid) {
+            return None; // running and unmanaged
+        }
+        let def = self.desired.definitions.get(uuid)?;
+        def.type_name
+            .as_deref()
+            .and_then(|n| self.types.spec_by_name(n))
+            .or_else(|| self.types.resolve(&def.mdev_type, None))
     }
 
     pub(crate) fn info(&self, uuid: &Uuid) -> VgpuInfo {
@@ -283,9 +301,10 @@ impl Daemon {
             } else {
                 VgpuState::Stopped
             },
-            managed: self.type_of.contains_key(uuid),
+            managed: self.type_spec_of(uuid).is_some(),
             defined: def.is_some(),
             autostart: def.is_some_and(|d| d.autostart),
+            start: gvm_proto::StartMode::of(def.is_some(), def.is_some_and(|d| d.autostart)),
             owner_uids: def.map(|d| d.owner_uids.clone()).unwrap_or_default(),
             domain: self.domain_name_of(uuid),
             owners: self
@@ -318,6 +337,7 @@ impl Daemon {
                         priority: r.priority.get(),
                         frozen: r.frozen,
                         kernels_submitted: r.stat.submitted,
+                        kernels_ended: r.stat.ended,
                         kernels_pending: r.stat.pending,
                     });
                 }

@@ -314,6 +314,7 @@ mod tests {
             managed: true,
             defined: false,
             autostart: false,
+            start: gvm_proto::StartMode::NotDefined,
             domain: Some("vm\"1".into()),
             owners: vec![10, 11],
             knobs: Knobs {

@@ -198,6 +198,11 @@ pub trait TypePort: Send {
     fn binding_of(&self, _name: &str) -> Option<CatalogBinding> {
         None
     }
+    /// Catalog type `name`'s default knobs, found by name alone: a definition whose device
+    /// does not exist has no parent to resolve its kernel type on. `None` if no such name.
+    fn spec_by_name(&self, _name: &str) -> Option<TypeSpec> {
+        None
+    }
     /// The fixed-share policy's share of the type (its `share`, else 1 / max instances).
     fn default_share(&self, _mdev_type: &str, _kernel_name: Option<&str>) -> Option<f64> {
         None
@@ -366,6 +371,10 @@ impl TypePort for CatalogTypes {
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool> {
         let t = self.catalog.type_by_name(name).ok()?;
         Some(t.binding.matches(mdev_type, kernel_name))
+    }
+
+    fn spec_by_name(&self, name: &str) -> Option<TypeSpec> {
+        self.catalog.type_by_name(name).ok().map(spec)
     }
 
     fn binding_of(&self, name: &str) -> Option<CatalogBinding> {

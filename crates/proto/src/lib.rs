@@ -48,8 +48,8 @@ pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, U
 pub use types::{
     BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, GuestEnforcement,
     GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides, OwnerInfo, OwnerRule, Pong,
-    ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources, Totals, VgpuDetail, VgpuInfo,
-    VgpuState,
+    ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources, StartMode, Totals, VgpuDetail,
+    VgpuInfo, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,11 @@ use serde::{Deserialize, Serialize};
 /// client must check for before relying on them. 2: `define_batch` lists in parts
 /// ([`BatchPart`]), unknown request fields refused.
 pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Version of the object shapes `gvm-vgpu --json` prints, the top-level `"schema"` of
+/// every object it writes (docs/cli-json.md). Bumped when a field is renamed or removed or
+/// changes meaning; new fields do not bump it.
+pub const JSON_SCHEMA: u32 = 1;
 
 /// Longest request or response line either side accepts, newline included.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;

@@ -145,6 +145,39 @@ pub enum VgpuState {
     Stopped,
 }
 
+/// How a vGPU comes to exist: by `start` only, also by the daemon, or not defined at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// Defined, created only by `gvm-vgpu start`.
+    Manual,
+    /// Defined with autostart: created when the daemon starts or the parent registers.
+    Auto,
+    /// No definition: the vGPU exists only while its device does.
+    #[default]
+    NotDefined,
+}
+
+impl StartMode {
+    /// The start mode of a vGPU with or without a definition (`autostart`: the definition's flag).
+    pub fn of(defined: bool, autostart: bool) -> StartMode {
+        match (defined, autostart) {
+            (false, _) => StartMode::NotDefined,
+            (true, false) => StartMode::Manual,
+            (true, true) => StartMode::Auto,
+        }
+    }
+
+    /// How tables print it: `manual`, `auto`, `not defined`.
+    pub fn as_text(self) -> &'static str {
+        match self {
+            StartMode::Manual => "manual",
+            StartMode::Auto => "auto",
+            StartMode::NotDefined => "not defined",
+        }
+    }
+}
+
 /// Effective knob values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Knobs {
@@ -232,6 +265,10 @@ pub struct VgpuInfo {
     pub defined: bool,
     /// Autostart flag of the definition.
     pub autostart: bool,
+    /// How the vGPU is started: `manual`, `auto` or `not_defined` (`defined` and
+    /// `autostart` in one; absent from older daemons, read as `not_defined`).
+    #[serde(default)]
+    pub start: StartMode,
     /// The definition's `owner_uids`: users (beyond the daemon's) whose processes may claim it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_uids: Vec<u32>,
@@ -278,6 +315,9 @@ pub struct GcgroupInfo {
     pub frozen: bool,
     /// `nr_submitted_kernels`.
     pub kernels_submitted: u64,
+    /// `nr_ended_kernels` (0 from daemons older than the field).
+    #[serde(default)]
+    pub kernels_ended: u64,
     /// `nr_pending_kernels`.
     pub kernels_pending: u64,
 }

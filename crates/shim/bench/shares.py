@@ -185,7 +185,7 @@ class Bench:
 
         def during(t_go):
             time.sleep(self.a.seconds / 2)
-            return json.loads(self.cli("--json", "policy", "show"))
+            return json.loads(self.cli("--json", "policy", "show"))["policy"]
 
         ends = self.run_group(name, members, loops, self.a.seconds, during)
         status = ends.pop("_during", None)

@@ -8,13 +8,17 @@ use gvm_catalog::{Catalog, VgpuType};
 use gvm_gcgroup::host_gpus::HostGpus;
 use gvm_gcgroup::{GcgroupSnapshot, KernelStat, MemoryLimit, Priority};
 use gvm_mdev::Device;
+use gvm_proto::{
+    GcgroupInfo, Knobs, Overrides, OwnerInfo, OwnerRule, Source, Sources, StartMode, Totals,
+    VgpuDetail, VgpuInfo, VgpuState,
+};
 use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::inventory::{catalog_type_of, CatalogView};
 use super::owner_table::OwnerTable;
 use super::owners::owners_by_vgpu;
+use super::shapes::{DeviceJson, VgpuJson};
 use super::write_json;
 use crate::context::Context;
 use crate::table::Table;
@@ -44,7 +48,11 @@ pub fn create(
         .create(&at.parent, &at.mdev_type, uuid)
         .with_context(|| format!("cannot create a vGPU of type {}", wanted.name))?;
     if ctx.json {
-        return write_json(out, &view(&device, Some(wanted), Vec::new()));
+        return write_json(
+            out,
+            "vgpu",
+            &direct_info(&view(&device, Some(wanted), Vec::new()), Some(wanted)),
+        );
     }
     writeln!(
         out,
@@ -86,14 +94,14 @@ pub fn remove(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Re
         ctx.mdev.remove(uuid)?;
     }
     if ctx.json {
-        return write_json(out, &serde_json::json!({ "removed": uuid }));
+        return write_json(out, "removed", uuid);
     }
     writeln!(out, "Removed vGPU {uuid}.")?;
     Ok(())
 }
 
-/// A live vGPU as `list` and `show` report it.
-#[derive(Debug, Serialize)]
+/// A live vGPU as the CLI reads it itself, for `list` and `show` without the daemon.
+#[derive(Debug)]
 pub struct VgpuView {
     /// Device UUID.
     pub uuid: Uuid,
@@ -105,17 +113,15 @@ pub struct VgpuView {
     pub iommu_group: Option<u32>,
     /// sysfs path of the device.
     pub sysfs_path: String,
-    /// Whether the catalog knows the type (else the vGPU is unmanaged).
-    pub managed: bool,
     /// The bound catalog type.
     pub catalog: Option<CatalogView>,
     /// GVM gcgroups of the owner processes.
     pub owners: Vec<OwnerView>,
 }
 
-/// One owner gcgroup as `list --json` and `show --json` report it: the snapshot of GVM's
-/// files, its GPU named by position in PCI order and PCI address.
-#[derive(Debug, Serialize)]
+/// One owner gcgroup as read from GVM's files, its GPU named by position in PCI order and
+/// PCI address.
+#[derive(Debug)]
 pub struct OwnerView {
     /// The process id.
     pub pid: u32,
@@ -137,7 +143,6 @@ pub struct OwnerView {
     pub frozen: bool,
     /// `gcgroup.stat`.
     pub stat: KernelStat,
-    #[serde(skip)]
     snapshot: GcgroupSnapshot,
 }
 
@@ -167,7 +172,6 @@ fn view(device: &Device, bound: Option<&VgpuType>, owners: Vec<OwnerView>) -> Vg
         type_id: device.type_id.clone(),
         iommu_group: device.iommu_group,
         sysfs_path: device.sysfs_path.display().to_string(),
-        managed: bound.is_some(),
         catalog: bound.map(CatalogView::of),
         owners,
     }
@@ -197,11 +201,123 @@ fn views(ctx: &Context) -> Result<Vec<VgpuView>> {
     Ok(out)
 }
 
-/// `gvm-vgpu list`.
+/// A live vGPU read directly (no daemon) in the shape the daemon lists it: the catalog
+/// type's knobs, frozen when any owner gcgroup is, no definition or domain known.
+fn direct_info(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuInfo {
+    let mut totals = Totals::default();
+    for o in &v.owners {
+        totals.memory_current += o.memory_current;
+        totals.swap_current += o.swap_current;
+        totals.kernels_submitted += o.stat.submitted;
+        totals.kernels_ended += o.stat.ended;
+        totals.kernels_pending += o.stat.pending;
+        totals.gcgroups += 1;
+        totals.frozen_gcgroups += u32::from(o.frozen);
+    }
+    let mut knobs = Knobs::default();
+    if let Some(t) = catalog {
+        knobs.memory_limit = t.memory_limit.0;
+        knobs.priority = t.priority;
+        knobs.share = t.share;
+    }
+    knobs.frozen = totals.frozen_gcgroups > 0;
+    let pids: std::collections::BTreeSet<u32> = v.owners.iter().map(|o| o.pid).collect();
+    VgpuInfo {
+        uuid: v.uuid,
+        parent: v.parent.clone(),
+        mdev_type: v.type_id.clone(),
+        type_name: catalog.map(|t| t.name.clone()),
+        state: VgpuState::Running,
+        managed: catalog.is_some(),
+        defined: false,
+        autostart: false,
+        start: StartMode::NotDefined,
+        owner_uids: Vec::new(),
+        domain: None,
+        owners: pids.into_iter().collect(),
+        knobs,
+        totals,
+    }
+}
+
+/// A live vGPU read directly in the shape the daemon's `show` gives it: the catalog type
+/// as every knob's source, owners found by their environment, one gcgroup per GPU.
+fn direct_detail(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuDetail {
+    let from_type = if catalog.is_some() {
+        Source::Type
+    } else {
+        Source::Default
+    };
+    let mut owners: Vec<OwnerInfo> = Vec::new();
+    for o in &v.owners {
+        let gcgroup = GcgroupInfo {
+            gpu: o.gpu,
+            pci: o.pci.clone(),
+            gvm_index: o.gvm_index,
+            memory_limit: o.memory_limit.as_bytes(),
+            memory_current: o.memory_current,
+            swap_current: o.swap_current,
+            priority: o.priority.get(),
+            frozen: o.frozen,
+            kernels_submitted: o.stat.submitted,
+            kernels_ended: o.stat.ended,
+            kernels_pending: o.stat.pending,
+        };
+        match owners.iter_mut().find(|known| known.pid == o.pid) {
+            Some(known) => known.gcgroups.push(gcgroup),
+            None => owners.push(OwnerInfo {
+                pid: o.pid,
+                rule: OwnerRule::Environment,
+                gcgroups: vec![gcgroup],
+            }),
+        }
+    }
+    VgpuDetail {
+        info: direct_info(v, catalog),
+        sources: Sources {
+            memory_limit: from_type,
+            priority: from_type,
+            share: if catalog.is_some_and(|t| t.share.is_some()) {
+                Source::Type
+            } else {
+                Source::Default
+            },
+        },
+        definition: None,
+        live_overrides: Overrides::default(),
+        owners,
+        refused_claims: Vec::new(),
+        guest: None,
+        held_by: None,
+    }
+}
+
+/// `gvm-vgpu list` without the daemon: what the kernel and GVM report.
 pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
-    let all = views(ctx)?;
+    let catalog = ctx.catalog()?;
+    let all: Vec<VgpuInfo> = views(ctx)?
+        .iter()
+        .map(|v| {
+            let bound = v
+                .catalog
+                .as_ref()
+                .and_then(|c| catalog.type_by_name(&c.name).ok());
+            direct_info(v, bound)
+        })
+        .collect();
+    write_list(ctx, &all, false, out)
+}
+
+/// The `list` table (or JSON) of live vGPUs, from the daemon (`from_daemon`) or read
+/// directly, when the start mode and domain are unknown (shown as `-`).
+pub fn write_list(
+    ctx: &Context,
+    all: &[VgpuInfo],
+    from_daemon: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     if ctx.json {
-        return write_json(out, &all);
+        return write_json(out, "vgpus", &all);
     }
     if all.is_empty() {
         writeln!(out, "No vGPUs on this host.")?;
@@ -214,26 +330,37 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         "CATALOG TYPE",
         "MEMORY",
         "PRIO",
+        "FROZEN",
+        "START",
+        "DOMAIN",
         "OWNERS",
     ]);
-    for v in &all {
-        let (name, memory, prio) = match &v.catalog {
-            Some(c) => (
-                c.name.clone(),
-                gvm_catalog::ByteSize(c.memory_limit_bytes).to_string(),
-                c.priority.to_string(),
+    for v in all {
+        let (name, memory, prio) = match (&v.type_name, v.managed) {
+            (Some(name), true) => (
+                name.clone(),
+                super::limit_text(v.knobs.memory_limit),
+                v.knobs.priority.to_string(),
             ),
-            None => ("- (unmanaged)".into(), "-".into(), "-".into()),
+            _ => ("- (unmanaged)".into(), "-".into(), "-".into()),
         };
-        let pids: std::collections::BTreeSet<u32> = v.owners.iter().map(|o| o.pid).collect();
         table.row(vec![
             v.uuid.to_string(),
             v.parent.clone(),
-            v.type_id.clone(),
+            v.mdev_type.clone(),
             name,
             memory,
             prio,
-            pids.len().to_string(),
+            if v.knobs.frozen { "yes" } else { "no" }.into(),
+            if from_daemon {
+                v.start.as_text().into()
+            } else {
+                "-".into()
+            },
+            v.domain
+                .as_deref()
+                .map_or_else(|| "-".into(), |d| crate::text::guest_text(d).into_owned()),
+            v.owners.len().to_string(),
         ]);
     }
     table.write(out)?;
@@ -244,9 +371,25 @@ pub fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
 pub fn show(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     let v = live_view(ctx, uuid)?;
     if ctx.json {
-        return write_json(out, &v);
+        return write_json(out, "vgpu", &vgpu_json(ctx, &v)?);
     }
     write_view(ctx, &v, out)
+}
+
+/// The live vGPU `v` in the one JSON shape of a vGPU (`show UUID --json`'s `vgpu`), as the
+/// kernel and GVM report it.
+pub fn vgpu_json(ctx: &Context, v: &VgpuView) -> Result<serde_json::Value> {
+    let catalog = ctx.catalog()?;
+    let bound = v
+        .catalog
+        .as_ref()
+        .and_then(|c| catalog.type_by_name(&c.name).ok());
+    let detail = direct_detail(v, bound);
+    let device = DeviceJson {
+        iommu_group: v.iommu_group,
+        sysfs_path: v.sysfs_path.clone(),
+    };
+    Ok(serde_json::to_value(VgpuJson::of(&detail, Some(&device)))?)
 }
 
 /// The live vGPU `uuid` as `show` reports it; an unknown UUID is the mdev client's error.
@@ -276,7 +419,7 @@ pub fn write_view(ctx: &Context, v: &VgpuView, out: &mut dyn Write) -> Result<()
             writeln!(
                 out,
                 "  limits:       memory {}, priority {}, share {:.3}, host swap {}",
-                gvm_catalog::ByteSize(c.memory_limit_bytes),
+                gvm_catalog::ByteSize(c.memory_limit),
                 c.priority,
                 c.share,
                 if c.host_swap { "allowed" } else { "no" }

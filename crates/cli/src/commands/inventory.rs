@@ -15,7 +15,17 @@ use crate::table::Table;
 pub fn parents(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let parents = ctx.mdev.parents()?;
     if ctx.json {
-        return write_json(out, &parents);
+        let catalog = ctx.catalog()?;
+        let shaped: Vec<ParentJson> = parents
+            .iter()
+            .map(|p| ParentJson {
+                name: p.name.clone(),
+                sysfs_path: p.sysfs_path.display().to_string(),
+                device_path: p.device_path.display().to_string(),
+                types: rows(&catalog, std::slice::from_ref(p), false),
+            })
+            .collect();
+        return write_json(out, "parents", &shaped);
     }
     if parents.is_empty() {
         writeln!(
@@ -39,21 +49,34 @@ pub fn parents(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// An mdev parent (a GPU that can host vGPUs) as `parents --json` shows it.
+#[derive(Debug, Serialize)]
+pub struct ParentJson {
+    /// The parent's name: a PCI address such as `0000:3b:00.0`, or `mtty`.
+    pub name: String,
+    /// `/sys/class/mdev_bus/<name>` under the host root.
+    pub sysfs_path: String,
+    /// The device directory the class entry links to.
+    pub device_path: String,
+    /// Its kernel types, as `types` shows them.
+    pub types: Vec<TypeRow>,
+}
+
 /// One row of `gvm-vgpu types`: a kernel type on a parent and the catalog type bound to it.
 #[derive(Debug, Serialize)]
 pub struct TypeRow {
     /// Parent device, or None for a catalog type no parent offers.
     pub parent: Option<String>,
     /// Kernel type id (`<driver>-<name>`), None for a catalog type no parent offers.
-    pub type_id: Option<String>,
+    pub mdev_type: Option<String>,
     /// The kernel's `name` attribute.
     pub kernel_name: Option<String>,
     /// The kernel's `device_api` attribute.
     pub device_api: Option<String>,
     /// Free instances as the kernel reports them.
     pub available_instances: u32,
-    /// Devices of this type on this parent.
-    pub devices: usize,
+    /// UUIDs of the devices of this type on this parent.
+    pub devices: Vec<uuid::Uuid>,
     /// The catalog type bound to this kernel type, if any (None: unmanaged).
     pub catalog: Option<CatalogView>,
 }
@@ -66,7 +89,7 @@ pub struct CatalogView {
     /// GPU model file it comes from.
     pub model: String,
     /// Memory limit in bytes.
-    pub memory_limit_bytes: u64,
+    pub memory_limit: u64,
     /// Compute priority 0..=16.
     pub priority: u8,
     /// Time share (explicit or 1 / max instances).
@@ -83,7 +106,7 @@ impl CatalogView {
         CatalogView {
             name: t.name.clone(),
             model: t.model.clone(),
-            memory_limit_bytes: t.memory_limit.0,
+            memory_limit: t.memory_limit.0,
             priority: t.priority,
             share: t.effective_share(),
             max_instances: t.max_instances,
@@ -108,11 +131,11 @@ fn rows(catalog: &Catalog, parents: &[Parent], all: bool) -> Vec<TypeRow> {
             }
             rows.push(TypeRow {
                 parent: Some(parent.name.clone()),
-                type_id: Some(t.id.clone()),
+                mdev_type: Some(t.id.clone()),
                 kernel_name: t.name.clone(),
                 device_api: Some(t.device_api.clone()),
                 available_instances: t.available_instances,
-                devices: t.devices.len(),
+                devices: t.devices.clone(),
                 catalog: bound.map(CatalogView::of),
             });
         }
@@ -121,11 +144,11 @@ fn rows(catalog: &Catalog, parents: &[Parent], all: bool) -> Vec<TypeRow> {
         for t in catalog.types().filter(|t| !offered.contains(&t.name)) {
             rows.push(TypeRow {
                 parent: None,
-                type_id: None,
+                mdev_type: None,
                 kernel_name: None,
                 device_api: None,
                 available_instances: 0,
-                devices: 0,
+                devices: Vec::new(),
                 catalog: Some(CatalogView::of(t)),
             });
         }
@@ -142,7 +165,7 @@ pub fn types(ctx: &Context, parent: Option<&str>, all: bool, out: &mut dyn Write
     };
     let rows = rows(&catalog, &parents, all);
     if ctx.json {
-        return write_json(out, &rows);
+        return write_json(out, "types", &rows);
     }
     let mut table = Table::new(&[
         "PARENT",
@@ -161,7 +184,7 @@ pub fn types(ctx: &Context, parent: Option<&str>, all: bool, out: &mut dyn Write
         let (name, memory, prio, share, swap) = match &row.catalog {
             Some(c) => (
                 c.name.clone(),
-                gvm_catalog::ByteSize(c.memory_limit_bytes).to_string(),
+                gvm_catalog::ByteSize(c.memory_limit).to_string(),
                 c.priority.to_string(),
                 format!("{:.3}", c.share),
                 if c.host_swap { "yes" } else { "no" }.to_string(),
@@ -170,7 +193,7 @@ pub fn types(ctx: &Context, parent: Option<&str>, all: bool, out: &mut dyn Write
         };
         table.row(vec![
             row.parent.clone().unwrap_or_else(dash),
-            row.type_id.clone().unwrap_or_else(dash),
+            row.mdev_type.clone().unwrap_or_else(dash),
             row.kernel_name.clone().unwrap_or_else(dash),
             name,
             memory,
@@ -178,7 +201,7 @@ pub fn types(ctx: &Context, parent: Option<&str>, all: bool, out: &mut dyn Write
             share,
             swap,
             row.available_instances.to_string(),
-            row.devices.to_string(),
+            row.devices.len().to_string(),
         ]);
     }
     if table.is_empty() {

@@ -77,7 +77,7 @@ pub fn attach(ctx: &Context, args: &AttachArgs<'_>, out: &mut dyn Write) -> Resu
         hostdev: done.hostdev_xml.is_some(),
     };
     if ctx.json {
-        return write_json(out, &view);
+        return write_json(out, "attach", &view);
     }
     writeln!(
         out,
@@ -156,6 +156,7 @@ pub fn detach(
     if ctx.json {
         return write_json(
             out,
+            "detach",
             &serde_json::json!({
                 "domain": domain,
                 "uuid": done.uuid,
@@ -222,10 +223,15 @@ struct DomainVgpuView {
     metadata: Option<MetaView>,
     /// The vGPU exists on the host now.
     present: bool,
-    /// gvm-vgpud's view of it (`show UUID --json`), when the daemon runs and knows it.
+    /// gvm-vgpud's view of it, when the daemon runs and knows it (for the text).
+    #[serde(skip)]
     daemon: Option<gvm_proto::VgpuDetail>,
-    /// The kernel's view of it (`show UUID --json` without the daemon), when it exists.
+    /// The kernel's view of it, when it exists and the daemon does not know it (for the text).
+    #[serde(skip)]
     kernel: Option<devices::VgpuView>,
+    /// Either view as `show UUID --json` prints its `vgpu` (one shape for a vGPU).
+    #[serde(rename = "vgpu")]
+    shown: Option<serde_json::Value>,
 }
 
 /// A gvm metadata entry, as `show DOMAIN --json` reports it.
@@ -327,6 +333,13 @@ pub fn show_domain(
             (None, true) => Some(devices::live_view(ctx, uuid)?),
             _ => None,
         };
+        let shown = match (&detail, &kernel) {
+            (Some(d), _) => Some(serde_json::to_value(
+                crate::commands::shapes::VgpuJson::of(d, None),
+            )?),
+            (None, Some(k)) => Some(devices::vgpu_json(ctx, k)?),
+            (None, None) => None,
+        };
         views.push(DomainVgpuView {
             uuid: *uuid,
             hostdev: info.has_hostdev(uuid),
@@ -334,6 +347,7 @@ pub fn show_domain(
             present,
             daemon: detail,
             kernel,
+            shown,
         });
     }
     let view = DomainView {
@@ -343,7 +357,7 @@ pub fn show_domain(
         vgpus: views,
     };
     if ctx.json {
-        return write_json(out, &view);
+        return write_json(out, "domain", &view);
     }
     write_domain_text(ctx, &view, &info, state, out)
 }

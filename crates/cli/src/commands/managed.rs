@@ -15,6 +15,7 @@ use gvm_proto::{
 use uuid::Uuid;
 
 use super::owner_table::OwnerTable;
+use super::shapes::VgpuJson;
 use super::write_json;
 use crate::cli::KnobArgs;
 use crate::context::Context;
@@ -52,7 +53,7 @@ pub fn refuse_catalog_flag(ctx: &Context, c: &mut Client) -> Result<()> {
          its own catalog, {theirs}. To change that catalog, edit a file there and run \
          `systemctl reload gvm-vgpud` (or send gvm-vgpud SIGHUP; `gvm-vgpu status` shows \
          what it loaded); drop --catalog here. --catalog applies to parents, types, create, \
-         remove and list (without --defined)"
+         remove, and list and show while gvm-vgpud is not running"
     )
 }
 
@@ -60,7 +61,7 @@ pub fn refuse_catalog_flag(ctx: &Context, c: &mut Client) -> Result<()> {
 pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let pong = client(ctx)?.ping()?;
     if ctx.json {
-        return write_json(out, &pong);
+        return write_json(out, "status", &pong);
     }
     writeln!(
         out,
@@ -126,7 +127,7 @@ pub fn utc_text(secs: u64) -> String {
     )
 }
 
-fn limit_text(bytes: u64) -> String {
+pub(crate) fn limit_text(bytes: u64) -> String {
     if bytes == u64::MAX {
         "unlimited".into()
     } else {
@@ -183,7 +184,7 @@ pub fn define(
         })
         .with_context(|| format!("cannot define a vGPU of type {type_name} on {parent}"))?;
     if ctx.json {
-        return write_json(out, &def);
+        return write_json(out, "definition", &def);
     }
     writeln!(
         out,
@@ -229,8 +230,24 @@ pub fn define_from(
     let report = client(ctx)?
         .define_batch(items, start)
         .with_context(|| format!("cannot define the vGPUs of {}", file.display()))?;
+    let failed = (!report.failed.is_empty()).then(|| {
+        format!(
+            "{} of {} vGPUs were defined but not started",
+            report.failed.len(),
+            report.defined.len()
+        )
+    });
     if ctx.json {
-        write_json(out, &report)?;
+        // One object on stdout: a partial failure carries the report in the error object.
+        return match failed {
+            None => write_json(out, "batch", &report),
+            Some(message) => Err(crate::json_error::PartlyDone {
+                key: "batch",
+                done: serde_json::to_value(&report)?,
+                message,
+            }
+            .into()),
+        };
     } else {
         for def in &report.defined {
             writeln!(
@@ -251,14 +268,10 @@ pub fn define_from(
             writeln!(out, "Could not start vGPU {}: {}", f.uuid, f.error)?;
         }
     }
-    if !report.failed.is_empty() {
-        anyhow::bail!(
-            "{} of {} vGPUs were defined but not started",
-            report.failed.len(),
-            report.defined.len()
-        );
+    match failed {
+        Some(message) => Err(anyhow::anyhow!(message)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The definitions of a `define --from` file: a JSON array of `define` params (`parent`,
@@ -311,7 +324,7 @@ fn bounded(e: serde_json::Error) -> anyhow::Error {
 pub fn undefine(ctx: &Context, uuid: &Uuid, out: &mut dyn Write) -> Result<()> {
     let def = client(ctx)?.undefine(&uuid.to_string())?;
     if ctx.json {
-        return write_json(out, &def);
+        return write_json(out, "definition", &def);
     }
     writeln!(out, "Undefined vGPU {}.", def.uuid)?;
     Ok(())
@@ -326,7 +339,7 @@ pub fn start_stop(ctx: &Context, uuid: &Uuid, start: bool, out: &mut dyn Write) 
         c.stop(&uuid.to_string())?
     };
     if ctx.json {
-        return write_json(out, &info);
+        return write_json(out, "vgpu", &info);
     }
     let verb = if start { "Started" } else { "Stopped" };
     writeln!(out, "{verb} vGPU {} on {}.", info.uuid, info.parent)?;
@@ -374,7 +387,7 @@ pub fn stop(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Resu
         }
     };
     if ctx.json {
-        return write_json(out, &info);
+        return write_json(out, "vgpu", &info);
     }
     writeln!(out, "Stopped vGPU {} on {}.", info.uuid, info.parent)?;
     Ok(())
@@ -388,7 +401,7 @@ pub fn list_defined(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         .filter(|v| v.defined)
         .collect();
     if ctx.json {
-        return write_json(out, &all);
+        return write_json(out, "vgpus", &all);
     }
     if all.is_empty() {
         writeln!(out, "No vGPU definitions.")?;
@@ -448,7 +461,8 @@ pub fn set(
         })
         .with_context(|| format!("cannot retune {target}"))?;
     if ctx.json {
-        return write_json(out, &details);
+        let shapes: Vec<VgpuJson<'_>> = details.iter().map(|d| VgpuJson::of(d, None)).collect();
+        return write_json(out, "vgpus", &shapes);
     }
     for d in &details {
         writeln!(
@@ -474,7 +488,7 @@ pub fn freeze_thaw(ctx: &Context, target: &str, freeze: bool, out: &mut dyn Writ
         c.thaw(target)?
     };
     if ctx.json {
-        return write_json(out, &infos);
+        return write_json(out, "vgpus", &infos);
     }
     for v in &infos {
         writeln!(
@@ -503,7 +517,9 @@ pub fn import_mdevctl(
         .filter(|s| s.error.is_some())
         .count();
     if ctx.json {
-        write_json(out, &report)?;
+        if failed == 0 {
+            return write_json(out, "import", &report);
+        }
     } else {
         let verb = if dry_run { "Would import" } else { "Imported" };
         for d in &report.imported {
@@ -524,11 +540,26 @@ pub fn import_mdevctl(
         }
     }
     if failed > 0 {
-        anyhow::bail!(
+        let message = format!(
             "{failed} mdevctl definition{} could not be removed; gvm-vgpu's definitions are \
-             stored and stay: run the `mdevctl undefine` commands above",
-            if failed == 1 { "" } else { "s" }
+             stored and stay: run the `mdevctl undefine` commands {}",
+            if failed == 1 { "" } else { "s" },
+            if ctx.json {
+                "in `import.mdevctl_sources`"
+            } else {
+                "above"
+            }
         );
+        if ctx.json {
+            // One object on stdout: the report rides in the error object.
+            return Err(crate::json_error::PartlyDone {
+                key: "import",
+                done: serde_json::to_value(&report)?,
+                message,
+            }
+            .into());
+        }
+        anyhow::bail!(message);
     }
     Ok(())
 }
@@ -560,7 +591,7 @@ fn handover_text(s: &gvm_proto::MdevctlSource, dry_run: bool) -> String {
 pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let report = client(ctx)?.reconcile()?;
     if ctx.json {
-        return write_json(out, &report);
+        return write_json(out, "reconcile", &report);
     }
     writeln!(
         out,
@@ -591,7 +622,7 @@ pub fn reconcile(ctx: &Context, out: &mut dyn Write) -> Result<()> {
 /// `gvm-vgpu show` through the daemon.
 pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<()> {
     if ctx.json {
-        return write_json(out, detail);
+        return write_json(out, "vgpu", &VgpuJson::of(detail, None));
     }
     let v = &detail.info;
     writeln!(out, "vGPU {}", v.uuid)?;

@@ -10,10 +10,12 @@ mod owner_table;
 mod owners;
 mod passthrough;
 mod sched;
+mod shapes;
 mod stats;
 
 use std::io::Write;
 
+use managed::limit_text;
 pub use managed::{parse_definitions, MAX_QUOTE_BYTES};
 
 use anyhow::Result;
@@ -38,7 +40,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             | Command::Types { .. }
             | Command::Create { .. }
             | Command::Remove { .. }
-            | Command::List { defined: false }
             | Command::Xml { .. }
             | Command::QemuArgs { .. }
             | Command::Attach { .. }
@@ -55,7 +56,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             uuid,
         } => devices::create(&ctx, type_name, parent.as_deref(), *uuid, out),
         Command::Remove { uuid, wait } => devices::remove(&ctx, uuid, *wait, out),
-        Command::List { defined: false } => devices::list(&ctx, out),
+        Command::List { defined: false } => list(&ctx, out),
         Command::List { defined: true } => managed::list_defined(&ctx, out),
         Command::Show { target, connect } => show(&ctx, target, connect.as_deref(), out),
         Command::Define {
@@ -207,6 +208,41 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     }
 }
 
+/// The daemon's client when it runs (`--catalog` refused then, as for every command it
+/// answers), `None` when it does not: the caller then reads the kernel and GVM directly.
+/// Only a daemon that is not running is a reason to fall back: a socket this user may not
+/// open is an error.
+fn daemon_if_running(ctx: &Context) -> Result<Option<gvm_client::Client>> {
+    match gvm_client::Client::connect_host(&ctx.host) {
+        Ok(mut c) => {
+            managed::refuse_catalog_flag(ctx, &mut c)?;
+            Ok(Some(c))
+        }
+        Err(gvm_client::Error::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `list`: the daemon's view of the live vGPUs (effective knobs, freeze, start mode,
+/// domain) when it runs, else what the kernel and GVM report directly, said so on stderr.
+fn list(ctx: &Context, out: &mut dyn Write) -> Result<()> {
+    match daemon_if_running(ctx)? {
+        Some(mut c) => {
+            let running: Vec<gvm_proto::VgpuInfo> = c
+                .list(false)?
+                .into_iter()
+                .filter(|v| v.state == gvm_proto::VgpuState::Running)
+                .collect();
+            devices::write_list(ctx, &running, true, out)
+        }
+        None => {
+            ctx.require_sysfs()?;
+            eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
+            devices::list(ctx, out)
+        }
+    }
+}
+
 /// `show`: the daemon's view (effective values and their sources) when it runs, else what
 /// the kernel and GVM report directly, said so on stderr. Only a daemon that is not
 /// running is a reason to fall back: a socket this user may not open is an error.
@@ -217,24 +253,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
 fn show(ctx: &Context, target: &str, connect: Option<&str>, out: &mut dyn Write) -> Result<()> {
     let is_uuid = uuid::Uuid::parse_str(target).is_ok();
     // With a daemon, --catalog is refused; without one, the direct view below uses it.
-    match gvm_client::Client::connect_host(&ctx.host) {
-        Ok(mut c) => {
-            managed::refuse_catalog_flag(ctx, &mut c)?;
-            match c.show(target) {
-                Ok(detail) => managed::show(ctx, &detail, out),
-                Err(e) if !is_uuid && e.code() == Some(gvm_proto::ErrorCode::NotFound) => {
-                    show_domain(ctx, Some(&mut c), target, connect, out)
-                }
-                Err(e) => Err(e.into()),
+    match daemon_if_running(ctx)? {
+        Some(mut c) => match c.show(target) {
+            Ok(detail) => managed::show(ctx, &detail, out),
+            Err(e) if !is_uuid && e.code() == Some(gvm_proto::ErrorCode::NotFound) => {
+                show_domain(ctx, Some(&mut c), target, connect, out)
             }
-        }
-        Err(e) if !matches!(e, gvm_client::Error::NotRunning { .. }) => Err(e.into()),
-        Err(_) if !is_uuid => {
+            Err(e) => Err(e.into()),
+        },
+        None if !is_uuid => {
             ctx.require_sysfs()?;
             eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
             show_domain(ctx, None, target, connect, out)
         }
-        Err(_) => {
+        None => {
             let uuid = uuid::Uuid::parse_str(target)?;
             ctx.require_sysfs()?;
             eprintln!("gvm-vgpu: gvm-vgpud is not running: showing kernel and GVM state only");
@@ -288,9 +320,4 @@ pub(crate) fn gpu_label(
     }
 }
 
-/// Write `value` as pretty JSON followed by a newline.
-fn write_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
+use shapes::write_json;

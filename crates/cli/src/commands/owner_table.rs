@@ -247,6 +247,7 @@ mod tests {
             priority: 2,
             frozen: false,
             kernels_submitted: 7,
+            kernels_ended: 6,
             kernels_pending: 1,
         };
         let owner = OwnerInfo {

@@ -41,7 +41,11 @@ pub fn xml(
         text.push_str(&domain_xml::agent_channel_xml(&socket)?);
     }
     if ctx.json {
-        return write_json(out, &serde_json::json!({ "uuid": uuid, "xml": text }));
+        return write_json(
+            out,
+            "hostdev",
+            &serde_json::json!({ "uuid": uuid, "xml": text }),
+        );
     }
     write!(out, "{text}")?;
     Ok(())
@@ -129,7 +133,7 @@ pub fn qemu_args(
         args.extend(qmp_args(&dir.join(format!("{uuid}.sock")))?);
     }
     if ctx.json {
-        return write_json(out, &QemuArgs { uuid: *uuid, args });
+        return write_json(out, "qemu_args", &QemuArgs { uuid: *uuid, args });
     }
     let line: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
     writeln!(out, "{}", line.join(" "))?;

@@ -8,12 +8,14 @@
 //! them: by position in PCI order (`--gpu 1`) or by PCI address (`--gpu 0000:3c:00.0`);
 //! GVM's own index (`0`, `8`, ...) appears only in `--json` (`gvm_index`).
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use gvm_catalog::ByteSize;
-use gvm_proto::{GpuSched, PolicyParams, SchedStatus};
+use gvm_proto::{GpuSched, PolicyParams, SchedStatus, VgpuState};
+use uuid::Uuid;
 
 use super::{gpu_label, managed, write_json};
 use crate::context::Context;
@@ -48,7 +50,7 @@ pub fn parse_duration_us(text: &str) -> Result<u64> {
 pub fn show(ctx: &Context, out: &mut dyn Write) -> Result<()> {
     let status = managed::client(ctx)?.policy()?;
     if ctx.json {
-        return write_json(out, &status);
+        return write_json(out, "policy", &status);
     }
     write_status(&status, out)
 }
@@ -72,7 +74,7 @@ pub fn set(
     };
     let status = managed::client(ctx)?.set_policy_with(params)?;
     if ctx.json {
-        return write_json(out, &status);
+        return write_json(out, "policy", &status);
     }
     match gpu {
         Some(g) if !g.trim().eq_ignore_ascii_case("all") => writeln!(
@@ -111,9 +113,13 @@ fn named_gpu(status: &SchedStatus, arg: &str) -> String {
 pub fn top(ctx: &Context, once: bool, out: &mut dyn Write) -> Result<()> {
     let mut client = managed::client(ctx)?;
     loop {
-        let status = client.policy()?;
+        let status = if once {
+            first_figures(&mut client)?
+        } else {
+            client.policy()?
+        };
         if ctx.json {
-            write_json(out, &top_rows(&status))?;
+            write_json(out, "top", &top_rows(&status))?;
         } else {
             if !once {
                 // Clear the screen and home the cursor, then redraw.
@@ -127,6 +133,54 @@ pub fn top(ctx: &Context, once: bool, out: &mut dyn Write) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// How often `top --once` asks again while the daemon has no figures yet.
+const FIRST_FIGURES_POLL: Duration = Duration::from_millis(100);
+
+/// How long past one averaging window `top --once` waits for the first figures.
+const FIRST_FIGURES_SLACK: Duration = Duration::from_secs(1);
+
+/// The scheduler's status once it has figures for every running managed vGPU with owners.
+///
+/// gvm-vgpud samples best-effort GPUs only while someone looks (`WATCH_FOR` after each
+/// `policy show` or `top`), and an achieved share needs one averaging window of samples:
+/// the first look after the daemon started (or after a pause) finds no rows at all. So
+/// this asks once (which starts the sampling), then again every [`FIRST_FIGURES_POLL`]
+/// until each such vGPU has its achieved share, for at most the longest window plus
+/// [`FIRST_FIGURES_SLACK`]; an answer that already has them is returned at once.
+fn first_figures(client: &mut gvm_client::Client) -> Result<SchedStatus> {
+    let mut status = client.policy()?;
+    let busy: BTreeSet<Uuid> = client
+        .list(false)?
+        .into_iter()
+        .filter(|v| v.state == VgpuState::Running && v.managed && !v.owners.is_empty())
+        .map(|v| v.uuid)
+        .collect();
+    let window_ms = status
+        .gpus
+        .iter()
+        .map(|g| g.config.window_ms)
+        .chain([status.default.window_ms])
+        .max()
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_millis(window_ms) + FIRST_FIGURES_SLACK;
+    while !has_figures(&status, &busy) && Instant::now() < deadline {
+        std::thread::sleep(FIRST_FIGURES_POLL);
+        status = client.policy()?;
+    }
+    Ok(status)
+}
+
+/// Whether `status` gives an achieved share for each vGPU of `vgpus` (on some GPU).
+fn has_figures(status: &SchedStatus, vgpus: &BTreeSet<Uuid>) -> bool {
+    vgpus.iter().all(|u| {
+        status
+            .gpus
+            .iter()
+            .flat_map(|g| &g.vgpus)
+            .any(|v| v.uuid == *u && v.achieved.is_some())
+    })
 }
 
 fn pct(v: f64) -> String {
@@ -339,6 +393,21 @@ mod tests {
             assert_eq!(named_gpu(&status(), arg), "1 [0000:02:00.0]", "{arg}");
         }
         assert_eq!(named_gpu(&status(), "5"), "5");
+    }
+
+    #[test]
+    fn figures_are_there_once_every_busy_vgpu_has_an_achieved_share() {
+        let known = uuid::Uuid::from_u128(1);
+        let other = uuid::Uuid::from_u128(2);
+        let busy = |u: &[uuid::Uuid]| u.iter().copied().collect::<BTreeSet<_>>();
+        assert!(has_figures(&status(), &busy(&[known])));
+        assert!(has_figures(&status(), &busy(&[])));
+        assert!(!has_figures(&status(), &busy(&[known, other])));
+        let mut fresh = status();
+        fresh.gpus[0].vgpus[0].achieved = None;
+        assert!(!has_figures(&fresh, &busy(&[known])), "no window yet");
+        fresh.gpus.clear();
+        assert!(!has_figures(&fresh, &busy(&[known])), "not sampled yet");
     }
 
     #[test]

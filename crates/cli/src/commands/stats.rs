@@ -25,7 +25,7 @@ use crate::text::guest_text;
 pub fn stats(ctx: &Context, target: Option<&str>, out: &mut dyn Write) -> Result<()> {
     let infos = managed::client(ctx)?.guest_stats(target)?;
     if ctx.json {
-        return write_json(out, &infos);
+        return write_json(out, "channels", &infos);
     }
     write_text(&infos, out)
 }
