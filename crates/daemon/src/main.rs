@@ -55,7 +55,16 @@ fn main() -> anyhow::Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
-    tracing::info!(file = %config_file.path().display(), "settings read");
+    tracing::info!(
+        file = %config_file.path().display(),
+        found = config_file.path().is_file(),
+        guest_ack_ms = args.guest_ack_ms,
+        rescan_ms = args.rescan_ms,
+        slow_rescan_ms = args.slow_rescan_ms,
+        verify_s = args.verify_s,
+        log_level = %args.log_level,
+        "settings in effect"
+    );
 
     let host = HostRoot::new(&args.root);
     let group = args.group.as_deref().map(group_id).transpose()?;
