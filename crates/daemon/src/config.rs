@@ -119,10 +119,6 @@ struct FileSettings {
     api_idle_s: Option<u64>,
     api_max_connections: Option<u64>,
     log_level: Option<String>,
-    // Accepted by the parser only to be refused with their own message.
-    root: Option<toml::Value>,
-    state_root: Option<toml::Value>,
-    config: Option<toml::Value>,
 }
 
 impl FileSettings {
@@ -198,22 +194,21 @@ fn clap_reason(e: &clap::Error) -> String {
 /// built-in defaults. Pure but for the environment variables of [`Args`]' flags, which the
 /// caller gives precedence anyway ([`merged`]).
 pub fn parse(path: &Path, text: &str) -> Result<Args, ConfigError> {
-    let file: FileSettings = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+    let syntax = |e: toml::de::Error| ConfigError::Syntax {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
-    })?;
-    for (key, given) in [
-        ("root", &file.root),
-        ("state-root", &file.state_root),
-        ("config", &file.config),
-    ] {
-        if given.is_some() {
+    };
+    let table: toml::Table = toml::from_str(text).map_err(syntax)?;
+    for key in ["root", "state-root", "config"] {
+        if table.contains_key(key) {
             return Err(ConfigError::CommandLineOnly {
                 path: path.to_path_buf(),
                 key,
             });
         }
     }
+    // From the text again, not the table: serde's messages then carry the line and column.
+    let file: FileSettings = toml::from_str(text).map_err(syntax)?;
     let flags = file.as_flags();
     // Each key alone first, so that a bad value is reported under its own key.
     for (key, args) in &flags {
