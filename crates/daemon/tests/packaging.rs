@@ -219,7 +219,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     }
     let shipped = shipped_unit();
     assert!(shipped.contains("ExecStart=/usr/bin/gvm-vgpud "));
-    // `systemctl reload gvm-vgpud` reads the catalog again (docs/daemon.md, "Catalog reload").
+    // `systemctl reload gvm-vgpud` reads the config file and the catalog again (docs/daemon.md,
+    // "Config file" and "Catalog reload").
     assert!(shipped.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
     let here = shipped.replace("/usr/bin/gvm-vgpud", env!("CARGO_BIN_EXE_gvm-vgpud"));
     let dir = tempfile::tempdir().unwrap();
