@@ -476,14 +476,8 @@ impl Reloader {
         }
     }
 
-    /// The settings in effect.
-    pub fn current(&self) -> &Args {
-        &self.current
-    }
-
     /// Read the file again and apply it: everything it changes that can change live, or,
-    /// when the file or one of those values is bad, nothing. Returns the catalog directories
-    /// to read next.
+    /// when the file or one of those values is bad, nothing (the error says why).
     fn reload_file(&mut self, daemon: &Mutex<Daemon>) -> Result<(), anyhow::Error> {
         let file = self.file.read()?;
         let wanted = merged(&self.cmdline, &self.explicit, &file);
