@@ -21,9 +21,14 @@ use crate::backends::BackendKind;
 /// appears, schedules GPU time between vGPUs, follows libvirt's domain lifecycle, reads what
 /// guest agents report, and serves the API socket that gvm-vgpu uses.
 ///
+/// Every option below can also be set in /etc/gvm-vgpu/gvm-vgpud.toml (under the state root;
+/// --config names another file), by its long name: `guest-ack-ms = 250`; the command line and
+/// the options' environment variables override the file.
+///
 /// Under systemd (Type=notify) it reports READY=1 once the API socket answers. SIGHUP
-/// (systemctl reload gvm-vgpud) reads the vGPU type catalog again; SIGTERM stops it.
-#[derive(Debug, Parser)]
+/// (systemctl reload gvm-vgpud) reads the config file and the vGPU type catalog again;
+/// SIGTERM stops it.
+#[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "gvm-vgpud", version)]
 pub struct Args {
     /// Host root (the simulated host's directory; `/` on a real host).
@@ -36,6 +41,11 @@ pub struct Args {
     /// /etc is read-only.
     #[arg(long, env = "GVM_VGPUD_STATE_ROOT")]
     pub state_root: Option<PathBuf>,
+    /// Config file (default: /etc/gvm-vgpu/gvm-vgpud.toml under the state root, where a
+    /// missing file means the defaults; a file named here must exist). Its keys are these
+    /// options' long names; SIGHUP reads it again and applies what can change while running.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Group (name or gid) whose members may read and retune through the socket.
     #[arg(long)]
     pub group: Option<String>,
@@ -110,6 +120,23 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_API_MAX_CONNECTIONS,
           value_parser = api_max_connections)]
     pub api_max_connections: usize,
+    /// What the log (stderr, the journal under systemd) shows: a level (error, warn, info,
+    /// debug, trace) or tracing directives such as `info,gvm_vgpud=debug`. SIGHUP applies a
+    /// new value from the config file.
+    #[arg(long, value_name = "FILTER", env = "RUST_LOG", default_value = "info",
+          value_parser = log_filter)]
+    pub log_level: String,
+}
+
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| {
+            format!(
+                "{e}: give a level (error, warn, info, debug, trace) or directives such as \
+                 info,gvm_vgpud=debug"
+            )
+        })
 }
 
 fn api_max_connections(s: &str) -> Result<usize, String> {

@@ -284,6 +284,14 @@ impl Daemon {
         }
     }
 
+    /// Rescan with `timing` from now on (a config reload); a sweep under way goes on at the
+    /// new pace.
+    pub fn set_timing(&mut self, timing: Timing) {
+        self.timing = timing;
+        self.gpu_sweep.set_period(timing.slow_rescan);
+        self.verify_sweep.set_period(timing.verify);
+    }
+
     /// Give guests `d` to acknowledge a new state before the fallback acts.
     pub fn set_guest_ack_deadline(&mut self, d: std::time::Duration) {
         self.fallback.set_deadline(d);

@@ -22,6 +22,11 @@
 //! that libvirt reports paused is bound to it* ([`Domains::pause_wanted`]). [`crate::daemon::Daemon::sync_pauses`]
 //! enforces it after each event and once a second (a vGPU adopted after its domain paused).
 //!
+//! On a real host the daemon follows `qemu:///system` unless told otherwise ([`choose_uri`]),
+//! whether libvirtd runs at the start or not: the watch retries with a growing pause, the log
+//! says once that it waits and once that it connected, and the same holds after libvirtd
+//! restarts.
+//!
 //! For troubleshooting, the current picture is written as JSON to
 //! `/run/gvm-vgpu/libvirt.json` under the state root after every change.
 
@@ -109,6 +114,9 @@ pub struct Domains {
     /// A `Connected` snapshot has been applied: the map can be trusted for resyncs.
     synced: bool,
     last_disconnect: Option<String>,
+    /// The current wait for libvirtd (or the loss of it) has been logged: one line per
+    /// outage, not one per retry.
+    waiting_logged: bool,
     events: u64,
     active: BTreeMap<String, ActiveDomain>,
 }
@@ -246,17 +254,16 @@ impl Domains {
     }
 }
 
-/// libvirtd's (or virtqemud's) socket paths; one existing means libvirt runs on the host.
-pub const LIBVIRT_SOCKETS: [&str; 2] = ["/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock"];
-
 /// Which libvirt URI the daemon follows: `--libvirt URI` when given; none with
-/// `--no-libvirt`; otherwise, on a real host (root `/`) whose libvirt socket exists,
-/// [`gvm_libvirt::uri::DEFAULT_URI`]; on a test root only when asked.
+/// `--no-libvirt`; otherwise, on a real host (root `/`) and in a build that can follow libvirt
+/// (`can_follow`), [`gvm_libvirt::uri::DEFAULT_URI`], whether libvirtd runs yet or not: the
+/// watch waits for it and follows it from whenever it answers ([`crate::libvirt_watch`]). On
+/// a test root only when asked.
 pub fn choose_uri(
     flag: Option<&str>,
     disabled: bool,
     real_host: bool,
-    socket_exists: bool,
+    can_follow: bool,
 ) -> Option<String> {
     if disabled {
         return None;
@@ -264,17 +271,21 @@ pub fn choose_uri(
     if let Some(uri) = flag.filter(|u| !u.is_empty()) {
         return Some(uri.to_string());
     }
-    (real_host && socket_exists).then(|| gvm_libvirt::uri::DEFAULT_URI.to_string())
+    (real_host && can_follow).then(|| gvm_libvirt::uri::DEFAULT_URI.to_string())
 }
 
-/// [`choose_uri`] for `host`, looking for libvirt's socket through the root.
+/// [`choose_uri`] for `host` and this build.
 pub fn uri_for_host(
     host: &gvm_host_root::HostRoot,
     flag: Option<&str>,
     disabled: bool,
 ) -> Option<String> {
-    let socket = LIBVIRT_SOCKETS.iter().any(|s| host.path(s).exists());
-    choose_uri(flag, disabled, host.is_real_host(), socket)
+    choose_uri(
+        flag,
+        disabled,
+        host.is_real_host(),
+        cfg!(feature = "libvirt"),
+    )
 }
 
 /// The JSON written to [`STATUS_FILE`].
@@ -311,13 +322,25 @@ impl Domains {
         let t = self.apply(event);
         match &t {
             Transition::Connected { active, paused } => {
+                self.waiting_logged = false;
                 info!(
+                    uri = self.uri.as_deref().unwrap_or_default(),
                     active,
-                    paused, "libvirt connected: resyncing pause freezes from its domains"
+                    paused,
+                    "libvirt connected: following its domains, resyncing pause freezes"
                 )
             }
             Transition::Disconnected { reason } => {
-                warn!(%reason, "libvirt connection lost: retrying; pause freezes stay until resync")
+                let uri = self.uri.as_deref().unwrap_or_default();
+                if self.waiting_logged {
+                    // Still down, for another reason (not running, then starting up).
+                    debug!(uri, %reason, "libvirt still not answering")
+                } else if !self.synced {
+                    info!(uri, %reason, "waiting for libvirtd: its domains are followed once it answers")
+                } else {
+                    warn!(uri, %reason, "libvirt connection lost: retrying; pause freezes stay until resync")
+                }
+                self.waiting_logged = true;
             }
             Transition::Running { domain, vgpus } => {
                 info!(%domain, ?vgpus, "libvirt domain running")

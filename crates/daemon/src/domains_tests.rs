@@ -152,10 +152,11 @@ fn pause_changes_wait_for_the_first_snapshot_and_repair_missed_events() {
 #[test]
 fn the_uri_is_the_flag_or_the_system_daemon_on_a_real_host_only() {
     assert_eq!(
-        choose_uri(Some("qemu:///session"), false, false, false).as_deref(),
+        choose_uri(Some("qemu:///session"), false, false, true).as_deref(),
         Some("qemu:///session")
     );
     assert_eq!(choose_uri(Some("qemu:///session"), true, true, true), None);
+    // On a real host the system daemon is followed whether it runs yet or not.
     assert_eq!(
         choose_uri(None, false, true, true).as_deref(),
         Some("qemu:///system")
@@ -163,7 +164,7 @@ fn the_uri_is_the_flag_or_the_system_daemon_on_a_real_host_only() {
     assert_eq!(
         choose_uri(None, false, true, false),
         None,
-        "no libvirtd socket"
+        "a build without libvirt follows it only when told"
     );
     assert_eq!(
         choose_uri(None, false, false, true),
@@ -172,9 +173,31 @@ fn the_uri_is_the_flag_or_the_system_daemon_on_a_real_host_only() {
     );
     let Ok(dir) = tempfile::tempdir() else { return };
     let host = HostRoot::new(dir.path());
-    assert!(std::fs::create_dir_all(host.path("/run/libvirt")).is_ok());
-    assert!(std::fs::write(host.path(LIBVIRT_SOCKETS[0]), "").is_ok());
     assert_eq!(uri_for_host(&host, None, false), None, "not a real host");
+}
+
+#[test]
+fn a_wait_for_libvirtd_and_a_lost_connection_are_logged_once_each() {
+    let mut d = Domains::default();
+    d.follow("qemu:///system", None);
+    let down = |reason: &str| WatchEvent::Disconnected {
+        reason: reason.into(),
+    };
+    let mut observed = Observed::default();
+    let mut resolver = Resolver::new(HostRoot::new("/nonexistent"));
+    d.on_event(&down("no socket"), &mut observed, &mut resolver);
+    assert!(d.waiting_logged && !d.synced);
+    d.on_event(&down("connection refused"), &mut observed, &mut resolver);
+    assert!(d.waiting_logged, "a second reason is no new wait");
+    d.on_event(
+        &WatchEvent::Connected { domains: vec![] },
+        &mut observed,
+        &mut resolver,
+    );
+    assert!(!d.waiting_logged && d.connected());
+    // A loss after a connection is a new outage, logged again.
+    d.on_event(&down("end of file"), &mut observed, &mut resolver);
+    assert!(d.waiting_logged && !d.connected());
 }
 
 // ---- The daemon core over in-memory ports ----

@@ -15,6 +15,8 @@
 //!
 //! Modules:
 //! - [`cli`]: the daemon's command line (for `main` and the man page generator);
+//! - [`config`]: the config file `/etc/gvm-vgpu/gvm-vgpud.toml`, the command line over it,
+//!   and what a `SIGHUP` may change while the daemon runs;
 //! - [`daemon`]: the transport-free core: state, rescans, the executor;
 //!   [`daemon::Daemon::handle`] answers a [`gvm_proto::Call`], [`daemon::Daemon::tick`]
 //!   rescans and reconciles;
@@ -59,6 +61,7 @@ pub mod backends;
 pub mod batches;
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod domains;
 pub mod fallback;

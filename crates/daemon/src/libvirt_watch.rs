@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use tracing::warn;
 #[cfg(feature = "libvirt")]
-use tracing::{debug, info};
+use tracing::debug;
+use tracing::warn;
 
 /// The running libvirt event watch (nothing in builds without the `libvirt` feature).
 #[cfg(feature = "libvirt")]
@@ -54,7 +54,8 @@ fn locked<T>(shared: &Mutex<Daemon>, f: impl FnOnce(&mut Daemon) -> T) -> T {
 }
 
 /// Start following libvirt for the daemon in `shared`, when [`Daemon::use_libvirt`] named a
-/// URI. Without one, leftover pause freezes of an earlier run are cleared and `None` is
+/// URI: from whenever libvirtd answers (a daemon started before libvirtd waits for it, and
+/// one whose libvirtd restarts reconnects). Without one, leftover pause freezes of an earlier run are cleared and `None` is
 /// returned. A watch that cannot start is logged (names then resolve through libvirt's run
 /// directory only) and gives `None`.
 pub fn spawn_watch(shared: &Arc<Mutex<Daemon>>) -> Option<LibvirtWatch> {
@@ -99,7 +100,9 @@ fn start_watch(shared: &Arc<Mutex<Daemon>>, uri: &str) -> Option<LibvirtWatch> {
             return None;
         }
     };
-    info!(%uri, "following libvirt domain lifecycle events");
+    // The watch connects on its own thread and keeps trying (with a growing pause) while
+    // libvirtd is not there: the domains' log says when it waits and when it connected.
+    debug!(%uri, "libvirt watch started");
     let stop = Arc::new(AtomicBool::new(false));
     let (d, flag) = (shared.clone(), stop.clone());
     let ticker = std::thread::Builder::new()

@@ -4,36 +4,20 @@
 //! the API socket the `gvm-vgpu` CLI uses, and optionally Prometheus metrics.
 //! See `docs/daemon.md`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use gvm_host_root::HostRoot;
 use gvm_vgpud::backends;
-use gvm_vgpud::catalog::{files_of, CatalogSource, CatalogState};
+use gvm_vgpud::catalog::{files_of, CatalogState};
 use gvm_vgpud::cli::Args;
-use gvm_vgpud::daemon::{Daemon, Timing};
+use gvm_vgpud::config::{self, ConfigFile, Reloader};
+use gvm_vgpud::daemon::Daemon;
 use gvm_vgpud::ports::{CatalogTypes, SysfsMdev};
-use gvm_vgpud::server::{serve, ApiLimits, ServeOptions};
-
-fn user_id(host: &HostRoot, spec: &str) -> anyhow::Result<u32> {
-    if let Ok(uid) = spec.parse() {
-        return Ok(uid);
-    }
-    let path = host.path("/etc/passwd");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {} to look up --owner-uid {spec}",
-            path.display()
-        )
-    })?;
-    gvm_vgpud::owners::id_in_db(&text, spec).with_context(|| {
-        format!(
-            "--owner-uid {spec}: no such user in {}: give a uid or a user name",
-            path.display()
-        )
-    })
-}
+use gvm_vgpud::server::{serve, ApiLimits, RescanPeriod, ServeOptions};
+use tracing_subscriber::prelude::*;
 
 fn group_id(spec: &str) -> anyhow::Result<u32> {
     if let Ok(gid) = spec.parse() {
@@ -50,26 +34,45 @@ fn main() -> anyhow::Result<()> {
     // being read for the first time.
     // SAFETY: setting a signal's disposition to SIG_IGN before any thread is started.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    let matches = Args::command().get_matches();
+    let cmdline = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let explicit = config::explicit_ids(&matches);
+    // The config file lives with the daemon's state; the command line overrides it.
+    let state = HostRoot::new(cmdline.state_root.as_deref().unwrap_or(&cmdline.root));
+    let config_file = ConfigFile::new(cmdline.config.as_deref(), &state);
+    let from_file = config_file.read()?;
+    let args = config::merged(&cmdline, &explicit, &from_file);
+
+    let (filter, log_filter) = tracing_subscriber::reload::Layer::new(
+        tracing_subscriber::EnvFilter::try_new(&args.log_level)
+            .with_context(|| format!("log-level {}", args.log_level))?,
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tracing::info!(
+        file = %config_file.path().display(),
+        found = config_file.path().is_file(),
+        guest_ack_ms = args.guest_ack_ms,
+        rescan_ms = args.rescan_ms,
+        slow_rescan_ms = args.slow_rescan_ms,
+        verify_s = args.verify_s,
+        log_level = %args.log_level,
+        "settings in effect"
+    );
 
     let host = HostRoot::new(&args.root);
     let group = args.group.as_deref().map(group_id).transpose()?;
-    let mut dirs = args.catalogs.clone();
-    dirs.extend(gvm_catalog::Catalog::default_dirs(&host));
-    let source = CatalogSource::new(dirs);
+    let source = config::catalog_source(&args, &host);
     let catalog = source
         .load()
         .context("fix the catalog file named here, then start gvm-vgpud again")?;
     let catalog_state = CatalogState::loaded(&source, files_of(&catalog), SystemTime::now());
-    let state = HostRoot::new(args.state_root.as_deref().unwrap_or(&args.root));
     let backends = backends::build(args.backend, &host);
     let shim_registry = backends.shim_registry.clone();
     let mut daemon = Daemon::new(
@@ -78,43 +81,44 @@ fn main() -> anyhow::Result<()> {
         Box::new(SysfsMdev::new(host.clone())),
         backends,
         Box::new(CatalogTypes::new(catalog)),
-        Timing {
-            slow_rescan: Duration::from_millis(args.slow_rescan_ms.max(10)),
-            verify: Duration::from_secs(args.verify_s.max(1)),
-        },
+        config::timing(&args),
     )
     .context("cannot open the daemon's state under /etc/gvm-vgpu and /run/gvm-vgpu")?;
     daemon.set_catalog_state(catalog_state);
     if !args.owner_uids.is_empty() {
-        let uids = args
-            .owner_uids
-            .iter()
-            .map(|u| user_id(&host, u))
-            .collect::<anyhow::Result<Vec<u32>>>()?;
-        daemon.set_claim_policy(
-            gvm_vgpud::owners::ClaimPolicy::default_for(&host, gvm_vgpud::owners::own_uid())
-                .with(uids),
-        );
+        daemon.set_claim_policy(config::claim_policy(&host, &args.owner_uids)?);
     }
-    daemon.set_guest_ack_deadline(std::time::Duration::from_millis(args.guest_ack_ms));
+    daemon.set_guest_ack_deadline(Duration::from_millis(args.guest_ack_ms));
     if let Some(uri) =
         gvm_vgpud::domains::uri_for_host(&host, args.libvirt.as_deref(), args.no_libvirt)
     {
         daemon.use_libvirt(&uri, Some(state.path(gvm_vgpud::domains::STATUS_FILE)));
     }
+    let rescan = RescanPeriod::new(config::rescan_period(&args));
+    let reloader = Reloader::new(
+        config_file,
+        host.clone(),
+        cmdline,
+        explicit,
+        args.clone(),
+        rescan.clone(),
+        Some(log_filter),
+    );
     let opts = ServeOptions {
         socket: args
             .socket
+            .clone()
             .unwrap_or_else(|| state.path(gvm_proto::DEFAULT_SOCKET)),
         group,
         metrics: args.metrics,
-        rescan: Duration::from_millis(args.rescan_ms.max(10)),
+        rescan,
         uevents: !args.no_uevents,
         api: ApiLimits {
             max_connections: args.api_max_connections,
             idle: Duration::from_secs(args.api_idle_s),
         },
         catalog: Some(source),
+        settings: Some(Arc::new(Mutex::new(reloader))),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -144,14 +144,49 @@ pub struct ServeOptions {
     pub group: Option<u32>,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
-    /// Fast rescan period.
-    pub rescan: Duration,
+    /// Fast rescan period (a config reload may change it).
+    pub rescan: RescanPeriod,
     /// Listen to kernel uevents (real hosts only).
     pub uevents: bool,
     /// The API socket's connection limits.
     pub api: ApiLimits,
     /// Where the catalog is read again on `SIGHUP` (`None`: `SIGHUP` is logged and ignored).
     pub catalog: Option<crate::catalog::CatalogSource>,
+    /// What `SIGHUP` reads again before the catalog: the daemon's settings (config file).
+    pub settings: Option<Arc<Mutex<dyn ReloadSettings>>>,
+}
+
+/// The daemon's settings, read again on `SIGHUP` before the catalog (the config file:
+/// `crate::config`, which implements it; this module does not depend on it).
+pub trait ReloadSettings: Send + std::fmt::Debug {
+    /// Read the settings again and apply what a running daemon can change (a bad file
+    /// changes nothing, and says why in the log). Returns where the catalog is read from
+    /// now.
+    fn reload(&mut self, daemon: &Mutex<Daemon>) -> crate::catalog::CatalogSource;
+}
+
+/// The fast rescan period, shared with the rescan loop so that a reload can change it.
+#[derive(Debug, Clone)]
+pub struct RescanPeriod(Arc<std::sync::atomic::AtomicU64>);
+
+impl RescanPeriod {
+    /// A period of `d` (in whole milliseconds).
+    pub fn new(d: Duration) -> RescanPeriod {
+        RescanPeriod(Arc::new(std::sync::atomic::AtomicU64::new(
+            d.as_millis() as u64
+        )))
+    }
+
+    /// The period now.
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// From the next rescan on, wait `d`.
+    pub fn set(&self, d: Duration) {
+        self.0
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 type Shared = Arc<Mutex<Daemon>>;
@@ -243,11 +278,21 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
         info!(addr = %l.local_addr().unwrap_or(addr), "metrics listening");
         tokio::spawn(metrics_loop(l, shared.clone(), log.clone()));
     }
-    tokio::spawn(rescan_loop(shared.clone(), wake, opts.rescan, log.clone()));
+    tokio::spawn(rescan_loop(
+        shared.clone(),
+        wake,
+        opts.rescan.clone(),
+        log.clone(),
+    ));
     // Domain lifecycle events (paused domains frozen); stops when `serve` returns.
     let _libvirt = crate::libvirt_watch::spawn_watch(&shared);
     tokio::spawn(scheduler_loop(shared.clone()));
-    tokio::spawn(reload_loop(shared.clone(), hangup, opts.catalog.clone()));
+    tokio::spawn(reload_loop(
+        shared.clone(),
+        hangup,
+        opts.catalog.clone(),
+        opts.settings.clone(),
+    ));
 
     let own_uid = current_uid();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -295,20 +340,34 @@ pub async fn serve(daemon: Daemon, opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read the catalog again on every SIGHUP, one reload at a time (signals that come during
-/// one make one more). The files are read and checked outside the daemon's lock; only the
-/// swap takes it, so requests see the old catalog or the new one.
+/// Read the settings, then the catalog again on every SIGHUP, one reload at a time (signals
+/// that come during one make one more). The files are read and checked outside the daemon's
+/// lock; only the swap takes it, so requests see the old catalog or the new one.
 async fn reload_loop(
     shared: Shared,
     mut hangup: tokio::signal::unix::Signal,
-    source: Option<crate::catalog::CatalogSource>,
+    mut source: Option<crate::catalog::CatalogSource>,
+    settings: Option<Arc<Mutex<dyn ReloadSettings>>>,
 ) {
     while hangup.recv().await.is_some() {
+        notify_systemd(&crate::notify::reloading_message());
+        if let Some(settings) = settings.clone() {
+            let d = shared.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut s = settings.lock().unwrap_or_else(|p| p.into_inner());
+                s.reload(&d)
+            })
+            .await;
+            match read {
+                Ok(dirs) => source = Some(dirs),
+                Err(_) => warn!("SIGHUP: the config reload panicked; the settings in use stay"),
+            }
+        }
         let Some(source) = source.clone() else {
-            warn!("SIGHUP: this daemon was started without a catalog to read again; ignored");
+            warn!("SIGHUP: this daemon was started without a catalog to read again");
+            notify_systemd(crate::notify::READY);
             continue;
         };
-        notify_systemd(&crate::notify::reloading_message());
         let d = shared.clone();
         let done = tokio::task::spawn_blocking(move || reload_catalog(&d, &source)).await;
         if done.is_err() {
@@ -402,10 +461,10 @@ fn bind_socket(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> 
     Ok(l)
 }
 
-async fn rescan_loop(shared: Shared, wake: Arc<Notify>, period: Duration, log: Log) {
+async fn rescan_loop(shared: Shared, wake: Arc<Notify>, period: RescanPeriod, log: Log) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(period.get()) => {}
             _ = wake.notified() => { debug!("uevent: rescanning now"); }
         }
         let d = shared.clone();

@@ -35,6 +35,12 @@ impl<K: Ord + Copy> Sweep<K> {
         }
     }
 
+    /// Visit every key once per `period` (at least 1 ms) from now on, resuming where the
+    /// round is.
+    pub fn set_period(&mut self, period: Duration) {
+        self.period = period.max(Duration::from_millis(1));
+    }
+
     /// The keys of `keys` to visit now. The first call only starts the clock (the
     /// caller does a full pass at start); afterwards each call returns the share of
     /// `keys` earned by the time elapsed since the previous call, never more than all.

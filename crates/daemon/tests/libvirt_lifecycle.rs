@@ -6,8 +6,11 @@
 //! vGPU; destroying the domain drops the binding. Also checks that the domain's real QEMU pid
 //! resolves as the vGPU's owner through libvirt's run directory.
 //!
+//! A daemon started while libvirtd is down waits for it (logging that once) and follows the
+//! domains once libvirtd answers.
+//!
 //! Needs root, /dev/fuse, libvirtd, virsh and qemu-system-x86_64; skips (printing why) without.
-//! In its own test binary because it kills libvirtd.
+//! In its own test binary because it kills libvirtd (and its tests take turns).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +19,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::libvirtd::{require_libvirtd, restart_libvirtd, virsh_ok, TestDomain, URI};
+use common::libvirtd::{
+    one_at_a_time, require_libvirtd, restart_libvirtd, start_libvirtd, stop_libvirtd, virsh_ok,
+    TestDomain, URI,
+};
 use common::{skip_reason, wait_until, Sim};
 use gvm_client::gvm_proto::{CreateParams, ErrorCode, OwnerRule};
 use gvm_host_root::HostRoot;
@@ -56,6 +62,7 @@ fn status_says_paused(root: &Path, domain: &str, paused: bool) -> bool {
 
 #[test]
 fn suspend_and_resume_through_libvirt_freeze_and_thaw_the_bound_vgpu() {
+    let _one = one_at_a_time();
     if let Some(why) = skip_reason().or_else(require_libvirtd) {
         println!("SKIP: {why}");
         return;
@@ -180,5 +187,58 @@ fn suspend_and_resume_through_libvirt_freeze_and_thaw_the_bound_vgpu() {
         .is_ok_and(|v| v.info.domain.is_none())));
     let err = c.show(&name).err().and_then(|e| e.code());
     assert_eq!(err, Some(ErrorCode::NotFound));
+    drop(dom);
+}
+
+#[test]
+fn a_daemon_started_before_libvirtd_follows_its_domains_once_it_answers() {
+    let _one = one_at_a_time();
+    if let Some(why) = skip_reason().or_else(require_libvirtd) {
+        println!("SKIP: {why}");
+        return;
+    }
+    stop_libvirtd();
+    let sim = Sim::start(1);
+    let d = sim.daemon(&["--libvirt", URI]);
+    let log = || std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || log()
+            .contains("waiting for libvirtd")),
+        "the daemon does not say it waits: {}",
+        log()
+    );
+    // It serves meanwhile.
+    let mut c = d.client();
+    assert!(c.ping().is_ok());
+
+    start_libvirtd().expect("libvirtd starts");
+    assert!(
+        wait_until(Duration::from_secs(20), || log()
+            .contains("libvirt connected")),
+        "the daemon did not connect once libvirtd answered: {}",
+        log()
+    );
+    // A domain defined and started now is followed.
+    let name = format!("gvmd-{}-late", std::process::id());
+    let dom = TestDomain::define(&name);
+    virsh_ok(&["start", &name]);
+    assert!(
+        wait_until(Duration::from_secs(10), || status_says_paused(
+            &sim.root, &name, false
+        )),
+        "{name} is not in the daemon's libvirt picture: {}",
+        log()
+    );
+    virsh_ok(&["suspend", &name]);
+    assert!(
+        wait_until(Duration::from_secs(10), || status_says_paused(
+            &sim.root, &name, true
+        )),
+        "the daemon did not see {name} paused"
+    );
+    // Waiting, however many retries it took, and connecting are logged once each.
+    let text = log();
+    assert_eq!(text.matches("waiting for libvirtd").count(), 1, "{text}");
+    assert_eq!(text.matches("libvirt connected").count(), 1, "{text}");
     drop(dom);
 }

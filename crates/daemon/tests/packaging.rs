@@ -219,7 +219,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     }
     let shipped = shipped_unit();
     assert!(shipped.contains("ExecStart=/usr/bin/gvm-vgpud "));
-    // `systemctl reload gvm-vgpud` reads the catalog again (docs/daemon.md, "Catalog reload").
+    // `systemctl reload gvm-vgpud` reads the config file and the catalog again (docs/daemon.md,
+    // "Config file" and "Catalog reload").
     assert!(shipped.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
     let here = shipped.replace("/usr/bin/gvm-vgpud", env!("CARGO_BIN_EXE_gvm-vgpud"));
     let dir = tempfile::tempdir().unwrap();
@@ -230,4 +231,102 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     let broken = here.replace("RestartSec=1", "RestartSecs=1");
     let (_, warnings) = verify(&broken, dir.path());
     assert!(warnings.contains("RestartSecs"), "{warnings}");
+}
+
+/// The `assets` entries of the package metadata in this crate's Cargo.toml: (source, target).
+fn deb_assets() -> Vec<(String, String)> {
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let a = a.as_array().unwrap();
+            (
+                a[0].as_str().unwrap().to_string(),
+                a[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn shipped_config() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/gvm-vgpud.toml"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_package_ships_the_config_file_under_etc_as_a_conffile() {
+    // cargo-deb marks every asset under etc/ as a conffile: an upgrade keeps local edits.
+    let assets = deb_assets();
+    assert!(
+        assets
+            .iter()
+            .any(|(src, dst)| src == "../../packaging/gvm-vgpud.toml"
+                && format!("/{dst}gvm-vgpud.toml") == gvm_vgpud::config::CONFIG_FILE),
+        "no asset installs packaging/gvm-vgpud.toml as {}: {assets:?}",
+        gvm_vgpud::config::CONFIG_FILE
+    );
+}
+
+/// The `key = value` lines of the shipped file that are commented out (`# key = value`).
+fn commented_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (key, value) = l.strip_prefix("# ")?.split_once(" = ")?;
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-')
+                .then(|| (key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_shipped_config_file_is_the_defaults_and_documents_every_option() {
+    let text = shipped_config();
+    let path = Path::new(gvm_vgpud::config::CONFIG_FILE);
+    let defaults = gvm_vgpud::config::parse(path, "").unwrap();
+    assert_eq!(gvm_vgpud::config::parse(path, &text).unwrap(), defaults);
+
+    // Every option but the ones that say where the file is has its commented-out line …
+    let settings = commented_settings(&text);
+    let keys: std::collections::BTreeSet<String> =
+        settings.iter().map(|(k, _)| k.clone()).collect();
+    use clap::CommandFactory;
+    let options: std::collections::BTreeSet<String> = gvm_vgpud::cli::Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| !["root", "state-root", "config"].contains(&l.as_str()))
+        .collect();
+    assert_eq!(
+        keys, options,
+        "the shipped file and gvm-vgpud's options differ"
+    );
+    assert_eq!(keys.len(), settings.len(), "a key is shown twice");
+
+    // … and uncommented, each line is a valid setting.
+    let uncommented: String = settings
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
+    let all = gvm_vgpud::config::parse(path, &uncommented).unwrap();
+    // The check can fail: the example values are read (the group has no default) …
+    assert_eq!(all.group.as_deref(), Some("gvm-vgpu"));
+    // … and every value shown for a key with a default is that default.
+    let mut rest = all.clone();
+    rest.group = None;
+    rest.metrics = None;
+    rest.socket = None;
+    rest.shim_socket = None;
+    rest.libvirt = None;
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The environment's filter is the default here, not the file's `info`.
+        rest.log_level.clone_from(&defaults.log_level);
+    }
+    assert_eq!(rest, defaults);
 }

@@ -20,6 +20,7 @@ fn refs(items: &[&str]) -> Vec<String> {
 pub fn daemon(_page: &str, _path: &[String]) -> Extras {
     Extras {
         files: pairs(&[
+            ("/etc/gvm-vgpu/gvm-vgpud.toml", "Settings: the long options by name (guest-ack-ms = 250); the command line overrides it; read again on SIGHUP (--config names another file)."),
             ("/run/gvm-vgpu/api.sock", "The API socket (mode 0660 with --group, else 0600)."),
             ("/run/gvm-vgpu/shim.sock", "Registration socket of processes under libgvm_cuda.so."),
             ("/run/gvm-vgpu/agent/<uuid>.sock", "Guest-agent channel sockets of vGPU <uuid>."),
@@ -38,16 +39,16 @@ pub fn daemon(_page: &str, _path: &[String]) -> Extras {
             ("GVM_VGPUD_AGENT_LIMITS", "Guest-agent ingest limits, as --agent-limits."),
             (gvm_catalog::CATALOG_ENV, "Extra catalog directories, colon-separated, read first."),
             ("NOTIFY_SOCKET", "Set by systemd: READY=1 is sent there once the API socket answers, RELOADING=1 and READY=1 around a reload."),
-            ("RUST_LOG", "Log filter (default info), e.g. gvm_vgpud=debug."),
+            ("RUST_LOG", "Log filter (default info), e.g. gvm_vgpud=debug, as --log-level (over the config file's log-level)."),
         ]),
         exit_status: pairs(&[
             ("0", "Stopped by SIGTERM or SIGINT."),
-            ("1", "Could not start: a catalog file that does not load, a socket that cannot be bound, state that cannot be read (the message names it)."),
+            ("1", "Could not start: a config file or catalog file that does not load, a socket that cannot be bound, state that cannot be read (the message names it)."),
             ("2", "Usage error."),
         ]),
         examples: pairs(&[
             ("systemctl enable --now gvm-vgpud", "Start the daemon under systemd, now and at boot."),
-            ("systemctl reload gvm-vgpud", "Read the catalog again after editing /etc/gvm-vgpu/mdev-types."),
+            ("systemctl reload gvm-vgpud", "Read the config file and the catalog again after editing /etc/gvm-vgpu/gvm-vgpud.toml or /etc/gvm-vgpu/mdev-types."),
             ("gvm-vgpud --root /tmp/simhost --no-libvirt", "Run on a simulated host started with gvm-vgpu-sim --root /tmp/simhost."),
         ]),
         see_also: refs(&["gvm-vgpu(1)", "gvm-vgpu-hook(8)", "gvm-vgpu-agent(8)", "gvm-vgpu-sim(1)"]),

@@ -7,7 +7,9 @@
 //!
 //! When libvirtd goes away (restart, crash) the connection's close callback or keepalive notices
 //! within about `keepalive_interval × (keepalive_count + 1)` seconds; the watch reports
-//! [`WatchEvent::Disconnected`], retries every [`WatchOptions::retry`], and after reconnecting
+//! [`WatchEvent::Disconnected`], retries after [`WatchOptions::retry`], doubling the pause up
+//! to [`WatchOptions::retry_max`] while libvirtd stays away (a watch started before libvirtd
+//! waits for it the same way), and after reconnecting
 //! reports [`WatchEvent::Connected`] with the full current state of every domain. Events that
 //! happened while disconnected are not replayed by libvirt: a consumer *resyncs* from the
 //! `Connected` snapshot (e.g. freezes the vGPUs of domains now paused, thaws the others).
@@ -37,8 +39,10 @@ pub struct WatchOptions {
     pub keepalive_interval: i32,
     /// Unanswered probes before the connection is declared dead.
     pub keepalive_count: u32,
-    /// Pause between reconnect attempts.
+    /// Pause before the first reconnect attempt; it doubles after each failed one.
     pub retry: Duration,
+    /// The longest pause between reconnect attempts.
+    pub retry_max: Duration,
     /// How often the connection is checked for liveness besides the callbacks.
     pub poll: Duration,
 }
@@ -49,6 +53,7 @@ impl Default for WatchOptions {
             keepalive_interval: 2,
             keepalive_count: 2,
             retry: Duration::from_millis(250),
+            retry_max: Duration::from_secs(5),
             poll: Duration::from_millis(500),
         }
     }
@@ -152,11 +157,13 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     fn run(mut self) {
         // The last failure reported, so that a libvirtd that stays down is reported once.
         let mut reported: Option<String> = None;
+        let mut pause = self.options.retry;
         loop {
             self.generation += 1;
             let end = match self.connect() {
                 Ok((conn, reg)) => {
                     reported = None;
+                    pause = self.options.retry;
                     let end = self.follow(&conn);
                     ffi::deregister(conn.raw(), reg);
                     end
@@ -174,9 +181,10 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     }
                 }
             }
-            if self.wait_for_stop(self.options.retry) {
+            if self.wait_for_stop(pause) {
                 return;
             }
+            pause = next_pause(pause, self.options.retry_max);
         }
     }
 
@@ -291,6 +299,11 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
     }
 }
 
+/// The pause after one more failed reconnect: twice `pause`, at most `max`.
+fn next_pause(pause: Duration, max: Duration) -> Duration {
+    pause.saturating_mul(2).min(max)
+}
+
 /// libvirt's `virConnectCloseReason` in words.
 pub fn close_reason(reason: i32) -> &'static str {
     match reason {
@@ -315,6 +328,19 @@ mod tests {
         assert_eq!(EventKind::from_raw(42), EventKind::Other(42));
         assert!(EventKind::Stopped.ends_domain());
         assert!(!EventKind::Suspended.ends_domain());
+    }
+
+    #[test]
+    fn reconnect_pauses_double_up_to_the_cap() {
+        let o = WatchOptions::default();
+        let mut p = o.retry;
+        let mut seen = vec![p];
+        for _ in 0..6 {
+            p = next_pause(p, o.retry_max);
+            seen.push(p);
+        }
+        let ms: Vec<u128> = seen.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 5000, 5000]);
     }
 
     #[test]

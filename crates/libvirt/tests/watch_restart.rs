@@ -28,6 +28,7 @@ fn watch_reconnects_after_libvirtd_is_killed_and_restarted() {
         keepalive_interval: 1,
         keepalive_count: 2,
         retry: Duration::from_millis(200),
+        retry_max: Duration::from_secs(2),
         poll: Duration::from_millis(200),
     };
     let handle = gvm_libvirt::watch_with(URI, options, move |ev| {

@@ -103,6 +103,12 @@ pub fn require_libvirtd() -> Option<String> {
 
 /// SIGKILL libvirtd (as a crash would) and start it again.
 pub fn restart_libvirtd() {
+    stop_libvirtd();
+    start_libvirtd().expect("libvirtd restarts");
+}
+
+/// SIGKILL libvirtd (as a crash would) and wait until it is gone.
+pub fn stop_libvirtd() {
     let pid: i32 = std::fs::read_to_string("/run/libvirtd.pid")
         .expect("libvirtd's pid file")
         .trim()
@@ -119,7 +125,16 @@ pub fn restart_libvirtd() {
         "libvirtd {pid} did not die"
     );
     let _ = std::fs::remove_file("/run/libvirtd.pid");
-    start_libvirtd().expect("libvirtd restarts");
+}
+
+/// The tests of one binary that stop and start the one libvirtd: one at a time.
+static LIBVIRTD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Hold this while a test stops, starts or relies on libvirtd.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    LIBVIRTD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A defined TCG test domain (no disk, sits in the BIOS), destroyed and undefined on drop.
