@@ -231,6 +231,9 @@ pub struct GuestControl {
     pub base_knobs: Option<v2::Knobs>,
     /// The scheduler's share of this VM, on a GPU under equal-share or fixed-share.
     pub sched: Option<SchedShare>,
+    /// When the event that last changed this VM's hold was taken (for
+    /// [`crate::relay_latency`]; cleared when the snapshot carrying it is written).
+    pub hold_changed_at: Option<Instant>,
     /// Wakes the channel's task when `desired` changes.
     pub wake: Arc<Notify>,
 }
@@ -270,6 +273,7 @@ impl GuestControl {
             lie_taken: false,
             base_knobs: None,
             sched: None,
+            hold_changed_at: None,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -441,12 +445,46 @@ fn lock_entry(entry: &Mutex<ChannelState>) -> std::sync::MutexGuard<'_, ChannelS
 
 /// The channels and their latest stats, shared by the channel tasks (writers)
 /// and the API and metrics handlers (readers). Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GuestTable {
     inner: Arc<Mutex<BTreeMap<PathBuf, ChannelEntry>>>,
     /// The shim socket's arbitration relay, when the daemon serves one: VMs and host
     /// processes on one GPU are arbitrated in one order through it.
     host_relay: Arc<std::sync::OnceLock<Arc<RelayHub>>>,
+    /// The least important priority among the arbitrated VMs at the last
+    /// [`GuestTable::rearbitrate`] (`u32::MAX` before the first): a VM at it holds no other
+    /// VM whatever it claims, so its busy lines need no arbitration of every VM
+    /// ([`GuestTable::on_busy`]).
+    lowest_priority: Arc<std::sync::atomic::AtomicU32>,
+    /// What the last arbitration found ([`GuestTable::tick`]).
+    last_arbitration: Arc<Mutex<LastArbitration>>,
+    /// The daemon's share of relaying hold changes.
+    relay_latency: Arc<crate::relay_latency::RelayLatency>,
+}
+
+/// When the VMs were last arbitrated, what the host relay's busy state was then, and whether
+/// anybody held anybody: while nobody does and the host's state stands, a periodic
+/// arbitration has nothing to change (caps and windows only matter while someone holds).
+#[derive(Debug, Clone, Copy, Default)]
+struct LastArbitration {
+    at: Option<Instant>,
+    host_epoch: u64,
+    active: bool,
+}
+
+/// How often the VMs are arbitrated again when nothing says they need it (a safety net).
+pub const IDLE_REARBITRATE_PERIOD: Duration = Duration::from_millis(500);
+
+impl Default for GuestTable {
+    fn default() -> GuestTable {
+        GuestTable {
+            inner: Arc::default(),
+            host_relay: Arc::default(),
+            lowest_priority: Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX)),
+            last_arbitration: Arc::default(),
+            relay_latency: Arc::default(),
+        }
+    }
 }
 
 impl GuestTable {
@@ -600,7 +638,12 @@ impl GuestTable {
         }
         let held = holds(&vms);
         let holding = holders(&vms);
+        let lowest = vms.values().map(|v| v.priority).max().unwrap_or(u32::MAX);
+        self.lowest_priority
+            .store(lowest, std::sync::atomic::Ordering::Relaxed);
         let relay = self.host_relay.get();
+        let host_epoch = relay.map_or(0, |r| r.host_epoch());
+        let mut active = held.values().chain(holding.values()).any(|h| *h);
         if let Some(relay) = relay {
             // A VM that left (disconnected, or a v1 agent now) no longer counts on its GPU.
             for (i, (_, e)) in entries.iter().enumerate() {
@@ -636,6 +679,7 @@ impl GuestTable {
             let mut c = lock_entry(e);
             // The scheduler's throttle holds the VM whatever the priorities say.
             h |= c.control.sched.is_some_and(|s| s.throttled);
+            active |= h;
             let h = &h;
             if c.control
                 .cap
@@ -655,9 +699,74 @@ impl GuestTable {
                 if d.hold != *h {
                     d.hold = *h;
                     c.control.generation = next_generation(c.control.generation);
+                    c.control.hold_changed_at = Some(now);
                     c.control.wake.notify_one();
                 }
             }
+        }
+        *self
+            .last_arbitration
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = LastArbitration {
+            at: Some(now),
+            host_epoch,
+            active,
+        };
+    }
+
+    /// The periodic arbitration: [`GuestTable::rearbitrate`] when someone holds someone
+    /// (caps and windows), when the host's busy state changed, or when
+    /// [`IDLE_REARBITRATE_PERIOD`] passed; otherwise nothing would change.
+    pub fn tick(&self, now: Instant) {
+        let last = *self
+            .last_arbitration
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let epoch = self.host_relay.get().map_or(0, |r| r.host_epoch());
+        let due = last.active
+            || epoch != last.host_epoch
+            || last
+                .at
+                .is_none_or(|t| now.saturating_duration_since(t) >= IDLE_REARBITRATE_PERIOD);
+        if due {
+            self.rearbitrate(now);
+        }
+    }
+
+    /// `entry`'s VM sent a busy/idle transition. When the VM is more important than another
+    /// (its claim may hold someone), every VM's hold is decided again; otherwise only the
+    /// host relay hears of it, so host processes of lower priority on its GPU follow it. (A
+    /// hundred VMs toggling busy twenty times a second would otherwise each time lock every
+    /// channel.) A change of who is arbitrated (a knob, a hello, a disconnect) goes through
+    /// [`GuestTable::rearbitrate`], which keeps the lowest priority current.
+    pub fn on_busy(&self, entry: &Mutex<ChannelState>, now: Instant) {
+        let lowest = self
+            .lowest_priority
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (vm, placed) = {
+            let mut c = lock_entry(entry);
+            let Some(d) = c.control.desired else { return };
+            if !c.connected || c.control.protocol < 2 {
+                return;
+            }
+            let claims = c.control.busy == Some(true) && !d.knobs.frozen;
+            let busy = claims && c.control.cap.allows(now);
+            let priority = d.knobs.priority.unwrap_or(8);
+            (Vm { priority, busy }, c.control.placed.clone())
+        };
+        if vm.priority < lowest {
+            return self.rearbitrate(now);
+        }
+        if let (Some(relay), Some((vgpu, pci))) = (self.host_relay.get(), placed) {
+            let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
+            relay.set_vm(
+                &pci,
+                vgpu,
+                Some(Masks {
+                    busy: if vm.busy { bit } else { 0 },
+                    present: bit,
+                }),
+            );
         }
     }
 
@@ -733,6 +842,11 @@ impl GuestTable {
                 c.control.placed.as_ref().map(|(u, _)| *u)
             })
             .collect()
+    }
+
+    /// The daemon's share of relaying hold changes to VMs so far.
+    pub fn relay_latency(&self) -> &crate::relay_latency::RelayLatency {
+        &self.relay_latency
     }
 
     /// Number of channels followed.
@@ -967,7 +1081,7 @@ async fn follow(table: GuestTable, config: AgentConfig) {
         loop {
             every.tick().await;
             if !t.is_empty() {
-                t.rearbitrate(Instant::now());
+                t.tick(Instant::now());
             }
         }
     });
@@ -1148,6 +1262,7 @@ async fn read_session(
         let mut problem = None;
         let mut cut = None;
         let mut rearbitrate = false;
+        let mut joined = false;
         for event in events {
             match event {
                 Event::Hello(h) => {
@@ -1196,8 +1311,9 @@ async fn read_session(
                 let protocol = h.protocol();
                 if protocol >= 2 && c.control.protocol < 2 {
                     // Newly negotiated on this connection: the current state goes out
-                    // under a new generation.
+                    // under a new generation, and the VM joins the arbitration.
                     c.control.generation = next_generation(c.control.generation);
+                    joined = true;
                 }
                 c.control.protocol = protocol;
                 c.hello = Some(h);
@@ -1228,8 +1344,10 @@ async fn read_session(
         if let Some(after) = cut {
             return Ended::Cut(after);
         }
-        if rearbitrate {
+        if joined {
             table.rearbitrate(Instant::now());
+        } else if rearbitrate {
+            table.on_busy(entry, Instant::now());
         }
         let due = lock_entry(entry).control.due();
         if let Some(snapshot) = due {
@@ -1238,7 +1356,14 @@ async fn read_session(
             if let Err(e) = stream.write_all(&line).await {
                 return Ended::Error(e);
             }
-            lock_entry(entry).control.sent = Some(snapshot.generation);
+            let changed_at = {
+                let mut c = lock_entry(entry);
+                c.control.sent = Some(snapshot.generation);
+                c.control.hold_changed_at.take()
+            };
+            if let Some(at) = changed_at {
+                table.relay_latency().observe(at.elapsed());
+            }
             debug!(socket = %socket.display(), ?who, generation = snapshot.generation, "state snapshot sent to the guest");
         }
     }

@@ -1239,7 +1239,11 @@ impl Daemon {
 
     /// The guest agents' Prometheus text.
     pub(crate) fn guest_metrics(&mut self) -> String {
-        crate::metrics::render_guests(&self.guests.infos(&mut self.resolver))
+        let mut text = crate::metrics::render_guests(&self.guests.infos(&mut self.resolver));
+        if self.guests.relay_latency().count() > 0 {
+            text.push_str(&self.guests.relay_latency().render());
+        }
+        text
     }
 }
 

@@ -27,6 +27,7 @@
 //!   migration of an older daemon's entries keyed by GVM index;
 //! - [`ports`]: the mdev and catalog interfaces and their real implementations;
 //! - [`qmp`]: a small QMP client, the fallback that pauses a plain-QEMU VM;
+//! - [`relay_latency`]: the daemon's share of relaying a VM's busy transition to the VMs it holds;
 //! - [`catalog`]: where the catalog is read from, loading it whole (start and `SIGHUP`), and
 //!   what the last load or refused reload was, for `ping`;
 //! - [`backends`]: the gcgroup backends (GVM, shim, both) and the handles shared with them,
@@ -78,6 +79,7 @@ pub mod plan;
 pub mod policy_file;
 pub mod ports;
 pub mod qmp;
+pub mod relay_latency;
 pub mod sandbox;
 pub mod scheduler;
 pub mod server;

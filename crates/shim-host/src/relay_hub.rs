@@ -132,6 +132,9 @@ pub struct RelayHub {
     gpus: Mutex<BTreeMap<String, GpuRelay>>,
     registry: Arc<ShimRegistry>,
     me: Weak<RelayHub>,
+    /// Bumped whenever the busy priorities of some GPU's host domains change
+    /// ([`RelayHub::host_epoch`]).
+    host_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl RelayHub {
@@ -141,7 +144,14 @@ impl RelayHub {
             gpus: Mutex::new(BTreeMap::new()),
             registry,
             me: me.clone(),
+            host_epoch: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A counter that changes whenever [`RelayHub::host_busy`] of any GPU does: a caller
+    /// that polls the host's busy state (the VM arbitration) skips its work while it stands.
+    pub fn host_epoch(&self) -> u64 {
+        self.host_epoch.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, GpuRelay>> {
@@ -403,7 +413,11 @@ impl RelayHub {
             }
             masks.insert(*key, m);
         }
-        gpu.host_busy = masks.values().fold(0, |b, m| b | m.busy);
+        let host_busy = masks.values().fold(0, |b, m| b | m.busy);
+        if host_busy != gpu.host_busy {
+            gpu.host_busy = host_busy;
+            self.host_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         for (vm, m) in &gpu.vms {
             masks.insert(DomainKey::Vm(*vm), *m);
         }
