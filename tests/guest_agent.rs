@@ -17,13 +17,13 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gvm_testkit::{require_command, require_root_and_fuse, skip, SimHost, SimModel};
 use gvm_vgpu_e2e::guest::{
-    boot, build_static, cargo_command, kernel_or_skip, repo_root, BootOptions, GuestImage,
+    boot, build_host_packages, build_static, cli, kernel_or_skip, port_lookup_script, repo_root,
+    virtio_serial_args, BootOptions, GuestImage, KillOnDrop,
 };
 
 const TEST: &str = "guest_agent";
@@ -40,15 +40,7 @@ echo "GVMRESULT holder $! sleep"
 sh -c 'exec 3</dev/nvidiactl 4</dev/nvidia0; exec sleep 601' &
 echo "GVMRESULT holder $! sleep"
 gvm-vgpu-agent --interval 500ms 2>/tmp/agent.err &
-ctl=
-for i in $(seq 100); do
-  for p in /sys/class/virtio-ports/*; do
-    [ "$(cat $p/name 2>/dev/null)" = {CTL_PORT} ] && ctl=/dev/$(basename $p)
-  done
-  [ -n "$ctl" ] && [ -e "$ctl" ] && break
-  sleep 0.1
-done
-echo "GVMRESULT ctl $ctl"
+{lookup}echo "GVMRESULT ctl $ctl"
 # The port reads EOF until the host connects: poll for the word, 50 s at most.
 word=
 exec 5<$ctl
@@ -60,53 +52,9 @@ done
 echo "GVMRESULT host-said $word"
 while IFS= read -r l; do echo "GVMRESULT agent-stderr $l"; done < /tmp/agent.err
 exit 0
-"#
+"#,
+        lookup = port_lookup_script("ctl", CTL_PORT)
     )
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn build_host_bins(repo: &Path) -> Result<PathBuf, String> {
-    let out = cargo_command()
-        .current_dir(repo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "gvm-vgpud",
-            "-p",
-            "gvm-vgpu-cli",
-            "-p",
-            "gvm-vgpu-sim",
-        ])
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"))
-        .join("debug"))
-}
-
-fn cli(bin: &Path, root: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin.join("gvm-vgpu"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .expect("gvm-vgpu runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 fn http_get(port: u16) -> String {
@@ -137,7 +85,8 @@ fn the_daemon_shows_a_real_guests_processes() {
     };
     let agent = build_static(&repo, "gvm-vgpu-agent", "gvm-vgpu-agent")
         .unwrap_or_else(|e| panic!("static agent build failed: {e}"));
-    let bin = build_host_bins(&repo).unwrap_or_else(|e| panic!("host build failed: {e}"));
+    let bin = build_host_packages(&repo, &["gvm-vgpud", "gvm-vgpu-cli", "gvm-vgpu-sim"])
+        .unwrap_or_else(|e| panic!("host build failed: {e}"));
     println!("built in {:.1} s", t0.elapsed().as_secs_f64());
 
     // The host: simulated GPUs, the daemon with metrics, one vGPU.
@@ -149,7 +98,7 @@ fn the_daemon_shows_a_real_guests_processes() {
         .port();
     let log_path = root.join("gvm-vgpud.log");
     let log = std::fs::File::create(&log_path).expect("daemon log");
-    let _daemon = Killed(
+    let _daemon = KillOnDrop(
         Command::new(bin.join("gvm-vgpud"))
             .arg("--root")
             .arg(&root)
@@ -185,24 +134,10 @@ fn the_daemon_shows_a_real_guests_processes() {
     let ctl_sock = work.path().join("ctl.sock");
     let opts = BootOptions::new(kernel.vmlinuz(), &initrd)
         .timeout(Duration::from_secs(90))
-        .args([
-            "-chardev".to_string(),
-            format!(
-                "socket,id=a0,path={},server=on,wait=off",
-                agent_sock.display()
-            ),
-            "-chardev".to_string(),
-            format!(
-                "socket,id=c0,path={},server=on,wait=off",
-                ctl_sock.display()
-            ),
-            "-device".to_string(),
-            "virtio-serial-pci".to_string(),
-            "-device".to_string(),
-            "virtserialport,chardev=a0,name=org.gvm.vgpu.agent.0".to_string(),
-            "-device".to_string(),
-            format!("virtserialport,chardev=c0,name={CTL_PORT}"),
-        ]);
+        .args(virtio_serial_args(&[
+            (&agent_sock, "org.gvm.vgpu.agent.0"),
+            (&ctl_sock, CTL_PORT),
+        ]));
     let booted = Instant::now();
     let guest = std::thread::spawn(move || boot(&opts));
 

@@ -12,7 +12,8 @@
 //! to the front of the first marker line.
 //!
 //! Guest layout: modules in `/modules/<name>.ko` (the script can `rmmod`/`insmod`
-//! them again), binaries in `/bin/<name>`, extra files where the caller says.
+//! them again), binaries in `/bin/<name>`, extra files (contents or host files) where the
+//! caller says.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -86,6 +87,17 @@ impl GuestImage {
             guest_path: format!("/bin/{guest_name}"),
             source: FileSource::Host(host_path.into()),
             mode: 0o755,
+        });
+        self
+    }
+
+    /// Copy a host file to `guest_path` with permission bits `mode` (a shared library,
+    /// the dynamic loader: they go where the host has them).
+    pub fn host_file(mut self, host_path: impl Into<PathBuf>, guest_path: &str, mode: u32) -> Self {
+        self.files.push(GuestFile {
+            guest_path: guest_path.to_string(),
+            source: FileSource::Host(host_path.into()),
+            mode,
         });
         self
     }

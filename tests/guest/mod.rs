@@ -14,6 +14,9 @@
 //! 3. [`boot`] runs `qemu-system-x86_64 -accel tcg` on it with a time limit and
 //!    returns the serial console; results are the lines the script printed behind a
 //!    marker ([`RESULT_MARKER`]), so kernel messages cannot be mistaken for them.
+//! 4. The simulated host's side: the host binaries, the CLI, the guest's
+//!    virtio-serial ports and a [`ControlPort`] to take turns with the guest script;
+//!    [`shared_libraries`] collects what a dynamically linked program needs in the guest.
 //!
 //! ```no_run
 //! use gvm_vgpu_e2e::guest::{boot, prepare, BootOptions, GuestImage, PrepareOutcome};
@@ -34,13 +37,19 @@ pub mod conformance;
 
 mod boot;
 mod build;
+mod dynamic;
 mod error;
+mod host;
 mod image;
 mod prepare;
 
 pub use boot::{boot, parse_results, BootOptions, GuestExit, GuestRun, RESULT_MARKER};
 pub use build::{build_static, cargo_command};
+pub use dynamic::{parse_ldd, shared_libraries};
 pub use error::HarnessError;
+pub use host::{
+    build_host_packages, cli, port_lookup_script, virtio_serial_args, ControlPort, KillOnDrop,
+};
 pub use image::{GuestFile, GuestImage};
 pub use prepare::{
     default_cache_dir, kernel_or_skip, prepare, PrepareOutcome, PreparedKernel, UNAVAILABLE_EXIT,
