@@ -30,7 +30,9 @@ parameters as `gvm_priority:depth=1:budget=500:linger=US:maxhold=MS`), gvm_freez
 the shim without arbitration; the server freezes the batch through its control block for the
 whole of each request, as SIGSTOP would; `gvm_freeze:lead=MS` freezes it MS before each
 arrival, which only a benchmark that knows its arrivals can do: a diagnostic of how much of
-the server's slowdown is the GPU's power and thermal state rather than scheduling). Writes OUTDIR/colocate.json (arguments, results,
+the server's slowdown is the GPU's power and thermal state rather than scheduling), vm_priority
+(each job behind its own guest agent under `vm_rig.sh`, the VM-level hold relayed by gvm-vgpud:
+issue 16's benchmark 2; the server's VM at priority 2, the batch's at 8). Writes OUTDIR/colocate.json (arguments, results,
 ratios to the exclusive runs), OUTDIR/colocate.png and OUTDIR/raw.tgz (raw results and logs),
 and prints a table with ratios to exclusive.
 """
@@ -480,6 +482,19 @@ def run_config(spec, a, base_env, rate):
                 env_lo["GVM_QUEUE_BUDGET_US"] = str(params["budget"])
             if "gate" in params:
                 env_lo["GVM_GPU_GATE"] = str(params["gate"])
+    if name == "vm_priority":
+        # Each job behind its own guest agent, as in a VM (vm_rig.sh starts them): the
+        # agent's shim socket registers it, the agent applies the host's snapshots (priority,
+        # the VM-level hold) and reports busy to gvm-vgpud, which holds the lo VM while the
+        # hi VM is busy. No shared arbiter block: the two "VMs" meet only in the daemon.
+        for e, vm in ((env_hi, "HI"), (env_lo, "LO")):
+            sock, root = os.environ.get(f"GVM_VM_{vm}_SOCKET"), os.environ.get(f"GVM_VM_{vm}_ROOT")
+            if not sock or not root:
+                raise SystemExit("vm_priority needs GVM_VM_HI_SOCKET etc.: run under vm_rig.sh")
+            for k in ("GVM_SHIM_ARBITER", "GVM_SHIM_CONTROL", "GVM_PRIORITY", "GVM_VGPU_UUID"):
+                e.pop(k, None)
+            e.update(LD_PRELOAD=a.shim, GVM_SHIM_SOCKET=sock, GVM_VGPU_ROOT=root)
+        env_lo["GVM_QUEUE_DEPTH"] = str(depth)
     if name == "mps":
         pipe, logd = "/tmp/mps-pipe", "/tmp/mps-log"
         os.makedirs(pipe, exist_ok=True)
