@@ -15,6 +15,8 @@
 //! are the kernel's; the errnos of the `nvidia/` files are the ones that page settles, most of
 //! them **ours** (NVIDIA documents that these writes fail, not with which errno), and so are
 //! the type IDs, the VF addresses and the placement arithmetic. Each such rule says so below.
+//! The tags \[UG\] (NVIDIA's vGPU user guide), \[NVML\] (NVML's reference) and \[OPS\] (an
+//! operator's notes) name the sources listed in docs/vendor-vfio.md, among others.
 //!
 //! No I/O: the path layout is in [`crate::tree`], the control commands in [`crate::host`].
 
@@ -151,7 +153,7 @@ impl SriovGpu {
 
     /// `creatable_vgpu_types` of VF `vf`: nothing on a VF that has a vGPU; otherwise every
     /// type with a free placement, narrowed in homogeneous mode to the type already on the GPU
-    /// (doc [UG] [NVML]: "the creatable list will be restricted to whatever vGPU type is
+    /// (doc \[UG\] \[NVML\]: "the creatable list will be restricted to whatever vGPU type is
     /// already running"). Empty for a VF that is not enabled.
     pub fn creatable(&self, vf: usize) -> Vec<&'static VfTypeSpec> {
         let Some(slot) = self.vfs.get(vf) else {
@@ -260,7 +262,7 @@ impl SriovGpus {
     /// already enabled → nothing; a non-zero count while VFs are enabled → `EBUSY`. `0`
     /// disables the VFs; the simulated vGPU manager refuses that with `EBUSY` while a VF has a
     /// vGPU (**ours**: what NVIDIA's driver does then is not documented). Enabling or disabling
-    /// clears heterogeneous mode (doc [UG] [NVML]: it must be set again after the VFs are
+    /// clears heterogeneous mode (doc \[UG\] \[NVML\]: it must be set again after the VFs are
     /// re-enabled).
     pub fn set_num_vfs(&mut self, path: &str, gpu: usize, data: &[u8]) -> Result<(), FsError> {
         let n = parse_kstrtoul(data)
@@ -338,7 +340,7 @@ impl SriovGpus {
 
     /// The store of `<VF>/nvidia/current_vgpu_type` (errnos as docs/vendor-vfio.md settles them):
     /// not a decimal number → `EINVAL` (**ours**; `ERANGE` on overflow, as `kstrtou32`);
-    /// `0` removes the vGPU, refused with `EPERM` while a VM holds the VF (tool [OPS]);
+    /// `0` removes the vGPU, refused with `EPERM` while a VM holds the VF (tool \[OPS\]);
     /// an ID while the VF has a vGPU or a VM holds it → `EBUSY` (**ours**); an ID not in the
     /// VF's `creatable_vgpu_types`, or whose written `placement_id` is not free for it →
     /// `EINVAL` (**ours**). Without a written placement the vGPU takes the lowest free one.
@@ -412,7 +414,7 @@ impl SriovGpus {
         Ok(())
     }
 
-    /// The store of `<VF>/nvidia/placement_id`, written before `current_vgpu_type` (doc [UG]):
+    /// The store of `<VF>/nvidia/placement_id`, written before `current_vgpu_type` (doc \[UG\]):
     /// not a decimal number, or not a slot of this GPU → `EINVAL`; while the VF has a vGPU or a
     /// VM holds it → `EBUSY` (**ours**). Whether it suits the type is checked when the type is
     /// written. Accepted in both modes (NVML lists placements for both).
@@ -442,7 +444,7 @@ impl SriovGpus {
     }
 
     /// The store of `<VF>/nvidia/vgpu_params`: free-form text for the vGPU, set before the VM
-    /// starts (doc [UG]). Without a vGPU → `EINVAL`, while a VM holds the VF → `EBUSY`, longer
+    /// starts (doc \[UG\]). Without a vGPU → `EINVAL`, while a VM holds the VF → `EBUSY`, longer
     /// than a page or not UTF-8 → `EINVAL` (all **ours**). Cleared when the vGPU is removed.
     pub fn set_params(
         &mut self,
@@ -479,7 +481,7 @@ impl SriovGpus {
     /// Turn heterogeneous mode of PF `pf` on or off, as NVML's
     /// `nvmlDeviceSetVgpuHeterogeneousMode` does: only while no VF of the GPU has a vGPU
     /// (`EBUSY` otherwise, **ours**). The VFs must be enabled first, since enabling them clears
-    /// the mode (doc [UG] [NVML]); refused with `EINVAL` otherwise (the simulator's rule, so a
+    /// the mode (doc \[UG\] \[NVML\]); refused with `EINVAL` otherwise (the simulator's rule, so a
     /// setting is not silently lost).
     pub fn set_heterogeneous(&mut self, pf: &str, on: bool) -> Result<(), FsError> {
         let object = format!("SR-IOV PF {pf}");
@@ -533,7 +535,7 @@ impl SriovGpus {
     }
 
     /// What a host reboot does (control command `vf-reset`): every VF, vGPU, hold and
-    /// heterogeneous setting is gone (doc [UG]: VFs are lost on reboot).
+    /// heterogeneous setting is gone (doc \[UG\]: VFs are lost on reboot).
     pub fn reset(&mut self) {
         for g in &mut self.gpus {
             g.vfs.clear();
