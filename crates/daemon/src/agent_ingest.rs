@@ -46,7 +46,7 @@
 //! [`GuestStats`] the API returns is built only when someone asks, outside every
 //! lock but the entry's brief one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -625,6 +625,9 @@ impl GuestTable {
         let entries: Vec<(PathBuf, ChannelEntry)> =
             self.with(|m| m.iter().map(|(p, e)| (p.clone(), Arc::clone(e))).collect());
         let mut vms = BTreeMap::new();
+        // VMs whose busy claim the cap ignores now: with nobody less important it holds
+        // nobody anyway; otherwise it is a cap hit (counted once per window).
+        let mut capped = BTreeSet::new();
         for (i, (_, e)) in entries.iter().enumerate() {
             let mut c = lock_entry(e);
             let Some(d) = c.control.desired else { continue };
@@ -633,6 +636,9 @@ impl GuestTable {
             }
             let claims = c.control.busy == Some(true) && !d.knobs.frozen;
             let busy = claims && c.control.cap.allows(now);
+            if claims && !busy {
+                capped.insert(i);
+            }
             let priority = d.knobs.priority.unwrap_or(8);
             vms.insert(i, Vm { priority, busy });
         }
@@ -681,10 +687,13 @@ impl GuestTable {
             h |= c.control.sched.is_some_and(|s| s.throttled);
             active |= h;
             let h = &h;
-            if c.control
+            let would_hold = vm.is_some_and(|v| v.priority < lowest);
+            let reached = c
+                .control
                 .cap
                 .holding(now, holding.get(&i).copied().unwrap_or(false))
-            {
+                || (capped.contains(&i) && would_hold && c.control.cap.capped(now));
+            if reached {
                 warn!(socket = %path.display(), who = ?c.attribution,
                       max_ms = c.control.cap.max.as_millis() as u64,
                       window_ms = c.control.cap.window.as_millis() as u64,

@@ -99,6 +99,19 @@ impl HoldCap {
         hit
     }
 
+    /// This VM's busy claim, which would hold others, is ignored at `now` because the cap is
+    /// reached: true the first time in this window (a hit, counted once per window, whether
+    /// the cap was reached while holding or a claim came after).
+    pub fn capped(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        let hit = self.hit_window != self.window_start;
+        if hit {
+            self.hit_window = self.window_start;
+            self.hits += 1;
+        }
+        hit
+    }
+
     /// When the cap will be reached if this VM keeps holding (to re-decide then).
     pub fn reached_at(&self) -> Option<Instant> {
         let since = self.holding_since?;
@@ -227,6 +240,28 @@ mod tests {
         assert_eq!(cap.window_end(), Some(ms(1000)));
         assert!(cap.allows(ms(1000)), "a new window lets it hold again");
         assert!(!cap.allows(ms(1300)));
+    }
+
+    #[test]
+    fn a_claim_ignored_for_the_cap_is_one_hit_per_window() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut cap = HoldCap::new(Duration::from_millis(1000), Duration::from_millis(300));
+        cap.holding(ms(0), true);
+        cap.holding(ms(300), false); // released just as the cap was reached: no hit yet
+        assert_eq!(cap.hits, 0);
+        assert!(!cap.allows(ms(400)));
+        assert!(cap.capped(ms(400)), "the ignored claim is the window's hit");
+        assert!(!cap.capped(ms(500)), "once per window");
+        assert_eq!(cap.hits, 1);
+        assert!(cap.allows(ms(1000)));
+        cap.holding(ms(1000), true);
+        assert!(
+            cap.holding(ms(1300), true),
+            "reached while holding: the next window's hit"
+        );
+        assert!(!cap.capped(ms(1400)), "and not twice");
+        assert_eq!(cap.hits, 2);
     }
 
     #[test]

@@ -464,3 +464,58 @@ fn a_guest_whose_kernels_go_on_after_it_acknowledged_a_freeze_is_paused() {
     let _ = qemu.kill();
     let _ = qemu.wait();
 }
+
+#[test]
+fn a_vm_claiming_busy_without_end_holds_another_only_up_to_the_cap_and_says_so() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(1);
+    let parent = sim.parents()[0].clone();
+    let (ua, ub) = (
+        sim.echo_create(&parent, "gvmsim-1"),
+        sim.echo_create(&parent, "gvmsim-1"),
+    );
+    let (la, lb) = (channel_of(&sim, &ua), channel_of(&sim, &ub));
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &ua
+    ) && is_managed(
+        &mut c, &ub
+    )));
+    c.set_priority(&ua.to_string(), 2).unwrap();
+    c.set_priority(&ub.to_string(), 8).unwrap();
+    let mut a = Guest::accept(&la, HELLO_V2);
+    let _b = Guest::accept(&lb, HELLO_V2);
+    a.snapshot();
+    let (a_id, b_id) = (ua.to_string(), ub.to_string());
+    assert!(wait_until(Duration::from_secs(5), || guest_of(
+        &mut c, &b_id
+    )
+    .is_some_and(|g| g.protocol == 2 && !g.held)));
+    // A claims busy and never says idle: B is held, then let go by the cap (900 ms of a
+    // second) while A's claim stands; A's channel counts the hit and the daemon says so.
+    a.send(r#"{"type":"busy","busy":true}"#);
+    assert!(
+        wait_until(Duration::from_secs(2), || guest_of(&mut c, &b_id)
+            .is_some_and(|g| g.held)),
+        "B is held while A claims busy"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || guest_of(&mut c, &b_id)
+            .is_some_and(|g| !g.held)),
+        "the cap lets B go although A still claims busy"
+    );
+    let hits = guest_of(&mut c, &a_id).map(|g| g.hold_cap_hits);
+    assert!(
+        hits.is_some_and(|h| h >= 1),
+        "A's channel counts the cap hit: {hits:?}"
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert!(
+        log.contains("reached the cap on holding other VMs"),
+        "the daemon says why it let B go"
+    );
+}
