@@ -213,6 +213,29 @@ fn guest(c: &mut gvm_client::Client, u: &Uuid) -> Option<gvm_client::gvm_proto::
     c.show(&u.to_string()).ok()?.guest
 }
 
+/// Two vGPUs of one parent of `sim` (`gvmsim-1`, created as a user would), a daemon on it,
+/// its client, once it manages both.
+fn two_managed_vgpus(sim: &Sim) -> (common::Daemon, gvm_client::Client, Uuid, Uuid) {
+    let parent = sim.parents()[0].clone();
+    let (ua, ub) = (
+        sim.echo_create(&parent, "gvmsim-1"),
+        sim.echo_create(&parent, "gvmsim-1"),
+    );
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || is_managed(
+        &mut c, &ua
+    ) && is_managed(
+        &mut c, &ub
+    )));
+    (d, c, ua, ub)
+}
+
+/// `u`'s guest is connected at protocol 2 and acknowledged the state it was sent.
+fn synced(c: &mut gvm_client::Client, u: &Uuid) -> bool {
+    guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
+}
+
 fn live(c: &mut gvm_client::Client, u: &Uuid, memory: Option<u64>, priority: Option<u8>) {
     c.set(SetParams {
         target: u.to_string(),
@@ -228,25 +251,11 @@ fn live(c: &mut gvm_client::Client, u: &Uuid, memory: Option<u64>, priority: Opt
 fn a_vms_knobs_reach_its_guest_processes_and_a_busy_vm_holds_a_less_important_one() {
     let Some(rig) = rig() else { return };
     let sim = Sim::start(1);
-    let parent = sim.parents()[0].clone();
-    let (ua, ub) = (
-        sim.echo_create(&parent, "gvmsim-1"),
-        sim.echo_create(&parent, "gvmsim-1"),
-    );
-    let d = sim.daemon(&[]);
-    let mut c = d.client();
-    assert!(wait_until(Duration::from_secs(5), || is_managed(
-        &mut c, &ua
-    ) && is_managed(
-        &mut c, &ub
-    )));
+    let (d, mut c, ua, ub) = two_managed_vgpus(&sim);
     live(&mut c, &ua, None, Some(2));
     live(&mut c, &ub, None, Some(8));
     let vm_a = rig.vm(&sim, &ua, "vm-a");
     let vm_b = rig.vm(&sim, &ub, "vm-b");
-    let synced = |c: &mut gvm_client::Client, u: &Uuid| {
-        guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
-    };
     assert!(
         wait_until(Duration::from_secs(10), || synced(&mut c, &ua)
             && synced(&mut c, &ub)),
@@ -436,23 +445,9 @@ fn completions(programs: Vec<Program>, r#for: Duration) -> (Vec<u64>, Vec<Progra
 fn equal_and_fixed_share_are_charged_from_the_guests_busy_time() {
     let Some(rig) = rig() else { return };
     let sim = Sim::start(1);
-    let parent = sim.parents()[0].clone();
-    let (ua, ub) = (
-        sim.echo_create(&parent, "gvmsim-1"),
-        sim.echo_create(&parent, "gvmsim-1"),
-    );
-    let d = sim.daemon(&[]);
-    let mut c = d.client();
-    assert!(wait_until(Duration::from_secs(5), || is_managed(
-        &mut c, &ua
-    ) && is_managed(
-        &mut c, &ub
-    )));
+    let (_daemon, mut c, ua, ub) = two_managed_vgpus(&sim);
     let vm_a = rig.vm(&sim, &ua, "vm-a");
     let vm_b = rig.vm(&sim, &ub, "vm-b");
-    let synced = |c: &mut gvm_client::Client, u: &Uuid| {
-        guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
-    };
     assert!(wait_until(Duration::from_secs(10), || synced(&mut c, &ua)
         && synced(&mut c, &ub)));
     // VM A runs two CUDA processes, VM B one, all busy with 2 ms kernels: on their own,

@@ -15,11 +15,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::libvirtd::{domstate, require_libvirtd, virsh_ok, TestDomain, URI};
+use common::libvirtd::{bound_running_domain, domstate, require_libvirtd, virsh_ok, URI};
 use common::{skip_reason, wait_until, Sim};
-use gvm_client::gvm_proto::CreateParams;
-use gvm_host_root::HostRoot;
-use gvm_libvirt::{AttachRequest, Connection, Target};
 
 #[test]
 fn freeze_without_a_guest_agent_suspends_the_libvirt_domain_and_thaw_resumes_it() {
@@ -30,25 +27,8 @@ fn freeze_without_a_guest_agent_suspends_the_libvirt_domain_and_thaw_resumes_it(
     let sim = Sim::start(1);
     let mut d = sim.daemon(&["--libvirt", URI, "--guest-ack-ms", "300"]);
     let mut c = d.client();
-    let parent = sim.parents()[0].clone();
-    let uuid = c
-        .create(CreateParams {
-            uuid: None,
-            parent,
-            type_name: "sim-4c".into(),
-            define: false,
-            autostart: false,
-        })
-        .unwrap()
-        .uuid;
-    let name = format!("gvmd-{}-fallback", std::process::id());
-    let dom = TestDomain::define(&name);
-    let conn = Connection::open(URI).unwrap();
-    let mdev = gvm_mdev::MdevHost::new(HostRoot::new(&sim.root));
-    let mut req = AttachRequest::new(&name, Target::Uuid(uuid), true, false);
-    req.hostdev = false;
-    gvm_libvirt::attach(&conn, &mdev, None, &req).unwrap();
-    virsh_ok(&["start", &name]);
+    let (dom, uuid) = bound_running_domain(&sim, &mut c, "fallback");
+    let name = dom.name.clone();
     assert!(
         wait_until(Duration::from_secs(5), || c
             .show(&uuid.to_string())

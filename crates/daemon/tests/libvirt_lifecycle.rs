@@ -20,13 +20,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::libvirtd::{
-    one_at_a_time, require_libvirtd, restart_libvirtd, start_libvirtd, stop_libvirtd, virsh_ok,
-    TestDomain, URI,
+    bound_running_domain, one_at_a_time, require_libvirtd, restart_libvirtd, start_libvirtd,
+    stop_libvirtd, virsh_ok, TestDomain, URI,
 };
 use common::{skip_reason, wait_until, Sim};
-use gvm_client::gvm_proto::{CreateParams, ErrorCode, OwnerRule};
+use gvm_client::gvm_proto::{ErrorCode, OwnerRule};
 use gvm_host_root::HostRoot;
-use gvm_libvirt::{AttachRequest, Connection, Target};
 
 // ---- the test ----
 
@@ -70,27 +69,9 @@ fn suspend_and_resume_through_libvirt_freeze_and_thaw_the_bound_vgpu() {
     let sim = Sim::start(1);
     let d = sim.daemon(&["--libvirt", URI]);
     let mut c = d.client();
-    let parent = sim.parents()[0].clone();
-    let uuid = c
-        .create(CreateParams {
-            uuid: None,
-            parent,
-            type_name: "sim-4c".into(),
-            define: false,
-            autostart: false,
-        })
-        .unwrap()
-        .uuid;
-
-    // Bind the vGPU the way `gvm-vgpu attach --metadata-only --persistent` does, then start.
-    let name = format!("gvmd-{}-lifecycle", std::process::id());
-    let dom = TestDomain::define(&name);
-    let conn = Connection::open(URI).unwrap();
-    let mdev = gvm_mdev::MdevHost::new(HostRoot::new(&sim.root));
-    let mut req = AttachRequest::new(&name, Target::Uuid(uuid), true, false);
-    req.hostdev = false;
-    gvm_libvirt::attach(&conn, &mdev, None, &req).unwrap();
-    virsh_ok(&["start", &name]);
+    // Bind a vGPU the way `gvm-vgpu attach --metadata-only --persistent` does, then start.
+    let (dom, uuid) = bound_running_domain(&sim, &mut c, "lifecycle");
+    let name = dom.name.clone();
 
     // The domain's real QEMU resolves as the vGPU's owner through libvirt's run directory.
     let qemu_pid: u32 = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))

@@ -98,6 +98,7 @@ fn the_host_package_installs_and_runs_from_its_paths() {
         "usr/bin/gvm-vgpu-hook",
         "usr/lib/gvm-vgpu/libgvm_cuda.so",
         "usr/lib/udev/rules.d/90-gvm-vgpu.rules",
+        "etc/gvm-vgpu/gvm-vgpud.toml",
         "etc/libvirt/hooks/qemu.d/gvm-vgpu",
         "usr/share/gvm-vgpu/mdev-types/gvm-sim.toml",
         "usr/share/man/man1/gvm-vgpu.1.gz",

@@ -172,3 +172,33 @@ impl Drop for TestDomain {
 pub fn domstate(name: &str) -> String {
     virsh_ok(&["domstate", name]).trim().to_string()
 }
+
+/// A running TCG domain `gvmd-<pid>-<tag>` bound to a new `sim-4c` vGPU of `sim` the way
+/// `gvm-vgpu attach --metadata-only --persistent` binds it (gvm's metadata, no hostdev: a
+/// domain here cannot hold an mdev). Returns the domain (destroyed on drop) and the vGPU.
+pub fn bound_running_domain(
+    sim: &super::Sim,
+    c: &mut gvm_client::Client,
+    tag: &str,
+) -> (TestDomain, uuid::Uuid) {
+    let uuid = c
+        .create(gvm_client::gvm_proto::CreateParams {
+            uuid: None,
+            parent: sim.parents()[0].clone(),
+            type_name: "sim-4c".into(),
+            define: false,
+            autostart: false,
+        })
+        .unwrap()
+        .uuid;
+    let name = format!("gvmd-{}-{tag}", std::process::id());
+    let dom = TestDomain::define(&name);
+    let conn = gvm_libvirt::Connection::open(URI).unwrap();
+    let mdev = gvm_mdev::MdevHost::new(gvm_host_root::HostRoot::new(&sim.root));
+    let mut req =
+        gvm_libvirt::AttachRequest::new(&name, gvm_libvirt::Target::Uuid(uuid), true, false);
+    req.hostdev = false;
+    gvm_libvirt::attach(&conn, &mdev, None, &req).unwrap();
+    virsh_ok(&["start", &name]);
+    (dom, uuid)
+}
