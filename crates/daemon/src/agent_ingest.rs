@@ -615,7 +615,7 @@ impl GuestTable {
     }
 
     /// Decide again which VMs are held ([`crate::vm_arbiter`]): a connected protocol-2 VM
-    /// is held while another of strictly higher priority claims busy (and is not frozen, and
+    /// is held while another on the same GPU of strictly higher priority claims busy (and is not frozen, and
     /// its cap allows the claim), or, with a host relay, while a host process of strictly
     /// higher priority on its GPU is busy; and the VM's own priority and busy claim are given
     /// to the host relay, so host processes of lower priority yield to it. Channels whose hold
@@ -625,6 +625,9 @@ impl GuestTable {
         let entries: Vec<(PathBuf, ChannelEntry)> =
             self.with(|m| m.iter().map(|(p, e)| (p.clone(), Arc::clone(e))).collect());
         let mut vms = BTreeMap::new();
+        // VMs contend per GPU: grouped by their vGPU's GPU (its parent's PCI address; VMs of
+        // a GPU not known form one group).
+        let mut groups: BTreeMap<Option<String>, BTreeMap<usize, Vm>> = BTreeMap::new();
         // VMs whose busy claim the cap ignores now: with nobody less important it holds
         // nobody anyway; otherwise it is a cap hit (counted once per window).
         let mut capped = BTreeSet::new();
@@ -640,10 +643,25 @@ impl GuestTable {
                 capped.insert(i);
             }
             let priority = d.knobs.priority.unwrap_or(8);
-            vms.insert(i, Vm { priority, busy });
+            let vm = Vm { priority, busy };
+            vms.insert(i, vm);
+            let gpu = c.control.placed.as_ref().map(|(_, pci)| pci.clone());
+            groups.entry(gpu).or_default().insert(i, vm);
         }
-        let held = holds(&vms);
-        let holding = holders(&vms);
+        let (mut held, mut holding) = (BTreeMap::new(), BTreeMap::new());
+        // The least important priority on each VM's GPU: a claim holds someone only below it.
+        let mut gpu_lowest = BTreeMap::new();
+        for members in groups.values() {
+            held.extend(holds(members));
+            holding.extend(holders(members));
+            let low = members
+                .values()
+                .map(|v| v.priority)
+                .max()
+                .unwrap_or(u32::MAX);
+            gpu_lowest.extend(members.keys().map(|i| (*i, low)));
+        }
+        // Across every GPU, for `on_busy`: a VM at it holds nobody anywhere.
         let lowest = vms.values().map(|v| v.priority).max().unwrap_or(u32::MAX);
         self.lowest_priority
             .store(lowest, std::sync::atomic::Ordering::Relaxed);
@@ -687,7 +705,8 @@ impl GuestTable {
             h |= c.control.sched.is_some_and(|s| s.throttled);
             active |= h;
             let h = &h;
-            let would_hold = vm.is_some_and(|v| v.priority < lowest);
+            let would_hold =
+                vm.is_some_and(|v| gpu_lowest.get(&i).is_some_and(|l| v.priority < *l));
             let reached = c
                 .control
                 .cap

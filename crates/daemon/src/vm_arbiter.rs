@@ -4,7 +4,9 @@
 //!
 //! A VM's guest agent reports the VM's busy/idle transitions (agent protocol 2). A VM is
 //! *held* (the `hold` of its state snapshot: its guest holds every launch) while another VM
-//! of strictly higher priority (lower number) claims busy. A guest may lie about being busy
+//! of strictly higher priority (lower number) claims busy. VMs contend per GPU: the caller
+//! ([`crate::agent_ingest::GuestTable::rearbitrate`]) applies [`holds`] and [`holders`] to the
+//! VMs of each GPU apart. A guest may lie about being busy
 //! — it is untrusted — so each VM's claims may hold others for at most [`HoldCap::max`] per
 //! [`HoldCap::window`]: past that its busy is ignored until the window ends, the cap hit is
 //! counted and the daemon says so. A VM that is idle, or whose priority is not higher than

@@ -519,3 +519,50 @@ fn a_vm_claiming_busy_without_end_holds_another_only_up_to_the_cap_and_says_so()
         "the daemon says why it let B go"
     );
 }
+
+#[test]
+fn a_busy_vm_holds_less_important_vms_on_its_own_gpu_only() {
+    if let Some(why) = skip_reason() {
+        println!("SKIP: {why}");
+        return;
+    }
+    let sim = Sim::start(2);
+    let parents = sim.parents();
+    // A and C share the first GPU, B is alone on the second.
+    let ua = sim.echo_create(&parents[0], "gvmsim-1");
+    let uc = sim.echo_create(&parents[0], "gvmsim-1");
+    let ub = sim.echo_create(&parents[1], "gvmsim-1");
+    let (la, lb, lc) = (
+        channel_of(&sim, &ua),
+        channel_of(&sim, &ub),
+        channel_of(&sim, &uc),
+    );
+    let d = sim.daemon(&[]);
+    let mut c = d.client();
+    assert!(wait_until(Duration::from_secs(5), || [ua, ub, uc]
+        .iter()
+        .all(|u| is_managed(&mut c, u))));
+    c.set_priority(&ua.to_string(), 2).unwrap();
+    c.set_priority(&ub.to_string(), 8).unwrap();
+    c.set_priority(&uc.to_string(), 8).unwrap();
+    let mut a = Guest::accept(&la, HELLO_V2);
+    let (_b, _c) = (Guest::accept(&lb, HELLO_V2), Guest::accept(&lc, HELLO_V2));
+    a.snapshot();
+    let (b_id, c_id) = (ub.to_string(), uc.to_string());
+    assert!(wait_until(Duration::from_secs(5), || [&b_id, &c_id]
+        .iter()
+        .all(|u| guest_of(&mut c, u).is_some_and(|g| g.protocol == 2))));
+    a.send(r#"{"type":"busy","busy":true}"#);
+    assert!(
+        wait_until(Duration::from_secs(2), || guest_of(&mut c, &c_id)
+            .is_some_and(|g| g.held)),
+        "C, on A's GPU, is held while A is busy"
+    );
+    let b = guest_of(&mut c, &b_id).unwrap();
+    assert!(!b.held, "B, on another GPU, is not held by A: {b:?}");
+    a.send(r#"{"type":"busy","busy":false}"#);
+    assert!(wait_until(Duration::from_secs(2), || guest_of(
+        &mut c, &c_id
+    )
+    .is_some_and(|g| !g.held)));
+}
