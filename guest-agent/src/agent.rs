@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the local processes are looked at while some are registered (busy
 /// transitions, freeze completion).
-pub const WATCH_PERIOD: Duration = Duration::from_millis(5);
+pub const WATCH_PERIOD: Duration = Duration::from_millis(2);
 /// How often otherwise (a new registration is noticed this late at worst).
 pub const IDLE_WATCH_PERIOD: Duration = Duration::from_millis(100);
 /// The longest one wait on a port whose host end is not connected (it cannot be

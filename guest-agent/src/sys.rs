@@ -35,10 +35,16 @@ fn poll_one(
         events,
         revents: 0,
     };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // ppoll, not poll: poll's millisecond timeout truncates a sub-millisecond wait to 0,
+    // and the agent's watch loop (1 ms) then spun on the CPU until its deadline.
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
     loop {
-        // SAFETY: `pfd` is a valid, initialised pollfd and we pass a count of 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        // SAFETY: `pfd` is a valid, initialised pollfd, we pass a count of 1, `ts` is a valid
+        // timespec and a null signal mask keeps the thread's own.
+        let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {

@@ -15,8 +15,8 @@
 //! * relay, release: A's `sync` returned → B's held `launch` returned.
 //!
 //! Plus the daemon's and the agents' CPU time (utime + stime, /proc/PID/stat). The figures
-//! are mostly polling intervals: the agent looks at its processes every 5 ms
-//! (`WATCH_PERIOD`, guest-agent/src/agent.rs) and sends at most one busy line per 20 ms
+//! are mostly polling intervals: the agent looks at its processes every 2 ms
+//! (`WATCH_PERIOD`, guest-agent/src/agent.rs) and sends at most one busy line per 10 ms
 //! (`BUSY_MIN_GAP`, guest-agent/src/outbound.rs); the daemon rearbitrates at once on a busy
 //! line and otherwise every 20 ms (`REARBITRATE_PERIOD`, crates/daemon/src/agent_ingest.rs).
 //! Results and their reading: docs/results/guest-relay.md.
@@ -386,7 +386,7 @@ fn main() {
         let (mut decided, mut acked, mut released) = (Vec::new(), Vec::new(), Vec::new());
         let (mut missed, mut not_released) = (0, 0);
         for _ in 0..rounds {
-            // Past the agent's 20 ms busy-line gap, B released and acknowledged.
+            // Past the agent's busy-line gap (BUSY_MIN_GAP), B released and acknowledged.
             std::thread::sleep(Duration::from_millis(50));
             if !wait_until(Duration::from_secs(5), || {
                 guest(&mut c, &ub).is_some_and(|g| !g.held && g.in_sync())
@@ -502,8 +502,8 @@ fn main() {
         );
     }
     println!(
-        "The figures are mostly polling intervals: the agent looks at its processes every 5 ms \
-         (busy and idle, freeze completion), sends at most one busy line per 20 ms, and the \
+        "The figures are mostly polling intervals: the agent looks at its processes every 2 ms \
+         (busy and idle, freeze completion), sends at most one busy line per 10 ms, and the \
          daemon rearbitrates on each busy line and otherwise every 20 ms."
     );
 }
