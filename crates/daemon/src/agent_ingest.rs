@@ -45,8 +45,14 @@
 //! (`Arc`) between the session, its event and the entry, never copied. The
 //! [`GuestStats`] the API returns is built only when someone asks, outside every
 //! lock but the entry's brief one.
+//!
+//! Submodules:
+//! - `arbitration`: which VMs are held, decided over the table, on busy lines and
+//!   periodically ([`GuestTable::rearbitrate`]);
+//! - `sched_share`: the scheduler's view of each VM's counters and its share back
+//!   ([`GuestUsage`], [`SchedShare`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,8 +72,7 @@ use uuid::Uuid;
 
 use crate::log_limit::LogLimiter;
 use crate::owners::Resolver;
-use crate::vm_arbiter::{holders, holds, HoldCap, Vm};
-use gvm_shim_host::relay::Masks;
+use crate::vm_arbiter::HoldCap;
 use gvm_shim_host::relay_hub::RelayHub;
 
 /// Most channels the daemon follows at once; more are ignored (and said so).
@@ -142,48 +147,6 @@ pub struct PublishedState {
     pub vgpu: Uuid,
     /// The PCI address of its GPU (the mdev parent), when it is a PCI device.
     pub gpu: Option<String>,
-}
-
-/// What the GPU time-slice scheduler wants of a protocol-2 VM on a GPU under equal-share or
-/// fixed-share ([`crate::scheduler`]): the engine's priority (one for every vGPU on the GPU,
-/// so no VM holds another by priority), whether the engine throttles the VM now (a hold, not
-/// a freeze: nothing waits for in-flight kernels), and the budget's window, which makes the
-/// guest send its counters ten times per window so the budget is charged as it is spent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchedShare {
-    /// The engine's priority.
-    pub priority: u8,
-    /// The engine throttles the VM.
-    pub throttled: bool,
-    /// The budget's window, ms.
-    pub window_ms: u32,
-    /// Under fixed-share, the VM's GPU time per window, µs.
-    pub budget_us: Option<u64>,
-}
-
-impl SchedShare {
-    /// `base` as this share changes it.
-    fn overlay(self, base: v2::Knobs) -> v2::Knobs {
-        v2::Knobs {
-            priority: Some(u32::from(self.priority)),
-            share_budget_us: self.budget_us,
-            window_ms: Some(self.window_ms),
-            ..base
-        }
-    }
-}
-
-/// One protocol-2 VM's counters as the scheduler charges them: summed over its processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestUsage {
-    /// The vGPU.
-    pub vgpu: Uuid,
-    /// The PCI address of its GPU.
-    pub pci: String,
-    /// Kernels submitted and not yet ended.
-    pub pending: u64,
-    /// GPU busy time, µs (the guest's `gpu_busy_us`, summed).
-    pub busy_us: u64,
 }
 
 /// The state the daemon wants a protocol-2 guest in: the vGPU's knobs and the hold.
@@ -462,19 +425,6 @@ pub struct GuestTable {
     relay_latency: Arc<crate::relay_latency::RelayLatency>,
 }
 
-/// When the VMs were last arbitrated, what the host relay's busy state was then, and whether
-/// anybody held anybody: while nobody does and the host's state stands, a periodic
-/// arbitration has nothing to change (caps and windows only matter while someone holds).
-#[derive(Debug, Clone, Copy, Default)]
-struct LastArbitration {
-    at: Option<Instant>,
-    host_epoch: u64,
-    active: bool,
-}
-
-/// How often the VMs are arbitrated again when nothing says they need it (a safety net).
-pub const IDLE_REARBITRATE_PERIOD: Duration = Duration::from_millis(500);
-
 impl Default for GuestTable {
     fn default() -> GuestTable {
         GuestTable {
@@ -542,260 +492,10 @@ impl GuestTable {
         self.rearbitrate(Instant::now());
     }
 
-    /// Give each VM the scheduler's share (`shares`, by vGPU; a VM not in it has none: its
-    /// GPU is under best-effort). A VM whose state changes gets a new generation; holds are
-    /// decided again.
-    pub fn set_sched(&self, shares: &BTreeMap<Uuid, SchedShare>) {
-        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
-        let mut changed = false;
-        for e in entries {
-            let mut c = lock_entry(&e);
-            let Some((vgpu, _)) = c.control.placed.clone() else {
-                continue;
-            };
-            let share = shares.get(&vgpu).copied();
-            if c.control.sched == share {
-                continue;
-            }
-            if c.control.sched.map(|s| s.throttled) != share.map(|s| s.throttled) {
-                debug!(%vgpu, throttled = share.is_some_and(|s| s.throttled), "scheduler throttle of a VM");
-            }
-            c.control.sched = share;
-            changed = true;
-            let Some(base) = c.control.base_knobs else {
-                continue;
-            };
-            let knobs = share.map_or(base, |s| s.overlay(base));
-            if let Some(d) = c.control.desired.as_mut() {
-                if d.knobs != knobs {
-                    d.knobs = knobs;
-                    c.control.generation = next_generation(c.control.generation);
-                    c.control.wake.notify_one();
-                }
-            }
-        }
-        if changed {
-            self.rearbitrate(Instant::now());
-        }
-    }
-
-    /// What each connected protocol-2 VM's last counters say, for the scheduler.
-    pub fn usage(&self) -> Vec<GuestUsage> {
-        let entries: Vec<ChannelEntry> = self.with(|m| m.values().cloned().collect());
-        entries
-            .iter()
-            .filter_map(|e| {
-                let c = lock_entry(e);
-                if !c.connected || c.control.protocol < 2 {
-                    return None;
-                }
-                let (vgpu, pci) = c.control.placed.clone()?;
-                let (counters, _) = c.control.processes.as_ref()?;
-                let (pending, busy_us) =
-                    counters.processes.iter().fold((0u64, 0u64), |(p, b), x| {
-                        (
-                            p.saturating_add(u64::from(x.pending)),
-                            b.saturating_add(x.gpu_busy_us),
-                        )
-                    });
-                Some(GuestUsage {
-                    vgpu,
-                    pci,
-                    pending,
-                    busy_us,
-                })
-            })
-            .collect()
-    }
-
     /// Arbitrate VMs and the host's shim processes through `hub` too (see
     /// [`GuestTable::rearbitrate`]); set once, at start.
     pub fn set_host_relay(&self, hub: Arc<RelayHub>) {
         let _ = self.host_relay.set(hub);
-    }
-
-    /// Decide again which VMs are held ([`crate::vm_arbiter`]): a connected protocol-2 VM
-    /// is held while another on the same GPU of strictly higher priority claims busy (and is not frozen, and
-    /// its cap allows the claim), or, with a host relay, while a host process of strictly
-    /// higher priority on its GPU is busy; and the VM's own priority and busy claim are given
-    /// to the host relay, so host processes of lower priority yield to it. Channels whose hold
-    /// changed get a new generation.
-    pub fn rearbitrate(&self, now: Instant) {
-        // Keyed by position in `entries`: comparing socket paths was most of the cost.
-        let entries: Vec<(PathBuf, ChannelEntry)> =
-            self.with(|m| m.iter().map(|(p, e)| (p.clone(), Arc::clone(e))).collect());
-        let mut vms = BTreeMap::new();
-        // VMs contend per GPU: grouped by their vGPU's GPU (its parent's PCI address; VMs of
-        // a GPU not known form one group).
-        let mut groups: BTreeMap<Option<String>, BTreeMap<usize, Vm>> = BTreeMap::new();
-        // VMs whose busy claim the cap ignores now: with nobody less important it holds
-        // nobody anyway; otherwise it is a cap hit (counted once per window).
-        let mut capped = BTreeSet::new();
-        for (i, (_, e)) in entries.iter().enumerate() {
-            let mut c = lock_entry(e);
-            let Some(d) = c.control.desired else { continue };
-            if !c.connected || c.control.protocol < 2 {
-                continue;
-            }
-            let claims = c.control.busy == Some(true) && !d.knobs.frozen;
-            let busy = claims && c.control.cap.allows(now);
-            if claims && !busy {
-                capped.insert(i);
-            }
-            let priority = d.knobs.priority.unwrap_or(8);
-            let vm = Vm { priority, busy };
-            vms.insert(i, vm);
-            let gpu = c.control.placed.as_ref().map(|(_, pci)| pci.clone());
-            groups.entry(gpu).or_default().insert(i, vm);
-        }
-        let (mut held, mut holding) = (BTreeMap::new(), BTreeMap::new());
-        // The least important priority on each VM's GPU: a claim holds someone only below it.
-        let mut gpu_lowest = BTreeMap::new();
-        for members in groups.values() {
-            held.extend(holds(members));
-            holding.extend(holders(members));
-            let low = members
-                .values()
-                .map(|v| v.priority)
-                .max()
-                .unwrap_or(u32::MAX);
-            gpu_lowest.extend(members.keys().map(|i| (*i, low)));
-        }
-        // Across every GPU, for `on_busy`: a VM at it holds nobody anywhere.
-        let lowest = vms.values().map(|v| v.priority).max().unwrap_or(u32::MAX);
-        self.lowest_priority
-            .store(lowest, std::sync::atomic::Ordering::Relaxed);
-        let relay = self.host_relay.get();
-        let host_epoch = relay.map_or(0, |r| r.host_epoch());
-        let mut active = held.values().chain(holding.values()).any(|h| *h);
-        if let Some(relay) = relay {
-            // A VM that left (disconnected, or a v1 agent now) no longer counts on its GPU.
-            for (i, (_, e)) in entries.iter().enumerate() {
-                if vms.contains_key(&i) {
-                    continue;
-                }
-                if let Some((vgpu, pci)) = lock_entry(e).control.placed.clone() {
-                    relay.set_vm(&pci, vgpu, None);
-                }
-            }
-        }
-        for (i, (path, e)) in entries.iter().enumerate() {
-            let Some(h) = held.get(&i) else { continue };
-            let (placed, vm) = {
-                let c = lock_entry(e);
-                (c.control.placed.clone(), vms.get(&i).copied())
-            };
-            // Host processes on the VM's GPU: they hold it, and it holds them, in one order.
-            let mut h = *h;
-            if let (Some(relay), Some((vgpu, pci)), Some(vm)) = (relay, &placed, vm) {
-                let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
-                relay.set_vm(
-                    pci,
-                    *vgpu,
-                    Some(Masks {
-                        busy: if vm.busy { bit } else { 0 },
-                        present: bit,
-                    }),
-                );
-                let below = bit.wrapping_sub(1);
-                h |= relay.host_busy(pci) & below != 0;
-            }
-            let mut c = lock_entry(e);
-            // The scheduler's throttle holds the VM whatever the priorities say.
-            h |= c.control.sched.is_some_and(|s| s.throttled);
-            active |= h;
-            let h = &h;
-            let would_hold =
-                vm.is_some_and(|v| gpu_lowest.get(&i).is_some_and(|l| v.priority < *l));
-            let reached = c
-                .control
-                .cap
-                .holding(now, holding.get(&i).copied().unwrap_or(false))
-                || (capped.contains(&i) && would_hold && c.control.cap.capped(now));
-            if reached {
-                warn!(socket = %path.display(), who = ?c.attribution,
-                      max_ms = c.control.cap.max.as_millis() as u64,
-                      window_ms = c.control.cap.window.as_millis() as u64,
-                      "a VM's busy claims reached the cap on holding other VMs; ignored for the rest of the window");
-                c.last_problem = Some(format!(
-                    "busy claims held other VMs for {} ms of a {} ms window (the cap): ignored until the window ends",
-                    c.control.cap.max.as_millis(),
-                    c.control.cap.window.as_millis()
-                ));
-            }
-            if let Some(d) = c.control.desired.as_mut() {
-                if d.hold != *h {
-                    d.hold = *h;
-                    c.control.generation = next_generation(c.control.generation);
-                    c.control.hold_changed_at = Some(now);
-                    c.control.wake.notify_one();
-                }
-            }
-        }
-        *self
-            .last_arbitration
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = LastArbitration {
-            at: Some(now),
-            host_epoch,
-            active,
-        };
-    }
-
-    /// The periodic arbitration: [`GuestTable::rearbitrate`] when someone holds someone
-    /// (caps and windows), when the host's busy state changed, or when
-    /// [`IDLE_REARBITRATE_PERIOD`] passed; otherwise nothing would change.
-    pub fn tick(&self, now: Instant) {
-        let last = *self
-            .last_arbitration
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let epoch = self.host_relay.get().map_or(0, |r| r.host_epoch());
-        let due = last.active
-            || epoch != last.host_epoch
-            || last
-                .at
-                .is_none_or(|t| now.saturating_duration_since(t) >= IDLE_REARBITRATE_PERIOD);
-        if due {
-            self.rearbitrate(now);
-        }
-    }
-
-    /// `entry`'s VM sent a busy/idle transition. When the VM is more important than another
-    /// (its claim may hold someone), every VM's hold is decided again; otherwise only the
-    /// host relay hears of it, so host processes of lower priority on its GPU follow it. (A
-    /// hundred VMs toggling busy twenty times a second would otherwise each time lock every
-    /// channel.) A change of who is arbitrated (a knob, a hello, a disconnect) goes through
-    /// [`GuestTable::rearbitrate`], which keeps the lowest priority current.
-    pub fn on_busy(&self, entry: &Mutex<ChannelState>, now: Instant) {
-        let lowest = self
-            .lowest_priority
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let (vm, placed) = {
-            let mut c = lock_entry(entry);
-            let Some(d) = c.control.desired else { return };
-            if !c.connected || c.control.protocol < 2 {
-                return;
-            }
-            let claims = c.control.busy == Some(true) && !d.knobs.frozen;
-            let busy = claims && c.control.cap.allows(now);
-            let priority = d.knobs.priority.unwrap_or(8);
-            (Vm { priority, busy }, c.control.placed.clone())
-        };
-        if vm.priority < lowest {
-            return self.rearbitrate(now);
-        }
-        if let (Some(relay), Some((vgpu, pci))) = (self.host_relay.get(), placed) {
-            let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
-            relay.set_vm(
-                &pci,
-                vgpu,
-                Some(Masks {
-                    busy: if vm.busy { bit } else { 0 },
-                    present: bit,
-                }),
-            );
-        }
     }
 
     /// The protocol-2 view of the channel that belongs to vGPU `uuid` (its own socket, or
@@ -1446,6 +1146,12 @@ impl GuestTable {
         infos
     }
 }
+
+mod arbitration;
+mod sched_share;
+use arbitration::LastArbitration;
+pub use arbitration::IDLE_REARBITRATE_PERIOD;
+pub use sched_share::{GuestUsage, SchedShare};
 
 #[cfg(test)]
 #[path = "agent_ingest_tests.rs"]
