@@ -335,6 +335,20 @@ fn main_commands_print_what_testdata_golden_expects_in_text_and_json() {
             }
         }
     }
+    // A file no case writes any more is stale: it would still read as expected output.
+    let written: Vec<String> = cases()
+        .iter()
+        .flat_map(|(name, _)| [format!("{name}.txt"), format!("{name}.json")])
+        .collect();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !written.contains(&file) {
+            failures.push(format!(
+                "=== {file}: no command writes it; remove {}\n",
+                dir.join(&file).display()
+            ));
+        }
+    }
     assert!(
         failures.is_empty(),
         "{} output(s) differ from crates/cli/testdata/golden/:\n\n{}\n\
