@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCandidates;
 use uuid::Uuid;
 
 /// Manage GVM vGPUs (VFIO mediated devices with GPU memory limits and priorities) on a KVM host.
@@ -92,6 +93,7 @@ pub enum Command {
     Types {
         /// Only this parent (e.g. 0000:3b:00.0 or mtty).
         #[arg(long, value_name = "PARENT")]
+        #[arg(add = ArgValueCandidates::new(crate::complete::parents))]
         parent: Option<String>,
         /// Also list catalog types that no parent on this host offers.
         #[arg(long)]
@@ -106,9 +108,11 @@ pub enum Command {
     Create {
         /// Catalog type name (see `gvm-vgpu types`).
         #[arg(long = "type", short = 't', value_name = "TYPE")]
+        #[arg(add = ArgValueCandidates::new(crate::complete::type_names))]
         type_name: String,
         /// Parent device to create it on.
         #[arg(long, short = 'p', value_name = "PARENT")]
+        #[arg(add = ArgValueCandidates::new(crate::complete::parents))]
         parent: Option<String>,
         /// UUID of the new vGPU (upper case is accepted; devices are named in lower case).
         #[arg(long, short = 'u', value_name = "UUID")]
@@ -123,6 +127,7 @@ pub enum Command {
     /// and changes nothing. Shut the VM down or detach the vGPU from it first, or pass --wait.
     Remove {
         /// UUID of the vGPU.
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
         /// Remove it even while it is held: wait until every holder has closed it. The wait
         /// happens in the kernel and cannot be interrupted (Ctrl-C does not end it).
@@ -160,6 +165,7 @@ pub enum Command {
     /// that does not follow libvirt: the domain is then looked up in libvirt directly.
     Show {
         /// UUID of the vGPU, or the name of a libvirt domain (running or only defined).
+        #[arg(add = ArgValueCandidates::new(crate::complete::targets))]
         target: String,
         /// libvirt connection URI to look a domain name up at (default: $LIBVIRT_DEFAULT_URI,
         /// else qemu:///system). Not used for a UUID.
@@ -188,6 +194,7 @@ pub enum Command {
             value_name = "TYPE",
             required_unless_present = "from"
         )]
+        #[arg(add = ArgValueCandidates::new(crate::complete::type_names))]
         type_name: Option<String>,
         /// Parent device to create it on.
         #[arg(
@@ -196,6 +203,7 @@ pub enum Command {
             value_name = "PARENT",
             required_unless_present = "from"
         )]
+        #[arg(add = ArgValueCandidates::new(crate::complete::parents))]
         parent: Option<String>,
         /// UUID (random when absent).
         #[arg(long, short = 'u', value_name = "UUID", conflicts_with = "from")]
@@ -226,12 +234,14 @@ pub enum Command {
     /// Delete a persistent definition (a running vGPU keeps running).
     Undefine {
         /// UUID of the definition.
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
     },
 
     /// Create the vGPU of a stored definition now.
     Start {
         /// UUID of the definition.
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
     },
 
@@ -242,6 +252,7 @@ pub enum Command {
     /// domain) and changing nothing. Shut the VM down or detach the vGPU first, or pass --wait.
     Stop {
         /// UUID of the vGPU.
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
         /// While it is held, wait (here, polling; Ctrl-C ends the wait and changes nothing)
         /// until every holder has let go, then stop it. The daemon itself never blocks.
@@ -255,6 +266,7 @@ pub enum Command {
     /// its definition; --live changes only the running vGPU, --persistent only the definition.
     Set {
         /// UUID or libvirt domain name.
+        #[arg(add = ArgValueCandidates::new(crate::complete::targets))]
         target: String,
         #[expect(
             missing_docs,
@@ -276,12 +288,14 @@ pub enum Command {
     /// Stop all GPU work of a vGPU's owners, live (GVM compute.freeze = 1).
     Freeze {
         /// UUID or libvirt domain name.
+        #[arg(add = ArgValueCandidates::new(crate::complete::targets))]
         target: String,
     },
 
     /// Resume GPU work frozen by `freeze`.
     Thaw {
         /// UUID or libvirt domain name.
+        #[arg(add = ArgValueCandidates::new(crate::complete::targets))]
         target: String,
     },
 
@@ -327,6 +341,7 @@ pub enum Command {
     /// Print the libvirt <hostdev> element that passes a vGPU to a domain.
     Xml {
         /// UUID of the vGPU.
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
         /// Value of the hostdev's display attribute.
         #[arg(long, value_enum)]
@@ -342,6 +357,7 @@ pub enum Command {
     /// Print the QEMU arguments that pass a vGPU to a VM started without libvirt.
     QemuArgs {
         /// UUID of the vGPU.
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
         /// Also wire the guest agent's virtio-serial port to this host Unix socket.
         #[arg(long, value_name = "PATH")]
@@ -363,6 +379,7 @@ pub enum Command {
     /// runs, its definition otherwise.
     Attach {
         /// Domain name.
+        #[arg(add = ArgValueCandidates::new(crate::complete::domains))]
         domain: String,
         /// Create a new vGPU of this catalog type.
         #[arg(
@@ -372,12 +389,14 @@ pub enum Command {
             required_unless_present = "uuid",
             conflicts_with = "uuid"
         )]
+        #[arg(add = ArgValueCandidates::new(crate::complete::type_names))]
         type_name: Option<String>,
         /// Reuse the existing vGPU with this UUID.
         #[arg(long, short = 'u', value_name = "UUID")]
         uuid: Option<Uuid>,
         /// Create the new vGPU on this parent.
         #[arg(long, short = 'p', value_name = "PARENT", requires = "type_name")]
+        #[arg(add = ArgValueCandidates::new(crate::complete::parents))]
         parent: Option<String>,
         /// Change the domain's persistent definition (libvirt --config).
         #[arg(long)]
@@ -413,9 +432,11 @@ pub enum Command {
     /// anyway, waiting (uninterruptibly) for the holders.
     Detach {
         /// Domain name.
+        #[arg(add = ArgValueCandidates::new(crate::complete::domains))]
         domain: String,
         /// UUID of the vGPU.
         #[arg(long, short = 'u', value_name = "UUID")]
+        #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]
         uuid: Uuid,
         /// Change the domain's persistent definition (libvirt --config).
         #[arg(long)]
@@ -461,6 +482,12 @@ pub enum Command {
     },
 
     /// Print a shell completion script.
+    ///
+    /// The script is dynamic: it calls gvm-vgpu back (with COMPLETE set) for each command
+    /// line, which completes subcommands and flags and, from the host at that moment, vGPU
+    /// UUIDs (live and defined), the libvirt domains gvm-vgpud follows, mdev parents and
+    /// catalog type names. The host root comes from GVM_VGPU_ROOT (else /), not --root. The
+    /// Debian package installs it for bash, zsh and fish.
     Completions {
         /// Shell to generate for.
         shell: clap_complete::Shell,

@@ -9,6 +9,7 @@
 //! - [`manpage`]: man pages from the clap definitions, with FILES, ENVIRONMENT, EXIT STATUS,
 //!   EXAMPLES and SEE ALSO (also used by `gvm-vgpu-docs` for the other binaries);
 //! - `commands`: one module per group of subcommands, and the dispatch to them;
+//! - [`complete`]: the values shells complete dynamically (UUIDs, domains, parents, types);
 //! - [`json_error`]: a failure under `--json` as one object on stdout;
 //! - `context`: what every command needs: the host root, the clients built on it, the catalog;
 //! - `table`: plain-text tables for people;
@@ -21,6 +22,7 @@
 
 pub mod cli;
 mod commands;
+pub mod complete;
 mod context;
 pub mod json_error;
 pub mod manpage;

@@ -13,6 +13,9 @@ use gvm_vgpu_cli::cli::Cli;
 use gvm_vgpu_cli::json_error::{ErrorReport, FailureJson};
 
 fn main() -> ExitCode {
+    // `COMPLETE=<shell> gvm-vgpu` prints the shell's registration script, and the shell calls
+    // back here to complete a command line; otherwise this returns at once.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() && json_requested() => {

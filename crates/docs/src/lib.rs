@@ -126,7 +126,18 @@ pub fn generate(out: &Path) -> Result<Vec<PathBuf>, DocsError> {
     for (bin, mut cmd) in completion_commands() {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let mut buf = Vec::new();
-            clap_complete::generate(shell, &mut cmd, bin, &mut buf);
+            if bin == "gvm-vgpu" {
+                // Dynamic: the script calls gvm-vgpu back, which completes UUIDs, domains,
+                // parents and types from the host (gvm_vgpu_cli::complete).
+                gvm_vgpu_cli::complete::write_registration(shell, &mut buf).map_err(|source| {
+                    DocsError::Write {
+                        path: completion_file(shell, bin),
+                        source,
+                    }
+                })?;
+            } else {
+                clap_complete::generate(shell, &mut cmd, bin, &mut buf);
+            }
             let path = out.join("completions").join(completion_file(shell, bin));
             write(&path, &buf)?;
             written.push(path);

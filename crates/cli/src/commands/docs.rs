@@ -4,15 +4,11 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use clap::CommandFactory;
-
-use crate::cli::Cli;
 
 /// Print a completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<()> {
-    let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "gvm-vgpu", out);
-    Ok(())
+    crate::complete::write_registration(shell, out)
+        .with_context(|| format!("cannot write the {shell} completion"))
 }
 
 /// Write `gvm-vgpu.1` and one `gvm-vgpu-<sub>.1` per subcommand, nested ones too
