@@ -10,54 +10,31 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{domain_xml, require_libvirtd, unique_name, TestDomain, URI};
 use gvm_testkit::{require_root_and_fuse, skip, SimHost, SimModel};
 use serde_json::Value;
+use support::{gvm_vgpu, payload, stderr, stdout, succeeded, wait_up_to, Daemon};
 
-const CLI_BIN: &str = env!("CARGO_BIN_EXE_gvm-vgpu");
+mod support;
 
 fn cli(root: &Path, args: &[&str]) -> Output {
-    Command::new(CLI_BIN)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("GVM_VGPU_CATALOG")
+    gvm_vgpu(root, args)
         .env("LIBVIRT_DEFAULT_URI", URI)
         .output()
         .expect("run gvm-vgpu")
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn ok(root: &Path, args: &[&str]) -> String {
-    let o = cli(root, args);
-    assert!(
-        o.status.success(),
-        "gvm-vgpu {args:?} failed: {}",
-        stderr(&o)
-    );
-    stdout(&o)
+    succeeded(&cli(root, args), args)
 }
 
 /// `--json` output's payload: the one member beside `"schema": 1`.
 fn json(root: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let v: Value = serde_json::from_str(&ok(root, &all)).expect("valid JSON");
-    let obj = v.as_object().expect("an object");
-    assert_eq!(obj.get("schema"), Some(&Value::from(1)), "{v}");
-    let mut rest = obj.iter().filter(|(k, _)| *k != "schema");
-    let (_, payload) = rest.next().expect("a payload member");
-    assert!(rest.next().is_none(), "one payload member: {v}");
-    payload.clone()
+    payload(&serde_json::from_str(&ok(root, &all)).expect("valid JSON"))
 }
 
 /// A simulated host (where, as on a kernel, removing a held vGPU would block) and a
@@ -73,53 +50,9 @@ fn sim_and_libvirtd(test: &str) -> Option<SimHost> {
     ))
 }
 
-/// `gvm-vgpud --no-libvirt` serving `root` (a daemon that does not follow libvirt), killed
-/// on drop.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(root: &Path) -> Daemon {
-        let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
-        let child = Command::new(bin)
-            .arg("--root")
-            .arg(root)
-            .arg("--no-libvirt")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start gvm-vgpud");
-        let daemon = Daemon(child);
-        let socket = root.join("run/gvm-vgpu/api.sock");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gvm-vgpud did not listen on {}",
-                socket.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        daemon
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Poll `f` until it holds (true) or 20 s pass (false).
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
+/// Poll `f` until it holds (true) or 20 s pass.
+fn wait_for(f: impl FnMut() -> bool) -> bool {
+    wait_up_to(std::time::Duration::from_secs(20), f)
 }
 
 fn attach_new(root: &Path, domain: &str, extra: &[&str]) -> String {

@@ -11,35 +11,16 @@ use std::process::{Command, Output};
 
 use gvm_testkit::{require_command, require_root_and_fuse, skip, SimHost, SimModel};
 use serde_json::Value;
+use support::{gvm_vgpu, payload, stderr, stdout, succeeded, wait_up_to, Daemon, CLI_BIN};
 
-const CLI_BIN: &str = env!("CARGO_BIN_EXE_gvm-vgpu");
+mod support;
 
 fn cli(root: &Path, args: &[&str]) -> Output {
-    Command::new(CLI_BIN)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("GVM_VGPU_CATALOG")
-        .output()
-        .expect("run gvm-vgpu")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    gvm_vgpu(root, args).output().expect("run gvm-vgpu")
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
-    let o = cli(root, args);
-    assert!(
-        o.status.success(),
-        "gvm-vgpu {args:?} failed: {}",
-        stderr(&o)
-    );
-    stdout(&o)
+    succeeded(&cli(root, args), args)
 }
 
 /// What `gvm-vgpu --json ARGS` printed: one object, `{"schema": 1, "<member>": payload}`;
@@ -49,19 +30,6 @@ fn json(root: &Path, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let v: Value = serde_json::from_str(&ok(root, &all)).expect("valid JSON");
     payload(&v)
-}
-
-/// The payload of a `--json` object, checking its schema and that it has one other member.
-fn payload(v: &Value) -> Value {
-    let obj = v
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"));
-    assert_eq!(obj.get("schema"), Some(&Value::from(1)), "{v}");
-    assert_eq!(obj.len(), 2, "schema and one member: {v}");
-    obj.iter()
-        .find(|(k, _)| *k != "schema")
-        .map(|(_, p)| p.clone())
-        .unwrap()
 }
 
 fn uuids_listed(root: &Path) -> Vec<String> {
@@ -504,55 +472,6 @@ fn a_root_that_does_not_exist_or_has_no_sys_tree_is_an_error_naming_the_path_and
     }
 }
 
-/// `gvm-vgpud` serving a simulated host, killed on drop (its store is crash-safe).
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(root: &Path) -> Daemon {
-        Self::start_logging(root, std::process::Stdio::null())
-    }
-
-    /// [`Daemon::start`] with the daemon's log (stderr) going to `log`.
-    fn start_logging(root: &Path, log: impl Into<std::process::Stdio>) -> Daemon {
-        let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
-        let child = Command::new(bin)
-            .arg("--root")
-            .arg(root)
-            .arg("--no-libvirt")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start gvm-vgpud");
-        let daemon = Daemon(child);
-        let socket = root.join("run/gvm-vgpu/api.sock");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gvm-vgpud did not listen on {}",
-                socket.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        daemon
-    }
-}
-
-impl Daemon {
-    /// `systemctl reload gvm-vgpud`: SIGHUP.
-    fn hangup(&self) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.0.id() as i32, libc::SIGHUP) }, 0);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn define_from_300_items_with_item_299_bad_stores_nothing_and_names_item_299() {
     if skip("define_from_300_items", require_root_and_fuse()) {
@@ -672,15 +591,8 @@ fn daemon_knobs(root: &Path, uuid: &str) -> (u64, u64) {
     )
 }
 
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    f()
+fn wait_for(f: impl FnMut() -> bool) -> bool {
+    wait_up_to(std::time::Duration::from_secs(5), f)
 }
 
 #[test]

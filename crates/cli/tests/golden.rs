@@ -20,11 +20,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use gvm_testkit::{require_root_and_fuse, skip, SimHost, SimModel};
+use support::{gvm_vgpu, succeeded, wait_up_to, Daemon};
 
-const CLI_BIN: &str = env!("CARGO_BIN_EXE_gvm-vgpu");
+mod support;
 
 /// Set to `1` to write what the commands print into the expected files instead of comparing.
 const UPDATE_VAR: &str = "GVM_UPDATE_GOLDEN";
@@ -41,23 +42,11 @@ fn golden_dir() -> PathBuf {
 }
 
 fn cli(root: &Path, args: &[&str]) -> Output {
-    Command::new(CLI_BIN)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("GVM_VGPU_CATALOG")
-        .output()
-        .expect("run gvm-vgpu")
+    gvm_vgpu(root, args).output().expect("run gvm-vgpu")
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
-    let o = cli(root, args);
-    assert!(
-        o.status.success(),
-        "gvm-vgpu {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    succeeded(&cli(root, args), args)
 }
 
 /// What one run of a command is recorded as: its stdout, then, when it failed or wrote to
@@ -172,52 +161,9 @@ fn first_difference(name: &str, expected: &str, actual: &str) -> Option<String> 
     ))
 }
 
-/// `gvm-vgpud` serving the simulated host, killed on drop (as in cli_on_sim.rs).
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(root: &Path) -> Daemon {
-        let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
-        let child = Command::new(bin)
-            .arg("--root")
-            .arg(root)
-            .arg("--no-libvirt")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start gvm-vgpud");
-        let daemon = Daemon(child);
-        let socket = root.join("run/gvm-vgpu/api.sock");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gvm-vgpud did not listen on {}",
-                socket.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        daemon
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Poll `f` every 50 ms for up to 10 s; whether it became true.
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
+fn wait_for(f: impl FnMut() -> bool) -> bool {
+    wait_up_to(std::time::Duration::from_secs(10), f)
 }
 
 /// The commands covered, each run as text (`<name>.txt`) and under `--json` (`<name>.json`).
