@@ -49,17 +49,12 @@ impl GuestTable {
         let mut capped = BTreeSet::new();
         for (i, (_, e)) in entries.iter().enumerate() {
             let mut c = lock_entry(e);
-            let Some(d) = c.control.desired else { continue };
-            if !c.connected || c.control.protocol < 2 {
+            let Some((vm, over_cap)) = arbitrated(&mut c, now) else {
                 continue;
-            }
-            let claims = c.control.busy == Some(true) && !d.knobs.frozen;
-            let busy = claims && c.control.cap.allows(now);
-            if claims && !busy {
+            };
+            if over_cap {
                 capped.insert(i);
             }
-            let priority = d.knobs.priority.unwrap_or(8);
-            let vm = Vm { priority, busy };
             vms.insert(i, vm);
             let gpu = c.control.placed.as_ref().map(|(_, pci)| pci.clone());
             groups.entry(gpu).or_default().insert(i, vm);
@@ -104,16 +99,9 @@ impl GuestTable {
             // Host processes on the VM's GPU: they hold it, and it holds them, in one order.
             let mut h = *h;
             if let (Some(relay), Some((vgpu, pci)), Some(vm)) = (relay, &placed, vm) {
-                let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
-                relay.set_vm(
-                    pci,
-                    *vgpu,
-                    Some(Masks {
-                        busy: if vm.busy { bit } else { 0 },
-                        present: bit,
-                    }),
-                );
-                let below = bit.wrapping_sub(1);
+                let masks = relay_masks(vm);
+                relay.set_vm(pci, *vgpu, Some(masks));
+                let below = masks.present.wrapping_sub(1);
                 h |= relay.host_busy(pci) & below != 0;
             }
             let mut c = lock_entry(e);
@@ -189,28 +177,38 @@ impl GuestTable {
             .load(std::sync::atomic::Ordering::Relaxed);
         let (vm, placed) = {
             let mut c = lock_entry(entry);
-            let Some(d) = c.control.desired else { return };
-            if !c.connected || c.control.protocol < 2 {
+            let Some((vm, _)) = arbitrated(&mut c, now) else {
                 return;
-            }
-            let claims = c.control.busy == Some(true) && !d.knobs.frozen;
-            let busy = claims && c.control.cap.allows(now);
-            let priority = d.knobs.priority.unwrap_or(8);
-            (Vm { priority, busy }, c.control.placed.clone())
+            };
+            (vm, c.control.placed.clone())
         };
         if vm.priority < lowest {
             return self.rearbitrate(now);
         }
         if let (Some(relay), Some((vgpu, pci))) = (self.host_relay.get(), placed) {
-            let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
-            relay.set_vm(
-                &pci,
-                vgpu,
-                Some(Masks {
-                    busy: if vm.busy { bit } else { 0 },
-                    present: bit,
-                }),
-            );
+            relay.set_vm(&pci, vgpu, Some(relay_masks(vm)));
         }
+    }
+}
+
+/// The channel's VM as the arbitration sees it at `now` (a connected protocol-2 VM with a
+/// state to be in; `None` otherwise), and whether its busy claim is ignored for the cap.
+fn arbitrated(c: &mut ChannelState, now: Instant) -> Option<(Vm, bool)> {
+    let d = c.control.desired?;
+    if !c.connected || c.control.protocol < 2 {
+        return None;
+    }
+    let claims = c.control.busy == Some(true) && !d.knobs.frozen;
+    let busy = claims && c.control.cap.allows(now);
+    let priority = d.knobs.priority.unwrap_or(8);
+    Some((Vm { priority, busy }, claims && !busy))
+}
+
+/// `vm` as the host relay counts it: present at its priority, busy while its claim counts.
+fn relay_masks(vm: Vm) -> Masks {
+    let bit = 1u32.checked_shl(vm.priority).unwrap_or(0);
+    Masks {
+        busy: if vm.busy { bit } else { 0 },
+        present: bit,
     }
 }
