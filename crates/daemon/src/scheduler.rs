@@ -460,6 +460,16 @@ impl Scheduler {
         out
     }
 
+    /// Whether `gpu` is under best-effort, as stored and in its engine (a GPU switching
+    /// policy is sampled until both agree).
+    fn best_effort(&self, gpu: u32) -> bool {
+        self.stored_for(gpu).policy == Policy::BestEffort
+            && self
+                .gpus
+                .get(&gpu)
+                .is_none_or(|st| st.engine.config().policy == Policy::BestEffort)
+    }
+
     fn sample_gcgroups(
         &self,
         cx: &SchedContext<'_>,
@@ -471,12 +481,7 @@ impl Scheduler {
         let watched = self.watched.get().is_some_and(|t| t.elapsed() < WATCH_FOR);
         let slow = slow && watched;
         for &(uuid, gpu) in pairs {
-            let best_effort = self.stored_for(gpu).policy == Policy::BestEffort;
-            let engine_best_effort = self
-                .gpus
-                .get(&gpu)
-                .is_none_or(|g| g.engine.config().policy == Policy::BestEffort);
-            if !slow && best_effort && engine_best_effort {
+            if !slow && self.best_effort(gpu) {
                 continue;
             }
             let s = out.entry(gpu).or_default().entry(uuid).or_default();
@@ -516,12 +521,7 @@ impl Scheduler {
         // A VM's guest processes count as the vGPU's gcgroups: their kernels, as the guest
         // last reported them. Running unless the scheduler throttles the VM.
         for (uuid, gpu, g) in self.guest_pairs(cx) {
-            let best_effort = self.stored_for(gpu).policy == Policy::BestEffort
-                && self
-                    .gpus
-                    .get(&gpu)
-                    .is_none_or(|st| st.engine.config().policy == Policy::BestEffort);
-            if !slow && best_effort {
+            if !slow && self.best_effort(gpu) {
                 continue;
             }
             let s = out.entry(gpu).or_default().entry(uuid).or_default();
