@@ -261,6 +261,18 @@ def batch(a):
     import torch
 
     torch.manual_seed(1)
+    if a.batch_kind == "idle":
+        # A peer that joins the arbitration (one launch under the shim) and then launches
+        # nothing: what the server pays for arbitrating with a peer that never competes.
+        torch.ones(1, device="cuda").add_(1).item()
+        print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+        t_start = now()
+        end = t_start + a.seconds
+        while now() < end and not (a.stop_file and os.path.exists(a.stop_file)):
+            time.sleep(0.05)
+        with open(a.result, "w") as f:
+            json.dump({"t_start": t_start, "stamps": [now()]}, f)
+        return
     if a.batch_kind != "mlp":
         step = (batch_conv if a.batch_kind == "conv" else batch_unet)(torch)
         for _ in range(5):
@@ -376,7 +388,16 @@ def stop_smi(proc, path):
 def spawn(role, args, env, tag, out):
     cmd = [sys.executable, os.path.abspath(__file__), role] + args
     log = open(f"/tmp/colo-{tag}-{role}.log", "w")
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    # COLO_CPUS_SERVE / COLO_CPUS_BATCH ("2-5"): pin each role to its own cores, so a
+    # launch-bound server's speed does not depend on where the scheduler put it.
+    cpus = os.environ.get(f"COLO_CPUS_{role.upper()}")
+    pin = None
+    if cpus:
+        lo_c, _, hi_c = cpus.partition("-")
+        mask = set(range(int(lo_c), int(hi_c or lo_c) + 1))
+        pin = lambda: os.sched_setaffinity(0, mask)  # noqa: E731
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                         preexec_fn=pin)
     p.args_log = log.name
     return p
 
@@ -738,8 +759,9 @@ def main():
     ap.add_argument("--freeze-lead", type=float, default=0.0,
                     help="serve: freeze the batch this many ms before each arrival")
     ap.add_argument("--result")
-    ap.add_argument("--batch-kind", default="mlp", choices=["mlp", "conv", "unet"],
-                    help="batch job: MLP training, ResNet-50 training, small UNet loop")
+    ap.add_argument("--batch-kind", default="mlp", choices=["mlp", "conv", "unet", "idle"],
+                    help="batch job: MLP training, ResNet-50 training, small UNet loop, or "
+                    "idle (joins the arbitration, then launches nothing: the shim's cost alone)")
     ap.add_argument("--sigstop-pid", type=int, default=0,
                     help="serve: SIGSTOP this pid during each request, SIGCONT after")
     a = ap.parse_args()

@@ -23,6 +23,7 @@ type CtxGetDeviceFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
 type EventCreateFn = unsafe extern "C" fn(*mut CuHandle, c_uint) -> CuResult;
 type EventRecordFn = unsafe extern "C" fn(CuHandle, CuHandle) -> CuResult;
 type EventQueryFn = unsafe extern "C" fn(CuHandle) -> CuResult;
+type StreamQueryFn = unsafe extern "C" fn(CuHandle) -> CuResult;
 type EventElapsedTimeFn = unsafe extern "C" fn(*mut f32, CuHandle, CuHandle) -> CuResult;
 type StreamIsCapturingFn = unsafe extern "C" fn(CuHandle, *mut c_int) -> CuResult;
 type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CuResult;
@@ -54,6 +55,13 @@ const CU_STREAM_CAPTURE_MODE_RELAXED: c_int = 2;
 const CU_STREAM_CAPTURE_STATUS_NONE: c_int = 0;
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: special handles, never captured.
 const MAX_SPECIAL_STREAM: usize = 2;
+/// `CU_STREAM_PER_THREAD`: the calling thread's default stream, so another thread cannot
+/// query it.
+const CU_STREAM_PER_THREAD: usize = 2;
+/// `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED` .. `CUDA_ERROR_CAPTURED_EVENT`: the stream is
+/// being captured (its launches become graph nodes, nothing of it runs now).
+const CUDA_ERROR_STREAM_CAPTURE_FIRST: CuResult = 900;
+const CUDA_ERROR_STREAM_CAPTURE_LAST: CuResult = 907;
 
 /// The driver function for `v` as `T`, or `None` when the driver lacks it.
 macro_rules! driver_fn {
@@ -247,6 +255,34 @@ impl Events for DriverEvents {
         // SAFETY: an event the shim created and never destroys.
         match unsafe { f(event as CuHandle) } {
             CUDA_ERROR_NOT_READY => Query::Pending,
+            _ => Query::Done,
+        }
+    }
+
+    fn can_query_stream(&self, key: StreamKey) -> bool {
+        // The per-thread default stream (a `_ptsz` launch on stream 0, or the
+        // CU_STREAM_PER_THREAD handle) is the launching thread's own: the helper thread would
+        // query its own instead.
+        !key.ptsz && key.stream != CU_STREAM_PER_THREAD && real_addr(Variant::StreamQuery) != 0
+    }
+
+    fn query_stream(&self, key: StreamKey) -> Query {
+        let Some(f) = driver_fn!(Variant::StreamQuery, StreamQueryFn) else {
+            return Query::Done;
+        };
+        if self.set_ctx {
+            set_current_ctx(key.ctx);
+        }
+        // SAFETY: a stream handle the program launched on (a stream it destroyed since makes
+        // the driver return an error, not touch memory of ours).
+        match unsafe { f(key.stream as CuHandle) } {
+            CUDA_ERROR_NOT_READY => Query::Pending,
+            // Captured since its last launch: what it had queued before may still run.
+            rc if (CUDA_ERROR_STREAM_CAPTURE_FIRST..=CUDA_ERROR_STREAM_CAPTURE_LAST)
+                .contains(&rc) =>
+            {
+                Query::Pending
+            }
             _ => Query::Done,
         }
     }

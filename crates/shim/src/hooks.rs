@@ -137,6 +137,7 @@ fn wrapper_addr(v: Variant) -> usize {
         | Variant::EventRecord
         | Variant::EventRecordPtsz
         | Variant::EventQuery
+        | Variant::StreamQuery
         | Variant::EventElapsedTime
         | Variant::StreamIsCapturing
         | Variant::StreamIsCapturingPtsz

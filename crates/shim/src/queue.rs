@@ -12,7 +12,13 @@
 //!   becomes busy waits for at most that much of its work to drain.
 //! * **Idle detection** ([`Tracker::all_done`]): work on one stream runs in order, so the
 //!   newest event of a stream completing means the stream is idle; the process is idle when
-//!   every stream is.
+//!   every stream is. A launch that needs no event for anything else (a busy process with no
+//!   queue bound: the important one) is only *marked* ([`Tracker::mark_launched`]), and the
+//!   idle check asks the driver whether the marked stream finished (`cuStreamQuery`) — once
+//!   per check, not an event record per launch. An eager server launches thousands of kernels
+//!   per request; an event after each cost it more than the arbitration saved (issue 18,
+//!   `docs/results/shim-matrix.md`). Streams only the launching thread can name (the
+//!   per-thread default stream) still get events.
 //! * **Queue budget in GPU time** (`Tracker::admits`): a count bound costs a job of many
 //!   short kernels (a training step: ~250 launches, most of them tens of microseconds) its
 //!   throughput — the CPU waits on nearly every launch and the GPU runs dry between them —
@@ -73,6 +79,11 @@ pub trait Events {
     fn record(&self, event: usize, key: StreamKey) -> bool;
     /// Query `event` (of `key`'s context).
     fn query(&self, event: usize, key: StreamKey) -> Query;
+    /// Whether [`Events::query_stream`] can tell, from the thread that checks for idle,
+    /// whether `key`'s stream has finished everything queued on it.
+    fn can_query_stream(&self, key: StreamKey) -> bool;
+    /// Whether `key`'s stream has finished all its work (`cuStreamQuery`).
+    fn query_stream(&self, key: StreamKey) -> Query;
     /// GPU time in microseconds from `earlier` to `later`, both complete events of `key`'s
     /// stream; `None` when the driver cannot tell (events without timing, an error).
     fn elapsed_us(&self, earlier: usize, later: usize, key: StreamKey) -> Option<f32>;
@@ -255,6 +266,8 @@ pub struct Tracker {
 struct State {
     rings: Vec<Ring>,
     estimates: Estimates,
+    /// Streams launched on (without an event) since the idle check last saw them finished.
+    marked: Vec<StreamKey>,
 }
 
 impl Tracker {
@@ -272,7 +285,9 @@ impl Tracker {
     /// whether it is tracked.
     pub fn launched(&self, key: StreamKey, work: usize, unknown_us: f32, ev: &dyn Events) -> bool {
         let mut st = self.state();
-        let State { rings, estimates } = &mut *st;
+        let State {
+            rings, estimates, ..
+        } = &mut *st;
         let idx = match rings.iter().position(|r| r.key == key) {
             Some(i) => i,
             None if rings.len() < MAX_STREAMS => {
@@ -299,10 +314,27 @@ impl Tracker {
         true
     }
 
+    /// A launch on `key` succeeded and needs no event (see the module doc): remember the
+    /// stream for the idle check. False when `MAX_STREAMS` streams are marked already (the
+    /// caller then records an event instead).
+    pub fn mark_launched(&self, key: StreamKey) -> bool {
+        let mut st = self.state();
+        if st.marked.contains(&key) {
+            return true;
+        }
+        if st.marked.len() >= MAX_STREAMS {
+            return false;
+        }
+        st.marked.push(key);
+        true
+    }
+
     /// Unfinished tracked launches on `key` now, and their estimated GPU time.
     pub fn queued(&self, key: StreamKey, ev: &dyn Events) -> Queued {
         let mut st = self.state();
-        let State { rings, estimates } = &mut *st;
+        let State {
+            rings, estimates, ..
+        } = &mut *st;
         match rings.iter_mut().find(|r| r.key == key) {
             Some(r) => {
                 r.pop_done(ev, estimates);
@@ -332,7 +364,9 @@ impl Tracker {
             r.len = 0;
             r.last_done = Some(newest);
         }
-        true
+        // Under the lock, so a launch marked meanwhile is either seen here or marked after.
+        st.marked.retain(|k| ev.query_stream(*k) == Query::Pending);
+        st.marked.is_empty()
     }
 }
 
@@ -406,6 +440,18 @@ mod tests {
             match s.recorded_at.get(&e) {
                 Some((st, at)) if s.completed.get(st).copied().unwrap_or(0) < *at => Query::Pending,
                 _ => Query::Done,
+            }
+        }
+        fn can_query_stream(&self, k: StreamKey) -> bool {
+            !k.ptsz
+        }
+        fn query_stream(&self, k: StreamKey) -> Query {
+            let s = self.state.lock().expect("fake");
+            let sub = s.submitted.get(&k.stream).copied().unwrap_or(0);
+            if s.completed.get(&k.stream).copied().unwrap_or(0) < sub {
+                Query::Pending
+            } else {
+                Query::Done
             }
         }
         fn elapsed_us(&self, a: usize, b: usize, _k: StreamKey) -> Option<f32> {
@@ -501,9 +547,67 @@ mod tests {
         fn query(&self, _e: usize, _k: StreamKey) -> Query {
             Query::Done
         }
+        fn can_query_stream(&self, _k: StreamKey) -> bool {
+            false
+        }
+        fn query_stream(&self, _k: StreamKey) -> Query {
+            Query::Done
+        }
         fn elapsed_us(&self, _a: usize, _b: usize, _k: StreamKey) -> Option<f32> {
             None
         }
+    }
+
+    #[test]
+    fn a_marked_stream_is_idle_only_once_the_driver_says_it_finished() {
+        let (t, g) = (Tracker::new(), FakeGpu::default());
+        for _ in 0..3 {
+            g.submit(1);
+            assert!(t.mark_launched(key(1)));
+        }
+        g.submit(2);
+        assert!(t.mark_launched(key(2)));
+        assert_eq!(
+            g.created.load(Ordering::Relaxed),
+            0,
+            "no event for a marked launch"
+        );
+        assert!(!t.all_done(&g), "three launches queued on stream 1");
+        g.complete(1, 3);
+        assert!(!t.all_done(&g), "stream 2 still runs");
+        g.complete(2, 1);
+        assert!(t.all_done(&g));
+        // Seen finished, the marks are gone: a later launch is tracked afresh.
+        g.submit(1);
+        assert!(t.mark_launched(key(1)));
+        assert!(!t.all_done(&g));
+        g.complete(1, 1);
+        assert!(t.all_done(&g));
+    }
+
+    #[test]
+    fn marks_and_events_together_are_idle_when_both_are() {
+        let (t, g) = (Tracker::new(), FakeGpu::default());
+        launch(&t, &g, 1);
+        g.submit(2);
+        assert!(t.mark_launched(key(2)));
+        g.complete(2, 1);
+        assert!(!t.all_done(&g), "the evented stream still runs");
+        g.complete(1, 1);
+        assert!(t.all_done(&g));
+    }
+
+    #[test]
+    fn marks_are_bounded_and_a_full_set_falls_back_to_events() {
+        let t = Tracker::new();
+        for s in 0..MAX_STREAMS {
+            assert!(t.mark_launched(key(s + 10)));
+        }
+        assert!(
+            t.mark_launched(key(10)),
+            "an already marked stream stays marked"
+        );
+        assert!(!t.mark_launched(key(9_999)), "one stream too many");
     }
 
     #[test]

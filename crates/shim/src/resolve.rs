@@ -83,6 +83,7 @@ variants! {
     EventRecord = c"cuEventRecord", false;
     EventRecordPtsz = c"cuEventRecord_ptsz", false;
     EventQuery = c"cuEventQuery", false;
+    StreamQuery = c"cuStreamQuery", false;
     EventElapsedTime = c"cuEventElapsedTime", false;
     StreamIsCapturing = c"cuStreamIsCapturing", false;
     StreamIsCapturingPtsz = c"cuStreamIsCapturing_ptsz", false;

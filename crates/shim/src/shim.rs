@@ -43,7 +43,7 @@ use crate::ffi::{self, CuResult, CUDA_SUCCESS};
 use crate::gate::{self, FutexParker, StreamTracker};
 use crate::gpu_gate::{self, GpuGate};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
-use crate::queue::{self, StreamKey, Tracker};
+use crate::queue::{self, Events, StreamKey, Tracker};
 use crate::register::{self as reg, GpuId, Request, MEMFD_CONTROL, PROTOCOL_VERSION, SOCKET_ENV};
 use crate::reregister::{self, SocketLink};
 use crate::resolve::RealTable;
@@ -100,6 +100,9 @@ pub struct Ticket {
     work: usize,
     /// A queue budget applies: record events with GPU timestamps, to learn run times.
     timed: bool,
+    /// The event would serve only to tell when the process is idle: mark the stream instead
+    /// (`Tracker::mark_launched`), the idle check queries it.
+    idle_only: bool,
 }
 
 /// The state, set up on first use.
@@ -510,12 +513,15 @@ impl Shim {
             }
         }
         self.publish_arb_state(p.is_some(), role, busy);
+        let key = key.filter(|_| bound > 0 || busy);
         Ticket {
             // Events are needed to bound the queue and to tell when a busy process is idle.
-            key: key.filter(|_| bound > 0 || busy),
+            key,
             busy,
             work,
             timed: budget > 0 && bound > 0,
+            idle_only: bound == 0
+                && key.is_some_and(|k| DriverEvents::default().can_query_stream(k)),
         }
     }
 
@@ -531,8 +537,10 @@ impl Shim {
                     set_ctx: false,
                     timing: t.timed,
                 };
-                self.tracker
-                    .launched(k, t.work, self.queue_budget_us as f32, &ev);
+                if !(t.idle_only && self.tracker.mark_launched(k)) {
+                    self.tracker
+                        .launched(k, t.work, self.queue_budget_us as f32, &ev);
+                }
             }
         }
         if t.busy {

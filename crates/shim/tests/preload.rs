@@ -378,6 +378,32 @@ fn a_busy_more_important_process_holds_a_less_important_launch() {
 }
 
 #[test]
+fn an_important_process_records_no_event_per_launch_and_still_goes_idle() {
+    let Some(rig) = rig() else { return };
+    // The less important process joins, then launches again 100 ms later; the important one
+    // launches one 500 ms "kernel" in between and stays alive 3 s. It marks the stream
+    // instead of recording an event, and its helper asks the driver when the stream is done:
+    // the low launch waits for the kernel, not for the process to exit.
+    let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 0, (2, 0, 100), &[]);
+    assert!(value_of(&lo_rx, "launched", 10).is_some(), "low started");
+    let (mut hi, hi_rx) = rig.spawn_arb("hi", 0, 500, (1, 3000, 0), &[]);
+    assert!(value_of(&hi_rx, "launched", 10).is_some(), "high started");
+    let records = value_of(&hi_rx, "records", 10).expect("high launched");
+    assert_eq!(
+        records, 0,
+        "no event recorded per launch by the busy process"
+    );
+    let longest = value_of(&lo_rx, "longest_ms", 10).expect("low finished");
+    assert!(
+        (200..2500).contains(&longest),
+        "the low launch waited for the 500 ms kernel, and not until the high process left: {longest} ms"
+    );
+    assert!(lo.wait().expect("wait").success());
+    let _ = hi.kill();
+    let _ = hi.wait();
+}
+
+#[test]
 fn an_equal_or_less_important_busy_process_holds_nobody() {
     let Some(rig) = rig() else { return };
     let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 600, (1, 2000, 0), &[]);

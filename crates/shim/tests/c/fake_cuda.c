@@ -84,7 +84,7 @@ CUresult cuModuleGetFunction(void **f, void *m, const char *n) { (void)m; (void)
 
 /* Events: "kernels" take FAKE_KERNEL_MS each (negative: never end), back to back per
  * process; an event completes when the last kernel launched before it would have ended. */
-static long long gpu_free_at_ns, n_records;
+static long long gpu_free_at_ns, n_records, n_stream_queries;
 static long long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -118,6 +118,12 @@ CUresult cuEventRecord_ptsz(void *e, void *s) { return cuEventRecord(e, s); }
 CUresult cuEventQuery(void *e) {
     long long d = ((fake_event *)e)->done_at;
     return (d >= 0 && now_ns() >= d) ? 0 : 600;
+}
+/* One fake queue per process: a stream has finished when the last kernel launched has. */
+CUresult cuStreamQuery(void *s) {
+    (void)s;
+    n_stream_queries++;
+    return (gpu_free_at_ns >= 0 && now_ns() >= gpu_free_at_ns) ? 0 : 600;
 }
 /* The fake GPU time between two completed events, as the driver gives it: milliseconds. */
 CUresult cuEventElapsedTime(float *ms, void *a, void *b) {
@@ -208,6 +214,7 @@ int fake_count(const char *k) {
     if (!strcmp(k, "gpa")) return n_gpa;
     if (!strcmp(k, "gpa2")) return n_gpa2;
     if (!strcmp(k, "records")) return (int)n_records;
+    if (!strcmp(k, "stream_queries")) return (int)n_stream_queries;
     if (!strcmp(k, "waits")) return n_waits;
     if (!strcmp(k, "waits_held")) return n_waits_held;
     if (!strcmp(k, "wait_bad")) return n_wait_bad;
