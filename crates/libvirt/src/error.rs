@@ -35,7 +35,7 @@ impl LibvirtError {
 pub enum Error {
     /// libvirt's client library could not be loaded (not installed, or not libvirt): nothing
     /// that talks to libvirtd works in this process; everything else does.
-    #[error("cannot load libvirt's client library {library}: install it (`apt install libvirt0`), or work without libvirt: plain QEMU through `gvm-vgpu qemu-args`, and gvm-vgpud with `--no-libvirt`")]
+    #[error("cannot load libvirt's client library {library}: install libvirt0 (`apt install libvirt0`), or work without libvirt: plain QEMU through `gvm-vgpu qemu-args`, and gvm-vgpud with `--no-libvirt`")]
     LibraryMissing {
         /// The file asked for (`libvirt.so.0`, or the value of `GVM_LIBVIRT_LIBRARY`).
         library: String,

@@ -58,7 +58,7 @@ pub use domain_xml::{DomainInfo, MetaVgpu, AGENT_PORT_NAME, NAMESPACE, NAMESPACE
 pub use error::{Error, LibvirtError, Result};
 pub use events::{DomainBinding, DomainEvent, DomainState, EventKind, WatchEvent};
 #[cfg(feature = "connect")]
-pub use sys::{LIBRARY, LIBRARY_ENV};
+pub use sys::{load_library, LIBRARY, LIBRARY_ENV};
 #[cfg(feature = "connect")]
 pub use watch::{watch, watch_with, WatchHandle, WatchOptions};
 

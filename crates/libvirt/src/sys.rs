@@ -206,6 +206,13 @@ pub(crate) fn library_name(override_name: Option<OsString>) -> OsString {
         .unwrap_or_else(|| LIBRARY.into())
 }
 
+/// Load libvirt's client library now rather than on the first libvirt operation, to learn
+/// whether this host has it: [`Error::LibraryMissing`] when it has not (install `libvirt0`).
+/// Loaded once per process: later calls give the same answer at once.
+pub fn load_library() -> Result<()> {
+    api().map(drop)
+}
+
 /// The libvirt function table, loading the library on the first call of the process.
 pub(crate) fn api() -> Result<&'static Api> {
     let loaded = LOADED.get_or_init(|| {
