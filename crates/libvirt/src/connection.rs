@@ -1,5 +1,5 @@
 //! A thin, typed layer over one libvirt connection (libvirt's C API, loaded at run time by
-//! [`crate::sys`]: a host without libvirt gets [`Error::LibraryMissing`] here, not a binary that
+//! `sys`: a host without libvirt gets [`Error::LibraryMissing`] here, not a binary that
 //! does not start).
 //!
 //! libvirt manages domains (VMs) through a daemon reached by URI: `qemu:///system` for the
