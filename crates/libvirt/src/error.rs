@@ -23,9 +23,9 @@ pub struct LibvirtError {
 }
 
 impl LibvirtError {
-    /// `VIR_ERR_NO_DOMAIN`.
+    /// `VIR_ERR_NO_DOMAIN` of `virErrorNumber` (libvirt's virterror.h).
     pub const NO_DOMAIN: i32 = 42;
-    /// `VIR_ERR_NO_DOMAIN_METADATA`.
+    /// `VIR_ERR_NO_DOMAIN_METADATA` of `virErrorNumber` (virterror.h).
     pub const NO_DOMAIN_METADATA: i32 = 80;
 }
 

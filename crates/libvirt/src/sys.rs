@@ -105,6 +105,9 @@ const VIR_UUID_STRING_BUFLEN: usize = 36 + 1;
 /// `VIR_ERR_INTERNAL_ERROR` of `virErrorNumber` (virterror.h): reported when libvirt failed
 /// without recording an error.
 const VIR_ERR_INTERNAL_ERROR: i32 = 1;
+/// `VIR_ERR_INVALID_ARG` of `virErrorNumber` (virterror.h): what a string with a NUL inside
+/// is reported as, before libvirt is called.
+const VIR_ERR_INVALID_ARG: i32 = 8;
 
 // --- the function table ----------------------------------------------------------------------
 
@@ -325,8 +328,7 @@ impl Api {
 /// `s` as a C string; an interior NUL is refused as libvirt would refuse a bad argument.
 fn c_string(s: &str, what: &str) -> std::result::Result<CString, LibvirtError> {
     CString::new(s).map_err(|_| LibvirtError {
-        // VIR_ERR_INVALID_ARG (virterror.h)
-        code: 8,
+        code: VIR_ERR_INVALID_ARG,
         message: format!("the {what} contains a NUL byte"),
     })
 }
@@ -772,6 +774,16 @@ mod tests {
             library_name(Some("/opt/libvirt/lib/libvirt.so.0".into())),
             "/opt/libvirt/lib/libvirt.so.0"
         );
+    }
+
+    #[test]
+    fn a_string_with_a_nul_is_refused_before_libvirt_sees_it() {
+        let Err(e) = c_string("web\0x", "domain name") else {
+            panic!("a NUL byte passed");
+        };
+        assert_eq!(e.code, VIR_ERR_INVALID_ARG);
+        assert!(e.message.contains("domain name"), "{}", e.message);
+        assert!(c_string("web1", "domain name").is_ok());
     }
 
     #[test]
