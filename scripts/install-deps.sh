@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages one job needs, and nothing it does not. Idempotent: packages already
 # installed are skipped without touching apt. Usage:
-#   scripts/install-deps.sh build   what `cargo build --workspace` links against (libvirt's client
-#                                   library and its pkg-config file)
+#   scripts/install-deps.sh build   what `cargo build --workspace` needs beyond the Rust toolchain:
+#                                   nothing (libvirt is loaded at run time, not linked; FUSE is
+#                                   spoken without libfuse)
 #   scripts/install-deps.sh demo    build + fuse3 (fusermount3 for the simulated host)
 #   scripts/install-deps.sh test    demo + what the tests drive for real: libvirtd, QEMU, mdevctl,
 #                                   busybox for guest images, systemd-analyze; and the
@@ -11,13 +12,14 @@
 set -euo pipefail
 
 job="${1:-}"
-build=(pkg-config libvirt-dev)
+build=()
 demo=("${build[@]}" fuse3)
 test=("${demo[@]}"
     mdevctl                 # Debian's mdevctl, run against the simulated sysfs
     uuid-runtime            # uuidgen, as an operator would use it
     qemu-system-x86         # real guests under TCG (conformance suite, guest agent)
     busybox-static cpio     # guest initramfs
+    libvirt0                # libvirt's client library, which gvm-libvirt loads at run time
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils
     systemd                 # systemd-analyze verify/security on the shipped unit
 )

@@ -239,6 +239,12 @@ fn cli_environment() -> Vec<(String, String)> {
             gvm_catalog::CATALOG_ENV,
             "Extra catalog directories, colon-separated, searched first.",
         ),
+        (
+            "GVM_LIBVIRT_LIBRARY",
+            "The file attach, detach and show DOMAIN load for libvirt's client library instead \
+             of libvirt.so.0 (package libvirt0, loaded at run time, not linked: without it \
+             only those commands fail).",
+        ),
     ])
 }
 

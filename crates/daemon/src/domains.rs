@@ -25,7 +25,8 @@
 //! On a real host the daemon follows `qemu:///system` unless told otherwise ([`choose_uri`]),
 //! whether libvirtd runs at the start or not: the watch retries with a growing pause, the log
 //! says once that it waits and once that it connected, and the same holds after libvirtd
-//! restarts.
+//! restarts. A host without libvirt's client library (`libvirt0`) is not followed at all
+//! ([`uri_for_host`] says so once at start): nothing there could ever answer.
 //!
 //! For troubleshooting, the current picture is written as JSON to
 //! `/run/gvm-vgpu/libvirt.json` under the state root after every change.
@@ -274,18 +275,32 @@ pub fn choose_uri(
     (real_host && can_follow).then(|| gvm_libvirt::uri::DEFAULT_URI.to_string())
 }
 
-/// [`choose_uri`] for `host` and this build.
+/// [`choose_uri`] for `host` and this build, if this process can load libvirt's client
+/// library. On a host without it (no `libvirt0`: a plain-QEMU host) the daemon runs as with
+/// `--no-libvirt`, and says so once, here: as a warning when `--libvirt URI` asked for it, as
+/// information when the URI was only the real host's default.
 pub fn uri_for_host(
     host: &gvm_host_root::HostRoot,
     flag: Option<&str>,
     disabled: bool,
 ) -> Option<String> {
-    choose_uri(
+    let uri = choose_uri(
         flag,
         disabled,
         host.is_real_host(),
         cfg!(feature = "libvirt"),
-    )
+    )?;
+    #[cfg(feature = "libvirt")]
+    if let Err(e) = gvm_libvirt::load_library() {
+        let why = gvm_libvirt::report(&e);
+        if flag.is_some_and(|f| !f.is_empty()) {
+            warn!(%uri, "not following libvirt, as with --no-libvirt: {why}");
+        } else {
+            info!(%uri, "not following libvirt, as with --no-libvirt: {why}");
+        }
+        return None;
+    }
+    Some(uri)
 }
 
 /// The JSON written to [`STATUS_FILE`].

@@ -233,13 +233,18 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     assert!(warnings.contains("RestartSecs"), "{warnings}");
 }
 
-/// The `assets` entries of the package metadata in this crate's Cargo.toml: (source, target).
-fn deb_assets() -> Vec<(String, String)> {
+/// The package metadata (`[package.metadata.deb]`) in this crate's Cargo.toml.
+fn deb_metadata() -> toml::Value {
     let manifest: toml::Value = toml::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap(),
     )
     .unwrap();
-    manifest["package"]["metadata"]["deb"]["assets"]
+    manifest["package"]["metadata"]["deb"].clone()
+}
+
+/// The `assets` entries of the package metadata in this crate's Cargo.toml: (source, target).
+fn deb_assets() -> Vec<(String, String)> {
+    deb_metadata()["assets"]
         .as_array()
         .unwrap()
         .iter()
@@ -251,6 +256,32 @@ fn deb_assets() -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The packages of a Debian relationship field (`a, b (>= 1) | c`), without versions.
+fn packages(field: &str) -> Vec<&str> {
+    field
+        .split([',', '|'])
+        .filter_map(|p| p.split_whitespace().next())
+        .collect()
+}
+
+#[test]
+fn the_package_recommends_libvirt0_and_does_not_depend_on_it() {
+    // gvm-vgpud and gvm-vgpu load libvirt at run time (crates/cli/tests/without_libvirt.rs
+    // checks that no binary links it), so `$auto` (dpkg-shlibdeps) no longer adds libvirt0:
+    // a plain-QEMU host installs the package without libvirt. attach/detach need it.
+    let deb = deb_metadata();
+    let depends = deb["depends"].as_str().unwrap();
+    assert!(
+        !packages(depends).iter().any(|p| p.starts_with("libvirt")),
+        "Depends: {depends}"
+    );
+    let recommends = deb["recommends"].as_str().unwrap();
+    assert!(
+        packages(recommends).contains(&"libvirt0"),
+        "Recommends: {recommends}"
+    );
 }
 
 fn shipped_config() -> String {

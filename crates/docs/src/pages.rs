@@ -38,6 +38,7 @@ pub fn daemon(_page: &str, _path: &[String]) -> Extras {
             ("GVM_VGPUD_BACKEND", "Gcgroup backend, as --backend."),
             ("GVM_VGPUD_AGENT_LIMITS", "Guest-agent ingest limits, as --agent-limits."),
             (gvm_catalog::CATALOG_ENV, "Extra catalog directories, colon-separated, read first."),
+            ("GVM_LIBVIRT_LIBRARY", "The file loaded for libvirt's client library instead of libvirt.so.0 (package libvirt0, loaded at run time, not linked: without it the daemon does not follow libvirt, as with --no-libvirt)."),
             ("NOTIFY_SOCKET", "Set by systemd: READY=1 is sent there once the API socket answers, RELOADING=1 and READY=1 around a reload."),
             ("RUST_LOG", "Log filter (default info), e.g. gvm_vgpud=debug, as --log-level (over the config file's log-level)."),
         ]),

@@ -1,4 +1,6 @@
-//! A thin, typed layer over one libvirt connection (the `virt` crate).
+//! A thin, typed layer over one libvirt connection (libvirt's C API, loaded at run time by
+//! `sys`: a host without libvirt gets [`Error::LibraryMissing`] here, not a binary that
+//! does not start).
 //!
 //! libvirt manages domains (VMs) through a daemon reached by URI: `qemu:///system` for the
 //! system instance (root), `qemu:///session` for a user's own. [`resolve_uri`] picks the URI the
@@ -6,8 +8,8 @@
 //!
 //! Device changes take *impact* flags: [`Apply::config`] edits the persistent definition (what
 //! the domain has at its next start), [`Apply::live`] the running instance; neither means "the
-//! current state" (live when running, config otherwise). `virDomainAttachDevice` without flags
-//! is avoided on purpose: the `virt` crate drops its error.
+//! current state" (live when running, config otherwise); `virDomainAttachDeviceFlags` is
+//! always called with them, never `virDomainAttachDevice`.
 //!
 //! Everything here blocks on the libvirt daemon; no method runs libvirt's event loop (see
 //! [`crate::watch`](mod@crate::watch) for that).
@@ -15,12 +17,11 @@
 use std::fmt;
 
 use uuid::Uuid;
-use virt::connect::Connect;
-use virt::domain::Domain;
 
 use crate::domain_xml::{self, DomainInfo, MetaVgpu, NAMESPACE, NAMESPACE_KEY};
 use crate::error::{Error, LibvirtError, Result};
 use crate::events::{DomainBinding, DomainState};
+use crate::sys::{self, Domain};
 
 pub use crate::uri::{resolve_uri, uri_from_env, DEFAULT_URI, URI_ENV};
 
@@ -54,10 +55,10 @@ impl Apply {
     pub fn flags(self) -> u32 {
         let mut f = 0;
         if self.config {
-            f |= virt_sys::VIR_DOMAIN_AFFECT_CONFIG;
+            f |= sys::VIR_DOMAIN_AFFECT_CONFIG;
         }
         if self.live {
-            f |= virt_sys::VIR_DOMAIN_AFFECT_LIVE;
+            f |= sys::VIR_DOMAIN_AFFECT_LIVE;
         }
         f
     }
@@ -65,7 +66,7 @@ impl Apply {
 
 /// An open libvirt connection; closed on drop.
 pub struct Connection {
-    conn: Connect,
+    conn: sys::Connect,
     uri: String,
 }
 
@@ -77,20 +78,13 @@ impl fmt::Debug for Connection {
     }
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        // A failure to close only leaks the handle; nothing to report from a destructor.
-        let _ = self.conn.close();
-    }
-}
-
 impl Connection {
-    /// Open a read-write connection to `uri`.
+    /// Open a read-write connection to `uri`. The first call of the process loads libvirt's
+    /// client library: [`Error::LibraryMissing`] when it cannot.
     pub fn open(uri: &str) -> Result<Connection> {
-        crate::ffi::quiet_default_errors();
-        let conn = Connect::open(Some(uri)).map_err(|e| Error::Connect {
+        let conn = sys::api()?.open(uri).map_err(|source| Error::Connect {
             uri: uri.to_string(),
-            source: e.into(),
+            source,
         })?;
         Ok(Connection {
             conn,
@@ -103,15 +97,14 @@ impl Connection {
         &self.uri
     }
 
-    /// The underlying `virt` connection (for what this layer does not wrap).
-    pub fn raw(&self) -> &Connect {
+    /// The underlying handle, for the watch's callbacks.
+    pub(crate) fn handle(&self) -> &sys::Connect {
         &self.conn
     }
 
     /// Look a domain up by name.
-    pub fn domain(&self, name: &str) -> Result<Domain> {
-        Domain::lookup_by_name(&self.conn, name).map_err(|e| {
-            let e = LibvirtError::from(e);
+    pub(crate) fn domain(&self, name: &str) -> Result<Domain> {
+        self.conn.lookup_domain(name).map_err(|e| {
             if e.code == LibvirtError::NO_DOMAIN {
                 Error::DomainNotFound {
                     uri: self.uri.clone(),
@@ -149,10 +142,10 @@ impl Connection {
     /// and changes nothing.
     pub fn suspend(&self, name: &str) -> Result<()> {
         let dom = self.domain(name)?;
-        dom.suspend().map(drop).map_err(|e| Error::Domain {
+        dom.suspend().map_err(|source| Error::Domain {
             op: "suspend (pause) it".into(),
             domain: name.to_string(),
-            source: e.into(),
+            source,
         })
     }
 
@@ -160,34 +153,32 @@ impl Connection {
     /// a domain that is not paused.
     pub fn resume(&self, name: &str) -> Result<()> {
         let dom = self.domain(name)?;
-        dom.resume().map(drop).map_err(|e| Error::Domain {
+        dom.resume().map_err(|source| Error::Domain {
             op: "resume it".into(),
             domain: name.to_string(),
-            source: e.into(),
+            source,
         })
     }
 
     /// `virDomainAttachDeviceFlags` with `xml` (a `<hostdev>`, a `<channel>`, …).
     pub fn attach_device(&self, name: &str, xml: &str, apply: Apply) -> Result<()> {
         let dom = self.domain(name)?;
-        dom.attach_device_flags(xml, apply.flags())
-            .map(drop)
-            .map_err(|e| Error::Domain {
+        dom.attach_device(xml, apply.flags())
+            .map_err(|source| Error::Domain {
                 op: format!("attach a device ({})", first_line(xml)),
                 domain: name.to_string(),
-                source: e.into(),
+                source,
             })
     }
 
     /// `virDomainDetachDeviceFlags` with `xml`.
     pub fn detach_device(&self, name: &str, xml: &str, apply: Apply) -> Result<()> {
         let dom = self.domain(name)?;
-        dom.detach_device_flags(xml, apply.flags())
-            .map(drop)
-            .map_err(|e| Error::Domain {
+        dom.detach_device(xml, apply.flags())
+            .map_err(|source| Error::Domain {
                 op: format!("detach a device ({})", first_line(xml)),
                 domain: name.to_string(),
-                source: e.into(),
+                source,
             })
     }
 
@@ -197,28 +188,30 @@ impl Connection {
         let body = (!entries.is_empty()).then(|| domain_xml::metadata_xml(entries));
         let key = body.as_ref().map(|_| NAMESPACE_KEY);
         dom.set_metadata(
-            virt_sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            sys::VIR_DOMAIN_METADATA_ELEMENT,
             body.as_deref(),
             key,
             Some(NAMESPACE),
             apply.flags(),
         )
-        .map(drop)
-        .map_err(|e| Error::Domain {
+        .map_err(|source| Error::Domain {
             op: "write the gvm-vgpu metadata".into(),
             domain: name.to_string(),
-            source: e.into(),
+            source,
         })
     }
 
     /// Every domain (running or only defined) with the vGPUs bound to it, sorted by name.
     /// Active domains are read from their live XML, others from their definition.
     pub fn bindings(&self) -> Result<Vec<DomainBinding>> {
-        let domains = self.conn.list_all_domains(0).map_err(|e| Error::Libvirt {
-            op: "list domains".into(),
-            uri: self.uri.clone(),
-            source: e.into(),
-        })?;
+        let domains = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|source| Error::Libvirt {
+                op: "list domains".into(),
+                uri: self.uri.clone(),
+                source,
+            })?;
         let mut out = Vec::with_capacity(domains.len());
         for dom in domains {
             match binding_of(&dom) {
@@ -245,10 +238,10 @@ impl Connection {
 
 /// Read one domain's binding.
 pub(crate) fn binding_of(dom: &Domain) -> Result<DomainBinding> {
-    let name = dom.get_name().map_err(|e| Error::Domain {
+    let name = dom.name().map_err(|source| Error::Domain {
         op: "read its name".into(),
         domain: "?".into(),
-        source: e.into(),
+        source,
     })?;
     let state = state_of(dom, &name)?;
     let xml = xml_of(dom, &name, !state.is_active())?;
@@ -260,25 +253,25 @@ pub(crate) fn binding_of(dom: &Domain) -> Result<DomainBinding> {
 }
 
 fn state_of(dom: &Domain, name: &str) -> Result<DomainState> {
-    dom.get_state()
-        .map(|(s, _)| DomainState::from_raw(s))
-        .map_err(|e| Error::Domain {
+    dom.state()
+        .map(DomainState::from_raw)
+        .map_err(|source| Error::Domain {
             op: "read its state".into(),
             domain: name.to_string(),
-            source: e.into(),
+            source,
         })
 }
 
 fn xml_of(dom: &Domain, name: &str, inactive: bool) -> Result<String> {
     let flags = if inactive {
-        virt_sys::VIR_DOMAIN_XML_INACTIVE
+        sys::VIR_DOMAIN_XML_INACTIVE
     } else {
         0
     };
-    dom.get_xml_desc(flags).map_err(|e| Error::Domain {
+    dom.xml_desc(flags).map_err(|source| Error::Domain {
         op: "read its XML".into(),
         domain: name.to_string(),
-        source: e.into(),
+        source,
     })
 }
 

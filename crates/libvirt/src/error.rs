@@ -23,26 +23,27 @@ pub struct LibvirtError {
 }
 
 impl LibvirtError {
-    /// `VIR_ERR_NO_DOMAIN`.
+    /// `VIR_ERR_NO_DOMAIN` of `virErrorNumber` (libvirt's virterror.h).
     pub const NO_DOMAIN: i32 = 42;
-    /// `VIR_ERR_NO_DOMAIN_METADATA`.
+    /// `VIR_ERR_NO_DOMAIN_METADATA` of `virErrorNumber` (virterror.h).
     pub const NO_DOMAIN_METADATA: i32 = 80;
-}
-
-#[cfg(feature = "connect")]
-impl From<virt::error::Error> for LibvirtError {
-    fn from(e: virt::error::Error) -> Self {
-        LibvirtError {
-            code: e.code().to_raw() as i32,
-            message: e.message().to_string(),
-        }
-    }
 }
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// libvirt's client library could not be loaded (not installed, or not libvirt): nothing
+    /// that talks to libvirtd works in this process; everything else does.
+    #[error("cannot load libvirt's client library {library}: install libvirt0 (`apt install libvirt0`), or work without libvirt: plain QEMU through `gvm-vgpu qemu-args`, and gvm-vgpud with `--no-libvirt`")]
+    LibraryMissing {
+        /// The file asked for (`libvirt.so.0`, or the value of `GVM_LIBVIRT_LIBRARY`).
+        library: String,
+        /// The loader's reason (`dlopen`'s or `dlsym`'s message).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Opening the libvirt connection failed.
     #[error("cannot connect to libvirt at {uri}: is libvirtd running (`virsh -c {uri} version`), and may this user use it?")]
     Connect {

@@ -7,7 +7,7 @@
 //!
 //! - [`domain_xml`] (pure): read a domain XML (name, UUID, mdev hostdevs, gvm's `<metadata>`
 //!   element in namespace [`NAMESPACE`], agent channels) and build the XML fragments;
-//! - [`connection`]: a thin typed layer over one libvirt connection (the `virt` crate): look
+//! - [`connection`]: a thin typed layer over one libvirt connection: look
 //!   domains up, attach/detach devices with explicit impact flags, write the metadata, list
 //!   which domain holds which vGPU ([`Connection::bindings`]);
 //! - [`attach`](mod@attach): `gvm-vgpu attach/detach`: create or reuse a vGPU, attach its hostdev, record
@@ -21,7 +21,13 @@
 //!   events, states, and which domain is bound to which vGPU;
 //! - [`uri`]: which libvirt URI to use (`--connect`, `LIBVIRT_DEFAULT_URI`, `qemu:///system`);
 //! - `error`: the one error type of the crate, naming what it was about and keeping the cause;
-//! - `ffi` (feature `connect`): the only unsafe code: libvirt's event loop and the event callbacks.
+//! - `sys` (feature `connect`): the only unsafe code: libvirt's C functions, loaded at run time
+//!   from `libvirt.so.0` (never linked), libvirt's event loop and the event callbacks.
+//!
+//! Nothing links libvirt: a process loads it on its first libvirt operation, and on a host
+//! without it (no `libvirt0` package) that operation fails with [`Error::LibraryMissing`]
+//! while everything else works. `GVM_LIBVIRT_LIBRARY` names another file to load instead of
+//! `libvirt.so.0` (a libvirt outside the linker's path; tests use a missing one).
 //!
 //! Every host path goes through [`gvm_host_root::HostRoot`]; libvirt itself is reached only by
 //! URI ([`connection::resolve_uri`]).
@@ -34,9 +40,9 @@ pub mod connection;
 pub mod domain_xml;
 mod error;
 pub mod events;
-#[cfg(feature = "connect")]
-mod ffi;
 pub mod hook;
+#[cfg(feature = "connect")]
+mod sys;
 pub mod uri;
 #[cfg(feature = "connect")]
 pub mod watch;
@@ -51,6 +57,8 @@ pub use connection::{Apply, Connection};
 pub use domain_xml::{DomainInfo, MetaVgpu, AGENT_PORT_NAME, NAMESPACE, NAMESPACE_KEY};
 pub use error::{Error, LibvirtError, Result};
 pub use events::{DomainBinding, DomainEvent, DomainState, EventKind, WatchEvent};
+#[cfg(feature = "connect")]
+pub use sys::{load_library, LIBRARY, LIBRARY_ENV};
 #[cfg(feature = "connect")]
 pub use watch::{watch, watch_with, WatchHandle, WatchOptions};
 

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::connection::{binding_of, Connection};
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, EventKind, WatchEvent};
-use crate::ffi::{self, Raw};
+use crate::sys::{self, Raw};
 
 /// Tuning of [`watch_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,12 +94,14 @@ pub fn watch(uri: &str, on_event: impl FnMut(WatchEvent) + Send + 'static) -> Re
 /// Follow the lifecycle events of every domain at `uri`, calling `on_event` on the watch's
 /// own thread. Returns at once; the first connection is made on that thread (an unreachable
 /// libvirtd is reported as [`WatchEvent::Disconnected`] and retried, not returned as an error).
+/// A host without libvirt's client library is returned as [`Error::LibraryMissing`] at once:
+/// no retry would find it.
 pub fn watch_with(
     uri: &str,
     options: WatchOptions,
     on_event: impl FnMut(WatchEvent) + Send + 'static,
 ) -> Result<WatchHandle> {
-    ffi::ensure_event_loop().map_err(|source| Error::Libvirt {
+    sys::ensure_event_loop(sys::api()?).map_err(|source| Error::Libvirt {
         op: "start its event loop".into(),
         uri: uri.to_string(),
         source,
@@ -165,7 +167,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                     reported = None;
                     pause = self.options.retry;
                     let end = self.follow(&conn);
-                    ffi::deregister(conn.raw(), reg);
+                    conn.handle().deregister(reg);
                     end
                 }
                 Err(e) => End::Lost(crate::report(&e)),
@@ -188,22 +190,23 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
         }
     }
 
-    fn connect(&mut self) -> Result<(Connection, ffi::Registration)> {
+    fn connect(&mut self) -> Result<(Connection, sys::Registration)> {
         let conn = Connection::open(&self.uri)?;
-        let reg = ffi::register(
-            conn.raw(),
-            self.generation,
-            &self.tx,
-            (
-                self.options.keepalive_interval,
-                self.options.keepalive_count,
-            ),
-        )
-        .map_err(|source| Error::Libvirt {
-            op: "register for domain events".into(),
-            uri: self.uri.clone(),
-            source,
-        })?;
+        let reg = conn
+            .handle()
+            .register(
+                self.generation,
+                &self.tx,
+                (
+                    self.options.keepalive_interval,
+                    self.options.keepalive_count,
+                ),
+            )
+            .map_err(|source| Error::Libvirt {
+                op: "register for domain events".into(),
+                uri: self.uri.clone(),
+                source,
+            })?;
         match conn.bindings() {
             Ok(domains) => {
                 self.known = domains
@@ -214,7 +217,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 Ok((conn, reg))
             }
             Err(e) => {
-                ffi::deregister(conn.raw(), reg);
+                conn.handle().deregister(reg);
                 Err(e)
             }
         }
@@ -248,7 +251,7 @@ impl<F: FnMut(WatchEvent)> Watcher<F> {
                 // From a previous connection: stale.
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
-                    if !ffi::is_alive(conn.raw()) {
+                    if !conn.handle().is_alive() {
                         return End::Lost("libvirt connection is no longer alive".into());
                     }
                 }

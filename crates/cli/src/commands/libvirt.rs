@@ -38,9 +38,15 @@ pub struct AttachArgs<'a> {
 
 fn open(connect: Option<&str>) -> Result<Connection> {
     let uri = uri_from_env(connect);
-    Connection::open(&uri).with_context(|| {
-        format!("cannot connect to libvirt at {uri}: is libvirtd running? (or pass --connect URI)")
-    })
+    match Connection::open(&uri) {
+        // No libvirt on this host: the error names the package; libvirtd is not the question.
+        Err(e @ gvm_libvirt::Error::LibraryMissing { .. }) => Err(e.into()),
+        opened => opened.with_context(|| {
+            format!(
+                "cannot connect to libvirt at {uri}: is libvirtd running? (or pass --connect URI)"
+            )
+        }),
+    }
 }
 
 #[derive(Serialize)]

@@ -65,7 +65,8 @@ pub fn wait_up_to(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// `gvm-vgpud --no-libvirt` serving a test root, killed on drop (its store is crash-safe).
+/// `gvm-vgpud --no-libvirt` (or as [`Daemon::start_with`] says) serving a test root, killed
+/// on drop (its store is crash-safe).
 pub struct Daemon(pub std::process::Child);
 
 impl Daemon {
@@ -75,15 +76,27 @@ impl Daemon {
 
     /// [`Daemon::start`] with the daemon's log (stderr) going to `log`.
     pub fn start_logging(root: &Path, log: impl Into<Stdio>) -> Daemon {
+        Self::start_with(root, log, |c| {
+            c.arg("--no-libvirt");
+        })
+    }
+
+    /// `gvm-vgpud --root ROOT`, changed by `adjust` (its libvirt flag, environment), with its
+    /// log going to `log`.
+    pub fn start_with(
+        root: &Path,
+        log: impl Into<Stdio>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let bin = gvm_testkit::workspace_bin_rebuilt("gvm-vgpud", "gvm-vgpud");
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("--root")
             .arg(root)
-            .arg("--no-libvirt")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start gvm-vgpud");
+            .stderr(log);
+        adjust(&mut command);
+        let child = command.spawn().expect("start gvm-vgpud");
         let daemon = Daemon(child);
         let socket = root.join("run/gvm-vgpu/api.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
