@@ -147,7 +147,9 @@ mod tests {
             library: "libnvidia-ml.so.1".into(),
             reason: "cannot open shared object file".into(),
         };
-        assert!(gone.to_string().starts_with("NVML not available (libnvidia-ml.so.1 not found): "));
+        assert!(gone
+            .to_string()
+            .starts_with("NVML not available (libnvidia-ml.so.1 not found): "));
         assert!(gone.is_unavailable());
         let no_driver = Error::Init {
             library: "libnvidia-ml.so.1".into(),

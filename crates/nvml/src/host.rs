@@ -7,6 +7,10 @@ use nvml_wrapper::enum_wrappers::vgpu::VmId;
 use nvml_wrapper::error::NvmlError as WrapperError;
 use nvml_wrapper::struct_wrappers::device::{VgpuSchedulerSetParams, VgpuSchedulerSetState};
 use nvml_wrapper::Device;
+use nvml_wrapper_sys::bindings::{
+    nvmlEnableState_enum_NVML_FEATURE_DISABLED as FEATURE_DISABLED,
+    nvmlEnableState_enum_NVML_FEATURE_ENABLED as FEATURE_ENABLED,
+};
 use serde::Serialize;
 
 use crate::code::ReturnCode;
@@ -21,11 +25,6 @@ use crate::sys::{self, RawError};
 /// The library `Nvml::open` loads: the driver's runtime library (the unversioned
 /// `libnvidia-ml.so` nvml-wrapper defaults to ships only with development packages).
 pub const LIBRARY: &str = "libnvidia-ml.so.1";
-
-use nvml_wrapper_sys::bindings::{
-    nvmlEnableState_enum_NVML_FEATURE_DISABLED as FEATURE_DISABLED,
-    nvmlEnableState_enum_NVML_FEATURE_ENABLED as FEATURE_ENABLED,
-};
 
 /// An initialised NVML.
 pub struct Nvml {
@@ -123,7 +122,12 @@ impl Nvml {
                 pci,
                 library: &self.library,
             }),
-            Err(e) => Err(call_error(&self.library, &pci, "nvmlDeviceGetHandleByPciBusId_v2", e)),
+            Err(e) => Err(call_error(
+                &self.library,
+                &pci,
+                "nvmlDeviceGetHandleByPciBusId_v2",
+                e,
+            )),
         }
     }
 }

@@ -32,7 +32,10 @@ mod tests {
             normalise_pci("00000000:3C:00.0").as_deref(),
             Some("0000:3c:00.0")
         );
-        assert_eq!(normalise_pci("0000:3c:00.0").as_deref(), Some("0000:3c:00.0"));
+        assert_eq!(
+            normalise_pci("0000:3c:00.0").as_deref(),
+            Some("0000:3c:00.0")
+        );
         assert_eq!(normalise_pci("3c:00.0"), None);
         assert_eq!(normalise_pci("0000:3c:20.0"), None);
         assert_eq!(normalise_pci("0000:3g:00.0"), None);

@@ -231,7 +231,9 @@ pub enum SettingError {
         supported: Vec<SchedulerPolicy>,
     },
     /// A fixed slice outside the GPU's range.
-    #[error("time slice {timeslice_ns} ns is outside the GPU's {min_ns}..={max_ns} ns: pick one inside")]
+    #[error(
+        "time slice {timeslice_ns} ns is outside the GPU's {min_ns}..={max_ns} ns: pick one inside"
+    )]
     TimesliceOutOfRange {
         /// The slice asked for.
         timeslice_ns: u32,
@@ -295,8 +297,8 @@ pub fn project_policy(state: &SchedulerState) -> Result<ProjectPolicy, SettingEr
         }
     };
     let adaptive = state.arr_mode == Some(ArrMode::Enabled);
-    let timeslice_us = (!adaptive && state.timeslice_ns != 0)
-        .then_some(u64::from(state.timeslice_ns) / 1000);
+    let timeslice_us =
+        (!adaptive && state.timeslice_ns != 0).then_some(u64::from(state.timeslice_ns) / 1000);
     Ok(ProjectPolicy {
         policy,
         timeslice_us,
@@ -416,7 +418,10 @@ mod tests {
                 },
             }
         );
-        assert_eq!(s.slice.arr_mode().to_nvml(), NVML_VGPU_SCHEDULER_ARR_DISABLE);
+        assert_eq!(
+            s.slice.arr_mode().to_nvml(),
+            NVML_VGPU_SCHEDULER_ARR_DISABLE
+        );
         let d = setting_for(ProjectPolicy {
             policy: Policy::FixedShare,
             timeslice_us: None,

@@ -9,7 +9,7 @@ use std::mem::size_of;
 
 use nvml_wrapper::Device;
 use nvml_wrapper_sys::bindings::{
-    nvmlReturn_t, nvmlVgpuHeterogeneousMode_v1_t, nvmlVgpuHeterogeneousMode_t,
+    nvmlReturn_t, nvmlVgpuHeterogeneousMode_t, nvmlVgpuHeterogeneousMode_v1_t,
     nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerParams_t,
     nvmlVgpuSchedulerParams_t__bindgen_ty_1, NVML_SCHEDULER_SW_MAX_LOG_ENTRIES,
     NVML_VGPU_SCHEDULER_ARR_ENABLE,
@@ -20,7 +20,8 @@ use crate::scheduler::{ArrMode, SchedulerLog, SchedulerLogEntry, SchedulerPolicy
 
 /// `nvmlVgpuHeterogeneousMode_v1` of `nvml.h`:
 /// `NVML_STRUCT_VERSION(VgpuHeterogeneousMode, 1) = sizeof(nvmlVgpuHeterogeneousMode_v1_t) | 1 << 24`.
-pub const HETEROGENEOUS_MODE_V1: u32 = size_of::<nvmlVgpuHeterogeneousMode_v1_t>() as u32 | (1 << 24);
+pub const HETEROGENEOUS_MODE_V1: u32 =
+    size_of::<nvmlVgpuHeterogeneousMode_v1_t>() as u32 | (1 << 24);
 
 /// Why a raw call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

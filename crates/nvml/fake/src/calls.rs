@@ -10,20 +10,19 @@
 //! what NVML defines or the GPU's capabilities allow.
 
 use nvml_wrapper_sys::bindings::{
-    nvmlReturn_t, nvmlVgpuHeterogeneousMode_v1_t, nvmlVgpuSchedulerCapabilities_t,
-    nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLogEntry_t, nvmlVgpuSchedulerLog_t,
-    nvmlVgpuSchedulerParams_t, nvmlVgpuSchedulerParams_t__bindgen_ty_1,
-    nvmlVgpuSchedulerParams_t__bindgen_ty_2,
+    nvmlEnableState_enum_NVML_FEATURE_DISABLED as FEATURE_DISABLED,
+    nvmlEnableState_enum_NVML_FEATURE_ENABLED as FEATURE_ENABLED,
     nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH as ARGUMENT_VERSION_MISMATCH,
     nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE as INSUFFICIENT_SIZE,
     nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT as INVALID_ARGUMENT,
     nvmlReturn_enum_NVML_ERROR_IN_USE as IN_USE, nvmlReturn_enum_NVML_ERROR_NOT_FOUND as NOT_FOUND,
-    nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED as NOT_SUPPORTED,
-    nvmlEnableState_enum_NVML_FEATURE_DISABLED as FEATURE_DISABLED,
-    nvmlEnableState_enum_NVML_FEATURE_ENABLED as FEATURE_ENABLED, NVML_SCHEDULER_SW_MAX_LOG_ENTRIES,
-    NVML_SUPPORTED_VGPU_SCHEDULER_POLICY_COUNT, NVML_VGPU_SCHEDULER_ARR_DEFAULT,
-    NVML_VGPU_SCHEDULER_ARR_DISABLE, NVML_VGPU_SCHEDULER_ARR_ENABLE,
-    NVML_VGPU_SCHEDULER_ENGINE_TYPE_GRAPHICS,
+    nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED as NOT_SUPPORTED, nvmlReturn_t,
+    nvmlVgpuHeterogeneousMode_v1_t, nvmlVgpuSchedulerCapabilities_t, nvmlVgpuSchedulerGetState_t,
+    nvmlVgpuSchedulerLogEntry_t, nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerParams_t,
+    nvmlVgpuSchedulerParams_t__bindgen_ty_1, nvmlVgpuSchedulerParams_t__bindgen_ty_2,
+    NVML_SCHEDULER_SW_MAX_LOG_ENTRIES, NVML_SUPPORTED_VGPU_SCHEDULER_POLICY_COUNT,
+    NVML_VGPU_SCHEDULER_ARR_DEFAULT, NVML_VGPU_SCHEDULER_ARR_DISABLE,
+    NVML_VGPU_SCHEDULER_ARR_ENABLE, NVML_VGPU_SCHEDULER_ENGINE_TYPE_GRAPHICS,
 };
 
 use crate::layout::HETEROGENEOUS_MODE_V1;
@@ -319,7 +318,10 @@ pub fn heterogeneous_mode(g: &FakeGpu, version: u32) -> Answer<nvmlVgpuHeterogen
 }
 
 /// `nvmlDeviceSetVgpuHeterogeneousMode`.
-pub fn set_heterogeneous_mode(g: &mut FakeGpu, mode: &nvmlVgpuHeterogeneousMode_v1_t) -> Answer<()> {
+pub fn set_heterogeneous_mode(
+    g: &mut FakeGpu,
+    mode: &nvmlVgpuHeterogeneousMode_v1_t,
+) -> Answer<()> {
     check_version(mode.version, HETEROGENEOUS_MODE_V1)?;
     require_heterogeneous_support(g)?;
     // Reference: "NVML_ERROR_INVALID_ARGUMENT If ... pHeterogeneousMode->mode is invalid".
@@ -435,7 +437,10 @@ mod tests {
         assert_eq!(handle_by_pci_bus_id(&host, "0:9a:0"), Ok(2));
         assert_eq!(handle_by_pci_bus_id(&host, "3c:00.0"), Ok(1));
         assert_eq!(handle_by_pci_bus_id(&host, "0000:3d:00.0"), Err(NOT_FOUND));
-        assert_eq!(handle_by_pci_bus_id(&host, "garbage"), Err(INVALID_ARGUMENT));
+        assert_eq!(
+            handle_by_pci_bus_id(&host, "garbage"),
+            Err(INVALID_ARGUMENT)
+        );
     }
 
     #[test]
@@ -454,10 +459,16 @@ mod tests {
     #[test]
     fn scheduler_values_outside_the_capabilities_are_invalid() {
         let mut g = gpu(true);
-        assert_eq!(set_scheduler_state(&mut g, equal_share(5)), Err(INVALID_ARGUMENT));
+        assert_eq!(
+            set_scheduler_state(&mut g, equal_share(5)),
+            Err(INVALID_ARGUMENT)
+        );
         let mut bad_policy = equal_share(0);
         bad_policy.policy = 9;
-        assert_eq!(set_scheduler_state(&mut g, bad_policy), Err(INVALID_ARGUMENT));
+        assert_eq!(
+            set_scheduler_state(&mut g, bad_policy),
+            Err(INVALID_ARGUMENT)
+        );
         let mut bad_arr = equal_share(0);
         bad_arr.arr_mode = 3;
         assert_eq!(set_scheduler_state(&mut g, bad_arr), Err(INVALID_ARGUMENT));

@@ -167,7 +167,8 @@ impl FakeHost {
     pub fn load(path: &Path) -> Result<FakeHost, StateError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StateError(format!("read {}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| StateError(format!("parse {}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|e| StateError(format!("parse {}: {e}", path.display())))
     }
 
     /// Writes the state file back (through a sibling temporary file and a rename).

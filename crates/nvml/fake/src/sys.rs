@@ -12,13 +12,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nvml_wrapper_sys::bindings::{
-    nvmlDevice_st, nvmlDevice_t, nvmlPciInfo_t, nvmlReturn_t, nvmlVgpuHeterogeneousMode_t,
-    nvmlVgpuInstance_t, nvmlVgpuSchedulerCapabilities_t, nvmlVgpuSchedulerGetState_t,
-    nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerSetState_t, nvmlVgpuVmIdType_t,
+    nvmlDevice_st, nvmlDevice_t, nvmlPciInfo_t,
     nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED as DRIVER_NOT_LOADED,
     nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT as INVALID_ARGUMENT,
     nvmlReturn_enum_NVML_ERROR_UNINITIALIZED as UNINITIALIZED,
     nvmlReturn_enum_NVML_ERROR_UNKNOWN as UNKNOWN, nvmlReturn_enum_NVML_SUCCESS as SUCCESS,
+    nvmlReturn_t, nvmlVgpuHeterogeneousMode_t, nvmlVgpuInstance_t, nvmlVgpuSchedulerCapabilities_t,
+    nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerSetState_t,
+    nvmlVgpuVmIdType_t,
 };
 
 use crate::calls::{self, Answer, RequestParams, SchedulerRequest};
@@ -173,7 +174,9 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
     length: c_uint,
 ) -> nvmlReturn_t {
     // SAFETY: forwarded from this function's contract.
-    code(read(|h| unsafe { write_c_string(version, length, &h.driver_version) }))
+    code(read(|h| unsafe {
+        write_c_string(version, length, &h.driver_version)
+    }))
 }
 
 /// `nvmlDeviceGetCount_v2`.
@@ -239,8 +242,14 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
         let (domain, bus, dev, function) = calls::parse_bus_id(&g.pci).ok_or(UNKNOWN)?;
         // nvmlPciInfo_t::busId is "domain:bus:device.function" with an 8-digit domain
         // (NVML_DEVICE_PCI_BUS_ID_FMT "%08X:%02X:%02X.0"); busIdLegacy the 4-digit form.
-        let full = format!("{domain:08X}:{bus:02X}:{dev:02X}.{:X}", function.unwrap_or(0));
-        let legacy = format!("{domain:04X}:{bus:02X}:{dev:02X}.{:X}", function.unwrap_or(0));
+        let full = format!(
+            "{domain:08X}:{bus:02X}:{dev:02X}.{:X}",
+            function.unwrap_or(0)
+        );
+        let legacy = format!(
+            "{domain:04X}:{bus:02X}:{dev:02X}.{:X}",
+            function.unwrap_or(0)
+        );
         let mut out = nvmlPciInfo_t {
             busIdLegacy: [0; 16],
             domain,
@@ -375,8 +384,7 @@ pub unsafe extern "C" fn nvmlDeviceGetVgpuHeterogeneousMode(
     }
     // SAFETY: non-null and readable; the caller sets `version` before the call.
     let version = unsafe { (*mode).version };
-    let answer =
-        read(|h| calls::heterogeneous_mode(calls::gpu(h, handle_index(device))?, version));
+    let answer = read(|h| calls::heterogeneous_mode(calls::gpu(h, handle_index(device))?, version));
     // SAFETY: forwarded from this function's contract.
     unsafe { put(mode, answer) }
 }
