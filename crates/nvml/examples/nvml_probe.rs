@@ -99,6 +99,10 @@ fn probe_gpu(gpu: &Gpu<'_>, try_set: bool) -> bool {
         outcome(&gpu.heterogeneous_mode()),
     );
     report("nvmlDeviceGetActiveVgpus", outcome(&gpu.vgpu_instances()));
+    report(
+        "nvmlDeviceGetVgpuProcessUtilization",
+        outcome(&gpu.vgpu_process_utilization(0)),
+    );
     let mut set_refused = false;
     if try_set {
         let setting = match &state {

@@ -11,7 +11,6 @@ use nvml_wrapper_sys::bindings::{
     nvmlEnableState_enum_NVML_FEATURE_DISABLED as FEATURE_DISABLED,
     nvmlEnableState_enum_NVML_FEATURE_ENABLED as FEATURE_ENABLED,
 };
-use serde::Serialize;
 
 use crate::code::ReturnCode;
 use crate::error::{Error, Result};
@@ -21,6 +20,7 @@ use crate::scheduler::{
     SchedulerPolicy, SchedulerSetting, SchedulerState, SliceSetting,
 };
 use crate::sys::{self, RawError};
+use crate::vgpu::{VgpuInstance, VgpuProcessSample, VmIdKind};
 
 /// The library `Nvml::open` loads: the driver's runtime library (the unversioned
 /// `libnvidia-ml.so` nvml-wrapper defaults to ships only with development packages).
@@ -155,29 +155,6 @@ fn call_error(library: &str, pci: &str, call: &'static str, e: WrapperError) -> 
     }
 }
 
-/// How a VM's ID is written (`nvmlVgpuVmIdType_t`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VmIdKind {
-    /// A domain ID.
-    Domain,
-    /// A UUID (libvirt's domain UUID on KVM).
-    Uuid,
-}
-
-/// One active vGPU instance: one running VM's vGPU on the GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VgpuInstance {
-    /// The vGPU's UUID (`nvmlVgpuInstanceGetUUID`).
-    pub uuid: String,
-    /// The VM's ID (`nvmlVgpuInstanceGetVmID`).
-    pub vm_id: String,
-    /// How `vm_id` is written.
-    pub vm_id_kind: VmIdKind,
-    /// Framebuffer the VM uses, bytes (`nvmlVgpuInstanceGetFbUsage`).
-    pub fb_usage_bytes: u64,
-}
-
 /// One GPU, reached by PCI address.
 pub struct Gpu<'a> {
     device: Device<'a>,
@@ -212,7 +189,7 @@ impl Gpu<'_> {
     /// A refusal NVML documents for "a vGPU instance exists on the device": the clearer
     /// [`Error::VmsRunning`] when instances do exist, else the code as it is.
     fn refusal(&self, call: &'static str, code: ReturnCode) -> Error {
-        match self.device.active_vgpus() {
+        match self.active_instances() {
             Ok(active) if !active.is_empty() => Error::VmsRunning {
                 pci: self.pci.clone(),
                 call,
@@ -346,13 +323,10 @@ impl Gpu<'_> {
     /// (`nvmlDeviceGetActiveVgpus`, then per instance `nvmlVgpuInstanceGetUUID`,
     /// `nvmlVgpuInstanceGetVmID`, `nvmlVgpuInstanceGetFbUsage`).
     pub fn vgpu_instances(&self) -> Result<Vec<VgpuInstance>> {
-        let active = self
-            .device
-            .active_vgpus()
-            .map_err(|e| self.error("nvmlDeviceGetActiveVgpus", e))?;
-        active
-            .iter()
-            .map(|v| {
+        self.active_instances()?
+            .into_iter()
+            .map(|instance| {
+                let v = nvml_wrapper::vgpu::VgpuInstance::new(instance, &self.device);
                 let uuid = v
                     .uuid()
                     .map_err(|e| self.error("nvmlVgpuInstanceGetUUID", e))?;
@@ -367,6 +341,7 @@ impl Gpu<'_> {
                     .fb_usage()
                     .map_err(|e| self.error("nvmlVgpuInstanceGetFbUsage", e))?;
                 Ok(VgpuInstance {
+                    instance,
                     uuid,
                     vm_id,
                     vm_id_kind,
@@ -376,11 +351,21 @@ impl Gpu<'_> {
             .collect()
     }
 
+    /// The IDs of the active vGPU instances (`nvmlDeviceGetActiveVgpus`).
+    fn active_instances(&self) -> Result<Vec<u32>> {
+        sys::active_vgpus(&self.device).map_err(|e| self.raw_error("nvmlDeviceGetActiveVgpus", e))
+    }
+
     /// Whether any VM runs on the GPU: whether it has an active vGPU instance.
     pub fn vm_running(&self) -> Result<bool> {
-        self.device
-            .active_vgpus()
-            .map(|a| !a.is_empty())
-            .map_err(|e| self.error("nvmlDeviceGetActiveVgpus", e))
+        Ok(!self.active_instances()?.is_empty())
+    }
+
+    /// Utilisation of the guest processes on the GPU's vGPUs sampled after `last_seen_us`
+    /// (a CPU timestamp in µs; 0 for all the driver holds), one sample per process with
+    /// non-zero use (`nvmlDeviceGetVgpuProcessUtilization`). Empty when NVML has no samples.
+    pub fn vgpu_process_utilization(&self, last_seen_us: u64) -> Result<Vec<VgpuProcessSample>> {
+        sys::vgpu_process_utilization(&self.device, last_seen_us)
+            .map_err(|e| self.raw_error("nvmlDeviceGetVgpuProcessUtilization", e))
     }
 }

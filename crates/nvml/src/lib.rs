@@ -6,7 +6,8 @@
 //! time slice; NVML reads and sets that per GPU, but sets it only while no VM runs on the GPU.
 //! Heterogeneous mode (vGPUs of mixed sizes with placements on one GPU) is a runtime setting
 //! of the GPU set the same way and cleared when its VFs are re-enabled. NVML also reports the
-//! active vGPU instances, one per running VM's vGPU, with the framebuffer each uses.
+//! active vGPU instances, one per running VM's vGPU, with the framebuffer each uses, and the
+//! utilisation of the processes in the guests.
 //!
 //! Without NVML (no `libnvidia-ml.so.1`) [`Nvml::open`] returns [`Error::Unavailable`] and
 //! callers go on without these. On a GPU host without the vGPU manager NVML refuses the vGPU
@@ -24,7 +25,8 @@
 //! - `pci`: PCI addresses in Linux's and NVML's forms;
 //! - `scheduler`: the scheduler's data types and the pure mapping from and to the project's
 //!   policies;
-//! - `sys`: the raw calls, all of the `unsafe`.
+//! - `sys`: the raw calls, all of the `unsafe`;
+//! - `vgpu`: active vGPU instances and their guests' process utilisation.
 #![deny(missing_docs)]
 
 mod code;
@@ -33,10 +35,11 @@ mod host;
 mod pci;
 mod scheduler;
 mod sys;
+mod vgpu;
 
 pub use code::ReturnCode;
 pub use error::{Error, Result};
-pub use host::{Gpu, Nvml, VgpuInstance, VmIdKind, LIBRARY};
+pub use host::{Gpu, Nvml, LIBRARY};
 pub use pci::normalise_pci;
 pub use scheduler::{
     check_setting, project_policy, setting_for, ArrMode, ProjectPolicy, SchedulerCapabilities,
@@ -44,3 +47,4 @@ pub use scheduler::{
     SettingError, SliceSetting,
 };
 pub use sys::HETEROGENEOUS_MODE_V1;
+pub use vgpu::{VgpuInstance, VgpuProcessSample, VmIdKind};

@@ -3,20 +3,23 @@
 //!
 //! - `nvmlDeviceGetVgpuSchedulerState`: the wrapper drops the time slice and averaging factor;
 //! - `nvmlDeviceGetVgpuSchedulerLog`: the wrapper returns all 200 slots, not `entriesCount`;
-//! - `nvmlDeviceGet/SetVgpuHeterogeneousMode`: not wrapped.
+//! - `nvmlDeviceGet/SetVgpuHeterogeneousMode`, `nvmlDeviceGetVgpuProcessUtilization`: not
+//!   wrapped;
+//! - `nvmlDeviceGetActiveVgpus`: the wrapper hides the instance IDs process samples use.
 
 use std::mem::size_of;
 
 use nvml_wrapper::Device;
 use nvml_wrapper_sys::bindings::{
-    nvmlReturn_t, nvmlVgpuHeterogeneousMode_t, nvmlVgpuHeterogeneousMode_v1_t,
-    nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerParams_t,
-    nvmlVgpuSchedulerParams_t__bindgen_ty_1, NVML_SCHEDULER_SW_MAX_LOG_ENTRIES,
-    NVML_VGPU_SCHEDULER_ARR_ENABLE,
+    nvmlReturn_t, nvmlVgpuHeterogeneousMode_t, nvmlVgpuHeterogeneousMode_v1_t, nvmlVgpuInstance_t,
+    nvmlVgpuProcessUtilizationSample_t, nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLog_t,
+    nvmlVgpuSchedulerParams_t, nvmlVgpuSchedulerParams_t__bindgen_ty_1,
+    NVML_SCHEDULER_SW_MAX_LOG_ENTRIES, NVML_VGPU_SCHEDULER_ARR_ENABLE,
 };
 
 use crate::code::ReturnCode;
 use crate::scheduler::{ArrMode, SchedulerLog, SchedulerLogEntry, SchedulerPolicy, SchedulerState};
+use crate::vgpu::VgpuProcessSample;
 
 /// `nvmlVgpuHeterogeneousMode_v1` of `nvml.h`:
 /// `NVML_STRUCT_VERSION(VgpuHeterogeneousMode, 1) = sizeof(nvmlVgpuHeterogeneousMode_v1_t) | 1 << 24`.
@@ -153,6 +156,97 @@ pub fn set_heterogeneous_mode(device: &Device<'_>, mode: u32) -> Raw<()> {
     };
     // SAFETY: as in `scheduler_state`; `m` is a readable v1 struct with its version set.
     returned(unsafe { call(device.handle(), &m) })
+}
+
+/// How often a two-step list call is retried when the list grew between its steps.
+const LIST_ATTEMPTS: usize = 4;
+
+/// `nvmlDeviceGetActiveVgpus`: the instance IDs.
+pub fn active_vgpus(device: &Device<'_>) -> Raw<Vec<u32>> {
+    let call = device
+        .nvml()
+        .lib()
+        .nvmlDeviceGetActiveVgpus
+        .as_ref()
+        .map_err(|_| RawError::Missing)?;
+    let mut ids: Vec<nvmlVgpuInstance_t> = Vec::new();
+    for _ in 0..LIST_ATTEMPTS {
+        let mut count = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        let buffer = if ids.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            ids.as_mut_ptr()
+        };
+        // SAFETY: as in `scheduler_state`; `count` is writable and `buffer` is null with
+        // count 0 or holds `count` elements.
+        match returned(unsafe { call(device.handle(), &mut count, buffer) }) {
+            Ok(()) => {
+                ids.truncate(count as usize);
+                return Ok(ids);
+            }
+            // "the function returns NVML_ERROR_INSUFFICIENT_SIZE, with the element count of
+            // nvmlVgpuInstance_t array required in vgpuCount".
+            Err(RawError::Code(c)) if c.0 == 7 => ids = vec![0; count as usize],
+            Err(e) => return Err(e),
+        }
+    }
+    Err(RawError::Code(ReturnCode(7)))
+}
+
+/// `nvmlDeviceGetVgpuProcessUtilization`; "NVML_ERROR_NOT_FOUND if sample entries are not
+/// found" is an empty list.
+pub fn vgpu_process_utilization(
+    device: &Device<'_>,
+    last_seen_us: u64,
+) -> Raw<Vec<VgpuProcessSample>> {
+    let call = device
+        .nvml()
+        .lib()
+        .nvmlDeviceGetVgpuProcessUtilization
+        .as_ref()
+        .map_err(|_| RawError::Missing)?;
+    let mut samples: Vec<nvmlVgpuProcessUtilizationSample_t> = Vec::new();
+    for _ in 0..LIST_ATTEMPTS {
+        let mut count = u32::try_from(samples.len()).unwrap_or(u32::MAX);
+        let buffer = if samples.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            samples.as_mut_ptr()
+        };
+        // SAFETY: as in `active_vgpus`.
+        match returned(unsafe { call(device.handle(), last_seen_us, &mut count, buffer) }) {
+            Ok(()) => {
+                samples.truncate(count as usize);
+                return Ok(samples.iter().map(process_sample).collect());
+            }
+            Err(RawError::Code(c)) if c == ReturnCode::NOT_FOUND => return Ok(Vec::new()),
+            Err(RawError::Code(c)) if c.0 == 7 => {
+                // SAFETY: the struct is integers and a char array; all-zero is valid.
+                samples = vec![unsafe { std::mem::zeroed() }; count as usize];
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(RawError::Code(ReturnCode(7)))
+}
+
+fn process_sample(s: &nvmlVgpuProcessUtilizationSample_t) -> VgpuProcessSample {
+    let name: Vec<u8> = s
+        .processName
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    VgpuProcessSample {
+        vgpu_instance: s.vgpuInstance,
+        pid: s.pid,
+        name: String::from_utf8_lossy(&name).into_owned(),
+        timestamp_us: s.timeStamp,
+        sm_percent: s.smUtil,
+        mem_percent: s.memUtil,
+        enc_percent: s.encUtil,
+        dec_percent: s.decUtil,
+    }
 }
 
 #[cfg(test)]

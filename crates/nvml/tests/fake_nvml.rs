@@ -292,6 +292,36 @@ fn vgpu_instances_list_each_vm_and_its_framebuffer_use() -> Result<()> {
 }
 
 #[test]
+fn guest_process_utilisation_names_the_vgpu_instance_and_filters_by_time() -> Result<()> {
+    let sample = |pid: u32, t: u64, sm: u32| {
+        json!({"vgpu_instance": 2, "pid": pid, "name": "python3", "timestamp_us": t,
+               "sm": sm, "mem": 5, "enc": 0, "dec": 0})
+    };
+    let mut state = vgpu_host(vec![vm(1, 0), vm(2, 0)]);
+    state["gpus"][0]["processes"] = json!([sample(100, 10, 40), sample(101, 20, 55)]);
+    let host = Host::new(&state)?;
+    let nvml = host.open()?;
+    let gpu = nvml.gpu(GPU)?;
+    let all = gpu.vgpu_process_utilization(0)?;
+    assert_eq!(all.iter().map(|p| p.pid).collect::<Vec<_>>(), [100, 101]);
+    assert_eq!(all[1].sm_percent, 55);
+    assert_eq!(all[1].name, "python3");
+    let instances = gpu.vgpu_instances()?;
+    let owner = instances
+        .iter()
+        .find(|v| v.instance == all[0].vgpu_instance)
+        .context("the sample's vGPU instance is listed")?;
+    assert_eq!(owner.uuid, "6d5a9c0e-0000-4000-8000-000000000002");
+    let newer = gpu.vgpu_process_utilization(15)?;
+    assert_eq!(newer.len(), 1);
+    assert!(
+        gpu.vgpu_process_utilization(20)?.is_empty(),
+        "no samples is an empty list"
+    );
+    Ok(())
+}
+
+#[test]
 fn the_scheduler_log_holds_the_entries_nvml_filled() -> Result<()> {
     let entry = |t: u64| {
         json!({"timestamp": t, "time_run_total": 2 * t, "time_run": 1000, "sw_runlist_id": 4,

@@ -26,7 +26,7 @@ use nvml_wrapper_sys::bindings::{
 };
 
 use crate::layout::HETEROGENEOUS_MODE_V1;
-use crate::state::{FakeGpu, FakeHost, FakeVgpu};
+use crate::state::{FakeGpu, FakeHost, FakeProcessSample, FakeVgpu};
 
 /// An NVML call's result: the data, or the `nvmlReturn_t` to hand back.
 pub type Answer<T> = Result<T, nvmlReturn_t>;
@@ -358,6 +358,45 @@ pub fn active_vgpus(g: &FakeGpu, capacity: u32) -> Result<Vec<u32>, (nvmlReturn_
     Ok(ids)
 }
 
+/// `nvmlDeviceGetVgpuProcessUtilization`: the samples newer than `last_seen_us`, or the code
+/// and the count to report. `capacity` is the caller's `*vgpuProcessSamplesCount`,
+/// `has_buffer` whether `utilizationSamples` is non-NULL.
+pub fn vgpu_process_samples(
+    g: &FakeGpu,
+    last_seen_us: u64,
+    capacity: u32,
+    has_buffer: bool,
+) -> Result<Vec<FakeProcessSample>, (nvmlReturn_t, u32)> {
+    // Reference: "NVML_ERROR_NOT_SUPPORTED if vGPU is not supported by the device".
+    if !g.vgpu_manager {
+        return Err((NOT_SUPPORTED, 0));
+    }
+    // Reference: "NVML_ERROR_INVALID_ARGUMENT if ... a sample count of 0 is passed with a
+    // non-NULL utilizationSamples".
+    if has_buffer && capacity == 0 {
+        return Err((INVALID_ARGUMENT, 0));
+    }
+    let fresh: Vec<FakeProcessSample> = g
+        .processes
+        .iter()
+        .filter(|p| p.timestamp_us > last_seen_us)
+        .cloned()
+        .collect();
+    // Reference: "NVML_ERROR_NOT_FOUND if sample entries are not found".
+    if fresh.is_empty() {
+        return Err((NOT_FOUND, 0));
+    }
+    let count = u32::try_from(fresh.len()).unwrap_or(u32::MAX);
+    // Reference: "invoking the function with utilizationSamples set to NULL ... will return
+    // NVML_ERROR_INSUFFICIENT_SIZE, with the current vGPU instance count in
+    // vgpuProcessSamplesCount"; and "NVML_ERROR_INSUFFICIENT_SIZE if supplied
+    // vgpuProcessSamplesCount is too small".
+    if !has_buffer || count > capacity {
+        return Err((INSUFFICIENT_SIZE, count));
+    }
+    Ok(fresh)
+}
+
 /// The active vGPU instance `instance`, on any GPU.
 pub fn vgpu(host: &FakeHost, instance: u32) -> Answer<&FakeVgpu> {
     // nvmlVgpuInstanceGet{UUID,VmID,FbUsage} reference: "NVML_ERROR_INVALID_ARGUMENT if
@@ -402,6 +441,7 @@ mod tests {
             capabilities: FakeCapabilities::default(),
             vgpus: vec![],
             log: vec![],
+            processes: vec![],
         }
     }
 
@@ -514,6 +554,40 @@ mod tests {
         assert_eq!(
             set_heterogeneous_mode(&mut gpu(false), &m(1)),
             Err(NOT_SUPPORTED)
+        );
+    }
+
+    #[test]
+    fn process_samples_are_sized_first_then_filtered_by_time() {
+        let mut g = gpu(true);
+        assert_eq!(vgpu_process_samples(&g, 0, 0, false), Err((NOT_FOUND, 0)));
+        let sample = |t| FakeProcessSample {
+            vgpu_instance: 7,
+            pid: 100,
+            name: "python3".into(),
+            timestamp_us: t,
+            sm: 50,
+            mem: 10,
+            enc: 0,
+            dec: 0,
+        };
+        g.processes = vec![sample(10), sample(20)];
+        assert_eq!(
+            vgpu_process_samples(&g, 0, 0, false),
+            Err((INSUFFICIENT_SIZE, 2))
+        );
+        assert_eq!(
+            vgpu_process_samples(&g, 0, 0, true),
+            Err((INVALID_ARGUMENT, 0))
+        );
+        assert_eq!(
+            vgpu_process_samples(&g, 0, 1, true),
+            Err((INSUFFICIENT_SIZE, 2))
+        );
+        assert_eq!(vgpu_process_samples(&g, 15, 4, true), Ok(vec![sample(20)]));
+        assert_eq!(
+            vgpu_process_samples(&gpu(false), 0, 0, false),
+            Err((NOT_SUPPORTED, 0))
         );
     }
 

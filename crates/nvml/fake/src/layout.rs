@@ -10,9 +10,9 @@
 use std::mem::size_of;
 
 use nvml_wrapper_sys::bindings::{
-    nvmlPciInfo_t, nvmlVgpuHeterogeneousMode_v1_t, nvmlVgpuSchedulerCapabilities_t,
-    nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLogEntry_t, nvmlVgpuSchedulerLog_t,
-    nvmlVgpuSchedulerSetState_t,
+    nvmlPciInfo_t, nvmlVgpuHeterogeneousMode_v1_t, nvmlVgpuProcessUtilizationSample_t,
+    nvmlVgpuSchedulerCapabilities_t, nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLogEntry_t,
+    nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerSetState_t,
 };
 
 /// `NVML_STRUCT_VERSION(data, ver)` of `nvml.h` for a struct of `size` bytes.
@@ -40,6 +40,8 @@ const _: () = assert!(size_of::<nvmlVgpuSchedulerLogEntry_t>() == 48);
 // { engineId, schedulerPolicy, arrMode, params (8), entriesCount, (+4 padding),
 //   logEntries[NVML_SCHEDULER_SW_MAX_LOG_ENTRIES = 200] }.
 const _: () = assert!(size_of::<nvmlVgpuSchedulerLog_t>() == 24 + 200 * 48);
+// { vgpuInstance, pid, processName[64], timeStamp, smUtil, memUtil, encUtil, decUtil }.
+const _: () = assert!(size_of::<nvmlVgpuProcessUtilizationSample_t>() == 96);
 // { busIdLegacy[16], domain, bus, device, pciDeviceId, pciSubSystemId, busId[32] }.
 const _: () = assert!(size_of::<nvmlPciInfo_t>() == 68);
 

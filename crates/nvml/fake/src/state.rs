@@ -47,6 +47,9 @@ pub struct FakeGpu {
     /// Software-runlist log entries `nvmlDeviceGetVgpuSchedulerLog` hands out.
     #[serde(default)]
     pub log: Vec<FakeLogEntry>,
+    /// Utilisation samples of guest processes (`nvmlDeviceGetVgpuProcessUtilization`).
+    #[serde(default)]
+    pub processes: Vec<FakeProcessSample>,
 }
 
 fn default_name() -> String {
@@ -156,6 +159,28 @@ pub struct FakeLogEntry {
     pub target_time_slice: u64,
     /// ns.
     pub cumulative_preemption_time: u64,
+}
+
+/// One guest process's utilisation sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeProcessSample {
+    /// The vGPU instance the process runs on.
+    pub vgpu_instance: u32,
+    /// The process ID in the guest.
+    pub pid: u32,
+    /// Its name.
+    pub name: String,
+    /// CPU timestamp of the sample, µs.
+    pub timestamp_us: u64,
+    /// SM utilisation, percent.
+    pub sm: u32,
+    /// Framebuffer utilisation, percent.
+    pub mem: u32,
+    /// Encoder utilisation, percent.
+    pub enc: u32,
+    /// Decoder utilisation, percent.
+    pub dec: u32,
 }
 
 /// Why the state file could not be used.

@@ -17,7 +17,8 @@ use nvml_wrapper_sys::bindings::{
     nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT as INVALID_ARGUMENT,
     nvmlReturn_enum_NVML_ERROR_UNINITIALIZED as UNINITIALIZED,
     nvmlReturn_enum_NVML_ERROR_UNKNOWN as UNKNOWN, nvmlReturn_enum_NVML_SUCCESS as SUCCESS,
-    nvmlReturn_t, nvmlVgpuHeterogeneousMode_t, nvmlVgpuInstance_t, nvmlVgpuSchedulerCapabilities_t,
+    nvmlReturn_t, nvmlVgpuHeterogeneousMode_t, nvmlVgpuInstance_t,
+    nvmlVgpuProcessUtilizationSample_t, nvmlVgpuSchedulerCapabilities_t,
     nvmlVgpuSchedulerGetState_t, nvmlVgpuSchedulerLog_t, nvmlVgpuSchedulerSetState_t,
     nvmlVgpuVmIdType_t,
 };
@@ -508,4 +509,66 @@ pub unsafe extern "C" fn nvmlVgpuInstanceGetFbUsage(
     let answer = read(|h| Ok(calls::vgpu(h, instance)?.fb_usage));
     // SAFETY: forwarded from this function's contract.
     unsafe { put(usage, answer) }
+}
+
+/// `nvmlDeviceGetVgpuProcessUtilization`.
+///
+/// # Safety
+/// `count` is null or readable and writable; `samples` is null or writable for `*count`
+/// elements.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetVgpuProcessUtilization(
+    device: nvmlDevice_t,
+    last_seen_us: c_ulonglong,
+    count: *mut c_uint,
+    samples: *mut nvmlVgpuProcessUtilizationSample_t,
+) -> nvmlReturn_t {
+    // Reference: "NVML_ERROR_INVALID_ARGUMENT if device is invalid, vgpuProcessSamplesCount
+    // ... is passed" NULL.
+    if count.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    // SAFETY: non-null and readable per this function's contract.
+    let capacity = unsafe { count.read() };
+    let answer = read(|h| {
+        let g = calls::gpu(h, handle_index(device))?;
+        Ok(calls::vgpu_process_samples(
+            g,
+            last_seen_us,
+            capacity,
+            !samples.is_null(),
+        ))
+    });
+    match answer {
+        Err(c) => c,
+        Ok(Err((c, needed))) => {
+            // SAFETY: count is non-null and writable.
+            unsafe { count.write(needed) };
+            c
+        }
+        Ok(Ok(fresh)) => {
+            for (i, p) in fresh.iter().enumerate() {
+                let mut name = [0 as c_char; 64];
+                for (slot, b) in name.iter_mut().zip(p.name.bytes().take(63)) {
+                    *slot = b as c_char;
+                }
+                let sample = nvmlVgpuProcessUtilizationSample_t {
+                    vgpuInstance: p.vgpu_instance,
+                    pid: p.pid,
+                    processName: name,
+                    timeStamp: p.timestamp_us,
+                    smUtil: p.sm,
+                    memUtil: p.mem,
+                    encUtil: p.enc,
+                    decUtil: p.dec,
+                };
+                // SAFETY: `samples` is non-null (checked by `vgpu_process_samples`) and holds
+                // `capacity` >= fresh.len() elements.
+                unsafe { samples.add(i).write(sample) };
+            }
+            // SAFETY: count is non-null and writable.
+            unsafe { count.write(fresh.len() as c_uint) };
+            SUCCESS
+        }
+    }
 }
