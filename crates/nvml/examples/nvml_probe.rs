@@ -1,8 +1,9 @@
 //! `nvml_probe`: what gvm-nvml's NVML calls return on this host, one JSON line per GPU and
 //! call. Read-only unless `--try-set`, which tries `nvmlDeviceSetVgpuSchedulerState` once per
-//! GPU with the state read back from it (so a host that accepts it keeps what it had) or, when
-//! that read is refused, with best effort at the driver's default (which NVML refuses on a GPU
-//! without NVIDIA's vGPU manager).
+//! GPU: with the state read back from it when the read reports all of it (so a host that
+//! accepts the set keeps what it had; otherwise the set is skipped), or, when that read is
+//! refused, with best effort at the driver's default (which NVML refuses on a GPU without
+//! NVIDIA's vGPU manager).
 //!
 //! ```text
 //! nvml_probe [--try-set] [--library PATH]
@@ -105,18 +106,10 @@ fn probe_gpu(gpu: &Gpu<'_>, try_set: bool) -> bool {
     );
     let mut set_refused = false;
     if try_set {
+        // Without the vGPU manager the read is refused and so will the set be; with it, only
+        // a state the read reports in full is sent back, so nothing changes.
         let setting = match &state {
-            Ok(s) => s.policy.map(|policy| SchedulerSetting {
-                policy,
-                slice: match (s.arr_mode, s.avg_factor) {
-                    (Some(gvm_nvml::ArrMode::Disabled), _) if s.timeslice_ns != 0 => {
-                        SliceSetting::Fixed {
-                            timeslice_ns: s.timeslice_ns,
-                        }
-                    }
-                    _ => SliceSetting::DriverDefault,
-                },
-            }),
+            Ok(s) => s.as_setting(),
             Err(_) => Some(SchedulerSetting {
                 policy: SchedulerPolicy::BestEffort,
                 slice: SliceSetting::DriverDefault,
@@ -133,7 +126,7 @@ fn probe_gpu(gpu: &Gpu<'_>, try_set: bool) -> bool {
             }
             None => report(
                 "nvmlDeviceSetVgpuSchedulerState",
-                json!({"skipped": "the state read back has a policy NVML does not define"}),
+                json!({"skipped": "the state read back cannot be sent back unchanged (ARR on, or values NVML does not define)"}),
             ),
         }
     }

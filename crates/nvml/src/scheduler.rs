@@ -148,6 +148,26 @@ pub struct SchedulerState {
     pub avg_factor: Option<u32>,
 }
 
+impl SchedulerState {
+    /// The setting that sets exactly this state again, when the state says all of it: a
+    /// defined policy with a fixed slice (ARR off), or with ARR at its default and slice 0.
+    /// `None` with ARR on (a get does not report the frequency) or anything NVML does not
+    /// define.
+    pub fn as_setting(&self) -> Option<SchedulerSetting> {
+        let slice = match (self.arr_mode?, self.timeslice_ns) {
+            (ArrMode::Disabled, timeslice_ns) if timeslice_ns != 0 => {
+                SliceSetting::Fixed { timeslice_ns }
+            }
+            (ArrMode::Default, 0) => SliceSetting::DriverDefault,
+            _ => return None,
+        };
+        Some(SchedulerSetting {
+            policy: self.policy?,
+            slice,
+        })
+    }
+}
+
 /// What `nvmlDeviceGetVgpuSchedulerCapabilities` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SchedulerCapabilities {
@@ -499,6 +519,39 @@ mod tests {
             ..c
         };
         assert_eq!(check_setting(&arr, &with_arr), Ok(()));
+    }
+
+    #[test]
+    fn only_a_fully_reported_state_gives_a_setting_back() {
+        let fixed = SchedulerSetting {
+            policy: SchedulerPolicy::FixedShare,
+            slice: SliceSetting::Fixed {
+                timeslice_ns: 4_000_000,
+            },
+        };
+        assert_eq!(state_of(fixed).as_setting(), Some(fixed));
+        let default = SchedulerSetting {
+            policy: SchedulerPolicy::BestEffort,
+            slice: SliceSetting::DriverDefault,
+        };
+        assert_eq!(state_of(default).as_setting(), Some(default));
+        let adaptive = SchedulerSetting {
+            policy: SchedulerPolicy::EqualShare,
+            slice: SliceSetting::Adaptive {
+                avg_factor: 33,
+                frequency: 480,
+            },
+        };
+        assert_eq!(
+            state_of(adaptive).as_setting(),
+            None,
+            "the frequency is not reported"
+        );
+        let unknown = SchedulerState {
+            policy: None,
+            ..state_of(default)
+        };
+        assert_eq!(unknown.as_setting(), None);
     }
 
     #[test]
