@@ -57,7 +57,7 @@ fn outcome<T: Serialize>(r: &Result<T, Error>) -> Value {
         Err(e) => json!({"error": {
             "code": e.code().map(|c| c.to_string()),
             "kind": kind(e),
-            "message": e.to_string(),
+            "message": gvm_error_chain::error_chain(e),
         }}),
     }
 }
@@ -142,7 +142,7 @@ fn main() -> Result<()> {
     let nvml = match opened {
         Ok(n) => n,
         Err(e) if e.is_unavailable() => {
-            line(json!({"nvml": "unavailable", "message": e.to_string()}));
+            line(json!({"nvml": "unavailable", "message": gvm_error_chain::error_chain(&e)}));
             return Ok(());
         }
         Err(e) => return Err(e.into()),

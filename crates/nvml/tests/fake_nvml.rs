@@ -193,6 +193,12 @@ fn a_setting_outside_the_capabilities_is_refused_before_nvml_is_called() -> Resu
         matches!(err, Error::InvalidSetting { .. }),
         "wanted InvalidSetting, got {err:?}"
     );
+    let chain = gvm_error_chain::error_chain(&err);
+    assert!(
+        chain.contains("GPU 0000:3c:00.0")
+            && chain.contains("outside the GPU's 1000000..=30000000 ns"),
+        "{chain}"
+    );
     assert_eq!(host.state()?, before);
     Ok(())
 }
