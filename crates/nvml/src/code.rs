@@ -18,12 +18,16 @@ impl ReturnCode {
     pub const NOT_SUPPORTED: ReturnCode = ReturnCode(3);
     /// `NVML_ERROR_NOT_FOUND`.
     pub const NOT_FOUND: ReturnCode = ReturnCode(6);
+    /// `NVML_ERROR_INSUFFICIENT_SIZE`.
+    pub const INSUFFICIENT_SIZE: ReturnCode = ReturnCode(7);
     /// `NVML_ERROR_DRIVER_NOT_LOADED`.
     pub const DRIVER_NOT_LOADED: ReturnCode = ReturnCode(9);
     /// `NVML_ERROR_IN_USE`.
     pub const IN_USE: ReturnCode = ReturnCode(19);
     /// `NVML_ERROR_ARGUMENT_VERSION_MISMATCH`.
     pub const ARGUMENT_VERSION_MISMATCH: ReturnCode = ReturnCode(25);
+    /// `NVML_ERROR_UNKNOWN`.
+    pub const UNKNOWN: ReturnCode = ReturnCode(999);
 
     /// The code nvml-wrapper's error stands for, when it stands for one (and not for a
     /// failure of the wrapper itself, such as a string that is not UTF-8).

@@ -57,7 +57,7 @@ impl Nvml {
             }),
             Err(e) => Err(Error::Init {
                 library,
-                code: ReturnCode::of_wrapper(e).unwrap_or(ReturnCode(999)),
+                code: ReturnCode::of_wrapper(e).unwrap_or(ReturnCode::UNKNOWN),
             }),
         }
     }
@@ -75,7 +75,7 @@ impl Nvml {
             },
             e => Error::System {
                 call,
-                code: ReturnCode::of_wrapper(e).unwrap_or(ReturnCode(999)),
+                code: ReturnCode::of_wrapper(e).unwrap_or(ReturnCode::UNKNOWN),
             },
         }
     }

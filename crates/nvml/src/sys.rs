@@ -186,11 +186,13 @@ pub fn active_vgpus(device: &Device<'_>) -> Raw<Vec<u32>> {
             }
             // "the function returns NVML_ERROR_INSUFFICIENT_SIZE, with the element count of
             // nvmlVgpuInstance_t array required in vgpuCount".
-            Err(RawError::Code(c)) if c.0 == 7 => ids = vec![0; count as usize],
+            Err(RawError::Code(c)) if c == ReturnCode::INSUFFICIENT_SIZE => {
+                ids = vec![0; count as usize]
+            }
             Err(e) => return Err(e),
         }
     }
-    Err(RawError::Code(ReturnCode(7)))
+    Err(RawError::Code(ReturnCode::INSUFFICIENT_SIZE))
 }
 
 /// `nvmlDeviceGetVgpuProcessUtilization`; "NVML_ERROR_NOT_FOUND if sample entries are not
@@ -220,14 +222,14 @@ pub fn vgpu_process_utilization(
                 return Ok(samples.iter().map(process_sample).collect());
             }
             Err(RawError::Code(c)) if c == ReturnCode::NOT_FOUND => return Ok(Vec::new()),
-            Err(RawError::Code(c)) if c.0 == 7 => {
+            Err(RawError::Code(c)) if c == ReturnCode::INSUFFICIENT_SIZE => {
                 // SAFETY: the struct is integers and a char array; all-zero is valid.
                 samples = vec![unsafe { std::mem::zeroed() }; count as usize];
             }
             Err(e) => return Err(e),
         }
     }
-    Err(RawError::Code(ReturnCode(7)))
+    Err(RawError::Code(ReturnCode::INSUFFICIENT_SIZE))
 }
 
 fn process_sample(s: &nvmlVgpuProcessUtilizationSample_t) -> VgpuProcessSample {
