@@ -21,12 +21,21 @@
 //!
 //! Placement (which parent and kernel type to create a catalog type on) is
 //! [`gvm_catalog::placement::place`], shared with the CLI and the hook.
+//!
+//! An SR-IOV VF vGPU (docs/vendor-vfio.md) goes the same way with its own device: a UUID that
+//! is no mdev but has a record ([`gvm_vf::Assignments`]) is attached as the VF's PCI hostdev
+//! ([`domain_xml::vf_hostdev_xml`]), its metadata entry naming the VF type and the PF; a type
+//! no mdev parent can place is created on a free VF when the host has SR-IOV GPUs. The VF must
+//! hold the recorded type (one with none, after a reboot, is given it again; one with
+//! another type is refused, [`Error::VfTypeChanged`]). Detach removes a VF vGPU attach
+//! created through its record, which writes `0` only if the VF still holds the recorded type.
 
 use std::time::{Duration, Instant};
 
 use gvm_catalog::placement::place;
 use gvm_catalog::Catalog;
 use gvm_mdev::{MdevHost, Parent};
+use gvm_vf::{Assignment, Assignments, VfHost};
 use uuid::Uuid;
 
 use crate::connection::{Apply, Connection};
@@ -175,25 +184,64 @@ pub fn attach(
 ) -> Result<Attached> {
     let active = conn.state(&req.domain)?.is_active();
     let apply = resolve_apply(req.persistent, req.live, active);
+    let vfs = VfHost::new(mdev.host().clone());
+    let records = Assignments::new(vfs.clone());
     let parents = mdev
         .parents()
         .map_err(|source| Error::MdevList { source })?;
     let (device, created) = match &req.target {
-        Target::Uuid(uuid) => {
-            let d = mdev.device(uuid).map_err(|source| Error::Mdev {
-                op: "find",
-                uuid: *uuid,
-                source,
-            })?;
-            (d, false)
-        }
+        Target::Uuid(uuid) => match mdev.device(uuid) {
+            Ok(d) => (d, false),
+            Err(source @ gvm_mdev::Error::DeviceNotFound { .. }) => match records.get(uuid) {
+                Ok(record) => return attach_vf(conn, &vfs, &records, req, apply, record, false),
+                // Neither an mdev nor a VF vGPU: the mdev error says where to look.
+                Err(gvm_vf::Error::NotAssigned { .. }) => {
+                    return Err(Error::Mdev {
+                        op: "find",
+                        uuid: *uuid,
+                        source,
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Vf {
+                        op: "find",
+                        uuid: *uuid,
+                        source,
+                    })
+                }
+            },
+            Err(source) => {
+                return Err(Error::Mdev {
+                    op: "find",
+                    uuid: *uuid,
+                    source,
+                })
+            }
+        },
         Target::Type(name) => {
             let scoped: Vec<Parent> = parents
                 .iter()
                 .filter(|p| req.parent.as_ref().is_none_or(|want| &p.name == want))
                 .cloned()
                 .collect();
-            let at = place(catalog, name, &scoped)?;
+            let at = match place(catalog, name, &scoped) {
+                Ok(at) => at,
+                Err(placement) => {
+                    // No mdev parent takes it: a free VF may, on a host with SR-IOV GPUs.
+                    if vfs.pfs().is_ok_and(|p| !p.is_empty()) {
+                        let uuid = Uuid::new_v4();
+                        let record = records
+                            .create(req.parent.as_deref(), name, Some(uuid))
+                            .map_err(|source| Error::Vf {
+                                op: "create",
+                                uuid,
+                                source,
+                            })?;
+                        return attach_vf(conn, &vfs, &records, req, apply, record, true);
+                    }
+                    return Err(placement.into());
+                }
+            };
             let uuid = Uuid::new_v4();
             let d = mdev
                 .create(&at.parent, &at.mdev_type, Some(uuid))
@@ -214,7 +262,10 @@ pub fn attach(
         persistent: !created || apply.config,
         created,
     };
-    let result = write_attachment(conn, &req.domain, &entry, req, apply);
+    let hostdev = req
+        .hostdev
+        .then(|| domain_xml::hostdev_xml(&entry.uuid, req.display));
+    let result = write_attachment(conn, &req.domain, &entry, hostdev, apply);
     if result.is_err() && created {
         // Roll back; the original error is the one to report.
         let _ = mdev.remove(&device.uuid);
@@ -229,26 +280,100 @@ pub fn attach(
     })
 }
 
+/// Attach VF vGPU `record` (created here when `created`): make sure its VF holds the recorded
+/// type, attach its PCI hostdev and record it in the metadata. On failure a vGPU created here
+/// is removed and a type written here is cleared again.
+fn attach_vf(
+    conn: &Connection,
+    vfs: &VfHost,
+    records: &Assignments,
+    req: &AttachRequest,
+    apply: Apply,
+    record: Assignment,
+    created: bool,
+) -> Result<Attached> {
+    let uuid = record.uuid;
+    let undo_create = |e: Error| {
+        if created {
+            let _ = records.remove(&uuid);
+        }
+        e
+    };
+    let state = vfs.vf_state(&record.vf).map_err(|source| {
+        undo_create(Error::Vf {
+            op: "check the VF of",
+            uuid,
+            source,
+        })
+    })?;
+    let set_here = match crate::hook::vf_action(&record, state.current) {
+        crate::hook::VfAction::Ready => false,
+        crate::hook::VfAction::SetType(id) => {
+            vfs.write_type(&record.vf, id).map_err(|source| Error::Vf {
+                op: "set the type of",
+                uuid,
+                source,
+            })?;
+            true
+        }
+        crate::hook::VfAction::Refuse { found } => {
+            return Err(Error::VfTypeChanged {
+                uuid,
+                vf: record.vf,
+                expected: record.type_id,
+                type_name: record.type_name,
+                found,
+            })
+        }
+    };
+    let entry = MetaVgpu {
+        uuid,
+        type_name: Some(record.type_name.clone()),
+        parent: Some(record.pf.clone()),
+        mdev_type: None,
+        persistent: !created || apply.config,
+        created,
+    };
+    let hostdev = match req.hostdev {
+        true => Some(domain_xml::vf_hostdev_xml(&uuid, &record.vf).map_err(undo_create)?),
+        false => None,
+    };
+    let result = write_attachment(conn, &req.domain, &entry, hostdev, apply);
+    if result.is_err() {
+        // Roll back; the original error is the one to report.
+        if created {
+            let _ = records.remove(&uuid);
+        } else if set_here {
+            let _ = vfs.write_type(&record.vf, 0);
+        }
+    }
+    let hostdev_xml = result?;
+    Ok(Attached {
+        uuid,
+        created,
+        apply,
+        metadata: entry,
+        hostdev_xml,
+    })
+}
+
 fn write_attachment(
     conn: &Connection,
     domain: &str,
     entry: &MetaVgpu,
-    req: &AttachRequest,
+    hostdev: Option<String>,
     apply: Apply,
 ) -> Result<Option<String>> {
-    let xml = req
-        .hostdev
-        .then(|| domain_xml::hostdev_xml(&entry.uuid, req.display));
-    if let Some(xml) = &xml {
+    if let Some(xml) = &hostdev {
         conn.attach_device(domain, xml, apply)?;
     }
     let written = update_metadata(conn, domain, apply, |entries| {
         domain_xml::with_entry(entries, entry.clone())
     });
-    if let (Err(_), Some(xml)) = (&written, &xml) {
+    if let (Err(_), Some(xml)) = (&written, &hostdev) {
         let _ = conn.detach_device(domain, xml, apply);
     }
-    written.map(|()| xml)
+    written.map(|()| hostdev)
 }
 
 /// Rewrite the metadata of each definition in `apply` with `change` applied to its entries.
@@ -330,6 +455,22 @@ fn detach_impl(
 ) -> Result<Detached> {
     let active = conn.state(domain)?.is_active();
     let apply = resolve_apply(how.persistent, how.live, active);
+    let vfs = VfHost::new(mdev.host().clone());
+    let records = Assignments::new(vfs.clone());
+    let record = match records.get(uuid) {
+        Ok(r) => Some(r),
+        Err(gvm_vf::Error::NotAssigned { .. }) => None,
+        Err(source) => {
+            return Err(Error::Vf {
+                op: "read the record of",
+                uuid: *uuid,
+                source,
+            })
+        }
+    };
+    if let Some(r) = &record {
+        return detach_vf(conn, &vfs, &records, domain, r, how, apply, active);
+    }
     // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go: refuse
     // a vGPU to remove that is held before changing anything (with a wait, the remove below
     // waits instead). On a running domain a config-only detach leaves the live domain naming
@@ -427,6 +568,122 @@ fn detach_impl(
                     uuid: *uuid,
                     source,
                 })
+            }
+        }
+    }
+    Ok(Detached {
+        uuid: *uuid,
+        apply,
+        hostdev,
+        made_by_attach,
+        removed_vgpu,
+        still_used_by,
+    })
+}
+
+/// [`detach`] of VF vGPU `record`: its PCI hostdev (aliased, or hand-written on its VF) and
+/// metadata entry go, then the vGPU when attach created it, through the record's
+/// compare-before-write. When that removal is due, a VF that holds another type than the
+/// record is refused before anything changes.
+#[expect(clippy::too_many_arguments, reason = "detach_impl's state, passed on")]
+fn detach_vf(
+    conn: &Connection,
+    vfs: &VfHost,
+    records: &Assignments,
+    domain: &str,
+    record: &Assignment,
+    how: DetachHow,
+    apply: Apply,
+    active: bool,
+) -> Result<Detached> {
+    let uuid = &record.uuid;
+    let will_remove = !how.keep_vgpu
+        && conn
+            .info(domain, true)?
+            .meta(uuid)
+            .is_some_and(MetaVgpu::made_by_attach);
+    if will_remove {
+        match vfs.vf_state(&record.vf) {
+            Ok(st) if st.current != 0 && st.current != record.type_id => {
+                return Err(Error::VfTypeChanged {
+                    uuid: *uuid,
+                    vf: record.vf.clone(),
+                    expected: record.type_id,
+                    type_name: record.type_name.clone(),
+                    found: st.current,
+                })
+            }
+            // Gone (VFs disabled) or cleared: removing drops the record only.
+            _ => {}
+        }
+    }
+    let all = records.list().unwrap_or_default();
+    let mut found = false;
+    let mut hostdev = false;
+    let mut made_by_attach = false;
+    for (on, inactive, which) in [
+        (apply.config, true, Apply::CONFIG),
+        (apply.live, false, Apply::LIVE),
+    ] {
+        if !on {
+            continue;
+        }
+        let mut info = conn.info(domain, inactive)?;
+        info.bind_vf_records(&all);
+        if let Some(h) = info.vf_hostdev(uuid) {
+            let xml = domain_xml::vf_hostdev_xml(uuid, &h.address)?;
+            conn.detach_device(domain, &xml, which)?;
+            found = true;
+            hostdev = true;
+        }
+        if let Some(m) = info.meta(uuid) {
+            made_by_attach |= m.made_by_attach();
+            conn.set_vgpu_metadata(
+                domain,
+                &domain_xml::without_entry(&info.metadata, uuid),
+                which,
+            )?;
+            found = true;
+        }
+    }
+    if !found {
+        return Err(Error::NotAttached {
+            domain: domain.to_string(),
+            uuid: *uuid,
+        });
+    }
+    let removable = made_by_attach && !how.keep_vgpu && !still_named(conn, domain, uuid, active)?;
+    let still_used_by: Vec<String> = if removable {
+        conn.domains_of(uuid)?
+            .into_iter()
+            .filter(|d| d != domain)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut removed_vgpu = false;
+    if removable && still_used_by.is_empty() {
+        // After a live detach QEMU lets go of the VF once the guest released it; until then
+        // the driver refuses the `0` (EPERM/EBUSY).
+        let start = Instant::now();
+        loop {
+            match records.remove(uuid) {
+                Ok(()) => {
+                    removed_vgpu = true;
+                    break;
+                }
+                Err(gvm_vf::Error::VfBusy { .. })
+                    if active && apply.live && start.elapsed() < DETACH_GRACE =>
+                {
+                    std::thread::sleep(HOLDER_POLL);
+                }
+                Err(source) => {
+                    return Err(Error::Vf {
+                        op: "remove",
+                        uuid: *uuid,
+                        source,
+                    })
+                }
             }
         }
     }
