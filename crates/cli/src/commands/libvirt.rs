@@ -1,4 +1,5 @@
-//! `attach` and `detach`: hand a vGPU to a libvirt domain and take it back (gvm-libvirt);
+//! `attach` and `detach`: hand a vGPU (an mdev or an SR-IOV VF vGPU) to a libvirt domain and
+//! take it back (gvm-libvirt);
 //! `show DOMAIN` for a domain gvm-vgpud does not resolve, read from libvirt directly.
 
 use std::io::Write;
@@ -167,13 +168,21 @@ pub fn detach(
             }),
         );
     }
-    let present = ctx.mdev.device(&done.uuid).is_ok();
+    let present = vgpu_present(ctx, &done.uuid);
     writeln!(
         out,
         "{}",
         detached_text(domain, &done, how.keep_vgpu, present)
     )?;
     Ok(())
+}
+
+/// Whether vGPU `uuid` exists on the host: an mdev, or a VF vGPU on record.
+fn vgpu_present(ctx: &Context, uuid: &Uuid) -> bool {
+    ctx.mdev.device(uuid).is_ok()
+        || gvm_vf::Assignments::new(gvm_vf::VfHost::new(ctx.host.clone()))
+            .get(uuid)
+            .is_ok()
 }
 
 /// `detach`'s sentence: what went, and why a vGPU attach created stayed, if it did
@@ -328,8 +337,8 @@ pub fn show_domain(
             },
             None => None,
         };
-        let present = ctx.mdev.device(uuid).is_ok();
-        let kernel = match (&detail, present) {
+        let present = vgpu_present(ctx, uuid);
+        let kernel = match (&detail, present && ctx.mdev.device(uuid).is_ok()) {
             (None, true) => Some(devices::live_view(ctx, uuid)?),
             _ => None,
         };
