@@ -299,6 +299,15 @@ fn attach_vf(
         }
         e
     };
+    if req.display.is_some() {
+        return Err(undo_create(Error::Xml {
+            what: format!("hostdev of VF vGPU {uuid}"),
+            detail: format!(
+                "display= is an mdev hostdev's attribute; VF {} is a PCI hostdev without it: leave --display out",
+                record.vf
+            ),
+        }));
+    }
     let state = vfs.vf_state(&record.vf).map_err(|source| {
         undo_create(Error::Vf {
             op: "check the VF of",

@@ -194,6 +194,19 @@ fn bad_vf_records_are_refused_naming_the_vf_and_the_fix_with_nothing_changed() {
         .unwrap_err()
     };
 
+    // A VF vGPU made for a refused attach is removed again.
+    let mut req = AttachRequest::new(&name, Target::Type("H100-20C".into()), true, false);
+    req.display = Some(true);
+    let e = gvm_libvirt::report(&attach(&conn, &mdev, None, &req).unwrap_err());
+    assert!(e.contains("--display"), "{e}");
+    assert!(records.list().unwrap().is_empty(), "nothing half-done");
+    assert!(vf
+        .pf(PF)
+        .unwrap()
+        .vfs
+        .iter()
+        .all(|v| v.state.as_ref().is_some_and(|s| s.current == 0)));
+
     // A UUID with no record (and no mdev).
     let nobody = Uuid::new_v4();
     let e = gvm_libvirt::report(&by_uuid(nobody));
