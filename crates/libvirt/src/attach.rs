@@ -41,6 +41,7 @@ use uuid::Uuid;
 use crate::connection::{Apply, Connection};
 use crate::domain_xml::{self, MetaVgpu};
 use crate::error::{Error, Result};
+use crate::hook::{vf_action, VfAction};
 
 /// Which vGPU to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,9 +316,9 @@ fn attach_vf(
             source,
         })
     })?;
-    let set_here = match crate::hook::vf_action(&record, state.current) {
-        crate::hook::VfAction::Ready => false,
-        crate::hook::VfAction::SetType(id) => {
+    let set_here = match vf_action(&record, state.current) {
+        VfAction::Ready => false,
+        VfAction::SetType(id) => {
             vfs.write_type(&record.vf, id).map_err(|source| Error::Vf {
                 op: "set the type of",
                 uuid,
@@ -325,7 +326,7 @@ fn attach_vf(
             })?;
             true
         }
-        crate::hook::VfAction::Refuse { found } => {
+        VfAction::Refuse { found } => {
             return Err(Error::VfTypeChanged {
                 uuid,
                 vf: record.vf,
@@ -460,7 +461,7 @@ fn detach_impl(
     domain: &str,
     uuid: &Uuid,
     how: DetachHow,
-    mut wait: Option<&mut Announce<'_>>,
+    wait: Option<&mut Announce<'_>>,
 ) -> Result<Detached> {
     let active = conn.state(domain)?.is_active();
     let apply = resolve_apply(how.persistent, how.live, active);
@@ -477,64 +478,49 @@ fn detach_impl(
             })
         }
     };
-    if let Some(r) = &record {
-        return detach_vf(conn, &vfs, &records, domain, r, how, apply, active);
-    }
-    // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go: refuse
-    // a vGPU to remove that is held before changing anything (with a wait, the remove below
-    // waits instead). On a running domain a config-only detach leaves the live domain naming
-    // the vGPU, so it is not removed at all.
-    if wait.is_none() && !active && !how.keep_vgpu {
-        let to_remove = conn
-            .info(domain, true)?
-            .meta(uuid)
-            .is_some_and(MetaVgpu::made_by_attach);
-        if to_remove {
-            let held = holders(mdev, uuid)?;
-            if !held.is_empty() {
-                return Err(Error::Mdev {
-                    op: "remove",
-                    uuid: *uuid,
-                    source: gvm_mdev::Error::Held {
+    let to_remove = || -> Result<bool> {
+        Ok(!how.keep_vgpu
+            && conn
+                .info(domain, true)?
+                .meta(uuid)
+                .is_some_and(MetaVgpu::made_by_attach))
+    };
+    match &record {
+        // A VF vGPU to remove whose VF holds another type would be refused by the record's
+        // compare-before-write after the detach: refuse it before changing anything.
+        Some(r) => {
+            if to_remove()? {
+                refuse_changed_vf(&vfs, r)?;
+            }
+        }
+        // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go:
+        // refuse an mdev to remove that is held before changing anything (with a wait, the
+        // remove below waits instead). On a running domain a config-only detach leaves the
+        // live domain naming the vGPU, so it is not removed at all.
+        None => {
+            if wait.is_none() && !active && to_remove()? {
+                let held = holders(mdev, uuid)?;
+                if !held.is_empty() {
+                    return Err(Error::Mdev {
+                        op: "remove",
                         uuid: *uuid,
-                        holders: held,
-                    },
-                });
+                        source: gvm_mdev::Error::Held {
+                            uuid: *uuid,
+                            holders: held,
+                        },
+                    });
+                }
             }
         }
     }
-    let mut found = false;
-    let mut hostdev = false;
-    let mut made_by_attach = false;
-    for (on, inactive, which) in [
-        (apply.config, true, Apply::CONFIG),
-        (apply.live, false, Apply::LIVE),
-    ] {
-        if !on {
-            continue;
-        }
-        let info = conn.info(domain, inactive)?;
-        if let Some(h) = info.hostdevs.iter().find(|h| h.uuid == *uuid) {
-            conn.detach_device(domain, &domain_xml::hostdev_xml(uuid, h.display), which)?;
-            found = true;
-            hostdev = true;
-        }
-        if let Some(m) = info.meta(uuid) {
-            made_by_attach |= m.made_by_attach();
-            conn.set_vgpu_metadata(
-                domain,
-                &domain_xml::without_entry(&info.metadata, uuid),
-                which,
-            )?;
-            found = true;
-        }
-    }
-    if !found {
-        return Err(Error::NotAttached {
-            domain: domain.to_string(),
-            uuid: *uuid,
-        });
-    }
+    // Hand-written VF hostdevs are found through the records; unreadable ones tie nothing.
+    let (hostdev, made_by_attach) = unbind(
+        conn,
+        domain,
+        uuid,
+        apply,
+        &records.list().unwrap_or_default(),
+    )?;
     let mut removed_vgpu = false;
     let removable = made_by_attach && !how.keep_vgpu && !still_named(conn, domain, uuid, active)?;
     // Attached to another domain too (by UUID): it stays for that one.
@@ -547,37 +533,11 @@ fn detach_impl(
         Vec::new()
     };
     if removable && still_used_by.is_empty() {
-        let result = match wait.as_mut() {
-            Some(announce) => {
-                let held = holders(mdev, uuid)?;
-                if !held.is_empty() {
-                    announce(&held);
-                }
-                mdev.remove_waiting(uuid)
-            }
-            None => {
-                let held = wait_for_release(mdev, uuid, active && apply.live)?;
-                if !held.is_empty() {
-                    return Err(Error::DetachedButHeld {
-                        domain: domain.to_string(),
-                        uuid: *uuid,
-                        holders: held,
-                        waited_s: DETACH_GRACE.as_secs(),
-                    });
-                }
-                mdev.remove(uuid)
-            }
-        };
-        match result {
-            Ok(()) => removed_vgpu = true,
-            Err(gvm_mdev::Error::DeviceNotFound { .. }) => {}
-            Err(source) => {
-                return Err(Error::Mdev {
-                    op: "remove",
-                    uuid: *uuid,
-                    source,
-                })
-            }
+        if record.is_some() {
+            remove_vf(&records, uuid, active && apply.live)?;
+            removed_vgpu = true;
+        } else {
+            removed_vgpu = remove_mdev(mdev, domain, uuid, wait, active && apply.live)?;
         }
     }
     Ok(Detached {
@@ -590,43 +550,16 @@ fn detach_impl(
     })
 }
 
-/// [`detach`] of VF vGPU `record`: its PCI hostdev (aliased, or hand-written on its VF) and
-/// metadata entry go, then the vGPU when attach created it, through the record's
-/// compare-before-write. When that removal is due, a VF that holds another type than the
-/// record is refused before anything changes.
-#[expect(clippy::too_many_arguments, reason = "detach_impl's state, passed on")]
-fn detach_vf(
+/// Remove `uuid`'s hostdev (mdev, or the VF one, aliased or tied by `records`) and metadata
+/// entry from each definition in `apply`; returns (a hostdev went, the metadata said attach
+/// created the vGPU). [`Error::NotAttached`] when no definition named it.
+fn unbind(
     conn: &Connection,
-    vfs: &VfHost,
-    records: &Assignments,
     domain: &str,
-    record: &Assignment,
-    how: DetachHow,
+    uuid: &Uuid,
     apply: Apply,
-    active: bool,
-) -> Result<Detached> {
-    let uuid = &record.uuid;
-    let will_remove = !how.keep_vgpu
-        && conn
-            .info(domain, true)?
-            .meta(uuid)
-            .is_some_and(MetaVgpu::made_by_attach);
-    if will_remove {
-        match vfs.vf_state(&record.vf) {
-            Ok(st) if st.current != 0 && st.current != record.type_id => {
-                return Err(Error::VfTypeChanged {
-                    uuid: *uuid,
-                    vf: record.vf.clone(),
-                    expected: record.type_id,
-                    type_name: record.type_name.clone(),
-                    found: st.current,
-                })
-            }
-            // Gone (VFs disabled) or cleared: removing drops the record only.
-            _ => {}
-        }
-    }
-    let all = records.list().unwrap_or_default();
+    records: &[Assignment],
+) -> Result<(bool, bool)> {
     let mut found = false;
     let mut hostdev = false;
     let mut made_by_attach = false;
@@ -638,9 +571,16 @@ fn detach_vf(
             continue;
         }
         let mut info = conn.info(domain, inactive)?;
-        info.bind_vf_records(&all);
-        if let Some(h) = info.vf_hostdev(uuid) {
-            let xml = domain_xml::vf_hostdev_xml(uuid, &h.address)?;
+        info.bind_vf_records(records);
+        let xml = match (
+            info.hostdevs.iter().find(|h| h.uuid == *uuid),
+            info.vf_hostdev(uuid),
+        ) {
+            (Some(h), _) => Some(domain_xml::hostdev_xml(uuid, h.display)),
+            (None, Some(h)) => Some(domain_xml::vf_hostdev_xml(uuid, &h.address)?),
+            (None, None) => None,
+        };
+        if let Some(xml) = xml {
             conn.detach_device(domain, &xml, which)?;
             found = true;
             hostdev = true;
@@ -661,49 +601,86 @@ fn detach_vf(
             uuid: *uuid,
         });
     }
-    let removable = made_by_attach && !how.keep_vgpu && !still_named(conn, domain, uuid, active)?;
-    let still_used_by: Vec<String> = if removable {
-        conn.domains_of(uuid)?
-            .into_iter()
-            .filter(|d| d != domain)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut removed_vgpu = false;
-    if removable && still_used_by.is_empty() {
-        // After a live detach QEMU lets go of the VF once the guest released it; until then
-        // the driver refuses the `0` (EPERM/EBUSY).
-        let start = Instant::now();
-        loop {
-            match records.remove(uuid) {
-                Ok(()) => {
-                    removed_vgpu = true;
-                    break;
-                }
-                Err(gvm_vf::Error::VfBusy { .. })
-                    if active && apply.live && start.elapsed() < DETACH_GRACE =>
-                {
-                    std::thread::sleep(HOLDER_POLL);
-                }
-                Err(source) => {
-                    return Err(Error::Vf {
-                        op: "remove",
-                        uuid: *uuid,
-                        source,
-                    })
-                }
+    Ok((hostdev, made_by_attach))
+}
+
+/// [`Error::VfTypeChanged`] when `record`'s VF holds another type than the record (a VF
+/// that is gone or holds none is fine: removing the vGPU then drops the record only).
+fn refuse_changed_vf(vfs: &VfHost, record: &Assignment) -> Result<()> {
+    match vfs.vf_state(&record.vf) {
+        Ok(st) if st.current != 0 && st.current != record.type_id => Err(Error::VfTypeChanged {
+            uuid: record.uuid,
+            vf: record.vf.clone(),
+            expected: record.type_id,
+            type_name: record.type_name.clone(),
+            found: st.current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Remove VF vGPU `uuid` through its record. After a live detach (`live_detach`) QEMU lets
+/// go of the VF once the guest released it, and until then the driver refuses the `0`
+/// (EBUSY/EPERM): that is retried for up to [`DETACH_GRACE`].
+fn remove_vf(records: &Assignments, uuid: &Uuid, live_detach: bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match records.remove(uuid) {
+            Ok(()) => return Ok(()),
+            Err(gvm_vf::Error::VfBusy { .. }) if live_detach && start.elapsed() < DETACH_GRACE => {
+                std::thread::sleep(HOLDER_POLL);
+            }
+            Err(source) => {
+                return Err(Error::Vf {
+                    op: "remove",
+                    uuid: *uuid,
+                    source,
+                })
             }
         }
     }
-    Ok(Detached {
-        uuid: *uuid,
-        apply,
-        hostdev,
-        made_by_attach,
-        removed_vgpu,
-        still_used_by,
-    })
+}
+
+/// Remove mdev `uuid` after its detach: with `wait`, announce its holders and wait for them;
+/// without, give them [`DETACH_GRACE`] after a live detach, then report
+/// [`Error::DetachedButHeld`] rather than block. Returns whether it was there to remove.
+fn remove_mdev(
+    mdev: &MdevHost,
+    domain: &str,
+    uuid: &Uuid,
+    wait: Option<&mut Announce<'_>>,
+    live_detach: bool,
+) -> Result<bool> {
+    let result = match wait {
+        Some(announce) => {
+            let held = holders(mdev, uuid)?;
+            if !held.is_empty() {
+                announce(&held);
+            }
+            mdev.remove_waiting(uuid)
+        }
+        None => {
+            let held = wait_for_release(mdev, uuid, live_detach)?;
+            if !held.is_empty() {
+                return Err(Error::DetachedButHeld {
+                    domain: domain.to_string(),
+                    uuid: *uuid,
+                    holders: held,
+                    waited_s: DETACH_GRACE.as_secs(),
+                });
+            }
+            mdev.remove(uuid)
+        }
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(gvm_mdev::Error::DeviceNotFound { .. }) => Ok(false),
+        Err(source) => Err(Error::Mdev {
+            op: "remove",
+            uuid: *uuid,
+            source,
+        }),
+    }
 }
 
 /// The holders of `uuid` once they let go or, after a live detach, once [`DETACH_GRACE`]
