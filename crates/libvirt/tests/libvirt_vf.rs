@@ -72,6 +72,29 @@ fn virt_xml_validate_accepts_the_vf_hostdev_and_its_metadata() {
     assert!(!validate(&bad).status.success(), "function 9 validated");
 }
 
+#[test]
+fn the_example_vf_hostdev_is_what_the_builder_writes_and_validates_in_a_domain() {
+    if skip(
+        "the_example_vf_hostdev_is_what_the_builder_writes_and_validates_in_a_domain",
+        require_command("virt-xml-validate"),
+    ) {
+        return;
+    }
+    let path = gvm_testkit::workspace_root().join("libvirt/examples/hostdev-vf.xml");
+    let example = std::fs::read_to_string(&path).unwrap();
+    let uuid = Uuid::try_parse("9d7c3a52-51e4-4b55-9a7e-0c3f1d2b8e61").unwrap();
+    assert_eq!(
+        example,
+        domain_xml::vf_hostdev_xml(&uuid, "0000:41:00.4").unwrap()
+    );
+    let out = validate(&domain_xml("example", &example, ""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A simulated host with one SR-IOV GPU and 4 VFs enabled, and a libvirtd; or the reason to
 /// skip.
 fn sim_with_vfs(test: &str) -> Option<(SimHost, VfHost)> {
