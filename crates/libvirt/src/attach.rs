@@ -193,15 +193,10 @@ pub fn attach(
     let (device, created) = match &req.target {
         Target::Uuid(uuid) => match mdev.device(uuid) {
             Ok(d) => (d, false),
-            Err(source @ gvm_mdev::Error::DeviceNotFound { .. }) => match records.get(uuid) {
+            Err(gvm_mdev::Error::DeviceNotFound { .. }) => match records.get(uuid) {
                 Ok(record) => return attach_vf(conn, &vfs, &records, req, apply, record, false),
-                // Neither an mdev nor a VF vGPU: the mdev error says where to look.
                 Err(gvm_vf::Error::NotAssigned { .. }) => {
-                    return Err(Error::Mdev {
-                        op: "find",
-                        uuid: *uuid,
-                        source,
-                    })
+                    return Err(Error::NoSuchVgpu { uuid: *uuid })
                 }
                 Err(source) => {
                     return Err(Error::Vf {

@@ -164,6 +164,13 @@ pub enum Error {
         source: gvm_vf::Error,
     },
 
+    /// A UUID that names neither an mdev nor a VF vGPU on record (`attach --uuid`).
+    #[error("vGPU {uuid} does not exist: it is neither an mdev (/sys/bus/mdev/devices/{uuid}) nor a VF vGPU on record; `gvm-vgpu list` shows the vGPUs, `gvm-vgpu attach DOMAIN --type T` creates one")]
+    NoSuchVgpu {
+        /// The UUID asked for.
+        uuid: Uuid,
+    },
+
     /// A VF vGPU's VF holds another type than its record (hook `prepare`, `attach`): someone
     /// else changed it, and gvm-vgpu will not reset a VF it does not own.
     #[error("VF vGPU {uuid} is recorded as type {expected} ({type_name}) on VF {vf}, but that VF now holds type {found}: another tool changed it, so it was left alone. If nothing uses the VF, clear it (`echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type`) and retry; otherwise `gvm-vgpu detach` this vGPU and attach another")]
@@ -234,6 +241,7 @@ impl Error {
             Error::Mdev { source, .. } | Error::MdevList { source } => source.errno(),
             Error::Vf { source, .. } => source.errno(),
             Error::DetachedButHeld { .. } => Some(libc::EBUSY),
+            Error::NoSuchVgpu { .. } => Some(libc::ENOENT),
             _ => None,
         }
     }

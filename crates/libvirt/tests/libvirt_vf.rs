@@ -232,8 +232,13 @@ fn bad_vf_records_are_refused_naming_the_vf_and_the_fix_with_nothing_changed() {
 
     // A UUID with no record (and no mdev).
     let nobody = Uuid::new_v4();
-    let e = gvm_libvirt::report(&by_uuid(nobody));
-    assert!(e.contains(&nobody.to_string()), "{e}");
+    let e = by_uuid(nobody);
+    assert!(matches!(e, gvm_libvirt::Error::NoSuchVgpu { .. }), "{e:?}");
+    let e = gvm_libvirt::report(&e);
+    assert!(
+        e.contains(&nobody.to_string()) && e.contains("gvm-vgpu list"),
+        "{e}"
+    );
 
     // Stale: another tool changed the VF's type behind the record.
     let a = records
