@@ -346,3 +346,47 @@ fn the_hook_gives_a_cleared_vf_its_type_from_real_dumpxml_and_never_rewrites_a_r
     assert!(err.contains(&a.vf) && err.contains(&name), "{err}");
     assert_eq!(current(&vf, &a.vf), other);
 }
+
+#[test]
+fn a_live_attach_libvirt_refuses_leaves_no_vf_vgpu_behind_and_metadata_binding_works() {
+    let test = "a_live_attach_libvirt_refuses_leaves_no_vf_vgpu_behind";
+    let Some((sim, vf)) = sim_with_vfs(test) else {
+        return;
+    };
+    let mdev = MdevHost::new(sim.host_root());
+    let records = Assignments::new(vf.clone());
+    let name = unique_name("vf-live");
+    let _dom = TestDomain::define(&name, &domain_xml(&name, "", ""));
+    virsh_ok(&["start", &name]);
+    let conn = Connection::open(URI).unwrap();
+
+    // The simulated VF is no PCI device QEMU could open: libvirt refuses the hot-plug, and
+    // the VF vGPU attach made for it is removed again.
+    let req = AttachRequest::new(&name, Target::Type("H100-20C".into()), false, true);
+    let e = attach(&conn, &mdev, None, &req).unwrap_err();
+    assert!(
+        matches!(e, gvm_libvirt::Error::Domain { .. }),
+        "libvirt's refusal: {e:?}"
+    );
+    assert!(records.list().unwrap().is_empty(), "nothing half-done");
+    assert!(vf
+        .pf(PF)
+        .unwrap()
+        .vfs
+        .iter()
+        .all(|v| v.state.as_ref().is_some_and(|s| s.current == 0)));
+
+    // Bound through the metadata only, the running domain holds it by UUID, and a transient
+    // one goes with a live detach.
+    let mut req = AttachRequest::new(&name, Target::Type("H100-20C".into()), false, true);
+    req.hostdev = false;
+    let a = attach(&conn, &mdev, None, &req).unwrap_or_else(|e| panic!("{e}"));
+    assert!(a.created && !a.metadata.persistent, "{a:?}");
+    assert_eq!(conn.domains_of(&a.uuid).unwrap(), vec![name.clone()]);
+    let made = records.get(&a.uuid).unwrap();
+    let d = detach(&conn, &mdev, &name, &a.uuid, DetachHow::new(false, true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.removed_vgpu && !d.hostdev, "{d:?}");
+    assert_eq!(current(&vf, &made.vf), 0);
+    virsh_ok(&["destroy", &name]);
+}
