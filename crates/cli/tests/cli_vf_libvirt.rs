@@ -163,6 +163,11 @@ fn attach_persistent_and_detach_a_vf_vgpu_in_a_real_domain() {
     let shown = json(root, &["show", &name]);
     assert_eq!(shown["vgpus"][0]["uuid"], u, "{shown}");
     assert_eq!(shown["vgpus"][0]["present"], true, "{shown}");
+    let text = ok(root, &["show", &name]);
+    assert!(
+        text.contains(&format!("vGPU {u}: VF {} (NVIDIA H100-20C on {PF})", a.vf)),
+        "{text}"
+    );
     let text = ok(root, &["detach", &name, "--uuid", &u, "--persistent"]);
     assert!(text.contains("attach did not create it"), "{text}");
     assert_eq!(vf.vf_state(&a.vf).unwrap().current, a.type_id);
