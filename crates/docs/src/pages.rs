@@ -65,11 +65,14 @@ pub fn hook_command() -> Command {
             "libvirt runs /etc/libvirt/hooks/qemu.d/gvm-vgpu, a script that runs \
              gvm-vgpu-hook qemu DOMAIN OPERATION SUB-OPERATION EXTRA with the domain XML on \
              standard input. On prepare begin it creates the domain's missing vGPUs (from its \
-             mdev hostdevs, its gvm-vgpu metadata and the stored definitions) and fails the \
-             start with a message on standard error when one cannot be made; on release end it \
-             removes the transient ones. Every other step exits 0 at once. It never calls \
-             libvirt back. A domain without gvm-vgpu devices passes even when the binary is \
-             missing: the script then checks only that the vGPUs the domain names exist.",
+             mdev hostdevs, its gvm-vgpu metadata and the stored definitions), gives each VF \
+             vGPU's VF its recorded type when the VF holds none (never rewriting one that holds \
+             it), and fails the start with a message on standard error when one cannot be made \
+             ready (a VF that holds another type, a VF gone, a VF vGPU without record); on \
+             release end it removes the transient ones. Every other step exits 0 at once. It \
+             never calls libvirt back. A domain without gvm-vgpu devices passes even when the \
+             binary is missing: the script then checks only that the vGPUs the domain names \
+             are ready.",
         )
         .arg(
             Arg::new("root")
@@ -114,6 +117,7 @@ pub fn hook(_page: &str, _path: &[String]) -> Extras {
         files: pairs(&[
             ("/etc/libvirt/hooks/qemu.d/gvm-vgpu", "The hook script libvirt runs; it runs gvm-vgpu-hook."),
             ("/etc/gvm-vgpu/vgpus/*.json", "Definitions of the vGPUs a domain names."),
+            ("/etc/gvm-vgpu/vf-vgpus/*.json", "Records of the VF vGPUs: UUID, PF, VF and vGPU type."),
             ("/usr/share/gvm-vgpu/mdev-types/*.toml, /etc/gvm-vgpu/mdev-types/*.toml", "The vGPU type catalog."),
         ]),
         environment: pairs(&[

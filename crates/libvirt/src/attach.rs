@@ -21,17 +21,27 @@
 //!
 //! Placement (which parent and kernel type to create a catalog type on) is
 //! [`gvm_catalog::placement::place`], shared with the CLI and the hook.
+//!
+//! An SR-IOV VF vGPU (docs/vendor-vfio.md) goes the same way with its own device: a UUID that
+//! is no mdev but has a record ([`gvm_vf::Assignments`]) is attached as the VF's PCI hostdev
+//! ([`domain_xml::vf_hostdev_xml`]), its metadata entry naming the VF type and the PF; a type
+//! no mdev parent can place is created on a free VF when the host has SR-IOV GPUs. The VF must
+//! hold the recorded type (one with none, after a reboot, is given it again; one with
+//! another type is refused, [`Error::VfTypeChanged`]). Detach removes a VF vGPU attach
+//! created through its record, which writes `0` only if the VF still holds the recorded type.
 
 use std::time::{Duration, Instant};
 
 use gvm_catalog::placement::place;
 use gvm_catalog::Catalog;
 use gvm_mdev::{MdevHost, Parent};
+use gvm_vf::{Assignment, Assignments, VfHost};
 use uuid::Uuid;
 
 use crate::connection::{Apply, Connection};
 use crate::domain_xml::{self, MetaVgpu};
 use crate::error::{Error, Result};
+use crate::hook::{vf_action, VfAction};
 
 /// Which vGPU to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,25 +185,59 @@ pub fn attach(
 ) -> Result<Attached> {
     let active = conn.state(&req.domain)?.is_active();
     let apply = resolve_apply(req.persistent, req.live, active);
+    let vfs = VfHost::new(mdev.host().clone());
+    let records = Assignments::new(vfs.clone());
     let parents = mdev
         .parents()
         .map_err(|source| Error::MdevList { source })?;
     let (device, created) = match &req.target {
-        Target::Uuid(uuid) => {
-            let d = mdev.device(uuid).map_err(|source| Error::Mdev {
-                op: "find",
-                uuid: *uuid,
-                source,
-            })?;
-            (d, false)
-        }
+        Target::Uuid(uuid) => match mdev.device(uuid) {
+            Ok(d) => (d, false),
+            Err(gvm_mdev::Error::DeviceNotFound { .. }) => match records.get(uuid) {
+                Ok(record) => return attach_vf(conn, &vfs, &records, req, apply, record, false),
+                Err(gvm_vf::Error::NotAssigned { .. }) => {
+                    return Err(Error::NoSuchVgpu { uuid: *uuid })
+                }
+                Err(source) => {
+                    return Err(Error::Vf {
+                        op: "find",
+                        uuid: *uuid,
+                        source,
+                    })
+                }
+            },
+            Err(source) => {
+                return Err(Error::Mdev {
+                    op: "find",
+                    uuid: *uuid,
+                    source,
+                })
+            }
+        },
         Target::Type(name) => {
             let scoped: Vec<Parent> = parents
                 .iter()
                 .filter(|p| req.parent.as_ref().is_none_or(|want| &p.name == want))
                 .cloned()
                 .collect();
-            let at = place(catalog, name, &scoped)?;
+            let at = match place(catalog, name, &scoped) {
+                Ok(at) => at,
+                Err(placement) => {
+                    // No mdev parent takes it: a free VF may, on a host with SR-IOV GPUs.
+                    if vfs.pfs().is_ok_and(|p| !p.is_empty()) {
+                        let uuid = Uuid::new_v4();
+                        let record = records
+                            .create(req.parent.as_deref(), name, Some(uuid))
+                            .map_err(|source| Error::Vf {
+                                op: "create",
+                                uuid,
+                                source,
+                            })?;
+                        return attach_vf(conn, &vfs, &records, req, apply, record, true);
+                    }
+                    return Err(placement.into());
+                }
+            };
             let uuid = Uuid::new_v4();
             let d = mdev
                 .create(&at.parent, &at.mdev_type, Some(uuid))
@@ -214,7 +258,10 @@ pub fn attach(
         persistent: !created || apply.config,
         created,
     };
-    let result = write_attachment(conn, &req.domain, &entry, req, apply);
+    let hostdev = req
+        .hostdev
+        .then(|| domain_xml::hostdev_xml(&entry.uuid, req.display));
+    let result = write_attachment(conn, &req.domain, &entry, hostdev, apply);
     if result.is_err() && created {
         // Roll back; the original error is the one to report.
         let _ = mdev.remove(&device.uuid);
@@ -229,26 +276,109 @@ pub fn attach(
     })
 }
 
+/// Attach VF vGPU `record` (created here when `created`): make sure its VF holds the recorded
+/// type, attach its PCI hostdev and record it in the metadata. On failure a vGPU created here
+/// is removed and a type written here is cleared again.
+fn attach_vf(
+    conn: &Connection,
+    vfs: &VfHost,
+    records: &Assignments,
+    req: &AttachRequest,
+    apply: Apply,
+    record: Assignment,
+    created: bool,
+) -> Result<Attached> {
+    let uuid = record.uuid;
+    let undo_create = |e: Error| {
+        if created {
+            let _ = records.remove(&uuid);
+        }
+        e
+    };
+    if req.display.is_some() {
+        return Err(undo_create(Error::Xml {
+            what: format!("hostdev of VF vGPU {uuid}"),
+            detail: format!(
+                "display= is an mdev hostdev's attribute; VF {} is a PCI hostdev without it: leave --display out",
+                record.vf
+            ),
+        }));
+    }
+    let state = vfs.vf_state(&record.vf).map_err(|source| {
+        undo_create(Error::Vf {
+            op: "check the VF of",
+            uuid,
+            source,
+        })
+    })?;
+    let set_here = match vf_action(&record, state.current) {
+        VfAction::Ready => false,
+        VfAction::SetType(id) => {
+            vfs.write_type(&record.vf, id).map_err(|source| Error::Vf {
+                op: "set the type of",
+                uuid,
+                source,
+            })?;
+            true
+        }
+        VfAction::Refuse { found } => {
+            return Err(Error::VfTypeChanged {
+                uuid,
+                vf: record.vf,
+                expected: record.type_id,
+                type_name: record.type_name,
+                found,
+            })
+        }
+    };
+    let entry = MetaVgpu {
+        uuid,
+        type_name: Some(record.type_name.clone()),
+        parent: Some(record.pf.clone()),
+        mdev_type: None,
+        persistent: !created || apply.config,
+        created,
+    };
+    let hostdev = match req.hostdev {
+        true => Some(domain_xml::vf_hostdev_xml(&uuid, &record.vf).map_err(undo_create)?),
+        false => None,
+    };
+    let result = write_attachment(conn, &req.domain, &entry, hostdev, apply);
+    if result.is_err() {
+        // Roll back; the original error is the one to report.
+        if created {
+            let _ = records.remove(&uuid);
+        } else if set_here {
+            let _ = vfs.write_type(&record.vf, 0);
+        }
+    }
+    let hostdev_xml = result?;
+    Ok(Attached {
+        uuid,
+        created,
+        apply,
+        metadata: entry,
+        hostdev_xml,
+    })
+}
+
 fn write_attachment(
     conn: &Connection,
     domain: &str,
     entry: &MetaVgpu,
-    req: &AttachRequest,
+    hostdev: Option<String>,
     apply: Apply,
 ) -> Result<Option<String>> {
-    let xml = req
-        .hostdev
-        .then(|| domain_xml::hostdev_xml(&entry.uuid, req.display));
-    if let Some(xml) = &xml {
+    if let Some(xml) = &hostdev {
         conn.attach_device(domain, xml, apply)?;
     }
     let written = update_metadata(conn, domain, apply, |entries| {
         domain_xml::with_entry(entries, entry.clone())
     });
-    if let (Err(_), Some(xml)) = (&written, &xml) {
+    if let (Err(_), Some(xml)) = (&written, &hostdev) {
         let _ = conn.detach_device(domain, xml, apply);
     }
-    written.map(|()| xml)
+    written.map(|()| hostdev)
 }
 
 /// Rewrite the metadata of each definition in `apply` with `change` applied to its entries.
@@ -326,33 +456,105 @@ fn detach_impl(
     domain: &str,
     uuid: &Uuid,
     how: DetachHow,
-    mut wait: Option<&mut Announce<'_>>,
+    wait: Option<&mut Announce<'_>>,
 ) -> Result<Detached> {
     let active = conn.state(domain)?.is_active();
     let apply = resolve_apply(how.persistent, how.live, active);
-    // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go: refuse
-    // a vGPU to remove that is held before changing anything (with a wait, the remove below
-    // waits instead). On a running domain a config-only detach leaves the live domain naming
-    // the vGPU, so it is not removed at all.
-    if wait.is_none() && !active && !how.keep_vgpu {
-        let to_remove = conn
-            .info(domain, true)?
-            .meta(uuid)
-            .is_some_and(MetaVgpu::made_by_attach);
-        if to_remove {
-            let held = holders(mdev, uuid)?;
-            if !held.is_empty() {
-                return Err(Error::Mdev {
-                    op: "remove",
-                    uuid: *uuid,
-                    source: gvm_mdev::Error::Held {
+    let vfs = VfHost::new(mdev.host().clone());
+    let records = Assignments::new(vfs.clone());
+    let record = match records.get(uuid) {
+        Ok(r) => Some(r),
+        Err(gvm_vf::Error::NotAssigned { .. }) => None,
+        Err(source) => {
+            return Err(Error::Vf {
+                op: "read the record of",
+                uuid: *uuid,
+                source,
+            })
+        }
+    };
+    let to_remove = || -> Result<bool> {
+        Ok(!how.keep_vgpu
+            && conn
+                .info(domain, true)?
+                .meta(uuid)
+                .is_some_and(MetaVgpu::made_by_attach))
+    };
+    match &record {
+        // A VF vGPU to remove whose VF holds another type would be refused by the record's
+        // compare-before-write after the detach: refuse it before changing anything.
+        Some(r) => {
+            if to_remove()? {
+                refuse_changed_vf(&vfs, r)?;
+            }
+        }
+        // A shut-off domain's QEMU holds nothing, and no detach will make a holder let go:
+        // refuse an mdev to remove that is held before changing anything (with a wait, the
+        // remove below waits instead). On a running domain a config-only detach leaves the
+        // live domain naming the vGPU, so it is not removed at all.
+        None => {
+            if wait.is_none() && !active && to_remove()? {
+                let held = holders(mdev, uuid)?;
+                if !held.is_empty() {
+                    return Err(Error::Mdev {
+                        op: "remove",
                         uuid: *uuid,
-                        holders: held,
-                    },
-                });
+                        source: gvm_mdev::Error::Held {
+                            uuid: *uuid,
+                            holders: held,
+                        },
+                    });
+                }
             }
         }
     }
+    // Hand-written VF hostdevs are found through the records; unreadable ones tie nothing.
+    let (hostdev, made_by_attach) = unbind(
+        conn,
+        domain,
+        uuid,
+        apply,
+        &records.list().unwrap_or_default(),
+    )?;
+    let mut removed_vgpu = false;
+    let removable = made_by_attach && !how.keep_vgpu && !still_named(conn, domain, uuid, active)?;
+    // Attached to another domain too (by UUID): it stays for that one.
+    let still_used_by: Vec<String> = if removable {
+        conn.domains_of(uuid)?
+            .into_iter()
+            .filter(|d| d != domain)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if removable && still_used_by.is_empty() {
+        if record.is_some() {
+            remove_vf(&records, uuid, active && apply.live)?;
+            removed_vgpu = true;
+        } else {
+            removed_vgpu = remove_mdev(mdev, domain, uuid, wait, active && apply.live)?;
+        }
+    }
+    Ok(Detached {
+        uuid: *uuid,
+        apply,
+        hostdev,
+        made_by_attach,
+        removed_vgpu,
+        still_used_by,
+    })
+}
+
+/// Remove `uuid`'s hostdev (mdev, or the VF one, aliased or tied by `records`) and metadata
+/// entry from each definition in `apply`; returns (a hostdev went, the metadata said attach
+/// created the vGPU). [`Error::NotAttached`] when no definition named it.
+fn unbind(
+    conn: &Connection,
+    domain: &str,
+    uuid: &Uuid,
+    apply: Apply,
+    records: &[Assignment],
+) -> Result<(bool, bool)> {
     let mut found = false;
     let mut hostdev = false;
     let mut made_by_attach = false;
@@ -363,9 +565,18 @@ fn detach_impl(
         if !on {
             continue;
         }
-        let info = conn.info(domain, inactive)?;
-        if let Some(h) = info.hostdevs.iter().find(|h| h.uuid == *uuid) {
-            conn.detach_device(domain, &domain_xml::hostdev_xml(uuid, h.display), which)?;
+        let mut info = conn.info(domain, inactive)?;
+        info.bind_vf_records(records);
+        let xml = match (
+            info.hostdevs.iter().find(|h| h.uuid == *uuid),
+            info.vf_hostdev(uuid),
+        ) {
+            (Some(h), _) => Some(domain_xml::hostdev_xml(uuid, h.display)),
+            (None, Some(h)) => Some(domain_xml::vf_hostdev_xml(uuid, &h.address)?),
+            (None, None) => None,
+        };
+        if let Some(xml) = xml {
+            conn.detach_device(domain, &xml, which)?;
             found = true;
             hostdev = true;
         }
@@ -385,44 +596,37 @@ fn detach_impl(
             uuid: *uuid,
         });
     }
-    let mut removed_vgpu = false;
-    let removable = made_by_attach && !how.keep_vgpu && !still_named(conn, domain, uuid, active)?;
-    // Attached to another domain too (by UUID): it stays for that one.
-    let still_used_by: Vec<String> = if removable {
-        conn.domains_of(uuid)?
-            .into_iter()
-            .filter(|d| d != domain)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if removable && still_used_by.is_empty() {
-        let result = match wait.as_mut() {
-            Some(announce) => {
-                let held = holders(mdev, uuid)?;
-                if !held.is_empty() {
-                    announce(&held);
-                }
-                mdev.remove_waiting(uuid)
+    Ok((hostdev, made_by_attach))
+}
+
+/// [`Error::VfTypeChanged`] when `record`'s VF holds another type than the record (a VF
+/// that is gone or holds none is fine: removing the vGPU then drops the record only).
+fn refuse_changed_vf(vfs: &VfHost, record: &Assignment) -> Result<()> {
+    match vfs.vf_state(&record.vf) {
+        Ok(st) if st.current != 0 && st.current != record.type_id => Err(Error::VfTypeChanged {
+            uuid: record.uuid,
+            vf: record.vf.clone(),
+            expected: record.type_id,
+            type_name: record.type_name.clone(),
+            found: st.current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Remove VF vGPU `uuid` through its record. After a live detach (`live_detach`) QEMU lets
+/// go of the VF once the guest released it, and until then the driver refuses the `0`
+/// (EBUSY/EPERM): that is retried for up to [`DETACH_GRACE`].
+fn remove_vf(records: &Assignments, uuid: &Uuid, live_detach: bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match records.remove(uuid) {
+            Ok(()) => return Ok(()),
+            Err(gvm_vf::Error::VfBusy { .. }) if live_detach && start.elapsed() < DETACH_GRACE => {
+                std::thread::sleep(HOLDER_POLL);
             }
-            None => {
-                let held = wait_for_release(mdev, uuid, active && apply.live)?;
-                if !held.is_empty() {
-                    return Err(Error::DetachedButHeld {
-                        domain: domain.to_string(),
-                        uuid: *uuid,
-                        holders: held,
-                        waited_s: DETACH_GRACE.as_secs(),
-                    });
-                }
-                mdev.remove(uuid)
-            }
-        };
-        match result {
-            Ok(()) => removed_vgpu = true,
-            Err(gvm_mdev::Error::DeviceNotFound { .. }) => {}
             Err(source) => {
-                return Err(Error::Mdev {
+                return Err(Error::Vf {
                     op: "remove",
                     uuid: *uuid,
                     source,
@@ -430,14 +634,48 @@ fn detach_impl(
             }
         }
     }
-    Ok(Detached {
-        uuid: *uuid,
-        apply,
-        hostdev,
-        made_by_attach,
-        removed_vgpu,
-        still_used_by,
-    })
+}
+
+/// Remove mdev `uuid` after its detach: with `wait`, announce its holders and wait for them;
+/// without, give them [`DETACH_GRACE`] after a live detach, then report
+/// [`Error::DetachedButHeld`] rather than block. Returns whether it was there to remove.
+fn remove_mdev(
+    mdev: &MdevHost,
+    domain: &str,
+    uuid: &Uuid,
+    wait: Option<&mut Announce<'_>>,
+    live_detach: bool,
+) -> Result<bool> {
+    let result = match wait {
+        Some(announce) => {
+            let held = holders(mdev, uuid)?;
+            if !held.is_empty() {
+                announce(&held);
+            }
+            mdev.remove_waiting(uuid)
+        }
+        None => {
+            let held = wait_for_release(mdev, uuid, live_detach)?;
+            if !held.is_empty() {
+                return Err(Error::DetachedButHeld {
+                    domain: domain.to_string(),
+                    uuid: *uuid,
+                    holders: held,
+                    waited_s: DETACH_GRACE.as_secs(),
+                });
+            }
+            mdev.remove(uuid)
+        }
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(gvm_mdev::Error::DeviceNotFound { .. }) => Ok(false),
+        Err(source) => Err(Error::Mdev {
+            op: "remove",
+            uuid: *uuid,
+            source,
+        }),
+    }
 }
 
 /// The holders of `uuid` once they let go or, after a live detach, once [`DETACH_GRACE`]

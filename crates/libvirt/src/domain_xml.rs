@@ -26,6 +26,23 @@
 //! `<hostdev>` (a running domain on a host without VFIO cannot hold the mdev itself): the daemon
 //! and [`crate::watch`](mod@crate::watch) treat both as the domain's vGPUs.
 //!
+//! An SR-IOV VF vGPU (docs/vendor-vfio.md) is a plain PCI device for VFIO instead: a
+//! `<hostdev type='pci' managed='no'>` naming the VF's address. A VF address is not a vGPU's
+//! identity (VFs are reused), so gvm ties the hostdev to the vGPU's UUID with a libvirt *user
+//! alias* `ua-gvm-<uuid>` ([`VF_ALIAS_PREFIX`]), which libvirt keeps in both the definition and
+//! the live XML, and records the vGPU in the metadata like an mdev one (`type` the VF type name,
+//! `parent` its PF, no `mdev-type`):
+//!
+//! ```xml
+//! <hostdev mode='subsystem' type='pci' managed='no'>
+//!   <source><address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source>
+//!   <alias name='ua-gvm-4b20d080-1b54-4048-85b3-a6a62d165c01'/>
+//! </hostdev>
+//! ```
+//!
+//! A PCI hostdev without that alias (written by hand) is tied to a vGPU by
+//! [`DomainInfo::bind_vf_records`], from the manager's records ([`gvm_vf::Assignments`]).
+//!
 //! The guest agent's channel is a `<channel type='unix'>` whose virtio target is named
 //! [`AGENT_PORT_NAME`]; [`DomainInfo::agent_sockets`] lists their host socket paths.
 
@@ -39,6 +56,8 @@ use crate::error::{Error, Result};
 pub const NAMESPACE: &str = "https://gvm-vgpu.dev/xmlns/libvirt/1";
 /// The prefix libvirt writes for [`NAMESPACE`] (the `key` of `virDomainSetMetadata`).
 pub const NAMESPACE_KEY: &str = "gvm";
+/// Prefix of the libvirt user alias that ties a VF `<hostdev>` to its vGPU: `ua-gvm-<uuid>`.
+pub const VF_ALIAS_PREFIX: &str = "ua-gvm-";
 /// Name of the guest agent's virtio-serial port.
 pub const AGENT_PORT_NAME: &str = "org.gvm.vgpu.agent.0";
 
@@ -79,6 +98,18 @@ pub struct MdevHostdev {
     pub display: Option<bool>,
 }
 
+/// A PCI `<hostdev>` of the domain: how an SR-IOV VF vGPU is handed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciHostdev {
+    /// The function in `<source><address domain= bus= slot= function=/>`, as `0000:41:00.4`.
+    pub address: String,
+    /// The vGPU it is tied to: from its `ua-gvm-<uuid>` alias, or from the manager's records
+    /// ([`DomainInfo::bind_vf_records`]); `None` for a PCI device that is not a vGPU.
+    pub uuid: Option<Uuid>,
+    /// `managed='yes'` (libvirt binds the function to vfio-pci itself).
+    pub managed: bool,
+}
+
 /// What gvm-vgpu needs to know about one domain, read from its XML.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DomainInfo {
@@ -88,6 +119,8 @@ pub struct DomainInfo {
     pub uuid: Option<Uuid>,
     /// The mdev hostdevs, in document order.
     pub hostdevs: Vec<MdevHostdev>,
+    /// The PCI hostdevs (VF vGPUs among them), in document order.
+    pub pci_hostdevs: Vec<PciHostdev>,
     /// The gvm metadata entries, in document order.
     pub metadata: Vec<MetaVgpu>,
     /// Host socket paths of agent channels (`<channel type='unix'>` to [`AGENT_PORT_NAME`]).
@@ -95,13 +128,15 @@ pub struct DomainInfo {
 }
 
 impl DomainInfo {
-    /// Every vGPU the domain holds or is bound to: hostdev UUIDs, then metadata-only ones.
+    /// Every vGPU the domain holds or is bound to: mdev hostdev UUIDs, VF hostdev UUIDs, then
+    /// metadata-only ones.
     pub fn vgpus(&self) -> Vec<Uuid> {
         let mut out: Vec<Uuid> = Vec::new();
         let all = self
             .hostdevs
             .iter()
             .map(|h| h.uuid)
+            .chain(self.pci_hostdevs.iter().filter_map(|h| h.uuid))
             .chain(self.metadata.iter().map(|m| m.uuid));
         for u in all {
             if !out.contains(&u) {
@@ -116,9 +151,27 @@ impl DomainInfo {
         self.metadata.iter().find(|m| m.uuid == *uuid)
     }
 
-    /// Whether the domain has an mdev hostdev for `uuid`.
+    /// Whether the domain has a hostdev (mdev, or a VF tied to the UUID) for `uuid`.
     pub fn has_hostdev(&self, uuid: &Uuid) -> bool {
-        self.hostdevs.iter().any(|h| h.uuid == *uuid)
+        self.hostdevs.iter().any(|h| h.uuid == *uuid) || self.vf_hostdev(uuid).is_some()
+    }
+
+    /// The VF hostdev tied to vGPU `uuid`, if any.
+    pub fn vf_hostdev(&self, uuid: &Uuid) -> Option<&PciHostdev> {
+        self.pci_hostdevs.iter().find(|h| h.uuid == Some(*uuid))
+    }
+
+    /// Tie the PCI hostdevs that carry no `ua-gvm-` alias to the VF vGPUs on record: a
+    /// hostdev whose address is the VF of exactly one record becomes that vGPU. A VF named by
+    /// several records (a stale one beside a later one) is left untied: the address alone
+    /// cannot say which vGPU it is.
+    pub fn bind_vf_records(&mut self, records: &[gvm_vf::Assignment]) {
+        for h in self.pci_hostdevs.iter_mut().filter(|h| h.uuid.is_none()) {
+            let mut on_vf = records.iter().filter(|r| r.vf == h.address);
+            if let (Some(r), None) = (on_vf.next(), on_vf.next()) {
+                h.uuid = Some(r.uuid);
+            }
+        }
     }
 }
 
@@ -295,6 +348,11 @@ fn parse_devices(devices: roxmltree::Node<'_, '_>, info: &mut DomainInfo) -> Res
                     display: dev.attribute("display").map(|d| d == "on"),
                 });
             }
+            "hostdev" if dev.attribute("type") == Some("pci") => {
+                if let Some(h) = read_pci_hostdev(dev)? {
+                    info.pci_hostdevs.push(h);
+                }
+            }
             "channel" if dev.attribute("type") == Some("unix") => {
                 let is_agent = dev.children().any(|n| {
                     n.has_tag_name("target")
@@ -313,6 +371,120 @@ fn parse_devices(devices: roxmltree::Node<'_, '_>, info: &mut DomainInfo) -> Res
         }
     }
     Ok(())
+}
+
+/// A PCI hostdev; `None` for one whose source is not a PCI address gvm can read (libvirt
+/// writes every address it accepts, so only a foreign hand-made one is skipped), unless it
+/// carries gvm's alias: then a bad address is an error, since the vGPU could not be found.
+fn read_pci_hostdev(dev: roxmltree::Node<'_, '_>) -> Result<Option<PciHostdev>> {
+    let alias = dev
+        .children()
+        .find(|n| n.has_tag_name("alias"))
+        .and_then(|a| a.attribute("name"))
+        .and_then(|n| n.strip_prefix(VF_ALIAS_PREFIX));
+    let uuid = match alias {
+        Some(raw) => Some(Uuid::try_parse(raw).map_err(|_| Error::Xml {
+            what: "VF hostdev".into(),
+            detail: format!("alias {VF_ALIAS_PREFIX}{raw} does not end in a UUID"),
+        })?),
+        None => None,
+    };
+    let address = dev
+        .children()
+        .find(|n| n.has_tag_name("source"))
+        .and_then(|s| s.children().find(|n| n.has_tag_name("address")))
+        .ok_or_else(|| "no <source><address/>".to_string())
+        .and_then(|a| {
+            pci_address_from_parts(
+                a.attribute("domain"),
+                a.attribute("bus"),
+                a.attribute("slot"),
+                a.attribute("function"),
+            )
+        });
+    match (address, uuid) {
+        (Ok(address), uuid) => Ok(Some(PciHostdev {
+            address,
+            uuid,
+            managed: dev.attribute("managed") == Some("yes"),
+        })),
+        (Err(_), None) => Ok(None),
+        (Err(detail), Some(uuid)) => Err(Error::Xml {
+            what: format!("VF hostdev of vGPU {uuid}"),
+            detail,
+        }),
+    }
+}
+
+/// A number as libvirt reads the attributes of a PCI address (`strtoul` base 0: `0x41` hex,
+/// `017` octal, `65` decimal).
+fn address_number(name: &str, text: &str, max: u32) -> std::result::Result<u32, String> {
+    let t = text.trim();
+    let parsed = if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else if t.len() > 1 && t.starts_with('0') {
+        u32::from_str_radix(&t[1..], 8)
+    } else {
+        t.parse()
+    };
+    match parsed {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "{name}={text:?} is not a number from 0 to {max:#x}"
+        )),
+    }
+}
+
+/// `0000:41:00.4` from the attributes of a libvirt PCI `<address>` (`domain` may be absent,
+/// meaning 0).
+pub fn pci_address_from_parts(
+    domain: Option<&str>,
+    bus: Option<&str>,
+    slot: Option<&str>,
+    function: Option<&str>,
+) -> std::result::Result<String, String> {
+    fn need<'a>(name: &str, v: Option<&'a str>) -> std::result::Result<&'a str, String> {
+        v.ok_or_else(|| format!("the address has no {name}"))
+    }
+    let domain = address_number("domain", domain.unwrap_or("0"), 0xffff)?;
+    let bus = address_number("bus", need("bus", bus)?, 0xff)?;
+    let slot = address_number("slot", need("slot", slot)?, 0x1f)?;
+    let function = address_number("function", need("function", function)?, 7)?;
+    Ok(format!("{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"))
+}
+
+/// The libvirt `<address domain= bus= slot= function=/>` attributes of a PCI address
+/// `dddd:bb:ss.f`, or an error naming it.
+fn pci_address_attrs(address: &str) -> Result<String> {
+    let bad = || Error::Xml {
+        what: "VF address".into(),
+        detail: format!("{address:?} is not a PCI address like 0000:41:00.4"),
+    };
+    if !gvm_vf::valid_pci_address(address) {
+        return Err(bad());
+    }
+    let field =
+        |range: std::ops::Range<usize>| u32::from_str_radix(&address[range], 16).map_err(|_| bad());
+    let slot = field(8..10)?;
+    if slot > 0x1f {
+        return Err(bad());
+    }
+    Ok(format!(
+        "domain='{:#06x}' bus='{:#04x}' slot='{slot:#04x}' function='{:#x}'",
+        field(0..4)?,
+        field(5..7)?,
+        field(11..12)?
+    ))
+}
+
+/// The `<hostdev>` element for VF vGPU `uuid` on PCI function `vf` (what `attach-device` and
+/// `detach-device` take): `managed='no'`, since the VF is bound to NVIDIA's vendor VFIO driver
+/// by the host, not by libvirt; tied to the UUID by the alias `ua-gvm-<uuid>`.
+pub fn vf_hostdev_xml(uuid: &Uuid, vf: &str) -> Result<String> {
+    let address = pci_address_attrs(vf)?;
+    Ok(format!(
+        "<hostdev mode='subsystem' type='pci' managed='no'>\n  <source>\n    <address {address}/>\n  </source>\n  <alias name='{VF_ALIAS_PREFIX}{uuid}'/>\n</hostdev>\n"
+    ))
 }
 
 /// Escape text for an XML attribute value (either quote style).

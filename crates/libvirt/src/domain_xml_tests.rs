@@ -70,7 +70,7 @@ fn a_vgpu_in_both_hostdev_and_metadata_is_listed_once() {
 }
 
 #[test]
-fn foreign_namespaces_and_pci_hostdevs_are_ignored() {
+fn foreign_namespaces_and_untied_pci_hostdevs_are_no_vgpus() {
     let xml = format!(
         "<domain><name>d</name><metadata><x:vgpus xmlns:x='urn:other'><x:vgpu uuid='{META_UUID}'/></x:vgpus></metadata>\
          <devices><hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source></hostdev></devices></domain>"
@@ -78,6 +78,8 @@ fn foreign_namespaces_and_pci_hostdevs_are_ignored() {
     let info = parse(&xml).unwrap();
     assert!(info.metadata.is_empty());
     assert!(info.hostdevs.is_empty());
+    assert_eq!(info.pci_hostdevs.len(), 1);
+    assert!(info.vgpus().is_empty());
 }
 
 #[test]
@@ -257,4 +259,136 @@ fn a_status_file_is_still_checked_for_everything_else() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("\"nope\""), "{e}");
+}
+
+const VF_UUID: &str = "9d7c3a52-51e4-4b55-9a7e-0c3f1d2b8e61";
+
+fn vf_domain(devices: &str) -> String {
+    format!("<domain type='qemu'><name>vf</name><devices>{devices}</devices></domain>")
+}
+
+#[test]
+fn the_vf_hostdev_names_the_function_unmanaged_and_is_tied_to_the_uuid() {
+    let xml = vf_hostdev_xml(&u(VF_UUID), "0000:41:00.4").unwrap();
+    assert_eq!(
+        xml,
+        format!(
+            "<hostdev mode='subsystem' type='pci' managed='no'>\n  <source>\n    <address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/>\n  </source>\n  <alias name='ua-gvm-{VF_UUID}'/>\n</hostdev>\n"
+        )
+    );
+    let info = parse(&vf_domain(&xml)).unwrap();
+    assert_eq!(
+        info.pci_hostdevs,
+        vec![PciHostdev {
+            address: "0000:41:00.4".into(),
+            uuid: Some(u(VF_UUID)),
+            managed: false,
+        }]
+    );
+    assert_eq!(info.vgpus(), vec![u(VF_UUID)]);
+    assert!(info.has_hostdev(&u(VF_UUID)));
+    assert!(info.hostdevs.is_empty(), "a VF is no mdev hostdev");
+    // A high domain, bus, slot and function survive the round trip.
+    let far = vf_hostdev_xml(&u(VF_UUID), "10de:ff:1f.7").unwrap();
+    assert!(
+        far.contains("domain='0x10de' bus='0xff' slot='0x1f' function='0x7'"),
+        "{far}"
+    );
+    let back = parse(&vf_domain(&far)).unwrap();
+    assert_eq!(back.pci_hostdevs[0].address, "10de:ff:1f.7");
+}
+
+#[test]
+fn the_vf_hostdev_refuses_what_is_not_a_pci_function() {
+    for bad in [
+        "41:00.4",
+        "0000:41:00.8",
+        "0000:41:20.0",
+        "0000:41:00.4,x",
+        "",
+    ] {
+        let e = vf_hostdev_xml(&u(VF_UUID), bad).unwrap_err().to_string();
+        assert!(e.contains("is not a PCI address"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn pci_addresses_read_as_libvirt_reads_them() {
+    let p = |d, b, s, f| pci_address_from_parts(d, Some(b), Some(s), Some(f));
+    assert_eq!(
+        p(Some("0x0000"), "0x41", "0x00", "0x4").unwrap(),
+        "0000:41:00.4"
+    );
+    // Decimal and octal, as strtoul with base 0; no domain means 0.
+    assert_eq!(p(None, "65", "010", "4").unwrap(), "0000:41:08.4");
+    assert!(p(None, "0x100", "0", "0").unwrap_err().contains("bus"));
+    assert!(p(None, "0", "0x20", "0").unwrap_err().contains("slot"));
+    assert!(p(None, "0", "0", "8").unwrap_err().contains("function"));
+    assert!(p(None, "zz", "0", "0").is_err());
+    assert!(pci_address_from_parts(None, None, Some("0"), Some("0"))
+        .unwrap_err()
+        .contains("no bus"));
+}
+
+#[test]
+fn a_foreign_pci_hostdev_is_read_untied_and_a_bad_one_only_fails_with_our_alias() {
+    let nic = "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x05' slot='0x00' function='0x1'/></source></hostdev>";
+    let info = parse(&vf_domain(nic)).unwrap();
+    assert_eq!(
+        info.pci_hostdevs,
+        vec![PciHostdev {
+            address: "0000:05:00.1".into(),
+            uuid: None,
+            managed: true,
+        }]
+    );
+    assert!(info.vgpus().is_empty(), "a NIC is no vGPU");
+    let odd = "<hostdev mode='subsystem' type='pci'><source/></hostdev>";
+    assert!(parse(&vf_domain(odd)).unwrap().pci_hostdevs.is_empty());
+    let ours = format!(
+        "<hostdev mode='subsystem' type='pci'><source/><alias name='ua-gvm-{VF_UUID}'/></hostdev>"
+    );
+    let e = parse(&vf_domain(&ours)).unwrap_err().to_string();
+    assert!(
+        e.contains(VF_UUID) && e.contains("no <source><address/>"),
+        "{e}"
+    );
+    let not_uuid = "<hostdev mode='subsystem' type='pci'><source><address bus='1' slot='0' function='0'/></source><alias name='ua-gvm-nope'/></hostdev>";
+    let e = parse(&vf_domain(not_uuid)).unwrap_err().to_string();
+    assert!(e.contains("ua-gvm-nope"), "{e}");
+}
+
+#[test]
+fn hand_written_vf_hostdevs_are_tied_by_the_one_record_of_their_vf() {
+    let plain = |addr: &str| {
+        let (bus, rest) = addr[5..].split_once(':').unwrap();
+        let (slot, function) = rest.split_once('.').unwrap();
+        format!("<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x{bus}' slot='0x{slot}' function='0x{function}'/></source></hostdev>")
+    };
+    let record = |uuid: Uuid, vf: &str| gvm_vf::Assignment {
+        uuid,
+        pf: "0000:41:00.0".into(),
+        vf: vf.into(),
+        type_id: 1047,
+        type_name: "NVIDIA H100-20C".into(),
+    };
+    let (one, two, three) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+    let aliased = vf_hostdev_xml(&u(VF_UUID), "0000:41:00.6").unwrap();
+    let mut info = parse(&vf_domain(&format!(
+        "{}{}{aliased}",
+        plain("0000:41:00.4"),
+        plain("0000:41:00.5")
+    )))
+    .unwrap();
+    info.bind_vf_records(&[
+        record(one, "0000:41:00.4"),
+        // Two records of one VF: the address cannot say which vGPU it is.
+        record(two, "0000:41:00.5"),
+        record(three, "0000:41:00.5"),
+        // The alias wins over a record of the same VF.
+        record(three, "0000:41:00.6"),
+    ]);
+    let tied: Vec<Option<Uuid>> = info.pci_hostdevs.iter().map(|h| h.uuid).collect();
+    assert_eq!(tied, vec![Some(one), None, Some(u(VF_UUID))]);
+    assert_eq!(info.vgpus(), vec![one, u(VF_UUID)]);
 }

@@ -2,7 +2,7 @@
 //!
 //! Every variant names what it was about (the libvirt URI, the domain, the vGPU UUID, the file)
 //! and keeps the cause: libvirt's own error code and message, the mdev errno through
-//! [`gvm_mdev::Error`], or the `std::io::Error`. Messages say what to do next; causes are only in
+//! [`gvm_mdev::Error`] or [`gvm_vf::Error`], or the `std::io::Error`. Messages say what to do next; causes are only in
 //! `#[source]`, so a binary prints the chain once.
 
 use std::path::PathBuf;
@@ -153,6 +153,52 @@ pub enum Error {
     #[error(transparent)]
     NoPlacement(#[from] gvm_catalog::placement::PlacementError),
 
+    /// An operation on an SR-IOV VF vGPU or its record failed (the errno is inside).
+    #[error("cannot {op} VF vGPU {uuid}")]
+    Vf {
+        /// What was being done (`find`, `remove`, `set the type of`).
+        op: &'static str,
+        /// The vGPU.
+        uuid: Uuid,
+        /// The VF client's error: it names the VF and the fix.
+        #[source]
+        source: gvm_vf::Error,
+    },
+
+    /// A UUID that names neither an mdev nor a VF vGPU on record (`attach --uuid`).
+    #[error("vGPU {uuid} does not exist: it is neither an mdev (/sys/bus/mdev/devices/{uuid}) nor a VF vGPU on record; `gvm-vgpu list` shows the vGPUs, `gvm-vgpu attach DOMAIN --type T` creates one")]
+    NoSuchVgpu {
+        /// The UUID asked for.
+        uuid: Uuid,
+    },
+
+    /// A VF vGPU's VF holds another type than its record (hook `prepare`, `attach`): someone
+    /// else changed it, and gvm-vgpu will not reset a VF it does not own.
+    #[error("VF vGPU {uuid} is recorded as type {expected} ({type_name}) on VF {vf}, but that VF now holds type {found}: another tool changed it, so it was left alone. If nothing uses the VF, clear it (`echo 0 > /sys/bus/pci/devices/{vf}/nvidia/current_vgpu_type`) and retry; otherwise `gvm-vgpu detach` this vGPU and attach another")]
+    VfTypeChanged {
+        /// The vGPU.
+        uuid: Uuid,
+        /// Its VF.
+        vf: String,
+        /// The type ID on record.
+        expected: u32,
+        /// The type name on record.
+        type_name: String,
+        /// The type ID found on the VF.
+        found: u32,
+    },
+
+    /// A domain names a VF vGPU (its hostdev carries the vGPU's alias) that has no record.
+    #[error("domain '{domain}' has VF {vf} as vGPU {uuid}, but no VF vGPU {uuid} is on record (`gvm-vgpu list` shows those there are): create it again with `gvm-vgpu create --type T --uuid {uuid}`, or `gvm-vgpu detach {domain} --uuid {uuid}`")]
+    VfNotRecorded {
+        /// The domain.
+        domain: String,
+        /// The vGPU.
+        uuid: Uuid,
+        /// The VF its hostdev names.
+        vf: String,
+    },
+
     /// The vGPU is missing and nothing says how to create it (hook `prepare`).
     #[error("vGPU {uuid} of domain '{domain}' does not exist and has no definition: create it (`gvm-vgpu create --uuid {uuid} --type T`), define it in {definition}, or attach it with `gvm-vgpu attach {domain} --type T` which records its type")]
     NoDefinition {
@@ -194,7 +240,9 @@ impl Error {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Error::Mdev { source, .. } | Error::MdevList { source } => source.errno(),
+            Error::Vf { source, .. } => source.errno(),
             Error::DetachedButHeld { .. } => Some(libc::EBUSY),
+            Error::NoSuchVgpu { .. } => Some(libc::ENOENT),
             _ => None,
         }
     }

@@ -3,9 +3,10 @@
 //! A vGPU is a VFIO *mediated device* (mdev): the kernel creates it from a parent GPU and QEMU
 //! opens it like a PCI device (`-device vfio-pci,sysfsdev=/sys/bus/mdev/devices/<uuid>`).
 //! libvirt describes that with an mdev `<hostdev>` in the domain XML, but never creates the
-//! device itself. This crate closes the gaps:
+//! device itself. An SR-IOV VF vGPU (`gvm_vf`) is a PCI `<hostdev>` of its VF instead, whose
+//! vGPU type must be set before the domain starts. This crate closes the gaps:
 //!
-//! - [`domain_xml`] (pure): read a domain XML (name, UUID, mdev hostdevs, gvm's `<metadata>`
+//! - [`domain_xml`] (pure): read a domain XML (name, UUID, mdev and VF hostdevs, gvm's `<metadata>`
 //!   element in namespace [`NAMESPACE`], agent channels) and build the XML fragments;
 //! - [`connection`]: a thin typed layer over one libvirt connection: look
 //!   domains up, attach/detach devices with explicit impact flags, write the metadata, list
@@ -15,8 +16,8 @@
 //! - [`watch`](mod@watch): follow domain lifecycle events (suspended, resumed, stopped, …) on a thread,
 //!   reconnecting when libvirtd restarts — what the daemon uses to freeze a paused domain's vGPUs;
 //! - [`hook`] and the `gvm-vgpu-hook` binary: libvirt's qemu hook, which creates a domain's
-//!   missing vGPUs before it starts and removes transient ones after it stops, without calling
-//!   libvirt;
+//!   missing vGPUs (and gives its VF vGPUs their type) before it starts and removes transient
+//!   ones after it stops, without calling libvirt;
 //! - [`events`] (always compiled): what libvirt says about domains as plain data: lifecycle
 //!   events, states, and which domain is bound to which vGPU;
 //! - [`uri`]: which libvirt URI to use (`--connect`, `LIBVIRT_DEFAULT_URI`, `qemu:///system`);

@@ -85,3 +85,43 @@ fn without_its_binary_the_hook_passes_unrelated_domains_and_names_the_fix_for_mi
         assert_eq!(code, 0, "{op} {sub} never blocks: {err}");
     }
 }
+
+#[test]
+fn without_its_binary_the_hook_passes_a_ready_vf_vgpu_and_names_one_whose_vf_lacks_its_type() {
+    let Ok(dir) = tempfile::tempdir() else {
+        println!("SKIP: no temp dir");
+        return;
+    };
+    let root = dir.path();
+    let vf = "0000:41:00.4";
+    let nvidia = root.join("sys/bus/pci/devices").join(vf).join("nvidia");
+    let records = root.join("etc/gvm-vgpu/vf-vgpus");
+    assert!(std::fs::create_dir_all(&nvidia).is_ok() && std::fs::create_dir_all(&records).is_ok());
+    // The record as gvm_vf::Assignments writes it (pretty JSON).
+    let record = serde_json::to_string_pretty(&serde_json::json!({
+        "uuid": ABSENT, "pf": "0000:41:00.0", "vf": vf,
+        "type_id": 1047, "type_name": "NVIDIA H100-20C"
+    }))
+    .unwrap_or_default();
+    assert!(std::fs::write(records.join(format!("{ABSENT}.json")), record).is_ok());
+    let hostdev = format!(
+        "<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' \
+         bus='0x41' slot='0x00' function='0x4'/></source><alias name='ua-gvm-{ABSENT}'/></hostdev>"
+    );
+    let nic =
+        "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' \
+               bus='0x05' slot='0x00' function='0x0'/></source></hostdev>";
+
+    let (code, err) = run(root, "prepare", "begin", &domain(nic));
+    assert_eq!(code, 0, "a PCI device that is no vGPU must start: {err}");
+    assert!(std::fs::write(nvidia.join("current_vgpu_type"), "1047\n").is_ok());
+    let (code, err) = run(root, "prepare", "begin", &domain(&hostdev));
+    assert_eq!(code, 0, "a VF with its recorded type needs nothing: {err}");
+    assert!(std::fs::write(nvidia.join("current_vgpu_type"), "0\n").is_ok());
+    let (code, err) = run(root, "prepare", "begin", &domain(&hostdev));
+    assert_eq!(code, 1, "a cleared VF needs the binary: {err}");
+    assert!(
+        err.contains(ABSENT) && err.contains("not installed"),
+        "{err}"
+    );
+}

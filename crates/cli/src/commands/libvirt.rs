@@ -1,4 +1,5 @@
-//! `attach` and `detach`: hand a vGPU to a libvirt domain and take it back (gvm-libvirt);
+//! `attach` and `detach`: hand a vGPU (an mdev or an SR-IOV VF vGPU) to a libvirt domain and
+//! take it back (gvm-libvirt);
 //! `show DOMAIN` for a domain gvm-vgpud does not resolve, read from libvirt directly.
 
 use std::io::Write;
@@ -173,13 +174,25 @@ pub fn detach(
             }),
         );
     }
-    let present = ctx.mdev.device(&done.uuid).is_ok();
+    let present = vgpu_present(ctx, &done.uuid);
     writeln!(
         out,
         "{}",
         detached_text(domain, &done, how.keep_vgpu, present)
     )?;
     Ok(())
+}
+
+/// The record of VF vGPU `uuid`, if it is one.
+fn vf_record(ctx: &Context, uuid: &Uuid) -> Option<gvm_vf::Assignment> {
+    gvm_vf::Assignments::new(gvm_vf::VfHost::new(ctx.host.clone()))
+        .get(uuid)
+        .ok()
+}
+
+/// Whether vGPU `uuid` exists on the host: an mdev, or a VF vGPU on record.
+fn vgpu_present(ctx: &Context, uuid: &Uuid) -> bool {
+    ctx.mdev.device(uuid).is_ok() || vf_record(ctx, uuid).is_some()
 }
 
 /// `detach`'s sentence: what went, and why a vGPU attach created stayed, if it did
@@ -235,6 +248,9 @@ struct DomainVgpuView {
     /// The kernel's view of it, when it exists and the daemon does not know it (for the text).
     #[serde(skip)]
     kernel: Option<devices::VgpuView>,
+    /// Its record, when it is a VF vGPU (for the text).
+    #[serde(skip)]
+    vf: Option<gvm_vf::Assignment>,
     /// Either view as `show UUID --json` prints its `vgpu` (one shape for a vGPU).
     #[serde(rename = "vgpu")]
     shown: Option<serde_json::Value>,
@@ -334,8 +350,8 @@ pub fn show_domain(
             },
             None => None,
         };
-        let present = ctx.mdev.device(uuid).is_ok();
-        let kernel = match (&detail, present) {
+        let present = vgpu_present(ctx, uuid);
+        let kernel = match (&detail, present && ctx.mdev.device(uuid).is_ok()) {
             (None, true) => Some(devices::live_view(ctx, uuid)?),
             _ => None,
         };
@@ -353,6 +369,7 @@ pub fn show_domain(
             present,
             daemon: detail,
             kernel,
+            vf: vf_record(ctx, uuid),
             shown,
         });
     }
@@ -392,6 +409,12 @@ fn write_domain_text(
             managed::show(ctx, d, out)?;
         } else if let Some(k) = &v.kernel {
             devices::write_view(ctx, k, out)?;
+        } else if let Some(r) = &v.vf {
+            writeln!(
+                out,
+                "vGPU {}: VF {} ({} on {})",
+                v.uuid, r.vf, r.type_name, r.pf
+            )?;
         } else {
             writeln!(out, "vGPU {}", v.uuid)?;
         }

@@ -2,9 +2,9 @@
 //!
 //! Installed as `/etc/libvirt/hooks/qemu.d/gvm-vgpu` (a script that runs
 //! `gvm-vgpu-hook qemu "$@"`), libvirt runs it as `qemu <domain> <op> <subop> <extra>` with the
-//! domain XML on standard input. `prepare begin` creates the domain's missing vGPUs (failing the
-//! start with a message on standard error when one cannot be made); `release end` removes the
-//! transient ones. Every other step exits 0 at once. It never calls libvirt.
+//! domain XML on standard input. `prepare begin` creates the domain's missing vGPUs and gives
+//! its VF vGPUs' VFs their recorded type (failing the start with a message on standard error
+//! when one cannot be made ready); `release end` removes the transient ones. Every other step exits 0 at once. It never calls libvirt.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -122,6 +122,14 @@ fn run() -> Result<()> {
                 mdev_type,
             } => eprintln!(
                 "gvm-vgpu: created vGPU {uuid} ({mdev_type} on {parent}) for domain '{}'",
+                info.name
+            ),
+            Outcome::VfTypeSet {
+                uuid,
+                vf,
+                type_name,
+            } => eprintln!(
+                "gvm-vgpu: set VF {vf} to type {type_name} for vGPU {uuid} of domain '{}'",
                 info.name
             ),
             Outcome::Removed(uuid) => eprintln!(
