@@ -102,6 +102,8 @@ pub struct Daemon {
     /// Where the catalog in `types` came from and the last refused reload, for
     /// `ping` (`None`: not told, as in tests over fake ports).
     pub(crate) catalog: Option<crate::catalog::CatalogState>,
+    /// The config file and its last reload, as `ping` reports them.
+    pub(crate) config: Option<gvm_proto::ConfigStatus>,
 }
 
 /// What putting a new catalog in place changed.
@@ -222,7 +224,13 @@ impl Daemon {
             batches: crate::batches::Lists::default(),
             startup_problems: loaded.problems,
             catalog: None,
+            config: None,
         })
+    }
+
+    /// Say which config file the daemon read and what its last reload did (`ping` reports it).
+    pub fn set_config_status(&mut self, status: gvm_proto::ConfigStatus) {
+        self.config = Some(status);
     }
 
     /// Say where the catalog given to [`Daemon::new`] came from (`ping` reports it).

@@ -119,6 +119,7 @@ impl Daemon {
                 root: self.host.root().display().to_string(),
                 vgpus: self.all_uuids().len(),
                 catalog: self.catalog.as_ref().map(|c| c.status()),
+                config: self.config.clone(),
             }),
             Call::List(p) => {
                 let list: Vec<VgpuInfo> = self

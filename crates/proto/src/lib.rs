@@ -46,10 +46,10 @@ pub use guest::{
 };
 pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy};
 pub use types::{
-    BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, GuestEnforcement,
-    GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides, OwnerInfo, OwnerRule, Pong,
-    ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources, StartMode, Totals, VgpuDetail,
-    VgpuInfo, VgpuState,
+    BatchFailure, BatchReport, CatalogStatus, ConfigReload, ConfigStatus, Definition, Drift,
+    GcgroupInfo, GuestEnforcement, GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides,
+    OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources,
+    StartMode, Totals, VgpuDetail, VgpuInfo, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

@@ -26,6 +26,39 @@ pub struct Pong {
     /// reload that failed. Absent from daemons older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<CatalogStatus>,
+    /// The daemon's config file and what its last reload did. Absent from daemons older
+    /// than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigStatus>,
+}
+
+/// The config file a daemon read (`ping`); `SIGHUP` (`systemctl reload gvm-vgpud`) reads it
+/// again and applies what a running daemon can change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The file (`/etc/gvm-vgpu/gvm-vgpud.toml`, or `--config`).
+    pub file: String,
+    /// Whether it existed when last read (a missing default file means the defaults).
+    pub exists: bool,
+    /// Reloads that were applied since the daemon started.
+    pub reloads: u64,
+    /// The last reload, applied or refused; absent before the first `SIGHUP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ConfigReload>,
+}
+
+/// What one config reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReload {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    /// Settings whose new value the daemon took (file keys, e.g. `rescan-ms`).
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only on a restart; their old value stays.
+    pub need_restart: Vec<String>,
+    /// Why the reload was refused (nothing changed then); absent when it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The catalog a daemon uses (`ping`): the CLI's `--catalog` does not reach it; a changed
