@@ -182,6 +182,65 @@ impl VfHost {
             .ok_or_else(|| Error::NoVgpuManager { vf: vf.to_string() })
     }
 
+    /// The device nodes through which a process (QEMU) holds VF `vf`: its IOMMU group's
+    /// `/dev/vfio/<N>` (the last component of `<VF>/iommu_group`) and, where the kernel gives
+    /// it a VFIO cdev (`<VF>/vfio-dev/vfioX`), `/dev/vfio/devices/vfioX`, under the host root.
+    /// [`Error::VfGone`] when the VF does not exist.
+    pub fn vfio_nodes(&self, vf: &str) -> Result<Vec<PathBuf>> {
+        Self::check("VF", vf)?;
+        let dir = self.dev(vf);
+        if !dir.exists() {
+            return Err(Error::VfGone {
+                vf: vf.to_string(),
+                errno: libc::ENOENT,
+            });
+        }
+        let mut nodes = Vec::new();
+        let group_link = dir.join("iommu_group");
+        match fs::read_link(&group_link) {
+            Ok(target) => {
+                let group = target
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .ok_or_else(|| Error::Parse {
+                        path: group_link.clone(),
+                        detail: format!("links to {target:?}, not an IOMMU group number"),
+                    })?;
+                nodes.push(self.host.path(format!("/dev/vfio/{group}")));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    path: group_link,
+                    source,
+                })
+            }
+        }
+        let cdevs = dir.join("vfio-dev");
+        match fs::read_dir(&cdevs) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("vfio") && !n.contains('/'))
+                    .collect();
+                names.sort();
+                for n in names {
+                    nodes.push(self.host.path(format!("/dev/vfio/devices/{n}")));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    path: cdevs,
+                    source,
+                })
+            }
+        }
+        Ok(nodes)
+    }
+
     /// Enable `n` VFs on `pf` (what `sriov-manage -e` does); a no-op if exactly `n` are.
     pub fn enable_vfs(&self, pf: &str, n: u32) -> Result<()> {
         let cur = self.pf(pf)?;
