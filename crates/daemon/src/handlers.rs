@@ -296,6 +296,8 @@ impl Daemon {
                 .get(uuid)
                 .map(|t| t.name.clone())
                 .or_else(|| def.and_then(|d| d.type_name.clone())),
+            kind: gvm_proto::VgpuKind::Mdev,
+            vf: None,
             state: if dev.is_some() {
                 VgpuState::Running
             } else {
@@ -565,6 +567,8 @@ impl Daemon {
             parent: p.parent,
             mdev_type,
             type_name,
+            kind: gvm_proto::VgpuKind::Mdev,
+            kernel_name: None,
             autostart: p.autostart,
             overrides: p.overrides,
             owner_uids: checked_owner_uids(p.owner_uids)?,
@@ -699,6 +703,8 @@ impl Daemon {
                 parent: p.parent.clone(),
                 mdev_type: mdev_type.clone(),
                 type_name,
+                kind: gvm_proto::VgpuKind::Mdev,
+                kernel_name: None,
                 autostart: p.autostart,
                 overrides: Overrides::default(),
                 owner_uids: Vec::new(),
@@ -938,6 +944,8 @@ impl Daemon {
                 parent,
                 mdev_type: cfg.mdev_type,
                 type_name,
+                kind: gvm_proto::VgpuKind::Mdev,
+                kernel_name: None,
                 autostart: cfg.autostart,
                 overrides: Overrides::default(),
                 owner_uids: Vec::new(),

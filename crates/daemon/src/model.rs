@@ -281,6 +281,8 @@ mod tests {
             parent: "p".into(),
             mdev_type: "t".into(),
             type_name: None,
+            kind: gvm_proto::VgpuKind::Mdev,
+            kernel_name: None,
             autostart: false,
             overrides: o,
             owner_uids: Vec::new(),

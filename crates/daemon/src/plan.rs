@@ -460,6 +460,8 @@ mod tests {
                     parent: parent.into(),
                     mdev_type: "gvmsim-1".into(),
                     type_name: None,
+                    kind: gvm_proto::VgpuKind::Mdev,
+                    kernel_name: None,
                     autostart: auto,
                     overrides: Overrides::default(),
                     owner_uids: Vec::new(),
