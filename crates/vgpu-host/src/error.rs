@@ -59,7 +59,7 @@ pub enum Error {
     },
 
     /// The UUID asked for is already a vGPU (of either kind) or on record.
-    #[error("UUID {uuid} is already used by a vGPU on this host ({what}); pick another one or leave --uuid out")]
+    #[error("a vGPU with UUID {uuid} already exists on this host ({what}); pick another UUID or leave --uuid out")]
     UuidInUse {
         /// The UUID.
         uuid: Uuid,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use gvm_catalog::{Catalog, VgpuType as CatalogType};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -109,6 +110,17 @@ impl Vgpu {
     /// Which ABI backs it.
     pub fn kind(&self) -> Kind {
         self.backing.kind()
+    }
+
+    /// The catalog type bound to its kernel type: an mdev type by id or name
+    /// ([`Catalog::resolve`]), a VF type by name ([`Catalog::resolve_vf`]).
+    pub fn catalog_type<'c>(&self, catalog: &'c Catalog) -> Option<&'c CatalogType> {
+        match &self.backing {
+            Backing::Mdev { mdev_type, .. } => {
+                catalog.resolve(mdev_type, self.kernel_name.as_deref())
+            }
+            Backing::Vf { .. } => catalog.resolve_vf(self.kernel_name.as_deref()?),
+        }
     }
 }
 
