@@ -212,3 +212,168 @@ fn vf_vgpus_beside_mdev_ones_without_a_daemon() {
     ok(root, &["remove", uuid]);
     refused(root, &["remove", uuid], &[uuid, "gvm-vgpu list"]);
 }
+
+/// The vGPUs `list --defined` shows through the daemon: (uuid, state, vf).
+fn defined(root: &Path) -> Vec<(String, String, Option<String>)> {
+    let mut all: Vec<_> = json(root, &["list", "--defined"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["uuid"].as_str().unwrap().to_string(),
+                v["state"].as_str().unwrap().to_string(),
+                v["vf"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn defined_vf_vgpus_are_restored_after_a_reboot() {
+    if skip(
+        "defined_vf_vgpus_are_restored_after_a_reboot",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--sriov-gpus", "1"]);
+    let root = sim.root();
+    let log_path = root.join("gvm-vgpud.log");
+    let log = || std::fs::File::create(&log_path).unwrap();
+    enable_vfs(&sim, 4);
+    sim.control(&format!("vf-heterogeneous {PF} on")).unwrap();
+    let daemon = support::Daemon::start_logging(root, log());
+
+    // Mixed sizes, defined with autostart and started through the daemon.
+    let (big, small, other) = (
+        "0b5e0000-0000-4000-8000-000000000001",
+        "0b5e0000-0000-4000-8000-000000000002",
+        "0b5e0000-0000-4000-8000-000000000003",
+    );
+    for (uuid, t) in [(big, "H100-40C"), (small, "H100-20C")] {
+        let def = json(
+            root,
+            &[
+                "define",
+                "--type",
+                t,
+                "--parent",
+                PF,
+                "--uuid",
+                uuid,
+                "--autostart",
+            ],
+        );
+        assert_eq!(
+            (&def["kind"], &def["mdev_type"]),
+            (&Value::from("vf"), &def["mdev_type"])
+        );
+        ok(root, &["start", uuid]);
+    }
+    // A VF vGPU the CLI created is made persistent by defining its UUID.
+    ok(root, &["create", "--type", "H100-20C", "--uuid", other]);
+    // The daemon adopts it at its next rescan; `reconcile` is one now.
+    ok(root, &["reconcile"]);
+    ok(
+        root,
+        &[
+            "define",
+            "--type",
+            "H100-20C",
+            "--parent",
+            PF,
+            "--uuid",
+            other,
+            "--autostart",
+        ],
+    );
+    let running = defined(root);
+    assert_eq!(running.len(), 3, "{running:?}");
+    assert!(
+        running
+            .iter()
+            .all(|(_, s, vf)| s == "running" && vf.is_some()),
+        "{running:?}"
+    );
+    let list = json(root, &["list"]);
+    assert!(
+        list.as_array().unwrap().iter().all(|v| v["kind"] == "vf"),
+        "{list}"
+    );
+
+    // Held by a VM: stop is refused, naming the VF, and the vGPU stays.
+    let held = running
+        .iter()
+        .find(|(u, _, _)| u == big)
+        .unwrap()
+        .2
+        .clone()
+        .unwrap();
+    sim.control(&format!("vf-hold {held}")).unwrap();
+    refused(root, &["stop", big], &[&held]);
+    assert!(defined(root)
+        .iter()
+        .any(|(u, s, _)| u == big && s == "running"));
+    sim.control(&format!("vf-release {held}")).unwrap();
+
+    // A reboot: VFs, vGPUs and the heterogeneous mode are gone. Without NVML the restarted
+    // daemon re-enables the VFs and restores the largest size, and says per vGPU that the
+    // other size needs heterogeneous mode.
+    sim.control("vf-reset").unwrap();
+    drop(daemon);
+    let daemon = support::Daemon::start_logging(root, log());
+    let after = defined(root);
+    let state = |u: &str| after.iter().find(|(x, _, _)| x == u).unwrap().1.clone();
+    assert_eq!(
+        [state(big), state(small), state(other)],
+        ["running", "stopped", "stopped"],
+        "{after:?}"
+    );
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    for u in [small, other] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("restore vGPU {u}")))
+            .unwrap_or_else(|| panic!("no restore report for {u}: {text}"));
+        assert!(
+            line.contains("heterogeneous mode") && line.contains("NVML"),
+            "{line}"
+        );
+    }
+
+    // One size only: after the next reboot, autostart restores every defined vGPU.
+    for u in [small, other] {
+        ok(root, &["undefine", u]);
+    }
+    let second = "0b5e0000-0000-4000-8000-000000000004";
+    ok(
+        root,
+        &[
+            "define",
+            "--type",
+            "H100-40C",
+            "--parent",
+            PF,
+            "--uuid",
+            second,
+            "--autostart",
+        ],
+    );
+    ok(root, &["start", second]);
+    sim.control("vf-reset").unwrap();
+    drop(daemon);
+    let _daemon = support::Daemon::start_logging(root, log());
+    let after = defined(root);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after
+            .iter()
+            .all(|(_, s, vf)| s == "running" && vf.is_some()),
+        "{after:?}"
+    );
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.contains("restore vGPU"), "{text}");
+}

@@ -267,6 +267,8 @@ mod tests {
                 parent: "p0".into(),
                 mdev_type: "gvmsim-1".into(),
                 kernel_name: None,
+                kind: gvm_proto::VgpuKind::Mdev,
+                vf: None,
             },
         );
         let mut m = BTreeMap::new();
@@ -516,6 +518,8 @@ mod tests {
                     parent: parent.into(),
                     mdev_type: "gvmsim-1".into(),
                     kernel_name: None,
+                    kind: gvm_proto::VgpuKind::Mdev,
+                    vf: None,
                 },
             );
             obs.owners
