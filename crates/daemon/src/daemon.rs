@@ -581,6 +581,17 @@ impl Daemon {
             self.forget_device(&uuid);
             dirty = true;
         }
+        if dirty || self.first_pass {
+            // The owner rule for VF vGPUs: the process holding the VF's VFIO device.
+            let mut nodes = Vec::new();
+            for uuid in &seen {
+                match self.mdev.vf_vfio_nodes(*uuid) {
+                    Ok(n) => nodes.extend(n.into_iter().map(|n| (n, *uuid))),
+                    Err(e) => debug!("{}", error_chain(&e)),
+                }
+            }
+            self.resolver.set_vf_nodes(nodes);
+        }
         dirty
     }
 

@@ -226,6 +226,11 @@ pub trait MdevPort: Send {
     fn vf_vgpus(&self) -> PortResult<Vec<VfVgpu>> {
         Ok(Vec::new())
     }
+    /// The device nodes through which a process holds VF vGPU `uuid` open (its VF's
+    /// `/dev/vfio/<group>` and VFIO cdev), for the VFIO owner rule. Default: none.
+    fn vf_vfio_nodes(&self, _uuid: Uuid) -> PortResult<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
     /// The SR-IOV GPUs (PFs). Default: none.
     fn pfs(&self) -> PortResult<Vec<PfInfo>> {
         Ok(Vec::new())
@@ -498,6 +503,12 @@ impl MdevPort for SysfsMdev {
                 kernel_name: a.type_name,
             })
             .collect())
+    }
+
+    fn vf_vfio_nodes(&self, uuid: Uuid) -> PortResult<Vec<PathBuf>> {
+        self.vgpus
+            .vfio_nodes(&uuid)
+            .map_err(|e| vf_err("find the VFIO nodes of", uuid.to_string(), e))
     }
 
     fn pfs(&self) -> PortResult<Vec<PfInfo>> {

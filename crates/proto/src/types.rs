@@ -334,6 +334,9 @@ pub enum OwnerRule {
     Cgroup,
     /// The QEMU process of the libvirt domain holding the mdev.
     Libvirt,
+    /// The process holding a VF vGPU's VFIO device open (`/dev/vfio/<group>` or its VFIO
+    /// cdev): the QEMU the VF is assigned to.
+    Vfio,
 }
 
 /// One owner gcgroup (process × GPU) as last read.
