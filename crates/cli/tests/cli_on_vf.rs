@@ -128,6 +128,14 @@ fn vf_vgpus_beside_mdev_ones_without_a_daemon() {
         &["did you mean '0000:41:00.0'"],
     );
 
+    // An unknown type is refused before the host is touched, with a close name.
+    refused(
+        root,
+        &["create", "--type", "H100-21C"],
+        &["H100-21C", "Did you mean 'H100-20C'"],
+    );
+    assert!(vf_vgpus(root).is_empty());
+
     // Mixed sizes in heterogeneous mode.
     sim.control(&format!("vf-heterogeneous {PF} on")).unwrap();
     let text = ok(root, &["create", "--type", "H100-40C"]);
@@ -162,6 +170,9 @@ fn vf_vgpus_beside_mdev_ones_without_a_daemon() {
     listed.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[1], (uuid.to_string(), VFS[1].to_string()));
+    let table = ok(root, &["list"]);
+    let row = table.lines().find(|l| l.starts_with(uuid)).expect("listed");
+    assert!(row.ends_with(" vf") && row.contains(PF), "{table}");
     let shown = ok(root, &["show", uuid]);
     assert!(
         shown.contains(&format!("vf:           {}", VFS[1])),
@@ -298,6 +309,8 @@ fn defined_vf_vgpus_are_restored_after_a_reboot() {
             .all(|(_, s, vf)| s == "running" && vf.is_some()),
         "{running:?}"
     );
+    let shown = ok(root, &["show", big]);
+    assert!(shown.contains("vf:           0000:41:00."), "{shown}");
     let list = json(root, &["list"]);
     assert!(
         list.as_array().unwrap().iter().all(|v| v["kind"] == "vf"),

@@ -358,6 +358,7 @@ pub fn write_list(
         "START",
         "DOMAIN",
         "OWNERS",
+        "KIND",
     ]);
     for v in all {
         let (name, memory, prio) = match (&v.type_name, v.managed) {
@@ -385,6 +386,7 @@ pub fn write_list(
                 .as_deref()
                 .map_or_else(|| "-".into(), |d| crate::text::guest_text(d).into_owned()),
             v.owners.len().to_string(),
+            v.kind.as_text().into(),
         ]);
     }
     table.write(out)?;
