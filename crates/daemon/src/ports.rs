@@ -553,13 +553,14 @@ impl MdevPort for SysfsMdev {
             .vgpus
             .create_vf(Some(pf), kernel_name, Some(uuid))
             .map_err(|e| vf_err("create", format!("{uuid} ({kernel_name} on {pf})"), e))?;
-        Ok(vf_vgpu(v).unwrap_or(VfVgpu {
-            uuid,
-            pf: pf.to_string(),
-            vf: String::new(),
-            type_id: 0,
-            kernel_name: kernel_name.to_string(),
-        }))
+        // create_vf makes VF vGPUs only; an mdev answer would be a bug of that crate.
+        vf_vgpu(v).ok_or_else(|| {
+            vf_err(
+                "create",
+                format!("{uuid} ({kernel_name} on {pf})"),
+                gvm_vgpu_host::Error::NotFound { uuid },
+            )
+        })
     }
 
     fn drop_vf_record(&self, uuid: Uuid) -> PortResult<()> {
