@@ -1,6 +1,7 @@
 //! [`VfHost`]: the PF/VF sysfs tree of one host, read and written through its root.
 //!
-//! Reading walks `/sys/bus/pci/devices` for functions with `sriov_numvfs` (PFs), their
+//! Reading walks `/sys/bus/pci/devices` for functions with `sriov_numvfs` (PFs; not those whose
+//! `vendor` is another vendor's, such as SR-IOV network cards), their
 //! `virtfnN` links and each VF's `nvidia/` files. Writing is `sriov_numvfs` and
 //! `current_vgpu_type`; each write's errno becomes an [`Error`] that names the VF and the fix.
 
@@ -13,6 +14,9 @@ use gvm_host_root::HostRoot;
 use crate::error::{map_type_write_error, Error, Result};
 use crate::model::{Pf, Vf, VfState, VgpuType};
 use crate::parse::{parse_creatable, parse_current, valid_pci_address};
+
+/// NVIDIA's PCI vendor ID as sysfs writes it.
+const NVIDIA_VENDOR: &str = "0x10de";
 
 /// The most VFs read per PF (NVIDIA GPUs offer at most a few dozen).
 const MAX_VFS: u32 = 256;
@@ -86,11 +90,19 @@ impl VfHost {
         names.sort();
         let mut pfs = Vec::new();
         for n in names {
-            if self.dev(&n).join("sriov_numvfs").exists() {
+            if self.dev(&n).join("sriov_numvfs").exists() && self.maybe_nvidia(&n)? {
                 pfs.push(self.pf(&n)?);
             }
         }
         Ok(pfs)
+    }
+
+    /// Whether function `addr` may be an NVIDIA GPU: its PCI `vendor` is NVIDIA's (0x10de),
+    /// or it has no `vendor` file (test trees, the simulated host). Other SR-IOV functions
+    /// (network cards) are not vGPU parents.
+    fn maybe_nvidia(&self, addr: &str) -> Result<bool> {
+        Ok(read_opt(&self.dev(addr).join("vendor"))?
+            .is_none_or(|v| v.eq_ignore_ascii_case(NVIDIA_VENDOR)))
     }
 
     /// One PF by address; [`Error::PfNotFound`] suggests the closest one.

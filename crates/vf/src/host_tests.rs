@@ -181,3 +181,16 @@ fn vfio_nodes_are_the_group_and_the_cdev() {
         Err(Error::VfGone { .. })
     ));
 }
+
+#[test]
+fn an_sr_iov_function_of_another_vendor_is_not_a_pf() {
+    let (t, h) = tree();
+    let devs = t.path().join("sys/bus/pci/devices");
+    // An SR-IOV network card (Intel) beside the GPU.
+    fs::create_dir_all(devs.join("0000:18:00.0")).unwrap();
+    fs::write(devs.join("0000:18:00.0/sriov_numvfs"), "0\n").unwrap();
+    fs::write(devs.join("0000:18:00.0/vendor"), "0x8086\n").unwrap();
+    fs::write(devs.join(PF).join("vendor"), "0x10de\n").unwrap();
+    let pfs: Vec<String> = h.pfs().unwrap().into_iter().map(|p| p.address).collect();
+    assert_eq!(pfs, [PF]);
+}
