@@ -336,6 +336,15 @@ fn defined_vf_vgpus_are_restored_after_a_reboot() {
     // daemon re-enables the VFs and restores the largest size, and says per vGPU that the
     // other size needs heterogeneous mode.
     sim.control("vf-reset").unwrap();
+    // The running daemon sees the VFs vanish at its next rescan: every one is stopped.
+    ok(root, &["reconcile"]);
+    assert!(
+        defined(root)
+            .iter()
+            .all(|(_, s, vf)| s == "stopped" && vf.is_none()),
+        "{:?}",
+        defined(root)
+    );
     drop(daemon);
     let daemon = support::Daemon::start_logging(root, log());
     let after = defined(root);

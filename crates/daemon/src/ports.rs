@@ -478,31 +478,26 @@ impl MdevPort for SysfsMdev {
             .records()
             .list()
             .map_err(|e| vf_err("list", "VF vGPU records".to_string(), e))?;
-        if records.is_empty() {
-            return Ok(Vec::new());
+        // Only the VFs on record are read (each rescan does this): a record is live when
+        // its VF holds the recorded type; a VF gone with its GPU's VFs is not live.
+        let mut live = Vec::new();
+        for a in records {
+            let current = match self.vgpus.vf().vf_state(&a.vf) {
+                Ok(state) => state.current,
+                Err(gvm_vf::Error::VfGone { .. } | gvm_vf::Error::NoVgpuManager { .. }) => 0,
+                Err(e) => return Err(vf_err("read", format!("VF {}", a.vf), e)),
+            };
+            if current == a.type_id {
+                live.push(VfVgpu {
+                    uuid: a.uuid,
+                    pf: a.pf,
+                    vf: a.vf,
+                    type_id: a.type_id,
+                    kernel_name: a.type_name,
+                });
+            }
         }
-        let pfs = self
-            .vgpus
-            .vf()
-            .pfs()
-            .map_err(|e| vf_err("list", "SR-IOV GPUs".to_string(), e))?;
-        Ok(records
-            .into_iter()
-            .filter(|a| {
-                pfs.iter()
-                    .flat_map(|p| &p.vfs)
-                    .find(|v| v.address == a.vf)
-                    .and_then(|v| v.state.as_ref())
-                    .is_some_and(|s| s.current == a.type_id)
-            })
-            .map(|a| VfVgpu {
-                uuid: a.uuid,
-                pf: a.pf,
-                vf: a.vf,
-                type_id: a.type_id,
-                kernel_name: a.type_name,
-            })
-            .collect())
+        Ok(live)
     }
 
     fn vf_vfio_nodes(&self, uuid: Uuid) -> PortResult<Vec<PathBuf>> {
