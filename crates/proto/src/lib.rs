@@ -49,7 +49,7 @@ pub use types::{
     BatchFailure, BatchReport, CatalogStatus, ConfigReload, ConfigStatus, Definition, Drift,
     GcgroupInfo, GuestEnforcement, GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides,
     OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources,
-    StartMode, Totals, VgpuDetail, VgpuInfo, VgpuState,
+    StartMode, Totals, VgpuDetail, VgpuInfo, VgpuKind, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

@@ -681,6 +681,13 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
     let v = &detail.info;
     writeln!(out, "vGPU {}", v.uuid)?;
     writeln!(out, "  parent:       {}", v.parent)?;
+    if v.kind == gvm_proto::VgpuKind::Vf {
+        writeln!(
+            out,
+            "  vf:           {} (SR-IOV virtual function)",
+            v.vf.as_deref().unwrap_or("- (not running)")
+        )?;
+    }
     writeln!(out, "  kernel type:  {}", v.mdev_type)?;
     match &v.type_name {
         Some(t) => writeln!(out, "  catalog type: {t}")?,
