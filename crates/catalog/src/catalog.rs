@@ -151,6 +151,23 @@ impl Catalog {
         })
     }
 
+    /// The name a VF's `creatable_vgpu_types` must list to create `type_name` on a VF: a
+    /// catalog type's name binding, or, when no catalog type is called that, `type_name`
+    /// itself (a VF type named as the driver names it, `NVIDIA H100-20C` or `H100-20C`).
+    /// `Err` with the catalog type when it binds by mdev type id, which no VF type matches.
+    pub fn vf_kernel_name<'a>(
+        &'a self,
+        type_name: &str,
+    ) -> std::result::Result<String, &'a VgpuType> {
+        match self.type_by_name(type_name) {
+            Ok(t) => match &t.binding {
+                crate::Binding::TypeName(n) => Ok(n.clone()),
+                crate::Binding::TypeId(_) => Err(t),
+            },
+            Err(_) => Ok(type_name.to_string()),
+        }
+    }
+
     fn from_layers(files: Vec<(usize, ParsedFile)>) -> Result<Catalog> {
         // Overrides: a later layer replaces an earlier model; the same layer may not repeat one.
         let mut kept: Vec<(usize, ParsedFile)> = Vec::new();

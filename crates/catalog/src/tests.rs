@@ -393,6 +393,15 @@ fn vf_types_bind_by_name_only() {
             .map(|t| t.name.as_str()),
         Some("H100-20C")
     );
+    // What a VF must list to create a catalog type: its name binding; a name the catalog
+    // does not know is taken as the VF type's own; an id-bound type cannot be a VF's.
+    assert_eq!(c.vf_kernel_name("a").as_deref(), Ok("NVIDIA X-20C"));
+    assert_eq!(c.vf_kernel_name("H100-20C").as_deref(), Ok("H100-20C"));
+    assert_eq!(c.vf_kernel_name("b").map_err(|t| t.name.as_str()), Err("b"));
+    assert_eq!(
+        shipped.vf_kernel_name("H100-20C").as_deref(),
+        Ok("NVIDIA H100-20C")
+    );
 }
 
 #[test]

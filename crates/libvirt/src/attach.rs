@@ -223,11 +223,18 @@ pub fn attach(
             let at = match place(catalog, name, &scoped) {
                 Ok(at) => at,
                 Err(placement) => {
-                    // No mdev parent takes it: a free VF may, on a host with SR-IOV GPUs.
-                    if vfs.pfs().is_ok_and(|p| !p.is_empty()) {
+                    // No mdev parent takes it: a free VF may, on a host with SR-IOV GPUs, when
+                    // the type binds by name (the name the VFs list, as the catalog binds it).
+                    let kernel_name = match catalog {
+                        Some(c) => c.vf_kernel_name(name).ok(),
+                        None => Some(name.clone()),
+                    };
+                    if let (Some(kernel_name), true) =
+                        (kernel_name, vfs.pfs().is_ok_and(|p| !p.is_empty()))
+                    {
                         let uuid = Uuid::new_v4();
                         let record = records
-                            .create(req.parent.as_deref(), name, Some(uuid))
+                            .create(req.parent.as_deref(), &kernel_name, Some(uuid))
                             .map_err(|source| Error::Vf {
                                 op: "create",
                                 uuid,

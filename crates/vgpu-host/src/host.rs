@@ -239,19 +239,14 @@ impl VgpuHost {
         pf: Option<&str>,
         uuid: Option<Uuid>,
     ) -> Result<Vgpu> {
-        let kernel_name = match catalog.type_by_name(type_name) {
-            Ok(t) => match &t.binding {
-                Binding::TypeName(n) => n.clone(),
-                Binding::TypeId(id) => {
-                    return Err(Error::NotVfBindable {
-                        type_name: t.name.clone(),
-                        mdev_type: id.clone(),
-                    })
-                }
-            },
-            // Not a catalog type: the VF type's own name (`NVIDIA H100-20C` or `H100-20C`).
-            Err(_) => type_name.to_string(),
-        };
+        let kernel_name = catalog
+            .vf_kernel_name(type_name)
+            .map_err(|t| Error::NotVfBindable {
+                type_name: t.name.clone(),
+                mdev_type: match &t.binding {
+                    Binding::TypeId(id) | Binding::TypeName(id) => id.clone(),
+                },
+            })?;
         self.create_vf(pf, &kernel_name, uuid)
     }
 
