@@ -1721,3 +1721,46 @@ fn import_mdevctl_says_mdevctl_still_defines_it_and_remove_source_hands_it_over_
     let o = cli(root, &["import-mdevctl", "--dry-run", "--remove-source"]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn create_and_remove_beside_a_running_daemon_are_in_its_list_when_they_return() {
+    if skip(
+        "create_and_remove_beside_a_running_daemon",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start(SimModel::GvmSim, 1);
+    let root = sim.root();
+    // A daemon whose own scan would not see the change for a minute: what `list` shows right
+    // after `create` / `remove` is what those commands told it.
+    let _daemon = Daemon::start_with(root, std::process::Stdio::null(), |c| {
+        c.args(["--no-libvirt", "--rescan-ms", "60000"]);
+    });
+    let uuid = "6f1d3a1e-0c1b-4a53-9e0e-7a3f6b2c9d11";
+    succeeded(
+        &gvm_vgpu(root, &["create", "--type", "sim-4c", "--uuid", uuid])
+            .output()
+            .unwrap(),
+        &["create"],
+    );
+    let list = json(root, &["list"]);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["uuid"] == uuid)
+        .unwrap_or_else(|| panic!("the daemon lists the new vGPU at once: {list}"));
+    assert_eq!(
+        entry["type_name"], "sim-4c",
+        "adopted with its catalog type: {entry}"
+    );
+    succeeded(
+        &gvm_vgpu(root, &["remove", uuid]).output().unwrap(),
+        &["remove"],
+    );
+    assert!(
+        uuids_listed(root).is_empty(),
+        "the removed vGPU is gone from the daemon's list at once"
+    );
+}

@@ -45,6 +45,7 @@ pub fn create(
             other => anyhow::Error::new(other)
                 .context(format!("cannot create a vGPU of type {}", wanted.name)),
         })?;
+    daemon_rescans(ctx);
     if ctx.json {
         return write_json(
             out,
@@ -67,6 +68,33 @@ pub fn create(
         )?,
     }
     Ok(())
+}
+
+/// After `create` or `remove` changed sysfs directly: a running gvm-vgpud rescans now, so the
+/// new vGPU is adopted with its type's limits (or the removed one dropped) before the command
+/// returns, and the next `list` or `show` agrees with the kernel. On a real host the kernel's
+/// uevent would tell it soon; the simulated host sends none, and either way the command
+/// should not return before the daemon knows. A daemon that does not run is nothing to tell;
+/// one that fails to rescan is said on stderr (the change itself is done, and its periodic
+/// scan will find it).
+fn daemon_rescans(ctx: &Context) {
+    match gvm_client::Client::connect_host(&ctx.host) {
+        Ok(mut c) => {
+            if let Err(e) = c.reconcile() {
+                eprintln!(
+                    "gvm-vgpu: warning: gvm-vgpud did not rescan ({}); it finds the change at \
+                     its next periodic scan",
+                    gvm_error_chain::error_chain(&e)
+                );
+            }
+        }
+        Err(gvm_client::Error::NotRunning { .. }) => {}
+        Err(e) => eprintln!(
+            "gvm-vgpu: warning: cannot tell gvm-vgpud to rescan ({}); it finds the change at its \
+             next periodic scan",
+            gvm_error_chain::error_chain(&e)
+        ),
+    }
 }
 
 fn catalog_source(catalog: &Catalog, t: &VgpuType) -> String {
@@ -105,6 +133,7 @@ pub fn remove(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Re
     } else {
         ctx.mdev.remove(uuid)?;
     }
+    daemon_rescans(ctx);
     if ctx.json {
         return write_json(out, "removed", uuid);
     }
