@@ -190,6 +190,9 @@ impl Daemon {
             infos.push(self.info(&u));
         }
         let mut text = crate::metrics::render(&infos);
+        let parents: BTreeSet<&str> = infos.iter().map(|i| i.parent.as_str()).collect();
+        let fb = self.nvidia.fb_usage(parents);
+        text.push_str(&crate::metrics::render_nvidia_fb(&infos, &fb));
         text.push_str(&self.guest_metrics());
         text
     }
@@ -380,6 +383,11 @@ impl Daemon {
                 self.guests.enforcement_of(uuid, domain.as_deref())
             },
             held_by: self.fallback.mechanism(uuid),
+            nvidia_fb_usage_bytes: self
+                .observed
+                .devices
+                .get(uuid)
+                .and_then(|d| self.nvidia.fb_usage([d.parent.as_str()]).get(uuid).copied()),
         }
     }
 

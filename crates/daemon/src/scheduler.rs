@@ -760,6 +760,7 @@ impl Scheduler {
                     config: c.wire(),
                 })
                 .collect(),
+            without_nvml: None,
         }
     }
 
@@ -777,6 +778,7 @@ impl Scheduler {
                 slice_us: config.timeslice_us.unwrap_or(slice.as_nanos() / 1_000),
                 counters: SchedCounters::default(),
                 vgpus: Vec::new(),
+                nvidia: None,
             };
         };
         let mut parents = BTreeSet::new();
@@ -820,7 +822,23 @@ impl Scheduler {
                     .map_or(0.0, |t| t.duration_since(st.since).as_secs_f64()),
             },
             vgpus,
+            nvidia: None,
         }
+    }
+
+    /// The row of the host GPU at `pci` (an mdev parent) as [`Scheduler::status`] would list
+    /// it, for a GPU the status does not list (no vGPU with owners, no own configuration).
+    pub fn gpu_row(&self, cx: &SchedContext<'_>, pci: &str) -> GpuSched {
+        let host = cx.observed.host_gpus();
+        let h = host.by_pci(pci);
+        self.gpu_status(
+            cx,
+            GpuRow {
+                position: h.map(|h| h.position),
+                pci: Some(pci.to_string()),
+                gvm_index: h.and_then(|h| h.gvm_index),
+            },
+        )
     }
 
     /// `policy set`: validate, persist, switch the engines live, apply at once.
