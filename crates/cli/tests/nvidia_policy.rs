@@ -219,6 +219,11 @@ fn while_vms_run_nvidia_allows_no_change_and_the_daemons_policy_is_applied() {
         before,
         "NVIDIA's scheduler was left as it was"
     );
+    let all = ["--json", "policy", "set", "fixed-share", "--gpu", GPU];
+    let answer: Value = serde_json::from_str(&succeeded(&cli(root, &all), &all)).unwrap();
+    let change = &answer["policy"]["gpus"][0]["nvidia"]["change"];
+    assert_eq!(change["outcome"], "vms-running", "{answer}");
+    assert_eq!(nvml.state(), before);
     let row = gpu_row(root);
     assert_eq!(
         row["config"]["policy"], "fixed-share",
@@ -260,6 +265,8 @@ fn on_a_gpu_without_the_vgpu_manager_nvidias_scheduler_is_not_available() {
     let nvml = NvmlHost::new(&nvml_state(false, vec![]));
     let (sim, _daemon) = start(&nvml.library(), None);
     let root = sim.root();
+    // Before any set the daemon's scheduler has no row for the GPU: NVML's report adds one.
+    assert_eq!(gpu_row(root)["nvidia"]["status"], "not-available");
     let before = nvml.state();
     let args = ["policy", "set", "equal-share", "--gpu", "0"];
     let text = succeeded(&cli(root, &args), &args);
