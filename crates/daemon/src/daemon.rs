@@ -95,8 +95,6 @@ pub struct Daemon {
     pub(crate) libvirt: crate::domains::Domains,
     /// The live time-slice scheduler (`scheduler.rs`): per-GPU engines and policy.
     pub(crate) scheduler: crate::scheduler::Scheduler,
-    /// NVIDIA's own vGPU scheduler through NVML, or why there is none (`nvidia_sched.rs`).
-    pub(crate) nvidia: crate::nvidia_sched::NvidiaScheduler,
     /// `define_batch` lists being sent in parts.
     pub(crate) batches: crate::batches::Lists,
     /// Problems found when loading the store, reported by the first reconcile.
@@ -221,9 +219,6 @@ impl Daemon {
                 }
                 s
             },
-            nvidia: crate::nvidia_sched::NvidiaScheduler::without(
-                "NVML not opened (gvm-vgpud opens it at start)",
-            ),
             batches: crate::batches::Lists::default(),
             startup_problems: loaded.problems,
             catalog: None,
@@ -299,7 +294,7 @@ impl Daemon {
 
     /// Read and set NVIDIA's vGPU scheduler through `nvidia` (opened at start).
     pub fn use_nvml(&mut self, nvidia: crate::nvidia_sched::NvidiaScheduler) {
-        self.nvidia = nvidia;
+        self.scheduler.use_nvml(nvidia);
     }
 
     /// Give guests `d` to acknowledge a new state before the fallback acts.
@@ -1146,78 +1141,17 @@ impl Daemon {
 
     /// Every GPU's scheduler (`policy show`, `top`).
     pub(crate) fn policy_status(&mut self) -> gvm_proto::SchedStatus {
-        let mut status = self.with_scheduler(|s, cx| s.status(cx));
-        self.add_nvidia(&mut status, &[]);
-        status
+        self.with_scheduler(|s, cx| s.status(cx))
     }
 
-    /// `policy set`: validate, persist, switch the engines live, apply at once; on GPUs
-    /// with NVIDIA's vGPU manager, set NVIDIA's scheduler too where NVML allows it.
+    /// `policy set`: validate, persist, switch the engines live, apply at once.
     pub(crate) fn policy_set(
         &mut self,
         p: gvm_proto::PolicyParams,
     ) -> Result<gvm_proto::SchedStatus, gvm_proto::ApiError> {
-        let host = self.observed.host_gpus();
-        let addressed: Vec<String> = match p.gpu.as_deref().map(str::trim) {
-            None => host.all().iter().map(|g| g.pci.clone()).collect(),
-            Some(arg) if arg.eq_ignore_ascii_case("all") => {
-                host.all().iter().map(|g| g.pci.clone()).collect()
-            }
-            Some(arg) => host
-                .resolve(arg)
-                .map(|g| vec![g.pci.clone()])
-                .unwrap_or_default(),
-        };
-        let mut status = self.with_scheduler(|s, cx| s.set(cx, p))?;
+        let status = self.with_scheduler(|s, cx| s.set(cx, p))?;
         self.policy = self.scheduler.file().default.policy.to_string();
-        self.add_nvidia(&mut status, &addressed);
         Ok(status)
-    }
-
-    /// Puts NVIDIA's scheduler of each host GPU NVML knows into `status` (a row of its own
-    /// for a GPU the daemon's scheduler does not list), setting it first on the GPUs of
-    /// `set_on` to their configured policy; or says why there is no NVML.
-    fn add_nvidia(&mut self, status: &mut gvm_proto::SchedStatus, set_on: &[String]) {
-        status.without_nvml = self.nvidia.without_nvml().map(str::to_string);
-        if status.without_nvml.is_some() {
-            return;
-        }
-        let host = self.observed.host_gpus();
-        let mut added = false;
-        for gpu in host.all() {
-            let pci = gpu.pci.as_str();
-            let stored = self.scheduler.file().for_pci(Some(pci));
-            let report = if set_on.iter().any(|s| s == pci) {
-                let project = gvm_nvml::ProjectPolicy {
-                    policy: stored.policy,
-                    timeslice_us: stored.timeslice_us,
-                };
-                self.nvidia.apply(pci, project)
-            } else {
-                self.nvidia.read(pci)
-            };
-            let Some(report) = report else {
-                continue;
-            };
-            match status
-                .gpus
-                .iter_mut()
-                .find(|g| g.pci.as_deref() == Some(pci))
-            {
-                Some(row) => row.nvidia = Some(report),
-                None => {
-                    let mut row = self.with_scheduler(|s, cx| s.gpu_row(cx, pci));
-                    row.nvidia = Some(report);
-                    status.gpus.push(row);
-                    added = true;
-                }
-            }
-        }
-        if added {
-            status
-                .gpus
-                .sort_by_key(|g| (g.gpu.is_none(), g.gpu, g.pci.clone(), g.gvm_index));
-        }
     }
 
     /// The flag the scheduler's tick loop reads without the daemon's lock.
