@@ -138,6 +138,19 @@ impl Catalog {
         })
     }
 
+    /// The catalog type for an SR-IOV VF vGPU type with this name (`NVIDIA H100-20C`, a line
+    /// of the VF's `creatable_vgpu_types`). VF types bind by name only: their numeric IDs are
+    /// renumbered between driver releases and share nothing with mdev type ids, so a
+    /// `mdev_type` binding never matches a VF. NVIDIA gives a profile the same name on both
+    /// paths, so one `mdev_name` binds the mdev type on older GPUs and the VF type on
+    /// Ada/Hopper/Blackwell.
+    pub fn resolve_vf(&self, kernel_name: &str) -> Option<&VgpuType> {
+        self.types().find(|t| {
+            matches!(t.binding, crate::Binding::TypeName(_))
+                && t.binding.matches("", Some(kernel_name))
+        })
+    }
+
     fn from_layers(files: Vec<(usize, ParsedFile)>) -> Result<Catalog> {
         // Overrides: a later layer replaces an earlier model; the same layer may not repeat one.
         let mut kept: Vec<(usize, ParsedFile)> = Vec::new();

@@ -4,7 +4,9 @@
 //! A kernel mdev type lives at `/sys/class/mdev_bus/<parent>/mdev_supported_types/<type-id>`.
 //! Its id (`nvidia-558`, `mtty-2`) is stable only within one vendor driver release, while its
 //! `name` attribute (`NVIDIA H100-20C`) usually survives upgrades; a [`Binding`] therefore names
-//! either one. A [`VgpuType`] adds what the kernel does not know: the GVM memory limit, compute
+//! either one. On Ada, Hopper and Blackwell GPUs a vGPU is an SR-IOV VF whose type NVIDIA names
+//! as it names the mdev type (`NVIDIA H100-20C`): a name binding binds both kinds, an id binding
+//! only mdev types. A [`VgpuType`] adds what the kernel does not know: the GVM memory limit, compute
 //! priority, GPU time share, instance count and whether over-limit pages may spill to host memory.
 
 use std::fmt;
@@ -18,7 +20,9 @@ use crate::bytesize::ByteSize;
 pub enum Binding {
     /// By the directory name under `mdev_supported_types/` (`mdev_type = "nvidia-558"`).
     TypeId(String),
-    /// By the type's `name` attribute (`mdev_name = "NVIDIA H100-20C"`).
+    /// By the type's `name` attribute (`mdev_name = "NVIDIA H100-20C"`); the same name also
+    /// binds an SR-IOV VF vGPU type (a `creatable_vgpu_types` line), see
+    /// [`crate::Catalog::resolve_vf`].
     TypeName(String),
 }
 

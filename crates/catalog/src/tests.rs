@@ -362,6 +362,40 @@ fn resolve_prefers_a_type_id_binding_over_a_name_binding() {
 }
 
 #[test]
+fn vf_types_bind_by_name_only() {
+    let by_name = model_file(
+        "A",
+        &BODY.replace("mdev_type = \"x-1\"", "mdev_name = \"NVIDIA X-20C\""),
+    );
+    // An id binding that happens to equal a VF's numeric type ID must not bind the VF.
+    let by_id = model_file(
+        "B",
+        &BODY
+            .replace("name = \"a\"", "name = \"b\"")
+            .replace("x-1", "1047"),
+    );
+    let c = Catalog::from_texts([
+        (Path::new("a.toml"), by_name.as_str()),
+        (Path::new("b.toml"), by_id.as_str()),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.resolve_vf("NVIDIA X-20C").map(|t| t.name.as_str()),
+        Some("a")
+    );
+    assert_eq!(c.resolve_vf("1047").map(|t| t.name.as_str()), None);
+    assert_eq!(c.resolve_vf("NVIDIA X-40C").map(|t| t.name.as_str()), None);
+    // The shipped NVIDIA example binds the simulated host's VF type names.
+    let shipped = Catalog::builtin().unwrap();
+    assert_eq!(
+        shipped
+            .resolve_vf("NVIDIA H100-20C")
+            .map(|t| t.name.as_str()),
+        Some("H100-20C")
+    );
+}
+
+#[test]
 fn unknown_type_names_get_a_suggestion() {
     let c = Catalog::builtin().unwrap();
     assert_eq!(

@@ -82,16 +82,19 @@ pub struct GlobalArgs {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List registered mdev parent devices (GPUs that can host vGPUs) and their types.
+    /// List the GPUs that can host vGPUs: registered mdev parents, and SR-IOV GPUs (PFs) with
+    /// their VFs enabled/total.
     Parents,
 
-    /// List kernel mdev types joined with the vGPU catalog and live availability.
+    /// List kernel vGPU types (mdev and SR-IOV VF) joined with the vGPU catalog and live
+    /// availability.
     ///
-    /// Each row is one kernel type on one parent: its id, its kernel name, the catalog type it is
-    /// bound to (or "-" when the catalog does not know it: such vGPUs stay unmanaged), the GVM
-    /// limits that type carries, and how many more instances the kernel says can be created.
+    /// Each row is one kernel type on one parent or PF: its kind (mdev or vf), its id, its kernel
+    /// name, the catalog type it is bound to (or "-" when the catalog does not know it: such
+    /// vGPUs stay unmanaged), the GVM limits that type carries, and how many more instances the
+    /// kernel says can be created (a VF type: the free VFs that list it, at most).
     Types {
-        /// Only this parent (e.g. 0000:3b:00.0 or mtty).
+        /// Only this parent or PF (e.g. 0000:3b:00.0, mtty or 0000:41:00.0).
         #[arg(long, value_name = "PARENT")]
         #[arg(add = ArgValueCandidates::new(crate::complete::parents))]
         parent: Option<String>,
@@ -102,15 +105,17 @@ pub enum Command {
 
     /// Create a vGPU of a catalog type.
     ///
-    /// Picks the parent with the most free instances of the type unless --parent is given, and
-    /// a random UUID unless --uuid is given. The kernel type is found through the catalog binding
-    /// (type id or kernel name).
+    /// Picks the mdev parent with the most free instances of the type, else (on Ada, Hopper and
+    /// Blackwell hosts) the first free SR-IOV VF whose creatable types list it, unless --parent
+    /// is given; and a random UUID unless --uuid is given. The kernel type is found through the
+    /// catalog binding (type id or kernel name; VF types by name). A VF vGPU's UUID is gvm-vgpu's
+    /// own, kept with the VF it was put on under /etc/gvm-vgpu/vf-vgpus.
     Create {
         /// Catalog type name (see `gvm-vgpu types`).
         #[arg(long = "type", short = 't', value_name = "TYPE")]
         #[arg(add = ArgValueCandidates::new(crate::complete::type_names))]
         type_name: String,
-        /// Parent device to create it on.
+        /// Parent device (mdev parent or SR-IOV PF) to create it on.
         #[arg(long, short = 'p', value_name = "PARENT")]
         #[arg(add = ArgValueCandidates::new(crate::complete::parents))]
         parent: Option<String>,
@@ -125,6 +130,8 @@ pub enum Command {
     /// the device, and no signal ends that wait. So remove first looks for processes with the
     /// vGPU's VFIO group (/dev/vfio/N) open and, if there are any, names them (pid and command)
     /// and changes nothing. Shut the VM down or detach the vGPU from it first, or pass --wait.
+    /// A VF vGPU is cleared only if its VF still holds the type gvm-vgpu put there (another
+    /// tool's change is left alone); a VM holding the VF makes the driver refuse.
     Remove {
         /// UUID of the vGPU.
         #[arg(add = ArgValueCandidates::new(crate::complete::vgpu_uuids))]

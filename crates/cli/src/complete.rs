@@ -1,7 +1,7 @@
 //! Values the shells complete dynamically (clap_complete's engine, `COMPLETE=bash
 //! gvm-vgpu` prints the registration): vGPU UUIDs (live and defined), libvirt domains the
-//! daemon follows, mdev parents and catalog type names, read from the host at completion
-//! time.
+//! daemon follows, mdev parents and SR-IOV GPUs, and catalog type names, read from the host
+//! at completion time.
 //!
 //! A completer sees no parsed options, so the host root is `GVM_VGPU_ROOT` (else `/`), not
 //! `--root`. Completion never fails: what cannot be read completes nothing.
@@ -31,6 +31,15 @@ fn uuid_set(host: &HostRoot) -> BTreeSet<String> {
         .devices()
         .map(|d| d.into_iter().map(|d| d.uuid.to_string()).collect())
         .unwrap_or_default();
+    // VF vGPUs on record (live or not: `remove` drops a record whose VF is gone).
+    let records = gvm_vf::Assignments::new(gvm_vf::VfHost::new(host.clone()));
+    out.extend(
+        records
+            .list()
+            .into_iter()
+            .flatten()
+            .map(|a| a.uuid.to_string()),
+    );
     // Stored definitions (`gvm-vgpu define`): gvm-vgpud's store, one `<uuid>.json` each.
     let defs = host.config_dir().join("vgpus");
     for e in std::fs::read_dir(defs).into_iter().flatten().flatten() {
@@ -58,7 +67,7 @@ fn domain_set(host: &HostRoot) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// vGPU UUIDs: live (the kernel's mdev devices) and defined.
+/// vGPU UUIDs: live (the kernel's mdev devices), VF vGPUs on record, and defined.
 pub fn vgpu_uuids() -> Vec<CompletionCandidate> {
     candidates(uuid_set(&host()))
 }
@@ -76,14 +85,21 @@ pub fn domains() -> Vec<CompletionCandidate> {
     candidates(domain_set(&host()))
 }
 
-/// mdev parents (GPUs registered with the mdev core).
+/// mdev parents (GPUs registered with the mdev core) and SR-IOV GPUs (PFs).
 pub fn parents() -> Vec<CompletionCandidate> {
-    candidates(
-        MdevHost::new(host())
-            .parents()
-            .map(|p| p.into_iter().map(|p| p.name).collect())
-            .unwrap_or_default(),
-    )
+    let h = host();
+    let mut all: BTreeSet<String> = MdevHost::new(h.clone())
+        .parents()
+        .map(|p| p.into_iter().map(|p| p.name).collect())
+        .unwrap_or_default();
+    all.extend(
+        gvm_vf::VfHost::new(h)
+            .pfs()
+            .into_iter()
+            .flatten()
+            .map(|p| p.address),
+    );
+    candidates(all)
 }
 
 /// Catalog type names (built in, /usr/share and /etc under the root).

@@ -1,4 +1,5 @@
-//! What every command needs: the host root, the clients built on it, and the catalog.
+//! What every command needs: the host root, the clients built on it (mdev, both vGPU kinds,
+//! GVM), and the catalog.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,7 @@ use gvm_catalog::Catalog;
 use gvm_gcgroup::GvmTree;
 use gvm_host_root::HostRoot;
 use gvm_mdev::MdevHost;
+use gvm_vgpu_host::VgpuHost;
 
 use crate::cli::GlobalArgs;
 
@@ -16,6 +18,8 @@ pub struct Context {
     pub host: HostRoot,
     /// The mdev sysfs client.
     pub mdev: MdevHost,
+    /// Both kinds of vGPU (mdev devices and SR-IOV VF vGPUs) by UUID, over the same root.
+    pub vgpu: VgpuHost,
     /// The GVM debugfs client.
     pub gvm: GvmTree,
     /// Catalog directories layered over the built-in catalog, in order.
@@ -36,6 +40,7 @@ impl Context {
         catalog_dirs.extend(global.catalog_dirs.iter().cloned());
         Ok(Context {
             mdev: MdevHost::new(host.clone()),
+            vgpu: VgpuHost::new(host.clone()),
             gvm: GvmTree::new(host.clone()),
             host,
             catalog_dirs,

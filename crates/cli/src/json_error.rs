@@ -100,6 +100,13 @@ fn hint_of(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     {
         return Some(did_you_mean(s));
     }
+    if let Some(gvm_vgpu_host::Error::UnknownParent {
+        suggestion: Some(s),
+        ..
+    }) = e.downcast_ref::<gvm_vgpu_host::Error>()
+    {
+        return Some(did_you_mean(s));
+    }
     if let Some(gvm_catalog::Error::UnknownType {
         suggestion: Some(s),
         ..

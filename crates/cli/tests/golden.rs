@@ -78,6 +78,9 @@ fn recorded(o: &Output) -> String {
 /// - `policy show --json`'s scheduler clock: the values of `"ticks"` and `"seconds"`
 ///   become `<TICKS>` and `<SECONDS>` (they count time since the daemon started).
 ///
+/// - `status`'s clock: when the catalog was loaded, as text (`YYYY-MM-DD HH:MM:SS UTC`
+///   becomes `<TIME>`) and as `"loaded_at"` seconds (`<EPOCH>`).
+///
 /// No field is dropped: a member that moves, disappears or changes value still shows.
 /// The vGPUs have fixed UUIDs and their one owner is idle, so no other pid, timestamp or
 /// generation counter reaches these commands' output; add a rule here (and say why) when
@@ -89,7 +92,10 @@ fn normalise(text: &str, root: &Path, pids: &[u32]) -> String {
         text = replace_number(&text, &pid.to_string(), "<PID>");
     }
     text.lines()
-        .map(|line| format!("{}\n", scheduler_clock_hidden(&pid_column_padded(line))))
+        .map(|line| {
+            let line = scheduler_clock_hidden(&pid_column_padded(line));
+            format!("{}\n", utc_times_hidden(&line))
+        })
         .collect()
 }
 
@@ -97,7 +103,11 @@ fn normalise(text: &str, root: &Path, pids: &[u32]) -> String {
 /// and `counters.seconds`, how long it has run): the value becomes `<TICKS>` or
 /// `<SECONDS>`; the member stays, so renaming or dropping it still shows.
 fn scheduler_clock_hidden(line: &str) -> String {
-    for (member, mark) in [("\"ticks\": ", "<TICKS>"), ("\"seconds\": ", "<SECONDS>")] {
+    for (member, mark) in [
+        ("\"ticks\": ", "<TICKS>"),
+        ("\"seconds\": ", "<SECONDS>"),
+        ("\"loaded_at\": ", "<EPOCH>"),
+    ] {
         let indent = line.len() - line.trim_start().len();
         if let Some(value) = line[indent..].strip_prefix(member) {
             let comma = if value.ends_with(',') { "," } else { "" };
@@ -105,6 +115,31 @@ fn scheduler_clock_hidden(line: &str) -> String {
         }
     }
     line.to_string()
+}
+
+/// `line` with every `YYYY-MM-DD HH:MM:SS UTC` (how `status` prints a time) as `<TIME>`.
+fn utc_times_hidden(line: &str) -> String {
+    const SHAPE: &str = "dddd-dd-dd dd:dd:dd UTC";
+    let fits = |s: &str| {
+        s.len() >= SHAPE.len()
+            && s.bytes().zip(SHAPE.bytes()).all(|(c, m)| match m {
+                b'd' => c.is_ascii_digit(),
+                m => c == m,
+            })
+    };
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while !rest.is_empty() {
+        if rest.is_char_boundary(0) && fits(rest) {
+            out.push_str("<TIME>");
+            rest = &rest[SHAPE.len()..];
+        } else {
+            let c = rest.chars().next().unwrap_or_default();
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
 }
 
 /// A table line whose first column is the pid (`PID` in the header, `<PID>` in a row), with
@@ -178,6 +213,7 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
         ("policy-show", vec!["policy", "show"]),
         ("xml", vec!["xml", RUNNING]),
         ("qemu-args", vec!["qemu-args", RUNNING]),
+        ("status", vec!["status"]),
         ("error-show-absent", vec!["show", ABSENT]),
     ]
 }

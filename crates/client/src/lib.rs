@@ -513,6 +513,7 @@ mod tests {
                             root: "/".into(),
                             vgpus: 3,
                             catalog: None,
+                            config: None,
                         },
                     ),
                     _ => Response::err(req.id, ApiError::not_found("no vGPU 'x'")),
@@ -587,6 +588,7 @@ mod tests {
             root: "/".into(),
             vgpus: 1,
             catalog: None,
+            config: None,
         };
         serde_json::to_string(&Response::ok(id, &pong)).unwrap_or_default()
     }

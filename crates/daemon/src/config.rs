@@ -392,6 +392,11 @@ impl ConfigFile {
         };
         parse(&self.path, &text)
     }
+
+    /// Whether the file exists now.
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
 }
 
 /// A uid for `spec` (a number, or a user of the host's `/etc/passwd`), for `owner-uid`.
@@ -457,6 +462,8 @@ pub struct Reloader {
     current: Args,
     rescan: crate::server::RescanPeriod,
     log: Option<LogFilter>,
+    /// What `ping` reports of the file and its last reload.
+    status: gvm_proto::ConfigStatus,
 }
 
 impl Reloader {
@@ -471,6 +478,12 @@ impl Reloader {
         rescan: crate::server::RescanPeriod,
         log: Option<LogFilter>,
     ) -> Reloader {
+        let status = gvm_proto::ConfigStatus {
+            file: file.path().display().to_string(),
+            exists: file.exists(),
+            reloads: 0,
+            last_reload: None,
+        };
         Reloader {
             file,
             host,
@@ -479,12 +492,21 @@ impl Reloader {
             current,
             rescan,
             log,
+            status,
         }
+    }
+
+    /// The file and what its last reload did, for `ping` (`Daemon::set_config_status`).
+    pub fn status(&self) -> gvm_proto::ConfigStatus {
+        self.status.clone()
     }
 
     /// Read the file again and apply it: everything it changes that can change live, or,
     /// when the file or one of those values is bad, nothing (the error says why).
-    fn reload_file(&mut self, daemon: &Mutex<Daemon>) -> Result<(), anyhow::Error> {
+    fn reload_file(
+        &mut self,
+        daemon: &Mutex<Daemon>,
+    ) -> Result<gvm_proto::ConfigReload, anyhow::Error> {
         let file = self.file.read()?;
         let wanted = merged(&self.cmdline, &self.explicit, &file);
         let changed = changes(&self.current, &wanted);
@@ -536,19 +558,45 @@ impl Reloader {
             "config reloaded"
         );
         self.current = applied;
-        Ok(())
+        Ok(gvm_proto::ConfigReload {
+            at: 0,
+            applied: live.iter().map(|k| k.to_string()).collect(),
+            need_restart: changed
+                .iter()
+                .filter(|s| !s.live)
+                .map(|s| s.key.to_string())
+                .collect(),
+            error: None,
+        })
     }
 }
 
 impl crate::server::ReloadSettings for Reloader {
     fn reload(&mut self, daemon: &Mutex<Daemon>) -> crate::catalog::CatalogSource {
         info!(file = %self.file.path().display(), "SIGHUP: reading the config file again");
-        if let Err(e) = self.reload_file(daemon) {
-            warn!(
-                "config reload refused, the settings in use stay: {}",
-                gvm_error_chain::error_chain(e.as_ref())
-            );
-        }
+        let mut done = match self.reload_file(daemon) {
+            Ok(done) => {
+                self.status.reloads += 1;
+                done
+            }
+            Err(e) => {
+                let why = gvm_error_chain::error_chain(e.as_ref());
+                warn!("config reload refused, the settings in use stay: {why}");
+                gvm_proto::ConfigReload {
+                    error: Some(why),
+                    ..Default::default()
+                }
+            }
+        };
+        done.at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.status.exists = self.file.exists();
+        self.status.last_reload = Some(done);
+        daemon
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_config_status(self.status.clone());
         catalog_source(&self.current, &self.host)
     }
 }

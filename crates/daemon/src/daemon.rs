@@ -11,16 +11,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use gvm_host_root::HostRoot;
-use gvm_proto::{Drift, OwnerRule, ReconcileReport, Totals};
+use gvm_proto::{Drift, OwnerRule, ReconcileReport, Totals, VgpuKind};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::model::{Desired, GcState, Observed, ObservedDevice, TypeSpec};
 use crate::owners::Resolver;
 use crate::plan::{plan, Action, Scope};
-use crate::ports::{MdevPort, PortError, TypePort};
+use crate::ports::{MdevPort, PortError, TypePort, VfVgpu};
 use crate::scheduler::SchedContext;
 use crate::store::{Store, StoreError};
+use crate::vf_restore::{mixed_sizes_message, plan_restore, VfToRestore};
 use gvm_error_chain::error_chain;
 use gvm_gcgroup::gpu_index::is_pci_address;
 use gvm_gcgroup::{GcgroupBackend, GcgroupSnapshot, Knob};
@@ -102,6 +103,8 @@ pub struct Daemon {
     /// Where the catalog in `types` came from and the last refused reload, for
     /// `ping` (`None`: not told, as in tests over fake ports).
     pub(crate) catalog: Option<crate::catalog::CatalogState>,
+    /// The config file and its last reload, as `ping` reports them.
+    pub(crate) config: Option<gvm_proto::ConfigStatus>,
 }
 
 /// What putting a new catalog in place changed.
@@ -222,7 +225,13 @@ impl Daemon {
             batches: crate::batches::Lists::default(),
             startup_problems: loaded.problems,
             catalog: None,
+            config: None,
         })
+    }
+
+    /// Say which config file the daemon read and what its last reload did (`ping` reports it).
+    pub fn set_config_status(&mut self, status: gvm_proto::ConfigStatus) {
+        self.config = Some(status);
     }
 
     /// Say where the catalog given to [`Daemon::new`] came from (`ping` reports it).
@@ -249,7 +258,7 @@ impl Daemon {
         for (uuid, dev) in &self.observed.devices {
             let new = self
                 .types
-                .resolve(&dev.mdev_type, dev.kernel_name.as_deref());
+                .resolve_kind(dev.kind, &dev.mdev_type, dev.kernel_name.as_deref());
             if new.as_ref() == self.type_of.get(uuid) {
                 continue;
             }
@@ -345,7 +354,11 @@ impl Daemon {
             // be the one a kept-aside policy was stored for.
             self.scheduler.migrate(&self.observed.host_gpus());
         }
+        if self.first_pass {
+            self.restore_vf_vgpus(&mut report);
+        }
         let mut dirty = self.scan_devices(&mut report, force);
+        dirty |= self.scan_vf_vgpus(&mut report);
         dirty |= self.scan_processes(&mut report, slow);
         if self.first_pass {
             self.unread_at_start = self.pids.clone();
@@ -530,6 +543,8 @@ impl Daemon {
                     parent: d.parent,
                     mdev_type: d.mdev_type,
                     kernel_name,
+                    kind: gvm_proto::VgpuKind::Mdev,
+                    vf: None,
                 },
                 report,
             );
@@ -537,9 +552,9 @@ impl Daemon {
         let gone: Vec<Uuid> = self
             .observed
             .devices
-            .keys()
-            .filter(|u| !seen.contains(u))
-            .copied()
+            .values()
+            .filter(|d| d.kind == VgpuKind::Mdev && !seen.contains(&d.uuid))
+            .map(|d| d.uuid)
             .collect();
         for uuid in gone {
             info!(%uuid, "vGPU removed from the host");
@@ -548,12 +563,157 @@ impl Daemon {
         true
     }
 
+    /// Adopt the VF vGPUs that became live (created by `gvm-vgpu create`, or restored) and
+    /// forget those whose VF no longer carries them (removed, or the VFs were disabled).
+    fn scan_vf_vgpus(&mut self, report: &mut ReconcileReport) -> bool {
+        let live = match self.mdev.vf_vgpus() {
+            Ok(v) => v,
+            Err(e) => {
+                report.errors.push(error_chain(&e));
+                return false;
+            }
+        };
+        let mut dirty = false;
+        let seen: BTreeSet<Uuid> = live.iter().map(|v| v.uuid).collect();
+        for v in live {
+            if self.observed.devices.contains_key(&v.uuid) {
+                continue;
+            }
+            self.adopt(observed_vf(v), report);
+            dirty = true;
+        }
+        let gone: Vec<Uuid> = self
+            .observed
+            .devices
+            .values()
+            .filter(|d| d.kind == VgpuKind::Vf && !seen.contains(&d.uuid))
+            .map(|d| d.uuid)
+            .collect();
+        for uuid in gone {
+            info!(%uuid, "VF vGPU removed from the host");
+            self.forget_device(&uuid);
+            dirty = true;
+        }
+        if dirty || self.first_pass {
+            // The owner rule for VF vGPUs: the process holding the VF's VFIO device.
+            let mut nodes = Vec::new();
+            for uuid in &seen {
+                match self.mdev.vf_vfio_nodes(*uuid) {
+                    Ok(n) => nodes.extend(n.into_iter().map(|n| (n, *uuid))),
+                    Err(e) => debug!("{}", error_chain(&e)),
+                }
+            }
+            self.resolver.set_vf_nodes(nodes);
+        }
+        dirty
+    }
+
+    /// At start: re-create every autostart VF definition whose vGPU is not live, enabling
+    /// the VFs of its GPU first where needed, largest first ([`crate::vf_restore`]); each
+    /// vGPU that cannot be restored gets its own line in `report.errors`, naming it.
+    fn restore_vf_vgpus(&mut self, report: &mut ReconcileReport) {
+        let defs: Vec<&gvm_proto::Definition> = self
+            .desired
+            .definitions
+            .values()
+            .filter(|d| d.kind == VgpuKind::Vf && d.autostart)
+            .collect();
+        if defs.is_empty() {
+            return;
+        }
+        let (pfs, live) = match (self.mdev.pfs(), self.mdev.vf_vgpus()) {
+            (Ok(p), Ok(l)) => (p, l),
+            (Err(e), _) | (_, Err(e)) => {
+                report
+                    .errors
+                    .push(format!("restore VF vGPUs: {}", error_chain(&e)));
+                return;
+            }
+        };
+        let live_uuids: BTreeSet<Uuid> = live.iter().map(|v| v.uuid).collect();
+        let mut live_types: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for v in &live {
+            live_types
+                .entry(v.pf.clone())
+                .or_default()
+                .insert(v.kernel_name.clone());
+        }
+        let wanted: Vec<VfToRestore> = defs
+            .iter()
+            .filter(|d| !live_uuids.contains(&d.uuid))
+            .map(|d| VfToRestore {
+                uuid: d.uuid,
+                pf: d.parent.clone(),
+                kernel_name: d.kernel_name.clone().unwrap_or_else(|| d.mdev_type.clone()),
+                memory: d
+                    .type_name
+                    .as_deref()
+                    .and_then(|n| self.types.spec_by_name(n))
+                    .map_or(0, |t| t.memory_limit),
+            })
+            .collect();
+        let p = plan_restore(&wanted, &pfs, &live_types);
+        let mut failed_pfs: BTreeSet<String> = BTreeSet::new();
+        for (pf, n) in &p.enable {
+            match self.mdev.enable_vfs(pf, *n) {
+                Ok(()) => {
+                    info!(%pf, vfs = n, "enabled the VFs of an SR-IOV GPU for its defined vGPUs")
+                }
+                Err(e) => {
+                    for w in p.create.iter().filter(|w| &w.pf == pf) {
+                        report.errors.push(format!(
+                            "restore vGPU {}: cannot enable the VFs of {pf}: {}",
+                            w.uuid,
+                            error_chain(&e)
+                        ));
+                    }
+                    failed_pfs.insert(pf.clone());
+                }
+            }
+        }
+        // Each failure is one line of the report, which the initial reconciliation logs.
+        for (uuid, why) in &p.refused {
+            report.errors.push(format!("restore vGPU {uuid}: {why}"));
+        }
+        for w in p.create.iter().filter(|w| !failed_pfs.contains(&w.pf)) {
+            let made = self
+                .mdev
+                .drop_vf_record(w.uuid)
+                .and_then(|()| self.mdev.create_vf(&w.pf, &w.kernel_name, w.uuid));
+            match made {
+                Ok(v) => {
+                    info!(uuid = %w.uuid, pf = %w.pf, vf = %v.vf, kernel_name = %w.kernel_name, "restored defined VF vGPU");
+                    report.autostarted.push(w.uuid);
+                    self.adopt(observed_vf(v), report);
+                }
+                Err(e) => {
+                    let why = if p.mixed.contains(&w.pf) && is_not_creatable(&e) {
+                        format!(
+                            "{} ({})",
+                            mixed_sizes_message(
+                                &w.pf,
+                                &w.kernel_name,
+                                p.enable.iter().any(|(pf, _)| *pf == w.pf)
+                            ),
+                            error_chain(&e)
+                        )
+                    } else {
+                        error_chain(&e)
+                    };
+                    report
+                        .errors
+                        .push(format!("restore vGPU {}: {why}", w.uuid));
+                }
+            }
+        }
+    }
+
     /// Start managing a live device.
     pub(crate) fn adopt(&mut self, dev: ObservedDevice, report: &mut ReconcileReport) {
         let uuid = dev.uuid;
         match self
             .types
-            .resolve(&dev.mdev_type, dev.kernel_name.as_deref())
+            .resolve_kind(dev.kind, &dev.mdev_type, dev.kernel_name.as_deref())
         {
             Some(t) => {
                 info!(%uuid, parent = %dev.parent, mdev_type = %dev.mdev_type, vgpu_type = %t.name, "adopted vGPU");
@@ -990,6 +1150,8 @@ impl Daemon {
                                 parent,
                                 mdev_type,
                                 kernel_name,
+                                kind: gvm_proto::VgpuKind::Mdev,
+                                vf: None,
                             },
                             report,
                         );
@@ -1253,6 +1415,32 @@ impl Daemon {
 }
 
 /// Add one gcgroup's values to a vGPU's totals.
+/// A live VF vGPU as the core observes it.
+pub(crate) fn observed_vf(v: VfVgpu) -> ObservedDevice {
+    ObservedDevice {
+        uuid: v.uuid,
+        parent: v.pf,
+        mdev_type: v.type_id.to_string(),
+        kernel_name: Some(v.kernel_name),
+        kind: VgpuKind::Vf,
+        vf: Some(v.vf),
+    }
+}
+
+/// Whether a VF creation failed because no VF lists the type now (homogeneous mode, or the
+/// GPU full), as opposed to the VF vanishing or being busy.
+fn is_not_creatable(e: &PortError) -> bool {
+    match e {
+        PortError::Vf { source, .. } => matches!(
+            source.as_ref(),
+            gvm_vgpu_host::Error::Vf(
+                gvm_vf::Error::TypeNotCreatable { .. } | gvm_vf::Error::Rejected { .. }
+            )
+        ),
+        _ => false,
+    }
+}
+
 pub(crate) fn add_totals(t: &mut Totals, r: &GcgroupSnapshot) {
     t.memory_current += r.memory_current;
     t.swap_current += r.swap_current;

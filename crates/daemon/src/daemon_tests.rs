@@ -392,6 +392,8 @@ fn a_definitions_owner_uids_allow_that_users_claim_of_that_vgpu_only() {
             parent: PARENTS[0].into(),
             mdev_type: "t-a".into(),
             type_name: None,
+            kind: gvm_proto::VgpuKind::Mdev,
+            kernel_name: None,
             autostart: false,
             overrides: gvm_proto::Overrides::default(),
             owner_uids: vec![1000],

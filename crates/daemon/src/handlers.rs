@@ -119,6 +119,7 @@ impl Daemon {
                 root: self.host.root().display().to_string(),
                 vgpus: self.all_uuids().len(),
                 catalog: self.catalog.as_ref().map(|c| c.status()),
+                config: self.config.clone(),
             }),
             Call::List(p) => {
                 let list: Vec<VgpuInfo> = self
@@ -277,7 +278,10 @@ impl Daemon {
         def.type_name
             .as_deref()
             .and_then(|n| self.types.spec_by_name(n))
-            .or_else(|| self.types.resolve(&def.mdev_type, None))
+            .or_else(|| {
+                self.types
+                    .resolve_kind(def.kind, &def.mdev_type, def.kernel_name.as_deref())
+            })
     }
 
     pub(crate) fn info(&self, uuid: &Uuid) -> VgpuInfo {
@@ -299,6 +303,11 @@ impl Daemon {
                 .get(uuid)
                 .map(|t| t.name.clone())
                 .or_else(|| def.and_then(|d| d.type_name.clone())),
+            kind: dev
+                .map(|d| d.kind)
+                .or_else(|| def.map(|d| d.kind))
+                .unwrap_or_default(),
+            vf: dev.and_then(|d| d.vf.clone()),
             state: if dev.is_some() {
                 VgpuState::Running
             } else {
@@ -388,6 +397,62 @@ impl Daemon {
                 fb.get(uuid).copied()
             }),
         }
+    }
+
+    /// For a `parent` that is an SR-IOV GPU (PF): the VF type `type_name` means there (a
+    /// catalog type bound by name, or a VF type's own name), as its ID, its kernel name and
+    /// its catalog name. `None` when `parent` is not a PF.
+    fn vf_type(&self, parent: &str, type_name: &str) -> Result<Option<VfTypeChoice>, ApiError> {
+        let pfs = self.mdev.pfs().map_err(port_err)?;
+        let Some(pf) = pfs.iter().find(|p| p.address == parent) else {
+            return Ok(None);
+        };
+        let (kernel_name, catalog_name) = match self.types.binding_of(type_name) {
+            Some(CatalogBinding::TypeName(n)) => (n, Some(type_name.to_string())),
+            Some(CatalogBinding::TypeId(id)) => {
+                return Err(ApiError::invalid(format!(
+                    "catalog type '{type_name}' binds the mdev type id {id:?}, which no SR-IOV                      VF type of {parent} has: VF types bind by name; set `mdev_name` in its                      catalog file (see `gvm-vgpu types --parent {parent}`)"
+                )))
+            }
+            None => (
+                type_name.to_string(),
+                self.types.resolve_vf(type_name).map(|t| t.name),
+            ),
+        };
+        let matches = |name: &str| {
+            gvm_vf::VgpuType {
+                id: 0,
+                name: name.to_string(),
+            }
+            .matches(&kernel_name)
+        };
+        let live = self.mdev.vf_vgpus().map_err(port_err)?;
+        let found = pf
+            .creatable
+            .iter()
+            .find(|(_, n)| matches(n))
+            .map(|(id, n)| (*id, n.clone()))
+            .or_else(|| {
+                live.iter()
+                    .find(|v| v.pf == parent && matches(&v.kernel_name))
+                    .map(|v| (v.type_id, v.kernel_name.clone()))
+            });
+        let Some((id, name)) = found else {
+            let offered: Vec<&str> = pf.creatable.iter().map(|(_, n)| n.as_str()).collect();
+            return Err(ApiError::not_found(format!(
+                "no VF of SR-IOV GPU {parent} offers the vGPU type {kernel_name:?} now (VF types                  offered: {}); enable its VFs (`sriov-manage -e {parent}`) or choose one of                  `gvm-vgpu types --parent {parent}`",
+                if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                }
+            )));
+        };
+        Ok(Some(VfTypeChoice {
+            type_id: id.to_string(),
+            catalog_name: catalog_name.or_else(|| self.types.resolve_vf(&name).map(|t| t.name)),
+            kernel_name: name,
+        }))
     }
 
     /// Kernel type id and catalog name for `type_name` on `parent` (which must be registered).
@@ -519,7 +584,7 @@ impl Daemon {
                     continue;
                 }
                 let uuid = def.uuid;
-                match self.create_device(uuid, &def.parent, &def.mdev_type) {
+                match self.create_defined(def) {
                     Ok(()) => report.started.push(uuid),
                     Err(e) => {
                         warn!(%uuid, "batch start failed: {}", e.message);
@@ -543,7 +608,10 @@ impl Daemon {
                 "vGPU {uuid} is already defined: undefine it first or use `set --persistent`"
             )));
         }
-        let (mdev_type, type_name) = if self.observed.parents.contains(&p.parent) {
+        let vf = self.vf_type(&p.parent, &p.type_name)?;
+        let (mdev_type, type_name) = if let Some(v) = &vf {
+            (v.type_id.clone(), v.catalog_name.clone())
+        } else if self.observed.parents.contains(&p.parent) {
             self.resolve_type(&p.parent, &p.type_name)?
         } else {
             // Like mdevctl, a definition may name a parent that is not present yet; then
@@ -572,6 +640,12 @@ impl Daemon {
             parent: p.parent,
             mdev_type,
             type_name,
+            kind: if vf.is_some() {
+                gvm_proto::VgpuKind::Vf
+            } else {
+                gvm_proto::VgpuKind::Mdev
+            },
+            kernel_name: vf.map(|v| v.kernel_name),
             autostart: p.autostart,
             overrides: p.overrides,
             owner_uids: checked_owner_uids(p.owner_uids)?,
@@ -592,8 +666,38 @@ impl Daemon {
                 "vGPU {uuid} has no definition"
             )));
         };
-        self.create_device(uuid, &def.parent, &def.mdev_type)?;
+        self.create_defined(&def)?;
         Ok(self.info(&uuid))
+    }
+
+    /// Create the device of definition `def`, through the ABI its kind names.
+    fn create_defined(&mut self, def: &Definition) -> Result<(), ApiError> {
+        match def.kind {
+            gvm_proto::VgpuKind::Mdev => self.create_device(def.uuid, &def.parent, &def.mdev_type),
+            gvm_proto::VgpuKind::Vf => {
+                let name = def.kernel_name.as_deref().unwrap_or(&def.mdev_type);
+                self.create_vf_device(def.uuid, &def.parent, name)
+            }
+        }
+    }
+
+    /// Create VF vGPU `uuid` of the VF type `kernel_name` on a free VF of `pf`, after
+    /// dropping a record of it whose VF no longer carries it (after a reboot).
+    fn create_vf_device(
+        &mut self,
+        uuid: Uuid,
+        pf: &str,
+        kernel_name: &str,
+    ) -> Result<(), ApiError> {
+        self.mdev.drop_vf_record(uuid).map_err(port_err)?;
+        let v = self
+            .mdev
+            .create_vf(pf, kernel_name, uuid)
+            .map_err(port_err)?;
+        let mut report = ReconcileReport::default();
+        self.adopt(crate::daemon::observed_vf(v), &mut report);
+        self.retune(&[uuid]);
+        Ok(())
     }
 
     fn create_device(&mut self, uuid: Uuid, parent: &str, mdev_type: &str) -> Result<(), ApiError> {
@@ -608,6 +712,8 @@ impl Daemon {
                 parent: parent.to_string(),
                 mdev_type: mdev_type.to_string(),
                 kernel_name,
+                kind: gvm_proto::VgpuKind::Mdev,
+                vf: None,
             },
             &mut report,
         );
@@ -688,13 +794,17 @@ impl Daemon {
         if self.observed.devices.contains_key(&uuid) {
             return Err(ApiError::conflict(format!("vGPU {uuid} already exists")));
         }
-        if !self.observed.parents.contains(&p.parent) {
+        let vf = self.vf_type(&p.parent, &p.type_name)?;
+        if vf.is_none() && !self.observed.parents.contains(&p.parent) {
             return Err(ApiError::not_found(format!(
-                "mdev parent '{}' is not registered: see `gvm-vgpu parents`",
+                "'{}' is neither a registered mdev parent nor an SR-IOV GPU: see `gvm-vgpu parents`",
                 p.parent
             )));
         }
-        let (mdev_type, type_name) = self.resolve_type(&p.parent, &p.type_name)?;
+        let (mdev_type, type_name) = match &vf {
+            Some(v) => (v.type_id.clone(), v.catalog_name.clone()),
+            None => self.resolve_type(&p.parent, &p.type_name)?,
+        };
         if p.define {
             if self.desired.definitions.contains_key(&uuid) {
                 return Err(ApiError::conflict(format!(
@@ -706,6 +816,12 @@ impl Daemon {
                 parent: p.parent.clone(),
                 mdev_type: mdev_type.clone(),
                 type_name,
+                kind: if vf.is_some() {
+                    gvm_proto::VgpuKind::Vf
+                } else {
+                    gvm_proto::VgpuKind::Mdev
+                },
+                kernel_name: vf.as_ref().map(|v| v.kernel_name.clone()),
                 autostart: p.autostart,
                 overrides: Overrides::default(),
                 owner_uids: Vec::new(),
@@ -713,7 +829,10 @@ impl Daemon {
             self.store.save_definition(&def).map_err(store_err)?;
             self.desired.definitions.insert(uuid, def);
         }
-        self.create_device(uuid, &p.parent, &mdev_type)?;
+        match &vf {
+            Some(v) => self.create_vf_device(uuid, &p.parent, &v.kernel_name)?,
+            None => self.create_device(uuid, &p.parent, &mdev_type)?,
+        }
         info!(%uuid, parent = %p.parent, %mdev_type, "vGPU created");
         Ok(self.info(&uuid))
     }
@@ -945,6 +1064,8 @@ impl Daemon {
                 parent,
                 mdev_type: cfg.mdev_type,
                 type_name,
+                kind: gvm_proto::VgpuKind::Mdev,
+                kernel_name: None,
                 autostart: cfg.autostart,
                 overrides: Overrides::default(),
                 owner_uids: Vec::new(),
@@ -986,6 +1107,16 @@ fn mdevctl_source(uuid: Uuid, path: &std::path::Path, remove: bool) -> gvm_proto
         }
     }
     source
+}
+
+/// What a type name means on an SR-IOV GPU (see `Daemon::vf_type`).
+struct VfTypeChoice {
+    /// The VF type ID, in decimal.
+    type_id: String,
+    /// The VF type's name, by which it is created.
+    kernel_name: String,
+    /// The catalog type bound to it.
+    catalog_name: Option<String>,
 }
 
 /// A definition's `owner_uids`, sorted and without repeats; refused beyond

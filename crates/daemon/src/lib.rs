@@ -56,6 +56,8 @@
 //!   `gvm_shim_host::handover`;
 //! - [`sweep`]: spreading periodic per-owner work over rescan ticks;
 //! - [`uevent`]: kernel uevents that wake the rescan.
+//! - [`vf_restore`]: restoring defined SR-IOV VF vGPUs at start: VFs to enable, the order,
+//!   what cannot be restored (mixed sizes without NVML);
 //! - [`vm_arbiter`]: arbitration between VMs (who is held, the cap on a VM's busy claims);
 
 pub mod accept;
@@ -90,4 +92,5 @@ pub mod shim_listener;
 pub mod store;
 pub mod sweep;
 pub mod uevent;
+pub mod vf_restore;
 pub mod vm_arbiter;

@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         rescan.clone(),
         Some(log_filter),
     );
+    daemon.set_config_status(reloader.status());
     let opts = ServeOptions {
         socket: args
             .socket

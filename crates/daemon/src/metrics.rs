@@ -343,6 +343,8 @@ mod tests {
             parent: "0000:00:08.0".into(),
             mdev_type: "gvmsim-1".into(),
             type_name: Some("sim-4c".into()),
+            kind: gvm_proto::VgpuKind::Mdev,
+            vf: None,
             state,
             managed: true,
             defined: false,

@@ -39,8 +39,14 @@ pub struct ObservedDevice {
     pub parent: String,
     /// Kernel mdev type id.
     pub mdev_type: String,
-    /// The type's `name` attribute, if the parent provides one.
+    /// The type's `name` attribute, if the parent provides one (a VF vGPU: its VF type's
+    /// name, what the catalog binds).
     pub kernel_name: Option<String>,
+    /// Which kernel ABI backs it: an mdev device, or a vGPU on an SR-IOV VF (then
+    /// `parent` is the PF and `mdev_type` the VF type ID in decimal).
+    pub kind: gvm_proto::VgpuKind,
+    /// A VF vGPU's virtual function now.
+    pub vf: Option<String>,
 }
 
 /// Knob values of one gcgroup as the daemon last read or wrote them.
@@ -281,6 +287,8 @@ mod tests {
             parent: "p".into(),
             mdev_type: "t".into(),
             type_name: None,
+            kind: gvm_proto::VgpuKind::Mdev,
+            kernel_name: None,
             autostart: false,
             overrides: o,
             owner_uids: Vec::new(),

@@ -11,6 +11,11 @@
 //!    the hook and the libvirt connection use) finds them
 //!    ([`gvm_libvirt::domain_xml::parse_status_file`]).
 //!
+//! 4. [`OwnerRule::Vfio`]: for a VF vGPU (whose libvirt `<hostdev>` is a PCI address, not a
+//!    UUID), the process holding its VF's VFIO device open (`/dev/vfio/<group>` or
+//!    `/dev/vfio/devices/vfioN`), as `fuser` finds it: the QEMU the VF is assigned to. The
+//!    core hands the resolver the nodes of the live VF vGPUs ([`Resolver::set_vf_nodes`]).
+//!
 //! The environment and cgroup rules name one vGPU. The libvirt rule names every vGPU
 //! of the domain: a QEMU with several mdevs owns them all, and the daemon gives each
 //! of them only the gcgroups on its parent's GVM GPU ([`crate::model::Observed::owns`]).
@@ -28,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use gvm_host_root::HostRoot;
@@ -157,6 +162,7 @@ pub struct Resolver {
     by_pid: HashMap<u32, Option<Ownership>>,
     domains: Vec<Domain>,
     libvirt_stamp: Option<(SystemTime, usize)>,
+    vf_nodes: Vec<(PathBuf, Uuid)>,
 }
 
 impl Resolver {
@@ -167,7 +173,20 @@ impl Resolver {
             by_pid: HashMap::new(),
             domains: Vec::new(),
             libvirt_stamp: None,
+            vf_nodes: Vec::new(),
         }
+    }
+
+    /// The VFIO nodes of the live VF vGPUs, for [`OwnerRule::Vfio`]. When they change, every
+    /// process is resolved again: an unowned one may hold a new VF, a VFIO owner an old one.
+    pub fn set_vf_nodes(&mut self, mut nodes: Vec<(PathBuf, Uuid)>) {
+        nodes.sort();
+        if nodes == self.vf_nodes {
+            return;
+        }
+        self.vf_nodes = nodes;
+        self.by_pid
+            .retain(|_, v| matches!(v, Some(o) if o.rule != OwnerRule::Vfio));
     }
 
     /// Running domains as last read.
@@ -245,15 +264,46 @@ impl Resolver {
                 return Some(one(u, OwnerRule::Cgroup));
             }
         }
-        self.domains
+        let by_libvirt = self
+            .domains
             .iter()
             .find(|d| d.pid == Some(pid) && !d.uuids.is_empty())
             .map(|d| Ownership {
                 uuids: d.uuids.clone(),
                 rule: OwnerRule::Libvirt,
                 uid: None,
-            })
+            });
+        by_libvirt.or_else(|| self.vf_holder(&proc_dir))
     }
+
+    /// The VF vGPUs whose VFIO node the process in `proc_dir` holds open, if any.
+    fn vf_holder(&self, proc_dir: &Path) -> Option<Ownership> {
+        if self.vf_nodes.is_empty() {
+            return None;
+        }
+        let mut uuids: Vec<Uuid> = Vec::new();
+        for fd in fs::read_dir(proc_dir.join("fd")).ok()?.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            for (node, uuid) in &self.vf_nodes {
+                if holds_node(&target, node) && !uuids.contains(uuid) {
+                    uuids.push(*uuid);
+                }
+            }
+        }
+        (!uuids.is_empty()).then_some(Ownership {
+            uuids,
+            rule: OwnerRule::Vfio,
+            uid: None,
+        })
+    }
+}
+
+/// Whether an fd's link target is `node` (a node unlinked while held reads `<path> (deleted)`).
+fn holds_node(target: &Path, node: &Path) -> bool {
+    let text = target.to_string_lossy();
+    Path::new(text.strip_suffix(" (deleted)").unwrap_or(&text)) == node
 }
 
 fn read_domains(dir: &Path) -> Vec<Domain> {
@@ -328,6 +378,34 @@ mod tests {
         );
         assert_eq!(uuid_from_environ(b"GVM_VGPU_UUIDX=1\0A=B"), None);
         assert_eq!(uuid_from_environ(b"GVM_VGPU_UUID=not-a-uuid\0"), None);
+    }
+
+    #[test]
+    fn a_process_holding_a_vf_vgpus_vfio_node_owns_it() {
+        let Ok(t) = tempfile::tempdir() else {
+            println!("SKIP: no temp dir");
+            return;
+        };
+        let host = HostRoot::new(t.path()).with_proc_dir(t.path().join("proc"));
+        let node = t.path().join("dev/vfio/17");
+        let fd_dir = t.path().join("proc/4242/fd");
+        assert!(fs::create_dir_all(&fd_dir).is_ok());
+        assert!(fs::create_dir_all(t.path().join("proc/4343/fd")).is_ok());
+        assert!(std::os::unix::fs::symlink(&node, fd_dir.join("7")).is_ok());
+        let u = Uuid::parse_str(U).ok();
+        let mut r = Resolver::new(host);
+        // No VF vGPU yet: unowned, and the answer is cached.
+        assert_eq!(r.owner_of(4242, false), None);
+        r.set_vf_nodes(u.map(|u| (node.clone(), u)).into_iter().collect());
+        let found = r.owner_of(4242, false);
+        assert_eq!(
+            found.map(|o| (o.uuids, o.rule)),
+            Some((u.into_iter().collect(), OwnerRule::Vfio))
+        );
+        assert_eq!(r.owner_of(4343, false), None, "holds nothing");
+        // The VF vGPU is gone: its holder is resolved again, and owns nothing.
+        r.set_vf_nodes(Vec::new());
+        assert_eq!(r.owner_of(4242, false), None);
     }
 
     #[test]

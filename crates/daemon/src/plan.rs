@@ -267,6 +267,8 @@ mod tests {
                 parent: "p0".into(),
                 mdev_type: "gvmsim-1".into(),
                 kernel_name: None,
+                kind: gvm_proto::VgpuKind::Mdev,
+                vf: None,
             },
         );
         let mut m = BTreeMap::new();
@@ -460,6 +462,8 @@ mod tests {
                     parent: parent.into(),
                     mdev_type: "gvmsim-1".into(),
                     type_name: None,
+                    kind: gvm_proto::VgpuKind::Mdev,
+                    kernel_name: None,
                     autostart: auto,
                     overrides: Overrides::default(),
                     owner_uids: Vec::new(),
@@ -514,6 +518,8 @@ mod tests {
                     parent: parent.into(),
                     mdev_type: "gvmsim-1".into(),
                     kernel_name: None,
+                    kind: gvm_proto::VgpuKind::Mdev,
+                    vf: None,
                 },
             );
             obs.owners

@@ -7,8 +7,9 @@
 //! The core only sees these traits, so unit tests run it against in-memory fakes (the
 //! `Fake*` types in `domains_tests.rs` and `daemon_tests.rs`).
 //!
-//! Real implementations: [`SysfsMdev`] (over `gvm_mdev::MdevHost`) and [`CatalogTypes`]
-//! (over `gvm_catalog::Catalog`).
+//! Real implementations: [`SysfsMdev`] (over `gvm_vgpu_host::VgpuHost`: mdev devices and, beside
+//! them, NVIDIA vGPUs on SR-IOV VFs, which [`MdevPort`]'s `vf_*` methods reach) and
+//! [`CatalogTypes`] (over `gvm_catalog::Catalog`).
 
 use std::fs;
 use std::io::{self, ErrorKind};
@@ -47,6 +48,17 @@ pub enum PortError {
         /// The backend's error.
         #[source]
         source: gvm_gcgroup::Error,
+    },
+    /// The SR-IOV VF vGPU client (or the manager's VF records) failed.
+    #[error("{op} {object}")]
+    Vf {
+        /// What was being done (`create`, `enable VFs on`, ...).
+        op: &'static str,
+        /// The PF, VF or UUID.
+        object: String,
+        /// The client's error (it names the VF and the fix); boxed, as it is large.
+        #[source]
+        source: Box<gvm_vgpu_host::Error>,
     },
     /// A plain file system operation failed.
     #[error("{op} {}", path.display())]
@@ -104,6 +116,15 @@ impl PortError {
                 _ => None,
             }),
             PortError::Gcgroup { source, .. } => source.errno(),
+            PortError::Vf { source, .. } => source.errno().or(match source.as_ref() {
+                gvm_vgpu_host::Error::Vf(
+                    gvm_vf::Error::TypeNotCreatable { .. } | gvm_vf::Error::NoFreeVf { .. },
+                ) => Some(libc::ENOSPC),
+                gvm_vgpu_host::Error::UuidInUse { .. } => Some(libc::EEXIST),
+                gvm_vgpu_host::Error::VfHeld { .. } => Some(libc::EBUSY),
+                gvm_vgpu_host::Error::NotFound { .. } => Some(libc::ENOENT),
+                _ => None,
+            }),
             PortError::Io { source, .. } => source.raw_os_error(),
             PortError::BadGpuIndex { .. } => Some(libc::EINVAL),
         }
@@ -117,6 +138,10 @@ impl PortError {
                 gvm_mdev::Error::DeviceNotFound { .. } | gvm_mdev::Error::ParentNotFound { .. }
             ),
             PortError::Gcgroup { source, .. } => source.is_process_gone(),
+            PortError::Vf { source, .. } => matches!(
+                source.as_ref(),
+                gvm_vgpu_host::Error::NotFound { .. } | gvm_vgpu_host::Error::VfVgpuNotLive { .. }
+            ),
             PortError::Io { source, .. } => source.kind() == ErrorKind::NotFound,
             PortError::BadGpuIndex { .. } => false,
         }
@@ -135,6 +160,34 @@ pub struct DeviceInfo {
     pub parent: String,
     /// Kernel type id.
     pub mdev_type: String,
+}
+
+/// One live VF vGPU: the manager's UUID and where it lives now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfVgpu {
+    /// The manager's UUID (its identity).
+    pub uuid: Uuid,
+    /// The PF (the GPU).
+    pub pf: String,
+    /// The VF carrying it now.
+    pub vf: String,
+    /// The VF type ID.
+    pub type_id: u32,
+    /// The VF type's name (`NVIDIA H100-20C`), what the catalog binds.
+    pub kernel_name: String,
+}
+
+/// One SR-IOV GPU as the restore needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PfInfo {
+    /// Its PCI address.
+    pub address: String,
+    /// VFs enabled now.
+    pub num_vfs: u32,
+    /// The most VFs it offers, where known.
+    pub total_vfs: Option<u32>,
+    /// The names of the VF types some VF lists as creatable now, with their IDs.
+    pub creatable: Vec<(u32, String)>,
 }
 
 /// One kernel type a parent offers.
@@ -168,11 +221,53 @@ pub trait MdevPort: Send {
     fn holders(&self, _uuid: Uuid) -> PortResult<Vec<gvm_mdev::Holder>> {
         Ok(Vec::new())
     }
+    /// The live VF vGPUs (records whose VF holds the recorded type). The default, for
+    /// fakes without SR-IOV GPUs: none.
+    fn vf_vgpus(&self) -> PortResult<Vec<VfVgpu>> {
+        Ok(Vec::new())
+    }
+    /// The device nodes through which a process holds VF vGPU `uuid` open (its VF's
+    /// `/dev/vfio/<group>` and VFIO cdev), for the VFIO owner rule. Default: none.
+    fn vf_vfio_nodes(&self, _uuid: Uuid) -> PortResult<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+    /// The SR-IOV GPUs (PFs). Default: none.
+    fn pfs(&self) -> PortResult<Vec<PfInfo>> {
+        Ok(Vec::new())
+    }
+    /// Enable `n` VFs on `pf` (`sriov_numvfs`, what `sriov-manage -e` does).
+    fn enable_vfs(&self, pf: &str, _n: u32) -> PortResult<()> {
+        Err(no_sriov(pf))
+    }
+    /// Create VF vGPU `uuid` of the VF type named `kernel_name` on a free VF of `pf`.
+    fn create_vf(&self, pf: &str, _kernel_name: &str, _uuid: Uuid) -> PortResult<VfVgpu> {
+        Err(no_sriov(pf))
+    }
+    /// Drop the record of VF vGPU `uuid` whose VF does not carry it (after a reboot),
+    /// through the records' compare-before-write: a VF another tool changed is left alone
+    /// and refused. No record: nothing to do.
+    fn drop_vf_record(&self, _uuid: Uuid) -> PortResult<()> {
+        Ok(())
+    }
     /// The GVM GPU index of a parent (the `gpu` of its gcgroups), `None` when it cannot
     /// be told. The default numbers PCI parents in probe order (see
     /// [`fallback_gpu_index`]); [`SysfsMdev`] prefers the parent's `gvm_uvm_index` file.
     fn parent_gpu_index(&self, parent: &str) -> PortResult<Option<u32>> {
         Ok(fallback_gpu_index(parent, &self.parent_names()?))
+    }
+}
+
+fn no_sriov(pf: &str) -> PortError {
+    PortError::Vf {
+        op: "use SR-IOV GPU",
+        object: pf.to_string(),
+        source: Box::new(
+            gvm_vf::Error::PfNotFound {
+                pf: pf.to_string(),
+                suggestion: None,
+            }
+            .into(),
+        ),
     }
 }
 
@@ -191,6 +286,23 @@ pub enum CatalogBinding {
 pub trait TypePort: Send {
     /// The catalog type of a kernel type (`None`: unmanaged).
     fn resolve(&self, mdev_type: &str, kernel_name: Option<&str>) -> Option<TypeSpec>;
+    /// The catalog type of an SR-IOV VF vGPU type, bound by name only (`None`: unmanaged).
+    fn resolve_vf(&self, _kernel_name: &str) -> Option<TypeSpec> {
+        None
+    }
+    /// The catalog type of a vGPU of either kind: [`TypePort::resolve`] for mdev,
+    /// [`TypePort::resolve_vf`] for a VF vGPU (whose numeric type ID binds nothing).
+    fn resolve_kind(
+        &self,
+        kind: gvm_proto::VgpuKind,
+        mdev_type: &str,
+        kernel_name: Option<&str>,
+    ) -> Option<TypeSpec> {
+        match kind {
+            gvm_proto::VgpuKind::Mdev => self.resolve(mdev_type, kernel_name),
+            gvm_proto::VgpuKind::Vf => self.resolve_vf(kernel_name?),
+        }
+    }
     /// Whether catalog type `name` binds to this kernel type; `None` if no such name.
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool>;
     /// How catalog type `name` finds its kernel type without a parent to look at:
@@ -214,18 +326,47 @@ pub trait TypePort: Send {
     }
 }
 
-/// [`MdevPort`] over `gvm_mdev::MdevHost`.
+/// [`MdevPort`] over `gvm_vgpu_host::VgpuHost`: the mdev tree, and the SR-IOV VF vGPUs.
 #[derive(Debug)]
 pub struct SysfsMdev {
     host: gvm_mdev::MdevHost,
+    vgpus: gvm_vgpu_host::VgpuHost,
 }
 
 impl SysfsMdev {
-    /// The mdev tree of `root`.
+    /// The mdev and SR-IOV trees of `root`.
     pub fn new(root: HostRoot) -> SysfsMdev {
+        let host = gvm_mdev::MdevHost::new(root);
         SysfsMdev {
-            host: gvm_mdev::MdevHost::new(root),
+            vgpus: gvm_vgpu_host::VgpuHost::from_mdev(host.clone()),
+            host,
         }
+    }
+
+    /// Whether `uuid` is a live mdev device (else it may be a VF vGPU).
+    fn is_mdev(&self, uuid: &Uuid) -> bool {
+        self.host.device_path(uuid).exists()
+    }
+}
+
+fn vf_err(op: &'static str, object: String, source: impl Into<gvm_vgpu_host::Error>) -> PortError {
+    PortError::Vf {
+        op,
+        object,
+        source: Box::new(source.into()),
+    }
+}
+
+fn vf_vgpu(v: gvm_vgpu_host::Vgpu) -> Option<VfVgpu> {
+    match v.backing {
+        gvm_vgpu_host::Backing::Vf { pf, vf, type_id } => Some(VfVgpu {
+            uuid: v.uuid,
+            pf,
+            vf,
+            type_id,
+            kernel_name: v.kernel_name.unwrap_or_default(),
+        }),
+        gvm_vgpu_host::Backing::Mdev { .. } => None,
     }
 }
 
@@ -305,16 +446,123 @@ impl MdevPort for SysfsMdev {
     }
 
     fn remove(&self, uuid: Uuid) -> PortResult<()> {
+        if !self.is_mdev(&uuid) && self.vgpus.records().get(&uuid).is_ok() {
+            return self
+                .vgpus
+                .remove(&uuid)
+                .map(|_| ())
+                .map_err(|e| vf_err("remove", uuid.to_string(), e));
+        }
         self.host
             .remove(&uuid)
             .map_err(|e| mdev_err("remove", uuid.to_string(), e))
     }
 
     fn holders(&self, uuid: Uuid) -> PortResult<Vec<gvm_mdev::Holder>> {
+        if !self.is_mdev(&uuid) && self.vgpus.records().get(&uuid).is_ok() {
+            return self
+                .vgpus
+                .holders(&uuid)
+                .map(|s| s.holders)
+                .map_err(|e| vf_err("find the holders of", uuid.to_string(), e));
+        }
         self.host
             .holders(&uuid)
             .map(|s| s.holders)
             .map_err(|e| mdev_err("find the holders of", uuid.to_string(), e))
+    }
+
+    fn vf_vgpus(&self) -> PortResult<Vec<VfVgpu>> {
+        let records = self
+            .vgpus
+            .records()
+            .list()
+            .map_err(|e| vf_err("list", "VF vGPU records".to_string(), e))?;
+        // Only the VFs on record are read (each rescan does this): a record is live when
+        // its VF holds the recorded type; a VF gone with its GPU's VFs is not live.
+        let mut live = Vec::new();
+        for a in records {
+            let current = match self.vgpus.vf().vf_state(&a.vf) {
+                Ok(state) => state.current,
+                Err(gvm_vf::Error::VfGone { .. } | gvm_vf::Error::NoVgpuManager { .. }) => 0,
+                Err(e) => return Err(vf_err("read", format!("VF {}", a.vf), e)),
+            };
+            if current == a.type_id {
+                live.push(VfVgpu {
+                    uuid: a.uuid,
+                    pf: a.pf,
+                    vf: a.vf,
+                    type_id: a.type_id,
+                    kernel_name: a.type_name,
+                });
+            }
+        }
+        Ok(live)
+    }
+
+    fn vf_vfio_nodes(&self, uuid: Uuid) -> PortResult<Vec<PathBuf>> {
+        self.vgpus
+            .vfio_nodes(&uuid)
+            .map_err(|e| vf_err("find the VFIO nodes of", uuid.to_string(), e))
+    }
+
+    fn pfs(&self) -> PortResult<Vec<PfInfo>> {
+        let pfs = self
+            .vgpus
+            .vf()
+            .pfs()
+            .map_err(|e| vf_err("list", "SR-IOV GPUs".to_string(), e))?;
+        Ok(pfs
+            .into_iter()
+            .map(|p| {
+                let mut creatable: Vec<(u32, String)> = Vec::new();
+                for t in p
+                    .vfs
+                    .iter()
+                    .filter_map(|v| v.state.as_ref())
+                    .flat_map(|s| &s.creatable)
+                {
+                    if !creatable.iter().any(|(id, _)| *id == t.id) {
+                        creatable.push((t.id, t.name.clone()));
+                    }
+                }
+                PfInfo {
+                    address: p.address,
+                    num_vfs: p.num_vfs,
+                    total_vfs: p.total_vfs,
+                    creatable,
+                }
+            })
+            .collect())
+    }
+
+    fn enable_vfs(&self, pf: &str, n: u32) -> PortResult<()> {
+        self.vgpus
+            .vf()
+            .enable_vfs(pf, n)
+            .map_err(|e| vf_err("enable VFs on", pf.to_string(), e))
+    }
+
+    fn create_vf(&self, pf: &str, kernel_name: &str, uuid: Uuid) -> PortResult<VfVgpu> {
+        let v = self
+            .vgpus
+            .create_vf(Some(pf), kernel_name, Some(uuid))
+            .map_err(|e| vf_err("create", format!("{uuid} ({kernel_name} on {pf})"), e))?;
+        // create_vf makes VF vGPUs only; an mdev answer would be a bug of that crate.
+        vf_vgpu(v).ok_or_else(|| {
+            vf_err(
+                "create",
+                format!("{uuid} ({kernel_name} on {pf})"),
+                gvm_vgpu_host::Error::NotFound { uuid },
+            )
+        })
+    }
+
+    fn drop_vf_record(&self, uuid: Uuid) -> PortResult<()> {
+        match self.vgpus.records().remove(&uuid) {
+            Ok(()) | Err(gvm_vf::Error::NotAssigned { .. }) => Ok(()),
+            Err(e) => Err(vf_err("drop the record of", uuid.to_string(), e)),
+        }
     }
 
     fn parent_gpu_index(&self, parent: &str) -> PortResult<Option<u32>> {
@@ -366,6 +614,10 @@ fn spec(t: &gvm_catalog::VgpuType) -> TypeSpec {
 impl TypePort for CatalogTypes {
     fn resolve(&self, mdev_type: &str, kernel_name: Option<&str>) -> Option<TypeSpec> {
         self.catalog.resolve(mdev_type, kernel_name).map(spec)
+    }
+
+    fn resolve_vf(&self, kernel_name: &str) -> Option<TypeSpec> {
+        self.catalog.resolve_vf(kernel_name).map(spec)
     }
 
     fn binds(&self, name: &str, mdev_type: &str, kernel_name: Option<&str>) -> Option<bool> {

@@ -47,7 +47,7 @@ pub fn written_paths(host: &HostRoot) -> Vec<WrittenPath> {
         linked(host.mdev_devices_dir(), "mdev `remove`"),
         linked(
             host.pci_devices_dir(),
-            "SR-IOV VF vGPU type (nvidia/current_vgpu_type)",
+            "SR-IOV VF vGPU type (nvidia/current_vgpu_type) and enabled VFs (sriov_numvfs)",
         ),
         direct(
             host.gvm_processes_dir(),
@@ -63,7 +63,7 @@ pub fn written_paths(host: &HostRoot) -> Vec<WrittenPath> {
         ),
         direct(
             host.config_dir(),
-            "vGPU definitions (vgpus/*.json) and policy.json",
+            "vGPU definitions (vgpus/*.json), VF vGPU records (vf-vgpus/*.json) and policy.json",
         ),
     ]
 }

@@ -95,6 +95,8 @@ fn the_planner_holds_scheduler_knobs_instead_of_correcting_them() {
             parent: "p0".into(),
             mdev_type: "gvmsim-1".into(),
             kernel_name: None,
+            kind: gvm_proto::VgpuKind::Mdev,
+            vf: None,
         },
     );
     obs.owners.insert(

@@ -347,6 +347,8 @@ mod tests {
             parent: "p0".into(),
             mdev_type: "gvmsim-1".into(),
             type_name: Some("sim-4c".into()),
+            kind: gvm_proto::VgpuKind::Mdev,
+            kernel_name: None,
             autostart: n.is_multiple_of(2),
             overrides: Overrides {
                 priority: Some(3),

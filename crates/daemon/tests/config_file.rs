@@ -202,6 +202,16 @@ fn sighup_applies_a_changed_value_and_a_broken_file_keeps_the_settings_in_use() 
     write_config(&sim.root, "guest-ack-ms = 250\nlog-level = \"info\"\n");
     let d = Daemon::serving(&sim.root, &["--rescan-ms", "100"], &socket);
     let mut c = Client::connect(&socket).unwrap();
+    let status = c
+        .ping()
+        .unwrap()
+        .config
+        .expect("the daemon reports its config file");
+    assert!(
+        status.file.ends_with("gvm-vgpud.toml") && status.exists,
+        "{status:?}"
+    );
+    assert_eq!((status.reloads, status.last_reload.is_none()), (0, true));
     let uuid = c
         .create(CreateParams {
             uuid: None,
@@ -242,6 +252,17 @@ fn sighup_applies_a_changed_value_and_a_broken_file_keeps_the_settings_in_use() 
         log.contains("`socket` changed: it needs a restart"),
         "{log}"
     );
+    // `ping` (`gvm-vgpu status`) says the same as the log.
+    let config_status = || {
+        let mut c = Client::connect(&socket).unwrap();
+        c.ping().unwrap().config.expect("config status")
+    };
+    let status = config_status();
+    let last = status.last_reload.expect("a reload happened");
+    assert_eq!(status.reloads, 1);
+    assert_eq!(last.applied, ["guest-ack-ms", "log-level"], "{last:?}");
+    assert_eq!(last.need_restart, ["socket"], "{last:?}");
+    assert!(last.error.is_none() && last.at > 0, "{last:?}");
     assert!(Client::connect(&socket).and_then(|mut c| c.ping()).is_ok());
     new_owner();
     assert!(
@@ -259,6 +280,15 @@ fn sighup_applies_a_changed_value_and_a_broken_file_keeps_the_settings_in_use() 
     assert!(
         line.contains("gvm-vgpud.toml") && line.contains("guest-ack-ms"),
         "{line}"
+    );
+    let status = config_status();
+    let last = status.last_reload.expect("a reload happened");
+    assert_eq!(status.reloads, 1, "a refused reload is not counted");
+    let why = last.error.clone().expect("refused, with the reason");
+    assert!(why.contains("guest-ack-ms"), "{why}");
+    assert!(
+        last.applied.is_empty() && last.need_restart.is_empty(),
+        "{last:?}"
     );
     let seen = d.log_text().matches(DEBUG_LINE).count();
     new_owner();

@@ -56,7 +56,7 @@ mod suggest;
 mod fixture;
 
 pub use error::{map_create_error, map_remove_error, CreateTarget, Error, Result};
-pub use holders::{Holder, HolderScan};
+pub use holders::{scan as scan_holders, Holder, HolderScan};
 pub use host::{MdevHost, DEFAULT_CREATE_TIMEOUT};
 pub use model::{Device, MdevType, Parent};
 pub use suggest::suggest;

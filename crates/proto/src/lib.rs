@@ -49,10 +49,10 @@ pub use sched::{
     SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy,
 };
 pub use types::{
-    BatchFailure, BatchReport, CatalogStatus, Definition, Drift, GcgroupInfo, GuestEnforcement,
-    GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides, OwnerInfo, OwnerRule, Pong,
-    ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources, StartMode, Totals, VgpuDetail,
-    VgpuInfo, VgpuState,
+    BatchFailure, BatchReport, CatalogStatus, ConfigReload, ConfigStatus, Definition, Drift,
+    GcgroupInfo, GuestEnforcement, GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides,
+    OwnerInfo, OwnerRule, Pong, ReconcileReport, RefusedClaim, ReloadFailure, Source, Sources,
+    StartMode, Totals, VgpuDetail, VgpuInfo, VgpuKind, VgpuState,
 };
 
 use serde::{Deserialize, Serialize};

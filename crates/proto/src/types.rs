@@ -26,6 +26,39 @@ pub struct Pong {
     /// reload that failed. Absent from daemons older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<CatalogStatus>,
+    /// The daemon's config file and what its last reload did. Absent from daemons older
+    /// than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigStatus>,
+}
+
+/// The config file a daemon read (`ping`); `SIGHUP` (`systemctl reload gvm-vgpud`) reads it
+/// again and applies what a running daemon can change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The file (`/etc/gvm-vgpu/gvm-vgpud.toml`, or `--config`).
+    pub file: String,
+    /// Whether it existed when last read (a missing default file means the defaults).
+    pub exists: bool,
+    /// Reloads that were applied since the daemon started.
+    pub reloads: u64,
+    /// The last reload, applied or refused; absent before the first `SIGHUP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ConfigReload>,
+}
+
+/// What one config reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReload {
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    /// Settings whose new value the daemon took (file keys, e.g. `rescan-ms`).
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only on a restart; their old value stays.
+    pub need_restart: Vec<String>,
+    /// Why the reload was refused (nothing changed then); absent when it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The catalog a daemon uses (`ping`): the CLI's `--catalog` does not reach it; a changed
@@ -87,6 +120,34 @@ impl Overrides {
     }
 }
 
+/// Which kernel ABI backs a vGPU: a VFIO-mdev device, or an NVIDIA vGPU on an SR-IOV
+/// virtual function (docs/vendor-vfio.md). Absent from older daemons and definition files,
+/// read as `mdev`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VgpuKind {
+    /// A VFIO-mdev device: `parent` is the mdev parent, `mdev_type` its type id.
+    #[default]
+    Mdev,
+    /// A VF vGPU: `parent` is the PF (the GPU), `mdev_type` the VF type ID in decimal.
+    Vf,
+}
+
+impl VgpuKind {
+    /// `mdev` or `vf`, as JSON and the text tables write it.
+    pub fn as_text(self) -> &'static str {
+        match self {
+            VgpuKind::Mdev => "mdev",
+            VgpuKind::Vf => "vf",
+        }
+    }
+
+    /// Whether this is the default (`mdev`), for fields left out of older files.
+    pub fn is_mdev(&self) -> bool {
+        *self == VgpuKind::Mdev
+    }
+}
+
 /// A persistent vGPU definition, one file per UUID under `/etc/gvm-vgpu/vgpus/`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Definition {
@@ -94,11 +155,18 @@ pub struct Definition {
     pub uuid: Uuid,
     /// Parent device name.
     pub parent: String,
-    /// Kernel mdev type id the device is created with.
+    /// Kernel mdev type id the device is created with (a VF vGPU: its VF type ID in decimal).
     pub mdev_type: String,
     /// Catalog type name, when the catalog knew the type at define time.
     #[serde(default)]
     pub type_name: Option<String>,
+    /// Which kernel ABI the vGPU is created through; absent (older files): `mdev`.
+    #[serde(default, skip_serializing_if = "VgpuKind::is_mdev")]
+    pub kind: VgpuKind,
+    /// A VF vGPU's kernel type name (`NVIDIA H100-20C`), by which it is re-created: VF type
+    /// IDs change between driver releases, names rarely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_name: Option<String>,
     /// Create at daemon start and when the parent registers.
     #[serde(default)]
     pub autostart: bool,
@@ -253,10 +321,17 @@ pub struct VgpuInfo {
     pub uuid: Uuid,
     /// Parent device name.
     pub parent: String,
-    /// Kernel mdev type id.
+    /// Kernel mdev type id (a VF vGPU: its VF type ID in decimal).
     pub mdev_type: String,
     /// Catalog type name, when managed.
     pub type_name: Option<String>,
+    /// Which kernel ABI backs it (absent from older daemons: `mdev`).
+    #[serde(default)]
+    pub kind: VgpuKind,
+    /// A running VF vGPU's virtual function (PCI address), else `null`. Not its identity:
+    /// VFs are reused; the UUID is.
+    #[serde(default)]
+    pub vf: Option<String>,
     /// Running or only defined.
     pub state: VgpuState,
     /// Whether the catalog knows its type (unmanaged vGPUs are listed, never touched).
@@ -292,6 +367,9 @@ pub enum OwnerRule {
     Cgroup,
     /// The QEMU process of the libvirt domain holding the mdev.
     Libvirt,
+    /// The process holding a VF vGPU's VFIO device open (`/dev/vfio/<group>` or its VFIO
+    /// cdev): the QEMU the VF is assigned to.
+    Vfio,
 }
 
 /// One owner gcgroup (process × GPU) as last read.
@@ -499,4 +577,38 @@ pub struct MdevctlSource {
     /// Why deleting it failed (`remove_source`); gvm-vgpu's definition stays either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_definition_file_is_an_mdev_one_and_a_vf_one_keeps_its_kind() {
+        let old = r#"{"uuid":"a1b2c3d4-0000-4000-8000-000000000001","parent":"0000:3b:00.0",
+            "mdev_type":"gvmsim-1","type_name":"sim-4c","autostart":true}"#;
+        let def: Definition = serde_json::from_str(old).expect("an old file loads");
+        assert_eq!(
+            (def.kind, def.kernel_name.as_deref()),
+            (VgpuKind::Mdev, None)
+        );
+        // Written again, an mdev definition has no new member: older readers see no change.
+        let text = serde_json::to_string(&def).expect("serializes");
+        assert!(
+            !text.contains("kind") && !text.contains("kernel_name"),
+            "{text}"
+        );
+
+        let vf = Definition {
+            kind: VgpuKind::Vf,
+            kernel_name: Some("NVIDIA H100-20C".into()),
+            parent: "0000:41:00.0".into(),
+            mdev_type: "1047".into(),
+            ..def
+        };
+        let text = serde_json::to_string(&vf).expect("serializes");
+        assert!(text.contains(r#""kind":"vf""#), "{text}");
+        let back: Definition = serde_json::from_str(&text).expect("loads");
+        assert_eq!(back, vf);
+    }
 }

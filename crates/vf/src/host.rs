@@ -1,6 +1,7 @@
 //! [`VfHost`]: the PF/VF sysfs tree of one host, read and written through its root.
 //!
-//! Reading walks `/sys/bus/pci/devices` for functions with `sriov_numvfs` (PFs), their
+//! Reading walks `/sys/bus/pci/devices` for functions with `sriov_numvfs` (PFs; not those whose
+//! `vendor` is another vendor's, such as SR-IOV network cards), their
 //! `virtfnN` links and each VF's `nvidia/` files. Writing is `sriov_numvfs` and
 //! `current_vgpu_type`; each write's errno becomes an [`Error`] that names the VF and the fix.
 
@@ -13,6 +14,9 @@ use gvm_host_root::HostRoot;
 use crate::error::{map_type_write_error, Error, Result};
 use crate::model::{Pf, Vf, VfState, VgpuType};
 use crate::parse::{parse_creatable, parse_current, valid_pci_address};
+
+/// NVIDIA's PCI vendor ID as sysfs writes it.
+const NVIDIA_VENDOR: &str = "0x10de";
 
 /// The most VFs read per PF (NVIDIA GPUs offer at most a few dozen).
 const MAX_VFS: u32 = 256;
@@ -86,11 +90,19 @@ impl VfHost {
         names.sort();
         let mut pfs = Vec::new();
         for n in names {
-            if self.dev(&n).join("sriov_numvfs").exists() {
+            if self.dev(&n).join("sriov_numvfs").exists() && self.maybe_nvidia(&n)? {
                 pfs.push(self.pf(&n)?);
             }
         }
         Ok(pfs)
+    }
+
+    /// Whether function `addr` may be an NVIDIA GPU: its PCI `vendor` is NVIDIA's (0x10de),
+    /// or it has no `vendor` file (test trees, the simulated host). Other SR-IOV functions
+    /// (network cards) are not vGPU parents.
+    fn maybe_nvidia(&self, addr: &str) -> Result<bool> {
+        Ok(read_opt(&self.dev(addr).join("vendor"))?
+            .is_none_or(|v| v.eq_ignore_ascii_case(NVIDIA_VENDOR)))
     }
 
     /// One PF by address; [`Error::PfNotFound`] suggests the closest one.
@@ -180,6 +192,65 @@ impl VfHost {
         }
         self.vf_state_opt(vf)?
             .ok_or_else(|| Error::NoVgpuManager { vf: vf.to_string() })
+    }
+
+    /// The device nodes through which a process (QEMU) holds VF `vf`: its IOMMU group's
+    /// `/dev/vfio/<N>` (the last component of `<VF>/iommu_group`) and, where the kernel gives
+    /// it a VFIO cdev (`<VF>/vfio-dev/vfioX`), `/dev/vfio/devices/vfioX`, under the host root.
+    /// [`Error::VfGone`] when the VF does not exist.
+    pub fn vfio_nodes(&self, vf: &str) -> Result<Vec<PathBuf>> {
+        Self::check("VF", vf)?;
+        let dir = self.dev(vf);
+        if !dir.exists() {
+            return Err(Error::VfGone {
+                vf: vf.to_string(),
+                errno: libc::ENOENT,
+            });
+        }
+        let mut nodes = Vec::new();
+        let group_link = dir.join("iommu_group");
+        match fs::read_link(&group_link) {
+            Ok(target) => {
+                let group = target
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .ok_or_else(|| Error::Parse {
+                        path: group_link.clone(),
+                        detail: format!("links to {target:?}, not an IOMMU group number"),
+                    })?;
+                nodes.push(self.host.path(format!("/dev/vfio/{group}")));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    path: group_link,
+                    source,
+                })
+            }
+        }
+        let cdevs = dir.join("vfio-dev");
+        match fs::read_dir(&cdevs) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("vfio") && !n.contains('/'))
+                    .collect();
+                names.sort();
+                for n in names {
+                    nodes.push(self.host.path(format!("/dev/vfio/devices/{n}")));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    path: cdevs,
+                    source,
+                })
+            }
+        }
+        Ok(nodes)
     }
 
     /// Enable `n` VFs on `pf` (what `sriov-manage -e` does); a no-op if exactly `n` are.

@@ -158,3 +158,39 @@ fn enabling_vfs_writes_sriov_numvfs_only_when_it_changes() {
     h.enable_vfs(PF, 0).unwrap();
     assert_eq!(fs::read_to_string(&p).unwrap(), "0\n");
 }
+
+#[test]
+fn vfio_nodes_are_the_group_and_the_cdev() {
+    let (t, h) = tree();
+    let dir = t.path().join("sys/bus/pci/devices").join(VFS[0]);
+    assert_eq!(
+        h.vfio_nodes(VFS[0]).unwrap(),
+        Vec::<std::path::PathBuf>::new()
+    );
+    symlink("../../../kernel/iommu_groups/17", dir.join("iommu_group")).unwrap();
+    fs::create_dir_all(dir.join("vfio-dev/vfio3")).unwrap();
+    assert_eq!(
+        h.vfio_nodes(VFS[0]).unwrap(),
+        [
+            t.path().join("dev/vfio/17"),
+            t.path().join("dev/vfio/devices/vfio3")
+        ]
+    );
+    assert!(matches!(
+        h.vfio_nodes("0000:41:00.7"),
+        Err(Error::VfGone { .. })
+    ));
+}
+
+#[test]
+fn an_sr_iov_function_of_another_vendor_is_not_a_pf() {
+    let (t, h) = tree();
+    let devs = t.path().join("sys/bus/pci/devices");
+    // An SR-IOV network card (Intel) beside the GPU.
+    fs::create_dir_all(devs.join("0000:18:00.0")).unwrap();
+    fs::write(devs.join("0000:18:00.0/sriov_numvfs"), "0\n").unwrap();
+    fs::write(devs.join("0000:18:00.0/vendor"), "0x8086\n").unwrap();
+    fs::write(devs.join(PF).join("vendor"), "0x10de\n").unwrap();
+    let pfs: Vec<String> = h.pfs().unwrap().into_iter().map(|p| p.address).collect();
+    assert_eq!(pfs, [PF]);
+}

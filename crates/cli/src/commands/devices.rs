@@ -1,21 +1,21 @@
-//! `create`, `remove`, `list`, `show`: live vGPUs, read and changed through mdev sysfs.
+//! `create`, `remove`, `list`, `show`: live vGPUs of both kinds (mdev devices and SR-IOV VF
+//! vGPUs), read and changed through sysfs by `gvm-vgpu-host`.
 
 use std::io::Write;
 
-use anyhow::{bail, Context as _, Result};
-use gvm_catalog::placement::place;
+use anyhow::{bail, Result};
 use gvm_catalog::{Catalog, VgpuType};
 use gvm_gcgroup::host_gpus::HostGpus;
 use gvm_gcgroup::{GcgroupSnapshot, KernelStat, MemoryLimit, Priority};
-use gvm_mdev::Device;
 use gvm_proto::{
     GcgroupInfo, Knobs, Overrides, OwnerInfo, OwnerRule, Source, Sources, StartMode, Totals,
-    VgpuDetail, VgpuInfo, VgpuState,
+    VgpuDetail, VgpuInfo, VgpuKind, VgpuState,
 };
 use gvm_shim_abi::vgpu_env::VGPU_UUID_ENV;
+use gvm_vgpu_host::{Backing, Vgpu};
 use uuid::Uuid;
 
-use super::inventory::{catalog_type_of, CatalogView};
+use super::inventory::CatalogView;
 use super::owner_table::OwnerTable;
 use super::owners::owners_by_vgpu;
 use super::shapes::{DeviceJson, VgpuJson};
@@ -23,7 +23,8 @@ use super::write_json;
 use crate::context::Context;
 use crate::table::Table;
 
-/// `gvm-vgpu create --type T [--parent P] [--uuid U]`.
+/// `gvm-vgpu create --type T [--parent P] [--uuid U]`: on an mdev parent that offers the
+/// type, else on a free VF of an SR-IOV GPU whose creatable types list it.
 pub fn create(
     ctx: &Context,
     type_name: &str,
@@ -33,32 +34,38 @@ pub fn create(
 ) -> Result<()> {
     let catalog = ctx.catalog()?;
     let wanted = catalog.type_by_name(type_name)?;
-    let parents = match parent {
-        Some(name) => vec![ctx.mdev.parent(name)?],
-        None => ctx.mdev.parents()?,
-    };
-    let at = place(Some(&catalog), &wanted.name, &parents).map_err(|e| {
-        anyhow::anyhow!(
-            "{e} (the type is defined in {})",
-            catalog_source(&catalog, wanted)
-        )
-    })?;
-    let device = ctx
-        .mdev
-        .create(&at.parent, &at.mdev_type, uuid)
-        .with_context(|| format!("cannot create a vGPU of type {}", wanted.name))?;
+    let vgpu = ctx
+        .vgpu
+        .create(&catalog, &wanted.name, parent, uuid)
+        .map_err(|e| match e {
+            gvm_vgpu_host::Error::Placement(p) => anyhow::anyhow!(
+                "{p} (the type is defined in {})",
+                catalog_source(&catalog, wanted)
+            ),
+            other => anyhow::Error::new(other)
+                .context(format!("cannot create a vGPU of type {}", wanted.name)),
+        })?;
     if ctx.json {
         return write_json(
             out,
             "vgpu",
-            &direct_info(&view(&device, Some(wanted), Vec::new()), Some(wanted)),
+            &direct_info(&view(&vgpu, Some(wanted), Vec::new()), Some(wanted)),
         );
     }
-    writeln!(
-        out,
-        "Created vGPU {} of type {} ({} on {}).",
-        device.uuid, wanted.name, device.type_id, device.parent
-    )?;
+    match &vgpu.backing {
+        Backing::Mdev { parent, mdev_type } => writeln!(
+            out,
+            "Created vGPU {} of type {} ({mdev_type} on {parent}).",
+            vgpu.uuid, wanted.name
+        )?,
+        Backing::Vf { pf, vf, type_id } => writeln!(
+            out,
+            "Created vGPU {} of type {} ({} {type_id} on VF {vf} of {pf}).",
+            vgpu.uuid,
+            wanted.name,
+            vgpu.kernel_name.as_deref().unwrap_or("VF type"),
+        )?,
+    }
     Ok(())
 }
 
@@ -73,8 +80,13 @@ fn catalog_source(catalog: &Catalog, t: &VgpuType) -> String {
 
 /// `gvm-vgpu remove <uuid> [--wait]`: refused while the vGPU is held (the error names
 /// the holders); with `--wait`, says on stderr whom it waits for, then writes and waits.
+/// A VF vGPU is removed through its record (compare-before-write); `--wait` does not apply
+/// to it, since the driver refuses (EPERM), rather than blocks, while a VM holds the VF.
 pub fn remove(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Result<()> {
-    if wait {
+    let is_mdev = ctx.mdev.device(uuid).is_ok();
+    if !is_mdev {
+        ctx.vgpu.remove(uuid)?;
+    } else if wait {
         let scan = ctx.mdev.holders(uuid)?;
         if !scan.holders.is_empty() {
             let names: Vec<String> = scan.holders.iter().map(ToString::to_string).collect();
@@ -105,10 +117,16 @@ pub fn remove(ctx: &Context, uuid: &Uuid, wait: bool, out: &mut dyn Write) -> Re
 pub struct VgpuView {
     /// Device UUID.
     pub uuid: Uuid,
-    /// Parent device.
+    /// Which kernel ABI backs it.
+    pub kind: VgpuKind,
+    /// Parent device (a VF vGPU: its PF).
     pub parent: String,
-    /// Kernel type id.
+    /// A VF vGPU's VF.
+    pub vf: Option<String>,
+    /// Kernel type id (a VF vGPU: the VF type ID in decimal).
     pub type_id: String,
+    /// The kernel's name of the type (`NVIDIA H100-20C`), when it has one.
+    pub kernel_name: Option<String>,
     /// IOMMU group number, if the kernel made one.
     pub iommu_group: Option<u32>,
     /// sysfs path of the device.
@@ -165,13 +183,23 @@ impl OwnerView {
     }
 }
 
-fn view(device: &Device, bound: Option<&VgpuType>, owners: Vec<OwnerView>) -> VgpuView {
+fn kind_of(v: &Vgpu) -> VgpuKind {
+    match v.kind() {
+        gvm_vgpu_host::Kind::Mdev => VgpuKind::Mdev,
+        gvm_vgpu_host::Kind::Vf => VgpuKind::Vf,
+    }
+}
+
+fn view(v: &Vgpu, bound: Option<&VgpuType>, owners: Vec<OwnerView>) -> VgpuView {
     VgpuView {
-        uuid: device.uuid,
-        parent: device.parent.clone(),
-        type_id: device.type_id.clone(),
-        iommu_group: device.iommu_group,
-        sysfs_path: device.sysfs_path.display().to_string(),
+        uuid: v.uuid,
+        kind: kind_of(v),
+        parent: v.backing.parent().to_string(),
+        vf: v.backing.vf().map(str::to_string),
+        type_id: v.backing.kernel_type(),
+        kernel_name: v.kernel_name.clone(),
+        iommu_group: v.iommu_group,
+        sysfs_path: v.sysfs_path.display().to_string(),
         catalog: bound.map(CatalogView::of),
         owners,
     }
@@ -179,24 +207,18 @@ fn view(device: &Device, bound: Option<&VgpuType>, owners: Vec<OwnerView>) -> Vg
 
 fn views(ctx: &Context) -> Result<Vec<VgpuView>> {
     let catalog = ctx.catalog()?;
-    let parents = ctx.mdev.parents()?;
     let mut owners = owners_by_vgpu(ctx);
     let gpus = HostGpus::read(&ctx.host);
     let mut out = Vec::new();
-    for device in ctx.mdev.devices()? {
-        let kernel_type = parents
-            .iter()
-            .filter(|p| p.name == device.parent)
-            .flat_map(|p| &p.types)
-            .find(|t| t.id == device.type_id);
-        let bound = kernel_type.and_then(|t| catalog_type_of(&catalog, t));
+    for v in ctx.vgpu.vgpus()? {
+        let bound = v.catalog_type(&catalog);
         let own = owners
-            .remove(&device.uuid)
+            .remove(&v.uuid)
             .unwrap_or_default()
             .into_iter()
             .map(|s| OwnerView::of(s, &gpus))
             .collect();
-        out.push(view(&device, bound, own));
+        out.push(view(&v, bound, own));
     }
     Ok(out)
 }
@@ -227,6 +249,8 @@ fn direct_info(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuInfo {
         parent: v.parent.clone(),
         mdev_type: v.type_id.clone(),
         type_name: catalog.map(|t| t.name.clone()),
+        kind: v.kind,
+        vf: v.vf.clone(),
         state: VgpuState::Running,
         managed: catalog.is_some(),
         defined: false,
@@ -335,6 +359,7 @@ pub fn write_list(
         "START",
         "DOMAIN",
         "OWNERS",
+        "KIND",
     ]);
     for v in all {
         let (name, memory, prio) = match (&v.type_name, v.managed) {
@@ -362,6 +387,7 @@ pub fn write_list(
                 .as_deref()
                 .map_or_else(|| "-".into(), |d| crate::text::guest_text(d).into_owned()),
             v.owners.len().to_string(),
+            v.kind.as_text().into(),
         ]);
     }
     table.write(out)?;
@@ -393,10 +419,11 @@ pub fn vgpu_json(ctx: &Context, v: &VgpuView) -> Result<serde_json::Value> {
     Ok(serde_json::to_value(VgpuJson::of(&detail, Some(&device)))?)
 }
 
-/// The live vGPU `uuid` as `show` reports it; an unknown UUID is the mdev client's error.
+/// The live vGPU `uuid` as `show` reports it; an unknown UUID, or a VF vGPU on record that
+/// its VF does not carry now, is `gvm-vgpu-host`'s clear error.
 pub fn live_view(ctx: &Context, uuid: &Uuid) -> Result<VgpuView> {
-    // Ask the kernel first so an unknown UUID gets the mdev client's clear error.
-    ctx.mdev.device(uuid)?;
+    // Ask the kernel first so an unknown UUID gets the client's clear error.
+    ctx.vgpu.vgpu(uuid)?;
     let Some(v) = views(ctx)?.into_iter().find(|v| v.uuid == *uuid) else {
         bail!("vGPU {uuid} disappeared while it was being read; run the command again");
     };
@@ -407,7 +434,17 @@ pub fn live_view(ctx: &Context, uuid: &Uuid) -> Result<VgpuView> {
 pub fn write_view(ctx: &Context, v: &VgpuView, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "vGPU {}", v.uuid)?;
     writeln!(out, "  parent:       {}", v.parent)?;
-    writeln!(out, "  kernel type:  {}", v.type_id)?;
+    if let Some(vf) = &v.vf {
+        writeln!(out, "  vf:           {vf} (SR-IOV virtual function)")?;
+        writeln!(
+            out,
+            "  kernel type:  {} ({})",
+            v.type_id,
+            v.kernel_name.as_deref().unwrap_or("-")
+        )?;
+    } else {
+        writeln!(out, "  kernel type:  {}", v.type_id)?;
+    }
     writeln!(
         out,
         "  iommu group:  {}",

@@ -72,10 +72,18 @@ pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         pong.vgpus,
         if pong.vgpus == 1 { "" } else { "s" }
     )?;
-    let Some(cat) = pong.catalog else {
-        writeln!(out, "catalog: not reported by this gvm-vgpud")?;
-        return Ok(());
-    };
+    match &pong.catalog {
+        Some(cat) => catalog_status(cat, out)?,
+        None => writeln!(out, "catalog: not reported by this gvm-vgpud")?,
+    }
+    match &pong.config {
+        Some(cfg) => config_status(cfg, out),
+        None => Ok(writeln!(out, "config: not reported by this gvm-vgpud")?),
+    }
+}
+
+/// The catalog lines of `status`.
+fn catalog_status(cat: &gvm_proto::CatalogStatus, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "catalog: loaded from {} at {} (reloads: {})",
@@ -92,7 +100,7 @@ pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
             cat.dirs.join(", ")
         )?;
     }
-    if let Some(f) = cat.last_reload_failed {
+    if let Some(f) = &cat.last_reload_failed {
         writeln!(
             out,
             "last reload failed at {}: {}\n  the catalog loaded at {} stays in use: fix the \
@@ -100,6 +108,52 @@ pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
             utc_text(f.at),
             f.error,
             utc_text(cat.loaded_at)
+        )?;
+    }
+    Ok(())
+}
+
+/// The config-file lines of `status`: the file, and what its last reload did.
+fn config_status(cfg: &gvm_proto::ConfigStatus, out: &mut dyn Write) -> Result<()> {
+    if cfg.exists {
+        writeln!(out, "config: {} (reloads: {})", cfg.file, cfg.reloads)?;
+    } else {
+        writeln!(
+            out,
+            "config: {} is not there: the defaults and the command line apply (reloads: {})",
+            cfg.file, cfg.reloads
+        )?;
+    }
+    let Some(r) = &cfg.last_reload else {
+        return Ok(());
+    };
+    if let Some(e) = &r.error {
+        writeln!(
+            out,
+            "  last reload at {} was refused, the settings in use stay: {e}\n  fix the file \
+             and run `systemctl reload gvm-vgpud` (or send gvm-vgpud SIGHUP)",
+            utc_text(r.at)
+        )?;
+        return Ok(());
+    }
+    let list = |keys: &[String]| {
+        if keys.is_empty() {
+            "nothing".to_string()
+        } else {
+            keys.join(", ")
+        }
+    };
+    writeln!(
+        out,
+        "  last reload at {} applied {}",
+        utc_text(r.at),
+        list(&r.applied)
+    )?;
+    if !r.need_restart.is_empty() {
+        writeln!(
+            out,
+            "  changed but not applied until a restart (`systemctl restart gvm-vgpud`): {}",
+            list(&r.need_restart)
         )?;
     }
     Ok(())
@@ -627,6 +681,13 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
     let v = &detail.info;
     writeln!(out, "vGPU {}", v.uuid)?;
     writeln!(out, "  parent:       {}", v.parent)?;
+    if v.kind == gvm_proto::VgpuKind::Vf {
+        writeln!(
+            out,
+            "  vf:           {} (SR-IOV virtual function)",
+            v.vf.as_deref().unwrap_or("- (not running)")
+        )?;
+    }
     writeln!(out, "  kernel type:  {}", v.mdev_type)?;
     match &v.type_name {
         Some(t) => writeln!(out, "  catalog type: {t}")?,

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use gvm_client::Client;
 use uuid::Uuid;
 
+// Drives libvirtd through gvm-libvirt's connection: only with the `libvirt` feature.
+#[cfg(feature = "libvirt")]
 pub mod libvirtd;
 
 /// Why sim-backed tests cannot run here, if they cannot.
