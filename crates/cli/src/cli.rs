@@ -513,8 +513,15 @@ pub enum Command {
 pub enum PolicyAction {
     /// Per GPU (position in PCI order and PCI address): policy, slice, window, knob writes,
     /// and each vGPU's target and achieved share.
+    ///
+    /// On a GPU with NVIDIA's vGPU manager it also shows NVIDIA's own vGPU scheduler as NVML
+    /// reports it, or says why it cannot (no vGPU manager on the GPU, gvm-vgpud without NVML).
     Show,
     /// Switch a GPU (default: every GPU) to a policy without restarting any VM.
+    ///
+    /// On a GPU with NVIDIA's vGPU manager it also sets NVIDIA's own vGPU scheduler through
+    /// NVML while no VM runs there; while VMs run NVIDIA allows no change, which is said, and
+    /// the policy reaches the VMs through gvm-vgpud's scheduler and their guest agents.
     Set {
         /// best-effort, equal-share or fixed-share.
         #[arg(value_parser = ["best-effort", "equal-share", "fixed-share"])]

@@ -120,6 +120,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = crate::server::DEFAULT_API_MAX_CONNECTIONS,
           value_parser = api_max_connections)]
     pub api_max_connections: usize,
+    /// The NVML library to load (NVIDIA's vGPU scheduler and per-vGPU framebuffer, on
+    /// NVIDIA vGPU hosts). Default: the driver's libnvidia-ml.so.1 on a real host, none on a
+    /// simulated one (--root other than /). Without NVML `policy show` says so and the rest
+    /// works.
+    #[arg(long, value_name = "PATH")]
+    pub nvml_library: Option<PathBuf>,
     /// What the log (stderr, the journal under systemd) shows: a level (error, warn, info,
     /// debug, trace) or tracing directives such as `info,gvm_vgpud=debug`. SIGHUP applies a
     /// new value from the config file.

@@ -119,6 +119,7 @@ struct FileSettings {
     api_idle_s: Option<u64>,
     api_max_connections: Option<u64>,
     log_level: Option<String>,
+    nvml_library: Option<PathBuf>,
 }
 
 impl FileSettings {
@@ -174,6 +175,9 @@ impl FileSettings {
             if let Some(v) = v {
                 out.push((key, if v { vec![format!("--{key}")] } else { vec![] }));
             }
+        }
+        if let Some(v) = &self.nvml_library {
+            out.push(one("nvml-library", path(v)));
         }
         if let Some(v) = &self.owner_uid {
             let args = v.iter().map(|u| format!("--owner-uid={}", u.arg()));
@@ -278,6 +282,7 @@ pub fn merged(cmdline: &Args, explicit: &BTreeSet<String>, file: &Args) -> Args 
         api_idle_s,
         api_max_connections,
         log_level,
+        nvml_library,
     );
     if explicit.contains("libvirt") || explicit.contains("no_libvirt") {
         out.libvirt.clone_from(&cmdline.libvirt);
@@ -326,6 +331,7 @@ pub fn changes(old: &Args, new: &Args) -> Vec<Setting> {
         api_idle_s => "api-idle-s", false;
         api_max_connections => "api-max-connections", false;
         log_level => "log-level", true;
+        nvml_library => "nvml-library", false;
     );
     out
 }

@@ -33,7 +33,8 @@ fn the_files_values_are_read_as_the_flags_would_be() {
     let a = file(
         "guest-ack-ms = 250\nrescan-ms = 50\ncatalog = [\"/a\", \"/b\"]\n\
          owner-uid = [\"alice\", 1001]\nno-uevents = true\nbackend = \"shim\"\n\
-         metrics = \"127.0.0.1:9477\"\ngroup = 44\nlog-level = \"debug\"\n",
+         metrics = \"127.0.0.1:9477\"\ngroup = 44\nlog-level = \"debug\"\n\
+         nvml-library = \"/opt/nvml/libnvidia-ml.so.1\"\n",
     )
     .unwrap();
     assert_eq!(a.guest_ack_ms, 250);
@@ -45,6 +46,10 @@ fn the_files_values_are_read_as_the_flags_would_be() {
     assert_eq!(a.metrics, Some("127.0.0.1:9477".parse().unwrap()));
     assert_eq!(a.group.as_deref(), Some("44"));
     assert_eq!(a.log_level, "debug");
+    assert_eq!(
+        a.nvml_library,
+        Some(PathBuf::from("/opt/nvml/libnvidia-ml.so.1"))
+    );
     // What the file leaves out keeps its default.
     assert_eq!(a.slow_rescan_ms, defaults().slow_rescan_ms);
 }

@@ -301,6 +301,11 @@ impl Daemon {
         self.verify_sweep.set_period(timing.verify);
     }
 
+    /// Read and set NVIDIA's vGPU scheduler through `nvidia` (opened at start).
+    pub fn use_nvml(&mut self, nvidia: crate::nvidia_sched::NvidiaScheduler) {
+        self.scheduler.use_nvml(nvidia);
+    }
+
     /// Give guests `d` to acknowledge a new state before the fallback acts.
     pub fn set_guest_ack_deadline(&mut self, d: std::time::Duration) {
         self.fallback.set_deadline(d);

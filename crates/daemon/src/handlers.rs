@@ -191,6 +191,9 @@ impl Daemon {
             infos.push(self.info(&u));
         }
         let mut text = crate::metrics::render(&infos);
+        let parents: BTreeSet<&str> = infos.iter().map(|i| i.parent.as_str()).collect();
+        let fb = self.scheduler.nvidia().fb_usage(parents);
+        text.push_str(&crate::metrics::render_nvidia_fb(&infos, &fb));
         text.push_str(&self.guest_metrics());
         text
     }
@@ -389,6 +392,10 @@ impl Daemon {
                 self.guests.enforcement_of(uuid, domain.as_deref())
             },
             held_by: self.fallback.mechanism(uuid),
+            nvidia_fb_usage_bytes: self.observed.devices.get(uuid).and_then(|d| {
+                let fb = self.scheduler.nvidia().fb_usage([d.parent.as_str()]);
+                fb.get(uuid).copied()
+            }),
         }
     }
 

@@ -35,6 +35,8 @@
 //! - [`sandbox`]: every place the daemon writes, for the systemd unit's `ReadWritePaths=`;
 //! - [`scheduler`]: the time-slice scheduler, one `gvm-sched` engine per GPU, over a
 //!   [`scheduler::SchedContext`] lent by the core;
+//! - [`nvidia_sched`]: NVIDIA's own vGPU scheduler and per-vGPU framebuffer through NVML, on
+//!   NVIDIA vGPU hosts;
 //! - [`domains`]: libvirt lifecycle (domain → vGPU map, paused domains frozen);
 //! - [`fallback`]: the hard fallback (pause the VM) for a freeze the guest does not acknowledge;
 //! - [`libvirt_watch`]: the threads that feed libvirt's events to the core;
@@ -76,6 +78,7 @@ pub mod mdevctl;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod nvidia_sched;
 pub mod owners;
 pub mod plan;
 pub mod policy_file;

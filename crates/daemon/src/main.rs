@@ -89,6 +89,10 @@ fn main() -> anyhow::Result<()> {
         daemon.set_claim_policy(config::claim_policy(&host, &args.owner_uids)?);
     }
     daemon.set_guest_ack_deadline(Duration::from_millis(args.guest_ack_ms));
+    daemon.use_nvml(gvm_vgpud::nvidia_sched::NvidiaScheduler::open(
+        args.nvml_library.as_deref(),
+        args.root != std::path::Path::new("/"),
+    ));
     if let Some(uri) =
         gvm_vgpud::domains::uri_for_host(&host, args.libvirt.as_deref(), args.no_libvirt)
     {

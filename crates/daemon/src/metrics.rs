@@ -5,9 +5,11 @@
 //! catalog type, or the kernel type when unmanaged) and `domain` (empty when no
 //! libvirt domain holds it). An unlimited memory limit is exported as `+Inf`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use gvm_proto::{GuestAgentInfo, VgpuInfo, VgpuState, UNLIMITED};
+use uuid::Uuid;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -98,6 +100,38 @@ pub fn render(vgpus: &[VgpuInfo]) -> String {
                 get(v)
             );
         }
+    }
+    out
+}
+
+/// `gvm_vgpu_nvidia_fb_usage_bytes` for each running vGPU in `vgpus` that `fb` (NVML's
+/// framebuffer use by vGPU UUID) has a figure for; nothing (not even the HELP) when none has.
+pub fn render_nvidia_fb(vgpus: &[VgpuInfo], fb: &BTreeMap<Uuid, u64>) -> String {
+    let mut out = String::new();
+    let rows: Vec<(&VgpuInfo, u64)> = vgpus
+        .iter()
+        .filter(|v| v.state == VgpuState::Running)
+        .filter_map(|v| Some((v, *fb.get(&v.uuid)?)))
+        .collect();
+    if rows.is_empty() {
+        return out;
+    }
+    let name = "gvm_vgpu_nvidia_fb_usage_bytes";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Framebuffer the VM uses as NVIDIA's vGPU manager reports it (NVML)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (v, bytes) in rows {
+        let ty = v.type_name.as_deref().unwrap_or(&v.mdev_type);
+        let _ = writeln!(
+            out,
+            "{name}{{uuid=\"{}\",parent=\"{}\",type=\"{}\",domain=\"{}\"}} {bytes}",
+            v.uuid,
+            escape(&v.parent),
+            escape(ty),
+            escape(v.domain.as_deref().unwrap_or(""))
+        );
     }
     out
 }
@@ -302,7 +336,6 @@ pub fn render_guests(infos: &[GuestAgentInfo]) -> String {
 mod tests {
     use super::*;
     use gvm_proto::{Knobs, Totals};
-    use uuid::Uuid;
 
     fn vgpu(state: VgpuState, limit: u64) -> VgpuInfo {
         VgpuInfo {
@@ -360,5 +393,28 @@ mod tests {
         );
         let text = render(&[vgpu(VgpuState::Running, UNLIMITED)]);
         assert!(text.contains("} +Inf"));
+    }
+
+    #[test]
+    fn nvidias_framebuffer_use_is_exported_only_for_running_vgpus_nvml_reports() {
+        let u = Uuid::from_u128(1);
+        let fb = BTreeMap::from([(u, 3u64 << 30)]);
+        let text = render_nvidia_fb(&[vgpu(VgpuState::Running, 1)], &fb);
+        assert!(
+            text.contains("# TYPE gvm_vgpu_nvidia_fb_usage_bytes gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "gvm_vgpu_nvidia_fb_usage_bytes{{uuid=\"{u}\",parent=\"0000:00:08.0\",type=\"sim-4c\",domain=\"vm\\\"1\"}} {}",
+                3u64 << 30
+            )),
+            "{text}"
+        );
+        assert_eq!(render_nvidia_fb(&[vgpu(VgpuState::Stopped, 1)], &fb), "");
+        assert_eq!(
+            render_nvidia_fb(&[vgpu(VgpuState::Running, 1)], &BTreeMap::new()),
+            ""
+        );
     }
 }

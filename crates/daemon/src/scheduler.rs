@@ -30,6 +30,9 @@
 //!   daemon-driven for the shim backend (`gvm_shim_host::gating::GatingModes`):
 //!   the shims' own priority arbitration is turned off and their launch queues bounded,
 //!   so these freezes are the only gate and take effect within a kernel or two.
+//! - **NVIDIA's scheduler.** On a GPU with NVIDIA's vGPU manager, `policy set` also sets
+//!   the driver's own vGPU scheduler through NVML where NVML allows it, and the status
+//!   reports it per GPU (`crate::nvidia_sched`).
 //! - **Persistence.** The per-GPU choice lives in `/etc/gvm-vgpu/policy.json`
 //!   (written atomically) and is restored at start.
 //!
@@ -53,6 +56,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::model::{effective, Desired, Observed, SchedKnobs, TypeSpec};
+use crate::nvidia_sched::NvidiaScheduler;
 pub use crate::policy_file::{Migration, PolicyFile, SchedulerError, StoredConfig};
 use crate::ports::TypePort;
 use crate::store::write_json;
@@ -183,6 +187,8 @@ pub struct Scheduler {
     /// Which GPUs' CUDA shim processes this scheduler gates itself (shared with the shim
     /// backend, which applies it to each block).
     gating: std::sync::Arc<gvm_shim_host::gating::GatingModes>,
+    /// NVIDIA's own vGPU scheduler through NVML, or why there is none (`nvidia_sched.rs`).
+    nvidia: NvidiaScheduler,
 }
 
 /// How long after a `policy show`/`top` best-effort GPUs keep being sampled.
@@ -234,7 +240,18 @@ impl Scheduler {
             busy: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             exclusive: None,
             gating,
+            nvidia: NvidiaScheduler::without("NVML not opened (gvm-vgpud opens it at start)"),
         }
+    }
+
+    /// Read and set NVIDIA's vGPU scheduler through `nvidia` as well.
+    pub fn use_nvml(&mut self, nvidia: NvidiaScheduler) {
+        self.nvidia = nvidia;
+    }
+
+    /// NVIDIA's vGPU scheduler through NVML (or why there is none).
+    pub fn nvidia(&self) -> &NvidiaScheduler {
+        &self.nvidia
     }
 
     /// The stored configuration.
@@ -714,8 +731,15 @@ impl Scheduler {
         (pw, fw)
     }
 
-    /// Every GPU's scheduler (`policy show`, `top`).
+    /// Every GPU's scheduler (`policy show`, `top`), NVIDIA's beside the daemon's.
     pub fn status(&self, cx: &SchedContext<'_>) -> SchedStatus {
+        let mut status = self.engine_status(cx);
+        self.add_nvidia(cx, &mut status, &[]);
+        status
+    }
+
+    /// Every GPU's engine and configuration.
+    fn engine_status(&self, cx: &SchedContext<'_>) -> SchedStatus {
         self.watched.set(Some(Instant::now()));
         let host = cx.observed.host_gpus();
         // One row per engine (by GVM index) and per GPU with its own stored configuration
@@ -760,6 +784,7 @@ impl Scheduler {
                     config: c.wire(),
                 })
                 .collect(),
+            without_nvml: None,
         }
     }
 
@@ -777,6 +802,7 @@ impl Scheduler {
                 slice_us: config.timeslice_us.unwrap_or(slice.as_nanos() / 1_000),
                 counters: SchedCounters::default(),
                 vgpus: Vec::new(),
+                nvidia: None,
             };
         };
         let mut parents = BTreeSet::new();
@@ -820,6 +846,58 @@ impl Scheduler {
                     .map_or(0.0, |t| t.duration_since(st.since).as_secs_f64()),
             },
             vgpus,
+            nvidia: None,
+        }
+    }
+
+    /// Puts NVIDIA's scheduler of each host GPU NVML knows into `status` (a row of its own
+    /// for a GPU without one: no vGPU with owners, no own configuration), setting it first
+    /// on the GPUs of `set_on` to their configured policy; or says why there is no NVML.
+    fn add_nvidia(&self, cx: &SchedContext<'_>, status: &mut SchedStatus, set_on: &[String]) {
+        status.without_nvml = self.nvidia.without_nvml().map(str::to_string);
+        if status.without_nvml.is_some() {
+            return;
+        }
+        let host = cx.observed.host_gpus();
+        let mut added = false;
+        for gpu in host.all() {
+            let pci = gpu.pci.as_str();
+            let report = if set_on.iter().any(|s| s == pci) {
+                let stored = self.file.for_pci(Some(pci));
+                let project = gvm_nvml::ProjectPolicy {
+                    policy: stored.policy,
+                    timeslice_us: stored.timeslice_us,
+                };
+                self.nvidia.apply(pci, project)
+            } else {
+                self.nvidia.read(pci)
+            };
+            let Some(report) = report else {
+                continue;
+            };
+            match status
+                .gpus
+                .iter_mut()
+                .find(|g| g.pci.as_deref() == Some(pci))
+            {
+                Some(row) => row.nvidia = Some(report),
+                None => {
+                    let row = GpuRow {
+                        position: Some(gpu.position),
+                        pci: Some(gpu.pci.clone()),
+                        gvm_index: gpu.gvm_index,
+                    };
+                    let mut row = self.gpu_status(cx, row);
+                    row.nvidia = Some(report);
+                    status.gpus.push(row);
+                    added = true;
+                }
+            }
+        }
+        if added {
+            status
+                .gpus
+                .sort_by_key(|g| (g.gpu.is_none(), g.gpu, g.pci.clone(), g.gvm_index));
         }
     }
 
@@ -871,7 +949,14 @@ impl Scheduler {
             "scheduling policy set");
         // Apply now rather than at the next tick, so the answer reflects the change.
         self.tick(cx, Instant::now());
-        Ok(self.status(cx))
+        // Then NVIDIA's scheduler of the GPUs addressed, where the GPU has one.
+        let addressed: Vec<String> = match gpus {
+            Some(pcis) => pcis,
+            None => self.host.all().iter().map(|g| g.pci.clone()).collect(),
+        };
+        let mut status = self.engine_status(cx);
+        self.add_nvidia(cx, &mut status, &addressed);
+        Ok(status)
     }
 }
 

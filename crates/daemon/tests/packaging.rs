@@ -355,6 +355,7 @@ fn the_shipped_config_file_is_the_defaults_and_documents_every_option() {
     rest.socket = None;
     rest.shim_socket = None;
     rest.libvirt = None;
+    rest.nvml_library = None;
     if std::env::var_os("RUST_LOG").is_some() {
         // The environment's filter is the default here, not the file's `info`.
         rest.log_level.clone_from(&defaults.log_level);

@@ -44,7 +44,10 @@ pub use error::{ApiError, ErrorCode, MAX_MESSAGE_BYTES};
 pub use guest::{
     GuestAgentInfo, GuestCounters, GuestHello, GuestReport, GuestStats, ProcessSample,
 };
-pub use sched::{GpuSched, PolicyConfig, SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy};
+pub use sched::{
+    GpuSched, NvidiaChange, NvidiaChangeOutcome, NvidiaSched, NvidiaSchedStatus, PolicyConfig,
+    SchedCounters, SchedStatus, SchedVgpu, UnmappedPolicy,
+};
 pub use types::{
     BatchFailure, BatchReport, CatalogStatus, ConfigReload, ConfigStatus, Definition, Drift,
     GcgroupInfo, GuestEnforcement, GuestProcess, ImportReport, Knobs, MdevctlSource, Overrides,

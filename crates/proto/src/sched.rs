@@ -8,6 +8,11 @@
 //! per GPU, that configuration, the engine's knob-write counters and, per vGPU, the
 //! share the policy aims at next to the share achieved over the last window.
 //! Shares are fractions of the GPU's time in `[0, 1]`.
+//!
+//! On a GPU driven by NVIDIA's vGPU manager the driver has a vGPU scheduler of its own;
+//! [`GpuSched::nvidia`] reports it as NVML does ([`NvidiaSched`]), and
+//! [`SchedStatus::without_nvml`] says why the daemon has no NVML at all. Both are optional on
+//! the wire: an older daemon sends neither and an older client ignores them.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -95,6 +100,69 @@ pub struct GpuSched {
     pub counters: SchedCounters,
     /// Its vGPUs, by UUID.
     pub vgpus: Vec<SchedVgpu>,
+    /// NVIDIA's own vGPU scheduler on the GPU, as NVML reports it; `None` without NVML or
+    /// when NVML does not know the GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvidia: Option<NvidiaSched>,
+}
+
+/// What NVML says of NVIDIA's vGPU scheduler on one GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvidiaSchedStatus {
+    /// The GPU is in vGPU host mode: NVML reports the scheduler.
+    VgpuHost,
+    /// NVML refuses the vGPU calls on the GPU (no vGPU manager, or MIG on).
+    NotAvailable,
+    /// NVML failed otherwise; [`NvidiaSched::reason`] says how.
+    Unknown,
+}
+
+/// How a `policy set` went for NVIDIA's scheduler of one GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvidiaChangeOutcome {
+    /// NVML set the scheduler; [`NvidiaSched`] holds what it reads back.
+    Set,
+    /// NVML allows no change while VMs run on the GPU: the daemon's own scheduler and the
+    /// guests' agents carry the policy.
+    VmsRunning,
+    /// Not set: the GPU has no NVIDIA vGPU scheduler, or the setting does not fit it.
+    NotSet,
+}
+
+/// The answer of NVIDIA's scheduler to one `policy set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvidiaChange {
+    /// How it went.
+    pub outcome: NvidiaChangeOutcome,
+    /// The same in words, for the operator.
+    pub message: String,
+}
+
+/// NVIDIA's vGPU scheduler on one GPU (NVIDIA vGPU hosts, through NVML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NvidiaSched {
+    /// Whether NVML reports it.
+    pub status: NvidiaSchedStatus,
+    /// The policy it runs (`best-effort`, `equal-share`, `fixed-share`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Its fixed time slice in µs; `None`: the driver's default or adaptive round robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeslice_us: Option<u64>,
+    /// Adaptive round robin (the driver picks the slices) is on.
+    #[serde(default)]
+    pub adaptive: bool,
+    /// vGPU instances (one per running VM's vGPU) NVML reports on the GPU, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_vgpus: Option<u32>,
+    /// Why the scheduler is not reported (NVML's error), when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// In the answer to `policy set` for this GPU: what NVIDIA's scheduler did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<NvidiaChange>,
 }
 
 /// The answer to `policy_get` and `policy_set`.
@@ -108,6 +176,10 @@ pub struct SchedStatus {
     /// no GPU of this host: kept aside in the policy file, not applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unmapped: Vec<UnmappedPolicy>,
+    /// Why the daemon has no NVML (no `libnvidia-ml.so.1`, no driver, a simulated host):
+    /// NVIDIA's vGPU scheduler is then neither read nor set. `None` with NVML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub without_nvml: Option<String>,
 }
 
 /// A stored per-GPU configuration whose GPU could not be found (see
@@ -163,6 +235,18 @@ mod tests {
                     memory_current: 1 << 30,
                     priority: Some(9),
                 }],
+                nvidia: Some(NvidiaSched {
+                    status: NvidiaSchedStatus::VgpuHost,
+                    policy: Some("equal-share".into()),
+                    timeslice_us: Some(2000),
+                    adaptive: false,
+                    active_vgpus: Some(1),
+                    reason: None,
+                    change: Some(NvidiaChange {
+                        outcome: NvidiaChangeOutcome::VmsRunning,
+                        message: "NVIDIA allows no change".into(),
+                    }),
+                }),
             }],
             unmapped: vec![UnmappedPolicy {
                 gvm_index: 16,
@@ -172,9 +256,30 @@ mod tests {
                     window_ms: 1000,
                 },
             }],
+            without_nvml: None,
         };
         let back: SchedStatus = serde_json::from_str(&serde_json::to_string(&s)?)?;
         assert_eq!(back, s);
+        Ok(())
+    }
+
+    #[test]
+    fn an_older_daemons_status_without_the_nvidia_fields_still_reads(
+    ) -> Result<(), serde_json::Error> {
+        let old = r#"{"default":{"policy":"best-effort","window_ms":1000},"gpus":[{"gpu":0,
+            "pci":"0000:3b:00.0","gvm_index":0,"parents":[],"config":{"policy":"equal-share",
+            "window_ms":1000},"slice_us":2000,"counters":{"ticks":0,"priority_writes":0,
+            "freeze_writes":0,"seconds":0.0},"vgpus":[]}]}"#;
+        let s: SchedStatus = serde_json::from_str(old)?;
+        assert_eq!(
+            (s.gpus[0].nvidia.clone(), s.without_nvml.clone()),
+            (None, None)
+        );
+        let text = serde_json::to_string(&s)?;
+        assert!(
+            !text.contains("nvidia") && !text.contains("without_nvml"),
+            "{text}"
+        );
         Ok(())
     }
 }

@@ -447,6 +447,10 @@ pub struct VgpuDetail {
     /// freeze): e.g. paused through its QMP socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
+    /// Framebuffer the VM uses on this vGPU as NVIDIA's vGPU manager reports it (NVML's vGPU
+    /// instance of the same UUID), in bytes; `None` without NVML or such an instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvidia_fb_usage_bytes: Option<u64>,
 }
 
 /// What the daemon sent a VM's guest agent and what the guest said back (agent protocol 2).

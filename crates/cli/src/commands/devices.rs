@@ -342,6 +342,7 @@ fn direct_detail(v: &VgpuView, catalog: Option<&VgpuType>) -> VgpuDetail {
         refused_claims: Vec::new(),
         guest: None,
         held_by: None,
+        nvidia_fb_usage_bytes: None,
     }
 }
 

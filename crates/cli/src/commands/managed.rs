@@ -758,6 +758,13 @@ pub fn show(ctx: &Context, detail: &VgpuDetail, out: &mut dyn Write) -> Result<(
     if let Some(h) = &detail.held_by {
         writeln!(out, "  held by:      {h}")?;
     }
+    if let Some(fb) = detail.nvidia_fb_usage_bytes {
+        writeln!(
+            out,
+            "  framebuffer:  {} in use (NVIDIA's vGPU manager, NVML)",
+            ByteSize(fb)
+        )?;
+    }
     if !detail.info.owner_uids.is_empty() {
         let uids: Vec<String> = detail.info.owner_uids.iter().map(u32::to_string).collect();
         writeln!(

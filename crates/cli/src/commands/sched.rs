@@ -7,6 +7,10 @@
 //! (estimated by the daemon from GVM's kernel counters). GPUs are named as operators count
 //! them: by position in PCI order (`--gpu 1`) or by PCI address (`--gpu 0000:3c:00.0`);
 //! GVM's own index (`0`, `8`, ...) appears only in `--json` (`gvm_index`).
+//!
+//! On a GPU with NVIDIA's vGPU manager the daemon also sets NVIDIA's own scheduler through
+//! NVML (while no VM runs there) and reports it: `policy set` prints what NVIDIA did, and
+//! `policy show` prints NVIDIA's scheduler under each GPU, or why the daemon has no NVML.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -14,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use gvm_catalog::ByteSize;
-use gvm_proto::{GpuSched, PolicyParams, SchedStatus, VgpuState};
+use gvm_proto::{GpuSched, NvidiaSched, NvidiaSchedStatus, PolicyParams, SchedStatus, VgpuState};
 use uuid::Uuid;
 
 use super::{gpu_label, managed, write_json};
@@ -86,6 +90,13 @@ pub fn set(
             out,
             "Policy of every GPU set to {policy} (live, persisted)."
         )?,
+    }
+    for c in status
+        .gpus
+        .iter()
+        .filter_map(|g| g.nvidia.as_ref()?.change.as_ref())
+    {
+        writeln!(out, "{}", c.message)?;
     }
     write_status(&status, out)
 }
@@ -238,7 +249,37 @@ pub fn write_status(status: &SchedStatus, out: &mut dyn Write) -> Result<()> {
             u.gvm_index
         )?;
     }
+    if let Some(reason) = &status.without_nvml {
+        writeln!(out)?;
+        writeln!(out, "NVIDIA's vGPU scheduler: without NVML ({reason})")?;
+    }
     Ok(())
+}
+
+/// The line under a GPU saying what NVIDIA's own vGPU scheduler runs there.
+fn nvidia_text(n: &NvidiaSched) -> String {
+    let reason = n.reason.as_deref().unwrap_or("no reason given");
+    match n.status {
+        NvidiaSchedStatus::VgpuHost => {
+            let policy = n.policy.as_deref().unwrap_or("an unknown policy");
+            let slice = match (n.adaptive, n.timeslice_us) {
+                (true, _) => "adaptive slices".to_string(),
+                (false, Some(us)) => format!("slice {us}us"),
+                (false, None) => "the driver's default slice".to_string(),
+            };
+            let vms = match n.active_vgpus {
+                Some(0) => "no VM running, can be set".to_string(),
+                Some(1) => "1 vGPU running: NVIDIA allows no change now".to_string(),
+                Some(k) => format!("{k} vGPUs running: NVIDIA allows no change now"),
+                None => "running vGPUs unknown".to_string(),
+            };
+            format!("  NVIDIA's vGPU scheduler: {policy}, {slice} ({vms})")
+        }
+        NvidiaSchedStatus::NotAvailable => {
+            format!("  NVIDIA's vGPU scheduler: not available on this GPU ({reason})")
+        }
+        NvidiaSchedStatus::Unknown => format!("  NVIDIA's vGPU scheduler: unknown ({reason})"),
+    }
 }
 
 fn write_gpu(g: &GpuSched, out: &mut dyn Write) -> Result<()> {
@@ -252,6 +293,9 @@ fn write_gpu(g: &GpuSched, out: &mut dyn Write) -> Result<()> {
         g.counters.priority_writes + g.counters.freeze_writes,
         g.counters.writes_per_second()
     )?;
+    if let Some(n) = &g.nvidia {
+        writeln!(out, "{}", nvidia_text(n))?;
+    }
     if g.vgpus.is_empty() {
         return Ok(());
     }
@@ -382,8 +426,10 @@ mod tests {
                     memory_current: 1 << 30,
                     priority: Some(8),
                 }],
+                nvidia: None,
             }],
             unmapped: Vec::new(),
+            without_nvml: None,
         }
     }
 
@@ -462,6 +508,40 @@ mod tests {
             &mut out,
         )?;
         assert!(String::from_utf8(out)?.contains("No vGPU"));
+        Ok(())
+    }
+
+    #[test]
+    fn show_prints_nvidias_scheduler_under_its_gpu_or_why_there_is_no_nvml() -> Result<()> {
+        let mut s = status();
+        s.gpus[0].nvidia = Some(NvidiaSched {
+            status: NvidiaSchedStatus::VgpuHost,
+            policy: Some("fixed-share".into()),
+            timeslice_us: Some(2000),
+            adaptive: false,
+            active_vgpus: Some(2),
+            reason: None,
+            change: None,
+        });
+        let mut out = Vec::new();
+        write_status(&s, &mut out)?;
+        let text = String::from_utf8(out)?;
+        assert!(
+            text.contains("\n  NVIDIA's vGPU scheduler: fixed-share, slice 2000us (2 vGPUs running: NVIDIA allows no change now)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("without NVML"), "{text}");
+        s.gpus[0].nvidia = None;
+        s.without_nvml = Some("libnvidia-ml.so.1 not found".into());
+        let mut out = Vec::new();
+        write_status(&s, &mut out)?;
+        let text = String::from_utf8(out)?;
+        assert!(
+            text.ends_with(
+                "\nNVIDIA's vGPU scheduler: without NVML (libnvidia-ml.so.1 not found)\n"
+            ),
+            "{text}"
+        );
         Ok(())
     }
 }

@@ -74,6 +74,9 @@ pub struct DetailJson<'a> {
     /// What holds the VM, when the hard fallback does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<&'a str>,
+    /// Framebuffer use NVML reports for the vGPU, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvidia_fb_usage_bytes: Option<u64>,
     /// The kernel device, when the CLI read it itself (no daemon).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<&'a DeviceJson>,
@@ -101,6 +104,7 @@ impl<'a> VgpuJson<'a> {
                 refused_claims: &d.refused_claims,
                 guest: d.guest.as_ref(),
                 held_by: d.held_by.as_deref(),
+                nvidia_fb_usage_bytes: d.nvidia_fb_usage_bytes,
                 device,
             },
         }
