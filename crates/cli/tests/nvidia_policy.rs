@@ -258,6 +258,45 @@ fn while_vms_run_nvidia_allows_no_change_and_the_daemons_policy_is_applied() {
 }
 
 #[test]
+fn on_an_sriov_gpu_policy_set_reaches_nvidias_scheduler_while_no_vm_runs() {
+    if needs_sim("on_an_sriov_gpu_policy_set_reaches_nvidias_scheduler") {
+        return;
+    }
+    // An H100-class host: the GPU is an SR-IOV PF whose vGPUs are VFs, no mdev parent.
+    const PF: &str = "0000:41:00.0";
+    let nvml = NvmlHost::new(&json!({
+        "driver_version": "550.127.06-fake",
+        "gpus": [{"pci": PF, "vgpu_manager": true, "vgpus": []}],
+    }));
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--sriov-gpus", "1"]);
+    let root = sim.root();
+    let _daemon = Daemon::start_with(root, Stdio::null(), |c| {
+        c.arg("--no-libvirt")
+            .arg("--nvml-library")
+            .arg(nvml.library());
+    });
+    let args = ["policy", "set", "equal-share", "--gpu", PF];
+    let text = succeeded(&cli(root, &args), &args);
+    assert!(
+        text.contains(&format!(
+            "NVIDIA's vGPU scheduler on GPU {PF} set; it now runs equal-share"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        nvml.state()["gpus"][0]["scheduler"]["policy"],
+        json!(2),
+        "NVML was asked for equal share (2) on the PF"
+    );
+    let v = json_of(root, &["policy", "show"]);
+    let row = v["policy"]["gpus"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["pci"] == PF).cloned())
+        .unwrap_or_else(|| panic!("policy show lists the PF {PF}: {v}"));
+    assert_eq!(row["nvidia"]["policy"], "equal-share", "{row}");
+}
+
+#[test]
 fn on_a_gpu_without_the_vgpu_manager_nvidias_scheduler_is_not_available() {
     if needs_sim("on_a_gpu_without_the_vgpu_manager") {
         return;

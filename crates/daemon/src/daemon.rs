@@ -348,7 +348,10 @@ impl Daemon {
             self.last_verify = Some(now);
         }
 
-        let new_parents = self.scan_parents(&mut report);
+        let mut new_parents = self.scan_parents(&mut report);
+        if self.first_pass || slow {
+            new_parents.extend(self.scan_pfs(&mut report));
+        }
         if !new_parents.is_empty() && !self.scheduler.file().unmapped.is_empty() {
             // A GPU that registered late (its driver loaded after the daemon started) may
             // be the one a kept-aside policy was stored for.
@@ -407,6 +410,27 @@ impl Daemon {
             }
         }
         report
+    }
+
+    /// The SR-IOV GPUs (PFs) of the host, on the first and each slow pass (they come and go
+    /// with NVIDIA's vGPU manager, not with vGPUs); returns those that appeared.
+    fn scan_pfs(&mut self, report: &mut ReconcileReport) -> BTreeSet<String> {
+        let now: BTreeSet<String> = match self.mdev.pf_addresses() {
+            Ok(a) => a.into_iter().collect(),
+            Err(e) => {
+                report.errors.push(error_chain(&e));
+                return BTreeSet::new();
+            }
+        };
+        let added: BTreeSet<String> = now.difference(&self.observed.pfs).cloned().collect();
+        for gone in self.observed.pfs.difference(&now) {
+            info!(gpu = %gone, "SR-IOV GPU gone");
+        }
+        for pf in &added {
+            info!(gpu = %pf, "SR-IOV GPU found: its vGPUs are VFs");
+        }
+        self.observed.pfs = now;
+        added
     }
 
     fn scan_parents(&mut self, report: &mut ReconcileReport) -> BTreeSet<String> {

@@ -88,6 +88,8 @@ impl GcState {
 pub struct Observed {
     /// Registered mdev parents.
     pub parents: BTreeSet<String>,
+    /// SR-IOV GPUs (PFs) whose vGPUs are VFs: GPUs of the host as much as mdev parents are.
+    pub pfs: BTreeSet<String>,
     /// Live devices by UUID.
     pub devices: BTreeMap<Uuid, ObservedDevice>,
     /// Owner processes by vGPU.
@@ -114,6 +116,7 @@ impl Observed {
         gvm_gcgroup::host_gpus::HostGpus::new(
             self.parents
                 .iter()
+                .chain(self.pfs.iter().filter(|p| !self.parents.contains(*p)))
                 .map(|p| (p.as_str(), self.parent_gpu.get(p).copied())),
         )
     }

@@ -235,6 +235,11 @@ pub trait MdevPort: Send {
     fn pfs(&self) -> PortResult<Vec<PfInfo>> {
         Ok(Vec::new())
     }
+    /// The PCI addresses of the SR-IOV GPUs, without their VFs (the periodic scan's view).
+    /// Default: those of [`Self::pfs`].
+    fn pf_addresses(&self) -> PortResult<Vec<String>> {
+        Ok(self.pfs()?.into_iter().map(|p| p.address).collect())
+    }
     /// Enable `n` VFs on `pf` (`sriov_numvfs`, what `sriov-manage -e` does).
     fn enable_vfs(&self, pf: &str, _n: u32) -> PortResult<()> {
         Err(no_sriov(pf))
@@ -534,6 +539,13 @@ impl MdevPort for SysfsMdev {
                 }
             })
             .collect())
+    }
+
+    fn pf_addresses(&self) -> PortResult<Vec<String>> {
+        self.vgpus
+            .vf()
+            .pf_addresses()
+            .map_err(|e| vf_err("list", "SR-IOV GPUs".to_string(), e))
     }
 
     fn enable_vfs(&self, pf: &str, n: u32) -> PortResult<()> {

@@ -76,6 +76,12 @@ impl VfHost {
 
     /// Every SR-IOV PF with its VFs, sorted by address; empty when there is none.
     pub fn pfs(&self) -> Result<Vec<Pf>> {
+        self.pf_addresses()?.iter().map(|a| self.pf(a)).collect()
+    }
+
+    /// The PCI addresses of the SR-IOV GPUs (PFs), sorted, without reading their VFs: what
+    /// a periodic scan needs to name the host's GPUs.
+    pub fn pf_addresses(&self) -> Result<Vec<String>> {
         let dir = self.host.pci_devices_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -91,7 +97,7 @@ impl VfHost {
         let mut pfs = Vec::new();
         for n in names {
             if self.dev(&n).join("sriov_numvfs").exists() && self.maybe_nvidia(&n)? {
-                pfs.push(self.pf(&n)?);
+                pfs.push(n);
             }
         }
         Ok(pfs)
