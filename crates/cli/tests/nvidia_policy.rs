@@ -297,6 +297,89 @@ fn on_an_sriov_gpu_policy_set_reaches_nvidias_scheduler_while_no_vm_runs() {
 }
 
 #[test]
+fn after_a_reboot_nvml_sets_heterogeneous_mode_and_mixed_sizes_are_restored() {
+    if needs_sim("after_a_reboot_nvml_sets_heterogeneous_mode") {
+        return;
+    }
+    const PF: &str = "0000:41:00.0";
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--sriov-gpus", "1"]);
+    let root = sim.root();
+    // The stand-in NVML drives the sim's mode, as NVML drives the driver's VF tree.
+    let control = root.join("sys/kernel/debug/gvm-sim/control");
+    let nvml = NvmlHost::new(&json!({
+        "driver_version": "550.127.06-fake",
+        "gpus": [{"pci": PF, "vgpu_manager": true, "vgpus": [],
+                  "sim_control": control.display().to_string()}],
+    }));
+    let start = || {
+        Daemon::start_with(root, Stdio::null(), |c| {
+            c.arg("--no-libvirt")
+                .arg("--nvml-library")
+                .arg(nvml.library());
+        })
+    };
+    // As an operator sets the host up: VFs enabled, heterogeneous mode on, two sizes.
+    std::fs::write(
+        sim.host_root()
+            .pci_devices_dir()
+            .join(PF)
+            .join("sriov_numvfs"),
+        "4\n",
+    )
+    .unwrap();
+    sim.control(&format!("vf-heterogeneous {PF} on")).unwrap();
+    let daemon = start();
+    let (big, small) = (
+        "0b5e0000-0000-4000-8000-0000000000b1",
+        "0b5e0000-0000-4000-8000-0000000000b2",
+    );
+    for (uuid, t) in [(big, "H100-40C"), (small, "H100-20C")] {
+        let define = [
+            "define",
+            "--type",
+            t,
+            "--parent",
+            PF,
+            "--uuid",
+            uuid,
+            "--autostart",
+        ];
+        succeeded(&cli(root, &define), &define);
+        succeeded(&cli(root, &["start", uuid]), &["start"]);
+    }
+    // A reboot clears VFs, vGPUs and the mode; the restarted daemon enables the VFs, sets the
+    // mode through NVML and re-creates both sizes.
+    sim.control("vf-reset").unwrap();
+    drop(daemon);
+    let _daemon = start();
+    let list = json_of(root, &["list", "--defined"]);
+    let states: Vec<(String, String)> = list["vgpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["uuid"].as_str().unwrap().to_string(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (big.to_string(), "running".to_string()),
+            (small.to_string(), "running".to_string())
+        ],
+        "{list}"
+    );
+    assert_eq!(
+        nvml.state()["gpus"][0]["heterogeneous"],
+        json!(true),
+        "NVML was asked for heterogeneous mode"
+    );
+}
+
+#[test]
 fn on_a_gpu_without_the_vgpu_manager_nvidias_scheduler_is_not_available() {
     if needs_sim("on_a_gpu_without_the_vgpu_manager") {
         return;

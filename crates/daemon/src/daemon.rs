@@ -695,6 +695,16 @@ impl Daemon {
                 }
             }
         }
+        // Mixed sizes need heterogeneous mode, which enabling the VFs cleared: NVML sets it
+        // where the daemon has NVML; where it cannot, the creations are still tried (another
+        // tool may have set it) and a refusal says why.
+        let mut no_heterogeneous: BTreeMap<String, String> = BTreeMap::new();
+        for pf in p.mixed.iter().filter(|pf| !failed_pfs.contains(*pf)) {
+            if let Err(why) = self.scheduler.nvidia().enable_heterogeneous(pf) {
+                info!(%pf, "heterogeneous vGPU mode not set for the mixed sizes defined there: {why}");
+                no_heterogeneous.insert(pf.clone(), why);
+            }
+        }
         // Each failure is one line of the report, which the initial reconciliation logs.
         for (uuid, why) in &p.refused {
             report.errors.push(format!("restore vGPU {uuid}: {why}"));
@@ -711,18 +721,19 @@ impl Daemon {
                     self.adopt(observed_vf(v), report);
                 }
                 Err(e) => {
-                    let why = if p.mixed.contains(&w.pf) && is_not_creatable(&e) {
-                        format!(
+                    let mixed_refused = p.mixed.contains(&w.pf) && is_not_creatable(&e);
+                    let why = match no_heterogeneous.get(&w.pf) {
+                        Some(nvml) if mixed_refused => format!(
                             "{} ({})",
                             mixed_sizes_message(
                                 &w.pf,
                                 &w.kernel_name,
-                                p.enable.iter().any(|(pf, _)| *pf == w.pf)
+                                p.enable.iter().any(|(pf, _)| *pf == w.pf),
+                                nvml
                             ),
                             error_chain(&e)
-                        )
-                    } else {
-                        error_chain(&e)
+                        ),
+                        _ => error_chain(&e),
                     };
                     report
                         .errors

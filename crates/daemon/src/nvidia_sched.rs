@@ -135,6 +135,32 @@ impl NvidiaScheduler {
         Some(out)
     }
 
+    /// Heterogeneous mode on for the GPU at `pci` (mixed vGPU sizes with placements), for a
+    /// restore whose definitions mix sizes there: `Ok` once NVML set it (or it was on), else
+    /// why it could not be (no NVML, a GPU NVML does not know, NVML's refusal).
+    pub fn enable_heterogeneous(&self, pci: &str) -> Result<(), String> {
+        let gpu = match self.gpu(pci) {
+            None => {
+                return Err(match self.without_nvml() {
+                    Some(why) => format!("without NVML: {why}"),
+                    None => format!("NVML does not know GPU {pci}"),
+                })
+            }
+            Some(Err(e)) => return Err(error_chain(&e)),
+            Some(Ok(gpu)) => gpu,
+        };
+        if gpu.heterogeneous_mode().unwrap_or(false) {
+            return Ok(());
+        }
+        gpu.set_heterogeneous_mode(true)
+            .map_err(|e| error_chain(&e))?;
+        info!(
+            pci,
+            "NVML: heterogeneous vGPU mode set, for the mixed sizes defined there"
+        );
+        Ok(())
+    }
+
     /// Framebuffer bytes NVML reports per running vGPU on the GPUs at `pcis`, by vGPU UUID.
     /// GPUs NVML cannot answer for are left out (their vGPUs have no figure).
     pub fn fb_usage<'a>(&self, pcis: impl IntoIterator<Item = &'a str>) -> BTreeMap<Uuid, u64> {

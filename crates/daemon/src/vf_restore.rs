@@ -6,10 +6,12 @@
 //! vGPUs that need aligned placements get them before small ones fragment the GPU.
 //!
 //! Mixed sizes on one GPU need heterogeneous mode, a setting of the GPU that only NVML
-//! (or `nvidia-smi vgpu`) can make and that re-enabling the VFs clears. The daemon has no NVML,
-//! so a PF whose definitions mix sizes is marked [`RestorePlan::mixed`]: each creation is
-//! still tried (the mode may have been set by another tool), and a refusal of a later size
-//! is reported as "mixed sizes need heterogeneous mode" rather than as a bare driver error.
+//! (or `nvidia-smi vgpu`) can make and that re-enabling the VFs clears. A PF whose
+//! definitions mix sizes is marked [`RestorePlan::mixed`]: the daemon sets the mode there
+//! through NVML (`nvidia_sched.rs`) after enabling the VFs and before creating. Without NVML
+//! (or when NVML refuses) each creation is still tried (the mode may have been set by
+//! another tool), and a refusal of a later size is reported as "mixed sizes need
+//! heterogeneous mode", with why NVML could not set it, rather than as a bare driver error.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,11 +91,12 @@ pub fn plan_restore(
 }
 
 /// Why a creation on a mixed PF was refused: the message the restore reports.
-/// `enabled_now`: the restore enabled the PF's VFs itself, which cleared the mode.
-pub fn mixed_sizes_message(pf: &str, kernel_name: &str, enabled_now: bool) -> String {
+/// `enabled_now`: the restore enabled the PF's VFs itself, which cleared the mode; `nvml`:
+/// why NVML did not set the mode.
+pub fn mixed_sizes_message(pf: &str, kernel_name: &str, enabled_now: bool, nvml: &str) -> String {
     format!(
         "{kernel_name} cannot be created on {pf} beside the other sizes defined there: mixed \
-         sizes on one GPU need heterogeneous mode, which gvm-vgpud cannot set without NVML{}; \
+         sizes on one GPU need heterogeneous mode{}, and gvm-vgpud could not set it ({nvml}); \
          set it (`nvidia-smi vgpu` or NVML's nvmlDeviceSetVgpuHeterogeneousMode) and run \
          `gvm-vgpu start` for this vGPU, or redefine the GPU's vGPUs with one size",
         if enabled_now {

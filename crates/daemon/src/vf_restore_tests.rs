@@ -71,7 +71,10 @@ fn a_missing_pf_refuses_its_vgpus_by_uuid() {
         p.refused[0].1
     );
     assert_eq!(p.create.len(), 1);
-    let told = mixed_sizes_message(PF, "NVIDIA H100-20C", true);
-    assert!(told.contains("NVML") && told.contains("cleared"), "{told}");
-    assert!(!mixed_sizes_message(PF, "NVIDIA H100-20C", false).contains("cleared"));
+    let told = mixed_sizes_message(PF, "NVIDIA H100-20C", true, "without NVML: not found");
+    assert!(
+        told.contains("NVML") && told.contains("cleared") && told.contains("not found"),
+        "{told}"
+    );
+    assert!(!mixed_sizes_message(PF, "NVIDIA H100-20C", false, "x").contains("cleared"));
 }

@@ -442,6 +442,7 @@ mod tests {
             vgpus: vec![],
             log: vec![],
             processes: vec![],
+            sim_control: None,
         }
     }
 

@@ -50,6 +50,13 @@ pub struct FakeGpu {
     /// Utilisation samples of guest processes (`nvmlDeviceGetVgpuProcessUtilization`).
     #[serde(default)]
     pub processes: Vec<FakeProcessSample>,
+    /// The control file of a simulated host (`gvm-vgpu-sim`'s
+    /// `sys/kernel/debug/gvm-sim/control`) serving this GPU's VF tree. On a real host the
+    /// driver's VF tree follows NVML's heterogeneous mode; here a successful mode change also
+    /// writes `vf-heterogeneous <pci> on|off` there, so the two stay one host. A test
+    /// coupling, absent from NVML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_control: Option<String>,
 }
 
 fn default_name() -> String {

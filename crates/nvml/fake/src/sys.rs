@@ -405,9 +405,24 @@ pub unsafe extern "C" fn nvmlDeviceSetVgpuHeterogeneousMode(
     }
     // SAFETY: non-null and readable per this function's contract.
     let m = unsafe { mode.read() };
-    code(change(|h| {
-        calls::set_heterogeneous_mode(calls::gpu_mut(h, handle_index(device))?, &m)
-    }))
+    let mut tell_sim = None;
+    let r = change(|h| {
+        let g = calls::gpu_mut(h, handle_index(device))?;
+        calls::set_heterogeneous_mode(g, &m)?;
+        tell_sim = g.sim_control.clone().map(|path| {
+            let on = if g.heterogeneous { "on" } else { "off" };
+            (path, format!("vf-heterogeneous {} {on}", g.pci))
+        });
+        Ok(())
+    });
+    if let (Ok(()), Some((path, line))) = (&r, tell_sim) {
+        // The simulated host's VF tree follows the mode, as the driver's does (state.rs).
+        if let Err(e) = std::fs::write(&path, line.as_bytes()) {
+            eprintln!("gvm-nvml-fake: cannot tell the simulated host at {path}: {e}");
+            return UNKNOWN;
+        }
+    }
+    code(r)
 }
 
 /// `nvmlDeviceGetActiveVgpus`.
