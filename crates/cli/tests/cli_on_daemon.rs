@@ -42,7 +42,12 @@ const ENV: [&str; 6] = [
 ];
 
 fn cli_command(root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(CLI_BIN);
+    cli_command_of(Path::new(CLI_BIN), root, args)
+}
+
+/// [`cli_command`] running the CLI binary at `bin`.
+fn cli_command_of(bin: &Path, root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
     c.arg("--root").arg(root).args(args);
     for v in ENV {
         c.env_remove(v);
@@ -305,6 +310,8 @@ fn an_unprivileged_user_is_told_permission_denied_not_that_the_daemon_is_not_run
         dir = parent.to_path_buf();
     }
     let sock = d.socket();
+    // `nobody` may not reach the build's binary (a checkout under /root, mode 0700).
+    let bin = gvm_testkit::runnable_by_others(Path::new(CLI_BIN));
     let uuid = Uuid::new_v4().to_string();
     for args in [
         vec!["show", uuid.as_str()],
@@ -315,7 +322,7 @@ fn an_unprivileged_user_is_told_permission_denied_not_that_the_daemon_is_not_run
     ] {
         let o = {
             use std::os::unix::process::CommandExt;
-            cli_command(&d.root, &args)
+            cli_command_of(&bin, &d.root, &args)
                 .uid(65534)
                 .gid(65534)
                 .output()

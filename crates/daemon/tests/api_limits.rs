@@ -141,7 +141,8 @@ impl Flood {
         hammer: Duration,
     ) -> Flood {
         use std::os::unix::process::CommandExt;
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let exe = gvm_testkit::runnable_by_others(&std::env::current_exe().unwrap());
+        let mut child = Command::new(exe)
             .args(["--exact", test, "--nocapture", "--test-threads", "1"])
             .env(FLOOD_SOCKET, socket)
             .env(FLOOD_COUNT, count.to_string())

@@ -292,19 +292,21 @@ fn the_socket_refuses_unprivileged_users() {
     );
     let as_nobody = |path: &std::path::Path| {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "the_socket_refuses_unprivileged_users",
-                "--nocapture",
-            ])
-            .env("GVM_TEST_CONNECT_AS_NOBODY", path)
-            .uid(65534)
-            .gid(65534)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .code()
+        std::process::Command::new(gvm_testkit::runnable_by_others(
+            &std::env::current_exe().unwrap(),
+        ))
+        .args([
+            "--exact",
+            "the_socket_refuses_unprivileged_users",
+            "--nocapture",
+        ])
+        .env("GVM_TEST_CONNECT_AS_NOBODY", path)
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .code()
     };
     // Path permissions refuse first.
     let _ = std::fs::set_permissions(

@@ -76,6 +76,34 @@ fn build_bin(package: &str, bin: &str) {
     );
 }
 
+/// `path` (a built program or library) for a test that runs it as another user: `path`
+/// itself when every directory above it lets others in, else a copy (mode 0755) in a
+/// directory of its own under the temporary directory. A checkout under `/root` (mode 0700 on
+/// Debian) is not another user's to reach. Panics (failing the test) when it cannot copy.
+pub fn runnable_by_others(path: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let others_enter =
+        |d: &Path| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    if path.ancestors().skip(1).all(others_enter) {
+        return path.to_path_buf();
+    }
+    let dir = std::env::temp_dir().join(format!("gvm-test-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a directory for a copy of a test program");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .expect("open it to other users");
+    let name = path.file_name().expect("a program's path has a file name");
+    let copy = dir.join(name);
+    // A copy made by an earlier call in this process may be running: copy beside it, then
+    // rename over it.
+    let fresh = dir.join(format!(".{}.new", name.to_string_lossy()));
+    std::fs::copy(path, &fresh)
+        .unwrap_or_else(|e| panic!("copy {} for another user: {e}", path.display()));
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755))
+        .expect("make the copy runnable by other users");
+    std::fs::rename(&fresh, &copy).expect("put the copy in place");
+    copy
+}
+
 /// `Some(reason)` when this process cannot mount FUSE filesystems (not root, no /dev/fuse).
 pub fn require_root_and_fuse() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
