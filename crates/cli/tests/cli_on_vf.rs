@@ -399,3 +399,37 @@ fn defined_vf_vgpus_are_restored_after_a_reboot() {
     let text = std::fs::read_to_string(&log_path).unwrap();
     assert!(!text.contains("restore vGPU"), "{text}");
 }
+
+#[test]
+fn after_a_reboot_the_record_of_a_gone_transient_vf_vgpu_frees_its_vf() {
+    if skip(
+        "after_a_reboot_the_record_of_a_gone_transient_vf_vgpu_frees_its_vf",
+        require_root_and_fuse(),
+    ) {
+        return;
+    }
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--sriov-gpus", "1"]);
+    let root = sim.root();
+    enable_vfs(&sim, 4);
+    // Made by the CLI and never defined: only its record knows it.
+    let transient = "0b5e0000-0000-4000-8000-00000000000f";
+    ok(root, &["create", "--type", "H100-80C", "--uuid", transient]);
+    let record = root.join(format!("etc/gvm-vgpu/vf-vgpus/{transient}.json"));
+    assert!(record.exists(), "create records the VF vGPU");
+    // A reboot takes the VFs and the vGPU; the daemon's start drops the record, so the VF
+    // (and the GPU's whole framebuffer) is free for a new vGPU.
+    sim.control("vf-reset").unwrap();
+    let log_path = root.join("gvm-vgpud.log");
+    let _daemon = support::Daemon::start_logging(root, std::fs::File::create(&log_path).unwrap());
+    assert!(
+        support::wait_up_to(std::time::Duration::from_secs(10), || !record.exists()),
+        "the gone vGPU's record was dropped at start"
+    );
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("dropped the record of a VF vGPU that is gone"),
+        "{text}"
+    );
+    enable_vfs(&sim, 4);
+    ok(root, &["create", "--type", "H100-80C"]);
+}

@@ -636,6 +636,19 @@ impl Daemon {
     /// the VFs of its GPU first where needed, largest first ([`crate::vf_restore`]); each
     /// vGPU that cannot be restored gets its own line in `report.errors`, naming it.
     fn restore_vf_vgpus(&mut self, report: &mut ReconcileReport) {
+        // Records of VF vGPUs nobody defined whose VF holds nothing now (a reboot): they
+        // would keep their VFs reserved for vGPUs that are gone.
+        let defined: BTreeSet<Uuid> = self.desired.definitions.keys().copied().collect();
+        match self.mdev.prune_gone_vf_records(&defined) {
+            Ok(gone) => {
+                for uuid in gone {
+                    info!(%uuid, "dropped the record of a VF vGPU that is gone (its VF holds no vGPU: a reboot, or another tool removed it); the VF is free again");
+                }
+            }
+            Err(e) => report
+                .errors
+                .push(format!("restore VF vGPUs: {}", error_chain(&e))),
+        }
         let defs: Vec<&gvm_proto::Definition> = self
             .desired
             .definitions

@@ -254,6 +254,14 @@ pub trait MdevPort: Send {
     fn drop_vf_record(&self, _uuid: Uuid) -> PortResult<()> {
         Ok(())
     }
+    /// Drop the records of VF vGPUs whose VF holds no vGPU any more, except `keep`'s (the
+    /// defined ones, which the restore handles); returns the dropped UUIDs. Default: none.
+    fn prune_gone_vf_records(
+        &self,
+        _keep: &std::collections::BTreeSet<Uuid>,
+    ) -> PortResult<Vec<Uuid>> {
+        Ok(Vec::new())
+    }
     /// The GVM GPU index of a parent (the `gpu` of its gcgroups), `None` when it cannot
     /// be told. The default numbers PCI parents in probe order (see
     /// [`fallback_gpu_index`]); [`SysfsMdev`] prefers the parent's `gvm_uvm_index` file.
@@ -568,6 +576,17 @@ impl MdevPort for SysfsMdev {
                 gvm_vgpu_host::Error::NotFound { uuid },
             )
         })
+    }
+
+    fn prune_gone_vf_records(
+        &self,
+        keep: &std::collections::BTreeSet<Uuid>,
+    ) -> PortResult<Vec<Uuid>> {
+        self.vgpus
+            .records()
+            .prune_gone(|u| keep.contains(u))
+            .map(|gone| gone.into_iter().map(|a| a.uuid).collect())
+            .map_err(|e| vf_err("prune", "the VF vGPU records".to_string(), e))
     }
 
     fn drop_vf_record(&self, uuid: Uuid) -> PortResult<()> {

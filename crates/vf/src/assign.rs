@@ -127,6 +127,30 @@ impl Assignments {
         write().map_err(|source| Error::Write { path, source })
     }
 
+    /// Drop the records whose VF holds no vGPU any more (VFs disabled by a reboot, or the
+    /// vGPU removed by another tool), except those `keep` names; returns the dropped ones.
+    /// Nothing is written to a VF. A record whose VF holds another type is kept: that VF
+    /// is in use, and the record says by whom it was meant to be.
+    pub fn prune_gone(&self, keep: impl Fn(&Uuid) -> bool) -> Result<Vec<Assignment>> {
+        let mut dropped = Vec::new();
+        for a in self.list()? {
+            if keep(&a.uuid) {
+                continue;
+            }
+            let found = match self.vf.vf_state(&a.vf) {
+                Ok(st) => st.current,
+                Err(Error::VfGone { .. }) => 0,
+                Err(e) => return Err(e),
+            };
+            if found == 0 {
+                let path = self.path(&a.uuid);
+                fs::remove_file(&path).map_err(|source| Error::Write { path, source })?;
+                dropped.push(a);
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Remove vGPU `uuid`: compare the VF with the record, write `0` only if it still holds
     /// the recorded type, then drop the record. A VF that already holds no vGPU (e.g. after a
     /// reboot) just drops the record.
