@@ -380,6 +380,67 @@ fn after_a_reboot_nvml_sets_heterogeneous_mode_and_mixed_sizes_are_restored() {
 }
 
 #[test]
+fn a_vf_vgpus_framebuffer_is_found_by_its_vm_when_nvidia_names_the_vgpu_its_own_way() {
+    if needs_sim("a_vf_vgpus_framebuffer_is_found_by_its_vm") {
+        return;
+    }
+    const PF: &str = "0000:41:00.0";
+    const DOMAIN_UUID: &str = "1f1e7b2a-0000-4000-8000-0000000000d1";
+    let sim = SimHost::start_with(SimModel::GvmSim, 1, &["--sriov-gpus", "1"]);
+    let root = sim.root();
+    std::fs::write(
+        sim.host_root()
+            .pci_devices_dir()
+            .join(PF)
+            .join("sriov_numvfs"),
+        "4\n",
+    )
+    .unwrap();
+    let uuid = "0b5e0000-0000-4000-8000-0000000000c1";
+    let made = json_of(root, &["create", "--type", "H100-20C", "--uuid", uuid]);
+    let vf = made["vgpu"]["vf"].as_str().expect("a VF vGPU").to_string();
+    // A running domain holding the VF, as libvirt's status file shows it.
+    let (bus, rest) = vf["0000:".len()..].split_once(':').unwrap();
+    let (slot, function) = rest.split_once('.').unwrap();
+    let status_dir = root.join("run/libvirt/qemu");
+    std::fs::create_dir_all(&status_dir).unwrap();
+    std::fs::write(
+        status_dir.join("vm1.xml"),
+        format!(
+            "<domstatus state='running' pid='1'><domain type='kvm'><name>vm1</name>\
+             <uuid>{DOMAIN_UUID}</uuid><devices><hostdev mode='subsystem' type='pci' \
+             managed='no'><source><address domain='0x0000' bus='0x{bus}' slot='0x{slot}' \
+             function='0x{function}'/></source><alias name='ua-gvm-{uuid}'/></hostdev>\
+             </devices></domain></domstatus>"
+        ),
+    )
+    .unwrap();
+    // NVIDIA's vGPU manager names the vGPU by a UUID of its own, and the VM by the domain's.
+    let nvml = NvmlHost::new(&json!({
+        "driver_version": "550.127.06-fake",
+        "gpus": [{"pci": PF, "vgpu_manager": true, "vgpus": [{
+            "instance": 3,
+            "uuid": "7e57ab1e-0000-4000-8000-0000000000e1",
+            "vm_id": DOMAIN_UUID,
+            "fb_usage": 2u64 << 30,
+        }]}],
+    }));
+    let _daemon = Daemon::start_with(root, Stdio::null(), |c| {
+        c.arg("--no-libvirt")
+            .arg("--nvml-library")
+            .arg(nvml.library());
+    });
+    let mut shown = Value::Null;
+    assert!(
+        wait_up_to(std::time::Duration::from_secs(10), || {
+            shown = json_of(root, &["show", uuid]);
+            shown["vgpu"]["nvidia_fb_usage_bytes"] == json!(2u64 << 30)
+        }),
+        "show reports NVML's framebuffer figure of the domain's one vGPU: {shown}"
+    );
+}
+
+#[test]
 fn on_a_gpu_without_the_vgpu_manager_nvidias_scheduler_is_not_available() {
     if needs_sim("on_a_gpu_without_the_vgpu_manager") {
         return;

@@ -192,7 +192,15 @@ impl Daemon {
         }
         let mut text = crate::metrics::render(&infos);
         let parents: BTreeSet<&str> = infos.iter().map(|i| i.parent.as_str()).collect();
-        let fb = self.scheduler.nvidia().fb_usage(parents);
+        let instances = self.scheduler.nvidia().fb_usage(parents);
+        let fb: std::collections::BTreeMap<Uuid, u64> = infos
+            .iter()
+            .filter_map(|i| {
+                let domain = self.resolver.domain_uuid_of(&i.uuid);
+                crate::nvidia_sched::fb_usage_of(&instances, &i.uuid, &i.parent, domain)
+                    .map(|b| (i.uuid, b))
+            })
+            .collect();
         text.push_str(&crate::metrics::render_nvidia_fb(&infos, &fb));
         text.push_str(&self.guest_metrics());
         text
@@ -393,8 +401,9 @@ impl Daemon {
             },
             held_by: self.fallback.mechanism(uuid),
             nvidia_fb_usage_bytes: self.observed.devices.get(uuid).and_then(|d| {
-                let fb = self.scheduler.nvidia().fb_usage([d.parent.as_str()]);
-                fb.get(uuid).copied()
+                let instances = self.scheduler.nvidia().fb_usage([d.parent.as_str()]);
+                let domain = self.resolver.domain_uuid_of(uuid);
+                crate::nvidia_sched::fb_usage_of(&instances, uuid, &d.parent, domain)
             }),
         }
     }

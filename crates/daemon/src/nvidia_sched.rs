@@ -20,7 +20,6 @@
 //! are unit-tested here; the daemon against the stand-in library in
 //! `crates/cli/tests/nvidia_policy.rs`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use gvm_error_chain::error_chain;
@@ -161,10 +160,11 @@ impl NvidiaScheduler {
         Ok(())
     }
 
-    /// Framebuffer bytes NVML reports per running vGPU on the GPUs at `pcis`, by vGPU UUID.
-    /// GPUs NVML cannot answer for are left out (their vGPUs have no figure).
-    pub fn fb_usage<'a>(&self, pcis: impl IntoIterator<Item = &'a str>) -> BTreeMap<Uuid, u64> {
-        let mut out = BTreeMap::new();
+    /// The running vGPU instances NVML reports on the GPUs at `pcis`, with their framebuffer
+    /// use, for [`fb_usage_of`]. GPUs NVML cannot answer for are left out (their vGPUs have
+    /// no figure).
+    pub fn fb_usage<'a>(&self, pcis: impl IntoIterator<Item = &'a str>) -> Vec<FbInstance> {
+        let mut out = Vec::new();
         for pci in pcis {
             let Some(Ok(gpu)) = self.gpu(pci) else {
                 continue;
@@ -172,13 +172,55 @@ impl NvidiaScheduler {
             let Ok(instances) = gpu.vgpu_instances() else {
                 continue;
             };
-            for i in instances {
-                if let Ok(uuid) = Uuid::parse_str(i.uuid.trim()) {
-                    out.insert(uuid, i.fb_usage_bytes);
-                }
-            }
+            out.extend(instances.into_iter().map(|i| FbInstance {
+                pci: pci.to_string(),
+                vgpu_uuid: Uuid::parse_str(i.uuid.trim()).ok(),
+                vm_uuid: match i.vm_id_kind {
+                    gvm_nvml::VmIdKind::Uuid => Uuid::parse_str(i.vm_id.trim()).ok(),
+                    gvm_nvml::VmIdKind::Domain => None,
+                },
+                bytes: i.fb_usage_bytes,
+            }));
         }
         out
+    }
+}
+
+/// One running vGPU instance as NVML names it, with its framebuffer use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FbInstance {
+    /// The GPU it runs on.
+    pub pci: String,
+    /// NVML's vGPU UUID (`nvmlVgpuInstanceGetUUID`).
+    pub vgpu_uuid: Option<Uuid>,
+    /// The VM's UUID, when NVML gives the VM ID as one (libvirt's domain UUID on KVM).
+    pub vm_uuid: Option<Uuid>,
+    /// Framebuffer bytes the VM uses (`nvmlVgpuInstanceGetFbUsage`).
+    pub bytes: u64,
+}
+
+/// The framebuffer use of vGPU `vgpu` on GPU `pci`, held by the domain whose UUID is
+/// `domain`, among NVML's `instances`. NVML names a vGPU by a UUID of NVIDIA's own, which is
+/// the mdev UUID on mdev hosts but not gvm-vgpu's UUID of a VF vGPU, so: NVML's vGPU UUID when
+/// it is ours, else the one instance on that GPU whose VM is the domain holding the vGPU.
+/// `None` when neither matches, or when the domain runs several vGPUs on that GPU (NVML's
+/// figure could be any of them).
+pub fn fb_usage_of(
+    instances: &[FbInstance],
+    vgpu: &Uuid,
+    pci: &str,
+    domain: Option<Uuid>,
+) -> Option<u64> {
+    if let Some(i) = instances.iter().find(|i| i.vgpu_uuid == Some(*vgpu)) {
+        return Some(i.bytes);
+    }
+    let domain = domain?;
+    let mut of_vm = instances
+        .iter()
+        .filter(|i| i.pci == pci && i.vm_uuid == Some(domain));
+    match (of_vm.next(), of_vm.next()) {
+        (Some(i), None) => Some(i.bytes),
+        _ => None,
     }
 }
 
@@ -281,6 +323,46 @@ pub fn running_text(s: &NvidiaSched) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framebuffer_use_is_matched_by_nvidias_vgpu_uuid_else_by_the_one_vgpu_of_the_vm() {
+        let (vgpu, vm, other_vm) = (Uuid::from_u128(1), Uuid::from_u128(10), Uuid::from_u128(11));
+        let gpu = "0000:41:00.0";
+        let inst = |vgpu_uuid: Option<Uuid>, vm_uuid: Option<Uuid>, bytes: u64| FbInstance {
+            pci: gpu.into(),
+            vgpu_uuid,
+            vm_uuid,
+            bytes,
+        };
+        // NVML's vGPU UUID is ours (an mdev host): that instance, whatever the domain.
+        let by_uuid = [
+            inst(Some(Uuid::from_u128(99)), Some(vm), 5),
+            inst(Some(vgpu), None, 7),
+        ];
+        assert_eq!(fb_usage_of(&by_uuid, &vgpu, gpu, None), Some(7));
+        // A VF vGPU: NVIDIA's UUID is its own; the VM's one instance on that GPU.
+        let nvidia_own = [
+            inst(Some(Uuid::from_u128(99)), Some(other_vm), 5),
+            inst(Some(Uuid::from_u128(98)), Some(vm), 3),
+        ];
+        assert_eq!(fb_usage_of(&nvidia_own, &vgpu, gpu, Some(vm)), Some(3));
+        assert_eq!(
+            fb_usage_of(&nvidia_own, &vgpu, gpu, None),
+            None,
+            "no domain known"
+        );
+        assert_eq!(
+            fb_usage_of(&nvidia_own, &vgpu, "0000:42:00.0", Some(vm)),
+            None,
+            "the VM's vGPU on another GPU is not this one"
+        );
+        // Two vGPUs of one VM on one GPU: NVML's figures cannot be told apart.
+        let two = [
+            inst(Some(Uuid::from_u128(98)), Some(vm), 3),
+            inst(Some(Uuid::from_u128(97)), Some(vm), 4),
+        ];
+        assert_eq!(fb_usage_of(&two, &vgpu, gpu, Some(vm)), None);
+    }
     use gvm_nvml::{ArrMode, SchedulerPolicy, SliceSetting};
 
     fn state(policy: SchedulerPolicy, arr: ArrMode, timeslice_ns: u32) -> SchedulerState {

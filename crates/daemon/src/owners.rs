@@ -140,6 +140,8 @@ pub struct Domain {
     pub pid: Option<u32>,
     /// vGPUs its XML names.
     pub uuids: Vec<Uuid>,
+    /// The domain's own UUID (what NVML reports as a KVM VM's ID).
+    pub domain_uuid: Option<Uuid>,
 }
 
 /// The vGPUs one process owns and the rule that tied it to them.
@@ -200,6 +202,14 @@ impl Resolver {
             .iter()
             .find(|d| d.uuids.contains(uuid))
             .map(|d| d.name.as_str())
+    }
+
+    /// The UUID of the running domain holding `uuid`, if any.
+    pub fn domain_uuid_of(&self, uuid: &Uuid) -> Option<Uuid> {
+        self.domains
+            .iter()
+            .find(|d| d.uuids.contains(uuid))
+            .and_then(|d| d.domain_uuid)
     }
 
     /// Re-read libvirt's run directory if it changed; true when it did.
@@ -324,19 +334,23 @@ fn read_domains(dir: &Path) -> Vec<Domain> {
             name: name.to_string(),
             pid: None,
             uuids: Vec::new(),
+            domain_uuid: None,
         });
         if is_pid {
             d.pid = fs::read_to_string(entry.path())
                 .ok()
                 .and_then(|t| t.trim().parse().ok());
         } else if let Ok(xml) = fs::read_to_string(entry.path()) {
-            d.uuids = match domain_xml::parse_status_file(&xml) {
-                Ok(info) => info.vgpus(),
+            match domain_xml::parse_status_file(&xml) {
+                Ok(info) => {
+                    d.uuids = info.vgpus();
+                    d.domain_uuid = info.uuid;
+                }
                 Err(e) => {
                     debug!(domain = name, "cannot read the live domain XML: {e}");
-                    Vec::new()
+                    d.uuids = Vec::new();
                 }
-            };
+            }
         }
     }
     by_name.into_values().collect()
