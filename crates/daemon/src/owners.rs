@@ -223,7 +223,12 @@ impl Resolver {
             return false;
         }
         self.libvirt_stamp = stamp;
-        let domains = read_domains(&dir);
+        // A hand-written VF hostdev (no `ua-gvm-<uuid>` alias) is tied by the one record of
+        // its VF; records that cannot be read tie nothing.
+        let records = gvm_vf::Assignments::new(gvm_vf::VfHost::new(self.host.clone()))
+            .list()
+            .unwrap_or_default();
+        let domains = read_domains(&dir, &records);
         let changed = domains != self.domains;
         self.domains = domains;
         if changed {
@@ -316,7 +321,7 @@ fn holds_node(target: &Path, node: &Path) -> bool {
     Path::new(text.strip_suffix(" (deleted)").unwrap_or(&text)) == node
 }
 
-fn read_domains(dir: &Path) -> Vec<Domain> {
+fn read_domains(dir: &Path, vf_records: &[gvm_vf::Assignment]) -> Vec<Domain> {
     let mut by_name: BTreeMap<String, Domain> = BTreeMap::new();
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
@@ -342,7 +347,8 @@ fn read_domains(dir: &Path) -> Vec<Domain> {
                 .and_then(|t| t.trim().parse().ok());
         } else if let Ok(xml) = fs::read_to_string(entry.path()) {
             match domain_xml::parse_status_file(&xml) {
-                Ok(info) => {
+                Ok(mut info) => {
+                    info.bind_vf_records(vf_records);
                     d.uuids = info.vgpus();
                     d.domain_uuid = info.uuid;
                 }
@@ -486,6 +492,43 @@ mod tests {
             u.and_then(|u| r.domain_of(&u).map(str::to_string))
                 .as_deref(),
             Some("vm1")
+        );
+    }
+
+    #[test]
+    fn a_hand_written_vf_hostdev_is_tied_to_its_vfs_one_record_and_its_domain_uuid_kept() {
+        let Ok(d) = tempfile::tempdir() else { return };
+        let host = HostRoot::new(d.path()).with_proc_dir(d.path().join("proc"));
+        // The manager's record of a VF vGPU on VF 0000:41:00.4 (crates/vf's format).
+        let records = host.config_dir().join("vf-vgpus");
+        assert!(fs::create_dir_all(&records).is_ok());
+        let record = format!(
+            "{{\"uuid\":\"{U}\",\"pf\":\"0000:41:00.0\",\"vf\":\"0000:41:00.4\",\
+             \"type_id\":1047,\"type_name\":\"NVIDIA H100-20C\"}}"
+        );
+        assert!(fs::write(records.join(format!("{U}.json")), record).is_ok());
+        let lv = host.libvirt_run_dir();
+        assert!(fs::create_dir_all(&lv).is_ok());
+        let dom = "1f1e7b2a-0000-4000-8000-0000000000d1";
+        // The VF as an operator writes it by hand: a PCI hostdev, no gvm alias.
+        let xml = format!(
+            "<domstatus state='running'><domain><name>vm2</name><uuid>{dom}</uuid><devices>\
+             <hostdev mode='subsystem' type='pci' managed='no'><source><address \
+             domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source></hostdev>\
+             </devices></domain></domstatus>"
+        );
+        assert!(fs::write(lv.join("vm2.xml"), xml).is_ok());
+        let mut r = Resolver::new(host);
+        assert!(r.refresh_libvirt());
+        let u = Uuid::try_parse(U).ok();
+        assert_eq!(
+            u.and_then(|u| r.domain_of(&u).map(str::to_string))
+                .as_deref(),
+            Some("vm2")
+        );
+        assert_eq!(
+            u.and_then(|u| r.domain_uuid_of(&u)),
+            Uuid::try_parse(dom).ok()
         );
     }
 }
