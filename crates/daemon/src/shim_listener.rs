@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gvm_host_root::HostRoot;
+use gvm_shim_abi::register::MAX_HANDED_BACK;
 use gvm_shim_abi::sys::{recv_with_fds, send_bytes, send_with_fds};
 use gvm_shim_host::handover::Refusal;
 use gvm_shim_host::handover::{
@@ -206,8 +207,8 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), v: &Value) -> bool {
 }
 
 /// Read one request line (at most [`MAX_LINE`] bytes, newline included) from `stream`, and
-/// the descriptors that came with its first bytes (the control block, then an arbitration
-/// block handed back; any more are closed). Bytes after the newline are dropped (a shim sends
+/// the descriptors that came with its first bytes (the control block, then the arbitration
+/// blocks handed back, at most [`MAX_HANDED_BACK`]; any more are closed). Bytes after the newline are dropped (a shim sends
 /// nothing before the reply); so are descriptors that come later.
 async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), Refusal> {
     let mut line = Vec::with_capacity(512);
@@ -221,7 +222,9 @@ async fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), Re
             .readable()
             .await
             .map_err(|e| refuse("request", format!("read failed: {e}")))?;
-        let got = stream.try_io(Interest::READABLE, || recv_with_fds(stream.as_fd(), buf, 2));
+        let got = stream.try_io(Interest::READABLE, || {
+            recv_with_fds(stream.as_fd(), buf, 1 + MAX_HANDED_BACK)
+        });
         let (n, fd) = match got {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -287,36 +290,19 @@ fn join_relay(
     host: &HostRoot,
     peer: Peer,
     reg: &Registration,
-    back: Option<OwnedFd>,
+    back: Vec<OwnedFd>,
     reply: &mut Value,
 ) -> Vec<Arc<gvm_shim_abi::priority::ArbiterMap>> {
     let domain = DomainKey::Host {
         uid: peer.uid,
         pid_ns: pid_namespace(host, peer.pid).unwrap_or(0),
     };
-    let gpus: Vec<String> = reg.gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
-    let handed = reg.arbiter_back.clone().zip(back);
-    let mut names = Vec::new();
-    let mut blocks = Vec::new();
-    for (pci, got) in hub.join(peer.pid, reg.ns_pid, domain, &gpus, handed) {
-        match got {
-            Ok(b) if b.fd().is_some() => {
-                names.push(pci);
-                blocks.push(b);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                debug!(pid = peer.pid, "no relayed arbitration block: {e}");
-                if let Some(o) = reply.as_object_mut() {
-                    o.insert("arbiter_note".into(), Value::String(e.to_string()));
-                }
-            }
-        }
+    let h = hub.join_registration(peer.pid, reg, domain, back);
+    if let Some(n) = &h.note {
+        debug!(pid = peer.pid, "no relayed arbitration block: {n}");
     }
-    if let Some(o) = reply.as_object_mut() {
-        o.insert("arbiters".into(), Value::String(names.join(",")));
-    }
-    blocks
+    RelayHub::reply_with(&h, reply);
+    h.blocks
 }
 
 async fn connection(
@@ -351,7 +337,7 @@ async fn connection(
                 let mut fds = fds.into_iter();
                 let control = fds.next();
                 let (r, mut reply) = register(&h, &reg, peer, id, &line, control)?;
-                let blocks = join_relay(&hub, &h, peer, &r, fds.next(), &mut reply);
+                let blocks = join_relay(&hub, &h, peer, &r, fds.collect(), &mut reply);
                 Ok((r, reply, blocks))
             })
             .await

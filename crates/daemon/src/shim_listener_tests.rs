@@ -78,33 +78,50 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
         version: PROTOCOL_VERSION,
         pid: me,
         control: MEMFD_CONTROL.into(),
-        gpus: vec![GpuId {
-            ordinal: 0,
-            pci_bus_id: "0000:3B:00.0".into(),
-        }],
+        gpus: vec![
+            GpuId {
+                ordinal: 0,
+                pci_bus_id: "0000:3B:00.0".into(),
+            },
+            GpuId {
+                ordinal: 1,
+                pci_bus_id: "0000:AF:00.0".into(),
+            },
+        ],
         vgpu_uuid: None,
-        arbiter: None,
+        arbiters: Vec::new(),
     };
     let (s2, r2, b2) = (sock.clone(), request.clone(), block.clone());
     let registered = tokio::task::spawn_blocking(move || {
-        connect_and_register(&s2, &r2, b2.fd().unwrap(), None, Duration::from_secs(2))
+        connect_and_register(&s2, &r2, b2.fd().unwrap(), &[], Duration::from_secs(2))
     })
     .await
     .unwrap()
     .unwrap();
     assert!(registered.reply.ok);
-    // Its domain's arbitration block came with the reply, as a sealed memfd.
-    assert_eq!(registered.reply.arbiters, ["0000:3b:00.0"]);
-    let (pci, fd) = registered.arbiters.first().expect("one block");
-    assert_eq!(pci, "0000:3b:00.0");
-    let arb = gvm_shim_abi::priority::ArbiterMap::from_handed_fd(fd.try_clone().unwrap())
-        .expect("a sealed arbitration block");
+    // Its domain's arbitration block of each GPU came with the reply, as a sealed memfd.
+    assert_eq!(registered.reply.arbiters, ["0000:3b:00.0", "0000:af:00.0"]);
+    let handed: Vec<_> = registered
+        .arbiters
+        .iter()
+        .map(|(pci, fd)| {
+            let m = gvm_shim_abi::priority::ArbiterMap::from_handed_fd(fd.try_clone().unwrap())
+                .expect("a sealed arbitration block");
+            (pci.clone(), m)
+        })
+        .collect();
+    assert_eq!(handed[0].0, "0000:3b:00.0");
+    assert_ne!(
+        handed[0].1.file_id(),
+        handed[1].1.file_id(),
+        "one block per GPU"
+    );
     let backend = ShimBackend::new(host.clone(), reg.clone(), Arc::new(GatingModes::new()));
     assert_eq!(backend.processes().unwrap(), vec![me]);
     assert_eq!(
         backend.gpus(me).unwrap(),
         vec![0],
-        "no mdev parent: the ordinal"
+        "no mdev parent: the first GPU's ordinal"
     );
     assert_eq!(
         reg.get(me).map(|r| r.file_id),
@@ -114,32 +131,34 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
     backend.set_frozen(me, 0, true).unwrap();
     assert_eq!(block.block().frozen.load(Ordering::Acquire), 1);
 
-    // Registering again (as after a daemon restart) handing the block back keeps it.
+    // Registering again (as after a daemon restart) handing both blocks back, in the other
+    // order, keeps each on its GPU.
     let mut again = request.clone();
-    again.arbiter = Some("0000:3b:00.0".into());
-    let back = arb.fd().unwrap().try_clone_to_owned().unwrap();
+    again.arbiters = vec!["0000:af:00.0".into(), "0000:3b:00.0".into()];
+    let back: Vec<OwnedFd> = handed
+        .iter()
+        .rev()
+        .map(|(_, m)| m.fd().unwrap().try_clone_to_owned().unwrap())
+        .collect();
     let (s4, b4) = (sock.clone(), block.clone());
     let second = tokio::task::spawn_blocking(move || {
-        connect_and_register(
-            &s4,
-            &again,
-            b4.fd().unwrap(),
-            Some(back.as_fd()),
-            Duration::from_secs(2),
-        )
+        let fds: Vec<_> = back.iter().map(|f| f.as_fd()).collect();
+        connect_and_register(&s4, &again, b4.fd().unwrap(), &fds, Duration::from_secs(2))
     })
     .await
     .unwrap()
     .unwrap();
-    let same = gvm_shim_abi::priority::ArbiterMap::from_handed_fd(
-        second.arbiters[0].1.try_clone().unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        same.file_id(),
-        arb.file_id(),
-        "one block per domain and GPU"
-    );
+    assert_eq!(second.arbiters.len(), 2);
+    for ((pci, fd), (was_pci, was)) in second.arbiters.iter().zip(&handed) {
+        let same =
+            gvm_shim_abi::priority::ArbiterMap::from_handed_fd(fd.try_clone().unwrap()).unwrap();
+        assert_eq!(pci, was_pci);
+        assert_eq!(
+            same.file_id(),
+            was.file_id(),
+            "one block per domain and GPU"
+        );
+    }
     drop(second);
 
     // Another pid's claim on the same socket is refused, naming the field.
@@ -147,7 +166,7 @@ async fn a_registered_process_is_listed_and_dropped_at_end_of_file() {
     lie.pid = me + 1;
     let (s3, b3) = (sock.clone(), block.clone());
     let e = tokio::task::spawn_blocking(move || {
-        connect_and_register(&s3, &lie, b3.fd().unwrap(), None, Duration::from_secs(2))
+        connect_and_register(&s3, &lie, b3.fd().unwrap(), &[], Duration::from_secs(2))
     })
     .await
     .unwrap()

@@ -21,7 +21,6 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Once;
 use std::time::Duration;
 
 use gvm_host_root::HostRoot;
@@ -317,9 +316,6 @@ pub struct Participant {
     pub in_progress: AtomicU32,
     /// When the last launch call began (monotonic ns).
     pub last_launch_ns: AtomicU64,
-    helper: Once,
-    /// Futex word the helper sleeps on while idle.
-    pub helper_wake: AtomicU32,
 }
 
 impl Participant {
@@ -335,8 +331,6 @@ impl Participant {
             launch_seq: AtomicU64::new(0),
             in_progress: AtomicU32::new(0),
             last_launch_ns: AtomicU64::new(0),
-            helper: Once::new(),
-            helper_wake: AtomicU32::new(0),
         })
     }
 
@@ -396,17 +390,15 @@ impl Participant {
     }
 
     /// Publish busy for a launch about to go to the driver; pair with [`Self::launch_done`].
+    /// Returns whether the slot was idle until now (the caller then wakes the helper that
+    /// will clear busy again).
     #[inline]
-    pub fn launch_begins(&self) {
+    pub fn launch_begins(&self) -> bool {
         self.launch_seq.fetch_add(1, Ordering::SeqCst);
         self.in_progress.fetch_add(1, Ordering::SeqCst);
         self.last_launch_ns
             .store(ffi::monotonic_ns(), Ordering::Release);
-        let was = self.block().set_busy(self.slot, true, &RealEnv);
-        if !was {
-            self.helper_wake.fetch_add(1, Ordering::Release);
-            ffi::futex_wake(&self.helper_wake);
-        }
+        !self.block().set_busy(self.slot, true, &RealEnv)
     }
 
     /// The launch call begun with [`Self::launch_begins`] returned (and its event, if any,
@@ -419,12 +411,6 @@ impl Participant {
     /// Whether this process publishes busy now.
     pub fn is_busy(&self) -> bool {
         self.block().slots[self.slot].busy.load(Ordering::Acquire) != 0
-    }
-
-    /// Start the helper thread once (`body` runs on it for the process's life); `on_error`
-    /// hears why it could not be started (busy then clears only when peers find it stale).
-    pub fn ensure_helper(&self, body: fn(), on_error: impl FnOnce(std::io::Error)) {
-        ffi::spawn_once(&self.helper, "gvm-arbiter", body, on_error);
     }
 
     /// One helper step while busy: clear busy if the work is done (`all_done()` says so),
@@ -499,7 +485,10 @@ mod tests {
             .expect("slot");
         assert!(hi.role(0).has_lower && !hi.role(0).has_higher);
         assert!(lo.role(8).has_higher);
-        hi.launch_begins();
+        assert!(
+            hi.launch_begins(),
+            "idle until now: the helper is to be woken"
+        );
         assert!(
             lo.block().higher_busy(8),
             "the other mapping sees busy at once"

@@ -107,11 +107,20 @@ pub struct Request {
     pub gpus: Vec<GpuId>,
     /// `GVM_VGPU_UUID`, when set (informational: ownership follows the daemon's rules).
     pub vgpu_uuid: Option<String>,
-    /// The PCI bus id of the GPU whose arbitration block (one a daemon handed over earlier)
-    /// travels back as the request's second descriptor: after a daemon restart, the new
-    /// daemon takes the block the process's domain already shares instead of splitting it.
-    pub arbiter: Option<String>,
+    /// The PCI bus ids of the GPUs whose arbitration blocks (ones a daemon handed over
+    /// earlier) travel back as the request's descriptors after the control block's, in this
+    /// order: after a daemon restart, the new daemon takes the blocks the process's domain
+    /// already shares instead of splitting it. At most [`MAX_HANDED_BACK`]. On the wire one
+    /// is `"arbiter":"<pci>"` (what every daemon of protocol 2 reads) and several are
+    /// `"arbiters":["<pci>",...]`.
+    pub arbiters: Vec<String>,
 }
+
+/// The most arbitration blocks one request hands back, and one reply hands over (one per
+/// GPU; a request's control block descriptor comes first, so it carries at most
+/// `1 + MAX_HANDED_BACK`, within [`sys::MAX_RECEIVED_FDS`]).
+pub const MAX_HANDED_BACK: usize = 8;
+const _: () = assert!(MAX_HANDED_BACK < sys::MAX_RECEIVED_FDS);
 
 /// `s` as a JSON string literal.
 fn json_string(s: &str) -> String {
@@ -147,10 +156,14 @@ impl Request {
             .vgpu_uuid
             .as_deref()
             .map_or_else(|| "null".to_string(), json_string);
-        let arbiter = self
-            .arbiter
-            .as_deref()
-            .map_or_else(String::new, |a| format!(",\"arbiter\":{}", json_string(a)));
+        let arbiter = match self.arbiters.as_slice() {
+            [] => String::new(),
+            [one] => format!(",\"arbiter\":{}", json_string(one)),
+            many => {
+                let list: Vec<String> = many.iter().map(|a| json_string(a)).collect();
+                format!(",\"arbiters\":[{}]", list.join(","))
+            }
+        };
         format!(
             "{{\"version\":{},\"pid\":{},\"control\":{},\"gpus\":[{}],\"vgpu_uuid\":{}{arbiter}}}\n",
             self.version,
@@ -210,7 +223,7 @@ impl Reply {
             .map(|list| {
                 list.split(',')
                     .filter_map(normalise_pci_bus_id)
-                    .take(sys::MAX_RECEIVED_FDS)
+                    .take(MAX_HANDED_BACK)
                     .collect()
             })
             .unwrap_or_default();
@@ -286,15 +299,16 @@ pub struct Registered {
     pub arbiters: Vec<(String, OwnedFd)>,
 }
 
-/// Connect to `path`, send `request` with the control block's descriptor `control` (and,
-/// when `request.arbiter` names its GPU, the arbitration block `arbiter`) attached and read
+/// Connect to `path`, send `request` with the control block's descriptor `control` (and
+/// the arbitration blocks `arbiters`, one per GPU `request.arbiters` names, in its order)
+/// attached and read
 /// the reply, with the arbitration blocks that come with it, all within `timeout`. Never
 /// blocks longer than about `timeout`; holds no lock.
 pub fn connect_and_register(
     path: &Path,
     request: &Request,
     control: BorrowedFd<'_>,
-    arbiter: Option<BorrowedFd<'_>>,
+    arbiters: &[BorrowedFd<'_>],
     timeout: Duration,
 ) -> Result<Registered, RegisterError> {
     let deadline = Instant::now() + timeout;
@@ -330,8 +344,8 @@ pub fn connect_and_register(
     let line = request.to_line();
     let mut rest = line.as_bytes();
     let mut fds = vec![control];
-    if let (Some(a), Some(_)) = (arbiter, &request.arbiter) {
-        fds.push(a);
+    if arbiters.len() == request.arbiters.len() {
+        fds.extend(arbiters.iter().take(MAX_HANDED_BACK).copied());
     }
     let sent = sys::send_with_fds(stream.as_fd(), rest, &fds).map_err(io_err)?;
     rest = rest.get(sent..).unwrap_or_default();
@@ -443,7 +457,7 @@ mod tests {
                 pci_bus_id: "0000:3B:00.0".into(),
             }],
             vgpu_uuid: None,
-            arbiter: None,
+            arbiters: Vec::new(),
         };
         let line = r.to_line();
         assert_eq!(line.matches('\n').count(), 1);
@@ -490,7 +504,7 @@ mod tests {
             control: MEMFD_CONTROL.into(),
             gpus: Vec::new(),
             vgpu_uuid: None,
-            arbiter: None,
+            arbiters: Vec::new(),
         }
     }
 
@@ -508,7 +522,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("none.sock");
         let t = Instant::now();
-        let e = connect_and_register(&path, &request(), fd(&block()), None, DEFAULT_TIMEOUT)
+        let e = connect_and_register(&path, &request(), fd(&block()), &[], DEFAULT_TIMEOUT)
             .expect_err("no daemon");
         assert!(t.elapsed() < Duration::from_millis(100));
         assert!(matches!(e, RegisterError::Connect { errno, .. } if errno == libc::ENOENT));
@@ -522,7 +536,7 @@ mod tests {
         let _l = UnixListener::bind(&path).expect("bind");
         let t = Instant::now();
         let b = block();
-        let e = connect_and_register(&path, &request(), fd(&b), None, Duration::from_millis(80))
+        let e = connect_and_register(&path, &request(), fd(&b), &[], Duration::from_millis(80))
             .expect_err("no answer");
         let took = t.elapsed();
         assert!(matches!(e, RegisterError::Timeout { .. }), "{e:?}");
@@ -551,7 +565,7 @@ mod tests {
             (line, id)
         });
         let b = block();
-        let reg = connect_and_register(&path, &request(), fd(&b), None, Duration::from_secs(2))
+        let reg = connect_and_register(&path, &request(), fd(&b), &[], Duration::from_secs(2))
             .expect("ok");
         assert_eq!(reg.reply.gpu, Some(16));
         drop(reg);
@@ -569,6 +583,54 @@ mod tests {
     }
 
     #[test]
+    fn the_blocks_of_two_gpus_are_handed_back_with_the_control_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("two.sock");
+        let l = UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().expect("accept");
+            let mut buf = [0u8; MAX_LINE];
+            let (n, handed) = sys::recv_with_fds(s.as_fd(), &mut buf, 8).expect("read");
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let ids: Vec<(u64, u64)> = handed
+                .into_iter()
+                .map(|h| {
+                    let m = std::fs::File::from(h).metadata().expect("fstat");
+                    (m.dev(), m.ino())
+                })
+                .collect();
+            (&s).write_all(b"{\"ok\":true}\n").expect("write");
+            (line, ids)
+        });
+        let (b, a0, a1) = (block(), block(), block());
+        let mut req = request();
+        req.arbiters = vec!["0000:3b:00.0".into(), "0000:af:00.0".into()];
+        let reg = connect_and_register(
+            &path,
+            &req,
+            fd(&b),
+            &[fd(&a0), fd(&a1)],
+            Duration::from_secs(2),
+        )
+        .expect("ok");
+        drop(reg);
+        let (line, ids) = server.join().expect("server");
+        assert!(
+            line.contains("\"arbiters\":[\"0000:3b:00.0\",\"0000:af:00.0\"]"),
+            "{line}"
+        );
+        assert!(!line.contains("\"arbiter\":"), "{line}");
+        let want: Vec<(u64, u64)> = [&b, &a0, &a1]
+            .iter()
+            .map(|m| m.file_id().expect("memfd"))
+            .collect();
+        assert_eq!(
+            ids, want,
+            "the control block first, then each GPU's in order"
+        );
+    }
+
+    #[test]
     fn a_refusal_carries_the_daemons_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("no.sock");
@@ -580,7 +642,7 @@ mod tests {
             }
         });
         let b = block();
-        match connect_and_register(&path, &request(), fd(&b), None, Duration::from_secs(2)) {
+        match connect_and_register(&path, &request(), fd(&b), &[], Duration::from_secs(2)) {
             Err(RegisterError::Refused { message, .. }) => assert_eq!(message, "bad pid"),
             other => panic!("expected a refusal, got {other:?}"),
         }

@@ -217,9 +217,9 @@ pub struct SocketLink {
     pub exiting: &'static AtomicBool,
     /// Where lines go (the shim's stderr logger).
     pub log: fn(&str),
-    /// The daemon-made arbitration block this process has joined, if any, by GPU (a
-    /// duplicate descriptor): handed back with every re-registration.
-    pub joined_arbiter: fn() -> Option<(String, OwnedFd)>,
+    /// The daemon-made arbitration blocks this process has joined, by GPU (duplicate
+    /// descriptors): handed back with every re-registration.
+    pub joined_arbiters: fn() -> Vec<(String, OwnedFd)>,
     /// Takes the arbitration blocks a daemon handed over with its reply.
     pub on_arbiters: fn(Vec<(String, OwnedFd)>),
 }
@@ -228,14 +228,16 @@ impl Link for SocketLink {
     type Conn = OwnedFd;
 
     fn register(&mut self) -> Result<(OwnedFd, Reply), RegisterError> {
-        let joined = (self.joined_arbiter)();
+        let mut joined = (self.joined_arbiters)();
+        joined.truncate(crate::register::MAX_HANDED_BACK);
         let mut request = self.request.clone();
-        request.arbiter = joined.as_ref().map(|(pci, _)| pci.clone());
+        request.arbiters = joined.iter().map(|(pci, _)| pci.clone()).collect();
+        let fds: Vec<_> = joined.iter().map(|(_, fd)| fd.as_fd()).collect();
         let r = connect_and_register(
             &self.socket,
             &request,
             self.control.as_fd(),
-            joined.as_ref().map(|(_, fd)| fd.as_fd()),
+            &fds,
             self.timeout,
         )?;
         (self.on_arbiters)(r.arbiters);

@@ -269,7 +269,7 @@ fn the_socket_link_finds_a_late_daemon_and_a_restarted_one() {
             pci_bus_id: "0000:3b:00.0".into(),
         }],
         vgpu_uuid: None,
-        arbiter: None,
+        arbiters: Vec::new(),
     };
     let block = crate::control::ControlMap::create_sealed(&crate::config::Knobs::default(), 0)
         .expect("block");
@@ -281,11 +281,11 @@ fn the_socket_link_finds_a_late_daemon_and_a_restarted_one() {
         timeout: Duration::from_millis(100),
         exiting: &EXITING,
         log: record,
-        joined_arbiter: || None,
+        joined_arbiters: Vec::new,
         on_arbiters: |_| {},
     };
     // No daemon at set-up.
-    let first = connect_and_register(&path, &request, fd, None, Duration::from_millis(100))
+    let first = connect_and_register(&path, &request, fd, &[], Duration::from_millis(100))
         .map(|r| r.connection);
     assert!(matches!(first, Err(RegisterError::Connect { .. })));
     spawn(link, &path, first).expect("spawn");

@@ -383,7 +383,7 @@ pub fn send_with_fds(
     let fds_len = libc::c_uint::try_from(fds.len() * std::mem::size_of::<libc::c_int>())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // Room for one cmsghdr and MAX_RECEIVED_FDS ints, 8-byte aligned.
-    let mut control = [0u64; 8];
+    let mut control = [0u64; CMSG_WORDS];
     // SAFETY: CMSG_SPACE and CMSG_LEN are arithmetic on their argument.
     let (space, cmsg_len) = unsafe { (libc::CMSG_SPACE(fds_len), libc::CMSG_LEN(fds_len)) };
     let space = usize::try_from(space).unwrap_or(usize::MAX);
@@ -441,7 +441,10 @@ pub fn send_bytes(sock: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
 
 /// The most descriptors one [`recv_with_fd`] makes room for; the kernel discards (closes)
 /// any beyond, and any beyond the first are closed here.
-pub const MAX_RECEIVED_FDS: usize = 8;
+pub const MAX_RECEIVED_FDS: usize = 16;
+
+/// Room for one `cmsghdr` (16 bytes) and [`MAX_RECEIVED_FDS`] ints, in 8-byte words.
+const CMSG_WORDS: usize = 2 + MAX_RECEIVED_FDS / 2;
 
 /// Receive into `buf` from the stream socket `sock`: the byte count (0 at end of file) and
 /// the first descriptor that came with those bytes, if any. Every other descriptor received
@@ -462,7 +465,7 @@ pub fn recv_with_fds(
     keep: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let fds_len = (MAX_RECEIVED_FDS * std::mem::size_of::<libc::c_int>()) as libc::c_uint;
-    let mut control = [0u64; 8];
+    let mut control = [0u64; CMSG_WORDS];
     // SAFETY: CMSG_SPACE is arithmetic on its argument.
     let space = usize::try_from(unsafe { libc::CMSG_SPACE(fds_len) }).unwrap_or(usize::MAX);
     let space = space.min(std::mem::size_of_val(&control));

@@ -513,7 +513,7 @@ fn a_registered_process_is_listed_with_its_own_block_until_unregistered() {
             }],
             vgpu_uuid: None,
             assigned_priority: None,
-            arbiter_back: None,
+            arbiter_back: Vec::new(),
         },
     );
     let shim = h.backend();

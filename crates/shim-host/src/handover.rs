@@ -47,7 +47,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use gvm_host_root::HostRoot;
 use gvm_shim_abi::control::ControlMap;
-use gvm_shim_abi::register::{normalise_pci_bus_id, MAX_GPUS, MEMFD_CONTROL, PROTOCOL_VERSION};
+use gvm_shim_abi::register::{
+    normalise_pci_bus_id, MAX_GPUS, MAX_HANDED_BACK, MEMFD_CONTROL, PROTOCOL_VERSION,
+};
 use gvm_shim_abi::{BlockProblem, Error as AbiError};
 use serde_json::{json, Value};
 
@@ -143,8 +145,10 @@ pub struct ParsedRequest {
     pub gpus: Vec<RegisteredGpu>,
     /// `GVM_VGPU_UUID`, lower case.
     pub vgpu_uuid: Option<String>,
-    /// The GPU (one of `gpus`) whose arbitration block comes back as the second descriptor.
-    pub arbiter: Option<String>,
+    /// The GPUs (each one of `gpus`) whose arbitration blocks come back as the descriptors
+    /// after the control block's, in this order: `"arbiter"` (one) or `"arbiters"` (a list
+    /// of at most [`MAX_HANDED_BACK`]).
+    pub arbiters: Vec<String>,
 }
 
 /// Why a registration was refused: the field at fault and what is wrong with it.
@@ -191,7 +195,15 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
     let obj = v
         .as_object()
         .ok_or_else(|| refuse("request", "not a JSON object"))?;
-    const KNOWN: [&str; 6] = ["version", "pid", "control", "gpus", "vgpu_uuid", "arbiter"];
+    const KNOWN: [&str; 7] = [
+        "version",
+        "pid",
+        "control",
+        "gpus",
+        "vgpu_uuid",
+        "arbiter",
+        "arbiters",
+    ];
     if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(refuse(
             "request",
@@ -291,30 +303,60 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
         ),
         Some(_) => return Err(refuse("vgpu_uuid", "not a string or null")),
     };
-    let arbiter = match obj.get("arbiter") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(a)) => {
-            let pci = normalise_pci_bus_id(a)
-                .filter(|p| gpus.iter().any(|g| g.pci_bus_id == *p))
-                .ok_or_else(|| {
-                    refuse(
-                        "arbiter",
-                        format!(
-                            "{:?} is not the PCI bus id of a GPU listed in gpus",
-                            quoted(a)
-                        ),
-                    )
-                })?;
-            Some(pci)
-        }
-        Some(_) => return Err(refuse("arbiter", "not a string or null")),
+    let listed = |field: &str, a: &str| {
+        normalise_pci_bus_id(a)
+            .filter(|p| gpus.iter().any(|g| g.pci_bus_id == *p))
+            .ok_or_else(|| {
+                refuse(
+                    field,
+                    format!(
+                        "{:?} is not the PCI bus id of a GPU listed in gpus",
+                        quoted(a)
+                    ),
+                )
+            })
     };
+    let mut arbiters = Vec::new();
+    match (obj.get("arbiter"), obj.get("arbiters")) {
+        (Some(a), Some(l)) if !a.is_null() && !l.is_null() => {
+            return Err(refuse(
+                "arbiters",
+                "both \"arbiter\" and \"arbiters\" given: send one of them",
+            ))
+        }
+        (Some(Value::String(a)), _) => arbiters.push(listed("arbiter", a)?),
+        (Some(a), _) if !a.is_null() => return Err(refuse("arbiter", "not a string or null")),
+        _ => {}
+    }
+    match obj.get("arbiters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            if list.len() > MAX_HANDED_BACK {
+                return Err(refuse(
+                    "arbiters",
+                    format!("{} blocks listed, at most {MAX_HANDED_BACK}", list.len()),
+                ));
+            }
+            for (i, a) in list.iter().enumerate() {
+                let field = format!("arbiters[{i}]");
+                let a = a
+                    .as_str()
+                    .ok_or_else(|| refuse(field.as_str(), "not a string"))?;
+                let pci = listed(&field, a)?;
+                if arbiters.contains(&pci) {
+                    return Err(refuse(field, format!("{pci} listed twice")));
+                }
+                arbiters.push(pci);
+            }
+        }
+        Some(_) => return Err(refuse("arbiters", "not an array of strings or null")),
+    }
     Ok(ParsedRequest {
         pid,
         control: control.to_string(),
         gpus,
         vgpu_uuid,
-        arbiter,
+        arbiters,
     })
 }
 
@@ -450,7 +492,7 @@ pub fn register(
         gpus: req.gpus,
         vgpu_uuid: req.vgpu_uuid,
         assigned_priority: None,
-        arbiter_back: req.arbiter,
+        arbiter_back: req.arbiters,
     };
     registry.insert(peer.pid, reg.clone());
     let reply = json!({"ok": true, "host_pid": peer.pid, "gpu": gpu, "gpu_source": source});

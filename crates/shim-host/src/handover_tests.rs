@@ -76,9 +76,13 @@ fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
             pci_bus_id: "0000:3B:00.0".into(),
         }],
         vgpu_uuid: None,
-        arbiter: Some("0000:3B:00.0".into()),
+        arbiters: vec!["0000:3B:00.0".into()],
     }
     .to_line();
+    assert!(
+        shim_line.contains("\"arbiter\":"),
+        "one block handed back is sent as protocol 2 always sent it: {shim_line}"
+    );
     let p = parse_request(shim_line.as_bytes()).unwrap();
     assert_eq!((p.pid, p.gpus[0].ordinal), (9, 3));
     assert_eq!(
@@ -86,7 +90,7 @@ fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
         "a file block's path, as a description"
     );
     assert_eq!(p.vgpu_uuid, None);
-    assert_eq!(p.arbiter.as_deref(), Some("0000:3b:00.0"));
+    assert_eq!(p.arbiters, vec!["0000:3b:00.0".to_string()]);
     // An unknown field (a typo, or a shim of another release) is refused by name.
     let mut extra = good();
     extra["later"] = json!(1);
@@ -101,6 +105,64 @@ fn a_good_request_parses_with_bus_ids_and_uuid_normalised() {
             .unwrap_err()
             .field,
         "arbiter"
+    );
+}
+
+#[test]
+fn blocks_of_several_gpus_handed_back_parse_in_order_and_bad_lists_are_named() {
+    let two = Request {
+        version: PROTOCOL_VERSION,
+        pid: 7,
+        control: "memfd".into(),
+        gpus: vec![
+            GpuId {
+                ordinal: 0,
+                pci_bus_id: "0000:3B:00.0".into(),
+            },
+            GpuId {
+                ordinal: 1,
+                pci_bus_id: "0000:AF:00.0".into(),
+            },
+        ],
+        vgpu_uuid: None,
+        arbiters: vec!["0000:AF:00.0".into(), "0000:3B:00.0".into()],
+    }
+    .to_line();
+    let p = parse_request(two.as_bytes()).unwrap();
+    assert_eq!(
+        p.arbiters,
+        vec!["0000:af:00.0".to_string(), "0000:3b:00.0".to_string()],
+        "in the order of the descriptors"
+    );
+    assert_eq!(
+        field_of(&with("arbiters", json!(["0000:99:00.0"]))),
+        "arbiters[0]"
+    );
+    assert_eq!(
+        field_of(&with("arbiters", json!(["0000:3b:00.0", "0000:3B:00.0"]))),
+        "arbiters[1]",
+        "one GPU twice"
+    );
+    assert_eq!(field_of(&with("arbiters", json!([7]))), "arbiters[0]");
+    assert_eq!(
+        field_of(&with("arbiters", json!("0000:3b:00.0"))),
+        "arbiters"
+    );
+    let many: Vec<Value> = (0..=MAX_HANDED_BACK)
+        .map(|_| json!("0000:3b:00.0"))
+        .collect();
+    assert_eq!(field_of(&with("arbiters", Value::Array(many))), "arbiters");
+    let mut both = good();
+    both["arbiter"] = json!("0000:3b:00.0");
+    both["arbiters"] = json!(["0000:af:00.0"]);
+    let e = parse_request(both.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "arbiters");
+    assert!(e.message.contains("one of them"), "{e}");
+    assert_eq!(
+        parse_request(&with("arbiters", Value::Null))
+            .unwrap()
+            .arbiters,
+        Vec::<String>::new()
     );
 }
 

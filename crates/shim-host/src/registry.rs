@@ -36,9 +36,9 @@ pub struct Registration {
     /// `None` while it owns none. The arbitration relay counts it at this priority in other
     /// domains, whatever the process writes into its own block.
     pub assigned_priority: Option<u32>,
-    /// The GPU whose arbitration block (made by an earlier manager) the process handed back
-    /// with this registration, as it said.
-    pub arbiter_back: Option<String>,
+    /// The GPUs whose arbitration blocks (made by an earlier manager) the process handed
+    /// back with this registration, as it said, in the order of the descriptors.
+    pub arbiter_back: Vec<String>,
 }
 
 /// The registered shim processes of one host root, by the daemon's pid for them.

@@ -46,7 +46,7 @@ pub const MAX_DOMAINS_PER_UID: usize = 4;
 /// The most blocks one domain may have on one GPU (its own plus ones handed back).
 pub const MAX_BLOCKS_PER_DOMAIN: usize = 4;
 /// The most GPUs of one process that get a block (the descriptors one reply can carry).
-pub const MAX_GPUS_PER_PROCESS: usize = abi_sys::MAX_RECEIVED_FDS;
+pub const MAX_GPUS_PER_PROCESS: usize = gvm_shim_abi::register::MAX_HANDED_BACK;
 
 /// Why a process got no relayed block for a GPU.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +126,17 @@ impl Default for GpuRelay {
 /// What [`RelayHub::join`] gives a process: per GPU, its domain's block, or why none.
 pub type Joined = Vec<(String, Result<Arc<ArbiterMap>, RelayRefusal>)>;
 
+/// What [`RelayHub::join_registration`] gives a registered process to send in its reply.
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// The GPUs whose blocks go with the reply, in the order of `blocks`.
+    pub gpus: Vec<String>,
+    /// The blocks to attach.
+    pub blocks: Vec<Arc<ArbiterMap>>,
+    /// Why some GPU got no block (the last refusal), for the reply and the log.
+    pub note: Option<String>,
+}
+
 /// The relay of one manager: every relayed GPU's domains and blocks.
 #[derive(Debug)]
 pub struct RelayHub {
@@ -160,35 +171,41 @@ impl RelayHub {
 
     /// Process `host_pid` (seeing itself as `ns_pid`) of `domain` registered, using the GPUs
     /// `gpus` (normalised PCI bus ids; the first [`MAX_GPUS_PER_PROCESS`] are relayed), and
-    /// handed back `handed` (the block of one GPU it joined under an earlier manager). Returns
-    /// its domain's block per GPU. A handed-back block that fails the checks is ignored.
+    /// handed back `handed` (the blocks, by GPU, it joined under an earlier manager). Returns
+    /// its domain's block per GPU. A handed-back block that fails the checks is ignored, and
+    /// so is one for a GPU not in `gpus` or a second one for the same GPU.
     pub fn join(
         &self,
         host_pid: u32,
         ns_pid: u32,
         domain: DomainKey,
         gpus: &[String],
-        handed: Option<(String, OwnedFd)>,
+        handed: Vec<(String, OwnedFd)>,
     ) -> Joined {
-        let mut handed = handed.and_then(|(pci, fd)| match ArbiterMap::from_handed_fd(fd) {
-            Ok(m) => Some((pci, m)),
-            Err(e) => {
-                tracing::info!(
-                    pid = host_pid,
-                    "ignoring the arbitration block handed back: {e}"
-                );
-                None
-            }
-        });
+        let mut handed: Vec<(String, ArbiterMap)> = handed
+            .into_iter()
+            .take(MAX_GPUS_PER_PROCESS)
+            .filter_map(|(pci, fd)| match ArbiterMap::from_handed_fd(fd) {
+                Ok(m) => Some((pci, m)),
+                Err(e) => {
+                    tracing::info!(
+                        pid = host_pid,
+                        gpu = %pci,
+                        "ignoring the arbitration block handed back: {e}"
+                    );
+                    None
+                }
+            })
+            .collect();
         let mut out = Vec::new();
         let mut started = Vec::new();
         {
             let mut all = self.lock();
             for pci in gpus.iter().take(MAX_GPUS_PER_PROCESS) {
-                let back = match &handed {
-                    Some((p, _)) if p == pci => handed.take().map(|(_, m)| m),
-                    _ => None,
-                };
+                let back = handed
+                    .iter()
+                    .position(|(p, _)| p == pci)
+                    .map(|i| handed.swap_remove(i).1);
                 let gpu = all.entry(pci.clone()).or_default();
                 let got = Self::join_gpu(gpu, pci, domain, back, &mut started);
                 if let Ok(block) = &got {
@@ -210,6 +227,46 @@ impl RelayHub {
             self.watch(pci, map, stop);
         }
         out
+    }
+
+    /// Put the registered process `reg` (the manager's pid `host_pid`, of `domain`) into the
+    /// relay, with `back`, the descriptors after its control block's (the blocks it handed
+    /// back, in the order `reg.arbiter_back` names them). Returns what its reply carries.
+    pub fn join_registration(
+        &self,
+        host_pid: u32,
+        reg: &crate::registry::Registration,
+        domain: DomainKey,
+        back: Vec<OwnedFd>,
+    ) -> Handover {
+        let gpus: Vec<String> = reg.gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
+        let handed = reg.arbiter_back.iter().cloned().zip(back).collect();
+        let mut out = Handover::default();
+        for (pci, got) in self.join(host_pid, reg.ns_pid, domain, &gpus, handed) {
+            match got {
+                Ok(b) if b.fd().is_some() => {
+                    out.gpus.push(pci);
+                    out.blocks.push(b);
+                }
+                Ok(_) => {}
+                Err(e) => out.note = Some(e.to_string()),
+            }
+        }
+        out
+    }
+
+    /// Add `h` to a registration's JSON reply: `"arbiters"` (the GPUs whose blocks come with
+    /// it, in the order of the descriptors) and `"arbiter_note"` (why a GPU got none).
+    pub fn reply_with(h: &Handover, reply: &mut serde_json::Value) {
+        if let Some(o) = reply.as_object_mut() {
+            if let Some(n) = &h.note {
+                o.insert("arbiter_note".into(), serde_json::Value::String(n.clone()));
+            }
+            o.insert(
+                "arbiters".into(),
+                serde_json::Value::String(h.gpus.join(",")),
+            );
+        }
     }
 
     fn join_gpu(

@@ -34,7 +34,7 @@ fn registered(reg: &ShimRegistry, host_pid: u32, ns_pid: u32, declared: u32) {
             }],
             vgpu_uuid: None,
             assigned_priority: None,
-            arbiter_back: None,
+            arbiter_back: Vec::new(),
         },
     );
 }
@@ -48,8 +48,8 @@ fn root_and_user(root: (u32, u32), user: u32) -> (Arc<RelayHub>, Arc<ArbiterMap>
     reg.assign_priority(100, root.1);
     registered(&reg, 200, 200, user);
     let hub = RelayHub::new(Arc::clone(&reg));
-    let r = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], None));
-    let u = block_of(&hub.join(200, 200, USER, &[GPU.into()], None));
+    let r = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], Vec::new()));
+    let u = block_of(&hub.join(200, 200, USER, &[GPU.into()], Vec::new()));
     (hub, r, u)
 }
 
@@ -178,13 +178,13 @@ fn a_block_handed_back_after_a_restart_stays_the_domains_block() {
         .try_clone_to_owned()
         .expect("dup");
     let hub = RelayHub::new(Arc::clone(&reg));
-    let first = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], Some((GPU.into(), back))));
+    let first = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], vec![(GPU.into(), back)]));
     assert_eq!(
         first.file_id(),
         earlier.file_id(),
         "the handed-back block is kept"
     );
-    let second = block_of(&hub.join(101, 101, ROOT, &[GPU.into()], None));
+    let second = block_of(&hub.join(101, 101, ROOT, &[GPU.into()], Vec::new()));
     assert_eq!(
         second.file_id(),
         earlier.file_id(),
@@ -196,9 +196,45 @@ fn a_block_handed_back_after_a_restart_stays_the_domains_block() {
         .set_len(8192)
         .expect("size");
     registered(&reg, 200, 200, 8);
-    let user = block_of(&hub.join(200, 200, USER, &[GPU.into()], Some((GPU.into(), loose))));
+    let user = block_of(&hub.join(200, 200, USER, &[GPU.into()], vec![(GPU.into(), loose)]));
     assert!(user.fd().is_some());
     assert_ne!(user.file_id(), earlier.file_id());
+}
+
+#[test]
+fn blocks_of_two_gpus_handed_back_are_each_kept_on_their_own_gpu() {
+    const OTHER: &str = "0000:af:00.0";
+    let reg = Arc::new(ShimRegistry::default());
+    registered(&reg, 100, 100, 8);
+    let dup = |m: &ArbiterMap| m.fd().expect("memfd").try_clone_to_owned().expect("dup");
+    let (on_gpu, on_other, stray) = (
+        ArbiterMap::create_sealed().expect("block"),
+        ArbiterMap::create_sealed().expect("block"),
+        ArbiterMap::create_sealed().expect("block"),
+    );
+    let hub = RelayHub::new(Arc::clone(&reg));
+    // Handed back in the other order than the GPUs are listed, with one for a GPU the
+    // process does not use.
+    let got = hub.join(
+        100,
+        100,
+        ROOT,
+        &[GPU.into(), OTHER.into()],
+        vec![
+            (OTHER.into(), dup(&on_other)),
+            ("0000:99:00.0".into(), dup(&stray)),
+            (GPU.into(), dup(&on_gpu)),
+        ],
+    );
+    let ids: Vec<_> = got
+        .iter()
+        .map(|(pci, b)| (pci.as_str(), b.as_ref().expect("a block").file_id()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![(GPU, on_gpu.file_id()), (OTHER, on_other.file_id())],
+        "each GPU keeps the block handed back for it"
+    );
 }
 
 #[test]
@@ -212,19 +248,21 @@ fn one_uid_cannot_fill_a_gpu_with_pid_namespaces() {
             uid: 1000,
             pid_ns: ns,
         };
-        assert!(hub.join(pid, 1, d, &[GPU.into()], None)[0].1.is_ok());
+        assert!(hub.join(pid, 1, d, &[GPU.into()], Vec::new())[0].1.is_ok());
     }
     registered(&reg, 399, 1, 8);
     let d = DomainKey::Host {
         uid: 1000,
         pid_ns: 99,
     };
-    let got = hub.join(399, 1, d, &[GPU.into()], None);
+    let got = hub.join(399, 1, d, &[GPU.into()], Vec::new());
     assert!(
         matches!(&got[0].1, Err(RelayRefusal::UidFull { uid: 1000, .. })),
         "{got:?}"
     );
     // Another uid still gets in.
     registered(&reg, 400, 1, 8);
-    assert!(hub.join(400, 1, ROOT, &[GPU.into()], None)[0].1.is_ok());
+    assert!(hub.join(400, 1, ROOT, &[GPU.into()], Vec::new())[0]
+        .1
+        .is_ok());
 }

@@ -105,6 +105,14 @@ pub fn current_device() -> i32 {
     }
 }
 
+/// How many devices the process sees, or `None` when the driver cannot say yet.
+pub fn device_count() -> Option<i32> {
+    let f = driver_fn!(Variant::DeviceGetCount, DeviceGetCountFn)?;
+    let mut n: c_int = 0;
+    // SAFETY: writes one int into our local.
+    (unsafe { f(&mut n) } == CUDA_SUCCESS).then_some(n)
+}
+
 /// The PCI bus id of device `dev` as the driver writes it (`0000:3B:00.0`), or `None` when
 /// the driver cannot say (not initialised, no such device, an old driver).
 pub fn pci_bus_id(dev: c_int) -> Option<String> {
@@ -183,9 +191,10 @@ pub fn relaxed<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// The queue a launch on `stream` (through a `_ptsz` entry point when `ptsz`) went to, or
-/// `None` when it must not be tracked (no context, or the stream is being captured).
-pub fn stream_key(stream: usize, ptsz: bool) -> Option<StreamKey> {
+/// The queue a launch on `stream` (through a `_ptsz` entry point when `ptsz`) of the current
+/// context, on `device`, went to, or `None` when it must not be tracked (no context, or the
+/// stream is being captured).
+pub fn stream_key(stream: usize, ptsz: bool, device: i32) -> Option<StreamKey> {
     let ctx = current_ctx();
     if ctx == 0 {
         return None;
@@ -204,7 +213,12 @@ pub fn stream_key(stream: usize, ptsz: bool) -> Option<StreamKey> {
             return None;
         }
     }
-    Some(StreamKey { ctx, stream, ptsz })
+    Some(StreamKey {
+        device,
+        ctx,
+        stream,
+        ptsz,
+    })
 }
 
 /// The real driver's events.

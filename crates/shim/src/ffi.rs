@@ -172,4 +172,4 @@ pub unsafe fn launch_config_stream(config: *const c_void) -> u64 {
     unsafe { (*head).stream as u64 }
 }
 
-pub use gvm_shim_abi::sys::futex_wait;
+pub use gvm_shim_abi::sys::{futex_wait, futex_wake};

@@ -11,15 +11,16 @@
 //! stream at the next wait when the other becomes busy — behind about the kernel running,
 //! whatever is queued — and goes on by itself, without a CPU round trip, when it goes idle.
 //!
-//! A wait on the GPU cannot time out, so one watchdog thread per gated process
-//! ([`Watch`]) looks at its own word while it is set: it reaps dead and stale peers on the
+//! Each GPU a process launches on has its own block, so its own gate ([`GpuGate`], one
+//! per GPU in `gpus.rs`). A wait on the GPU cannot time out, so one watchdog thread per
+//! gated process ([`Watch`], one per gated GPU) looks at its words while they are set: it reaps dead and stale peers on the
 //! arbiter's schedule (a crashed or stopped server then lets go as it would on the CPU),
 //! and after the maximum hold it clears the word itself, as a CPU-side hold gives up. Where
 //! the driver cannot pin the block (an old driver, no mapped-memory support), the process
 //! keeps the CPU-side count bound; that is said once in the log.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Once, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::arbiter::{ARB_FILE_LEN, REAP_EVERY};
@@ -69,14 +70,13 @@ impl Watch {
     }
 }
 
-/// A process's GPU-side gate: the block's address for the GPU (mapped on first use) and
-/// the watchdog (started on first use).
+/// A process's GPU-side gate on one GPU: the GPU's block's address for the GPU (mapped on
+/// first use).
 #[derive(Debug)]
 pub struct GpuGate {
     /// The device address of the arbitration block's first byte; `None` when the driver
     /// could not map it (the process then keeps the CPU-side bound).
     block_on_gpu: OnceLock<Option<u64>>,
-    watchdog: Once,
 }
 
 impl Default for GpuGate {
@@ -90,8 +90,12 @@ impl GpuGate {
     pub const fn new() -> GpuGate {
         GpuGate {
             block_on_gpu: OnceLock::new(),
-            watchdog: Once::new(),
         }
+    }
+
+    /// Whether waits on this GPU's block are being queued (it was mapped).
+    pub fn in_use(&self) -> bool {
+        matches!(self.block_on_gpu.get(), Some(Some(_)))
     }
 
     /// The arbitration block's address as the GPU sees it, or `None` when the gate cannot be
@@ -123,31 +127,35 @@ impl GpuGate {
         let offset = word - std::ptr::from_ref(block) as u64;
         driver::stream_wait_zero(key, block_on_gpu + offset)
     }
-
-    /// Start the watchdog once; `body` runs on it for the process's life.
-    pub fn ensure_watchdog(&self, body: fn(), on_error: impl FnOnce(std::io::Error)) {
-        gvm_shim_abi::sys::spawn_once(&self.watchdog, "gvm-gpu-gate", body, on_error);
-    }
 }
 
-/// The watchdog's loop over participant `p` (see the module doc); `max_hold` is read anew
-/// on every look, `released` hears of every hold it ended.
-pub fn watch(p: &Participant, max_hold: impl Fn() -> Duration, released: impl Fn(Duration)) -> ! {
-    let block = p.block();
-    let word = &block.slots[p.slot()].gpu_hold;
-    let mut w = Watch::default();
+/// The watchdog's loop over the participants `gated(i)` for `i` in `0..n` (a GPU whose gate
+/// is not in use gives `None`; see the module doc); `max_hold` is read anew on every look,
+/// `released` hears of every hold it ended.
+pub fn watch<'a>(
+    n: usize,
+    gated: impl Fn(usize) -> Option<&'a Participant>,
+    max_hold: impl Fn() -> Duration,
+    released: impl Fn(Duration),
+) -> ! {
+    let mut watches = vec![Watch::default(); n];
     loop {
         std::thread::sleep(WATCH_EVERY);
-        let now = gvm_shim_abi::sys::monotonic_ns();
         let limit = max_hold();
-        match w.step(now, word.load(Ordering::Acquire) != 0, limit) {
-            WatchAction::None => {}
-            WatchAction::Reap => {
-                block.reap(&RealEnv);
-            }
-            WatchAction::Release => {
-                word.store(0, Ordering::SeqCst);
-                released(limit);
+        for (i, w) in watches.iter_mut().enumerate() {
+            let Some(p) = gated(i) else { continue };
+            let block = p.block();
+            let word = &block.slots[p.slot()].gpu_hold;
+            let now = gvm_shim_abi::sys::monotonic_ns();
+            match w.step(now, word.load(Ordering::Acquire) != 0, limit) {
+                WatchAction::None => {}
+                WatchAction::Reap => {
+                    block.reap(&RealEnv);
+                }
+                WatchAction::Release => {
+                    word.store(0, Ordering::SeqCst);
+                    released(limit);
+                }
             }
         }
     }

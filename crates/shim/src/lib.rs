@@ -49,6 +49,7 @@
 //! - `ffi`: the foreign boundary: hand-declared CUDA driver types, the loader, futexes, mappings;
 //! - [`gate`]: the launch gate and the kernel counters;
 //! - [`gpu_gate`]: the GPU-side gate, holding a yielding process's queued work;
+//! - [`gpus`]: the process's arbitration on each GPU it launches on;
 //! - `hooks`: the exported `extern "C"` entry points: `dlsym`, `cuGetProcAddress`, the wrappers;
 //! - [`queue`]: what a process still has on the GPU, one ring of CUDA events per stream;
 //! - [`resolve`]: which driver entry points the shim wraps, and how a request for one is answered;
@@ -59,6 +60,7 @@ mod driver;
 mod ffi;
 pub mod gate;
 pub mod gpu_gate;
+pub mod gpus;
 mod hooks;
 pub mod queue;
 pub mod resolve;

@@ -10,7 +10,7 @@
 //!   before a launch, until fewer than `depth` of its recorded launches on that stream are unfinished.
 //!   Its queue never holds more than `depth` launches, so a more important process that
 //!   becomes busy waits for at most that much of its work to drain.
-//! * **Idle detection** ([`Tracker::all_done`]): work on one stream runs in order, so the
+//! * **Idle detection** ([`Tracker::all_done_on`], per device): work on one stream runs in order, so the
 //!   newest event of a stream completing means the stream is idle; the process is idle when
 //!   every stream is. A launch that needs no event for anything else (a busy process with no
 //!   queue bound: the important one) is only *marked* ([`Tracker::mark_launched`]), and the
@@ -50,10 +50,14 @@ pub const MAX_ESTIMATES: usize = 4096;
 /// estimate for long.
 const MAX_SAMPLE_US: f32 = 1_000_000.0;
 
-/// Which queue a launch went to: the context, the stream handle and whether the stream
-/// handle is read in the per-thread default-stream flavour (`_ptsz` entry points).
+/// Which queue a launch went to: the context (and its device), the stream handle and
+/// whether the stream handle is read in the per-thread default-stream flavour (`_ptsz`
+/// entry points).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StreamKey {
+    /// The CUDA device (ordinal) of `ctx`: a process busy on several GPUs goes idle on each
+    /// of them on its own ([`Tracker::all_done_on`]).
+    pub device: i32,
     /// `CUcontext` current at the launch.
     pub ctx: usize,
     /// `CUstream` as passed to the launch.
@@ -349,10 +353,10 @@ impl Tracker {
         self.state().estimates.get(work)
     }
 
-    /// Whether every tracked stream is idle (its newest event complete).
-    pub fn all_done(&self, ev: &dyn Events) -> bool {
+    /// Whether every tracked stream of `device` is idle (its newest event complete).
+    pub fn all_done_on(&self, device: i32, ev: &dyn Events) -> bool {
         let mut st = self.state();
-        for r in st.rings.iter_mut() {
+        for r in st.rings.iter_mut().filter(|r| r.key.device == device) {
             if r.len == 0 {
                 continue;
             }
@@ -365,8 +369,9 @@ impl Tracker {
             r.last_done = Some(newest);
         }
         // Under the lock, so a launch marked meanwhile is either seen here or marked after.
-        st.marked.retain(|k| ev.query_stream(*k) == Query::Pending);
-        st.marked.is_empty()
+        st.marked
+            .retain(|k| k.device != device || ev.query_stream(*k) == Query::Pending);
+        !st.marked.iter().any(|k| k.device == device)
     }
 }
 
@@ -469,6 +474,7 @@ mod tests {
 
     fn key(stream: usize) -> StreamKey {
         StreamKey {
+            device: 0,
             ctx: 1,
             stream,
             ptsz: false,
@@ -501,12 +507,45 @@ mod tests {
         assert_eq!(outstanding(&t, &g, 9), 1);
         g.complete(7, 2);
         assert_eq!(outstanding(&t, &g, 7), 1);
-        assert!(!t.all_done(&g));
+        assert!(!t.all_done_on(0, &g));
         g.complete(7, 1);
-        assert!(!t.all_done(&g), "stream 9 still runs");
+        assert!(!t.all_done_on(0, &g), "stream 9 still runs");
         g.complete(9, 1);
-        assert!(t.all_done(&g));
+        assert!(t.all_done_on(0, &g));
         assert_eq!(outstanding(&t, &g, 42), 0, "unknown streams have nothing");
+    }
+
+    #[test]
+    fn each_device_goes_idle_on_its_own() {
+        let (t, g) = (Tracker::new(), FakeGpu::default());
+        let on = |device: i32, stream: usize| StreamKey {
+            device,
+            ctx: 1 + device as usize,
+            stream,
+            ptsz: false,
+        };
+        // Device 0: an event-tracked launch; device 1: one tracked and one only marked.
+        g.submit(7);
+        assert!(t.launched(on(0, 7), 0, UNKNOWN, &g));
+        g.submit(8);
+        assert!(t.launched(on(1, 8), 0, UNKNOWN, &g));
+        g.submit(9);
+        assert!(t.mark_launched(on(1, 9)));
+        g.complete(7, 1);
+        assert!(t.all_done_on(0, &g), "device 0 is idle while device 1 runs");
+        assert!(!t.all_done_on(1, &g));
+        g.complete(8, 1);
+        assert!(
+            !t.all_done_on(1, &g),
+            "the marked stream of device 1 still runs"
+        );
+        assert!(
+            t.all_done_on(0, &g),
+            "device 0's check leaves device 1's mark alone"
+        );
+        g.complete(9, 1);
+        assert!(t.all_done_on(1, &g));
+        assert!(t.all_done_on(5, &g), "a device never launched on is idle");
     }
 
     #[test]
@@ -518,11 +557,11 @@ mod tests {
         assert_eq!(g.created.load(Ordering::Relaxed), RING, "events are reused");
         assert_eq!(outstanding(&t, &g, 3), RING);
         g.complete(3, (RING + 4) as u64);
-        assert!(!t.all_done(&g), "the newest launch is still pending");
+        assert!(!t.all_done_on(0, &g), "the newest launch is still pending");
         assert!(outstanding(&t, &g, 3) >= 1);
         g.complete(3, 1);
         assert_eq!(outstanding(&t, &g, 3), 0);
-        assert!(t.all_done(&g));
+        assert!(t.all_done_on(0, &g));
     }
 
     #[test]
@@ -533,7 +572,7 @@ mod tests {
             g.complete(1, 1);
         }
         assert_eq!(g.created.load(Ordering::Relaxed), 1, "one event suffices");
-        assert!(t.all_done(&g));
+        assert!(t.all_done_on(0, &g));
     }
 
     struct Broken;
@@ -572,17 +611,17 @@ mod tests {
             0,
             "no event for a marked launch"
         );
-        assert!(!t.all_done(&g), "three launches queued on stream 1");
+        assert!(!t.all_done_on(0, &g), "three launches queued on stream 1");
         g.complete(1, 3);
-        assert!(!t.all_done(&g), "stream 2 still runs");
+        assert!(!t.all_done_on(0, &g), "stream 2 still runs");
         g.complete(2, 1);
-        assert!(t.all_done(&g));
+        assert!(t.all_done_on(0, &g));
         // Seen finished, the marks are gone: a later launch is tracked afresh.
         g.submit(1);
         assert!(t.mark_launched(key(1)));
-        assert!(!t.all_done(&g));
+        assert!(!t.all_done_on(0, &g));
         g.complete(1, 1);
-        assert!(t.all_done(&g));
+        assert!(t.all_done_on(0, &g));
     }
 
     #[test]
@@ -592,9 +631,9 @@ mod tests {
         g.submit(2);
         assert!(t.mark_launched(key(2)));
         g.complete(2, 1);
-        assert!(!t.all_done(&g), "the evented stream still runs");
+        assert!(!t.all_done_on(0, &g), "the evented stream still runs");
         g.complete(1, 1);
-        assert!(t.all_done(&g));
+        assert!(t.all_done_on(0, &g));
     }
 
     #[test]
@@ -615,7 +654,7 @@ mod tests {
         let t = Tracker::new();
         assert!(!t.launched(key(1), 5, UNKNOWN, &Broken));
         assert_eq!(t.queued(key(1), &Broken), Queued::default());
-        assert!(t.all_done(&Broken));
+        assert!(t.all_done_on(0, &Broken));
         assert_eq!(t.estimate_us(5), None);
     }
 

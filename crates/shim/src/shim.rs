@@ -25,8 +25,8 @@
 use std::fmt::Display;
 use std::io::Write;
 use std::os::fd::{IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use gvm_host_root::{HostRoot, ROOT_ENV};
@@ -41,7 +41,8 @@ use crate::control::{
 use crate::driver::{self, DriverEvents};
 use crate::ffi::{self, CuResult, CUDA_SUCCESS};
 use crate::gate::{self, FutexParker, StreamTracker};
-use crate::gpu_gate::{self, GpuGate};
+use crate::gpu_gate;
+use crate::gpus::{GpuArbitration, PerGpu, MAX_GPUS};
 use crate::priority::{self, ArbiterMap, Participant, RealEnv};
 use crate::queue::{self, Events, StreamKey, Tracker};
 use crate::register::{self as reg, GpuId, Request, MEMFD_CONTROL, PROTOCOL_VERSION, SOCKET_ENV};
@@ -71,14 +72,18 @@ pub struct Shim {
     streams: StreamTracker,
     warned_over_limit: AtomicBool,
     tracker: Tracker,
-    arbiter: OnceLock<Option<Participant>>,
-    /// Arbitration blocks gvm-vgpud handed over (by GPU PCI bus id), for the participant to
-    /// join instead of a standalone block: the daemon relays busy between the uids (and VMs)
-    /// on a GPU through them.
+    /// The arbitration on each GPU the process launches on.
+    gpus: PerGpu,
+    /// Arbitration blocks gvm-vgpud handed over (by GPU PCI bus id), for a GPU not joined yet
+    /// to join instead of a standalone block: the daemon relays busy between the uids (and
+    /// VMs) on a GPU through them.
     handed_arbiters: std::sync::Mutex<Vec<(String, OwnedFd)>>,
-    /// The GPU and a descriptor of the daemon-made block the participant joined, handed back
-    /// at every re-registration.
-    joined_handed: OnceLock<(String, OwnedFd)>,
+    /// The helper thread that clears busy (one for every GPU), and the word it sleeps on
+    /// while no GPU of the process is busy.
+    helper: Once,
+    helper_wake: AtomicU32,
+    /// The GPU-side gate's watchdog (one for every GPU).
+    watchdog: Once,
     /// What to say when no daemon takes the registration (a standalone block's knobs).
     standalone_note: Option<String>,
     /// `GVM_QUEUE_BUDGET_US`: GPU time a yielding process may queue beyond its count floor
@@ -86,7 +91,6 @@ pub struct Shim {
     queue_budget_us: u32,
     /// `GVM_GPU_GATE`: hold queued work on the GPU while yielding (`gpu_gate.rs`).
     gpu_gate_wanted: bool,
-    gpu_gate: GpuGate,
 }
 
 /// What [`Shim::before_launch`] decided for one launch, for [`Shim::after_launch`].
@@ -96,6 +100,8 @@ pub struct Ticket {
     key: Option<StreamKey>,
     /// The launch was published busy: report its end.
     busy: bool,
+    /// The device it went to.
+    device: i32,
     /// What runs: the `CUfunction` or graph handle (its run time is learned per handle).
     work: usize,
     /// A queue budget applies: record events with GPU timestamps, to learn run times.
@@ -244,7 +250,7 @@ fn keep_registered(
         timeout: REGISTER_TIMEOUT,
         exiting: &EXITING,
         log: log_line,
-        joined_arbiter,
+        joined_arbiters,
         on_arbiters,
     };
     if let Err(e) = reregister::spawn(link, &socket, first) {
@@ -255,10 +261,9 @@ fn keep_registered(
     }
 }
 
-/// The daemon-made arbitration block this process joined (a duplicate descriptor).
-fn joined_arbiter() -> Option<(String, OwnedFd)> {
-    let (pci, fd) = SHIM.get()?.joined_handed.get()?;
-    Some((pci.clone(), fd.try_clone().ok()?))
+/// The daemon-made arbitration blocks this process joined, by GPU (duplicate descriptors).
+fn joined_arbiters() -> Vec<(String, OwnedFd)> {
+    SHIM.get().map(|s| s.gpus.handed_back()).unwrap_or_default()
 }
 
 /// Keep the arbitration blocks a daemon handed over, for a participant not joined yet.
@@ -282,47 +287,50 @@ fn standalone(socket: &std::path::Path, why: &str, note: Option<&str>) {
 }
 
 extern "C" fn leave_arbiter_at_exit() {
-    if let Some(Some(p)) = SHIM
-        .get()
-        .map(|s| s.arbiter.get())
-        .and_then(|a| a.map(Option::as_ref))
-    {
-        p.leave();
+    if let Some(s) = SHIM.get() {
+        for (_, p) in s.gpus.joined() {
+            p.leave();
+        }
     }
 }
 
-/// The helper thread of a process that publishes busy: clears busy once its GPU work is done
-/// (see `priority.rs` for the rule and its latency).
+/// The helper thread of a process that publishes busy: clears each GPU's busy flag once its
+/// work on that GPU is done (see `priority.rs` for the rule and its latency).
 fn helper_main() {
     driver::relax_capture_mode();
     let s = get();
-    let Some(p) = s.participant() else { return };
     let ev = DriverEvents {
         set_ctx: true,
         ..DriverEvents::default()
     };
+    let any_busy = || s.gpus.joined().any(|(_, p)| p.is_busy());
     loop {
-        if !p.is_busy() {
-            let w = p.helper_wake.load(Ordering::Acquire);
-            if !p.is_busy() {
-                ffi::futex_wait(&p.helper_wake, w, Duration::from_millis(100));
+        if !any_busy() {
+            let w = s.helper_wake.load(Ordering::Acquire);
+            if !any_busy() {
+                ffi::futex_wait(&s.helper_wake, w, Duration::from_millis(100));
             }
             continue;
         }
         std::thread::sleep(priority::POLL);
         let linger = Duration::from_micros(u64::from(s.block().linger_us.load(Ordering::Relaxed)));
-        p.try_go_idle(linger, || s.tracker.all_done(&ev));
+        for (device, p) in s.gpus.joined() {
+            if p.is_busy() {
+                p.try_go_idle(linger, || s.tracker.all_done_on(device, &ev));
+            }
+        }
     }
 }
 
 /// The GPU-gate watchdog of a process that holds its queued work on the GPU
-/// (`gpu_gate.rs`): reaps stale peers while held, ends a hold after the maximum hold.
+/// (`gpu_gate.rs`): reaps stale peers while held, ends a hold after the maximum hold, on
+/// every GPU whose gate is in use.
 fn gpu_gate_watchdog_main() {
     let s = get();
-    let Some(p) = s.participant() else { return };
     let b = s.block();
     gpu_gate::watch(
-        p,
+        MAX_GPUS,
+        |i| s.gpus.gated(i),
         || Duration::from_millis(u64::from(b.max_hold_ms.load(Ordering::Relaxed))),
         |d| {
             b.arb_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -339,13 +347,14 @@ impl Shim {
             streams: StreamTracker::new(),
             warned_over_limit: AtomicBool::new(false),
             tracker: Tracker::new(),
-            arbiter: OnceLock::new(),
+            gpus: PerGpu::new(),
             handed_arbiters: std::sync::Mutex::new(Vec::new()),
-            joined_handed: OnceLock::new(),
+            helper: Once::new(),
+            helper_wake: AtomicU32::new(0),
+            watchdog: Once::new(),
             standalone_note: None,
             queue_budget_us: 0,
             gpu_gate_wanted: false,
-            gpu_gate: GpuGate::new(),
         }
     }
 
@@ -400,10 +409,10 @@ impl Shim {
             control: control.to_owned(),
             gpus,
             vgpu_uuid: self.block().knobs().vgpu_uuid,
-            arbiter: None,
+            arbiters: Vec::new(),
         };
         let first =
-            match reg::connect_and_register(&socket, &request, block_fd, None, REGISTER_TIMEOUT) {
+            match reg::connect_and_register(&socket, &request, block_fd, &[], REGISTER_TIMEOUT) {
                 Ok(r) => {
                     self.keep_handed_arbiters(r.arbiters);
                     debug(|| {
@@ -449,20 +458,32 @@ impl Shim {
         always: bool,
     ) -> Ticket {
         let b = self.block();
-        let p = if arbitrate { self.participant() } else { None };
+        // Arbitration is per GPU: the launching thread's context's device says which.
+        let device = self
+            .gpus
+            .launch_device(driver::device_count, driver::current_device);
+        let gpu = self.gpus.get(device, || {
+            log(format_args!(
+                "CUDA device {device} is beyond the {MAX_GPUS} devices arbitrated; its launches are not arbitrated"
+            ))
+        });
+        let p = match (arbitrate, gpu) {
+            (true, Some(g)) => self.participant(device, g),
+            _ => None,
+        };
         let prio = b.priority.load(Ordering::Relaxed);
         let role = p.map(|p| p.role(prio)).unwrap_or_default();
         if !always && role.is_alone() {
-            self.publish_arb_state(p.is_some(), role, false);
+            self.publish_arb_state(gpu, p.is_some(), role, false);
             return Ticket::default();
         }
-        let key = driver::stream_key(stream, ptsz);
+        let key = driver::stream_key(stream, ptsz, device);
         // A process that yields holds its queued work on the GPU when it can: then a more
         // important one waits behind about one kernel whatever is queued, and no count bound
         // is needed. Under `queue_always` the count is what bounds a freeze or a time slice.
-        let gate_on_gpu = match (p, key) {
-            (Some(p), Some(_)) if role.has_higher && !always && self.gpu_gate_wanted => {
-                self.gpu_gate.block_on_gpu(p, log_line)
+        let gate_on_gpu = match (p, gpu, key) {
+            (Some(p), Some(g), Some(_)) if role.has_higher && !always && self.gpu_gate_wanted => {
+                g.gate.block_on_gpu(p, log_line)
             }
             _ => None,
         };
@@ -493,18 +514,26 @@ impl Shim {
                     WaitOutcome::TimedOut(d) => self.count_hold(d, true),
                 }
             }
-            if let (Some(block_on_gpu), Some(k)) = (gate_on_gpu, key) {
-                if self.gpu_gate.hold_point(p, k, block_on_gpu) {
-                    self.gpu_gate.ensure_watchdog(gpu_gate_watchdog_main, |e| {
-                        log(format_args!(
-                            "cannot start the GPU-gate watchdog ({e}); a GPU hold ends only when the holder goes idle or is reaped"
-                        ))
-                    });
+            if let (Some(block_on_gpu), Some(g), Some(k)) = (gate_on_gpu, gpu, key) {
+                if g.gate.hold_point(p, k, block_on_gpu) {
+                    gvm_shim_abi::sys::spawn_once(
+                        &self.watchdog,
+                        "gvm-gpu-gate",
+                        gpu_gate_watchdog_main,
+                        |e| {
+                            log(format_args!(
+                                "cannot start the GPU-gate watchdog ({e}); a GPU hold ends only when the holder goes idle or is reaped"
+                            ))
+                        },
+                    );
                 }
             }
             if role.has_lower && key.is_some() {
-                p.launch_begins();
-                p.ensure_helper(helper_main, |e| {
+                if p.launch_begins() {
+                    self.helper_wake.fetch_add(1, Ordering::Release);
+                    ffi::futex_wake(&self.helper_wake);
+                }
+                gvm_shim_abi::sys::spawn_once(&self.helper, "gvm-arbiter", helper_main, |e| {
                     log(format_args!(
                         "cannot start the arbiter helper thread ({e}); busy will clear only when peers find it stale"
                     ))
@@ -512,12 +541,13 @@ impl Shim {
                 busy = true;
             }
         }
-        self.publish_arb_state(p.is_some(), role, busy);
+        self.publish_arb_state(gpu, p.is_some(), role, busy);
         let key = key.filter(|_| bound > 0 || busy);
         Ticket {
             // Events are needed to bound the queue and to tell when a busy process is idle.
             key,
             busy,
+            device,
             work,
             timed: budget > 0 && bound > 0,
             idle_only: bound == 0
@@ -544,7 +574,11 @@ impl Shim {
             }
         }
         if t.busy {
-            if let Some(p) = self.participant() {
+            if let Some(p) = self
+                .gpus
+                .get(t.device, || {})
+                .and_then(GpuArbitration::joined)
+            {
                 p.launch_done();
             }
         }
@@ -606,27 +640,38 @@ impl Shim {
         }
     }
 
-    fn publish_arb_state(&self, registered: bool, role: crate::arbiter::Role, busy: bool) {
+    fn publish_arb_state(
+        &self,
+        gpu: Option<&GpuArbitration>,
+        registered: bool,
+        role: crate::arbiter::Role,
+        busy: bool,
+    ) {
         let bits = u32::from(registered) * ARB_REGISTERED
             + u32::from(busy) * ARB_BUSY
             + u32::from(role.has_higher) * ARB_HAS_HIGHER
             + u32::from(role.has_lower) * ARB_HAS_LOWER;
+        let all = match gpu {
+            Some(g) => self.gpus.publish(g, bits),
+            None => bits,
+        };
         let cell = &self.block().arb_state;
-        if cell.load(Ordering::Relaxed) != bits {
-            cell.store(bits, Ordering::Relaxed);
+        if cell.load(Ordering::Relaxed) != all {
+            cell.store(all, Ordering::Relaxed);
         }
     }
 
-    /// This process's registration in its GPU's arbitration block (joined on first use).
-    fn participant(&self) -> Option<&Participant> {
-        self.arbiter
-            .get_or_init(|| std::panic::catch_unwind(|| self.join_arbiter()).unwrap_or(None))
-            .as_ref()
+    /// This process's registration in the arbitration block of device `device` (`gpu`'s
+    /// state), joined on first use.
+    fn participant<'a>(&self, device: i32, gpu: &'a GpuArbitration) -> Option<&'a Participant> {
+        gpu.participant(|| {
+            std::panic::catch_unwind(|| self.join_arbiter(device, gpu)).unwrap_or(None)
+        })
     }
 
-    /// Keep `handed` (blocks by GPU) for [`Self::join_arbiter`]; ignored once joined.
+    /// Keep `handed` (blocks by GPU) for [`Self::join_arbiter`] of GPUs not joined yet.
     fn keep_handed_arbiters(&self, handed: Vec<(String, OwnedFd)>) {
-        if handed.is_empty() || self.arbiter.get().is_some() {
+        if handed.is_empty() {
             return;
         }
         let mut kept = self
@@ -660,27 +705,31 @@ impl Shim {
         }
     }
 
-    fn join_arbiter(&self) -> Option<Participant> {
+    fn join_arbiter(&self, device: i32, gpu: &GpuArbitration) -> Option<Participant> {
         let host = HostRoot::new(std::env::var_os(ROOT_ENV).unwrap_or_else(|| "/".into()));
         let env_path = std::env::var_os(ARBITER_ENV);
-        let dev = driver::current_device();
-        let pci = driver::pci_bus_id(dev);
+        let pci = driver::pci_bus_id(device);
         let euid = gvm_shim_abi::sys::euid();
         let handed = match env_path {
             Some(_) => None,
             None => self.handed_arbiter(pci.as_deref()),
         };
         let (map, path) = match handed {
-            Some((gpu, m)) => {
+            Some((pci, m)) => {
                 if let Some(fd) = m.fd().and_then(|f| f.try_clone_to_owned().ok()) {
-                    let _ = self.joined_handed.set((gpu, fd));
+                    gpu.set_handed_back(pci, fd);
                 }
                 let shown = m.path().to_path_buf();
                 (m, shown)
             }
             None => {
-                let path =
-                    priority::arbiter_path(env_path.as_deref(), &host, pci.as_deref(), dev, euid);
+                let path = priority::arbiter_path(
+                    env_path.as_deref(),
+                    &host,
+                    pci.as_deref(),
+                    device,
+                    euid,
+                );
                 match ArbiterMap::open_or_create(&path) {
                     Ok(m) => (m, path),
                     Err(e) => {
@@ -695,19 +744,22 @@ impl Shim {
             Some(p) => {
                 debug(|| {
                     format!(
-                        "arbitration: slot {} at priority {prio} in {}",
+                        "arbitration on device {device}: slot {} at priority {prio} in {}",
                         p.slot(),
                         p.path().display()
                     )
                 });
-                if !ffi::at_exit(leave_arbiter_at_exit) {
-                    debug(|| "could not register the arbiter clean-up".into());
-                }
+                static AT_EXIT: Once = Once::new();
+                AT_EXIT.call_once(|| {
+                    if !ffi::at_exit(leave_arbiter_at_exit) {
+                        debug(|| "could not register the arbiter clean-up".into());
+                    }
+                });
                 Some(p)
             }
             None => {
                 log(format_args!(
-                    "the arbitration block {} has no free slot; launches are not arbitrated",
+                    "the arbitration block {} has no free slot; launches on device {device} are not arbitrated",
                     path.display()
                 ));
                 None

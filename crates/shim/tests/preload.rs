@@ -897,3 +897,99 @@ fn arbitration_blocks_are_keyed_by_pci_bus_id_not_ordinal() {
         "one block per physical GPU and per uid"
     );
 }
+
+/// `key=value` lines from `rx` until `done` (at most `secs`), as numbers.
+fn values_until_done(rx: &mpsc::Receiver<String>, secs: u64) -> HashMap<String, u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut out = HashMap::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line == "done" => break,
+            Ok(line) => {
+                if let Some((k, v)) = line.split_once('=') {
+                    if let Ok(n) = v.parse() {
+                        out.insert(k.to_string(), n);
+                    }
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn a_process_on_two_gpus_waits_only_for_the_gpu_it_launches_on() {
+    let Some(rig) = rig() else { return };
+    let root = rig.dir.path().join("root2");
+    std::fs::create_dir_all(root.join("dev/shm")).expect("shm dir");
+    const GPUS: &str = "0000:3B:00.0,0000:AF:00.0";
+    let spawn =
+        |name: &str, priority: u32, kernel_ms: u32, plan: &str, gap_ms: u32, stay_ms: u32| {
+            let mut c = rig.command("devices", &rig.control(name));
+            c.args([plan.to_string(), gap_ms.to_string(), stay_ms.to_string()])
+                .env_remove("GVM_SHIM_ARBITER")
+                .env("GVM_VGPU_ROOT", &root)
+                .env("FAKE_PCI_BUS_IDS", GPUS)
+                .env("GVM_PRIORITY", priority.to_string())
+                .env("FAKE_KERNEL_MS", kernel_ms.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut child = c.spawn().expect("spawn driver");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            (child, rx)
+        };
+    // The important process keeps device 1 (0000:af:00.0) busy for seconds: 150 ms kernels
+    // launched every 100 ms. The less important one uses both devices, starting on device 0:
+    // its launches on device 0 must go at once, those on device 1 wait.
+    let plan_hi = vec!["1"; 30].join(",");
+    let (mut hi, hi_rx) = spawn("hi", 0, 150, &plan_hi, 100, 2_000);
+    assert!(value_of(&hi_rx, "launched", 10).is_some(), "high started");
+    let (mut lo, lo_rx) = spawn("lo", 8, 0, "0,1,0,1,0", 500, 0);
+    let t = values_until_done(&lo_rx, 30);
+    assert!(lo.wait().expect("wait").success(), "low ran: {t:?}");
+    for k in ["launch0_dev0_ms", "launch2_dev0_ms", "launch4_dev0_ms"] {
+        let ms = *t.get(k).unwrap_or_else(|| panic!("no {k} in {t:?}"));
+        assert!(
+            ms < 100,
+            "{k}: nobody is busy on device 0, yet it waited {ms} ms"
+        );
+    }
+    let held = *t.get("launch3_dev1_ms").unwrap_or_else(|| panic!("{t:?}"));
+    assert!(
+        held >= 300,
+        "the launch on device 1 waited for the busy process there: {held} ms ({t:?})"
+    );
+    let b = ControlMap::open(&rig.control("lo")).expect("block");
+    let waits = b.block().arb_waits.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&waits),
+        "only device-1 launches waited: {waits}"
+    );
+    // One block per physical GPU, and the low process is in both.
+    let mut names: Vec<String> = std::fs::read_dir(root.join("dev/shm"))
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with("gvm-vgpu-gpu-0000:3b:00.0-u"),
+        "{names:?}"
+    );
+    assert!(
+        names[1].starts_with("gvm-vgpu-gpu-0000:af:00.0-u"),
+        "{names:?}"
+    );
+    let _ = hi.kill();
+    let _ = hi.wait();
+}

@@ -6,8 +6,8 @@
 //! elsewhere; at most [`MAX_CONNECTIONS`] connections at once and [`MAX_PER_UID`]
 //! per non-root uid ([`UidSlots`]); the peer is who the kernel says
 //! (`SO_PEERCRED`); one request line of at most [`MAX_LINE`] bytes within
-//! [`READ_TIMEOUT`], with the control block descriptor (and an arbitration block
-//! handed back) attached; [`register`] checks it all. The reply carries, for each
+//! [`READ_TIMEOUT`], with the control block descriptor (and the arbitration blocks
+//! handed back, one per GPU) attached; [`register`] checks it all. The reply carries, for each
 //! GPU, the arbitration block of the process's domain (its uid in its pid
 //! namespace) from the [`gvm_shim_host::relay_hub::RelayHub`], attached with
 //! `SCM_RIGHTS`. Before the reply the host's snapshot is put in force on the new
@@ -20,6 +20,7 @@
 use super::LocalDaemon;
 use crate::ratelog::RateLog;
 use gvm_shim_abi::priority::ArbiterMap;
+use gvm_shim_abi::register::MAX_HANDED_BACK;
 use gvm_shim_abi::sys::{recv_with_fds, send_bytes, send_with_fds};
 use gvm_shim_host::handover::{
     pid_namespace, refusal_reply, refuse, register, Peer, Refusal, UidSlots, MAX_CONNECTIONS,
@@ -27,6 +28,7 @@ use gvm_shim_host::handover::{
 };
 use gvm_shim_host::registry::Registration;
 use gvm_shim_host::relay::DomainKey;
+use gvm_shim_host::relay_hub::RelayHub;
 use serde_json::Value;
 use std::fs;
 use std::io::{self, Read};
@@ -207,7 +209,8 @@ fn admit(stream: UnixStream, shared: &Shared) {
 
 /// Read one request line (at most [`MAX_LINE`] bytes, newline included) within
 /// [`READ_TIMEOUT`], and the descriptors that came with its first bytes (the
-/// control block, then an arbitration block handed back; any more are closed).
+/// control block, then the arbitration blocks handed back, at most
+/// [`MAX_HANDED_BACK`]; any more are closed).
 fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), Refusal> {
     let deadline = Instant::now() + READ_TIMEOUT;
     let mut line = Vec::with_capacity(512);
@@ -227,7 +230,7 @@ fn read_request(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), Refusal>
             .map_err(|e| refuse("request", format!("read failed: {e}")))?;
         let room = (MAX_LINE + 1 - line.len()).min(chunk.len());
         let buf = &mut chunk[..room];
-        let (n, fds) = match recv_with_fds(stream.as_fd(), buf, 2) {
+        let (n, fds) = match recv_with_fds(stream.as_fd(), buf, 1 + MAX_HANDED_BACK) {
             Ok(r) => r,
             Err(e)
                 if matches!(
@@ -295,38 +298,16 @@ fn join_relay(
     daemon: &LocalDaemon,
     peer: Peer,
     reg: &Registration,
-    back: Option<OwnedFd>,
+    back: Vec<OwnedFd>,
     reply: &mut Value,
 ) -> Vec<Arc<ArbiterMap>> {
     let domain = DomainKey::Host {
         uid: peer.uid,
         pid_ns: pid_namespace(daemon.root(), peer.pid).unwrap_or(0),
     };
-    let gpus: Vec<String> = reg.gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
-    let handed = reg.arbiter_back.clone().zip(back);
-    let mut names = Vec::new();
-    let mut blocks = Vec::new();
-    for (pci, got) in daemon
-        .hub()
-        .join(peer.pid, reg.ns_pid, domain, &gpus, handed)
-    {
-        match got {
-            Ok(b) if b.fd().is_some() => {
-                names.push(pci);
-                blocks.push(b);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if let Some(o) = reply.as_object_mut() {
-                    o.insert("arbiter_note".into(), Value::String(e.to_string()));
-                }
-            }
-        }
-    }
-    if let Some(o) = reply.as_object_mut() {
-        o.insert("arbiters".into(), Value::String(names.join(",")));
-    }
-    blocks
+    let h = daemon.hub().join_registration(peer.pid, reg, domain, back);
+    RelayHub::reply_with(&h, reply);
+    h.blocks
 }
 
 fn connection(stream: UnixStream, peer: Peer, shared: &Shared) {
@@ -339,7 +320,7 @@ fn connection(stream: UnixStream, peer: Peer, shared: &Shared) {
         let (reg, mut reply) = register(daemon.root(), registry, peer, id, &line, control)?;
         daemon.adopt(peer.pid, &reg.block);
         daemon.changed();
-        let blocks = join_relay(daemon, peer, &reg, fds.next(), &mut reply);
+        let blocks = join_relay(daemon, peer, &reg, fds.collect(), &mut reply);
         Ok((reg, reply, blocks))
     });
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));

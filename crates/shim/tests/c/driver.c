@@ -123,6 +123,33 @@ int main(int argc, char **argv) {
         if (stay > 0) usleep(stay * 1000);
         /* The GPU-side gate word as it is after the stay (-1: no wait was queued). */
         printf("wait_word_end=%d\n", count("wait_word"));
+    } else if (!strcmp(mode, "devices")) {
+        /* devices PLAN GAP_MS STAY_MS: one launch on each device of PLAN ("1,0,0,1") in
+         * order, GAP_MS apart, each on that device's primary context made current as
+         * cudaSetDevice does; prints how long each launch call took, then stays STAY_MS. */
+        typedef CUresult (*retain_t)(void **, int);
+        typedef CUresult (*set_t)(void *);
+        retain_t retain = (retain_t)get("cuDevicePrimaryCtxRetain", 0);
+        set_t set_current = (set_t)get("cuCtxSetCurrent", 0);
+        if (!retain || !set_current || argc < 4) return 2;
+        const char *plan = argv[3];
+        int gap = argc > 4 ? atoi(argv[4]) : 0, stay = argc > 5 ? atoi(argv[5]) : 0;
+        for (int i = 0; *plan; i++) {
+            int dev = atoi(plan);
+            void *ctx = NULL;
+            if (retain(&ctx, dev) != 0 || set_current(ctx) != 0) { printf("no_device=%d\n", dev); return 2; }
+            double t = now_ms();
+            launch(0, 1, 1, 1, 1, 1, 1, 0, (void *)0x77, 0, 0);
+            printf("launch%d_dev%d_ms=%d\n", i, dev, (int)(now_ms() - t));
+            if (i == 0) printf("launched\n");
+            fflush(stdout);
+            plan += strcspn(plan, ",");
+            if (*plan == ',') plan++;
+            if (*plan && gap > 0) usleep(gap * 1000);
+        }
+        printf("done\n");
+        fflush(stdout);
+        if (stay > 0) usleep(stay * 1000);
     } else if (!strcmp(mode, "freeze")) {
         printf("before\n");
         fflush(stdout);

@@ -21,8 +21,14 @@ static CUdeviceptr take(size_t s) {
     return p;
 }
 
+/* Contexts: one primary context per device (handle CTX_BASE + device * CTX_STEP); each
+ * thread starts with device 0's current, as a program that never switches devices sees. */
+#define CTX_BASE 0x5ca1ab1eul
+#define CTX_STEP 0x100ul
+#define MAX_DEV 8
+static __thread int cur_dev;
 CUresult cuInit(unsigned flags) { (void)flags; return 0; }
-CUresult cuCtxGetDevice(int *d) { *d = 0; return 0; }
+CUresult cuCtxGetDevice(int *d) { *d = cur_dev; return 0; }
 CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t s) { n_alloc++; *p = take(s); return 0; }
 CUresult cuMemAllocManaged(CUdeviceptr *p, size_t s, unsigned f) { (void)f; n_managed++; *p = take(s); return 0; }
 CUresult cuMemFree_v2(CUdeviceptr p) { (void)p; n_free++; return 0; }
@@ -78,13 +84,19 @@ CUresult cuDeviceGetPCIBusId(char *buf, int len, int d) {
     strcpy(buf, id);
     return 0;
 }
-CUresult cuDevicePrimaryCtxRetain(void **c, int d) { (void)d; *c = (void *)0x5ca1ab1e; return 0; }
+CUresult cuDevicePrimaryCtxRetain(void **c, int d) {
+    if (!fake_pci(d) || d >= MAX_DEV) return 101;
+    *c = (void *)(CTX_BASE + (unsigned long)d * CTX_STEP);
+    return 0;
+}
 CUresult cuModuleLoadData(void **m, const void *img) { (void)img; *m = (void *)0x30d; return 0; }
 CUresult cuModuleGetFunction(void **f, void *m, const char *n) { (void)m; (void)n; *f = (void *)0xf00; return 0; }
 
 /* Events: "kernels" take FAKE_KERNEL_MS each (negative: never end), back to back per
- * process; an event completes when the last kernel launched before it would have ended. */
-static long long gpu_free_at_ns, n_records, n_stream_queries;
+ * process and device; an event completes when the last kernel launched before it on the
+ * current device would have ended. */
+static long long free_at_ns[MAX_DEV], n_records, n_stream_queries;
+#define gpu_free_at_ns free_at_ns[cur_dev]
 static long long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -110,8 +122,13 @@ static void wait_idle(void) {
     nanosleep(&ts, NULL);
 }
 typedef struct { long long done_at; } fake_event;
-CUresult cuCtxGetCurrent(void **c) { *c = (void *)0x5ca1ab1e; return 0; }
-CUresult cuCtxSetCurrent(void *c) { (void)c; return 0; }
+CUresult cuCtxGetCurrent(void **c) { *c = (void *)(CTX_BASE + (unsigned long)cur_dev * CTX_STEP); return 0; }
+CUresult cuCtxSetCurrent(void *c) {
+    unsigned long v = (unsigned long)c;
+    if (v < CTX_BASE || (v - CTX_BASE) % CTX_STEP || (v - CTX_BASE) / CTX_STEP >= MAX_DEV) return 201; /* CUDA_ERROR_INVALID_CONTEXT */
+    cur_dev = (int)((v - CTX_BASE) / CTX_STEP);
+    return 0;
+}
 CUresult cuEventCreate(void **e, unsigned f) { (void)f; *e = calloc(1, sizeof(fake_event)); return *e ? 0 : 2; }
 CUresult cuEventRecord(void *e, void *s) { (void)s; n_records++; ((fake_event *)e)->done_at = gpu_free_at_ns; return 0; }
 CUresult cuEventRecord_ptsz(void *e, void *s) { return cuEventRecord(e, s); }
@@ -119,7 +136,8 @@ CUresult cuEventQuery(void *e) {
     long long d = ((fake_event *)e)->done_at;
     return (d >= 0 && now_ns() >= d) ? 0 : 600;
 }
-/* One fake queue per process: a stream has finished when the last kernel launched has. */
+/* One fake queue per process and device: a stream has finished when the last kernel
+ * launched on the current device has. */
 CUresult cuStreamQuery(void *s) {
     (void)s;
     n_stream_queries++;
@@ -184,6 +202,8 @@ static void *lookup(const char *s, int v, unsigned long long flags) {
     if (!strcmp(s, "cuCtxGetDevice")) return (void *)cuCtxGetDevice;
     if (!strcmp(s, "cuCtxSynchronize")) return v >= 13000 ? (void *)cuCtxSynchronize_v2 : (void *)cuCtxSynchronize;
     if (!strcmp(s, "cuInit")) return (void *)cuInit;
+    if (!strcmp(s, "cuCtxSetCurrent")) return (void *)cuCtxSetCurrent;
+    if (!strcmp(s, "cuDevicePrimaryCtxRetain")) return (void *)cuDevicePrimaryCtxRetain;
     if (!strcmp(s, "cuLaunchKernel")) return (flags & 2) ? (void *)cuLaunchKernel_ptsz : (void *)cuLaunchKernel;
     if (!strcmp(s, "cuLaunchKernelEx")) return (void *)cuLaunchKernelEx;
     return NULL;
