@@ -53,7 +53,19 @@ pub struct Knobs {
     /// whole queue, and no count bound is needed. Falls back to the CPU-side count bound when
     /// the driver cannot map the block. Process-local: not part of the control block.
     pub gpu_gate: bool,
+    /// How long one registration with gvm-vgpud (or, in a guest, the agent) may take, ms
+    /// (`GVM_SHIM_REGISTER_TIMEOUT_MS`, default [`DEFAULT_REGISTER_TIMEOUT_MS`], at most
+    /// [`MAX_REGISTER_TIMEOUT_MS`]). The first one delays the program's first CUDA call by at
+    /// most this; past it the process runs standalone until a retry a second later takes.
+    /// Raise it where the manager answers slowly: an emulated (TCG) or overloaded guest.
+    /// Process-local: not part of the control block.
+    pub register_timeout_ms: u32,
 }
+
+/// Default bound of one registration, ms.
+pub const DEFAULT_REGISTER_TIMEOUT_MS: u32 = 100;
+/// The largest accepted bound of one registration, ms.
+pub const MAX_REGISTER_TIMEOUT_MS: u32 = 10_000;
 
 /// Default in-flight bound while yielding.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 2;
@@ -85,6 +97,7 @@ impl Default for Knobs {
             max_hold_ms: DEFAULT_MAX_HOLD_MS,
             queue_budget_us: DEFAULT_QUEUE_BUDGET_US,
             gpu_gate: true,
+            register_timeout_ms: DEFAULT_REGISTER_TIMEOUT_MS,
         }
     }
 }
@@ -172,6 +185,18 @@ impl Knobs {
                     Ok(n) if n <= max => *cell = n,
                     _ => errors.push(bad(var, v, reason)),
                 }
+            }
+        }
+        if let Some(v) = get("GVM_SHIM_REGISTER_TIMEOUT_MS") {
+            match v.trim().parse::<u32>() {
+                Ok(n) if (1..=MAX_REGISTER_TIMEOUT_MS).contains(&n) => {
+                    knobs.register_timeout_ms = n
+                }
+                _ => errors.push(bad(
+                    "GVM_SHIM_REGISTER_TIMEOUT_MS",
+                    v,
+                    "use milliseconds from 1 to 10000",
+                )),
             }
         }
         (knobs, errors)
@@ -289,8 +314,10 @@ mod tests {
             ("GVM_ARB_MAX_HOLD_MS", "20"),
             ("GVM_QUEUE_BUDGET_US", "1000"),
             ("GVM_GPU_GATE", "0"),
+            ("GVM_SHIM_REGISTER_TIMEOUT_MS", "2000"),
         ]));
         assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(k.register_timeout_ms, 2000);
         assert!(!k.arbitrate && k.queue_always && !k.gpu_gate);
         assert!(Knobs::default().gpu_gate, "on unless turned off");
         assert_eq!((k.queue_depth, k.linger_us, k.max_hold_ms), (1, 500, 20));
@@ -300,9 +327,13 @@ mod tests {
             ("GVM_ARBITRATE", "maybe"),
             ("GVM_QUEUE_BUDGET_US", "100001"),
             ("GVM_GPU_GATE", "sometimes"),
+            ("GVM_SHIM_REGISTER_TIMEOUT_MS", "0"),
         ]));
         assert_eq!(k, Knobs::default());
-        assert_eq!(errs.len(), 4);
+        assert_eq!(errs.len(), 5);
+        assert!(errs
+            .iter()
+            .any(|e| e.to_string().contains("GVM_SHIM_REGISTER_TIMEOUT_MS")));
         assert!(errs.iter().any(|e| e.to_string().contains("GVM_GPU_GATE")));
         assert!(errs
             .iter()

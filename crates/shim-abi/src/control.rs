@@ -262,6 +262,7 @@ impl ControlBlock {
             // Process-local, not in the block: the default.
             queue_budget_us: crate::config::DEFAULT_QUEUE_BUDGET_US,
             gpu_gate: Knobs::default().gpu_gate,
+            register_timeout_ms: crate::config::DEFAULT_REGISTER_TIMEOUT_MS,
         }
     }
 
@@ -752,6 +753,7 @@ mod tests {
             // Process-local (not in the block): a second mapping sees the default.
             queue_budget_us: crate::config::DEFAULT_QUEUE_BUDGET_US,
             gpu_gate: Knobs::default().gpu_gate,
+            register_timeout_ms: crate::config::DEFAULT_REGISTER_TIMEOUT_MS,
         };
         let a = ControlMap::create(&path, &knobs, FLAG_STANDALONE).expect("create");
         let b = ControlMap::open(&path).expect("open");

@@ -56,7 +56,8 @@ pub static CUDA_HANDLE: AtomicUsize = AtomicUsize::new(0);
 
 static SHIM: OnceLock<Shim> = OnceLock::new();
 
-/// The whole registration (connect, send, reply) takes at most this long, once.
+/// The whole registration (connect, send, reply) takes at most this long, once, unless
+/// `GVM_SHIM_REGISTER_TIMEOUT_MS` says otherwise.
 pub const REGISTER_TIMEOUT: Duration = reg::DEFAULT_TIMEOUT;
 /// Registration: 0 not tried, 1 taken by a thread (in progress or done).
 static REGISTER_STATE: AtomicU8 = AtomicU8::new(0);
@@ -91,6 +92,8 @@ pub struct Shim {
     queue_budget_us: u32,
     /// `GVM_GPU_GATE`: hold queued work on the GPU while yielding (`gpu_gate.rs`).
     gpu_gate_wanted: bool,
+    /// `GVM_SHIM_REGISTER_TIMEOUT_MS`: the bound of one registration.
+    register_timeout: Duration,
 }
 
 /// What [`Shim::before_launch`] decided for one launch, for [`Shim::after_launch`].
@@ -166,6 +169,7 @@ fn init() -> Shim {
     let mut shim = init_control(&knobs);
     shim.queue_budget_us = knobs.queue_budget_us;
     shim.gpu_gate_wanted = knobs.gpu_gate;
+    shim.register_timeout = Duration::from_millis(u64::from(knobs.register_timeout_ms));
     shim
 }
 
@@ -239,6 +243,7 @@ fn keep_registered(
     request: Request,
     control: OwnedFd,
     first: Result<OwnedFd, reg::RegisterError>,
+    timeout: Duration,
 ) {
     if !ffi::at_exit(mark_exiting) {
         debug(|| "could not register the exit flag of the re-registration thread".into());
@@ -247,7 +252,7 @@ fn keep_registered(
         socket: socket.clone(),
         request,
         control,
-        timeout: REGISTER_TIMEOUT,
+        timeout,
         exiting: &EXITING,
         log: log_line,
         joined_arbiters,
@@ -355,6 +360,7 @@ impl Shim {
             standalone_note: None,
             queue_budget_us: 0,
             gpu_gate_wanted: false,
+            register_timeout: REGISTER_TIMEOUT,
         }
     }
 
@@ -411,26 +417,31 @@ impl Shim {
             vgpu_uuid: self.block().knobs().vgpu_uuid,
             arbiters: Vec::new(),
         };
-        let first =
-            match reg::connect_and_register(&socket, &request, block_fd, &[], REGISTER_TIMEOUT) {
-                Ok(r) => {
-                    self.keep_handed_arbiters(r.arbiters);
-                    debug(|| {
-                        format!(
-                            "registered with gvm-vgpud at {} (gpu {:?}, {} GPUs reported)",
-                            socket.display(),
-                            r.reply.gpu,
-                            request.gpus.len()
-                        )
-                    });
-                    Ok(r.connection)
-                }
-                Err(e) => {
-                    standalone(&socket, &e.to_string(), note);
-                    Err(e)
-                }
-            };
-        keep_registered(socket, request, kept, first);
+        let first = match reg::connect_and_register(
+            &socket,
+            &request,
+            block_fd,
+            &[],
+            self.register_timeout,
+        ) {
+            Ok(r) => {
+                self.keep_handed_arbiters(r.arbiters);
+                debug(|| {
+                    format!(
+                        "registered with gvm-vgpud at {} (gpu {:?}, {} GPUs reported)",
+                        socket.display(),
+                        r.reply.gpu,
+                        request.gpus.len()
+                    )
+                });
+                Ok(r.connection)
+            }
+            Err(e) => {
+                standalone(&socket, &e.to_string(), note);
+                Err(e)
+            }
+        };
+        keep_registered(socket, request, kept, first, self.register_timeout);
     }
 
     /// Before a launch on `stream` (`ptsz`: through a `_ptsz` entry point): pass the gate
