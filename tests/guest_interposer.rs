@@ -96,6 +96,7 @@ answer() {{
 mkfifo /tmp/cuda.in
 LD_LIBRARY_PATH={library_path} LD_PRELOAD={GUEST_DIR}/libgvm_cuda.so \
   GVM_SHIM_SOCKET=/run/gvm-vgpu/shim.sock GVM_MEMORY_LIMIT=unlimited \
+  GVM_SHIM_REGISTER_TIMEOUT_MS=5000 \
   {program_env} FAKE_PCI_BUS_IDS=0000:3B:00.0 \
   {GUEST_DIR}/line_driver {GUEST_DIR}/libcuda.so.1 </tmp/cuda.in >/tmp/cuda.out 2>/tmp/cuda.err &
 drv=$!
@@ -399,9 +400,9 @@ fn in_sync(g: &serde_json::Value) -> bool {
     g["generation_sent"].as_u64().is_some() && g["generation_acked"] == g["generation_sent"]
 }
 
-/// Whether the guest's CUDA process is connected over protocol 2 and registered.
+/// Whether the guest's CUDA process is connected over protocol 2 or later and registered.
 fn registered(g: &serde_json::Value) -> bool {
-    g["connected"] == true && g["protocol"] == 2 && program(g).is_some()
+    g["connected"] == true && g["protocol"].as_u64().is_some_and(|p| p >= 2) && program(g).is_some()
 }
 
 /// The guest's CUDA process as its agent's counters last listed it.

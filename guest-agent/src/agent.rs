@@ -611,6 +611,7 @@ mod tests {
                 window_ms,
             },
             hold: false,
+            outranked: false,
         }
     }
 

@@ -179,6 +179,10 @@ mod tests {
         assert_eq!(h.agent, env!("CARGO_PKG_VERSION"));
         let line = hello_line(&h).unwrap();
         assert!(line.starts_with(br#"{"type":"hello","v":1,"#));
-        assert_eq!(h.protocol(), 2, "a v2 agent says so");
+        assert_eq!(
+            h.protocol(),
+            AGENT_PROTOCOL,
+            "the agent says which protocol it speaks"
+        );
     }
 }

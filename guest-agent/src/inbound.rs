@@ -133,6 +133,7 @@ mod tests {
                 ..Knobs::default()
             },
             hold: false,
+            outranked: false,
         };
         Framed::Line(HostMessage::Snapshot(s).to_line().into_bytes())
     }

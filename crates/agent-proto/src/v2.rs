@@ -16,6 +16,7 @@
 //! ```text
 //! {"type":"snapshot","generation":7,"knobs":{"memory_limit":1073741824,"priority":2,"frozen":false,
 //!  "host_swap":false,"share_budget_us":null,"window_ms":null},"hold":false}
+//! {"type":"snapshot","generation":8,"knobs":{…},"hold":true,"outranked":true}   (protocol 3)
 //! {"type":"counters","processes":[{"pid":41,"name":"train","memory_current":4096,"memory_swap":0,
 //!  "kernels_submitted":10,"kernels_ended":9,"pending":1,"busy":true,"gpu_busy_us":1500}]}
 //! {"type":"busy","busy":true}
@@ -34,7 +35,14 @@ use crate::message::{MAX_COUNTER, MAX_MEMORY_BYTES, MAX_PID};
 use crate::validate::{check_range, check_str};
 
 /// The agent protocol this crate speaks at most (`"protocol"` in a hello).
-pub const AGENT_PROTOCOL: u32 = 2;
+///
+/// - 2: the two-way channel (snapshots, counters, busy, acks);
+/// - 3: as 2, and a snapshot may carry [`Snapshot::outranked`]. A host sends that field only
+///   to an agent whose hello said 3 or more (a protocol-2 agent refuses unknown fields), and
+///   an agent takes a snapshot without it as `false`.
+pub const AGENT_PROTOCOL: u32 = 3;
+/// The first agent protocol whose snapshots carry [`Snapshot::outranked`].
+pub const OUTRANKED_PROTOCOL: u32 = 3;
 /// Most process entries in one counters message.
 pub const MAX_V2_PROCESSES: usize = 256;
 /// Highest priority (0 is the highest, 16 the lowest, as on the host).
@@ -72,6 +80,12 @@ pub struct Snapshot {
     pub knobs: Knobs,
     /// The arbitration hold: a higher-priority VM or host process is busy.
     pub hold: bool,
+    /// A hold may come at any time (protocol 3): a VM or host process of strictly higher
+    /// priority shares the GPU, or a share scheduler meters it. The guest then keeps its
+    /// processes' GPU-side gate armed, so that a hold stops the work they already queued, not
+    /// only their next launch. Sent only when true, and only to protocol-3 agents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outranked: bool,
 }
 
 /// What the host sends.

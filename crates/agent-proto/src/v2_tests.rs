@@ -10,12 +10,24 @@ fn snapshot_round_trips_and_higher_generation_wins() {
             ..Knobs::default()
         },
         hold: false,
+        outranked: false,
     };
     let line = HostMessage::Snapshot(s).to_line();
     assert!(
         line.starts_with(r#"{"type":"snapshot","generation":3"#),
         "{line}"
     );
+    assert!(
+        !line.contains("outranked"),
+        "not outranked: the line a protocol-2 agent reads: {line}"
+    );
+    let o = Snapshot {
+        outranked: true,
+        ..s
+    };
+    let line3 = HostMessage::Snapshot(o).to_line();
+    assert!(line3.contains(r#""outranked":true"#), "{line3}");
+    assert_eq!(parse_host_line(line3.as_bytes()), Ok(o));
     assert_eq!(parse_host_line(line.as_bytes()), Ok(s));
     let mut t = SnapshotTracker::default();
     assert!(t.offer(s));

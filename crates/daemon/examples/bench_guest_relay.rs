@@ -171,7 +171,7 @@ fn priority(c: &mut Client, u: &Uuid, p: u8) {
 }
 
 fn synced(c: &mut Client, u: &Uuid) -> bool {
-    guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
+    guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol >= 2)
 }
 
 /// p50, p90 and max of `v`, µs.

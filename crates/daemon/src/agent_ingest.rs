@@ -156,6 +156,8 @@ pub struct DesiredState {
     pub knobs: v2::Knobs,
     /// The arbitration hold.
     pub hold: bool,
+    /// A hold may come at any time (sent to protocol-3 agents as `outranked`).
+    pub outranked: bool,
 }
 
 /// One channel's protocol-2 exchange.
@@ -248,6 +250,8 @@ impl GuestControl {
             generation: self.generation,
             knobs: d.knobs,
             hold: d.hold,
+            // A protocol-2 agent refuses a field it does not know.
+            outranked: d.outranked && self.protocol >= v2::OUTRANKED_PROTOCOL,
         })
     }
 
@@ -477,12 +481,17 @@ impl GuestTable {
             c.control.base_knobs = Some(knobs);
             let knobs = c.control.sched.map_or(knobs, |s| s.overlay(knobs));
             let hold = c.control.desired.is_some_and(|d| d.hold);
+            let outranked = c.control.desired.is_some_and(|d| d.outranked);
             if !knobs.frozen {
                 c.control.submitted_at_freeze = None;
                 c.control.frozen_lie = false;
                 c.control.lie_taken = false;
             }
-            let want = DesiredState { knobs, hold };
+            let want = DesiredState {
+                knobs,
+                hold,
+                outranked,
+            };
             if c.control.desired != Some(want) {
                 c.control.desired = Some(want);
                 c.control.generation = next_generation(c.control.generation);

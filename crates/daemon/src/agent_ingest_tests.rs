@@ -292,3 +292,25 @@ fn metrics_carry_the_guests_cuda_processes_and_its_protocol_2_state() {
         assert!(text.contains(&line), "{line} missing from:\n{text}");
     }
 }
+
+#[test]
+fn outranked_goes_only_to_agents_that_said_protocol_3() {
+    let mut c = GuestControl::new();
+    c.desired = Some(DesiredState {
+        knobs: v2::Knobs::default(),
+        hold: false,
+        outranked: true,
+    });
+    c.protocol = 2;
+    let s = c.due().expect("due");
+    assert!(!s.outranked, "a protocol-2 agent refuses unknown fields");
+    let line = v2::HostMessage::Snapshot(s).to_line();
+    assert!(!line.contains("outranked"), "{line}");
+    c.protocol = 3;
+    let s = c.due().expect("due");
+    assert!(s.outranked);
+    assert_eq!(
+        v2::parse_host_line(v2::HostMessage::Snapshot(s).to_line().as_bytes()),
+        Ok(s)
+    );
+}

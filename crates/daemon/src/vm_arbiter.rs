@@ -145,6 +145,16 @@ pub fn holds<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
         .collect()
 }
 
+/// For every VM, whether a hold may come at any time: another VM of strictly higher
+/// priority shares its GPU, busy or not (one pass, as [`holds`]). The guest of such a VM
+/// keeps its processes' GPU-side gate armed (agent protocol 3, `outranked`).
+pub fn outranked<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
+    let top = vms.values().map(|v| v.priority).min();
+    vms.iter()
+        .map(|(k, me)| (k.clone(), top.is_some_and(|p| p < me.priority)))
+        .collect()
+}
+
 /// For every VM, whether its busy claim holds anyone now: it is busy and some VM is of
 /// strictly lower priority (one pass, as [`holds`]).
 pub fn holders<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
@@ -212,13 +222,19 @@ mod tests {
                     },
                 );
             }
-            let (h, who) = (holds(&m), holders(&m));
+            let (h, who, out) = (holds(&m), holders(&m), outranked(&m));
             for (k, me) in &m {
                 let held = m
                     .iter()
                     .any(|(o, v)| o != k && v.busy && v.priority < me.priority);
                 let holding = me.busy && m.iter().any(|(o, v)| o != k && v.priority > me.priority);
-                assert_eq!((h[k], who[k]), (held, holding), "{m:?}, VM {k}");
+                let under = m.iter().any(|(o, v)| o != k && v.priority < me.priority);
+                assert_eq!(
+                    (h[k], who[k], out[k]),
+                    (held, holding, under),
+                    "{m:?}, VM {k}"
+                );
+                assert!(!h[k] || out[k], "a held VM is outranked");
             }
         }
     }

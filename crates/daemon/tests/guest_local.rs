@@ -153,6 +153,16 @@ impl Rig {
         self.program_at(&vm.root, kernel_ms, None, "0000:3B:00.0", false)
     }
 
+    /// A program in `vm` whose driver can map host memory for the GPU, so that the shim can
+    /// put GPU-side waits in front of its launches (`gate` says how many it did).
+    fn program_gated(&self, vm: &Vm, kernel_ms: u32) -> Program {
+        self.program_env(&vm.root, kernel_ms, &[("FAKE_HOST_REGISTER", "1")])
+    }
+
+    fn program_env(&self, root: &std::path::Path, kernel_ms: u32, env: &[(&str, &str)]) -> Program {
+        self.program_with(root, kernel_ms, None, "0000:3B:00.0", false, env)
+    }
+
     /// A program in `vm` whose `sync` waits for its fake kernel, as a real one does.
     fn program_waiting(&self, vm: &Vm, kernel_ms: u32) -> Program {
         self.program_at(&vm.root, kernel_ms, None, "0000:3B:00.0", true)
@@ -168,6 +178,18 @@ impl Rig {
         uuid: Option<&Uuid>,
         pci: &str,
         sync_waits: bool,
+    ) -> Program {
+        self.program_with(root, kernel_ms, uuid, pci, sync_waits, &[])
+    }
+
+    fn program_with(
+        &self,
+        root: &std::path::Path,
+        kernel_ms: u32,
+        uuid: Option<&Uuid>,
+        pci: &str,
+        sync_waits: bool,
+        env: &[(&str, &str)],
     ) -> Program {
         let mut cmd = Command::new(&self.driver);
         cmd.arg(&self.fake)
@@ -187,6 +209,9 @@ impl Rig {
             .stderr(Stdio::null());
         if let Some(u) = uuid {
             cmd.env("GVM_VGPU_UUID", u.to_string());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
@@ -233,7 +258,7 @@ fn two_managed_vgpus(sim: &Sim) -> (common::Daemon, gvm_client::Client, Uuid, Uu
 
 /// `u`'s guest is connected at protocol 2 and acknowledged the state it was sent.
 fn synced(c: &mut gvm_client::Client, u: &Uuid) -> bool {
-    guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol == 2)
+    guest(c, u).is_some_and(|g| g.in_sync() && g.connected && g.protocol >= 2)
 }
 
 fn live(c: &mut gvm_client::Client, u: &Uuid, memory: Option<u64>, priority: Option<u8>) {
@@ -266,7 +291,7 @@ fn a_vms_knobs_reach_its_guest_processes_and_a_busy_vm_holds_a_less_important_on
     );
 
     // Memory: the host's live limit holds inside the guest process, and moves.
-    let mut a = rig.program(&vm_a, 600);
+    let mut a = rig.program_gated(&vm_a, 600);
     live(&mut c, &ua, Some(64 * MIB), None);
     assert!(wait_until(Duration::from_secs(5), || synced(&mut c, &ua)));
     assert_eq!(
@@ -313,10 +338,18 @@ fn a_vms_knobs_reach_its_guest_processes_and_a_busy_vm_holds_a_less_important_on
     assert_eq!(a.ask("sync"), "synced=0");
 
     // Arbitration between VMs: A (2) busy with a 600 ms kernel holds B (8).
-    let mut b = rig.program(&vm_b, 0);
+    let mut b = rig.program_gated(&vm_b, 0);
     assert!(wait_until(Duration::from_secs(5), || synced(&mut c, &ub)));
     assert_eq!(b.ask("launch"), "launched=1", "B runs while A is idle");
     assert_eq!(b.ask("sync"), "synced=0");
+    // B is outranked (A is more important, on the same GPU): its guest keeps B's GPU-side
+    // gate armed, so a hold will stop what B queued too; A's launches carry no wait.
+    assert_eq!(
+        b.ask("gate"),
+        "waits=1",
+        "B's launch carried a GPU-side wait"
+    );
+    assert_eq!(a.ask("gate"), "waits=0", "nobody outranks A");
     let t = Instant::now();
     a.send("launch");
     assert_eq!(

@@ -37,6 +37,9 @@ pub enum DomainKey {
     },
     /// The processes of one VM (a later step; the guest's blocks relayed by the host).
     Vm(Uuid),
+    /// What lies outside this manager (in a guest: the host), with no block here
+    /// (`RelayHub::set_outside`).
+    Outside,
 }
 
 /// The priority a process that owns no vGPU counts at, at best, in *other* domains: its

@@ -109,6 +109,8 @@ struct GpuRelay {
     vms: BTreeMap<uuid::Uuid, Masks>,
     /// The priorities busy in the host's domains at the last run (what holds a VM).
     host_busy: u32,
+    /// The priorities registered in the host's domains at the last run (what may hold a VM).
+    host_present: u32,
     doorbell: Doorbell,
 }
 
@@ -118,6 +120,7 @@ impl Default for GpuRelay {
             domains: BTreeMap::new(),
             vms: BTreeMap::new(),
             host_busy: 0,
+            host_present: 0,
             doorbell: Doorbell::new(u64::try_from(MIN_GAP.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
@@ -146,6 +149,9 @@ pub struct RelayHub {
     /// Bumped whenever the busy priorities of some GPU's host domains change
     /// ([`RelayHub::host_epoch`]).
     host_epoch: std::sync::atomic::AtomicU64,
+    /// What lies outside this manager and outranks its domains on every GPU
+    /// ([`RelayHub::set_outside`]): `present | busy << 32`, 0 for nothing.
+    outside: std::sync::atomic::AtomicU64,
 }
 
 impl RelayHub {
@@ -156,10 +162,12 @@ impl RelayHub {
             registry,
             me: me.clone(),
             host_epoch: std::sync::atomic::AtomicU64::new(0),
+            outside: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// A counter that changes whenever [`RelayHub::host_busy`] of any GPU does: a caller
+    /// A counter that changes whenever [`RelayHub::host_busy`] or [`RelayHub::host_present`]
+    /// of any GPU does: a caller
     /// that polls the host's busy state (the VM arbitration) skips its work while it stands.
     pub fn host_epoch(&self) -> u64 {
         self.host_epoch.load(Ordering::Acquire)
@@ -361,6 +369,31 @@ impl RelayHub {
         all.retain(|_, g| !g.domains.is_empty() || !g.vms.is_empty());
     }
 
+    /// Something outside this manager — in a guest: the host, whose VMs and processes may
+    /// hold this VM — is registered at, and busy at, the priorities of `masks` on every GPU
+    /// (`None`: nothing). Every domain's processes then yield to it as to another domain, on
+    /// the CPU and, with the GPU-side gate, on the GPU: a guest agent presents the host's
+    /// hold this way while its VM is outranked, so that a hold also stops what the guest's
+    /// processes already queued. Runs every GPU's relay when that changes anything.
+    pub fn set_outside(&self, masks: Option<Masks>) {
+        let packed = masks.map_or(0, |m| u64::from(m.present) | (u64::from(m.busy) << 32));
+        if self.outside.swap(packed, Ordering::AcqRel) == packed {
+            return;
+        }
+        let mut all = self.lock();
+        for gpu in all.values_mut() {
+            self.run(gpu);
+        }
+    }
+
+    fn outside(&self) -> Option<Masks> {
+        let packed = self.outside.load(Ordering::Acquire);
+        (packed != 0).then_some(Masks {
+            present: (packed & u64::from(u32::MAX)) as u32,
+            busy: (packed >> 32) as u32,
+        })
+    }
+
     /// The VM of vGPU `vm` on the GPU at `pci` is registered at, and claims busy at, the
     /// priorities of `masks` (`None`: it is gone). Host processes on that GPU then yield to it
     /// as to another domain. Runs the GPU's relay when that changes anything.
@@ -394,6 +427,12 @@ impl RelayHub {
     /// important priority is held while one of them is busy).
     pub fn host_busy(&self, pci: &str) -> u32 {
         self.lock().get(pci).map_or(0, |g| g.host_busy)
+    }
+
+    /// The priorities registered in the host's own domains on the GPU at `pci` (a VM at a
+    /// less important priority may be held by one of them at any time).
+    pub fn host_present(&self, pci: &str) -> u32 {
+        self.lock().get(pci).map_or(0, |g| g.host_present)
     }
 
     /// The domains relayed on the GPU at `pci` now, with their member counts (for `show`
@@ -471,14 +510,21 @@ impl RelayHub {
             masks.insert(*key, m);
         }
         let host_busy = masks.values().fold(0, |b, m| b | m.busy);
-        if host_busy != gpu.host_busy {
+        let host_present = masks.values().fold(0, |b, m| b | m.present);
+        if host_busy != gpu.host_busy || host_present != gpu.host_present {
             gpu.host_busy = host_busy;
+            gpu.host_present = host_present;
             self.host_epoch.fetch_add(1, Ordering::AcqRel);
         }
         for (vm, m) in &gpu.vms {
             masks.insert(DomainKey::Vm(*vm), *m);
         }
-        let armed = u32::from(gpu.domains.len() + gpu.vms.len() >= 2);
+        let outside = self.outside();
+        if let Some(m) = outside {
+            masks.insert(DomainKey::Outside, m);
+        }
+        let parties = gpu.domains.len() + gpu.vms.len() + usize::from(outside.is_some());
+        let armed = u32::from(parties >= 2);
         for (key, ext) in external(&masks) {
             if let Some(d) = gpu.domains.get(&key) {
                 for w in &d.blocks {

@@ -107,6 +107,52 @@ fn a_busy_owner_of_one_uid_holds_a_less_important_process_of_another_uid() {
 }
 
 #[test]
+fn what_lies_outside_is_present_on_every_gpu_and_its_busy_closes_each_gate() {
+    const OTHER: &str = "0000:af:00.0";
+    let reg = Arc::new(ShimRegistry::default());
+    registered(&reg, 100, 100, 8);
+    let hub = RelayHub::new(Arc::clone(&reg));
+    let a = block_of(&hub.join(100, 100, ROOT, &[GPU.into()], Vec::new()));
+    let slot = a.block().register(100, 8, &RealEnv).expect("slot");
+    assert!(a.block().role(slot).is_alone(), "alone in the guest");
+    // The host outranks the VM: present at 0 everywhere, not busy.
+    hub.set_outside(Some(Masks {
+        present: 1,
+        busy: 0,
+    }));
+    assert_eq!(ext(a.block()), (0, 1));
+    assert_eq!(a.block().header.relay_armed.load(Ordering::SeqCst), 1);
+    assert!(a.block().role(slot).has_higher, "the gate is armed");
+    assert_eq!(a.block().slots[slot].gpu_hold.load(Ordering::SeqCst), 0);
+    // A GPU joined afterwards sees it too.
+    registered(&reg, 101, 101, 8);
+    let b = block_of(&hub.join(101, 101, USER, &[OTHER.into()], Vec::new()));
+    assert_eq!(ext(b.block()), (0, 1), "a GPU joined later");
+    assert_eq!(
+        hub.host_busy(GPU),
+        0,
+        "the outside is not the host's own busy"
+    );
+    // The host holds the VM: every gate closes; released: open again.
+    hub.set_outside(Some(Masks {
+        present: 1,
+        busy: 1,
+    }));
+    assert!(a.block().higher_busy(8));
+    assert_eq!(a.block().slots[slot].gpu_hold.load(Ordering::SeqCst), 1);
+    assert_eq!(ext(b.block()), (1, 1));
+    hub.set_outside(Some(Masks {
+        present: 1,
+        busy: 0,
+    }));
+    assert_eq!(a.block().slots[slot].gpu_hold.load(Ordering::SeqCst), 0);
+    // No longer outranked: gone, and the process is alone again.
+    hub.set_outside(None);
+    assert_eq!(ext(a.block()), (0, 0));
+    assert!(a.block().role(slot).is_alone());
+}
+
+#[test]
 fn a_domain_lies_only_to_itself() {
     // An unowned user process declaring priority 0.
     let (_hub, root, user) = root_and_user((4, 4), 0);

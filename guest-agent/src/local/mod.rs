@@ -31,6 +31,7 @@ use gvm_host_root::HostRoot;
 use gvm_shim_abi::config::{DEFAULT_PRIORITY, UNLIMITED};
 use gvm_shim_abi::control::ControlMap;
 use gvm_shim_host::registry::ShimRegistry;
+use gvm_shim_host::relay::Masks;
 use gvm_shim_host::relay_hub::RelayHub;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,6 +62,19 @@ pub fn apply_to(map: &ControlMap, s: &Snapshot) {
     // Frozen last among the knobs: a thaw releases launches under the new limits.
     map.set_hold(s.hold);
     map.set_frozen(s.knobs.frozen);
+}
+
+/// The host as the in-guest relay presents it to the guest's processes: while the VM is
+/// outranked, a peer of priority 0 registered on every GPU, busy while the host holds the
+/// VM. So the processes keep their GPU-side gate armed (a wait in front of each launch,
+/// `gpu_gate.rs`) and a hold stops what they already queued, at the next kernel boundary,
+/// not only their next launch. A process at priority 0 is not outranked by it: a hold of a
+/// VM of priority 0 (by a share scheduler) stops its launches only.
+pub fn outside_of(s: &Snapshot) -> Option<Masks> {
+    s.outranked.then_some(Masks {
+        present: 1,
+        busy: u32::from(s.hold),
+    })
 }
 
 /// The priority a snapshot puts in force.
@@ -116,6 +130,9 @@ impl LocalDaemon {
     pub fn apply(&self, s: Snapshot) -> usize {
         let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
         *applied = Some(s);
+        // Before the blocks' hold: a process that sees the hold finds its GPU-side gate
+        // closed too.
+        self.hub.set_outside(outside_of(&s));
         let all = self.registry.all();
         for (host_pid, reg) in &all {
             apply_to(&reg.block, &s);
@@ -160,6 +177,7 @@ mod tests {
                 ..Knobs::default()
             },
             hold: true,
+            outranked: false,
         };
         apply_to(&map, &s);
         let b = map.block();
@@ -172,6 +190,7 @@ mod tests {
             generation: 2,
             knobs: Knobs::default(),
             hold: false,
+            outranked: false,
         };
         apply_to(&map, &none);
         assert_eq!(b.memory_limit.load(Ordering::Relaxed), UNLIMITED);

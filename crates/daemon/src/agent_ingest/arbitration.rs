@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::{lock_entry, next_generation, ChannelEntry, ChannelState, GuestTable};
-use crate::vm_arbiter::{holders, holds, Vm};
+use crate::vm_arbiter::{holders, holds, outranked, Vm};
 use gvm_shim_host::relay::Masks;
 
 /// When the VMs were last arbitrated, what the host relay's busy state was then, and whether
@@ -59,12 +59,14 @@ impl GuestTable {
             let gpu = c.control.placed.as_ref().map(|(_, pci)| pci.clone());
             groups.entry(gpu).or_default().insert(i, vm);
         }
-        let (mut held, mut holding) = (BTreeMap::new(), BTreeMap::new());
+        let (mut held, mut holding, mut under) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         // The least important priority on each VM's GPU: a claim holds someone only below it.
         let mut gpu_lowest = BTreeMap::new();
         for members in groups.values() {
             held.extend(holds(members));
             holding.extend(holders(members));
+            under.extend(outranked(members));
             let low = members
                 .values()
                 .map(|v| v.priority)
@@ -98,15 +100,19 @@ impl GuestTable {
             };
             // Host processes on the VM's GPU: they hold it, and it holds them, in one order.
             let mut h = *h;
+            let mut o = under.get(&i).copied().unwrap_or(false);
             if let (Some(relay), Some((vgpu, pci)), Some(vm)) = (relay, &placed, vm) {
                 let masks = relay_masks(vm);
                 relay.set_vm(pci, *vgpu, Some(masks));
                 let below = masks.present.wrapping_sub(1);
                 h |= relay.host_busy(pci) & below != 0;
+                o |= relay.host_present(pci) & below != 0;
             }
             let mut c = lock_entry(e);
-            // The scheduler's throttle holds the VM whatever the priorities say.
+            // The scheduler's throttle holds the VM whatever the priorities say, and may
+            // come whenever a scheduler meters it.
             h |= c.control.sched.is_some_and(|s| s.throttled);
+            o |= h || c.control.sched.is_some();
             active |= h;
             let h = &h;
             let would_hold =
@@ -127,12 +133,16 @@ impl GuestTable {
                     c.control.cap.window.as_millis()
                 ));
             }
-            if let Some(d) = c.control.desired.as_mut() {
-                if d.hold != *h {
+            let control = &mut c.control;
+            if let Some(d) = control.desired.as_mut() {
+                if d.hold != *h || d.outranked != o {
+                    if d.hold != *h {
+                        control.hold_changed_at = Some(now);
+                    }
                     d.hold = *h;
-                    c.control.generation = next_generation(c.control.generation);
-                    c.control.hold_changed_at = Some(now);
-                    c.control.wake.notify_one();
+                    d.outranked = o;
+                    control.generation = next_generation(control.generation);
+                    control.wake.notify_one();
                 }
             }
         }

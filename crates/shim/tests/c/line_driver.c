@@ -1,7 +1,8 @@
 /* A CUDA "program" driven line by line on stdin, shared by the daemon's and the agent's
  * end-to-end tests: it reaches the (fake) driver the way the CUDA runtime does (dlopen,
  * cuGetProcAddress), makes one call so the shim sets up, prints `ready`, then answers
- * `alloc MIB` with `alloc=RC`, `launch` with `launched=N`, `sync` with `synced=RC`, `quit`. */
+ * `alloc MIB` with `alloc=RC`, `launch` with `launched=N`, `sync` with `synced=RC`, `gate`
+ * with `waits=N` (GPU-side waits the shim queued), `quit`. */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,10 @@ int main(int argc, char **argv) {
             printf("launched=%d\n", ++launches);
         } else if (!strncmp(line, "sync", 4)) {
             printf("synced=%d\n", sync());
+        } else if (!strncmp(line, "gate", 4)) {
+            /* The fake driver's GPU-side waits queued so far (the shim's gate armed). */
+            int (*count)(const char *) = (int (*)(const char *))dlsym(h, "fake_count");
+            printf("waits=%d\n", count ? count("waits") : -1);
         } else if (!strncmp(line, "quit", 4)) {
             break;
         }
