@@ -3,7 +3,7 @@
 # (gvm-vgpu-sim, FUSE) with two vGPUs, a gvm-vgpud on it, and for each vGPU a real
 # gvm-vgpu-agent serving its channel socket (--serve-unix, in QEMU's place) and its own shim
 # socket, as it would inside a guest. VM "hi" gets priority 2, VM "lo" priority 8; the daemon
-# holds lo while hi is busy (agent protocol 2, docs/agent.md). The command given then runs
+# holds lo while hi is busy (agent protocol 2 or 3, docs/agent.md). The command given then runs
 # with GVM_VM_HI_SOCKET / GVM_VM_LO_SOCKET (the agents' shim sockets) and GVM_VM_HI_ROOT /
 # GVM_VM_LO_ROOT set; colocate.py's `vm_priority` configuration puts its server behind hi
 # and its batch job behind lo.
@@ -50,7 +50,7 @@ for vm in hi lo; do
 done
 i=0
 until [ -S "$R/hi/run/gvm-vgpu/shim.sock" ] && [ -S "$R/lo/run/gvm-vgpu/shim.sock" ] \
-  && cli --json show "$HI" | grep -q '"protocol": *2' && cli --json show "$LO" | grep -q '"protocol": *2'; do
+  && cli --json show "$HI" | grep -q '"protocol": *[23]' && cli --json show "$LO" | grep -q '"protocol": *[23]'; do
   i=$((i + 1)); [ $i -gt 200 ] && { echo "vm_rig: the agents did not come up:"; cat "$R"/agent-*.log "$R/daemon.log"; exit 1; }
   sleep 0.1
 done

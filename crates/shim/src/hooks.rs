@@ -72,6 +72,17 @@ type GraphLaunchFn = unsafe extern "C" fn(CuHandle, CuHandle) -> CuResult;
 type CtxSynchronizeFn = unsafe extern "C" fn() -> CuResult;
 type CtxSynchronizeV2Fn = unsafe extern "C" fn(CuHandle) -> CuResult;
 type StreamSynchronizeFn = unsafe extern "C" fn(CuHandle) -> CuResult;
+type BeginCaptureFn = unsafe extern "C" fn(CuHandle) -> CuResult;
+type BeginCaptureV2Fn = unsafe extern "C" fn(CuHandle, c_int) -> CuResult;
+type BeginCaptureToGraphFn = unsafe extern "C" fn(
+    CuHandle,
+    CuHandle,
+    *const CuHandle,
+    *const c_void,
+    usize,
+    c_int,
+) -> CuResult;
+type EndCaptureFn = unsafe extern "C" fn(CuHandle, *mut CuHandle) -> CuResult;
 type CtxGetDeviceFn = unsafe extern "C" fn(*mut CuDevice) -> CuResult;
 type MemAdviseFn = unsafe extern "C" fn(CuDevicePtr, usize, c_int, CuDevice) -> CuResult;
 
@@ -129,6 +140,16 @@ fn wrapper_addr(v: Variant) -> usize {
         Variant::CtxSynchronizeV2 => cuCtxSynchronize_v2 as *const () as usize,
         Variant::StreamSynchronize => cuStreamSynchronize as *const () as usize,
         Variant::StreamSynchronizePtsz => cuStreamSynchronize_ptsz as *const () as usize,
+        Variant::StreamBeginCapture => cuStreamBeginCapture as *const () as usize,
+        Variant::StreamBeginCapturePtsz => cuStreamBeginCapture_ptsz as *const () as usize,
+        Variant::StreamBeginCaptureV2 => cuStreamBeginCapture_v2 as *const () as usize,
+        Variant::StreamBeginCaptureV2Ptsz => cuStreamBeginCapture_v2_ptsz as *const () as usize,
+        Variant::StreamBeginCaptureToGraph => cuStreamBeginCaptureToGraph as *const () as usize,
+        Variant::StreamBeginCaptureToGraphPtsz => {
+            cuStreamBeginCaptureToGraph_ptsz as *const () as usize
+        }
+        Variant::StreamEndCapture => cuStreamEndCapture as *const () as usize,
+        Variant::StreamEndCapturePtsz => cuStreamEndCapture_ptsz as *const () as usize,
         Variant::CtxGetDevice
         | Variant::MemAdvise
         | Variant::CtxGetCurrent
@@ -892,3 +913,93 @@ macro_rules! stream_sync {
 }
 stream_sync!(cuStreamSynchronize, Variant::StreamSynchronize);
 stream_sync!(cuStreamSynchronize_ptsz, Variant::StreamSynchronizePtsz);
+
+macro_rules! begin_capture {
+    ($name:ident, $v:expr) => {
+        /// `cuStreamBeginCapture` (first ABI, this stream flavour): counted as a capture in
+        /// progress (`shim::Captures`).
+        ///
+        /// # Safety
+        /// The driver API contract of this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(stream: CuHandle) -> CuResult {
+            let real = real!($v, BeginCaptureFn);
+            // SAFETY: the caller's argument, unchanged, to the driver.
+            shim::get().capture_begins(|| unsafe { real(stream) })
+        }
+    };
+}
+begin_capture!(cuStreamBeginCapture, Variant::StreamBeginCapture);
+begin_capture!(cuStreamBeginCapture_ptsz, Variant::StreamBeginCapturePtsz);
+
+macro_rules! begin_capture_v2 {
+    ($name:ident, $v:expr) => {
+        /// `cuStreamBeginCapture_v2` (this stream flavour): counted as a capture in progress.
+        ///
+        /// # Safety
+        /// The driver API contract of this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(stream: CuHandle, mode: c_int) -> CuResult {
+            let real = real!($v, BeginCaptureV2Fn);
+            // SAFETY: the caller's arguments, unchanged, to the driver.
+            shim::get().capture_begins(|| unsafe { real(stream, mode) })
+        }
+    };
+}
+begin_capture_v2!(cuStreamBeginCapture_v2, Variant::StreamBeginCaptureV2);
+begin_capture_v2!(
+    cuStreamBeginCapture_v2_ptsz,
+    Variant::StreamBeginCaptureV2Ptsz
+);
+
+macro_rules! begin_capture_to_graph {
+    ($name:ident, $v:expr) => {
+        /// `cuStreamBeginCaptureToGraph` (this stream flavour): counted as a capture in
+        /// progress.
+        ///
+        /// # Safety
+        /// The driver API contract of this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            stream: CuHandle,
+            graph: CuHandle,
+            dependencies: *const CuHandle,
+            dependency_data: *const c_void,
+            count: usize,
+            mode: c_int,
+        ) -> CuResult {
+            let real = real!($v, BeginCaptureToGraphFn);
+            shim::get().capture_begins(|| {
+                // SAFETY: the caller's arguments, unchanged, to the driver.
+                unsafe { real(stream, graph, dependencies, dependency_data, count, mode) }
+            })
+        }
+    };
+}
+begin_capture_to_graph!(
+    cuStreamBeginCaptureToGraph,
+    Variant::StreamBeginCaptureToGraph
+);
+begin_capture_to_graph!(
+    cuStreamBeginCaptureToGraph_ptsz,
+    Variant::StreamBeginCaptureToGraphPtsz
+);
+
+macro_rules! end_capture {
+    ($name:ident, $v:expr) => {
+        /// `cuStreamEndCapture` (this stream flavour): the capture is no longer in progress.
+        ///
+        /// # Safety
+        /// The driver API contract of this function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(stream: CuHandle, graph: *mut CuHandle) -> CuResult {
+            let real = real!($v, EndCaptureFn);
+            // SAFETY: the caller's arguments, unchanged, to the driver.
+            let rc = unsafe { real(stream, graph) };
+            shim::get().capture_ended(rc);
+            rc
+        }
+    };
+}
+end_capture!(cuStreamEndCapture, Variant::StreamEndCapture);
+end_capture!(cuStreamEndCapture_ptsz, Variant::StreamEndCapturePtsz);

@@ -45,6 +45,7 @@
 //!
 //! Modules:
 //! - [`accounting`]: the allocation ledger: device memory held per GPU, against its limit;
+//! - [`capture`]: stream captures in progress, which the helper thread must not disturb;
 //! - `driver`: driver calls the shim makes on its own behalf;
 //! - `ffi`: the foreign boundary: hand-declared CUDA driver types, the loader, futexes, mappings;
 //! - [`gate`]: the launch gate and the kernel counters;
@@ -56,6 +57,7 @@
 //! - `shim`: the process-wide shim state, set up on the first wrapped CUDA call.
 
 pub mod accounting;
+pub mod capture;
 mod driver;
 mod ffi;
 pub mod gate;

@@ -75,6 +75,14 @@ variants! {
     CtxSynchronizeV2 = c"cuCtxSynchronize_v2", true;
     StreamSynchronize = c"cuStreamSynchronize", true;
     StreamSynchronizePtsz = c"cuStreamSynchronize_ptsz", true;
+    StreamBeginCapture = c"cuStreamBeginCapture", true;
+    StreamBeginCapturePtsz = c"cuStreamBeginCapture_ptsz", true;
+    StreamBeginCaptureV2 = c"cuStreamBeginCapture_v2", true;
+    StreamBeginCaptureV2Ptsz = c"cuStreamBeginCapture_v2_ptsz", true;
+    StreamBeginCaptureToGraph = c"cuStreamBeginCaptureToGraph", true;
+    StreamBeginCaptureToGraphPtsz = c"cuStreamBeginCaptureToGraph_ptsz", true;
+    StreamEndCapture = c"cuStreamEndCapture", true;
+    StreamEndCapturePtsz = c"cuStreamEndCapture_ptsz", true;
     CtxGetDevice = c"cuCtxGetDevice", false;
     MemAdvise = c"cuMemAdvise", false;
     CtxGetCurrent = c"cuCtxGetCurrent", false;
@@ -207,6 +215,37 @@ const RULES: &[Rule] = &[
         ANY,
         V::StreamSynchronize,
         Some(V::StreamSynchronizePtsz),
+    ),
+    // Stream capture (wrapped so the helper thread never queries a stream while a capture
+    // is being made, which would invalidate it): CUDA 10.1 added the capture mode argument
+    // (`_v2`), 12.3 capture into an existing graph.
+    rule(
+        "cuStreamBeginCapture",
+        10000,
+        10010,
+        V::StreamBeginCapture,
+        Some(V::StreamBeginCapturePtsz),
+    ),
+    rule(
+        "cuStreamBeginCapture",
+        10010,
+        ANY,
+        V::StreamBeginCaptureV2,
+        Some(V::StreamBeginCaptureV2Ptsz),
+    ),
+    rule(
+        "cuStreamBeginCaptureToGraph",
+        12030,
+        ANY,
+        V::StreamBeginCaptureToGraph,
+        Some(V::StreamBeginCaptureToGraphPtsz),
+    ),
+    rule(
+        "cuStreamEndCapture",
+        10000,
+        ANY,
+        V::StreamEndCapture,
+        Some(V::StreamEndCapturePtsz),
     ),
 ];
 
@@ -354,6 +393,24 @@ mod tests {
         assert_eq!(
             for_proc_address(b"cuCtxSynchronize", 13000, 0),
             Some(V::CtxSynchronizeV2)
+        );
+        assert_eq!(
+            for_proc_address(b"cuStreamBeginCapture", 10000, 0),
+            Some(V::StreamBeginCapture),
+            "before CUDA 10.1: no capture mode argument"
+        );
+        assert_eq!(
+            for_proc_address(b"cuStreamBeginCapture", 13000, PER_THREAD_DEFAULT_STREAM),
+            Some(V::StreamBeginCaptureV2Ptsz)
+        );
+        assert_eq!(
+            for_proc_address(b"cuStreamBeginCaptureToGraph", 12020, 0),
+            None,
+            "from CUDA 12.3"
+        );
+        assert_eq!(
+            for_proc_address(b"cuStreamEndCapture", 12080, 0),
+            Some(V::StreamEndCapture)
         );
         assert_eq!(for_proc_address(b"cuMemcpyHtoD", 13000, 0), None);
         assert_eq!(

@@ -33,6 +33,7 @@ use gvm_host_root::{HostRoot, ROOT_ENV};
 
 use crate::accounting::{Key, Kind, Ledger, OverLimit};
 use crate::arbiter::{WaitOutcome, ARBITER_ENV};
+use crate::capture::Captures;
 use crate::config::{Knobs, UNLIMITED};
 use crate::control::{
     ControlBlock, ControlMap, LaunchPath, ARB_BUSY, ARB_HAS_HIGHER, ARB_HAS_LOWER, ARB_REGISTERED,
@@ -85,6 +86,8 @@ pub struct Shim {
     helper_wake: AtomicU32,
     /// The GPU-side gate's watchdog (one for every GPU).
     watchdog: Once,
+    /// Stream captures in progress: the helper looks at no stream meanwhile.
+    captures: Captures,
     /// What to say when no daemon takes the registration (a standalone block's knobs).
     standalone_note: Option<String>,
     /// `GVM_QUEUE_BUDGET_US`: GPU time a yielding process may queue beyond its count floor
@@ -321,7 +324,12 @@ fn helper_main() {
         let linger = Duration::from_micros(u64::from(s.block().linger_us.load(Ordering::Relaxed)));
         for (device, p) in s.gpus.joined() {
             if p.is_busy() {
-                p.try_go_idle(linger, || s.tracker.all_done_on(device, &ev));
+                // While the program captures a graph, no stream may be queried: stay busy.
+                p.try_go_idle(linger, || {
+                    s.captures
+                        .unless_capturing(|| s.tracker.all_done_on(device, &ev))
+                        .unwrap_or(false)
+                });
             }
         }
     }
@@ -357,6 +365,7 @@ impl Shim {
             helper: Once::new(),
             helper_wake: AtomicU32::new(0),
             watchdog: Once::new(),
+            captures: Captures::new(),
             standalone_note: None,
             queue_budget_us: 0,
             gpu_gate_wanted: false,
@@ -776,6 +785,16 @@ impl Shim {
                 None
             }
         }
+    }
+
+    /// The program begins a stream capture with `real` (see `capture.rs`).
+    pub fn capture_begins(&self, real: impl FnOnce() -> CuResult) -> CuResult {
+        self.captures.begin(real)
+    }
+
+    /// The program's end-capture call answered `rc`.
+    pub fn capture_ended(&self, rc: CuResult) {
+        self.captures.end(rc);
     }
 
     /// The control block.

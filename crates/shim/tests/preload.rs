@@ -993,3 +993,39 @@ fn a_process_on_two_gpus_waits_only_for_the_gpu_it_launches_on() {
     let _ = hi.kill();
     let _ = hi.wait();
 }
+
+#[test]
+fn a_busy_process_never_queries_a_stream_while_it_captures_a_graph() {
+    let Some(rig) = rig() else { return };
+    // A less important peer makes the process busy; its 400 ms kernel keeps the stream
+    // pending, so the helper would query it all through the 200 ms capture.
+    let (mut lo, lo_rx) = rig.spawn_arb("lo", 8, 0, (1, 5_000, 0), &[]);
+    assert!(value_of(&lo_rx, "launched", 10).is_some(), "low started");
+    let mut c = rig.command("capture", &rig.control("cap"));
+    c.arg("200")
+        .env("GVM_PRIORITY", "0")
+        .env("FAKE_KERNEL_MS", "400")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let out = c.output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let kv: HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(num(&kv, "begin_rc"), 0, "{text}");
+    assert_eq!(num(&kv, "end_rc"), 0, "{text}");
+    assert_eq!(
+        num(&kv, "queries_in_capture"),
+        0,
+        "no stream queried during the capture: {text}"
+    );
+    assert!(
+        num(&kv, "stream_queries_after") > num(&kv, "stream_queries"),
+        "the helper looks again once the capture ended: {text}"
+    );
+    let _ = lo.kill();
+    let _ = lo.wait();
+}

@@ -150,6 +150,27 @@ int main(int argc, char **argv) {
         printf("done\n");
         fflush(stdout);
         if (stay > 0) usleep(stay * 1000);
+    } else if (!strcmp(mode, "capture")) {
+        /* capture HOLD_MS: a launch on stream 0x77, then a capture on that stream held open
+         * HOLD_MS (as a graph server captures at start-up), then ended; prints how often the
+         * driver saw the stream queried meanwhile. */
+        typedef CUresult (*begin_t)(void *, int);
+        typedef CUresult (*end_t)(void *, void **);
+        begin_t begin = (begin_t)get("cuStreamBeginCapture", 0);
+        end_t end = (end_t)get("cuStreamEndCapture", 0);
+        if (!begin || !end || argc < 4) return 2;
+        launch(0, 1, 1, 1, 1, 1, 1, 0, (void *)0x77, 0, 0);
+        printf("launched\n");
+        fflush(stdout);
+        int rb = begin((void *)0x77, 0);
+        usleep(atoi(argv[3]) * 1000);
+        void *g = NULL;
+        int re = end((void *)0x77, &g);
+        printf("begin_rc=%d\nend_rc=%d\nqueries_in_capture=%d\nstream_queries=%d\n", rb, re,
+               count("queries_in_capture"), count("stream_queries"));
+        fflush(stdout);
+        usleep(300 * 1000);
+        printf("stream_queries_after=%d\n", count("stream_queries"));
     } else if (!strcmp(mode, "freeze")) {
         printf("before\n");
         fflush(stdout);

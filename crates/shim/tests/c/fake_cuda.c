@@ -136,10 +136,17 @@ CUresult cuEventQuery(void *e) {
     long long d = ((fake_event *)e)->done_at;
     return (d >= 0 && now_ns() >= d) ? 0 : 600;
 }
+/* Stream capture: one at a time. Querying any stream while it is in progress is counted
+ * and refused, as the real driver refuses (and invalidates the capture). */
+static volatile int in_capture;
+static int n_queries_in_capture;
+CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; if (in_capture) return 900; in_capture = 1; return 0; }
+CUresult cuStreamEndCapture(void *s, void **g) { (void)s; if (!in_capture) return 401; in_capture = 0; *g = (void *)0x6a; return 0; }
 /* One fake queue per process and device: a stream has finished when the last kernel
  * launched on the current device has. */
 CUresult cuStreamQuery(void *s) {
     (void)s;
+    if (in_capture) { n_queries_in_capture++; return 900; /* CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED */ }
     n_stream_queries++;
     return (gpu_free_at_ns >= 0 && now_ns() >= gpu_free_at_ns) ? 0 : 600;
 }
@@ -203,6 +210,8 @@ static void *lookup(const char *s, int v, unsigned long long flags) {
     if (!strcmp(s, "cuCtxSynchronize")) return v >= 13000 ? (void *)cuCtxSynchronize_v2 : (void *)cuCtxSynchronize;
     if (!strcmp(s, "cuInit")) return (void *)cuInit;
     if (!strcmp(s, "cuCtxSetCurrent")) return (void *)cuCtxSetCurrent;
+    if (!strcmp(s, "cuStreamBeginCapture")) return v >= 10010 ? (void *)cuStreamBeginCapture_v2 : NULL;
+    if (!strcmp(s, "cuStreamEndCapture")) return (void *)cuStreamEndCapture;
     if (!strcmp(s, "cuDevicePrimaryCtxRetain")) return (void *)cuDevicePrimaryCtxRetain;
     if (!strcmp(s, "cuLaunchKernel")) return (flags & 2) ? (void *)cuLaunchKernel_ptsz : (void *)cuLaunchKernel;
     if (!strcmp(s, "cuLaunchKernelEx")) return (void *)cuLaunchKernelEx;
@@ -235,6 +244,7 @@ int fake_count(const char *k) {
     if (!strcmp(k, "gpa2")) return n_gpa2;
     if (!strcmp(k, "records")) return (int)n_records;
     if (!strcmp(k, "stream_queries")) return (int)n_stream_queries;
+    if (!strcmp(k, "queries_in_capture")) return n_queries_in_capture;
     if (!strcmp(k, "waits")) return n_waits;
     if (!strcmp(k, "waits_held")) return n_waits_held;
     if (!strcmp(k, "wait_bad")) return n_wait_bad;
