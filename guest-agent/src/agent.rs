@@ -612,6 +612,7 @@ mod tests {
             },
             hold: false,
             outranked: false,
+            outranks: false,
         }
     }
 

@@ -134,6 +134,7 @@ mod tests {
             },
             hold: false,
             outranked: false,
+            outranks: false,
         };
         Framed::Line(HostMessage::Snapshot(s).to_line().into_bytes())
     }

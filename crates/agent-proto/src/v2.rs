@@ -37,7 +37,7 @@ use crate::validate::{check_range, check_str};
 /// The agent protocol this crate speaks at most (`"protocol"` in a hello).
 ///
 /// - 2: the two-way channel (snapshots, counters, busy, acks);
-/// - 3: as 2, and a snapshot may carry [`Snapshot::outranked`]. A host sends that field only
+/// - 3: as 2, and a snapshot may carry [`Snapshot::outranked`] and [`Snapshot::outranks`]. A host sends that field only
 ///   to an agent whose hello said 3 or more (a protocol-2 agent refuses unknown fields), and
 ///   an agent takes a snapshot without it as `false`.
 pub const AGENT_PROTOCOL: u32 = 3;
@@ -86,6 +86,13 @@ pub struct Snapshot {
     /// only their next launch. Sent only when true, and only to protocol-3 agents.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outranked: bool,
+    /// The VM's busy claims may hold someone (protocol 3): a VM or host process of strictly
+    /// lower priority shares the GPU. The guest then tells its busy state precisely (the
+    /// shim's own busy flags, which clear a linger after the last kernel) rather than from
+    /// kernel counts, which only catch up at a synchronise. Sent only when true, and only to
+    /// protocol-3 agents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outranks: bool,
 }
 
 /// What the host sends.

@@ -11,6 +11,7 @@ fn snapshot_round_trips_and_higher_generation_wins() {
         },
         hold: false,
         outranked: false,
+        outranks: false,
     };
     let line = HostMessage::Snapshot(s).to_line();
     assert!(
@@ -23,6 +24,7 @@ fn snapshot_round_trips_and_higher_generation_wins() {
     );
     let o = Snapshot {
         outranked: true,
+        outranks: true,
         ..s
     };
     let line3 = HostMessage::Snapshot(o).to_line();

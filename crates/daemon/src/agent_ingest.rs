@@ -158,6 +158,8 @@ pub struct DesiredState {
     pub hold: bool,
     /// A hold may come at any time (sent to protocol-3 agents as `outranked`).
     pub outranked: bool,
+    /// The VM's busy claims may hold someone (sent to protocol-3 agents as `outranks`).
+    pub outranks: bool,
 }
 
 /// One channel's protocol-2 exchange.
@@ -252,6 +254,7 @@ impl GuestControl {
             hold: d.hold,
             // A protocol-2 agent refuses a field it does not know.
             outranked: d.outranked && self.protocol >= v2::OUTRANKED_PROTOCOL,
+            outranks: d.outranks && self.protocol >= v2::OUTRANKED_PROTOCOL,
         })
     }
 
@@ -482,6 +485,7 @@ impl GuestTable {
             let knobs = c.control.sched.map_or(knobs, |s| s.overlay(knobs));
             let hold = c.control.desired.is_some_and(|d| d.hold);
             let outranked = c.control.desired.is_some_and(|d| d.outranked);
+            let outranks = c.control.desired.is_some_and(|d| d.outranks);
             if !knobs.frozen {
                 c.control.submitted_at_freeze = None;
                 c.control.frozen_lie = false;
@@ -491,6 +495,7 @@ impl GuestTable {
                 knobs,
                 hold,
                 outranked,
+                outranks,
             };
             if c.control.desired != Some(want) {
                 c.control.desired = Some(want);

@@ -300,15 +300,19 @@ fn outranked_goes_only_to_agents_that_said_protocol_3() {
         knobs: v2::Knobs::default(),
         hold: false,
         outranked: true,
+        outranks: true,
     });
     c.protocol = 2;
     let s = c.due().expect("due");
-    assert!(!s.outranked, "a protocol-2 agent refuses unknown fields");
+    assert!(
+        !s.outranked && !s.outranks,
+        "a protocol-2 agent refuses unknown fields"
+    );
     let line = v2::HostMessage::Snapshot(s).to_line();
     assert!(!line.contains("outranked"), "{line}");
     c.protocol = 3;
     let s = c.due().expect("due");
-    assert!(s.outranked);
+    assert!(s.outranked && s.outranks);
     assert_eq!(
         v2::parse_host_line(v2::HostMessage::Snapshot(s).to_line().as_bytes()),
         Ok(s)

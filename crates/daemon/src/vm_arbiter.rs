@@ -155,6 +155,16 @@ pub fn outranked<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
         .collect()
 }
 
+/// For every VM, whether its busy claims may hold someone: another VM of strictly lower
+/// priority shares its GPU (one pass, as [`holds`]). The guest of such a VM tells its busy
+/// state precisely (agent protocol 3, `outranks`).
+pub fn outranks<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
+    let lowest = vms.values().map(|v| v.priority).max();
+    vms.iter()
+        .map(|(k, me)| (k.clone(), lowest.is_some_and(|p| p > me.priority)))
+        .collect()
+}
+
 /// For every VM, whether its busy claim holds anyone now: it is busy and some VM is of
 /// strictly lower priority (one pass, as [`holds`]).
 pub fn holders<K: Ord + Clone>(vms: &BTreeMap<K, Vm>) -> BTreeMap<K, bool> {
@@ -222,18 +232,20 @@ mod tests {
                     },
                 );
             }
-            let (h, who, out) = (holds(&m), holders(&m), outranked(&m));
+            let (h, who, out, over) = (holds(&m), holders(&m), outranked(&m), outranks(&m));
             for (k, me) in &m {
                 let held = m
                     .iter()
                     .any(|(o, v)| o != k && v.busy && v.priority < me.priority);
                 let holding = me.busy && m.iter().any(|(o, v)| o != k && v.priority > me.priority);
                 let under = m.iter().any(|(o, v)| o != k && v.priority < me.priority);
+                let above = m.iter().any(|(o, v)| o != k && v.priority > me.priority);
                 assert_eq!(
-                    (h[k], who[k], out[k]),
-                    (held, holding, under),
+                    (h[k], who[k], out[k], over[k]),
+                    (held, holding, under, above),
                     "{m:?}, VM {k}"
                 );
+                assert!(!who[k] || over[k], "a VM holding someone outranks them");
                 assert!(!h[k] || out[k], "a held VM is outranked");
             }
         }

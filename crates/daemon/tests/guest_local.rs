@@ -381,6 +381,26 @@ fn a_vms_knobs_reach_its_guest_processes_and_a_busy_vm_holds_a_less_important_on
     );
     assert!(wait_until(Duration::from_secs(5), || guest(&mut c, &ub)
         .is_some_and(|g| !g.held)));
+
+    // A outranks B: its guest tells A's busy state from the shim's own busy flags, so A's
+    // claim ends once its kernel is done, not at its next synchronise (A never syncs here).
+    a.send("launch");
+    assert_eq!(
+        a.next(Duration::from_secs(5)).as_deref(),
+        Some("launched=3")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || guest(&mut c, &ua)
+            .is_some_and(|g| g.busy == Some(true))),
+        "A busy while its kernel runs: {:?}",
+        guest(&mut c, &ua)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || guest(&mut c, &ua)
+            .is_some_and(|g| g.busy == Some(false))),
+        "A idle once its kernel ended, without a synchronise: {:?}",
+        guest(&mut c, &ua)
+    );
 }
 
 #[test]

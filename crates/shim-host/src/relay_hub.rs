@@ -429,6 +429,12 @@ impl RelayHub {
         self.lock().get(pci).map_or(0, |g| g.host_busy)
     }
 
+    /// Whether a process of this manager's own domains is busy on any GPU (at the last
+    /// relay run of each).
+    pub fn busy_anywhere(&self) -> bool {
+        self.lock().values().any(|g| g.host_busy != 0)
+    }
+
     /// The priorities registered in the host's own domains on the GPU at `pci` (a VM at a
     /// less important priority may be held by one of them at any time).
     pub fn host_present(&self, pci: &str) -> u32 {

@@ -28,7 +28,7 @@ pub mod observe;
 
 use gvm_agent_proto::v2::Snapshot;
 use gvm_host_root::HostRoot;
-use gvm_shim_abi::config::{DEFAULT_PRIORITY, UNLIMITED};
+use gvm_shim_abi::config::{DEFAULT_PRIORITY, MAX_PRIORITY, UNLIMITED};
 use gvm_shim_abi::control::ControlMap;
 use gvm_shim_host::registry::ShimRegistry;
 use gvm_shim_host::relay::Masks;
@@ -70,10 +70,15 @@ pub fn apply_to(map: &ControlMap, s: &Snapshot) {
 /// `gpu_gate.rs`) and a hold stops what they already queued, at the next kernel boundary,
 /// not only their next launch. A process at priority 0 is not outranked by it: a hold of a
 /// VM of priority 0 (by a share scheduler) stops its launches only.
+///
+/// While the VM outranks someone, the host is also present at the least important
+/// priority: the processes then publish busy precisely (`observe.rs`), which the VM's
+/// busy claims are made of.
 pub fn outside_of(s: &Snapshot) -> Option<Masks> {
-    s.outranked.then_some(Masks {
-        present: 1,
-        busy: u32::from(s.hold),
+    let present = u32::from(s.outranked) | (u32::from(s.outranks) << MAX_PRIORITY);
+    (present != 0).then_some(Masks {
+        present,
+        busy: u32::from(s.outranked && s.hold),
     })
 }
 
@@ -161,6 +166,46 @@ impl LocalDaemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_presented_above_when_outranked_and_below_when_it_outranks() {
+        let s = |outranked, outranks, hold| Snapshot {
+            generation: 1,
+            knobs: Knobs::default(),
+            hold,
+            outranked,
+            outranks,
+        };
+        assert_eq!(outside_of(&s(false, false, false)), None, "nobody to yield to or hold");
+        assert_eq!(
+            outside_of(&s(true, false, true)),
+            Some(Masks {
+                present: 1,
+                busy: 1
+            }),
+            "held: a busy peer of priority 0"
+        );
+        assert_eq!(
+            outside_of(&s(false, true, false)),
+            Some(Masks {
+                present: 1 << MAX_PRIORITY,
+                busy: 0
+            }),
+            "outranks: a peer at the least important priority, never busy"
+        );
+        assert_eq!(
+            outside_of(&s(true, true, false)),
+            Some(Masks {
+                present: 1 | 1 << MAX_PRIORITY,
+                busy: 0
+            })
+        );
+        assert_eq!(
+            outside_of(&s(false, true, true)).map(|m| m.busy),
+            Some(0),
+            "a hold without outranked (a share scheduler's) holds no GPU gate"
+        );
+    }
     use gvm_agent_proto::v2::Knobs;
     use gvm_shim_abi::config::Knobs as ShimKnobs;
 
@@ -178,6 +223,7 @@ mod tests {
             },
             hold: true,
             outranked: false,
+            outranks: false,
         };
         apply_to(&map, &s);
         let b = map.block();
@@ -191,6 +237,7 @@ mod tests {
             knobs: Knobs::default(),
             hold: false,
             outranked: false,
+            outranks: false,
         };
         apply_to(&map, &none);
         assert_eq!(b.memory_limit.load(Ordering::Relaxed), UNLIMITED);

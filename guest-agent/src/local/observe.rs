@@ -10,6 +10,15 @@
 //! (`arb_state` [`ARB_BUSY`], set while it arbitrates against another process),
 //! launches wait at its gate, or launches are in flight (submitted, not yet seen
 //! ended). A lone process never publishes busy, hence the other two.
+//!
+//! While the host says the VM *outranks* someone (protocol 3), the agent presents
+//! a less important peer to its processes (`outside_of`), so every one of them
+//! publishes busy in its arbitration block, set before each launch and cleared a
+//! linger after its GPU work is done; the VM is then busy exactly while one of them
+//! is (the in-guest relay's reading of the blocks, [`gvm_shim_host::relay_hub::RelayHub::busy_anywhere`]) or
+//! launches wait at a gate. Kernel counts are not used then: `ended` only catches
+//! up at a synchronise, which would keep the VM busy, and the VMs it holds held,
+//! through the CPU gaps of an eager server.
 
 use super::{applied_priority, LocalDaemon};
 use gvm_agent_proto::v2::{ProcessCounters, Reached, Snapshot, MAX_NAME_BYTES, MAX_V2_PROCESSES};
@@ -111,12 +120,14 @@ impl LocalDaemon {
             .poll(now, in_flight);
     }
 
-    /// Whether any registered process is busy.
+    /// Whether any registered process is busy (see the module doc).
     pub fn busy(&self) -> bool {
-        self.registry()
-            .all()
-            .iter()
-            .any(|(_, r)| block_busy(r.block.block()))
+        let all = self.registry().all();
+        if self.snapshot().is_some_and(|s| s.outranks) {
+            return self.hub().busy_anywhere()
+                || all.iter().any(|(_, r)| kernels(r.block.block()).2 > 0);
+        }
+        all.iter().any(|(_, r)| block_busy(r.block.block()))
     }
 
     /// The state reached for `s` now: frozen/held only when every registered process

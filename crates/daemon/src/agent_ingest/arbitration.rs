@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::{lock_entry, next_generation, ChannelEntry, ChannelState, GuestTable};
-use crate::vm_arbiter::{holders, holds, outranked, Vm};
+use crate::vm_arbiter::{holders, holds, outranked, outranks, Vm};
 use gvm_shim_host::relay::Masks;
 
 /// When the VMs were last arbitrated, what the host relay's busy state was then, and whether
@@ -59,14 +59,19 @@ impl GuestTable {
             let gpu = c.control.placed.as_ref().map(|(_, pci)| pci.clone());
             groups.entry(gpu).or_default().insert(i, vm);
         }
-        let (mut held, mut holding, mut under) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (mut held, mut holding, mut under, mut over) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
         // The least important priority on each VM's GPU: a claim holds someone only below it.
         let mut gpu_lowest = BTreeMap::new();
         for members in groups.values() {
             held.extend(holds(members));
             holding.extend(holders(members));
             under.extend(outranked(members));
+            over.extend(outranks(members));
             let low = members
                 .values()
                 .map(|v| v.priority)
@@ -101,12 +106,15 @@ impl GuestTable {
             // Host processes on the VM's GPU: they hold it, and it holds them, in one order.
             let mut h = *h;
             let mut o = under.get(&i).copied().unwrap_or(false);
+            let mut a = over.get(&i).copied().unwrap_or(false);
             if let (Some(relay), Some((vgpu, pci)), Some(vm)) = (relay, &placed, vm) {
                 let masks = relay_masks(vm);
                 relay.set_vm(pci, *vgpu, Some(masks));
                 let below = masks.present.wrapping_sub(1);
                 h |= relay.host_busy(pci) & below != 0;
                 o |= relay.host_present(pci) & below != 0;
+                // Host processes less important than the VM: its claims hold them.
+                a |= relay.host_present(pci) & !(below | masks.present) != 0;
             }
             let mut c = lock_entry(e);
             // The scheduler's throttle holds the VM whatever the priorities say, and may
@@ -135,12 +143,13 @@ impl GuestTable {
             }
             let control = &mut c.control;
             if let Some(d) = control.desired.as_mut() {
-                if d.hold != *h || d.outranked != o {
+                if d.hold != *h || d.outranked != o || d.outranks != a {
                     if d.hold != *h {
                         control.hold_changed_at = Some(now);
                     }
                     d.hold = *h;
                     d.outranked = o;
+                    d.outranks = a;
                     control.generation = next_generation(control.generation);
                     control.wake.notify_one();
                 }
