@@ -176,7 +176,11 @@ mod tests {
             outranked,
             outranks,
         };
-        assert_eq!(outside_of(&s(false, false, false)), None, "nobody to yield to or hold");
+        assert_eq!(
+            outside_of(&s(false, false, false)),
+            None,
+            "nobody to yield to or hold"
+        );
         assert_eq!(
             outside_of(&s(true, false, true)),
             Some(Masks {
