@@ -145,17 +145,7 @@ impl Rig {
         for (k, v) in extra {
             c.env(k, v);
         }
-        let mut child = c.spawn().expect("spawn driver");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (child, rx)
+        spawn_lines(c)
     }
 
     fn run(&self, mode: &str, control: &Path, swap: bool) -> HashMap<String, String> {
@@ -198,6 +188,21 @@ impl Rig {
         );
         kv
     }
+}
+
+/// Start `c` (stdout piped) and hand its output over line by line.
+fn spawn_lines(mut c: Command) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = c.spawn().expect("spawn driver");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
 }
 
 fn num(kv: &HashMap<String, String>, k: &str) -> u64 {
@@ -283,21 +288,9 @@ fn a_frozen_block_holds_launches_until_thawed() {
     // The daemon's side: a block that exists before the process starts, already frozen.
     let ctl = ControlMap::create(&ctl_path, &Knobs::default(), 0).expect("create block");
     ctl.set_frozen(true);
-    let mut child = rig
-        .command("freeze", &ctl_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn driver");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut c = rig.command("freeze", &ctl_path);
+    c.stdout(Stdio::piped()).stderr(Stdio::null());
+    let (mut child, rx) = spawn_lines(c);
     let wait_for = |prefix: &str, secs: u64| loop {
         match rx.recv_timeout(Duration::from_secs(secs)) {
             Ok(l) if l.starts_with(prefix) => return Some(l),
@@ -935,17 +928,7 @@ fn a_process_on_two_gpus_waits_only_for_the_gpu_it_launches_on() {
                 .env("FAKE_KERNEL_MS", kernel_ms.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null());
-            let mut child = c.spawn().expect("spawn driver");
-            let stdout = child.stdout.take().expect("piped stdout");
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            (child, rx)
+            spawn_lines(c)
         };
     // The important process keeps device 1 (0000:af:00.0) busy for seconds: 150 ms kernels
     // launched every 100 ms. The less important one uses both devices, starting on device 0:
