@@ -257,7 +257,10 @@ fn the_hosts_snapshots_reach_a_cuda_process_in_the_guest_and_it_reports_back() {
     );
     let mut host = Host::connect(&channel);
     let hello = host.wait_for("hello", 10, |_| true).unwrap();
-    assert_eq!(hello["protocol"], 2, "{hello}");
+    assert_eq!(
+        hello["protocol"], 3,
+        "this agent speaks protocol 3: {hello}"
+    );
     // Until the host sends a snapshot it may be a v1 host: v1 lines only.
     for _ in 0..3 {
         let line = host.lines.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -384,7 +387,7 @@ fn the_hosts_snapshots_reach_a_cuda_process_in_the_guest_and_it_reports_back() {
     let hello = host
         .wait_for("hello", 10, |_| true)
         .expect("hello on reconnect");
-    assert_eq!(hello["protocol"], 2);
+    assert_eq!(hello["protocol"], 3);
     host.snapshot(8, Some(256), false);
     host.ack(8, 5, |_| true)
         .expect("the resent snapshot is re-acked");
