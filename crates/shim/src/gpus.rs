@@ -138,14 +138,20 @@ impl PerGpu {
             .collect()
     }
 
-    /// Record `bits` as device `g`'s `arb_state`; returns the bits OR-ed over every GPU.
-    pub fn publish(&self, g: &GpuArbitration, bits: u32) -> u32 {
-        if g.bits.load(Ordering::Relaxed) != bits {
-            g.bits.store(bits, Ordering::Relaxed);
+    /// Record `bits` as device `g`'s `arb_state`. Returns the bits OR-ed over every GPU
+    /// when `g`'s changed, `None` when they stand (the OR then stands too: each GPU's bits
+    /// change only through this call, on a launch there), so the launch path reads one word
+    /// in the common case, not the whole table.
+    pub fn publish(&self, g: &GpuArbitration, bits: u32) -> Option<u32> {
+        if g.bits.load(Ordering::Relaxed) == bits {
+            return None;
         }
-        self.gpus
-            .iter()
-            .fold(0, |all, g| all | g.bits.load(Ordering::Relaxed))
+        g.bits.store(bits, Ordering::Relaxed);
+        Some(
+            self.gpus
+                .iter()
+                .fold(0, |all, g| all | g.bits.load(Ordering::Relaxed)),
+        )
     }
 }
 
@@ -207,13 +213,14 @@ mod tests {
             g1.joined().map(|p| p.path().to_path_buf()),
             "each GPU's own block"
         );
-        assert_eq!(t.publish(g0, 0b0011), 0b0011);
+        assert_eq!(t.publish(g0, 0b0011), Some(0b0011));
         assert_eq!(
             t.publish(g1, 0b0100),
-            0b0111,
+            Some(0b0111),
             "the state is OR-ed over the GPUs"
         );
-        assert_eq!(t.publish(g0, 0), 0b0100);
+        assert_eq!(t.publish(g1, 0b0100), None, "unchanged: nothing to write");
+        assert_eq!(t.publish(g0, 0), Some(0b0100));
         assert!(
             t.handed_back().is_empty(),
             "standalone blocks are not handed back"

@@ -672,7 +672,10 @@ impl Shim {
             + u32::from(role.has_higher) * ARB_HAS_HIGHER
             + u32::from(role.has_lower) * ARB_HAS_LOWER;
         let all = match gpu {
-            Some(g) => self.gpus.publish(g, bits),
+            Some(g) => match self.gpus.publish(g, bits) {
+                Some(all) => all,
+                None => return,
+            },
             None => bits,
         };
         let cell = &self.block().arb_state;
