@@ -166,8 +166,7 @@ impl RelayHub {
         })
     }
 
-    /// A counter that changes whenever [`RelayHub::host_busy`] or [`RelayHub::host_present`]
-    /// of any GPU does: a caller
+    /// A counter that changes whenever [`RelayHub::host_masks`] of any GPU does: a caller
     /// that polls the host's busy state (the VM arbitration) skips its work while it stands.
     pub fn host_epoch(&self) -> u64 {
         self.host_epoch.load(Ordering::Acquire)
@@ -423,22 +422,20 @@ impl RelayHub {
         }
     }
 
-    /// The priorities busy in the host's own domains on the GPU at `pci` (a VM at a less
-    /// important priority is held while one of them is busy).
-    pub fn host_busy(&self, pci: &str) -> u32 {
-        self.lock().get(pci).map_or(0, |g| g.host_busy)
-    }
-
     /// Whether a process of this manager's own domains is busy on any GPU (at the last
     /// relay run of each).
     pub fn busy_anywhere(&self) -> bool {
         self.lock().values().any(|g| g.host_busy != 0)
     }
 
-    /// The priorities registered in the host's own domains on the GPU at `pci` (a VM at a
-    /// less important priority may be held by one of them at any time).
-    pub fn host_present(&self, pci: &str) -> u32 {
-        self.lock().get(pci).map_or(0, |g| g.host_present)
+    /// The priorities busy and registered in the host's own domains on the GPU at `pci`, in
+    /// one look (a VM is held by a more important busy one, may be held by a more important
+    /// registered one, and holds the less important ones).
+    pub fn host_masks(&self, pci: &str) -> Masks {
+        self.lock().get(pci).map_or(Masks::default(), |g| Masks {
+            busy: g.host_busy,
+            present: g.host_present,
+        })
     }
 
     /// The domains relayed on the GPU at `pci` now, with their member counts (for `show`

@@ -129,7 +129,7 @@ fn what_lies_outside_is_present_on_every_gpu_and_its_busy_closes_each_gate() {
     let b = block_of(&hub.join(101, 101, USER, &[OTHER.into()], Vec::new()));
     assert_eq!(ext(b.block()), (0, 1), "a GPU joined later");
     assert_eq!(
-        hub.host_busy(GPU),
+        hub.host_masks(GPU).busy,
         0,
         "the outside is not the host's own busy"
     );

@@ -111,10 +111,11 @@ impl GuestTable {
                 let masks = relay_masks(vm);
                 relay.set_vm(pci, *vgpu, Some(masks));
                 let below = masks.present.wrapping_sub(1);
-                h |= relay.host_busy(pci) & below != 0;
-                o |= relay.host_present(pci) & below != 0;
+                let host = relay.host_masks(pci);
+                h |= host.busy & below != 0;
+                o |= host.present & below != 0;
                 // Host processes less important than the VM: its claims hold them.
-                a |= relay.host_present(pci) & !(below | masks.present) != 0;
+                a |= host.present & !(below | masks.present) != 0;
             }
             let mut c = lock_entry(e);
             // The scheduler's throttle holds the VM whatever the priorities say, and may
