@@ -316,17 +316,18 @@ pub fn parse_request(line: &[u8]) -> Result<ParsedRequest, Refusal> {
                 )
             })
     };
+    let given = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    if given("arbiter") && given("arbiters") {
+        return Err(refuse(
+            "arbiters",
+            "both \"arbiter\" and \"arbiters\" given: send one of them",
+        ));
+    }
     let mut arbiters = Vec::new();
-    match (obj.get("arbiter"), obj.get("arbiters")) {
-        (Some(a), Some(l)) if !a.is_null() && !l.is_null() => {
-            return Err(refuse(
-                "arbiters",
-                "both \"arbiter\" and \"arbiters\" given: send one of them",
-            ))
-        }
-        (Some(Value::String(a)), _) => arbiters.push(listed("arbiter", a)?),
-        (Some(a), _) if !a.is_null() => return Err(refuse("arbiter", "not a string or null")),
-        _ => {}
+    match obj.get("arbiter") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(a)) => arbiters.push(listed("arbiter", a)?),
+        Some(_) => return Err(refuse("arbiter", "not a string or null")),
     }
     match obj.get("arbiters") {
         None | Some(Value::Null) => {}
