@@ -156,11 +156,14 @@ impl Rig {
     /// A program in `vm` whose driver can map host memory for the GPU, so that the shim can
     /// put GPU-side waits in front of its launches (`gate` says how many it did).
     fn program_gated(&self, vm: &Vm, kernel_ms: u32) -> Program {
-        self.program_env(&vm.root, kernel_ms, &[("FAKE_HOST_REGISTER", "1")])
-    }
-
-    fn program_env(&self, root: &std::path::Path, kernel_ms: u32, env: &[(&str, &str)]) -> Program {
-        self.program_with(root, kernel_ms, None, "0000:3B:00.0", false, env)
+        self.program_with(
+            &vm.root,
+            kernel_ms,
+            None,
+            "0000:3B:00.0",
+            false,
+            &[("FAKE_HOST_REGISTER", "1")],
+        )
     }
 
     /// A program in `vm` whose `sync` waits for its fake kernel, as a real one does.
