@@ -269,7 +269,10 @@ impl Daemon {
         d
     }
 
+    /// Start the daemon again: a clean stop (SIGTERM) of one still running first, so that
+    /// two daemons never share the root; `kill9` before it for a crash.
     pub fn restart(&mut self) {
+        self.stop();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -300,6 +303,15 @@ impl Daemon {
         Client::connect(&self.socket).unwrap()
     }
 
+    /// Stop a running daemon cleanly (SIGTERM) and wait for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid, not yet waited for.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -328,13 +340,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
